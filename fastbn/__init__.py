@@ -1,0 +1,53 @@
+"""fastbn: fused C batch normalisation kernels for NumPy arrays.
+
+The compiled backend (``fastbn.backend == "c"``) is used when the extension
+imports; otherwise, or with ``FASTBN_BACKEND=numpy``, the pure-NumPy
+``fastbn.reference`` is used, with a warning when the extension is missing.
+"""
+import os as _os
+import warnings as _warnings
+
+from . import reference
+from ._checks import Cache
+from ._threads import get_num_threads, set_num_threads
+
+__version__ = "0.1.0"
+__all__ = ["forward", "backward", "batch_stats", "merge_stats", "normalize", "backward_reduce",
+           "backward_elemt", "update_running_stats", "Cache", "backend", "show_config",
+           "get_num_threads", "set_num_threads", "reference"]
+
+
+def _load_backend():
+    if _os.environ.get("FASTBN_BACKEND", "").lower() == "numpy":
+        return reference, "numpy", "FASTBN_BACKEND=numpy"
+    try:
+        from . import _core
+    except ImportError as exc:
+        _warnings.warn(f"fastbn: the compiled extension could not be imported ({exc}); "
+                       "using the slower NumPy reference", RuntimeWarning, stacklevel=3)
+        return reference, "numpy", str(exc)
+    return _core, "c", None
+
+
+_impl, backend, _fallback_reason = _load_backend()
+forward = _impl.forward
+backward = _impl.backward
+batch_stats = _impl.batch_stats
+merge_stats = _impl.merge_stats
+normalize = _impl.normalize
+backward_reduce = _impl.backward_reduce
+backward_elemt = _impl.backward_elemt
+update_running_stats = _impl.update_running_stats
+
+
+def show_config(file=None):
+    """Print the backend, version, OpenMP support, threads and SIMD paths."""
+    from ._threads import build_info
+    info = build_info()
+    lines = [f"fastbn {__version__}",
+             f"  backend:       {backend}" + (f" ({_fallback_reason})" if _fallback_reason else ""),
+             f"  openmp:        {'on' if info['openmp'] else 'off'}",
+             f"  threads:       {get_num_threads()} (of {info['max_threads']} available)",
+             f"  simd:          {info['simd']}",
+             f"  compiler:      {info['compiler']}"]
+    print("\n".join(lines), file=file)

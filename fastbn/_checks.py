@@ -1,0 +1,309 @@
+"""Argument validation and canonicalisation, shared by both backends.
+
+Everything a public function needs is checked here before any output or
+running statistic is touched, so a failed call never leaves state half-updated.
+"""
+import numbers
+import operator
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _describe(obj):
+    if isinstance(obj, np.ndarray):
+        return f"array of dtype {obj.dtype}"
+    return type(obj).__name__
+
+
+def float_array(a, name):
+    """`a` must be a float32/float64 ndarray (no silent conversion of data)."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray of float32 or float64, got {_describe(a)}")
+    if a.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {a.dtype}")
+    return a
+
+
+def data_array(x, name, min_ndim=2):
+    float_array(x, name)
+    if x.ndim < min_ndim:
+        raise ValueError(f"{name} must have at least {min_ndim} dimensions "
+                         f"(batch and channel), got shape {x.shape}")
+    return x
+
+
+def channel_axis(axis, ndim, name="axis"):
+    if isinstance(axis, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an integer, got bool")
+    try:
+        axis = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {_describe(axis)}") from None
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{name}={axis} is out of bounds for an array of {ndim} dimensions")
+    return axis % ndim
+
+
+def real_number(value, name, *, low=None, high=None, low_open=False):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {_describe(value)}")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if low is not None and (value <= low if low_open else value < low):
+        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be <= {high}, got {value}")
+    return value
+
+
+def channel_vector(v, channels, name):
+    """A per-channel vector that is only read (gamma, beta, mean, invstd): shape (C,), float.
+
+    Lists and tuples are accepted and converted; other non-arrays are refused.
+    """
+    if v is None:
+        return None
+    arr = np.asarray(v) if isinstance(v, (list, tuple)) else v
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray of shape ({channels},), got {_describe(v)}")
+    if arr.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {arr.dtype}")
+    if arr.shape != (channels,):
+        raise ValueError(f"{name} must have shape ({channels},) to match the {channels} channels, "
+                         f"got {arr.shape}")
+    return arr
+
+
+def running_vector(v, channels, name, *, update):
+    """A running statistic: an ndarray of shape (C,), writable when it is to be updated in place."""
+    if v is None:
+        return None
+    if not isinstance(v, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray (it is updated in place), got {_describe(v)}")
+    channel_vector(v, channels, name)
+    if update and not v.flags.writeable:
+        raise ValueError(f"{name} is read-only, but it is updated in place in training mode")
+    return v
+
+
+def out_array(out, shape, dtype, name="out"):
+    if out is None:
+        return None
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {_describe(out)}")
+    if out.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype}, got {out.dtype}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {out.shape}")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    return out
+
+
+def same_shape(a, ref, name, ref_name):
+    if a.shape != ref.shape:
+        raise ValueError(f"{name} must have the shape of {ref_name} {ref.shape}, got {a.shape}")
+    return a
+
+
+def activation(value):
+    if value is None or value == "identity":
+        return None
+    if value == "relu":
+        return "relu"
+    raise ValueError(f"activation must be None or 'relu', got {value!r}")
+
+
+def canonical_shape(shape, axis):
+    """The (outer, C, inner) view every layout reduces to."""
+    outer = int(np.prod(shape[:axis], dtype=np.int64))
+    inner = int(np.prod(shape[axis + 1:], dtype=np.int64))
+    return outer, shape[axis], inner
+
+
+def canonical(a, axis):
+    """`a` as a C-contiguous (outer, C, inner) array: a view when possible, one copy otherwise."""
+    return np.ascontiguousarray(a).reshape(canonical_shape(a.shape, axis))
+
+
+def vector_shape(ndim, axis):
+    """Shape that broadcasts a (C,) vector along `axis` of an ndim array."""
+    return tuple(-1 if d == axis else 1 for d in range(ndim))
+
+
+class Cache:
+    """What `backward` needs from a `forward` call: O(C) statistics plus references.
+
+    `mean` is float64; for exactness far from the origin the kernels carry its
+    rounding residual in `mean_lo` (mean + mean_lo is the batch mean to ~2x float64
+    precision; zeros from the reference backend).
+    """
+    __slots__ = ("x", "gamma", "beta", "mean", "mean_lo", "invstd", "var", "count",
+                 "axis", "eps", "training", "activation", "x_overwritten")
+
+    def __init__(self, x, gamma, beta, mean, invstd, var, *, axis, eps, training,
+                 activation=None, mean_lo=None, x_overwritten=False):
+        self.x, self.gamma, self.beta = x, gamma, beta
+        self.mean, self.invstd, self.var = mean, invstd, var
+        self.mean_lo = np.zeros_like(mean) if mean_lo is None else mean_lo
+        self.count = x.size // x.shape[axis] if x.shape[axis] else 0
+        self.axis, self.eps, self.training = axis, eps, training
+        self.activation, self.x_overwritten = activation, x_overwritten
+
+    def __repr__(self):
+        return (f"Cache(shape={self.x.shape}, dtype={self.x.dtype}, axis={self.axis}, "
+                f"training={self.training}, activation={self.activation})")
+
+
+class ForwardArgs:
+    """Validated forward() arguments."""
+    __slots__ = ("x", "gamma", "beta", "axis", "eps", "training", "running_mean",
+                 "running_var", "momentum", "out", "activation", "count", "channels")
+
+
+def check_forward(x, gamma, beta, axis, eps, training, running_mean, running_var,
+                  momentum, out, activation_):
+    a = ForwardArgs()
+    a.x = data_array(x, "x")
+    a.axis = channel_axis(axis, x.ndim)
+    a.channels = x.shape[a.axis]
+    a.count = x.size // a.channels if a.channels else 0
+    a.gamma = channel_vector(gamma, a.channels, "gamma")
+    a.beta = channel_vector(beta, a.channels, "beta")
+    a.eps = real_number(eps, "eps", low=0.0, low_open=True)
+    if not isinstance(training, (bool, np.bool_)):
+        raise TypeError(f"training must be a bool, got {_describe(training)}")
+    a.training = bool(training)
+    a.momentum = real_number(momentum, "momentum", low=0.0, high=1.0)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must be given together")
+    a.running_mean = running_vector(running_mean, a.channels, "running_mean", update=a.training)
+    a.running_var = running_vector(running_var, a.channels, "running_var", update=a.training)
+    if a.running_mean is not None and np.may_share_memory(a.running_mean, a.running_var):
+        raise ValueError("running_mean and running_var must not share memory")
+    if not a.training and a.running_mean is None:
+        raise ValueError("running_mean and running_var are required when training=False")
+    if a.training and a.count <= 1 and a.channels:
+        raise ValueError(f"expected more than 1 value per channel when training, got input "
+                         f"of shape {x.shape} (m = {a.count} values per channel)")
+    a.out = out_array(out, x.shape, x.dtype)
+    a.activation = activation(activation_)
+    return a
+
+
+def check_backward(dy, cache, out):
+    if not isinstance(cache, Cache):
+        raise TypeError(f"cache must be the Cache returned by forward, got {_describe(cache)}")
+    x = cache.x
+    float_array(dy, "dy")
+    same_shape(dy, x, "dy", "x")
+    if dy.dtype != x.dtype:
+        raise TypeError(f"dy must have the dtype of x ({x.dtype}), got {dy.dtype}")
+    if cache.x_overwritten:
+        raise ValueError("cannot run backward: forward was called in place (out=x), which "
+                         "overwrote the input that backward needs")
+    if isinstance(out, tuple):
+        if len(out) != 3:
+            raise ValueError(f"out must be an array or a tuple (dx, dgamma, dbeta), got a tuple of {len(out)}")
+        dx_out, dg_out, db_out = out
+    else:
+        dx_out, dg_out, db_out = out, None, None
+    dx_out = out_array(dx_out, x.shape, x.dtype, "out[0]" if isinstance(out, tuple) else "out")
+    C = x.shape[cache.axis]
+    if cache.gamma is None and dg_out is not None:
+        raise ValueError("out[1] must be None: the forward had no gamma, so there is no dgamma")
+    if cache.beta is None and db_out is not None:
+        raise ValueError("out[2] must be None: the forward had no beta, so there is no dbeta")
+    if dg_out is not None:
+        dg_out = out_array(dg_out, (C,), cache.gamma.dtype, "out[1]")
+    if db_out is not None:
+        db_out = out_array(db_out, (C,), cache.beta.dtype, "out[2]")
+    return dx_out, dg_out, db_out
+
+
+def check_cache_shape(cache):
+    """A Cache edited by hand must still describe consistent O(C) statistics."""
+    C = cache.x.shape[cache.axis]
+    for name in ("mean", "mean_lo", "invstd"):
+        v = getattr(cache, name)
+        if not isinstance(v, np.ndarray) or v.shape != (C,):
+            raise ValueError(f"cache.{name} must be an array of shape ({C},)")
+
+
+def check_count(count, channels):
+    """`count` of backward_elemt: a positive int, or a (C,) array of them."""
+    if isinstance(count, (bool, np.bool_)):
+        raise TypeError("count must be a positive integer or an array of shape (C,), got bool")
+    if isinstance(count, numbers.Integral):
+        counts = np.full(channels, float(count))
+    elif isinstance(count, np.ndarray) and count.dtype.kind in "iuf":
+        if count.shape not in ((), (channels,)):
+            raise ValueError(f"count must be a scalar or have shape ({channels},), got {count.shape}")
+        counts = np.broadcast_to(count.astype(np.float64), (channels,))
+    else:
+        raise TypeError(f"count must be a positive integer or an array of shape (C,), got {_describe(count)}")
+    if channels and not (counts > 0).all():
+        raise ValueError("count must be positive")
+    return np.ascontiguousarray(counts, dtype=np.float64)
+
+
+def check_merge(counts, means, m2s):
+    """merge_stats inputs: counts (R,) or (R, C); means, m2s (R, C)."""
+    means = channel_stack(means, "means")
+    m2s = channel_stack(m2s, "m2s")
+    if m2s.shape != means.shape:
+        raise ValueError(f"m2s must have the shape of means {means.shape}, got {m2s.shape}")
+    counts = np.asarray(counts) if isinstance(counts, (list, tuple)) else counts
+    if not isinstance(counts, np.ndarray) or counts.dtype.kind not in "iuf":
+        raise TypeError(f"counts must be an array of integers, got {_describe(counts)}")
+    if counts.shape == means.shape[:1]:
+        counts = counts[:, None]
+    elif counts.shape != means.shape:
+        raise ValueError(f"counts must have shape {means.shape[:1]} or {means.shape}, got {counts.shape}")
+    if (counts < 0).any() or (counts != np.round(counts)).any():
+        raise ValueError("counts must be non-negative integers")
+    return counts.astype(np.float64), means, m2s
+
+
+def channel_stack(a, name):
+    a = np.asarray(a) if isinstance(a, (list, tuple)) else a
+    float_array(a, name)
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (parts, channels), got shape {a.shape}")
+    return a.astype(np.float64, copy=False)
+
+
+def check_running_update(running_mean, running_var, mean, var, count, momentum):
+    C = mean.shape[0] if isinstance(mean, np.ndarray) and mean.ndim == 1 else None
+    if C is None:
+        raise TypeError(f"mean must be a 1-D float array, got {_describe(mean)}")
+    mean = channel_vector(mean, C, "mean")
+    var = channel_vector(var, C, "var")
+    running_vector(running_mean, C, "running_mean", update=True)
+    running_vector(running_var, C, "running_var", update=True)
+    if running_mean is None or running_var is None:
+        raise TypeError("running_mean and running_var must be arrays")
+    if isinstance(count, (bool, np.bool_)) or not isinstance(count, numbers.Integral):
+        raise TypeError(f"count must be an integer, got {_describe(count)}")
+    if count < 2:
+        raise ValueError(f"count must be >= 2 for the unbiased running variance, got {count}")
+    momentum = real_number(momentum, "momentum", low=0.0, high=1.0)
+    return mean.astype(np.float64), var.astype(np.float64), momentum
+
+
+def check_per_channel(x, axis, vectors, out=None, dy=None):
+    """Common checks of the building blocks: x (and dy), axis, (C,) vectors, out."""
+    data_array(x, "x")
+    if dy is not None:
+        float_array(dy, "dy")
+        same_shape(dy, x, "dy", "x")
+        if dy.dtype != x.dtype:
+            raise TypeError(f"dy must have the dtype of x ({x.dtype}), got {dy.dtype}")
+    axis = channel_axis(axis, x.ndim)
+    C = x.shape[axis]
+    checked = [channel_vector(v, C, name) for name, v in vectors.items()]
+    out_array(out, x.shape, x.dtype)
+    return axis, checked

@@ -1,0 +1,49 @@
+"""Thread count: FASTBN_NUM_THREADS sets the default, set_num_threads changes it,
+and an OpenMP limit set from outside (threadpoolctl) caps it."""
+import os
+
+try:
+    from . import _kernels
+except ImportError:
+    _kernels = None
+
+
+def _default_threads():
+    env = os.environ.get("FASTBN_NUM_THREADS")
+    if env:
+        try:
+            n = int(env)
+        except ValueError:
+            raise ValueError(f"FASTBN_NUM_THREADS must be a positive integer, got {env!r}") from None
+        if n >= 1:
+            return n
+        raise ValueError(f"FASTBN_NUM_THREADS must be a positive integer, got {env!r}")
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+_num_threads = _default_threads()
+
+
+def set_num_threads(n):
+    """Set how many threads the kernels may use (>= 1). Returns the previous value."""
+    global _num_threads
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"n must be a positive integer, got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    previous, _num_threads = _num_threads, n
+    return previous
+
+
+def get_num_threads():
+    """Threads the next call may use: the fastbn setting, capped by OpenMP's own limit."""
+    if _kernels is None or not _kernels.openmp_enabled():
+        return 1 if _kernels is not None else _num_threads
+    return max(1, min(_num_threads, _kernels.omp_max_threads()))
+
+
+def build_info():
+    if _kernels is None:
+        return {"openmp": False, "max_threads": 1, "simd": "none (NumPy backend)", "compiler": "n/a"}
+    return {"openmp": _kernels.openmp_enabled(), "max_threads": _kernels.omp_max_threads(),
+            "simd": _kernels.simd_paths(), "compiler": _kernels.compiler()}

@@ -1,0 +1,122 @@
+"""fastbn in plain NumPy: the specification in code, the test oracle, and the
+fallback backend. Every public function of fastbn has its twin here, with the
+same arguments, checks and errors (shared through fastbn._checks)."""
+import numpy as np
+
+from ._checks import (Cache, channel_axis, check_backward, check_count, check_forward,
+                      check_merge, check_per_channel, check_running_update, data_array,
+                      vector_shape)
+from ._checks import activation as check_activation
+
+
+def _col(v, ndim, axis):
+    """Per-channel vector as float64, shaped to broadcast along `axis`."""
+    return np.asarray(v, dtype=np.float64).reshape(vector_shape(ndim, axis))
+
+
+def _others(ndim, axis):
+    return tuple(d for d in range(ndim) if d != axis)
+
+
+def _store(result, out, dtype):
+    if out is None:
+        return result.astype(dtype)
+    np.copyto(out, result, casting="unsafe")
+    return out
+
+
+def batch_stats(x, *, axis=1):
+    """Per-channel (count, mean, m2), m2 the sum of squared deviations; float64."""
+    data_array(x, "x")
+    axis = channel_axis(axis, x.ndim)
+    count = x.size // x.shape[axis] if x.shape[axis] else 0
+    if count == 0:
+        return count, np.zeros(x.shape[axis]), np.zeros(x.shape[axis])
+    xd = x.astype(np.float64)
+    mean = xd.mean(axis=_others(x.ndim, axis))
+    m2 = ((xd - _col(mean, x.ndim, axis)) ** 2).sum(axis=_others(x.ndim, axis))
+    return count, mean, m2
+
+
+def merge_stats(counts, means, m2s):
+    """Chan et al.: merge partial statistics stacked along the leading axis."""
+    counts, means, m2s = check_merge(counts, means, m2s)
+    n = counts.sum(axis=0)
+    mean = (counts * means).sum(axis=0) / np.where(n > 0, n, 1)
+    m2 = (m2s + counts * (means - mean) ** 2).sum(axis=0)
+    return n.astype(np.int64), mean, m2
+
+
+def update_running_stats(running_mean, running_var, mean, var, count, *, momentum=0.1):
+    """Exponential averages as in PyTorch; the variance made unbiased by m / (m - 1)."""
+    mean, var, momentum = check_running_update(running_mean, running_var, mean, var, count, momentum)
+    running_mean[...] = (1 - momentum) * running_mean + momentum * mean
+    running_var[...] = (1 - momentum) * running_var + momentum * var * (count / (count - 1))
+
+
+def normalize(x, mean, invstd, gamma=None, beta=None, *, axis=1, out=None, activation=None):
+    """y = gamma * (x - mean) * invstd + beta, then ReLU if asked."""
+    axis, (mean, invstd, gamma, beta) = check_per_channel(
+        x, axis, {"mean": mean, "invstd": invstd, "gamma": gamma, "beta": beta}, out)
+    act = check_activation(activation)
+    col = lambda v, default: default if v is None else _col(v, x.ndim, axis)  # noqa: E731
+    y = (x - col(mean, 0)) * col(invstd, 1) * col(gamma, 1) + col(beta, 0)
+    return _store(np.maximum(y, 0) if act == "relu" else y, out, x.dtype)
+
+
+def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
+            running_mean=None, running_var=None, momentum=0.1, out=None, activation=None):
+    a = check_forward(x, gamma, beta, axis, eps, training, running_mean, running_var,
+                      momentum, out, activation)
+    if a.training:
+        count, mean, m2 = batch_stats(x, axis=a.axis)
+        var = m2 / max(count, 1)
+    else:
+        mean = a.running_mean.astype(np.float64)
+        var = a.running_var.astype(np.float64)
+    invstd = 1.0 / np.sqrt(var + a.eps)
+    overwritten = a.out is not None and np.may_share_memory(a.out, x)
+    y = normalize(x, mean, invstd, a.gamma, a.beta, axis=a.axis, out=a.out, activation=a.activation)
+    if a.training and a.running_mean is not None:
+        update_running_stats(a.running_mean, a.running_var, mean, var, a.count, momentum=a.momentum)
+    return y, Cache(x, a.gamma, a.beta, mean, invstd, var, axis=a.axis, eps=a.eps,
+                    training=a.training, activation=a.activation, x_overwritten=overwritten)
+
+
+def backward_reduce(dy, x, mean, invstd, *, axis=1):
+    """Per-channel sum(dy) and sum(dy * xhat), float64."""
+    axis, (mean, invstd) = check_per_channel(x, axis, {"mean": mean, "invstd": invstd}, dy=dy)
+    xhat = (x - _col(mean, x.ndim, axis)) * _col(invstd, x.ndim, axis)
+    dyd = dy.astype(np.float64)
+    return dyd.sum(axis=_others(x.ndim, axis)), (dyd * xhat).sum(axis=_others(x.ndim, axis))
+
+
+def backward_elemt(dy, x, mean, invstd, gamma, sum_dy, sum_dy_xhat, count, *, axis=1, out=None):
+    """dx = gamma * invstd * (dy - sum_dy / count - xhat * sum_dy_xhat / count)."""
+    axis, (mean, invstd, gamma, sum_dy, sum_dy_xhat) = check_per_channel(
+        x, axis, {"mean": mean, "invstd": invstd, "gamma": gamma, "sum_dy": sum_dy,
+                  "sum_dy_xhat": sum_dy_xhat}, out, dy=dy)
+    count = check_count(count, x.shape[axis])
+    col = lambda v: _col(v, x.ndim, axis)  # noqa: E731
+    xhat = (x - col(mean)) * col(invstd)
+    scale = col(invstd) * (1.0 if gamma is None else col(gamma))
+    dx = scale * (dy - col(sum_dy / count) - xhat * col(sum_dy_xhat / count))
+    return _store(dx, out, x.dtype)
+
+
+def backward(dy, cache, *, out=None):
+    dx_out, dg_out, db_out = check_backward(dy, cache, out)
+    x, axis = cache.x, cache.axis
+    if cache.activation == "relu":  # the mask is recomputed, never stored
+        y = normalize(x, cache.mean, cache.invstd, cache.gamma, cache.beta, axis=axis)
+        dy = np.where(y > 0, dy, 0).astype(dy.dtype)
+    sum_dy, sum_dy_xhat = backward_reduce(dy, x, cache.mean, cache.invstd, axis=axis)
+    if cache.training:
+        dx = backward_elemt(dy, x, cache.mean, cache.invstd, cache.gamma, sum_dy, sum_dy_xhat,
+                            cache.count, axis=axis, out=dx_out)
+    else:  # the statistics are constants
+        scale = cache.invstd * (1.0 if cache.gamma is None else cache.gamma)
+        dx = _store(dy * _col(scale, x.ndim, axis), dx_out, x.dtype)
+    dgamma = None if cache.gamma is None else _store(sum_dy_xhat, dg_out, cache.gamma.dtype)
+    dbeta = None if cache.beta is None else _store(sum_dy, db_out, cache.beta.dtype)
+    return dx, dgamma, dbeta
