@@ -1,0 +1,179 @@
+"""The public functions on the compiled kernels: validate (fastbn._checks),
+reduce every layout to the canonical (outer, C, inner) view, dispatch."""
+import numpy as np
+
+from . import _kernels
+from ._checks import (Cache, canonical, canonical_shape, channel_axis, check_backward,
+                      check_cache_shape, check_count, check_forward, check_per_channel,
+                      check_running_update, data_array)
+from ._checks import activation as check_activation
+from ._threads import get_num_threads
+from .reference import merge_stats  # O(parts * C) NumPy: nothing to gain in C
+
+__all__ = ["forward", "backward", "batch_stats", "merge_stats", "normalize",
+           "backward_reduce", "backward_elemt", "update_running_stats"]
+
+
+def _f64(v):
+    """A per-channel vector as contiguous float64 (O(C)); None stays None."""
+    return None if v is None else np.ascontiguousarray(v, dtype=np.float64)
+
+
+def _same_buffer(a, b):
+    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+            and a.shape == b.shape and a.strides == b.strides)
+
+
+class _Output:
+    """Where a kernel writes: the user's `out` itself when it is C-contiguous and
+    either disjoint from the inputs or exactly one of them (elementwise in place),
+    otherwise a fresh buffer copied into `out` at the end (NumPy's rule)."""
+
+    def __init__(self, out, shape, dtype, axis, inputs):
+        self.out, self.shape = out, shape
+        canon = canonical_shape(shape, axis)
+        if out is not None and out.flags.c_contiguous:
+            out3 = out.reshape(canon)
+            overlapping = [a for a in inputs if np.may_share_memory(out3, a)]
+            if all(_same_buffer(out3, a) for a in overlapping):
+                self.array3, self.direct = out3, True
+                return
+        self.array3, self.direct = np.empty(canon, dtype=dtype), False
+
+    def result(self):
+        if self.out is None:
+            return self.array3.reshape(self.shape)
+        if not self.direct:
+            np.copyto(self.out, self.array3.reshape(self.shape))
+        return self.out
+
+
+def _update_running(running, batch, momentum, factor):
+    target = np.ascontiguousarray(running)
+    _kernels.ema(target, batch, momentum, factor)
+    if target is not running:  # a strided running statistic: write back
+        running[...] = target
+
+
+def update_running_stats(running_mean, running_var, mean, var, count, *, momentum=0.1):
+    mean, var, momentum = check_running_update(running_mean, running_var, mean, var, count, momentum)
+    _update_running(running_mean, np.ascontiguousarray(mean), momentum, 1.0)
+    _update_running(running_var, np.ascontiguousarray(var), momentum, count / (count - 1))
+
+
+def _coefficients(mean_hi, mean_lo, invstd, gamma, beta):
+    C = mean_hi.shape[0]
+    shift, scale, bias = np.empty(C), np.empty(C), np.empty(C)
+    if C:
+        _kernels.coefficients(mean_hi, mean_lo, invstd, gamma, beta, shift, scale, bias)
+    return shift, scale, bias
+
+
+def batch_stats(x, *, axis=1):
+    data_array(x, "x")
+    axis = channel_axis(axis, x.ndim)
+    C = x.shape[axis]
+    count = x.size // C if C else 0
+    mean, lo, m2 = np.zeros(C), np.zeros(C), np.zeros(C)
+    if count:
+        _kernels.batch_stats(canonical(x, axis), mean, lo, m2, get_num_threads())
+    return count, mean, m2
+
+
+def normalize(x, mean, invstd, gamma=None, beta=None, *, axis=1, out=None, activation=None):
+    axis, vectors = check_per_channel(
+        x, axis, {"mean": mean, "invstd": invstd, "gamma": gamma, "beta": beta}, out)
+    relu = check_activation(activation) == "relu"
+    mean, invstd, gamma, beta = (_f64(v) for v in vectors)
+    x3 = canonical(x, axis)
+    dest = _Output(out, x.shape, x.dtype, axis, [x3])
+    if x.size:
+        shift, scale, bias = _coefficients(mean, np.zeros_like(mean), invstd, gamma, beta)
+        _kernels.affine(x3, dest.array3, shift, scale, bias, relu, get_num_threads())
+    return dest.result()
+
+
+def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
+            running_mean=None, running_var=None, momentum=0.1, out=None, activation=None):
+    a = check_forward(x, gamma, beta, axis, eps, training, running_mean, running_var,
+                      momentum, out, activation)
+    relu = a.activation == "relu"
+    gamma64, beta64 = _f64(a.gamma), _f64(a.beta)
+    x3 = canonical(x, a.axis)
+    dest = _Output(a.out, x.shape, x.dtype, a.axis, [x3])
+    C = a.channels
+    if a.training:
+        mean, lo, var, invstd = np.zeros(C), np.zeros(C), np.zeros(C), np.zeros(C)
+        if x.size:
+            _kernels.forward_train(x3, dest.array3, gamma64, beta64, a.eps, relu, mean, lo,
+                                   var, invstd, get_num_threads())
+    else:
+        mean, lo = _f64(a.running_mean), np.zeros(C)
+        var = _f64(a.running_var)
+        invstd = 1.0 / np.sqrt(var + a.eps)
+        if x.size:
+            shift, scale, bias = _coefficients(mean, lo, invstd, gamma64, beta64)
+            _kernels.affine(x3, dest.array3, shift, scale, bias, relu, get_num_threads())
+    y = dest.result()
+    if a.training and a.running_mean is not None:
+        _update_running(a.running_mean, mean + lo, a.momentum, 1.0)
+        _update_running(a.running_var, var, a.momentum, a.count / (a.count - 1))
+    overwritten = a.out is not None and np.may_share_memory(a.out, x)
+    return y, Cache(x, a.gamma, a.beta, mean, invstd, var, axis=a.axis, eps=a.eps,
+                    training=a.training, activation=a.activation, mean_lo=lo,
+                    x_overwritten=overwritten)
+
+
+def _store(values, out, dtype):
+    if out is None:
+        return values.astype(dtype)
+    out[...] = values
+    return out
+
+
+def backward(dy, cache, *, out=None):
+    dx_out, dg_out, db_out = check_backward(dy, cache, out)
+    check_cache_shape(cache)
+    x, axis = cache.x, cache.axis
+    C = x.shape[axis]
+    x3, dy3 = canonical(x, axis), canonical(dy, axis)
+    dest = _Output(dx_out, x.shape, x.dtype, axis, [x3, dy3])
+    sum_dy, sum_dy_xhat = np.zeros(C), np.zeros(C)
+    if C:
+        _kernels.backward(dy3, x3, dest.array3, _f64(cache.mean), _f64(cache.mean_lo),
+                          _f64(cache.invstd), _f64(cache.gamma), _f64(cache.beta),
+                          cache.activation == "relu", bool(cache.training), sum_dy,
+                          sum_dy_xhat, get_num_threads())
+    dgamma = None if cache.gamma is None else _store(sum_dy_xhat, dg_out, cache.gamma.dtype)
+    dbeta = None if cache.beta is None else _store(sum_dy, db_out, cache.beta.dtype)
+    return dest.result(), dgamma, dbeta
+
+
+def backward_reduce(dy, x, mean, invstd, *, axis=1):
+    axis, (mean, invstd) = check_per_channel(x, axis, {"mean": mean, "invstd": invstd}, dy=dy)
+    mean, invstd = _f64(mean), _f64(invstd)
+    C = x.shape[axis]
+    sum_dy, sum_dy_xs = np.zeros(C), np.zeros(C)
+    if x.size:
+        unused = np.zeros(C)  # scale and bias matter only for a ReLU mask
+        _kernels.backward_reduce(canonical(dy, axis), canonical(x, axis), mean, unused, unused,
+                                 False, sum_dy, sum_dy_xs, get_num_threads())
+    return sum_dy, invstd * sum_dy_xs
+
+
+def backward_elemt(dy, x, mean, invstd, gamma, sum_dy, sum_dy_xhat, count, *, axis=1, out=None):
+    axis, vectors = check_per_channel(
+        x, axis, {"mean": mean, "invstd": invstd, "gamma": gamma, "sum_dy": sum_dy,
+                  "sum_dy_xhat": sum_dy_xhat}, out, dy=dy)
+    mean, invstd, gamma, sum_dy, sum_dy_xhat = (_f64(v) for v in vectors)
+    count = check_count(count, x.shape[axis])
+    x3, dy3 = canonical(x, axis), canonical(dy, axis)
+    dest = _Output(out, x.shape, x.dtype, axis, [x3, dy3])
+    if x.size:
+        k_dy = invstd * (1.0 if gamma is None else gamma)
+        k_x = -k_dy * invstd * (sum_dy_xhat / count)
+        k_0 = -k_dy * (sum_dy / count)
+        unused = np.zeros_like(mean)
+        _kernels.backward_elemt(dy3, x3, dest.array3, mean, unused, unused, False, k_dy, k_x,
+                                k_0, get_num_threads())
+    return dest.result()

@@ -1,0 +1,215 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
+"""Thin typed wrappers over the C kernels (src_c/fastbn.h).
+
+Arguments arrive validated and canonical from fastbn._core: data as C-contiguous
+(outer, C, inner) arrays, per-channel vectors as contiguous float64. Every kernel
+call releases the GIL.
+"""
+from libc.stdint cimport int64_t
+
+
+cdef extern from "fastbn.h" nogil:
+    ctypedef struct fbn_shape:
+        int64_t outer, channels, inner
+
+    int fbn_batch_stats_f32(const float *x, fbn_shape s, double *mean_hi, double *mean_lo,
+                            double *m2, int nthreads)
+    int fbn_batch_stats_f64(const double *x, fbn_shape s, double *mean_hi, double *mean_lo,
+                            double *m2, int nthreads)
+    int fbn_forward_train_f32(const float *x, float *y, fbn_shape s, const double *gamma,
+                              const double *beta, double eps, int relu, double *mean_hi,
+                              double *mean_lo, double *var, double *invstd, int nthreads)
+    int fbn_forward_train_f64(const double *x, double *y, fbn_shape s, const double *gamma,
+                              const double *beta, double eps, int relu, double *mean_hi,
+                              double *mean_lo, double *var, double *invstd, int nthreads)
+    int fbn_affine_f32(const float *x, float *y, fbn_shape s, const double *shift,
+                       const double *scale, const double *bias, int relu, int nthreads)
+    int fbn_affine_f64(const double *x, double *y, fbn_shape s, const double *shift,
+                       const double *scale, const double *bias, int relu, int nthreads)
+    int fbn_backward_reduce_f32(const float *dy, const float *x, fbn_shape s,
+                                const double *shift, const double *scale, const double *bias,
+                                int relu, double *sum_dy, double *sum_dy_xs, int nthreads)
+    int fbn_backward_reduce_f64(const double *dy, const double *x, fbn_shape s,
+                                const double *shift, const double *scale, const double *bias,
+                                int relu, double *sum_dy, double *sum_dy_xs, int nthreads)
+    int fbn_backward_elemt_f32(const float *dy, const float *x, float *dx, fbn_shape s,
+                               const double *shift, const double *scale, const double *bias,
+                               int relu, const double *k_dy, const double *k_x,
+                               const double *k_0, int nthreads)
+    int fbn_backward_elemt_f64(const double *dy, const double *x, double *dx, fbn_shape s,
+                               const double *shift, const double *scale, const double *bias,
+                               int relu, const double *k_dy, const double *k_x,
+                               const double *k_0, int nthreads)
+    int fbn_backward_f32(const float *dy, const float *x, float *dx, fbn_shape s,
+                         const double *mean_hi, const double *mean_lo, const double *invstd,
+                         const double *gamma, const double *beta, int relu, int training,
+                         double *sum_dy, double *sum_dy_xhat, int nthreads)
+    int fbn_backward_f64(const double *dy, const double *x, double *dx, fbn_shape s,
+                         const double *mean_hi, const double *mean_lo, const double *invstd,
+                         const double *gamma, const double *beta, int relu, int training,
+                         double *sum_dy, double *sum_dy_xhat, int nthreads)
+    int fbn_ema_f32(float *running, const double *batch, int64_t channels, double momentum,
+                    double factor)
+    int fbn_ema_f64(double *running, const double *batch, int64_t channels, double momentum,
+                    double factor)
+    void fbn_coefficients(int64_t channels, const double *mean_hi, const double *mean_lo,
+                          const double *invstd, const double *gamma, const double *beta,
+                          double *shift, double *scale, double *bias)
+    int fbn_openmp_enabled()
+    int fbn_max_threads()
+    const char *fbn_simd_paths()
+    const char *fbn_compiler()
+
+
+ctypedef fused real:
+    float
+    double
+
+
+cdef inline fbn_shape shape_of(const real[:, :, ::1] a) noexcept:
+    cdef fbn_shape s
+    s.outer, s.channels, s.inner = a.shape[0], a.shape[1], a.shape[2]
+    return s
+
+
+cdef inline const double *opt(const double[::1] v) noexcept:
+    """NULL for a missing (None) per-channel vector."""
+    return NULL if v is None else &v[0]
+
+
+cdef inline void check(int status) except *:
+    if status == -1:
+        raise MemoryError("fastbn: could not allocate a per-channel work buffer")
+    if status != 0:
+        raise ValueError(f"fastbn kernel refused its input (status {status})")
+
+
+def batch_stats(const real[:, :, ::1] x, double[::1] mean_hi, double[::1] mean_lo,
+                double[::1] m2, int nthreads):
+    cdef int st
+    cdef fbn_shape s = shape_of(x)
+    with nogil:
+        if real is float:
+            st = fbn_batch_stats_f32(&x[0, 0, 0], s, &mean_hi[0], &mean_lo[0], &m2[0], nthreads)
+        else:
+            st = fbn_batch_stats_f64(&x[0, 0, 0], s, &mean_hi[0], &mean_lo[0], &m2[0], nthreads)
+    check(st)
+
+
+def forward_train(const real[:, :, ::1] x, real[:, :, ::1] y, const double[::1] gamma,
+                  const double[::1] beta, double eps, bint relu, double[::1] mean_hi,
+                  double[::1] mean_lo, double[::1] var, double[::1] invstd, int nthreads):
+    cdef int st
+    cdef fbn_shape s = shape_of(x)
+    cdef const double *g = opt(gamma)
+    cdef const double *b = opt(beta)
+    with nogil:
+        if real is float:
+            st = fbn_forward_train_f32(&x[0, 0, 0], &y[0, 0, 0], s, g, b, eps, relu,
+                                       &mean_hi[0], &mean_lo[0], &var[0], &invstd[0], nthreads)
+        else:
+            st = fbn_forward_train_f64(&x[0, 0, 0], &y[0, 0, 0], s, g, b, eps, relu,
+                                       &mean_hi[0], &mean_lo[0], &var[0], &invstd[0], nthreads)
+    check(st)
+
+
+def affine(const real[:, :, ::1] x, real[:, :, ::1] y, const double[::1] shift,
+           const double[::1] scale, const double[::1] bias, bint relu, int nthreads):
+    cdef int st
+    cdef fbn_shape s = shape_of(x)
+    with nogil:
+        if real is float:
+            st = fbn_affine_f32(&x[0, 0, 0], &y[0, 0, 0], s, &shift[0], &scale[0], &bias[0],
+                                relu, nthreads)
+        else:
+            st = fbn_affine_f64(&x[0, 0, 0], &y[0, 0, 0], s, &shift[0], &scale[0], &bias[0],
+                                relu, nthreads)
+    check(st)
+
+
+def backward_reduce(const real[:, :, ::1] dy, const real[:, :, ::1] x, const double[::1] shift,
+                    const double[::1] scale, const double[::1] bias, bint relu,
+                    double[::1] sum_dy, double[::1] sum_dy_xs, int nthreads):
+    cdef int st
+    cdef fbn_shape s = shape_of(x)
+    with nogil:
+        if real is float:
+            st = fbn_backward_reduce_f32(&dy[0, 0, 0], &x[0, 0, 0], s, &shift[0], &scale[0],
+                                         &bias[0], relu, &sum_dy[0], &sum_dy_xs[0], nthreads)
+        else:
+            st = fbn_backward_reduce_f64(&dy[0, 0, 0], &x[0, 0, 0], s, &shift[0], &scale[0],
+                                         &bias[0], relu, &sum_dy[0], &sum_dy_xs[0], nthreads)
+    check(st)
+
+
+def backward_elemt(const real[:, :, ::1] dy, const real[:, :, ::1] x, real[:, :, ::1] dx,
+                   const double[::1] shift, const double[::1] scale, const double[::1] bias,
+                   bint relu, const double[::1] k_dy, const double[::1] k_x,
+                   const double[::1] k_0, int nthreads):
+    cdef int st
+    cdef fbn_shape s = shape_of(x)
+    with nogil:
+        if real is float:
+            st = fbn_backward_elemt_f32(&dy[0, 0, 0], &x[0, 0, 0], &dx[0, 0, 0], s, &shift[0],
+                                        &scale[0], &bias[0], relu, &k_dy[0], &k_x[0], &k_0[0],
+                                        nthreads)
+        else:
+            st = fbn_backward_elemt_f64(&dy[0, 0, 0], &x[0, 0, 0], &dx[0, 0, 0], s, &shift[0],
+                                        &scale[0], &bias[0], relu, &k_dy[0], &k_x[0], &k_0[0],
+                                        nthreads)
+    check(st)
+
+
+def backward(const real[:, :, ::1] dy, const real[:, :, ::1] x, real[:, :, ::1] dx,
+             const double[::1] mean_hi, const double[::1] mean_lo, const double[::1] invstd,
+             const double[::1] gamma, const double[::1] beta, bint relu, bint training,
+             double[::1] sum_dy, double[::1] sum_dy_xhat, int nthreads):
+    cdef int st
+    cdef fbn_shape s = shape_of(x)
+    cdef const double *g = opt(gamma)
+    cdef const double *b = opt(beta)
+    with nogil:
+        if real is float:
+            st = fbn_backward_f32(&dy[0, 0, 0], &x[0, 0, 0], &dx[0, 0, 0], s, &mean_hi[0],
+                                  &mean_lo[0], &invstd[0], g, b, relu, training, &sum_dy[0],
+                                  &sum_dy_xhat[0], nthreads)
+        else:
+            st = fbn_backward_f64(&dy[0, 0, 0], &x[0, 0, 0], &dx[0, 0, 0], s, &mean_hi[0],
+                                  &mean_lo[0], &invstd[0], g, b, relu, training, &sum_dy[0],
+                                  &sum_dy_xhat[0], nthreads)
+    check(st)
+
+
+def ema(real[::1] running, const double[::1] batch, double momentum, double factor):
+    cdef int64_t n = running.shape[0]
+    with nogil:
+        if real is float:
+            fbn_ema_f32(&running[0], &batch[0], n, momentum, factor)
+        else:
+            fbn_ema_f64(&running[0], &batch[0], n, momentum, factor)
+
+
+def coefficients(const double[::1] mean_hi, const double[::1] mean_lo, const double[::1] invstd,
+                 const double[::1] gamma, const double[::1] beta, double[::1] shift,
+                 double[::1] scale, double[::1] bias):
+    cdef const double *g = opt(gamma)
+    cdef const double *b = opt(beta)
+    with nogil:
+        fbn_coefficients(mean_hi.shape[0], &mean_hi[0], &mean_lo[0], &invstd[0], g, b,
+                         &shift[0], &scale[0], &bias[0])
+
+
+def openmp_enabled():
+    return bool(fbn_openmp_enabled())
+
+
+def omp_max_threads():
+    return fbn_max_threads()
+
+
+def simd_paths():
+    return fbn_simd_paths().decode()
+
+
+def compiler():
+    return fbn_compiler().decode()

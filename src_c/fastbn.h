@@ -1,0 +1,87 @@
+/* fastbn: the C API of the batch-normalisation kernels.
+ *
+ * Every layout is first reduced (in Python) to one canonical view: a C-contiguous
+ * array of shape (outer, channels, inner). NCHW is (N, C, H*W); NHWC and (N, C)
+ * are (N*H*W, C, 1). Element (o, c, i) lives at x[(o * channels + c) * inner + i].
+ *
+ * Per-channel vectors are double. Statistics are accumulated in double for both
+ * float32 and float64 data. Kernels never allocate anything of the data's size;
+ * results do not depend on the thread count (work is split by shape alone).
+ *
+ * Elementwise kernels use one affine form per channel,
+ *     y = (x - shift[c]) * scale[c] + bias[c]           (then max(y, 0) if relu),
+ * with shift the high part of the mean so that x - shift is exact-ish even far
+ * from the origin (see fbn_coefficients).
+ */
+#ifndef FASTBN_H
+#define FASTBN_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+    int64_t outer, channels, inner;
+} fbn_shape;
+
+/* All kernels return 0 on success and -1 when a small O(C) work buffer cannot be
+ * allocated; fbn_forward_train returns -2 for an empty channel (m == 0). */
+#define FBN_DECLARE(SFX, T)                                                          \
+    /* Channel statistics: the mean as a double-double (mean_hi + mean_lo) and the   \
+     * sum of squared deviations m2, over outer * inner values per channel. */       \
+    int fbn_batch_stats_##SFX(const T *x, fbn_shape s, double *mean_hi,              \
+                              double *mean_lo, double *m2, int nthreads);            \
+    /* Training forward, fused: statistics, then normalise/scale/shift (and ReLU).   \
+     * gamma/beta may be NULL. Outputs mean (hi, lo), biased var and invstd. */      \
+    int fbn_forward_train_##SFX(const T *x, T *y, fbn_shape s, const double *gamma,   \
+                                const double *beta, double eps, int relu,            \
+                                double *mean_hi, double *mean_lo, double *var,       \
+                                double *invstd, int nthreads);                       \
+    /* y = (x - shift) * scale + bias, then ReLU if relu. */                         \
+    int fbn_affine_##SFX(const T *x, T *y, fbn_shape s, const double *shift,         \
+                         const double *scale, const double *bias, int relu,          \
+                         int nthreads);                                              \
+    /* sum(dy) and sum(dy * (x - shift)); with relu, dy is masked where the forward  \
+     * pre-activation (x - shift) * scale + bias was <= 0. */                        \
+    int fbn_backward_reduce_##SFX(const T *dy, const T *x, fbn_shape s,              \
+                                  const double *shift, const double *scale,          \
+                                  const double *bias, int relu, double *sum_dy,      \
+                                  double *sum_dy_xs, int nthreads);                  \
+    /* dx = k_dy * dy + k_x * (x - shift) + k_0 (dy masked as above). */             \
+    int fbn_backward_elemt_##SFX(const T *dy, const T *x, T *dx, fbn_shape s,        \
+                                 const double *shift, const double *scale,           \
+                                 const double *bias, int relu, const double *k_dy,   \
+                                 const double *k_x, const double *k_0, int nthreads); \
+    /* Backward, fused: reduce, then dx. training = 0 treats the statistics as       \
+     * constants. Outputs sum(dy) and sum(dy * xhat) (= dbeta, dgamma). */           \
+    int fbn_backward_##SFX(const T *dy, const T *x, T *dx, fbn_shape s,              \
+                           const double *mean_hi, const double *mean_lo,             \
+                           const double *invstd, const double *gamma,                \
+                           const double *beta, int relu, int training,               \
+                           double *sum_dy, double *sum_dy_xhat, int nthreads);       \
+    /* Running statistic update: running = (1 - momentum) * running                 \
+     * + momentum * factor * batch (factor m / (m - 1) makes a variance unbiased). */\
+    int fbn_ema_##SFX(T *running, const double *batch, int64_t channels,             \
+                      double momentum, double factor);
+
+FBN_DECLARE(f32, float)
+FBN_DECLARE(f64, double)
+
+/* Per-channel affine coefficients of normalisation with mean (hi, lo) and invstd:
+ * shift = hi, scale = gamma * invstd, bias = beta - lo * scale. */
+void fbn_coefficients(int64_t channels, const double *mean_hi, const double *mean_lo,
+                      const double *invstd, const double *gamma, const double *beta,
+                      double *shift, double *scale, double *bias);
+
+/* Build facts for show_config. */
+int fbn_openmp_enabled(void);
+int fbn_max_threads(void);
+const char *fbn_simd_paths(void);
+const char *fbn_compiler(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

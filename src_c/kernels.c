@@ -1,0 +1,92 @@
+/* Dtype-independent parts of fastbn, and one instantiation of kernels_impl.h
+ * per dtype. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fastbn.h"
+#include "plan.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+fbn_plan fbn_make_plan(fbn_shape s, int64_t bytes_per_value) {
+    fbn_plan p;
+    p.s = s;
+    p.block = s.inner == 1 ? (s.channels < FBN_COL_BLOCK ? s.channels : FBN_COL_BLOCK) : 1;
+    if (p.block < 1) p.block = 1;
+    p.nblocks = (s.channels + p.block - 1) / p.block;
+    p.per_channel = s.outer * s.inner;
+    int64_t max_len = FBN_TILE_BYTES / (bytes_per_value * p.block);
+    if (max_len < 1) max_len = 1;
+    p.nsegs = p.per_channel > max_len ? (p.per_channel + max_len - 1) / max_len : 1;
+    p.seg_len = p.nsegs > 0 ? (p.per_channel + p.nsegs - 1) / p.nsegs : 0;
+    return p;
+}
+
+int fbn_threads_for(const fbn_plan *p, int nthreads) {
+    int64_t total = p->per_channel * p->s.channels;
+    int64_t tiles = p->nblocks * p->nsegs;
+    if (nthreads < 1 || total < FBN_MIN_PARALLEL) return 1;
+    return tiles < nthreads ? (int)(tiles > 0 ? tiles : 1) : nthreads;
+}
+
+void fbn_coefficients(int64_t channels, const double *mean_hi, const double *mean_lo,
+                      const double *invstd, const double *gamma, const double *beta,
+                      double *shift, double *scale, double *bias) {
+    for (int64_t c = 0; c < channels; c++) {
+        double g = gamma ? gamma[c] : 1.0, b = beta ? beta[c] : 0.0;
+        shift[c] = mean_hi[c];
+        scale[c] = g * invstd[c];
+        bias[c] = b - (mean_lo ? mean_lo[c] : 0.0) * scale[c];
+    }
+}
+
+int fbn_openmp_enabled(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+int fbn_max_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FBN_NO_DISPATCH)
+#define FBN_DISPATCH __attribute__((target_clones("avx512f", "avx2", "default")))
+#define FBN_SIMD_PATHS "runtime dispatch: avx512f, avx2, baseline x86-64"
+#else
+#define FBN_DISPATCH
+#define FBN_SIMD_PATHS "compiler auto-vectorisation for the build target (no runtime dispatch)"
+#endif
+
+const char *fbn_simd_paths(void) { return FBN_SIMD_PATHS; }
+
+const char *fbn_compiler(void) {
+#if defined(__clang__)
+    return "clang " __clang_version__;
+#elif defined(__GNUC__)
+    return "gcc " __VERSION__;
+#else
+    return "unknown C99 compiler";
+#endif
+}
+
+#define T float
+#define SFX f32
+#include "kernels_impl.h"
+#undef T
+#undef SFX
+
+#define T double
+#define SFX f64
+#include "kernels_impl.h"
+#undef T
+#undef SFX

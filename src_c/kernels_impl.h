@@ -1,0 +1,563 @@
+/* The kernels, written once and instantiated per dtype by kernels.c with
+ *   T   the element type (float or double),
+ *   SFX its suffix (f32 or f64).
+ * Two kernel shapes cover every layout: "rows" (inner > 1: each (o, c) is a
+ * contiguous run of `inner` values) and "columns" (inner == 1: a row of a
+ * channel block is contiguous, and loops run across channels). All arithmetic
+ * is in double. */
+
+#define FBN_CAT_(a, b) a##_##b
+#define FBN_CAT(a, b) FBN_CAT_(a, b)
+#define FN(name) FBN_CAT(name, SFX)
+
+/* ---- rows shape: runs of one channel ---------------------------------- */
+
+/* Accumulate (p[i] - pivot) into a. */
+static inline void FN(run_sum)(fbn_acc *a, const T *p, int64_t n, double pivot) {
+    double lane[8];
+    memcpy(lane, a->lane, sizeof lane);
+    while (n > 0) {
+        int64_t len = FBN_PIECE - a->pending;
+        if (len > n) len = n;
+        int64_t i = 0;
+        for (; i + 8 <= len; i += 8)
+            for (int l = 0; l < 8; l++) lane[l] += (double)p[i + l] - pivot;
+        for (; i < len; i++) lane[i & 7] += (double)p[i] - pivot;
+        a->pending += len;
+        p += len;
+        n -= len;
+        if (a->pending >= FBN_PIECE) {
+            memcpy(a->lane, lane, sizeof lane);
+            fbn_acc_flush(a);
+            memset(lane, 0, sizeof lane);
+        }
+    }
+    memcpy(a->lane, lane, sizeof lane);
+}
+
+/* Accumulate e and e^2, e = (p[i] - pivot) - mean, into a1 and a2. */
+static inline void FN(run_dev)(fbn_acc *a1, fbn_acc *a2, const T *p, int64_t n, double pivot,
+                               double mean) {
+    double l1[8], l2[8];
+    memcpy(l1, a1->lane, sizeof l1);
+    memcpy(l2, a2->lane, sizeof l2);
+    while (n > 0) {
+        int64_t len = FBN_PIECE - a1->pending;
+        if (len > n) len = n;
+        int64_t i = 0;
+        for (; i + 8 <= len; i += 8)
+            for (int l = 0; l < 8; l++) {
+                double e = ((double)p[i + l] - pivot) - mean;
+                l1[l] += e;
+                l2[l] += e * e;
+            }
+        for (; i < len; i++) {
+            double e = ((double)p[i] - pivot) - mean;
+            l1[i & 7] += e;
+            l2[i & 7] += e * e;
+        }
+        a1->pending += len;
+        a2->pending += len;
+        p += len;
+        n -= len;
+        if (a1->pending >= FBN_PIECE) {
+            memcpy(a1->lane, l1, sizeof l1);
+            memcpy(a2->lane, l2, sizeof l2);
+            fbn_acc_flush(a1);
+            fbn_acc_flush(a2);
+            memset(l1, 0, sizeof l1);
+            memset(l2, 0, sizeof l2);
+        }
+    }
+    memcpy(a1->lane, l1, sizeof l1);
+    memcpy(a2->lane, l2, sizeof l2);
+}
+
+/* dy masked by the ReLU of the forward pre-activation (recomputed, not stored). */
+#define FBN_MASKED(dyv, xv, shift, scale, bias, relu) \
+    ((relu) && !((((double)(xv) - (shift)) * (scale) + (bias)) > 0.0) ? 0.0 : (double)(dyv))
+
+/* Accumulate dy and dy * (x - shift) into a1 and a2. */
+static inline void FN(run_bwd)(fbn_acc *a1, fbn_acc *a2, const T *dy, const T *x, int64_t n,
+                               double shift, double scale, double bias, int relu) {
+    double l1[8], l2[8];
+    memcpy(l1, a1->lane, sizeof l1);
+    memcpy(l2, a2->lane, sizeof l2);
+    while (n > 0) {
+        int64_t len = FBN_PIECE - a1->pending;
+        if (len > n) len = n;
+        int64_t i = 0;
+        for (; i + 8 <= len; i += 8)
+            for (int l = 0; l < 8; l++) {
+                double g = FBN_MASKED(dy[i + l], x[i + l], shift, scale, bias, relu);
+                l1[l] += g;
+                l2[l] += g * ((double)x[i + l] - shift);
+            }
+        for (; i < len; i++) {
+            double g = FBN_MASKED(dy[i], x[i], shift, scale, bias, relu);
+            l1[i & 7] += g;
+            l2[i & 7] += g * ((double)x[i] - shift);
+        }
+        a1->pending += len;
+        a2->pending += len;
+        dy += len;
+        x += len;
+        n -= len;
+        if (a1->pending >= FBN_PIECE) {
+            memcpy(a1->lane, l1, sizeof l1);
+            memcpy(a2->lane, l2, sizeof l2);
+            fbn_acc_flush(a1);
+            fbn_acc_flush(a2);
+            memset(l1, 0, sizeof l1);
+            memset(l2, 0, sizeof l2);
+        }
+    }
+    memcpy(a1->lane, l1, sizeof l1);
+    memcpy(a2->lane, l2, sizeof l2);
+}
+
+/* ---- tiles: one channel block times one segment of its values ---------- */
+
+/* Contiguous runs of channel c covering flat (outer, inner) indices [j0, j1). */
+static inline int64_t FN(run_at)(const fbn_shape *s, int64_t c, int64_t j, int64_t j1,
+                                 int64_t *len) {
+    int64_t o = j / s->inner, i = j - o * s->inner;
+    *len = s->inner - i < j1 - j ? s->inner - i : j1 - j;
+    return (o * s->channels + c) * s->inner + i;
+}
+#define FBN_FOR_RUNS(s, c, j0, j1, off, len)                            \
+    for (int64_t fr_j = (j0), off = 0, len = 0; fr_j < (j1); fr_j += len) \
+        if ((off = FN(run_at)((s), (c), fr_j, (j1), &len)), 1)
+
+typedef struct {
+    int64_t c0, nc, j0, j1; /* channels [c0, c0 + nc), flat values [j0, j1) */
+} FN(fbn_tile);
+
+static inline FN(fbn_tile) FN(tile_of)(const fbn_plan *p, int64_t t) {
+    FN(fbn_tile) r;
+    int64_t b = t / p->nsegs, k = t % p->nsegs;
+    r.c0 = b * p->block;
+    r.nc = p->s.channels - r.c0 < p->block ? p->s.channels - r.c0 : p->block;
+    r.j0 = k * p->seg_len;
+    r.j1 = r.j0 + p->seg_len < p->per_channel ? r.j0 + p->seg_len : p->per_channel;
+    return r;
+}
+
+/* Two-pass statistics of one tile, relative to each channel's pivot. */
+FBN_DISPATCH static void FN(stats_tile)(const T *x, const fbn_plan *p, int64_t t,
+                                        const double *pivot, fbn_part *part) {
+    FN(fbn_tile) r = FN(tile_of)(p, t);
+    const fbn_shape *s = &p->s;
+    double n = (double)(r.j1 - r.j0);
+    if (s->inner > 1) {
+        int64_t c = r.c0;
+        fbn_acc a = {{0}, 0, {0, 0}}, e1 = a, e2 = a;
+        FBN_FOR_RUNS(s, c, r.j0, r.j1, off, len) FN(run_sum)(&a, x + off, len, pivot[c]);
+        double mean = fbn_acc_value(&a) / n;
+        FBN_FOR_RUNS(s, c, r.j0, r.j1, off, len) FN(run_dev)(&e1, &e2, x + off, len, pivot[c], mean);
+        double s1 = fbn_acc_value(&e1);
+        part[c].n = n;
+        part[c].mean = mean + s1 / n;
+        part[c].m2 = fbn_acc_value(&e2) - s1 * s1 / n;
+        return;
+    }
+    /* columns: lanes are channels; partial sums go to compensated totals every 64 rows */
+    const int64_t C = s->channels, nc = r.nc;
+    const double *pv = pivot + r.c0;
+    double acc[FBN_COL_BLOCK], acc2[FBN_COL_BLOCK], mean[FBN_COL_BLOCK];
+    fbn_ksum tot[FBN_COL_BLOCK], tot2[FBN_COL_BLOCK];
+    memset(tot, 0, sizeof tot);
+    for (int64_t o = r.j0; o < r.j1;) {
+        int64_t end = o + 64 < r.j1 ? o + 64 : r.j1;
+        memset(acc, 0, sizeof acc);
+        for (; o < end; o++) {
+            const T *row = x + o * C + r.c0;
+            for (int64_t c = 0; c < nc; c++) acc[c] += (double)row[c] - pv[c];
+        }
+        for (int64_t c = 0; c < nc; c++) fbn_kadd(&tot[c], acc[c]);
+    }
+    for (int64_t c = 0; c < nc; c++) mean[c] = fbn_kval(&tot[c]) / n;
+    memset(tot, 0, sizeof tot);
+    memset(tot2, 0, sizeof tot2);
+    for (int64_t o = r.j0; o < r.j1;) {
+        int64_t end = o + 64 < r.j1 ? o + 64 : r.j1;
+        memset(acc, 0, sizeof acc);
+        memset(acc2, 0, sizeof acc2);
+        for (; o < end; o++) {
+            const T *row = x + o * C + r.c0;
+            for (int64_t c = 0; c < nc; c++) {
+                double e = ((double)row[c] - pv[c]) - mean[c];
+                acc[c] += e;
+                acc2[c] += e * e;
+            }
+        }
+        for (int64_t c = 0; c < nc; c++) {
+            fbn_kadd(&tot[c], acc[c]);
+            fbn_kadd(&tot2[c], acc2[c]);
+        }
+    }
+    for (int64_t c = 0; c < nc; c++) {
+        double s1 = fbn_kval(&tot[c]);
+        part[r.c0 + c].n = n;
+        part[r.c0 + c].mean = mean[c] + s1 / n;
+        part[r.c0 + c].m2 = fbn_kval(&tot2[c]) - s1 * s1 / n;
+    }
+}
+
+FBN_DISPATCH static void FN(affine_tile)(const T *x, T *y, const fbn_plan *p, int64_t t,
+                                         const double *shift, const double *scale,
+                                         const double *bias, int relu) {
+    FN(fbn_tile) r = FN(tile_of)(p, t);
+    const fbn_shape *s = &p->s;
+    if (s->inner > 1) {
+        int64_t c = r.c0;
+        const double sh = shift[c], sc = scale[c], bi = bias[c];
+        FBN_FOR_RUNS(s, c, r.j0, r.j1, off, len) {
+            const T *xr = x + off;
+            T *yr = y + off;
+            if (relu)
+                for (int64_t i = 0; i < len; i++) {
+                    double v = ((double)xr[i] - sh) * sc + bi;
+                    yr[i] = (T)(v < 0.0 ? 0.0 : v);
+                }
+            else
+                for (int64_t i = 0; i < len; i++) yr[i] = (T)(((double)xr[i] - sh) * sc + bi);
+        }
+        return;
+    }
+    const int64_t C = s->channels, nc = r.nc;
+    const double *sh = shift + r.c0, *sc = scale + r.c0, *bi = bias + r.c0;
+    for (int64_t o = r.j0; o < r.j1; o++) {
+        const T *xr = x + o * C + r.c0;
+        T *yr = y + o * C + r.c0;
+        if (relu)
+            for (int64_t c = 0; c < nc; c++) {
+                double v = ((double)xr[c] - sh[c]) * sc[c] + bi[c];
+                yr[c] = (T)(v < 0.0 ? 0.0 : v);
+            }
+        else
+            for (int64_t c = 0; c < nc; c++) yr[c] = (T)(((double)xr[c] - sh[c]) * sc[c] + bi[c]);
+    }
+}
+
+/* Per-channel sum(dy) and sum(dy * (x - shift)) of one tile, into sums[2 * c + {0, 1}]. */
+FBN_DISPATCH static void FN(bwd_reduce_tile)(const T *dy, const T *x, const fbn_plan *p,
+                                             int64_t t, const double *shift,
+                                             const double *scale, const double *bias,
+                                             int relu, double *sums) {
+    FN(fbn_tile) r = FN(tile_of)(p, t);
+    const fbn_shape *s = &p->s;
+    if (s->inner > 1) {
+        int64_t c = r.c0;
+        fbn_acc a1 = {{0}, 0, {0, 0}}, a2 = a1;
+        FBN_FOR_RUNS(s, c, r.j0, r.j1, off, len)
+            FN(run_bwd)(&a1, &a2, dy + off, x + off, len, shift[c], scale[c], bias[c], relu);
+        sums[2 * c] = fbn_acc_value(&a1);
+        sums[2 * c + 1] = fbn_acc_value(&a2);
+        return;
+    }
+    const int64_t C = s->channels, nc = r.nc;
+    const double *sh = shift + r.c0, *sc = scale + r.c0, *bi = bias + r.c0;
+    double acc[FBN_COL_BLOCK], acc2[FBN_COL_BLOCK];
+    fbn_ksum tot[FBN_COL_BLOCK], tot2[FBN_COL_BLOCK];
+    memset(tot, 0, sizeof tot);
+    memset(tot2, 0, sizeof tot2);
+    for (int64_t o = r.j0; o < r.j1;) {
+        int64_t end = o + 64 < r.j1 ? o + 64 : r.j1;
+        memset(acc, 0, sizeof acc);
+        memset(acc2, 0, sizeof acc2);
+        for (; o < end; o++) {
+            const T *dr = dy + o * C + r.c0, *xr = x + o * C + r.c0;
+            for (int64_t c = 0; c < nc; c++) {
+                double g = FBN_MASKED(dr[c], xr[c], sh[c], sc[c], bi[c], relu);
+                acc[c] += g;
+                acc2[c] += g * ((double)xr[c] - sh[c]);
+            }
+        }
+        for (int64_t c = 0; c < nc; c++) {
+            fbn_kadd(&tot[c], acc[c]);
+            fbn_kadd(&tot2[c], acc2[c]);
+        }
+    }
+    for (int64_t c = 0; c < nc; c++) {
+        sums[2 * (r.c0 + c)] = fbn_kval(&tot[c]);
+        sums[2 * (r.c0 + c) + 1] = fbn_kval(&tot2[c]);
+    }
+}
+
+/* dx = k_dy * dy + k_x * (x - shift) + k_0, dy masked by the ReLU if relu. */
+FBN_DISPATCH static void FN(bwd_elemt_tile)(const T *dy, const T *x, T *dx, const fbn_plan *p,
+                                            int64_t t, const double *shift,
+                                            const double *scale, const double *bias, int relu,
+                                            const double *k_dy, const double *k_x,
+                                            const double *k_0) {
+    FN(fbn_tile) r = FN(tile_of)(p, t);
+    const fbn_shape *s = &p->s;
+    if (s->inner > 1) {
+        int64_t c = r.c0;
+        const double sh = shift[c], sc = scale[c], bi = bias[c];
+        const double a = k_dy[c], b = k_x[c], z = k_0[c];
+        FBN_FOR_RUNS(s, c, r.j0, r.j1, off, len) {
+            const T *dr = dy + off, *xr = x + off;
+            T *out = dx + off;
+            for (int64_t i = 0; i < len; i++) {
+                double g = FBN_MASKED(dr[i], xr[i], sh, sc, bi, relu);
+                out[i] = (T)(a * g + b * ((double)xr[i] - sh) + z);
+            }
+        }
+        return;
+    }
+    const int64_t C = s->channels, nc = r.nc;
+    const double *sh = shift + r.c0, *sc = scale + r.c0, *bi = bias + r.c0;
+    const double *a = k_dy + r.c0, *b = k_x + r.c0, *z = k_0 + r.c0;
+    for (int64_t o = r.j0; o < r.j1; o++) {
+        const T *dr = dy + o * C + r.c0, *xr = x + o * C + r.c0;
+        T *out = dx + o * C + r.c0;
+        for (int64_t c = 0; c < nc; c++) {
+            double g = FBN_MASKED(dr[c], xr[c], sh[c], sc[c], bi[c], relu);
+            out[c] = (T)(a[c] * g + b[c] * ((double)xr[c] - sh[c]) + z[c]);
+        }
+    }
+}
+
+/* ---- drivers ------------------------------------------------------------ */
+
+/* Each channel's first value: the pivot its statistics are taken around. */
+static void FN(pivots)(const T *x, const fbn_shape *s, double *pivot) {
+    for (int64_t c = 0; c < s->channels; c++) pivot[c] = (double)x[c * s->inner];
+}
+
+/* mean = pivot + part.mean as a double-double (TwoSum), var = m2 / n. */
+static void FN(finish_stats)(int64_t c, double pivot, const fbn_part *part, double *mean_hi,
+                             double *mean_lo, double *m2) {
+    double a = pivot, b = part->mean, hi = a + b, bb = hi - a;
+    mean_hi[c] = hi;
+    mean_lo[c] = (a - (hi - bb)) + (b - bb);
+    m2[c] = part->m2;
+}
+
+/* Statistics of every channel, tile by tile, merged in a fixed order. */
+static int FN(stats_all)(const T *x, const fbn_plan *p, double *pivot, fbn_part *parts,
+                         double *mean_hi, double *mean_lo, double *m2, int nt) {
+    const int64_t C = p->s.channels, ntiles = p->nblocks * p->nsegs;
+    (void)nt;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t t = 0; t < ntiles; t++)
+        FN(stats_tile)(x, p, t, pivot, parts + (t % p->nsegs) * C);
+    for (int64_t c = 0; c < C; c++) {
+        for (int64_t k = 1; k < p->nsegs; k++) fbn_merge(&parts[c], &parts[k * C + c]);
+        FN(finish_stats)(c, pivot[c], &parts[c], mean_hi, mean_lo, m2);
+    }
+    return 0;
+}
+
+int FN(fbn_batch_stats)(const T *x, fbn_shape s, double *mean_hi, double *mean_lo, double *m2,
+                        int nthreads) {
+    fbn_plan p = fbn_make_plan(s, 2 * sizeof(T));
+    if (p.per_channel == 0 || s.channels == 0) {
+        for (int64_t c = 0; c < s.channels; c++) mean_hi[c] = mean_lo[c] = m2[c] = 0.0;
+        return 0;
+    }
+    double *pivot = malloc(s.channels * sizeof(double));
+    fbn_part *parts = malloc(p.nsegs * s.channels * sizeof(fbn_part));
+    int status = -1;
+    if (pivot && parts) {
+        FN(pivots)(x, &s, pivot);
+        status = FN(stats_all)(x, &p, pivot, parts, mean_hi, mean_lo, m2,
+                               fbn_threads_for(&p, nthreads));
+    }
+    free(pivot);
+    free(parts);
+    return status;
+}
+
+static void FN(finish_channel)(int64_t c, double eps, double *var, double *invstd,
+                               const double *m2, double n) {
+    var[c] = m2[c] / n;
+    invstd[c] = 1.0 / sqrt(var[c] + eps);
+}
+
+int FN(fbn_forward_train)(const T *x, T *y, fbn_shape s, const double *gamma,
+                          const double *beta, double eps, int relu, double *mean_hi,
+                          double *mean_lo, double *var, double *invstd, int nthreads) {
+    const int64_t C = s.channels;
+    fbn_plan p = fbn_make_plan(s, 2 * sizeof(T));
+    if (p.per_channel == 0 || C == 0) return -2;
+    double *work = malloc(C * 5 * sizeof(double));
+    fbn_part *parts = malloc(p.nsegs * C * sizeof(fbn_part));
+    if (!work || !parts) {
+        free(work);
+        free(parts);
+        return -1;
+    }
+    double *pivot = work, *shift = work + C, *scale = work + 2 * C, *bias = work + 3 * C;
+    double *m2 = work + 4 * C, n = (double)p.per_channel;
+    int nt = fbn_threads_for(&p, nthreads);
+    FN(pivots)(x, &s, pivot);
+    if (p.nsegs == 1) {
+        /* each tile holds whole channels: reduce it, then normalise it while in cache */
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+        for (int64_t t = 0; t < p.nblocks; t++) {
+            int64_t c0 = t * p.block, nc = C - c0 < p.block ? C - c0 : p.block;
+            FN(stats_tile)(x, &p, t, pivot, parts);
+            for (int64_t c = c0; c < c0 + nc; c++) {
+                FN(finish_stats)(c, pivot[c], &parts[c], mean_hi, mean_lo, m2);
+                FN(finish_channel)(c, eps, var, invstd, m2, n);
+            }
+            fbn_coefficients(nc, mean_hi + c0, mean_lo + c0, invstd + c0,
+                             gamma ? gamma + c0 : NULL, beta ? beta + c0 : NULL,
+                             shift + c0, scale + c0, bias + c0);
+            FN(affine_tile)(x, y, &p, t, shift, scale, bias, relu);
+        }
+    } else {
+        FN(stats_all)(x, &p, pivot, parts, mean_hi, mean_lo, m2, nt);
+        for (int64_t c = 0; c < C; c++) FN(finish_channel)(c, eps, var, invstd, m2, n);
+        fbn_coefficients(C, mean_hi, mean_lo, invstd, gamma, beta, shift, scale, bias);
+        const int64_t ntiles = p.nblocks * p.nsegs;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+        for (int64_t t = 0; t < ntiles; t++) FN(affine_tile)(x, y, &p, t, shift, scale, bias, relu);
+    }
+    free(work);
+    free(parts);
+    return 0;
+}
+
+int FN(fbn_affine)(const T *x, T *y, fbn_shape s, const double *shift, const double *scale,
+                   const double *bias, int relu, int nthreads) {
+    fbn_plan p = fbn_make_plan(s, 2 * sizeof(T));
+    const int64_t ntiles = p.per_channel ? p.nblocks * p.nsegs : 0;
+    int nt = fbn_threads_for(&p, nthreads);
+    (void)nt;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t t = 0; t < ntiles; t++) FN(affine_tile)(x, y, &p, t, shift, scale, bias, relu);
+    return 0;
+}
+
+/* Sum the tiles' partial sums per channel in a fixed order. */
+static void FN(sum_tiles)(const fbn_plan *p, const double *sums, double *sum_dy,
+                          double *sum_dy_xs) {
+    const int64_t C = p->s.channels;
+    for (int64_t c = 0; c < C; c++) {
+        fbn_ksum a = {0, 0}, b = {0, 0};
+        for (int64_t k = 0; k < p->nsegs; k++) {
+            fbn_kadd(&a, sums[k * 2 * C + 2 * c]);
+            fbn_kadd(&b, sums[k * 2 * C + 2 * c + 1]);
+        }
+        sum_dy[c] = fbn_kval(&a);
+        sum_dy_xs[c] = fbn_kval(&b);
+    }
+}
+
+int FN(fbn_backward_reduce)(const T *dy, const T *x, fbn_shape s, const double *shift,
+                            const double *scale, const double *bias, int relu, double *sum_dy,
+                            double *sum_dy_xs, int nthreads) {
+    fbn_plan p = fbn_make_plan(s, 2 * sizeof(T));
+    const int64_t C = s.channels;
+    if (p.per_channel == 0) {
+        for (int64_t c = 0; c < C; c++) sum_dy[c] = sum_dy_xs[c] = 0.0;
+        return 0;
+    }
+    double *sums = malloc(p.nsegs * 2 * C * sizeof(double));
+    if (!sums) return -1;
+    const int64_t ntiles = p.nblocks * p.nsegs;
+    int nt = fbn_threads_for(&p, nthreads);
+    (void)nt;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t t = 0; t < ntiles; t++)
+        FN(bwd_reduce_tile)(dy, x, &p, t, shift, scale, bias, relu,
+                            sums + (t % p.nsegs) * 2 * C);
+    FN(sum_tiles)(&p, sums, sum_dy, sum_dy_xs);
+    free(sums);
+    return 0;
+}
+
+int FN(fbn_backward_elemt)(const T *dy, const T *x, T *dx, fbn_shape s, const double *shift,
+                           const double *scale, const double *bias, int relu,
+                           const double *k_dy, const double *k_x, const double *k_0,
+                           int nthreads) {
+    fbn_plan p = fbn_make_plan(s, 3 * sizeof(T));
+    const int64_t ntiles = p.per_channel ? p.nblocks * p.nsegs : 0;
+    int nt = fbn_threads_for(&p, nthreads);
+    (void)nt;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t t = 0; t < ntiles; t++)
+        FN(bwd_elemt_tile)(dy, x, dx, &p, t, shift, scale, bias, relu, k_dy, k_x, k_0);
+    return 0;
+}
+
+/* From the reduced sums to sum(dy * xhat) and the dx coefficients of channel c. */
+static void FN(bwd_coefficients)(int64_t c, double n, int training, const double *mean_lo,
+                                 const double *invstd, const double *gamma,
+                                 const double *sum_dy, const double *sum_dy_xs,
+                                 double *sum_dy_xhat, double *k_dy, double *k_x, double *k_0) {
+    double lo = mean_lo ? mean_lo[c] : 0.0;
+    sum_dy_xhat[c] = invstd[c] * (sum_dy_xs[c] - lo * sum_dy[c]);
+    k_dy[c] = (gamma ? gamma[c] : 1.0) * invstd[c];
+    k_x[c] = training ? -k_dy[c] * invstd[c] * (sum_dy_xhat[c] / n) : 0.0;
+    k_0[c] = training ? -k_dy[c] * (sum_dy[c] / n) - k_x[c] * lo : 0.0;
+}
+
+int FN(fbn_backward)(const T *dy, const T *x, T *dx, fbn_shape s, const double *mean_hi,
+                     const double *mean_lo, const double *invstd, const double *gamma,
+                     const double *beta, int relu, int training, double *sum_dy,
+                     double *sum_dy_xhat, int nthreads) {
+    const int64_t C = s.channels;
+    fbn_plan p = fbn_make_plan(s, 3 * sizeof(T));
+    if (C == 0) return 0;
+    double *work = malloc(C * 7 * sizeof(double));
+    double *sums = malloc(p.nsegs * 2 * C * sizeof(double));
+    if (!work || !sums) {
+        free(work);
+        free(sums);
+        return -1;
+    }
+    double *shift = work, *scale = work + C, *bias = work + 2 * C, *sum_dy_xs = work + 3 * C;
+    double *k_dy = work + 4 * C, *k_x = work + 5 * C, *k_0 = work + 6 * C;
+    double n = (double)p.per_channel;
+    int nt = fbn_threads_for(&p, nthreads);
+    fbn_coefficients(C, mean_hi, mean_lo, invstd, gamma, beta, shift, scale, bias);
+    if (p.per_channel == 0) {
+        for (int64_t c = 0; c < C; c++) sum_dy[c] = sum_dy_xhat[c] = 0.0;
+    } else if (p.nsegs == 1) {
+        /* each tile holds whole channels: reduce it, then write dx while in cache */
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+        for (int64_t t = 0; t < p.nblocks; t++) {
+            int64_t c0 = t * p.block, nc = C - c0 < p.block ? C - c0 : p.block;
+            FN(bwd_reduce_tile)(dy, x, &p, t, shift, scale, bias, relu, sums);
+            for (int64_t c = c0; c < c0 + nc; c++) {
+                sum_dy[c] = sums[2 * c];
+                sum_dy_xs[c] = sums[2 * c + 1];
+                FN(bwd_coefficients)(c, n, training, mean_lo, invstd, gamma, sum_dy, sum_dy_xs,
+                                     sum_dy_xhat, k_dy, k_x, k_0);
+            }
+            FN(bwd_elemt_tile)(dy, x, dx, &p, t, shift, scale, bias, relu, k_dy, k_x, k_0);
+        }
+    } else {
+        const int64_t ntiles = p.nblocks * p.nsegs;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+        for (int64_t t = 0; t < ntiles; t++)
+            FN(bwd_reduce_tile)(dy, x, &p, t, shift, scale, bias, relu,
+                                sums + (t % p.nsegs) * 2 * C);
+        FN(sum_tiles)(&p, sums, sum_dy, sum_dy_xs);
+        for (int64_t c = 0; c < C; c++)
+            FN(bwd_coefficients)(c, n, training, mean_lo, invstd, gamma, sum_dy, sum_dy_xs,
+                                 sum_dy_xhat, k_dy, k_x, k_0);
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+        for (int64_t t = 0; t < ntiles; t++)
+            FN(bwd_elemt_tile)(dy, x, dx, &p, t, shift, scale, bias, relu, k_dy, k_x, k_0);
+    }
+    free(work);
+    free(sums);
+    return 0;
+}
+
+int FN(fbn_ema)(T *running, const double *batch, int64_t channels, double momentum,
+                double factor) {
+    for (int64_t c = 0; c < channels; c++)
+        running[c] = (T)((1.0 - momentum) * (double)running[c] + momentum * batch[c] * factor);
+    return 0;
+}
+
+#undef FN
+#undef FBN_FOR_RUNS
+#undef FBN_MASKED
