@@ -1,0 +1,259 @@
+"""Synchronised batch normalisation over MPI (through mpi4py).
+
+Every rank of a communicator holds part of one batch; the statistics used are
+those of the union of all the parts, whatever each rank's batch size (an empty
+batch included: its output is empty, and it still joins the collectives).
+
+What is communicated, once per call and for all channels in one buffer:
+
+* ``sync_forward`` (training): one ``Allgather`` of ``3 + 2*C`` float64 per rank,
+  ``[count, C, eps, mean[0..C), m2[0..C)]``. Every rank then merges the gathered
+  partial statistics with ``fastbn.merge_stats`` (Chan et al.), in rank order, on
+  identical bytes: every rank gets bit-identical mean and variance, hence
+  bit-identical running statistics.
+* ``sync_backward`` (training): one ``Allgather`` of ``1 + 2*C`` float64 per rank,
+  ``[flag, sum_dy[0..C), sum_dy_xhat[0..C)]``, summed in rank order, so dgamma and
+  dbeta are bit-identical on every rank too.
+* Eval mode (running statistics): no communication at all.
+
+Errors and deadlocks
+--------------------
+Every argument is checked on each rank before any communication. A rank whose
+arguments are invalid but whose channel count is known (``x`` is an array of
+rank >= 2 with a valid ``axis``; for backward, ``cache`` is a Cache) still joins
+the collective, flagging its failure, and then raises its own error; the other
+ranks raise :class:`PeerError` naming it. So a mistake made on some ranks only
+(a wrong ``gamma`` shape, a read-only ``out``, a bad ``dy``) raises everywhere
+instead of hanging. Training with a global count of values per channel <= 1, or
+ranks that disagree on ``eps`` or on the number of channels, raise
+``ValueError`` on every rank.
+
+What cannot be made safe without an extra round of communication, and so is the
+caller's duty: every rank of ``comm`` must make the same sequence of calls, all
+in training mode or all in eval mode; an error that leaves the channel count
+unknown (``x`` not an array, ``axis`` out of bounds, ``comm`` not a
+communicator, ``training`` not a bool) raises at once on that rank only. Ranks
+with different numbers of channels make buffers of different sizes; MPI reports
+that as an error where it can (MPICH raises ``mpi4py.MPI.Exception`` on a
+truncated message); every rank must also use the same fastbn backend for the
+bitwise identity above.
+"""
+import numpy as np
+
+try:
+    from mpi4py import MPI
+except ImportError as _exc:  # pragma: no cover - exercised only without mpi4py
+    raise ImportError(
+        "fastbn.distributed needs mpi4py (and an MPI library): install them with "
+        "`pip install 'fastbn[mpi]'` or `pip install mpi4py mpich`") from _exc
+
+from ._checks import (Cache, _describe, channel_axis, channel_vector, check_backward,
+                      check_cache_shape, data_array, out_array, real_number,
+                      running_vector)
+from ._checks import activation as _check_activation
+
+__all__ = ["sync_forward", "sync_backward", "SyncBatchNorm", "SyncCache", "PeerError"]
+
+_FAILED = -1.0  # the count slot of a rank whose arguments were invalid
+
+
+class PeerError(RuntimeError):
+    """Raised on the ranks whose own arguments were valid when another rank's were not."""
+
+
+class SyncCache(Cache):
+    """The Cache of a training-mode ``sync_forward``: also the global count per channel
+    (``count`` stays the local one) and the communicator the statistics were taken over."""
+    __slots__ = ("global_count", "comm")
+
+    def __init__(self, *args, global_count, comm, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.global_count, self.comm = global_count, comm
+
+
+def _fastbn():
+    import fastbn  # the backend fastbn chose (C kernels or the NumPy reference)
+    return fastbn
+
+
+def _check_comm(comm):
+    if not isinstance(comm, MPI.Comm):
+        raise TypeError(f"comm must be an mpi4py.MPI communicator (e.g. MPI.COMM_WORLD), "
+                        f"got {_describe(comm)}")
+    if comm == MPI.COMM_NULL:
+        raise ValueError("comm is MPI.COMM_NULL")
+    if comm.Is_inter():
+        raise ValueError("comm must be an intra-communicator, got an inter-communicator")
+    return comm
+
+
+def _check_bool(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {_describe(value)}")
+    return bool(value)
+
+
+def _channels_of(x, axis):
+    """C if x and axis make it knowable, else None (never raises)."""
+    try:
+        return x.shape[channel_axis(axis, x.ndim)] if isinstance(x, np.ndarray) and x.ndim >= 2 else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _check_local(x, gamma, beta, axis, eps, running_mean, running_var, momentum, out, activation):
+    """The checks of fastbn.forward in training mode, except the count per channel,
+    which is only known globally. Returns (axis, C, gamma, beta, eps, momentum, act)."""
+    data_array(x, "x")
+    axis = channel_axis(axis, x.ndim)
+    C = x.shape[axis]
+    gamma = channel_vector(gamma, C, "gamma")
+    beta = channel_vector(beta, C, "beta")
+    eps = real_number(eps, "eps", low=0.0, low_open=True)
+    momentum = real_number(momentum, "momentum", low=0.0, high=1.0)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must be given together")
+    running_vector(running_mean, C, "running_mean", update=True)
+    running_vector(running_var, C, "running_var", update=True)
+    if running_mean is not None and np.may_share_memory(running_mean, running_var):
+        raise ValueError("running_mean and running_var must not share memory")
+    out_array(out, x.shape, x.dtype)
+    return axis, C, gamma, beta, eps, momentum, _check_activation(activation)
+
+
+def _allgather(comm, row):
+    table = np.empty((comm.Get_size(), row.shape[0]), dtype=np.float64)
+    comm.Allgather(row, table)
+    return table
+
+
+def _raise_if_failed(table, comm, error, what):
+    failed = [r for r in range(table.shape[0]) if table[r, 0] == _FAILED]
+    if error is not None:
+        raise error
+    if failed:
+        raise PeerError(f"{what}: the arguments were invalid on rank(s) {failed} of the "
+                        f"communicator (this is rank {comm.Get_rank()}); see the error there")
+
+
+def sync_forward(x, gamma=None, beta=None, *, comm, axis=1, eps=1e-5, training=True,
+                 running_mean=None, running_var=None, momentum=0.1, out=None, activation=None):
+    """``fastbn.forward`` with the statistics of the union of the batches of all ranks of ``comm``.
+
+    Call it on every rank of ``comm`` with that rank's part of the batch (any size along
+    the non-channel axes, empty included) and the same ``gamma``/``beta``/running
+    statistics, ``axis``, ``eps``, ``training`` and ``momentum``. Returns ``(y, cache)``,
+    ``y`` the normalised local part. In training mode, the running statistics are
+    updated with the global mean, the global biased variance made unbiased with the
+    global count, identically on every rank. Eval mode (``training=False``) uses the
+    running statistics and does not communicate.
+    """
+    _check_comm(comm)
+    training = _check_bool(training, "training")
+    fb = _fastbn()
+    if not training:
+        return fb.forward(x, gamma, beta, axis=axis, eps=eps, training=False,
+                          running_mean=running_mean, running_var=running_var,
+                          momentum=momentum, out=out, activation=activation)
+    error = None
+    try:
+        axis, C, gamma, beta, eps, momentum, activation = _check_local(
+            x, gamma, beta, axis, eps, running_mean, running_var, momentum, out, activation)
+    except (TypeError, ValueError) as exc:
+        C = _channels_of(x, axis)
+        if C is None:
+            raise  # the buffer size is unknown: this rank cannot join the collective
+        error = exc
+
+    row = np.zeros(3 + 2 * C)
+    if error is None:
+        count, mean, m2 = fb.batch_stats(x, axis=axis)
+        row[0], row[1], row[2] = count, C, eps
+        row[3:3 + C], row[3 + C:] = mean, m2
+    else:
+        row[0] = _FAILED
+    table = _allgather(comm, row)  # the one collective
+    _raise_if_failed(table, comm, error, "sync_forward")
+
+    if (table[:, 1] != C).any():
+        raise ValueError(f"sync_forward: the ranks disagree on the number of channels: "
+                         f"{table[:, 1].astype(np.int64).tolist()}")
+    if (table[:, 2] != eps).any():
+        raise ValueError(f"sync_forward: the ranks disagree on eps: {table[:, 2].tolist()}")
+    counts = table[:, 0].astype(np.int64)
+    total = int(counts.sum())
+    if total <= 1 and C:
+        raise ValueError(f"expected more than 1 value per channel when training, got "
+                         f"{total} over the {comm.Get_size()} ranks (local input of shape "
+                         f"{x.shape})")
+    _, mean, m2 = fb.merge_stats(counts, table[:, 3:3 + C], table[:, 3 + C:])
+    var = m2 / max(total, 1)
+    invstd = 1.0 / np.sqrt(var + eps)
+    overwritten = out is not None and np.may_share_memory(out, x)
+    y = fb.normalize(x, mean, invstd, gamma, beta, axis=axis, out=out, activation=activation)
+    if running_mean is not None and C:
+        fb.update_running_stats(running_mean, running_var, mean, var, total, momentum=momentum)
+    return y, SyncCache(x, gamma, beta, mean, invstd, var, axis=axis, eps=eps, training=True,
+                        activation=activation, x_overwritten=overwritten,
+                        global_count=total, comm=comm)
+
+
+def _store(values, out, dtype):
+    if out is None:
+        return values.astype(dtype)
+    out[...] = values
+    return out
+
+
+def sync_backward(dy, cache, *, comm, out=None):
+    """``fastbn.backward`` for a ``sync_forward``: returns ``(dx, dgamma, dbeta)``.
+
+    ``dx`` is the local part of the gradient of the global loss; ``dgamma`` and ``dbeta``
+    are the global sums (the same on every rank; do not sum them again across ranks).
+    Must be called on every rank of ``comm`` when the forward was in training mode; an
+    eval-mode cache is differentiated locally, without communication.
+    """
+    _check_comm(comm)
+    fb = _fastbn()
+    if not isinstance(cache, Cache):
+        raise TypeError(f"cache must be the Cache returned by sync_forward, got {_describe(cache)}")
+    if not cache.training:
+        return fb.backward(dy, cache, out=out)
+    error = None
+    try:
+        if not isinstance(cache, SyncCache):
+            raise TypeError("cache comes from a local forward in training mode: sync_backward "
+                            "needs the cache of sync_forward (or use fastbn.backward)")
+        if MPI.Comm.Compare(comm, cache.comm) not in (MPI.IDENT, MPI.CONGRUENT):
+            raise ValueError("comm is not the communicator the forward was synchronised over")
+        dx_out, dg_out, db_out = check_backward(dy, cache, out)
+        check_cache_shape(cache)
+    except (TypeError, ValueError) as exc:
+        error = exc
+    x, axis = cache.x, cache.axis
+    C = _channels_of(x, axis)
+    if C is None:
+        raise error if error is not None else ValueError("cache.x is not a valid input")
+
+    row = np.zeros(1 + 2 * C)
+    if error is None:
+        if cache.activation == "relu":  # the mask of the forward's ReLU, recomputed
+            y = fb.normalize(x, cache.mean, cache.invstd, cache.gamma, cache.beta, axis=axis)
+            dy = np.where(y > 0, dy, 0).astype(dy.dtype)
+            del y
+        sum_dy, sum_dy_xhat = fb.backward_reduce(dy, x, cache.mean, cache.invstd, axis=axis)
+        row[1:1 + C], row[1 + C:] = sum_dy, sum_dy_xhat
+    else:
+        row[0] = _FAILED
+    table = _allgather(comm, row)  # the one collective
+    _raise_if_failed(table, comm, error, "sync_backward")
+
+    totals = table[0, 1:].copy()
+    for r in range(1, table.shape[0]):  # a fixed order: identical sums on every rank
+        totals += table[r, 1:]
+    sum_dy, sum_dy_xhat = totals[:C], totals[C:]
+    dx = fb.backward_elemt(dy, x, cache.mean, cache.invstd, cache.gamma, sum_dy, sum_dy_xhat,
+                           max(cache.global_count, 1), axis=axis, out=dx_out)
+    dgamma = None if cache.gamma is None else _store(sum_dy_xhat, dg_out, cache.gamma.dtype)
+    dbeta = None if cache.beta is None else _store(sum_dy, db_out, cache.beta.dtype)
+    return dx, dgamma, dbeta
