@@ -1,0 +1,253 @@
+"""Shared fixtures, hypothesis profiles and array generators for the fastbn tests.
+
+The generators build well-conditioned data (normal values, per-channel offsets)
+in every memory layout the kernels must handle: C and Fortran order, strided
+slices whose padding is NaN (so a kernel that reads outside the view shows it),
+negative strides and transposed views.
+"""
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+
+import fastbn
+import fastbn.reference
+
+settings.register_profile("ci", max_examples=40, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("thorough", max_examples=600, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+MODULES = [fastbn, fastbn.reference]
+DTYPES = [np.float32, np.float64]
+LAYOUTS = ("C", "F", "strided", "reversed", "transposed")
+# Relative tolerances, scaled by the largest magnitude of the expected output.
+RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
+PAD = np.nan  # what surrounds strided views and fills fresh `out` buffers
+
+
+@pytest.fixture(params=MODULES, ids=lambda m: m.__name__)
+def impl(request):
+    """The C-backed public module and its NumPy twin: both must honour the contract."""
+    return request.param
+
+
+@pytest.fixture
+def restore_threads():
+    previous = fastbn.get_num_threads()
+    yield
+    fastbn.set_num_threads(previous)
+
+
+# ---------------------------------------------------------------- comparisons
+
+def assert_close(actual, expected, rtol=None, what=""):
+    """|actual - expected| <= rtol * max|expected|, with the dtype and shape of expected."""
+    expected = np.asarray(expected)
+    assert isinstance(actual, np.ndarray), f"{what}: expected an ndarray, got {type(actual)}"
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
+    if rtol is None:
+        rtol = RTOL[expected.dtype]
+    if expected.size == 0:
+        return
+    assert np.isfinite(actual).all(), f"{what}: non-finite values in {actual}"
+    scale = float(np.max(np.abs(expected.astype(np.float64))))
+    err = float(np.max(np.abs(actual.astype(np.float64) - expected.astype(np.float64))))
+    assert err <= rtol * scale, (f"{what}: max abs error {err:.3e} > {rtol:.0e} * {scale:.3e}"
+                                 f"\nactual={actual}\nexpected={expected}")
+
+
+def assert_bitwise_equal(a, b, what=""):
+    assert a.shape == b.shape and a.dtype == b.dtype, what
+    assert np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes(), what
+
+
+def snapshot(*arrays):
+    """Bytes of each array (None kept), to check later that nothing changed."""
+    return [None if a is None else (a.shape, a.dtype, np.ascontiguousarray(a).tobytes())
+            for a in arrays]
+
+
+# ---------------------------------------------------------------- memory layouts
+
+def lay_out(values, layout, rng):
+    """A new array equal to `values`, laid out in memory as `layout` says."""
+    values = np.asarray(values)
+    if layout == "C":
+        return np.ascontiguousarray(values)
+    if layout == "F":
+        return np.asfortranarray(values)
+    if layout == "strided":
+        steps = [int(rng.integers(1, 4)) for _ in values.shape]
+        starts = [int(rng.integers(0, 2)) for _ in values.shape]
+        big = np.full([st_ + n * sp + 1 for n, sp, st_ in zip(values.shape, steps, starts)],
+                      PAD, dtype=values.dtype)
+        view = big[tuple(slice(st_, st_ + n * sp, sp)
+                         for n, sp, st_ in zip(values.shape, steps, starts))]
+        view[...] = values
+        return view
+    if layout == "reversed":  # negative strides: x[::-1] along the first axis, maybe more
+        flip = [0] + [d for d in range(1, values.ndim) if rng.random() < 0.5]
+        index = tuple(slice(None, None, -1) if d in flip else slice(None)
+                      for d in range(values.ndim))
+        return np.ascontiguousarray(values[index])[index]
+    if layout == "transposed":  # dense but neither C nor F ordered (for rank >= 3)
+        perm = rng.permutation(values.ndim)
+        inverse = np.argsort(perm)
+        return np.ascontiguousarray(values.transpose(perm)).transpose(inverse)
+    raise ValueError(layout)
+
+
+def fresh_out(shape, dtype, layout, rng):
+    """An `out` buffer full of NaN in the given layout."""
+    return lay_out(np.full(shape, PAD, dtype=dtype), layout, rng)
+
+
+def padding_intact(a):
+    """True if every element of a's memory buffer outside the view `a` is still PAD."""
+    base = a.base
+    if base is None or not isinstance(base, np.ndarray) or base.size == a.size:
+        return True
+    covered = np.zeros(base.size, dtype=np.uint8)
+    offset = (a.__array_interface__["data"][0] - base.__array_interface__["data"][0]) // a.itemsize
+    marks = np.lib.stride_tricks.as_strided(
+        covered[offset:], shape=a.shape, strides=[s // a.itemsize for s in a.strides])
+    marks[...] = 1
+    outside = np.ascontiguousarray(base).reshape(-1)[covered == 0]
+    return bool(np.isnan(outside).all())
+
+
+# ---------------------------------------------------------------- strategies
+
+@st.composite
+def shapes_and_axes(draw, min_rank=2, max_rank=5, min_count=1, max_size=1500):
+    """(shape, axis) with small dims (1 allowed), at least `min_count` values per channel."""
+    rank = draw(st.integers(min_rank, max_rank))
+    max_dim = {2: 9, 3: 6, 4: 5, 5: 4}.get(rank, 3)
+    shape = draw(st.lists(st.integers(1, max_dim), min_size=rank, max_size=rank))
+    axis = draw(st.integers(-rank, rank - 1))  # first, middle, last, positive and negative
+    channel = axis % rank
+    others = [d for d in range(rank) if d != channel]
+    count = math.prod(shape[d] for d in others)
+    if count < min_count:  # grow one non-channel dimension rather than filter
+        d = draw(st.sampled_from(others))
+        shape[d] = math.ceil(min_count / (count // shape[d]))
+    while math.prod(shape) > max_size and shape[channel] > 1:
+        shape[channel] -= 1
+    return tuple(shape), axis
+
+
+def channel_values(rng, shape, axis, dtype):
+    """Normal data with per-channel offsets and scales: many distinct values per channel."""
+    axis = axis % len(shape)
+    bshape = [1] * len(shape)
+    bshape[axis] = shape[axis]
+    loc = rng.normal(0.0, 2.0, bshape)
+    scale = rng.uniform(0.5, 2.0, bshape)
+    return (loc + scale * rng.standard_normal(shape)).astype(dtype)
+
+
+def vector(rng, n, dtype, low=0.5, high=2.0, signed=True):
+    v = rng.uniform(low, high, n)
+    if signed:
+        v *= rng.choice([-1.0, 1.0], n)
+    return v.astype(dtype)
+
+
+@dataclass
+class Case:
+    """One drawn forward/backward configuration; arrays are built from `seed`."""
+    shape: tuple
+    axis: int
+    dtype: type
+    affine: str          # "none", "gamma", "beta", "both"
+    param_dtype: type
+    training: bool
+    running: bool        # running statistics given
+    running_dtype: type
+    momentum: float
+    activation: object   # None or "relu"
+    x_layout: str
+    dy_layout: str
+    out_layout: object   # None or a layout
+    seed: int
+
+    @property
+    def channels(self):
+        return self.shape[self.axis % len(self.shape)]
+
+    def rng(self, salt=0):
+        return np.random.default_rng([self.seed, salt])
+
+    def x(self):
+        rng = self.rng(1)
+        return lay_out(channel_values(rng, self.shape, self.axis, self.dtype), self.x_layout, rng)
+
+    def dy(self):
+        rng = self.rng(2)
+        return lay_out(rng.standard_normal(self.shape).astype(self.dtype), self.dy_layout, rng)
+
+    def params(self):
+        rng = self.rng(3)
+        gamma = vector(rng, self.channels, self.param_dtype)
+        beta = rng.normal(0.0, 1.0, self.channels).astype(self.param_dtype)
+        return (gamma if self.affine in ("gamma", "both") else None,
+                beta if self.affine in ("beta", "both") else None)
+
+    def running_stats(self):
+        if not self.running:
+            return None, None
+        rng = self.rng(4)
+        return (rng.normal(0.0, 1.0, self.channels).astype(self.running_dtype),
+                rng.uniform(0.5, 2.0, self.channels).astype(self.running_dtype))
+
+    def out(self, salt=5):
+        if self.out_layout is None:
+            return None
+        return fresh_out(self.shape, self.dtype, self.out_layout, self.rng(salt))
+
+
+@st.composite
+def cases(draw, training=None, min_count=None, **shape_kw):
+    training = draw(st.booleans()) if training is None else training
+    if min_count is None:
+        # Training needs m >= 2; m >= 4 keeps backward's projection away from exact
+        # cancellation (with m == 2 the training dx is identically zero).
+        min_count = 4 if training else 1
+    shape, axis = draw(shapes_and_axes(min_count=min_count, **shape_kw))
+    running = True if not training else draw(st.booleans())
+    return Case(shape=shape, axis=axis,
+                dtype=draw(st.sampled_from(DTYPES)),
+                affine=draw(st.sampled_from(["none", "gamma", "beta", "both"])),
+                param_dtype=draw(st.sampled_from(DTYPES)),
+                training=training, running=running,
+                running_dtype=draw(st.sampled_from(DTYPES)),
+                momentum=draw(st.sampled_from([0.1, 0.0, 1.0, 0.37])),
+                activation=draw(st.sampled_from([None, "relu"])),
+                x_layout=draw(st.sampled_from(LAYOUTS)),
+                dy_layout=draw(st.sampled_from(LAYOUTS)),
+                out_layout=draw(st.sampled_from((None,) + LAYOUTS)),
+                seed=draw(st.integers(0, 2**32 - 1)))
+
+
+def pre_activation(case, x, gamma, beta, running_mean=None, running_var=None):
+    """gamma * xhat + beta in float64 (for ReLU kink checks), from the case's statistics."""
+    axis = case.axis % x.ndim
+    xd = x.astype(np.float64)
+    others = tuple(d for d in range(x.ndim) if d != axis)
+    bshape = [1] * x.ndim
+    bshape[axis] = -1
+    if case.training:
+        mean, var = xd.mean(axis=others), xd.var(axis=others)
+    else:
+        mean, var = running_mean.astype(np.float64), running_var.astype(np.float64)
+    xhat = (xd - mean.reshape(bshape)) / np.sqrt(var.reshape(bshape) + 1e-5)
+    g = 1.0 if gamma is None else gamma.astype(np.float64).reshape(bshape)
+    b = 0.0 if beta is None else beta.astype(np.float64).reshape(bshape)
+    return g * xhat + b

@@ -1,0 +1,266 @@
+"""fastbn.forward / fastbn.backward against the NumPy reference over random
+shapes, axes, dtypes, affine modes, train/eval, ReLU, memory layouts and `out=`
+buffers; plus in-place calls, known answers and thread-count determinism."""
+import numpy as np
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+import fastbn
+from fastbn import reference
+from conftest import (DTYPES, LAYOUTS, RTOL, Case, assert_bitwise_equal, assert_close, cases,
+                      fresh_out, lay_out, padding_intact, pre_activation, snapshot)
+
+
+def run_forward(module, case, x, gamma, beta, running_mean, running_var, out=None):
+    return module.forward(x, gamma, beta, axis=case.axis, training=case.training,
+                          running_mean=running_mean, running_var=running_var,
+                          momentum=case.momentum, out=out, activation=case.activation)
+
+
+def copies(*arrays):
+    return [None if a is None else a.copy() for a in arrays]
+
+
+def near_relu_kink(case, x, gamma, beta, running_mean, running_var):
+    """A pre-activation so close to 0 that the two backends may round to different masks."""
+    if case.activation != "relu":
+        return False
+    z = pre_activation(case, x, gamma, beta, running_mean, running_var)
+    return z.size > 0 and np.min(np.abs(z)) < 1e-7 * max(np.max(np.abs(z)), 1.0)
+
+
+def check_cache(cache, ref_cache, x):
+    assert cache.x is x
+    assert cache.axis == ref_cache.axis and cache.training == ref_cache.training
+    assert cache.eps == ref_cache.eps and cache.activation == ref_cache.activation
+    assert cache.mean.shape == cache.invstd.shape == ref_cache.mean.shape
+    # The mean may be carried as mean + mean_lo; compare on the scale of the data.
+    mean = cache.mean + cache.mean_lo
+    scale = max(float(np.max(np.abs(x.astype(np.float64)))), 1.0) if x.size else 1.0
+    if mean.size:
+        assert np.max(np.abs(mean - ref_cache.mean)) <= 1e-12 * scale
+    assert_close(np.asarray(cache.invstd, dtype=np.float64), ref_cache.invstd, 1e-12, "invstd")
+
+
+@given(case=cases(), tuple_out=st.booleans())
+def test_forward_backward_match_reference(case, tuple_out):
+    x, dy = case.x(), case.dy()
+    gamma, beta = case.params()
+    rm, rv = case.running_stats()
+    ref_rm, ref_rv = copies(rm, rv)
+    assume(not near_relu_kink(case, x, gamma, beta, rm, rv))
+    inputs = snapshot(x, gamma, beta, dy)
+
+    out = case.out()
+    y, cache = run_forward(fastbn, case, x, gamma, beta, rm, rv, out)
+    ref_y, ref_cache = run_forward(reference, case, x, gamma, beta, ref_rm, ref_rv)
+    if out is not None:
+        assert y is out and padding_intact(out)
+    assert_close(y, ref_y, what="y")
+    if rm is not None:
+        assert_close(rm, ref_rm, RTOL[rm.dtype], "running_mean")
+        assert_close(rv, ref_rv, RTOL[rv.dtype], "running_var")
+    check_cache(cache, ref_cache, x)
+
+    dx_out = case.out(salt=6)
+    dg_out = None if gamma is None or not tuple_out else np.full_like(gamma, np.nan)
+    db_out = None if beta is None or not tuple_out else np.full_like(beta, np.nan)
+    back_out = (dx_out, dg_out, db_out) if tuple_out else dx_out
+    dx, dgamma, dbeta = fastbn.backward(dy, cache, out=back_out)
+    ref_dx, ref_dgamma, ref_dbeta = reference.backward(dy, ref_cache)
+    for got, given_out in ((dx, dx_out), (dgamma, dg_out), (dbeta, db_out)):
+        if given_out is not None:
+            assert got is given_out and padding_intact(got)
+    assert_close(dx, ref_dx, what="dx")
+    assert (dgamma is None) == (gamma is None) and (dbeta is None) == (beta is None)
+    if gamma is not None:
+        assert_close(dgamma, ref_dgamma, RTOL[gamma.dtype], "dgamma")
+    if beta is not None:
+        assert_close(dbeta, ref_dbeta, RTOL[beta.dtype], "dbeta")
+    assert snapshot(x, gamma, beta, dy) == inputs, "an input was modified"
+
+
+@given(case=cases())
+def test_forward_in_place(case):
+    """out=x: the result equals the out-of-place one; strided padding is untouched."""
+    x = case.x()
+    x_copy = x.copy()
+    gamma, beta = case.params()
+    rm, rv = case.running_stats()
+    ref_rm, ref_rv = copies(rm, rv)
+    y, cache = run_forward(fastbn, case, x, gamma, beta, rm, rv, out=x)
+    ref_y, _ = run_forward(reference, case, x_copy, gamma, beta, ref_rm, ref_rv)
+    assert y is x and padding_intact(x)
+    assert_close(y, ref_y, what="y")
+    if rm is not None:
+        assert_close(rm, ref_rm, RTOL[rm.dtype], "running_mean")
+        assert_close(rv, ref_rv, RTOL[rv.dtype], "running_var")
+    with pytest.raises(ValueError, match="in place"):
+        fastbn.backward(case.dy(), cache)
+
+
+@given(case=cases(), tuple_out=st.booleans())
+def test_backward_in_place(case, tuple_out):
+    """out=dy: dx overwrites the upstream gradient it is computed from."""
+    x, dy = case.x(), case.dy()
+    gamma, beta = case.params()
+    rm, rv = case.running_stats()
+    assume(not near_relu_kink(case, x, gamma, beta, rm, rv))
+    _, cache = run_forward(fastbn, case, x, gamma, beta, *copies(rm, rv))
+    _, ref_cache = run_forward(reference, case, x, gamma, beta, *copies(rm, rv))
+    ref_dx, ref_dgamma, ref_dbeta = reference.backward(dy.copy(), ref_cache)
+    dx, dgamma, dbeta = fastbn.backward(dy, cache, out=(dy, None, None) if tuple_out else dy)
+    assert dx is dy and padding_intact(dy)
+    assert_close(dx, ref_dx, what="dx")
+    if gamma is not None:
+        assert_close(dgamma, ref_dgamma, RTOL[gamma.dtype], "dgamma")
+    if beta is not None:
+        assert_close(dbeta, ref_dbeta, RTOL[beta.dtype], "dbeta")
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_out_overlapping_input_without_being_it(impl, dtype, training):
+    """`out` shares memory with x, shifted by one element: NumPy semantics (as if x
+    were read in full before anything is written)."""
+    rng = np.random.default_rng(7)
+    buf = rng.standard_normal((6, 5)).astype(dtype)
+    x, out = buf[:, 1:], buf[:, :-1]
+    x_copy = x.copy()
+    rm, rv = rng.standard_normal(4), rng.uniform(0.5, 2, 4)
+    kw = dict(training=training, running_mean=rm.copy(), running_var=rv.copy())
+    expected, _ = reference.forward(x_copy, **kw)
+    kw = dict(training=training, running_mean=rm.copy(), running_var=rv.copy())
+    y, _ = impl.forward(x, **kw, out=out)
+    assert y is out
+    assert_close(y, expected, what="y")
+
+
+@pytest.mark.parametrize("shape, axis", [((5, 3), 1), ((4, 3, 6), 1), ((2, 4, 3, 3), -1),
+                                         ((3, 2, 2, 3, 2), 2), ((7, 2), 0)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_forward_known_answer(impl, shape, axis, dtype):
+    """y = gamma * (x - mean) / sqrt(var + eps) + beta, written out by hand."""
+    rng = np.random.default_rng(1)
+    x = (3.0 + rng.standard_normal(shape)).astype(dtype)
+    C = shape[axis]
+    gamma, beta = rng.uniform(0.5, 2, C), rng.standard_normal(C)
+    others = tuple(d for d in range(x.ndim) if d != axis % x.ndim)
+    bshape = [1] * x.ndim
+    bshape[axis] = C
+    xd = x.astype(np.float64)
+    mean = xd.sum(axis=others, keepdims=True) / (x.size // C)
+    var = ((xd - mean) ** 2).sum(axis=others, keepdims=True) / (x.size // C)
+    eps = 1e-3
+    expected = gamma.reshape(bshape) * (xd - mean) / np.sqrt(var + eps) + beta.reshape(bshape)
+    y, cache = impl.forward(x, gamma, beta, axis=axis, eps=eps)
+    assert_close(y, expected.astype(dtype), what="train y")
+    assert_close(cache.mean + cache.mean_lo, mean.reshape(-1), 1e-13, "mean")
+    assert_close(np.asarray(cache.invstd), 1 / np.sqrt(var.reshape(-1) + eps), 1e-12, "invstd")
+
+    rm, rv = rng.standard_normal(C), rng.uniform(0.5, 2, C)
+    y, _ = impl.forward(x, gamma, beta, axis=axis, eps=eps, training=False,
+                        running_mean=rm, running_var=rv)
+    expected = (gamma.reshape(bshape) * (xd - rm.reshape(bshape))
+                / np.sqrt(rv.reshape(bshape) + eps) + beta.reshape(bshape))
+    assert_close(y, expected.astype(dtype), what="eval y")
+    y, _ = impl.forward(x, gamma, beta, axis=axis, eps=eps, training=False,
+                        running_mean=rm, running_var=rv, activation="relu")
+    assert_close(y, np.maximum(expected, 0).astype(dtype), what="eval relu y")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_eval_works_with_one_sample(impl, dtype):
+    x = np.array([[1.0, -2.0, 3.0]], dtype=dtype)
+    rm, rv = np.array([0.5, 0.0, -1.0]), np.array([1.0, 4.0, 0.25])
+    y, _ = impl.forward(x, training=False, running_mean=rm, running_var=rv, eps=1e-5)
+    assert_close(y, ((x - rm) / np.sqrt(rv + 1e-5)).astype(dtype))
+    y4, _ = impl.forward(x.reshape(1, 3, 1, 1), training=False, running_mean=rm, running_var=rv)
+    assert_close(y4, y.reshape(1, 3, 1, 1))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_training_with_two_samples_has_zero_dx(impl, dtype):
+    """With m == 2 and a negligible eps, xhat = +-1 and the projection removes
+    everything: dx == 0 (with a real eps it is O(eps / var), not 0)."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 4)).astype(dtype)
+    gamma = rng.uniform(0.5, 2, 4)
+    dy = rng.standard_normal((2, 4)).astype(dtype)
+    _, cache = impl.forward(x, gamma, None, eps=1e-30)
+    dx, _, _ = impl.backward(dy, cache)
+    natural = np.max(np.abs(gamma * np.asarray(cache.invstd) * dy))
+    assert np.max(np.abs(dx)) <= RTOL[np.dtype(dtype)] * natural
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_empty_channel_and_batch(impl, training):
+    """Zero channels (any mode) and an empty batch (eval) give empty results."""
+    if impl is reference and training:
+        pytest.xfail("reference.forward calls update_running_stats with count 0 when C == 0 "
+                     "(ValueError); the C backend returns empty results")
+    x = np.zeros((4, 0, 3))
+    y, cache = impl.forward(x, training=training, running_mean=np.zeros(0),
+                            running_var=np.ones(0))
+    assert y.shape == x.shape
+    dx, _, _ = impl.backward(np.zeros_like(x), cache)
+    assert dx.shape == x.shape
+    if not training:
+        x = np.zeros((0, 3), dtype=np.float32)
+        y, _ = impl.forward(x, training=False, running_mean=np.zeros(3), running_var=np.ones(3))
+        assert y.shape == (0, 3) and y.dtype == np.float32
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_broadcast_input_eval(impl, layout):
+    """A zero-stride (read-only, broadcast) x is a valid input."""
+    rng = np.random.default_rng(5)
+    row = rng.standard_normal(6)
+    x = np.broadcast_to(row, (5, 6))
+    rm, rv = rng.standard_normal(6), rng.uniform(0.5, 2, 6)
+    y, _ = impl.forward(x, training=False, running_mean=rm, running_var=rv)
+    expected, _ = reference.forward(np.ascontiguousarray(x), training=False,
+                                    running_mean=rm, running_var=rv)
+    assert_close(y, expected)
+
+
+# ---------------------------------------------------------------- determinism
+
+DETERMINISM_CASES = [((16, 8, 48, 48), 1, "C"), ((8, 24, 24, 64), -1, "C"),
+                     ((200000, 3), 1, "F"), ((300000, 1), 1, "C"), ((6, 4, 32, 32, 8), 2, "C"),
+                     ((64, 8, 256), 1, "strided")]
+
+
+def run_everything(x, dy, gamma, beta, axis, training):
+    rm, rv = np.zeros(x.shape[axis]), np.ones(x.shape[axis])
+    kw = dict(axis=axis, training=training, running_mean=rm, running_var=rv)
+    y, cache = fastbn.forward(x, gamma, beta, **kw)
+    y_relu, cache_relu = fastbn.forward(x, gamma, beta, activation="relu", **kw)
+    dx, dg, db = fastbn.backward(dy, cache)
+    dx_relu, _, _ = fastbn.backward(dy, cache_relu)
+    count, mean, m2 = fastbn.batch_stats(x, axis=axis)
+    sums = fastbn.backward_reduce(dy, x, mean, cache.invstd, axis=axis)
+    return [y, np.asarray(cache.mean), np.asarray(cache.invstd), rm, rv, y_relu, dx, dg, db,
+            dx_relu, mean, m2, *sums]
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, axis, layout", DETERMINISM_CASES)
+def test_results_do_not_depend_on_thread_count(restore_threads, shape, axis, layout, dtype,
+                                               training):
+    rng = np.random.default_rng(11)
+    x = lay_out((1.5 + rng.standard_normal(shape)).astype(dtype), layout, rng)
+    dy = rng.standard_normal(shape).astype(dtype)
+    C = shape[axis]
+    gamma, beta = rng.uniform(0.5, 2, C), rng.standard_normal(C)
+    fastbn.set_num_threads(1)
+    one = run_everything(x, dy, gamma, beta, axis, training)
+    fastbn.set_num_threads(2)
+    two = run_everything(x, dy, gamma, beta, axis, training)
+    again = run_everything(x, dy, gamma, beta, axis, training)
+    names = "y mean invstd rm rv y_relu dx dgamma dbeta dx_relu bs_mean bs_m2 sum_dy sum_dy_xhat"
+    for name, a, b, c in zip(names.split(), one, two, again):
+        assert_bitwise_equal(a, b, f"{name}: 1 thread vs 2 threads")
+        assert_bitwise_equal(b, c, f"{name}: two runs on 2 threads")
