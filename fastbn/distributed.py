@@ -38,6 +38,8 @@ that as an error where it can (MPICH raises ``mpi4py.MPI.Exception`` on a
 truncated message); every rank must also use the same fastbn backend for the
 bitwise identity above.
 """
+import json
+
 import numpy as np
 
 try:
@@ -51,6 +53,7 @@ from ._checks import (Cache, _describe, channel_axis, channel_vector, check_back
                       check_cache_shape, data_array, out_array, real_number,
                       running_vector)
 from ._checks import activation as _check_activation
+from .layers import _CONFIG_KEY, BatchNorm
 
 __all__ = ["sync_forward", "sync_backward", "SyncBatchNorm", "SyncCache", "PeerError"]
 
@@ -150,20 +153,29 @@ def sync_forward(x, gamma=None, beta=None, *, comm, axis=1, eps=1e-5, training=T
     """
     _check_comm(comm)
     training = _check_bool(training, "training")
-    fb = _fastbn()
     if not training:
-        return fb.forward(x, gamma, beta, axis=axis, eps=eps, training=False,
-                          running_mean=running_mean, running_var=running_var,
-                          momentum=momentum, out=out, activation=activation)
-    error = None
-    try:
-        axis, C, gamma, beta, eps, momentum, activation = _check_local(
-            x, gamma, beta, axis, eps, running_mean, running_var, momentum, out, activation)
-    except (TypeError, ValueError) as exc:
-        C = _channels_of(x, axis)
+        return _fastbn().forward(x, gamma, beta, axis=axis, eps=eps, training=False,
+                                 running_mean=running_mean, running_var=running_var,
+                                 momentum=momentum, out=out, activation=activation)
+    return _sync_forward_train(x, gamma, beta, comm, axis, eps, running_mean, running_var,
+                               momentum, out, activation)
+
+
+def _sync_forward_train(x, gamma, beta, comm, axis, eps, running_mean, running_var, momentum,
+                        out, activation, error=None, channels=None):
+    """The training forward. `error`: a failure found by the caller on this rank, which then
+    joins the collective with `channels` (or x's channel count) and raises it."""
+    fb = _fastbn()
+    if error is None:
+        try:
+            axis, C, gamma, beta, eps, momentum, activation = _check_local(
+                x, gamma, beta, axis, eps, running_mean, running_var, momentum, out, activation)
+        except (TypeError, ValueError) as exc:
+            error = exc
+    if error is not None:
+        C = channels if channels is not None else _channels_of(x, axis)
         if C is None:
-            raise  # the buffer size is unknown: this rank cannot join the collective
-        error = exc
+            raise error  # the buffer size is unknown: this rank cannot join the collective
 
     row = np.zeros(3 + 2 * C)
     if error is None:
@@ -210,15 +222,20 @@ def sync_backward(dy, cache, *, comm, out=None):
 
     ``dx`` is the local part of the gradient of the global loss; ``dgamma`` and ``dbeta``
     are the global sums (the same on every rank; do not sum them again across ranks).
-    Must be called on every rank of ``comm`` when the forward was in training mode; an
-    eval-mode cache is differentiated locally, without communication.
+    ``out`` is as in ``fastbn.backward`` (dx, or a tuple (dx, dgamma, dbeta)). Must be
+    called on every rank of ``comm`` when the forward was in training mode; an eval-mode
+    cache is differentiated locally, without communication.
     """
     _check_comm(comm)
-    fb = _fastbn()
     if not isinstance(cache, Cache):
         raise TypeError(f"cache must be the Cache returned by sync_forward, got {_describe(cache)}")
     if not cache.training:
-        return fb.backward(dy, cache, out=out)
+        return _fastbn().backward(dy, cache, out=out)
+    return _sync_backward_train(dy, cache, comm, out)
+
+
+def _sync_backward_train(dy, cache, comm, out):
+    fb = _fastbn()
     error = None
     try:
         if not isinstance(cache, SyncCache):
@@ -257,3 +274,99 @@ def sync_backward(dy, cache, *, comm, out=None):
     dgamma = None if cache.gamma is None else _store(sum_dy_xhat, dg_out, cache.gamma.dtype)
     dbeta = None if cache.beta is None else _store(sum_dy, db_out, cache.beta.dtype)
     return dx, dgamma, dbeta
+
+
+class SyncBatchNorm(BatchNorm):
+    """``fastbn.BatchNorm`` whose batch statistics are those of the union of the batches of
+    all ranks of ``comm`` (PyTorch's ``SyncBatchNorm``).
+
+    Same interface as ``BatchNorm`` (``train``/``eval``, ``params``/``grads``,
+    ``state_dict``/``load_state_dict``, ``save``/``load``), plus ``comm``. Every rank
+    must call ``forward`` and ``backward`` together while training (and in eval mode
+    when ``track_running_stats=False``, where batch statistics are used, also
+    synchronised); eval mode with running statistics does not communicate. Start all
+    ranks from the same parameters and state (e.g. broadcast a ``state_dict``): the
+    updates are then identical on every rank, since the gradients of gamma and beta are
+    global sums, bit-identical everywhere.
+    """
+
+    def __init__(self, num_features, *, comm, axis=1, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, dtype=np.float32, activation=None):
+        self.comm = _check_comm(comm)
+        super().__init__(num_features, axis=axis, eps=eps, momentum=momentum, affine=affine,
+                         track_running_stats=track_running_stats, dtype=dtype,
+                         activation=activation)
+
+    def __repr__(self):
+        return "Sync" + super().__repr__() + f" over {self.comm.Get_size()} ranks"
+
+    def forward(self, x, *, out=None):
+        """Normalise ``x`` (this rank's part of the batch); in training mode update the
+        running statistics (if tracked) with the global statistics."""
+        use_batch_stats = self.training or not self.track_running_stats
+        if not use_batch_stats:
+            return super().forward(x, out=out)  # running statistics: nothing to share
+        error = None
+        try:
+            self._check_input(x)
+        except (TypeError, ValueError) as exc:
+            error = exc  # joins the collective with num_features, then raises
+        update = self.training and self.track_running_stats
+        momentum = 0.0 if self.momentum is None else self.momentum
+        if update and self.momentum is None:
+            momentum = 1.0 / (self.num_batches_tracked + 1)
+        running = (self.running_mean, self.running_var) if update else (None, None)
+        y, cache = _sync_forward_train(x, self.params.get("gamma"), self.params.get("beta"),
+                                       self.comm, self.axis, self.eps, *running, momentum, out,
+                                       self.activation, error=error, channels=self.num_features)
+        if update:  # only once forward succeeded, on every rank alike
+            self.num_batches_tracked += 1
+        self._cache = cache
+        return y
+
+    __call__ = forward
+
+    def backward(self, dy, *, out=None):
+        """Gradient with respect to this rank's input of the last forward call; fills
+        ``grads["gamma"]``/``grads["beta"]`` with the global sums (identical on every rank)."""
+        cache = self._cache
+        if cache is None or not cache.training:
+            return super().backward(dy, out=out)  # local: no communication needed
+        grad_out = [None, None]
+        for i, key in enumerate(("gamma", "beta")):
+            p, g = getattr(cache, key), self.grads.get(key)
+            if p is not None and isinstance(g, np.ndarray) and g.shape == p.shape \
+                    and g.dtype == p.dtype and g.flags.writeable:
+                grad_out[i] = g
+        outs = out if all(g is None for g in grad_out) else (out, *grad_out)
+        dx, dgamma, dbeta = _sync_backward_train(dy, cache, self.comm, outs)
+        if cache.gamma is not None:
+            self.grads["gamma"] = dgamma
+        if cache.beta is not None:
+            self.grads["beta"] = dbeta
+        return dx
+
+    @classmethod
+    def load(cls, path, *, comm):
+        """A new layer over ``comm`` from a file written by ``save`` (of either class)."""
+        with np.load(path, allow_pickle=False) as f:
+            if _CONFIG_KEY not in f.files:
+                raise ValueError(f"{path!r} was not written by BatchNorm.save: it has no "
+                                 f"{_CONFIG_KEY!r} entry")
+            config = json.loads(str(f[_CONFIG_KEY]))
+            state = {k: f[k] for k in f.files if k != _CONFIG_KEY}
+        num_features = config.pop("num_features")
+        layer = cls(num_features, comm=comm, **config)
+        layer.load_state_dict(state)
+        return layer
+
+    load_npz = load
+
+    @classmethod
+    def from_batchnorm(cls, layer, *, comm):
+        """A SyncBatchNorm with the configuration and state of a ``BatchNorm``."""
+        if not isinstance(layer, BatchNorm):
+            raise TypeError(f"layer must be a fastbn.BatchNorm, got {_describe(layer)}")
+        new = cls(comm=comm, **layer._config())
+        new.load_state_dict(layer.state_dict())
+        return new
