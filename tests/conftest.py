@@ -31,7 +31,7 @@ RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
 PAD = np.nan  # what surrounds strided views and fills fresh `out` buffers
 
 
-@pytest.fixture(params=MODULES, ids=lambda m: m.__name__)
+@pytest.fixture(scope="session", params=MODULES, ids=lambda m: m.__name__)
 def impl(request):
     """The C-backed public module and its NumPy twin: both must honour the contract."""
     return request.param
@@ -138,8 +138,13 @@ def shapes_and_axes(draw, min_rank=2, max_rank=5, min_count=1, max_size=1500):
     if count < min_count:  # grow one non-channel dimension rather than filter
         d = draw(st.sampled_from(others))
         shape[d] = math.ceil(min_count / (count // shape[d]))
-    while math.prod(shape) > max_size and shape[channel] > 1:
-        shape[channel] -= 1
+    while math.prod(shape) > max_size:  # shrink the largest dimension that may shrink
+        count = math.prod(shape[d] for d in others)
+        shrinkable = [d for d in range(rank) if shape[d] > 1 and
+                      (d == channel or count // shape[d] * (shape[d] - 1) >= min_count)]
+        if not shrinkable:
+            break
+        shape[max(shrinkable, key=lambda d: shape[d])] -= 1
     return tuple(shape), axis
 
 
