@@ -1,0 +1,187 @@
+"""Run under ``mpiexec -n R python tests/mpi_check.py OUTFILE``: exercises
+fastbn.distributed on uneven (and empty) per-rank batches and gathers every
+rank's inputs and outputs to rank 0, which pickles them to OUTFILE.
+
+tests/test_distributed.py launches it and does the asserting (against
+single-process fastbn.forward/backward and fastbn.BatchNorm on the union of the
+batches), so that failures are reported by pytest with their context.
+Nothing here asserts, except that the launch really gave R ranks.
+"""
+import pickle
+import sys
+import traceback
+
+import numpy as np
+from mpi4py import MPI
+
+import fastbn
+from fastbn.distributed import PeerError, SyncBatchNorm, sync_backward, sync_forward
+
+COMM = MPI.COMM_WORLD
+RANK, SIZE = COMM.Get_rank(), COMM.Get_size()
+
+# layout name -> (shape of one sample without the batch axis, channel axis)
+LAYOUTS = {"NC": ((5,), 1), "NCL": ((4, 3), 1), "NCHW": ((3, 4, 4), 1), "NHWC": ((4, 4, 3), -1)}
+
+# per-rank batch sizes: uneven, with a rank holding an empty batch, and (for "NC") a rank
+# holding one sample, whose local count of 1 is fine since the global count is larger
+SPLITS = {2: [[3, 0], [1, 4]], 3: [[2, 0, 5], [1, 3, 1]], 4: [[2, 0, 3, 1], [0, 2, 2, 1]]}
+
+
+def split_of(n_per_rank):
+    offsets = np.concatenate([[0], np.cumsum(n_per_rank)])
+    return slice(int(offsets[RANK]), int(offsets[RANK + 1]))
+
+
+def channel_data(rng, shape, axis, dtype):
+    bshape = [1] * len(shape)
+    bshape[axis] = shape[axis]
+    loc, scale = rng.normal(0.0, 2.0, bshape), rng.uniform(0.5, 2.0, bshape)
+    return (loc + scale * rng.standard_normal(shape)).astype(dtype)
+
+
+def function_cases():
+    cases, k = [], 0
+    for layout in LAYOUTS:
+        for dtype in ("float32", "float64"):
+            for split in SPLITS[SIZE]:
+                cases.append(dict(
+                    kind="functions", layout=layout, dtype=dtype, split=split, seed=1000 + k,
+                    affine=("both", "none", "gamma", "both")[k % 4],
+                    param_dtype=("float32", "float64")[(k // 2) % 2],
+                    running_dtype=("float64", "float32")[(k // 3) % 2],
+                    momentum=(0.1, 0.37)[k % 2],
+                    activation=(None, None, "relu")[k % 3],
+                    use_out=k % 4 == 1))
+                k += 1
+    return cases
+
+
+def run_functions(case):
+    """sync_forward then sync_backward on this rank's part; the full inputs as made on rank 0."""
+    rng = np.random.default_rng(case["seed"])
+    sample, axis = LAYOUTS[case["layout"]]
+    n = sum(case["split"])
+    dtype = np.dtype(case["dtype"])
+    x_full = channel_data(rng, (n,) + sample, axis, dtype)
+    dy_full = rng.standard_normal(x_full.shape).astype(dtype)
+    C = x_full.shape[axis]
+    pdt = np.dtype(case["param_dtype"])
+    gamma = rng.uniform(0.5, 2.0, C).astype(pdt) * rng.choice([-1, 1], C).astype(pdt)
+    beta = rng.normal(0.0, 1.0, C).astype(pdt)
+    gamma = gamma if case["affine"] in ("both", "gamma") else None
+    beta = beta if case["affine"] in ("both", "beta") else None
+    rdt = np.dtype(case["running_dtype"])
+    rm0, rv0 = rng.normal(0, 1, C).astype(rdt), rng.uniform(0.5, 2, C).astype(rdt)
+
+    part = split_of(case["split"])
+    x, dy = x_full[part], dy_full[part]
+    rm, rv = rm0.copy(), rv0.copy()
+    out = np.full(x.shape, np.nan, dtype) if case["use_out"] else None
+    y, cache = sync_forward(x, gamma, beta, comm=COMM, axis=axis, running_mean=rm,
+                            running_var=rv, momentum=case["momentum"], out=out,
+                            activation=case["activation"])
+    dx_out = np.full(x.shape, np.nan, dtype) if case["use_out"] else None
+    dx, dgamma, dbeta = sync_backward(dy, cache, comm=COMM, out=dx_out)
+    mine = dict(y=y, dx=dx, dgamma=dgamma, dbeta=dbeta, running_mean=rm, running_var=rv,
+                mean=cache.mean, invstd=cache.invstd, global_count=cache.global_count,
+                y_is_out=y is out if out is not None else None,
+                dx_is_out=dx is dx_out if dx_out is not None else None)
+    inputs = dict(x=x_full, dy=dy_full, gamma=gamma, beta=beta, running_mean=rm0,
+                  running_var=rv0, axis=axis)
+    return mine, inputs
+
+
+def layer_case():
+    return dict(kind="layer", steps=3, C=4, seed=77)
+
+
+def run_layer(case):
+    """A few SGD steps of a SyncBatchNorm (NCHW, float32) on batches split unevenly,
+    a different split each step (an empty rank included), then eval and a state_dict."""
+    rng = np.random.default_rng(case["seed"])
+    C = case["C"]
+    layer = SyncBatchNorm(C, comm=COMM, momentum=None if SIZE == 3 else 0.2)
+    layer.params["gamma"][...] = rng.uniform(0.5, 1.5, C)
+    layer.params["beta"][...] = rng.normal(0, 1, C)
+    init = {k: v.copy() for k, v in layer.params.items()}
+    splits = SPLITS[SIZE] + [list(reversed(SPLITS[SIZE][0]))]
+    record, batches = [], []
+    for step in range(case["steps"]):
+        split = splits[step % len(splits)]
+        x_full = channel_data(rng, (sum(split), C, 3, 2), 1, np.float32)
+        dy_full = rng.standard_normal(x_full.shape).astype(np.float32)
+        part = split_of(split)
+        y = layer(x_full[part])
+        dx = layer.backward(dy_full[part])
+        record.append(dict(y=y, dx=dx, dgamma=layer.grads["gamma"].copy(),
+                           dbeta=layer.grads["beta"].copy()))
+        for key in layer.params:  # plain SGD, identical on every rank
+            layer.params[key] -= np.float32(0.1) * layer.grads[key]
+        batches.append(dict(x=x_full, dy=dy_full, split=split))
+    layer.eval()
+    x_eval = channel_data(rng, (2, C, 3, 2), 1, np.float32)
+    y_eval = layer(x_eval)  # no communication: every rank does it on the same data
+    mine = dict(steps=record, y_eval=y_eval, state=layer.state_dict(),
+                momentum=layer.momentum)
+    return mine, dict(init=init, batches=batches, x_eval=x_eval)
+
+
+def error_cases():
+    return [dict(kind="error", name=name) for name in
+            ("bad_gamma_on_last_rank", "global_count_one", "eps_mismatch",
+             "bad_dy_on_rank_0", "layer_bad_input_on_last_rank", "local_cache_in_training")]
+
+
+def run_error(case):
+    """Each must raise on every rank, not hang; the communicator must stay usable."""
+    name = case["name"]
+    x = np.random.default_rng(RANK).standard_normal((3, 4, 2))
+    try:
+        if name == "bad_gamma_on_last_rank":
+            gamma = np.ones(5 if RANK == SIZE - 1 else 4)
+            sync_forward(x, gamma, comm=COMM)
+        elif name == "global_count_one":
+            sync_forward(np.ones((1 if RANK == 0 else 0, 4)), comm=COMM)
+        elif name == "eps_mismatch":
+            sync_forward(x, comm=COMM, eps=1e-5 if RANK == 0 else 1e-3)
+        elif name == "bad_dy_on_rank_0":
+            _, cache = sync_forward(x, comm=COMM)
+            dy = np.ones(x.shape, np.float32 if RANK == 0 else np.float64)
+            sync_backward(dy, cache, comm=COMM)
+        elif name == "layer_bad_input_on_last_rank":
+            layer = SyncBatchNorm(4, comm=COMM)
+            layer(np.ones((3, 5, 2), np.float32) if RANK == SIZE - 1 else x.astype(np.float32))
+        elif name == "local_cache_in_training":
+            _, cache = fastbn.forward(x)
+            sync_backward(np.ones_like(x), cache, comm=COMM)
+        result = dict(error=None)
+    except (TypeError, ValueError, PeerError) as exc:
+        result = dict(error=type(exc).__name__, message=str(exc))
+    result["comm_ok"] = COMM.allreduce(1) == SIZE
+    return result, None
+
+
+def main():
+    outfile = sys.argv[1]
+    expected = int(sys.argv[2]) if len(sys.argv) > 2 else None
+    if expected is not None and SIZE != expected:
+        sys.exit(f"mpi_check: expected {expected} ranks, got {SIZE}: is mpiexec from the "
+                 f"MPI library that mpi4py uses ({MPI.Get_library_version().splitlines()[0]})?")
+    runners = {"functions": run_functions, "layer": run_layer, "error": run_error}
+    results = []
+    for case in function_cases() + [layer_case()] + error_cases():
+        try:
+            mine, inputs = runners[case["kind"]](case)
+        except Exception:  # report, and stay in step with the other ranks
+            mine, inputs = dict(crash=traceback.format_exc()), None
+        gathered = COMM.gather(mine, root=0)
+        if RANK == 0:
+            results.append(dict(case=case, inputs=inputs, ranks=gathered))
+    if RANK == 0:
+        with open(outfile, "wb") as f:
+            pickle.dump(dict(size=SIZE, backend=fastbn.backend, results=results), f)
+
+
+if __name__ == "__main__":
+    main()
