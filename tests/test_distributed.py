@@ -145,6 +145,16 @@ def test_size_one_eval_and_out():
         sync_backward(dy, cache, comm=MPI.COMM_SELF)
 
 
+def test_size_one_zero_channels():
+    x = np.ones((4, 0, 3))
+    rm, rv = np.zeros(0), np.ones(0)
+    y, cache = sync_forward(x, np.ones(0), np.zeros(0), comm=MPI.COMM_SELF,
+                            running_mean=rm, running_var=rv)
+    assert y.shape == x.shape
+    dx, dg, db = sync_backward(np.ones_like(x), cache, comm=MPI.COMM_SELF)
+    assert dx.shape == x.shape and dg.shape == db.shape == (0,)
+
+
 def test_size_one_validation():
     x = np.ones((4, 3))
     x[0] = 2
@@ -372,3 +382,20 @@ def test_errors_raise_on_every_rank(mpi_run):
                 culprit = n - 1 if "last" in rule else 0
                 assert f"rank(s) [{culprit}]" in m["message"]
     assert issubclass(PeerError, RuntimeError)
+
+
+@pytest.mark.mpi
+def test_example_runs_under_mpiexec():
+    mpiexec = _mpiexec()
+    if mpiexec is None:
+        pytest.skip("mpiexec not found (pip install 'fastbn[mpi]' brings MPICH's)")
+    example = HERE.parent / "examples" / "sync_bn_mpi.py"
+    if not example.exists():
+        pytest.skip("examples/ is not part of this checkout")
+    env = dict(os.environ, PYTHONPATH=_package_root(), FASTBN_NUM_THREADS="1",
+               OMP_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    cmd = [mpiexec, "-n", "2", sys.executable, str(example), "--epochs", "1"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180,
+                         stdin=subprocess.DEVNULL)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "bit-identical on all ranks: True" in res.stdout, res.stdout
