@@ -11,17 +11,26 @@
 #include <omp.h>
 #endif
 
-fbn_plan fbn_make_plan(fbn_shape s, int64_t bytes_per_value) {
+/* bytes_per_value: bytes a tile keeps in cache per value (all its arrays);
+ * max_block: widest channel block for inner == 1 (a reduction's accumulators). */
+#include <stdio.h>
+static int64_t fbn_tile_bytes(void) { /* EXPERIMENT */
+    const char *e = getenv("FASTBN_TILE_KB");
+    return e ? atoll(e) * 1024 : FBN_TILE_BYTES;
+}
+
+fbn_plan fbn_make_plan(fbn_shape s, int64_t bytes_per_value, int64_t max_block) {
     fbn_plan p;
     p.s = s;
-    p.block = s.inner == 1 ? (s.channels < FBN_COL_BLOCK ? s.channels : FBN_COL_BLOCK) : 1;
+    p.block = s.inner == 1 ? (s.channels < max_block ? s.channels : max_block) : 1;
     if (p.block < 1) p.block = 1;
     p.nblocks = (s.channels + p.block - 1) / p.block;
     p.per_channel = s.outer * s.inner;
-    int64_t max_len = FBN_TILE_BYTES / (bytes_per_value * p.block);
+    int64_t max_len = fbn_tile_bytes() / (bytes_per_value * p.block);
     if (max_len < 1) max_len = 1;
     p.nsegs = p.per_channel > max_len ? (p.per_channel + max_len - 1) / max_len : 1;
     p.seg_len = p.nsegs > 0 ? (p.per_channel + p.nsegs - 1) / p.nsegs : 0;
+    p.stream = p.per_channel * s.channels * (bytes_per_value / 2) >= FBN_STREAM_BYTES;
     return p;
 }
 
@@ -79,14 +88,27 @@ const char *fbn_compiler(void) {
 #endif
 }
 
+/* FBN_STREAM(dst, src): one 16-byte non-temporal store (SSE2 is baseline x86-64). */
 #define T float
 #define SFX f32
+#if defined(__SSE2__)
+#define FBN_STREAM(d, s) _mm_stream_ps((d), _mm_loadu_ps(s))
+#define FBN_STREAM_LEN 4
+#endif
 #include "kernels_impl.h"
 #undef T
 #undef SFX
+#undef FBN_STREAM
+#undef FBN_STREAM_LEN
 
 #define T double
 #define SFX f64
+#if defined(__SSE2__)
+#define FBN_STREAM(d, s) _mm_stream_pd((d), _mm_loadu_pd(s))
+#define FBN_STREAM_LEN 2
+#endif
 #include "kernels_impl.h"
 #undef T
 #undef SFX
+#undef FBN_STREAM
+#undef FBN_STREAM_LEN

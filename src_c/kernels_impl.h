@@ -13,64 +13,50 @@
 /* ---- rows shape: runs of one channel ---------------------------------- */
 
 /* Accumulate (p[i] - pivot) into a. */
-static inline void FN(run_sum)(fbn_acc *a, const T *p, int64_t n, double pivot) {
-    double lane[8];
-    memcpy(lane, a->lane, sizeof lane);
+static inline void FN(run_sum)(fbn_acc *a, const T *restrict p, int64_t n, double pivot) {
+    double *restrict lane = a->lane;
     while (n > 0) {
         int64_t len = FBN_PIECE - a->pending;
         if (len > n) len = n;
         int64_t i = 0;
-        for (; i + 8 <= len; i += 8)
-            for (int l = 0; l < 8; l++) lane[l] += (double)p[i + l] - pivot;
-        for (; i < len; i++) lane[i & 7] += (double)p[i] - pivot;
+        for (; i + FBN_LANES <= len; i += FBN_LANES)
+            for (int l = 0; l < FBN_LANES; l++) lane[l] += (double)p[i + l] - pivot;
+        for (; i < len; i++) lane[i % FBN_LANES] += (double)p[i] - pivot;
         a->pending += len;
         p += len;
         n -= len;
-        if (a->pending >= FBN_PIECE) {
-            memcpy(a->lane, lane, sizeof lane);
-            fbn_acc_flush(a);
-            memset(lane, 0, sizeof lane);
-        }
+        if (a->pending >= FBN_PIECE) fbn_acc_flush(a);
     }
-    memcpy(a->lane, lane, sizeof lane);
 }
 
 /* Accumulate e and e^2, e = (p[i] - pivot) - mean, into a1 and a2. */
-static inline void FN(run_dev)(fbn_acc *a1, fbn_acc *a2, const T *p, int64_t n, double pivot,
-                               double mean) {
-    double l1[8], l2[8];
-    memcpy(l1, a1->lane, sizeof l1);
-    memcpy(l2, a2->lane, sizeof l2);
+static inline void FN(run_dev)(fbn_acc *a1, fbn_acc *a2, const T *restrict p, int64_t n,
+                               double pivot, double mean) {
+    double *restrict l1 = a1->lane, *restrict l2 = a2->lane;
     while (n > 0) {
         int64_t len = FBN_PIECE - a1->pending;
         if (len > n) len = n;
         int64_t i = 0;
-        for (; i + 8 <= len; i += 8)
-            for (int l = 0; l < 8; l++) {
+        for (; i + FBN_LANES <= len; i += FBN_LANES)
+            for (int l = 0; l < FBN_LANES; l++) {
                 double e = ((double)p[i + l] - pivot) - mean;
                 l1[l] += e;
                 l2[l] += e * e;
             }
         for (; i < len; i++) {
             double e = ((double)p[i] - pivot) - mean;
-            l1[i & 7] += e;
-            l2[i & 7] += e * e;
+            l1[i % FBN_LANES] += e;
+            l2[i % FBN_LANES] += e * e;
         }
         a1->pending += len;
         a2->pending += len;
         p += len;
         n -= len;
         if (a1->pending >= FBN_PIECE) {
-            memcpy(a1->lane, l1, sizeof l1);
-            memcpy(a2->lane, l2, sizeof l2);
             fbn_acc_flush(a1);
             fbn_acc_flush(a2);
-            memset(l1, 0, sizeof l1);
-            memset(l2, 0, sizeof l2);
         }
     }
-    memcpy(a1->lane, l1, sizeof l1);
-    memcpy(a2->lane, l2, sizeof l2);
 }
 
 /* dy masked by the ReLU of the forward pre-activation (recomputed, not stored). */
@@ -78,25 +64,24 @@ static inline void FN(run_dev)(fbn_acc *a1, fbn_acc *a2, const T *p, int64_t n, 
     ((relu) && !((((double)(xv) - (shift)) * (scale) + (bias)) > 0.0) ? 0.0 : (double)(dyv))
 
 /* Accumulate dy and dy * (x - shift) into a1 and a2. */
-static inline void FN(run_bwd)(fbn_acc *a1, fbn_acc *a2, const T *dy, const T *x, int64_t n,
-                               double shift, double scale, double bias, int relu) {
-    double l1[8], l2[8];
-    memcpy(l1, a1->lane, sizeof l1);
-    memcpy(l2, a2->lane, sizeof l2);
+static inline void FN(run_bwd)(fbn_acc *a1, fbn_acc *a2, const T *restrict dy,
+                               const T *restrict x, int64_t n, double shift, double scale,
+                               double bias, int relu) {
+    double *restrict l1 = a1->lane, *restrict l2 = a2->lane;
     while (n > 0) {
         int64_t len = FBN_PIECE - a1->pending;
         if (len > n) len = n;
         int64_t i = 0;
-        for (; i + 8 <= len; i += 8)
-            for (int l = 0; l < 8; l++) {
+        for (; i + FBN_LANES <= len; i += FBN_LANES)
+            for (int l = 0; l < FBN_LANES; l++) {
                 double g = FBN_MASKED(dy[i + l], x[i + l], shift, scale, bias, relu);
                 l1[l] += g;
                 l2[l] += g * ((double)x[i + l] - shift);
             }
         for (; i < len; i++) {
             double g = FBN_MASKED(dy[i], x[i], shift, scale, bias, relu);
-            l1[i & 7] += g;
-            l2[i & 7] += g * ((double)x[i] - shift);
+            l1[i % FBN_LANES] += g;
+            l2[i % FBN_LANES] += g * ((double)x[i] - shift);
         }
         a1->pending += len;
         a2->pending += len;
@@ -104,16 +89,10 @@ static inline void FN(run_bwd)(fbn_acc *a1, fbn_acc *a2, const T *dy, const T *x
         x += len;
         n -= len;
         if (a1->pending >= FBN_PIECE) {
-            memcpy(a1->lane, l1, sizeof l1);
-            memcpy(a2->lane, l2, sizeof l2);
             fbn_acc_flush(a1);
             fbn_acc_flush(a2);
-            memset(l1, 0, sizeof l1);
-            memset(l2, 0, sizeof l2);
         }
     }
-    memcpy(a1->lane, l1, sizeof l1);
-    memcpy(a2->lane, l2, sizeof l2);
 }
 
 /* ---- tiles: one channel block times one segment of its values ---------- */
@@ -151,7 +130,7 @@ FBN_DISPATCH static void FN(stats_tile)(const T *x, const fbn_plan *p, int64_t t
     double n = (double)(r.j1 - r.j0);
     if (s->inner > 1) {
         int64_t c = r.c0;
-        fbn_acc a = {{0}, 0, {0, 0}}, e1 = a, e2 = a;
+        fbn_acc a = {{0}, 0, {0, 0}}, e1 = a, e2 = a; /* ~0.5 KB each */
         FBN_FOR_RUNS(s, c, r.j0, r.j1, off, len) FN(run_sum)(&a, x + off, len, pivot[c]);
         double mean = fbn_acc_value(&a) / n;
         FBN_FOR_RUNS(s, c, r.j0, r.j1, off, len) FN(run_dev)(&e1, &e2, x + off, len, pivot[c], mean);
@@ -164,14 +143,15 @@ FBN_DISPATCH static void FN(stats_tile)(const T *x, const fbn_plan *p, int64_t t
     /* columns: lanes are channels; partial sums go to compensated totals every 64 rows */
     const int64_t C = s->channels, nc = r.nc;
     const double *pv = pivot + r.c0;
-    double acc[FBN_COL_BLOCK], acc2[FBN_COL_BLOCK], mean[FBN_COL_BLOCK];
-    fbn_ksum tot[FBN_COL_BLOCK], tot2[FBN_COL_BLOCK];
+    double acc[FBN_COL_MAX], acc2[FBN_COL_MAX], mean[FBN_COL_MAX];
+    fbn_ksum tot[FBN_COL_MAX], tot2[FBN_COL_MAX];
     memset(tot, 0, sizeof tot);
     for (int64_t o = r.j0; o < r.j1;) {
         int64_t end = o + 64 < r.j1 ? o + 64 : r.j1;
         memset(acc, 0, sizeof acc);
         for (; o < end; o++) {
             const T *row = x + o * C + r.c0;
+            if (o + FBN_AHEAD < r.j1) fbn_prefetch(row + FBN_AHEAD * C, nc * sizeof(T));
             for (int64_t c = 0; c < nc; c++) acc[c] += (double)row[c] - pv[c];
         }
         for (int64_t c = 0; c < nc; c++) fbn_kadd(&tot[c], acc[c]);
@@ -204,40 +184,66 @@ FBN_DISPATCH static void FN(stats_tile)(const T *x, const fbn_plan *p, int64_t t
     }
 }
 
+/* Write n values from an L1 buffer with non-temporal stores: a large output
+ * then costs one write to memory, not a read-for-ownership and a write. */
+static inline void FN(stream_out)(T *dst, const T *src, int64_t n) {
+#if defined(FBN_STREAM)
+    int64_t i = 0;
+    for (; i < n && ((uintptr_t)(dst + i) & 15); i++) dst[i] = src[i];
+    for (; i + FBN_STREAM_LEN <= n; i += FBN_STREAM_LEN) FBN_STREAM(dst + i, src + i);
+    for (; i < n; i++) dst[i] = src[i];
+#else
+    memcpy(dst, src, n * sizeof(T));
+#endif
+}
+
+static inline void FN(stream_fence)(int stream) {
+#if defined(FBN_STREAM)
+    if (stream) _mm_sfence();
+#else
+    (void)stream;
+#endif
+}
+
+static inline T FN(affine1)(T x, double shift, double scale, double bias, int relu) {
+    double v = ((double)x - shift) * scale + bias;
+    return (T)(relu && v < 0.0 ? 0.0 : v);
+}
+
+/* Elementwise passes go through chunks of FBN_CHUNK values: computed straight
+ * into the output, or into an L1 buffer that is then streamed out. */
+#define FBN_CHUNK 512
+#define FBN_FOR_CHUNKS(n, i0, m) \
+    for (int64_t i0 = 0, m = 0; i0 < (n); i0 += m) \
+        if ((m = (n) - i0 < FBN_CHUNK ? (n) - i0 : FBN_CHUNK), 1)
+
 FBN_DISPATCH static void FN(affine_tile)(const T *x, T *y, const fbn_plan *p, int64_t t,
                                          const double *shift, const double *scale,
                                          const double *bias, int relu) {
     FN(fbn_tile) r = FN(tile_of)(p, t);
     const fbn_shape *s = &p->s;
+    T buf[FBN_CHUNK];
     if (s->inner > 1) {
         int64_t c = r.c0;
         const double sh = shift[c], sc = scale[c], bi = bias[c];
-        FBN_FOR_RUNS(s, c, r.j0, r.j1, off, len) {
-            const T *xr = x + off;
-            T *yr = y + off;
-            if (relu)
-                for (int64_t i = 0; i < len; i++) {
-                    double v = ((double)xr[i] - sh) * sc + bi;
-                    yr[i] = (T)(v < 0.0 ? 0.0 : v);
-                }
-            else
-                for (int64_t i = 0; i < len; i++) yr[i] = (T)(((double)xr[i] - sh) * sc + bi);
+        FBN_FOR_RUNS(s, c, r.j0, r.j1, off, len) FBN_FOR_CHUNKS(len, i0, m) {
+            const T *xr = x + off + i0;
+            T *out = p->stream ? buf : y + off + i0;
+            for (int64_t i = 0; i < m; i++) out[i] = FN(affine1)(xr[i], sh, sc, bi, relu);
+            if (p->stream) FN(stream_out)(y + off + i0, buf, m);
         }
-        return;
+    } else {
+        const int64_t C = s->channels;
+        for (int64_t o = r.j0; o < r.j1; o++) FBN_FOR_CHUNKS(r.nc, c0, m) {
+            const int64_t off = o * C + r.c0 + c0, k = r.c0 + c0;
+            const T *xr = x + off;
+            T *out = p->stream ? buf : y + off;
+            for (int64_t c = 0; c < m; c++)
+                out[c] = FN(affine1)(xr[c], shift[k + c], scale[k + c], bias[k + c], relu);
+            if (p->stream) FN(stream_out)(y + off, buf, m);
+        }
     }
-    const int64_t C = s->channels, nc = r.nc;
-    const double *sh = shift + r.c0, *sc = scale + r.c0, *bi = bias + r.c0;
-    for (int64_t o = r.j0; o < r.j1; o++) {
-        const T *xr = x + o * C + r.c0;
-        T *yr = y + o * C + r.c0;
-        if (relu)
-            for (int64_t c = 0; c < nc; c++) {
-                double v = ((double)xr[c] - sh[c]) * sc[c] + bi[c];
-                yr[c] = (T)(v < 0.0 ? 0.0 : v);
-            }
-        else
-            for (int64_t c = 0; c < nc; c++) yr[c] = (T)(((double)xr[c] - sh[c]) * sc[c] + bi[c]);
-    }
+    FN(stream_fence)(p->stream);
 }
 
 /* Per-channel sum(dy) and sum(dy * (x - shift)) of one tile, into sums[2 * c + {0, 1}]. */
@@ -258,8 +264,8 @@ FBN_DISPATCH static void FN(bwd_reduce_tile)(const T *dy, const T *x, const fbn_
     }
     const int64_t C = s->channels, nc = r.nc;
     const double *sh = shift + r.c0, *sc = scale + r.c0, *bi = bias + r.c0;
-    double acc[FBN_COL_BLOCK], acc2[FBN_COL_BLOCK];
-    fbn_ksum tot[FBN_COL_BLOCK], tot2[FBN_COL_BLOCK];
+    double acc[FBN_COL_MAX], acc2[FBN_COL_MAX];
+    fbn_ksum tot[FBN_COL_MAX], tot2[FBN_COL_MAX];
     memset(tot, 0, sizeof tot);
     memset(tot2, 0, sizeof tot2);
     for (int64_t o = r.j0; o < r.j1;) {
@@ -268,6 +274,10 @@ FBN_DISPATCH static void FN(bwd_reduce_tile)(const T *dy, const T *x, const fbn_
         memset(acc2, 0, sizeof acc2);
         for (; o < end; o++) {
             const T *dr = dy + o * C + r.c0, *xr = x + o * C + r.c0;
+            if (o + FBN_AHEAD < r.j1) {
+                fbn_prefetch(dr + FBN_AHEAD * C, nc * sizeof(T));
+                fbn_prefetch(xr + FBN_AHEAD * C, nc * sizeof(T));
+            }
             for (int64_t c = 0; c < nc; c++) {
                 double g = FBN_MASKED(dr[c], xr[c], sh[c], sc[c], bi[c], relu);
                 acc[c] += g;
@@ -285,6 +295,12 @@ FBN_DISPATCH static void FN(bwd_reduce_tile)(const T *dy, const T *x, const fbn_
     }
 }
 
+static inline T FN(dx1)(T dy, T x, double shift, double scale, double bias, int relu,
+                        double k_dy, double k_x, double k_0) {
+    double g = FBN_MASKED(dy, x, shift, scale, bias, relu);
+    return (T)(k_dy * g + k_x * ((double)x - shift) + k_0);
+}
+
 /* dx = k_dy * dy + k_x * (x - shift) + k_0, dy masked by the ReLU if relu. */
 FBN_DISPATCH static void FN(bwd_elemt_tile)(const T *dy, const T *x, T *dx, const fbn_plan *p,
                                             int64_t t, const double *shift,
@@ -293,31 +309,31 @@ FBN_DISPATCH static void FN(bwd_elemt_tile)(const T *dy, const T *x, T *dx, cons
                                             const double *k_0) {
     FN(fbn_tile) r = FN(tile_of)(p, t);
     const fbn_shape *s = &p->s;
+    T buf[FBN_CHUNK];
     if (s->inner > 1) {
         int64_t c = r.c0;
         const double sh = shift[c], sc = scale[c], bi = bias[c];
         const double a = k_dy[c], b = k_x[c], z = k_0[c];
-        FBN_FOR_RUNS(s, c, r.j0, r.j1, off, len) {
+        FBN_FOR_RUNS(s, c, r.j0, r.j1, off, len) FBN_FOR_CHUNKS(len, i0, m) {
+            const T *dr = dy + off + i0, *xr = x + off + i0;
+            T *out = p->stream ? buf : dx + off + i0;
+            for (int64_t i = 0; i < m; i++)
+                out[i] = FN(dx1)(dr[i], xr[i], sh, sc, bi, relu, a, b, z);
+            if (p->stream) FN(stream_out)(dx + off + i0, buf, m);
+        }
+    } else {
+        const int64_t C = s->channels;
+        for (int64_t o = r.j0; o < r.j1; o++) FBN_FOR_CHUNKS(r.nc, c0, m) {
+            const int64_t off = o * C + r.c0 + c0, k = r.c0 + c0;
             const T *dr = dy + off, *xr = x + off;
-            T *out = dx + off;
-            for (int64_t i = 0; i < len; i++) {
-                double g = FBN_MASKED(dr[i], xr[i], sh, sc, bi, relu);
-                out[i] = (T)(a * g + b * ((double)xr[i] - sh) + z);
-            }
-        }
-        return;
-    }
-    const int64_t C = s->channels, nc = r.nc;
-    const double *sh = shift + r.c0, *sc = scale + r.c0, *bi = bias + r.c0;
-    const double *a = k_dy + r.c0, *b = k_x + r.c0, *z = k_0 + r.c0;
-    for (int64_t o = r.j0; o < r.j1; o++) {
-        const T *dr = dy + o * C + r.c0, *xr = x + o * C + r.c0;
-        T *out = dx + o * C + r.c0;
-        for (int64_t c = 0; c < nc; c++) {
-            double g = FBN_MASKED(dr[c], xr[c], sh[c], sc[c], bi[c], relu);
-            out[c] = (T)(a[c] * g + b[c] * ((double)xr[c] - sh[c]) + z[c]);
+            T *out = p->stream ? buf : dx + off;
+            for (int64_t c = 0; c < m; c++)
+                out[c] = FN(dx1)(dr[c], xr[c], shift[k + c], scale[k + c], bias[k + c], relu,
+                                 k_dy[k + c], k_x[k + c], k_0[k + c]);
+            if (p->stream) FN(stream_out)(dx + off, buf, m);
         }
     }
+    FN(stream_fence)(p->stream);
 }
 
 /* ---- drivers ------------------------------------------------------------ */
@@ -351,9 +367,15 @@ static int FN(stats_all)(const T *x, const fbn_plan *p, double *pivot, fbn_part 
     return 0;
 }
 
+/* Tilings: reductions keep per-channel accumulators, so inner == 1 tiles are
+ * channel blocks; elementwise passes take whole rows (contiguous memory). The
+ * forward's tiling is the batch_stats one, so both give identical statistics. */
+#define FN_REDUCE_PLAN(s, arrays) fbn_make_plan((s), (arrays) * (int64_t)sizeof(T), FBN_COL_MAX)
+#define FN_ELEMWISE_PLAN(s, arrays) fbn_make_plan((s), (arrays) * (int64_t)sizeof(T), (s).channels)
+
 int FN(fbn_batch_stats)(const T *x, fbn_shape s, double *mean_hi, double *mean_lo, double *m2,
                         int nthreads) {
-    fbn_plan p = fbn_make_plan(s, 2 * sizeof(T));
+    fbn_plan p = FN_REDUCE_PLAN(s, 2);
     if (p.per_channel == 0 || s.channels == 0) {
         for (int64_t c = 0; c < s.channels; c++) mean_hi[c] = mean_lo[c] = m2[c] = 0.0;
         return 0;
@@ -381,7 +403,7 @@ int FN(fbn_forward_train)(const T *x, T *y, fbn_shape s, const double *gamma,
                           const double *beta, double eps, int relu, double *mean_hi,
                           double *mean_lo, double *var, double *invstd, int nthreads) {
     const int64_t C = s.channels;
-    fbn_plan p = fbn_make_plan(s, 2 * sizeof(T));
+    fbn_plan p = FN_REDUCE_PLAN(s, 2);
     if (p.per_channel == 0 || C == 0) return -2;
     double *work = malloc(C * 5 * sizeof(double));
     fbn_part *parts = malloc(p.nsegs * C * sizeof(fbn_part));
@@ -413,9 +435,12 @@ int FN(fbn_forward_train)(const T *x, T *y, fbn_shape s, const double *gamma,
         FN(stats_all)(x, &p, pivot, parts, mean_hi, mean_lo, m2, nt);
         for (int64_t c = 0; c < C; c++) FN(finish_channel)(c, eps, var, invstd, m2, n);
         fbn_coefficients(C, mean_hi, mean_lo, invstd, gamma, beta, shift, scale, bias);
-        const int64_t ntiles = p.nblocks * p.nsegs;
+        /* backwards: the data read last by the statistics pass may still be in L3 */
+        fbn_plan e = FN_ELEMWISE_PLAN(s, 2);
+        const int64_t ntiles = e.nblocks * e.nsegs;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-        for (int64_t t = 0; t < ntiles; t++) FN(affine_tile)(x, y, &p, t, shift, scale, bias, relu);
+        for (int64_t t = ntiles - 1; t >= 0; t--)
+            FN(affine_tile)(x, y, &e, t, shift, scale, bias, relu);
     }
     free(work);
     free(parts);
@@ -424,7 +449,7 @@ int FN(fbn_forward_train)(const T *x, T *y, fbn_shape s, const double *gamma,
 
 int FN(fbn_affine)(const T *x, T *y, fbn_shape s, const double *shift, const double *scale,
                    const double *bias, int relu, int nthreads) {
-    fbn_plan p = fbn_make_plan(s, 2 * sizeof(T));
+    fbn_plan p = FN_ELEMWISE_PLAN(s, 2);
     const int64_t ntiles = p.per_channel ? p.nblocks * p.nsegs : 0;
     int nt = fbn_threads_for(&p, nthreads);
     (void)nt;
@@ -451,7 +476,7 @@ static void FN(sum_tiles)(const fbn_plan *p, const double *sums, double *sum_dy,
 int FN(fbn_backward_reduce)(const T *dy, const T *x, fbn_shape s, const double *shift,
                             const double *scale, const double *bias, int relu, double *sum_dy,
                             double *sum_dy_xs, int nthreads) {
-    fbn_plan p = fbn_make_plan(s, 2 * sizeof(T));
+    fbn_plan p = FN_REDUCE_PLAN(s, 2);
     const int64_t C = s.channels;
     if (p.per_channel == 0) {
         for (int64_t c = 0; c < C; c++) sum_dy[c] = sum_dy_xs[c] = 0.0;
@@ -475,7 +500,7 @@ int FN(fbn_backward_elemt)(const T *dy, const T *x, T *dx, fbn_shape s, const do
                            const double *scale, const double *bias, int relu,
                            const double *k_dy, const double *k_x, const double *k_0,
                            int nthreads) {
-    fbn_plan p = fbn_make_plan(s, 3 * sizeof(T));
+    fbn_plan p = FN_ELEMWISE_PLAN(s, 3);
     const int64_t ntiles = p.per_channel ? p.nblocks * p.nsegs : 0;
     int nt = fbn_threads_for(&p, nthreads);
     (void)nt;
@@ -502,7 +527,7 @@ int FN(fbn_backward)(const T *dy, const T *x, T *dx, fbn_shape s, const double *
                      const double *beta, int relu, int training, double *sum_dy,
                      double *sum_dy_xhat, int nthreads) {
     const int64_t C = s.channels;
-    fbn_plan p = fbn_make_plan(s, 3 * sizeof(T));
+    fbn_plan p = FN_REDUCE_PLAN(s, 3);
     if (C == 0) return 0;
     double *work = malloc(C * 7 * sizeof(double));
     double *sums = malloc(p.nsegs * 2 * C * sizeof(double));
@@ -542,9 +567,11 @@ int FN(fbn_backward)(const T *dy, const T *x, T *dx, fbn_shape s, const double *
         for (int64_t c = 0; c < C; c++)
             FN(bwd_coefficients)(c, n, training, mean_lo, invstd, gamma, sum_dy, sum_dy_xs,
                                  sum_dy_xhat, k_dy, k_x, k_0);
+        fbn_plan e = FN_ELEMWISE_PLAN(s, 3);
+        const int64_t etiles = e.nblocks * e.nsegs;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-        for (int64_t t = 0; t < ntiles; t++)
-            FN(bwd_elemt_tile)(dy, x, dx, &p, t, shift, scale, bias, relu, k_dy, k_x, k_0);
+        for (int64_t t = etiles - 1; t >= 0; t--) /* backwards, as in the forward */
+            FN(bwd_elemt_tile)(dy, x, dx, &e, t, shift, scale, bias, relu, k_dy, k_x, k_0);
     }
     free(work);
     free(sums);
@@ -559,5 +586,9 @@ int FN(fbn_ema)(T *running, const double *batch, int64_t channels, double moment
 }
 
 #undef FN
+#undef FN_REDUCE_PLAN
+#undef FN_ELEMWISE_PLAN
 #undef FBN_FOR_RUNS
 #undef FBN_MASKED
+#undef FBN_FOR_CHUNKS
+#undef FBN_CHUNK

@@ -5,18 +5,40 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "fastbn.h"
 
-/* Channels processed together when inner == 1 (a row of a block is contiguous). */
-#define FBN_COL_BLOCK 64
+/* Widest channel block of a reduction tile when inner == 1 (its per-channel
+ * accumulators live on the stack); elementwise tiles take whole rows. */
+#define FBN_COL_MAX 256
+/* Independent accumulator lanes: enough vector registers to hide add latency. */
+#define FBN_LANES 32
 /* Values summed in plain lanes before they are added to a compensated total:
  * bounds the rounding error of long sums without slowing the inner loop. */
 #define FBN_PIECE 1024
 /* Bytes of data per tile: a tile is reduced and then rewritten while in L2. */
-#define FBN_TILE_BYTES (768 * 1024)
+#define FBN_TILE_BYTES (1024 * 1024)
+/* Outputs of at least this many bytes are written with non-temporal stores. */
+#define FBN_STREAM_BYTES (16 * 1024 * 1024)
 /* Below this many values a call runs on one thread: start-up would cost more. */
 #define FBN_MIN_PARALLEL 65536
+
+/* Rows of a channel block are short runs a whole row apart, which the hardware
+ * prefetcher follows poorly: first passes over them fetch FBN_AHEAD rows ahead. */
+#define FBN_AHEAD 8
+static inline void fbn_prefetch(const void *p, int64_t bytes) {
+#if defined(__GNUC__)
+    const char *q = (const char *)p;
+    for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(q + b);
+#else
+    (void)p;
+    (void)bytes;
+#endif
+}
 
 /* Neumaier-compensated sum. */
 typedef struct {
@@ -34,19 +56,19 @@ static inline void fbn_kadd(fbn_ksum *k, double v) {
 
 static inline double fbn_kval(const fbn_ksum *k) { return k->sum + k->comp; }
 
-/* Eight plain lanes (vectorisable without reassociation) feeding a compensated
- * total every FBN_PIECE values. */
+/* FBN_LANES plain lanes (vectorisable without reassociation) feeding a
+ * compensated total every FBN_PIECE values. */
 typedef struct {
-    double lane[8];
+    double lane[FBN_LANES];
     int64_t pending;
     fbn_ksum total;
 } fbn_acc;
 
 static inline void fbn_acc_flush(fbn_acc *a) {
-    double l = ((a->lane[0] + a->lane[1]) + (a->lane[2] + a->lane[3])) +
-               ((a->lane[4] + a->lane[5]) + (a->lane[6] + a->lane[7]));
-    fbn_kadd(&a->total, l);
-    for (int i = 0; i < 8; i++) a->lane[i] = 0.0;
+    for (int w = FBN_LANES / 2; w > 0; w /= 2) /* pairwise, in a fixed order */
+        for (int i = 0; i < w; i++) a->lane[i] += a->lane[i + w];
+    fbn_kadd(&a->total, a->lane[0]);
+    for (int i = 0; i < FBN_LANES; i++) a->lane[i] = 0.0;
     a->pending = 0;
 }
 
@@ -80,9 +102,10 @@ typedef struct {
     fbn_shape s;
     int64_t block, nblocks;
     int64_t per_channel, seg_len, nsegs;
+    int stream; /* output too large for the caches: write it non-temporally */
 } fbn_plan;
 
-fbn_plan fbn_make_plan(fbn_shape s, int64_t bytes_per_value);
+fbn_plan fbn_make_plan(fbn_shape s, int64_t bytes_per_value, int64_t max_block);
 int fbn_threads_for(const fbn_plan *p, int nthreads);
 
 #endif
