@@ -1,0 +1,180 @@
+"""What synchronising batch norm over MPI costs, against the local kernel.
+
+    python bench/sync_bn_cost.py                 # one run: measures, then launches mpiexec -n 2
+    python bench/sync_bn_cost.py --shape 64 64 56 56 --ranks 2 --repeats 15
+
+Part 1 (this process): fastbn.forward / fastbn.backward on the whole batch, with 1
+thread and with 2 threads.
+Part 2 (``mpiexec -n R`` on this script, 1 thread per rank): each rank holds 1/R of
+the batch and runs
+  * sync_forward / sync_backward (one Allgather each),
+  * the same local work without communication (batch_stats + normalize,
+    backward_reduce + backward_elemt), to show the price of the collective itself,
+  * the local fused kernels fastbn.forward / fastbn.backward on its part (not the
+    same maths: local statistics), for scale,
+  * the bare Allgather of the (3 + 2C) / (1 + 2C) float64 rows.
+A step's time is the slowest rank's (max over ranks, per repetition); medians over
+the repetitions. Prints a table and one JSON line.
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def median_ms(fn, repeats, comm=None):
+    times = []
+    fn()  # warm-up
+    for _ in range(repeats):
+        if comm is not None:
+            comm.Barrier()
+        t0 = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t0
+        if comm is not None:
+            dt = comm.allreduce(dt, op=_max_op())
+        times.append(dt)
+    return 1e3 * statistics.median(times)
+
+
+def _max_op():
+    from mpi4py import MPI
+    return MPI.MAX
+
+
+def data(shape, seed):
+    rng = np.random.default_rng(seed)
+    x = (1.0 + rng.standard_normal(shape, dtype=np.float32))
+    dy = rng.standard_normal(shape, dtype=np.float32)
+    return x, dy
+
+
+def single(shape, repeats):
+    import fastbn
+    x, dy = data(shape, 0)
+    C = shape[1]
+    gamma, beta = np.ones(C, np.float32), np.zeros(C, np.float32)
+    rm, rv = np.zeros(C, np.float32), np.ones(C, np.float32)
+    res = {}
+    previous = fastbn.get_num_threads()
+    for threads in (1, 2):
+        fastbn.set_num_threads(threads)
+        _, cache = fastbn.forward(x, gamma, beta, running_mean=rm, running_var=rv)
+        res[f"forward_{threads}t"] = median_ms(
+            lambda: fastbn.forward(x, gamma, beta, running_mean=rm, running_var=rv), repeats)
+        res[f"backward_{threads}t"] = median_ms(lambda: fastbn.backward(dy, cache), repeats)
+    fastbn.set_num_threads(previous)
+    return res
+
+
+def worker(shape, repeats):
+    from mpi4py import MPI
+
+    import fastbn
+    from fastbn.distributed import sync_backward, sync_forward
+    comm = MPI.COMM_WORLD
+    R, rank = comm.Get_size(), comm.Get_rank()
+    N = shape[0]
+    n_local = N // R + (1 if rank < N % R else 0)
+    x, dy = data((n_local,) + tuple(shape[1:]), 1 + rank)
+    C = shape[1]
+    gamma, beta = np.ones(C, np.float32), np.zeros(C, np.float32)
+    rm, rv = np.zeros(C, np.float32), np.ones(C, np.float32)
+    res = {"ranks": R, "threads_per_rank": fastbn.get_num_threads()}
+
+    _, scache = sync_forward(x, gamma, beta, comm=comm, running_mean=rm, running_var=rv)
+    res["sync_forward"] = median_ms(lambda: sync_forward(
+        x, gamma, beta, comm=comm, running_mean=rm, running_var=rv), repeats, comm)
+    res["sync_backward"] = median_ms(lambda: sync_backward(dy, scache, comm=comm), repeats, comm)
+
+    count, mean, m2 = fastbn.batch_stats(x)
+    invstd = 1.0 / np.sqrt(m2 / count + 1e-5)
+
+    def local_forward_parts():
+        fastbn.batch_stats(x)
+        fastbn.normalize(x, mean, invstd, gamma, beta)
+
+    def local_backward_parts():
+        s, sx = fastbn.backward_reduce(dy, x, mean, invstd)
+        fastbn.backward_elemt(dy, x, mean, invstd, gamma, s, sx, count)
+
+    res["parts_forward_nocomm"] = median_ms(local_forward_parts, repeats, comm)
+    res["parts_backward_nocomm"] = median_ms(local_backward_parts, repeats, comm)
+    _, lcache = fastbn.forward(x, gamma, beta)
+    res["local_forward"] = median_ms(lambda: fastbn.forward(x, gamma, beta), repeats, comm)
+    res["local_backward"] = median_ms(lambda: fastbn.backward(dy, lcache), repeats, comm)
+    for name, length in (("allgather_fwd_row", 3 + 2 * C), ("allgather_bwd_row", 1 + 2 * C)):
+        row, table = np.zeros(length), np.empty((R, length))
+        res[name] = median_ms(lambda: comm.Allgather(row, table), 10 * repeats, comm)
+    res["bytes_sent_per_rank"] = {"forward": 8 * (3 + 2 * C), "backward": 8 * (1 + 2 * C)}
+    if rank == 0:
+        print("RESULT " + json.dumps(res), flush=True)
+
+
+def launch(args):
+    here = Path(__file__).resolve()
+    mpiexec = next((str(c) for c in (Path(sys.executable).parent / "mpiexec",
+                                     shutil.which("mpiexec")) if c and os.access(c, os.X_OK)), None)
+    if mpiexec is None:
+        sys.exit("mpiexec not found: pip install 'fastbn[mpi]'")
+    env = dict(os.environ, FASTBN_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    cmd = [mpiexec, "-n", str(args.ranks), sys.executable, str(here), "--worker",
+           "--repeats", str(args.repeats), "--shape", *map(str, args.shape)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shape", type=int, nargs="+", default=[64, 64, 56, 56])
+    p.add_argument("--ranks", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        return worker(args.shape, args.repeats)
+
+    import fastbn
+    s = single(args.shape, args.repeats)
+    m = launch(args)
+    shape, R = "x".join(map(str, args.shape)), args.ranks
+    print(f"fastbn {fastbn.__version__} backend={fastbn.backend}  shape {shape} float32 NCHW, "
+          f"C={args.shape[1]}, medians of {args.repeats}")
+    rows = [
+        ("forward, 1 process, whole batch, 1 thread", s["forward_1t"]),
+        ("forward, 1 process, whole batch, 2 threads", s["forward_2t"]),
+        (f"sync_forward, {R} ranks x 1 thread, batch split", m["sync_forward"]),
+        (f"  same local work, no communication", m["parts_forward_nocomm"]),
+        (f"  fastbn.forward on each rank's part (local stats)", m["local_forward"]),
+        (f"  Allgather of {3 + 2 * args.shape[1]} float64 alone", m["allgather_fwd_row"]),
+        ("backward, 1 process, whole batch, 1 thread", s["backward_1t"]),
+        ("backward, 1 process, whole batch, 2 threads", s["backward_2t"]),
+        (f"sync_backward, {R} ranks x 1 thread, batch split", m["sync_backward"]),
+        (f"  same local work, no communication", m["parts_backward_nocomm"]),
+        (f"  fastbn.backward on each rank's part (local stats)", m["local_backward"]),
+        (f"  Allgather of {1 + 2 * args.shape[1]} float64 alone", m["allgather_bwd_row"]),
+    ]
+    for name, ms in rows:
+        print(f"{name:<55s} {ms:9.3f} ms")
+    ratios = {
+        "sync_forward / forward 1 process 2 threads": m["sync_forward"] / s["forward_2t"],
+        "sync_forward / forward 1 process 1 thread": m["sync_forward"] / s["forward_1t"],
+        "sync_forward / local fused forward on the part": m["sync_forward"] / m["local_forward"],
+        "sync_backward / backward 1 process 2 threads": m["sync_backward"] / s["backward_2t"],
+        "sync_backward / backward 1 process 1 thread": m["sync_backward"] / s["backward_1t"],
+        "sync_backward / local fused backward on the part": m["sync_backward"] / m["local_backward"],
+    }
+    for name, r in ratios.items():
+        print(f"{name:<55s} {r:9.2f}x")
+    print("JSON " + json.dumps({"shape": args.shape, "single": s, "mpi": m, "ratios": ratios}))
+
+
+if __name__ == "__main__":
+    main()
