@@ -13,7 +13,8 @@ the batch and runs
   * the local fused kernels fastbn.forward / fastbn.backward on its part (not the
     same maths: local statistics), for scale,
   * the bare Allgather of the (3 + 2C) / (1 + 2C) float64 rows.
-A step's time is the slowest rank's (max over ranks, per repetition); medians over
+Outputs go to preallocated out= buffers (--alloc: fresh arrays each call, which adds
+page-fault time). A step's time is the slowest rank's (max over ranks, per repetition); medians over
 the repetitions. Prints a table and one JSON line.
 """
 import argparse
@@ -56,9 +57,11 @@ def data(shape, seed):
     return x, dy
 
 
-def single(shape, repeats):
+def single(shape, repeats, alloc):
     import fastbn
     x, dy = data(shape, 0)
+    y_out = None if alloc else np.empty_like(x)
+    dx_out = None if alloc else np.empty_like(x)
     C = shape[1]
     gamma, beta = np.ones(C, np.float32), np.zeros(C, np.float32)
     rm, rv = np.zeros(C, np.float32), np.ones(C, np.float32)
@@ -67,14 +70,15 @@ def single(shape, repeats):
     for threads in (1, 2):
         fastbn.set_num_threads(threads)
         _, cache = fastbn.forward(x, gamma, beta, running_mean=rm, running_var=rv)
-        res[f"forward_{threads}t"] = median_ms(
-            lambda: fastbn.forward(x, gamma, beta, running_mean=rm, running_var=rv), repeats)
-        res[f"backward_{threads}t"] = median_ms(lambda: fastbn.backward(dy, cache), repeats)
+        res[f"forward_{threads}t"] = median_ms(lambda: fastbn.forward(
+            x, gamma, beta, running_mean=rm, running_var=rv, out=y_out), repeats)
+        res[f"backward_{threads}t"] = median_ms(
+            lambda: fastbn.backward(dy, cache, out=dx_out), repeats)
     fastbn.set_num_threads(previous)
     return res
 
 
-def worker(shape, repeats):
+def worker(shape, repeats, alloc):
     from mpi4py import MPI
 
     import fastbn
@@ -84,6 +88,8 @@ def worker(shape, repeats):
     N = shape[0]
     n_local = N // R + (1 if rank < N % R else 0)
     x, dy = data((n_local,) + tuple(shape[1:]), 1 + rank)
+    yo = None if alloc else np.empty_like(x)
+    dxo = None if alloc else np.empty_like(x)
     C = shape[1]
     gamma, beta = np.ones(C, np.float32), np.zeros(C, np.float32)
     rm, rv = np.zeros(C, np.float32), np.ones(C, np.float32)
@@ -91,25 +97,26 @@ def worker(shape, repeats):
 
     _, scache = sync_forward(x, gamma, beta, comm=comm, running_mean=rm, running_var=rv)
     res["sync_forward"] = median_ms(lambda: sync_forward(
-        x, gamma, beta, comm=comm, running_mean=rm, running_var=rv), repeats, comm)
-    res["sync_backward"] = median_ms(lambda: sync_backward(dy, scache, comm=comm), repeats, comm)
+        x, gamma, beta, comm=comm, running_mean=rm, running_var=rv, out=yo), repeats, comm)
+    res["sync_backward"] = median_ms(
+        lambda: sync_backward(dy, scache, comm=comm, out=dxo), repeats, comm)
 
     count, mean, m2 = fastbn.batch_stats(x)
     invstd = 1.0 / np.sqrt(m2 / count + 1e-5)
 
     def local_forward_parts():
         fastbn.batch_stats(x)
-        fastbn.normalize(x, mean, invstd, gamma, beta)
+        fastbn.normalize(x, mean, invstd, gamma, beta, out=yo)
 
     def local_backward_parts():
         s, sx = fastbn.backward_reduce(dy, x, mean, invstd)
-        fastbn.backward_elemt(dy, x, mean, invstd, gamma, s, sx, count)
+        fastbn.backward_elemt(dy, x, mean, invstd, gamma, s, sx, count, out=dxo)
 
     res["parts_forward_nocomm"] = median_ms(local_forward_parts, repeats, comm)
     res["parts_backward_nocomm"] = median_ms(local_backward_parts, repeats, comm)
     _, lcache = fastbn.forward(x, gamma, beta)
-    res["local_forward"] = median_ms(lambda: fastbn.forward(x, gamma, beta), repeats, comm)
-    res["local_backward"] = median_ms(lambda: fastbn.backward(dy, lcache), repeats, comm)
+    res["local_forward"] = median_ms(lambda: fastbn.forward(x, gamma, beta, out=yo), repeats, comm)
+    res["local_backward"] = median_ms(lambda: fastbn.backward(dy, lcache, out=dxo), repeats, comm)
     for name, length in (("allgather_fwd_row", 3 + 2 * C), ("allgather_bwd_row", 1 + 2 * C)):
         row, table = np.zeros(length), np.empty((R, length))
         res[name] = median_ms(lambda: comm.Allgather(row, table), 10 * repeats, comm)
@@ -126,7 +133,7 @@ def launch(args):
         sys.exit("mpiexec not found: pip install 'fastbn[mpi]'")
     env = dict(os.environ, FASTBN_NUM_THREADS="1", OMP_NUM_THREADS="1")
     cmd = [mpiexec, "-n", str(args.ranks), sys.executable, str(here), "--worker",
-           "--repeats", str(args.repeats), "--shape", *map(str, args.shape)]
+           "--repeats", str(args.repeats), *(["--alloc"] if args.alloc else []), "--shape", *map(str, args.shape)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
     return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
 
@@ -136,17 +143,20 @@ def main():
     p.add_argument("--shape", type=int, nargs="+", default=[64, 64, 56, 56])
     p.add_argument("--ranks", type=int, default=2)
     p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--alloc", action="store_true",
+                   help="allocate every output afresh (default: reuse out= buffers)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        return worker(args.shape, args.repeats)
+        return worker(args.shape, args.repeats, args.alloc)
 
     import fastbn
-    s = single(args.shape, args.repeats)
+    s = single(args.shape, args.repeats, args.alloc)
     m = launch(args)
     shape, R = "x".join(map(str, args.shape)), args.ranks
     print(f"fastbn {fastbn.__version__} backend={fastbn.backend}  shape {shape} float32 NCHW, "
-          f"C={args.shape[1]}, medians of {args.repeats}")
+          f"C={args.shape[1]}, medians of {args.repeats}, "
+          f"{'fresh outputs' if args.alloc else 'out= buffers reused'}")
     rows = [
         ("forward, 1 process, whole batch, 1 thread", s["forward_1t"]),
         ("forward, 1 process, whole batch, 2 threads", s["forward_2t"]),

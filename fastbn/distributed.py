@@ -254,10 +254,13 @@ def _sync_backward_train(dy, cache, comm, out):
 
     row = np.zeros(1 + 2 * C)
     if error is None:
-        if cache.activation == "relu":  # the mask of the forward's ReLU, recomputed
-            y = fb.normalize(x, cache.mean, cache.invstd, cache.gamma, cache.beta, axis=axis)
-            dy = np.where(y > 0, dy, 0).astype(dy.dtype)
-            del y
+        if cache.activation == "relu":  # the forward's ReLU mask, recomputed (same y bits)
+            masked = fb.normalize(x, cache.mean, cache.invstd, cache.gamma, cache.beta,
+                                  axis=axis)
+            inactive = masked <= 0
+            np.copyto(masked, dy)
+            masked[inactive] = 0
+            dy = masked
         sum_dy, sum_dy_xhat = fb.backward_reduce(dy, x, cache.mean, cache.invstd, axis=axis)
         row[1:1 + C], row[1 + C:] = sum_dy, sum_dy_xhat
     else:
