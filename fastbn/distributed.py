@@ -257,7 +257,7 @@ def _sync_backward_train(dy, cache, comm, out):
         if cache.activation == "relu":  # the forward's ReLU mask, recomputed (same y bits)
             masked = fb.normalize(x, cache.mean, cache.invstd, cache.gamma, cache.beta,
                                   axis=axis)
-            inactive = masked <= 0
+            inactive = ~(masked > 0)  # as the reference: y > 0 passes (NaN does not)
             np.copyto(masked, dy)
             masked[inactive] = 0
             dy = masked
