@@ -1,0 +1,575 @@
+"""The built-in benchmark behind ``python -m fastbn bench``.
+
+For every shape and op it prints the median time of fastbn (kernels writing
+into preallocated ``out=`` buffers), the bandwidth it reaches, that bandwidth
+as a fraction of the machine's copy bandwidth measured in the same run, and
+the speed-up over PyTorch (when installed) and over ``fastbn.reference``.
+
+Bytes counted per op (the minimum traffic, the "bound"):
+  forward-train  2 * x.nbytes  (read x, write y)
+  backward       3 * x.nbytes  (read x and dy, write dx)
+  inference      2 * x.nbytes  (read x, write y)
+A copy moves 2 * nbytes (read + write), so ``fraction = (bytes / time) / copy
+GB/s`` is 1.0 for an op running at copy speed. A two-pass kernel that reads x
+again after the statistics pass can reach at most 2/3 (forward-train) or 3/5
+(backward) of this bound once x no longer fits in the caches; shapes that fit
+in the last-level cache can exceed 1.0.
+
+Runs of the implementations are interleaved (fastbn, torch, reference, in a
+rotating order, one sample each per round) so that noise from other processes
+hits them alike; the medians of those samples are reported.
+"""
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+import fastbn
+from fastbn import reference
+
+OPS = ("forward-train", "backward", "inference")
+BYTES_PER_ELEMENT_PASS = {"forward-train": 2, "backward": 3, "inference": 2}
+
+# name: (shape, channel axis)
+DEFAULT_SHAPES = {
+    "nc": ((8192, 4096), 1),
+    "nchw": ((64, 64, 56, 56), 1),
+    "nhwc": ((64, 56, 56, 64), -1),
+    "nchw-small": ((32, 256, 14, 14), 1),
+    "nc-small": ((512, 4096), 1),
+}
+QUICK_SHAPES = {
+    "nc": ((1024, 512), 1),
+    "nchw": ((8, 32, 28, 28), 1),
+    "nhwc": ((8, 28, 28, 32), -1),
+    "nchw-small": ((8, 64, 7, 7), 1),
+    "nc-small": ((64, 512), 1),
+}
+COPY_BYTES = 256 * 2**20          # source buffer of the copy-bandwidth measurement
+MIN_SAMPLE_SECONDS = 0.005        # a sample repeats a fast call until it lasts this long
+MAX_CALLS_PER_SAMPLE = 1000
+SETTLE_SECONDS = 0.02          # pause before each interleaved sample
+ENV_SLOWING_NUMPY = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+# ---------------------------------------------------------------- arguments
+
+def add_arguments(parser):
+    parser.add_argument("--dtype", choices=["float32", "float64", "both"], default="float32",
+                        help="data type (default float32)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="threads for fastbn, PyTorch and the copy bound "
+                             "(default: fastbn.get_num_threads())")
+    parser.add_argument("--repeat", type=int, default=None, metavar="N",
+                        help="samples per implementation (default 15; 5 with --quick)")
+    parser.add_argument("--ref-repeat", type=int, default=None, metavar="N",
+                        help="samples of the slow NumPy reference (default 3; 1 with --quick)")
+    parser.add_argument("--shapes", default=None, metavar="LIST",
+                        help="comma-separated subset of " + ", ".join(DEFAULT_SHAPES)
+                             + ", or explicit shapes such as 256x64 or 8x14x14x32:-1 "
+                               "(':axis' gives the channel axis, default 1)")
+    parser.add_argument("--ops", default=",".join(OPS), metavar="LIST",
+                        help="comma-separated subset of " + ", ".join(OPS))
+    parser.add_argument("--quick", action="store_true",
+                        help="small shapes and few repeats: a smoke run of a few seconds")
+    parser.add_argument("--no-reference", action="store_true",
+                        help="skip the (slow) NumPy reference")
+    parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
+    parser.add_argument("--plot", default=None, metavar="PATH",
+                        help="also sweep input sizes (NCHW and (N, C)) and save a PNG of GB/s "
+                             "against size: fastbn, PyTorch, copy (needs matplotlib)")
+    parser.add_argument("--json", default=None, metavar="PATH",
+                        help="also save every result (and raw samples) as JSON")
+    return parser
+
+
+def parse_shapes(text, quick):
+    table = QUICK_SHAPES if quick else DEFAULT_SHAPES
+    if not text:
+        return [(name, shape, axis) for name, (shape, axis) in table.items()]
+    specs = []
+    for item in (s.strip() for s in text.split(",")):
+        if not item:
+            continue
+        if item in table:
+            specs.append((item, *table[item]))
+            continue
+        body, _, axis_text = item.partition(":")
+        try:
+            shape = tuple(int(d) for d in body.lower().split("x"))
+            axis = int(axis_text) if axis_text else 1
+        except ValueError:
+            raise ValueError(f"--shapes: {item!r} is neither one of {', '.join(table)} "
+                             "nor a shape such as 64x32x7x7 or 8x7x7x32:-1") from None
+        if len(shape) < 2 or min(shape) < 1 or not -len(shape) <= axis < len(shape):
+            raise ValueError(f"--shapes: {item!r} needs >= 2 positive dimensions and a valid axis")
+        if shape[axis % len(shape)] == math.prod(shape):
+            raise ValueError(f"--shapes: {item!r} has one value per channel: nothing to train")
+        specs.append((item, shape, axis))
+    if not specs:
+        raise ValueError("--shapes: no shape given")
+    return specs
+
+
+def parse_ops(text):
+    ops = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [o for o in ops if o not in OPS]
+    if bad or not ops:
+        raise ValueError(f"--ops: unknown {', '.join(bad) or '(empty)'}; choose from {', '.join(OPS)}")
+    return ops
+
+
+# ---------------------------------------------------------------- timing
+
+def _once(fn, number):
+    t0 = time.perf_counter()
+    for _ in range(number):
+        fn()
+    return (time.perf_counter() - t0) / number
+
+
+def calls_per_sample(fn):
+    """Warm fn up; then (calls making a sample of >= MIN_SAMPLE_SECONDS, seconds per call)."""
+    t = _once(fn, 1)
+    if t >= MIN_SAMPLE_SECONDS:
+        return 1, t
+    t = max(_once(fn, 1), 1e-7)
+    return int(min(MAX_CALLS_PER_SAMPLE, math.ceil(MIN_SAMPLE_SECONDS / t))), t
+
+
+def interleaved(candidates, rounds):
+    """candidates: {name: (fn, samples)}. One sample of each per round, in a
+    rotating order; an implementation with fewer samples is spread evenly over
+    the rounds. Before each sample: a pause of SETTLE_SECONDS (so that the
+    spinning OpenMP workers of the previous implementation, another runtime in
+    torch's case, go to sleep instead of competing for the cores) and, for calls
+    shorter than 50 ms, one untimed call (to wake our own workers).
+    Returns {name: [seconds per call, ...]}."""
+    names = list(candidates)
+    number, per_call = {}, {}
+    for n in names:
+        number[n], per_call[n] = calls_per_sample(candidates[n][0])
+    samples = {n: [] for n in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for n in order:
+            fn, want = candidates[n]
+            # sample in round r iff the even spread of `want` over `rounds` steps here
+            if (r + 1) * want // rounds > r * want // rounds:
+                if len(names) > 1:
+                    time.sleep(SETTLE_SECONDS)
+                    if per_call[n] < 0.05:
+                        fn()
+                samples[n].append(_once(fn, number[n]))
+    return samples
+
+
+def median(values):
+    return float(np.median(values)) if values else float("nan")
+
+
+# ---------------------------------------------------------------- copy bound
+
+class CopyBandwidth:
+    """Copy bandwidth with `threads` threads: np.copyto of equal contiguous
+    slices, one per Python thread (np.copyto releases the GIL)."""
+
+    def __init__(self, threads):
+        self.threads = threads
+        self.pool = ThreadPoolExecutor(threads) if threads > 1 else None
+
+    def close(self):
+        if self.pool is not None:
+            self.pool.shutdown()
+
+    def copier(self, dst, src, threads=None):
+        threads = self.threads if threads is None else threads
+        if threads == 1 or self.pool is None:
+            return lambda: np.copyto(dst, src)
+        bounds = np.linspace(0, src.size, threads + 1).astype(int)
+        pairs = [(dst[a:b], src[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+        pool = self.pool
+
+        def run():
+            for f in [pool.submit(np.copyto, d, s) for d, s in pairs]:
+                f.result()
+        return run
+
+    def measure(self, nbytes, repeat, threads=None):
+        """Median GB/s (read + write bytes) copying a float32 buffer of nbytes."""
+        n = max(1, nbytes // 4)
+        src = np.ones(n, dtype=np.float32)
+        dst = np.zeros(n, dtype=np.float32)  # touched: no page faults in the timing
+        fn = self.copier(dst, src, threads)
+        samples = interleaved({"copy": (fn, repeat)}, repeat)["copy"]
+        return 2 * src.nbytes / median(samples) / 1e9
+
+
+# ---------------------------------------------------------------- the ops
+
+def make_data(shape, axis, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    C = shape[axis]
+    x = rng.standard_normal(shape, dtype=np.float64).astype(dtype)
+    x += rng.uniform(-1, 1, C).reshape([C if d == axis % len(shape) else 1
+                                        for d in range(len(shape))]).astype(dtype)
+    return dict(x=x, dy=rng.standard_normal(shape, dtype=np.float64).astype(dtype),
+                gamma=rng.uniform(0.5, 1.5, C).astype(dtype),
+                beta=rng.normal(0, 0.5, C).astype(dtype), axis=axis, C=C)
+
+
+def numpy_ops(module, d):
+    """{op: fn} of fastbn or fastbn.reference, every output preallocated."""
+    x, dy, gamma, beta, axis = d["x"], d["dy"], d["gamma"], d["beta"], d["axis"]
+    C = d["C"]
+    rm, rv = np.zeros(C, x.dtype), np.ones(C, x.dtype)
+    y, dx = np.ones_like(x), np.ones_like(x)
+    dg, db = np.ones_like(gamma), np.ones_like(beta)
+    _, cache = module.forward(x, gamma, beta, axis=axis, running_mean=rm, running_var=rv, out=y)
+    return {
+        "forward-train": lambda: module.forward(x, gamma, beta, axis=axis, running_mean=rm,
+                                                running_var=rv, out=y),
+        "backward": lambda: module.backward(dy, cache, out=(dx, dg, db)),
+        "inference": lambda: module.forward(x, gamma, beta, axis=axis, training=False,
+                                            running_mean=rm, running_var=rv, out=y),
+    }
+
+
+def torch_ops(torch, d):
+    """{op: [(label, fn), ...]}: aten's native batch norm, both its out= form and
+    its allocating form (the faster one is used; for some ops the out= wrapper
+    computes into a temporary and copies)."""
+    aten = torch.ops.aten
+    x = torch.from_numpy(d["x"]).movedim(d["axis"], 1)     # NHWC becomes channels_last
+    dy = torch.from_numpy(d["dy"]).movedim(d["axis"], 1)
+    w, b = torch.from_numpy(d["gamma"]), torch.from_numpy(d["beta"])
+    C, eps = d["C"], 1e-5
+    rm, rv = torch.zeros(C, dtype=x.dtype), torch.ones(C, dtype=x.dtype)
+    y, save_mean, save_invstd = aten.native_batch_norm(x, w, b, rm, rv, True, 0.1, eps)
+    y_out = torch.ones_like(y)
+    sm_out, si_out = torch.empty_like(save_mean), torch.empty_like(save_invstd)
+    dx_out, dg_out, db_out = torch.ones_like(x), torch.empty_like(w), torch.empty_like(b)
+    _, em, ei = aten.native_batch_norm(x, w, b, rm, rv, False, 0.1, eps)
+    em_out, ei_out = torch.empty_like(em), torch.empty_like(ei)
+    mask = [True, True, True]
+    return {
+        "forward-train": [
+            ("native_batch_norm.out", lambda: aten.native_batch_norm.out(
+                x, w, b, rm, rv, True, 0.1, eps, out=y_out, save_mean=sm_out,
+                save_invstd=si_out)),
+            ("native_batch_norm", lambda: aten.native_batch_norm(x, w, b, rm, rv, True, 0.1, eps))],
+        "backward": [
+            ("native_batch_norm_backward.out", lambda: aten.native_batch_norm_backward.out(
+                dy, x, w, rm, rv, save_mean, save_invstd, True, eps, mask, out0=dx_out,
+                out1=dg_out, out2=db_out)),
+            ("native_batch_norm_backward", lambda: aten.native_batch_norm_backward(
+                dy, x, w, rm, rv, save_mean, save_invstd, True, eps, mask))],
+        "inference": [
+            ("native_batch_norm.out", lambda: aten.native_batch_norm.out(
+                x, w, b, rm, rv, False, 0.1, eps, out=y_out, save_mean=em_out,
+                save_invstd=ei_out)),
+            ("native_batch_norm", lambda: aten.native_batch_norm(x, w, b, rm, rv, False, 0.1, eps))],
+    }
+
+
+def fastest(variants, trials=3):
+    """The (label, fn) of the faster variant, by median of a few interleaved samples."""
+    if len(variants) == 1:
+        return variants[0]
+    samples = interleaved({label: (fn, trials) for label, fn in variants}, trials)
+    best = min(samples, key=lambda label: median(samples[label]))
+    return next(v for v in variants if v[0] == best)
+
+
+def load_torch(threads):
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(threads)
+    return torch
+
+
+# ---------------------------------------------------------------- the table
+
+def fmt_ms(seconds):
+    if not math.isfinite(seconds):
+        return "-"
+    ms = seconds * 1e3
+    return f"{ms:.3f}" if ms < 1 else f"{ms:.2f}" if ms < 100 else f"{ms:.0f}"
+
+
+def fmt_ratio(r):
+    return "-" if r is None or not math.isfinite(r) else f"{r:.2f}x" if r < 100 else f"{r:.0f}x"
+
+
+HEADER = (f"{'op':<14}{'fastbn ms':>10}{'GB/s':>8}{'bound':>7}"
+          f"{'torch ms':>10}{'vs torch':>9}{'ref ms':>9}{'vs ref':>8}")
+
+
+def row(res):
+    t = res["fastbn_s"]
+    return (f"{res['op']:<14}{fmt_ms(t):>10}{res['fastbn_GBps']:>8.1f}{res['fraction']:>7.2f}"
+            f"{fmt_ms(res.get('torch_s', float('nan'))):>10}{fmt_ratio(res.get('vs_torch')):>9}"
+            f"{fmt_ms(res.get('reference_s', float('nan'))):>9}{fmt_ratio(res.get('vs_reference')):>8}")
+
+
+def describe_machine():
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return cpu
+
+
+def bench_shape(name, shape, axis, dtype, ops, args, torch, copy_GBps, out):
+    d = make_data(shape, axis, dtype)
+    nbytes = d["x"].nbytes
+    fb = numpy_ops(fastbn, d)
+    ref = numpy_ops(reference, d) if not args.no_reference else None
+    th = torch_ops(torch, d) if torch is not None else None
+    label = "x".join(map(str, shape))
+    print(f"\n{label} axis={axis} {np.dtype(dtype).name} ({nbytes / 1e6:.1f} MB)"
+          + (f"  [{name}]" if name != label else ""), file=out)
+    print(HEADER, file=out)
+    results = []
+    for op in ops:
+        cands = {"fastbn": (fb[op], args.repeat)}
+        torch_label = None
+        if th is not None:
+            torch_label, tfn = fastest(th[op])
+            cands["torch"] = (tfn, args.repeat)
+        if ref is not None:
+            cands["reference"] = (ref[op], min(args.ref_repeat, args.repeat))
+        samples = interleaved(cands, args.repeat)
+        moved = BYTES_PER_ELEMENT_PASS[op] * nbytes
+        t = median(samples["fastbn"])
+        res = dict(shape=list(shape), axis=axis, dtype=np.dtype(dtype).name, op=op,
+                   bytes=moved, fastbn_s=t, fastbn_GBps=moved / t / 1e9,
+                   fraction=moved / t / 1e9 / copy_GBps, samples={k: v for k, v in samples.items()})
+        if "torch" in samples:
+            tt = median(samples["torch"])
+            res.update(torch_s=tt, torch_GBps=moved / tt / 1e9, vs_torch=tt / t, torch_op=torch_label)
+        if "reference" in samples:
+            tr = median(samples["reference"])
+            res.update(reference_s=tr, vs_reference=tr / t)
+        print(row(res), file=out, flush=True)
+        results.append(res)
+    return results
+
+
+def findings(results):
+    """Lines naming the op/shapes slower than torch or below 0.6 of the bound."""
+    lines = []
+    for r in results:
+        where = f"{'x'.join(map(str, r['shape']))} axis={r['axis']} {r['dtype']} {r['op']}"
+        if r.get("vs_torch") is not None and r["vs_torch"] < 1:
+            lines.append(f"  slower than torch: {where}: {fmt_ms(r['fastbn_s'])} ms vs "
+                         f"{fmt_ms(r['torch_s'])} ms ({r['vs_torch']:.2f}x)")
+        if r["fraction"] < 0.6:
+            lines.append(f"  below 0.6 of the bound: {where}: {r['fastbn_GBps']:.1f} GB/s "
+                         f"= {r['fraction']:.2f} of copy")
+    return lines
+
+
+# ---------------------------------------------------------------- size sweep
+
+def sweep_sizes(quick):
+    top = 8 * 2**20 if quick else 128 * 2**20
+    sizes, s = [], 64 * 2**10
+    while s <= top:
+        sizes.append(s)
+        s *= 4 if quick else 2
+    return sizes
+
+
+def sweep_shape(layout, nbytes, itemsize):
+    elems = max(nbytes // itemsize, 1)
+    if layout == "NCHW":           # C = 64, 28x28 images; N grows
+        per = 64 * 28 * 28
+        return (max(2, round(elems / per)), 64, 28, 28), 1
+    per = 1024                      # (N, C) with C = 1024; N grows
+    return (max(2, round(elems / per)), 1024), 1
+
+
+def run_sweep(dtype, ops, args, torch, copier, out):
+    repeat = max(3, min(args.repeat, 7))
+    rows = []
+    print(f"\nsize sweep for the plot ({repeat} samples per point; copy = the faster of "
+          f"1 and {copier.threads} threads at the same size)", file=out)
+    for layout in ("NCHW", "NC"):
+        for nbytes in sweep_sizes(args.quick):
+            shape, axis = sweep_shape(layout, nbytes, np.dtype(dtype).itemsize)
+            d = make_data(shape, axis, dtype)
+            size = d["x"].nbytes
+            copy_fns = []
+            for threads in sorted({1, copier.threads}):
+                src = d["x"].ravel()
+                dst = np.ones_like(src)
+                copy_fns.append((f"copy{threads}", copier.copier(dst, src, threads)))
+            cands = {label: (fn, repeat) for label, fn in copy_fns}
+            copy_s = min(median(v) for v in interleaved(cands, repeat).values())
+            fb = numpy_ops(fastbn, d)
+            th = torch_ops(torch, d) if torch is not None else None
+            for op in ops:
+                c = {"fastbn": (fb[op], repeat)}
+                if th is not None:
+                    c["torch"] = (fastest(th[op])[1], repeat)
+                s = interleaved(c, repeat)
+                moved = BYTES_PER_ELEMENT_PASS[op] * size
+                rows.append(dict(layout=layout, shape=list(shape), op=op, nbytes=size,
+                                 fastbn_GBps=moved / median(s["fastbn"]) / 1e9,
+                                 torch_GBps=(moved / median(s["torch"]) / 1e9
+                                             if "torch" in s else None),
+                                 copy_GBps=2 * size / copy_s / 1e9))
+            print(f"  {layout:<5}{'x'.join(map(str, shape)):>18} {size / 2**20:8.2f} MiB  "
+                  + "  ".join(f"{r['op']} {r['fastbn_GBps']:.1f}" for r in rows[-len(ops):])
+                  + f"  copy {rows[-1]['copy_GBps']:.1f} GB/s", file=out, flush=True)
+            del d, fb, th
+    return rows
+
+
+def save_plot(path, rows, ops, copy_GBps, title):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    layouts = ("NCHW", "NC")
+    fig, axes = plt.subplots(len(layouts), len(ops), figsize=(4.2 * len(ops), 3.4 * len(layouts)),
+                             squeeze=False, sharey=True)
+    for i, layout in enumerate(layouts):
+        for j, op in enumerate(ops):
+            ax = axes[i][j]
+            sel = [r for r in rows if r["layout"] == layout and r["op"] == op]
+            mib = [r["nbytes"] / 2**20 for r in sel]
+            ax.plot(mib, [r["copy_GBps"] for r in sel], ":", color="grey", label="copy, same size")
+            ax.axhline(copy_GBps, ls="--", color="black", lw=0.8, label="copy bound (256 MB)")
+            ax.plot(mib, [r["fastbn_GBps"] for r in sel], "o-", label="fastbn")
+            if any(r["torch_GBps"] is not None for r in sel):
+                ax.plot(mib, [r["torch_GBps"] for r in sel], "s-", label="PyTorch")
+            ax.set_xscale("log", base=2)
+            ax.set_title(f"{op}, {'(N, 64, 28, 28)' if layout == 'NCHW' else '(N, 1024)'}",
+                         fontsize=9)
+            ax.set_xlabel("input size (MiB)")
+            if j == 0:
+                ax.set_ylabel("GB/s (bytes of the op's bound)")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- entry point
+
+def run(args, out=None):
+    out = sys.stdout if out is None else out
+    try:
+        specs = parse_shapes(args.shapes, args.quick)
+        ops = parse_ops(args.ops)
+        if args.threads is not None and args.threads < 1:
+            raise ValueError("--threads must be >= 1")
+        for opt in ("repeat", "ref_repeat"):
+            if getattr(args, opt) is not None and getattr(args, opt) < 1:
+                raise ValueError(f"--{opt.replace('_', '-')} must be >= 1")
+    except ValueError as exc:
+        print(f"fastbn bench: {exc}", file=sys.stderr)
+        return 2
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print("fastbn bench: --plot needs matplotlib, which is not installed "
+                  "(pip install matplotlib, or the 'bench' extra)", file=sys.stderr)
+            return 2
+    if args.repeat is None:
+        args.repeat = 5 if args.quick else 15
+    if args.ref_repeat is None:
+        args.ref_repeat = 1 if args.quick else 3
+    dtypes = [np.float32, np.float64] if args.dtype == "both" else [np.dtype(args.dtype).type]
+
+    previous_threads = None
+    if args.threads is not None:
+        previous_threads = fastbn.set_num_threads(args.threads)
+    threads = fastbn.get_num_threads()
+    torch = None if args.no_torch else load_torch(threads)
+    copier = CopyBandwidth(threads)
+    try:
+        copy_GBps = copier.measure(COPY_BYTES, 3 if args.quick else 9)
+        copy1_GBps = copier.measure(COPY_BYTES, 3 if args.quick else 9, threads=1) \
+            if threads > 1 else copy_GBps
+
+        print(f"fastbn {fastbn.__version__} bench: backend {fastbn.backend}, {threads} thread(s), "
+              f"numpy {np.__version__}"
+              + (f", torch {torch.__version__} ({torch.get_num_threads()} thread(s))"
+                 if torch is not None else ", torch not installed" if not args.no_torch
+                 else ", torch skipped"), file=out)
+        print(f"cpu: {describe_machine()}, {os.cpu_count()} cpu(s)", file=out)
+        print(f"copy bound: {copy_GBps:.1f} GB/s = np.copyto of a {COPY_BYTES >> 20} MB float32 "
+              f"buffer split over {threads} Python thread(s) (1 thread: {copy1_GBps:.1f} GB/s); "
+              "read + write bytes", file=out)
+        print(f"median of {args.repeat} interleaved samples (reference: "
+              f"{'skipped' if args.no_reference else min(args.ref_repeat, args.repeat)}); "
+              "fastbn writes into preallocated out= buffers; torch = aten.native_batch_norm"
+              "[_backward], the faster of its out= and allocating forms", file=out)
+        print("bytes per op: forward-train 2*x.nbytes, backward 3*x.nbytes, inference "
+              "2*x.nbytes; bound = (bytes/time) / copy GB/s; 'vs' = their time / fastbn's",
+              file=out)
+        noisy = [v for v in ENV_SLOWING_NUMPY if v in os.environ]
+        if noisy:
+            print(f"note: {', '.join(noisy)} set; they can slow NumPy (run under "
+                  f"'env -u {' -u '.join(noisy)}')", file=out)
+        if fastbn.backend != "c":
+            print("note: the compiled kernels are not in use: fastbn is the NumPy reference here",
+                  file=out)
+
+        results = []
+        for dtype in dtypes:
+            for name, shape, axis in specs:
+                results += bench_shape(name, shape, axis, dtype, ops, args, torch, copy_GBps, out)
+
+        notes = findings(results)
+        print("\nslower than torch or below 0.6 of the bound:" if notes
+              else "\nnothing slower than torch or below 0.6 of the bound", file=out)
+        for line in notes:
+            print(line, file=out)
+
+        sweep = None
+        if args.plot:
+            sweep = run_sweep(dtypes[0], ops, args, torch, copier, out)
+            save_plot(args.plot, sweep, ops, copy_GBps,
+                      f"fastbn {fastbn.__version__} vs PyTorch, {np.dtype(dtypes[0]).name}, "
+                      f"{threads} thread(s), {describe_machine()}")
+            print(f"plot saved to {args.plot}", file=out)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(dict(version=fastbn.__version__, backend=fastbn.backend, threads=threads,
+                               numpy=np.__version__,
+                               torch=None if torch is None else torch.__version__,
+                               cpu=describe_machine(), copy_GBps=copy_GBps,
+                               copy_1thread_GBps=copy1_GBps, repeat=args.repeat,
+                               ref_repeat=args.ref_repeat, results=results, sweep=sweep),
+                          f, indent=1)
+            print(f"results saved to {args.json}", file=out)
+    finally:
+        copier.close()
+        if previous_threads is not None:
+            fastbn.set_num_threads(previous_threads)
+    return 0
+
+
+def main(argv=None):
+    parser = add_arguments(argparse.ArgumentParser(prog="python -m fastbn bench",
+                                                   description=__doc__.split("\n\n")[0]))
+    return run(parser.parse_args(argv))
