@@ -11,22 +11,34 @@
 #include <omp.h>
 #endif
 
-/* bytes_per_value: bytes a tile keeps in cache per value (all its arrays);
- * max_block: widest channel block for inner == 1 (a reduction's accumulators). */
-#include <stdio.h>
-static int64_t fbn_tile_bytes(void) { /* EXPERIMENT */
-    const char *e = getenv("FASTBN_TILE_KB");
-    return e ? atoll(e) * 1024 : FBN_TILE_BYTES;
+static int64_t fbn_tile_bytes(void) {
+#ifdef FBN_TUNING /* tuning builds only: FASTBN_TILE_KB overrides the tile size */
+    const char *kb = getenv("FASTBN_TILE_KB");
+    if (kb) return atoll(kb) * 1024;
+#endif
+    return FBN_TILE_BYTES;
 }
 
-fbn_plan fbn_make_plan(fbn_shape s, int64_t bytes_per_value, int64_t max_block) {
+/* bytes_per_value: bytes a tile keeps in cache per value (all its arrays).
+ * Elementwise passes (reduction = 0) take tiles of whole rows when inner == 1.
+ * Reductions keep per-channel accumulators: when whole channels of a block of
+ * up to FBN_COL_MAX fit in a tile, tiles are such channel blocks (so a fused
+ * pass can reduce and rewrite them in cache); otherwise whole rows again,
+ * walked in channel blocks after a contiguous prefetch. */
+fbn_plan fbn_make_plan(fbn_shape s, int64_t bytes_per_value, int reduction) {
     fbn_plan p;
+    int64_t tile = fbn_tile_bytes();
     p.s = s;
-    p.block = s.inner == 1 ? (s.channels < max_block ? s.channels : max_block) : 1;
+    p.per_channel = s.outer * s.inner;
+    p.block = 1;
+    if (s.inner == 1) {
+        int64_t strip = s.channels < FBN_COL_MAX ? s.channels : FBN_COL_MAX;
+        int fits = strip * p.per_channel * bytes_per_value <= tile;
+        p.block = reduction && fits ? strip : s.channels;
+    }
     if (p.block < 1) p.block = 1;
     p.nblocks = (s.channels + p.block - 1) / p.block;
-    p.per_channel = s.outer * s.inner;
-    int64_t max_len = fbn_tile_bytes() / (bytes_per_value * p.block);
+    int64_t max_len = tile / (bytes_per_value * p.block);
     if (max_len < 1) max_len = 1;
     p.nsegs = p.per_channel > max_len ? (p.per_channel + max_len - 1) / max_len : 1;
     p.seg_len = p.nsegs > 0 ? (p.per_channel + p.nsegs - 1) / p.nsegs : 0;

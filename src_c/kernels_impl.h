@@ -12,16 +12,22 @@
 
 /* ---- rows shape: runs of one channel ---------------------------------- */
 
+/* The run_* helpers copy their lanes into local arrays for the duration of a
+ * piece: then the compiler keeps them in vector registers (it does not for
+ * lanes reached through a pointer). */
+#define FBN_LOAD(local, acc) for (int l = 0; l < FBN_LANES; l++) local[l] = (acc)->lane[l]
+#define FBN_SAVE(local, acc) for (int l = 0; l < FBN_LANES; l++) (acc)->lane[l] = local[l]
+
 /* Accumulate (p[i] - pivot) into a. */
-static inline void FN(run_sum)(fbn_acc *a, const T *restrict p, int64_t n, double pivot) {
-    double *restrict lane = a->lane;
+FBN_INLINE void FN(run_sum)(fbn_acc *a, const T *restrict p, int64_t n, double pivot) {
     while (n > 0) {
-        int64_t len = FBN_PIECE - a->pending;
-        if (len > n) len = n;
-        int64_t i = 0;
+        int64_t len = FBN_PIECE - a->pending < n ? FBN_PIECE - a->pending : n, i = 0;
+        double l1[FBN_LANES];
+        FBN_LOAD(l1, a);
         for (; i + FBN_LANES <= len; i += FBN_LANES)
-            for (int l = 0; l < FBN_LANES; l++) lane[l] += (double)p[i + l] - pivot;
-        for (; i < len; i++) lane[i % FBN_LANES] += (double)p[i] - pivot;
+            for (int l = 0; l < FBN_LANES; l++) l1[l] += (double)p[i + l] - pivot;
+        for (; i < len; i++) l1[i % FBN_LANES] += (double)p[i] - pivot;
+        FBN_SAVE(l1, a);
         a->pending += len;
         p += len;
         n -= len;
@@ -30,13 +36,13 @@ static inline void FN(run_sum)(fbn_acc *a, const T *restrict p, int64_t n, doubl
 }
 
 /* Accumulate e and e^2, e = (p[i] - pivot) - mean, into a1 and a2. */
-static inline void FN(run_dev)(fbn_acc *a1, fbn_acc *a2, const T *restrict p, int64_t n,
-                               double pivot, double mean) {
-    double *restrict l1 = a1->lane, *restrict l2 = a2->lane;
+FBN_INLINE void FN(run_dev)(fbn_acc *a1, fbn_acc *a2, const T *restrict p, int64_t n,
+                            double pivot, double mean) {
     while (n > 0) {
-        int64_t len = FBN_PIECE - a1->pending;
-        if (len > n) len = n;
-        int64_t i = 0;
+        int64_t len = FBN_PIECE - a1->pending < n ? FBN_PIECE - a1->pending : n, i = 0;
+        double l1[FBN_LANES], l2[FBN_LANES];
+        FBN_LOAD(l1, a1);
+        FBN_LOAD(l2, a2);
         for (; i + FBN_LANES <= len; i += FBN_LANES)
             for (int l = 0; l < FBN_LANES; l++) {
                 double e = ((double)p[i + l] - pivot) - mean;
@@ -48,6 +54,8 @@ static inline void FN(run_dev)(fbn_acc *a1, fbn_acc *a2, const T *restrict p, in
             l1[i % FBN_LANES] += e;
             l2[i % FBN_LANES] += e * e;
         }
+        FBN_SAVE(l1, a1);
+        FBN_SAVE(l2, a2);
         a1->pending += len;
         a2->pending += len;
         p += len;
@@ -64,14 +72,13 @@ static inline void FN(run_dev)(fbn_acc *a1, fbn_acc *a2, const T *restrict p, in
     ((relu) && !((((double)(xv) - (shift)) * (scale) + (bias)) > 0.0) ? 0.0 : (double)(dyv))
 
 /* Accumulate dy and dy * (x - shift) into a1 and a2. */
-static inline void FN(run_bwd)(fbn_acc *a1, fbn_acc *a2, const T *restrict dy,
-                               const T *restrict x, int64_t n, double shift, double scale,
-                               double bias, int relu) {
-    double *restrict l1 = a1->lane, *restrict l2 = a2->lane;
+FBN_INLINE void FN(run_bwd)(fbn_acc *a1, fbn_acc *a2, const T *restrict dy, const T *restrict x,
+                            int64_t n, double shift, double scale, double bias, int relu) {
     while (n > 0) {
-        int64_t len = FBN_PIECE - a1->pending;
-        if (len > n) len = n;
-        int64_t i = 0;
+        int64_t len = FBN_PIECE - a1->pending < n ? FBN_PIECE - a1->pending : n, i = 0;
+        double l1[FBN_LANES], l2[FBN_LANES];
+        FBN_LOAD(l1, a1);
+        FBN_LOAD(l2, a2);
         for (; i + FBN_LANES <= len; i += FBN_LANES)
             for (int l = 0; l < FBN_LANES; l++) {
                 double g = FBN_MASKED(dy[i + l], x[i + l], shift, scale, bias, relu);
@@ -83,6 +90,8 @@ static inline void FN(run_bwd)(fbn_acc *a1, fbn_acc *a2, const T *restrict dy,
             l1[i % FBN_LANES] += g;
             l2[i % FBN_LANES] += g * ((double)x[i] - shift);
         }
+        FBN_SAVE(l1, a1);
+        FBN_SAVE(l2, a2);
         a1->pending += len;
         a2->pending += len;
         dy += len;
@@ -98,7 +107,7 @@ static inline void FN(run_bwd)(fbn_acc *a1, fbn_acc *a2, const T *restrict dy,
 /* ---- tiles: one channel block times one segment of its values ---------- */
 
 /* Contiguous runs of channel c covering flat (outer, inner) indices [j0, j1). */
-static inline int64_t FN(run_at)(const fbn_shape *s, int64_t c, int64_t j, int64_t j1,
+FBN_INLINE int64_t FN(run_at)(const fbn_shape *s, int64_t c, int64_t j, int64_t j1,
                                  int64_t *len) {
     int64_t o = j / s->inner, i = j - o * s->inner;
     *len = s->inner - i < j1 - j ? s->inner - i : j1 - j;
@@ -112,7 +121,7 @@ typedef struct {
     int64_t c0, nc, j0, j1; /* channels [c0, c0 + nc), flat values [j0, j1) */
 } FN(fbn_tile);
 
-static inline FN(fbn_tile) FN(tile_of)(const fbn_plan *p, int64_t t) {
+FBN_INLINE FN(fbn_tile) FN(tile_of)(const fbn_plan *p, int64_t t) {
     FN(fbn_tile) r;
     int64_t b = t / p->nsegs, k = t % p->nsegs;
     r.c0 = b * p->block;
@@ -120,6 +129,60 @@ static inline FN(fbn_tile) FN(tile_of)(const fbn_plan *p, int64_t t) {
     r.j0 = k * p->seg_len;
     r.j1 = r.j0 + p->seg_len < p->per_channel ? r.j0 + p->seg_len : p->per_channel;
     return r;
+}
+
+/* Columns shape, channels [c0, c0 + nc) (nc <= FBN_COL_MAX), rows [j0, j1): lanes
+ * are channels, and partial sums go to compensated totals every 64 rows. */
+FBN_INLINE void FN(stats_cols)(const T *x, int64_t C, int64_t c0, int64_t nc, int64_t j0,
+                                  int64_t j1, const double *pivot, fbn_part *part) {
+    double n = (double)(j1 - j0);
+    const double *pv = pivot + c0;
+    double acc[FBN_COL_MAX], acc2[FBN_COL_MAX], mean[FBN_COL_MAX];
+    fbn_ksum tot[FBN_COL_MAX], tot2[FBN_COL_MAX];
+    memset(tot, 0, sizeof tot);
+    for (int64_t o = j0; o < j1;) {
+        int64_t end = o + 64 < j1 ? o + 64 : j1;
+        memset(acc, 0, sizeof acc);
+        for (; o < end; o++) {
+            const T *row = x + o * C + c0;
+            if (o + FBN_AHEAD < j1) fbn_prefetch(row + FBN_AHEAD * C, nc * sizeof(T));
+            for (int64_t c = 0; c < nc; c++) acc[c] += (double)row[c] - pv[c];
+        }
+        for (int64_t c = 0; c < nc; c++) fbn_kadd(&tot[c], acc[c]);
+    }
+    for (int64_t c = 0; c < nc; c++) mean[c] = fbn_kval(&tot[c]) / n;
+    memset(tot, 0, sizeof tot);
+    memset(tot2, 0, sizeof tot2);
+    for (int64_t o = j0; o < j1;) {
+        int64_t end = o + 64 < j1 ? o + 64 : j1;
+        memset(acc, 0, sizeof acc);
+        memset(acc2, 0, sizeof acc2);
+        for (; o < end; o++) {
+            const T *row = x + o * C + c0;
+            for (int64_t c = 0; c < nc; c++) {
+                double e = ((double)row[c] - pv[c]) - mean[c];
+                acc[c] += e;
+                acc2[c] += e * e;
+            }
+        }
+        for (int64_t c = 0; c < nc; c++) {
+            fbn_kadd(&tot[c], acc[c]);
+            fbn_kadd(&tot2[c], acc2[c]);
+        }
+    }
+    for (int64_t c = 0; c < nc; c++) {
+        double s1 = fbn_kval(&tot[c]);
+        part[c0 + c].n = n;
+        part[c0 + c].mean = mean[c] + s1 / n;
+        part[c0 + c].m2 = fbn_kval(&tot2[c]) - s1 * s1 / n;
+    }
+}
+
+/* A tile of whole rows is contiguous: fetch it in order before the channel
+ * blocks walk it column-wise, so those walks hit the cache. */
+FBN_INLINE void FN(prefetch_rows)(const T *a, const fbn_shape *s, const FN(fbn_tile) *r) {
+    if (r->nc == s->channels && r->nc > FBN_COL_MAX)
+        fbn_prefetch(a + r->j0 * s->channels, (r->j1 - r->j0) * s->channels * sizeof(T));
 }
 
 /* Two-pass statistics of one tile, relative to each channel's pivot. */
@@ -140,53 +203,16 @@ FBN_DISPATCH static void FN(stats_tile)(const T *x, const fbn_plan *p, int64_t t
         part[c].m2 = fbn_acc_value(&e2) - s1 * s1 / n;
         return;
     }
-    /* columns: lanes are channels; partial sums go to compensated totals every 64 rows */
-    const int64_t C = s->channels, nc = r.nc;
-    const double *pv = pivot + r.c0;
-    double acc[FBN_COL_MAX], acc2[FBN_COL_MAX], mean[FBN_COL_MAX];
-    fbn_ksum tot[FBN_COL_MAX], tot2[FBN_COL_MAX];
-    memset(tot, 0, sizeof tot);
-    for (int64_t o = r.j0; o < r.j1;) {
-        int64_t end = o + 64 < r.j1 ? o + 64 : r.j1;
-        memset(acc, 0, sizeof acc);
-        for (; o < end; o++) {
-            const T *row = x + o * C + r.c0;
-            if (o + FBN_AHEAD < r.j1) fbn_prefetch(row + FBN_AHEAD * C, nc * sizeof(T));
-            for (int64_t c = 0; c < nc; c++) acc[c] += (double)row[c] - pv[c];
-        }
-        for (int64_t c = 0; c < nc; c++) fbn_kadd(&tot[c], acc[c]);
-    }
-    for (int64_t c = 0; c < nc; c++) mean[c] = fbn_kval(&tot[c]) / n;
-    memset(tot, 0, sizeof tot);
-    memset(tot2, 0, sizeof tot2);
-    for (int64_t o = r.j0; o < r.j1;) {
-        int64_t end = o + 64 < r.j1 ? o + 64 : r.j1;
-        memset(acc, 0, sizeof acc);
-        memset(acc2, 0, sizeof acc2);
-        for (; o < end; o++) {
-            const T *row = x + o * C + r.c0;
-            for (int64_t c = 0; c < nc; c++) {
-                double e = ((double)row[c] - pv[c]) - mean[c];
-                acc[c] += e;
-                acc2[c] += e * e;
-            }
-        }
-        for (int64_t c = 0; c < nc; c++) {
-            fbn_kadd(&tot[c], acc[c]);
-            fbn_kadd(&tot2[c], acc2[c]);
-        }
-    }
-    for (int64_t c = 0; c < nc; c++) {
-        double s1 = fbn_kval(&tot[c]);
-        part[r.c0 + c].n = n;
-        part[r.c0 + c].mean = mean[c] + s1 / n;
-        part[r.c0 + c].m2 = fbn_kval(&tot2[c]) - s1 * s1 / n;
+    FN(prefetch_rows)(x, s, &r);
+    for (int64_t c0 = r.c0; c0 < r.c0 + r.nc; c0 += FBN_COL_MAX) {
+        int64_t nc = r.c0 + r.nc - c0 < FBN_COL_MAX ? r.c0 + r.nc - c0 : FBN_COL_MAX;
+        FN(stats_cols)(x, s->channels, c0, nc, r.j0, r.j1, pivot, part);
     }
 }
 
 /* Write n values from an L1 buffer with non-temporal stores: a large output
  * then costs one write to memory, not a read-for-ownership and a write. */
-static inline void FN(stream_out)(T *dst, const T *src, int64_t n) {
+FBN_INLINE void FN(stream_out)(T *dst, const T *src, int64_t n) {
 #if defined(FBN_STREAM)
     int64_t i = 0;
     for (; i < n && ((uintptr_t)(dst + i) & 15); i++) dst[i] = src[i];
@@ -205,7 +231,7 @@ static inline void FN(stream_fence)(int stream) {
 #endif
 }
 
-static inline T FN(affine1)(T x, double shift, double scale, double bias, int relu) {
+FBN_INLINE T FN(affine1)(T x, double shift, double scale, double bias, int relu) {
     double v = ((double)x - shift) * scale + bias;
     return (T)(relu && v < 0.0 ? 0.0 : v);
 }
@@ -246,6 +272,43 @@ FBN_DISPATCH static void FN(affine_tile)(const T *x, T *y, const fbn_plan *p, in
     FN(stream_fence)(p->stream);
 }
 
+/* Columns shape, channels [c0, c0 + nc) (nc <= FBN_COL_MAX), rows [j0, j1). */
+FBN_INLINE void FN(bwd_reduce_cols)(const T *dy, const T *x, int64_t C, int64_t c0, int64_t nc,
+                                       int64_t j0, int64_t j1, const double *shift,
+                                       const double *scale, const double *bias, int relu,
+                                       double *sums) {
+    const double *sh = shift + c0, *sc = scale + c0, *bi = bias + c0;
+    double acc[FBN_COL_MAX], acc2[FBN_COL_MAX];
+    fbn_ksum tot[FBN_COL_MAX], tot2[FBN_COL_MAX];
+    memset(tot, 0, sizeof tot);
+    memset(tot2, 0, sizeof tot2);
+    for (int64_t o = j0; o < j1;) {
+        int64_t end = o + 64 < j1 ? o + 64 : j1;
+        memset(acc, 0, sizeof acc);
+        memset(acc2, 0, sizeof acc2);
+        for (; o < end; o++) {
+            const T *dr = dy + o * C + c0, *xr = x + o * C + c0;
+            if (o + FBN_AHEAD < j1) {
+                fbn_prefetch(dr + FBN_AHEAD * C, nc * sizeof(T));
+                fbn_prefetch(xr + FBN_AHEAD * C, nc * sizeof(T));
+            }
+            for (int64_t c = 0; c < nc; c++) {
+                double g = FBN_MASKED(dr[c], xr[c], sh[c], sc[c], bi[c], relu);
+                acc[c] += g;
+                acc2[c] += g * ((double)xr[c] - sh[c]);
+            }
+        }
+        for (int64_t c = 0; c < nc; c++) {
+            fbn_kadd(&tot[c], acc[c]);
+            fbn_kadd(&tot2[c], acc2[c]);
+        }
+    }
+    for (int64_t c = 0; c < nc; c++) {
+        sums[2 * (c0 + c)] = fbn_kval(&tot[c]);
+        sums[2 * (c0 + c) + 1] = fbn_kval(&tot2[c]);
+    }
+}
+
 /* Per-channel sum(dy) and sum(dy * (x - shift)) of one tile, into sums[2 * c + {0, 1}]. */
 FBN_DISPATCH static void FN(bwd_reduce_tile)(const T *dy, const T *x, const fbn_plan *p,
                                              int64_t t, const double *shift,
@@ -262,40 +325,16 @@ FBN_DISPATCH static void FN(bwd_reduce_tile)(const T *dy, const T *x, const fbn_
         sums[2 * c + 1] = fbn_acc_value(&a2);
         return;
     }
-    const int64_t C = s->channels, nc = r.nc;
-    const double *sh = shift + r.c0, *sc = scale + r.c0, *bi = bias + r.c0;
-    double acc[FBN_COL_MAX], acc2[FBN_COL_MAX];
-    fbn_ksum tot[FBN_COL_MAX], tot2[FBN_COL_MAX];
-    memset(tot, 0, sizeof tot);
-    memset(tot2, 0, sizeof tot2);
-    for (int64_t o = r.j0; o < r.j1;) {
-        int64_t end = o + 64 < r.j1 ? o + 64 : r.j1;
-        memset(acc, 0, sizeof acc);
-        memset(acc2, 0, sizeof acc2);
-        for (; o < end; o++) {
-            const T *dr = dy + o * C + r.c0, *xr = x + o * C + r.c0;
-            if (o + FBN_AHEAD < r.j1) {
-                fbn_prefetch(dr + FBN_AHEAD * C, nc * sizeof(T));
-                fbn_prefetch(xr + FBN_AHEAD * C, nc * sizeof(T));
-            }
-            for (int64_t c = 0; c < nc; c++) {
-                double g = FBN_MASKED(dr[c], xr[c], sh[c], sc[c], bi[c], relu);
-                acc[c] += g;
-                acc2[c] += g * ((double)xr[c] - sh[c]);
-            }
-        }
-        for (int64_t c = 0; c < nc; c++) {
-            fbn_kadd(&tot[c], acc[c]);
-            fbn_kadd(&tot2[c], acc2[c]);
-        }
-    }
-    for (int64_t c = 0; c < nc; c++) {
-        sums[2 * (r.c0 + c)] = fbn_kval(&tot[c]);
-        sums[2 * (r.c0 + c) + 1] = fbn_kval(&tot2[c]);
+    FN(prefetch_rows)(dy, s, &r);
+    FN(prefetch_rows)(x, s, &r);
+    for (int64_t c0 = r.c0; c0 < r.c0 + r.nc; c0 += FBN_COL_MAX) {
+        int64_t nc = r.c0 + r.nc - c0 < FBN_COL_MAX ? r.c0 + r.nc - c0 : FBN_COL_MAX;
+        FN(bwd_reduce_cols)(dy, x, s->channels, c0, nc, r.j0, r.j1, shift, scale, bias, relu,
+                            sums);
     }
 }
 
-static inline T FN(dx1)(T dy, T x, double shift, double scale, double bias, int relu,
+FBN_INLINE T FN(dx1)(T dy, T x, double shift, double scale, double bias, int relu,
                         double k_dy, double k_x, double k_0) {
     double g = FBN_MASKED(dy, x, shift, scale, bias, relu);
     return (T)(k_dy * g + k_x * ((double)x - shift) + k_0);
@@ -370,8 +409,8 @@ static int FN(stats_all)(const T *x, const fbn_plan *p, double *pivot, fbn_part 
 /* Tilings: reductions keep per-channel accumulators, so inner == 1 tiles are
  * channel blocks; elementwise passes take whole rows (contiguous memory). The
  * forward's tiling is the batch_stats one, so both give identical statistics. */
-#define FN_REDUCE_PLAN(s, arrays) fbn_make_plan((s), (arrays) * (int64_t)sizeof(T), FBN_COL_MAX)
-#define FN_ELEMWISE_PLAN(s, arrays) fbn_make_plan((s), (arrays) * (int64_t)sizeof(T), (s).channels)
+#define FN_REDUCE_PLAN(s, arrays) fbn_make_plan((s), (arrays) * (int64_t)sizeof(T), 1)
+#define FN_ELEMWISE_PLAN(s, arrays) fbn_make_plan((s), (arrays) * (int64_t)sizeof(T), 0)
 
 int FN(fbn_batch_stats)(const T *x, fbn_shape s, double *mean_hi, double *mean_lo, double *m2,
                         int nthreads) {
@@ -590,5 +629,7 @@ int FN(fbn_ema)(T *running, const double *batch, int64_t channels, double moment
 #undef FN_ELEMWISE_PLAN
 #undef FBN_FOR_RUNS
 #undef FBN_MASKED
+#undef FBN_LOAD
+#undef FBN_SAVE
 #undef FBN_FOR_CHUNKS
 #undef FBN_CHUNK

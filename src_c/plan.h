@@ -27,6 +27,14 @@
 /* Below this many values a call runs on one thread: start-up would cost more. */
 #define FBN_MIN_PARALLEL 65536
 
+/* Helpers of the dispatched tile functions must be inlined into them, so that
+ * each target_clones version compiles them for its own instruction set. */
+#if defined(__GNUC__)
+#define FBN_INLINE static inline __attribute__((always_inline))
+#else
+#define FBN_INLINE static inline
+#endif
+
 /* Rows of a channel block are short runs a whole row apart, which the hardware
  * prefetcher follows poorly: first passes over them fetch FBN_AHEAD rows ahead. */
 #define FBN_AHEAD 8
@@ -105,7 +113,7 @@ typedef struct {
     int stream; /* output too large for the caches: write it non-temporally */
 } fbn_plan;
 
-fbn_plan fbn_make_plan(fbn_shape s, int64_t bytes_per_value, int64_t max_block);
+fbn_plan fbn_make_plan(fbn_shape s, int64_t bytes_per_value, int reduction);
 int fbn_threads_for(const fbn_plan *p, int nthreads);
 
 #endif
