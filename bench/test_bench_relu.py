@@ -7,6 +7,9 @@ forward ``np.maximum(y, 0, out=y)`` after the batch norm, backward a mask
 ``y > 0`` applied to dy before the batch-norm backward. Every buffer is
 preallocated in both paths, so the comparison is of the passes over memory.
 No timing is asserted; each benchmark checks once that both paths agree.
+
+(The parameter is called ``which``: bench/conftest.py parametrises every test that
+takes a ``case`` fixture over its own shapes.)
 """
 import numpy as np
 import pytest
@@ -69,11 +72,11 @@ def _agree(a, b):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("which", list(CASES))
 @pytest.mark.parametrize("path", ["fused", "separate"])
-def test_forward(benchmark, case, path):
-    d = data(case)
-    _label(benchmark, "forward", case, path)
+def test_forward(benchmark, which, path):
+    d = data(which)
+    _label(benchmark, "forward", which, path)
     fn = fused_forward if path == "fused" else separate_forward
     y, _ = benchmark(fn, d)
     other = (separate_forward if path == "fused" else fused_forward)(d)[0].copy()
@@ -81,11 +84,11 @@ def test_forward(benchmark, case, path):
     _agree(y, other)
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("which", list(CASES))
 @pytest.mark.parametrize("path", ["fused", "separate"])
-def test_backward(benchmark, case, path):
-    d = data(case)
-    _label(benchmark, "backward", case, path)
+def test_backward(benchmark, which, path):
+    d = data(which)
+    _label(benchmark, "backward", which, path)
     if path == "fused":
         _, cache = fused_forward(d)
         dx = benchmark(fused_backward, d, cache)[0]
@@ -104,12 +107,12 @@ def test_backward(benchmark, case, path):
     _agree(dx, other)
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("which", list(CASES))
 @pytest.mark.parametrize("path", ["fused", "separate"])
-def test_training_step(benchmark, case, path):
+def test_training_step(benchmark, which, path):
     """forward + backward, as one training step of the layer sees it."""
-    d = data(case)
-    _label(benchmark, "forward+backward", case, path)
+    d = data(which)
+    _label(benchmark, "forward+backward", which, path)
     if path == "fused":
         def step():
             _, cache = fused_forward(d)
