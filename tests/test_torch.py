@@ -1,0 +1,105 @@
+"""Optional: fastbn (both backends) against torch.nn.functional.batch_norm and its
+autograd gradients, over layouts, dtypes, train/eval, ReLU and running-stat updates."""
+import numpy as np
+import pytest
+
+from conftest import DTYPES, assert_close, channel_values
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+# One torch thread: the arrays are small, and torch's idle OpenMP workers would
+# otherwise spin against fastbn's on the same cores.
+torch.set_num_threads(1)
+
+# torch wants channels at axis 1; NHWC is compared through a transpose.
+LAYOUTS = {"NC": ((16, 3), 1), "NCL": ((4, 3, 7), 1), "NCHW": ((3, 4, 5, 6), 1),
+           "NHWC": ((3, 5, 6, 4), -1), "NCDHW": ((2, 3, 3, 4, 5), 1)}
+# Differences come from rounding alone, float32 outputs differing by a few ulps
+# of the largest value (torch accumulates float32 in float32).
+TORCH_RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
+
+
+def to_torch(a, axis, requires_grad=False):
+    t = torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, axis, 1)))
+    return t.requires_grad_(requires_grad)
+
+
+def from_torch(t, axis):
+    return np.moveaxis(t.detach().numpy(), 1, axis)
+
+
+def torch_forward_backward(x, dy, gamma, beta, axis, training, running, momentum, eps,
+                           activation):
+    """y, dx, dgamma, dbeta from torch; `running` (mean, var) updated in place."""
+    xt = to_torch(x, axis, requires_grad=True)
+    gt = None if gamma is None else torch.from_numpy(gamma.copy()).requires_grad_(True)
+    bt = None if beta is None else torch.from_numpy(beta.copy()).requires_grad_(True)
+    rm, rv = (None, None) if running is None else (torch.from_numpy(r) for r in running)
+    yt = F.batch_norm(xt, rm, rv, gt, bt, training=training, momentum=momentum, eps=eps)
+    if activation == "relu":
+        yt = F.relu(yt)
+    yt.backward(to_torch(dy, axis))
+    grad = lambda t: None if t is None else t.grad.numpy()  # noqa: E731
+    return from_torch(yt, axis), from_torch(xt.grad, axis), grad(gt), grad(bt)
+
+
+@pytest.mark.parametrize("activation", [None, "relu"])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_matches_torch(impl, layout, dtype, training, affine, activation):
+    shape, axis = LAYOUTS[layout]
+    rng = np.random.default_rng(31)
+    x = channel_values(rng, shape, axis, dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    C = shape[axis]
+    gamma = rng.uniform(0.5, 2, C).astype(dtype) if affine else None
+    beta = rng.standard_normal(C).astype(dtype) if affine else None
+    running = (rng.standard_normal(C).astype(dtype), rng.uniform(0.5, 2, C).astype(dtype))
+    ours = tuple(r.copy() for r in running)
+    eps, momentum = 1e-4, 0.2
+
+    y, cache = impl.forward(x, gamma, beta, axis=axis, eps=eps, training=training,
+                            running_mean=ours[0], running_var=ours[1], momentum=momentum,
+                            activation=activation)
+    dx, dgamma, dbeta = impl.backward(dy, cache)
+    ty, tdx, tdgamma, tdbeta = torch_forward_backward(x, dy, gamma, beta, axis, training,
+                                                      running, momentum, eps, activation)
+    rtol = TORCH_RTOL[np.dtype(dtype)]
+    assert_close(y, ty, rtol, "y")
+    assert_close(dx, tdx, rtol, "dx")
+    assert_close(ours[0], running[0], rtol, "running_mean")
+    assert_close(ours[1], running[1], rtol, "running_var")
+    if affine:
+        assert_close(dgamma, tdgamma, rtol, "dgamma")
+        assert_close(dbeta, tdbeta, rtol, "dbeta")
+    else:
+        assert dgamma is None and dbeta is None
+
+
+@pytest.mark.parametrize("momentum", [0.1, 0.5, 1.0])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_running_stats_track_torch_over_steps(impl, layout, dtype, momentum):
+    shape, axis = LAYOUTS[layout]
+    rng = np.random.default_rng(32)
+    C = shape[axis]
+    running_mean, running_var = np.zeros(C, dtype), np.ones(C, dtype)
+    torch_mean, torch_var = torch.zeros(C, dtype=torch.from_numpy(running_mean).dtype), None
+    torch_var = torch.ones(C, dtype=torch_mean.dtype)
+    for step in range(4):
+        x = channel_values(rng, shape, axis, dtype)
+        impl.forward(x, axis=axis, running_mean=running_mean, running_var=running_var,
+                     momentum=momentum)
+        F.batch_norm(to_torch(x, axis), torch_mean, torch_var, training=True,
+                     momentum=momentum)
+        rtol = TORCH_RTOL[np.dtype(dtype)]
+        assert_close(running_mean, torch_mean.numpy(), rtol, f"running_mean, step {step}")
+        assert_close(running_var, torch_var.numpy(), rtol, f"running_var, step {step}")
+    # and the eval-mode output with the accumulated statistics
+    x = channel_values(rng, shape, axis, dtype)
+    y, _ = impl.forward(x, axis=axis, training=False, running_mean=running_mean,
+                        running_var=running_var)
+    ty = F.batch_norm(to_torch(x, axis), torch_mean, torch_var, training=False)
+    assert_close(y, from_torch(ty, axis), TORCH_RTOL[np.dtype(dtype)], "eval y")
