@@ -315,7 +315,8 @@ HEADER = (f"{'op':<14}{'fastbn ms':>10}{'GB/s':>8}{'bound':>7}"
 
 def row(res):
     t = res["fastbn_s"]
-    return (f"{res['op']:<14}{fmt_ms(t):>10}{res['fastbn_GBps']:>8.1f}{res['fraction']:>7.2f}"
+    gbps = res["fastbn_GBps"]
+    return (f"{res['op']:<14}{fmt_ms(t):>10}{gbps:>8.{1 if gbps >= 1 else 3}f}{res['fraction']:>7.2f}"
             f"{fmt_ms(res.get('torch_s', float('nan'))):>10}{fmt_ratio(res.get('vs_torch')):>9}"
             f"{fmt_ms(res.get('reference_s', float('nan'))):>9}{fmt_ratio(res.get('vs_reference')):>8}")
 
@@ -331,6 +332,17 @@ def describe_machine():
     except OSError:
         pass
     return cpu
+
+
+def load_note():
+    """The 1-minute load average, flagged when other processes compete for the cores."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return "load average unknown"
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    busy = " (busy machine: expect noisy, multi-modal samples)" if load > 0.5 * (cpus or 1) else ""
+    return f"load average {load:.2f}{busy}"
 
 
 def bench_shape(name, shape, axis, dtype, ops, args, torch, copy_GBps, out):
@@ -357,7 +369,8 @@ def bench_shape(name, shape, axis, dtype, ops, args, torch, copy_GBps, out):
         t = median(samples["fastbn"])
         res = dict(shape=list(shape), axis=axis, dtype=np.dtype(dtype).name, op=op,
                    bytes=moved, fastbn_s=t, fastbn_GBps=moved / t / 1e9,
-                   fraction=moved / t / 1e9 / copy_GBps, samples={k: v for k, v in samples.items()})
+                   fraction=moved / t / 1e9 / copy_GBps,
+                   min_s={k: min(v) for k, v in samples.items()}, samples=samples)
         if "torch" in samples:
             tt = median(samples["torch"])
             res.update(torch_s=tt, torch_GBps=moved / tt / 1e9, vs_torch=tt / t, torch_op=torch_label)
@@ -378,7 +391,7 @@ def findings(results):
             lines.append(f"  slower than torch: {where}: {fmt_ms(r['fastbn_s'])} ms vs "
                          f"{fmt_ms(r['torch_s'])} ms ({r['vs_torch']:.2f}x)")
         if r["fraction"] < 0.6:
-            lines.append(f"  below 0.6 of the bound: {where}: {r['fastbn_GBps']:.1f} GB/s "
+            lines.append(f"  below 0.6 of the bound: {where}: {r['fastbn_GBps']:.3g} GB/s "
                          f"= {r['fraction']:.2f} of copy")
     return lines
 
@@ -386,20 +399,21 @@ def findings(results):
 # ---------------------------------------------------------------- size sweep
 
 def sweep_sizes(quick):
-    top = 8 * 2**20 if quick else 128 * 2**20
-    sizes, s = [], 64 * 2**10
+    """Input sizes in bytes: 128 KiB to 128 MiB by factors of 2 (8 MiB by 4 with quick)."""
+    top, step = (8 * 2**20, 4) if quick else (128 * 2**20, 2)
+    sizes, s = [], 128 * 2**10
     while s <= top:
         sizes.append(s)
-        s *= 4 if quick else 2
+        s *= step
     return sizes
 
 
 def sweep_shape(layout, nbytes, itemsize):
     elems = max(nbytes // itemsize, 1)
-    if layout == "NCHW":           # C = 64, 28x28 images; N grows
-        per = 64 * 28 * 28
-        return (max(2, round(elems / per)), 64, 28, 28), 1
-    per = 1024                      # (N, C) with C = 1024; N grows
+    if layout == "NCHW":           # (N, 64, 14, 14); N grows
+        per = 64 * 14 * 14
+        return (max(2, round(elems / per)), 64, 14, 14), 1
+    per = 1024                      # (N, 1024); N grows
     return (max(2, round(elems / per)), 1024), 1
 
 
@@ -458,7 +472,7 @@ def save_plot(path, rows, ops, copy_GBps, title):
             if any(r["torch_GBps"] is not None for r in sel):
                 ax.plot(mib, [r["torch_GBps"] for r in sel], "s-", label="PyTorch")
             ax.set_xscale("log", base=2)
-            ax.set_title(f"{op}, {'(N, 64, 28, 28)' if layout == 'NCHW' else '(N, 1024)'}",
+            ax.set_title(f"{op}, {'(N, 64, 14, 14)' if layout == 'NCHW' else '(N, 1024)'}",
                          fontsize=9)
             ax.set_xlabel("input size (MiB)")
             if j == 0:
@@ -515,7 +529,7 @@ def run(args, out=None):
               + (f", torch {torch.__version__} ({torch.get_num_threads()} thread(s))"
                  if torch is not None else ", torch not installed" if not args.no_torch
                  else ", torch skipped"), file=out)
-        print(f"cpu: {describe_machine()}, {os.cpu_count()} cpu(s)", file=out)
+        print(f"cpu: {describe_machine()}, {os.cpu_count()} cpu(s); {load_note()}", file=out)
         print(f"copy bound: {copy_GBps:.1f} GB/s = np.copyto of a {COPY_BYTES >> 20} MB float32 "
               f"buffer split over {threads} Python thread(s) (1 thread: {copy1_GBps:.1f} GB/s); "
               "read + write bytes", file=out)
@@ -539,6 +553,7 @@ def run(args, out=None):
             for name, shape, axis in specs:
                 results += bench_shape(name, shape, axis, dtype, ops, args, torch, copy_GBps, out)
 
+        print(f"\nend: {load_note()}", file=out)
         notes = findings(results)
         print("\nslower than torch or below 0.6 of the bound:" if notes
               else "\nnothing slower than torch or below 0.6 of the bound", file=out)
