@@ -10,11 +10,14 @@ import warnings as _warnings
 from . import reference
 from ._checks import Cache
 from ._threads import get_num_threads, set_num_threads
+from .fold import fold_batchnorm, fold_linear
+from .layers import BatchNorm
 
 __version__ = "0.1.0"
 __all__ = ["forward", "backward", "batch_stats", "merge_stats", "normalize", "backward_reduce",
            "backward_elemt", "update_running_stats", "Cache", "backend", "show_config",
-           "get_num_threads", "set_num_threads", "reference"]
+           "get_num_threads", "set_num_threads", "reference", "BatchNorm", "fold_linear",
+           "fold_batchnorm"]
 
 
 def _load_backend():

@@ -251,7 +251,9 @@ def check_count(count, channels):
 
 
 def check_merge(counts, means, m2s):
-    """merge_stats inputs: counts (R,) or (R, C); means, m2s (R, C)."""
+    """merge_stats inputs: counts (R,) or (R, C); means, m2s (R, C).
+
+    Returns float64 counts of shape (R, C) or (R, 1), and whether they were per channel."""
     means = channel_stack(means, "means")
     m2s = channel_stack(m2s, "m2s")
     if m2s.shape != means.shape:
@@ -259,13 +261,14 @@ def check_merge(counts, means, m2s):
     counts = np.asarray(counts) if isinstance(counts, (list, tuple)) else counts
     if not isinstance(counts, np.ndarray) or counts.dtype.kind not in "iuf":
         raise TypeError(f"counts must be an array of integers, got {_describe(counts)}")
+    per_channel = counts.ndim == 2
     if counts.shape == means.shape[:1]:
         counts = counts[:, None]
     elif counts.shape != means.shape:
         raise ValueError(f"counts must have shape {means.shape[:1]} or {means.shape}, got {counts.shape}")
     if (counts < 0).any() or (counts != np.round(counts)).any():
         raise ValueError("counts must be non-negative integers")
-    return counts.astype(np.float64), means, m2s
+    return counts.astype(np.float64), means, m2s, per_channel
 
 
 def channel_stack(a, name):
@@ -294,8 +297,13 @@ def check_running_update(running_mean, running_var, mean, var, count, momentum):
     return mean.astype(np.float64), var.astype(np.float64), momentum
 
 
+OPTIONAL_VECTORS = ("gamma", "beta")
+
+
 def check_per_channel(x, axis, vectors, out=None, dy=None):
-    """Common checks of the building blocks: x (and dy), axis, (C,) vectors, out."""
+    """Common checks of the building blocks: x (and dy), axis, (C,) vectors, out.
+
+    Only gamma and beta may be None."""
     data_array(x, "x")
     if dy is not None:
         float_array(dy, "dy")
@@ -304,6 +312,9 @@ def check_per_channel(x, axis, vectors, out=None, dy=None):
             raise TypeError(f"dy must have the dtype of x ({x.dtype}), got {dy.dtype}")
     axis = channel_axis(axis, x.ndim)
     C = x.shape[axis]
+    for name, v in vectors.items():
+        if v is None and name not in OPTIONAL_VECTORS:
+            raise TypeError(f"{name} must be an array of shape ({C},), got None")
     checked = [channel_vector(v, C, name) for name, v in vectors.items()]
     out_array(out, x.shape, x.dtype)
     return axis, checked

@@ -84,8 +84,8 @@ cdef inline void check(int status) except *:
         raise ValueError(f"fastbn kernel refused its input (status {status})")
 
 
-def batch_stats(const real[:, :, ::1] x, double[::1] mean_hi, double[::1] mean_lo,
-                double[::1] m2, int nthreads):
+def batch_stats(const real[:, :, ::1] x not None, double[::1] mean_hi not None, double[::1] mean_lo not None,
+                double[::1] m2 not None, int nthreads):
     cdef int st
     cdef fbn_shape s = shape_of(x)
     with nogil:
@@ -96,9 +96,9 @@ def batch_stats(const real[:, :, ::1] x, double[::1] mean_hi, double[::1] mean_l
     check(st)
 
 
-def forward_train(const real[:, :, ::1] x, real[:, :, ::1] y, const double[::1] gamma,
-                  const double[::1] beta, double eps, bint relu, double[::1] mean_hi,
-                  double[::1] mean_lo, double[::1] var, double[::1] invstd, int nthreads):
+def forward_train(const real[:, :, ::1] x not None, real[:, :, ::1] y not None, const double[::1] gamma,
+                  const double[::1] beta, double eps, bint relu, double[::1] mean_hi not None,
+                  double[::1] mean_lo not None, double[::1] var not None, double[::1] invstd not None, int nthreads):
     cdef int st
     cdef fbn_shape s = shape_of(x)
     cdef const double *g = opt(gamma)
@@ -113,8 +113,8 @@ def forward_train(const real[:, :, ::1] x, real[:, :, ::1] y, const double[::1] 
     check(st)
 
 
-def affine(const real[:, :, ::1] x, real[:, :, ::1] y, const double[::1] shift,
-           const double[::1] scale, const double[::1] bias, bint relu, int nthreads):
+def affine(const real[:, :, ::1] x not None, real[:, :, ::1] y not None, const double[::1] shift not None,
+           const double[::1] scale not None, const double[::1] bias not None, bint relu, int nthreads):
     cdef int st
     cdef fbn_shape s = shape_of(x)
     with nogil:
@@ -127,9 +127,9 @@ def affine(const real[:, :, ::1] x, real[:, :, ::1] y, const double[::1] shift,
     check(st)
 
 
-def backward_reduce(const real[:, :, ::1] dy, const real[:, :, ::1] x, const double[::1] shift,
-                    const double[::1] scale, const double[::1] bias, bint relu,
-                    double[::1] sum_dy, double[::1] sum_dy_xs, int nthreads):
+def backward_reduce(const real[:, :, ::1] dy not None, const real[:, :, ::1] x not None, const double[::1] shift not None,
+                    const double[::1] scale not None, const double[::1] bias not None, bint relu,
+                    double[::1] sum_dy not None, double[::1] sum_dy_xs not None, int nthreads):
     cdef int st
     cdef fbn_shape s = shape_of(x)
     with nogil:
@@ -142,10 +142,10 @@ def backward_reduce(const real[:, :, ::1] dy, const real[:, :, ::1] x, const dou
     check(st)
 
 
-def backward_elemt(const real[:, :, ::1] dy, const real[:, :, ::1] x, real[:, :, ::1] dx,
-                   const double[::1] shift, const double[::1] scale, const double[::1] bias,
-                   bint relu, const double[::1] k_dy, const double[::1] k_x,
-                   const double[::1] k_0, int nthreads):
+def backward_elemt(const real[:, :, ::1] dy not None, const real[:, :, ::1] x not None, real[:, :, ::1] dx not None,
+                   const double[::1] shift not None, const double[::1] scale not None, const double[::1] bias not None,
+                   bint relu, const double[::1] k_dy not None, const double[::1] k_x not None,
+                   const double[::1] k_0 not None, int nthreads):
     cdef int st
     cdef fbn_shape s = shape_of(x)
     with nogil:
@@ -160,10 +160,10 @@ def backward_elemt(const real[:, :, ::1] dy, const real[:, :, ::1] x, real[:, :,
     check(st)
 
 
-def backward(const real[:, :, ::1] dy, const real[:, :, ::1] x, real[:, :, ::1] dx,
-             const double[::1] mean_hi, const double[::1] mean_lo, const double[::1] invstd,
+def backward(const real[:, :, ::1] dy not None, const real[:, :, ::1] x not None, real[:, :, ::1] dx not None,
+             const double[::1] mean_hi not None, const double[::1] mean_lo not None, const double[::1] invstd not None,
              const double[::1] gamma, const double[::1] beta, bint relu, bint training,
-             double[::1] sum_dy, double[::1] sum_dy_xhat, int nthreads):
+             double[::1] sum_dy not None, double[::1] sum_dy_xhat not None, int nthreads):
     cdef int st
     cdef fbn_shape s = shape_of(x)
     cdef const double *g = opt(gamma)
@@ -180,7 +180,7 @@ def backward(const real[:, :, ::1] dy, const real[:, :, ::1] x, real[:, :, ::1] 
     check(st)
 
 
-def ema(real[::1] running, const double[::1] batch, double momentum, double factor):
+def ema(real[::1] running not None, const double[::1] batch not None, double momentum, double factor):
     cdef int64_t n = running.shape[0]
     with nogil:
         if real is float:
@@ -189,9 +189,9 @@ def ema(real[::1] running, const double[::1] batch, double momentum, double fact
             fbn_ema_f64(&running[0], &batch[0], n, momentum, factor)
 
 
-def coefficients(const double[::1] mean_hi, const double[::1] mean_lo, const double[::1] invstd,
-                 const double[::1] gamma, const double[::1] beta, double[::1] shift,
-                 double[::1] scale, double[::1] bias):
+def coefficients(const double[::1] mean_hi not None, const double[::1] mean_lo not None, const double[::1] invstd not None,
+                 const double[::1] gamma, const double[::1] beta, double[::1] shift not None,
+                 double[::1] scale not None, double[::1] bias not None):
     cdef const double *g = opt(gamma)
     cdef const double *b = opt(beta)
     with nogil:

@@ -40,11 +40,11 @@ def batch_stats(x, *, axis=1):
 
 def merge_stats(counts, means, m2s):
     """Chan et al.: merge partial statistics stacked along the leading axis."""
-    counts, means, m2s = check_merge(counts, means, m2s)
+    counts, means, m2s, per_channel = check_merge(counts, means, m2s)
     n = counts.sum(axis=0)
     mean = (counts * means).sum(axis=0) / np.where(n > 0, n, 1)
     m2 = (m2s + counts * (means - mean) ** 2).sum(axis=0)
-    return n.astype(np.int64), mean, m2
+    return (n.astype(np.int64) if per_channel else int(n[0])), mean, m2
 
 
 def update_running_stats(running_mean, running_var, mean, var, count, *, momentum=0.1):
@@ -77,7 +77,7 @@ def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
     invstd = 1.0 / np.sqrt(var + a.eps)
     overwritten = a.out is not None and np.may_share_memory(a.out, x)
     y = normalize(x, mean, invstd, a.gamma, a.beta, axis=a.axis, out=a.out, activation=a.activation)
-    if a.training and a.running_mean is not None:
+    if a.training and a.running_mean is not None and a.channels:
         update_running_stats(a.running_mean, a.running_var, mean, var, a.count, momentum=a.momentum)
     return y, Cache(x, a.gamma, a.beta, mean, invstd, var, axis=a.axis, eps=a.eps,
                     training=a.training, activation=a.activation, x_overwritten=overwritten)

@@ -83,8 +83,6 @@ def test_merge_of_parts_equals_stats_of_whole(impl, case, parts, counts_2d):
     assert_close(m2, ref_m2, 1e-12, "m2")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (reference.merge_stats, used by both backends): "
-                   "1-D counts give a count of shape (1,), which backward_elemt refuses")
 def test_merged_count_is_usable_by_backward_elemt(impl):
     """merge_stats(counts of shape (R,)) returns a count backward_elemt accepts."""
     rng = np.random.default_rng(8)

@@ -197,10 +197,6 @@ def test_training_with_two_samples_has_zero_dx(impl, dtype):
 @pytest.mark.parametrize("training", [True, False])
 def test_empty_channel_and_batch(request, impl, training):
     """Zero channels (any mode) and an empty batch (eval) give empty results."""
-    if impl is reference and training:  # a reference bug, reported to the lead
-        request.applymarker(pytest.mark.xfail(
-            strict=True, raises=ValueError,
-            reason="reference.forward calls update_running_stats with count 0 when C == 0"))
     x = np.zeros((4, 0, 3))
     y, cache = impl.forward(x, training=training, running_mean=np.zeros(0),
                             running_var=np.ones(0))
