@@ -30,9 +30,9 @@ def pytest_addoption(parser):
 
 
 def pytest_generate_tests(metafunc):
-    """Parametrise the module-scoped `case` fixture over shapes x dtypes, so that
+    """Parametrise the module-scoped `bn_case` fixture over shapes x dtypes, so that
     pytest runs every test of one case before building the next (they are large)."""
-    if "case" not in metafunc.fixturenames:
+    if "bn_case" not in metafunc.fixturenames:
         return
     config = metafunc.config
     try:
@@ -43,7 +43,7 @@ def pytest_generate_tests(metafunc):
     dtype = config.getoption("--bench-dtype")
     dtypes = ["float32", "float64"] if dtype == "both" else [dtype]
     cases = [(name, shape, axis, dt) for name, shape, axis in specs for dt in dtypes]
-    metafunc.parametrize("case", cases, indirect=True, scope="module",
+    metafunc.parametrize("bn_case", cases, indirect=True, scope="module",
                          ids=[f"{name}-{dt}" for name, _, _, dt in cases])
 
 
@@ -90,6 +90,6 @@ class Case:
 
 
 @pytest.fixture(scope="module")
-def case(request, threads):
+def bn_case(request, threads):
     name, shape, axis, dtype = request.param
     return Case(name, shape, axis, dtype)

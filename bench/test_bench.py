@@ -22,7 +22,8 @@ from fastbn import _bench  # noqa: E402
 
 @pytest.mark.parametrize("impl", ["fastbn", "torch"])
 @pytest.mark.parametrize("op", list(_bench.OPS))
-def test_op(benchmark, case, op, impl, torch_module, threads):
+def test_op(benchmark, bn_case, op, impl, torch_module, threads):
+    case = bn_case
     if impl == "torch" and torch_module is None:
         pytest.skip("torch is not installed")
     fn = case.ops(impl, torch_module)[op]
