@@ -44,10 +44,10 @@ import numpy as np
 
 try:
     from mpi4py import MPI
-except ImportError as _exc:  # pragma: no cover - exercised only without mpi4py
+except (ImportError, RuntimeError) as _exc:  # RuntimeError: mpi4py found no MPI library
     raise ImportError(
-        "fastbn.distributed needs mpi4py (and an MPI library): install them with "
-        "`pip install 'fastbn[mpi]'` or `pip install mpi4py mpich`") from _exc
+        f"fastbn.distributed needs mpi4py and an MPI library ({_exc}): install them with "
+        f"`pip install 'fastbn[mpi]'` or `pip install mpi4py mpich`") from _exc
 
 from ._checks import (Cache, _describe, channel_axis, channel_vector, check_backward,
                       check_cache_shape, data_array, out_array, real_number,
