@@ -33,10 +33,12 @@ caller's duty: every rank of ``comm`` must make the same sequence of calls, all
 in training mode or all in eval mode; an error that leaves the channel count
 unknown (``x`` not an array, ``axis`` out of bounds, ``comm`` not a
 communicator, ``training`` not a bool) raises at once on that rank only. Ranks
-with different numbers of channels make buffers of different sizes; MPI reports
-that as an error where it can (MPICH raises ``mpi4py.MPI.Exception`` on a
-truncated message); every rank must also use the same fastbn backend for the
-bitwise identity above.
+whose ``x`` have different numbers of channels send rows of different sizes to
+``sync_forward``: MPI treats that as a fatal error (MPICH reports a truncated
+message and aborts the job). ``SyncBatchNorm`` is safer: it knows its number of
+channels, so an input with the wrong one raises on every rank like the other
+mistakes. Every rank must also use the same fastbn backend for the bitwise
+identity above.
 """
 import json
 
