@@ -195,7 +195,7 @@ def test_training_with_two_samples_has_zero_dx(impl, dtype):
 
 
 @pytest.mark.parametrize("training", [True, False])
-def test_empty_channel_and_batch(request, impl, training):
+def test_empty_channel_and_batch(impl, training):
     """Zero channels (any mode) and an empty batch (eval) give empty results."""
     x = np.zeros((4, 0, 3))
     y, cache = impl.forward(x, training=training, running_mean=np.zeros(0),
