@@ -266,8 +266,8 @@ def check_merge(counts, means, m2s):
         counts = counts[:, None]
     elif counts.shape != means.shape:
         raise ValueError(f"counts must have shape {means.shape[:1]} or {means.shape}, got {counts.shape}")
-    if (counts < 0).any() or (counts != np.round(counts)).any():
-        raise ValueError("counts must be non-negative integers")
+    if not np.isfinite(counts).all() or (counts < 0).any() or (counts != np.round(counts)).any():
+        raise ValueError("counts must be finite non-negative integers")
     return counts.astype(np.float64), means, m2s, per_channel
 
 
