@@ -25,7 +25,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 MODULES = [fastbn, fastbn.reference]
 DTYPES = [np.float32, np.float64]
-LAYOUTS = ("C", "F", "strided", "reversed", "transposed")
+LAYOUTS = ("C", "F", "strided", "reversed", "transposed", "unaligned")
 # Relative tolerances, scaled by the largest magnitude of the expected output.
 RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
 PAD = np.nan  # what surrounds strided views and fills fresh `out` buffers
@@ -101,6 +101,11 @@ def lay_out(values, layout, rng):
         perm = rng.permutation(values.ndim)
         inverse = np.argsort(perm)
         return np.ascontiguousarray(values.transpose(perm)).transpose(inverse)
+    if layout == "unaligned":  # C order at an odd byte address (flags.aligned is False)
+        raw = np.zeros(values.nbytes + 1, dtype=np.uint8)
+        view = raw[1:].view(values.dtype).reshape(values.shape)
+        view[...] = values
+        return view
     raise ValueError(layout)
 
 
@@ -112,7 +117,8 @@ def fresh_out(shape, dtype, layout, rng):
 def padding_intact(a):
     """True if every element of a's memory buffer outside the view `a` is still PAD."""
     base = a.base
-    if base is None or not isinstance(base, np.ndarray) or base.size == a.size:
+    if (base is None or not isinstance(base, np.ndarray) or base.size == a.size
+            or base.dtype != a.dtype):
         return True
     covered = np.zeros(base.size, dtype=np.uint8)
     offset = (a.__array_interface__["data"][0] - base.__array_interface__["data"][0]) // a.itemsize

@@ -222,6 +222,47 @@ def test_broadcast_input_eval(impl, layout):
     assert_close(y, expected)
 
 
+# ---------------------------------------------------------------- larger arrays
+
+# The hypothesis draws above are small; these reach the kernels' other paths:
+# many threads' worth of work, long accumulations, wide channel blocks, rows
+# longer than a cache tile, and outputs large enough for streaming stores.
+LARGE_CASES = [((70001, 3), 1, "C"), ((257, 600), 1, "F"), ((3, 20, 40, 300), -1, "C"),
+               ((2, 5, 140001), 1, "strided"), ((7, 13, 1031), 1, "reversed"),
+               ((3, 1031, 13), 1, "transposed"), ((9, 4, 3001), -2, "unaligned"),
+               pytest.param((1, 2, 2_100_000), 1, "C", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("training, activation", [(True, None), (True, "relu"), (False, "relu")])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, axis, layout", LARGE_CASES)
+def test_larger_arrays_match_reference(shape, axis, layout, dtype, training, activation):
+    case = Case(shape=shape, axis=axis, dtype=dtype, affine="both", param_dtype=np.float64,
+                training=training, running=True, running_dtype=np.float32, momentum=0.1,
+                activation=activation, x_layout=layout, dy_layout="C", out_layout=None,
+                seed=sum(shape))
+    x, dy = case.x(), case.dy()
+    gamma, beta = case.params()
+    rm, rv = case.running_stats()
+    ref_rm, ref_rv = copies(rm, rv)
+    y, cache = run_forward(fastbn, case, x, gamma, beta, rm, rv)
+    ref_y, ref_cache = run_forward(reference, case, x, gamma, beta, ref_rm, ref_rv)
+    assert_close(y, ref_y, what="y")
+    assert_close(rm, ref_rm, what="running_mean")
+    assert_close(rv, ref_rv, what="running_var")
+    check_cache(cache, ref_cache, x)
+    dx, dgamma, dbeta = fastbn.backward(dy, cache, out=dy)
+    ref_dx, ref_dgamma, ref_dbeta = reference.backward(case.dy(), ref_cache)
+    assert dx is dy
+    assert_close(dx, ref_dx, what="dx")
+    assert_close(dgamma, ref_dgamma, what="dgamma")
+    assert_close(dbeta, ref_dbeta, what="dbeta")
+    if not training:
+        y_in_place, _ = run_forward(fastbn, case, x, gamma, beta, rm, rv, out=x)
+        assert y_in_place is x and padding_intact(x)
+        assert_close(x, ref_y, what="y in place")
+
+
 # ---------------------------------------------------------------- determinism
 
 DETERMINISM_CASES = [((16, 8, 48, 48), 1, "C"), ((8, 24, 24, 64), -1, "C"),
