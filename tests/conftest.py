@@ -26,6 +26,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 MODULES = [fastbn, fastbn.reference]
 DTYPES = [np.float32, np.float64]
 LAYOUTS = ("C", "F", "strided", "reversed", "transposed", "unaligned")
+VECTOR_LAYOUTS = ("C", "strided", "reversed", "unaligned")  # for (C,) parameters and statistics
 # Relative tolerances, scaled by the largest magnitude of the expected output.
 RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
 PAD = np.nan  # what surrounds strided views and fills fresh `out` buffers
@@ -188,6 +189,7 @@ class Case:
     dy_layout: str
     out_layout: object   # None or a layout
     seed: int
+    vector_layout: str = "C"  # of gamma, beta and the running statistics
 
     @property
     def channels(self):
@@ -208,15 +210,19 @@ class Case:
         rng = self.rng(3)
         gamma = vector(rng, self.channels, self.param_dtype)
         beta = rng.normal(0.0, 1.0, self.channels).astype(self.param_dtype)
-        return (gamma if self.affine in ("gamma", "both") else None,
-                beta if self.affine in ("beta", "both") else None)
+        return (lay_out(gamma, self.vector_layout, rng) if self.affine in ("gamma", "both")
+                else None,
+                lay_out(beta, self.vector_layout, rng) if self.affine in ("beta", "both")
+                else None)
 
     def running_stats(self):
         if not self.running:
             return None, None
         rng = self.rng(4)
-        return (rng.normal(0.0, 1.0, self.channels).astype(self.running_dtype),
-                rng.uniform(0.5, 2.0, self.channels).astype(self.running_dtype))
+        return (lay_out(rng.normal(0.0, 1.0, self.channels).astype(self.running_dtype),
+                        self.vector_layout, rng),
+                lay_out(rng.uniform(0.5, 2.0, self.channels).astype(self.running_dtype),
+                        self.vector_layout, rng))
 
     def out(self, salt=5):
         if self.out_layout is None:
@@ -244,7 +250,8 @@ def cases(draw, training=None, min_count=None, **shape_kw):
                 x_layout=draw(st.sampled_from(LAYOUTS)),
                 dy_layout=draw(st.sampled_from(LAYOUTS)),
                 out_layout=draw(st.sampled_from((None,) + LAYOUTS)),
-                seed=draw(st.integers(0, 2**32 - 1)))
+                seed=draw(st.integers(0, 2**32 - 1)),
+                vector_layout=draw(st.sampled_from(VECTOR_LAYOUTS)))
 
 
 def pre_activation(case, x, gamma, beta, running_mean=None, running_var=None):

@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 import fastbn
 from fastbn import reference
-from conftest import (DTYPES, LAYOUTS, RTOL, Case, assert_bitwise_equal, assert_close, cases,
-                      fresh_out, lay_out, padding_intact, pre_activation, snapshot)
+from conftest import (DTYPES, RTOL, Case, assert_bitwise_equal, assert_close, cases,
+                      channel_values, lay_out, padding_intact, pre_activation, snapshot)
 
 
 def run_forward(module, case, x, gamma, beta, running_mean, running_var, out=None):
@@ -61,6 +61,7 @@ def test_forward_backward_match_reference(case, tuple_out):
     if rm is not None:
         assert_close(rm, ref_rm, RTOL[rm.dtype], "running_mean")
         assert_close(rv, ref_rv, RTOL[rv.dtype], "running_var")
+        assert padding_intact(rm) and padding_intact(rv)
     check_cache(cache, ref_cache, x)
 
     dx_out = case.out(salt=6)
@@ -209,17 +210,42 @@ def test_empty_channel_and_batch(impl, training):
         assert y.shape == (0, 3) and y.dtype == np.float32
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
-def test_broadcast_input_eval(impl, layout):
-    """A zero-stride (read-only, broadcast) x is a valid input."""
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_broadcast_inputs(impl, dtype, training):
+    """Zero-stride (read-only, broadcast) x and dy are valid inputs."""
     rng = np.random.default_rng(5)
-    row = rng.standard_normal(6)
-    x = np.broadcast_to(row, (5, 6))
+    x = np.broadcast_to(rng.standard_normal((5, 6, 1)).astype(dtype), (5, 6, 4))
+    dy = np.broadcast_to(rng.standard_normal((1, 6, 4)).astype(dtype), (5, 6, 4))
     rm, rv = rng.standard_normal(6), rng.uniform(0.5, 2, 6)
-    y, _ = impl.forward(x, training=False, running_mean=rm, running_var=rv)
-    expected, _ = reference.forward(np.ascontiguousarray(x), training=False,
-                                    running_mean=rm, running_var=rv)
-    assert_close(y, expected)
+    gamma = rng.uniform(0.5, 2, 6)
+    kw = dict(training=training, running_mean=rm, running_var=rv, activation="relu")
+    y, cache = impl.forward(x, gamma, **kw)
+    expected, ref_cache = reference.forward(np.ascontiguousarray(x), gamma, **kw)
+    assert_close(y, expected, what="y")
+    dx, dgamma, _ = impl.backward(dy, cache)
+    ref_dx, ref_dgamma, _ = reference.backward(np.ascontiguousarray(dy), ref_cache)
+    assert_close(dx, ref_dx, what="dx")
+    assert_close(dgamma, ref_dgamma, what="dgamma")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, axis", [((6, 3), 1), ((4, 3, 5), 1), ((2, 3, 4, 5), -1)])
+def test_gradient_of_sum_of_outputs(impl, shape, axis, dtype):
+    """loss = sum(y) (dy a broadcast 1) does not depend on x in training:
+    dx == 0, dgamma == sum(xhat) == 0, dbeta == m."""
+    rng = np.random.default_rng(9)
+    x = channel_values(rng, shape, axis, dtype)
+    C = shape[axis]
+    gamma, beta = rng.uniform(0.5, 2, C), rng.standard_normal(C)
+    _, cache = impl.forward(x, gamma, beta, axis=axis)
+    dx, dgamma, dbeta = impl.backward(np.broadcast_to(np.ones((), dtype), shape), cache)
+    tol = RTOL[np.dtype(dtype)]
+    natural = float(np.max(np.abs(gamma * np.asarray(cache.invstd))))
+    assert np.max(np.abs(dx)) <= tol * natural
+    m = x.size // C
+    assert np.max(np.abs(dgamma)) <= 1e-12 * m
+    assert_close(dbeta, np.full(C, float(m)), 1e-15, "dbeta")
 
 
 # ---------------------------------------------------------------- larger arrays
@@ -298,7 +324,10 @@ def test_results_do_not_depend_on_thread_count(restore_threads, shape, axis, lay
     fastbn.set_num_threads(2)
     two = run_everything(x, dy, gamma, beta, axis, training)
     again = run_everything(x, dy, gamma, beta, axis, training)
+    fastbn.set_num_threads(3)  # more threads than this machine's cores
+    three = run_everything(x, dy, gamma, beta, axis, training)
     names = "y mean invstd rm rv y_relu dx dgamma dbeta dx_relu bs_mean bs_m2 sum_dy sum_dy_xhat"
-    for name, a, b, c in zip(names.split(), one, two, again):
+    for name, a, b, c, d in zip(names.split(), one, two, again, three):
         assert_bitwise_equal(a, b, f"{name}: 1 thread vs 2 threads")
         assert_bitwise_equal(b, c, f"{name}: two runs on 2 threads")
+        assert_bitwise_equal(a, d, f"{name}: 1 thread vs 3 threads")
