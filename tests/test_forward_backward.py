@@ -331,3 +331,35 @@ def test_results_do_not_depend_on_thread_count(restore_threads, shape, axis, lay
         assert_bitwise_equal(a, b, f"{name}: 1 thread vs 2 threads")
         assert_bitwise_equal(b, c, f"{name}: two runs on 2 threads")
         assert_bitwise_equal(a, d, f"{name}: 1 thread vs 3 threads")
+
+
+@pytest.mark.parametrize("activation", [None, "relu"])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_values_propagate_like_the_reference(bad, training, activation):
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((6, 3, 2))
+    x[2, 1, 0] = bad
+    kw = dict(training=training, running_mean=np.zeros(3), running_var=np.ones(3),
+              activation=activation)
+    with np.errstate(invalid="ignore"):
+        y, _ = fastbn.forward(x, **kw)
+        expected, _ = reference.forward(x, **kw)
+    assert np.array_equal(np.isnan(y), np.isnan(expected))
+    assert np.array_equal(np.isposinf(y), np.isposinf(expected))
+    assert np.array_equal(np.isneginf(y), np.isneginf(expected))
+
+
+@given(case=cases())
+def test_backward_into_x(case):
+    """out=cache.x: dx may overwrite the saved input (the cache is spent afterwards)."""
+    x, dy = case.x(), case.dy()
+    gamma, beta = case.params()
+    rm, rv = case.running_stats()
+    assume(not near_relu_kink(case, x, gamma, beta, rm, rv))
+    _, ref_cache = run_forward(reference, case, x.copy(), gamma, beta, *copies(rm, rv))
+    ref_dx, _, _ = reference.backward(dy, ref_cache)
+    _, cache = run_forward(fastbn, case, x, gamma, beta, *copies(rm, rv))
+    dx, _, _ = fastbn.backward(dy, cache, out=x)
+    assert dx is x and padding_intact(x)
+    assert_close(dx, ref_dx, what="dx")
