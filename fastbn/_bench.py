@@ -80,6 +80,9 @@ def add_arguments(parser):
                         help="small shapes and few repeats: a smoke run of a few seconds")
     parser.add_argument("--no-reference", action="store_true",
                         help="skip the (slow) NumPy reference")
+    parser.add_argument("--stat", choices=["median", "min"], default="median",
+                        help="statistic of the samples (default median; min = the best "
+                             "sample, steadier on a busy machine), also for the copy bound")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     parser.add_argument("--plot", default=None, metavar="PATH",
                         help="also sweep input sizes (NCHW and (N, C)) and save a PNG of GB/s "
@@ -180,8 +183,8 @@ class CopyBandwidth:
     """Copy bandwidth with `threads` threads: np.copyto of equal contiguous
     slices, one per Python thread (np.copyto releases the GIL)."""
 
-    def __init__(self, threads):
-        self.threads = threads
+    def __init__(self, threads, stat="median"):
+        self.threads, self.stat = threads, stat
         self.pool = ThreadPoolExecutor(threads) if threads > 1 else None
 
     def close(self):
@@ -208,7 +211,7 @@ class CopyBandwidth:
         dst = np.zeros(n, dtype=np.float32)  # touched: no page faults in the timing
         fn = self.copier(dst, src, threads)
         samples = interleaved({"copy": (fn, repeat)}, repeat)["copy"]
-        return 2 * src.nbytes / median(samples) / 1e9
+        return 2 * src.nbytes / (min(samples) if self.stat == "min" else median(samples)) / 1e9
 
 
 # ---------------------------------------------------------------- the ops
@@ -366,16 +369,17 @@ def bench_shape(name, shape, axis, dtype, ops, args, torch, copy_GBps, out):
             cands["reference"] = (ref[op], min(args.ref_repeat, args.repeat))
         samples = interleaved(cands, args.repeat)
         moved = BYTES_PER_ELEMENT_PASS[op] * nbytes
-        t = median(samples["fastbn"])
+        stat = min if args.stat == "min" else median
+        t = stat(samples["fastbn"])
         res = dict(shape=list(shape), axis=axis, dtype=np.dtype(dtype).name, op=op,
                    bytes=moved, fastbn_s=t, fastbn_GBps=moved / t / 1e9,
                    fraction=moved / t / 1e9 / copy_GBps,
                    min_s={k: min(v) for k, v in samples.items()}, samples=samples)
         if "torch" in samples:
-            tt = median(samples["torch"])
+            tt = stat(samples["torch"])
             res.update(torch_s=tt, torch_GBps=moved / tt / 1e9, vs_torch=tt / t, torch_op=torch_label)
         if "reference" in samples:
-            tr = median(samples["reference"])
+            tr = stat(samples["reference"])
             res.update(reference_s=tr, vs_reference=tr / t)
         print(row(res), file=out, flush=True)
         results.append(res)
@@ -518,7 +522,7 @@ def run(args, out=None):
         previous_threads = fastbn.set_num_threads(args.threads)
     threads = fastbn.get_num_threads()
     torch = None if args.no_torch else load_torch(threads)
-    copier = CopyBandwidth(threads)
+    copier = CopyBandwidth(threads, args.stat)
     try:
         copy_GBps = copier.measure(COPY_BYTES, 3 if args.quick else 9)
         copy1_GBps = copier.measure(COPY_BYTES, 3 if args.quick else 9, threads=1) \
@@ -533,7 +537,7 @@ def run(args, out=None):
         print(f"copy bound: {copy_GBps:.1f} GB/s = np.copyto of a {COPY_BYTES >> 20} MB float32 "
               f"buffer split over {threads} Python thread(s) (1 thread: {copy1_GBps:.1f} GB/s); "
               "read + write bytes", file=out)
-        print(f"median of {args.repeat} interleaved samples (reference: "
+        print(f"{args.stat} of {args.repeat} interleaved samples (reference: "
               f"{'skipped' if args.no_reference else min(args.ref_repeat, args.repeat)}); "
               "fastbn writes into preallocated out= buffers; torch = aten.native_batch_norm"
               "[_backward], the faster of its out= and allocating forms", file=out)
