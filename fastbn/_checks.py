@@ -9,6 +9,7 @@ import operator
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+OPTIONAL_VECTORS = ("gamma", "beta")  # per-channel vectors that may be None
 
 
 def _describe(obj):
@@ -18,9 +19,14 @@ def _describe(obj):
 
 
 def float_array(a, name):
-    """`a` must be a float32/float64 ndarray (no silent conversion of data)."""
+    """`a` must be a float32/float64 ndarray (no silent conversion of data).
+
+    Subclasses whose arithmetic differs from ndarray's are refused."""
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray of float32 or float64, got {_describe(a)}")
+    if isinstance(a, (np.ma.MaskedArray, np.matrix)):
+        raise TypeError(f"{name} must be a plain numpy.ndarray, got {type(a).__name__} "
+                        "(fill a masked array, or use np.asarray on a matrix)")
     if a.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must have dtype float32 or float64, got {a.dtype}")
     return a
@@ -109,12 +115,14 @@ def same_shape(a, ref, name, ref_name):
     return a
 
 
-def activation(value):
+def activation(value, name="activation"):
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{name} must be None or 'relu', got {_describe(value)}")
     if value is None or value == "identity":
         return None
     if value == "relu":
         return "relu"
-    raise ValueError(f"activation must be None or 'relu', got {value!r}")
+    raise ValueError(f"{name} must be None or 'relu', got {value!r}")
 
 
 def canonical_shape(shape, axis):
@@ -194,9 +202,38 @@ def check_forward(x, gamma, beta, axis, eps, training, running_mean, running_var
     return a
 
 
-def check_backward(dy, cache, out):
+def check_cache(cache):
+    """A Cache may have been edited by hand: check every field backward reads,
+    so that nothing inconsistent reaches the kernels."""
     if not isinstance(cache, Cache):
         raise TypeError(f"cache must be the Cache returned by forward, got {_describe(cache)}")
+    x = cache.x
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"cache.x must be a numpy.ndarray, got {_describe(x)}")
+    data_array(x, "cache.x")
+    if isinstance(cache.axis, (bool, np.bool_)) or not isinstance(cache.axis, numbers.Integral) \
+            or not 0 <= cache.axis < x.ndim:
+        raise ValueError(f"cache.axis must be an integer in [0, {x.ndim}), got {cache.axis!r}")
+    C = x.shape[cache.axis]
+    for name in ("mean", "mean_lo", "invstd", "gamma", "beta"):
+        v = getattr(cache, name)
+        if v is None and name in OPTIONAL_VECTORS:
+            continue
+        if not isinstance(v, np.ndarray):
+            raise TypeError(f"cache.{name} must be a numpy.ndarray of shape ({C},), got {_describe(v)}")
+        channel_vector(v, C, f"cache.{name}")
+    for name in ("training", "x_overwritten"):
+        if not isinstance(getattr(cache, name), (bool, np.bool_)):
+            raise TypeError(f"cache.{name} must be a bool, got {_describe(getattr(cache, name))}")
+    activation(cache.activation, "cache.activation")
+    if cache.count != (x.size // C if C else 0):
+        raise ValueError(f"cache.count must be {x.size // C if C else 0} (values per channel of "
+                         f"cache.x), got {cache.count!r}")
+    return cache
+
+
+def check_backward(dy, cache, out):
+    check_cache(cache)
     x = cache.x
     float_array(dy, "dy")
     same_shape(dy, x, "dy", "x")
@@ -224,20 +261,13 @@ def check_backward(dy, cache, out):
     return dx_out, dg_out, db_out
 
 
-def check_cache_shape(cache):
-    """A Cache edited by hand must still describe consistent O(C) statistics."""
-    C = cache.x.shape[cache.axis]
-    for name in ("mean", "mean_lo", "invstd"):
-        v = getattr(cache, name)
-        if not isinstance(v, np.ndarray) or v.shape != (C,):
-            raise ValueError(f"cache.{name} must be an array of shape ({C},)")
-
-
 def check_count(count, channels):
     """`count` of backward_elemt: a positive int, or a (C,) array of them."""
     if isinstance(count, (bool, np.bool_)):
         raise TypeError("count must be a positive integer or an array of shape (C,), got bool")
     if isinstance(count, numbers.Integral):
+        if count > 2 ** 62:
+            raise ValueError(f"count must be at most 2**62, got {count}")
         counts = np.full(channels, float(count))
     elif isinstance(count, np.ndarray) and count.dtype.kind in "iuf":
         if count.shape not in ((), (channels,)):
@@ -283,29 +313,33 @@ def check_running_update(running_mean, running_var, mean, var, count, momentum):
     C = mean.shape[0] if isinstance(mean, np.ndarray) and mean.ndim == 1 else None
     if C is None:
         raise TypeError(f"mean must be a 1-D float array, got {_describe(mean)}")
+    if var is None:
+        raise TypeError(f"var must be an array of shape ({C},), got None")
     mean = channel_vector(mean, C, "mean")
     var = channel_vector(var, C, "var")
-    running_vector(running_mean, C, "running_mean", update=True)
-    running_vector(running_var, C, "running_var", update=True)
     if running_mean is None or running_var is None:
         raise TypeError("running_mean and running_var must be arrays")
+    running_vector(running_mean, C, "running_mean", update=True)
+    running_vector(running_var, C, "running_var", update=True)
+    if np.may_share_memory(running_mean, running_var):
+        raise ValueError("running_mean and running_var must not share memory")
     if isinstance(count, (bool, np.bool_)) or not isinstance(count, numbers.Integral):
         raise TypeError(f"count must be an integer, got {_describe(count)}")
-    if count < 2:
-        raise ValueError(f"count must be >= 2 for the unbiased running variance, got {count}")
+    if not 2 <= count <= 2 ** 62:
+        raise ValueError(f"count must be in [2, 2**62] for the unbiased running variance, got {count}")
     momentum = real_number(momentum, "momentum", low=0.0, high=1.0)
     return mean.astype(np.float64), var.astype(np.float64), momentum
 
 
-OPTIONAL_VECTORS = ("gamma", "beta")
+_NO_DY = object()
 
 
-def check_per_channel(x, axis, vectors, out=None, dy=None):
+def check_per_channel(x, axis, vectors, out=None, dy=_NO_DY):
     """Common checks of the building blocks: x (and dy), axis, (C,) vectors, out.
 
     Only gamma and beta may be None."""
     data_array(x, "x")
-    if dy is not None:
+    if dy is not _NO_DY:
         float_array(dy, "dy")
         same_shape(dy, x, "dy", "x")
         if dy.dtype != x.dtype:

@@ -52,8 +52,7 @@ except (ImportError, RuntimeError) as _exc:  # RuntimeError: mpi4py found no MPI
         f"`pip install 'fastbn[mpi]'` or `pip install mpi4py mpich`") from _exc
 
 from ._checks import (Cache, _describe, channel_axis, channel_vector, check_backward,
-                      check_cache_shape, data_array, out_array, real_number,
-                      running_vector)
+                      data_array, out_array, real_number, running_vector)
 from ._checks import activation as _check_activation
 from .layers import _CONFIG_KEY, BatchNorm
 
@@ -245,8 +244,7 @@ def _sync_backward_train(dy, cache, comm, out):
                             "needs the cache of sync_forward (or use fastbn.backward)")
         if MPI.Comm.Compare(comm, cache.comm) not in (MPI.IDENT, MPI.CONGRUENT):
             raise ValueError("comm is not the communicator the forward was synchronised over")
-        dx_out, dg_out, db_out = check_backward(dy, cache, out)
-        check_cache_shape(cache)
+        dx_out, dg_out, db_out = check_backward(dy, cache, out)  # checks the cache too
     except (TypeError, ValueError) as exc:
         error = exc
     x, axis = cache.x, cache.axis

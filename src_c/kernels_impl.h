@@ -67,13 +67,18 @@ FBN_INLINE void FN(run_dev)(fbn_acc *a1, fbn_acc *a2, const T *restrict p, int64
     }
 }
 
-/* dy masked by the ReLU of the forward pre-activation (recomputed, not stored). */
-#define FBN_MASKED(dyv, xv, shift, scale, bias, relu) \
-    ((relu) && !((((double)(xv) - (shift)) * (scale) + (bias)) > 0.0) ? 0.0 : (double)(dyv))
+/* dy, zeroed where the forward's ReLU was off (its pre-activation, recomputed
+ * exactly as affine1 does, not stored). Selects, not branches: loops vectorise. */
+FBN_INLINE double FN(masked)(T dy, T x, double shift, double scale, double bias, int relu) {
+    double pre = ((double)x - shift) * scale + bias;
+    double kept = pre > 0.0 ? (double)dy : 0.0;
+    return relu ? kept : (double)dy;
+}
 
-/* Accumulate dy and dy * (x - shift) into a1 and a2. */
+/* Accumulate dy and dy * ((x - shift) - lo) into a1 and a2. */
 FBN_INLINE void FN(run_bwd)(fbn_acc *a1, fbn_acc *a2, const T *restrict dy, const T *restrict x,
-                            int64_t n, double shift, double scale, double bias, int relu) {
+                            int64_t n, double shift, double lo, double scale, double bias,
+                            int relu) {
     while (n > 0) {
         int64_t len = FBN_PIECE - a1->pending < n ? FBN_PIECE - a1->pending : n, i = 0;
         double l1[FBN_LANES], l2[FBN_LANES];
@@ -81,14 +86,14 @@ FBN_INLINE void FN(run_bwd)(fbn_acc *a1, fbn_acc *a2, const T *restrict dy, cons
         FBN_LOAD(l2, a2);
         for (; i + FBN_LANES <= len; i += FBN_LANES)
             for (int l = 0; l < FBN_LANES; l++) {
-                double g = FBN_MASKED(dy[i + l], x[i + l], shift, scale, bias, relu);
+                double g = FN(masked)(dy[i + l], x[i + l], shift, scale, bias, relu);
                 l1[l] += g;
-                l2[l] += g * ((double)x[i + l] - shift);
+                l2[l] += g * (((double)x[i + l] - shift) - lo);
             }
         for (; i < len; i++) {
-            double g = FBN_MASKED(dy[i], x[i], shift, scale, bias, relu);
+            double g = FN(masked)(dy[i], x[i], shift, scale, bias, relu);
             l1[i % FBN_LANES] += g;
-            l2[i % FBN_LANES] += g * ((double)x[i] - shift);
+            l2[i % FBN_LANES] += g * (((double)x[i] - shift) - lo);
         }
         FBN_SAVE(l1, a1);
         FBN_SAVE(l2, a2);
@@ -233,7 +238,8 @@ static inline void FN(stream_fence)(int stream) {
 
 FBN_INLINE T FN(affine1)(T x, double shift, double scale, double bias, int relu) {
     double v = ((double)x - shift) * scale + bias;
-    return (T)(relu && v < 0.0 ? 0.0 : v);
+    double r = v < 0.0 ? 0.0 : v; /* NaN stays NaN, as in np.maximum */
+    return (T)(relu ? r : v);
 }
 
 /* Elementwise passes go through chunks of FBN_CHUNK values: computed straight
@@ -244,8 +250,9 @@ FBN_INLINE T FN(affine1)(T x, double shift, double scale, double bias, int relu)
         if ((m = (n) - i0 < FBN_CHUNK ? (n) - i0 : FBN_CHUNK), 1)
 
 FBN_DISPATCH static void FN(affine_tile)(const T *x, T *y, const fbn_plan *p, int64_t t,
-                                         const double *shift, const double *scale,
-                                         const double *bias, int relu) {
+                                         const fbn_coefs *k) {
+    const double *shift = k->shift, *scale = k->scale, *bias = k->bias;
+    const int relu = k->relu;
     FN(fbn_tile) r = FN(tile_of)(p, t);
     const fbn_shape *s = &p->s;
     T buf[FBN_CHUNK];
@@ -261,11 +268,11 @@ FBN_DISPATCH static void FN(affine_tile)(const T *x, T *y, const fbn_plan *p, in
     } else {
         const int64_t C = s->channels;
         for (int64_t o = r.j0; o < r.j1; o++) FBN_FOR_CHUNKS(r.nc, c0, m) {
-            const int64_t off = o * C + r.c0 + c0, k = r.c0 + c0;
+            const int64_t off = o * C + r.c0 + c0, ch = r.c0 + c0;
             const T *xr = x + off;
             T *out = p->stream ? buf : y + off;
             for (int64_t c = 0; c < m; c++)
-                out[c] = FN(affine1)(xr[c], shift[k + c], scale[k + c], bias[k + c], relu);
+                out[c] = FN(affine1)(xr[c], shift[ch + c], scale[ch + c], bias[ch + c], relu);
             if (p->stream) FN(stream_out)(y + off, buf, m);
         }
     }
@@ -274,10 +281,10 @@ FBN_DISPATCH static void FN(affine_tile)(const T *x, T *y, const fbn_plan *p, in
 
 /* Columns shape, channels [c0, c0 + nc) (nc <= FBN_COL_MAX), rows [j0, j1). */
 FBN_INLINE void FN(bwd_reduce_cols)(const T *dy, const T *x, int64_t C, int64_t c0, int64_t nc,
-                                       int64_t j0, int64_t j1, const double *shift,
-                                       const double *scale, const double *bias, int relu,
+                                       int64_t j0, int64_t j1, const fbn_coefs *k,
                                        double *sums) {
-    const double *sh = shift + c0, *sc = scale + c0, *bi = bias + c0;
+    const double *sh = k->shift + c0, *lw = k->lo + c0, *sc = k->scale + c0, *bi = k->bias + c0;
+    const int relu = k->relu;
     double acc[FBN_COL_MAX], acc2[FBN_COL_MAX];
     fbn_ksum tot[FBN_COL_MAX], tot2[FBN_COL_MAX];
     memset(tot, 0, sizeof tot);
@@ -293,9 +300,9 @@ FBN_INLINE void FN(bwd_reduce_cols)(const T *dy, const T *x, int64_t C, int64_t 
                 fbn_prefetch(xr + FBN_AHEAD * C, nc * sizeof(T));
             }
             for (int64_t c = 0; c < nc; c++) {
-                double g = FBN_MASKED(dr[c], xr[c], sh[c], sc[c], bi[c], relu);
+                double g = FN(masked)(dr[c], xr[c], sh[c], sc[c], bi[c], relu);
                 acc[c] += g;
-                acc2[c] += g * ((double)xr[c] - sh[c]);
+                acc2[c] += g * (((double)xr[c] - sh[c]) - lw[c]);
             }
         }
         for (int64_t c = 0; c < nc; c++) {
@@ -311,16 +318,15 @@ FBN_INLINE void FN(bwd_reduce_cols)(const T *dy, const T *x, int64_t C, int64_t 
 
 /* Per-channel sum(dy) and sum(dy * (x - shift)) of one tile, into sums[2 * c + {0, 1}]. */
 FBN_DISPATCH static void FN(bwd_reduce_tile)(const T *dy, const T *x, const fbn_plan *p,
-                                             int64_t t, const double *shift,
-                                             const double *scale, const double *bias,
-                                             int relu, double *sums) {
+                                             int64_t t, const fbn_coefs *k, double *sums) {
     FN(fbn_tile) r = FN(tile_of)(p, t);
     const fbn_shape *s = &p->s;
     if (s->inner > 1) {
         int64_t c = r.c0;
         fbn_acc a1 = {{0}, 0, {0, 0}}, a2 = a1;
         FBN_FOR_RUNS(s, c, r.j0, r.j1, off, len)
-            FN(run_bwd)(&a1, &a2, dy + off, x + off, len, shift[c], scale[c], bias[c], relu);
+            FN(run_bwd)(&a1, &a2, dy + off, x + off, len, k->shift[c], k->lo[c], k->scale[c],
+                        k->bias[c], k->relu);
         sums[2 * c] = fbn_acc_value(&a1);
         sums[2 * c + 1] = fbn_acc_value(&a2);
         return;
@@ -329,46 +335,45 @@ FBN_DISPATCH static void FN(bwd_reduce_tile)(const T *dy, const T *x, const fbn_
     FN(prefetch_rows)(x, s, &r);
     for (int64_t c0 = r.c0; c0 < r.c0 + r.nc; c0 += FBN_COL_MAX) {
         int64_t nc = r.c0 + r.nc - c0 < FBN_COL_MAX ? r.c0 + r.nc - c0 : FBN_COL_MAX;
-        FN(bwd_reduce_cols)(dy, x, s->channels, c0, nc, r.j0, r.j1, shift, scale, bias, relu,
-                            sums);
+        FN(bwd_reduce_cols)(dy, x, s->channels, c0, nc, r.j0, r.j1, k, sums);
     }
 }
 
-FBN_INLINE T FN(dx1)(T dy, T x, double shift, double scale, double bias, int relu,
-                        double k_dy, double k_x, double k_0) {
-    double g = FBN_MASKED(dy, x, shift, scale, bias, relu);
-    return (T)(k_dy * g + k_x * ((double)x - shift) + k_0);
+FBN_INLINE T FN(dx1)(T dy, T x, double shift, double lo, double scale, double bias, int relu,
+                     double k_dy, double k_x, double k_0) {
+    double g = FN(masked)(dy, x, shift, scale, bias, relu);
+    return (T)(k_dy * g + k_x * (((double)x - shift) - lo) + k_0);
 }
 
-/* dx = k_dy * dy + k_x * (x - shift) + k_0, dy masked by the ReLU if relu. */
+/* dx = k_dy * dy' + k_x * ((x - shift) - lo) + k_0 (see fbn_coefs). */
 FBN_DISPATCH static void FN(bwd_elemt_tile)(const T *dy, const T *x, T *dx, const fbn_plan *p,
-                                            int64_t t, const double *shift,
-                                            const double *scale, const double *bias, int relu,
-                                            const double *k_dy, const double *k_x,
-                                            const double *k_0) {
+                                            int64_t t, const fbn_coefs *k) {
+    const double *shift = k->shift, *lo = k->lo, *scale = k->scale, *bias = k->bias;
+    const double *k_dy = k->k_dy, *k_x = k->k_x, *k_0 = k->k_0;
+    const int relu = k->relu;
     FN(fbn_tile) r = FN(tile_of)(p, t);
     const fbn_shape *s = &p->s;
     T buf[FBN_CHUNK];
     if (s->inner > 1) {
         int64_t c = r.c0;
-        const double sh = shift[c], sc = scale[c], bi = bias[c];
+        const double sh = shift[c], lw = lo[c], sc = scale[c], bi = bias[c];
         const double a = k_dy[c], b = k_x[c], z = k_0[c];
         FBN_FOR_RUNS(s, c, r.j0, r.j1, off, len) FBN_FOR_CHUNKS(len, i0, m) {
             const T *dr = dy + off + i0, *xr = x + off + i0;
             T *out = p->stream ? buf : dx + off + i0;
             for (int64_t i = 0; i < m; i++)
-                out[i] = FN(dx1)(dr[i], xr[i], sh, sc, bi, relu, a, b, z);
+                out[i] = FN(dx1)(dr[i], xr[i], sh, lw, sc, bi, relu, a, b, z);
             if (p->stream) FN(stream_out)(dx + off + i0, buf, m);
         }
     } else {
         const int64_t C = s->channels;
         for (int64_t o = r.j0; o < r.j1; o++) FBN_FOR_CHUNKS(r.nc, c0, m) {
-            const int64_t off = o * C + r.c0 + c0, k = r.c0 + c0;
+            const int64_t off = o * C + r.c0 + c0, ch = r.c0 + c0;
             const T *dr = dy + off, *xr = x + off;
             T *out = p->stream ? buf : dx + off;
             for (int64_t c = 0; c < m; c++)
-                out[c] = FN(dx1)(dr[c], xr[c], shift[k + c], scale[k + c], bias[k + c], relu,
-                                 k_dy[k + c], k_x[k + c], k_0[k + c]);
+                out[c] = FN(dx1)(dr[c], xr[c], shift[ch + c], lo[ch + c], scale[ch + c],
+                                 bias[ch + c], relu, k_dy[ch + c], k_x[ch + c], k_0[ch + c]);
             if (p->stream) FN(stream_out)(dx + off, buf, m);
         }
     }
@@ -453,6 +458,7 @@ int FN(fbn_forward_train)(const T *x, T *y, fbn_shape s, const double *gamma,
     }
     double *pivot = work, *shift = work + C, *scale = work + 2 * C, *bias = work + 3 * C;
     double *m2 = work + 4 * C, n = (double)p.per_channel;
+    fbn_coefs k = {shift, NULL, scale, bias, NULL, NULL, NULL, relu};
     int nt = fbn_threads_for(&p, nthreads);
     FN(pivots)(x, &s, pivot);
     if (p.nsegs == 1) {
@@ -468,7 +474,7 @@ int FN(fbn_forward_train)(const T *x, T *y, fbn_shape s, const double *gamma,
             fbn_coefficients(nc, mean_hi + c0, mean_lo + c0, invstd + c0,
                              gamma ? gamma + c0 : NULL, beta ? beta + c0 : NULL,
                              shift + c0, scale + c0, bias + c0);
-            FN(affine_tile)(x, y, &p, t, shift, scale, bias, relu);
+            FN(affine_tile)(x, y, &p, t, &k);
         }
     } else {
         FN(stats_all)(x, &p, pivot, parts, mean_hi, mean_lo, m2, nt);
@@ -478,8 +484,7 @@ int FN(fbn_forward_train)(const T *x, T *y, fbn_shape s, const double *gamma,
         fbn_plan e = FN_ELEMWISE_PLAN(s, 2);
         const int64_t ntiles = e.nblocks * e.nsegs;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-        for (int64_t t = ntiles - 1; t >= 0; t--)
-            FN(affine_tile)(x, y, &e, t, shift, scale, bias, relu);
+        for (int64_t t = ntiles - 1; t >= 0; t--) FN(affine_tile)(x, y, &e, t, &k);
     }
     free(work);
     free(parts);
@@ -490,16 +495,17 @@ int FN(fbn_affine)(const T *x, T *y, fbn_shape s, const double *shift, const dou
                    const double *bias, int relu, int nthreads) {
     fbn_plan p = FN_ELEMWISE_PLAN(s, 2);
     const int64_t ntiles = p.per_channel ? p.nblocks * p.nsegs : 0;
+    fbn_coefs k = {shift, NULL, scale, bias, NULL, NULL, NULL, relu};
     int nt = fbn_threads_for(&p, nthreads);
     (void)nt;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-    for (int64_t t = 0; t < ntiles; t++) FN(affine_tile)(x, y, &p, t, shift, scale, bias, relu);
+    for (int64_t t = 0; t < ntiles; t++) FN(affine_tile)(x, y, &p, t, &k);
     return 0;
 }
 
 /* Sum the tiles' partial sums per channel in a fixed order. */
 static void FN(sum_tiles)(const fbn_plan *p, const double *sums, double *sum_dy,
-                          double *sum_dy_xs) {
+                          double *sum_dy_xc) {
     const int64_t C = p->s.channels;
     for (int64_t c = 0; c < C; c++) {
         fbn_ksum a = {0, 0}, b = {0, 0};
@@ -508,8 +514,23 @@ static void FN(sum_tiles)(const fbn_plan *p, const double *sums, double *sum_dy,
             fbn_kadd(&b, sums[k * 2 * C + 2 * c + 1]);
         }
         sum_dy[c] = fbn_kval(&a);
-        sum_dy_xs[c] = fbn_kval(&b);
+        sum_dy_xc[c] = fbn_kval(&b);
     }
+}
+
+/* Reduce every tile, then sum the tiles in order: sum(dy'), sum(dy' * (x - shift - lo)). */
+static int FN(reduce_all)(const T *dy, const T *x, const fbn_plan *p, const fbn_coefs *k,
+                          double *sum_dy, double *sum_dy_xc, int nt) {
+    const int64_t C = p->s.channels, ntiles = p->nblocks * p->nsegs;
+    double *sums = malloc(p->nsegs * 2 * C * sizeof(double));
+    if (!sums) return -1;
+    (void)nt;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t t = 0; t < ntiles; t++)
+        FN(bwd_reduce_tile)(dy, x, p, t, k, sums + (t % p->nsegs) * 2 * C);
+    FN(sum_tiles)(p, sums, sum_dy, sum_dy_xc);
+    free(sums);
+    return 0;
 }
 
 int FN(fbn_backward_reduce)(const T *dy, const T *x, fbn_shape s, const double *shift,
@@ -521,18 +542,12 @@ int FN(fbn_backward_reduce)(const T *dy, const T *x, fbn_shape s, const double *
         for (int64_t c = 0; c < C; c++) sum_dy[c] = sum_dy_xs[c] = 0.0;
         return 0;
     }
-    double *sums = malloc(p.nsegs * 2 * C * sizeof(double));
-    if (!sums) return -1;
-    const int64_t ntiles = p.nblocks * p.nsegs;
-    int nt = fbn_threads_for(&p, nthreads);
-    (void)nt;
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-    for (int64_t t = 0; t < ntiles; t++)
-        FN(bwd_reduce_tile)(dy, x, &p, t, shift, scale, bias, relu,
-                            sums + (t % p.nsegs) * 2 * C);
-    FN(sum_tiles)(&p, sums, sum_dy, sum_dy_xs);
-    free(sums);
-    return 0;
+    double *zeros = calloc(C, sizeof(double));
+    if (!zeros) return -1;
+    fbn_coefs k = {shift, zeros, scale, bias, NULL, NULL, NULL, relu};
+    int status = FN(reduce_all)(dy, x, &p, &k, sum_dy, sum_dy_xs, fbn_threads_for(&p, nthreads));
+    free(zeros);
+    return status;
 }
 
 int FN(fbn_backward_elemt)(const T *dy, const T *x, T *dx, fbn_shape s, const double *shift,
@@ -541,24 +556,26 @@ int FN(fbn_backward_elemt)(const T *dy, const T *x, T *dx, fbn_shape s, const do
                            int nthreads) {
     fbn_plan p = FN_ELEMWISE_PLAN(s, 3);
     const int64_t ntiles = p.per_channel ? p.nblocks * p.nsegs : 0;
+    double *zeros = calloc(s.channels ? s.channels : 1, sizeof(double));
+    if (!zeros) return -1;
+    fbn_coefs k = {shift, zeros, scale, bias, k_dy, k_x, k_0, relu};
     int nt = fbn_threads_for(&p, nthreads);
     (void)nt;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-    for (int64_t t = 0; t < ntiles; t++)
-        FN(bwd_elemt_tile)(dy, x, dx, &p, t, shift, scale, bias, relu, k_dy, k_x, k_0);
+    for (int64_t t = 0; t < ntiles; t++) FN(bwd_elemt_tile)(dy, x, dx, &p, t, &k);
+    free(zeros);
     return 0;
 }
 
-/* From the reduced sums to sum(dy * xhat) and the dx coefficients of channel c. */
-static void FN(bwd_coefficients)(int64_t c, double n, int training, const double *mean_lo,
-                                 const double *invstd, const double *gamma,
-                                 const double *sum_dy, const double *sum_dy_xs,
-                                 double *sum_dy_xhat, double *k_dy, double *k_x, double *k_0) {
-    double lo = mean_lo ? mean_lo[c] : 0.0;
-    sum_dy_xhat[c] = invstd[c] * (sum_dy_xs[c] - lo * sum_dy[c]);
+/* From the reduced sums of channel c to sum(dy * xhat) and its dx coefficients. */
+static void FN(bwd_coefficients)(int64_t c, double n, int training, const double *invstd,
+                                 const double *gamma, const double *sum_dy,
+                                 const double *sum_dy_xc, double *sum_dy_xhat, double *k_dy,
+                                 double *k_x, double *k_0) {
+    sum_dy_xhat[c] = invstd[c] * sum_dy_xc[c];
     k_dy[c] = (gamma ? gamma[c] : 1.0) * invstd[c];
     k_x[c] = training ? -k_dy[c] * invstd[c] * (sum_dy_xhat[c] / n) : 0.0;
-    k_0[c] = training ? -k_dy[c] * (sum_dy[c] / n) - k_x[c] * lo : 0.0;
+    k_0[c] = training ? -k_dy[c] * (sum_dy[c] / n) : 0.0;
 }
 
 int FN(fbn_backward)(const T *dy, const T *x, T *dx, fbn_shape s, const double *mean_hi,
@@ -568,18 +585,20 @@ int FN(fbn_backward)(const T *dy, const T *x, T *dx, fbn_shape s, const double *
     const int64_t C = s.channels;
     fbn_plan p = FN_REDUCE_PLAN(s, 3);
     if (C == 0) return 0;
-    double *work = malloc(C * 7 * sizeof(double));
+    double *work = calloc(C * 8, sizeof(double));
     double *sums = malloc(p.nsegs * 2 * C * sizeof(double));
     if (!work || !sums) {
         free(work);
         free(sums);
         return -1;
     }
-    double *shift = work, *scale = work + C, *bias = work + 2 * C, *sum_dy_xs = work + 3 * C;
-    double *k_dy = work + 4 * C, *k_x = work + 5 * C, *k_0 = work + 6 * C;
+    double *shift = work, *scale = work + C, *bias = work + 2 * C, *sum_dy_xc = work + 3 * C;
+    double *k_dy = work + 4 * C, *k_x = work + 5 * C, *k_0 = work + 6 * C, *lo = work + 7 * C;
+    if (mean_lo) memcpy(lo, mean_lo, C * sizeof(double));
+    fbn_coefs k = {shift, lo, scale, bias, k_dy, k_x, k_0, relu};
     double n = (double)p.per_channel;
-    int nt = fbn_threads_for(&p, nthreads);
-    fbn_coefficients(C, mean_hi, mean_lo, invstd, gamma, beta, shift, scale, bias);
+    int nt = fbn_threads_for(&p, nthreads), status = 0;
+    fbn_coefficients(C, mean_hi, lo, invstd, gamma, beta, shift, scale, bias);
     if (p.per_channel == 0) {
         for (int64_t c = 0; c < C; c++) sum_dy[c] = sum_dy_xhat[c] = 0.0;
     } else if (p.nsegs == 1) {
@@ -587,34 +606,28 @@ int FN(fbn_backward)(const T *dy, const T *x, T *dx, fbn_shape s, const double *
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
         for (int64_t t = 0; t < p.nblocks; t++) {
             int64_t c0 = t * p.block, nc = C - c0 < p.block ? C - c0 : p.block;
-            FN(bwd_reduce_tile)(dy, x, &p, t, shift, scale, bias, relu, sums);
+            FN(bwd_reduce_tile)(dy, x, &p, t, &k, sums);
             for (int64_t c = c0; c < c0 + nc; c++) {
                 sum_dy[c] = sums[2 * c];
-                sum_dy_xs[c] = sums[2 * c + 1];
-                FN(bwd_coefficients)(c, n, training, mean_lo, invstd, gamma, sum_dy, sum_dy_xs,
+                sum_dy_xc[c] = sums[2 * c + 1];
+                FN(bwd_coefficients)(c, n, training, invstd, gamma, sum_dy, sum_dy_xc,
                                      sum_dy_xhat, k_dy, k_x, k_0);
             }
-            FN(bwd_elemt_tile)(dy, x, dx, &p, t, shift, scale, bias, relu, k_dy, k_x, k_0);
+            FN(bwd_elemt_tile)(dy, x, dx, &p, t, &k);
         }
-    } else {
-        const int64_t ntiles = p.nblocks * p.nsegs;
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-        for (int64_t t = 0; t < ntiles; t++)
-            FN(bwd_reduce_tile)(dy, x, &p, t, shift, scale, bias, relu,
-                                sums + (t % p.nsegs) * 2 * C);
-        FN(sum_tiles)(&p, sums, sum_dy, sum_dy_xs);
+    } else if ((status = FN(reduce_all)(dy, x, &p, &k, sum_dy, sum_dy_xc, nt)) == 0) {
         for (int64_t c = 0; c < C; c++)
-            FN(bwd_coefficients)(c, n, training, mean_lo, invstd, gamma, sum_dy, sum_dy_xs,
-                                 sum_dy_xhat, k_dy, k_x, k_0);
+            FN(bwd_coefficients)(c, n, training, invstd, gamma, sum_dy, sum_dy_xc, sum_dy_xhat,
+                                 k_dy, k_x, k_0);
         fbn_plan e = FN_ELEMWISE_PLAN(s, 3);
         const int64_t etiles = e.nblocks * e.nsegs;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
         for (int64_t t = etiles - 1; t >= 0; t--) /* backwards, as in the forward */
-            FN(bwd_elemt_tile)(dy, x, dx, &e, t, shift, scale, bias, relu, k_dy, k_x, k_0);
+            FN(bwd_elemt_tile)(dy, x, dx, &e, t, &k);
     }
     free(work);
     free(sums);
-    return 0;
+    return status;
 }
 
 int FN(fbn_ema)(T *running, const double *batch, int64_t channels, double momentum,
@@ -628,7 +641,6 @@ int FN(fbn_ema)(T *running, const double *batch, int64_t channels, double moment
 #undef FN_REDUCE_PLAN
 #undef FN_ELEMWISE_PLAN
 #undef FBN_FOR_RUNS
-#undef FBN_MASKED
 #undef FBN_LOAD
 #undef FBN_SAVE
 #undef FBN_FOR_CHUNKS

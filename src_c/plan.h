@@ -62,7 +62,10 @@ static inline void fbn_kadd(fbn_ksum *k, double v) {
     k->sum = t;
 }
 
-static inline double fbn_kval(const fbn_ksum *k) { return k->sum + k->comp; }
+/* An infinite sum makes the compensation NaN (inf - inf): the sum is the answer then. */
+static inline double fbn_kval(const fbn_ksum *k) {
+    return isfinite(k->sum) ? k->sum + k->comp : k->sum;
+}
 
 /* FBN_LANES plain lanes (vectorisable without reassociation) feeding a
  * compensated total every FBN_PIECE values. */
@@ -112,6 +115,17 @@ typedef struct {
     int64_t per_channel, seg_len, nsegs;
     int stream; /* output too large for the caches: write it non-temporally */
 } fbn_plan;
+
+/* Per-channel coefficients of the elementwise passes (arrays of C values):
+ *   forward   y  = (x - shift) * scale + bias              (then ReLU if relu)
+ *   backward  dx = k_dy * dy' + k_x * ((x - shift) - lo) + k_0
+ * where dy' is dy zeroed where the forward's ReLU was off, and shift + lo is the
+ * mean as a double-double (so x - shift is exact-ish far from the origin). */
+typedef struct {
+    const double *shift, *lo, *scale, *bias;
+    const double *k_dy, *k_x, *k_0;
+    int relu;
+} fbn_coefs;
 
 fbn_plan fbn_make_plan(fbn_shape s, int64_t bytes_per_value, int reduction);
 int fbn_threads_for(const fbn_plan *p, int nthreads);

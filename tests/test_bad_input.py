@@ -309,12 +309,7 @@ def check(fn_name, build, mangled, param_names, shape_args=()):
 
 # (function, argument, malformed value) that trigger a known, reported bug: kept out of
 # the search, pinned by the strict-xfail tests at the end of this file.
-KNOWN_BUGS = {
-    ("backward_reduce", "dy", "None"),       # AttributeError: dy None is taken as "no dy"
-    ("backward_elemt", "dy", "None"),
-    ("update_running_stats", "var", "None"),  # AttributeError: None.astype
-    ("merge_stats", "counts", "Inf inside"),  # OverflowError (or garbage int64 totals)
-}
+KNOWN_BUGS = set()
 
 
 def mangle(draw, fn_name, table, names, max_mangled=2):
@@ -703,10 +698,6 @@ MANGLED_CACHE_CASES = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="backward does not validate the Cache's own fields: "
-                   "fastbn passes a short cache.gamma/beta to the C kernels (out-of-bounds "
-                   "reads), casts int/complex statistics silently, and raises AttributeError/"
-                   "IndexError for a mangled x/axis (reported to the lead)")
 @pytest.mark.parametrize("field, label, value", MANGLED_CACHE_CASES,
                          ids=[f"{p.values[0]}-{p.values[1]}" if hasattr(p, "values") else
                               f"{p[0]}-{p[1]}" for p in MANGLED_CACHE_CASES])
@@ -717,8 +708,6 @@ def test_mangled_cache_is_refused_naming_the_field(field, label, value):
         assert names_argument(str(exc), {f"cache.{field}", "cache"}), repr(exc)
 
 
-@pytest.mark.xfail(strict=True, reason="an ndarray activation reaches `value == 'relu'`: "
-                   "NumPy's ambiguous-truth ValueError, which does not name activation")
 def test_activation_array_is_refused_naming_it():
     ctx, x, _ = _small()
     for module in MODULES:
@@ -726,8 +715,6 @@ def test_activation_array_is_refused_naming_it():
             module.forward(x, activation=np.array(["relu", "relu"]))
 
 
-@pytest.mark.xfail(strict=True, reason="ndarray subclasses: the reference honours a mask "
-                   "(fastbn ignores it) and multiplies np.matrix as matrices (LinAlgError)")
 @pytest.mark.parametrize("kind", ["masked", "matrix"])
 def test_ndarray_subclasses_are_treated_alike(kind):
     ctx = Ctx((8, 4), 1, np.float64, 0)
@@ -745,7 +732,6 @@ def test_ndarray_subclasses_are_treated_alike(kind):
         np.testing.assert_allclose(outcomes[0], outcomes[1], rtol=1e-12)
 
 
-@pytest.mark.xfail(strict=True, reason="count=10**400 raises OverflowError from float(count)")
 def test_huge_integer_count_is_a_value_error():
     ctx, x, dy = _small()
     for module in MODULES:
@@ -754,16 +740,12 @@ def test_huge_integer_count_is_a_value_error():
                                   np.zeros(4), 10**400)
 
 
-@pytest.mark.xfail(strict=True, reason="merge_stats accepts infinite counts (inf == round(inf)) "
-                   "and returns garbage int64 totals")
 def test_merge_stats_refuses_infinite_counts():
     for module in MODULES:
         with pytest.raises(ValueError, match="counts"):
             module.merge_stats(np.array([np.inf, 1.0]), np.zeros((2, 3)), np.zeros((2, 3)))
 
 
-@pytest.mark.xfail(strict=True, reason="update_running_stats does not refuse running_mean and "
-                   "running_var sharing memory (forward does)")
 def test_update_running_stats_refuses_shared_memory():
     for module in MODULES:
         r = np.zeros(4)
@@ -771,9 +753,6 @@ def test_update_running_stats_refuses_shared_memory():
             module.update_running_stats(r, r, np.ones(4), np.ones(4), 5)
 
 
-@pytest.mark.xfail(strict=True, reason="fastbn's backward computes sum(dy * xhat) as "
-                   "invstd * (sum(dy * (x - hi)) - lo * sum(dy)): with an infinite dy, "
-                   "lo * inf is NaN (lo == 0) or inf - inf; the reference gives +-inf")
 @pytest.mark.parametrize("training", [True, False])
 def test_infinite_dy_gives_infinite_dgamma(training):
     ctx, x, dy = _small(np.float64)
@@ -788,8 +767,6 @@ def test_infinite_dy_gives_infinite_dgamma(training):
     assert results[0][1] == results[1][1], f"fastbn: {results[0][1]}, reference: {results[1][1]}"
 
 
-@pytest.mark.xfail(strict=True, reason="check_per_channel takes dy=None for 'no dy', so a "
-                   "None dy passes the checks and fails later with AttributeError")
 @pytest.mark.parametrize("fn", ["backward_reduce", "backward_elemt"])
 def test_dy_none_is_a_type_error(fn):
     ctx, x, _ = _small()
@@ -800,8 +777,6 @@ def test_dy_none_is_a_type_error(fn):
             getattr(module, fn)(None, x, *vectors)
 
 
-@pytest.mark.xfail(strict=True, reason="check_running_update lets var=None through "
-                   "(channel_vector returns None), then None.astype raises AttributeError")
 def test_update_running_stats_var_none_is_a_type_error():
     for module in MODULES:
         with pytest.raises(TypeError, match="var"):
