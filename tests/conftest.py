@@ -40,7 +40,8 @@ def impl(request):
 
 @pytest.fixture
 def restore_threads():
-    previous = fastbn.get_num_threads()
+    # set_num_threads returns the raw setting (get_num_threads is capped by OpenMP's limit)
+    previous = fastbn.set_num_threads(1)
     yield
     fastbn.set_num_threads(previous)
 
