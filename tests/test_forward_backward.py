@@ -30,8 +30,17 @@ def near_relu_kink(case, x, gamma, beta, running_mean, running_var):
     return z.size > 0 and np.min(np.abs(z)) < 1e-7 * max(np.max(np.abs(z)), 1.0)
 
 
-def check_cache(cache, ref_cache, x):
+def check_cache(cache, ref_cache, x, gamma=None, beta=None):
+    """The contract's attributes, and nothing of size x.size but x itself."""
     assert cache.x is x
+    assert cache.gamma is gamma and cache.beta is beta
+    assert cache.count == ref_cache.count == x.size // max(x.shape[ref_cache.axis], 1)
+    C = x.shape[ref_cache.axis]
+    for name in getattr(type(cache), "__slots__", None) or list(vars(cache)):
+        value = getattr(cache, name)
+        if isinstance(value, np.ndarray) and value is not x and value is not gamma \
+                and value is not beta:
+            assert value.shape == (C,), f"cache.{name} has shape {value.shape}"
     assert cache.axis == ref_cache.axis and cache.training == ref_cache.training
     assert cache.eps == ref_cache.eps and cache.activation == ref_cache.activation
     assert cache.mean.shape == cache.invstd.shape == ref_cache.mean.shape
@@ -62,7 +71,7 @@ def test_forward_backward_match_reference(case, tuple_out):
         assert_close(rm, ref_rm, RTOL[rm.dtype], "running_mean")
         assert_close(rv, ref_rv, RTOL[rv.dtype], "running_var")
         assert padding_intact(rm) and padding_intact(rv)
-    check_cache(cache, ref_cache, x)
+    check_cache(cache, ref_cache, x, gamma, beta)
 
     dx_out = case.out(salt=6)
     dg_out = None if gamma is None or not tuple_out else np.full_like(gamma, np.nan)
@@ -276,7 +285,7 @@ def test_larger_arrays_match_reference(shape, axis, layout, dtype, training, act
     assert_close(y, ref_y, what="y")
     assert_close(rm, ref_rm, what="running_mean")
     assert_close(rv, ref_rv, what="running_var")
-    check_cache(cache, ref_cache, x)
+    check_cache(cache, ref_cache, x, gamma, beta)
     dx, dgamma, dbeta = fastbn.backward(dy, cache, out=dy)
     ref_dx, ref_dgamma, ref_dbeta = reference.backward(case.dy(), ref_cache)
     assert dx is dy
