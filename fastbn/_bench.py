@@ -152,7 +152,7 @@ def interleaved(candidates, rounds):
     the rounds. Before each sample: a pause of SETTLE_SECONDS (so that the
     spinning OpenMP workers of the previous implementation, another runtime in
     torch's case, go to sleep instead of competing for the cores) and, for calls
-    shorter than 50 ms, one untimed call (to wake our own workers).
+    shorter than 20 ms, one untimed call (to wake our own workers).
     Returns {name: [seconds per call, ...]}."""
     names = list(candidates)
     number, per_call = {}, {}
@@ -167,7 +167,7 @@ def interleaved(candidates, rounds):
             if (r + 1) * want // rounds > r * want // rounds:
                 if len(names) > 1:
                     time.sleep(SETTLE_SECONDS)
-                    if per_call[n] < 0.05:
+                    if per_call[n] < 0.02:
                         fn()
                 samples[n].append(_once(fn, number[n]))
     return samples
@@ -185,6 +185,7 @@ class CopyBandwidth:
 
     def __init__(self, threads, stat="median"):
         self.threads, self.stat = threads, stat
+        self.src = self.dst = None
         self.pool = ThreadPoolExecutor(threads) if threads > 1 else None
 
     def close(self):
@@ -203,6 +204,13 @@ class CopyBandwidth:
             for f in [pool.submit(np.copyto, d, s) for d, s in pairs]:
                 f.result()
         return run
+
+    def big(self):
+        """(fn, bytes moved) of the COPY_BYTES copy with all threads; buffers made once."""
+        if self.src is None:
+            self.src = np.ones(COPY_BYTES // 4, dtype=np.float32)
+            self.dst = np.zeros(COPY_BYTES // 4, dtype=np.float32)
+        return self.copier(self.dst, self.src), 2 * self.src.nbytes
 
     def measure(self, nbytes, repeat, threads=None):
         """Median GB/s (read + write bytes) copying a float32 buffer of nbytes."""
@@ -312,14 +320,15 @@ def fmt_ratio(r):
     return "-" if r is None or not math.isfinite(r) else f"{r:.2f}x" if r < 100 else f"{r:.0f}x"
 
 
-HEADER = (f"{'op':<14}{'fastbn ms':>10}{'GB/s':>8}{'bound':>7}"
+HEADER = (f"{'op':<14}{'fastbn ms':>10}{'GB/s':>8}{'copy':>6}{'bound':>7}"
           f"{'torch ms':>10}{'vs torch':>9}{'ref ms':>9}{'vs ref':>8}")
 
 
 def row(res):
     t = res["fastbn_s"]
     gbps = res["fastbn_GBps"]
-    return (f"{res['op']:<14}{fmt_ms(t):>10}{gbps:>8.{1 if gbps >= 1 else 3}f}{res['fraction']:>7.2f}"
+    return (f"{res['op']:<14}{fmt_ms(t):>10}{gbps:>8.{1 if gbps >= 1 else 3}f}"
+            f"{res['copy_GBps']:>6.1f}{res['fraction']:>7.2f}"
             f"{fmt_ms(res.get('torch_s', float('nan'))):>10}{fmt_ratio(res.get('vs_torch')):>9}"
             f"{fmt_ms(res.get('reference_s', float('nan'))):>9}{fmt_ratio(res.get('vs_reference')):>8}")
 
@@ -348,7 +357,7 @@ def load_note():
     return f"load average {load:.2f}{busy}"
 
 
-def bench_shape(name, shape, axis, dtype, ops, args, torch, copy_GBps, out):
+def bench_shape(name, shape, axis, dtype, ops, args, torch, copier, out):
     d = make_data(shape, axis, dtype)
     nbytes = d["x"].nbytes
     fb = numpy_ops(fastbn, d)
@@ -360,7 +369,8 @@ def bench_shape(name, shape, axis, dtype, ops, args, torch, copy_GBps, out):
     print(HEADER, file=out)
     results = []
     for op in ops:
-        cands = {"fastbn": (fb[op], args.repeat)}
+        copy_fn, copy_bytes = copier.big()
+        cands = {"fastbn": (fb[op], args.repeat), "copy": (copy_fn, args.repeat)}
         torch_label = None
         if th is not None:
             torch_label, tfn = fastest(th[op])
@@ -371,8 +381,9 @@ def bench_shape(name, shape, axis, dtype, ops, args, torch, copy_GBps, out):
         moved = BYTES_PER_ELEMENT_PASS[op] * nbytes
         stat = min if args.stat == "min" else median
         t = stat(samples["fastbn"])
+        copy_GBps = copy_bytes / stat(samples["copy"]) / 1e9
         res = dict(shape=list(shape), axis=axis, dtype=np.dtype(dtype).name, op=op,
-                   bytes=moved, fastbn_s=t, fastbn_GBps=moved / t / 1e9,
+                   bytes=moved, fastbn_s=t, fastbn_GBps=moved / t / 1e9, copy_GBps=copy_GBps,
                    fraction=moved / t / 1e9 / copy_GBps,
                    min_s={k: min(v) for k, v in samples.items()}, samples=samples)
         if "torch" in samples:
@@ -534,15 +545,16 @@ def run(args, out=None):
                  if torch is not None else ", torch not installed" if not args.no_torch
                  else ", torch skipped"), file=out)
         print(f"cpu: {describe_machine()}, {os.cpu_count()} cpu(s); {load_note()}", file=out)
-        print(f"copy bound: {copy_GBps:.1f} GB/s = np.copyto of a {COPY_BYTES >> 20} MB float32 "
-              f"buffer split over {threads} Python thread(s) (1 thread: {copy1_GBps:.1f} GB/s); "
-              "read + write bytes", file=out)
+        print(f"copy: np.copyto of a {COPY_BYTES >> 20} MB float32 buffer split over {threads} "
+              "Python thread(s) (it releases the GIL), read + write bytes, sampled in every round "
+              f"next to the ops (column 'copy', GB/s); at start {copy_GBps:.1f} GB/s "
+              f"(1 thread: {copy1_GBps:.1f} GB/s)", file=out)
         print(f"{args.stat} of {args.repeat} interleaved samples (reference: "
               f"{'skipped' if args.no_reference else min(args.ref_repeat, args.repeat)}); "
               "fastbn writes into preallocated out= buffers; torch = aten.native_batch_norm"
               "[_backward], the faster of its out= and allocating forms", file=out)
         print("bytes per op: forward-train 2*x.nbytes, backward 3*x.nbytes, inference "
-              "2*x.nbytes; bound = (bytes/time) / copy GB/s; 'vs' = their time / fastbn's",
+              "2*x.nbytes; bound = fastbn GB/s / copy GB/s; 'vs' = their time / fastbn's",
               file=out)
         noisy = [v for v in ENV_SLOWING_NUMPY if v in os.environ]
         if noisy:
@@ -555,7 +567,7 @@ def run(args, out=None):
         results = []
         for dtype in dtypes:
             for name, shape, axis in specs:
-                results += bench_shape(name, shape, axis, dtype, ops, args, torch, copy_GBps, out)
+                results += bench_shape(name, shape, axis, dtype, ops, args, torch, copier, out)
 
         print(f"\nend: {load_note()}", file=out)
         notes = findings(results)
