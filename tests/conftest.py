@@ -191,6 +191,7 @@ class Case:
     out_layout: object   # None or a layout
     seed: int
     vector_layout: str = "C"  # of gamma, beta and the running statistics
+    eps: float = 1e-5
 
     @property
     def channels(self):
@@ -252,7 +253,8 @@ def cases(draw, training=None, min_count=None, **shape_kw):
                 dy_layout=draw(st.sampled_from(LAYOUTS)),
                 out_layout=draw(st.sampled_from((None,) + LAYOUTS)),
                 seed=draw(st.integers(0, 2**32 - 1)),
-                vector_layout=draw(st.sampled_from(VECTOR_LAYOUTS)))
+                vector_layout=draw(st.sampled_from(VECTOR_LAYOUTS)),
+                eps=draw(st.sampled_from([1e-5, 1e-3, 0.5])))
 
 
 def pre_activation(case, x, gamma, beta, running_mean=None, running_var=None):
@@ -266,7 +268,7 @@ def pre_activation(case, x, gamma, beta, running_mean=None, running_var=None):
         mean, var = xd.mean(axis=others), xd.var(axis=others)
     else:
         mean, var = running_mean.astype(np.float64), running_var.astype(np.float64)
-    xhat = (xd - mean.reshape(bshape)) / np.sqrt(var.reshape(bshape) + 1e-5)
+    xhat = (xd - mean.reshape(bshape)) / np.sqrt(var.reshape(bshape) + case.eps)
     g = 1.0 if gamma is None else gamma.astype(np.float64).reshape(bshape)
     b = 0.0 if beta is None else beta.astype(np.float64).reshape(bshape)
     return g * xhat + b

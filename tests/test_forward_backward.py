@@ -13,7 +13,7 @@ from conftest import (DTYPES, RTOL, Case, assert_bitwise_equal, assert_close, ca
 
 
 def run_forward(module, case, x, gamma, beta, running_mean, running_var, out=None):
-    return module.forward(x, gamma, beta, axis=case.axis, training=case.training,
+    return module.forward(x, gamma, beta, axis=case.axis, eps=case.eps, training=case.training,
                           running_mean=running_mean, running_var=running_var,
                           momentum=case.momentum, out=out, activation=case.activation)
 

@@ -46,7 +46,7 @@ def well_conditioned(case, x, gamma, beta, running_mean, running_var):
     axis = case.axis % x.ndim
     others = tuple(d for d in range(x.ndim) if d != axis)
     var = x.var(axis=others) if case.training else running_var
-    gain = np.max(np.abs(1.0 if gamma is None else gamma) / np.sqrt(var + 1e-5))
+    gain = np.max(np.abs(1.0 if gamma is None else gamma) / np.sqrt(var + case.eps))
     if gain > 20:
         return False
     return case.activation != "relu" or np.min(np.abs(z)) > 1e3 * H * gain
@@ -62,7 +62,7 @@ def test_backward_matches_finite_differences(impl, case):
         running_mean = running_var = None
 
     def forward():
-        return impl.forward(x, gamma, beta, axis=case.axis, training=case.training,
+        return impl.forward(x, gamma, beta, axis=case.axis, eps=case.eps, training=case.training,
                             running_mean=running_mean, running_var=running_var,
                             activation=case.activation)
 
