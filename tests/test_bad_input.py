@@ -16,7 +16,6 @@ explicit strict-xfail regression tests at the end of this file.
 import copy
 import decimal
 import fractions
-import os
 import re
 
 import numpy as np
@@ -33,6 +32,8 @@ try:
 except ImportError:  # pragma: no cover - the layer is optional
     BatchNorm = None
 
+# the malformed values include NaN cast to integer dtypes, on purpose
+pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered in cast:RuntimeWarning")
 MODULES = (fastbn, reference)
 EXAMPLES = settings(max_examples=max(150, settings().max_examples), deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -128,12 +129,26 @@ def _array_variants(dtype_changes=True):
         ("one shorter", lambda c, g: g[:-1]),
         ("empty", lambda c, g: g[:0]),
         ("broadcast", lambda c, g: np.broadcast_to(g[:1], g.shape)),
+        ("masked array", lambda c, g: np.ma.masked_array(g, mask=np.zeros(g.shape, bool))),
+        ("matrix", lambda c, g: _matrix(g)),
+        ("memmap-like subclass", lambda c, g: g.view(_Sub)),
     ]
     if dtype_changes:
         out += [(f"dtype {d}", (lambda d: lambda c, g: _cast(g, d))(d))
                 for d in ("int32", "int64", "uint8", "bool", "float16", "complex64",
                           "complex128", "object", "U3", "longdouble", "datetime64[s]")]
     return out
+
+
+class _Sub(np.ndarray):
+    """A plain ndarray subclass (no behaviour of its own)."""
+
+
+def _matrix(g):
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
+        return np.asmatrix(g.reshape(g.shape[0], -1) if g.ndim > 1 else g)
 
 
 def _poke(g, value):
@@ -146,7 +161,8 @@ def _poke(g, value):
 def _cast(g, dtype):
     if dtype == "datetime64[s]":
         return np.arange(g.size).astype(dtype).reshape(g.shape)
-    return np.asarray(g).astype(dtype)
+    with np.errstate(invalid="ignore"):  # NaN/Inf to an integer dtype: junk on purpose
+        return np.asarray(g).astype(dtype)
 
 
 BAD_ARRAY = _bad_objects() + _array_variants()
@@ -179,6 +195,7 @@ BAD_ACTIVATION = _bad_objects() + [
     ("'relu'", lambda c, g: "relu"), ("b'relu'", lambda c, g: b"relu"), ("['relu']", lambda c, g: ["relu"]),
     ("np.str_", lambda c, g: np.str_("relu")), ("'sigmoid'", lambda c, g: "sigmoid"),
     ("'' ", lambda c, g: ""),
+    ("ndarray", lambda c, g: np.array(["relu", "relu"])), ("0-d str array", lambda c, g: np.array("relu")),
 ]
 BAD_COUNT = _bad_objects() + [
     ("0", lambda c, g: 0), ("-1", lambda c, g: -1), ("1", lambda c, g: 1), ("2", lambda c, g: 2),
@@ -192,10 +209,8 @@ BAD_COUNT = _bad_objects() + [
     ("object array", lambda c, g: np.full(c.C, g, object)), ("[count]*C", lambda c, g: [g] * c.C),
 ]
 
-# Inputs that reveal known, reported bugs are left out of the tables above (so that the
-# random search keeps looking for new ones) and pinned by strict-xfail tests at the end:
-# ndarray subclasses (np.ma.masked_array, np.matrix), an ndarray `activation`, mangled
-# Cache fields that backward reads unchecked, count=10**400, infinite merge counts.
+# Inputs that reveal a known, reported bug go to KNOWN_BUGS below (left out of the random
+# search, so that it keeps looking for new ones) and get a strict-xfail test at the end.
 
 
 # ------------------------------------------------------------------ running a call
@@ -309,7 +324,8 @@ def check(fn_name, build, mangled, param_names, shape_args=()):
 
 # (function, argument, malformed value) that trigger a known, reported bug: kept out of
 # the search, pinned by the strict-xfail tests at the end of this file.
-KNOWN_BUGS = set()
+KNOWN_BUGS = {  # out=np.matrix: see test_matrix_out_is_refused_naming_out
+    (fn, "out", "matrix") for fn in ("forward", "backward", "normalize", "backward_elemt")}
 
 
 def mangle(draw, fn_name, table, names, max_mangled=2):
@@ -675,15 +691,11 @@ def _backward_outcome(module, field, value):
     return None
 
 
-# A short cache.gamma/beta makes fastbn's C kernels read past the end of the buffer (an
-# ASan heap-buffer-overflow in fbn_coefficients): skipped in the sanitizer run (.ci/sanitize
-# sets FASTBN_SANITIZED), where the report would abort the whole run, until fixed.
-OUT_OF_BOUNDS = pytest.mark.skipif(bool(os.environ.get("FASTBN_SANITIZED")),
-                                   reason="reads out of bounds: aborts the sanitizer run")
+# (A short cache.gamma/beta used to reach the C kernels: an ASan heap-buffer-overflow.)
 MANGLED_CACHE_CASES = [
-    pytest.param("gamma", "one shorter", lambda c, g: g[:-1], marks=OUT_OF_BOUNDS),
-    pytest.param("gamma", "one element", lambda c, g: g[:1], marks=OUT_OF_BOUNDS),
-    pytest.param("beta", "one shorter", lambda c, g: g[:-1], marks=OUT_OF_BOUNDS),
+    ("gamma", "one shorter", lambda c, g: g[:-1]),
+    ("gamma", "one element", lambda c, g: g[:1]),
+    ("beta", "one shorter", lambda c, g: g[:-1]),
     ("gamma", "a list", lambda c, g: g.tolist()),
     ("gamma", "int dtype", lambda c, g: g.astype(np.int32)),
     ("invstd", "int dtype", lambda c, g: np.ones(c.C, np.int64)),
@@ -699,8 +711,7 @@ MANGLED_CACHE_CASES = [
 
 
 @pytest.mark.parametrize("field, label, value", MANGLED_CACHE_CASES,
-                         ids=[f"{p.values[0]}-{p.values[1]}" if hasattr(p, "values") else
-                              f"{p[0]}-{p[1]}" for p in MANGLED_CACHE_CASES])
+                         ids=[f"{f}-{lab}" for f, lab, _ in MANGLED_CACHE_CASES])
 def test_mangled_cache_is_refused_naming_the_field(field, label, value):
     for module in MODULES:
         exc = _backward_outcome(module, field, value)
@@ -715,6 +726,7 @@ def test_activation_array_is_refused_naming_it():
             module.forward(x, activation=np.array(["relu", "relu"]))
 
 
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # np.matrix
 @pytest.mark.parametrize("kind", ["masked", "matrix"])
 def test_ndarray_subclasses_are_treated_alike(kind):
     ctx = Ctx((8, 4), 1, np.float64, 0)
@@ -781,3 +793,22 @@ def test_update_running_stats_var_none_is_a_type_error():
     for module in MODULES:
         with pytest.raises(TypeError, match="var"):
             module.update_running_stats(np.zeros(4), np.ones(4), np.zeros(4), None, 5)
+
+
+@pytest.mark.xfail(strict=True, reason="out_array does not refuse np.matrix (float_array does): "
+                   "fastbn fails in Cython with 'Buffer has wrong number of dimensions' (no "
+                   "argument named), the reference accepts it")
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
+@pytest.mark.parametrize("fn", ["forward", "normalize", "backward", "backward_elemt"])
+def test_matrix_out_is_refused_naming_out(fn):
+    x = np.random.default_rng(0).standard_normal((6, 3))
+    for module in MODULES:
+        calls = {
+            "forward": lambda o: module.forward(x, out=o),
+            "normalize": lambda o: module.normalize(x, np.zeros(3), np.ones(3), out=o),
+            "backward": lambda o: module.backward(x, module.forward(x)[1], out=o),
+            "backward_elemt": lambda o: module.backward_elemt(
+                x, x, np.zeros(3), np.ones(3), None, np.zeros(3), np.zeros(3), 6, out=o),
+        }
+        with pytest.raises(TypeError, match="out"):
+            calls[fn](np.asmatrix(np.empty_like(x)))
