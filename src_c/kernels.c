@@ -19,17 +19,21 @@ static int64_t fbn_tile_bytes(void) {
     return FBN_TILE_BYTES;
 }
 
-/* bytes_per_value: bytes a tile keeps in cache per value (all its arrays).
+/* A pass reads `inputs` arrays of elem_size values and writes one output. An
+ * output too large for the caches is streamed (non-temporal stores), and then
+ * only the inputs occupy the cache: a tile holds at most FBN_TILE_BYTES of them.
  * Elementwise passes (reduction = 0) take tiles of whole rows when inner == 1.
  * Reductions keep per-channel accumulators: when whole channels of a block of
  * up to FBN_COL_MAX fit in a tile, tiles are such channel blocks (so a fused
  * pass can reduce and rewrite them in cache); otherwise whole rows again,
  * walked in channel blocks after a contiguous prefetch. */
-fbn_plan fbn_make_plan(fbn_shape s, int64_t bytes_per_value, int reduction) {
+fbn_plan fbn_make_plan(fbn_shape s, int64_t elem_size, int inputs, int reduction) {
     fbn_plan p;
     int64_t tile = fbn_tile_bytes();
     p.s = s;
     p.per_channel = s.outer * s.inner;
+    p.stream = p.per_channel * s.channels * elem_size >= FBN_STREAM_BYTES;
+    int64_t bytes_per_value = elem_size * (inputs + (p.stream ? 0 : 1));
     p.block = 1;
     if (s.inner == 1) {
         int64_t strip = s.channels < FBN_COL_MAX ? s.channels : FBN_COL_MAX;
@@ -42,7 +46,6 @@ fbn_plan fbn_make_plan(fbn_shape s, int64_t bytes_per_value, int reduction) {
     if (max_len < 1) max_len = 1;
     p.nsegs = p.per_channel > max_len ? (p.per_channel + max_len - 1) / max_len : 1;
     p.seg_len = p.nsegs > 0 ? (p.per_channel + p.nsegs - 1) / p.nsegs : 0;
-    p.stream = p.per_channel * s.channels * (bytes_per_value / 2) >= FBN_STREAM_BYTES;
     return p;
 }
 

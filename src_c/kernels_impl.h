@@ -414,12 +414,12 @@ static int FN(stats_all)(const T *x, const fbn_plan *p, double *pivot, fbn_part 
 /* Tilings: reductions keep per-channel accumulators, so inner == 1 tiles are
  * channel blocks; elementwise passes take whole rows (contiguous memory). The
  * forward's tiling is the batch_stats one, so both give identical statistics. */
-#define FN_REDUCE_PLAN(s, arrays) fbn_make_plan((s), (arrays) * (int64_t)sizeof(T), 1)
-#define FN_ELEMWISE_PLAN(s, arrays) fbn_make_plan((s), (arrays) * (int64_t)sizeof(T), 0)
+#define FN_REDUCE_PLAN(s, ins) fbn_make_plan((s), sizeof(T), (ins), 1)
+#define FN_ELEMWISE_PLAN(s, ins) fbn_make_plan((s), sizeof(T), (ins), 0)
 
 int FN(fbn_batch_stats)(const T *x, fbn_shape s, double *mean_hi, double *mean_lo, double *m2,
                         int nthreads) {
-    fbn_plan p = FN_REDUCE_PLAN(s, 2);
+    fbn_plan p = FN_REDUCE_PLAN(s, 1);
     if (p.per_channel == 0 || s.channels == 0) {
         for (int64_t c = 0; c < s.channels; c++) mean_hi[c] = mean_lo[c] = m2[c] = 0.0;
         return 0;
@@ -447,7 +447,7 @@ int FN(fbn_forward_train)(const T *x, T *y, fbn_shape s, const double *gamma,
                           const double *beta, double eps, int relu, double *mean_hi,
                           double *mean_lo, double *var, double *invstd, int nthreads) {
     const int64_t C = s.channels;
-    fbn_plan p = FN_REDUCE_PLAN(s, 2);
+    fbn_plan p = FN_REDUCE_PLAN(s, 1);
     if (p.per_channel == 0 || C == 0) return -2;
     double *work = malloc(C * 5 * sizeof(double));
     fbn_part *parts = malloc(p.nsegs * C * sizeof(fbn_part));
@@ -481,7 +481,7 @@ int FN(fbn_forward_train)(const T *x, T *y, fbn_shape s, const double *gamma,
         for (int64_t c = 0; c < C; c++) FN(finish_channel)(c, eps, var, invstd, m2, n);
         fbn_coefficients(C, mean_hi, mean_lo, invstd, gamma, beta, shift, scale, bias);
         /* backwards: the data read last by the statistics pass may still be in L3 */
-        fbn_plan e = FN_ELEMWISE_PLAN(s, 2);
+        fbn_plan e = FN_ELEMWISE_PLAN(s, 1);
         const int64_t ntiles = e.nblocks * e.nsegs;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
         for (int64_t t = ntiles - 1; t >= 0; t--) FN(affine_tile)(x, y, &e, t, &k);
@@ -493,7 +493,7 @@ int FN(fbn_forward_train)(const T *x, T *y, fbn_shape s, const double *gamma,
 
 int FN(fbn_affine)(const T *x, T *y, fbn_shape s, const double *shift, const double *scale,
                    const double *bias, int relu, int nthreads) {
-    fbn_plan p = FN_ELEMWISE_PLAN(s, 2);
+    fbn_plan p = FN_ELEMWISE_PLAN(s, 1);
     const int64_t ntiles = p.per_channel ? p.nblocks * p.nsegs : 0;
     fbn_coefs k = {shift, NULL, scale, bias, NULL, NULL, NULL, relu};
     int nt = fbn_threads_for(&p, nthreads);
@@ -554,7 +554,7 @@ int FN(fbn_backward_elemt)(const T *dy, const T *x, T *dx, fbn_shape s, const do
                            const double *scale, const double *bias, int relu,
                            const double *k_dy, const double *k_x, const double *k_0,
                            int nthreads) {
-    fbn_plan p = FN_ELEMWISE_PLAN(s, 3);
+    fbn_plan p = FN_ELEMWISE_PLAN(s, 2);
     const int64_t ntiles = p.per_channel ? p.nblocks * p.nsegs : 0;
     double *zeros = calloc(s.channels ? s.channels : 1, sizeof(double));
     if (!zeros) return -1;
@@ -583,7 +583,7 @@ int FN(fbn_backward)(const T *dy, const T *x, T *dx, fbn_shape s, const double *
                      const double *beta, int relu, int training, double *sum_dy,
                      double *sum_dy_xhat, int nthreads) {
     const int64_t C = s.channels;
-    fbn_plan p = FN_REDUCE_PLAN(s, 3);
+    fbn_plan p = FN_REDUCE_PLAN(s, 2);
     if (C == 0) return 0;
     double *work = calloc(C * 8, sizeof(double));
     double *sums = malloc(p.nsegs * 2 * C * sizeof(double));
@@ -619,7 +619,7 @@ int FN(fbn_backward)(const T *dy, const T *x, T *dx, fbn_shape s, const double *
         for (int64_t c = 0; c < C; c++)
             FN(bwd_coefficients)(c, n, training, invstd, gamma, sum_dy, sum_dy_xc, sum_dy_xhat,
                                  k_dy, k_x, k_0);
-        fbn_plan e = FN_ELEMWISE_PLAN(s, 3);
+        fbn_plan e = FN_ELEMWISE_PLAN(s, 2);
         const int64_t etiles = e.nblocks * e.nsegs;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
         for (int64_t t = etiles - 1; t >= 0; t--) /* backwards, as in the forward */

@@ -127,7 +127,7 @@ typedef struct {
     int relu;
 } fbn_coefs;
 
-fbn_plan fbn_make_plan(fbn_shape s, int64_t bytes_per_value, int reduction);
+fbn_plan fbn_make_plan(fbn_shape s, int64_t elem_size, int inputs, int reduction);
 int fbn_threads_for(const fbn_plan *p, int nthreads);
 
 #endif
