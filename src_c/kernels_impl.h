@@ -26,6 +26,8 @@ FBN_INLINE void FN(run_sum)(fbn_acc *a, const T *restrict p, int64_t n, double p
         FBN_LOAD(l1, a);
         for (; i + FBN_LANES <= len; i += FBN_LANES)
             for (int l = 0; l < FBN_LANES; l++) l1[l] += (double)p[i + l] - pivot;
+        for (; i + 8 <= len; i += 8)
+            for (int l = 0; l < 8; l++) l1[l] += (double)p[i + l] - pivot;
         for (; i < len; i++) l1[i % FBN_LANES] += (double)p[i] - pivot;
         FBN_SAVE(l1, a);
         a->pending += len;
@@ -45,6 +47,12 @@ FBN_INLINE void FN(run_dev)(fbn_acc *a1, fbn_acc *a2, const T *restrict p, int64
         FBN_LOAD(l2, a2);
         for (; i + FBN_LANES <= len; i += FBN_LANES)
             for (int l = 0; l < FBN_LANES; l++) {
+                double e = ((double)p[i + l] - pivot) - mean;
+                l1[l] += e;
+                l2[l] += e * e;
+            }
+        for (; i + 8 <= len; i += 8)
+            for (int l = 0; l < 8; l++) {
                 double e = ((double)p[i + l] - pivot) - mean;
                 l1[l] += e;
                 l2[l] += e * e;
@@ -86,6 +94,12 @@ FBN_INLINE void FN(run_bwd)(fbn_acc *a1, fbn_acc *a2, const T *restrict dy, cons
         FBN_LOAD(l2, a2);
         for (; i + FBN_LANES <= len; i += FBN_LANES)
             for (int l = 0; l < FBN_LANES; l++) {
+                double g = FN(masked)(dy[i + l], x[i + l], shift, scale, bias, relu);
+                l1[l] += g;
+                l2[l] += g * (((double)x[i + l] - shift) - lo);
+            }
+        for (; i + 8 <= len; i += 8)
+            for (int l = 0; l < 8; l++) {
                 double g = FN(masked)(dy[i + l], x[i + l], shift, scale, bias, relu);
                 l1[l] += g;
                 l2[l] += g * (((double)x[i + l] - shift) - lo);

@@ -16,10 +16,10 @@
  * accumulators live on the stack); elementwise tiles take whole rows. */
 #define FBN_COL_MAX 256
 /* Independent accumulator lanes: enough vector registers to hide add latency. */
-#define FBN_LANES 32
+#define FBN_LANES 32 /* fbn_acc_flush assumes 32 */
 /* Values summed in plain lanes before they are added to a compensated total:
  * bounds the rounding error of long sums without slowing the inner loop. */
-#define FBN_PIECE 1024
+#define FBN_PIECE 4096
 /* Bytes of data per tile: a tile is reduced and then rewritten while in L2. */
 #define FBN_TILE_BYTES (1024 * 1024)
 /* Outputs of at least this many bytes are written with non-temporal stores. */
@@ -76,10 +76,12 @@ typedef struct {
 } fbn_acc;
 
 static inline void fbn_acc_flush(fbn_acc *a) {
-    for (int w = FBN_LANES / 2; w > 0; w /= 2) /* pairwise, in a fixed order */
-        for (int i = 0; i < w; i++) a->lane[i] += a->lane[i + w];
-    fbn_kadd(&a->total, a->lane[0]);
-    for (int i = 0; i < FBN_LANES; i++) a->lane[i] = 0.0;
+    double *l = a->lane; /* pairwise, in a fixed order; constant trip counts vectorise */
+    for (int i = 0; i < 16; i++) l[i] += l[i + 16];
+    for (int i = 0; i < 8; i++) l[i] += l[i + 8];
+    for (int i = 0; i < 4; i++) l[i] += l[i + 4];
+    fbn_kadd(&a->total, (l[0] + l[2]) + (l[1] + l[3]));
+    memset(l, 0, sizeof a->lane);
     a->pending = 0;
 }
 
