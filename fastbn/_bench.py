@@ -124,7 +124,8 @@ def parse_ops(text):
     ops = [s.strip() for s in text.split(",") if s.strip()]
     bad = [o for o in ops if o not in OPS]
     if bad or not ops:
-        raise ValueError(f"--ops: unknown {', '.join(bad) or '(empty)'}; choose from {', '.join(OPS)}")
+        raise ValueError(f"--ops: unknown {', '.join(bad) or '(empty)'}; "
+                         f"choose from {', '.join(OPS)}")
     return ops
 
 
@@ -285,7 +286,8 @@ def torch_ops(torch, d):
             ("native_batch_norm.out", lambda: aten.native_batch_norm.out(
                 x, w, b, rm, rv, False, 0.1, eps, out=y_out, save_mean=em_out,
                 save_invstd=ei_out)),
-            ("native_batch_norm", lambda: aten.native_batch_norm(x, w, b, rm, rv, False, 0.1, eps))],
+            ("native_batch_norm",
+             lambda: aten.native_batch_norm(x, w, b, rm, rv, False, 0.1, eps))],
     }
 
 
@@ -330,7 +332,8 @@ def row(res):
     return (f"{res['op']:<14}{fmt_ms(t):>10}{gbps:>8.{1 if gbps >= 1 else 3}f}"
             f"{res['copy_GBps']:>6.1f}{res['fraction']:>7.2f}"
             f"{fmt_ms(res.get('torch_s', float('nan'))):>10}{fmt_ratio(res.get('vs_torch')):>9}"
-            f"{fmt_ms(res.get('reference_s', float('nan'))):>9}{fmt_ratio(res.get('vs_reference')):>8}")
+            f"{fmt_ms(res.get('reference_s', float('nan'))):>9}"
+            f"{fmt_ratio(res.get('vs_reference')):>8}")
 
 
 def describe_machine():
@@ -388,7 +391,8 @@ def bench_shape(name, shape, axis, dtype, ops, args, torch, copier, out):
                    min_s={k: min(v) for k, v in samples.items()}, samples=samples)
         if "torch" in samples:
             tt = stat(samples["torch"])
-            res.update(torch_s=tt, torch_GBps=moved / tt / 1e9, vs_torch=tt / t, torch_op=torch_label)
+            res.update(torch_s=tt, torch_GBps=moved / tt / 1e9, vs_torch=tt / t,
+                       torch_op=torch_label)
         if "reference" in samples:
             tr = stat(samples["reference"])
             res.update(reference_s=tr, vs_reference=tr / t)
@@ -434,8 +438,10 @@ def sweep_shape(layout, nbytes, itemsize):
 
 def run_sweep(dtype, ops, args, torch, copier, out):
     repeat = max(3, min(args.repeat, 7))
+    stat = min if args.stat == "min" else median
     rows = []
-    print(f"\nsize sweep for the plot ({repeat} samples per point; copy = the faster of "
+    print(f"\nsize sweep for the plot ({args.stat} of {repeat} samples per point; "
+          "copy = the faster of "
           f"1 and {copier.threads} threads at the same size)", file=out)
     for layout in ("NCHW", "NC"):
         for nbytes in sweep_sizes(args.quick):
@@ -448,7 +454,7 @@ def run_sweep(dtype, ops, args, torch, copier, out):
                 dst = np.ones_like(src)
                 copy_fns.append((f"copy{threads}", copier.copier(dst, src, threads)))
             cands = {label: (fn, repeat) for label, fn in copy_fns}
-            copy_s = min(median(v) for v in interleaved(cands, repeat).values())
+            copy_s = min(stat(v) for v in interleaved(cands, repeat).values())
             fb = numpy_ops(fastbn, d)
             th = torch_ops(torch, d) if torch is not None else None
             for op in ops:
@@ -458,8 +464,8 @@ def run_sweep(dtype, ops, args, torch, copier, out):
                 s = interleaved(c, repeat)
                 moved = BYTES_PER_ELEMENT_PASS[op] * size
                 rows.append(dict(layout=layout, shape=list(shape), op=op, nbytes=size,
-                                 fastbn_GBps=moved / median(s["fastbn"]) / 1e9,
-                                 torch_GBps=(moved / median(s["torch"]) / 1e9
+                                 fastbn_GBps=moved / stat(s["fastbn"]) / 1e9,
+                                 torch_GBps=(moved / stat(s["torch"]) / 1e9
                                              if "torch" in s else None),
                                  copy_GBps=2 * size / copy_s / 1e9))
             print(f"  {layout:<5}{'x'.join(map(str, shape)):>18} {size / 2**20:8.2f} MiB  "
@@ -482,17 +488,19 @@ def save_plot(path, rows, ops, copy_GBps, title):
             sel = [r for r in rows if r["layout"] == layout and r["op"] == op]
             mib = [r["nbytes"] / 2**20 for r in sel]
             ax.plot(mib, [r["copy_GBps"] for r in sel], ":", color="grey", label="copy, same size")
-            ax.axhline(copy_GBps, ls="--", color="black", lw=0.8, label="copy bound (256 MB)")
+            ax.axhline(copy_GBps, ls="--", color="black", lw=0.8,
+                       label=f"copy of {COPY_BYTES >> 20} MB: {copy_GBps:.1f} GB/s")
             ax.plot(mib, [r["fastbn_GBps"] for r in sel], "o-", label="fastbn")
             if any(r["torch_GBps"] is not None for r in sel):
                 ax.plot(mib, [r["torch_GBps"] for r in sel], "s-", label="PyTorch")
             ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
             ax.set_title(f"{op}, {'(N, 64, 14, 14)' if layout == 'NCHW' else '(N, 1024)'}",
                          fontsize=9)
             ax.set_xlabel("input size (MiB)")
             if j == 0:
                 ax.set_ylabel("GB/s (bytes of the op's bound)")
-            ax.grid(alpha=0.3)
+            ax.grid(alpha=0.3, which="both")
     axes[0][0].legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
