@@ -42,12 +42,12 @@ class Workload:
         rng = np.random.default_rng(seed)
         self.x = rng.standard_normal((6, 16, 5, 5)).astype(np.float32)      # NCHW
         self.dy = rng.standard_normal(self.x.shape).astype(np.float32)
-        self.xl = rng.standard_normal((4, 1024)).astype(np.float64)       # many channels:
+        self.xl = rng.standard_normal((4, 4096)).astype(np.float64)       # many channels:
         self.dyl = rng.standard_normal(self.xl.shape)                     # O(C) C buffers
         self.xt = np.asfortranarray(rng.standard_normal((7, 5, 3, 16)))   # NHWC, a copy
         self.g, self.b = np.ones(16, np.float32), np.zeros(16, np.float32)
         self.rm, self.rv = np.zeros(16, np.float32), np.ones(16, np.float32)
-        self.rml, self.rvl = np.zeros(1024), np.ones(1024)
+        self.rml, self.rvl = np.zeros(4096), np.ones(4096)
         self.out = np.empty_like(self.x)
         self.one = rng.standard_normal((1, 16, 1, 1)).astype(np.float32)  # m == 1
 
