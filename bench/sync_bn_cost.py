@@ -133,7 +133,8 @@ def launch(args):
         sys.exit("mpiexec not found: pip install 'fastbn[mpi]'")
     env = dict(os.environ, FASTBN_NUM_THREADS="1", OMP_NUM_THREADS="1")
     cmd = [mpiexec, "-n", str(args.ranks), sys.executable, str(here), "--worker",
-           "--repeats", str(args.repeats), *(["--alloc"] if args.alloc else []), "--shape", *map(str, args.shape)]
+           "--repeats", str(args.repeats), *(["--alloc"] if args.alloc else []),
+           "--shape", *map(str, args.shape)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
     return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
 
@@ -161,14 +162,14 @@ def main():
         ("forward, 1 process, whole batch, 1 thread", s["forward_1t"]),
         ("forward, 1 process, whole batch, 2 threads", s["forward_2t"]),
         (f"sync_forward, {R} ranks x 1 thread, batch split", m["sync_forward"]),
-        (f"  same local work, no communication", m["parts_forward_nocomm"]),
-        (f"  fastbn.forward on each rank's part (local stats)", m["local_forward"]),
+        ("  same local work, no communication", m["parts_forward_nocomm"]),
+        ("  fastbn.forward on each rank's part (local stats)", m["local_forward"]),
         (f"  Allgather of {3 + 2 * args.shape[1]} float64 alone", m["allgather_fwd_row"]),
         ("backward, 1 process, whole batch, 1 thread", s["backward_1t"]),
         ("backward, 1 process, whole batch, 2 threads", s["backward_2t"]),
         (f"sync_backward, {R} ranks x 1 thread, batch split", m["sync_backward"]),
-        (f"  same local work, no communication", m["parts_backward_nocomm"]),
-        (f"  fastbn.backward on each rank's part (local stats)", m["local_backward"]),
+        ("  same local work, no communication", m["parts_backward_nocomm"]),
+        ("  fastbn.backward on each rank's part (local stats)", m["local_backward"]),
         (f"  Allgather of {1 + 2 * args.shape[1]} float64 alone", m["allgather_bwd_row"]),
     ]
     for name, ms in rows:
@@ -179,7 +180,8 @@ def main():
         "sync_forward / local fused forward on the part": m["sync_forward"] / m["local_forward"],
         "sync_backward / backward 1 process 2 threads": m["sync_backward"] / s["backward_2t"],
         "sync_backward / backward 1 process 1 thread": m["sync_backward"] / s["backward_1t"],
-        "sync_backward / local fused backward on the part": m["sync_backward"] / m["local_backward"],
+        "sync_backward / local fused backward on the part":
+            m["sync_backward"] / m["local_backward"],
     }
     for name, r in ratios.items():
         print(f"{name:<55s} {r:9.2f}x")

@@ -100,7 +100,9 @@ def _check_bool(value, name):
 def _channels_of(x, axis):
     """C if x and axis make it knowable, else None (never raises)."""
     try:
-        return x.shape[channel_axis(axis, x.ndim)] if isinstance(x, np.ndarray) and x.ndim >= 2 else None
+        if isinstance(x, np.ndarray) and x.ndim >= 2:
+            return x.shape[channel_axis(axis, x.ndim)]
+        return None
     except (TypeError, ValueError):
         return None
 

@@ -114,7 +114,8 @@ def test_size_one_matches_forward(comm, layout, dtype, activation):
                             running_var=rv, momentum=0.3, activation=activation)
     y2, cache2 = fastbn.forward(x, gamma, beta, axis=axis, running_mean=rm2, running_var=rv2,
                                 momentum=0.3, activation=activation)
-    assert isinstance(cache, SyncCache) and cache.global_count == cache.count == x.size // shape[axis]
+    assert isinstance(cache, SyncCache)
+    assert cache.global_count == cache.count == x.size // shape[axis]
     close(y, y2, "y")
     close(cache.mean, cache2.mean + cache2.mean_lo, "mean", 1e-13)
     close(cache.invstd, cache2.invstd, "invstd", 1e-12)
