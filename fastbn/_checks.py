@@ -83,6 +83,16 @@ def channel_vector(v, channels, name):
     return arr
 
 
+def invstd_values(v, name):
+    """1 / sqrt(var + eps) with eps > 0 is finite and positive; NaN marks a channel
+    whose data held a NaN. Anything else cannot come from a batch and is refused."""
+    with np.errstate(invalid="ignore"):
+        bad = np.isinf(v) | (v < 0)
+    if bad.any():
+        raise ValueError(f"{name} must be >= 0 and finite (or NaN), got {v[bad][0]}")
+    return v
+
+
 def running_vector(v, channels, name, *, update):
     """A running statistic: an ndarray of shape (C,), writable when it is to be updated in place."""
     if v is None:
@@ -98,8 +108,8 @@ def running_vector(v, channels, name, *, update):
 def out_array(out, shape, dtype, name="out"):
     if out is None:
         return None
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {_describe(out)}")
+    if not isinstance(out, np.ndarray) or isinstance(out, (np.ma.MaskedArray, np.matrix)):
+        raise TypeError(f"{name} must be a plain numpy.ndarray, got {_describe(out)}")
     if out.dtype != dtype:
         raise TypeError(f"{name} must have dtype {dtype}, got {out.dtype}")
     if out.shape != tuple(shape):
@@ -222,11 +232,13 @@ def check_cache(cache):
         if not isinstance(v, np.ndarray):
             raise TypeError(f"cache.{name} must be a numpy.ndarray of shape ({C},), got {_describe(v)}")
         channel_vector(v, C, f"cache.{name}")
+    invstd_values(cache.invstd, "cache.invstd")
     for name in ("training", "x_overwritten"):
         if not isinstance(getattr(cache, name), (bool, np.bool_)):
             raise TypeError(f"cache.{name} must be a bool, got {_describe(getattr(cache, name))}")
     activation(cache.activation, "cache.activation")
-    if cache.count != (x.size // C if C else 0):
+    if isinstance(cache.count, (bool, np.bool_)) or not isinstance(cache.count, numbers.Integral) \
+            or cache.count != (x.size // C if C else 0):
         raise ValueError(f"cache.count must be {x.size // C if C else 0} (values per channel of "
                          f"cache.x), got {cache.count!r}")
     return cache
@@ -350,5 +362,7 @@ def check_per_channel(x, axis, vectors, out=None, dy=_NO_DY):
         if v is None and name not in OPTIONAL_VECTORS:
             raise TypeError(f"{name} must be an array of shape ({C},), got None")
     checked = [channel_vector(v, C, name) for name, v in vectors.items()]
+    if "invstd" in vectors:
+        invstd_values(checked[list(vectors).index("invstd")], "invstd")
     out_array(out, x.shape, x.dtype)
     return axis, checked

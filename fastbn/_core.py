@@ -170,9 +170,7 @@ def backward_elemt(dy, x, mean, invstd, gamma, sum_dy, sum_dy_xhat, count, *, ax
     dest = _Output(out, x.shape, x.dtype, axis, [x3, dy3])
     if x.size:
         k_dy = invstd * (1.0 if gamma is None else gamma)
-        k_x = -k_dy * invstd * (sum_dy_xhat / count)
-        k_0 = -k_dy * (sum_dy / count)
-        unused = np.zeros_like(mean)
-        _kernels.backward_elemt(dy3, x3, dest.array3, mean, unused, unused, False, k_dy, k_x,
-                                k_0, get_num_threads())
+        k_xhat = -k_dy * (sum_dy_xhat / count)
+        _kernels.backward_elemt(dy3, x3, dest.array3, mean, invstd, k_dy, k_xhat,
+                                sum_dy / count, get_num_threads())
     return dest.result()

@@ -33,13 +33,11 @@ cdef extern from "fastbn.h" nogil:
                                 const double *shift, const double *scale, const double *bias,
                                 int relu, double *sum_dy, double *sum_dy_xs, int nthreads)
     int fbn_backward_elemt_f32(const float *dy, const float *x, float *dx, fbn_shape s,
-                               const double *shift, const double *scale, const double *bias,
-                               int relu, const double *k_dy, const double *k_x,
-                               const double *k_0, int nthreads)
+                               const double *shift, const double *invstd, const double *k_dy,
+                               const double *k_x, const double *mean_dy, int nthreads)
     int fbn_backward_elemt_f64(const double *dy, const double *x, double *dx, fbn_shape s,
-                               const double *shift, const double *scale, const double *bias,
-                               int relu, const double *k_dy, const double *k_x,
-                               const double *k_0, int nthreads)
+                               const double *shift, const double *invstd, const double *k_dy,
+                               const double *k_x, const double *mean_dy, int nthreads)
     int fbn_backward_f32(const float *dy, const float *x, float *dx, fbn_shape s,
                          const double *mean_hi, const double *mean_lo, const double *invstd,
                          const double *gamma, const double *beta, int relu, int training,
@@ -142,21 +140,20 @@ def backward_reduce(const real[:, :, ::1] dy not None, const real[:, :, ::1] x n
     check(st)
 
 
-def backward_elemt(const real[:, :, ::1] dy not None, const real[:, :, ::1] x not None, real[:, :, ::1] dx not None,
-                   const double[::1] shift not None, const double[::1] scale not None, const double[::1] bias not None,
-                   bint relu, const double[::1] k_dy not None, const double[::1] k_x not None,
-                   const double[::1] k_0 not None, int nthreads):
+def backward_elemt(const real[:, :, ::1] dy not None, const real[:, :, ::1] x not None,
+                   real[:, :, ::1] dx not None, const double[::1] shift not None,
+                   const double[::1] invstd not None, const double[::1] k_dy not None,
+                   const double[::1] k_x not None, const double[::1] mean_dy not None,
+                   int nthreads):
     cdef int st
     cdef fbn_shape s = shape_of(x)
     with nogil:
         if real is float:
             st = fbn_backward_elemt_f32(&dy[0, 0, 0], &x[0, 0, 0], &dx[0, 0, 0], s, &shift[0],
-                                        &scale[0], &bias[0], relu, &k_dy[0], &k_x[0], &k_0[0],
-                                        nthreads)
+                                        &invstd[0], &k_dy[0], &k_x[0], &mean_dy[0], nthreads)
         else:
             st = fbn_backward_elemt_f64(&dy[0, 0, 0], &x[0, 0, 0], &dx[0, 0, 0], s, &shift[0],
-                                        &scale[0], &bias[0], relu, &k_dy[0], &k_x[0], &k_0[0],
-                                        nthreads)
+                                        &invstd[0], &k_dy[0], &k_x[0], &mean_dy[0], nthreads)
     check(st)
 
 

@@ -49,11 +49,11 @@ typedef struct {
                                   const double *shift, const double *scale,          \
                                   const double *bias, int relu, double *sum_dy,      \
                                   double *sum_dy_xs, int nthreads);                  \
-    /* dx = k_dy * dy + k_x * (x - shift) + k_0 (dy masked as above). */             \
+    /* dx = k_dy * (dy - mean_dy) + k_x * (x - shift) * invstd. */                   \
     int fbn_backward_elemt_##SFX(const T *dy, const T *x, T *dx, fbn_shape s,        \
-                                 const double *shift, const double *scale,           \
-                                 const double *bias, int relu, const double *k_dy,   \
-                                 const double *k_x, const double *k_0, int nthreads); \
+                                 const double *shift, const double *invstd,          \
+                                 const double *k_dy, const double *k_x,              \
+                                 const double *mean_dy, int nthreads);               \
     /* Backward, fused: reduce, then dx. training = 0 treats the statistics as       \
      * constants. Outputs sum(dy) and sum(dy * xhat) (= dbeta, dgamma). */           \
     int fbn_backward_##SFX(const T *dy, const T *x, T *dx, fbn_shape s,              \

@@ -63,7 +63,8 @@ void fbn_coefficients(int64_t channels, const double *mean_hi, const double *mea
         double g = gamma ? gamma[c] : 1.0, b = beta ? beta[c] : 0.0;
         shift[c] = mean_hi[c];
         scale[c] = g * invstd[c];
-        bias[c] = b - (mean_lo ? mean_lo[c] : 0.0) * scale[c];
+        double lo = mean_lo ? mean_lo[c] : 0.0; /* skipped when 0: an infinite scale stays so */
+        bias[c] = lo != 0.0 ? b - lo * scale[c] : b;
     }
 }
 

@@ -77,15 +77,21 @@ FBN_INLINE void FN(run_dev)(fbn_acc *a1, fbn_acc *a2, const T *restrict p, int64
 
 /* dy, zeroed where the forward's ReLU was off (its pre-activation, recomputed
  * exactly as affine1 does, not stored). Selects, not branches: loops vectorise. */
-FBN_INLINE double FN(masked)(T dy, T x, double shift, double scale, double bias, int relu) {
-    double pre = ((double)x - shift) * scale + bias;
-    double kept = pre > 0.0 ? (double)dy : 0.0;
-    return relu ? kept : (double)dy;
+FBN_INLINE T FN(masked)(T dy, T x, T shift, T scale, T bias, int relu) {
+    T pre = (x - shift) * scale + bias;
+    T kept = pre > 0 ? dy : (T)0;
+    return relu ? kept : dy;
 }
+
+/* The elementwise coefficients in the data's type (see FN(fill_typed)). */
+typedef struct {
+    T *shift, *scale, *bias, *k_dy, *k_x, *mean_dy, *k_0, *invstd;
+    int relu;
+} FN(tcoefs);
 
 /* Accumulate dy and dy * ((x - shift) - lo) into a1 and a2. */
 FBN_INLINE void FN(run_bwd)(fbn_acc *a1, fbn_acc *a2, const T *restrict dy, const T *restrict x,
-                            int64_t n, double shift, double lo, double scale, double bias,
+                            int64_t n, double shift, double lo, T tshift, T scale, T bias,
                             int relu) {
     while (n > 0) {
         int64_t len = FBN_PIECE - a1->pending < n ? FBN_PIECE - a1->pending : n, i = 0;
@@ -94,18 +100,18 @@ FBN_INLINE void FN(run_bwd)(fbn_acc *a1, fbn_acc *a2, const T *restrict dy, cons
         FBN_LOAD(l2, a2);
         for (; i + FBN_LANES <= len; i += FBN_LANES)
             for (int l = 0; l < FBN_LANES; l++) {
-                double g = FN(masked)(dy[i + l], x[i + l], shift, scale, bias, relu);
+                double g = FN(masked)(dy[i + l], x[i + l], tshift, scale, bias, relu);
                 l1[l] += g;
                 l2[l] += g * (((double)x[i + l] - shift) - lo);
             }
         for (; i + 8 <= len; i += 8)
             for (int l = 0; l < 8; l++) {
-                double g = FN(masked)(dy[i + l], x[i + l], shift, scale, bias, relu);
+                double g = FN(masked)(dy[i + l], x[i + l], tshift, scale, bias, relu);
                 l1[l] += g;
                 l2[l] += g * (((double)x[i + l] - shift) - lo);
             }
         for (; i < len; i++) {
-            double g = FN(masked)(dy[i], x[i], shift, scale, bias, relu);
+            double g = FN(masked)(dy[i], x[i], tshift, scale, bias, relu);
             l1[i % FBN_LANES] += g;
             l2[i % FBN_LANES] += g * (((double)x[i] - shift) - lo);
         }
@@ -250,10 +256,10 @@ static inline void FN(stream_fence)(int stream) {
 #endif
 }
 
-FBN_INLINE T FN(affine1)(T x, double shift, double scale, double bias, int relu) {
-    double v = ((double)x - shift) * scale + bias;
-    double r = v < 0.0 ? 0.0 : v; /* NaN stays NaN, as in np.maximum */
-    return (T)(relu ? r : v);
+FBN_INLINE T FN(affine1)(T x, T shift, T scale, T bias, int relu) {
+    T v = (x - shift) * scale + bias;
+    T r = v < 0 ? (T)0 : v; /* NaN stays NaN, as in np.maximum */
+    return relu ? r : v;
 }
 
 /* Elementwise passes go through chunks of FBN_CHUNK values: computed straight
@@ -264,15 +270,15 @@ FBN_INLINE T FN(affine1)(T x, double shift, double scale, double bias, int relu)
         if ((m = (n) - i0 < FBN_CHUNK ? (n) - i0 : FBN_CHUNK), 1)
 
 FBN_DISPATCH static void FN(affine_tile)(const T *x, T *y, const fbn_plan *p, int64_t t,
-                                         const fbn_coefs *k) {
-    const double *shift = k->shift, *scale = k->scale, *bias = k->bias;
+                                         const FN(tcoefs) *k) {
+    const T *shift = k->shift, *scale = k->scale, *bias = k->bias;
     const int relu = k->relu;
     FN(fbn_tile) r = FN(tile_of)(p, t);
     const fbn_shape *s = &p->s;
     T buf[FBN_CHUNK];
     if (s->inner > 1) {
         int64_t c = r.c0;
-        const double sh = shift[c], sc = scale[c], bi = bias[c];
+        const T sh = shift[c], sc = scale[c], bi = bias[c];
         FBN_FOR_RUNS(s, c, r.j0, r.j1, off, len) FBN_FOR_CHUNKS(len, i0, m) {
             const T *xr = x + off + i0;
             T *out = p->stream ? buf : y + off + i0;
@@ -296,9 +302,10 @@ FBN_DISPATCH static void FN(affine_tile)(const T *x, T *y, const fbn_plan *p, in
 /* Columns shape, channels [c0, c0 + nc) (nc <= FBN_COL_MAX), rows [j0, j1). */
 FBN_INLINE void FN(bwd_reduce_cols)(const T *dy, const T *x, int64_t C, int64_t c0, int64_t nc,
                                        int64_t j0, int64_t j1, const fbn_coefs *k,
-                                       double *sums) {
-    const double *sh = k->shift + c0, *lw = k->lo + c0, *sc = k->scale + c0, *bi = k->bias + c0;
-    const int relu = k->relu;
+                                       const FN(tcoefs) *tk, double *sums) {
+    const double *sh = k->shift + c0, *lw = k->lo + c0;
+    const T *tsh = tk->shift + c0, *sc = tk->scale + c0, *bi = tk->bias + c0;
+    const int relu = tk->relu;
     double acc[FBN_COL_MAX], acc2[FBN_COL_MAX];
     fbn_ksum tot[FBN_COL_MAX], tot2[FBN_COL_MAX];
     memset(tot, 0, sizeof tot);
@@ -314,7 +321,7 @@ FBN_INLINE void FN(bwd_reduce_cols)(const T *dy, const T *x, int64_t C, int64_t 
                 fbn_prefetch(xr + FBN_AHEAD * C, nc * sizeof(T));
             }
             for (int64_t c = 0; c < nc; c++) {
-                double g = FN(masked)(dr[c], xr[c], sh[c], sc[c], bi[c], relu);
+                double g = FN(masked)(dr[c], xr[c], tsh[c], sc[c], bi[c], relu);
                 acc[c] += g;
                 acc2[c] += g * (((double)xr[c] - sh[c]) - lw[c]);
             }
@@ -332,15 +339,16 @@ FBN_INLINE void FN(bwd_reduce_cols)(const T *dy, const T *x, int64_t C, int64_t 
 
 /* Per-channel sum(dy) and sum(dy * (x - shift)) of one tile, into sums[2 * c + {0, 1}]. */
 FBN_DISPATCH static void FN(bwd_reduce_tile)(const T *dy, const T *x, const fbn_plan *p,
-                                             int64_t t, const fbn_coefs *k, double *sums) {
+                                             int64_t t, const fbn_coefs *k,
+                                             const FN(tcoefs) *tk, double *sums) {
     FN(fbn_tile) r = FN(tile_of)(p, t);
     const fbn_shape *s = &p->s;
     if (s->inner > 1) {
         int64_t c = r.c0;
         fbn_acc a1 = {{0}, 0, {0, 0}}, a2 = a1;
         FBN_FOR_RUNS(s, c, r.j0, r.j1, off, len)
-            FN(run_bwd)(&a1, &a2, dy + off, x + off, len, k->shift[c], k->lo[c], k->scale[c],
-                        k->bias[c], k->relu);
+            FN(run_bwd)(&a1, &a2, dy + off, x + off, len, k->shift[c], k->lo[c], tk->shift[c],
+                        tk->scale[c], tk->bias[c], tk->relu);
         sums[2 * c] = fbn_acc_value(&a1);
         sums[2 * c + 1] = fbn_acc_value(&a2);
         return;
@@ -349,34 +357,38 @@ FBN_DISPATCH static void FN(bwd_reduce_tile)(const T *dy, const T *x, const fbn_
     FN(prefetch_rows)(x, s, &r);
     for (int64_t c0 = r.c0; c0 < r.c0 + r.nc; c0 += FBN_COL_MAX) {
         int64_t nc = r.c0 + r.nc - c0 < FBN_COL_MAX ? r.c0 + r.nc - c0 : FBN_COL_MAX;
-        FN(bwd_reduce_cols)(dy, x, s->channels, c0, nc, r.j0, r.j1, k, sums);
+        FN(bwd_reduce_cols)(dy, x, s->channels, c0, nc, r.j0, r.j1, k, tk, sums);
     }
 }
 
-FBN_INLINE T FN(dx1)(T dy, T x, double shift, double lo, double scale, double bias, int relu,
-                     double k_dy, double k_x, double k_0) {
-    double g = FN(masked)(dy, x, shift, scale, bias, relu);
-    return (T)(k_dy * g + k_x * (((double)x - shift) - lo) + k_0);
+/* dy - mean_dy comes first: a constant dy over a constant channel gives dx == 0. */
+FBN_INLINE T FN(dx1)(T dy, T x, T shift, T scale, T bias, int relu, T k_dy, T k_x, T mean_dy,
+                     T k_0, T invstd) {
+    T g = FN(masked)(dy, x, shift, scale, bias, relu);
+    T xterm = k_x * ((x - shift) * invstd);
+    return k_dy * (g - mean_dy) + (k_x != 0 ? xterm : (T)0) + k_0; /* eval: x not read */
 }
 
-/* dx = k_dy * dy' + k_x * ((x - shift) - lo) + k_0 (see fbn_coefs). */
+/* dx = k_dy * (dy' - mean_dy) + k_x * (x - shift) * invstd + k_0, in the data's
+ * type (see FN(fill_typed)). */
 FBN_DISPATCH static void FN(bwd_elemt_tile)(const T *dy, const T *x, T *dx, const fbn_plan *p,
-                                            int64_t t, const fbn_coefs *k) {
-    const double *shift = k->shift, *lo = k->lo, *scale = k->scale, *bias = k->bias;
-    const double *k_dy = k->k_dy, *k_x = k->k_x, *k_0 = k->k_0;
+                                            int64_t t, const FN(tcoefs) *k) {
+    const T *shift = k->shift, *scale = k->scale, *bias = k->bias;
+    const T *k_dy = k->k_dy, *k_x = k->k_x, *mdy = k->mean_dy, *k_0 = k->k_0;
+    const T *inv = k->invstd;
     const int relu = k->relu;
     FN(fbn_tile) r = FN(tile_of)(p, t);
     const fbn_shape *s = &p->s;
     T buf[FBN_CHUNK];
     if (s->inner > 1) {
         int64_t c = r.c0;
-        const double sh = shift[c], lw = lo[c], sc = scale[c], bi = bias[c];
-        const double a = k_dy[c], b = k_x[c], z = k_0[c];
+        const T sh = shift[c], sc = scale[c], bi = bias[c];
+        const T a = k_dy[c], b = k_x[c], m_dy = mdy[c], z = k_0[c], is = inv[c];
         FBN_FOR_RUNS(s, c, r.j0, r.j1, off, len) FBN_FOR_CHUNKS(len, i0, m) {
             const T *dr = dy + off + i0, *xr = x + off + i0;
             T *out = p->stream ? buf : dx + off + i0;
             for (int64_t i = 0; i < m; i++)
-                out[i] = FN(dx1)(dr[i], xr[i], sh, lw, sc, bi, relu, a, b, z);
+                out[i] = FN(dx1)(dr[i], xr[i], sh, sc, bi, relu, a, b, m_dy, z, is);
             if (p->stream) FN(stream_out)(dx + off + i0, buf, m);
         }
     } else {
@@ -386,8 +398,9 @@ FBN_DISPATCH static void FN(bwd_elemt_tile)(const T *dy, const T *x, T *dx, cons
             const T *dr = dy + off, *xr = x + off;
             T *out = p->stream ? buf : dx + off;
             for (int64_t c = 0; c < m; c++)
-                out[c] = FN(dx1)(dr[c], xr[c], shift[ch + c], lo[ch + c], scale[ch + c],
-                                 bias[ch + c], relu, k_dy[ch + c], k_x[ch + c], k_0[ch + c]);
+                out[c] = FN(dx1)(dr[c], xr[c], shift[ch + c], scale[ch + c], bias[ch + c], relu,
+                                 k_dy[ch + c], k_x[ch + c], mdy[ch + c], k_0[ch + c],
+                                 inv[ch + c]);
             if (p->stream) FN(stream_out)(dx + off, buf, m);
         }
     }
@@ -395,6 +408,41 @@ FBN_DISPATCH static void FN(bwd_elemt_tile)(const T *dy, const T *x, T *dx, cons
 }
 
 /* ---- drivers ------------------------------------------------------------ */
+
+/* Channels [c0, c0 + n) of the double coefficients k in the data's type. The
+ * elementwise passes compute in it: for float32 data that halves the vector work
+ * for an error of a few float32 ulps of max|y| (well within the guarantee). The
+ * shift and mean_dy are rounded to T, so their rounding, and the mean's residual
+ * lo, are folded into bias and k_0 (in double): x - shift stays exact-ish far
+ * from the origin, and the small terms are added last. */
+static void FN(fill_typed)(const fbn_coefs *k, int64_t c0, int64_t n, const FN(tcoefs) *t) {
+    for (int64_t c = c0; c < c0 + n; c++) {
+        double shift = (double)(T)k->shift[c], moved = shift - k->shift[c];
+        t->shift[c] = (T)shift;
+        t->scale[c] = (T)k->scale[c];
+        /* corrections are skipped when zero or not finite (an infinite mean or gamma
+         * then gives the same +-inf as the plain formula, not NaN) */
+        int fold = moved != 0.0 && isfinite(moved);
+        t->bias[c] = (T)(fold ? k->bias[c] + moved * k->scale[c] : k->bias[c]);
+        if (!k->k_dy) continue;
+        double dev = moved - (k->lo ? k->lo[c] : 0.0);        /* shift - mean */
+        double mean_dy = (double)(T)k->mean_dy[c], r = mean_dy - k->mean_dy[c];
+        t->k_dy[c] = (T)k->k_dy[c];
+        t->k_x[c] = (T)k->k_x[c];
+        t->invstd[c] = (T)k->invstd[c];
+        t->mean_dy[c] = (T)mean_dy;
+        t->k_0[c] = (T)((r != 0.0 && isfinite(r) ? k->k_dy[c] * r : 0.0) +
+                        (dev != 0.0 && isfinite(dev) ? k->k_x[c] * (dev * k->invstd[c]) : 0.0));
+    }
+}
+
+/* Typed coefficient arrays in one block of FBN_TYPED * C values of T. */
+#define FBN_TYPED 8
+static FN(tcoefs) FN(typed_arrays)(T *block, int64_t C, int relu) {
+    FN(tcoefs) t = {block, block + C, block + 2 * C, block + 3 * C, block + 4 * C,
+                    block + 5 * C, block + 6 * C, block + 7 * C, relu};
+    return t;
+}
 
 /* Each channel's first value: the pivot its statistics are taken around. */
 static void FN(pivots)(const T *x, const fbn_shape *s, double *pivot) {
@@ -465,14 +513,17 @@ int FN(fbn_forward_train)(const T *x, T *y, fbn_shape s, const double *gamma,
     if (p.per_channel == 0 || C == 0) return -2;
     double *work = malloc(C * 5 * sizeof(double));
     fbn_part *parts = malloc(p.nsegs * C * sizeof(fbn_part));
-    if (!work || !parts) {
+    T *typed = malloc(C * FBN_TYPED * sizeof(T));
+    if (!work || !parts || !typed) {
         free(work);
         free(parts);
+        free(typed);
         return -1;
     }
     double *pivot = work, *shift = work + C, *scale = work + 2 * C, *bias = work + 3 * C;
     double *m2 = work + 4 * C, n = (double)p.per_channel;
-    fbn_coefs k = {shift, NULL, scale, bias, NULL, NULL, NULL, relu};
+    fbn_coefs k = {shift, NULL, scale, bias, NULL, NULL, NULL, relu, NULL};
+    FN(tcoefs) tk = FN(typed_arrays)(typed, C, relu);
     int nt = fbn_threads_for(&p, nthreads);
     FN(pivots)(x, &s, pivot);
     if (p.nsegs == 1) {
@@ -488,20 +539,23 @@ int FN(fbn_forward_train)(const T *x, T *y, fbn_shape s, const double *gamma,
             fbn_coefficients(nc, mean_hi + c0, mean_lo + c0, invstd + c0,
                              gamma ? gamma + c0 : NULL, beta ? beta + c0 : NULL,
                              shift + c0, scale + c0, bias + c0);
-            FN(affine_tile)(x, y, &p, t, &k);
+            FN(fill_typed)(&k, c0, nc, &tk);
+            FN(affine_tile)(x, y, &p, t, &tk);
         }
     } else {
         FN(stats_all)(x, &p, pivot, parts, mean_hi, mean_lo, m2, nt);
         for (int64_t c = 0; c < C; c++) FN(finish_channel)(c, eps, var, invstd, m2, n);
         fbn_coefficients(C, mean_hi, mean_lo, invstd, gamma, beta, shift, scale, bias);
+        FN(fill_typed)(&k, 0, C, &tk);
         /* backwards: the data read last by the statistics pass may still be in L3 */
         fbn_plan e = FN_ELEMWISE_PLAN(s, 1);
         const int64_t ntiles = e.nblocks * e.nsegs;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-        for (int64_t t = ntiles - 1; t >= 0; t--) FN(affine_tile)(x, y, &e, t, &k);
+        for (int64_t t = ntiles - 1; t >= 0; t--) FN(affine_tile)(x, y, &e, t, &tk);
     }
     free(work);
     free(parts);
+    free(typed);
     return 0;
 }
 
@@ -509,11 +563,16 @@ int FN(fbn_affine)(const T *x, T *y, fbn_shape s, const double *shift, const dou
                    const double *bias, int relu, int nthreads) {
     fbn_plan p = FN_ELEMWISE_PLAN(s, 1);
     const int64_t ntiles = p.per_channel ? p.nblocks * p.nsegs : 0;
-    fbn_coefs k = {shift, NULL, scale, bias, NULL, NULL, NULL, relu};
+    fbn_coefs k = {shift, NULL, scale, bias, NULL, NULL, NULL, relu, NULL};
+    T *typed = malloc((s.channels ? s.channels : 1) * FBN_TYPED * sizeof(T));
+    if (!typed) return -1;
+    FN(tcoefs) tk = FN(typed_arrays)(typed, s.channels, relu);
+    FN(fill_typed)(&k, 0, s.channels, &tk);
     int nt = fbn_threads_for(&p, nthreads);
     (void)nt;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-    for (int64_t t = 0; t < ntiles; t++) FN(affine_tile)(x, y, &p, t, &k);
+    for (int64_t t = 0; t < ntiles; t++) FN(affine_tile)(x, y, &p, t, &tk);
+    free(typed);
     return 0;
 }
 
@@ -534,14 +593,14 @@ static void FN(sum_tiles)(const fbn_plan *p, const double *sums, double *sum_dy,
 
 /* Reduce every tile, then sum the tiles in order: sum(dy'), sum(dy' * (x - shift - lo)). */
 static int FN(reduce_all)(const T *dy, const T *x, const fbn_plan *p, const fbn_coefs *k,
-                          double *sum_dy, double *sum_dy_xc, int nt) {
+                          const FN(tcoefs) *tk, double *sum_dy, double *sum_dy_xc, int nt) {
     const int64_t C = p->s.channels, ntiles = p->nblocks * p->nsegs;
     double *sums = malloc(p->nsegs * 2 * C * sizeof(double));
     if (!sums) return -1;
     (void)nt;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (int64_t t = 0; t < ntiles; t++)
-        FN(bwd_reduce_tile)(dy, x, p, t, k, sums + (t % p->nsegs) * 2 * C);
+        FN(bwd_reduce_tile)(dy, x, p, t, k, tk, sums + (t % p->nsegs) * 2 * C);
     FN(sum_tiles)(p, sums, sum_dy, sum_dy_xc);
     free(sums);
     return 0;
@@ -557,26 +616,40 @@ int FN(fbn_backward_reduce)(const T *dy, const T *x, fbn_shape s, const double *
         return 0;
     }
     double *zeros = calloc(C, sizeof(double));
-    if (!zeros) return -1;
-    fbn_coefs k = {shift, zeros, scale, bias, NULL, NULL, NULL, relu};
-    int status = FN(reduce_all)(dy, x, &p, &k, sum_dy, sum_dy_xs, fbn_threads_for(&p, nthreads));
+    T *typed = malloc(C * FBN_TYPED * sizeof(T));
+    int status = -1;
+    if (zeros && typed) {
+        fbn_coefs k = {shift, zeros, scale, bias, NULL, NULL, NULL, relu, NULL};
+        FN(tcoefs) tk = FN(typed_arrays)(typed, C, relu);
+        FN(fill_typed)(&k, 0, C, &tk);
+        status = FN(reduce_all)(dy, x, &p, &k, &tk, sum_dy, sum_dy_xs,
+                                fbn_threads_for(&p, nthreads));
+    }
     free(zeros);
+    free(typed);
     return status;
 }
 
 int FN(fbn_backward_elemt)(const T *dy, const T *x, T *dx, fbn_shape s, const double *shift,
-                           const double *scale, const double *bias, int relu,
-                           const double *k_dy, const double *k_x, const double *k_0,
-                           int nthreads) {
+                           const double *invstd, const double *k_dy, const double *k_x,
+                           const double *mean_dy, int nthreads) {
     fbn_plan p = FN_ELEMWISE_PLAN(s, 2);
-    const int64_t ntiles = p.per_channel ? p.nblocks * p.nsegs : 0;
-    double *zeros = calloc(s.channels ? s.channels : 1, sizeof(double));
-    if (!zeros) return -1;
-    fbn_coefs k = {shift, zeros, scale, bias, k_dy, k_x, k_0, relu};
+    const int64_t C = s.channels ? s.channels : 1, ntiles = p.per_channel ? p.nblocks * p.nsegs : 0;
+    T *typed = malloc(C * FBN_TYPED * sizeof(T));
+    double *zeros = calloc(C, sizeof(double)); /* scale and bias: no ReLU here */
+    if (!typed || !zeros) {
+        free(typed);
+        free(zeros);
+        return -1;
+    }
+    fbn_coefs k = {shift, NULL, zeros, zeros, k_dy, k_x, mean_dy, 0, invstd};
+    FN(tcoefs) tk = FN(typed_arrays)(typed, s.channels, 0);
+    FN(fill_typed)(&k, 0, s.channels, &tk);
     int nt = fbn_threads_for(&p, nthreads);
     (void)nt;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-    for (int64_t t = 0; t < ntiles; t++) FN(bwd_elemt_tile)(dy, x, dx, &p, t, &k);
+    for (int64_t t = 0; t < ntiles; t++) FN(bwd_elemt_tile)(dy, x, dx, &p, t, &tk);
+    free(typed);
     free(zeros);
     return 0;
 }
@@ -585,11 +658,11 @@ int FN(fbn_backward_elemt)(const T *dy, const T *x, T *dx, fbn_shape s, const do
 static void FN(bwd_coefficients)(int64_t c, double n, int training, const double *invstd,
                                  const double *gamma, const double *sum_dy,
                                  const double *sum_dy_xc, double *sum_dy_xhat, double *k_dy,
-                                 double *k_x, double *k_0) {
+                                 double *k_x, double *mean_dy) {
     sum_dy_xhat[c] = invstd[c] * sum_dy_xc[c];
     k_dy[c] = (gamma ? gamma[c] : 1.0) * invstd[c];
-    k_x[c] = training ? -k_dy[c] * invstd[c] * (sum_dy_xhat[c] / n) : 0.0;
-    k_0[c] = training ? -k_dy[c] * (sum_dy[c] / n) : 0.0;
+    k_x[c] = training ? -k_dy[c] * (sum_dy_xhat[c] / n) : 0.0;
+    mean_dy[c] = training ? sum_dy[c] / n : 0.0;
 }
 
 int FN(fbn_backward)(const T *dy, const T *x, T *dx, fbn_shape s, const double *mean_hi,
@@ -601,18 +674,22 @@ int FN(fbn_backward)(const T *dy, const T *x, T *dx, fbn_shape s, const double *
     if (C == 0) return 0;
     double *work = calloc(C * 8, sizeof(double));
     double *sums = malloc(p.nsegs * 2 * C * sizeof(double));
-    if (!work || !sums) {
+    T *typed = malloc(C * FBN_TYPED * sizeof(T));
+    if (!work || !sums || !typed) {
         free(work);
         free(sums);
+        free(typed);
         return -1;
     }
     double *shift = work, *scale = work + C, *bias = work + 2 * C, *sum_dy_xc = work + 3 * C;
-    double *k_dy = work + 4 * C, *k_x = work + 5 * C, *k_0 = work + 6 * C, *lo = work + 7 * C;
+    double *k_dy = work + 4 * C, *k_x = work + 5 * C, *mean_dy = work + 6 * C, *lo = work + 7 * C;
     if (mean_lo) memcpy(lo, mean_lo, C * sizeof(double));
-    fbn_coefs k = {shift, lo, scale, bias, k_dy, k_x, k_0, relu};
+    fbn_coefs k = {shift, lo, scale, bias, k_dy, k_x, mean_dy, relu, invstd};
+    FN(tcoefs) tk = FN(typed_arrays)(typed, C, relu);
     double n = (double)p.per_channel;
     int nt = fbn_threads_for(&p, nthreads), status = 0;
     fbn_coefficients(C, mean_hi, lo, invstd, gamma, beta, shift, scale, bias);
+    FN(fill_typed)(&k, 0, C, &tk); /* for the ReLU masks; k_* are filled per block below */
     if (p.per_channel == 0) {
         for (int64_t c = 0; c < C; c++) sum_dy[c] = sum_dy_xhat[c] = 0.0;
     } else if (p.nsegs == 1) {
@@ -620,27 +697,30 @@ int FN(fbn_backward)(const T *dy, const T *x, T *dx, fbn_shape s, const double *
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
         for (int64_t t = 0; t < p.nblocks; t++) {
             int64_t c0 = t * p.block, nc = C - c0 < p.block ? C - c0 : p.block;
-            FN(bwd_reduce_tile)(dy, x, &p, t, &k, sums);
+            FN(bwd_reduce_tile)(dy, x, &p, t, &k, &tk, sums);
             for (int64_t c = c0; c < c0 + nc; c++) {
                 sum_dy[c] = sums[2 * c];
                 sum_dy_xc[c] = sums[2 * c + 1];
                 FN(bwd_coefficients)(c, n, training, invstd, gamma, sum_dy, sum_dy_xc,
-                                     sum_dy_xhat, k_dy, k_x, k_0);
+                                     sum_dy_xhat, k_dy, k_x, mean_dy);
             }
-            FN(bwd_elemt_tile)(dy, x, dx, &p, t, &k);
+            FN(fill_typed)(&k, c0, nc, &tk);
+            FN(bwd_elemt_tile)(dy, x, dx, &p, t, &tk);
         }
-    } else if ((status = FN(reduce_all)(dy, x, &p, &k, sum_dy, sum_dy_xc, nt)) == 0) {
+    } else if ((status = FN(reduce_all)(dy, x, &p, &k, &tk, sum_dy, sum_dy_xc, nt)) == 0) {
         for (int64_t c = 0; c < C; c++)
             FN(bwd_coefficients)(c, n, training, invstd, gamma, sum_dy, sum_dy_xc, sum_dy_xhat,
-                                 k_dy, k_x, k_0);
+                                 k_dy, k_x, mean_dy);
+        FN(fill_typed)(&k, 0, C, &tk);
         fbn_plan e = FN_ELEMWISE_PLAN(s, 2);
         const int64_t etiles = e.nblocks * e.nsegs;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
         for (int64_t t = etiles - 1; t >= 0; t--) /* backwards, as in the forward */
-            FN(bwd_elemt_tile)(dy, x, dx, &e, t, &k);
+            FN(bwd_elemt_tile)(dy, x, dx, &e, t, &tk);
     }
     free(work);
     free(sums);
+    free(typed);
     return status;
 }
 
@@ -652,6 +732,7 @@ int FN(fbn_ema)(T *running, const double *batch, int64_t channels, double moment
 }
 
 #undef FN
+#undef FBN_TYPED
 #undef FN_REDUCE_PLAN
 #undef FN_ELEMWISE_PLAN
 #undef FBN_FOR_RUNS

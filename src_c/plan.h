@@ -120,13 +120,14 @@ typedef struct {
 
 /* Per-channel coefficients of the elementwise passes (arrays of C values):
  *   forward   y  = (x - shift) * scale + bias              (then ReLU if relu)
- *   backward  dx = k_dy * dy' + k_x * ((x - shift) - lo) + k_0
+ *   backward  dx = k_dy * (dy' - mean_dy) + k_x * xhat,  xhat = ((x - shift) - lo) * invstd
  * where dy' is dy zeroed where the forward's ReLU was off, and shift + lo is the
  * mean as a double-double (so x - shift is exact-ish far from the origin). */
 typedef struct {
     const double *shift, *lo, *scale, *bias;
-    const double *k_dy, *k_x, *k_0;
+    const double *k_dy, *k_x, *mean_dy;
     int relu;
+    const double *invstd;
 } fbn_coefs;
 
 fbn_plan fbn_make_plan(fbn_shape s, int64_t elem_size, int inputs, int reduction);
