@@ -1,7 +1,7 @@
 """What synchronising batch norm over MPI costs, against the local kernel.
 
     python bench/sync_bn_cost.py                 # one run: measures, then launches mpiexec -n 2
-    python bench/sync_bn_cost.py --shape 64 64 56 56 --ranks 2 --repeats 15
+    python bench/sync_bn_cost.py --shape 64 64 56 56 --ranks 2 --rounds 5 --repeats 10
 
 Part 1 (this process): fastbn.forward / fastbn.backward on the whole batch, with 1
 thread and with 2 threads.
@@ -14,8 +14,10 @@ the batch and runs
     same maths: local statistics), for scale,
   * the bare Allgather of the (3 + 2C) / (1 + 2C) float64 rows.
 Outputs go to preallocated out= buffers (--alloc: fresh arrays each call, which adds
-page-fault time). A step's time is the slowest rank's (max over ranks, per repetition); medians over
-the repetitions. Prints a table and one JSON line.
+page-fault time). A step's time is the slowest rank's (max over ranks, per repetition). The two parts
+run in interleaved rounds (a new mpiexec each round), so that a machine shared with
+other work slows both alike; medians over all rounds' repetitions. Prints a table
+and one JSON line.
 """
 import argparse
 import json
@@ -30,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 
-def median_ms(fn, repeats, comm=None):
+def times_ms(fn, repeats, comm=None):
+    """Milliseconds of `repeats` calls (after a warm-up); under MPI, the slowest rank's."""
     times = []
     fn()  # warm-up
     for _ in range(repeats):
@@ -41,8 +44,8 @@ def median_ms(fn, repeats, comm=None):
         dt = time.perf_counter() - t0
         if comm is not None:
             dt = comm.allreduce(dt, op=_max_op())
-        times.append(dt)
-    return 1e3 * statistics.median(times)
+        times.append(1e3 * dt)
+    return times
 
 
 def _max_op():
@@ -57,9 +60,9 @@ def data(shape, seed):
     return x, dy
 
 
-def single(shape, repeats, alloc):
+def single(x, dy, repeats, alloc):
     import fastbn
-    x, dy = data(shape, 0)
+    shape = x.shape
     y_out = None if alloc else np.empty_like(x)
     dx_out = None if alloc else np.empty_like(x)
     C = shape[1]
@@ -70,12 +73,25 @@ def single(shape, repeats, alloc):
     for threads in (1, 2):
         fastbn.set_num_threads(threads)
         _, cache = fastbn.forward(x, gamma, beta, running_mean=rm, running_var=rv)
-        res[f"forward_{threads}t"] = median_ms(lambda: fastbn.forward(
+        res[f"forward_{threads}t"] = times_ms(lambda: fastbn.forward(
             x, gamma, beta, running_mean=rm, running_var=rv, out=y_out), repeats)
-        res[f"backward_{threads}t"] = median_ms(
+        res[f"backward_{threads}t"] = times_ms(
             lambda: fastbn.backward(dy, cache, out=dx_out), repeats)
     fastbn.set_num_threads(previous)
     return res
+
+
+def merge(into, part):
+    for key, value in part.items():
+        if isinstance(value, list):
+            into.setdefault(key, []).extend(value)
+        else:
+            into[key] = value
+    return into
+
+
+def medians(d):
+    return {k: statistics.median(v) if isinstance(v, list) else v for k, v in d.items()}
 
 
 def worker(shape, repeats, alloc):
@@ -96,9 +112,9 @@ def worker(shape, repeats, alloc):
     res = {"ranks": R, "threads_per_rank": fastbn.get_num_threads()}
 
     _, scache = sync_forward(x, gamma, beta, comm=comm, running_mean=rm, running_var=rv)
-    res["sync_forward"] = median_ms(lambda: sync_forward(
+    res["sync_forward"] = times_ms(lambda: sync_forward(
         x, gamma, beta, comm=comm, running_mean=rm, running_var=rv, out=yo), repeats, comm)
-    res["sync_backward"] = median_ms(
+    res["sync_backward"] = times_ms(
         lambda: sync_backward(dy, scache, comm=comm, out=dxo), repeats, comm)
 
     count, mean, m2 = fastbn.batch_stats(x)
@@ -112,14 +128,14 @@ def worker(shape, repeats, alloc):
         s, sx = fastbn.backward_reduce(dy, x, mean, invstd)
         fastbn.backward_elemt(dy, x, mean, invstd, gamma, s, sx, count, out=dxo)
 
-    res["parts_forward_nocomm"] = median_ms(local_forward_parts, repeats, comm)
-    res["parts_backward_nocomm"] = median_ms(local_backward_parts, repeats, comm)
+    res["parts_forward_nocomm"] = times_ms(local_forward_parts, repeats, comm)
+    res["parts_backward_nocomm"] = times_ms(local_backward_parts, repeats, comm)
     _, lcache = fastbn.forward(x, gamma, beta)
-    res["local_forward"] = median_ms(lambda: fastbn.forward(x, gamma, beta, out=yo), repeats, comm)
-    res["local_backward"] = median_ms(lambda: fastbn.backward(dy, lcache, out=dxo), repeats, comm)
+    res["local_forward"] = times_ms(lambda: fastbn.forward(x, gamma, beta, out=yo), repeats, comm)
+    res["local_backward"] = times_ms(lambda: fastbn.backward(dy, lcache, out=dxo), repeats, comm)
     for name, length in (("allgather_fwd_row", 3 + 2 * C), ("allgather_bwd_row", 1 + 2 * C)):
         row, table = np.zeros(length), np.empty((R, length))
-        res[name] = median_ms(lambda: comm.Allgather(row, table), 10 * repeats, comm)
+        res[name] = times_ms(lambda: comm.Allgather(row, table), 10 * repeats, comm)
     res["bytes_sent_per_rank"] = {"forward": 8 * (3 + 2 * C), "backward": 8 * (1 + 2 * C)}
     if rank == 0:
         print("RESULT " + json.dumps(res), flush=True)
@@ -143,7 +159,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", type=int, nargs="+", default=[64, 64, 56, 56])
     p.add_argument("--ranks", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--repeats", type=int, default=10, help="timed calls per round")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="rounds of (one-process part, mpiexec part), interleaved")
     p.add_argument("--alloc", action="store_true",
                    help="allocate every output afresh (default: reuse out= buffers)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -152,11 +170,15 @@ def main():
         return worker(args.shape, args.repeats, args.alloc)
 
     import fastbn
-    s = single(args.shape, args.repeats, args.alloc)
-    m = launch(args)
+    x, dy = data(tuple(args.shape), 0)
+    s_all, m_all = {}, {}
+    for _ in range(args.rounds):  # interleaved, so that load from elsewhere hits both alike
+        merge(s_all, single(x, dy, args.repeats, args.alloc))
+        merge(m_all, launch(args))
+    s, m = medians(s_all), medians(m_all)
     shape, R = "x".join(map(str, args.shape)), args.ranks
     print(f"fastbn {fastbn.__version__} backend={fastbn.backend}  shape {shape} float32 NCHW, "
-          f"C={args.shape[1]}, medians of {args.repeats}, "
+          f"C={args.shape[1]}, medians of {args.rounds} x {args.repeats}, "
           f"{'fresh outputs' if args.alloc else 'out= buffers reused'}")
     rows = [
         ("forward, 1 process, whole batch, 1 thread", s["forward_1t"]),
@@ -185,7 +207,8 @@ def main():
     }
     for name, r in ratios.items():
         print(f"{name:<55s} {r:9.2f}x")
-    print("JSON " + json.dumps({"shape": args.shape, "single": s, "mpi": m, "ratios": ratios}))
+    print("JSON " + json.dumps({"shape": args.shape, "rounds": args.rounds,
+                                "repeats": args.repeats, "single": s, "mpi": m, "ratios": ratios}))
 
 
 if __name__ == "__main__":
