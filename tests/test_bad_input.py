@@ -888,3 +888,70 @@ def test_normalize_with_infinite_statistics(arg, sign):
                             for act in (None, "relu")])
     for got, expected in zip(*results):
         np.testing.assert_array_equal(got, expected)
+
+
+# ------------------------------------------------------------------ unaligned buffers
+
+def _unaligned_copy(a):
+    """a copy of `a` at an odd byte address (flags.aligned False), C order."""
+    a = np.asarray(a)
+    buf = np.zeros(a.nbytes + a.itemsize + 1, np.uint8)
+    out = np.frombuffer(buf.data, dtype=a.dtype, count=a.size, offset=1).reshape(a.shape)
+    out[...] = a
+    assert not out.flags.aligned and out.flags.writeable
+    return out
+
+
+class _AlignmentSpy:
+    """Stands for fastbn._core._kernels and records unaligned arrays handed to C."""
+
+    def __init__(self, real):
+        self.real, self.unaligned = real, []
+
+    def __getattr__(self, name):
+        fn = getattr(self.real, name)
+        if not callable(fn):
+            return fn
+
+        def spy(*args, **kwargs):
+            for i, a in enumerate(list(args) + list(kwargs.values())):
+                if isinstance(a, np.ndarray) and not a.flags.aligned:
+                    self.unaligned.append((name, i))
+            return fn(*args, **kwargs)
+        return spy
+
+
+@pytest.mark.skipif(fastbn.backend != "c", reason="tests what reaches the compiled kernels")
+@pytest.mark.xfail(strict=True, reason="unaligned arrays (np.frombuffer at an odd offset, "
+                   "packed records) reach the C kernels as they are: misaligned float/double "
+                   "loads and stores are undefined behaviour (UBSan reports them in "
+                   ".ci/sanitize); canonical(), _f64(), _Output and _update_running should "
+                   "copy unless flags.aligned")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_no_unaligned_buffer_reaches_the_kernels(monkeypatch, dtype):
+    import fastbn._core as core
+    spy = _AlignmentSpy(core._kernels)
+    monkeypatch.setattr(core, "_kernels", spy)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 4, 5)).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    g, b = np.linspace(0.5, 2, 4).astype(dtype), np.linspace(-1, 1, 4).astype(dtype)
+    u = _unaligned_copy
+    expected_y, cache = fastbn.forward(x, g, b, activation="relu")
+    expected = fastbn.backward(dy, cache)
+    rm, rv = u(np.zeros(4, dtype)), u(np.ones(4, dtype))
+    y, cache = fastbn.forward(u(x), u(g), u(b), running_mean=rm, running_var=rv,
+                              out=u(np.empty_like(x)), activation="relu")
+    got = fastbn.backward(u(dy), cache, out=u(np.empty_like(x)))
+    fastbn.forward(u(x), u(g), u(b), training=False, running_mean=rm, running_var=rv)
+    count, mean, m2 = fastbn.batch_stats(u(x))
+    invstd = 1 / np.sqrt(m2 / count + 1e-5)
+    fastbn.normalize(u(x), u(mean), u(invstd), u(g), u(b), out=u(np.empty_like(x)))
+    s1, s2 = fastbn.backward_reduce(u(dy), u(x), u(mean), u(invstd))
+    fastbn.backward_elemt(u(dy), u(x), u(mean), u(invstd), u(g), u(s1), u(s2), count,
+                          out=u(np.empty_like(x)))
+    fastbn.update_running_stats(rm, rv, u(mean), u(m2 / count), count)
+    np.testing.assert_array_equal(y, expected_y)
+    for a, e in zip(got, expected):
+        np.testing.assert_array_equal(a, e)
+    assert not spy.unaligned, f"unaligned arrays passed to the kernels: {sorted(set(spy.unaligned))}"
