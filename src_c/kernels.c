@@ -63,8 +63,9 @@ void fbn_coefficients(int64_t channels, const double *mean_hi, const double *mea
         double g = gamma ? gamma[c] : 1.0, b = beta ? beta[c] : 0.0;
         shift[c] = mean_hi[c];
         scale[c] = g * invstd[c];
-        double lo = mean_lo ? mean_lo[c] : 0.0; /* skipped when 0: an infinite scale stays so */
-        bias[c] = lo != 0.0 ? b - lo * scale[c] : b;
+        /* the residual is dropped when 0 or beside an infinite scale (never NaN) */
+        double lo = mean_lo ? mean_lo[c] : 0.0;
+        bias[c] = lo != 0.0 && isfinite(scale[c]) ? b - lo * scale[c] : b;
     }
 }
 

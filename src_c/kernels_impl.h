@@ -18,25 +18,6 @@
 #define FBN_LOAD(local, acc) for (int l = 0; l < FBN_LANES; l++) local[l] = (acc)->lane[l]
 #define FBN_SAVE(local, acc) for (int l = 0; l < FBN_LANES; l++) (acc)->lane[l] = local[l]
 
-/* Accumulate (p[i] - pivot) into a. */
-FBN_INLINE void FN(run_sum)(fbn_acc *a, const T *restrict p, int64_t n, double pivot) {
-    while (n > 0) {
-        int64_t len = FBN_PIECE - a->pending < n ? FBN_PIECE - a->pending : n, i = 0;
-        double l1[FBN_LANES];
-        FBN_LOAD(l1, a);
-        for (; i + FBN_LANES <= len; i += FBN_LANES)
-            for (int l = 0; l < FBN_LANES; l++) l1[l] += (double)p[i + l] - pivot;
-        for (; i + 8 <= len; i += 8)
-            for (int l = 0; l < 8; l++) l1[l] += (double)p[i + l] - pivot;
-        for (; i < len; i++) l1[i % FBN_LANES] += (double)p[i] - pivot;
-        FBN_SAVE(l1, a);
-        a->pending += len;
-        p += len;
-        n -= len;
-        if (a->pending >= FBN_PIECE) fbn_acc_flush(a);
-    }
-}
-
 /* Accumulate e and e^2, e = (p[i] - pivot) - mean, into a1 and a2. */
 FBN_INLINE void FN(run_dev)(fbn_acc *a1, fbn_acc *a2, const T *restrict p, int64_t n,
                             double pivot, double mean) {
@@ -157,49 +138,52 @@ FBN_INLINE FN(fbn_tile) FN(tile_of)(const fbn_plan *p, int64_t t) {
 }
 
 /* Columns shape, channels [c0, c0 + nc) (nc <= FBN_COL_MAX), rows [j0, j1): lanes
- * are channels, and partial sums go to compensated totals every 64 rows. */
+ * are channels, and partial sums go to compensated totals every 64 rows. Passes
+ * as in FN(stats_tile). */
 FBN_INLINE void FN(stats_cols)(const T *x, int64_t C, int64_t c0, int64_t nc, int64_t j0,
-                                  int64_t j1, const double *pivot, fbn_part *part) {
+                               int64_t j1, const double *pivot, fbn_part *part) {
     double n = (double)(j1 - j0);
     const double *pv = pivot + c0;
     double acc[FBN_COL_MAX], acc2[FBN_COL_MAX], mean[FBN_COL_MAX];
     fbn_ksum tot[FBN_COL_MAX], tot2[FBN_COL_MAX];
-    memset(tot, 0, sizeof tot);
-    for (int64_t o = j0; o < j1;) {
-        int64_t end = o + 64 < j1 ? o + 64 : j1;
-        memset(acc, 0, sizeof acc);
-        for (; o < end; o++) {
-            const T *row = x + o * C + c0;
-            if (o + FBN_AHEAD < j1) fbn_prefetch(row + FBN_AHEAD * C, nc * sizeof(T));
-            for (int64_t c = 0; c < nc; c++) acc[c] += (double)row[c] - pv[c];
-        }
-        for (int64_t c = 0; c < nc; c++) fbn_kadd(&tot[c], acc[c]);
-    }
-    for (int64_t c = 0; c < nc; c++) mean[c] = fbn_kval(&tot[c]) / n;
-    memset(tot, 0, sizeof tot);
-    memset(tot2, 0, sizeof tot2);
-    for (int64_t o = j0; o < j1;) {
-        int64_t end = o + 64 < j1 ? o + 64 : j1;
-        memset(acc, 0, sizeof acc);
-        memset(acc2, 0, sizeof acc2);
-        for (; o < end; o++) {
-            const T *row = x + o * C + c0;
+    int need[FBN_COL_MAX];
+    memset(mean, 0, sizeof mean);
+    for (int pass = 0; pass < 2; pass++) {
+        memset(tot, 0, sizeof tot);
+        memset(tot2, 0, sizeof tot2);
+        for (int64_t o = j0; o < j1;) {
+            int64_t end = o + 64 < j1 ? o + 64 : j1;
+            memset(acc, 0, sizeof acc);
+            memset(acc2, 0, sizeof acc2);
+            for (; o < end; o++) {
+                const T *row = x + o * C + c0;
+                if (pass == 0 && o + FBN_AHEAD < j1)
+                    fbn_prefetch(row + FBN_AHEAD * C, nc * sizeof(T));
+                for (int64_t c = 0; c < nc; c++) {
+                    double e = ((double)row[c] - pv[c]) - mean[c];
+                    acc[c] += e;
+                    acc2[c] += e * e;
+                }
+            }
             for (int64_t c = 0; c < nc; c++) {
-                double e = ((double)row[c] - pv[c]) - mean[c];
-                acc[c] += e;
-                acc2[c] += e * e;
+                fbn_kadd(&tot[c], acc[c]);
+                fbn_kadd(&tot2[c], acc2[c]);
             }
         }
+        /* each channel keeps the result of its own first good pass, so that one
+         * channel's data (a NaN, say) never changes another channel's bits */
+        int again = 0;
         for (int64_t c = 0; c < nc; c++) {
-            fbn_kadd(&tot[c], acc[c]);
-            fbn_kadd(&tot2[c], acc2[c]);
+            double s1 = fbn_kval(&tot[c]), m2 = fbn_kval(&tot2[c]) - s1 * s1 / n;
+            mean[c] += s1 / n;
+            if (pass == 1 && !need[c]) continue;
+            need[c] = !(s1 * s1 / n <= FBN_ONE_PASS * m2);
+            again |= need[c];
+            part[c0 + c].n = n;
+            part[c0 + c].mean = mean[c];
+            part[c0 + c].m2 = m2;
         }
-    }
-    for (int64_t c = 0; c < nc; c++) {
-        double s1 = fbn_kval(&tot[c]);
-        part[c0 + c].n = n;
-        part[c0 + c].mean = mean[c] + s1 / n;
-        part[c0 + c].m2 = fbn_kval(&tot2[c]) - s1 * s1 / n;
+        if (!again) break;
     }
 }
 
@@ -210,7 +194,11 @@ FBN_INLINE void FN(prefetch_rows)(const T *a, const fbn_shape *s, const FN(fbn_t
         fbn_prefetch(a + r->j0 * s->channels, (r->j1 - r->j0) * s->channels * sizeof(T));
 }
 
-/* Two-pass statistics of one tile, relative to each channel's pivot. */
+/* Statistics of one tile relative to each channel's pivot (its first value):
+ * one pass of shifted sums, which is exact while the pivot is near the tile's
+ * mean; when it is far (s1^2 / n > FBN_ONE_PASS * m2, where cancellation would
+ * cost digits) a second pass, centred on the first one's mean, replaces it. The
+ * second pass reads the tile from cache. */
 FBN_DISPATCH static void FN(stats_tile)(const T *x, const fbn_plan *p, int64_t t,
                                         const double *pivot, fbn_part *part) {
     FN(fbn_tile) r = FN(tile_of)(p, t);
@@ -218,14 +206,18 @@ FBN_DISPATCH static void FN(stats_tile)(const T *x, const fbn_plan *p, int64_t t
     double n = (double)(r.j1 - r.j0);
     if (s->inner > 1) {
         int64_t c = r.c0;
-        fbn_acc a = {{0}, 0, {0, 0}}, e1 = a, e2 = a; /* ~0.5 KB each */
-        FBN_FOR_RUNS(s, c, r.j0, r.j1, off, len) FN(run_sum)(&a, x + off, len, pivot[c]);
-        double mean = fbn_acc_value(&a) / n;
-        FBN_FOR_RUNS(s, c, r.j0, r.j1, off, len) FN(run_dev)(&e1, &e2, x + off, len, pivot[c], mean);
-        double s1 = fbn_acc_value(&e1);
-        part[c].n = n;
-        part[c].mean = mean + s1 / n;
-        part[c].m2 = fbn_acc_value(&e2) - s1 * s1 / n;
+        double mean = 0.0;
+        for (int pass = 0; pass < 2; pass++) {
+            fbn_acc e1 = {{0}, 0, {0, 0}}, e2 = e1; /* ~0.3 KB each */
+            FBN_FOR_RUNS(s, c, r.j0, r.j1, off, len)
+                FN(run_dev)(&e1, &e2, x + off, len, pivot[c], mean);
+            double s1 = fbn_acc_value(&e1), m2 = fbn_acc_value(&e2) - s1 * s1 / n;
+            mean += s1 / n;
+            part[c].n = n;
+            part[c].mean = mean;
+            part[c].m2 = m2;
+            if (s1 * s1 / n <= FBN_ONE_PASS * m2) break; /* NaN: a second pass, harmless */
+        }
         return;
     }
     FN(prefetch_rows)(x, s, &r);
@@ -422,7 +414,7 @@ static void FN(fill_typed)(const fbn_coefs *k, int64_t c0, int64_t n, const FN(t
         t->scale[c] = (T)k->scale[c];
         /* corrections are skipped when zero or not finite (an infinite mean or gamma
          * then gives the same +-inf as the plain formula, not NaN) */
-        int fold = moved != 0.0 && isfinite(moved);
+        int fold = moved != 0.0 && isfinite(moved) && isfinite(k->scale[c]);
         t->bias[c] = (T)(fold ? k->bias[c] + moved * k->scale[c] : k->bias[c]);
         if (!k->k_dy) continue;
         double dev = moved - (k->lo ? k->lo[c] : 0.0);        /* shift - mean */

@@ -22,6 +22,9 @@
 #define FBN_PIECE 4096
 /* Bytes of data per tile: a tile is reduced and then rewritten while in L2. */
 #define FBN_TILE_BYTES (1024 * 1024)
+/* One pass of shifted sums gives the variance to ~FBN_ONE_PASS * 1e-16 relative:
+ * above that, statistics take a second, centred pass. */
+#define FBN_ONE_PASS 256.0
 /* Outputs of at least this many bytes are written with non-temporal stores. */
 #define FBN_STREAM_BYTES (16 * 1024 * 1024)
 /* Below this many values a call runs on one thread: start-up would cost more. */
