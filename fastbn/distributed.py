@@ -40,8 +40,6 @@ channels, so an input with the wrong one raises on every rank like the other
 mistakes. Every rank must also use the same fastbn backend for the bitwise
 identity above.
 """
-import json
-
 import numpy as np
 
 try:
@@ -54,7 +52,7 @@ except (ImportError, RuntimeError) as _exc:  # RuntimeError: mpi4py found no MPI
 from ._checks import (Cache, _describe, channel_axis, channel_vector, check_backward,
                       data_array, out_array, real_number, running_vector)
 from ._checks import activation as _check_activation
-from .layers import _CONFIG_KEY, BatchNorm
+from .layers import BatchNorm
 
 __all__ = ["sync_forward", "sync_backward", "SyncBatchNorm", "SyncCache", "PeerError"]
 
@@ -354,16 +352,7 @@ class SyncBatchNorm(BatchNorm):
     @classmethod
     def load(cls, path, *, comm):
         """A new layer over ``comm`` from a file written by ``save`` (of either class)."""
-        with np.load(path, allow_pickle=False) as f:
-            if _CONFIG_KEY not in f.files:
-                raise ValueError(f"{path!r} was not written by BatchNorm.save: it has no "
-                                 f"{_CONFIG_KEY!r} entry")
-            config = json.loads(str(f[_CONFIG_KEY]))
-            state = {k: f[k] for k in f.files if k != _CONFIG_KEY}
-        num_features = config.pop("num_features")
-        layer = cls(num_features, comm=comm, **config)
-        layer.load_state_dict(state)
-        return layer
+        return super().load(path, comm=comm)
 
     load_npz = load
 

@@ -297,8 +297,10 @@ class BatchNorm:
             np.savez(path, **arrays)
 
     @classmethod
-    def load(cls, path):
-        """A new layer from a file written by ``save`` (no pickles are loaded)."""
+    def load(cls, path, **kwargs):
+        """A new layer from a file written by ``save`` (no pickles are loaded).
+
+        Extra keyword arguments go to the constructor (``comm=`` for SyncBatchNorm)."""
         with np.load(path, allow_pickle=False) as f:
             if _CONFIG_KEY not in f.files:
                 raise ValueError(f"{path!r} was not written by BatchNorm.save: it has no "
@@ -306,7 +308,7 @@ class BatchNorm:
             config = json.loads(str(f[_CONFIG_KEY]))
             state = {k: f[k] for k in f.files if k != _CONFIG_KEY}
         num_features = config.pop("num_features")
-        layer = cls(num_features, **config)
+        layer = cls(num_features, **config, **kwargs)
         layer.load_state_dict(state)
         return layer
 
