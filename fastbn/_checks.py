@@ -3,6 +3,7 @@
 Everything a public function needs is checked here before any output or
 running statistic is touched, so a failed call never leaves state half-updated.
 """
+import math
 import numbers
 import operator
 
@@ -137,8 +138,8 @@ def activation(value, name="activation"):
 
 def canonical_shape(shape, axis):
     """The (outer, C, inner) view every layout reduces to."""
-    outer = int(np.prod(shape[:axis], dtype=np.int64))
-    inner = int(np.prod(shape[axis + 1:], dtype=np.int64))
+    outer = math.prod(shape[:axis])  # math.prod: np.prod costs more than a small kernel
+    inner = math.prod(shape[axis + 1:])
     return outer, shape[axis], inner
 
 
