@@ -68,6 +68,7 @@ FBN_INLINE T FN(masked)(T dy, T x, T shift, T scale, T bias, int relu) {
 typedef struct {
     T *shift, *scale, *bias, *k_dy, *k_x, *mean_dy, *k_0, *invstd;
     int relu;
+    int64_t period; /* > 0: each array repeats its C values up to this length */
 } FN(tcoefs);
 
 /* Accumulate dy and dy * ((x - shift) - lo) into a1 and a2. */
@@ -261,6 +262,37 @@ FBN_INLINE T FN(affine1)(T x, T shift, T scale, T bias, int relu) {
     for (int64_t i0 = 0, m = 0; i0 < (n); i0 += m) \
         if ((m = (n) - i0 < FBN_CHUNK ? (n) - i0 : FBN_CHUNK), 1)
 
+/* Columns shape: the contiguous spans of tile r, each m values from offset off,
+ * whose first value is of channel ch. A tile of whole rows with coefficients
+ * repeated over `period` values goes `period` values (several rows) per span,
+ * so short rows (small C, e.g. NHWC) still make long vector loops. */
+FBN_INLINE int64_t FN(span_at)(const fbn_shape *s, const FN(fbn_tile) *r, int64_t period,
+                               int64_t j, int64_t *ch, int64_t *m) {
+    const int64_t C = s->channels, end = r->j1 * C;
+    if (period && r->nc == C) { /* j: a flat offset */
+        *ch = 0;
+        *m = end - j < period ? end - j : period;
+        return j;
+    }
+    int64_t o = j / C, c = j - o * C; /* j: a flat offset inside a row's block */
+    if (c < r->c0) c = r->c0;
+    *ch = c;
+    *m = r->c0 + r->nc - c < FBN_CHUNK ? r->c0 + r->nc - c : FBN_CHUNK;
+    return o * C + c;
+}
+#define FBN_FOR_SPANS(s, r, period, off, ch, m)                                         \
+    for (int64_t sp_j = (r).j0 * (s)->channels + (r).c0, off = 0, ch = 0, m = 0;         \
+         sp_j < (r).j1 * (s)->channels; sp_j = FN(span_next)((s), &(r), off + m))           \
+        if ((off = FN(span_at)((s), &(r), (period), sp_j, &ch, &m)), 1)
+
+/* Where the span after the one ending at `j` starts (skipping other blocks' channels). */
+FBN_INLINE int64_t FN(span_next)(const fbn_shape *s, const FN(fbn_tile) *r, int64_t j) {
+    const int64_t C = s->channels;
+    if (r->nc == C) return j;
+    int64_t o = j / C, c = j - o * C;
+    return c > 0 && c < r->c0 + r->nc ? j : (c == 0 ? o : o + 1) * C + r->c0;
+}
+
 FBN_DISPATCH static void FN(affine_tile)(const T *x, T *y, const fbn_plan *p, int64_t t,
                                          const FN(tcoefs) *k) {
     const T *shift = k->shift, *scale = k->scale, *bias = k->bias;
@@ -278,15 +310,17 @@ FBN_DISPATCH static void FN(affine_tile)(const T *x, T *y, const fbn_plan *p, in
             if (p->stream) FN(stream_out)(y + off + i0, buf, m);
         }
     } else {
-        const int64_t C = s->channels;
-        for (int64_t o = r.j0; o < r.j1; o++) FBN_FOR_CHUNKS(r.nc, c0, m) {
-            const int64_t off = o * C + r.c0 + c0, ch = r.c0 + c0;
-            const T *xr = x + off;
-            T *out = p->stream ? buf : y + off;
-            for (int64_t c = 0; c < m; c++)
-                out[c] = FN(affine1)(xr[c], shift[ch + c], scale[ch + c], bias[ch + c], relu);
-            if (p->stream) FN(stream_out)(y + off, buf, m);
-        }
+        /* a span: m contiguous values from off, the first of channel ch */
+#define FBN_AFFINE_SPAN(off, ch, m)                                                        \
+    do {                                                                                   \
+        const T *xr = x + (off);                                                           \
+        T *out = p->stream ? buf : y + (off);                                              \
+        for (int64_t c = 0; c < (m); c++)                                                  \
+            out[c] = FN(affine1)(xr[c], shift[(ch) + c], scale[(ch) + c], bias[(ch) + c], relu); \
+        if (p->stream) FN(stream_out)(y + (off), buf, (m));                                \
+    } while (0)
+        FBN_FOR_SPANS(s, r, k->period, off, ch, m) FBN_AFFINE_SPAN(off, ch, m);
+#undef FBN_AFFINE_SPAN
     }
     FN(stream_fence)(p->stream);
 }
@@ -384,9 +418,7 @@ FBN_DISPATCH static void FN(bwd_elemt_tile)(const T *dy, const T *x, T *dx, cons
             if (p->stream) FN(stream_out)(dx + off + i0, buf, m);
         }
     } else {
-        const int64_t C = s->channels;
-        for (int64_t o = r.j0; o < r.j1; o++) FBN_FOR_CHUNKS(r.nc, c0, m) {
-            const int64_t off = o * C + r.c0 + c0, ch = r.c0 + c0;
+        FBN_FOR_SPANS(s, r, k->period, off, ch, m) {
             const T *dr = dy + off, *xr = x + off;
             T *out = p->stream ? buf : dx + off;
             for (int64_t c = 0; c < m; c++)
@@ -428,12 +460,25 @@ static void FN(fill_typed)(const fbn_coefs *k, int64_t c0, int64_t n, const FN(t
     }
 }
 
-/* Typed coefficient arrays in one block of FBN_TYPED * C values of T. */
+/* Typed coefficient arrays in one block of FBN_TYPED arrays of FBN_TYPED_LEN(C). */
 #define FBN_TYPED 8
+#define FBN_TYPED_LEN(C) ((C) < FBN_CHUNK ? FBN_CHUNK : (C))
 static FN(tcoefs) FN(typed_arrays)(T *block, int64_t C, int relu) {
-    FN(tcoefs) t = {block, block + C, block + 2 * C, block + 3 * C, block + 4 * C,
-                    block + 5 * C, block + 6 * C, block + 7 * C, relu};
+    const int64_t n = FBN_TYPED_LEN(C);
+    FN(tcoefs) t = {block,         block + n,     block + 2 * n, block + 3 * n, block + 4 * n,
+                    block + 5 * n, block + 6 * n, block + 7 * n, relu,          0};
     return t;
+}
+
+/* For short rows (inner == 1, small C): repeat each array's C values over a period
+ * of several rows, so that elementwise loops over whole-row tiles run long. */
+static void FN(repeat_typed)(FN(tcoefs) *t, int64_t C) {
+    if (C < 1 || 2 * C > FBN_CHUNK) return;
+    T *arrays[FBN_TYPED] = {t->shift, t->scale, t->bias, t->k_dy, t->k_x, t->mean_dy, t->k_0,
+                            t->invstd};
+    t->period = (FBN_CHUNK / C) * C;
+    for (int a = 0; a < FBN_TYPED; a++)
+        for (int64_t i = C; i < t->period; i++) arrays[a][i] = arrays[a][i - C];
 }
 
 /* Each channel's first value: the pivot its statistics are taken around. */
@@ -505,7 +550,7 @@ int FN(fbn_forward_train)(const T *x, T *y, fbn_shape s, const double *gamma,
     if (p.per_channel == 0 || C == 0) return -2;
     double *work = malloc(C * 5 * sizeof(double));
     fbn_part *parts = malloc(p.nsegs * C * sizeof(fbn_part));
-    T *typed = malloc(C * FBN_TYPED * sizeof(T));
+    T *typed = malloc(FBN_TYPED * FBN_TYPED_LEN(C) * sizeof(T));
     if (!work || !parts || !typed) {
         free(work);
         free(parts);
@@ -539,6 +584,7 @@ int FN(fbn_forward_train)(const T *x, T *y, fbn_shape s, const double *gamma,
         for (int64_t c = 0; c < C; c++) FN(finish_channel)(c, eps, var, invstd, m2, n);
         fbn_coefficients(C, mean_hi, mean_lo, invstd, gamma, beta, shift, scale, bias);
         FN(fill_typed)(&k, 0, C, &tk);
+        FN(repeat_typed)(&tk, C);
         /* backwards: the data read last by the statistics pass may still be in L3 */
         fbn_plan e = FN_ELEMWISE_PLAN(s, 1);
         const int64_t ntiles = e.nblocks * e.nsegs;
@@ -556,10 +602,11 @@ int FN(fbn_affine)(const T *x, T *y, fbn_shape s, const double *shift, const dou
     fbn_plan p = FN_ELEMWISE_PLAN(s, 1);
     const int64_t ntiles = p.per_channel ? p.nblocks * p.nsegs : 0;
     fbn_coefs k = {shift, NULL, scale, bias, NULL, NULL, NULL, relu, NULL};
-    T *typed = malloc((s.channels ? s.channels : 1) * FBN_TYPED * sizeof(T));
+    T *typed = malloc(FBN_TYPED * FBN_TYPED_LEN(s.channels) * sizeof(T));
     if (!typed) return -1;
     FN(tcoefs) tk = FN(typed_arrays)(typed, s.channels, relu);
     FN(fill_typed)(&k, 0, s.channels, &tk);
+    FN(repeat_typed)(&tk, s.channels);
     int nt = fbn_threads_for(&p, nthreads);
     (void)nt;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
@@ -608,7 +655,7 @@ int FN(fbn_backward_reduce)(const T *dy, const T *x, fbn_shape s, const double *
         return 0;
     }
     double *zeros = calloc(C, sizeof(double));
-    T *typed = malloc(C * FBN_TYPED * sizeof(T));
+    T *typed = malloc(FBN_TYPED * FBN_TYPED_LEN(C) * sizeof(T));
     int status = -1;
     if (zeros && typed) {
         fbn_coefs k = {shift, zeros, scale, bias, NULL, NULL, NULL, relu, NULL};
@@ -627,7 +674,7 @@ int FN(fbn_backward_elemt)(const T *dy, const T *x, T *dx, fbn_shape s, const do
                            const double *mean_dy, int nthreads) {
     fbn_plan p = FN_ELEMWISE_PLAN(s, 2);
     const int64_t C = s.channels ? s.channels : 1, ntiles = p.per_channel ? p.nblocks * p.nsegs : 0;
-    T *typed = malloc(C * FBN_TYPED * sizeof(T));
+    T *typed = malloc(FBN_TYPED * FBN_TYPED_LEN(C) * sizeof(T));
     double *zeros = calloc(C, sizeof(double)); /* scale and bias: no ReLU here */
     if (!typed || !zeros) {
         free(typed);
@@ -637,6 +684,7 @@ int FN(fbn_backward_elemt)(const T *dy, const T *x, T *dx, fbn_shape s, const do
     fbn_coefs k = {shift, NULL, zeros, zeros, k_dy, k_x, mean_dy, 0, invstd};
     FN(tcoefs) tk = FN(typed_arrays)(typed, s.channels, 0);
     FN(fill_typed)(&k, 0, s.channels, &tk);
+    FN(repeat_typed)(&tk, s.channels);
     int nt = fbn_threads_for(&p, nthreads);
     (void)nt;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
@@ -666,7 +714,7 @@ int FN(fbn_backward)(const T *dy, const T *x, T *dx, fbn_shape s, const double *
     if (C == 0) return 0;
     double *work = calloc(C * 8, sizeof(double));
     double *sums = malloc(p.nsegs * 2 * C * sizeof(double));
-    T *typed = malloc(C * FBN_TYPED * sizeof(T));
+    T *typed = malloc(FBN_TYPED * FBN_TYPED_LEN(C) * sizeof(T));
     if (!work || !sums || !typed) {
         free(work);
         free(sums);
@@ -704,6 +752,7 @@ int FN(fbn_backward)(const T *dy, const T *x, T *dx, fbn_shape s, const double *
             FN(bwd_coefficients)(c, n, training, invstd, gamma, sum_dy, sum_dy_xc, sum_dy_xhat,
                                  k_dy, k_x, mean_dy);
         FN(fill_typed)(&k, 0, C, &tk);
+        FN(repeat_typed)(&tk, C);
         fbn_plan e = FN_ELEMWISE_PLAN(s, 2);
         const int64_t etiles = e.nblocks * e.nsegs;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
@@ -725,10 +774,12 @@ int FN(fbn_ema)(T *running, const double *batch, int64_t channels, double moment
 
 #undef FN
 #undef FBN_TYPED
+#undef FBN_TYPED_LEN
 #undef FN_REDUCE_PLAN
 #undef FN_ELEMWISE_PLAN
 #undef FBN_FOR_RUNS
 #undef FBN_LOAD
 #undef FBN_SAVE
 #undef FBN_FOR_CHUNKS
+#undef FBN_FOR_SPANS
 #undef FBN_CHUNK
