@@ -143,9 +143,16 @@ def canonical_shape(shape, axis):
     return outer, shape[axis], inner
 
 
+def aligned_contiguous(a):
+    """`a` C-contiguous and aligned (misaligned loads are undefined behaviour in C):
+    itself when it is, one copy otherwise."""
+    a = np.ascontiguousarray(a)
+    return a if a.flags.aligned else a.copy()
+
+
 def canonical(a, axis):
-    """`a` as a C-contiguous (outer, C, inner) array: a view when possible, one copy otherwise."""
-    return np.ascontiguousarray(a).reshape(canonical_shape(a.shape, axis))
+    """`a` as an aligned C-contiguous (outer, C, inner) array: a view when possible."""
+    return aligned_contiguous(a).reshape(canonical_shape(a.shape, axis))
 
 
 def vector_shape(ndim, axis):

@@ -3,7 +3,7 @@ reduce every layout to the canonical (outer, C, inner) view, dispatch."""
 import numpy as np
 
 from . import _kernels
-from ._checks import (Cache, canonical, canonical_shape, channel_axis, check_backward,
+from ._checks import (Cache, aligned_contiguous, canonical, canonical_shape, channel_axis, check_backward,
                       check_count, check_forward, check_per_channel,
                       check_running_update, data_array)
 from ._checks import activation as check_activation
@@ -15,8 +15,8 @@ __all__ = ["forward", "backward", "batch_stats", "merge_stats", "normalize",
 
 
 def _f64(v):
-    """A per-channel vector as contiguous float64 (O(C)); None stays None."""
-    return None if v is None else np.ascontiguousarray(v, dtype=np.float64)
+    """A per-channel vector as contiguous, aligned float64 (O(C)); None stays None."""
+    return None if v is None else aligned_contiguous(np.asarray(v, dtype=np.float64))
 
 
 def _same_buffer(a, b):
@@ -32,7 +32,7 @@ class _Output:
     def __init__(self, out, shape, dtype, axis, inputs):
         self.out, self.shape = out, shape
         canon = canonical_shape(shape, axis)
-        if out is not None and out.flags.c_contiguous:
+        if out is not None and out.flags.c_contiguous and out.flags.aligned:
             out3 = out.reshape(canon)
             overlapping = [a for a in inputs if np.may_share_memory(out3, a)]
             if all(_same_buffer(out3, a) for a in overlapping):
@@ -49,9 +49,9 @@ class _Output:
 
 
 def _update_running(running, batch, momentum, factor):
-    target = np.ascontiguousarray(running)
+    target = aligned_contiguous(running)
     _kernels.ema(target, batch, momentum, factor)
-    if target is not running:  # a strided running statistic: write back
+    if target is not running:  # a strided or misaligned running statistic: write back
         running[...] = target
 
 

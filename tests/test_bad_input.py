@@ -922,11 +922,6 @@ class _AlignmentSpy:
 
 
 @pytest.mark.skipif(fastbn.backend != "c", reason="tests what reaches the compiled kernels")
-@pytest.mark.xfail(strict=True, reason="unaligned arrays (np.frombuffer at an odd offset, "
-                   "packed records) reach the C kernels as they are: misaligned float/double "
-                   "loads and stores are undefined behaviour (UBSan reports them in "
-                   ".ci/sanitize); canonical(), _f64(), _Output and _update_running should "
-                   "copy unless flags.aligned")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_no_unaligned_buffer_reaches_the_kernels(monkeypatch, dtype):
     import fastbn._core as core
