@@ -19,6 +19,7 @@ import decimal
 import math
 import os
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -223,7 +224,7 @@ ACCURACY_CASES = (
 def test_fastbn_accuracy_far_from_origin(layout, dtype, ratio, spread):
     shape, axis = LAYOUTS[layout]
     C = shape[axis]
-    seed = hash((layout, np.dtype(dtype).name, ratio, spread)) % 2**32
+    seed = zlib.crc32(repr((layout, np.dtype(dtype).name, ratio, spread)).encode())  # stable
     x = offset_data(shape, axis, dtype, ratio, spread, seed)
     dy = np.random.default_rng([seed, 1]).standard_normal(shape).astype(dtype)
     gamma, beta = params(C, dtype, seed)
