@@ -46,6 +46,14 @@ fbn_plan fbn_make_plan(fbn_shape s, int64_t elem_size, int inputs, int reduction
     if (max_len < 1) max_len = 1;
     p.nsegs = p.per_channel > max_len ? (p.per_channel + max_len - 1) / max_len : 1;
     p.seg_len = p.nsegs > 0 ? (p.per_channel + p.nsegs - 1) / p.nsegs : 0;
+    p.rows = 0;
+    if (!reduction && s.inner > 1) { /* memory order: whole (o, c) rows per tile */
+        int64_t total = s.outer * s.channels;
+        p.rows = tile / (bytes_per_value * s.inner);
+        if (p.rows < 1) p.rows = 1;
+        p.nblocks = 1;
+        p.nsegs = total > 0 ? (total + p.rows - 1) / p.rows : 0;
+    }
     return p;
 }
 

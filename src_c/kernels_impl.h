@@ -300,7 +300,20 @@ FBN_DISPATCH static void FN(affine_tile)(const T *x, T *y, const fbn_plan *p, in
     FN(fbn_tile) r = FN(tile_of)(p, t);
     const fbn_shape *s = &p->s;
     T buf[FBN_CHUNK];
-    if (s->inner > 1) {
+    if (p->rows) { /* memory order */
+        const int64_t f1 = (t + 1) * p->rows < s->outer * s->channels ? (t + 1) * p->rows
+                                                                      : s->outer * s->channels;
+        for (int64_t f = t * p->rows; f < f1; f++) {
+            const int64_t c = f % s->channels, off = f * s->inner;
+            const T sh = shift[c], sc = scale[c], bi = bias[c];
+            FBN_FOR_CHUNKS(s->inner, i0, m) {
+                const T *xr = x + off + i0;
+                T *out = p->stream ? buf : y + off + i0;
+                for (int64_t i = 0; i < m; i++) out[i] = FN(affine1)(xr[i], sh, sc, bi, relu);
+                if (p->stream) FN(stream_out)(y + off + i0, buf, m);
+            }
+        }
+    } else if (s->inner > 1) {
         int64_t c = r.c0;
         const T sh = shift[c], sc = scale[c], bi = bias[c];
         FBN_FOR_RUNS(s, c, r.j0, r.j1, off, len) FBN_FOR_CHUNKS(len, i0, m) {
@@ -406,7 +419,22 @@ FBN_DISPATCH static void FN(bwd_elemt_tile)(const T *dy, const T *x, T *dx, cons
     FN(fbn_tile) r = FN(tile_of)(p, t);
     const fbn_shape *s = &p->s;
     T buf[FBN_CHUNK];
-    if (s->inner > 1) {
+    if (p->rows) { /* memory order */
+        const int64_t f1 = (t + 1) * p->rows < s->outer * s->channels ? (t + 1) * p->rows
+                                                                      : s->outer * s->channels;
+        for (int64_t f = t * p->rows; f < f1; f++) {
+            const int64_t c = f % s->channels, off = f * s->inner;
+            const T sh = shift[c], sc = scale[c], bi = bias[c];
+            const T a = k_dy[c], b = k_x[c], m_dy = mdy[c], z = k_0[c], is = inv[c];
+            FBN_FOR_CHUNKS(s->inner, i0, m) {
+                const T *dr = dy + off + i0, *xr = x + off + i0;
+                T *out = p->stream ? buf : dx + off + i0;
+                for (int64_t i = 0; i < m; i++)
+                    out[i] = FN(dx1)(dr[i], xr[i], sh, sc, bi, relu, a, b, m_dy, z, is);
+                if (p->stream) FN(stream_out)(dx + off + i0, buf, m);
+            }
+        }
+    } else if (s->inner > 1) {
         int64_t c = r.c0;
         const T sh = shift[c], sc = scale[c], bi = bias[c];
         const T a = k_dy[c], b = k_x[c], m_dy = mdy[c], z = k_0[c], is = inv[c];

@@ -119,6 +119,9 @@ typedef struct {
     int64_t block, nblocks;
     int64_t per_channel, seg_len, nsegs;
     int stream; /* output too large for the caches: write it non-temporally */
+    /* elementwise passes with inner > 1: tile t is the rows (o, c), flat index
+     * o * C + c, in [t * rows, (t + 1) * rows): contiguous memory */
+    int64_t rows;
 } fbn_plan;
 
 /* Per-channel coefficients of the elementwise passes (arrays of C values):
