@@ -23,13 +23,18 @@ __all__ = ["forward", "backward", "batch_stats", "merge_stats", "normalize", "ba
 def _load_backend():
     if _os.environ.get("FASTBN_BACKEND", "").lower() == "numpy":
         return reference, "numpy", "FASTBN_BACKEND=numpy"
-    try:
-        from . import _core
-    except ImportError as exc:
-        _warnings.warn(f"fastbn: the compiled extension could not be imported ({exc}); "
-                       "using the slower NumPy reference", RuntimeWarning, stacklevel=3)
-        return reference, "numpy", str(exc)
-    return _core, "c", None
+    import importlib.util
+    if importlib.util.find_spec(__name__ + "._kernels") is None:
+        reason = "the compiled extension fastbn._kernels is not built"
+    else:
+        try:
+            from . import _core
+            return _core, "c", None
+        except ImportError as exc:
+            reason = f"the compiled extension could not be imported ({exc})"
+    _warnings.warn(f"fastbn: {reason}; using the slower NumPy reference "
+                   "(build it with `pip install -e .`)", RuntimeWarning, stacklevel=3)
+    return reference, "numpy", reason
 
 
 _impl, backend, _fallback_reason = _load_backend()
@@ -50,7 +55,8 @@ def show_config(file=None):
     lines = [f"fastbn {__version__}",
              f"  backend:       {backend}" + (f" ({_fallback_reason})" if _fallback_reason else ""),
              f"  openmp:        {'on' if info['openmp'] else 'off'}",
-             f"  threads:       {get_num_threads()} (of {info['max_threads']} available)",
+             f"  threads:       " + (f"{get_num_threads()} (of {info['max_threads']} available)"
+                                   if backend == "c" else "n/a (NumPy backend)"),
              f"  simd:          {info['simd']}",
              f"  compiler:      {info['compiler']}"]
     print("\n".join(lines), file=file)
