@@ -531,10 +531,20 @@ static int FN(stats_all)(const T *x, const fbn_plan *p, double *pivot, fbn_part 
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (int64_t t = 0; t < ntiles; t++)
         FN(stats_tile)(x, p, t, pivot, parts + (t % p->nsegs) * C);
-    for (int64_t c = 0; c < C; c++) {
-        for (int64_t k = 1; k < p->nsegs; k++) fbn_merge(&parts[c], &parts[k * C + c]);
-        FN(finish_stats)(c, pivot[c], &parts[c], mean_hi, mean_lo, m2);
+    /* Chan et al., segment after segment; every channel has the same counts, so
+     * the weights are computed once per segment and the channel loop is plain */
+    for (int64_t k = 1; k < p->nsegs; k++) {
+        const fbn_part *seg = parts + k * C;
+        const double na = parts[0].n, nb = seg[0].n, n = na + nb;
+        const double wb = nb / n, wab = na * nb / n;
+        for (int64_t c = 0; c < C; c++) {
+            double delta = seg[c].mean - parts[c].mean;
+            parts[c].mean += delta * wb;
+            parts[c].m2 += seg[c].m2 + delta * delta * wab;
+            parts[c].n = n;
+        }
     }
+    for (int64_t c = 0; c < C; c++) FN(finish_stats)(c, pivot[c], &parts[c], mean_hi, mean_lo, m2);
     return 0;
 }
 

@@ -99,17 +99,6 @@ typedef struct {
     double n, mean, m2;
 } fbn_part;
 
-/* Chan et al.: fold b into a. */
-static inline void fbn_merge(fbn_part *a, const fbn_part *b) {
-    double n = a->n + b->n;
-    if (b->n == 0) return;
-    if (a->n == 0) { *a = *b; return; }
-    double delta = b->mean - a->mean;
-    a->mean += delta * (b->n / n);
-    a->m2 += b->m2 + delta * delta * (a->n * b->n / n);
-    a->n = n;
-}
-
 /* How the canonical array is cut into tiles: nblocks channel blocks of `block`
  * channels, each cut into nsegs runs of seg_len values per channel (flat index
  * over (outer, inner); the last run may be shorter). Depends on the shape and
