@@ -653,16 +653,23 @@ int FN(fbn_affine)(const T *x, T *y, fbn_shape s, const double *shift, const dou
     return 0;
 }
 
-/* Sum the tiles' partial sums per channel in a fixed order. */
-static void FN(sum_tiles)(const fbn_plan *p, const double *sums, double *sum_dy,
+/* Sum the tiles' partial sums (2 per channel) segment after segment, so memory
+ * is read in order; compensated, in a fixed order. comp: 2C doubles of scratch. */
+static void FN(sum_tiles)(const fbn_plan *p, double *sums, double *comp, double *sum_dy,
                           double *sum_dy_xc) {
-    const int64_t C = p->s.channels;
-    for (int64_t c = 0; c < C; c++) {
-        fbn_ksum a = {0, 0}, b = {0, 0};
-        for (int64_t k = 0; k < p->nsegs; k++) {
-            fbn_kadd(&a, sums[k * 2 * C + 2 * c]);
-            fbn_kadd(&b, sums[k * 2 * C + 2 * c + 1]);
+    const int64_t C = p->s.channels, C2 = 2 * C;
+    for (int64_t i = 0; i < C2; i++) comp[i] = 0.0;
+    for (int64_t k = 1; k < p->nsegs; k++) {
+        const double *seg = sums + k * C2;
+        for (int64_t i = 0; i < C2; i++) {
+            fbn_ksum acc = {sums[i], comp[i]};
+            fbn_kadd(&acc, seg[i]);
+            sums[i] = acc.sum;
+            comp[i] = acc.comp;
         }
+    }
+    for (int64_t c = 0; c < C; c++) {
+        fbn_ksum a = {sums[2 * c], comp[2 * c]}, b = {sums[2 * c + 1], comp[2 * c + 1]};
         sum_dy[c] = fbn_kval(&a);
         sum_dy_xc[c] = fbn_kval(&b);
     }
@@ -672,13 +679,13 @@ static void FN(sum_tiles)(const fbn_plan *p, const double *sums, double *sum_dy,
 static int FN(reduce_all)(const T *dy, const T *x, const fbn_plan *p, const fbn_coefs *k,
                           const FN(tcoefs) *tk, double *sum_dy, double *sum_dy_xc, int nt) {
     const int64_t C = p->s.channels, ntiles = p->nblocks * p->nsegs;
-    double *sums = malloc(p->nsegs * 2 * C * sizeof(double));
+    double *sums = malloc((p->nsegs + 1) * 2 * C * sizeof(double)); /* + scratch */
     if (!sums) return -1;
     (void)nt;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (int64_t t = 0; t < ntiles; t++)
         FN(bwd_reduce_tile)(dy, x, p, t, k, tk, sums + (t % p->nsegs) * 2 * C);
-    FN(sum_tiles)(p, sums, sum_dy, sum_dy_xc);
+    FN(sum_tiles)(p, sums, sums + p->nsegs * 2 * C, sum_dy, sum_dy_xc);
     free(sums);
     return 0;
 }
