@@ -11,7 +11,7 @@
  * Elementwise kernels use one affine form per channel,
  *     y = (x - shift[c]) * scale[c] + bias[c]           (then max(y, 0) if relu),
  * with shift the high part of the mean so that x - shift is exact-ish even far
- * from the origin (see fbn_coefficients).
+ * from the origin (see fbn_coefficients), computed in the data's type.
  */
 #ifndef FASTBN_H
 #define FASTBN_H

@@ -3,8 +3,8 @@
  *   SFX its suffix (f32 or f64).
  * Two kernel shapes cover every layout: "rows" (inner > 1: each (o, c) is a
  * contiguous run of `inner` values) and "columns" (inner == 1: a row of a
- * channel block is contiguous, and loops run across channels). All arithmetic
- * is in double. */
+ * channel block is contiguous, and loops run across channels). Reductions
+ * accumulate in double; elementwise passes compute in T (see FN(fill_typed)). */
 
 #define FBN_CAT_(a, b) a##_##b
 #define FBN_CAT(a, b) FBN_CAT_(a, b)
