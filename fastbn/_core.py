@@ -3,8 +3,8 @@ reduce every layout to the canonical (outer, C, inner) view, dispatch."""
 import numpy as np
 
 from . import _kernels
-from ._checks import (Cache, aligned_contiguous, canonical, canonical_shape, channel_axis, check_backward,
-                      check_count, check_forward, check_per_channel,
+from ._checks import (Cache, aligned_contiguous, canonical, canonical_shape, channel_axis,
+                      check_backward, check_count, check_forward, check_per_channel,
                       check_running_update, data_array)
 from ._checks import activation as check_activation
 from ._threads import get_num_threads
