@@ -7,9 +7,18 @@ from conftest import DTYPES, assert_close, channel_values
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
-# One torch thread: the arrays are small, and torch's idle OpenMP workers would
-# otherwise spin against fastbn's on the same cores.
-torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One torch thread while this module runs: the arrays are small, and torch's idle
+    OpenMP workers would otherwise spin against fastbn's. Set here, not at import:
+    torch's setting goes through OpenMP and would cap fastbn's threads in every
+    test collected after it."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 # torch wants channels at axis 1; NHWC is compared through a transpose.
 LAYOUTS = {"NC": ((16, 3), 1), "NCL": ((4, 3, 7), 1), "NCHW": ((3, 4, 5, 6), 1),
