@@ -55,7 +55,7 @@ def show_config(file=None):
     lines = [f"fastbn {__version__}",
              f"  backend:       {backend}" + (f" ({_fallback_reason})" if _fallback_reason else ""),
              f"  openmp:        {'on' if info['openmp'] else 'off'}",
-             f"  threads:       " + (f"{get_num_threads()} (of {info['max_threads']} available)"
+             "  threads:       " + (f"{get_num_threads()} (of {info['max_threads']} available)"
                                    if backend == "c" else "n/a (NumPy backend)"),
              f"  simd:          {info['simd']}",
              f"  compiler:      {info['compiler']}"]

@@ -120,6 +120,14 @@ def out_array(out, shape, dtype, name="out"):
     return out
 
 
+def store(values, out, dtype):
+    """`values` as a new array of `dtype`, or written into the checked `out`."""
+    if out is None:
+        return values.astype(dtype)
+    np.copyto(out, values, casting="unsafe")
+    return out
+
+
 def same_shape(a, ref, name, ref_name):
     if a.shape != ref.shape:
         raise ValueError(f"{name} must have the shape of {ref_name} {ref.shape}, got {a.shape}")

@@ -7,6 +7,7 @@ from ._checks import (Cache, aligned_contiguous, canonical, canonical_shape, cha
                       check_backward, check_count, check_forward, check_per_channel,
                       check_running_update, data_array)
 from ._checks import activation as check_activation
+from ._checks import store as _store
 from ._threads import get_num_threads
 from .reference import merge_stats  # O(parts * C) NumPy: nothing to gain in C
 
@@ -122,13 +123,6 @@ def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
     return y, Cache(x, a.gamma, a.beta, mean, invstd, var, axis=a.axis, eps=a.eps,
                     training=a.training, activation=a.activation, mean_lo=lo,
                     x_overwritten=overwritten)
-
-
-def _store(values, out, dtype):
-    if out is None:
-        return values.astype(dtype)
-    out[...] = values
-    return out
 
 
 def backward(dy, cache, *, out=None):

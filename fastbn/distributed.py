@@ -52,6 +52,7 @@ except (ImportError, RuntimeError) as _exc:  # RuntimeError: mpi4py found no MPI
 from ._checks import (Cache, _describe, channel_axis, channel_vector, check_backward,
                       data_array, out_array, real_number, running_vector)
 from ._checks import activation as _check_activation
+from ._checks import store as _store
 from .layers import BatchNorm
 
 __all__ = ["sync_forward", "sync_backward", "SyncBatchNorm", "SyncCache", "PeerError"]
@@ -209,13 +210,6 @@ def _sync_forward_train(x, gamma, beta, comm, axis, eps, running_mean, running_v
     return y, SyncCache(x, gamma, beta, mean, invstd, var, axis=axis, eps=eps, training=True,
                         activation=activation, x_overwritten=overwritten,
                         global_count=total, comm=comm)
-
-
-def _store(values, out, dtype):
-    if out is None:
-        return values.astype(dtype)
-    out[...] = values
-    return out
 
 
 def sync_backward(dy, cache, *, comm, out=None):

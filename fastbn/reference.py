@@ -3,6 +3,7 @@ fallback backend. Every public function of fastbn has its twin here, with the
 same arguments, checks and errors (shared through fastbn._checks)."""
 import numpy as np
 
+from ._checks import store as _store
 from ._checks import (Cache, channel_axis, check_backward, check_count, check_forward,
                       check_merge, check_per_channel, check_running_update, data_array,
                       vector_shape)
@@ -16,13 +17,6 @@ def _col(v, ndim, axis):
 
 def _others(ndim, axis):
     return tuple(d for d in range(ndim) if d != axis)
-
-
-def _store(result, out, dtype):
-    if out is None:
-        return result.astype(dtype)
-    np.copyto(out, result, casting="unsafe")
-    return out
 
 
 def batch_stats(x, *, axis=1):
