@@ -42,6 +42,9 @@ fbn_plan fbn_make_plan(fbn_shape s, int64_t elem_size, int inputs, int reduction
     }
     if (p.block < 1) p.block = 1;
     p.nblocks = (s.channels + p.block - 1) / p.block;
+    /* whole-row reduction tiles stream (only a rare second statistics pass reads
+     * one again): larger ones mean fewer partial results to merge */
+    if (reduction && s.inner == 1 && p.block == s.channels) tile *= FBN_ROW_TILES;
     int64_t max_len = tile / (bytes_per_value * p.block);
     if (max_len < 1) max_len = 1;
     p.nsegs = p.per_channel > max_len ? (p.per_channel + max_len - 1) / max_len : 1;

@@ -138,48 +138,73 @@ FBN_INLINE FN(fbn_tile) FN(tile_of)(const fbn_plan *p, int64_t t) {
     return r;
 }
 
-/* Columns shape, channels [c0, c0 + nc) (nc <= FBN_COL_MAX), rows [j0, j1): lanes
- * are channels, and partial sums go to compensated totals every 64 rows. Passes
- * as in FN(stats_tile). */
+/* A channel block's rows are short runs a whole row apart, which the hardware
+ * prefetcher follows poorly: fetch the group FBN_AHEAD groups ahead of row o. */
+FBN_INLINE void FN(prefetch_block)(const T *row, int64_t C, int64_t nc, int64_t o, int64_t j1) {
+    const int64_t ahead = FBN_AHEAD * FBN_GROUP;
+    for (int64_t i = ahead; i < ahead + FBN_GROUP && o + i < j1; i++)
+        fbn_prefetch(row + i * C, nc * (int64_t)sizeof(T));
+}
+
+/* Adds the sums of e and e^2, e = (x - pivot) - mean, over g rows (a constant:
+ * the rows' loop unrolls, the channels' loop vectorises) to acc and acc2. */
+FBN_INLINE void FN(stats_group)(const T *row, int64_t C, int64_t nc, const int g,
+                                const double *pv, const double *mean, double *restrict acc,
+                                double *restrict acc2) {
+    for (int64_t c = 0; c < nc; c++) {
+        double s1 = 0.0, s2 = 0.0;
+        for (int i = 0; i < g; i++) {
+            double e = ((double)row[i * C + c] - pv[c]) - mean[c];
+            s1 += e;
+            s2 += e * e;
+        }
+        acc[c] += s1;
+        acc2[c] += s2;
+    }
+}
+
+/* Columns shape, channels [c0, c0 + nc), rows [j0, j1). Rows are taken
+ * FBN_GROUP at a time (summed in registers, channels across vector lanes, so a
+ * whole-row tile streams through memory in order), into per-channel sums that
+ * go to compensated totals every FBN_FLUSH_ROWS rows. Passes as in
+ * FN(stats_tile). scratch: FBN_COL_SCRATCH * nc doubles. */
 FBN_INLINE void FN(stats_cols)(const T *x, int64_t C, int64_t c0, int64_t nc, int64_t j0,
-                               int64_t j1, const double *pivot, fbn_part *part) {
+                               int64_t j1, const double *pivot, fbn_part *part,
+                               double *scratch) {
     double n = (double)(j1 - j0);
     const double *pv = pivot + c0;
-    double acc[FBN_COL_MAX], acc2[FBN_COL_MAX], mean[FBN_COL_MAX];
-    fbn_ksum tot[FBN_COL_MAX], tot2[FBN_COL_MAX];
-    int need[FBN_COL_MAX];
-    memset(mean, 0, sizeof mean);
+    double *restrict acc = scratch, *restrict acc2 = acc + nc, *restrict mean = acc2 + nc;
+    double *need = mean + nc, *tot = need + nc, *comp = tot + nc, *tot2 = comp + nc;
+    double *comp2 = tot2 + nc;
+    for (int64_t c = 0; c < nc; c++) mean[c] = 0.0;
     for (int pass = 0; pass < 2; pass++) {
-        memset(tot, 0, sizeof tot);
-        memset(tot2, 0, sizeof tot2);
+        for (int64_t c = 0; c < nc; c++) tot[c] = comp[c] = tot2[c] = comp2[c] = 0.0;
         for (int64_t o = j0; o < j1;) {
-            int64_t end = o + 64 < j1 ? o + 64 : j1;
-            memset(acc, 0, sizeof acc);
-            memset(acc2, 0, sizeof acc2);
-            for (; o < end; o++) {
+            const int64_t end = o + FBN_FLUSH_ROWS < j1 ? o + FBN_FLUSH_ROWS : j1;
+            for (int64_t c = 0; c < nc; c++) acc[c] = acc2[c] = 0.0;
+            for (; o < end; o += FBN_GROUP) {
                 const T *row = x + o * C + c0;
-                if (pass == 0 && o + FBN_AHEAD < j1)
-                    fbn_prefetch(row + FBN_AHEAD * C, nc * sizeof(T));
-                for (int64_t c = 0; c < nc; c++) {
-                    double e = ((double)row[c] - pv[c]) - mean[c];
-                    acc[c] += e;
-                    acc2[c] += e * e;
-                }
+                const int g = end - o < FBN_GROUP ? (int)(end - o) : FBN_GROUP;
+                if (pass == 0 && nc < C) FN(prefetch_block)(row, C, nc, o, j1);
+                if (g == FBN_GROUP)
+                    FN(stats_group)(row, C, nc, FBN_GROUP, pv, mean, acc, acc2);
+                else
+                    for (int i = 0; i < g; i++)
+                        FN(stats_group)(row + i * C, C, nc, 1, pv, mean, acc, acc2);
             }
-            for (int64_t c = 0; c < nc; c++) {
-                fbn_kadd(&tot[c], acc[c]);
-                fbn_kadd(&tot2[c], acc2[c]);
-            }
+            fbn_kadd_arrays(tot, comp, acc, nc);
+            fbn_kadd_arrays(tot2, comp2, acc2, nc);
         }
         /* each channel keeps the result of its own first good pass, so that one
          * channel's data (a NaN, say) never changes another channel's bits */
         int again = 0;
         for (int64_t c = 0; c < nc; c++) {
-            double s1 = fbn_kval(&tot[c]), m2 = fbn_kval(&tot2[c]) - s1 * s1 / n;
+            fbn_ksum k1 = {tot[c], comp[c]}, k2 = {tot2[c], comp2[c]};
+            double s1 = fbn_kval(&k1), m2 = fbn_kval(&k2) - s1 * s1 / n;
             mean[c] += s1 / n;
-            if (pass == 1 && !need[c]) continue;
+            if (pass == 1 && need[c] == 0.0) continue;
             need[c] = !(s1 * s1 / n <= FBN_ONE_PASS * m2);
-            again |= need[c];
+            again |= need[c] != 0.0;
             part[c0 + c].n = n;
             part[c0 + c].mean = mean[c];
             part[c0 + c].m2 = m2;
@@ -188,20 +213,13 @@ FBN_INLINE void FN(stats_cols)(const T *x, int64_t C, int64_t c0, int64_t nc, in
     }
 }
 
-/* A tile of whole rows is contiguous: fetch it in order before the channel
- * blocks walk it column-wise, so those walks hit the cache. */
-FBN_INLINE void FN(prefetch_rows)(const T *a, const fbn_shape *s, const FN(fbn_tile) *r) {
-    if (r->nc == s->channels && r->nc > FBN_COL_MAX)
-        fbn_prefetch(a + r->j0 * s->channels, (r->j1 - r->j0) * s->channels * sizeof(T));
-}
-
 /* Statistics of one tile relative to each channel's pivot (its first value):
  * one pass of shifted sums, which is exact while the pivot is near the tile's
  * mean; when it is far (s1^2 / n > FBN_ONE_PASS * m2, where cancellation would
  * cost digits) a second pass, centred on the first one's mean, replaces it. The
  * second pass reads the tile from cache. */
 FBN_DISPATCH static void FN(stats_tile)(const T *x, const fbn_plan *p, int64_t t,
-                                        const double *pivot, fbn_part *part) {
+                                        const double *pivot, fbn_part *part, double *scratch) {
     FN(fbn_tile) r = FN(tile_of)(p, t);
     const fbn_shape *s = &p->s;
     double n = (double)(r.j1 - r.j0);
@@ -221,11 +239,7 @@ FBN_DISPATCH static void FN(stats_tile)(const T *x, const fbn_plan *p, int64_t t
         }
         return;
     }
-    FN(prefetch_rows)(x, s, &r);
-    for (int64_t c0 = r.c0; c0 < r.c0 + r.nc; c0 += FBN_COL_MAX) {
-        int64_t nc = r.c0 + r.nc - c0 < FBN_COL_MAX ? r.c0 + r.nc - c0 : FBN_COL_MAX;
-        FN(stats_cols)(x, s->channels, c0, nc, r.j0, r.j1, pivot, part);
-    }
+    FN(stats_cols)(x, s->channels, r.c0, r.nc, r.j0, r.j1, pivot, part, scratch);
 }
 
 /* Write n values from an L1 buffer with non-temporal stores: a large output
@@ -265,33 +279,67 @@ FBN_INLINE T FN(affine1)(T x, T shift, T scale, T bias, int relu) {
 /* Columns shape: the contiguous spans of tile r, each m values from offset off,
  * whose first value is of channel ch. A tile of whole rows with coefficients
  * repeated over `period` values goes `period` values (several rows) per span,
- * so short rows (small C, e.g. NHWC) still make long vector loops. */
-FBN_INLINE int64_t FN(span_at)(const fbn_shape *s, const FN(fbn_tile) *r, int64_t period,
-                               int64_t j, int64_t *ch, int64_t *m) {
-    const int64_t C = s->channels, end = r->j1 * C;
-    if (period && r->nc == C) { /* j: a flat offset */
-        *ch = 0;
-        *m = end - j < period ? end - j : period;
-        return j;
-    }
-    int64_t o = j / C, c = j - o * C; /* j: a flat offset inside a row's block */
-    if (c < r->c0) c = r->c0;
-    *ch = c;
-    *m = r->c0 + r->nc - c < FBN_CHUNK ? r->c0 + r->nc - c : FBN_CHUNK;
-    return o * C + c;
-}
-#define FBN_FOR_SPANS(s, r, period, off, ch, m)                                         \
-    for (int64_t sp_j = (r).j0 * (s)->channels + (r).c0, off = 0, ch = 0, m = 0;         \
-         sp_j < (r).j1 * (s)->channels; sp_j = FN(span_next)((s), &(r), off + m))           \
-        if ((off = FN(span_at)((s), &(r), (period), sp_j, &ch, &m)), 1)
+ * so short rows (small C, e.g. NHWC) still make long vector loops. Otherwise
+ * rows go in groups of FBN_GROUP, FBN_SPAN channels at a time: each span's
+ * coefficients are read from L1 by every row of the group, however large C. */
+#ifndef FBN_SPAN
+#define FBN_SPAN (FBN_CHUNK / FBN_GROUP)
+#endif
+typedef struct {
+    int64_t off, ch, m; /* the span */
+    int64_t row, group; /* its row, and the first row of its group */
+} FN(span_it);
 
-/* Where the span after the one ending at `j` starts (skipping other blocks' channels). */
-FBN_INLINE int64_t FN(span_next)(const fbn_shape *s, const FN(fbn_tile) *r, int64_t j) {
-    const int64_t C = s->channels;
-    if (r->nc == C) return j;
-    int64_t o = j / C, c = j - o * C;
-    return c > 0 && c < r->c0 + r->nc ? j : (c == 0 ? o : o + 1) * C + r->c0;
+FBN_INLINE void FN(span_set)(const fbn_shape *s, const FN(fbn_tile) *r, FN(span_it) *it) {
+    const int64_t left = r->c0 + r->nc - it->ch;
+    it->off = it->row * s->channels + it->ch;
+    it->m = left < FBN_SPAN ? left : FBN_SPAN;
 }
+
+FBN_INLINE FN(span_it) FN(span_first)(const fbn_shape *s, const FN(fbn_tile) *r,
+                                      int64_t period) {
+    FN(span_it) it = {0, 0, 0, r->j0, r->j0};
+    if (period && r->nc == s->channels) { /* flat: row and group unused */
+        const int64_t n = (r->j1 - r->j0) * s->channels;
+        it.off = r->j0 * s->channels;
+        it.m = n < period ? n : period;
+        it.group = -1;
+        return it;
+    }
+    it.ch = r->c0;
+    FN(span_set)(s, r, &it);
+    if (r->j1 <= r->j0) it.m = 0;
+    return it;
+}
+
+FBN_INLINE void FN(span_next)(const fbn_shape *s, const FN(fbn_tile) *r, int64_t period,
+                              FN(span_it) *it) {
+    if (it->group < 0) {
+        const int64_t end = r->j1 * s->channels;
+        it->off += it->m;
+        it->m = end - it->off < period ? end - it->off : period;
+        return;
+    }
+    const int64_t last = it->group + FBN_GROUP < r->j1 ? it->group + FBN_GROUP : r->j1;
+    if (++it->row == last) { /* the group's next channels, or the next group */
+        it->row = it->group;
+        it->ch += FBN_SPAN;
+        if (it->ch >= r->c0 + r->nc) {
+            it->ch = r->c0;
+            it->row = it->group = last;
+            if (last == r->j1) {
+                it->m = 0;
+                return;
+            }
+        }
+    }
+    FN(span_set)(s, r, it);
+}
+
+#define FBN_FOR_SPANS(s, r, period, off, ch, m)                                          \
+    for (FN(span_it) sp = FN(span_first)((s), &(r), (period)); sp.m > 0;                \
+         FN(span_next)((s), &(r), (period), &sp))                                        \
+        for (int64_t off = sp.off, ch = sp.ch, m = sp.m, sp_once = 1; sp_once; sp_once = 0)
 
 FBN_DISPATCH static void FN(affine_tile)(const T *x, T *y, const fbn_plan *p, int64_t t,
                                          const FN(tcoefs) *k) {
@@ -338,48 +386,68 @@ FBN_DISPATCH static void FN(affine_tile)(const T *x, T *y, const fbn_plan *p, in
     FN(stream_fence)(p->stream);
 }
 
-/* Columns shape, channels [c0, c0 + nc) (nc <= FBN_COL_MAX), rows [j0, j1). */
+/* Adds the sums of dy' and dy' * (x - shift) over g rows to acc and acc2 (g and
+ * relu constants: see FN(stats_group)). */
+FBN_INLINE void FN(bwd_group)(const T *dr, const T *xr, int64_t C, int64_t nc, const int g,
+                              const int relu, const double *sh, const T *tsh, const T *sc,
+                              const T *bi, double *restrict acc, double *restrict acc2) {
+    for (int64_t c = 0; c < nc; c++) {
+        double s1 = 0.0, s2 = 0.0;
+        for (int i = 0; i < g; i++) {
+            double v = FN(masked)(dr[i * C + c], xr[i * C + c], tsh[c], sc[c], bi[c], relu);
+            s1 += v;
+            s2 += v * ((double)xr[i * C + c] - sh[c]);
+        }
+        acc[c] += s1;
+        acc2[c] += s2;
+    }
+}
+
+/* Columns shape, channels [c0, c0 + nc), rows [j0, j1), as FN(stats_cols) does. */
 FBN_INLINE void FN(bwd_reduce_cols)(const T *dy, const T *x, int64_t C, int64_t c0, int64_t nc,
-                                       int64_t j0, int64_t j1, const fbn_coefs *k,
-                                       const FN(tcoefs) *tk, double *sums) {
+                                    int64_t j0, int64_t j1, const fbn_coefs *k,
+                                    const FN(tcoefs) *tk, double *sums, double *scratch) {
     const double *sh = k->shift + c0, *lw = k->lo + c0;
     const T *tsh = tk->shift + c0, *sc = tk->scale + c0, *bi = tk->bias + c0;
     const int relu = tk->relu;
-    double acc[FBN_COL_MAX], acc2[FBN_COL_MAX];
-    fbn_ksum tot[FBN_COL_MAX], tot2[FBN_COL_MAX];
-    memset(tot, 0, sizeof tot);
-    memset(tot2, 0, sizeof tot2);
+    double *restrict acc = scratch, *restrict acc2 = acc + nc;
+    double *tot = acc2 + nc, *comp = tot + nc, *tot2 = comp + nc, *comp2 = tot2 + nc;
+    for (int64_t c = 0; c < nc; c++) tot[c] = comp[c] = tot2[c] = comp2[c] = 0.0;
     for (int64_t o = j0; o < j1;) {
-        int64_t end = o + 64 < j1 ? o + 64 : j1;
-        memset(acc, 0, sizeof acc);
-        memset(acc2, 0, sizeof acc2);
-        for (; o < end; o++) {
+        const int64_t end = o + FBN_FLUSH_ROWS < j1 ? o + FBN_FLUSH_ROWS : j1;
+        for (int64_t c = 0; c < nc; c++) acc[c] = acc2[c] = 0.0;
+        for (; o < end; o += FBN_GROUP) {
             const T *dr = dy + o * C + c0, *xr = x + o * C + c0;
-            if (o + FBN_AHEAD < j1) {
-                fbn_prefetch(dr + FBN_AHEAD * C, nc * sizeof(T));
-                fbn_prefetch(xr + FBN_AHEAD * C, nc * sizeof(T));
+            const int g = end - o < FBN_GROUP ? (int)(end - o) : FBN_GROUP;
+            if (nc < C) {
+                FN(prefetch_block)(dr, C, nc, o, j1);
+                FN(prefetch_block)(xr, C, nc, o, j1);
             }
-            for (int64_t c = 0; c < nc; c++) {
-                double g = FN(masked)(dr[c], xr[c], tsh[c], sc[c], bi[c], relu);
-                acc[c] += g;
-                acc2[c] += g * (((double)xr[c] - sh[c]) - lw[c]);
-            }
+#define FBN_BWD_GROUP(d, x, g, relu) FN(bwd_group)(d, x, C, nc, g, relu, sh, tsh, sc, bi, acc, acc2)
+            if (g == FBN_GROUP && relu)
+                FBN_BWD_GROUP(dr, xr, FBN_GROUP, 1);
+            else if (g == FBN_GROUP)
+                FBN_BWD_GROUP(dr, xr, FBN_GROUP, 0);
+            else
+                for (int i = 0; i < g; i++) FBN_BWD_GROUP(dr + i * C, xr + i * C, 1, relu);
+#undef FBN_BWD_GROUP
         }
-        for (int64_t c = 0; c < nc; c++) {
-            fbn_kadd(&tot[c], acc[c]);
-            fbn_kadd(&tot2[c], acc2[c]);
-        }
+        fbn_kadd_arrays(tot, comp, acc, nc);
+        fbn_kadd_arrays(tot2, comp2, acc2, nc);
     }
-    for (int64_t c = 0; c < nc; c++) {
-        sums[2 * (c0 + c)] = fbn_kval(&tot[c]);
-        sums[2 * (c0 + c) + 1] = fbn_kval(&tot2[c]);
+    for (int64_t c = 0; c < nc; c++) { /* sum(dy' * ((x - shift) - lo)) */
+        fbn_ksum a1 = {tot[c], comp[c]}, a2 = {tot2[c], comp2[c]};
+        const double s1 = fbn_kval(&a1), s2 = fbn_kval(&a2);
+        sums[2 * (c0 + c)] = s1;
+        sums[2 * (c0 + c) + 1] = lw[c] != 0.0 ? s2 - lw[c] * s1 : s2;
     }
 }
 
 /* Per-channel sum(dy) and sum(dy * (x - shift)) of one tile, into sums[2 * c + {0, 1}]. */
 FBN_DISPATCH static void FN(bwd_reduce_tile)(const T *dy, const T *x, const fbn_plan *p,
                                              int64_t t, const fbn_coefs *k,
-                                             const FN(tcoefs) *tk, double *sums) {
+                                             const FN(tcoefs) *tk, double *sums,
+                                             double *scratch) {
     FN(fbn_tile) r = FN(tile_of)(p, t);
     const fbn_shape *s = &p->s;
     if (s->inner > 1) {
@@ -392,12 +460,7 @@ FBN_DISPATCH static void FN(bwd_reduce_tile)(const T *dy, const T *x, const fbn_
         sums[2 * c + 1] = fbn_acc_value(&a2);
         return;
     }
-    FN(prefetch_rows)(dy, s, &r);
-    FN(prefetch_rows)(x, s, &r);
-    for (int64_t c0 = r.c0; c0 < r.c0 + r.nc; c0 += FBN_COL_MAX) {
-        int64_t nc = r.c0 + r.nc - c0 < FBN_COL_MAX ? r.c0 + r.nc - c0 : FBN_COL_MAX;
-        FN(bwd_reduce_cols)(dy, x, s->channels, c0, nc, r.j0, r.j1, k, tk, sums);
-    }
+    FN(bwd_reduce_cols)(dy, x, s->channels, r.c0, r.nc, r.j0, r.j1, k, tk, sums, scratch);
 }
 
 /* dy - mean_dy comes first: a constant dy over a constant channel gives dx == 0. */
@@ -524,13 +587,12 @@ static void FN(finish_stats)(int64_t c, double pivot, const fbn_part *part, doub
 }
 
 /* Statistics of every channel, tile by tile, merged in a fixed order. */
-static int FN(stats_all)(const T *x, const fbn_plan *p, double *pivot, fbn_part *parts,
-                         double *mean_hi, double *mean_lo, double *m2, int nt) {
-    const int64_t C = p->s.channels, ntiles = p->nblocks * p->nsegs;
-    (void)nt;
+static void FN(stats_all)(const T *x, const fbn_plan *p, double *pivot, fbn_part *parts,
+                          double *scratch, double *mean_hi, double *mean_lo, double *m2, int nt) {
+    const int64_t C = p->s.channels, ntiles = p->nblocks * p->nsegs, len = fbn_scratch_len(p);
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (int64_t t = 0; t < ntiles; t++)
-        FN(stats_tile)(x, p, t, pivot, parts + (t % p->nsegs) * C);
+        FN(stats_tile)(x, p, t, pivot, parts + (t % p->nsegs) * C, scratch + FBN_THREAD_ID * len);
     /* Chan et al., segment after segment; every channel has the same counts, so
      * the weights are computed once per segment and the channel loop is plain */
     for (int64_t k = 1; k < p->nsegs; k++) {
@@ -545,7 +607,6 @@ static int FN(stats_all)(const T *x, const fbn_plan *p, double *pivot, fbn_part 
         }
     }
     for (int64_t c = 0; c < C; c++) FN(finish_stats)(c, pivot[c], &parts[c], mean_hi, mean_lo, m2);
-    return 0;
 }
 
 /* Tilings: reductions keep per-channel accumulators, so inner == 1 tiles are
@@ -561,13 +622,14 @@ int FN(fbn_batch_stats)(const T *x, fbn_shape s, double *mean_hi, double *mean_l
         for (int64_t c = 0; c < s.channels; c++) mean_hi[c] = mean_lo[c] = m2[c] = 0.0;
         return 0;
     }
-    double *pivot = malloc(s.channels * sizeof(double));
+    const int nt = fbn_threads_for(&p, nthreads);
+    double *pivot = malloc((s.channels + nt * fbn_scratch_len(&p)) * sizeof(double));
     fbn_part *parts = malloc(p.nsegs * s.channels * sizeof(fbn_part));
     int status = -1;
     if (pivot && parts) {
         FN(pivots)(x, &s, pivot);
-        status = FN(stats_all)(x, &p, pivot, parts, mean_hi, mean_lo, m2,
-                               fbn_threads_for(&p, nthreads));
+        FN(stats_all)(x, &p, pivot, parts, pivot + s.channels, mean_hi, mean_lo, m2, nt);
+        status = 0;
     }
     free(pivot);
     free(parts);
@@ -586,7 +648,9 @@ int FN(fbn_forward_train)(const T *x, T *y, fbn_shape s, const double *gamma,
     const int64_t C = s.channels;
     fbn_plan p = FN_REDUCE_PLAN(s, 1);
     if (p.per_channel == 0 || C == 0) return -2;
-    double *work = malloc(C * 5 * sizeof(double));
+    const int nt = fbn_threads_for(&p, nthreads);
+    const int64_t len = fbn_scratch_len(&p);
+    double *work = malloc((C * 5 + nt * len) * sizeof(double));
     fbn_part *parts = malloc(p.nsegs * C * sizeof(fbn_part));
     T *typed = malloc(FBN_TYPED * FBN_TYPED_LEN(C) * sizeof(T));
     if (!work || !parts || !typed) {
@@ -596,17 +660,16 @@ int FN(fbn_forward_train)(const T *x, T *y, fbn_shape s, const double *gamma,
         return -1;
     }
     double *pivot = work, *shift = work + C, *scale = work + 2 * C, *bias = work + 3 * C;
-    double *m2 = work + 4 * C, n = (double)p.per_channel;
+    double *m2 = work + 4 * C, *scratch = work + 5 * C, n = (double)p.per_channel;
     fbn_coefs k = {shift, NULL, scale, bias, NULL, NULL, NULL, relu, NULL};
     FN(tcoefs) tk = FN(typed_arrays)(typed, C, relu);
-    int nt = fbn_threads_for(&p, nthreads);
     FN(pivots)(x, &s, pivot);
     if (p.nsegs == 1) {
         /* each tile holds whole channels: reduce it, then normalise it while in cache */
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
         for (int64_t t = 0; t < p.nblocks; t++) {
             int64_t c0 = t * p.block, nc = C - c0 < p.block ? C - c0 : p.block;
-            FN(stats_tile)(x, &p, t, pivot, parts);
+            FN(stats_tile)(x, &p, t, pivot, parts, scratch + FBN_THREAD_ID * len);
             for (int64_t c = c0; c < c0 + nc; c++) {
                 FN(finish_stats)(c, pivot[c], &parts[c], mean_hi, mean_lo, m2);
                 FN(finish_channel)(c, eps, var, invstd, m2, n);
@@ -618,7 +681,7 @@ int FN(fbn_forward_train)(const T *x, T *y, fbn_shape s, const double *gamma,
             FN(affine_tile)(x, y, &p, t, &tk);
         }
     } else {
-        FN(stats_all)(x, &p, pivot, parts, mean_hi, mean_lo, m2, nt);
+        FN(stats_all)(x, &p, pivot, parts, scratch, mean_hi, mean_lo, m2, nt);
         for (int64_t c = 0; c < C; c++) FN(finish_channel)(c, eps, var, invstd, m2, n);
         fbn_coefficients(C, mean_hi, mean_lo, invstd, gamma, beta, shift, scale, bias);
         FN(fill_typed)(&k, 0, C, &tk);
@@ -678,13 +741,14 @@ static void FN(sum_tiles)(const fbn_plan *p, double *sums, double *comp, double 
 /* Reduce every tile, then sum the tiles in order: sum(dy'), sum(dy' * (x - shift - lo)). */
 static int FN(reduce_all)(const T *dy, const T *x, const fbn_plan *p, const fbn_coefs *k,
                           const FN(tcoefs) *tk, double *sum_dy, double *sum_dy_xc, int nt) {
-    const int64_t C = p->s.channels, ntiles = p->nblocks * p->nsegs;
-    double *sums = malloc((p->nsegs + 1) * 2 * C * sizeof(double)); /* + scratch */
+    const int64_t C = p->s.channels, ntiles = p->nblocks * p->nsegs, len = fbn_scratch_len(p);
+    double *sums = malloc(((p->nsegs + 1) * 2 * C + nt * len) * sizeof(double)); /* + scratch */
     if (!sums) return -1;
-    (void)nt;
+    double *scratch = sums + (p->nsegs + 1) * 2 * C;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (int64_t t = 0; t < ntiles; t++)
-        FN(bwd_reduce_tile)(dy, x, p, t, k, tk, sums + (t % p->nsegs) * 2 * C);
+        FN(bwd_reduce_tile)(dy, x, p, t, k, tk, sums + (t % p->nsegs) * 2 * C,
+                            scratch + FBN_THREAD_ID * len);
     FN(sum_tiles)(p, sums, sums + p->nsegs * 2 * C, sum_dy, sum_dy_xc);
     free(sums);
     return 0;
@@ -757,8 +821,10 @@ int FN(fbn_backward)(const T *dy, const T *x, T *dx, fbn_shape s, const double *
     const int64_t C = s.channels;
     fbn_plan p = FN_REDUCE_PLAN(s, 2);
     if (C == 0) return 0;
+    const int nt = fbn_threads_for(&p, nthreads);
+    const int64_t len = fbn_scratch_len(&p);
     double *work = calloc(C * 8, sizeof(double));
-    double *sums = malloc(p.nsegs * 2 * C * sizeof(double));
+    double *sums = malloc((p.nsegs * 2 * C + nt * len) * sizeof(double)); /* + scratch */
     T *typed = malloc(FBN_TYPED * FBN_TYPED_LEN(C) * sizeof(T));
     if (!work || !sums || !typed) {
         free(work);
@@ -772,7 +838,7 @@ int FN(fbn_backward)(const T *dy, const T *x, T *dx, fbn_shape s, const double *
     fbn_coefs k = {shift, lo, scale, bias, k_dy, k_x, mean_dy, relu, invstd};
     FN(tcoefs) tk = FN(typed_arrays)(typed, C, relu);
     double n = (double)p.per_channel;
-    int nt = fbn_threads_for(&p, nthreads), status = 0;
+    int status = 0;
     fbn_coefficients(C, mean_hi, lo, invstd, gamma, beta, shift, scale, bias);
     FN(fill_typed)(&k, 0, C, &tk); /* for the ReLU masks; k_* are filled per block below */
     if (p.per_channel == 0) {
@@ -782,7 +848,8 @@ int FN(fbn_backward)(const T *dy, const T *x, T *dx, fbn_shape s, const double *
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
         for (int64_t t = 0; t < p.nblocks; t++) {
             int64_t c0 = t * p.block, nc = C - c0 < p.block ? C - c0 : p.block;
-            FN(bwd_reduce_tile)(dy, x, &p, t, &k, &tk, sums);
+            FN(bwd_reduce_tile)(dy, x, &p, t, &k, &tk, sums,
+                                sums + p.nsegs * 2 * C + FBN_THREAD_ID * len);
             for (int64_t c = c0; c < c0 + nc; c++) {
                 sum_dy[c] = sums[2 * c];
                 sum_dy_xc[c] = sums[2 * c + 1];
@@ -827,4 +894,5 @@ int FN(fbn_ema)(T *running, const double *batch, int64_t channels, double moment
 #undef FBN_SAVE
 #undef FBN_FOR_CHUNKS
 #undef FBN_FOR_SPANS
+#undef FBN_SPAN
 #undef FBN_CHUNK

@@ -12,9 +12,18 @@
 
 #include "fastbn.h"
 
-/* Widest channel block of a reduction tile when inner == 1 (its per-channel
- * accumulators live on the stack); elementwise tiles take whole rows. */
+/* Widest channel block of a fused reduction tile when inner == 1 (whole channels
+ * of the block fit in a tile); other tiles take whole rows. */
 #define FBN_COL_MAX 256
+/* Columns shape: rows summed together in registers before per-channel sums
+ * (and rows sharing coefficients loaded once in elementwise passes). */
+#ifndef FBN_GROUP
+#define FBN_GROUP 4
+#endif
+/* Columns shape: rows summed plainly before a compensated total. */
+#define FBN_FLUSH_ROWS 64
+/* Columns shape reductions: scratch doubles per channel (sums, totals, flags). */
+#define FBN_COL_SCRATCH 8
 /* Independent accumulator lanes: enough vector registers to hide add latency. */
 #define FBN_LANES 32 /* fbn_acc_flush assumes 32 */
 /* Values summed in plain lanes before they are added to a compensated total:
@@ -22,6 +31,10 @@
 #define FBN_PIECE 4096
 /* Bytes of data per tile: a tile is reduced and then rewritten while in L2. */
 #define FBN_TILE_BYTES (1024 * 1024)
+/* Whole-row reduction tiles (inner == 1) are this many tiles long. */
+#ifndef FBN_ROW_TILES
+#define FBN_ROW_TILES 4
+#endif
 /* One pass of shifted sums gives the variance to ~FBN_ONE_PASS * 1e-16 relative:
  * above that, statistics take a second, centred pass. */
 #define FBN_ONE_PASS 256.0
@@ -38,11 +51,10 @@
 #define FBN_INLINE static inline
 #endif
 
-/* Rows of a channel block are short runs a whole row apart, which the hardware
- * prefetcher follows poorly: first passes over them fetch FBN_AHEAD rows ahead. */
-#define FBN_AHEAD 8
+/* Groups of rows a channel block's first pass fetches ahead (see prefetch_block). */
+#define FBN_AHEAD 1
 static inline void fbn_prefetch(const void *p, int64_t bytes) {
-#if defined(__GNUC__)
+#if defined(__GNUC__) && !defined(FBN_NO_PREFETCH)
     const char *q = (const char *)p;
     for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(q + b);
 #else
@@ -68,6 +80,19 @@ static inline void fbn_kadd(fbn_ksum *k, double v) {
 /* An infinite sum makes the compensation NaN (inf - inf): the sum is the answer then. */
 static inline double fbn_kval(const fbn_ksum *k) {
     return isfinite(k->sum) ? k->sum + k->comp : k->sum;
+}
+
+/* fbn_kadd on arrays: sum[i] += v[i], compensated in comp[i]; no branch, so
+ * the loop vectorises. */
+static inline void fbn_kadd_arrays(double *restrict sum, double *restrict comp,
+                                   const double *restrict v, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        double s = sum[i], x = v[i], t = s + x;
+        int s_big = fabs(s) >= fabs(x);
+        double big = s_big ? s : x, small = s_big ? x : s;
+        comp[i] += (big - t) + small;
+        sum[i] = t;
+    }
 }
 
 /* FBN_LANES plain lanes (vectorisable without reassociation) feeding a
@@ -124,6 +149,17 @@ typedef struct {
     int relu;
     const double *invstd;
 } fbn_coefs;
+
+/* Per-thread scratch of the reductions, in doubles; the thread's index. */
+static inline int64_t fbn_scratch_len(const fbn_plan *p) {
+    return p->s.inner == 1 ? FBN_COL_SCRATCH * p->block : 1;
+}
+#ifdef _OPENMP
+#include <omp.h>
+#define FBN_THREAD_ID omp_get_thread_num()
+#else
+#define FBN_THREAD_ID 0
+#endif
 
 fbn_plan fbn_make_plan(fbn_shape s, int64_t elem_size, int inputs, int reduction);
 int fbn_threads_for(const fbn_plan *p, int nthreads);

@@ -261,8 +261,11 @@ def test_gradient_of_sum_of_outputs(impl, shape, axis, dtype):
 
 # The hypothesis draws above are small; these reach the kernels' other paths:
 # many threads' worth of work, long accumulations, wide channel blocks, rows
-# longer than a cache tile, and outputs large enough for streaming stores.
+# longer than a cache tile, and outputs large enough for streaming stores;
+# (1030, 2050) and (500, 1000) take whole-row and channel-block tiles with
+# partial row groups and channel spans.
 LARGE_CASES = [((70001, 3), 1, "C"), ((257, 600), 1, "F"), ((3, 20, 40, 300), -1, "C"),
+               ((1030, 2050), 1, "C"), ((500, 1000), 1, "C"),
                ((2, 5, 140001), 1, "strided"), ((7, 13, 1031), 1, "reversed"),
                ((3, 1031, 13), 1, "transposed"), ((9, 4, 3001), -2, "unaligned"),
                pytest.param((1, 2, 2_100_000), 1, "C", marks=pytest.mark.slow)]
@@ -302,7 +305,8 @@ def test_larger_arrays_match_reference(shape, axis, layout, dtype, training, act
 
 DETERMINISM_CASES = [((16, 8, 48, 48), 1, "C"), ((8, 24, 24, 64), -1, "C"),
                      ((200000, 3), 1, "F"), ((300000, 1), 1, "C"), ((6, 4, 32, 32, 8), 2, "C"),
-                     ((64, 8, 256), 1, "strided")]
+                     ((64, 8, 256), 1, "strided"), ((1030, 2050), 1, "C"),
+                     ((500, 1000), 1, "C")]
 
 
 def run_everything(x, dy, gamma, beta, axis, training):
