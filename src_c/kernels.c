@@ -43,9 +43,16 @@ fbn_plan fbn_make_plan(fbn_shape s, int64_t elem_size, int inputs, int reduction
     if (p.block < 1) p.block = 1;
     p.nblocks = (s.channels + p.block - 1) / p.block;
     /* whole-row reduction tiles stream (only a rare second statistics pass reads
-     * one again): larger ones mean fewer partial results to merge */
-    if (reduction && s.inner == 1 && p.block == s.channels) tile *= FBN_ROW_TILES;
+     * one again): larger ones mean fewer partial results to merge, but at least
+     * FBN_MIN_TILES of them (of FBN_FLUSH_ROWS rows or more) keep threads busy */
+    const int whole_rows = reduction && s.inner == 1 && p.block == s.channels;
+    if (whole_rows) tile *= FBN_ROW_TILES;
     int64_t max_len = tile / (bytes_per_value * p.block);
+    if (whole_rows) {
+        int64_t even = (p.per_channel + FBN_MIN_TILES - 1) / FBN_MIN_TILES;
+        if (even < FBN_FLUSH_ROWS) even = FBN_FLUSH_ROWS;
+        if (even < max_len) max_len = even;
+    }
     if (max_len < 1) max_len = 1;
     p.nsegs = p.per_channel > max_len ? (p.per_channel + max_len - 1) / max_len : 1;
     p.seg_len = p.nsegs > 0 ? (p.per_channel + p.nsegs - 1) / p.nsegs : 0;

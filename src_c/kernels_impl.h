@@ -71,10 +71,10 @@ typedef struct {
     int64_t period; /* > 0: each array repeats its C values up to this length */
 } FN(tcoefs);
 
-/* Accumulate dy and dy * ((x - shift) - lo) into a1 and a2. */
+/* Accumulate dy' and dy' * (x - shift) into a1 and a2 (relu: a constant, so
+ * that the mask costs nothing without ReLU). */
 FBN_INLINE void FN(run_bwd)(fbn_acc *a1, fbn_acc *a2, const T *restrict dy, const T *restrict x,
-                            int64_t n, double shift, double lo, T tshift, T scale, T bias,
-                            int relu) {
+                            int64_t n, double shift, T tshift, T scale, T bias, const int relu) {
     while (n > 0) {
         int64_t len = FBN_PIECE - a1->pending < n ? FBN_PIECE - a1->pending : n, i = 0;
         double l1[FBN_LANES], l2[FBN_LANES];
@@ -84,18 +84,18 @@ FBN_INLINE void FN(run_bwd)(fbn_acc *a1, fbn_acc *a2, const T *restrict dy, cons
             for (int l = 0; l < FBN_LANES; l++) {
                 double g = FN(masked)(dy[i + l], x[i + l], tshift, scale, bias, relu);
                 l1[l] += g;
-                l2[l] += g * (((double)x[i + l] - shift) - lo);
+                l2[l] += g * ((double)x[i + l] - shift);
             }
         for (; i + 8 <= len; i += 8)
             for (int l = 0; l < 8; l++) {
                 double g = FN(masked)(dy[i + l], x[i + l], tshift, scale, bias, relu);
                 l1[l] += g;
-                l2[l] += g * (((double)x[i + l] - shift) - lo);
+                l2[l] += g * ((double)x[i + l] - shift);
             }
         for (; i < len; i++) {
             double g = FN(masked)(dy[i], x[i], tshift, scale, bias, relu);
             l1[i % FBN_LANES] += g;
-            l2[i % FBN_LANES] += g * (((double)x[i] - shift) - lo);
+            l2[i % FBN_LANES] += g * ((double)x[i] - shift);
         }
         FBN_SAVE(l1, a1);
         FBN_SAVE(l2, a2);
@@ -282,9 +282,7 @@ FBN_INLINE T FN(affine1)(T x, T shift, T scale, T bias, int relu) {
  * so short rows (small C, e.g. NHWC) still make long vector loops. Otherwise
  * rows go in groups of FBN_GROUP, FBN_SPAN channels at a time: each span's
  * coefficients are read from L1 by every row of the group, however large C. */
-#ifndef FBN_SPAN
 #define FBN_SPAN (FBN_CHUNK / FBN_GROUP)
-#endif
 typedef struct {
     int64_t off, ch, m; /* the span */
     int64_t row, group; /* its row, and the first row of its group */
@@ -386,6 +384,13 @@ FBN_DISPATCH static void FN(affine_tile)(const T *x, T *y, const fbn_plan *p, in
     FN(stream_fence)(p->stream);
 }
 
+/* Channel c's sums: sum(dy') and sum(dy' * ((x - shift) - lo)), lo (the mean's
+ * residual) applied once to the sums rather than to every value. */
+FBN_INLINE void FN(sums_minus_lo)(int64_t c, double s1, double s2, double lo, double *sums) {
+    sums[2 * c] = s1;
+    sums[2 * c + 1] = lo != 0.0 ? s2 - lo * s1 : s2;
+}
+
 /* Adds the sums of dy' and dy' * (x - shift) over g rows to acc and acc2 (g and
  * relu constants: see FN(stats_group)). */
 FBN_INLINE void FN(bwd_group)(const T *dr, const T *xr, int64_t C, int64_t nc, const int g,
@@ -435,11 +440,9 @@ FBN_INLINE void FN(bwd_reduce_cols)(const T *dy, const T *x, int64_t C, int64_t 
         fbn_kadd_arrays(tot, comp, acc, nc);
         fbn_kadd_arrays(tot2, comp2, acc2, nc);
     }
-    for (int64_t c = 0; c < nc; c++) { /* sum(dy' * ((x - shift) - lo)) */
+    for (int64_t c = 0; c < nc; c++) {
         fbn_ksum a1 = {tot[c], comp[c]}, a2 = {tot2[c], comp2[c]};
-        const double s1 = fbn_kval(&a1), s2 = fbn_kval(&a2);
-        sums[2 * (c0 + c)] = s1;
-        sums[2 * (c0 + c) + 1] = lw[c] != 0.0 ? s2 - lw[c] * s1 : s2;
+        FN(sums_minus_lo)(c0 + c, fbn_kval(&a1), fbn_kval(&a2), lw[c], sums);
     }
 }
 
@@ -453,11 +456,17 @@ FBN_DISPATCH static void FN(bwd_reduce_tile)(const T *dy, const T *x, const fbn_
     if (s->inner > 1) {
         int64_t c = r.c0;
         fbn_acc a1 = {{0}, 0, {0, 0}}, a2 = a1;
-        FBN_FOR_RUNS(s, c, r.j0, r.j1, off, len)
-            FN(run_bwd)(&a1, &a2, dy + off, x + off, len, k->shift[c], k->lo[c], tk->shift[c],
-                        tk->scale[c], tk->bias[c], tk->relu);
-        sums[2 * c] = fbn_acc_value(&a1);
-        sums[2 * c + 1] = fbn_acc_value(&a2);
+#define FBN_RUN_BWD(relu)                                                                   \
+    FBN_FOR_RUNS(s, c, r.j0, r.j1, off, len)                                                \
+    FN(run_bwd)(&a1, &a2, dy + off, x + off, len, k->shift[c], tk->shift[c], tk->scale[c], \
+                tk->bias[c], relu)
+        if (tk->relu) {
+            FBN_RUN_BWD(1);
+        } else {
+            FBN_RUN_BWD(0);
+        }
+#undef FBN_RUN_BWD
+        FN(sums_minus_lo)(c, fbn_acc_value(&a1), fbn_acc_value(&a2), k->lo[c], sums);
         return;
     }
     FN(bwd_reduce_cols)(dy, x, s->channels, r.c0, r.nc, r.j0, r.j1, k, tk, sums, scratch);
@@ -475,10 +484,10 @@ FBN_INLINE T FN(dx1)(T dy, T x, T shift, T scale, T bias, int relu, T k_dy, T k_
  * type (see FN(fill_typed)). */
 FBN_DISPATCH static void FN(bwd_elemt_tile)(const T *dy, const T *x, T *dx, const fbn_plan *p,
                                             int64_t t, const FN(tcoefs) *k) {
+    const int relu = k->relu;
     const T *shift = k->shift, *scale = k->scale, *bias = k->bias;
     const T *k_dy = k->k_dy, *k_x = k->k_x, *mdy = k->mean_dy, *k_0 = k->k_0;
     const T *inv = k->invstd;
-    const int relu = k->relu;
     FN(fbn_tile) r = FN(tile_of)(p, t);
     const fbn_shape *s = &p->s;
     T buf[FBN_CHUNK];

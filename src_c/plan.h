@@ -17,9 +17,7 @@
 #define FBN_COL_MAX 256
 /* Columns shape: rows summed together in registers before per-channel sums
  * (and rows sharing coefficients loaded once in elementwise passes). */
-#ifndef FBN_GROUP
 #define FBN_GROUP 4
-#endif
 /* Columns shape: rows summed plainly before a compensated total. */
 #define FBN_FLUSH_ROWS 64
 /* Columns shape reductions: scratch doubles per channel (sums, totals, flags). */
@@ -31,10 +29,10 @@
 #define FBN_PIECE 4096
 /* Bytes of data per tile: a tile is reduced and then rewritten while in L2. */
 #define FBN_TILE_BYTES (1024 * 1024)
-/* Whole-row reduction tiles (inner == 1) are this many tiles long. */
-#ifndef FBN_ROW_TILES
+/* Whole-row reduction tiles (inner == 1) are up to this many tiles long, and
+ * there are at least FBN_MIN_TILES of them where rows allow. */
 #define FBN_ROW_TILES 4
-#endif
+#define FBN_MIN_TILES 16
 /* One pass of shifted sums gives the variance to ~FBN_ONE_PASS * 1e-16 relative:
  * above that, statistics take a second, centred pass. */
 #define FBN_ONE_PASS 256.0
@@ -54,7 +52,7 @@
 /* Groups of rows a channel block's first pass fetches ahead (see prefetch_block). */
 #define FBN_AHEAD 1
 static inline void fbn_prefetch(const void *p, int64_t bytes) {
-#if defined(__GNUC__) && !defined(FBN_NO_PREFETCH)
+#if defined(__GNUC__)
     const char *q = (const char *)p;
     for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(q + b);
 #else
