@@ -146,15 +146,17 @@ FBN_INLINE void FN(prefetch_block)(const T *row, int64_t C, int64_t nc, int64_t 
         fbn_prefetch(row + i * C, nc * (int64_t)sizeof(T));
 }
 
-/* Adds the sums of e and e^2, e = (x - pivot) - mean, over g rows (a constant:
- * the rows' loop unrolls, the channels' loop vectorises) to acc and acc2. */
+/* Adds the sums of e and e^2, e = x - pivot (- mean if centred), over g rows (g
+ * and centred constants: the rows' loop unrolls, the channels' loop vectorises)
+ * to acc and acc2. */
 FBN_INLINE void FN(stats_group)(const T *row, int64_t C, int64_t nc, const int g,
-                                const double *pv, const double *mean, double *restrict acc,
-                                double *restrict acc2) {
+                                const int centred, const double *pv, const double *mean,
+                                double *restrict acc, double *restrict acc2) {
     for (int64_t c = 0; c < nc; c++) {
         double s1 = 0.0, s2 = 0.0;
         for (int i = 0; i < g; i++) {
-            double e = ((double)row[i * C + c] - pv[c]) - mean[c];
+            double e = (double)row[i * C + c] - pv[c];
+            if (centred) e -= mean[c];
             s1 += e;
             s2 += e * e;
         }
@@ -186,11 +188,14 @@ FBN_INLINE void FN(stats_cols)(const T *x, int64_t C, int64_t c0, int64_t nc, in
                 const T *row = x + o * C + c0;
                 const int g = end - o < FBN_GROUP ? (int)(end - o) : FBN_GROUP;
                 if (pass == 0 && nc < C) FN(prefetch_block)(row, C, nc, o, j1);
-                if (g == FBN_GROUP)
-                    FN(stats_group)(row, C, nc, FBN_GROUP, pv, mean, acc, acc2);
+#define FBN_STATS_GROUP(r, g, centred) FN(stats_group)(r, C, nc, g, centred, pv, mean, acc, acc2)
+                if (g == FBN_GROUP && pass == 0)
+                    FBN_STATS_GROUP(row, FBN_GROUP, 0);
+                else if (g == FBN_GROUP)
+                    FBN_STATS_GROUP(row, FBN_GROUP, 1);
                 else
-                    for (int i = 0; i < g; i++)
-                        FN(stats_group)(row + i * C, C, nc, 1, pv, mean, acc, acc2);
+                    for (int i = 0; i < g; i++) FBN_STATS_GROUP(row + i * C, 1, 1);
+#undef FBN_STATS_GROUP
             }
             fbn_kadd_arrays(tot, comp, acc, nc);
             fbn_kadd_arrays(tot2, comp2, acc2, nc);
@@ -228,8 +233,12 @@ FBN_DISPATCH static void FN(stats_tile)(const T *x, const fbn_plan *p, int64_t t
         double mean = 0.0;
         for (int pass = 0; pass < 2; pass++) {
             fbn_acc e1 = {{0}, 0, {0, 0}}, e2 = e1; /* ~0.3 KB each */
-            FBN_FOR_RUNS(s, c, r.j0, r.j1, off, len)
-                FN(run_dev)(&e1, &e2, x + off, len, pivot[c], mean);
+            FBN_FOR_RUNS(s, c, r.j0, r.j1, off, len) { /* x - 0.0 == x: folded away */
+                if (pass == 0)
+                    FN(run_dev)(&e1, &e2, x + off, len, pivot[c], 0.0);
+                else
+                    FN(run_dev)(&e1, &e2, x + off, len, pivot[c], mean);
+            }
             double s1 = fbn_acc_value(&e1), m2 = fbn_acc_value(&e2) - s1 * s1 / n;
             mean += s1 / n;
             part[c].n = n;
