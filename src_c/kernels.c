@@ -25,8 +25,8 @@ static int64_t fbn_tile_bytes(void) {
  * Elementwise passes (reduction = 0) take tiles of whole rows when inner == 1.
  * Reductions keep per-channel accumulators: when whole channels of a block of
  * up to FBN_COL_MAX fit in a tile, tiles are such channel blocks (so a fused
- * pass can reduce and rewrite them in cache); otherwise whole rows again,
- * walked in channel blocks after a contiguous prefetch. */
+ * pass can reduce and rewrite them in cache); otherwise whole rows again, read
+ * in memory order a few rows at a time. */
 fbn_plan fbn_make_plan(fbn_shape s, int64_t elem_size, int inputs, int reduction) {
     fbn_plan p;
     int64_t tile = fbn_tile_bytes();
@@ -35,9 +35,10 @@ fbn_plan fbn_make_plan(fbn_shape s, int64_t elem_size, int inputs, int reduction
     p.stream = p.per_channel * s.channels * elem_size >= FBN_STREAM_BYTES;
     int64_t bytes_per_value = elem_size * (inputs + (p.stream ? 0 : 1));
     p.block = 1;
+    int fits = 0;
     if (s.inner == 1) {
         int64_t strip = s.channels < FBN_COL_MAX ? s.channels : FBN_COL_MAX;
-        int fits = strip * p.per_channel * bytes_per_value <= tile;
+        fits = strip * p.per_channel * bytes_per_value <= tile;
         p.block = reduction && fits ? strip : s.channels;
     }
     if (p.block < 1) p.block = 1;
@@ -45,7 +46,7 @@ fbn_plan fbn_make_plan(fbn_shape s, int64_t elem_size, int inputs, int reduction
     /* whole-row reduction tiles stream (only a rare second statistics pass reads
      * one again): larger ones mean fewer partial results to merge, but at least
      * FBN_MIN_TILES of them (of FBN_FLUSH_ROWS rows or more) keep threads busy */
-    const int whole_rows = reduction && s.inner == 1 && p.block == s.channels;
+    const int whole_rows = reduction && s.inner == 1 && !fits;
     if (whole_rows) tile *= FBN_ROW_TILES;
     int64_t max_len = tile / (bytes_per_value * p.block);
     if (whole_rows) {

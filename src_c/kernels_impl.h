@@ -285,37 +285,40 @@ FBN_INLINE T FN(affine1)(T x, T shift, T scale, T bias, int relu) {
     for (int64_t i0 = 0, m = 0; i0 < (n); i0 += m) \
         if ((m = (n) - i0 < FBN_CHUNK ? (n) - i0 : FBN_CHUNK), 1)
 
-/* Columns shape: the contiguous spans of tile r, each m values from offset off,
- * whose first value is of channel ch. A tile of whole rows with coefficients
- * repeated over `period` values goes `period` values (several rows) per span,
- * so short rows (small C, e.g. NHWC) still make long vector loops. Otherwise
- * rows go in groups of FBN_GROUP, FBN_SPAN channels at a time: each span's
- * coefficients are read from L1 by every row of the group, however large C. */
+/* Columns shape: tile r as spans of `rows` rows (a row apart) of m contiguous
+ * values from offset off, whose first value is of channel ch. A tile of whole
+ * rows with coefficients repeated over `period` values goes `period` values
+ * (several rows) per span of one row, so short rows (small C, e.g. NHWC) still
+ * make long vector loops. Otherwise spans are FBN_GROUP rows by FBN_SPAN
+ * channels: each channel's coefficients are loaded once for the group's rows,
+ * however large C. */
 #define FBN_SPAN (FBN_CHUNK / FBN_GROUP)
 typedef struct {
-    int64_t off, ch, m; /* the span */
-    int64_t row, group; /* its row, and the first row of its group */
+    int64_t off, ch, m, rows; /* the span; rows == 0 ends the walk */
+    int64_t group;            /* its first row (-1: flat) */
 } FN(span_it);
 
 FBN_INLINE void FN(span_set)(const fbn_shape *s, const FN(fbn_tile) *r, FN(span_it) *it) {
-    const int64_t left = r->c0 + r->nc - it->ch;
-    it->off = it->row * s->channels + it->ch;
+    const int64_t left = r->c0 + r->nc - it->ch, rows = r->j1 - it->group;
+    it->off = it->group * s->channels + it->ch;
     it->m = left < FBN_SPAN ? left : FBN_SPAN;
+    it->rows = rows < FBN_GROUP ? rows : FBN_GROUP;
 }
 
 FBN_INLINE FN(span_it) FN(span_first)(const fbn_shape *s, const FN(fbn_tile) *r,
                                       int64_t period) {
-    FN(span_it) it = {0, 0, 0, r->j0, r->j0};
-    if (period && r->nc == s->channels) { /* flat: row and group unused */
+    FN(span_it) it = {0, r->c0, 0, 0, r->j0};
+    if (r->j1 <= r->j0) return it;
+    if (period && r->nc == s->channels) {
         const int64_t n = (r->j1 - r->j0) * s->channels;
         it.off = r->j0 * s->channels;
+        it.ch = 0;
         it.m = n < period ? n : period;
+        it.rows = 1;
         it.group = -1;
         return it;
     }
-    it.ch = r->c0;
     FN(span_set)(s, r, &it);
-    if (r->j1 <= r->j0) it.m = 0;
     return it;
 }
 
@@ -325,28 +328,26 @@ FBN_INLINE void FN(span_next)(const fbn_shape *s, const FN(fbn_tile) *r, int64_t
         const int64_t end = r->j1 * s->channels;
         it->off += it->m;
         it->m = end - it->off < period ? end - it->off : period;
+        it->rows = it->m > 0;
         return;
     }
-    const int64_t last = it->group + FBN_GROUP < r->j1 ? it->group + FBN_GROUP : r->j1;
-    if (++it->row == last) { /* the group's next channels, or the next group */
-        it->row = it->group;
-        it->ch += FBN_SPAN;
-        if (it->ch >= r->c0 + r->nc) {
-            it->ch = r->c0;
-            it->row = it->group = last;
-            if (last == r->j1) {
-                it->m = 0;
-                return;
-            }
+    it->ch += FBN_SPAN; /* the group's next channels, or the next group */
+    if (it->ch >= r->c0 + r->nc) {
+        it->ch = r->c0;
+        it->group += it->rows;
+        if (it->group >= r->j1) {
+            it->rows = 0;
+            return;
         }
     }
     FN(span_set)(s, r, it);
 }
 
-#define FBN_FOR_SPANS(s, r, period, off, ch, m)                                          \
-    for (FN(span_it) sp = FN(span_first)((s), &(r), (period)); sp.m > 0;                \
+#define FBN_FOR_SPANS(s, r, period, OFF, CH, M, ROWS)                                    \
+    for (FN(span_it) sp = FN(span_first)((s), &(r), (period)); sp.rows > 0;             \
          FN(span_next)((s), &(r), (period), &sp))                                        \
-        for (int64_t off = sp.off, ch = sp.ch, m = sp.m, sp_once = 1; sp_once; sp_once = 0)
+        for (int64_t OFF = sp.off, CH = sp.ch, M = sp.m, ROWS = sp.rows, sp_once = 1;   \
+             sp_once; sp_once = 0)
 
 FBN_DISPATCH static void FN(affine_tile)(const T *x, T *y, const fbn_plan *p, int64_t t,
                                          const FN(tcoefs) *k) {
@@ -378,17 +379,14 @@ FBN_DISPATCH static void FN(affine_tile)(const T *x, T *y, const fbn_plan *p, in
             if (p->stream) FN(stream_out)(y + off + i0, buf, m);
         }
     } else {
-        /* a span: m contiguous values from off, the first of channel ch */
-#define FBN_AFFINE_SPAN(off, ch, m)                                                        \
-    do {                                                                                   \
-        const T *xr = x + (off);                                                           \
-        T *out = p->stream ? buf : y + (off);                                              \
-        for (int64_t c = 0; c < (m); c++)                                                  \
-            out[c] = FN(affine1)(xr[c], shift[(ch) + c], scale[(ch) + c], bias[(ch) + c], relu); \
-        if (p->stream) FN(stream_out)(y + (off), buf, (m));                                \
-    } while (0)
-        FBN_FOR_SPANS(s, r, k->period, off, ch, m) FBN_AFFINE_SPAN(off, ch, m);
-#undef FBN_AFFINE_SPAN
+        FBN_FOR_SPANS(s, r, k->period, off0, ch, m, rows) for (int64_t i = 0; i < rows; i++) {
+            const int64_t off = off0 + i * s->channels;
+            const T *xr = x + off;
+            T *out = p->stream ? buf : y + off;
+            for (int64_t c = 0; c < m; c++)
+                out[c] = FN(affine1)(xr[c], shift[ch + c], scale[ch + c], bias[ch + c], relu);
+            if (p->stream) FN(stream_out)(y + off, buf, m);
+        }
     }
     FN(stream_fence)(p->stream);
 }
@@ -489,6 +487,20 @@ FBN_INLINE T FN(dx1)(T dy, T x, T shift, T scale, T bias, int relu, T k_dy, T k_
     return k_dy * (g - mean_dy) + (k_x != 0 ? xterm : (T)0) + k_0; /* eval: x not read */
 }
 
+/* Columns shape: dx of g rows (g a constant) of m values, a row ld (out: ldo)
+ * apart, channels from ch: each channel's coefficients loaded once. */
+FBN_INLINE void FN(dx_rows)(const T *dr, const T *xr, int64_t ld, T *out, int64_t ldo, int64_t m,
+                            const FN(tcoefs) *k, int64_t ch, int relu, const int g) {
+    const T *shift = k->shift + ch, *scale = k->scale + ch, *bias = k->bias + ch;
+    const T *k_dy = k->k_dy + ch, *k_x = k->k_x + ch, *mdy = k->mean_dy + ch;
+    const T *k_0 = k->k_0 + ch, *inv = k->invstd + ch;
+    FBN_IVDEP /* too many pointers for runtime alias checks; out may be dr (in place) */
+    for (int64_t c = 0; c < m; c++)
+        for (int i = 0; i < g; i++)
+            out[i * ldo + c] = FN(dx1)(dr[i * ld + c], xr[i * ld + c], shift[c], scale[c],
+                                       bias[c], relu, k_dy[c], k_x[c], mdy[c], k_0[c], inv[c]);
+}
+
 /* dx = k_dy * (dy' - mean_dy) + k_x * (x - shift) * invstd + k_0, in the data's
  * type (see FN(fill_typed)). */
 FBN_DISPATCH static void FN(bwd_elemt_tile)(const T *dy, const T *x, T *dx, const fbn_plan *p,
@@ -527,14 +539,19 @@ FBN_DISPATCH static void FN(bwd_elemt_tile)(const T *dy, const T *x, T *dx, cons
             if (p->stream) FN(stream_out)(dx + off + i0, buf, m);
         }
     } else {
-        FBN_FOR_SPANS(s, r, k->period, off, ch, m) {
-            const T *dr = dy + off, *xr = x + off;
+        const int64_t C = s->channels;
+        FBN_FOR_SPANS(s, r, k->period, off, ch, m, rows) {
             T *out = p->stream ? buf : dx + off;
-            for (int64_t c = 0; c < m; c++)
-                out[c] = FN(dx1)(dr[c], xr[c], shift[ch + c], scale[ch + c], bias[ch + c], relu,
-                                 k_dy[ch + c], k_x[ch + c], mdy[ch + c], k_0[ch + c],
-                                 inv[ch + c]);
-            if (p->stream) FN(stream_out)(dx + off, buf, m);
+            const int64_t ld = p->stream ? FBN_SPAN : C;
+            if (rows == FBN_GROUP)
+                FN(dx_rows)(dy + off, x + off, C, out, ld, m, k, ch, relu, FBN_GROUP);
+            else
+                for (int64_t i = 0; i < rows; i++)
+                    FN(dx_rows)(dy + off + i * C, x + off + i * C, C, out + i * ld, ld, m, k, ch,
+                                relu, 1);
+            if (p->stream)
+                for (int64_t i = 0; i < rows; i++)
+                    FN(stream_out)(dx + off + i * C, buf + i * FBN_SPAN, m);
         }
     }
     FN(stream_fence)(p->stream);

@@ -61,6 +61,17 @@ static inline void fbn_prefetch(const void *p, int64_t bytes) {
 #endif
 }
 
+/* Before a loop without loop-carried dependences (values may still be read and
+ * written at one address in one iteration, as in place): vectorise it without
+ * runtime alias checks. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define FBN_IVDEP _Pragma("GCC ivdep")
+#elif defined(__clang__)
+#define FBN_IVDEP _Pragma("clang loop vectorize(assume_safety)")
+#else
+#define FBN_IVDEP
+#endif
+
 /* Neumaier-compensated sum. */
 typedef struct {
     double sum, comp;
