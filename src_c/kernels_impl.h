@@ -621,27 +621,45 @@ static void FN(finish_stats)(int64_t c, double pivot, const fbn_part *part, doub
     m2[c] = part->m2;
 }
 
+/* Values per channel in segment k. */
+static inline int64_t FN(seg_count)(const fbn_plan *p, int64_t k) {
+    const int64_t j0 = k * p->seg_len;
+    return j0 + p->seg_len < p->per_channel ? p->seg_len : p->per_channel - j0;
+}
+
 /* Statistics of every channel, tile by tile, merged in a fixed order. */
 static void FN(stats_all)(const T *x, const fbn_plan *p, double *pivot, fbn_part *parts,
                           double *scratch, double *mean_hi, double *mean_lo, double *m2, int nt) {
     const int64_t C = p->s.channels, ntiles = p->nblocks * p->nsegs, len = fbn_scratch_len(p);
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-    for (int64_t t = 0; t < ntiles; t++)
-        FN(stats_tile)(x, p, t, pivot, parts + (t % p->nsegs) * C, scratch + FBN_THREAD_ID * len);
-    /* Chan et al., segment after segment; every channel has the same counts, so
-     * the weights are computed once per segment and the channel loop is plain */
-    for (int64_t k = 1; k < p->nsegs; k++) {
-        const fbn_part *seg = parts + k * C;
-        const double na = parts[0].n, nb = seg[0].n, n = na + nb;
-        const double wb = nb / n, wab = na * nb / n;
-        for (int64_t c = 0; c < C; c++) {
-            double delta = seg[c].mean - parts[c].mean;
-            parts[c].mean += delta * wb;
-            parts[c].m2 += seg[c].m2 + delta * delta * wab;
-            parts[c].n = n;
+    const int64_t nchunks = (C + FBN_MERGE_CHUNK - 1) / FBN_MERGE_CHUNK;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < ntiles; t++)
+            FN(stats_tile)(x, p, t, pivot, parts + (t % p->nsegs) * C,
+                           scratch + FBN_THREAD_ID * len);
+        /* Chan et al., segment after segment (for each channel, whichever thread
+         * merges it); every channel has the same counts, so the weights are
+         * computed once per segment and the channel loop is plain */
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < nchunks; b++) {
+            const int64_t c0 = b * FBN_MERGE_CHUNK, c1 = c0 + FBN_MERGE_CHUNK < C ? c0 + FBN_MERGE_CHUNK : C;
+            for (int64_t k = 1; k < p->nsegs; k++) {
+                const fbn_part *seg = parts + k * C; /* counts from the plan: parts[0].n */
+                const double na = (double)(k * p->seg_len);  /* may be another thread's */
+                const double nb = (double)FN(seg_count)(p, k), n = na + nb;
+                const double wb = nb / n, wab = na * nb / n;
+                for (int64_t c = c0; c < c1; c++) {
+                    double delta = seg[c].mean - parts[c].mean;
+                    parts[c].mean += delta * wb;
+                    parts[c].m2 += seg[c].m2 + delta * delta * wab;
+                    parts[c].n = n;
+                }
+            }
+            for (int64_t c = c0; c < c1; c++)
+                FN(finish_stats)(c, pivot[c], &parts[c], mean_hi, mean_lo, m2);
         }
     }
-    for (int64_t c = 0; c < C; c++) FN(finish_stats)(c, pivot[c], &parts[c], mean_hi, mean_lo, m2);
 }
 
 /* Tilings: reductions keep per-channel accumulators, so inner == 1 tiles are
@@ -757,15 +775,7 @@ static void FN(sum_tiles)(const fbn_plan *p, double *sums, double *comp, double 
                           double *sum_dy_xc) {
     const int64_t C = p->s.channels, C2 = 2 * C;
     for (int64_t i = 0; i < C2; i++) comp[i] = 0.0;
-    for (int64_t k = 1; k < p->nsegs; k++) {
-        const double *seg = sums + k * C2;
-        for (int64_t i = 0; i < C2; i++) {
-            fbn_ksum acc = {sums[i], comp[i]};
-            fbn_kadd(&acc, seg[i]);
-            sums[i] = acc.sum;
-            comp[i] = acc.comp;
-        }
-    }
+    for (int64_t k = 1; k < p->nsegs; k++) fbn_kadd_arrays(sums, comp, sums + k * C2, C2);
     for (int64_t c = 0; c < C; c++) {
         fbn_ksum a = {sums[2 * c], comp[2 * c]}, b = {sums[2 * c + 1], comp[2 * c + 1]};
         sum_dy[c] = fbn_kval(&a);

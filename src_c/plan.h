@@ -20,6 +20,8 @@
 #define FBN_GROUP 4
 /* Columns shape: rows summed plainly before a compensated total. */
 #define FBN_FLUSH_ROWS 64
+/* Channels per work item when partial statistics are merged in parallel. */
+#define FBN_MERGE_CHUNK 256
 /* Columns shape reductions: scratch doubles per channel (sums, totals, flags). */
 #define FBN_COL_SCRATCH 8
 /* Independent accumulator lanes: enough vector registers to hide add latency. */
