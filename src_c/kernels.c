@@ -19,6 +19,14 @@ static int64_t fbn_tile_bytes(void) {
     return FBN_TILE_BYTES;
 }
 
+static int64_t fbn_col_max(void) {
+#ifdef FBN_TUNING /* tuning builds only: FASTBN_COL_MAX overrides the channel block */
+    const char *n = getenv("FASTBN_COL_MAX");
+    if (n) return atoll(n);
+#endif
+    return FBN_COL_MAX;
+}
+
 /* A pass reads `inputs` arrays of elem_size values and writes one output. An
  * output too large for the caches is streamed (non-temporal stores), and then
  * only the inputs occupy the cache: a tile holds at most FBN_TILE_BYTES of them.
@@ -37,8 +45,9 @@ fbn_plan fbn_make_plan(fbn_shape s, int64_t elem_size, int inputs, int reduction
     p.block = 1;
     int fits = 0;
     if (s.inner == 1) {
-        int64_t strip = s.channels < FBN_COL_MAX ? s.channels : FBN_COL_MAX;
-        fits = strip * p.per_channel * bytes_per_value <= tile;
+        const int64_t col_max = fbn_col_max();
+        int64_t strip = s.channels < col_max ? s.channels : col_max;
+        fits = strip > 0 && strip * p.per_channel * bytes_per_value <= tile;
         p.block = reduction && fits ? strip : s.channels;
     }
     if (p.block < 1) p.block = 1;
