@@ -349,6 +349,18 @@ FBN_INLINE void FN(span_next)(const fbn_shape *s, const FN(fbn_tile) *r, int64_t
         for (int64_t OFF = sp.off, CH = sp.ch, M = sp.m, ROWS = sp.rows, sp_once = 1;   \
              sp_once; sp_once = 0)
 
+/* Columns shape: y of g rows (g a constant) of m values, a row ld (out: ldo)
+ * apart, channels from ch: each channel's coefficients loaded once. */
+FBN_INLINE void FN(affine_rows)(const T *xr, int64_t ld, T *out, int64_t ldo, int64_t m,
+                                const FN(tcoefs) *k, int64_t ch, const int g) {
+    const T *shift = k->shift + ch, *scale = k->scale + ch, *bias = k->bias + ch;
+    const int relu = k->relu;
+    FBN_IVDEP /* out may be xr (in place) */
+    for (int64_t c = 0; c < m; c++)
+        for (int i = 0; i < g; i++)
+            out[i * ldo + c] = FN(affine1)(xr[i * ld + c], shift[c], scale[c], bias[c], relu);
+}
+
 FBN_DISPATCH static void FN(affine_tile)(const T *x, T *y, const fbn_plan *p, int64_t t,
                                          const FN(tcoefs) *k) {
     const T *shift = k->shift, *scale = k->scale, *bias = k->bias;
@@ -379,13 +391,18 @@ FBN_DISPATCH static void FN(affine_tile)(const T *x, T *y, const fbn_plan *p, in
             if (p->stream) FN(stream_out)(y + off + i0, buf, m);
         }
     } else {
-        FBN_FOR_SPANS(s, r, k->period, off0, ch, m, rows) for (int64_t i = 0; i < rows; i++) {
-            const int64_t off = off0 + i * s->channels;
-            const T *xr = x + off;
+        const int64_t C = s->channels;
+        FBN_FOR_SPANS(s, r, k->period, off, ch, m, rows) {
             T *out = p->stream ? buf : y + off;
-            for (int64_t c = 0; c < m; c++)
-                out[c] = FN(affine1)(xr[c], shift[ch + c], scale[ch + c], bias[ch + c], relu);
-            if (p->stream) FN(stream_out)(y + off, buf, m);
+            const int64_t ld = p->stream ? FBN_SPAN : C;
+            if (rows == FBN_GROUP)
+                FN(affine_rows)(x + off, C, out, ld, m, k, ch, FBN_GROUP);
+            else
+                for (int64_t i = 0; i < rows; i++)
+                    FN(affine_rows)(x + off + i * C, C, out + i * ld, ld, m, k, ch, 1);
+            if (p->stream)
+                for (int64_t i = 0; i < rows; i++)
+                    FN(stream_out)(y + off + i * C, buf + i * FBN_SPAN, m);
         }
     }
     FN(stream_fence)(p->stream);
