@@ -361,51 +361,63 @@ FBN_INLINE void FN(affine_rows)(const T *xr, int64_t ld, T *out, int64_t ldo, in
             out[i * ldo + c] = FN(affine1)(xr[i * ld + c], shift[c], scale[c], bias[c], relu);
 }
 
+/* The walk of an elementwise tile, shared by the forward (y) and the backward
+ * (dx), which define
+ *   RUN(o, out, m, c): m values of channel c from offset o (rows shape),
+ *   SPAN(o, out, ldo, m, ch, g): g rows (a constant) of m values from offset o,
+ *     channels from ch (columns shape), written ldo apart,
+ * into out: straight into the output DST, or into an L1 buffer streamed out. */
+#define FBN_ELEMWISE_WALK(DST, RUN, SPAN)                                                   \
+    do {                                                                                    \
+        const fbn_shape *s_ = &p->s;                                                        \
+        const int64_t C_ = s_->channels;                                                    \
+        FN(fbn_tile) r_ = FN(tile_of)(p, t);                                                \
+        T buf_[FBN_CHUNK];                                                                  \
+        if (p->rows) { /* memory order: whole (o, c) rows */                               \
+            const int64_t f0_ = t * p->rows, n_ = s_->outer * C_;                          \
+            const int64_t f1_ = f0_ + p->rows < n_ ? f0_ + p->rows : n_;                   \
+            for (int64_t f_ = f0_; f_ < f1_; f_++) FBN_FOR_CHUNKS(s_->inner, i0_, m_) {       \
+                const int64_t o_ = f_ * s_->inner + i0_;                                    \
+                RUN(o_, p->stream ? buf_ : (DST) + o_, m_, f_ % C_);                        \
+                if (p->stream) FN(stream_out)((DST) + o_, buf_, m_);                        \
+            }                                                                               \
+        } else if (s_->inner > 1) { /* one channel's runs */                               \
+            FBN_FOR_RUNS(s_, r_.c0, r_.j0, r_.j1, off_, len_) FBN_FOR_CHUNKS(len_, i0_, m_) { \
+                const int64_t o_ = off_ + i0_;                                              \
+                RUN(o_, p->stream ? buf_ : (DST) + o_, m_, r_.c0);                          \
+                if (p->stream) FN(stream_out)((DST) + o_, buf_, m_);                        \
+            }                                                                               \
+        } else {                                                                            \
+            FBN_FOR_SPANS(s_, r_, k->period, o_, ch_, m_, rows_) {                          \
+                T *out_ = p->stream ? buf_ : (DST) + o_;                                    \
+                const int64_t ldo_ = p->stream ? FBN_SPAN : C_;                             \
+                if (rows_ == FBN_GROUP)                                                     \
+                    SPAN(o_, out_, ldo_, m_, ch_, FBN_GROUP);                               \
+                else                                                                        \
+                    for (int64_t i_ = 0; i_ < rows_; i_++)                                  \
+                        SPAN(o_ + i_ * C_, out_ + i_ * ldo_, ldo_, m_, ch_, 1);             \
+                if (p->stream)                                                              \
+                    for (int64_t i_ = 0; i_ < rows_; i_++)                                  \
+                        FN(stream_out)((DST) + o_ + i_ * C_, buf_ + i_ * FBN_SPAN, m_);     \
+            }                                                                               \
+        }                                                                                   \
+        FN(stream_fence)(p->stream);                                                        \
+    } while (0)
+
+/* Rows shape: m values of channel c. */
+FBN_INLINE void FN(affine_run)(const T *xr, T *out, int64_t m, const FN(tcoefs) *k, int64_t c) {
+    const T sh = k->shift[c], sc = k->scale[c], bi = k->bias[c];
+    const int relu = k->relu;
+    for (int64_t i = 0; i < m; i++) out[i] = FN(affine1)(xr[i], sh, sc, bi, relu);
+}
+
 FBN_DISPATCH static void FN(affine_tile)(const T *x, T *y, const fbn_plan *p, int64_t t,
                                          const FN(tcoefs) *k) {
-    const T *shift = k->shift, *scale = k->scale, *bias = k->bias;
-    const int relu = k->relu;
-    FN(fbn_tile) r = FN(tile_of)(p, t);
-    const fbn_shape *s = &p->s;
-    T buf[FBN_CHUNK];
-    if (p->rows) { /* memory order */
-        const int64_t f1 = (t + 1) * p->rows < s->outer * s->channels ? (t + 1) * p->rows
-                                                                      : s->outer * s->channels;
-        for (int64_t f = t * p->rows; f < f1; f++) {
-            const int64_t c = f % s->channels, off = f * s->inner;
-            const T sh = shift[c], sc = scale[c], bi = bias[c];
-            FBN_FOR_CHUNKS(s->inner, i0, m) {
-                const T *xr = x + off + i0;
-                T *out = p->stream ? buf : y + off + i0;
-                for (int64_t i = 0; i < m; i++) out[i] = FN(affine1)(xr[i], sh, sc, bi, relu);
-                if (p->stream) FN(stream_out)(y + off + i0, buf, m);
-            }
-        }
-    } else if (s->inner > 1) {
-        int64_t c = r.c0;
-        const T sh = shift[c], sc = scale[c], bi = bias[c];
-        FBN_FOR_RUNS(s, c, r.j0, r.j1, off, len) FBN_FOR_CHUNKS(len, i0, m) {
-            const T *xr = x + off + i0;
-            T *out = p->stream ? buf : y + off + i0;
-            for (int64_t i = 0; i < m; i++) out[i] = FN(affine1)(xr[i], sh, sc, bi, relu);
-            if (p->stream) FN(stream_out)(y + off + i0, buf, m);
-        }
-    } else {
-        const int64_t C = s->channels;
-        FBN_FOR_SPANS(s, r, k->period, off, ch, m, rows) {
-            T *out = p->stream ? buf : y + off;
-            const int64_t ld = p->stream ? FBN_SPAN : C;
-            if (rows == FBN_GROUP)
-                FN(affine_rows)(x + off, C, out, ld, m, k, ch, FBN_GROUP);
-            else
-                for (int64_t i = 0; i < rows; i++)
-                    FN(affine_rows)(x + off + i * C, C, out + i * ld, ld, m, k, ch, 1);
-            if (p->stream)
-                for (int64_t i = 0; i < rows; i++)
-                    FN(stream_out)(y + off + i * C, buf + i * FBN_SPAN, m);
-        }
-    }
-    FN(stream_fence)(p->stream);
+#define FBN_RUN(o, out, m, c) FN(affine_run)(x + (o), out, m, k, c)
+#define FBN_SPAN_ROWS(o, out, ldo, m, ch, g) FN(affine_rows)(x + (o), C_, out, ldo, m, k, ch, g)
+    FBN_ELEMWISE_WALK(y, FBN_RUN, FBN_SPAN_ROWS);
+#undef FBN_RUN
+#undef FBN_SPAN_ROWS
 }
 
 /* Channel c's sums: sum(dy') and sum(dy' * ((x - shift) - lo)), lo (the mean's
@@ -504,6 +516,16 @@ FBN_INLINE T FN(dx1)(T dy, T x, T shift, T scale, T bias, int relu, T k_dy, T k_
     return k_dy * (g - mean_dy) + (k_x != 0 ? xterm : (T)0) + k_0; /* eval: x not read */
 }
 
+/* Rows shape: dx of m values of channel c. */
+FBN_INLINE void FN(dx_run)(const T *dr, const T *xr, T *out, int64_t m, const FN(tcoefs) *k,
+                           int64_t c) {
+    const T sh = k->shift[c], sc = k->scale[c], bi = k->bias[c], a = k->k_dy[c], b = k->k_x[c];
+    const T m_dy = k->mean_dy[c], z = k->k_0[c], is = k->invstd[c];
+    const int relu = k->relu;
+    for (int64_t i = 0; i < m; i++)
+        out[i] = FN(dx1)(dr[i], xr[i], sh, sc, bi, relu, a, b, m_dy, z, is);
+}
+
 /* Columns shape: dx of g rows (g a constant) of m values, a row ld (out: ldo)
  * apart, channels from ch: each channel's coefficients loaded once. */
 FBN_INLINE void FN(dx_rows)(const T *dr, const T *xr, int64_t ld, T *out, int64_t ldo, int64_t m,
@@ -522,56 +544,12 @@ FBN_INLINE void FN(dx_rows)(const T *dr, const T *xr, int64_t ld, T *out, int64_
  * type (see FN(fill_typed)). */
 FBN_DISPATCH static void FN(bwd_elemt_tile)(const T *dy, const T *x, T *dx, const fbn_plan *p,
                                             int64_t t, const FN(tcoefs) *k) {
-    const int relu = k->relu;
-    const T *shift = k->shift, *scale = k->scale, *bias = k->bias;
-    const T *k_dy = k->k_dy, *k_x = k->k_x, *mdy = k->mean_dy, *k_0 = k->k_0;
-    const T *inv = k->invstd;
-    FN(fbn_tile) r = FN(tile_of)(p, t);
-    const fbn_shape *s = &p->s;
-    T buf[FBN_CHUNK];
-    if (p->rows) { /* memory order */
-        const int64_t f1 = (t + 1) * p->rows < s->outer * s->channels ? (t + 1) * p->rows
-                                                                      : s->outer * s->channels;
-        for (int64_t f = t * p->rows; f < f1; f++) {
-            const int64_t c = f % s->channels, off = f * s->inner;
-            const T sh = shift[c], sc = scale[c], bi = bias[c];
-            const T a = k_dy[c], b = k_x[c], m_dy = mdy[c], z = k_0[c], is = inv[c];
-            FBN_FOR_CHUNKS(s->inner, i0, m) {
-                const T *dr = dy + off + i0, *xr = x + off + i0;
-                T *out = p->stream ? buf : dx + off + i0;
-                for (int64_t i = 0; i < m; i++)
-                    out[i] = FN(dx1)(dr[i], xr[i], sh, sc, bi, relu, a, b, m_dy, z, is);
-                if (p->stream) FN(stream_out)(dx + off + i0, buf, m);
-            }
-        }
-    } else if (s->inner > 1) {
-        int64_t c = r.c0;
-        const T sh = shift[c], sc = scale[c], bi = bias[c];
-        const T a = k_dy[c], b = k_x[c], m_dy = mdy[c], z = k_0[c], is = inv[c];
-        FBN_FOR_RUNS(s, c, r.j0, r.j1, off, len) FBN_FOR_CHUNKS(len, i0, m) {
-            const T *dr = dy + off + i0, *xr = x + off + i0;
-            T *out = p->stream ? buf : dx + off + i0;
-            for (int64_t i = 0; i < m; i++)
-                out[i] = FN(dx1)(dr[i], xr[i], sh, sc, bi, relu, a, b, m_dy, z, is);
-            if (p->stream) FN(stream_out)(dx + off + i0, buf, m);
-        }
-    } else {
-        const int64_t C = s->channels;
-        FBN_FOR_SPANS(s, r, k->period, off, ch, m, rows) {
-            T *out = p->stream ? buf : dx + off;
-            const int64_t ld = p->stream ? FBN_SPAN : C;
-            if (rows == FBN_GROUP)
-                FN(dx_rows)(dy + off, x + off, C, out, ld, m, k, ch, relu, FBN_GROUP);
-            else
-                for (int64_t i = 0; i < rows; i++)
-                    FN(dx_rows)(dy + off + i * C, x + off + i * C, C, out + i * ld, ld, m, k, ch,
-                                relu, 1);
-            if (p->stream)
-                for (int64_t i = 0; i < rows; i++)
-                    FN(stream_out)(dx + off + i * C, buf + i * FBN_SPAN, m);
-        }
-    }
-    FN(stream_fence)(p->stream);
+#define FBN_RUN(o, out, m, c) FN(dx_run)(dy + (o), x + (o), out, m, k, c)
+#define FBN_SPAN_ROWS(o, out, ldo, m, ch, g) \
+    FN(dx_rows)(dy + (o), x + (o), C_, out, ldo, m, k, ch, k->relu, g)
+    FBN_ELEMWISE_WALK(dx, FBN_RUN, FBN_SPAN_ROWS);
+#undef FBN_RUN
+#undef FBN_SPAN_ROWS
 }
 
 /* ---- drivers ------------------------------------------------------------ */
@@ -956,5 +934,6 @@ int FN(fbn_ema)(T *running, const double *batch, int64_t channels, double moment
 #undef FBN_SAVE
 #undef FBN_FOR_CHUNKS
 #undef FBN_FOR_SPANS
+#undef FBN_ELEMWISE_WALK
 #undef FBN_SPAN
 #undef FBN_CHUNK
