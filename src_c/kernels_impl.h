@@ -138,8 +138,14 @@ FBN_INLINE FN(fbn_tile) FN(tile_of)(const fbn_plan *p, int64_t t) {
     return r;
 }
 
-/* A channel block's rows are short runs a whole row apart, which the hardware
- * prefetcher follows poorly: fetch the group FBN_AHEAD groups ahead of row o. */
+/* The hardware prefetcher follows a row group's loads poorly when they are short
+ * runs a whole row apart (a channel block), or, for the statistics, rows of a few
+ * cache lines each (small C: the group's lines are visited out of order; measured
+ * on float64 NHWC): then reductions fetch the group FBN_AHEAD groups ahead of row o. */
+FBN_INLINE int FN(needs_prefetch)(int64_t C, int64_t nc) {
+    return nc < C || C * (int64_t)sizeof(T) <= FBN_SHORT_ROW;
+}
+
 FBN_INLINE void FN(prefetch_block)(const T *row, int64_t C, int64_t nc, int64_t o, int64_t j1) {
     const int64_t ahead = FBN_AHEAD * FBN_GROUP;
     for (int64_t i = ahead; i < ahead + FBN_GROUP && o + i < j1; i++)
@@ -187,7 +193,7 @@ FBN_INLINE void FN(stats_cols)(const T *x, int64_t C, int64_t c0, int64_t nc, in
             for (; o < end; o += FBN_GROUP) {
                 const T *row = x + o * C + c0;
                 const int g = end - o < FBN_GROUP ? (int)(end - o) : FBN_GROUP;
-                if (pass == 0 && nc < C) FN(prefetch_block)(row, C, nc, o, j1);
+                if (pass == 0 && FN(needs_prefetch)(C, nc)) FN(prefetch_block)(row, C, nc, o, j1);
 #define FBN_STATS_GROUP(r, g, centred) FN(stats_group)(r, C, nc, g, centred, pv, mean, acc, acc2)
                 if (g == FBN_GROUP && pass == 0)
                     FBN_STATS_GROUP(row, FBN_GROUP, 0);

@@ -53,6 +53,7 @@
 
 /* Groups of rows a channel block's first pass fetches ahead (see prefetch_block). */
 #define FBN_AHEAD 1
+#define FBN_SHORT_ROW 2048 /* bytes */
 static inline void fbn_prefetch(const void *p, int64_t bytes) {
 #if defined(__GNUC__)
     const char *q = (const char *)p;
