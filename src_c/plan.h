@@ -51,9 +51,10 @@
 #define FBN_INLINE static inline
 #endif
 
-/* Groups of rows a channel block's first pass fetches ahead (see prefetch_block). */
+/* Row groups a reduction fetches ahead where the hardware prefetcher falls short:
+ * channel blocks, and rows of at most FBN_SHORT_ROW bytes (see prefetch_block). */
 #define FBN_AHEAD 1
-#define FBN_SHORT_ROW 2048 /* bytes */
+#define FBN_SHORT_ROW 2048
 static inline void fbn_prefetch(const void *p, int64_t bytes) {
 #if defined(__GNUC__)
     const char *q = (const char *)p;
