@@ -42,8 +42,10 @@ class BuildExt(build_ext):
         msvc = cc.compiler_type == "msvc"
         compile_flags = [] if msvc else list(BASE_FLAGS)
         link_flags = []
+        serial = [] if msvc else ["-Wno-unknown-pragmas"]  # the omp pragmas, unused
         if os.environ.get("FASTBN_NO_OPENMP") == "1":
             print("fastbn: OpenMP disabled by FASTBN_NO_OPENMP=1; kernels run on one thread")
+            compile_flags += serial
         else:
             omp = ["/openmp"] if msvc else ["-fopenmp"]
             if compiler_accepts(cc, omp, OPENMP_PROBE, [] if msvc else omp):
@@ -53,6 +55,7 @@ class BuildExt(build_ext):
             else:
                 print("fastbn: the compiler does not support OpenMP; building without it "
                       "(kernels run on one thread)")
+                compile_flags += serial
         if os.environ.get("FASTBN_SANITIZE") == "1":
             san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
                    "-fno-omit-frame-pointer", "-O1", "-g"]
