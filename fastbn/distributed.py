@@ -309,9 +309,7 @@ class SyncBatchNorm(BatchNorm):
         except (TypeError, ValueError) as exc:
             error = exc  # joins the collective with num_features, then raises
         update = self.training and self.track_running_stats
-        momentum = 0.0 if self.momentum is None else self.momentum
-        if update and self.momentum is None:
-            momentum = 1.0 / (self.num_batches_tracked + 1)
+        momentum = self._step_momentum(update)
         running = (self.running_mean, self.running_var) if update else (None, None)
         y, cache = _sync_forward_train(x, self.params.get("gamma"), self.params.get("beta"),
                                        self.comm, self.axis, self.eps, *running, momentum, out,
@@ -329,18 +327,9 @@ class SyncBatchNorm(BatchNorm):
         cache = self._cache
         if cache is None or not cache.training:
             return super().backward(dy, out=out)  # local: no communication needed
-        grad_out = [None, None]
-        for i, key in enumerate(("gamma", "beta")):
-            p, g = getattr(cache, key), self.grads.get(key)
-            if p is not None and isinstance(g, np.ndarray) and g.shape == p.shape \
-                    and g.dtype == p.dtype and g.flags.writeable:
-                grad_out[i] = g
-        outs = out if all(g is None for g in grad_out) else (out, *grad_out)
-        dx, dgamma, dbeta = _sync_backward_train(dy, cache, self.comm, outs)
-        if cache.gamma is not None:
-            self.grads["gamma"] = dgamma
-        if cache.beta is not None:
-            self.grads["beta"] = dbeta
+        dx, dgamma, dbeta = _sync_backward_train(dy, cache, self.comm,
+                                                 self._grad_outs(cache, out))
+        self._store_grads(cache, dgamma, dbeta)
         return dx
 
     @classmethod

@@ -168,9 +168,7 @@ class BatchNorm:
         fb = _fastbn()
         use_batch_stats = self.training or not self.track_running_stats
         update = self.training and self.track_running_stats
-        momentum = 0.0 if self.momentum is None else self.momentum
-        if update and self.momentum is None:
-            momentum = 1.0 / (self.num_batches_tracked + 1)
+        momentum = self._step_momentum(update)
         running = {}
         if update or not use_batch_stats:
             running = {"running_mean": self.running_mean, "running_var": self.running_var}
@@ -193,22 +191,34 @@ class BatchNorm:
         if self._cache is None:
             raise RuntimeError("BatchNorm.backward called before forward: call the layer on a "
                                "batch first")
-        fb = _fastbn()
         cache = self._cache
+        dx, dgamma, dbeta = _fastbn().backward(dy, cache, out=self._grad_outs(cache, out))
+        self._store_grads(cache, dgamma, dbeta)
+        return dx
+
+    # -- steps shared with SyncBatchNorm ------------------------------------------------
+    def _step_momentum(self, update):
+        """The momentum of this step: cumulative averaging when momentum is None."""
+        if update and self.momentum is None:
+            return 1.0 / (self.num_batches_tracked + 1)
+        return 0.0 if self.momentum is None else self.momentum
+
+    def _grad_outs(self, cache, out):
+        """The backward's out=: dx's buffer, plus grads["gamma"/"beta"] where they can be
+        written in place (arrays of the parameters' shape and dtype)."""
         grad_out = [None, None]
         for i, key in enumerate(_PARAM_KEYS):
-            p = getattr(cache, key)
-            g = self.grads.get(key)
+            p, g = getattr(cache, key), self.grads.get(key)
             if p is not None and isinstance(g, np.ndarray) and g.shape == p.shape \
                     and g.dtype == p.dtype and g.flags.writeable:
                 grad_out[i] = g
-        outs = out if all(g is None for g in grad_out) else (out, *grad_out)
-        dx, dgamma, dbeta = fb.backward(dy, cache, out=outs)
+        return out if all(g is None for g in grad_out) else (out, *grad_out)
+
+    def _store_grads(self, cache, dgamma, dbeta):
         if cache.gamma is not None:
             self.grads["gamma"] = dgamma
         if cache.beta is not None:
             self.grads["beta"] = dbeta
-        return dx
 
     # -- state ----------------------------------------------------------------------------
     def _expected_keys(self):
