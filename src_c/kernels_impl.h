@@ -216,7 +216,6 @@ FBN_INLINE void FN(stats_cols)(const T *x, int64_t C, int64_t c0, int64_t nc, in
             if (pass == 1 && need[c] == 0.0) continue;
             need[c] = !(s1 * s1 / n <= FBN_ONE_PASS * m2);
             again |= need[c] != 0.0;
-            part[c0 + c].n = n;
             part[c0 + c].mean = mean[c];
             part[c0 + c].m2 = m2;
         }
@@ -247,7 +246,6 @@ FBN_DISPATCH static void FN(stats_tile)(const T *x, const fbn_plan *p, int64_t t
             }
             double s1 = fbn_acc_value(&e1), m2 = fbn_acc_value(&e2) - s1 * s1 / n;
             mean += s1 / n;
-            part[c].n = n;
             part[c].mean = mean;
             part[c].m2 = m2;
             if (s1 * s1 / n <= FBN_ONE_PASS * m2) break; /* NaN: a second pass, harmless */
@@ -622,12 +620,6 @@ static void FN(finish_stats)(int64_t c, double pivot, const fbn_part *part, doub
     m2[c] = part->m2;
 }
 
-/* Values per channel in segment k. */
-static inline int64_t FN(seg_count)(const fbn_plan *p, int64_t k) {
-    const int64_t j0 = k * p->seg_len;
-    return j0 + p->seg_len < p->per_channel ? p->seg_len : p->per_channel - j0;
-}
-
 /* Statistics of every channel, tile by tile, merged in a fixed order. */
 static void FN(stats_all)(const T *x, const fbn_plan *p, double *pivot, fbn_part *parts,
                           double *scratch, double *mean_hi, double *mean_lo, double *m2, int nt) {
@@ -644,17 +636,18 @@ static void FN(stats_all)(const T *x, const fbn_plan *p, double *pivot, fbn_part
          * computed once per segment and the channel loop is plain */
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < nchunks; b++) {
-            const int64_t c0 = b * FBN_MERGE_CHUNK, c1 = c0 + FBN_MERGE_CHUNK < C ? c0 + FBN_MERGE_CHUNK : C;
+            const int64_t c0 = b * FBN_MERGE_CHUNK;
+            const int64_t c1 = c0 + FBN_MERGE_CHUNK < C ? c0 + FBN_MERGE_CHUNK : C;
             for (int64_t k = 1; k < p->nsegs; k++) {
-                const fbn_part *seg = parts + k * C; /* counts from the plan: parts[0].n */
-                const double na = (double)(k * p->seg_len);  /* may be another thread's */
-                const double nb = (double)FN(seg_count)(p, k), n = na + nb;
+                /* segment k (of channel block 0): na values before it, nb in it */
+                const FN(fbn_tile) r = FN(tile_of)(p, k);
+                const fbn_part *seg = parts + k * C;
+                const double na = (double)r.j0, nb = (double)(r.j1 - r.j0), n = na + nb;
                 const double wb = nb / n, wab = na * nb / n;
                 for (int64_t c = c0; c < c1; c++) {
                     double delta = seg[c].mean - parts[c].mean;
                     parts[c].mean += delta * wb;
                     parts[c].m2 += seg[c].m2 + delta * delta * wab;
-                    parts[c].n = n;
                 }
             }
             for (int64_t c = c0; c < c1; c++)

@@ -131,10 +131,11 @@ static inline double fbn_acc_value(fbn_acc *a) {
     return fbn_kval(&a->total);
 }
 
-/* Partial statistics of one tile for one channel: n values, their mean and m2,
- * all relative to the channel's pivot (its first value). */
+/* Partial statistics of one tile for one channel: the mean and m2 of its values
+ * (their count is the tile's, from the plan), relative to the channel's pivot
+ * (its first value). */
 typedef struct {
-    double n, mean, m2;
+    double mean, m2;
 } fbn_part;
 
 /* How the canonical array is cut into tiles: nblocks channel blocks of `block`
