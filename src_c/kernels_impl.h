@@ -625,6 +625,7 @@ static void FN(stats_all)(const T *x, const fbn_plan *p, double *pivot, fbn_part
                           double *scratch, double *mean_hi, double *mean_lo, double *m2, int nt) {
     const int64_t C = p->s.channels, ntiles = p->nblocks * p->nsegs, len = fbn_scratch_len(p);
     const int64_t nchunks = (C + FBN_MERGE_CHUNK - 1) / FBN_MERGE_CHUNK;
+    (void)nt; /* without OpenMP */
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
 #pragma omp for schedule(static)
@@ -777,20 +778,19 @@ static void FN(sum_tiles)(const fbn_plan *p, double *sums, double *comp, double 
     }
 }
 
-/* Reduce every tile, then sum the tiles in order: sum(dy'), sum(dy' * (x - shift - lo)). */
-static int FN(reduce_all)(const T *dy, const T *x, const fbn_plan *p, const fbn_coefs *k,
-                          const FN(tcoefs) *tk, double *sum_dy, double *sum_dy_xc, int nt) {
+/* Reduce every tile, then sum the tiles in order: sum(dy'), sum(dy' * (x - shift - lo)).
+ * work: fbn_reduce_work_len(p, nt) doubles. */
+static void FN(reduce_all)(const T *dy, const T *x, const fbn_plan *p, const fbn_coefs *k,
+                           const FN(tcoefs) *tk, double *work, double *sum_dy,
+                           double *sum_dy_xc, int nt) {
     const int64_t C = p->s.channels, ntiles = p->nblocks * p->nsegs, len = fbn_scratch_len(p);
-    double *sums = malloc(((p->nsegs + 1) * 2 * C + nt * len) * sizeof(double)); /* + scratch */
-    if (!sums) return -1;
-    double *scratch = sums + (p->nsegs + 1) * 2 * C;
+    double *scratch = fbn_reduce_scratch(p, work);
+    (void)nt; /* without OpenMP */
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (int64_t t = 0; t < ntiles; t++)
-        FN(bwd_reduce_tile)(dy, x, p, t, k, tk, sums + (t % p->nsegs) * 2 * C,
+        FN(bwd_reduce_tile)(dy, x, p, t, k, tk, work + (t % p->nsegs) * 2 * C,
                             scratch + FBN_THREAD_ID * len);
-    FN(sum_tiles)(p, sums, sums + p->nsegs * 2 * C, sum_dy, sum_dy_xc);
-    free(sums);
-    return 0;
+    FN(sum_tiles)(p, work, work + p->nsegs * 2 * C, sum_dy, sum_dy_xc);
 }
 
 int FN(fbn_backward_reduce)(const T *dy, const T *x, fbn_shape s, const double *shift,
@@ -802,17 +802,20 @@ int FN(fbn_backward_reduce)(const T *dy, const T *x, fbn_shape s, const double *
         for (int64_t c = 0; c < C; c++) sum_dy[c] = sum_dy_xs[c] = 0.0;
         return 0;
     }
+    const int nt = fbn_threads_for(&p, nthreads);
     double *zeros = calloc(C, sizeof(double));
+    double *work = malloc(fbn_reduce_work_len(&p, nt) * sizeof(double));
     T *typed = malloc(FBN_TYPED * FBN_TYPED_LEN(C) * sizeof(T));
     int status = -1;
-    if (zeros && typed) {
+    if (zeros && work && typed) {
         fbn_coefs k = {shift, zeros, scale, bias, NULL, NULL, NULL, relu, NULL};
         FN(tcoefs) tk = FN(typed_arrays)(typed, C, relu);
         FN(fill_typed)(&k, 0, C, &tk);
-        status = FN(reduce_all)(dy, x, &p, &k, &tk, sum_dy, sum_dy_xs,
-                                fbn_threads_for(&p, nthreads));
+        FN(reduce_all)(dy, x, &p, &k, &tk, work, sum_dy, sum_dy_xs, nt);
+        status = 0;
     }
     free(zeros);
+    free(work);
     free(typed);
     return status;
 }
@@ -863,7 +866,7 @@ int FN(fbn_backward)(const T *dy, const T *x, T *dx, fbn_shape s, const double *
     const int nt = fbn_threads_for(&p, nthreads);
     const int64_t len = fbn_scratch_len(&p);
     double *work = calloc(C * 8, sizeof(double));
-    double *sums = malloc((p.nsegs * 2 * C + nt * len) * sizeof(double)); /* + scratch */
+    double *sums = malloc(fbn_reduce_work_len(&p, nt) * sizeof(double));
     T *typed = malloc(FBN_TYPED * FBN_TYPED_LEN(C) * sizeof(T));
     if (!work || !sums || !typed) {
         free(work);
@@ -877,7 +880,6 @@ int FN(fbn_backward)(const T *dy, const T *x, T *dx, fbn_shape s, const double *
     fbn_coefs k = {shift, lo, scale, bias, k_dy, k_x, mean_dy, relu, invstd};
     FN(tcoefs) tk = FN(typed_arrays)(typed, C, relu);
     double n = (double)p.per_channel;
-    int status = 0;
     fbn_coefficients(C, mean_hi, lo, invstd, gamma, beta, shift, scale, bias);
     FN(fill_typed)(&k, 0, C, &tk); /* for the ReLU masks; k_* are filled per block below */
     if (p.per_channel == 0) {
@@ -888,7 +890,7 @@ int FN(fbn_backward)(const T *dy, const T *x, T *dx, fbn_shape s, const double *
         for (int64_t t = 0; t < p.nblocks; t++) {
             int64_t c0 = t * p.block, nc = C - c0 < p.block ? C - c0 : p.block;
             FN(bwd_reduce_tile)(dy, x, &p, t, &k, &tk, sums,
-                                sums + p.nsegs * 2 * C + FBN_THREAD_ID * len);
+                                fbn_reduce_scratch(&p, sums) + FBN_THREAD_ID * len);
             for (int64_t c = c0; c < c0 + nc; c++) {
                 sum_dy[c] = sums[2 * c];
                 sum_dy_xc[c] = sums[2 * c + 1];
@@ -898,7 +900,8 @@ int FN(fbn_backward)(const T *dy, const T *x, T *dx, fbn_shape s, const double *
             FN(fill_typed)(&k, c0, nc, &tk);
             FN(bwd_elemt_tile)(dy, x, dx, &p, t, &tk);
         }
-    } else if ((status = FN(reduce_all)(dy, x, &p, &k, &tk, sum_dy, sum_dy_xc, nt)) == 0) {
+    } else {
+        FN(reduce_all)(dy, x, &p, &k, &tk, sums, sum_dy, sum_dy_xc, nt);
         for (int64_t c = 0; c < C; c++)
             FN(bwd_coefficients)(c, n, training, invstd, gamma, sum_dy, sum_dy_xc, sum_dy_xhat,
                                  k_dy, k_x, mean_dy);
@@ -913,7 +916,7 @@ int FN(fbn_backward)(const T *dy, const T *x, T *dx, fbn_shape s, const double *
     free(work);
     free(sums);
     free(typed);
-    return status;
+    return 0;
 }
 
 int FN(fbn_ema)(T *running, const double *batch, int64_t channels, double momentum,

@@ -168,6 +168,15 @@ typedef struct {
 static inline int64_t fbn_scratch_len(const fbn_plan *p) {
     return p->s.inner == 1 ? FBN_COL_SCRATCH * p->block : 1;
 }
+
+/* Work of a backward reduction, in doubles: each segment's sums (2 per channel),
+ * their compensations (2 per channel), then nt threads' scratch. */
+static inline int64_t fbn_reduce_work_len(const fbn_plan *p, int nt) {
+    return (p->nsegs + 1) * 2 * p->s.channels + nt * fbn_scratch_len(p);
+}
+static inline double *fbn_reduce_scratch(const fbn_plan *p, double *work) {
+    return work + (p->nsegs + 1) * 2 * p->s.channels;
+}
 #ifdef _OPENMP
 #include <omp.h>
 #define FBN_THREAD_ID omp_get_thread_num()
