@@ -226,8 +226,8 @@ FBN_INLINE void FN(stats_cols)(const T *x, int64_t C, int64_t c0, int64_t nc, in
 /* Statistics of one tile relative to each channel's pivot (its first value):
  * one pass of shifted sums, which is exact while the pivot is near the tile's
  * mean; when it is far (s1^2 / n > FBN_ONE_PASS * m2, where cancellation would
- * cost digits) a second pass, centred on the first one's mean, replaces it. The
- * second pass reads the tile from cache. */
+ * cost digits) a second pass, centred on the first one's mean, replaces it. A
+ * fused tile's second pass reads it from L2; a whole-row tile's may not. */
 FBN_DISPATCH static void FN(stats_tile)(const T *x, const fbn_plan *p, int64_t t,
                                         const double *pivot, fbn_part *part, double *scratch) {
     FN(fbn_tile) r = FN(tile_of)(p, t);
@@ -517,7 +517,7 @@ FBN_INLINE T FN(dx1)(T dy, T x, T shift, T scale, T bias, int relu, T k_dy, T k_
                      T k_0, T invstd) {
     T g = FN(masked)(dy, x, shift, scale, bias, relu);
     T xterm = k_x * ((x - shift) * invstd);
-    return k_dy * (g - mean_dy) + (k_x != 0 ? xterm : (T)0) + k_0; /* eval: x not read */
+    return k_dy * (g - mean_dy) + (k_x != 0 ? xterm : (T)0) + k_0; /* eval: no NaN from inf x */
 }
 
 /* Rows shape: dx of m values of channel c. */
@@ -533,8 +533,9 @@ FBN_INLINE void FN(dx_run)(const T *dr, const T *xr, T *out, int64_t m, const FN
 /* Columns shape: dx of g rows (g a constant) of m values, a row ld (out: ldo)
  * apart, channels from ch: each channel's coefficients loaded once. */
 FBN_INLINE void FN(dx_rows)(const T *dr, const T *xr, int64_t ld, T *out, int64_t ldo, int64_t m,
-                            const FN(tcoefs) *k, int64_t ch, int relu, const int g) {
+                            const FN(tcoefs) *k, int64_t ch, const int g) {
     const T *shift = k->shift + ch, *scale = k->scale + ch, *bias = k->bias + ch;
+    const int relu = k->relu;
     const T *k_dy = k->k_dy + ch, *k_x = k->k_x + ch, *mdy = k->mean_dy + ch;
     const T *k_0 = k->k_0 + ch, *inv = k->invstd + ch;
     FBN_IVDEP /* too many pointers for runtime alias checks; out may be dr (in place) */
@@ -550,7 +551,7 @@ FBN_DISPATCH static void FN(bwd_elemt_tile)(const T *dy, const T *x, T *dx, cons
                                             int64_t t, const FN(tcoefs) *k) {
 #define FBN_RUN(o, out, m, c) FN(dx_run)(dy + (o), x + (o), out, m, k, c)
 #define FBN_SPAN_ROWS(o, out, ldo, m, ch, g) \
-    FN(dx_rows)(dy + (o), x + (o), C_, out, ldo, m, k, ch, k->relu, g)
+    FN(dx_rows)(dy + (o), x + (o), C_, out, ldo, m, k, ch, g)
     FBN_ELEMWISE_WALK(dx, FBN_RUN, FBN_SPAN_ROWS);
 #undef FBN_RUN
 #undef FBN_SPAN_ROWS
