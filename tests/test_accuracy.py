@@ -60,7 +60,7 @@ def oracle(x, dy, gamma, beta, axis, eps=EPS):
     """Training forward and backward in extended precision.
 
     Returns a dict of np.longdouble arrays: y, dx (shape of x), dgamma, dbeta,
-    mean, var (shape (C,)). gamma/beta None mean 1/0."""
+    var, and the mean as mean0 + shift (shape (C,)). gamma/beta None mean 1/0."""
     x2 = channels_last(x, axis)
     m, C = x2.shape
     # A correctly rounded first mean, then exact deviations around it: x and mean0
@@ -81,8 +81,8 @@ def oracle(x, dy, gamma, beta, axis, eps=EPS):
     dx = g * invstd * (dy2 - dbeta / m - xhat * (dgamma / m))
     return {"y": from_channels_last(y, x.shape, axis),
             "dx": from_channels_last(dx, x.shape, axis),
-            "dgamma": dgamma, "dbeta": dbeta, "mean": mean0 + shift, "var": var,
-            "mean0": mean0, "shift": shift,  # mean = mean0 + shift, unrounded
+            "dgamma": dgamma, "dbeta": dbeta, "var": var,
+            "mean0": mean0, "shift": shift,  # the mean is mean0 + shift (kept apart: exact)
             # condition scales of the reductions: sum |terms| per channel
             "dgamma_scale": np.abs(dy2 * xhat).sum(axis=0), "dbeta_scale": np.abs(dy2).sum(axis=0)}
 
