@@ -12,48 +12,87 @@
 
 /* ---- rows shape: runs of one channel ---------------------------------- */
 
-/* The run_* helpers copy their lanes into local arrays for the duration of a
- * piece: then the compiler keeps them in vector registers (it does not for
- * lanes reached through a pointer). */
-#define FBN_LOAD(local, acc) for (int l = 0; l < FBN_LANES; l++) local[l] = (acc)->lane[l]
-#define FBN_SAVE(local, acc) for (int l = 0; l < FBN_LANES; l++) (acc)->lane[l] = local[l]
+/* Contiguous runs of channel c covering flat (outer, inner) indices [j0, j1):
+ * the first may start inside a row, the next ones start a row (C * inner
+ * values) later, at the row's start. No division per run: runs can be short. */
+typedef struct {
+    int64_t pos, n, j, row; /* the run: offset, length, flat index; its row's start */
+} FN(run_it);
 
-/* Accumulate e and e^2, e = (p[i] - pivot) - mean, into a1 and a2. */
-FBN_INLINE void FN(run_dev)(fbn_acc *a1, fbn_acc *a2, const T *restrict p, int64_t n,
-                            double pivot, double mean) {
-    while (n > 0) {
-        int64_t len = FBN_PIECE - a1->pending < n ? FBN_PIECE - a1->pending : n, i = 0;
-        double l1[FBN_LANES], l2[FBN_LANES];
-        FBN_LOAD(l1, a1);
-        FBN_LOAD(l2, a2);
-        for (; i + FBN_LANES <= len; i += FBN_LANES)
-            for (int l = 0; l < FBN_LANES; l++) {
-                double e = ((double)p[i + l] - pivot) - mean;
-                l1[l] += e;
-                l2[l] += e * e;
-            }
-        for (; i + 8 <= len; i += 8)
-            for (int l = 0; l < 8; l++) {
-                double e = ((double)p[i + l] - pivot) - mean;
-                l1[l] += e;
-                l2[l] += e * e;
-            }
-        for (; i < len; i++) {
-            double e = ((double)p[i] - pivot) - mean;
-            l1[i % FBN_LANES] += e;
-            l2[i % FBN_LANES] += e * e;
-        }
-        FBN_SAVE(l1, a1);
-        FBN_SAVE(l2, a2);
-        a1->pending += len;
-        a2->pending += len;
-        p += len;
-        n -= len;
-        if (a1->pending >= FBN_PIECE) {
-            fbn_acc_flush(a1);
-            fbn_acc_flush(a2);
-        }
+FBN_INLINE FN(run_it) FN(run_first)(const fbn_shape *s, int64_t c, int64_t j0, int64_t j1) {
+    const int64_t o = j0 / s->inner, i = j0 - o * s->inner;
+    FN(run_it) r;
+    r.row = (o * s->channels + c) * s->inner;
+    r.pos = r.row + i;
+    r.j = j0;
+    r.n = s->inner - i < j1 - j0 ? s->inner - i : j1 - j0;
+    return r;
+}
+
+FBN_INLINE void FN(run_next)(const fbn_shape *s, int64_t j1, FN(run_it) *r) {
+    r->j += r->n;
+    r->row += s->channels * s->inner;
+    r->pos = r->row;
+    r->n = s->inner < j1 - r->j ? s->inner : j1 - r->j;
+}
+
+#define FBN_FOR_RUNS(s, c, j0, j1, off, len)                                              \
+    for (FN(run_it) fr_ = FN(run_first)((s), (c), (j0), (j1)); fr_.j < (j1);             \
+         FN(run_next)((s), (j1), &fr_))                                                   \
+        for (int64_t off = fr_.pos, len = fr_.n, fr_once = 1; fr_once; fr_once = 0)
+
+/* Sums of two values per element over the runs of channel c with flat (outer,
+ * inner) indices in [j0, j1), into a1 and a2 (which start empty). BODY(o, l)
+ * adds element o's values to lanes l1[l] and l2[l]. The lanes are local arrays,
+ * which the compiler keeps in vector registers within each loop (it does not
+ * for lanes reached through a pointer), and they live across the channel's
+ * runs, so that short runs (small inner) pay no per-run copies. Each lane goes
+ * to a compensated total every FBN_PIECE values. */
+#define FBN_SUM_RUNS(s, c, j0, j1, a1, a2, BODY)                                         \
+    do {                                                                                 \
+        double l1[FBN_LANES] = {0}, l2[FBN_LANES] = {0};                                 \
+        int64_t pending_ = 0;                                                            \
+        FBN_FOR_RUNS(s, c, j0, j1, off_, len_) {                                         \
+            for (int64_t at_ = 0; at_ < len_;) {                                         \
+                const int64_t n_ = FBN_PIECE - pending_ < len_ - at_ ? FBN_PIECE - pending_ \
+                                                                     : len_ - at_;       \
+                const int64_t b_ = off_ + at_;                                           \
+                int64_t i_ = 0;                                                          \
+                for (; i_ + FBN_LANES <= n_; i_ += FBN_LANES)                            \
+                    for (int l_ = 0; l_ < FBN_LANES; l_++) BODY(b_ + i_ + l_, l_);       \
+                for (; i_ + 8 <= n_; i_ += 8)                                            \
+                    for (int l_ = 0; l_ < 8; l_++) BODY(b_ + i_ + l_, l_);               \
+                for (; i_ < n_; i_++) BODY(b_ + i_, i_ % FBN_LANES);                     \
+                at_ += n_;                                                               \
+                pending_ += n_;                                                          \
+                if (pending_ == FBN_PIECE) {                                             \
+                    FBN_SAVE_LANES(l1, a1);                                              \
+                    FBN_SAVE_LANES(l2, a2);                                              \
+                    fbn_acc_flush(a1);                                                   \
+                    fbn_acc_flush(a2);                                                   \
+                    memset(l1, 0, sizeof l1);                                            \
+                    memset(l2, 0, sizeof l2);                                            \
+                    pending_ = 0;                                                        \
+                }                                                                        \
+            }                                                                            \
+        }                                                                                \
+        FBN_SAVE_LANES(l1, a1);                                                          \
+        FBN_SAVE_LANES(l2, a2);                                                          \
+    } while (0)
+#define FBN_SAVE_LANES(local, acc) memcpy((acc)->lane, local, sizeof local)
+
+/* Channel c's sums of e and e^2, e = (x - pivot) - mean, over flat [j0, j1). */
+FBN_INLINE void FN(runs_dev)(fbn_acc *a1, fbn_acc *a2, const fbn_shape *s, int64_t c,
+                             int64_t j0, int64_t j1, const T *restrict x, double pivot,
+                             double mean) {
+#define FBN_DEV(o, l)                                  \
+    {                                                  \
+        double e = ((double)x[o] - pivot) - mean;      \
+        l1[l] += e;                                    \
+        l2[l] += e * e;                                \
     }
+    FBN_SUM_RUNS(s, c, j0, j1, a1, a2, FBN_DEV);
+#undef FBN_DEV
 }
 
 /* dy, zeroed where the forward's ReLU was off (its pre-activation, recomputed
@@ -71,58 +110,22 @@ typedef struct {
     int64_t period; /* > 0: each array repeats its C values up to this length */
 } FN(tcoefs);
 
-/* Accumulate dy' and dy' * (x - shift) into a1 and a2 (relu: a constant, so
- * that the mask costs nothing without ReLU). */
-FBN_INLINE void FN(run_bwd)(fbn_acc *a1, fbn_acc *a2, const T *restrict dy, const T *restrict x,
-                            int64_t n, double shift, T tshift, T scale, T bias, const int relu) {
-    while (n > 0) {
-        int64_t len = FBN_PIECE - a1->pending < n ? FBN_PIECE - a1->pending : n, i = 0;
-        double l1[FBN_LANES], l2[FBN_LANES];
-        FBN_LOAD(l1, a1);
-        FBN_LOAD(l2, a2);
-        for (; i + FBN_LANES <= len; i += FBN_LANES)
-            for (int l = 0; l < FBN_LANES; l++) {
-                double g = FN(masked)(dy[i + l], x[i + l], tshift, scale, bias, relu);
-                l1[l] += g;
-                l2[l] += g * ((double)x[i + l] - shift);
-            }
-        for (; i + 8 <= len; i += 8)
-            for (int l = 0; l < 8; l++) {
-                double g = FN(masked)(dy[i + l], x[i + l], tshift, scale, bias, relu);
-                l1[l] += g;
-                l2[l] += g * ((double)x[i + l] - shift);
-            }
-        for (; i < len; i++) {
-            double g = FN(masked)(dy[i], x[i], tshift, scale, bias, relu);
-            l1[i % FBN_LANES] += g;
-            l2[i % FBN_LANES] += g * ((double)x[i] - shift);
-        }
-        FBN_SAVE(l1, a1);
-        FBN_SAVE(l2, a2);
-        a1->pending += len;
-        a2->pending += len;
-        dy += len;
-        x += len;
-        n -= len;
-        if (a1->pending >= FBN_PIECE) {
-            fbn_acc_flush(a1);
-            fbn_acc_flush(a2);
-        }
+/* Channel c's sums of dy' and dy' * (x - shift) over flat [j0, j1) (relu: a
+ * constant, so that the mask costs nothing without ReLU). */
+FBN_INLINE void FN(runs_bwd)(fbn_acc *a1, fbn_acc *a2, const fbn_shape *s, int64_t c,
+                             int64_t j0, int64_t j1, const T *restrict dy, const T *restrict x,
+                             double shift, T tshift, T scale, T bias, const int relu) {
+#define FBN_BWD(o, l)                                                  \
+    {                                                                  \
+        double g = FN(masked)(dy[o], x[o], tshift, scale, bias, relu); \
+        l1[l] += g;                                                    \
+        l2[l] += g * ((double)x[o] - shift);                           \
     }
+    FBN_SUM_RUNS(s, c, j0, j1, a1, a2, FBN_BWD);
+#undef FBN_BWD
 }
 
 /* ---- tiles: one channel block times one segment of its values ---------- */
-
-/* Contiguous runs of channel c covering flat (outer, inner) indices [j0, j1). */
-FBN_INLINE int64_t FN(run_at)(const fbn_shape *s, int64_t c, int64_t j, int64_t j1,
-                                 int64_t *len) {
-    int64_t o = j / s->inner, i = j - o * s->inner;
-    *len = s->inner - i < j1 - j ? s->inner - i : j1 - j;
-    return (o * s->channels + c) * s->inner + i;
-}
-#define FBN_FOR_RUNS(s, c, j0, j1, off, len)                            \
-    for (int64_t fr_j = (j0), off = 0, len = 0; fr_j < (j1); fr_j += len) \
-        if ((off = FN(run_at)((s), (c), fr_j, (j1), &len)), 1)
 
 typedef struct {
     int64_t c0, nc, j0, j1; /* channels [c0, c0 + nc), flat values [j0, j1) */
@@ -238,12 +241,10 @@ FBN_DISPATCH static void FN(stats_tile)(const T *x, const fbn_plan *p, int64_t t
         double mean = 0.0;
         for (int pass = 0; pass < 2; pass++) {
             fbn_acc e1 = {{0}, 0, {0, 0}}, e2 = e1; /* ~0.3 KB each */
-            FBN_FOR_RUNS(s, c, r.j0, r.j1, off, len) { /* x - 0.0 == x: folded away */
-                if (pass == 0)
-                    FN(run_dev)(&e1, &e2, x + off, len, pivot[c], 0.0);
-                else
-                    FN(run_dev)(&e1, &e2, x + off, len, pivot[c], mean);
-            }
+            if (pass == 0) /* x - 0.0 == x: folded away */
+                FN(runs_dev)(&e1, &e2, s, c, r.j0, r.j1, x, pivot[c], 0.0);
+            else
+                FN(runs_dev)(&e1, &e2, s, c, r.j0, r.j1, x, pivot[c], mean);
             double s1 = fbn_acc_value(&e1), m2 = fbn_acc_value(&e2) - s1 * s1 / n;
             mean += s1 / n;
             part[c].mean = mean;
@@ -496,10 +497,9 @@ FBN_DISPATCH static void FN(bwd_reduce_tile)(const T *dy, const T *x, const fbn_
     if (s->inner > 1) {
         int64_t c = r.c0;
         fbn_acc a1 = {{0}, 0, {0, 0}}, a2 = a1;
-#define FBN_RUN_BWD(relu)                                                                   \
-    FBN_FOR_RUNS(s, c, r.j0, r.j1, off, len)                                                \
-    FN(run_bwd)(&a1, &a2, dy + off, x + off, len, k->shift[c], tk->shift[c], tk->scale[c], \
-                tk->bias[c], relu)
+#define FBN_RUN_BWD(relu)                                                                 \
+    FN(runs_bwd)(&a1, &a2, s, c, r.j0, r.j1, dy, x, k->shift[c], tk->shift[c], tk->scale[c], \
+                 tk->bias[c], relu)
         if (tk->relu) {
             FBN_RUN_BWD(1);
         } else {
@@ -933,8 +933,8 @@ int FN(fbn_ema)(T *running, const double *batch, int64_t channels, double moment
 #undef FN_REDUCE_PLAN
 #undef FN_ELEMWISE_PLAN
 #undef FBN_FOR_RUNS
-#undef FBN_LOAD
-#undef FBN_SAVE
+#undef FBN_SUM_RUNS
+#undef FBN_SAVE_LANES
 #undef FBN_FOR_CHUNKS
 #undef FBN_FOR_SPANS
 #undef FBN_ELEMWISE_WALK
