@@ -301,18 +301,26 @@ FBN_INLINE T FN(affine1)(T x, T shift, T scale, T bias, int relu) {
 typedef struct {
     int64_t off, ch, m, rows; /* the span; rows == 0 ends the walk */
     int64_t group;            /* its first row (-1: flat) */
+    int64_t mis;              /* x's offset from a cache line, in values */
 } FN(span_it);
+
+/* Values of T in a cache line: a group's first span ends at a line boundary of
+ * x, so that the others (vector loops over channels) load whole lines; NumPy's
+ * large arrays start 16 bytes past one, and split loads cost (measured: dx of
+ * 512x4096 float32 in L3 ran 1.35x slower from such addresses). */
+#define FBN_LINE_VALUES (64 / (int64_t)sizeof(T))
 
 FBN_INLINE void FN(span_set)(const fbn_shape *s, const FN(fbn_tile) *r, FN(span_it) *it) {
     const int64_t left = r->c0 + r->nc - it->ch, rows = r->j1 - it->group;
     it->off = it->group * s->channels + it->ch;
-    it->m = left < FBN_SPAN ? left : FBN_SPAN;
+    const int64_t m = FBN_SPAN - (it->ch == r->c0 ? (it->mis + it->off) % FBN_LINE_VALUES : 0);
+    it->m = left < m ? left : m;
     it->rows = rows < FBN_GROUP ? rows : FBN_GROUP;
 }
 
 FBN_INLINE FN(span_it) FN(span_first)(const fbn_shape *s, const FN(fbn_tile) *r,
-                                      int64_t period) {
-    FN(span_it) it = {0, r->c0, 0, 0, r->j0};
+                                      int64_t period, const T *x) {
+    FN(span_it) it = {0, r->c0, 0, 0, r->j0, (int64_t)((uintptr_t)x / sizeof(T)) % FBN_LINE_VALUES};
     if (r->j1 <= r->j0) return it;
     if (period && r->nc == s->channels) {
         const int64_t n = (r->j1 - r->j0) * s->channels;
@@ -336,7 +344,7 @@ FBN_INLINE void FN(span_next)(const fbn_shape *s, const FN(fbn_tile) *r, int64_t
         it->rows = it->m > 0;
         return;
     }
-    it->ch += FBN_SPAN; /* the group's next channels, or the next group */
+    it->ch += it->m; /* the group's next channels, or the next group */
     if (it->ch >= r->c0 + r->nc) {
         it->ch = r->c0;
         it->group += it->rows;
@@ -348,8 +356,8 @@ FBN_INLINE void FN(span_next)(const fbn_shape *s, const FN(fbn_tile) *r, int64_t
     FN(span_set)(s, r, it);
 }
 
-#define FBN_FOR_SPANS(s, r, period, OFF, CH, M, ROWS)                                    \
-    for (FN(span_it) sp = FN(span_first)((s), &(r), (period)); sp.rows > 0;             \
+#define FBN_FOR_SPANS(s, r, period, x, OFF, CH, M, ROWS)                                 \
+    for (FN(span_it) sp = FN(span_first)((s), &(r), (period), (x)); sp.rows > 0;        \
          FN(span_next)((s), &(r), (period), &sp))                                        \
         for (int64_t OFF = sp.off, CH = sp.ch, M = sp.m, ROWS = sp.rows, sp_once = 1;   \
              sp_once; sp_once = 0)
@@ -393,7 +401,7 @@ FBN_INLINE void FN(affine_rows)(const T *xr, int64_t ld, T *out, int64_t ldo, in
                 if (p->stream) FN(stream_out)((DST) + o_, buf_, m_);                        \
             }                                                                               \
         } else {                                                                            \
-            FBN_FOR_SPANS(s_, r_, k->period, o_, ch_, m_, rows_) {                          \
+            FBN_FOR_SPANS(s_, r_, k->period, x, o_, ch_, m_, rows_) {                       \
                 T *out_ = p->stream ? buf_ : (DST) + o_;                                    \
                 const int64_t ldo_ = p->stream ? FBN_SPAN : C_;                             \
                 if (rows_ == FBN_GROUP)                                                     \
@@ -531,11 +539,13 @@ FBN_INLINE void FN(dx_run)(const T *dr, const T *xr, T *out, int64_t m, const FN
 }
 
 /* Columns shape: dx of g rows (g a constant) of m values, a row ld (out: ldo)
- * apart, channels from ch: each channel's coefficients loaded once. */
-FBN_INLINE void FN(dx_rows)(const T *dr, const T *xr, int64_t ld, T *out, int64_t ldo, int64_t m,
-                            const FN(tcoefs) *k, int64_t ch, const int g) {
+ * apart, channels from ch: each channel's coefficients loaded once. relu is a
+ * constant too: without ReLU the mask's arithmetic and loads drop out (this
+ * loop is compute-bound when the data is in cache). */
+FBN_INLINE void FN(dx_rows_as)(const T *dr, const T *xr, int64_t ld, T *out, int64_t ldo,
+                               int64_t m, const FN(tcoefs) *k, int64_t ch, const int g,
+                               const int relu) {
     const T *shift = k->shift + ch, *scale = k->scale + ch, *bias = k->bias + ch;
-    const int relu = k->relu;
     const T *k_dy = k->k_dy + ch, *k_x = k->k_x + ch, *mdy = k->mean_dy + ch;
     const T *k_0 = k->k_0 + ch, *inv = k->invstd + ch;
     FBN_IVDEP /* too many pointers for runtime alias checks; out may be dr (in place) */
@@ -543,6 +553,14 @@ FBN_INLINE void FN(dx_rows)(const T *dr, const T *xr, int64_t ld, T *out, int64_
         for (int i = 0; i < g; i++)
             out[i * ldo + c] = FN(dx1)(dr[i * ld + c], xr[i * ld + c], shift[c], scale[c],
                                        bias[c], relu, k_dy[c], k_x[c], mdy[c], k_0[c], inv[c]);
+}
+
+FBN_INLINE void FN(dx_rows)(const T *dr, const T *xr, int64_t ld, T *out, int64_t ldo, int64_t m,
+                            const FN(tcoefs) *k, int64_t ch, const int g) {
+    if (k->relu)
+        FN(dx_rows_as)(dr, xr, ld, out, ldo, m, k, ch, g, 1);
+    else
+        FN(dx_rows_as)(dr, xr, ld, out, ldo, m, k, ch, g, 0);
 }
 
 /* dx = k_dy * (dy' - mean_dy) + k_x * (x - shift) * invstd + k_0, in the data's
@@ -586,9 +604,15 @@ static void FN(fill_typed)(const fbn_coefs *k, int64_t c0, int64_t n, const FN(t
     }
 }
 
-/* Typed coefficient arrays in one block of FBN_TYPED arrays of FBN_TYPED_LEN(C). */
+/* Typed coefficient arrays in one block of FBN_TYPED arrays, FBN_TYPED_LEN(C)
+ * values apart: a whole number of 4 KB pages plus one cache line, so that one
+ * channel's coefficients fall in different L1 sets (the arrays' lines would
+ * otherwise compete for the ways of one set, beside the data rows: large C). */
 #define FBN_TYPED 8
-#define FBN_TYPED_LEN(C) ((C) < FBN_CHUNK ? FBN_CHUNK : (C))
+#define FBN_PAGE_VALUES (4096 / (int64_t)sizeof(T))
+#define FBN_TYPED_LEN(C)                                                                   \
+    ((((C) < FBN_CHUNK ? FBN_CHUNK : (C)) + FBN_PAGE_VALUES - 1) / FBN_PAGE_VALUES *       \
+         FBN_PAGE_VALUES + 64 / (int64_t)sizeof(T))
 static FN(tcoefs) FN(typed_arrays)(T *block, int64_t C, int relu) {
     const int64_t n = FBN_TYPED_LEN(C);
     FN(tcoefs) t = {block,         block + n,     block + 2 * n, block + 3 * n, block + 4 * n,
@@ -930,6 +954,7 @@ int FN(fbn_ema)(T *running, const double *batch, int64_t channels, double moment
 #undef FN
 #undef FBN_TYPED
 #undef FBN_TYPED_LEN
+#undef FBN_PAGE_VALUES
 #undef FN_REDUCE_PLAN
 #undef FN_ELEMWISE_PLAN
 #undef FBN_FOR_RUNS
@@ -937,6 +962,7 @@ int FN(fbn_ema)(T *running, const double *batch, int64_t channels, double moment
 #undef FBN_SAVE_LANES
 #undef FBN_FOR_CHUNKS
 #undef FBN_FOR_SPANS
+#undef FBN_LINE_VALUES
 #undef FBN_ELEMWISE_WALK
 #undef FBN_SPAN
 #undef FBN_CHUNK

@@ -376,3 +376,36 @@ def test_backward_into_x(case):
     dx, _, _ = fastbn.backward(dy, cache, out=x)
     assert dx is x and padding_intact(x)
     assert_close(dx, ref_dx, what="dx")
+
+
+def at_offset(a, values):
+    """A C-contiguous copy of `a` starting `values` elements past a 64-byte boundary."""
+    buf = np.empty(a.size + 64, dtype=a.dtype)
+    start = (-buf.ctypes.data % 64) // a.itemsize + values
+    b = buf[start:start + a.size].reshape(a.shape)
+    b[...] = a
+    return b
+
+
+# channel rows of a whole number of cache lines, and not (their alignment varies)
+@pytest.mark.parametrize("shape, axis", [((40, 4096), 1), ((64, 1000), 1), ((300, 30), 1),
+                                         ((4, 20, 20, 24), -1), ((8, 20, 7, 7), 1)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_results_do_not_depend_on_the_data_address(shape, axis, dtype):
+    """Kernels split their loops at cache-line boundaries of the data: that must
+    never change a result's bits (NumPy's large arrays start 16 bytes past one)."""
+    rng = np.random.default_rng(5)
+    x = (0.5 + rng.standard_normal(shape)).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    C = shape[axis]
+    gamma, beta = rng.uniform(0.5, 2, C), rng.standard_normal(C)
+    names = "y mean invstd rm rv y_relu dx dgamma dbeta dx_relu bs_mean bs_m2 sum_dy sum_dy_xhat"
+    base = None
+    for offset in range(64 // x.itemsize):
+        got = run_everything(at_offset(x, offset), at_offset(dy, offset), gamma, beta, axis,
+                             True)
+        if base is None:
+            base = got
+            continue
+        for name, a, b in zip(names.split(), base, got):
+            assert_bitwise_equal(a, b, f"{name}: data {offset} values past a cache line")
