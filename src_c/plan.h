@@ -18,6 +18,10 @@
 /* Columns shape: rows summed together in registers before per-channel sums
  * (and rows sharing coefficients loaded once in elementwise passes). */
 #define FBN_GROUP 4
+/* Columns shape, dx with C channels in [MIN, MAX]: row groups, not flat spans
+ * of repeated coefficients (see repeat_typed). */
+#define FBN_DX_GROUP_MIN 16
+#define FBN_DX_GROUP_MAX 64
 /* Columns shape: rows summed plainly before a compensated total. */
 #define FBN_FLUSH_ROWS 64
 /* Channels per work item when partial statistics are merged in parallel. */
