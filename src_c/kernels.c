@@ -77,6 +77,62 @@ fbn_plan fbn_make_plan(fbn_shape s, int64_t elem_size, int inputs, int reduction
     return p;
 }
 
+/* The cached work block: claimed by one call at a time (an atomic flag; calls
+ * that find it taken allocate their own), kept up to FBN_WORK_CACHE bytes. */
+#define FBN_WORK_CACHE (16 * 1024 * 1024)
+#if defined(__GNUC__) || defined(__clang__)
+#define FBN_CLAIM(flag) (__atomic_exchange_n(&(flag), 1, __ATOMIC_ACQUIRE) == 0)
+#define FBN_UNCLAIM(flag) __atomic_store_n(&(flag), 0, __ATOMIC_RELEASE)
+#elif defined(_MSC_VER)
+#include <intrin.h>
+#define FBN_CLAIM(flag) (_InterlockedExchange(&(flag), 1) == 0)
+#define FBN_UNCLAIM(flag) _InterlockedExchange(&(flag), 0)
+#else /* no atomics known: every call allocates */
+#define FBN_CLAIM(flag) 0
+#define FBN_UNCLAIM(flag) (void)0
+#endif
+static long fbn_cache_busy;
+static void *fbn_cache_block;
+static int64_t fbn_cache_bytes;
+
+static int64_t fbn_round64(int64_t n) { return (n + 63) / 64 * 64; }
+
+int fbn_work_alloc(fbn_work *w, int n, const int64_t *bytes, void **buffers) {
+    int64_t total = 64; /* room to align the first buffer */
+    for (int i = 0; i < n; i++) total += fbn_round64(bytes[i]);
+    w->block = NULL;
+    w->cached = 0;
+    if (total <= FBN_WORK_CACHE && FBN_CLAIM(fbn_cache_busy)) {
+        if (fbn_cache_bytes < total) {
+            free(fbn_cache_block);
+            fbn_cache_block = malloc(total);
+            fbn_cache_bytes = fbn_cache_block ? total : 0;
+        }
+        if (fbn_cache_block) {
+            w->block = fbn_cache_block;
+            w->cached = 1;
+        } else {
+            FBN_UNCLAIM(fbn_cache_busy);
+        }
+    }
+    if (!w->block) w->block = malloc(total);
+    if (!w->block) return -1;
+    char *at = (char *)w->block + (64 - (uintptr_t)w->block % 64) % 64;
+    for (int i = 0; i < n; i++) {
+        buffers[i] = at;
+        at += fbn_round64(bytes[i]);
+    }
+    return 0;
+}
+
+void fbn_work_free(fbn_work *w) {
+    if (w->cached)
+        FBN_UNCLAIM(fbn_cache_busy);
+    else
+        free(w->block);
+    w->block = NULL;
+}
+
 int fbn_threads_for(const fbn_plan *p, int nthreads) {
     int64_t total = p->per_channel * p->s.channels;
     int64_t tiles = p->nblocks * p->nsegs;
@@ -84,17 +140,36 @@ int fbn_threads_for(const fbn_plan *p, int nthreads) {
     return tiles < nthreads ? (int)(tiles > 0 ? tiles : 1) : nthreads;
 }
 
-void fbn_coefficients(int64_t channels, const double *mean_hi, const double *mean_lo,
-                      const double *invstd, const double *gamma, const double *beta,
-                      double *shift, double *scale, double *bias) {
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FBN_NO_DISPATCH)
+#define FBN_DISPATCH __attribute__((target_clones("avx512f", "avx2", "default")))
+#define FBN_SIMD_PATHS "runtime dispatch: avx512f, avx2, baseline x86-64"
+#else
+#define FBN_DISPATCH
+#define FBN_SIMD_PATHS "compiler auto-vectorisation for the build target (no runtime dispatch)"
+#endif
+
+FBN_DISPATCH void fbn_coefficients(int64_t channels, const double *mean_hi,
+                                   const double *mean_lo, const double *invstd,
+                                   const double *gamma, const double *beta, double *shift,
+                                   double *scale, double *bias) {
+    const double *restrict hi = mean_hi, *restrict lo = mean_lo, *restrict is = invstd;
+    const double *restrict g = gamma, *restrict be = beta;
+    double *restrict sh = shift, *restrict sc = scale, *restrict bi = bias;
+    /* one simple loop per optional input, so that each vectorises (with few rows
+     * per channel, this counts) */
     for (int64_t c = 0; c < channels; c++) {
-        double g = gamma ? gamma[c] : 1.0, b = beta ? beta[c] : 0.0;
-        shift[c] = mean_hi[c];
-        scale[c] = g * invstd[c];
-        /* the residual is dropped when 0 or beside an infinite scale (never NaN) */
-        double lo = mean_lo ? mean_lo[c] : 0.0;
-        bias[c] = lo != 0.0 && isfinite(scale[c]) ? b - lo * scale[c] : b;
+        sh[c] = hi[c];
+        sc[c] = is[c];
+        bi[c] = 0.0;
     }
+    if (g)
+        for (int64_t c = 0; c < channels; c++) sc[c] = g[c] * is[c];
+    if (be)
+        for (int64_t c = 0; c < channels; c++) bi[c] = be[c];
+    /* the residual is dropped when 0 or beside an infinite scale (never NaN) */
+    if (lo)
+        for (int64_t c = 0; c < channels; c++)
+            bi[c] = lo[c] != 0.0 && FBN_FINITE(sc[c]) ? bi[c] - lo[c] * sc[c] : bi[c];
 }
 
 int fbn_openmp_enabled(void) {
@@ -113,13 +188,6 @@ int fbn_max_threads(void) {
 #endif
 }
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FBN_NO_DISPATCH)
-#define FBN_DISPATCH __attribute__((target_clones("avx512f", "avx2", "default")))
-#define FBN_SIMD_PATHS "runtime dispatch: avx512f, avx2, baseline x86-64"
-#else
-#define FBN_DISPATCH
-#define FBN_SIMD_PATHS "compiler auto-vectorisation for the build target (no runtime dispatch)"
-#endif
 
 const char *fbn_simd_paths(void) { return FBN_SIMD_PATHS; }
 

@@ -174,6 +174,32 @@ FBN_INLINE void FN(stats_group)(const T *row, int64_t C, int64_t nc, const int g
     }
 }
 
+/* The end of a statistics pass over nc channels (columns shape): each channel's
+ * mean and m2 from its compensated sums, into part unless the channel is done;
+ * returns whether a channel needs a second, centred pass. Each channel keeps the
+ * result of its own first good pass, so that one channel's data (a NaN, say)
+ * never changes another channel's bits. Selects, not branches: the loop
+ * vectorises (with few rows per channel, its divisions are much of a call). */
+FBN_INLINE int FN(finish_cols)(int64_t nc, double n, int pass, const double *restrict tot,
+                               const double *restrict comp, const double *restrict tot2,
+                               const double *restrict comp2, double *restrict mean,
+                               double *restrict need, fbn_part *restrict part) {
+    int again = 0;
+    for (int64_t c = 0; c < nc; c++) {
+        fbn_ksum k1 = {tot[c], comp[c]}, k2 = {tot2[c], comp2[c]};
+        const double s1 = fbn_kval(&k1), m2 = fbn_kval(&k2) - s1 * s1 / n;
+        const double m = mean[c] + s1 / n;
+        const int open = pass == 0 || need[c] != 0.0;
+        const double again_c = !(s1 * s1 / n <= FBN_ONE_PASS * m2);
+        mean[c] = m;
+        need[c] = open ? again_c : need[c];
+        again |= open && again_c != 0.0;
+        part[c].mean = open ? m : part[c].mean;
+        part[c].m2 = open ? m2 : part[c].m2;
+    }
+    return again;
+}
+
 /* Columns shape, channels [c0, c0 + nc), rows [j0, j1). Rows are taken
  * FBN_GROUP at a time (summed in registers, channels across vector lanes, so a
  * whole-row tile streams through memory in order), into per-channel sums that
@@ -209,20 +235,7 @@ FBN_INLINE void FN(stats_cols)(const T *x, int64_t C, int64_t c0, int64_t nc, in
             fbn_kadd_arrays(tot, comp, acc, nc);
             fbn_kadd_arrays(tot2, comp2, acc2, nc);
         }
-        /* each channel keeps the result of its own first good pass, so that one
-         * channel's data (a NaN, say) never changes another channel's bits */
-        int again = 0;
-        for (int64_t c = 0; c < nc; c++) {
-            fbn_ksum k1 = {tot[c], comp[c]}, k2 = {tot2[c], comp2[c]};
-            double s1 = fbn_kval(&k1), m2 = fbn_kval(&k2) - s1 * s1 / n;
-            mean[c] += s1 / n;
-            if (pass == 1 && need[c] == 0.0) continue;
-            need[c] = !(s1 * s1 / n <= FBN_ONE_PASS * m2);
-            again |= need[c] != 0.0;
-            part[c0 + c].mean = mean[c];
-            part[c0 + c].m2 = m2;
-        }
-        if (!again) break;
+        if (!FN(finish_cols)(nc, n, pass, tot, comp, tot2, comp2, mean, need, part + c0)) break;
     }
 }
 
@@ -586,25 +599,47 @@ FBN_DISPATCH static void FN(bwd_elemt_tile)(const T *dy, const T *x, T *dx, cons
  * shift and mean_dy are rounded to T, so their rounding, and the mean's residual
  * lo, are folded into bias and k_0 (in double): x - shift stays exact-ish far
  * from the origin, and the small terms are added last. */
-static void FN(fill_typed)(const fbn_coefs *k, int64_t c0, int64_t n, const FN(tcoefs) *t) {
-    for (int64_t c = c0; c < c0 + n; c++) {
-        double shift = (double)(T)k->shift[c], moved = shift - k->shift[c];
-        t->shift[c] = (T)shift;
-        t->scale[c] = (T)k->scale[c];
+FBN_DISPATCH static void FN(fill_typed)(const fbn_coefs *k, int64_t c0, int64_t n,
+                                        const FN(tcoefs) *t) {
+    /* restrict copies of the pointers and selects for the branches: the loops
+     * vectorise (with few rows per channel, this is much of a call) */
+    const double *restrict shift = k->shift + c0, *restrict scale = k->scale + c0;
+    const double *restrict bias = k->bias + c0;
+    T *restrict t_shift = t->shift + c0, *restrict t_scale = t->scale + c0;
+    T *restrict t_bias = t->bias + c0;
+    for (int64_t c = 0; c < n; c++) {
+        double sh = (double)(T)shift[c], moved = sh - shift[c];
+        t_shift[c] = (T)sh;
+        t_scale[c] = (T)scale[c];
         /* corrections are skipped when zero or not finite (an infinite mean or gamma
          * then gives the same +-inf as the plain formula, not NaN) */
-        int fold = moved != 0.0 && isfinite(moved) && isfinite(k->scale[c]);
-        t->bias[c] = (T)(fold ? k->bias[c] + moved * k->scale[c] : k->bias[c]);
-        if (!k->k_dy) continue;
-        double dev = moved - (k->lo ? k->lo[c] : 0.0);        /* shift - mean */
-        double mean_dy = (double)(T)k->mean_dy[c], r = mean_dy - k->mean_dy[c];
-        t->k_dy[c] = (T)k->k_dy[c];
-        t->k_x[c] = (T)k->k_x[c];
-        t->invstd[c] = (T)k->invstd[c];
-        t->mean_dy[c] = (T)mean_dy;
-        t->k_0[c] = (T)((r != 0.0 && isfinite(r) ? k->k_dy[c] * r : 0.0) +
-                        (dev != 0.0 && isfinite(dev) ? k->k_x[c] * (dev * k->invstd[c]) : 0.0));
+        int fold = moved != 0.0 && FBN_FINITE(moved) && FBN_FINITE(scale[c]);
+        t_bias[c] = (T)(fold ? bias[c] + moved * scale[c] : bias[c]);
     }
+    if (!k->k_dy) return;
+    const double *restrict lo = k->lo ? k->lo + c0 : NULL, *restrict k_dy = k->k_dy + c0;
+    const double *restrict k_x = k->k_x + c0, *restrict invstd = k->invstd + c0;
+    const double *restrict mean_dy = k->mean_dy + c0;
+    T *restrict t_k_dy = t->k_dy + c0, *restrict t_k_x = t->k_x + c0;
+    T *restrict t_invstd = t->invstd + c0, *restrict t_mean_dy = t->mean_dy + c0;
+    T *restrict t_k_0 = t->k_0 + c0;
+#define FBN_FILL_DX(LO)                                                                    \
+    for (int64_t c = 0; c < n; c++) {                                                      \
+        double moved = (double)(T)shift[c] - shift[c];                                     \
+        double dev = moved - (LO); /* shift - mean */                                      \
+        double m_dy = (double)(T)mean_dy[c], r = m_dy - mean_dy[c];                        \
+        t_k_dy[c] = (T)k_dy[c];                                                            \
+        t_k_x[c] = (T)k_x[c];                                                              \
+        t_invstd[c] = (T)invstd[c];                                                        \
+        t_mean_dy[c] = (T)m_dy;                                                            \
+        t_k_0[c] = (T)((r != 0.0 && FBN_FINITE(r) ? k_dy[c] * r : 0.0) +                  \
+                       (dev != 0.0 && FBN_FINITE(dev) ? k_x[c] * (dev * invstd[c]) : 0.0)); \
+    }
+    if (lo)
+        FBN_FILL_DX(lo[c])
+    else
+        FBN_FILL_DX(0.0)
+#undef FBN_FILL_DX
 }
 
 /* Typed coefficient arrays in one block of FBN_TYPED arrays, FBN_TYPED_LEN(C)
@@ -616,6 +651,7 @@ static void FN(fill_typed)(const fbn_coefs *k, int64_t c0, int64_t n, const FN(t
 #define FBN_TYPED_LEN(C)                                                                   \
     ((((C) < FBN_CHUNK ? FBN_CHUNK : (C)) + FBN_PAGE_VALUES - 1) / FBN_PAGE_VALUES *       \
          FBN_PAGE_VALUES + 64 / (int64_t)sizeof(T))
+#define FBN_TYPED_BYTES(C) (FBN_TYPED * FBN_TYPED_LEN(C) * (int64_t)sizeof(T))
 static FN(tcoefs) FN(typed_arrays)(T *block, int64_t C, int relu) {
     const int64_t n = FBN_TYPED_LEN(C);
     FN(tcoefs) t = {block,         block + n,     block + 2 * n, block + 3 * n, block + 4 * n,
@@ -704,23 +740,29 @@ int FN(fbn_batch_stats)(const T *x, fbn_shape s, double *mean_hi, double *mean_l
         return 0;
     }
     const int nt = fbn_threads_for(&p, nthreads);
-    double *pivot = malloc((s.channels + nt * fbn_scratch_len(&p)) * sizeof(double));
-    fbn_part *parts = malloc(p.nsegs * s.channels * sizeof(fbn_part));
-    int status = -1;
-    if (pivot && parts) {
-        FN(pivots)(x, &s, pivot);
-        FN(stats_all)(x, &p, pivot, parts, pivot + s.channels, mean_hi, mean_lo, m2, nt);
-        status = 0;
-    }
-    free(pivot);
-    free(parts);
-    return status;
+    const int64_t bytes[2] = {(s.channels + nt * fbn_scratch_len(&p)) * (int64_t)sizeof(double),
+                              p.nsegs * s.channels * (int64_t)sizeof(fbn_part)};
+    void *buf[2];
+    fbn_work w;
+    if (fbn_work_alloc(&w, 2, bytes, buf)) return -1;
+    double *pivot = buf[0];
+    FN(pivots)(x, &s, pivot);
+    FN(stats_all)(x, &p, pivot, buf[1], pivot + s.channels, mean_hi, mean_lo, m2, nt);
+    fbn_work_free(&w);
+    return 0;
 }
 
-static void FN(finish_channel)(int64_t c, double eps, double *var, double *invstd,
-                               const double *m2, double n) {
-    var[c] = m2[c] / n;
-    invstd[c] = 1.0 / sqrt(var[c] + eps);
+/* var and invstd of nc channels from their m2 (pointers at the first channel): a
+ * loop that vectorises (with few rows per channel, its divisions and square
+ * roots are much of a call). */
+FBN_DISPATCH static void FN(finish_channels)(int64_t nc, double eps, double n,
+                                             const double *restrict m2, double *restrict var,
+                                             double *restrict invstd) {
+    for (int64_t c = 0; c < nc; c++) {
+        const double v = m2[c] / n;
+        var[c] = v;
+        invstd[c] = 1.0 / sqrt(v + eps);
+    }
 }
 
 int FN(fbn_forward_train)(const T *x, T *y, fbn_shape s, const double *gamma,
@@ -731,15 +773,14 @@ int FN(fbn_forward_train)(const T *x, T *y, fbn_shape s, const double *gamma,
     if (p.per_channel == 0 || C == 0) return -2;
     const int nt = fbn_threads_for(&p, nthreads);
     const int64_t len = fbn_scratch_len(&p);
-    double *work = malloc((C * 5 + nt * len) * sizeof(double));
-    fbn_part *parts = malloc(p.nsegs * C * sizeof(fbn_part));
-    T *typed = malloc(FBN_TYPED * FBN_TYPED_LEN(C) * sizeof(T));
-    if (!work || !parts || !typed) {
-        free(work);
-        free(parts);
-        free(typed);
-        return -1;
-    }
+    const int64_t bytes[3] = {(C * 5 + nt * len) * (int64_t)sizeof(double),
+                              p.nsegs * C * (int64_t)sizeof(fbn_part), FBN_TYPED_BYTES(C)};
+    void *buf[3];
+    fbn_work w;
+    if (fbn_work_alloc(&w, 3, bytes, buf)) return -1;
+    double *work = buf[0];
+    fbn_part *parts = buf[1];
+    T *typed = buf[2];
     double *pivot = work, *shift = work + C, *scale = work + 2 * C, *bias = work + 3 * C;
     double *m2 = work + 4 * C, *scratch = work + 5 * C, n = (double)p.per_channel;
     fbn_coefs k = {shift, NULL, scale, bias, NULL, NULL, NULL, relu, NULL};
@@ -753,8 +794,8 @@ int FN(fbn_forward_train)(const T *x, T *y, fbn_shape s, const double *gamma,
             FN(stats_tile)(x, &p, t, pivot, parts, scratch + FBN_THREAD_ID * len);
             for (int64_t c = c0; c < c0 + nc; c++) {
                 FN(finish_stats)(c, pivot[c], &parts[c], mean_hi, mean_lo, m2);
-                FN(finish_channel)(c, eps, var, invstd, m2, n);
             }
+            FN(finish_channels)(nc, eps, n, m2 + c0, var + c0, invstd + c0);
             fbn_coefficients(nc, mean_hi + c0, mean_lo + c0, invstd + c0,
                              gamma ? gamma + c0 : NULL, beta ? beta + c0 : NULL,
                              shift + c0, scale + c0, bias + c0);
@@ -763,7 +804,7 @@ int FN(fbn_forward_train)(const T *x, T *y, fbn_shape s, const double *gamma,
         }
     } else {
         FN(stats_all)(x, &p, pivot, parts, scratch, mean_hi, mean_lo, m2, nt);
-        for (int64_t c = 0; c < C; c++) FN(finish_channel)(c, eps, var, invstd, m2, n);
+        FN(finish_channels)(C, eps, n, m2, var, invstd);
         fbn_coefficients(C, mean_hi, mean_lo, invstd, gamma, beta, shift, scale, bias);
         FN(fill_typed)(&k, 0, C, &tk);
         FN(repeat_typed)(&tk, C, 0);
@@ -773,9 +814,7 @@ int FN(fbn_forward_train)(const T *x, T *y, fbn_shape s, const double *gamma,
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
         for (int64_t t = ntiles - 1; t >= 0; t--) FN(affine_tile)(x, y, &e, t, &tk);
     }
-    free(work);
-    free(parts);
-    free(typed);
+    fbn_work_free(&w);
     return 0;
 }
 
@@ -784,8 +823,10 @@ int FN(fbn_affine)(const T *x, T *y, fbn_shape s, const double *shift, const dou
     fbn_plan p = FN_ELEMWISE_PLAN(s, 1);
     const int64_t ntiles = p.per_channel ? p.nblocks * p.nsegs : 0;
     fbn_coefs k = {shift, NULL, scale, bias, NULL, NULL, NULL, relu, NULL};
-    T *typed = malloc(FBN_TYPED * FBN_TYPED_LEN(s.channels) * sizeof(T));
-    if (!typed) return -1;
+    const int64_t bytes[1] = {FBN_TYPED_BYTES(s.channels)};
+    void *typed;
+    fbn_work w;
+    if (fbn_work_alloc(&w, 1, bytes, &typed)) return -1;
     FN(tcoefs) tk = FN(typed_arrays)(typed, s.channels, relu);
     FN(fill_typed)(&k, 0, s.channels, &tk);
     FN(repeat_typed)(&tk, s.channels, 0);
@@ -793,7 +834,7 @@ int FN(fbn_affine)(const T *x, T *y, fbn_shape s, const double *shift, const dou
     (void)nt;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (int64_t t = 0; t < ntiles; t++) FN(affine_tile)(x, y, &p, t, &tk);
-    free(typed);
+    fbn_work_free(&w);
     return 0;
 }
 
@@ -836,21 +877,20 @@ int FN(fbn_backward_reduce)(const T *dy, const T *x, fbn_shape s, const double *
         return 0;
     }
     const int nt = fbn_threads_for(&p, nthreads);
-    double *zeros = calloc(C, sizeof(double));
-    double *work = malloc(fbn_reduce_work_len(&p, nt) * sizeof(double));
-    T *typed = malloc(FBN_TYPED * FBN_TYPED_LEN(C) * sizeof(T));
-    int status = -1;
-    if (zeros && work && typed) {
-        fbn_coefs k = {shift, zeros, scale, bias, NULL, NULL, NULL, relu, NULL};
-        FN(tcoefs) tk = FN(typed_arrays)(typed, C, relu);
-        FN(fill_typed)(&k, 0, C, &tk);
-        FN(reduce_all)(dy, x, &p, &k, &tk, work, sum_dy, sum_dy_xs, nt);
-        status = 0;
-    }
-    free(zeros);
-    free(work);
-    free(typed);
-    return status;
+    const int64_t bytes[3] = {C * (int64_t)sizeof(double),
+                              fbn_reduce_work_len(&p, nt) * (int64_t)sizeof(double),
+                              FBN_TYPED_BYTES(C)};
+    void *buf[3];
+    fbn_work w;
+    if (fbn_work_alloc(&w, 3, bytes, buf)) return -1;
+    double *zeros = buf[0];
+    memset(zeros, 0, bytes[0]);
+    fbn_coefs k = {shift, zeros, scale, bias, NULL, NULL, NULL, relu, NULL};
+    FN(tcoefs) tk = FN(typed_arrays)(buf[2], C, relu);
+    FN(fill_typed)(&k, 0, C, &tk);
+    FN(reduce_all)(dy, x, &p, &k, &tk, buf[1], sum_dy, sum_dy_xs, nt);
+    fbn_work_free(&w);
+    return 0;
 }
 
 int FN(fbn_backward_elemt)(const T *dy, const T *x, T *dx, fbn_shape s, const double *shift,
@@ -858,13 +898,13 @@ int FN(fbn_backward_elemt)(const T *dy, const T *x, T *dx, fbn_shape s, const do
                            const double *mean_dy, int nthreads) {
     fbn_plan p = FN_ELEMWISE_PLAN(s, 2);
     const int64_t C = s.channels ? s.channels : 1, ntiles = p.per_channel ? p.nblocks * p.nsegs : 0;
-    T *typed = malloc(FBN_TYPED * FBN_TYPED_LEN(C) * sizeof(T));
-    double *zeros = calloc(C, sizeof(double)); /* scale and bias: no ReLU here */
-    if (!typed || !zeros) {
-        free(typed);
-        free(zeros);
-        return -1;
-    }
+    const int64_t bytes[2] = {FBN_TYPED_BYTES(C), C * (int64_t)sizeof(double)};
+    void *buf[2];
+    fbn_work w;
+    if (fbn_work_alloc(&w, 2, bytes, buf)) return -1;
+    T *typed = buf[0];
+    double *zeros = buf[1]; /* scale and bias: no ReLU here */
+    memset(zeros, 0, bytes[1]);
     fbn_coefs k = {shift, NULL, zeros, zeros, k_dy, k_x, mean_dy, 0, invstd};
     FN(tcoefs) tk = FN(typed_arrays)(typed, s.channels, 0);
     FN(fill_typed)(&k, 0, s.channels, &tk);
@@ -873,20 +913,35 @@ int FN(fbn_backward_elemt)(const T *dy, const T *x, T *dx, fbn_shape s, const do
     (void)nt;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (int64_t t = 0; t < ntiles; t++) FN(bwd_elemt_tile)(dy, x, dx, &p, t, &tk);
-    free(typed);
-    free(zeros);
+    fbn_work_free(&w);
     return 0;
 }
 
-/* From the reduced sums of channel c to sum(dy * xhat) and its dx coefficients. */
-static void FN(bwd_coefficients)(int64_t c, double n, int training, const double *invstd,
-                                 const double *gamma, const double *sum_dy,
-                                 const double *sum_dy_xc, double *sum_dy_xhat, double *k_dy,
-                                 double *k_x, double *mean_dy) {
-    sum_dy_xhat[c] = invstd[c] * sum_dy_xc[c];
-    k_dy[c] = (gamma ? gamma[c] : 1.0) * invstd[c];
-    k_x[c] = training ? -k_dy[c] * (sum_dy_xhat[c] / n) : 0.0;
-    mean_dy[c] = training ? sum_dy[c] / n : 0.0;
+/* From the reduced sums of nc channels to sum(dy * xhat) and the dx coefficients
+ * (pointers at the first channel; gamma may be NULL). A loop that vectorises:
+ * with few rows per channel its divisions are much of a call. */
+FBN_DISPATCH static void FN(bwd_coefficients)(int64_t nc, double n, int training,
+                                              const double *restrict invstd,
+                                              const double *restrict gamma,
+                                              const double *restrict sum_dy,
+                                              const double *restrict sum_dy_xc,
+                                              double *restrict sum_dy_xhat,
+                                              double *restrict k_dy, double *restrict k_x,
+                                              double *restrict mean_dy) {
+#define FBN_BWD_COEFS(GAMMA)                                                           \
+    for (int64_t c = 0; c < nc; c++) {                                                 \
+        const double s2 = invstd[c] * sum_dy_xc[c], a = (GAMMA) * invstd[c];           \
+        const double m = sum_dy[c] / n;                                                \
+        sum_dy_xhat[c] = s2;                                                           \
+        k_dy[c] = a;                                                                   \
+        k_x[c] = training ? -a * (s2 / n) : 0.0;                                       \
+        mean_dy[c] = training ? m : 0.0;                                               \
+    }
+    if (gamma) /* unswitched by hand: the loads are unconditional */
+        FBN_BWD_COEFS(gamma[c])
+    else
+        FBN_BWD_COEFS(1.0)
+#undef FBN_BWD_COEFS
 }
 
 int FN(fbn_backward)(const T *dy, const T *x, T *dx, fbn_shape s, const double *mean_hi,
@@ -898,23 +953,26 @@ int FN(fbn_backward)(const T *dy, const T *x, T *dx, fbn_shape s, const double *
     if (C == 0) return 0;
     const int nt = fbn_threads_for(&p, nthreads);
     const int64_t len = fbn_scratch_len(&p);
-    double *work = calloc(C * 8, sizeof(double));
-    double *sums = malloc(fbn_reduce_work_len(&p, nt) * sizeof(double));
-    T *typed = malloc(FBN_TYPED * FBN_TYPED_LEN(C) * sizeof(T));
-    if (!work || !sums || !typed) {
-        free(work);
-        free(sums);
-        free(typed);
-        return -1;
-    }
+    const int64_t bytes[3] = {C * 8 * (int64_t)sizeof(double),
+                              fbn_reduce_work_len(&p, nt) * (int64_t)sizeof(double),
+                              FBN_TYPED_BYTES(C)};
+    void *buf[3];
+    fbn_work w;
+    if (fbn_work_alloc(&w, 3, bytes, buf)) return -1;
+    double *work = buf[0], *sums = buf[1];
+    T *typed = buf[2];
     double *shift = work, *scale = work + C, *bias = work + 2 * C, *sum_dy_xc = work + 3 * C;
     double *k_dy = work + 4 * C, *k_x = work + 5 * C, *mean_dy = work + 6 * C, *lo = work + 7 * C;
-    if (mean_lo) memcpy(lo, mean_lo, C * sizeof(double));
+    if (mean_lo)
+        memcpy(lo, mean_lo, C * sizeof(double));
+    else
+        memset(lo, 0, C * sizeof(double));
     fbn_coefs k = {shift, lo, scale, bias, k_dy, k_x, mean_dy, relu, invstd};
+    fbn_coefs masks = {shift, lo, scale, bias, NULL, NULL, NULL, relu, NULL};
     FN(tcoefs) tk = FN(typed_arrays)(typed, C, relu);
     double n = (double)p.per_channel;
     fbn_coefficients(C, mean_hi, lo, invstd, gamma, beta, shift, scale, bias);
-    FN(fill_typed)(&k, 0, C, &tk); /* for the ReLU masks; k_* are filled per block below */
+    FN(fill_typed)(&masks, 0, C, &tk); /* for the ReLU masks; k_* are filled below */
     if (p.per_channel == 0) {
         for (int64_t c = 0; c < C; c++) sum_dy[c] = sum_dy_xhat[c] = 0.0;
     } else if (p.nsegs == 1) {
@@ -927,17 +985,17 @@ int FN(fbn_backward)(const T *dy, const T *x, T *dx, fbn_shape s, const double *
             for (int64_t c = c0; c < c0 + nc; c++) {
                 sum_dy[c] = sums[2 * c];
                 sum_dy_xc[c] = sums[2 * c + 1];
-                FN(bwd_coefficients)(c, n, training, invstd, gamma, sum_dy, sum_dy_xc,
-                                     sum_dy_xhat, k_dy, k_x, mean_dy);
             }
+            FN(bwd_coefficients)(nc, n, training, invstd + c0, gamma ? gamma + c0 : NULL,
+                                 sum_dy + c0, sum_dy_xc + c0, sum_dy_xhat + c0, k_dy + c0,
+                                 k_x + c0, mean_dy + c0);
             FN(fill_typed)(&k, c0, nc, &tk);
             FN(bwd_elemt_tile)(dy, x, dx, &p, t, &tk);
         }
     } else {
         FN(reduce_all)(dy, x, &p, &k, &tk, sums, sum_dy, sum_dy_xc, nt);
-        for (int64_t c = 0; c < C; c++)
-            FN(bwd_coefficients)(c, n, training, invstd, gamma, sum_dy, sum_dy_xc, sum_dy_xhat,
-                                 k_dy, k_x, mean_dy);
+        FN(bwd_coefficients)(C, n, training, invstd, gamma, sum_dy, sum_dy_xc, sum_dy_xhat,
+                             k_dy, k_x, mean_dy);
         FN(fill_typed)(&k, 0, C, &tk);
         FN(repeat_typed)(&tk, C, 1);
         fbn_plan e = FN_ELEMWISE_PLAN(s, 2);
@@ -946,9 +1004,7 @@ int FN(fbn_backward)(const T *dy, const T *x, T *dx, fbn_shape s, const double *
         for (int64_t t = etiles - 1; t >= 0; t--) /* backwards, as in the forward */
             FN(bwd_elemt_tile)(dy, x, dx, &e, t, &tk);
     }
-    free(work);
-    free(sums);
-    free(typed);
+    fbn_work_free(&w);
     return 0;
 }
 
@@ -962,6 +1018,7 @@ int FN(fbn_ema)(T *running, const double *batch, int64_t channels, double moment
 #undef FN
 #undef FBN_TYPED
 #undef FBN_TYPED_LEN
+#undef FBN_TYPED_BYTES
 #undef FBN_PAGE_VALUES
 #undef FN_REDUCE_PLAN
 #undef FN_ELEMWISE_PLAN

@@ -3,6 +3,7 @@
 #ifndef FASTBN_PLAN_H
 #define FASTBN_PLAN_H
 
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -80,6 +81,9 @@ static inline void fbn_prefetch(const void *p, int64_t bytes) {
 #define FBN_IVDEP
 #endif
 
+/* isfinite as a comparison, which vectorises: false for NaN and +-inf. */
+#define FBN_FINITE(v) (fabs(v) <= DBL_MAX)
+
 /* Neumaier-compensated sum. */
 typedef struct {
     double sum, comp;
@@ -96,7 +100,7 @@ static inline void fbn_kadd(fbn_ksum *k, double v) {
 
 /* An infinite sum makes the compensation NaN (inf - inf): the sum is the answer then. */
 static inline double fbn_kval(const fbn_ksum *k) {
-    return isfinite(k->sum) ? k->sum + k->comp : k->sum;
+    return FBN_FINITE(k->sum) ? k->sum + k->comp : k->sum;
 }
 
 /* fbn_kadd on arrays: sum[i] += v[i], compensated in comp[i]; no branch, so
@@ -187,6 +191,17 @@ static inline double *fbn_reduce_scratch(const fbn_plan *p, double *work) {
 #else
 #define FBN_THREAD_ID 0
 #endif
+
+/* The work memory of one call: n buffers (bytes[i] each, 64-byte aligned) in
+ * one block. Calls reuse one cached block when it is free and large enough to
+ * keep: fresh C-sized blocks (from C ~ 4096 up) come from mmap, and their page
+ * faults cost small calls more than their arithmetic. */
+typedef struct {
+    void *block;
+    int cached;
+} fbn_work;
+int fbn_work_alloc(fbn_work *w, int n, const int64_t *bytes, void **buffers);
+void fbn_work_free(fbn_work *w);
 
 fbn_plan fbn_make_plan(fbn_shape s, int64_t elem_size, int inputs, int reduction);
 int fbn_threads_for(const fbn_plan *p, int nthreads);
