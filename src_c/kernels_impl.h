@@ -210,12 +210,14 @@ FBN_INLINE void FN(stats_cols)(const T *x, int64_t C, int64_t c0, int64_t nc, in
                                double *scratch) {
     double n = (double)(j1 - j0);
     const double *pv = pivot + c0;
-    double *restrict acc = scratch, *restrict acc2 = acc + nc, *restrict mean = acc2 + nc;
+    double *acc = scratch, *acc2 = acc + nc, *mean = acc2 + nc;
     double *need = mean + nc, *tot = need + nc, *comp = tot + nc, *tot2 = comp + nc;
     double *comp2 = tot2 + nc;
+    const int one_flush = fbn_one_flush(j1 - j0, nc, &acc, &acc2, tot, comp, tot2, comp2);
     for (int64_t c = 0; c < nc; c++) mean[c] = 0.0;
     for (int pass = 0; pass < 2; pass++) {
-        for (int64_t c = 0; c < nc; c++) tot[c] = comp[c] = tot2[c] = comp2[c] = 0.0;
+        if (!one_flush)
+            for (int64_t c = 0; c < nc; c++) tot[c] = comp[c] = tot2[c] = comp2[c] = 0.0;
         for (int64_t o = j0; o < j1;) {
             const int64_t end = o + FBN_FLUSH_ROWS < j1 ? o + FBN_FLUSH_ROWS : j1;
             for (int64_t c = 0; c < nc; c++) acc[c] = acc2[c] = 0.0;
@@ -232,8 +234,10 @@ FBN_INLINE void FN(stats_cols)(const T *x, int64_t C, int64_t c0, int64_t nc, in
                     for (int i = 0; i < g; i++) FBN_STATS_GROUP(row + i * C, 1, 1);
 #undef FBN_STATS_GROUP
             }
-            fbn_kadd_arrays(tot, comp, acc, nc);
-            fbn_kadd_arrays(tot2, comp2, acc2, nc);
+            if (!one_flush) {
+                fbn_kadd_arrays(tot, comp, acc, nc);
+                fbn_kadd_arrays(tot2, comp2, acc2, nc);
+            }
         }
         if (!FN(finish_cols)(nc, n, pass, tot, comp, tot2, comp2, mean, need, part + c0)) break;
     }
@@ -480,9 +484,11 @@ FBN_INLINE void FN(bwd_reduce_cols)(const T *dy, const T *x, int64_t C, int64_t 
     const double *sh = k->shift + c0, *lw = k->lo + c0;
     const T *tsh = tk->shift + c0, *sc = tk->scale + c0, *bi = tk->bias + c0;
     const int relu = tk->relu;
-    double *restrict acc = scratch, *restrict acc2 = acc + nc;
+    double *acc = scratch, *acc2 = acc + nc;
     double *tot = acc2 + nc, *comp = tot + nc, *tot2 = comp + nc, *comp2 = tot2 + nc;
-    for (int64_t c = 0; c < nc; c++) tot[c] = comp[c] = tot2[c] = comp2[c] = 0.0;
+    const int one_flush = fbn_one_flush(j1 - j0, nc, &acc, &acc2, tot, comp, tot2, comp2);
+    if (!one_flush)
+        for (int64_t c = 0; c < nc; c++) tot[c] = comp[c] = tot2[c] = comp2[c] = 0.0;
     for (int64_t o = j0; o < j1;) {
         const int64_t end = o + FBN_FLUSH_ROWS < j1 ? o + FBN_FLUSH_ROWS : j1;
         for (int64_t c = 0; c < nc; c++) acc[c] = acc2[c] = 0.0;
@@ -502,8 +508,10 @@ FBN_INLINE void FN(bwd_reduce_cols)(const T *dy, const T *x, int64_t C, int64_t 
                 for (int i = 0; i < g; i++) FBN_BWD_GROUP(dr + i * C, xr + i * C, 1, relu);
 #undef FBN_BWD_GROUP
         }
-        fbn_kadd_arrays(tot, comp, acc, nc);
-        fbn_kadd_arrays(tot2, comp2, acc2, nc);
+        if (!one_flush) {
+            fbn_kadd_arrays(tot, comp, acc, nc);
+            fbn_kadd_arrays(tot2, comp2, acc2, nc);
+        }
     }
     for (int64_t c = 0; c < nc; c++) {
         fbn_ksum a1 = {tot[c], comp[c]}, a2 = {tot2[c], comp2[c]};
@@ -599,14 +607,10 @@ FBN_DISPATCH static void FN(bwd_elemt_tile)(const T *dy, const T *x, T *dx, cons
  * shift and mean_dy are rounded to T, so their rounding, and the mean's residual
  * lo, are folded into bias and k_0 (in double): x - shift stays exact-ish far
  * from the origin, and the small terms are added last. */
-FBN_DISPATCH static void FN(fill_typed)(const fbn_coefs *k, int64_t c0, int64_t n,
-                                        const FN(tcoefs) *t) {
-    /* restrict copies of the pointers and selects for the branches: the loops
-     * vectorise (with few rows per channel, this is much of a call) */
-    const double *restrict shift = k->shift + c0, *restrict scale = k->scale + c0;
-    const double *restrict bias = k->bias + c0;
-    T *restrict t_shift = t->shift + c0, *restrict t_scale = t->scale + c0;
-    T *restrict t_bias = t->bias + c0;
+FBN_DISPATCH static void FN(fill_affine)(int64_t n, const double *restrict shift,
+                                         const double *restrict scale,
+                                         const double *restrict bias, T *restrict t_shift,
+                                         T *restrict t_scale, T *restrict t_bias) {
     for (int64_t c = 0; c < n; c++) {
         double sh = (double)(T)shift[c], moved = sh - shift[c];
         t_shift[c] = (T)sh;
@@ -616,13 +620,15 @@ FBN_DISPATCH static void FN(fill_typed)(const fbn_coefs *k, int64_t c0, int64_t 
         int fold = moved != 0.0 && FBN_FINITE(moved) && FBN_FINITE(scale[c]);
         t_bias[c] = (T)(fold ? bias[c] + moved * scale[c] : bias[c]);
     }
-    if (!k->k_dy) return;
-    const double *restrict lo = k->lo ? k->lo + c0 : NULL, *restrict k_dy = k->k_dy + c0;
-    const double *restrict k_x = k->k_x + c0, *restrict invstd = k->invstd + c0;
-    const double *restrict mean_dy = k->mean_dy + c0;
-    T *restrict t_k_dy = t->k_dy + c0, *restrict t_k_x = t->k_x + c0;
-    T *restrict t_invstd = t->invstd + c0, *restrict t_mean_dy = t->mean_dy + c0;
-    T *restrict t_k_0 = t->k_0 + c0;
+}
+
+/* lo may be NULL (a zero residual). */
+FBN_DISPATCH static void FN(fill_dx)(int64_t n, const double *restrict shift,
+                                     const double *restrict lo, const double *restrict k_dy,
+                                     const double *restrict k_x, const double *restrict invstd,
+                                     const double *restrict mean_dy, T *restrict t_k_dy,
+                                     T *restrict t_k_x, T *restrict t_invstd,
+                                     T *restrict t_mean_dy, T *restrict t_k_0) {
 #define FBN_FILL_DX(LO)                                                                    \
     for (int64_t c = 0; c < n; c++) {                                                      \
         double moved = (double)(T)shift[c] - shift[c];                                     \
@@ -635,11 +641,22 @@ FBN_DISPATCH static void FN(fill_typed)(const fbn_coefs *k, int64_t c0, int64_t 
         t_k_0[c] = (T)((r != 0.0 && FBN_FINITE(r) ? k_dy[c] * r : 0.0) +                  \
                        (dev != 0.0 && FBN_FINITE(dev) ? k_x[c] * (dev * invstd[c]) : 0.0)); \
     }
-    if (lo)
+    if (lo) /* unswitched by hand: the loads are unconditional */
         FBN_FILL_DX(lo[c])
     else
         FBN_FILL_DX(0.0)
 #undef FBN_FILL_DX
+}
+
+/* (Loops over restrict parameters and selects: they vectorise, and with few rows
+ * per channel this is much of a call.) */
+static void FN(fill_typed)(const fbn_coefs *k, int64_t c0, int64_t n, const FN(tcoefs) *t) {
+    FN(fill_affine)(n, k->shift + c0, k->scale + c0, k->bias + c0, t->shift + c0,
+                    t->scale + c0, t->bias + c0);
+    if (k->k_dy)
+        FN(fill_dx)(n, k->shift + c0, k->lo ? k->lo + c0 : NULL, k->k_dy + c0, k->k_x + c0,
+                    k->invstd + c0, k->mean_dy + c0, t->k_dy + c0, t->k_x + c0,
+                    t->invstd + c0, t->mean_dy + c0, t->k_0 + c0);
 }
 
 /* Typed coefficient arrays in one block of FBN_TYPED arrays, FBN_TYPED_LEN(C)

@@ -116,6 +116,20 @@ static inline void fbn_kadd_arrays(double *restrict sum, double *restrict comp,
     }
 }
 
+/* Columns-shape reductions of at most FBN_FLUSH_ROWS rows (a small batch) flush
+ * their plain sums once: those are then the totals, with zero compensations
+ * (bitwise what their compensated add to zero gives). Points acc and acc2 at
+ * the totals in that case and returns 1. */
+static inline int fbn_one_flush(int64_t rows, int64_t nc, double **acc, double **acc2,
+                                double *tot, double *comp, double *tot2, double *comp2) {
+    if (rows > FBN_FLUSH_ROWS) return 0;
+    *acc = tot;
+    *acc2 = tot2;
+    memset(comp, 0, nc * sizeof(double));
+    memset(comp2, 0, nc * sizeof(double));
+    return 1;
+}
+
 /* FBN_LANES plain lanes (vectorisable without reassociation) feeding a
  * compensated total every FBN_PIECE values. */
 typedef struct {
