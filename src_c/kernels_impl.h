@@ -48,11 +48,14 @@ FBN_INLINE void FN(run_next)(const fbn_shape *s, int64_t j1, FN(run_it) *r) {
  * for lanes reached through a pointer), and they live across the channel's
  * runs, so that short runs (small inner) pay no per-run copies. Each lane goes
  * to a compensated total every FBN_PIECE values. */
-#define FBN_SUM_RUNS(s, c, j0, j1, a1, a2, BODY)                                         \
+#define FBN_SUM_RUNS(s, c, j0, j1, a1, a2, BODY, PREFETCH)                               \
     do {                                                                                 \
         double l1[FBN_LANES] = {0}, l2[FBN_LANES] = {0};                                 \
         int64_t pending_ = 0;                                                            \
+        const int64_t ahead_ = FBN_RUNS_AHEAD * (s)->channels * (s)->inner;              \
+        const int fetch_ = (s)->inner * (int64_t)sizeof(T) <= FBN_SHORT_RUN;             \
         FBN_FOR_RUNS(s, c, j0, j1, off_, len_) {                                         \
+            if (fetch_) PREFETCH(off_ + ahead_, len_);                                   \
             for (int64_t at_ = 0; at_ < len_;) {                                         \
                 const int64_t n_ = FBN_PIECE - pending_ < len_ - at_ ? FBN_PIECE - pending_ \
                                                                      : len_ - at_;       \
@@ -91,7 +94,9 @@ FBN_INLINE void FN(runs_dev)(fbn_acc *a1, fbn_acc *a2, const fbn_shape *s, int64
         l1[l] += e;                                    \
         l2[l] += e * e;                                \
     }
-    FBN_SUM_RUNS(s, c, j0, j1, a1, a2, FBN_DEV);
+#define FBN_FETCH(o, n) fbn_prefetch(x + (o), (n) * (int64_t)sizeof(T))
+    FBN_SUM_RUNS(s, c, j0, j1, a1, a2, FBN_DEV, FBN_FETCH);
+#undef FBN_FETCH
 #undef FBN_DEV
 }
 
@@ -121,7 +126,11 @@ FBN_INLINE void FN(runs_bwd)(fbn_acc *a1, fbn_acc *a2, const fbn_shape *s, int64
         l1[l] += g;                                                    \
         l2[l] += g * ((double)x[o] - shift);                           \
     }
-    FBN_SUM_RUNS(s, c, j0, j1, a1, a2, FBN_BWD);
+#define FBN_FETCH(o, n)                                  \
+    (fbn_prefetch(x + (o), (n) * (int64_t)sizeof(T)),    \
+     fbn_prefetch(dy + (o), (n) * (int64_t)sizeof(T)))
+    FBN_SUM_RUNS(s, c, j0, j1, a1, a2, FBN_BWD, FBN_FETCH);
+#undef FBN_FETCH
 #undef FBN_BWD
 }
 

@@ -60,6 +60,11 @@
  * channel blocks, and rows of at most FBN_SHORT_ROW bytes (see prefetch_block). */
 #define FBN_AHEAD 1
 #define FBN_SHORT_ROW 2048
+/* Rows shape: reductions over runs of at most FBN_SHORT_RUN bytes (small maps,
+ * e.g. 14x14) fetch the run FBN_RUNS_AHEAD rows ahead: the hardware prefetcher
+ * does not follow short runs a row apart. */
+#define FBN_RUNS_AHEAD 2
+#define FBN_SHORT_RUN 4096
 static inline void fbn_prefetch(const void *p, int64_t bytes) {
 #if defined(__GNUC__)
     const char *q = (const char *)p;
