@@ -95,14 +95,35 @@ static long fbn_cache_busy;
 static void *fbn_cache_block;
 static int64_t fbn_cache_bytes;
 
+/* Under AddressSanitizer every call allocates its own block and a poisoned gap
+ * follows each buffer: an overrun of one buffer is still reported, as with a
+ * malloc each. */
+#if defined(__SANITIZE_ADDRESS__)
+#define FBN_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define FBN_ASAN 1
+#endif
+#endif
+#ifdef FBN_ASAN
+#include <sanitizer/asan_interface.h>
+#define FBN_GAP 64
+#else
+#define FBN_ASAN 0
+#define FBN_GAP 0
+#define ASAN_POISON_MEMORY_REGION(p, n) ((void)(p), (void)(n))
+#define ASAN_UNPOISON_MEMORY_REGION(p, n) ((void)(p), (void)(n))
+#endif
+
 static int64_t fbn_round64(int64_t n) { return (n + 63) / 64 * 64; }
 
 int fbn_work_alloc(fbn_work *w, int n, const int64_t *bytes, void **buffers) {
     int64_t total = 64; /* room to align the first buffer */
-    for (int i = 0; i < n; i++) total += fbn_round64(bytes[i]);
+    for (int i = 0; i < n; i++) total += fbn_round64(bytes[i]) + FBN_GAP;
     w->block = NULL;
     w->cached = 0;
-    if (total <= FBN_WORK_CACHE && FBN_CLAIM(fbn_cache_busy)) {
+    w->bytes = total;
+    if (!FBN_ASAN && total <= FBN_WORK_CACHE && FBN_CLAIM(fbn_cache_busy)) {
         if (fbn_cache_bytes < total) {
             free(fbn_cache_block);
             fbn_cache_block = malloc(total);
@@ -120,16 +141,19 @@ int fbn_work_alloc(fbn_work *w, int n, const int64_t *bytes, void **buffers) {
     char *at = (char *)w->block + (64 - (uintptr_t)w->block % 64) % 64;
     for (int i = 0; i < n; i++) {
         buffers[i] = at;
-        at += fbn_round64(bytes[i]);
+        ASAN_POISON_MEMORY_REGION(at + bytes[i], fbn_round64(bytes[i]) - bytes[i] + FBN_GAP);
+        at += fbn_round64(bytes[i]) + FBN_GAP;
     }
     return 0;
 }
 
 void fbn_work_free(fbn_work *w) {
-    if (w->cached)
+    if (w->cached) {
         FBN_UNCLAIM(fbn_cache_busy);
-    else
+    } else {
+        ASAN_UNPOISON_MEMORY_REGION(w->block, w->bytes);
         free(w->block);
+    }
     w->block = NULL;
 }
 

@@ -217,6 +217,7 @@ static inline double *fbn_reduce_scratch(const fbn_plan *p, double *work) {
  * faults cost small calls more than their arithmetic. */
 typedef struct {
     void *block;
+    int64_t bytes;
     int cached;
 } fbn_work;
 int fbn_work_alloc(fbn_work *w, int n, const int64_t *bytes, void **buffers);
