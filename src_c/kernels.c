@@ -32,9 +32,9 @@ static int64_t fbn_col_max(void) {
  * only the inputs occupy the cache: a tile holds at most FBN_TILE_BYTES of them.
  * Elementwise passes (reduction = 0) take tiles of whole rows when inner == 1.
  * Reductions keep per-channel accumulators: when whole channels of a block of
- * up to FBN_COL_MAX fit in a tile, tiles are such channel blocks (so a fused
- * pass can reduce and rewrite them in cache); otherwise whole rows again, read
- * in memory order a few rows at a time. */
+ * up to FBN_COL_MAX fit in a tile and the rows are few, tiles are such channel
+ * blocks (so a fused pass can reduce and rewrite them in cache); otherwise whole
+ * rows again, read in memory order a few rows at a time. */
 fbn_plan fbn_make_plan(fbn_shape s, int64_t elem_size, int inputs, int reduction) {
     fbn_plan p;
     int64_t tile = fbn_tile_bytes();
@@ -47,7 +47,12 @@ fbn_plan fbn_make_plan(fbn_shape s, int64_t elem_size, int inputs, int reduction
     if (s.inner == 1) {
         const int64_t col_max = fbn_col_max();
         int64_t strip = s.channels < col_max ? s.channels : col_max;
-        fits = strip > 0 && strip * p.per_channel * bytes_per_value <= tile;
+        /* few rows: a block's rows are short runs a whole row apart, which stream
+         * from memory slower than whole rows; from 2 * FBN_FLUSH_ROWS rows up,
+         * whole-row tiles (read again from L3 for the output) ran faster when
+         * the data came from memory (256-512 rows: 0.65-0.8x the time) */
+        fits = strip > 0 && strip * p.per_channel * bytes_per_value <= tile &&
+               p.per_channel < 2 * FBN_FLUSH_ROWS;
         p.block = reduction && fits ? strip : s.channels;
     }
     if (p.block < 1) p.block = 1;
