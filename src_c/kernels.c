@@ -217,7 +217,6 @@ int fbn_max_threads(void) {
 #endif
 }
 
-
 const char *fbn_simd_paths(void) { return FBN_SIMD_PATHS; }
 
 const char *fbn_compiler(void) {

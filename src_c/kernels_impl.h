@@ -48,6 +48,7 @@ FBN_INLINE void FN(run_next)(const fbn_shape *s, int64_t j1, FN(run_it) *r) {
  * for lanes reached through a pointer), and they live across the channel's
  * runs, so that short runs (small inner) pay no per-run copies. Each lane goes
  * to a compensated total every FBN_PIECE values. */
+#define FBN_SAVE_LANES(local, acc) memcpy((acc)->lane, local, sizeof local)
 #define FBN_SUM_RUNS(s, c, j0, j1, a1, a2, BODY, PREFETCH)                               \
     do {                                                                                 \
         double l1[FBN_LANES] = {0}, l2[FBN_LANES] = {0};                                 \
@@ -82,7 +83,6 @@ FBN_INLINE void FN(run_next)(const fbn_shape *s, int64_t j1, FN(run_it) *r) {
         FBN_SAVE_LANES(l1, a1);                                                          \
         FBN_SAVE_LANES(l2, a2);                                                          \
     } while (0)
-#define FBN_SAVE_LANES(local, acc) memcpy((acc)->lane, local, sizeof local)
 
 /* Channel c's sums of e and e^2, e = (x - pivot) - mean, over flat [j0, j1). */
 FBN_INLINE void FN(runs_dev)(fbn_acc *a1, fbn_acc *a2, const fbn_shape *s, int64_t c,
@@ -222,11 +222,9 @@ FBN_INLINE void FN(stats_cols)(const T *x, int64_t C, int64_t c0, int64_t nc, in
     double *acc = scratch, *acc2 = acc + nc, *mean = acc2 + nc;
     double *need = mean + nc, *tot = need + nc, *comp = tot + nc, *tot2 = comp + nc;
     double *comp2 = tot2 + nc;
-    const int one_flush = fbn_one_flush(j1 - j0, nc, &acc, &acc2, tot, comp, tot2, comp2);
     for (int64_t c = 0; c < nc; c++) mean[c] = 0.0;
     for (int pass = 0; pass < 2; pass++) {
-        if (!one_flush)
-            for (int64_t c = 0; c < nc; c++) tot[c] = comp[c] = tot2[c] = comp2[c] = 0.0;
+        const int one_flush = fbn_sums_begin(j1 - j0, nc, &acc, &acc2, tot, comp, tot2, comp2);
         for (int64_t o = j0; o < j1;) {
             const int64_t end = o + FBN_FLUSH_ROWS < j1 ? o + FBN_FLUSH_ROWS : j1;
             for (int64_t c = 0; c < nc; c++) acc[c] = acc2[c] = 0.0;
@@ -243,10 +241,7 @@ FBN_INLINE void FN(stats_cols)(const T *x, int64_t C, int64_t c0, int64_t nc, in
                     for (int i = 0; i < g; i++) FBN_STATS_GROUP(row + i * C, 1, 1);
 #undef FBN_STATS_GROUP
             }
-            if (!one_flush) {
-                fbn_kadd_arrays(tot, comp, acc, nc);
-                fbn_kadd_arrays(tot2, comp2, acc2, nc);
-            }
+            fbn_sums_flush(one_flush, nc, acc, acc2, tot, comp, tot2, comp2);
         }
         if (!FN(finish_cols)(nc, n, pass, tot, comp, tot2, comp2, mean, need, part + c0)) break;
     }
@@ -266,7 +261,7 @@ FBN_DISPATCH static void FN(stats_tile)(const T *x, const fbn_plan *p, int64_t t
         int64_t c = r.c0;
         double mean = 0.0;
         for (int pass = 0; pass < 2; pass++) {
-            fbn_acc e1 = {{0}, 0, {0, 0}}, e2 = e1; /* ~0.3 KB each */
+            fbn_acc e1 = {{0}, {0, 0}}, e2 = e1; /* ~0.3 KB each */
             if (pass == 0) /* x - 0.0 == x: folded away */
                 FN(runs_dev)(&e1, &e2, s, c, r.j0, r.j1, x, pivot[c], 0.0);
             else
@@ -498,9 +493,7 @@ FBN_INLINE void FN(bwd_reduce_cols)(const T *dy, const T *x, int64_t C, int64_t 
     const int relu = tk->relu;
     double *acc = scratch, *acc2 = acc + nc;
     double *tot = acc2 + nc, *comp = tot + nc, *tot2 = comp + nc, *comp2 = tot2 + nc;
-    const int one_flush = fbn_one_flush(j1 - j0, nc, &acc, &acc2, tot, comp, tot2, comp2);
-    if (!one_flush)
-        for (int64_t c = 0; c < nc; c++) tot[c] = comp[c] = tot2[c] = comp2[c] = 0.0;
+    const int one_flush = fbn_sums_begin(j1 - j0, nc, &acc, &acc2, tot, comp, tot2, comp2);
     for (int64_t o = j0; o < j1;) {
         const int64_t end = o + FBN_FLUSH_ROWS < j1 ? o + FBN_FLUSH_ROWS : j1;
         for (int64_t c = 0; c < nc; c++) acc[c] = acc2[c] = 0.0;
@@ -520,10 +513,7 @@ FBN_INLINE void FN(bwd_reduce_cols)(const T *dy, const T *x, int64_t C, int64_t 
                 for (int i = 0; i < g; i++) FBN_BWD_GROUP(dr + i * C, xr + i * C, 1, relu);
 #undef FBN_BWD_GROUP
         }
-        if (!one_flush) {
-            fbn_kadd_arrays(tot, comp, acc, nc);
-            fbn_kadd_arrays(tot2, comp2, acc2, nc);
-        }
+        fbn_sums_flush(one_flush, nc, acc, acc2, tot, comp, tot2, comp2);
     }
     for (int64_t c = 0; c < nc; c++) {
         fbn_ksum a1 = {tot[c], comp[c]}, a2 = {tot2[c], comp2[c]};
@@ -540,7 +530,7 @@ FBN_DISPATCH static void FN(bwd_reduce_tile)(const T *dy, const T *x, const fbn_
     const fbn_shape *s = &p->s;
     if (s->inner > 1) {
         int64_t c = r.c0;
-        fbn_acc a1 = {{0}, 0, {0, 0}}, a2 = a1;
+        fbn_acc a1 = {{0}, {0, 0}}, a2 = a1;
 #define FBN_RUN_BWD(relu)                                                                 \
     FN(runs_bwd)(&a1, &a2, s, c, r.j0, r.j1, dy, x, k->shift[c], tk->shift[c], tk->scale[c], \
                  tk->bias[c], relu)
@@ -835,7 +825,8 @@ int FN(fbn_forward_train)(const T *x, T *y, fbn_shape s, const double *gamma,
         /* each tile holds whole channels: reduce it, then normalise it while in cache */
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
         for (int64_t t = 0; t < p.nblocks; t++) {
-            int64_t c0 = t * p.block, nc = C - c0 < p.block ? C - c0 : p.block;
+            const FN(fbn_tile) r = FN(tile_of)(&p, t);
+            const int64_t c0 = r.c0, nc = r.nc;
             FN(stats_tile)(x, &p, t, pivot, parts, scratch + FBN_THREAD_ID * len);
             for (int64_t c = c0; c < c0 + nc; c++) {
                 FN(finish_stats)(c, pivot[c], &parts[c], mean_hi, mean_lo, m2);
@@ -1024,7 +1015,8 @@ int FN(fbn_backward)(const T *dy, const T *x, T *dx, fbn_shape s, const double *
         /* each tile holds whole channels: reduce it, then write dx while in cache */
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
         for (int64_t t = 0; t < p.nblocks; t++) {
-            int64_t c0 = t * p.block, nc = C - c0 < p.block ? C - c0 : p.block;
+            const FN(fbn_tile) r = FN(tile_of)(&p, t);
+            const int64_t c0 = r.c0, nc = r.nc;
             FN(bwd_reduce_tile)(dy, x, &p, t, &k, &tk, sums,
                                 fbn_reduce_scratch(&p, sums) + FBN_THREAD_ID * len);
             for (int64_t c = c0; c < c0 + nc; c++) {

@@ -121,25 +121,38 @@ static inline void fbn_kadd_arrays(double *restrict sum, double *restrict comp,
     }
 }
 
-/* Columns-shape reductions of at most FBN_FLUSH_ROWS rows (a small batch) flush
- * their plain sums once: those are then the totals, with zero compensations
- * (bitwise what their compensated add to zero gives). Points acc and acc2 at
- * the totals in that case and returns 1. */
-static inline int fbn_one_flush(int64_t rows, int64_t nc, double **acc, double **acc2,
-                                double *tot, double *comp, double *tot2, double *comp2) {
-    if (rows > FBN_FLUSH_ROWS) return 0;
-    *acc = tot;
-    *acc2 = tot2;
+/* Columns-shape reductions: plain sums acc and acc2 over FBN_FLUSH_ROWS rows at a
+ * time go to compensated totals (tot, comp) and (tot2, comp2), nc of each.
+ * fbn_sums_begin clears the totals; over at most FBN_FLUSH_ROWS rows (a small
+ * batch) the plain sums are the totals, with zero compensations (bitwise what
+ * their compensated add to zero gives): it then points acc and acc2 at the
+ * totals and returns 1, and fbn_sums_flush has nothing to do. */
+static inline int fbn_sums_begin(int64_t rows, int64_t nc, double **acc, double **acc2,
+                                 double *tot, double *comp, double *tot2, double *comp2) {
     memset(comp, 0, nc * sizeof(double));
     memset(comp2, 0, nc * sizeof(double));
-    return 1;
+    if (rows <= FBN_FLUSH_ROWS) {
+        *acc = tot;
+        *acc2 = tot2;
+        return 1;
+    }
+    memset(tot, 0, nc * sizeof(double));
+    memset(tot2, 0, nc * sizeof(double));
+    return 0;
+}
+
+static inline void fbn_sums_flush(int one_flush, int64_t nc, const double *acc,
+                                  const double *acc2, double *tot, double *comp, double *tot2,
+                                  double *comp2) {
+    if (one_flush) return;
+    fbn_kadd_arrays(tot, comp, acc, nc);
+    fbn_kadd_arrays(tot2, comp2, acc2, nc);
 }
 
 /* FBN_LANES plain lanes (vectorisable without reassociation) feeding a
- * compensated total every FBN_PIECE values. */
+ * compensated total every FBN_PIECE values (counted by the caller: FBN_SUM_RUNS). */
 typedef struct {
     double lane[FBN_LANES];
-    int64_t pending;
     fbn_ksum total;
 } fbn_acc;
 
@@ -150,7 +163,6 @@ static inline void fbn_acc_flush(fbn_acc *a) {
     for (int i = 0; i < 4; i++) l[i] += l[i + 4];
     fbn_kadd(&a->total, (l[0] + l[2]) + (l[1] + l[3]));
     memset(l, 0, sizeof a->lane);
-    a->pending = 0;
 }
 
 static inline double fbn_acc_value(fbn_acc *a) {
