@@ -695,9 +695,13 @@ static FN(tcoefs) FN(typed_arrays)(T *block, int64_t C, int relu) {
 }
 
 /* For short rows (inner == 1, small C): repeat each array's C values over a period
- * of several rows, so that elementwise loops over whole-row tiles run long. */
-static void FN(repeat_typed)(FN(tcoefs) *t, int64_t C, int dx) {
-    if (C < 1 || 2 * C > FBN_CHUNK) return;
+ * of several rows, so that elementwise loops over whole-row tiles run long. Only
+ * the arrays the pass reads (dx: all, affine: the first 3), by doubling memcpys:
+ * a value-by-value copy C apart is a chain of store-to-load forwards (C = 1: 11 us
+ * for a 2-value affine). */
+static void FN(repeat_typed)(FN(tcoefs) *t, const fbn_shape *s, int dx) {
+    const int64_t C = s->channels;
+    if (s->inner != 1 || C < 1 || 2 * C > FBN_CHUNK) return;
     /* dx reads 8 coefficient arrays: from 16 to 64 channels, row groups (which
      * load them once per FBN_GROUP rows) ran 15-25% faster than flat spans on
      * NHWC-like arrays in DRAM; with fewer channels their loops are too short,
@@ -706,8 +710,9 @@ static void FN(repeat_typed)(FN(tcoefs) *t, int64_t C, int dx) {
     T *arrays[FBN_TYPED] = {t->shift, t->scale, t->bias, t->k_dy, t->k_x, t->mean_dy, t->k_0,
                             t->invstd};
     t->period = (FBN_CHUNK / C) * C;
-    for (int a = 0; a < FBN_TYPED; a++)
-        for (int64_t i = C; i < t->period; i++) arrays[a][i] = arrays[a][i - C];
+    for (int a = 0; a < (dx ? FBN_TYPED : 3); a++)
+        for (int64_t n = C; n < t->period; n *= 2)
+            memcpy(arrays[a] + n, arrays[a], (n < t->period - n ? n : t->period - n) * sizeof(T));
 }
 
 /* Each channel's first value: the pivot its statistics are taken around. */
@@ -843,7 +848,7 @@ int FN(fbn_forward_train)(const T *x, T *y, fbn_shape s, const double *gamma,
         FN(finish_channels)(C, eps, n, m2, var, invstd);
         fbn_coefficients(C, mean_hi, mean_lo, invstd, gamma, beta, shift, scale, bias);
         FN(fill_typed)(&k, 0, C, &tk);
-        FN(repeat_typed)(&tk, C, 0);
+        FN(repeat_typed)(&tk, &s, 0);
         /* backwards: the data read last by the statistics pass may still be in L3 */
         fbn_plan e = FN_ELEMWISE_PLAN(s, 1);
         const int64_t ntiles = e.nblocks * e.nsegs;
@@ -865,7 +870,7 @@ int FN(fbn_affine)(const T *x, T *y, fbn_shape s, const double *shift, const dou
     if (fbn_work_alloc(&w, 1, bytes, &typed)) return -1;
     FN(tcoefs) tk = FN(typed_arrays)(typed, s.channels, relu);
     FN(fill_typed)(&k, 0, s.channels, &tk);
-    FN(repeat_typed)(&tk, s.channels, 0);
+    FN(repeat_typed)(&tk, &s, 0);
     int nt = fbn_threads_for(&p, nthreads);
     (void)nt;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
@@ -944,7 +949,7 @@ int FN(fbn_backward_elemt)(const T *dy, const T *x, T *dx, fbn_shape s, const do
     fbn_coefs k = {shift, NULL, zeros, zeros, k_dy, k_x, mean_dy, 0, invstd};
     FN(tcoefs) tk = FN(typed_arrays)(typed, s.channels, 0);
     FN(fill_typed)(&k, 0, s.channels, &tk);
-    FN(repeat_typed)(&tk, s.channels, 1);
+    FN(repeat_typed)(&tk, &s, 1);
     int nt = fbn_threads_for(&p, nthreads);
     (void)nt;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
@@ -1034,7 +1039,7 @@ int FN(fbn_backward)(const T *dy, const T *x, T *dx, fbn_shape s, const double *
         FN(bwd_coefficients)(C, n, training, invstd, gamma, sum_dy, sum_dy_xc, sum_dy_xhat,
                              k_dy, k_x, mean_dy);
         FN(fill_typed)(&k, 0, C, &tk);
-        FN(repeat_typed)(&tk, C, 1);
+        FN(repeat_typed)(&tk, &s, 1);
         fbn_plan e = FN_ELEMWISE_PLAN(s, 2);
         const int64_t etiles = e.nblocks * e.nsegs;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
