@@ -109,12 +109,10 @@ def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
             _kernels.forward_train(x3, dest.array3, gamma64, beta64, a.eps, relu, mean, lo,
                                    var, invstd, get_num_threads())
     else:
-        mean, lo = _f64(a.running_mean), np.zeros(C)
-        var = _f64(a.running_var)
-        invstd = 1.0 / np.sqrt(var + a.eps)
-        if x.size:
-            shift, scale, bias = _coefficients(mean, lo, invstd, gamma64, beta64)
-            _kernels.affine(x3, dest.array3, shift, scale, bias, relu, get_num_threads())
+        mean, lo, var, invstd = _f64(a.running_mean), np.zeros(C), _f64(a.running_var), np.empty(C)
+        if C:
+            _kernels.forward_infer(x3, dest.array3, mean, var, gamma64, beta64, a.eps, relu,
+                                   invstd, get_num_threads())
     y = dest.result()
     if a.training and a.running_mean is not None:
         _update_running(a.running_mean, mean + lo, a.momentum, 1.0)

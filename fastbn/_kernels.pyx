@@ -22,6 +22,12 @@ cdef extern from "fastbn.h" nogil:
     int fbn_forward_train_f64(const double *x, double *y, fbn_shape s, const double *gamma,
                               const double *beta, double eps, int relu, double *mean_hi,
                               double *mean_lo, double *var, double *invstd, int nthreads)
+    int fbn_forward_infer_f32(const float *x, float *y, fbn_shape s, const double *mean,
+                              const double *var, const double *gamma, const double *beta,
+                              double eps, int relu, double *invstd, int nthreads)
+    int fbn_forward_infer_f64(const double *x, double *y, fbn_shape s, const double *mean,
+                              const double *var, const double *gamma, const double *beta,
+                              double eps, int relu, double *invstd, int nthreads)
     int fbn_affine_f32(const float *x, float *y, fbn_shape s, const double *shift,
                        const double *scale, const double *bias, int relu, int nthreads)
     int fbn_affine_f64(const double *x, double *y, fbn_shape s, const double *shift,
@@ -108,6 +114,24 @@ def forward_train(const real[:, :, ::1] x not None, real[:, :, ::1] y not None, 
         else:
             st = fbn_forward_train_f64(&x[0, 0, 0], &y[0, 0, 0], s, g, b, eps, relu,
                                        &mean_hi[0], &mean_lo[0], &var[0], &invstd[0], nthreads)
+    check(st)
+
+
+def forward_infer(const real[:, :, ::1] x not None, real[:, :, ::1] y not None,
+                  const double[::1] mean not None, const double[::1] var not None,
+                  const double[::1] gamma, const double[::1] beta, double eps, bint relu,
+                  double[::1] invstd not None, int nthreads):
+    cdef int st
+    cdef fbn_shape s = shape_of(x)
+    cdef const double *g = opt(gamma)
+    cdef const double *b = opt(beta)
+    with nogil:
+        if real is float:
+            st = fbn_forward_infer_f32(&x[0, 0, 0], &y[0, 0, 0], s, &mean[0], &var[0], g, b,
+                                       eps, relu, &invstd[0], nthreads)
+        else:
+            st = fbn_forward_infer_f64(&x[0, 0, 0], &y[0, 0, 0], s, &mean[0], &var[0], g, b,
+                                       eps, relu, &invstd[0], nthreads)
     check(st)
 
 

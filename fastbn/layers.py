@@ -6,12 +6,11 @@ statistics, and calls ``fastbn.forward`` / ``fastbn.backward`` (looked up on the
 chose: the C kernels, or the NumPy reference).
 """
 import json
-import numbers
 import os
 
 import numpy as np
 
-from ._checks import FLOAT_DTYPES, channel_axis, real_number
+from ._checks import FLOAT_DTYPES, _describe, channel_axis, is_integer, real_number
 from ._checks import activation as _check_activation
 
 __all__ = ["BatchNorm"]
@@ -24,12 +23,6 @@ _CONFIG_KEY = "__fastbn_batchnorm_config__"
 def _fastbn():
     import fastbn  # the package is fully imported by the time a layer is called
     return fastbn
-
-
-def _describe(obj):
-    if isinstance(obj, np.ndarray):
-        return f"array of dtype {obj.dtype}"
-    return type(obj).__name__
 
 
 def _check_bool(value, name):
@@ -80,11 +73,11 @@ class BatchNorm:
 
     def __init__(self, num_features, *, axis=1, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, dtype=np.float32, activation=None):
-        if isinstance(num_features, (bool, np.bool_)) or not isinstance(num_features, numbers.Integral):
+        if not is_integer(num_features):
             raise TypeError(f"num_features must be an integer, got {_describe(num_features)}")
         if num_features < 1:
             raise ValueError(f"num_features must be >= 1, got {num_features}")
-        if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, numbers.Integral):
+        if not is_integer(axis):
             raise TypeError(f"axis must be an integer, got {_describe(axis)}")
         try:
             dt = np.dtype(dtype)

@@ -39,6 +39,12 @@ typedef struct {
                                 const double *beta, double eps, int relu,            \
                                 double *mean_hi, double *mean_lo, double *var,       \
                                 double *invstd, int nthreads);                       \
+    /* Inference forward: normalise with given statistics (running mean and biased   \
+     * var), then scale/shift (and ReLU); gamma/beta may be NULL. Outputs invstd. */ \
+    int fbn_forward_infer_##SFX(const T *x, T *y, fbn_shape s, const double *mean,   \
+                                const double *var, const double *gamma,              \
+                                const double *beta, double eps, int relu,            \
+                                double *invstd, int nthreads);                       \
     /* y = (x - shift) * scale + bias, then ReLU if relu. */                         \
     int fbn_affine_##SFX(const T *x, T *y, fbn_shape s, const double *shift,         \
                          const double *scale, const double *bias, int relu,          \
@@ -68,6 +74,9 @@ typedef struct {
 
 FBN_DECLARE(f32, float)
 FBN_DECLARE(f64, double)
+
+/* invstd = 1 / sqrt(var + eps), per channel. */
+void fbn_invstd(int64_t channels, const double *var, double eps, double *invstd);
 
 /* Per-channel affine coefficients of normalisation with mean (hi, lo) and invstd:
  * shift = hi, scale = gamma * invstd, bias = beta - lo * scale. */

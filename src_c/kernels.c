@@ -177,6 +177,12 @@ int fbn_threads_for(const fbn_plan *p, int nthreads) {
 #define FBN_SIMD_PATHS "compiler auto-vectorisation for the build target (no runtime dispatch)"
 #endif
 
+FBN_DISPATCH void fbn_invstd(int64_t channels, const double *var, double eps, double *invstd) {
+    const double *restrict v = var;
+    double *restrict is = invstd;
+    for (int64_t c = 0; c < channels; c++) is[c] = 1.0 / sqrt(v[c] + eps);
+}
+
 FBN_DISPATCH void fbn_coefficients(int64_t channels, const double *mean_hi,
                                    const double *mean_lo, const double *invstd,
                                    const double *gamma, const double *beta, double *shift,

@@ -798,11 +798,8 @@ int FN(fbn_batch_stats)(const T *x, fbn_shape s, double *mean_hi, double *mean_l
 FBN_DISPATCH static void FN(finish_channels)(int64_t nc, double eps, double n,
                                              const double *restrict m2, double *restrict var,
                                              double *restrict invstd) {
-    for (int64_t c = 0; c < nc; c++) {
-        const double v = m2[c] / n;
-        var[c] = v;
-        invstd[c] = 1.0 / sqrt(v + eps);
-    }
+    for (int64_t c = 0; c < nc; c++) var[c] = m2[c] / n;
+    fbn_invstd(nc, var, eps, invstd);
 }
 
 int FN(fbn_forward_train)(const T *x, T *y, fbn_shape s, const double *gamma,
@@ -859,22 +856,45 @@ int FN(fbn_forward_train)(const T *x, T *y, fbn_shape s, const double *gamma,
     return 0;
 }
 
-int FN(fbn_affine)(const T *x, T *y, fbn_shape s, const double *shift, const double *scale,
-                   const double *bias, int relu, int nthreads) {
+/* y from the coefficients k, the typed block's arrays filled here. */
+static void FN(affine_all)(const T *x, T *y, fbn_shape s, const fbn_coefs *k, T *typed,
+                           int nthreads) {
     fbn_plan p = FN_ELEMWISE_PLAN(s, 1);
     const int64_t ntiles = p.per_channel ? p.nblocks * p.nsegs : 0;
-    fbn_coefs k = {shift, NULL, scale, bias, NULL, NULL, NULL, relu, NULL};
-    const int64_t bytes[1] = {FBN_TYPED_BYTES(s.channels)};
-    void *typed;
-    fbn_work w;
-    if (fbn_work_alloc(&w, 1, bytes, &typed)) return -1;
-    FN(tcoefs) tk = FN(typed_arrays)(typed, s.channels, relu);
-    FN(fill_typed)(&k, 0, s.channels, &tk);
+    FN(tcoefs) tk = FN(typed_arrays)(typed, s.channels, k->relu);
+    FN(fill_typed)(k, 0, s.channels, &tk);
     FN(repeat_typed)(&tk, &s, 0);
     int nt = fbn_threads_for(&p, nthreads);
     (void)nt;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (int64_t t = 0; t < ntiles; t++) FN(affine_tile)(x, y, &p, t, &tk);
+}
+
+int FN(fbn_affine)(const T *x, T *y, fbn_shape s, const double *shift, const double *scale,
+                   const double *bias, int relu, int nthreads) {
+    fbn_coefs k = {shift, NULL, scale, bias, NULL, NULL, NULL, relu, NULL};
+    const int64_t bytes[1] = {FBN_TYPED_BYTES(s.channels)};
+    void *typed;
+    fbn_work w;
+    if (fbn_work_alloc(&w, 1, bytes, &typed)) return -1;
+    FN(affine_all)(x, y, s, &k, typed, nthreads);
+    fbn_work_free(&w);
+    return 0;
+}
+
+int FN(fbn_forward_infer)(const T *x, T *y, fbn_shape s, const double *mean, const double *var,
+                          const double *gamma, const double *beta, double eps, int relu,
+                          double *invstd, int nthreads) {
+    const int64_t C = s.channels;
+    const int64_t bytes[2] = {3 * C * (int64_t)sizeof(double), FBN_TYPED_BYTES(C)};
+    void *buf[2];
+    fbn_work w;
+    if (fbn_work_alloc(&w, 2, bytes, buf)) return -1;
+    double *shift = buf[0], *scale = shift + C, *bias = scale + C;
+    fbn_invstd(C, var, eps, invstd);
+    fbn_coefficients(C, mean, NULL, invstd, gamma, beta, shift, scale, bias);
+    fbn_coefs k = {shift, NULL, scale, bias, NULL, NULL, NULL, relu, NULL};
+    FN(affine_all)(x, y, s, &k, buf[1], nthreads);
     fbn_work_free(&w);
     return 0;
 }
