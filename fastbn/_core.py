@@ -3,7 +3,7 @@ reduce every layout to the canonical (outer, C, inner) view, dispatch."""
 import numpy as np
 
 from . import _kernels
-from ._checks import (Cache, aligned_contiguous, canonical, canonical_shape, channel_axis,
+from ._checks import (Cache, aligned_contiguous, canonical, channel_axis,
                       check_backward, check_count, check_forward, check_per_channel,
                       check_running_update, data_array)
 from ._checks import activation as check_activation
@@ -15,9 +15,14 @@ __all__ = ["forward", "backward", "batch_stats", "merge_stats", "normalize",
            "backward_reduce", "backward_elemt", "update_running_stats"]
 
 
+_F64 = np.dtype(np.float64)
+
+
 def _f64(v):
     """A per-channel vector as contiguous, aligned float64 (O(C)); None stays None."""
-    return None if v is None else aligned_contiguous(np.asarray(v, dtype=np.float64))
+    if v is None or (v.dtype == _F64 and v.flags.c_contiguous and v.flags.aligned):
+        return v
+    return np.array(v, dtype=_F64)  # a new array: contiguous and aligned
 
 
 def _same_buffer(a, b):
@@ -30,16 +35,17 @@ class _Output:
     either disjoint from the inputs or exactly one of them (elementwise in place),
     otherwise a fresh buffer copied into `out` at the end (NumPy's rule)."""
 
-    def __init__(self, out, shape, dtype, axis, inputs):
-        self.out, self.shape = out, shape
-        canon = canonical_shape(shape, axis)
+    def __init__(self, out, like, inputs):
+        """For an output like `like` (the user's array), of the canonical inputs' shape."""
+        self.out, self.shape = out, like.shape
+        canon = inputs[0].shape
         if out is not None and out.flags.c_contiguous and out.flags.aligned:
             out3 = out.reshape(canon)
             overlapping = [a for a in inputs if np.may_share_memory(out3, a)]
             if all(_same_buffer(out3, a) for a in overlapping):
                 self.array3, self.direct = out3, True
                 return
-        self.array3, self.direct = np.empty(canon, dtype=dtype), False
+        self.array3, self.direct = np.empty(canon, dtype=like.dtype), False
 
     def result(self):
         if self.out is None:
@@ -87,7 +93,7 @@ def normalize(x, mean, invstd, gamma=None, beta=None, *, axis=1, out=None, activ
     relu = check_activation(activation) == "relu"
     mean, invstd, gamma, beta = (_f64(v) for v in vectors)
     x3 = canonical(x, axis)
-    dest = _Output(out, x.shape, x.dtype, axis, [x3])
+    dest = _Output(out, x, [x3])
     if x.size:
         shift, scale, bias = _coefficients(mean, np.zeros_like(mean), invstd, gamma, beta)
         _kernels.affine(x3, dest.array3, shift, scale, bias, relu, get_num_threads())
@@ -101,7 +107,7 @@ def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
     relu = a.activation == "relu"
     gamma64, beta64 = _f64(a.gamma), _f64(a.beta)
     x3 = canonical(x, a.axis)
-    dest = _Output(a.out, x.shape, x.dtype, a.axis, [x3])
+    dest = _Output(a.out, x, [x3])
     C = a.channels
     if a.training:
         mean, lo, var, invstd = np.zeros(C), np.zeros(C), np.zeros(C), np.zeros(C)
@@ -128,7 +134,7 @@ def backward(dy, cache, *, out=None):
     x, axis = cache.x, cache.axis
     C = x.shape[axis]
     x3, dy3 = canonical(x, axis), canonical(dy, axis)
-    dest = _Output(dx_out, x.shape, x.dtype, axis, [x3, dy3])
+    dest = _Output(dx_out, x, [x3, dy3])
     sum_dy, sum_dy_xhat = np.zeros(C), np.zeros(C)
     if C:
         _kernels.backward(dy3, x3, dest.array3, _f64(cache.mean), _f64(cache.mean_lo),
@@ -159,7 +165,7 @@ def backward_elemt(dy, x, mean, invstd, gamma, sum_dy, sum_dy_xhat, count, *, ax
     mean, invstd, gamma, sum_dy, sum_dy_xhat = (_f64(v) for v in vectors)
     count = check_count(count, x.shape[axis])
     x3, dy3 = canonical(x, axis), canonical(dy, axis)
-    dest = _Output(out, x.shape, x.dtype, axis, [x3, dy3])
+    dest = _Output(out, x, [x3, dy3])
     if x.size:
         k_dy = invstd * (1.0 if gamma is None else gamma)
         k_xhat = -k_dy * (sum_dy_xhat / count)
