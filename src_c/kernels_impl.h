@@ -404,10 +404,11 @@ FBN_INLINE void FN(affine_rows)(const T *xr, int64_t ld, T *out, int64_t ldo, in
 /* Whether a row group's lines of out and of in fall in the same L1 sets: rows a
  * multiple of 4 KB apart put a group's lines of one array in one set, and out at
  * in's offset within a page (NumPy's large arrays all start 16 bytes past one)
- * puts 2 * FBN_GROUP lines there, as many as the ways of an 8-way L1. The
- * forward's spans then go through the L1 buffer: float32 64x1024 to 512x4096 at
- * such addresses took 0.74-0.99x the time (interleaved runs, 1 and 2 threads).
- * dx, with two inputs, gained nothing that way (1.0-1.14x) and writes directly. */
+ * puts 2 * FBN_GROUP lines there (dx: 3 * FBN_GROUP), as many as the ways of an
+ * 8-way L1 or more. Such groups go by pairs of rows: float32 64x1024 to 512x4096
+ * at such addresses, affine took 0.75-0.9x and dx 0.76-0.83x the time of 4-row
+ * groups (harness runs), and 0.7-1.05x and 0.9-1.03x that of an earlier remedy,
+ * the forward's spans through the L1 buffer (interleaved runs, 1 and 2 threads). */
 FBN_INLINE int FN(same_sets)(const T *out, const T *in, int64_t C) {
     const uintptr_t d = ((uintptr_t)out - (uintptr_t)in) % 4096;
     return (C * (int64_t)sizeof(T)) % 4096 == 0 && (d < 64 || d > 4096 - 64);
@@ -418,9 +419,9 @@ FBN_INLINE int FN(same_sets)(const T *out, const T *in, int64_t C) {
  *   RUN(o, out, m, c): m values of channel c from offset o (rows shape),
  *   SPAN(o, out, ldo, m, ch, g): g rows (a constant) of m values from offset o,
  *     channels from ch (columns shape), written ldo apart,
- * into out: straight into the output DST, or into an L1 buffer streamed out
- * (copied out instead for spans when BUFFER: see FN(same_sets)). */
-#define FBN_ELEMWISE_WALK(DST, RUN, SPAN, BUFFER)                                           \
+ * into out: straight into the output DST, or into an L1 buffer streamed out.
+ * PAIRS: a row group goes by pairs of rows (see FN(same_sets)). */
+#define FBN_ELEMWISE_WALK(DST, RUN, SPAN, PAIRS)                                           \
     do {                                                                                    \
         const fbn_shape *s_ = &p->s;                                                        \
         const int64_t C_ = s_->channels;                                                    \
@@ -441,22 +442,22 @@ FBN_INLINE int FN(same_sets)(const T *out, const T *in, int64_t C) {
                 if (p->stream) FN(stream_out)((DST) + o_, buf_, m_);                        \
             }                                                                               \
         } else {                                                                            \
-            const int buffered_ = p->stream || (BUFFER);                                    \
+            const int pairs_ = !p->stream && (PAIRS);                                       \
             FBN_FOR_SPANS(s_, r_, k->period, x, o_, ch_, m_, rows_) {                       \
-                T *out_ = buffered_ ? buf_ : (DST) + o_;                                    \
-                const int64_t ldo_ = buffered_ ? FBN_SPAN : C_;                             \
-                if (rows_ == FBN_GROUP)                                                     \
+                T *out_ = p->stream ? buf_ : (DST) + o_;                                    \
+                const int64_t ldo_ = p->stream ? FBN_SPAN : C_;                             \
+                if (rows_ == FBN_GROUP && !pairs_) {                                        \
                     SPAN(o_, out_, ldo_, m_, ch_, FBN_GROUP);                               \
-                else                                                                        \
+                } else if (rows_ == FBN_GROUP) {                                            \
+                    SPAN(o_, out_, ldo_, m_, ch_, 2);                                       \
+                    SPAN(o_ + 2 * C_, out_ + 2 * ldo_, ldo_, m_, ch_, 2);                   \
+                } else {                                                                    \
                     for (int64_t i_ = 0; i_ < rows_; i_++)                                  \
                         SPAN(o_ + i_ * C_, out_ + i_ * ldo_, ldo_, m_, ch_, 1);             \
-                for (int64_t i_ = 0; buffered_ && i_ < rows_; i_++) {                       \
-                    T *to_ = (DST) + o_ + i_ * C_;                                          \
-                    if (p->stream)                                                          \
-                        FN(stream_out)(to_, buf_ + i_ * FBN_SPAN, m_);                      \
-                    else                                                                    \
-                        memcpy(to_, buf_ + i_ * FBN_SPAN, m_ * sizeof(T));                  \
                 }                                                                           \
+                if (p->stream)                                                              \
+                    for (int64_t i_ = 0; i_ < rows_; i_++)                                  \
+                        FN(stream_out)((DST) + o_ + i_ * C_, buf_ + i_ * FBN_SPAN, m_);     \
             }                                                                               \
         }                                                                                   \
         FN(stream_fence)(p->stream);                                                        \
@@ -630,7 +631,9 @@ FBN_DISPATCH static void FN(bwd_elemt_tile)(const T *dy, const T *x, T *dx, cons
 #define FBN_RUN(o, out, m, c) FN(dx_run)(dy + (o), x + (o), out, m, k, c)
 #define FBN_SPAN_ROWS(o, out, ldo, m, ch, g) \
     FN(dx_rows)(dy + (o), x + (o), C_, out, ldo, m, k, ch, g)
-    FBN_ELEMWISE_WALK(dx, FBN_RUN, FBN_SPAN_ROWS, 0);
+    FBN_ELEMWISE_WALK(dx, FBN_RUN, FBN_SPAN_ROWS,
+                      FN(same_sets)(dx, x, C_) || FN(same_sets)(dx, dy, C_) ||
+                          FN(same_sets)(dy, x, C_));
 #undef FBN_RUN
 #undef FBN_SPAN_ROWS
 }
