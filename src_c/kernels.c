@@ -27,6 +27,16 @@ static int64_t fbn_col_max(void) {
     return FBN_COL_MAX;
 }
 
+/* Rows per tile, at most len, so that n rows of `width` values make at least
+ * FBN_MIN_TILES tiles, unless tiles would be under FBN_MIN_PARALLEL /
+ * FBN_MIN_TILES values. */
+static int64_t fbn_min_tile_len(int64_t len, int64_t n, int64_t width) {
+    const int64_t even = (n + FBN_MIN_TILES - 1) / FBN_MIN_TILES;
+    const int64_t least = (FBN_MIN_PARALLEL / FBN_MIN_TILES + width - 1) / width;
+    const int64_t want = even > least ? even : least;
+    return want < len ? want : len;
+}
+
 /* A pass reads `inputs` arrays of elem_size values and writes one output. An
  * output too large for the caches is streamed (non-temporal stores), and then
  * only the inputs occupy the cache: a tile holds at most FBN_TILE_BYTES of them.
@@ -68,6 +78,9 @@ fbn_plan fbn_make_plan(fbn_shape s, int64_t elem_size, int inputs, int reduction
         if (even < FBN_FLUSH_ROWS) even = FBN_FLUSH_ROWS;
         if (even < max_len) max_len = even;
     }
+    /* an elementwise pass of a mid-sized array (one tile of data) on threads too */
+    const int split = !reduction && p.per_channel * s.channels >= FBN_MIN_PARALLEL;
+    if (split && s.inner == 1) max_len = fbn_min_tile_len(max_len, p.per_channel, s.channels);
     if (max_len < 1) max_len = 1;
     p.nsegs = p.per_channel > max_len ? (p.per_channel + max_len - 1) / max_len : 1;
     p.seg_len = p.nsegs > 0 ? (p.per_channel + p.nsegs - 1) / p.nsegs : 0;
@@ -75,6 +88,7 @@ fbn_plan fbn_make_plan(fbn_shape s, int64_t elem_size, int inputs, int reduction
     if (!reduction && s.inner > 1) { /* memory order: whole (o, c) rows per tile */
         int64_t total = s.outer * s.channels;
         p.rows = tile / (bytes_per_value * s.inner);
+        if (split) p.rows = fbn_min_tile_len(p.rows, total, s.inner);
         if (p.rows < 1) p.rows = 1;
         p.nblocks = 1;
         p.nsegs = total > 0 ? (total + p.rows - 1) / p.rows : 0;

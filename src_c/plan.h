@@ -37,7 +37,8 @@
 /* Bytes of data per tile: a tile is reduced and then rewritten while in L2. */
 #define FBN_TILE_BYTES (1024 * 1024)
 /* Whole-row reduction tiles (inner == 1) are up to this many tiles long, and
- * there are at least FBN_MIN_TILES of them where rows allow. */
+ * there are at least FBN_MIN_TILES of them where rows allow; so are elementwise
+ * tiles of arrays of FBN_MIN_PARALLEL values or more, which split anywhere. */
 #define FBN_ROW_TILES 4
 #define FBN_MIN_TILES 16
 /* One pass of shifted sums gives the variance to ~FBN_ONE_PASS * 1e-16 relative:
