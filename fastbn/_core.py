@@ -55,9 +55,9 @@ class _Output:
         return self.out
 
 
-def _update_running(running, batch, momentum, factor):
+def _update_running(running, batch, momentum, factor, batch_lo=None):
     target = aligned_contiguous(running)
-    _kernels.ema(target, batch, momentum, factor)
+    _kernels.ema(target, batch, batch_lo, momentum, factor)
     if target is not running:  # a strided or misaligned running statistic: write back
         running[...] = target
 
@@ -110,8 +110,8 @@ def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
     dest = _Output(a.out, x, [x3])
     C = a.channels
     if a.training:
-        mean, lo, var, invstd = np.zeros(C), np.zeros(C), np.zeros(C), np.zeros(C)
-        if x.size:
+        mean, lo, var, invstd = np.empty(C), np.empty(C), np.empty(C), np.empty(C)
+        if C:  # training needs m > 1 values per channel: x.size > 0
             _kernels.forward_train(x3, dest.array3, gamma64, beta64, a.eps, relu, mean, lo,
                                    var, invstd, get_num_threads())
     else:
@@ -121,7 +121,7 @@ def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
                                    invstd, get_num_threads())
     y = dest.result()
     if a.training and a.running_mean is not None:
-        _update_running(a.running_mean, mean + lo, a.momentum, 1.0)
+        _update_running(a.running_mean, mean, a.momentum, 1.0, lo)
         _update_running(a.running_var, var, a.momentum, a.count / (a.count - 1))
     overwritten = a.out is not None and np.may_share_memory(a.out, x)
     return y, Cache(x, a.gamma, a.beta, mean, invstd, var, axis=a.axis, eps=a.eps,
@@ -135,7 +135,7 @@ def backward(dy, cache, *, out=None):
     C = x.shape[axis]
     x3, dy3 = canonical(x, axis), canonical(dy, axis)
     dest = _Output(dx_out, x, [x3, dy3])
-    sum_dy, sum_dy_xhat = np.zeros(C), np.zeros(C)
+    sum_dy, sum_dy_xhat = np.empty(C), np.empty(C)  # the kernel writes every channel
     if C:
         _kernels.backward(dy3, x3, dest.array3, _f64(cache.mean), _f64(cache.mean_lo),
                           _f64(cache.invstd), _f64(cache.gamma), _f64(cache.beta),

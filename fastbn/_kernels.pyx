@@ -52,10 +52,10 @@ cdef extern from "fastbn.h" nogil:
                          const double *mean_hi, const double *mean_lo, const double *invstd,
                          const double *gamma, const double *beta, int relu, int training,
                          double *sum_dy, double *sum_dy_xhat, int nthreads)
-    int fbn_ema_f32(float *running, const double *batch, int64_t channels, double momentum,
-                    double factor)
-    int fbn_ema_f64(double *running, const double *batch, int64_t channels, double momentum,
-                    double factor)
+    int fbn_ema_f32(float *running, const double *batch, const double *batch_lo,
+                    int64_t channels, double momentum, double factor)
+    int fbn_ema_f64(double *running, const double *batch, const double *batch_lo,
+                    int64_t channels, double momentum, double factor)
     void fbn_coefficients(int64_t channels, const double *mean_hi, const double *mean_lo,
                           const double *invstd, const double *gamma, const double *beta,
                           double *shift, double *scale, double *bias)
@@ -201,13 +201,15 @@ def backward(const real[:, :, ::1] dy not None, const real[:, :, ::1] x not None
     check(st)
 
 
-def ema(real[::1] running not None, const double[::1] batch not None, double momentum, double factor):
+def ema(real[::1] running not None, const double[::1] batch not None, const double[::1] batch_lo,
+        double momentum, double factor):
     cdef int64_t n = running.shape[0]
+    cdef const double *lo = opt(batch_lo)
     with nogil:
         if real is float:
-            fbn_ema_f32(&running[0], &batch[0], n, momentum, factor)
+            fbn_ema_f32(&running[0], &batch[0], lo, n, momentum, factor)
         else:
-            fbn_ema_f64(&running[0], &batch[0], n, momentum, factor)
+            fbn_ema_f64(&running[0], &batch[0], lo, n, momentum, factor)
 
 
 def coefficients(const double[::1] mean_hi not None, const double[::1] mean_lo not None, const double[::1] invstd not None,

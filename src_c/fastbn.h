@@ -68,9 +68,10 @@ typedef struct {
                            const double *beta, int relu, int training,               \
                            double *sum_dy, double *sum_dy_xhat, int nthreads);       \
     /* Running statistic update: running = (1 - momentum) * running                 \
-     * + momentum * factor * batch (factor m / (m - 1) makes a variance unbiased). */\
-    int fbn_ema_##SFX(T *running, const double *batch, int64_t channels,             \
-                      double momentum, double factor);
+     * + momentum * factor * batch (factor m / (m - 1) makes a variance unbiased);   \
+     * batch is batch + batch_lo (a double-double mean) unless batch_lo is NULL. */  \
+    int fbn_ema_##SFX(T *running, const double *batch, const double *batch_lo,       \
+                      int64_t channels, double momentum, double factor);
 
 FBN_DECLARE(f32, float)
 FBN_DECLARE(f64, double)

@@ -1091,10 +1091,12 @@ int FN(fbn_backward)(const T *dy, const T *x, T *dx, fbn_shape s, const double *
     return 0;
 }
 
-int FN(fbn_ema)(T *running, const double *batch, int64_t channels, double momentum,
-                double factor) {
-    for (int64_t c = 0; c < channels; c++)
-        running[c] = (T)((1.0 - momentum) * (double)running[c] + momentum * batch[c] * factor);
+int FN(fbn_ema)(T *running, const double *batch, const double *batch_lo, int64_t channels,
+                double momentum, double factor) {
+    for (int64_t c = 0; c < channels; c++) {
+        const double b = batch_lo ? batch[c] + batch_lo[c] : batch[c];
+        running[c] = (T)((1.0 - momentum) * (double)running[c] + momentum * b * factor);
+    }
     return 0;
 }
 
