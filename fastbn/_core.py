@@ -146,29 +146,43 @@ def backward(dy, cache, *, out=None):
     return dest.result(), dgamma, dbeta
 
 
-def backward_reduce(dy, x, mean, invstd, *, axis=1):
-    axis, (mean, invstd) = check_per_channel(x, axis, {"mean": mean, "invstd": invstd}, dy=dy)
-    mean, invstd = _f64(mean), _f64(invstd)
+def _mask_coefficients(mean, invstd, gamma, beta, relu):
+    """scale and bias of the forward's pre-activation (x - mean) * scale + bias, which
+    the kernels recompute for a ReLU mask exactly as normalize does; None without."""
+    if not relu:
+        return None, None
+    _, scale, bias = _coefficients(mean, np.zeros(mean.shape[0]), invstd, gamma, beta)
+    return scale, bias
+
+
+def backward_reduce(dy, x, mean, invstd, *, axis=1, gamma=None, beta=None, activation=None):
+    axis, vectors = check_per_channel(
+        x, axis, {"mean": mean, "invstd": invstd, "gamma": gamma, "beta": beta}, dy=dy)
+    relu = check_activation(activation) == "relu"
+    mean, invstd, gamma, beta = (_f64(v) for v in vectors)
     C = x.shape[axis]
     sum_dy, sum_dy_xs = np.zeros(C), np.zeros(C)
     if x.size:
-        unused = np.zeros(C)  # scale and bias matter only for a ReLU mask
-        _kernels.backward_reduce(canonical(dy, axis), canonical(x, axis), mean, unused, unused,
-                                 False, sum_dy, sum_dy_xs, get_num_threads())
+        scale, bias = _mask_coefficients(mean, invstd, gamma, beta, relu)
+        _kernels.backward_reduce(canonical(dy, axis), canonical(x, axis), mean, scale, bias,
+                                 relu, sum_dy, sum_dy_xs, get_num_threads())
     return sum_dy, invstd * sum_dy_xs
 
 
-def backward_elemt(dy, x, mean, invstd, gamma, sum_dy, sum_dy_xhat, count, *, axis=1, out=None):
+def backward_elemt(dy, x, mean, invstd, gamma, sum_dy, sum_dy_xhat, count, *, axis=1, out=None,
+                   beta=None, activation=None):
     axis, vectors = check_per_channel(
         x, axis, {"mean": mean, "invstd": invstd, "gamma": gamma, "sum_dy": sum_dy,
-                  "sum_dy_xhat": sum_dy_xhat}, out, dy=dy)
-    mean, invstd, gamma, sum_dy, sum_dy_xhat = (_f64(v) for v in vectors)
+                  "sum_dy_xhat": sum_dy_xhat, "beta": beta}, out, dy=dy)
+    relu = check_activation(activation) == "relu"
+    mean, invstd, gamma, sum_dy, sum_dy_xhat, beta = (_f64(v) for v in vectors)
     count = check_count(count, x.shape[axis])
     x3, dy3 = canonical(x, axis), canonical(dy, axis)
     dest = _Output(out, x, [x3, dy3])
     if x.size:
         k_dy = invstd * (1.0 if gamma is None else gamma)
         k_xhat = -k_dy * (sum_dy_xhat / count)
+        scale, bias = _mask_coefficients(mean, invstd, gamma, beta, relu)
         _kernels.backward_elemt(dy3, x3, dest.array3, mean, invstd, k_dy, k_xhat,
-                                sum_dy / count, get_num_threads())
+                                sum_dy / count, scale, bias, relu, get_num_threads())
     return dest.result()

@@ -40,10 +40,12 @@ cdef extern from "fastbn.h" nogil:
                                 int relu, double *sum_dy, double *sum_dy_xs, int nthreads)
     int fbn_backward_elemt_f32(const float *dy, const float *x, float *dx, fbn_shape s,
                                const double *shift, const double *invstd, const double *k_dy,
-                               const double *k_x, const double *mean_dy, int nthreads)
+                               const double *k_x, const double *mean_dy, const double *scale,
+                               const double *bias, int relu, int nthreads)
     int fbn_backward_elemt_f64(const double *dy, const double *x, double *dx, fbn_shape s,
                                const double *shift, const double *invstd, const double *k_dy,
-                               const double *k_x, const double *mean_dy, int nthreads)
+                               const double *k_x, const double *mean_dy, const double *scale,
+                               const double *bias, int relu, int nthreads)
     int fbn_backward_f32(const float *dy, const float *x, float *dx, fbn_shape s,
                          const double *mean_hi, const double *mean_lo, const double *invstd,
                          const double *gamma, const double *beta, int relu, int training,
@@ -150,17 +152,19 @@ def affine(const real[:, :, ::1] x not None, real[:, :, ::1] y not None, const d
 
 
 def backward_reduce(const real[:, :, ::1] dy not None, const real[:, :, ::1] x not None, const double[::1] shift not None,
-                    const double[::1] scale not None, const double[::1] bias not None, bint relu,
+                    const double[::1] scale, const double[::1] bias, bint relu,
                     double[::1] sum_dy not None, double[::1] sum_dy_xs not None, int nthreads):
     cdef int st
     cdef fbn_shape s = shape_of(x)
+    cdef const double *sc = opt(scale)
+    cdef const double *bi = opt(bias)
     with nogil:
         if real is float:
-            st = fbn_backward_reduce_f32(&dy[0, 0, 0], &x[0, 0, 0], s, &shift[0], &scale[0],
-                                         &bias[0], relu, &sum_dy[0], &sum_dy_xs[0], nthreads)
+            st = fbn_backward_reduce_f32(&dy[0, 0, 0], &x[0, 0, 0], s, &shift[0], sc, bi, relu,
+                                         &sum_dy[0], &sum_dy_xs[0], nthreads)
         else:
-            st = fbn_backward_reduce_f64(&dy[0, 0, 0], &x[0, 0, 0], s, &shift[0], &scale[0],
-                                         &bias[0], relu, &sum_dy[0], &sum_dy_xs[0], nthreads)
+            st = fbn_backward_reduce_f64(&dy[0, 0, 0], &x[0, 0, 0], s, &shift[0], sc, bi, relu,
+                                         &sum_dy[0], &sum_dy_xs[0], nthreads)
     check(st)
 
 
@@ -168,16 +172,20 @@ def backward_elemt(const real[:, :, ::1] dy not None, const real[:, :, ::1] x no
                    real[:, :, ::1] dx not None, const double[::1] shift not None,
                    const double[::1] invstd not None, const double[::1] k_dy not None,
                    const double[::1] k_x not None, const double[::1] mean_dy not None,
-                   int nthreads):
+                   const double[::1] scale, const double[::1] bias, bint relu, int nthreads):
     cdef int st
     cdef fbn_shape s = shape_of(x)
+    cdef const double *sc = opt(scale)
+    cdef const double *bi = opt(bias)
     with nogil:
         if real is float:
             st = fbn_backward_elemt_f32(&dy[0, 0, 0], &x[0, 0, 0], &dx[0, 0, 0], s, &shift[0],
-                                        &invstd[0], &k_dy[0], &k_x[0], &mean_dy[0], nthreads)
+                                        &invstd[0], &k_dy[0], &k_x[0], &mean_dy[0], sc, bi,
+                                        relu, nthreads)
         else:
             st = fbn_backward_elemt_f64(&dy[0, 0, 0], &x[0, 0, 0], &dx[0, 0, 0], s, &shift[0],
-                                        &invstd[0], &k_dy[0], &k_x[0], &mean_dy[0], nthreads)
+                                        &invstd[0], &k_dy[0], &k_x[0], &mean_dy[0], sc, bi,
+                                        relu, nthreads)
     check(st)
 
 

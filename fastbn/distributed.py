@@ -248,14 +248,10 @@ def _sync_backward_train(dy, cache, comm, out):
 
     row = np.zeros(1 + 2 * C)
     if error is None:
-        if cache.activation == "relu":  # the forward's ReLU mask, recomputed (same y bits)
-            masked = fb.normalize(x, cache.mean, cache.invstd, cache.gamma, cache.beta,
-                                  axis=axis)
-            inactive = ~(masked > 0)  # as the reference: y > 0 passes (NaN does not)
-            np.copyto(masked, dy)
-            masked[inactive] = 0
-            dy = masked
-        sum_dy, sum_dy_xhat = fb.backward_reduce(dy, x, cache.mean, cache.invstd, axis=axis)
+        # the forward's ReLU mask is recomputed inside both building blocks
+        sum_dy, sum_dy_xhat = fb.backward_reduce(dy, x, cache.mean, cache.invstd, axis=axis,
+                                                 gamma=cache.gamma, beta=cache.beta,
+                                                 activation=cache.activation)
         row[1:1 + C], row[1 + C:] = sum_dy, sum_dy_xhat
     else:
         row[0] = _FAILED
@@ -267,7 +263,8 @@ def _sync_backward_train(dy, cache, comm, out):
         totals += table[r, 1:]
     sum_dy, sum_dy_xhat = totals[:C], totals[C:]
     dx = fb.backward_elemt(dy, x, cache.mean, cache.invstd, cache.gamma, sum_dy, sum_dy_xhat,
-                           max(cache.global_count, 1), axis=axis, out=dx_out)
+                           max(cache.global_count, 1), axis=axis, out=dx_out, beta=cache.beta,
+                           activation=cache.activation)
     dgamma = None if cache.gamma is None else _store(sum_dy_xhat, dg_out, cache.gamma.dtype)
     dbeta = None if cache.beta is None else _store(sum_dy, db_out, cache.beta.dtype)
     return dx, dgamma, dbeta

@@ -77,20 +77,34 @@ def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
                     training=a.training, activation=a.activation, x_overwritten=overwritten)
 
 
-def backward_reduce(dy, x, mean, invstd, *, axis=1):
-    """Per-channel sum(dy) and sum(dy * xhat), float64."""
-    axis, (mean, invstd) = check_per_channel(x, axis, {"mean": mean, "invstd": invstd}, dy=dy)
+def _relu_masked(dy, x, mean, invstd, gamma, beta, axis, activation):
+    """dy where the forward's ReLU passed (y > 0), 0 elsewhere; dy itself without one."""
+    if activation is None:
+        return dy
+    y = normalize(x, mean, invstd, gamma, beta, axis=axis)
+    return np.where(y > 0, dy, 0).astype(dy.dtype)
+
+
+def backward_reduce(dy, x, mean, invstd, *, axis=1, gamma=None, beta=None, activation=None):
+    """Per-channel sum(dy) and sum(dy * xhat), float64; with activation="relu", dy is
+    first masked where the forward's y (from gamma and beta) was not positive."""
+    axis, (mean, invstd, gamma, beta) = check_per_channel(
+        x, axis, {"mean": mean, "invstd": invstd, "gamma": gamma, "beta": beta}, dy=dy)
+    dy = _relu_masked(dy, x, mean, invstd, gamma, beta, axis, check_activation(activation))
     xhat = (x - _col(mean, x.ndim, axis)) * _col(invstd, x.ndim, axis)
     dyd = dy.astype(np.float64)
     return dyd.sum(axis=_others(x.ndim, axis)), (dyd * xhat).sum(axis=_others(x.ndim, axis))
 
 
-def backward_elemt(dy, x, mean, invstd, gamma, sum_dy, sum_dy_xhat, count, *, axis=1, out=None):
-    """dx = gamma * invstd * (dy - sum_dy / count - xhat * sum_dy_xhat / count)."""
-    axis, (mean, invstd, gamma, sum_dy, sum_dy_xhat) = check_per_channel(
+def backward_elemt(dy, x, mean, invstd, gamma, sum_dy, sum_dy_xhat, count, *, axis=1, out=None,
+                   beta=None, activation=None):
+    """dx = gamma * invstd * (dy - sum_dy / count - xhat * sum_dy_xhat / count), dy masked
+    as in backward_reduce."""
+    axis, (mean, invstd, gamma, sum_dy, sum_dy_xhat, beta) = check_per_channel(
         x, axis, {"mean": mean, "invstd": invstd, "gamma": gamma, "sum_dy": sum_dy,
-                  "sum_dy_xhat": sum_dy_xhat}, out, dy=dy)
+                  "sum_dy_xhat": sum_dy_xhat, "beta": beta}, out, dy=dy)
     count = check_count(count, x.shape[axis])
+    dy = _relu_masked(dy, x, mean, invstd, gamma, beta, axis, check_activation(activation))
     col = lambda v: _col(v, x.ndim, axis)  # noqa: E731
     xhat = (x - col(mean)) * col(invstd)
     scale = col(invstd) * (1.0 if gamma is None else col(gamma))
@@ -101,9 +115,9 @@ def backward_elemt(dy, x, mean, invstd, gamma, sum_dy, sum_dy_xhat, count, *, ax
 def backward(dy, cache, *, out=None):
     dx_out, dg_out, db_out = check_backward(dy, cache, out)
     x, axis = cache.x, cache.axis
-    if cache.activation == "relu":  # the mask is recomputed, never stored
-        y = normalize(x, cache.mean, cache.invstd, cache.gamma, cache.beta, axis=axis)
-        dy = np.where(y > 0, dy, 0).astype(dy.dtype)
+    # the mask is recomputed, never stored
+    dy = _relu_masked(dy, x, cache.mean, cache.invstd, cache.gamma, cache.beta, axis,
+                      cache.activation)
     sum_dy, sum_dy_xhat = backward_reduce(dy, x, cache.mean, cache.invstd, axis=axis)
     if cache.training:
         dx = backward_elemt(dy, x, cache.mean, cache.invstd, cache.gamma, sum_dy, sum_dy_xhat,

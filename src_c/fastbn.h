@@ -50,16 +50,19 @@ typedef struct {
                          const double *scale, const double *bias, int relu,          \
                          int nthreads);                                              \
     /* sum(dy) and sum(dy * (x - shift)); with relu, dy is masked where the forward  \
-     * pre-activation (x - shift) * scale + bias was <= 0. */                        \
+     * pre-activation (x - shift) * scale + bias was <= 0 (scale, bias may be NULL:   \
+     * zeros). */                                                                    \
     int fbn_backward_reduce_##SFX(const T *dy, const T *x, fbn_shape s,              \
                                   const double *shift, const double *scale,          \
                                   const double *bias, int relu, double *sum_dy,      \
                                   double *sum_dy_xs, int nthreads);                  \
-    /* dx = k_dy * (dy - mean_dy) + k_x * (x - shift) * invstd. */                   \
+    /* dx = k_dy * (dy - mean_dy) + k_x * (x - shift) * invstd; with relu, dy is     \
+     * masked as in fbn_backward_reduce (scale and bias may be NULL: zeros). */       \
     int fbn_backward_elemt_##SFX(const T *dy, const T *x, T *dx, fbn_shape s,        \
                                  const double *shift, const double *invstd,          \
                                  const double *k_dy, const double *k_x,              \
-                                 const double *mean_dy, int nthreads);               \
+                                 const double *mean_dy, const double *scale,         \
+                                 const double *bias, int relu, int nthreads);        \
     /* Backward, fused: reduce, then dx. training = 0 treats the statistics as       \
      * constants. Outputs sum(dy) and sum(dy * xhat) (= dbeta, dgamma). */           \
     int fbn_backward_##SFX(const T *dy, const T *x, T *dx, fbn_shape s,              \

@@ -965,9 +965,10 @@ int FN(fbn_backward_reduce)(const T *dy, const T *x, fbn_shape s, const double *
     void *buf[3];
     fbn_work w;
     if (fbn_work_alloc(&w, 3, bytes, buf)) return -1;
-    double *zeros = buf[0];
+    double *zeros = buf[0]; /* the mean's residual, and an absent scale or bias */
     memset(zeros, 0, bytes[0]);
-    fbn_coefs k = {shift, zeros, scale, bias, NULL, NULL, NULL, relu, NULL};
+    fbn_coefs k = {shift, zeros, scale ? scale : zeros, bias ? bias : zeros, NULL, NULL, NULL,
+                   relu,  NULL};
     FN(tcoefs) tk = FN(typed_arrays)(buf[2], C, relu);
     FN(fill_typed)(&k, 0, C, &tk);
     FN(reduce_all)(dy, x, &p, &k, &tk, buf[1], sum_dy, sum_dy_xs, nt);
@@ -977,7 +978,8 @@ int FN(fbn_backward_reduce)(const T *dy, const T *x, fbn_shape s, const double *
 
 int FN(fbn_backward_elemt)(const T *dy, const T *x, T *dx, fbn_shape s, const double *shift,
                            const double *invstd, const double *k_dy, const double *k_x,
-                           const double *mean_dy, int nthreads) {
+                           const double *mean_dy, const double *scale, const double *bias,
+                           int relu, int nthreads) {
     fbn_plan p = FN_ELEMWISE_PLAN(s, 2);
     const int64_t C = s.channels ? s.channels : 1, ntiles = p.per_channel ? p.nblocks * p.nsegs : 0;
     const int64_t bytes[2] = {FBN_TYPED_BYTES(C), C * (int64_t)sizeof(double)};
@@ -985,10 +987,12 @@ int FN(fbn_backward_elemt)(const T *dy, const T *x, T *dx, fbn_shape s, const do
     fbn_work w;
     if (fbn_work_alloc(&w, 2, bytes, buf)) return -1;
     T *typed = buf[0];
-    double *zeros = buf[1]; /* scale and bias: no ReLU here */
+    double *zeros = buf[1]; /* for an absent scale or bias */
     memset(zeros, 0, bytes[1]);
-    fbn_coefs k = {shift, NULL, zeros, zeros, k_dy, k_x, mean_dy, 0, invstd};
-    FN(tcoefs) tk = FN(typed_arrays)(typed, s.channels, 0);
+    fbn_coefs k = {shift, NULL, scale ? scale : zeros, bias ? bias : zeros,
+                   k_dy,  k_x,  mean_dy,               relu,
+                   invstd};
+    FN(tcoefs) tk = FN(typed_arrays)(typed, s.channels, relu);
     FN(fill_typed)(&k, 0, s.channels, &tk);
     FN(repeat_typed)(&tk, &s, 1);
     int nt = fbn_threads_for(&p, nthreads);

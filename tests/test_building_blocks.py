@@ -155,13 +155,15 @@ def test_backward_elemt_matches_reference(case, count_kind, in_place):
 
 
 @pytest.mark.parametrize("parts", [1, 2, 4])
-@pytest.mark.parametrize("activation", [None, "relu"])
+@pytest.mark.parametrize("activation, mask_by", [(None, None), ("relu", "caller"),
+                                                 ("relu", "blocks")])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape, axis", [((12, 3), 1), ((10, 4, 5), 1), ((9, 3, 3, 5), -1)])
 def test_split_batch_reproduces_forward_and_backward(impl, shape, axis, dtype, activation,
-                                                     parts):
+                                                     mask_by, parts):
     """What a synchronised batch norm does across ranks (one rank may hold an empty
-    piece) gives forward's y and backward's dx, dgamma, dbeta for the whole batch."""
+    piece) gives forward's y and backward's dx, dgamma, dbeta for the whole batch. The
+    ReLU mask is applied by the caller to dy, or by the blocks given gamma and beta."""
     rng = np.random.default_rng(4)
     x = channel_values(rng, shape, axis, dtype)
     dy = rng.standard_normal(shape).astype(dtype)
@@ -184,16 +186,48 @@ def test_split_batch_reproduces_forward_and_backward(impl, shape, axis, dtype, a
           for p in xs]
     assert_close(np.concatenate(ys), y, what="y")
 
-    if activation == "relu":  # the mask is the caller's business in the building blocks
+    mask = {}
+    if mask_by == "caller":
         dys = [np.where(yp > 0, d, 0).astype(dtype) for yp, d in zip(ys, dys)]
-    sums = [impl.backward_reduce(d, p, mean, invstd, axis=axis) for d, p in zip(dys, xs)]
+    elif mask_by == "blocks":
+        mask = {"beta": beta, "activation": activation}
+    sums = [impl.backward_reduce(d, p, mean, invstd, axis=axis, gamma=gamma, **mask)
+            for d, p in zip(dys, xs)]
     sum_dy = np.sum([s[0] for s in sums], axis=0)
     sum_dy_xhat = np.sum([s[1] for s in sums], axis=0)
     assert_close(sum_dy, dbeta, 1e-12, "dbeta")
     assert_close(sum_dy_xhat, dgamma, 1e-12, "dgamma")
-    dxs = [impl.backward_elemt(d, p, mean, invstd, gamma, sum_dy, sum_dy_xhat, count, axis=axis)
+    dxs = [impl.backward_elemt(d, p, mean, invstd, gamma, sum_dy, sum_dy_xhat, count, axis=axis,
+                               **mask)
            for d, p in zip(dys, xs)]
     assert_close(np.concatenate(dxs), dx, what="dx")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, axis", [((40, 3), 1), ((6, 5, 7, 3), 1), ((4, 6, 6, 33), -1),
+                                         ((16, 1024), 1)])
+def test_blocks_relu_mask_is_the_forwards(impl, shape, axis, dtype):
+    """With activation="relu", backward_reduce and backward_elemt mask dy exactly where
+    normalize(..., activation="relu") gave 0: bitwise the results of a dy masked by hand."""
+    rng = np.random.default_rng(11)
+    x = channel_values(rng, shape, axis, dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    C = shape[axis]
+    gamma = rng.uniform(-2, 2, C).astype(dtype)  # negative gammas flip the mask
+    beta = rng.standard_normal(C)
+    count, mean, m2 = impl.batch_stats(x, axis=axis)
+    invstd = 1 / np.sqrt(m2 / count + 1e-5)
+    y = impl.normalize(x, mean, invstd, gamma, beta, axis=axis, activation="relu")
+    masked = np.where(y > 0, dy, 0).astype(dtype)
+    assert 0 < np.count_nonzero(y) < y.size
+    got = impl.backward_reduce(dy, x, mean, invstd, axis=axis, gamma=gamma, beta=beta,
+                               activation="relu")
+    want = impl.backward_reduce(masked, x, mean, invstd, axis=axis)
+    for a, b in zip(got, want):
+        assert a.tobytes() == b.tobytes()
+    args = (mean, invstd, gamma, got[0], got[1], count)
+    dx = impl.backward_elemt(dy, x, *args, axis=axis, beta=beta, activation="relu")
+    assert dx.tobytes() == impl.backward_elemt(masked, x, *args, axis=axis).tobytes()
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
