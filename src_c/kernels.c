@@ -27,12 +27,10 @@ static int64_t fbn_col_max(void) {
     return FBN_COL_MAX;
 }
 
-/* Rows per tile, at most len, so that n rows of `width` values make at least
- * FBN_MIN_TILES tiles, unless tiles would be under FBN_MIN_PARALLEL /
- * FBN_MIN_TILES values. */
-static int64_t fbn_min_tile_len(int64_t len, int64_t n, int64_t width) {
+/* Rows per tile, at most len, so that n rows make at least FBN_MIN_TILES tiles,
+ * unless tiles would be under `least` rows. */
+static int64_t fbn_min_tile_len(int64_t len, int64_t n, int64_t least) {
     const int64_t even = (n + FBN_MIN_TILES - 1) / FBN_MIN_TILES;
-    const int64_t least = (FBN_MIN_PARALLEL / FBN_MIN_TILES + width - 1) / width;
     const int64_t want = even > least ? even : least;
     return want < len ? want : len;
 }
@@ -73,14 +71,14 @@ fbn_plan fbn_make_plan(fbn_shape s, int64_t elem_size, int inputs, int reduction
     const int whole_rows = reduction && s.inner == 1 && !fits;
     if (whole_rows) tile *= FBN_ROW_TILES;
     int64_t max_len = tile / (bytes_per_value * p.block);
-    if (whole_rows) {
-        int64_t even = (p.per_channel + FBN_MIN_TILES - 1) / FBN_MIN_TILES;
-        if (even < FBN_FLUSH_ROWS) even = FBN_FLUSH_ROWS;
-        if (even < max_len) max_len = even;
-    }
-    /* an elementwise pass of a mid-sized array (one tile of data) on threads too */
+    if (whole_rows) max_len = fbn_min_tile_len(max_len, p.per_channel, FBN_FLUSH_ROWS);
+    /* an elementwise pass of a mid-sized array (one tile of data) on threads too,
+     * in tiles of at least FBN_MIN_PARALLEL / FBN_MIN_TILES values */
     const int split = !reduction && p.per_channel * s.channels >= FBN_MIN_PARALLEL;
-    if (split && s.inner == 1) max_len = fbn_min_tile_len(max_len, p.per_channel, s.channels);
+    const int64_t least_values = FBN_MIN_PARALLEL / FBN_MIN_TILES;
+    if (split && s.inner == 1)
+        max_len = fbn_min_tile_len(max_len, p.per_channel,
+                                   (least_values + s.channels - 1) / s.channels);
     if (max_len < 1) max_len = 1;
     p.nsegs = p.per_channel > max_len ? (p.per_channel + max_len - 1) / max_len : 1;
     p.seg_len = p.nsegs > 0 ? (p.per_channel + p.nsegs - 1) / p.nsegs : 0;
@@ -88,7 +86,8 @@ fbn_plan fbn_make_plan(fbn_shape s, int64_t elem_size, int inputs, int reduction
     if (!reduction && s.inner > 1) { /* memory order: whole (o, c) rows per tile */
         int64_t total = s.outer * s.channels;
         p.rows = tile / (bytes_per_value * s.inner);
-        if (split) p.rows = fbn_min_tile_len(p.rows, total, s.inner);
+        if (split)
+            p.rows = fbn_min_tile_len(p.rows, total, (least_values + s.inner - 1) / s.inner);
         if (p.rows < 1) p.rows = 1;
         p.nblocks = 1;
         p.nsegs = total > 0 ? (total + p.rows - 1) / p.rows : 0;
