@@ -68,11 +68,11 @@ def update_running_stats(running_mean, running_var, mean, var, count, *, momentu
     _update_running(running_var, np.ascontiguousarray(var), momentum, count / (count - 1))
 
 
-def _coefficients(mean_hi, mean_lo, invstd, gamma, beta):
-    C = mean_hi.shape[0]
+def _coefficients(mean, invstd, gamma, beta):
+    C = mean.shape[0]
     shift, scale, bias = np.empty(C), np.empty(C), np.empty(C)
     if C:
-        _kernels.coefficients(mean_hi, mean_lo, invstd, gamma, beta, shift, scale, bias)
+        _kernels.coefficients(mean, invstd, gamma, beta, shift, scale, bias)
     return shift, scale, bias
 
 
@@ -95,7 +95,7 @@ def normalize(x, mean, invstd, gamma=None, beta=None, *, axis=1, out=None, activ
     x3 = canonical(x, axis)
     dest = _Output(out, x, [x3])
     if x.size:
-        shift, scale, bias = _coefficients(mean, np.zeros_like(mean), invstd, gamma, beta)
+        shift, scale, bias = _coefficients(mean, invstd, gamma, beta)
         _kernels.affine(x3, dest.array3, shift, scale, bias, relu, get_num_threads())
     return dest.result()
 
@@ -151,7 +151,7 @@ def _mask_coefficients(mean, invstd, gamma, beta, relu):
     the kernels recompute for a ReLU mask exactly as normalize does; None without."""
     if not relu:
         return None, None
-    _, scale, bias = _coefficients(mean, np.zeros(mean.shape[0]), invstd, gamma, beta)
+    _, scale, bias = _coefficients(mean, invstd, gamma, beta)
     return scale, bias
 
 

@@ -220,14 +220,15 @@ def ema(real[::1] running not None, const double[::1] batch not None, const doub
             fbn_ema_f64(&running[0], &batch[0], lo, n, momentum, factor)
 
 
-def coefficients(const double[::1] mean_hi not None, const double[::1] mean_lo not None, const double[::1] invstd not None,
+def coefficients(const double[::1] mean not None, const double[::1] invstd not None,
                  const double[::1] gamma, const double[::1] beta, double[::1] shift not None,
                  double[::1] scale not None, double[::1] bias not None):
+    """Of a mean without a residual (normalize's, and a ReLU mask's)."""
     cdef const double *g = opt(gamma)
     cdef const double *b = opt(beta)
     with nogil:
-        fbn_coefficients(mean_hi.shape[0], &mean_hi[0], &mean_lo[0], &invstd[0], g, b,
-                         &shift[0], &scale[0], &bias[0])
+        fbn_coefficients(mean.shape[0], &mean[0], NULL, &invstd[0], g, b, &shift[0],
+                         &scale[0], &bias[0])
 
 
 def openmp_enabled():
