@@ -48,7 +48,7 @@ fbn_plan fbn_make_plan(fbn_shape s, int64_t elem_size, int inputs, int reduction
     int64_t tile = fbn_tile_bytes();
     p.s = s;
     p.per_channel = s.outer * s.inner;
-    p.stream = p.per_channel * s.channels * elem_size >= FBN_STREAM_BYTES;
+    p.stream = FBN_CAN_STREAM && p.per_channel * s.channels * elem_size >= FBN_STREAM_BYTES;
     int64_t bytes_per_value = elem_size * (inputs + (p.stream ? 0 : 1));
     p.block = 1;
     int fits = 0;
@@ -248,27 +248,24 @@ const char *fbn_compiler(void) {
 #endif
 }
 
-/* FBN_STREAM(dst, src): one 16-byte non-temporal store (SSE2 is baseline x86-64). */
+/* FBN_STREAM_V(dst, v): a 16-byte non-temporal store of vector v (SSE2 is
+ * baseline x86-64); FBN_VINT: the integers of T's size, for vector masks. */
 #define T float
 #define SFX f32
-#if defined(__SSE2__)
-#define FBN_STREAM(d, s) _mm_stream_ps((d), _mm_loadu_ps(s))
-#define FBN_STREAM_LEN 4
-#endif
+#define FBN_VINT int32_t
+#define FBN_STREAM_V(d, v) _mm_stream_ps((d), (__m128)(v))
 #include "kernels_impl.h"
 #undef T
 #undef SFX
-#undef FBN_STREAM
-#undef FBN_STREAM_LEN
+#undef FBN_VINT
+#undef FBN_STREAM_V
 
 #define T double
 #define SFX f64
-#if defined(__SSE2__)
-#define FBN_STREAM(d, s) _mm_stream_pd((d), _mm_loadu_pd(s))
-#define FBN_STREAM_LEN 2
-#endif
+#define FBN_VINT int64_t
+#define FBN_STREAM_V(d, v) _mm_stream_pd((d), (__m128d)(v))
 #include "kernels_impl.h"
 #undef T
 #undef SFX
-#undef FBN_STREAM
-#undef FBN_STREAM_LEN
+#undef FBN_VINT
+#undef FBN_STREAM_V

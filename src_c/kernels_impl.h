@@ -277,26 +277,74 @@ FBN_DISPATCH static void FN(stats_tile)(const T *x, const fbn_plan *p, int64_t t
     FN(stats_cols)(x, s->channels, r.c0, r.nc, r.j0, r.j1, pivot, part, scratch);
 }
 
-/* Write n values from an L1 buffer with non-temporal stores: a large output
- * then costs one write to memory, not a read-for-ownership and a write. */
-FBN_INLINE void FN(stream_out)(T *dst, const T *src, int64_t n) {
-#if defined(FBN_STREAM)
-    int64_t i = 0;
-    for (; i < n && ((uintptr_t)(dst + i) & 15); i++) dst[i] = src[i];
-    for (; i + FBN_STREAM_LEN <= n; i += FBN_STREAM_LEN) FBN_STREAM(dst + i, src + i);
-    for (; i < n; i++) dst[i] = src[i];
-#else
-    memcpy(dst, src, n * sizeof(T));
-#endif
+/* ---- streamed elementwise passes --------------------------------------- */
+
+/* An output too large for the caches is stored non-temporally (one write to
+ * memory, no read-for-ownership) as it is computed, 16 bytes at a time, with a
+ * line of each input prefetched FBN_STREAM_AHEAD bytes ahead: loads, prefetches
+ * and stores interleave, and lines are written whole. (Chunks computed into an
+ * L1 buffer and then streamed out took 1.4-2.4x the time for NCHW inference,
+ * and varied widely from call to call.) The vector forms of the element
+ * functions (FN(affine_v), FN(dx_v)) do the scalar ones' IEEE operations in the
+ * same order, so results are bitwise those of the cached path (but for a NaN's
+ * sign and payload, which C leaves to the order of commutative operations). */
+#if FBN_CAN_STREAM
+typedef T FN(vec) __attribute__((vector_size(16)));
+typedef FBN_VINT FN(ivec) __attribute__((vector_size(16)));
+#define FBN_VLEN ((int64_t)(16 / sizeof(T)))
+
+FBN_INLINE FN(vec) FN(vload)(const T *p) {
+    FN(vec) v;
+    memcpy(&v, p, sizeof v); /* unaligned */
+    return v;
 }
 
-static inline void FN(stream_fence)(int stream) {
-#if defined(FBN_STREAM)
-    if (stream) _mm_sfence();
-#else
-    (void)stream;
-#endif
+FBN_INLINE FN(vec) FN(vsplat)(T s) { /* not 0 + s, which turns -0 into +0 */
+    FN(vec) v;
+    for (int j = 0; j < FBN_VLEN; j++) v[j] = s;
+    return v;
 }
+
+/* Lanewise mask ? a : b (mask lanes all ones or all zeros, as comparisons give). */
+FBN_INLINE FN(vec) FN(vselect)(FN(ivec) mask, FN(vec) a, FN(vec) b) {
+    return (FN(vec))(((FN(ivec))a & mask) | ((FN(ivec))b & ~mask));
+}
+
+/* out[i] = SCALAR(i) for i in [0, m): vectors VECTOR(i) of FBN_VLEN values,
+ * stored non-temporally, from the first 16-byte boundary of out; scalars (plain
+ * stores) before it and after the last whole vector. FETCH(i): prefetch the
+ * inputs ahead of value i, once per 64 bytes of output. */
+#define FBN_STREAM_LOOP(out, m, FETCH, SCALAR, VECTOR)                                   \
+    do {                                                                                  \
+        int64_t i_ = 0;                                                                   \
+        for (; i_ < (m) && ((uintptr_t)((out) + i_) & 15); i_++) (out)[i_] = SCALAR(i_);   \
+        for (; i_ + 4 * FBN_VLEN <= (m); i_ += 4 * FBN_VLEN) {                           \
+            FETCH(i_);                                                                    \
+            for (int64_t j_ = i_; j_ < i_ + 4 * FBN_VLEN; j_ += FBN_VLEN)                 \
+                FBN_STREAM_V((out) + j_, VECTOR(j_));                                     \
+        }                                                                                 \
+        for (; i_ + FBN_VLEN <= (m); i_ += FBN_VLEN) FBN_STREAM_V((out) + i_, VECTOR(i_));  \
+        for (; i_ < (m); i_++) (out)[i_] = SCALAR(i_);                                    \
+    } while (0)
+#else
+#define FBN_STREAM_LOOP(out, m, FETCH, SCALAR, VECTOR) \
+    for (int64_t i_ = 0; i_ < (m); i_++) (out)[i_] = SCALAR(i_)
+#endif
+#define FBN_COPY(i) src[i]
+#define FBN_VCOPY(i) FN(vload)(src + (i))
+#define FBN_NO_FETCH(i) (void)0
+
+/* Columns shape: n values from an L1 buffer, streamed. (Its spans compute
+ * FBN_GROUP rows at once, loading each channel's coefficients once; streamed
+ * directly, four rows a multiple of 4 KB apart ran 2.4-4.2x slower, and single
+ * rows, which load every coefficient for every value, ran dx 1.1-1.2x slower.) */
+FBN_INLINE void FN(stream_out)(T *dst, const T *src, int64_t n) {
+    FBN_STREAM_LOOP(dst, n, FBN_NO_FETCH, FBN_COPY, FBN_VCOPY);
+}
+#undef FBN_COPY
+#undef FBN_VCOPY
+#undef FBN_NO_FETCH
+#define FBN_FETCH_AHEAD(p) __builtin_prefetch((const char *)(p) + FBN_STREAM_AHEAD, 0, 0)
 
 FBN_INLINE T FN(affine1)(T x, T shift, T scale, T bias, int relu) {
     T v = (x - shift) * scale + bias;
@@ -304,15 +352,8 @@ FBN_INLINE T FN(affine1)(T x, T shift, T scale, T bias, int relu) {
     return relu ? r : v;
 }
 
-/* Elementwise passes go through chunks of FBN_CHUNK values: computed straight
- * into the output, or into an L1 buffer that is then streamed out. 2 KB of
- * them: with 4 KB (512 float64) the buffer's stores and the data's loads kept
- * meeting at equal low address bits (4K aliasing), and float64 passes that
- * stream their output ran 1.2-1.6x slower (measured). */
+/* Columns shape: spans and repeated coefficients are FBN_CHUNK values long (2 KB). */
 #define FBN_CHUNK (2048 / (int)sizeof(T))
-#define FBN_FOR_CHUNKS(n, i0, m) \
-    for (int64_t i0 = 0, m = 0; i0 < (n); i0 += m) \
-        if ((m = (n) - i0 < FBN_CHUNK ? (n) - i0 : FBN_CHUNK), 1)
 
 /* Columns shape: tile r as spans of `rows` rows (a row apart) of m contiguous
  * values from offset off, whose first value is of channel ch. A tile of whole
@@ -416,32 +457,35 @@ FBN_INLINE int FN(same_sets)(const T *out, const T *in, int64_t C) {
 
 /* The walk of an elementwise tile, shared by the forward (y) and the backward
  * (dx), which define
- *   RUN(o, out, m, c): m values of channel c from offset o (rows shape),
+ *   RUN(o, m, c): m values of channel c from offset o (rows shape),
+ *   STREAM(o, m, c): the same, streamed (output too large for the caches),
  *   SPAN(o, out, ldo, m, ch, g): g rows (a constant) of m values from offset o,
- *     channels from ch (columns shape), written ldo apart,
- * into out: straight into the output DST, or into an L1 buffer streamed out.
+ *     channels from ch (columns shape), written ldo apart from out: the output
+ *     DST, or an L1 buffer streamed out.
  * PAIRS: a row group goes by pairs of rows (see FN(same_sets)). */
-#define FBN_ELEMWISE_WALK(DST, RUN, SPAN, PAIRS)                                           \
+#define FBN_ELEMWISE_WALK(DST, RUN, STREAM, SPAN, PAIRS)                                   \
     do {                                                                                    \
         const fbn_shape *s_ = &p->s;                                                        \
         const int64_t C_ = s_->channels;                                                    \
         FN(fbn_tile) r_ = FN(tile_of)(p, t);                                                \
-        T buf_[FBN_CHUNK];                                                                  \
         if (p->rows) { /* memory order: whole (o, c) rows */                               \
             const int64_t f0_ = t * p->rows, n_ = s_->outer * C_;                          \
             const int64_t f1_ = f0_ + p->rows < n_ ? f0_ + p->rows : n_;                   \
-            for (int64_t f_ = f0_; f_ < f1_; f_++) FBN_FOR_CHUNKS(s_->inner, i0_, m_) {       \
-                const int64_t o_ = f_ * s_->inner + i0_;                                    \
-                RUN(o_, p->stream ? buf_ : (DST) + o_, m_, f_ % C_);                        \
-                if (p->stream) FN(stream_out)((DST) + o_, buf_, m_);                        \
+            for (int64_t f_ = f0_; f_ < f1_; f_++) {                                       \
+                if (p->stream)                                                              \
+                    STREAM(f_ * s_->inner, s_->inner, f_ % C_);                             \
+                else                                                                        \
+                    RUN(f_ * s_->inner, s_->inner, f_ % C_);                                \
             }                                                                               \
         } else if (s_->inner > 1) { /* one channel's runs */                               \
-            FBN_FOR_RUNS(s_, r_.c0, r_.j0, r_.j1, off_, len_) FBN_FOR_CHUNKS(len_, i0_, m_) { \
-                const int64_t o_ = off_ + i0_;                                              \
-                RUN(o_, p->stream ? buf_ : (DST) + o_, m_, r_.c0);                          \
-                if (p->stream) FN(stream_out)((DST) + o_, buf_, m_);                        \
+            FBN_FOR_RUNS(s_, r_.c0, r_.j0, r_.j1, off_, len_) {                             \
+                if (p->stream)                                                              \
+                    STREAM(off_, len_, r_.c0);                                              \
+                else                                                                        \
+                    RUN(off_, len_, r_.c0);                                                 \
             }                                                                               \
         } else {                                                                            \
+            T buf_[FBN_CHUNK];                                                              \
             const int pairs_ = !p->stream && (PAIRS);                                       \
             FBN_FOR_SPANS(s_, r_, k->period, x, o_, ch_, m_, rows_) {                       \
                 T *out_ = p->stream ? buf_ : (DST) + o_;                                    \
@@ -460,7 +504,7 @@ FBN_INLINE int FN(same_sets)(const T *out, const T *in, int64_t C) {
                         FN(stream_out)((DST) + o_ + i_ * C_, buf_ + i_ * FBN_SPAN, m_);     \
             }                                                                               \
         }                                                                                   \
-        FN(stream_fence)(p->stream);                                                        \
+        if (p->stream) FBN_STREAM_FENCE();                                                  \
     } while (0)
 
 /* Rows shape: m values of channel c. */
@@ -470,13 +514,41 @@ FBN_INLINE void FN(affine_run)(const T *xr, T *out, int64_t m, const FN(tcoefs) 
     for (int64_t i = 0; i < m; i++) out[i] = FN(affine1)(xr[i], sh, sc, bi, relu);
 }
 
+#if FBN_CAN_STREAM
+FBN_INLINE FN(vec) FN(affine_v)(FN(vec) x, FN(vec) shift, FN(vec) scale, FN(vec) bias,
+                                int relu) {
+    const FN(vec) zero = {0};
+    FN(vec) v = (x - shift) * scale + bias;
+    return relu ? FN(vselect)((FN(ivec))(v < zero), zero, v) : v;
+}
+#endif
+
+/* Rows shape, streamed: m values of channel c. */
+FBN_INLINE void FN(affine_stream)(const T *xr, T *out, int64_t m, const FN(tcoefs) *k,
+                                  int64_t c) {
+    const T sh = k->shift[c], sc = k->scale[c], bi = k->bias[c];
+    const int relu = k->relu;
+#define FBN_SCALAR(i) FN(affine1)(xr[i], sh, sc, bi, relu)
+#if FBN_CAN_STREAM
+    const FN(vec) vsh = FN(vsplat)(sh), vsc = FN(vsplat)(sc), vbi = FN(vsplat)(bi);
+#define FBN_VECTOR(i) FN(affine_v)(FN(vload)(xr + (i)), vsh, vsc, vbi, relu)
+#define FBN_FETCH(i) FBN_FETCH_AHEAD(xr + (i))
+#endif
+    FBN_STREAM_LOOP(out, m, FBN_FETCH, FBN_SCALAR, FBN_VECTOR);
+#undef FBN_FETCH
+#undef FBN_VECTOR
+#undef FBN_SCALAR
+}
+
 FBN_DISPATCH static void FN(affine_tile)(const T *x, T *y, const fbn_plan *p, int64_t t,
                                          const FN(tcoefs) *k) {
-#define FBN_RUN(o, out, m, c) FN(affine_run)(x + (o), out, m, k, c)
+#define FBN_RUN(o, m, c) FN(affine_run)(x + (o), y + (o), m, k, c)
 #define FBN_SPAN_ROWS(o, out, ldo, m, ch, g) FN(affine_rows)(x + (o), C_, out, ldo, m, k, ch, g)
-    FBN_ELEMWISE_WALK(y, FBN_RUN, FBN_SPAN_ROWS, FN(same_sets)(y, x, C_));
+#define FBN_STREAM_RUN(o, m, c) FN(affine_stream)(x + (o), y + (o), m, k, c)
+    FBN_ELEMWISE_WALK(y, FBN_RUN, FBN_STREAM_RUN, FBN_SPAN_ROWS, FN(same_sets)(y, x, C_));
 #undef FBN_RUN
 #undef FBN_SPAN_ROWS
+#undef FBN_STREAM_RUN
 }
 
 /* Channel c's sums: sum(dy') and sum(dy' * ((x - shift) - lo)), lo (the mean's
@@ -583,6 +655,39 @@ FBN_INLINE void FN(dx_run)(const T *dr, const T *xr, T *out, int64_t m, const FN
         out[i] = FN(dx1)(dr[i], xr[i], sh, sc, bi, relu, a, b, m_dy, z, is);
 }
 
+#if FBN_CAN_STREAM
+FBN_INLINE FN(vec) FN(dx_v)(FN(vec) dy, FN(vec) x, FN(vec) shift, FN(vec) scale, FN(vec) bias,
+                            int relu, FN(vec) k_dy, FN(vec) k_x, FN(vec) mean_dy, FN(vec) k_0,
+                            FN(vec) invstd) {
+    const FN(vec) zero = {0};
+    FN(vec) g = dy;
+    if (relu) g = FN(vselect)((FN(ivec))((x - shift) * scale + bias > zero), dy, zero);
+    FN(vec) xterm = FN(vselect)((FN(ivec))(k_x != zero), k_x * ((x - shift) * invstd), zero);
+    return k_dy * (g - mean_dy) + xterm + k_0;
+}
+#endif
+
+/* Rows shape, streamed: dx of m values of channel c. */
+FBN_INLINE void FN(dx_stream)(const T *dr, const T *xr, T *out, int64_t m, const FN(tcoefs) *k,
+                              int64_t c) {
+    const T sh = k->shift[c], sc = k->scale[c], bi = k->bias[c], a = k->k_dy[c], b = k->k_x[c];
+    const T m_dy = k->mean_dy[c], z = k->k_0[c], is = k->invstd[c];
+    const int relu = k->relu;
+#define FBN_SCALAR(i) FN(dx1)(dr[i], xr[i], sh, sc, bi, relu, a, b, m_dy, z, is)
+#if FBN_CAN_STREAM
+    const FN(vec) vsh = FN(vsplat)(sh), vsc = FN(vsplat)(sc), vbi = FN(vsplat)(bi);
+    const FN(vec) va = FN(vsplat)(a), vb = FN(vsplat)(b), vmdy = FN(vsplat)(m_dy);
+    const FN(vec) vz = FN(vsplat)(z), vis = FN(vsplat)(is);
+#define FBN_VECTOR(i) \
+    FN(dx_v)(FN(vload)(dr + (i)), FN(vload)(xr + (i)), vsh, vsc, vbi, relu, va, vb, vmdy, vz, vis)
+#define FBN_FETCH(i) (FBN_FETCH_AHEAD(dr + (i)), FBN_FETCH_AHEAD(xr + (i)))
+#endif
+    FBN_STREAM_LOOP(out, m, FBN_FETCH, FBN_SCALAR, FBN_VECTOR);
+#undef FBN_FETCH
+#undef FBN_VECTOR
+#undef FBN_SCALAR
+}
+
 /* Columns shape: dx of g rows (g a constant) of m values, a row ld (out: ldo)
  * apart, channels from ch: each channel's coefficients loaded once. relu is a
  * constant too: without ReLU the mask's arithmetic and loads drop out (this
@@ -628,14 +733,16 @@ FBN_INLINE void FN(dx_rows)(const T *dr, const T *xr, int64_t ld, T *out, int64_
  * type (see FN(fill_typed)). */
 FBN_DISPATCH static void FN(bwd_elemt_tile)(const T *dy, const T *x, T *dx, const fbn_plan *p,
                                             int64_t t, const FN(tcoefs) *k) {
-#define FBN_RUN(o, out, m, c) FN(dx_run)(dy + (o), x + (o), out, m, k, c)
+#define FBN_RUN(o, m, c) FN(dx_run)(dy + (o), x + (o), dx + (o), m, k, c)
 #define FBN_SPAN_ROWS(o, out, ldo, m, ch, g) \
     FN(dx_rows)(dy + (o), x + (o), C_, out, ldo, m, k, ch, g)
-    FBN_ELEMWISE_WALK(dx, FBN_RUN, FBN_SPAN_ROWS,
+#define FBN_STREAM_RUN(o, m, c) FN(dx_stream)(dy + (o), x + (o), dx + (o), m, k, c)
+    FBN_ELEMWISE_WALK(dx, FBN_RUN, FBN_STREAM_RUN, FBN_SPAN_ROWS,
                       FN(same_sets)(dx, x, C_) || FN(same_sets)(dx, dy, C_) ||
                           FN(same_sets)(dy, x, C_));
 #undef FBN_RUN
 #undef FBN_SPAN_ROWS
+#undef FBN_STREAM_RUN
 }
 
 /* ---- drivers ------------------------------------------------------------ */
@@ -1114,7 +1221,9 @@ int FN(fbn_ema)(T *running, const double *batch, const double *batch_lo, int64_t
 #undef FBN_FOR_RUNS
 #undef FBN_SUM_RUNS
 #undef FBN_SAVE_LANES
-#undef FBN_FOR_CHUNKS
+#undef FBN_VLEN
+#undef FBN_STREAM_LOOP
+#undef FBN_FETCH_AHEAD
 #undef FBN_FOR_SPANS
 #undef FBN_LINE_VALUES
 #undef FBN_ELEMWISE_WALK

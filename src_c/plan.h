@@ -44,8 +44,19 @@
 /* One pass of shifted sums gives the variance to ~FBN_ONE_PASS * 1e-16 relative:
  * above that, statistics take a second, centred pass. */
 #define FBN_ONE_PASS 256.0
-/* Outputs of at least this many bytes are written with non-temporal stores. */
+/* Outputs of at least this many bytes are written with non-temporal stores
+ * (SSE2's, from 16-byte vectors of GCC's vector extensions, which clang has too;
+ * other compilers store them as usual), their inputs prefetched FBN_STREAM_AHEAD
+ * bytes ahead. */
 #define FBN_STREAM_BYTES (16 * 1024 * 1024)
+#define FBN_STREAM_AHEAD 4096
+#if defined(__SSE2__) && defined(__GNUC__)
+#define FBN_CAN_STREAM 1
+#define FBN_STREAM_FENCE() _mm_sfence()
+#else
+#define FBN_CAN_STREAM 0
+#define FBN_STREAM_FENCE() ((void)0)
+#endif
 /* Below this many values a call runs on one thread: start-up would cost more. */
 #define FBN_MIN_PARALLEL 65536
 

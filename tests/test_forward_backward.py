@@ -413,3 +413,52 @@ def test_results_do_not_depend_on_the_data_address(shape, axis, dtype):
             continue
         for name, a, b in zip(names.split(), base, got):
             assert_bitwise_equal(a, b, f"{name}: data {offset} values past a cache line")
+
+
+def assert_same_bits_nan_aside(a, b, what):
+    """Bitwise equal, except that a NaN may differ in sign and payload (which C
+    leaves to the order of commutative operations)."""
+    assert a.shape == b.shape and a.dtype == b.dtype, what
+    nan = np.isnan(a)
+    assert np.array_equal(nan, np.isnan(b)), what
+    assert a[~nan].tobytes() == b[~nan].tobytes(), what
+
+
+# Outputs of 16 MB or more (FBN_STREAM_BYTES) are written by other loops than
+# smaller ones (vectors stored non-temporally, scalars before the first 16-byte
+# boundary and after the last whole vector): the results must be the same bits.
+# Runs of 129 * 131 values, which are not whole vectors, starting at each offset
+# from a cache line; with -0.0, NaN and infinities among the values.
+@pytest.mark.parametrize("offset", [0, 1, 3])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_streamed_outputs_are_those_of_small_arrays(dtype, offset):
+    n = 4 if dtype == np.float32 else 2  # 17.3 MB of data
+    shape, C = (n, 64, 129, 131), 64
+    rng = np.random.default_rng(23)
+    x = at_offset(rng.standard_normal(shape).astype(dtype), offset)
+    dy = at_offset(rng.standard_normal(shape).astype(dtype), offset)
+    flat_x, flat_dy = x.reshape(-1), dy.reshape(-1)
+    flat_x[::1009], flat_x[5::100003], flat_x[7::100019] = -0.0, np.nan, np.inf
+    flat_dy[3::100043], flat_dy[9::99991] = -np.inf, np.nan
+    mean, invstd = rng.standard_normal(C), rng.uniform(0.5, 2, C)
+    gamma, beta = rng.uniform(0.5, 2, C), rng.standard_normal(C)
+    gamma[::5], beta[::3] = -0.0, -0.0
+    sums = rng.standard_normal(C), rng.standard_normal(C)
+    rv = invstd ** -2 - 1e-5
+
+    def outputs(x, dy):
+        infer, cache = fastbn.forward(x, gamma, beta, training=False, running_mean=mean,
+                                      running_var=rv, activation="relu")
+        return [fastbn.normalize(x, mean, invstd, gamma, beta),
+                fastbn.normalize(x, mean, invstd, gamma, beta, activation="relu"), infer,
+                fastbn.backward(dy, cache)[0],
+                fastbn.backward_elemt(dy, x, mean, invstd, gamma, *sums, 1000),
+                fastbn.backward_elemt(dy, x, mean, invstd, gamma, *sums, 1000, beta=beta,
+                                      activation="relu")]
+
+    with np.errstate(invalid="ignore", over="ignore"):
+        whole = outputs(x, dy)
+        pieces = [outputs(x[i:i + 1], dy[i:i + 1]) for i in range(n)]  # 4.3 MB each
+    names = "normalize normalize_relu inference eval_dx dx dx_relu".split()
+    for k, name in enumerate(names):
+        assert_same_bits_nan_aside(whole[k], np.concatenate([p[k] for p in pieces]), name)
