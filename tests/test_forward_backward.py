@@ -266,12 +266,14 @@ def test_gradient_of_sum_of_outputs(impl, shape, axis, dtype):
 # channel blocks (fewer than 128 rows; 37: one flush of plain sums), all with
 # partial row groups and channel spans; (8, 128, 128, 33) dx row groups of a few
 # channels, rows not a whole number of cache lines, and outputs large enough
-# (float32: 17 MB) to be streamed.
+# (float32: 17 MB) to be streamed; (4, 64, 129, 131) streamed NCHW outputs, each
+# channel reduced and rewritten in one tile.
 LARGE_CASES = [((70001, 3), 1, "C"), ((257, 600), 1, "F"), ((3, 20, 40, 300), -1, "C"),
                ((1030, 2050), 1, "C"), ((500, 1000), 1, "C"), ((101, 1000), 1, "C"),
                ((37, 700), 1, "C"), ((8, 128, 128, 33), -1, "C"),
                ((2, 5, 140001), 1, "strided"), ((7, 13, 1031), 1, "reversed"),
                ((3, 1031, 13), 1, "transposed"), ((9, 4, 3001), -2, "unaligned"),
+               ((4, 64, 129, 131), 1, "C"),
                pytest.param((1, 2, 2_100_000), 1, "C", marks=pytest.mark.slow)]
 
 
@@ -459,6 +461,10 @@ def test_streamed_outputs_are_those_of_small_arrays(dtype, offset):
     with np.errstate(invalid="ignore", over="ignore"):
         whole = outputs(x, dy)
         pieces = [outputs(x[i:i + 1], dy[i:i + 1]) for i in range(n)]  # 4.3 MB each
-    names = "normalize normalize_relu inference eval_dx dx dx_relu".split()
+        in_place = x.copy()
+        whole.append(fastbn.normalize(in_place, mean, invstd, gamma, beta, out=in_place))
+        for p in pieces:
+            p.append(p[0])
+    names = "normalize normalize_relu inference eval_dx dx dx_relu in_place".split()
     for k, name in enumerate(names):
         assert_same_bits_nan_aside(whole[k], np.concatenate([p[k] for p in pieces]), name)
