@@ -108,7 +108,9 @@ FBN_INLINE T FN(masked)(T dy, T x, T shift, T scale, T bias, int relu) {
     return relu ? kept : dy;
 }
 
-/* The elementwise coefficients in the data's type (see FN(fill_typed)). */
+/* The elementwise coefficients in the data's type (see FN(fill_typed)): FBN_TYPED
+ * arrays. */
+#define FBN_TYPED 8
 typedef struct {
     T *shift, *scale, *bias, *k_dy, *k_x, *mean_dy, *k_0, *invstd;
     int relu;
@@ -455,6 +457,17 @@ FBN_INLINE int FN(same_sets)(const T *out, const T *in, int64_t C) {
     return (C * (int64_t)sizeof(T)) % 4096 == 0 && (d < 64 || d > 4096 - 64);
 }
 
+/* Columns shape, streamed output: whether spans are single rows, one after
+ * another, rather than groups of FBN_GROUP rows, which load each coefficient
+ * once for the group but read FBN_GROUP places at once. Single rows where the
+ * `arrays` coefficient arrays fit in half of L1 (the forward reads 3, dx 8) and
+ * rows are not short (shorter ones repeat their coefficients over a period, see
+ * FN(repeat_typed)): float32 (N, C) of 128 MB took 0.63-0.91x the time for
+ * C = 300-1024 (forward), 300-512 (dx), and 1.2-1.6x for C = 2048-4096. */
+FBN_INLINE int FN(row_by_row)(int64_t C, int64_t period, int arrays) {
+    return !period && 2 * C >= FBN_CHUNK && arrays * C * (int64_t)sizeof(T) <= 16384;
+}
+
 /* The walk of an elementwise tile, shared by the forward (y) and the backward
  * (dx), which define
  *   RUN(o, m, c): m values of channel c from offset o (rows shape),
@@ -462,8 +475,9 @@ FBN_INLINE int FN(same_sets)(const T *out, const T *in, int64_t C) {
  *   SPAN(o, out, ldo, m, ch, g): g rows (a constant) of m values from offset o,
  *     channels from ch (columns shape), written ldo apart from out: the output
  *     DST, or an L1 buffer streamed out.
- * PAIRS: a row group goes by pairs of rows (see FN(same_sets)). */
-#define FBN_ELEMWISE_WALK(DST, RUN, STREAM, SPAN, PAIRS)                                   \
+ * PAIRS: a row group goes by pairs of rows (see FN(same_sets)); COEF_ARRAYS:
+ * the coefficient arrays SPAN reads (see FN(row_by_row)). */
+#define FBN_ELEMWISE_WALK(DST, RUN, STREAM, SPAN, PAIRS, COEF_ARRAYS)                      \
     do {                                                                                    \
         const fbn_shape *s_ = &p->s;                                                        \
         const int64_t C_ = s_->channels;                                                    \
@@ -487,6 +501,15 @@ FBN_INLINE int FN(same_sets)(const T *out, const T *in, int64_t C) {
         } else {                                                                            \
             T buf_[FBN_CHUNK];                                                              \
             const int pairs_ = !p->stream && (PAIRS);                                       \
+            if (p->stream && FN(row_by_row)(C_, k->period, COEF_ARRAYS)) {                   \
+                for (int64_t j_ = r_.j0; j_ < r_.j1; j_++)                                  \
+                    for (int64_t c_ = r_.c0; c_ < r_.c0 + r_.nc; c_ += FBN_CHUNK) {         \
+                        const int64_t o_ = j_ * C_ + c_, left_ = r_.c0 + r_.nc - c_;        \
+                        const int64_t m_ = left_ < FBN_CHUNK ? left_ : FBN_CHUNK;           \
+                        SPAN(o_, buf_, FBN_CHUNK, m_, c_, 1);                               \
+                        FN(stream_out)((DST) + o_, buf_, m_);                               \
+                    }                                                                       \
+            } else                                                                          \
             FBN_FOR_SPANS(s_, r_, k->period, x, o_, ch_, m_, rows_) {                       \
                 T *out_ = p->stream ? buf_ : (DST) + o_;                                    \
                 const int64_t ldo_ = p->stream ? FBN_SPAN : C_;                             \
@@ -545,7 +568,7 @@ FBN_DISPATCH static void FN(affine_tile)(const T *x, T *y, const fbn_plan *p, in
 #define FBN_RUN(o, m, c) FN(affine_run)(x + (o), y + (o), m, k, c)
 #define FBN_SPAN_ROWS(o, out, ldo, m, ch, g) FN(affine_rows)(x + (o), C_, out, ldo, m, k, ch, g)
 #define FBN_STREAM_RUN(o, m, c) FN(affine_stream)(x + (o), y + (o), m, k, c)
-    FBN_ELEMWISE_WALK(y, FBN_RUN, FBN_STREAM_RUN, FBN_SPAN_ROWS, FN(same_sets)(y, x, C_));
+    FBN_ELEMWISE_WALK(y, FBN_RUN, FBN_STREAM_RUN, FBN_SPAN_ROWS, FN(same_sets)(y, x, C_), 3);
 #undef FBN_RUN
 #undef FBN_SPAN_ROWS
 #undef FBN_STREAM_RUN
@@ -739,7 +762,8 @@ FBN_DISPATCH static void FN(bwd_elemt_tile)(const T *dy, const T *x, T *dx, cons
 #define FBN_STREAM_RUN(o, m, c) FN(dx_stream)(dy + (o), x + (o), dx + (o), m, k, c)
     FBN_ELEMWISE_WALK(dx, FBN_RUN, FBN_STREAM_RUN, FBN_SPAN_ROWS,
                       FN(same_sets)(dx, x, C_) || FN(same_sets)(dx, dy, C_) ||
-                          FN(same_sets)(dy, x, C_));
+                          FN(same_sets)(dy, x, C_),
+                      FBN_TYPED);
 #undef FBN_RUN
 #undef FBN_SPAN_ROWS
 #undef FBN_STREAM_RUN
@@ -809,7 +833,6 @@ static void FN(fill_typed)(const fbn_coefs *k, int64_t c0, int64_t n, const FN(t
  * values apart: a whole number of 4 KB pages plus one cache line, so that one
  * channel's coefficients fall in different L1 sets (the arrays' lines would
  * otherwise compete for the ways of one set, beside the data rows: large C). */
-#define FBN_TYPED 8
 #define FBN_PAGE_VALUES (4096 / (int64_t)sizeof(T))
 #define FBN_TYPED_LEN(C)                                                                   \
     ((((C) < FBN_CHUNK ? FBN_CHUNK : (C)) + FBN_PAGE_VALUES - 1) / FBN_PAGE_VALUES *       \

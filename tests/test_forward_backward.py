@@ -428,14 +428,22 @@ def assert_same_bits_nan_aside(a, b, what):
 
 # Outputs of 16 MB or more (FBN_STREAM_BYTES) are written by other loops than
 # smaller ones (vectors stored non-temporally, scalars before the first 16-byte
-# boundary and after the last whole vector): the results must be the same bits.
-# Runs of 129 * 131 values, which are not whole vectors, starting at each offset
-# from a cache line; with -0.0, NaN and infinities among the values.
+# boundary and after the last whole vector; columns through an L1 buffer, a row
+# or a group of rows at a time): the results must be the same bits. NCHW runs of
+# 129 * 131 values, which are not whole vectors; (N, C) rows of 300 channels
+# (a row at a time; dx of float64: groups), 4096 (groups) and NHWC's 64
+# (coefficients repeated over a period); data starting at several offsets from a
+# cache line, with -0.0, NaN and infinities among the values.
+STREAMED_CASES = [((4, 64, 129, 131), 1), ((4, 3620, 300), -1), ((4, 275, 4096), -1),
+                  ((4, 129, 131, 64), -1)]  # float32: 17-18 MB (float64: half the rows)
+
+
 @pytest.mark.parametrize("offset", [0, 1, 3])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_streamed_outputs_are_those_of_small_arrays(dtype, offset):
-    n = 4 if dtype == np.float32 else 2  # 17.3 MB of data
-    shape, C = (n, 64, 129, 131), 64
+@pytest.mark.parametrize("shape, axis", STREAMED_CASES)
+def test_streamed_outputs_are_those_of_small_arrays(shape, axis, dtype, offset):
+    n = 4 if dtype == np.float32 else 2
+    shape, C = (n, *shape[1:]), shape[axis]
     rng = np.random.default_rng(23)
     x = at_offset(rng.standard_normal(shape).astype(dtype), offset)
     dy = at_offset(rng.standard_normal(shape).astype(dtype), offset)
@@ -449,20 +457,22 @@ def test_streamed_outputs_are_those_of_small_arrays(dtype, offset):
     rv = invstd ** -2 - 1e-5
 
     def outputs(x, dy):
+        kw = dict(axis=axis)
         infer, cache = fastbn.forward(x, gamma, beta, training=False, running_mean=mean,
-                                      running_var=rv, activation="relu")
-        return [fastbn.normalize(x, mean, invstd, gamma, beta),
-                fastbn.normalize(x, mean, invstd, gamma, beta, activation="relu"), infer,
+                                      running_var=rv, activation="relu", **kw)
+        return [fastbn.normalize(x, mean, invstd, gamma, beta, **kw),
+                fastbn.normalize(x, mean, invstd, gamma, beta, activation="relu", **kw), infer,
                 fastbn.backward(dy, cache)[0],
-                fastbn.backward_elemt(dy, x, mean, invstd, gamma, *sums, 1000),
+                fastbn.backward_elemt(dy, x, mean, invstd, gamma, *sums, 1000, **kw),
                 fastbn.backward_elemt(dy, x, mean, invstd, gamma, *sums, 1000, beta=beta,
-                                      activation="relu")]
+                                      activation="relu", **kw)]
 
     with np.errstate(invalid="ignore", over="ignore"):
         whole = outputs(x, dy)
         pieces = [outputs(x[i:i + 1], dy[i:i + 1]) for i in range(n)]  # 4.3 MB each
         in_place = x.copy()
-        whole.append(fastbn.normalize(in_place, mean, invstd, gamma, beta, out=in_place))
+        whole.append(fastbn.normalize(in_place, mean, invstd, gamma, beta, axis=axis,
+                                      out=in_place))
         for p in pieces:
             p.append(p[0])
     names = "normalize normalize_relu inference eval_dx dx dx_relu in_place".split()
