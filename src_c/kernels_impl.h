@@ -114,6 +114,7 @@ FBN_INLINE T FN(masked)(T dy, T x, T shift, T scale, T bias, int relu) {
 typedef struct {
     T *shift, *scale, *bias, *k_dy, *k_x, *mean_dy, *k_0, *invstd;
     int relu;
+    int eval; /* dx of eval mode: the statistics are constants, x enters only a mask */
     int64_t period; /* > 0: each array repeats its C values up to this length */
 } FN(tcoefs);
 
@@ -160,10 +161,21 @@ FBN_INLINE int FN(needs_prefetch)(int64_t C, int64_t nc) {
     return nc < C || C * (int64_t)sizeof(T) <= FBN_SHORT_ROW;
 }
 
-FBN_INLINE void FN(prefetch_block)(const T *row, int64_t C, int64_t nc, int64_t o, int64_t j1) {
-    const int64_t ahead = FBN_AHEAD * FBN_GROUP;
-    for (int64_t i = ahead; i < ahead + FBN_GROUP && o + i < j1; i++)
+FBN_INLINE void FN(prefetch_block)(const T *row, int64_t C, int64_t nc, int64_t o, int64_t j1,
+                                   int g) {
+    const int64_t ahead = FBN_AHEAD * g;
+    for (int64_t i = ahead; i < ahead + g && o + i < j1; i++)
         fbn_prefetch(row + i * C, nc * (int64_t)sizeof(T));
+}
+
+/* Rows the columns statistics sum in registers before adding them to per-channel
+ * sums in memory: twice FBN_GROUP for rows of 2 KB or more, whose per-channel
+ * sums (2 * 8 bytes a channel) spill from L1. Statistics of (N, C) float32 of
+ * C = 512-4096 then took 0.77-0.87x the time (harness runs, 1 and 2 threads;
+ * float64 0.88-0.95x), and of (200704, 64) 1.2-1.3x (so short rows keep
+ * FBN_GROUP). */
+FBN_INLINE int FN(reduce_group)(int64_t C) {
+    return C * (int64_t)sizeof(T) >= 2048 ? 2 * FBN_GROUP : FBN_GROUP;
 }
 
 /* Adds the sums of e and e^2, e = x - pivot (- mean if centred), over g rows (g
@@ -212,7 +224,7 @@ FBN_INLINE int FN(finish_cols)(int64_t nc, double n, int pass, const double *res
 }
 
 /* Columns shape, channels [c0, c0 + nc), rows [j0, j1). Rows are taken
- * FBN_GROUP at a time (summed in registers, channels across vector lanes, so a
+ * FN(reduce_group) at a time (summed in registers, channels across vector lanes, so a
  * whole-row tile streams through memory in order), into per-channel sums that
  * go to compensated totals every FBN_FLUSH_ROWS rows. Passes as in
  * FN(stats_tile). scratch: FBN_COL_SCRATCH * nc doubles. */
@@ -224,18 +236,24 @@ FBN_INLINE void FN(stats_cols)(const T *x, int64_t C, int64_t c0, int64_t nc, in
     double *acc = scratch, *acc2 = acc + nc, *mean = acc2 + nc;
     double *need = mean + nc, *tot = need + nc, *comp = tot + nc, *tot2 = comp + nc;
     double *comp2 = tot2 + nc;
+    const int G = FN(reduce_group)(C);
     for (int64_t c = 0; c < nc; c++) mean[c] = 0.0;
     for (int pass = 0; pass < 2; pass++) {
         const int one_flush = fbn_sums_begin(j1 - j0, nc, &acc, &acc2, tot, comp, tot2, comp2);
         for (int64_t o = j0; o < j1;) {
             const int64_t end = o + FBN_FLUSH_ROWS < j1 ? o + FBN_FLUSH_ROWS : j1;
             for (int64_t c = 0; c < nc; c++) acc[c] = acc2[c] = 0.0;
-            for (; o < end; o += FBN_GROUP) {
+            for (; o < end; o += G) {
                 const T *row = x + o * C + c0;
-                const int g = end - o < FBN_GROUP ? (int)(end - o) : FBN_GROUP;
-                if (pass == 0 && FN(needs_prefetch)(C, nc)) FN(prefetch_block)(row, C, nc, o, j1);
+                const int g = end - o < G ? (int)(end - o) : G;
+                if (pass == 0 && FN(needs_prefetch)(C, nc))
+                    FN(prefetch_block)(row, C, nc, o, j1, G);
 #define FBN_STATS_GROUP(r, g, centred) FN(stats_group)(r, C, nc, g, centred, pv, mean, acc, acc2)
-                if (g == FBN_GROUP && pass == 0)
+                if (g == 2 * FBN_GROUP && pass == 0)
+                    FBN_STATS_GROUP(row, 2 * FBN_GROUP, 0);
+                else if (g == 2 * FBN_GROUP)
+                    FBN_STATS_GROUP(row, 2 * FBN_GROUP, 1);
+                else if (g == FBN_GROUP && pass == 0)
                     FBN_STATS_GROUP(row, FBN_GROUP, 0);
                 else if (g == FBN_GROUP)
                     FBN_STATS_GROUP(row, FBN_GROUP, 1);
@@ -608,15 +626,16 @@ FBN_INLINE void FN(bwd_reduce_cols)(const T *dy, const T *x, int64_t C, int64_t 
     double *acc = scratch, *acc2 = acc + nc;
     double *tot = acc2 + nc, *comp = tot + nc, *tot2 = comp + nc, *comp2 = tot2 + nc;
     const int one_flush = fbn_sums_begin(j1 - j0, nc, &acc, &acc2, tot, comp, tot2, comp2);
+    const int G = FBN_GROUP; /* (2 * FBN_GROUP ran 1.03-1.09x the time, 5 wide shapes) */
     for (int64_t o = j0; o < j1;) {
         const int64_t end = o + FBN_FLUSH_ROWS < j1 ? o + FBN_FLUSH_ROWS : j1;
         for (int64_t c = 0; c < nc; c++) acc[c] = acc2[c] = 0.0;
-        for (; o < end; o += FBN_GROUP) {
+        for (; o < end; o += G) {
             const T *dr = dy + o * C + c0, *xr = x + o * C + c0;
-            const int g = end - o < FBN_GROUP ? (int)(end - o) : FBN_GROUP;
+            const int g = end - o < G ? (int)(end - o) : G;
             if (nc < C) {
-                FN(prefetch_block)(dr, C, nc, o, j1);
-                FN(prefetch_block)(xr, C, nc, o, j1);
+                FN(prefetch_block)(dr, C, nc, o, j1, G);
+                FN(prefetch_block)(xr, C, nc, o, j1, G);
             }
 #define FBN_BWD_GROUP(d, x, g, relu) FN(bwd_group)(d, x, C, nc, g, relu, sh, tsh, sc, bi, acc, acc2)
             if (g == FBN_GROUP && relu)
@@ -662,10 +681,10 @@ FBN_DISPATCH static void FN(bwd_reduce_tile)(const T *dy, const T *x, const fbn_
 
 /* dy - mean_dy comes first: a constant dy over a constant channel gives dx == 0. */
 FBN_INLINE T FN(dx1)(T dy, T x, T shift, T scale, T bias, int relu, T k_dy, T k_x, T mean_dy,
-                     T k_0, T invstd) {
+                     T k_0, T invstd, int eval) {
     T g = FN(masked)(dy, x, shift, scale, bias, relu);
     T xterm = k_x * ((x - shift) * invstd);
-    return k_dy * (g - mean_dy) + (k_x != 0 ? xterm : (T)0) + k_0; /* eval: no NaN from inf x */
+    return k_dy * (g - mean_dy) + (eval ? (T)0 : xterm) + k_0; /* eval: no NaN from inf x */
 }
 
 /* Rows shape: dx of m values of channel c. */
@@ -675,17 +694,17 @@ FBN_INLINE void FN(dx_run)(const T *dr, const T *xr, T *out, int64_t m, const FN
     const T m_dy = k->mean_dy[c], z = k->k_0[c], is = k->invstd[c];
     const int relu = k->relu;
     for (int64_t i = 0; i < m; i++)
-        out[i] = FN(dx1)(dr[i], xr[i], sh, sc, bi, relu, a, b, m_dy, z, is);
+        out[i] = FN(dx1)(dr[i], xr[i], sh, sc, bi, relu, a, b, m_dy, z, is, k->eval);
 }
 
 #if FBN_CAN_STREAM
 FBN_INLINE FN(vec) FN(dx_v)(FN(vec) dy, FN(vec) x, FN(vec) shift, FN(vec) scale, FN(vec) bias,
                             int relu, FN(vec) k_dy, FN(vec) k_x, FN(vec) mean_dy, FN(vec) k_0,
-                            FN(vec) invstd) {
+                            FN(vec) invstd, int eval) {
     const FN(vec) zero = {0};
     FN(vec) g = dy;
     if (relu) g = FN(vselect)((FN(ivec))((x - shift) * scale + bias > zero), dy, zero);
-    FN(vec) xterm = FN(vselect)((FN(ivec))(k_x != zero), k_x * ((x - shift) * invstd), zero);
+    FN(vec) xterm = eval ? zero : k_x * ((x - shift) * invstd);
     return k_dy * (g - mean_dy) + xterm + k_0;
 }
 #endif
@@ -696,13 +715,14 @@ FBN_INLINE void FN(dx_stream)(const T *dr, const T *xr, T *out, int64_t m, const
     const T sh = k->shift[c], sc = k->scale[c], bi = k->bias[c], a = k->k_dy[c], b = k->k_x[c];
     const T m_dy = k->mean_dy[c], z = k->k_0[c], is = k->invstd[c];
     const int relu = k->relu;
-#define FBN_SCALAR(i) FN(dx1)(dr[i], xr[i], sh, sc, bi, relu, a, b, m_dy, z, is)
+#define FBN_SCALAR(i) FN(dx1)(dr[i], xr[i], sh, sc, bi, relu, a, b, m_dy, z, is, k->eval)
 #if FBN_CAN_STREAM
     const FN(vec) vsh = FN(vsplat)(sh), vsc = FN(vsplat)(sc), vbi = FN(vsplat)(bi);
     const FN(vec) va = FN(vsplat)(a), vb = FN(vsplat)(b), vmdy = FN(vsplat)(m_dy);
     const FN(vec) vz = FN(vsplat)(z), vis = FN(vsplat)(is);
 #define FBN_VECTOR(i) \
-    FN(dx_v)(FN(vload)(dr + (i)), FN(vload)(xr + (i)), vsh, vsc, vbi, relu, va, vb, vmdy, vz, vis)
+    FN(dx_v)(FN(vload)(dr + (i)), FN(vload)(xr + (i)), vsh, vsc, vbi, relu, va, vb, vmdy, vz, vis, \
+             k->eval)
 #define FBN_FETCH(i) (FBN_FETCH_AHEAD(dr + (i)), FBN_FETCH_AHEAD(xr + (i)))
 #endif
     FBN_STREAM_LOOP(out, m, FBN_FETCH, FBN_SCALAR, FBN_VECTOR);
@@ -722,7 +742,8 @@ FBN_INLINE void FN(dx_rows_as)(const T *dr, const T *xr, int64_t ld, T *out, int
     const T *k_dy = k->k_dy + ch, *k_x = k->k_x + ch, *mdy = k->mean_dy + ch;
     const T *k_0 = k->k_0 + ch, *inv = k->invstd + ch;
 #define FBN_DX(d, v) \
-    FN(dx1)(d, v, shift[c], scale[c], bias[c], relu, k_dy[c], k_x[c], mdy[c], k_0[c], inv[c])
+    FN(dx1)(d, v, shift[c], scale[c], bias[c], relu, k_dy[c], k_x[c], mdy[c], k_0[c], inv[c], \
+            k->eval)
     if ((ld * (int64_t)sizeof(T)) % 4096 == 0) {
         /* rows a multiple of 4 KB apart (C a power of two): a store to out's row i
          * has the low address bits of the next load from row i + 1, which then
@@ -841,7 +862,7 @@ static void FN(fill_typed)(const fbn_coefs *k, int64_t c0, int64_t n, const FN(t
 static FN(tcoefs) FN(typed_arrays)(T *block, int64_t C, int relu) {
     const int64_t n = FBN_TYPED_LEN(C);
     FN(tcoefs) t = {block,         block + n,     block + 2 * n, block + 3 * n, block + 4 * n,
-                    block + 5 * n, block + 6 * n, block + 7 * n, relu,          0};
+                    block + 5 * n, block + 6 * n, block + 7 * n, relu,          0, 0};
     return t;
 }
 
@@ -1186,6 +1207,7 @@ int FN(fbn_backward)(const T *dy, const T *x, T *dx, fbn_shape s, const double *
     fbn_coefs k = {shift, lo, scale, bias, k_dy, k_x, mean_dy, relu, invstd};
     fbn_coefs masks = {shift, lo, scale, bias, NULL, NULL, NULL, relu, NULL};
     FN(tcoefs) tk = FN(typed_arrays)(typed, C, relu);
+    tk.eval = !training;
     double n = (double)p.per_channel;
     fbn_coefficients(C, mean_hi, lo, invstd, gamma, beta, shift, scale, bias);
     FN(fill_typed)(&masks, 0, C, &tk); /* for the ReLU masks; k_* are filled below */

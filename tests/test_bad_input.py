@@ -783,6 +783,29 @@ def test_infinite_dy_gives_infinite_dgamma(training):
     assert results[0][1] == results[1][1], f"fastbn: {results[0][1]}, reference: {results[1][1]}"
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bad", ["mean", "x"])
+def test_zero_x_coefficient_keeps_non_finite_xhat(bad, dtype):
+    """backward_elemt with gamma = 0 gives x's term a coefficient of 0, and 0 times a
+    non-finite xhat (a NaN mean, an infinite x) is NaN in the reference: so in fastbn
+    too. Only eval mode's backward leaves x out (its statistics are constants)."""
+    ctx, x, dy = _small(dtype)
+    mean, invstd = ctx.vec(4), np.abs(ctx.vec(5)) + 0.5
+    if bad == "mean":
+        mean[1] = np.nan
+    else:
+        x[3, 2, 1] = np.inf
+    gamma, sums = np.zeros(4), (ctx.vec(6), ctx.vec(7))
+    with np.errstate(all="ignore"):
+        got, want = (m.backward_elemt(dy, x, mean, invstd, gamma, *sums, 24) for m in MODULES)
+        _, cache = fastbn.forward(x, ctx.vec(2), ctx.vec(3), training=False,
+                                  running_mean=ctx.vec(4), running_var=np.abs(ctx.vec(5)))
+        eval_dx = fastbn.backward(dy, cache)[0]
+    assert np.array_equal(np.isnan(got), np.isnan(want)) and np.isnan(want).any()
+    assert np.array_equal(got[~np.isnan(got)], want[~np.isnan(want)])
+    assert np.isfinite(eval_dx).all()  # eval: dx = gamma * invstd * dy, whatever x holds
+
+
 @pytest.mark.parametrize("fn", ["backward_reduce", "backward_elemt"])
 def test_dy_none_is_a_type_error(fn):
     ctx, x, _ = _small()
