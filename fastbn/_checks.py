@@ -19,15 +19,18 @@ def _describe(obj):
     return type(obj).__name__
 
 
-def float_array(a, name):
-    """`a` must be a float32/float64 ndarray (no silent conversion of data).
-
-    Subclasses whose arithmetic differs from ndarray's are refused."""
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray of float32 or float64, got {_describe(a)}")
+def refuse_subclass(a, name):
+    """ndarray subclasses whose arithmetic differs from ndarray's are refused."""
     if isinstance(a, (np.ma.MaskedArray, np.matrix)):
         raise TypeError(f"{name} must be a plain numpy.ndarray, got {type(a).__name__} "
                         "(fill a masked array, or use np.asarray on a matrix)")
+
+
+def float_array(a, name):
+    """`a` must be a float32/float64 ndarray (no silent conversion of data)."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray of float32 or float64, got {_describe(a)}")
+    refuse_subclass(a, name)
     if a.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must have dtype float32 or float64, got {a.dtype}")
     return a
@@ -84,6 +87,7 @@ def channel_vector(v, channels, name):
     arr = np.asarray(v) if isinstance(v, (list, tuple)) else v
     if not isinstance(arr, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray of shape ({channels},), got {_describe(v)}")
+    refuse_subclass(arr, name)
     if arr.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must have dtype float32 or float64, got {arr.dtype}")
     if arr.shape != (channels,):
@@ -307,6 +311,7 @@ def check_count(count, channels):
             raise ValueError(f"count must be at most 2**62, got {count}")
         counts = np.full(channels, float(count))
     elif isinstance(count, np.ndarray) and count.dtype.kind in "iuf":
+        refuse_subclass(count, "count")
         if count.shape not in ((), (channels,)):
             raise ValueError(f"count must be a scalar or have shape ({channels},), got {count.shape}")
         counts = np.broadcast_to(count.astype(np.float64), (channels,))
@@ -328,6 +333,7 @@ def check_merge(counts, means, m2s):
     counts = np.asarray(counts) if isinstance(counts, (list, tuple)) else counts
     if not isinstance(counts, np.ndarray) or counts.dtype.kind not in "iuf":
         raise TypeError(f"counts must be an array of integers, got {_describe(counts)}")
+    refuse_subclass(counts, "counts")
     per_channel = counts.ndim == 2
     if counts.shape == means.shape[:1]:
         counts = counts[:, None]

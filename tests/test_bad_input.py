@@ -756,6 +756,23 @@ def test_huge_integer_count_is_a_value_error():
                                   np.zeros(4), 10**400)
 
 
+def test_masked_counts_and_vectors_are_refused():
+    """Masked arrays would make masked statistics (a hypothesis find): counts and
+    per-channel vectors are refused as data arrays are."""
+    counts = np.ma.masked_array([2, 3], mask=[False, True])
+    ctx, x, dy = _small()
+    for module in MODULES:
+        with pytest.raises(TypeError, match="counts must be a plain numpy.ndarray"):
+            module.merge_stats(counts, np.ones((2, 3)), np.ones((2, 3)))
+        with pytest.raises(TypeError, match="count must be a plain numpy.ndarray"):
+            module.backward_elemt(dy, x, np.zeros(4), np.ones(4), None, np.zeros(4),
+                                  np.zeros(4), np.ma.masked_array(np.full(4, 24)))
+        with pytest.raises(TypeError, match="gamma must be a plain numpy.ndarray"):
+            module.forward(x, np.ma.masked_array(np.ones(4)))
+        with pytest.raises(TypeError, match="running_var must be a plain numpy.ndarray"):
+            module.forward(x, running_mean=np.zeros(4), running_var=np.ma.ones(4))
+
+
 def test_merge_stats_refuses_infinite_counts():
     for module in MODULES:
         with pytest.raises(ValueError, match="counts"):
