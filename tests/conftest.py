@@ -48,8 +48,9 @@ def restore_threads():
 
 # ---------------------------------------------------------------- comparisons
 
-def assert_close(actual, expected, rtol=None, what=""):
-    """|actual - expected| <= rtol * max|expected|, with the dtype and shape of expected."""
+def assert_close(actual, expected, rtol=None, what="", scale=None):
+    """|actual - expected| <= rtol * max|expected| (or rtol * scale, when the values
+    are rounded on another scale), with the dtype and shape of expected."""
     expected = np.asarray(expected)
     assert isinstance(actual, np.ndarray), f"{what}: expected an ndarray, got {type(actual)}"
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
@@ -59,7 +60,8 @@ def assert_close(actual, expected, rtol=None, what=""):
     if expected.size == 0:
         return
     assert np.isfinite(actual).all(), f"{what}: non-finite values in {actual}"
-    scale = float(np.max(np.abs(expected.astype(np.float64))))
+    if scale is None:
+        scale = float(np.max(np.abs(expected.astype(np.float64))))
     err = float(np.max(np.abs(actual.astype(np.float64) - expected.astype(np.float64))))
     assert err <= rtol * scale, (f"{what}: max abs error {err:.3e} > {rtol:.0e} * {scale:.3e}"
                                  f"\nactual={actual}\nexpected={expected}")
@@ -255,6 +257,16 @@ def cases(draw, training=None, min_count=None, **shape_kw):
                 seed=draw(st.integers(0, 2**32 - 1)),
                 vector_layout=draw(st.sampled_from(VECTOR_LAYOUTS)),
                 eps=draw(st.sampled_from([1e-5, 1e-3, 0.5])))
+
+
+def relu_scale(case, pre):
+    """The scale y's rounding errors are measured on: ReLU keeps some values of the
+    pre-activation gamma * xhat + beta, each rounded on the scale of its terms (a
+    small kept value may come out of cancellation), and moves no error beyond them
+    (it is 1-Lipschitz); None (max|y|) without ReLU."""
+    if case.activation != "relu" or pre.size == 0:
+        return None
+    return float(np.max(np.abs(pre)))
 
 
 def pre_activation(case, x, gamma, beta, running_mean=None, running_var=None):
