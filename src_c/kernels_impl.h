@@ -171,8 +171,8 @@ FBN_INLINE void FN(prefetch_block)(const T *row, int64_t C, int64_t nc, int64_t 
 /* Rows the columns statistics sum in registers before adding them to per-channel
  * sums in memory: twice FBN_GROUP for rows of 2 KB or more, whose per-channel
  * sums (2 * 8 bytes a channel) spill from L1. Statistics of (N, C) float32 of
- * C = 512-4096 then took 0.77-0.87x the time (harness runs, 1 and 2 threads;
- * float64 0.88-0.95x), and of (200704, 64) 1.2-1.3x (so short rows keep
+ * C = 512-4096 then took 0.77-0.92x the time (harness runs, 1 and 2 threads;
+ * float64 0.88-0.99x), and of (200704, 64) 1.2-1.3x (so short rows keep
  * FBN_GROUP). */
 FBN_INLINE int FN(reduce_group)(int64_t C) {
     return C * (int64_t)sizeof(T) >= 2048 ? 2 * FBN_GROUP : FBN_GROUP;
@@ -480,8 +480,9 @@ FBN_INLINE int FN(same_sets)(const T *out, const T *in, int64_t C) {
  * once for the group but read FBN_GROUP places at once. Single rows where the
  * `arrays` coefficient arrays fit in half of L1 (the forward reads 3, dx 8) and
  * rows are not short (shorter ones repeat their coefficients over a period, see
- * FN(repeat_typed)): float32 (N, C) of 128 MB took 0.63-0.91x the time for
- * C = 300-1024 (forward), 300-512 (dx), and 1.2-1.6x for C = 2048-4096. */
+ * FN(repeat_typed)): float32 (N, C) of 128 MB took 0.66-0.95x the time for
+ * C = 300-1024 (inference, forward) and 0.89-0.97x for C = 300-512 (dx), and
+ * single rows 1.35-1.6x for C = 2048-4096 (harness runs, 2 threads). */
 FBN_INLINE int FN(row_by_row)(int64_t C, int64_t period, int arrays) {
     return !period && 2 * C >= FBN_CHUNK && arrays * C * (int64_t)sizeof(T) <= 16384;
 }
