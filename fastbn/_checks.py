@@ -121,8 +121,9 @@ def running_vector(v, channels, name, *, update):
 def out_array(out, shape, dtype, name="out"):
     if out is None:
         return None
-    if not isinstance(out, np.ndarray) or isinstance(out, (np.ma.MaskedArray, np.matrix)):
+    if not isinstance(out, np.ndarray):
         raise TypeError(f"{name} must be a plain numpy.ndarray, got {_describe(out)}")
+    refuse_subclass(out, name)
     if out.dtype != dtype:
         raise TypeError(f"{name} must have dtype {dtype}, got {out.dtype}")
     if out.shape != tuple(shape):

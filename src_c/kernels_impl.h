@@ -173,7 +173,8 @@ FBN_INLINE void FN(prefetch_block)(const T *row, int64_t C, int64_t nc, int64_t 
  * sums (2 * 8 bytes a channel) spill from L1. Statistics of (N, C) float32 of
  * C = 512-4096 then took 0.77-0.92x the time (harness runs, 1 and 2 threads;
  * float64 0.88-0.99x), and of (200704, 64) 1.2-1.3x (so short rows keep
- * FBN_GROUP). */
+ * FBN_GROUP). The backward's reduction keeps FBN_GROUP: twice that took 1.03-1.09x
+ * the time on 5 wide shapes. */
 FBN_INLINE int FN(reduce_group)(int64_t C) {
     return C * (int64_t)sizeof(T) >= 2048 ? 2 * FBN_GROUP : FBN_GROUP;
 }
@@ -627,16 +628,15 @@ FBN_INLINE void FN(bwd_reduce_cols)(const T *dy, const T *x, int64_t C, int64_t 
     double *acc = scratch, *acc2 = acc + nc;
     double *tot = acc2 + nc, *comp = tot + nc, *tot2 = comp + nc, *comp2 = tot2 + nc;
     const int one_flush = fbn_sums_begin(j1 - j0, nc, &acc, &acc2, tot, comp, tot2, comp2);
-    const int G = FBN_GROUP; /* (2 * FBN_GROUP ran 1.03-1.09x the time, 5 wide shapes) */
     for (int64_t o = j0; o < j1;) {
         const int64_t end = o + FBN_FLUSH_ROWS < j1 ? o + FBN_FLUSH_ROWS : j1;
         for (int64_t c = 0; c < nc; c++) acc[c] = acc2[c] = 0.0;
-        for (; o < end; o += G) {
+        for (; o < end; o += FBN_GROUP) {
             const T *dr = dy + o * C + c0, *xr = x + o * C + c0;
-            const int g = end - o < G ? (int)(end - o) : G;
+            const int g = end - o < FBN_GROUP ? (int)(end - o) : FBN_GROUP;
             if (nc < C) {
-                FN(prefetch_block)(dr, C, nc, o, j1, G);
-                FN(prefetch_block)(xr, C, nc, o, j1, G);
+                FN(prefetch_block)(dr, C, nc, o, j1, FBN_GROUP);
+                FN(prefetch_block)(xr, C, nc, o, j1, FBN_GROUP);
             }
 #define FBN_BWD_GROUP(d, x, g, relu) FN(bwd_group)(d, x, C, nc, g, relu, sh, tsh, sc, bi, acc, acc2)
             if (g == FBN_GROUP && relu)
