@@ -78,8 +78,9 @@ def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
 
 
 def _relu_masked(dy, x, mean, invstd, gamma, beta, axis, activation):
-    """dy where the forward's ReLU passed (y > 0), 0 elsewhere; dy itself without one."""
-    if activation is None:
+    """dy where the forward's ReLU passed (y > 0), 0 elsewhere; dy itself without one
+    (activation None or "identity", as a cache may hold)."""
+    if activation != "relu":
         return dy
     y = normalize(x, mean, invstd, gamma, beta, axis=axis)
     return np.where(y > 0, dy, 0).astype(dy.dtype)

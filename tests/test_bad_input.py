@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 import fastbn
 from fastbn import reference
 from fastbn._checks import Cache
+from conftest import assert_close
 
 try:
     from fastbn.layers import BatchNorm
@@ -754,6 +755,18 @@ def test_huge_integer_count_is_a_value_error():
         with pytest.raises(ValueError, match="count"):
             module.backward_elemt(dy, x, np.zeros(4), np.ones(4), None, np.zeros(4),
                                   np.zeros(4), 10**400)
+
+
+def test_cache_activation_identity_means_none():
+    """A cache whose activation is set to "identity" (accepted, as by forward) has no
+    ReLU mask in either backend (the reference masked it: found by hypothesis)."""
+    ctx, x, dy = _small(np.float64)
+    _, plain = reference.forward(x, ctx.vec(2), ctx.vec(3))
+    want = reference.backward(dy, plain)[0]
+    for module in MODULES:
+        _, cache = module.forward(x, ctx.vec(2), ctx.vec(3), activation="relu")
+        cache.activation = "identity"
+        assert_close(module.backward(dy, cache)[0], want, what=module.__name__)
 
 
 def test_masked_counts_and_vectors_are_refused():
