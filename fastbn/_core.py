@@ -186,3 +186,6 @@ def backward_elemt(dy, x, mean, invstd, gamma, sum_dy, sum_dy_xhat, count, *, ax
         _kernels.backward_elemt(dy3, x3, dest.array3, mean, invstd, k_dy, k_xhat,
                                 sum_dy / count, scale, bias, relu, get_num_threads())
     return dest.result()
+
+
+from ._docs import document as _document; _document(globals())  # noqa: E702 docstrings: _docs.py

@@ -129,3 +129,6 @@ def backward(dy, cache, *, out=None):
     dgamma = None if cache.gamma is None else _store(sum_dy_xhat, dg_out, cache.gamma.dtype)
     dbeta = None if cache.beta is None else _store(sum_dy, db_out, cache.beta.dtype)
     return dx, dgamma, dbeta
+
+
+from ._docs import document as _document; _document(globals())  # noqa: E702 docstrings: _docs.py
