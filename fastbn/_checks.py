@@ -187,9 +187,55 @@ def vector_shape(ndim, axis):
 class Cache:
     """What `backward` needs from a `forward` call: O(C) statistics plus references.
 
-    `mean` is float64; for exactness far from the origin the kernels carry its
-    rounding residual in `mean_lo` (mean + mean_lo is the batch mean to ~2x float64
-    precision; zeros from the reference backend).
+    Returned by ``fastbn.forward`` (users read it; they do not build one). It holds
+    per-channel vectors of shape (C,) and references to the forward's arrays, and
+    nothing of the size of x: x is kept by reference, not copied.
+
+    Attributes
+    ----------
+    mean : ndarray of float64, shape (C,)
+        The mean the forward normalised with: the batch mean in training mode,
+        ``running_mean`` in evaluation mode.
+    mean_lo : ndarray of float64, shape (C,)
+        The rounding residual of `mean` (``mean + mean_lo`` is the batch mean to
+        about twice float64's precision), which the C kernels carry for accuracy
+        far from 0; zeros from the NumPy backend and in evaluation mode.
+    var : ndarray of float64, shape (C,)
+        The variance the forward normalised with: the *biased* batch variance
+        (divided by `count`) in training mode, ``running_var`` in evaluation mode.
+    invstd : ndarray of float64, shape (C,)
+        ``1 / sqrt(var + eps)``.
+    count : int
+        Values per channel of x, ``m = x.size // C``: the unbiased variance is
+        ``var * count / (count - 1)``.
+    axis : int
+        The channel axis, as a non-negative index into ``x.shape``.
+    eps : float
+        The eps of the forward.
+    training : bool
+        Whether the forward used batch statistics (True) or running ones.
+    activation : None or str
+        The forward's fused activation (``"relu"``), or None.
+    x : ndarray
+        The forward's input itself (a reference): backward reads it, so it must
+        not be changed in place before ``backward``.
+    gamma, beta : ndarray of shape (C,) or None
+        The arrays the forward was given (references, not copies), or None.
+
+    See Also
+    --------
+    fastbn.forward, fastbn.backward
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastbn
+    >>> x = np.array([[1.0, 8.0], [2.0, 4.0], [6.0, 3.0]])
+    >>> y, cache = fastbn.forward(x)
+    >>> print(cache.mean, np.round(cache.var, 4), np.round(cache.invstd, 4))
+    [3. 5.] [4.6667 4.6667] [0.4629 0.4629]
+    >>> cache.count, cache.axis, cache.training, cache.x is x
+    (3, 1, True, True)
     """
     __slots__ = ("x", "gamma", "beta", "mean", "mean_lo", "invstd", "var", "count",
                  "axis", "eps", "training", "activation", "x_overwritten")

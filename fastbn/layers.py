@@ -34,30 +34,35 @@ def _check_bool(value, name):
 class BatchNorm:
     """Batch normalisation over the channel axis ``axis`` of inputs of any rank >= 2.
 
-    ``BatchNorm(C)`` on (N, C), (N, C, L), (N, C, H, W) or (N, C, D, H, W) inputs
-    behaves as ``torch.nn.BatchNorm1d/2d/3d(C)``; ``axis=-1`` serves channels-last
-    layouts such as NHWC.
+    A layer for NumPy trainers: it holds the learnable ``gamma`` and ``beta``,
+    their gradients and the running statistics, and calls ``fastbn.forward`` and
+    ``fastbn.backward``. ``BatchNorm(C)`` on (N, C), (N, C, L), (N, C, H, W) or
+    (N, C, D, H, W) inputs behaves as ``torch.nn.BatchNorm1d/2d/3d(C)``;
+    ``axis=-1`` serves channels-last layouts such as NHWC.
 
     Parameters
     ----------
     num_features : int
-        Number of channels C (the length of ``x.shape[axis]``).
-    axis : int
-        The channel axis (default 1; -1 for channels-last).
-    eps : float
-        Added to the variance inside the square root (> 0).
-    momentum : float in [0, 1] or None
-        Weight of the new batch in the running statistics; ``None`` means a
-        cumulative moving average (factor ``1 / num_batches_tracked``).
-    affine : bool
+        Number of channels C (the length of ``x.shape[axis]``), >= 1.
+    axis : int, default 1
+        The channel axis (1 as in PyTorch; -1 for channels-last).
+    eps : float, default 1e-5
+        Added to the variance inside the square root (finite, > 0).
+    momentum : float in [0, 1] or None, default 0.1
+        Weight of the *new* batch in the running statistics, as in PyTorch:
+        ``running = (1 - momentum) * running + momentum * batch``. ``None``
+        means a cumulative moving average (factor ``1 / num_batches_tracked``).
+        Keras and Flax (0.99) and the classic course code (0.9) give the weight
+        of the *old* value: pass ``momentum = 1 - their_momentum``.
+    affine : bool, default True
         Learn a per-channel scale ``gamma`` (ones) and shift ``beta`` (zeros).
-    track_running_stats : bool
+    track_running_stats : bool, default True
         Keep running statistics and use them in eval mode. When False, batch
         statistics are used in eval mode too.
-    dtype : float32 or float64
+    dtype : float32 or float64, default float32
         Dtype of the parameters and running statistics. Inputs may be of either
         float dtype; outputs have the input's dtype.
-    activation : None or "relu"
+    activation : None or "relu", optional
         A ReLU fused into the layer (``relu(bn(x))`` in one pass).
 
     Attributes
@@ -66,9 +71,59 @@ class BatchNorm:
         ``{"gamma": ..., "beta": ...}`` (empty when ``affine=False``). ``backward``
         writes the gradients into ``grads`` in place; an optimiser may update
         ``params`` in place or replace its entries.
-    running_mean, running_var : ndarray or None
+    running_mean, running_var : ndarray of shape (C,) or None
+        The running statistics (None when ``track_running_stats=False``). The
+        running variance is unbiased (batch variance times m / (m - 1)), as in
+        PyTorch.
     num_batches_tracked : int
+        Training steps taken (the divisor when ``momentum=None``).
     training : bool
+        True in training mode (the initial mode), False after ``eval()``.
+
+    Raises
+    ------
+    TypeError
+        If num_features or axis is not an integer; eps or momentum is not a
+        real number; affine or track_running_stats is not a bool; dtype is not
+        float32 or float64; activation is not a string.
+    ValueError
+        If num_features < 1; eps <= 0; momentum is outside [0, 1]; activation
+        is unknown.
+
+    See Also
+    --------
+    fastbn.forward, fastbn.backward : The functions the layer calls.
+    fastbn.distributed.SyncBatchNorm : The same layer, synchronised over MPI.
+    fastbn.fold_batchnorm : Fold an eval-mode layer into the layer before it.
+
+    Notes
+    -----
+    ``bn(x)`` is ``bn.forward(x)``; ``bn.backward(dy)`` differentiates the last
+    forward call, whose cache keeps x by reference: do not change x in place
+    before the backward. ``grads`` are overwritten, not accumulated, by each
+    backward.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastbn
+    >>> bn = fastbn.BatchNorm(3)
+    >>> x = np.arange(12, dtype=np.float32).reshape(4, 3)  # (N, C)
+    >>> y = bn(x)  # training mode: batch statistics
+    >>> y.shape, y.dtype
+    ((4, 3), dtype('float32'))
+    >>> print(np.round(bn.running_mean, 4), np.round(bn.running_var, 4))
+    [0.45 0.55 0.65] [2.4 2.4 2.4]
+    >>> dx = bn.backward(np.ones_like(y))  # dL/dy
+    >>> print(bn.grads["beta"])
+    [4. 4. 4.]
+    >>> for key in bn.params:  # an SGD step
+    ...     bn.params[key] -= 0.1 * bn.grads[key]
+    >>> y_eval = bn.eval()(x)  # evaluation mode: running statistics
+
+    A layer ported from Keras (``BatchNormalization(momentum=0.99)``):
+
+    >>> bn = fastbn.BatchNorm(16, axis=-1, momentum=1 - 0.99, eps=1e-3)
     """
 
     def __init__(self, num_features, *, axis=1, eps=1e-5, momentum=0.1, affine=True,
@@ -111,27 +166,91 @@ class BatchNorm:
     # -- parameters -----------------------------------------------------------------------
     @property
     def gamma(self):
+        """The scale, ``params["gamma"]`` (None when ``affine=False``)."""
         return self.params.get("gamma")
 
     @property
     def beta(self):
+        """The shift, ``params["beta"]`` (None when ``affine=False``)."""
         return self.params.get("beta")
 
     def train(self, mode=True):
-        """Switch to training mode (batch statistics); returns self."""
+        """Switch to training mode (batch statistics), or to eval mode with False.
+
+        Parameters
+        ----------
+        mode : bool, default True
+            True for training mode, False for evaluation mode.
+
+        Returns
+        -------
+        BatchNorm
+            The layer itself, as in PyTorch.
+
+        Raises
+        ------
+        TypeError
+            If mode is not a bool.
+
+        Examples
+        --------
+        >>> import fastbn
+        >>> bn = fastbn.BatchNorm(3).eval()
+        >>> bn.train().training
+        True
+        """
         self.training = _check_bool(mode, "mode")
         return self
 
     def eval(self):
-        """Switch to evaluation mode (running statistics, if tracked); returns self."""
+        """Switch to evaluation mode (running statistics, if tracked).
+
+        Returns
+        -------
+        BatchNorm
+            The layer itself, as in PyTorch.
+
+        Examples
+        --------
+        >>> import fastbn
+        >>> fastbn.BatchNorm(3).eval().training
+        False
+        """
         self.training = False
         return self
 
     def zero_grad(self):
+        """Set the gradients in ``grads`` to zero, in place.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import fastbn
+        >>> bn = fastbn.BatchNorm(2)
+        >>> x = np.array([[1.0, 2.0], [3.0, 6.0]], dtype=np.float32)
+        >>> dx = bn.backward(np.ones_like(bn(x)))
+        >>> print(bn.grads["beta"])
+        [2. 2.]
+        >>> bn.zero_grad()
+        >>> print(bn.grads["beta"])
+        [0. 0.]
+        """
         for g in self.grads.values():
             g[...] = 0
 
     def reset_running_stats(self):
+        """Reset the running statistics (mean 0, variance 1) and ``num_batches_tracked``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import fastbn
+        >>> bn = fastbn.BatchNorm(2)
+        >>> y = bn(np.array([[1.0, 2.0], [3.0, 6.0]], dtype=np.float32))
+        >>> bn.reset_running_stats()
+        >>> print(bn.running_mean, bn.running_var, bn.num_batches_tracked)
+        [0. 0.] [1. 1.] 0
+        """
         if self.track_running_stats:
             self.running_mean[...] = 0
             self.running_var[...] = 1
@@ -156,7 +275,46 @@ class BatchNorm:
         return axis
 
     def forward(self, x, *, out=None):
-        """Normalise ``x``; in training mode update the running statistics (if tracked)."""
+        """Normalise ``x``; in training mode update the running statistics (if tracked).
+
+        ``bn(x)`` is the same call. Training mode (and eval mode with
+        ``track_running_stats=False``) uses the batch statistics; eval mode uses
+        the running statistics. The cache is kept for `backward`.
+
+        Parameters
+        ----------
+        x : ndarray of float32 or float64, ndim >= 2
+            The batch, with ``num_features`` channels along the layer's axis.
+        out : ndarray, optional
+            Where to write y: x's shape and dtype, writable.
+
+        Returns
+        -------
+        y : ndarray
+            The normalised batch, of x's shape and dtype (`out` if given).
+
+        Raises
+        ------
+        TypeError
+            If x is not a float32/float64 ndarray, or out has another dtype.
+        ValueError
+            If x has fewer than 2 dimensions or not ``num_features`` channels;
+            training with one value per channel; out has the wrong shape or is
+            read-only. The layer's state is then unchanged.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import fastbn
+        >>> bn = fastbn.BatchNorm(2, axis=-1)  # channels last
+        >>> x = np.array([[[1.0, 8.0], [2.0, 4.0]], [[6.0, 3.0], [4.0, 5.0]]], np.float32)
+        >>> y = bn.forward(x)
+        >>> print(np.round(y[..., 0], 4))
+        [[-1.1717 -0.6509]
+         [ 1.4321  0.3906]]
+        >>> bn.num_batches_tracked
+        1
+        """
         self._check_input(x)
         fb = _fastbn()
         use_batch_stats = self.training or not self.track_running_stats
@@ -179,7 +337,43 @@ class BatchNorm:
         """Gradient with respect to the input of the last forward call.
 
         Fills ``grads["gamma"]`` and ``grads["beta"]`` (in place when they are arrays of
-        the right shape and dtype) and returns dx (written to ``out`` if given).
+        the right shape and dtype; overwritten, not accumulated) and returns dx.
+
+        Parameters
+        ----------
+        dy : ndarray
+            Gradient of the loss with respect to the last forward's output: the
+            shape and dtype of its input.
+        out : ndarray, optional
+            Where to write dx: the input's shape and dtype, writable.
+
+        Returns
+        -------
+        dx : ndarray
+            Gradient with respect to the last forward's input (`out` if given).
+
+        Raises
+        ------
+        RuntimeError
+            If no forward call was made (or since ``load_state_dict``).
+        TypeError, ValueError
+            As ``fastbn.backward``: dy of another dtype or shape than x, a bad
+            out, or a forward that wrote over its input.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import fastbn
+        >>> bn = fastbn.BatchNorm(2)
+        >>> x = np.array([[1.0, 8.0], [2.0, 4.0], [6.0, 3.0]], np.float32)
+        >>> y = bn(x)
+        >>> dx = bn.backward(np.array([[1.0, -1.0], [0.5, 2.0], [-2.0, 1.0]], np.float32))
+        >>> print(np.round(dx, 4))
+        [[-0.022  -0.0772]
+         [ 0.0276  0.3858]
+         [-0.0055 -0.3086]]
+        >>> print(np.round(bn.grads["gamma"], 4), bn.grads["beta"])
+        [-3.9347 -3.2404] [-0.5  2. ]
         """
         if self._cache is None:
             raise RuntimeError("BatchNorm.backward called before forward: call the layer on a "
@@ -221,8 +415,25 @@ class BatchNorm:
         return keys
 
     def state_dict(self):
-        """Copies of gamma, beta (if affine), running_mean, running_var and
-        num_batches_tracked (if track_running_stats), as in PyTorch."""
+        """The layer's state as a dict of copies, as in PyTorch.
+
+        Returns
+        -------
+        dict
+            ``"gamma"``, ``"beta"`` (if affine), ``"running_mean"``,
+            ``"running_var"`` and ``"num_batches_tracked"`` (an int64 0-d array;
+            if track_running_stats), all copies.
+
+        See Also
+        --------
+        load_state_dict, save
+
+        Examples
+        --------
+        >>> import fastbn
+        >>> sorted(fastbn.BatchNorm(3).state_dict())
+        ['beta', 'gamma', 'num_batches_tracked', 'running_mean', 'running_var']
+        """
         d = {}
         if self.affine:
             d["gamma"] = np.array(self.params["gamma"], copy=True)
@@ -235,7 +446,40 @@ class BatchNorm:
 
     def load_state_dict(self, state):
         """Load a ``state_dict()``: keys must match exactly; values are validated before
-        anything is changed, then copied into the layer's arrays (keeping its dtype)."""
+        anything is changed, then copied into the layer's arrays (keeping its dtype).
+
+        Parameters
+        ----------
+        state : mapping
+            The keys of ``state_dict()`` exactly, with array_like values of real
+            numbers: (C,) vectors and an integer ``num_batches_tracked`` >= 0.
+
+        Raises
+        ------
+        TypeError
+            If state is not a mapping, or a value does not hold real numbers.
+        KeyError
+            If keys are missing or unexpected (the message lists them).
+        ValueError
+            If a vector does not have shape (C,), running_var has a negative
+            value, or num_batches_tracked is not a non-negative integer.
+
+        Notes
+        -----
+        The cache of the last forward is dropped: call forward again before
+        backward.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import fastbn
+        >>> bn = fastbn.BatchNorm(2)
+        >>> y = bn(np.array([[1.0, 2.0], [3.0, 6.0]], dtype=np.float32))
+        >>> other = fastbn.BatchNorm(2)
+        >>> other.load_state_dict(bn.state_dict())
+        >>> print(other.running_mean, other.num_batches_tracked)
+        [0.2 0.4] 1
+        """
         if not hasattr(state, "keys") or not hasattr(state, "__getitem__"):
             raise TypeError(f"state must be a mapping, got {_describe(state)}")
         expected = self._expected_keys()
@@ -290,7 +534,27 @@ class BatchNorm:
 
     def save(self, path):
         """Write the configuration and ``state_dict()`` to an .npz file at exactly ``path``
-        (a path or a binary file object); read it back with ``BatchNorm.load``."""
+        (a path or a binary file object); read it back with ``BatchNorm.load``.
+
+        Parameters
+        ----------
+        path : str, os.PathLike or binary file object
+            Where to write. A path is used as given (no ``.npz`` is appended).
+
+        See Also
+        --------
+        load
+
+        Examples
+        --------
+        >>> import io
+        >>> import fastbn
+        >>> f = io.BytesIO()
+        >>> fastbn.BatchNorm(4, eps=1e-3).save(f)
+        >>> _ = f.seek(0)
+        >>> fastbn.BatchNorm.load(f).eps
+        0.001
+        """
         arrays = self.state_dict()
         arrays[_CONFIG_KEY] = np.array(json.dumps(self._config()))
         if isinstance(path, (str, os.PathLike)):
@@ -303,7 +567,36 @@ class BatchNorm:
     def load(cls, path, **kwargs):
         """A new layer from a file written by ``save`` (no pickles are loaded).
 
-        Extra keyword arguments go to the constructor (``comm=`` for SyncBatchNorm)."""
+        Extra keyword arguments go to the constructor (``comm=`` for SyncBatchNorm).
+
+        Parameters
+        ----------
+        path : str, os.PathLike or binary file object
+            A file written by ``save``.
+        **kwargs
+            Passed to the constructor.
+
+        Returns
+        -------
+        BatchNorm
+            A new layer with the saved configuration and state.
+
+        Raises
+        ------
+        ValueError
+            If the file was not written by ``save``.
+
+        Examples
+        --------
+        >>> import io
+        >>> import fastbn
+        >>> f = io.BytesIO()
+        >>> fastbn.BatchNorm(4, axis=-1).save(f)
+        >>> _ = f.seek(0)
+        >>> bn = fastbn.BatchNorm.load(f)
+        >>> bn.num_features, bn.axis
+        (4, -1)
+        """
         with np.load(path, allow_pickle=False) as f:
             if _CONFIG_KEY not in f.files:
                 raise ValueError(f"{path!r} was not written by BatchNorm.save: it has no "
