@@ -49,7 +49,26 @@ update_running_stats = _impl.update_running_stats
 
 
 def show_config(file=None):
-    """Print the backend, version, OpenMP support, threads and SIMD paths."""
+    """Print the backend, version, OpenMP support, threads and SIMD paths.
+
+    What to attach to a bug report; ``python -m fastbn info`` prints the same.
+
+    Parameters
+    ----------
+    file : file-like, optional
+        Where to print (``sys.stdout`` by default).
+
+    See Also
+    --------
+    get_num_threads, set_num_threads
+
+    Examples
+    --------
+    >>> import fastbn
+    >>> fastbn.show_config()  # doctest: +ELLIPSIS
+    fastbn ...
+      backend: ...
+    """
     from ._threads import build_info
     info = build_info()
     lines = [f"fastbn {__version__}",

@@ -25,7 +25,42 @@ _num_threads = _default_threads()
 
 
 def set_num_threads(n):
-    """Set how many threads the kernels may use (>= 1). Returns the previous value."""
+    """Set how many threads the kernels may use, for the whole process.
+
+    The default is ``FASTBN_NUM_THREADS`` if set, else the number of CPUs this
+    process may run on. An OpenMP limit set from outside (threadpoolctl's
+    ``threadpool_limits``) caps it; the NumPy backend ignores it. Results are
+    bitwise identical whatever the number of threads.
+
+    Parameters
+    ----------
+    n : int
+        Number of threads, >= 1.
+
+    Returns
+    -------
+    int
+        The previous setting, to restore it later.
+
+    Raises
+    ------
+    TypeError
+        If n is not an int.
+    ValueError
+        If n < 1.
+
+    See Also
+    --------
+    get_num_threads
+
+    Examples
+    --------
+    >>> import fastbn
+    >>> previous = fastbn.set_num_threads(1)
+    >>> fastbn.get_num_threads()
+    1
+    >>> _ = fastbn.set_num_threads(previous)
+    """
     global _num_threads
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"n must be a positive integer, got {type(n).__name__}")
@@ -36,7 +71,23 @@ def set_num_threads(n):
 
 
 def get_num_threads():
-    """Threads the next call may use: the fastbn setting, capped by OpenMP's own limit."""
+    """Threads the next call may use: the fastbn setting, capped by OpenMP's own limit.
+
+    Returns
+    -------
+    int
+        At least 1; 1 when the extension was built without OpenMP.
+
+    See Also
+    --------
+    set_num_threads
+
+    Examples
+    --------
+    >>> import fastbn
+    >>> fastbn.get_num_threads() >= 1
+    True
+    """
     if _kernels is None or not _kernels.openmp_enabled():
         return 1 if _kernels is not None else _num_threads
     return max(1, min(_num_threads, _kernels.omp_max_threads()))

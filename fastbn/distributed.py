@@ -66,7 +66,18 @@ class PeerError(RuntimeError):
 
 class SyncCache(Cache):
     """The Cache of a training-mode ``sync_forward``: also the global count per channel
-    (``count`` stays the local one) and the communicator the statistics were taken over."""
+    (``count`` stays the local one) and the communicator the statistics were taken over.
+
+    Attributes
+    ----------
+    global_count : int
+        Values per channel in the union of all ranks' batches.
+    comm : mpi4py.MPI.Comm
+        The communicator of the forward; ``sync_backward`` must use the same.
+
+    The other attributes are those of ``fastbn.Cache`` (``mean``, ``var`` and
+    ``invstd`` are the global statistics).
+    """
     __slots__ = ("global_count", "comm")
 
     def __init__(self, *args, global_count, comm, **kwargs):
@@ -152,6 +163,57 @@ def sync_forward(x, gamma=None, beta=None, *, comm, axis=1, eps=1e-5, training=T
     updated with the global mean, the global biased variance made unbiased with the
     global count, identically on every rank. Eval mode (``training=False``) uses the
     running statistics and does not communicate.
+
+    Parameters
+    ----------
+    x : ndarray of float32 or float64, ndim >= 2
+        This rank's part of the batch.
+    gamma, beta : ndarray of shape (C,), optional
+        Per-channel scale and shift (None means 1 and 0).
+    comm : mpi4py.MPI.Comm
+        An intra-communicator (e.g. ``MPI.COMM_WORLD``) over the ranks that
+        share the batch.
+    axis, eps, training, running_mean, running_var, momentum, out, activation
+        As in ``fastbn.forward`` (momentum is the weight of the *new* batch, as
+        in PyTorch: ``1 - 0.99`` for Keras' 0.99).
+
+    Returns
+    -------
+    y : ndarray
+        The normalised local part, of x's shape and dtype.
+    cache : SyncCache or Cache
+        For ``sync_backward`` (a plain ``Cache`` in eval mode).
+
+    Raises
+    ------
+    TypeError, ValueError
+        As ``fastbn.forward``, on every rank when the channel count is known
+        (see the module's notes); also if comm is not an intra-communicator,
+        or the ranks disagree on eps or on the number of channels.
+    PeerError
+        On the ranks whose own arguments were valid, when another rank's were not.
+
+    See Also
+    --------
+    sync_backward, SyncBatchNorm, fastbn.forward
+
+    Examples
+    --------
+    On one process (``MPI.COMM_SELF``) it is ``fastbn.forward``; run the same
+    code on every rank with ``MPI.COMM_WORLD`` under ``mpiexec``:
+
+    >>> import numpy as np
+    >>> from mpi4py import MPI
+    >>> import fastbn
+    >>> from fastbn.distributed import sync_forward
+    >>> x = np.array([[1.0, 8.0], [2.0, 4.0], [6.0, 3.0]])
+    >>> y, cache = sync_forward(x, comm=MPI.COMM_SELF)
+    >>> print(np.round(y, 4))
+    [[-0.9258  1.3887]
+     [-0.4629 -0.4629]
+     [ 1.3887 -0.9258]]
+    >>> cache.global_count
+    3
     """
     _check_comm(comm)
     training = _check_bool(training, "training")
@@ -220,6 +282,49 @@ def sync_backward(dy, cache, *, comm, out=None):
     ``out`` is as in ``fastbn.backward`` (dx, or a tuple (dx, dgamma, dbeta)). Must be
     called on every rank of ``comm`` when the forward was in training mode; an eval-mode
     cache is differentiated locally, without communication.
+
+    Parameters
+    ----------
+    dy : ndarray
+        Gradient with respect to this rank's y: x's shape and dtype.
+    cache : SyncCache or Cache
+        The cache returned by ``sync_forward`` on this rank.
+    comm : mpi4py.MPI.Comm
+        The communicator of the forward.
+    out : ndarray or tuple of 3, optional
+        As in ``fastbn.backward``.
+
+    Returns
+    -------
+    dx : ndarray
+        This rank's part of the gradient with respect to x.
+    dgamma, dbeta : ndarray of shape (C,) or None
+        The global gradients of gamma and beta (None without them).
+
+    Raises
+    ------
+    TypeError, ValueError
+        As ``fastbn.backward``; also if the cache comes from a local training
+        forward, or comm is not the forward's communicator.
+    PeerError
+        On the ranks whose own arguments were valid, when another rank's were not.
+
+    See Also
+    --------
+    sync_forward, fastbn.backward
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mpi4py import MPI
+    >>> from fastbn.distributed import sync_backward, sync_forward
+    >>> x = np.array([[1.0, 8.0], [2.0, 4.0], [6.0, 3.0]])
+    >>> gamma, beta = np.array([1.0, 2.0]), np.array([0.5, -1.0])
+    >>> y, cache = sync_forward(x, gamma, beta, comm=MPI.COMM_SELF)
+    >>> dy = np.array([[1.0, -1.0], [0.5, 2.0], [-2.0, 1.0]])
+    >>> dx, dgamma, dbeta = sync_backward(dy, cache, comm=MPI.COMM_SELF)
+    >>> print(np.round(dgamma, 4), dbeta)
+    [-3.9347 -3.2404] [-0.5  2. ]
     """
     _check_comm(comm)
     if not isinstance(cache, Cache):
@@ -282,6 +387,38 @@ class SyncBatchNorm(BatchNorm):
     ranks from the same parameters and state (e.g. broadcast a ``state_dict``): the
     updates are then identical on every rank, since the gradients of gamma and beta are
     global sums, bit-identical everywhere.
+
+    Parameters
+    ----------
+    num_features : int
+        Number of channels C.
+    comm : mpi4py.MPI.Comm
+        An intra-communicator over the ranks that share each batch.
+    axis, eps, momentum, affine, track_running_stats, dtype, activation
+        As in ``fastbn.BatchNorm`` (momentum is the weight of the *new* batch).
+
+    Raises
+    ------
+    TypeError
+        If comm is not an mpi4py communicator; otherwise as ``BatchNorm``.
+    ValueError
+        If comm is ``MPI.COMM_NULL`` or an inter-communicator; otherwise as
+        ``BatchNorm``.
+
+    See Also
+    --------
+    fastbn.BatchNorm, sync_forward, sync_backward
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mpi4py import MPI
+    >>> from fastbn.distributed import SyncBatchNorm
+    >>> bn = SyncBatchNorm(2, comm=MPI.COMM_SELF)
+    >>> y = bn(np.array([[1.0, 8.0], [2.0, 4.0], [6.0, 3.0]], np.float32))
+    >>> dx = bn.backward(np.ones_like(y))
+    >>> print(bn.grads["beta"], np.round(bn.running_mean, 4))
+    [3. 3.] [0.3 0.5]
     """
 
     def __init__(self, num_features, *, comm, axis=1, eps=1e-5, momentum=0.1, affine=True,
@@ -296,7 +433,36 @@ class SyncBatchNorm(BatchNorm):
 
     def forward(self, x, *, out=None):
         """Normalise ``x`` (this rank's part of the batch); in training mode update the
-        running statistics (if tracked) with the global statistics."""
+        running statistics (if tracked) with the global statistics.
+
+        Parameters
+        ----------
+        x : ndarray of float32 or float64, ndim >= 2
+            This rank's part of the batch (may be empty).
+        out : ndarray, optional
+            Where to write y: x's shape and dtype, writable.
+
+        Returns
+        -------
+        y : ndarray
+            The normalised local part.
+
+        Raises
+        ------
+        TypeError, ValueError
+            As ``BatchNorm.forward``, on every rank (see ``sync_forward``).
+        PeerError
+            When another rank's input was invalid.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from mpi4py import MPI
+        >>> from fastbn.distributed import SyncBatchNorm
+        >>> bn = SyncBatchNorm(2, comm=MPI.COMM_SELF)
+        >>> bn.forward(np.ones((4, 2), np.float32)).shape
+        (4, 2)
+        """
         use_batch_stats = self.training or not self.track_running_stats
         if not use_batch_stats:
             return super().forward(x, out=out)  # running statistics: nothing to share
@@ -320,7 +486,39 @@ class SyncBatchNorm(BatchNorm):
 
     def backward(self, dy, *, out=None):
         """Gradient with respect to this rank's input of the last forward call; fills
-        ``grads["gamma"]``/``grads["beta"]`` with the global sums (identical on every rank)."""
+        ``grads["gamma"]``/``grads["beta"]`` with the global sums (identical on every rank).
+
+        Parameters
+        ----------
+        dy : ndarray
+            Gradient with respect to this rank's output of the last forward.
+        out : ndarray, optional
+            Where to write dx.
+
+        Returns
+        -------
+        dx : ndarray
+            This rank's part of the gradient with respect to x.
+
+        Raises
+        ------
+        RuntimeError
+            If no forward call was made.
+        TypeError, ValueError
+            As ``BatchNorm.backward``, on every rank.
+        PeerError
+            When another rank's arguments were invalid.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from mpi4py import MPI
+        >>> from fastbn.distributed import SyncBatchNorm
+        >>> bn = SyncBatchNorm(2, comm=MPI.COMM_SELF)
+        >>> y = bn(np.array([[1.0, 8.0], [2.0, 4.0], [6.0, 3.0]], np.float32))
+        >>> bn.backward(np.ones_like(y)).shape
+        (3, 2)
+        """
         cache = self._cache
         if cache is None or not cache.training:
             return super().backward(dy, out=out)  # local: no communication needed
@@ -331,14 +529,64 @@ class SyncBatchNorm(BatchNorm):
 
     @classmethod
     def load(cls, path, *, comm):
-        """A new layer over ``comm`` from a file written by ``save`` (of either class)."""
+        """A new layer over ``comm`` from a file written by ``save`` (of either class).
+
+        Parameters
+        ----------
+        path : str, os.PathLike or binary file object
+            A file written by ``save``.
+        comm : mpi4py.MPI.Comm
+            The communicator of the new layer.
+
+        Returns
+        -------
+        SyncBatchNorm
+
+        Examples
+        --------
+        >>> import io
+        >>> from mpi4py import MPI
+        >>> import fastbn
+        >>> from fastbn.distributed import SyncBatchNorm
+        >>> f = io.BytesIO()
+        >>> fastbn.BatchNorm(4).save(f)
+        >>> _ = f.seek(0)
+        >>> SyncBatchNorm.load(f, comm=MPI.COMM_SELF).num_features
+        4
+        """
         return super().load(path, comm=comm)
 
     load_npz = load
 
     @classmethod
     def from_batchnorm(cls, layer, *, comm):
-        """A SyncBatchNorm with the configuration and state of a ``BatchNorm``."""
+        """A SyncBatchNorm with the configuration and state of a ``BatchNorm``.
+
+        Parameters
+        ----------
+        layer : fastbn.BatchNorm
+            The layer to copy (its parameters and running statistics are copied).
+        comm : mpi4py.MPI.Comm
+            The communicator of the new layer.
+
+        Returns
+        -------
+        SyncBatchNorm
+
+        Raises
+        ------
+        TypeError
+            If layer is not a ``fastbn.BatchNorm``.
+
+        Examples
+        --------
+        >>> from mpi4py import MPI
+        >>> import fastbn
+        >>> from fastbn.distributed import SyncBatchNorm
+        >>> bn = fastbn.BatchNorm(8, axis=-1)
+        >>> SyncBatchNorm.from_batchnorm(bn, comm=MPI.COMM_SELF).axis
+        -1
+        """
         if not isinstance(layer, BatchNorm):
             raise TypeError(f"layer must be a fastbn.BatchNorm, got {_describe(layer)}")
         new = cls(comm=comm, **layer._config())

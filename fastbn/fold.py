@@ -39,10 +39,9 @@ def _vector(v, channels, name, *, required=True):
 def fold_linear(W, b, gamma, beta, running_mean, running_var, eps=1e-5, *, axis=0):
     """Weight and bias of one layer equal to ``layer`` followed by an eval-mode batch norm.
 
-    With ``s = gamma / sqrt(running_var + eps)`` per output channel::
-
-        W_folded = W * s        (s broadcast along the output-channel axis of W)
-        b_folded = (b - running_mean) * s + beta
+    For inference: a linear or convolution layer followed by a batch norm with
+    frozen statistics is one affine map per output channel, so the batch norm
+    can be merged into the layer's weight and bias (one pass over the data fewer).
 
     Parameters
     ----------
@@ -58,13 +57,56 @@ def fold_linear(W, b, gamma, beta, running_mean, running_var, eps=1e-5, *, axis=
         The batch norm's affine parameters; ``None`` means 1 and 0.
     running_mean, running_var : (Cout,) arrays
         The statistics used in eval mode (running_var >= 0).
-    eps : float > 0
+    eps : float > 0, default 1e-5
         The batch norm's eps.
+    axis : int, default 0
+        The output-channel axis of W (see W).
 
     Returns
     -------
-    (W_folded, b_folded) : arrays of W's dtype, shapes W.shape and (Cout,)
-        Computed in float64, then cast back.
+    W_folded : ndarray
+        Of W's shape and dtype.
+    b_folded : ndarray of shape (Cout,)
+        Of W's dtype (also when b is None).
+
+    Raises
+    ------
+    TypeError
+        If W is not a float32/float64 ndarray; running_mean or running_var is
+        None; a vector is not an array of real numbers; eps is not a real
+        number; axis is not an integer.
+    ValueError
+        If W has fewer than 2 dimensions; axis is out of bounds; a vector does
+        not have shape (Cout,) or is not finite; running_var is negative;
+        eps <= 0.
+
+    See Also
+    --------
+    fold_batchnorm : The same, from a ``fastbn.BatchNorm`` layer.
+
+    Notes
+    -----
+    With ``s = gamma / sqrt(running_var + eps)`` per output channel::
+
+        W_folded = W * s        (s broadcast along the output-channel axis of W)
+        b_folded = (b - running_mean) * s + beta
+
+    Computed in float64, then cast back to W's dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastbn
+    >>> rng = np.random.default_rng(0)
+    >>> W, b = rng.normal(size=(3, 4)), rng.normal(size=3)  # linear layer, (out, in)
+    >>> gamma, beta = np.array([1.0, 2.0, 0.5]), np.array([0.0, 1.0, -1.0])
+    >>> mean, var = np.array([0.1, -0.2, 0.3]), np.array([1.0, 4.0, 0.25])
+    >>> W_folded, b_folded = fastbn.fold_linear(W, b, gamma, beta, mean, var)
+    >>> x = rng.normal(size=(5, 4))
+    >>> y, _ = fastbn.forward(x @ W.T + b, gamma, beta, training=False,
+    ...                       running_mean=mean, running_var=var)
+    >>> np.allclose(x @ W_folded.T + b_folded, y)
+    True
     """
     if not isinstance(W, np.ndarray):
         raise TypeError(f"W must be a numpy.ndarray of float32 or float64, got {_describe(W)}")
@@ -100,6 +142,50 @@ def fold_batchnorm(W, b, bn, *, axis=0):
 
     The layer must track running statistics and have no fused activation (a ReLU after
     the batch norm cannot be folded into the weights).
+
+    Parameters
+    ----------
+    W : float32/float64 ndarray, ndim >= 2
+        The weight of the layer before the batch norm (see ``fold_linear``).
+    b : (Cout,) array or None
+        Its bias; ``None`` means no bias.
+    bn : fastbn.BatchNorm
+        The batch norm, with ``bn.num_features == Cout``; its mode (train or
+        eval) does not matter: its running statistics are used.
+    axis : int, default 0
+        The output-channel axis of W.
+
+    Returns
+    -------
+    W_folded : ndarray
+        Of W's shape and dtype.
+    b_folded : ndarray of shape (Cout,)
+        Of W's dtype.
+
+    Raises
+    ------
+    TypeError
+        If bn is not a ``fastbn.BatchNorm``; otherwise as ``fold_linear``.
+    ValueError
+        If bn has ``track_running_stats=False`` or a fused activation;
+        otherwise as ``fold_linear``.
+
+    See Also
+    --------
+    fold_linear
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastbn
+    >>> rng = np.random.default_rng(0)
+    >>> W, b = rng.normal(size=(3, 4)), rng.normal(size=3)
+    >>> bn = fastbn.BatchNorm(3, dtype=np.float64)
+    >>> y = bn(rng.normal(size=(8, 3)))  # a training step updates the running statistics
+    >>> W_folded, b_folded = fastbn.fold_batchnorm(W, b, bn)
+    >>> x = rng.normal(size=(5, 4))
+    >>> np.allclose(x @ W_folded.T + b_folded, bn.eval()(x @ W.T + b))
+    True
     """
     from .layers import BatchNorm
     if not isinstance(bn, BatchNorm):
