@@ -65,8 +65,10 @@ class PeerError(RuntimeError):
 
 
 class SyncCache(Cache):
-    """The Cache of a training-mode ``sync_forward``: also the global count per channel
-    (``count`` stays the local one) and the communicator the statistics were taken over.
+    """The Cache of a training-mode ``sync_forward``.
+
+    Also the global count per channel (``count`` stays the local one) and the
+    communicator the statistics were taken over.
 
     Attributes
     ----------
@@ -376,9 +378,10 @@ def _sync_backward_train(dy, cache, comm, out):
 
 
 class SyncBatchNorm(BatchNorm):
-    """``fastbn.BatchNorm`` whose batch statistics are those of the union of the batches of
-    all ranks of ``comm`` (PyTorch's ``SyncBatchNorm``).
+    """``fastbn.BatchNorm`` synchronised over the ranks of an MPI communicator.
 
+    Its batch statistics are those of the union of the batches of all ranks of
+    ``comm`` (PyTorch's ``SyncBatchNorm``).
     Same interface as ``BatchNorm`` (``train``/``eval``, ``params``/``grads``,
     ``state_dict``/``load_state_dict``, ``save``/``load``), plus ``comm``. Every rank
     must call ``forward`` and ``backward`` together while training (and in eval mode
@@ -432,8 +435,10 @@ class SyncBatchNorm(BatchNorm):
         return "Sync" + super().__repr__() + f" over {self.comm.Get_size()} ranks"
 
     def forward(self, x, *, out=None):
-        """Normalise ``x`` (this rank's part of the batch); in training mode update the
-        running statistics (if tracked) with the global statistics.
+        """Normalise ``x``, this rank's part of the batch.
+
+        In training mode the statistics are those of all ranks' batches, and the
+        running statistics (if tracked) are updated with them.
 
         Parameters
         ----------
@@ -485,8 +490,10 @@ class SyncBatchNorm(BatchNorm):
     __call__ = forward
 
     def backward(self, dy, *, out=None):
-        """Gradient with respect to this rank's input of the last forward call; fills
-        ``grads["gamma"]``/``grads["beta"]`` with the global sums (identical on every rank).
+        """Gradient with respect to this rank's input of the last forward call.
+
+        Fills ``grads["gamma"]``/``grads["beta"]`` with the global sums (identical on
+        every rank).
 
         Parameters
         ----------

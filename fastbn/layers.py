@@ -445,8 +445,10 @@ class BatchNorm:
         return d
 
     def load_state_dict(self, state):
-        """Load a ``state_dict()``: keys must match exactly; values are validated before
-        anything is changed, then copied into the layer's arrays (keeping its dtype).
+        """Load a ``state_dict()`` into the layer.
+
+        Keys must match exactly; values are validated before anything is changed,
+        then copied into the layer's arrays (keeping its dtype).
 
         Parameters
         ----------
@@ -533,8 +535,10 @@ class BatchNorm:
                 "activation": self.activation}
 
     def save(self, path):
-        """Write the configuration and ``state_dict()`` to an .npz file at exactly ``path``
-        (a path or a binary file object); read it back with ``BatchNorm.load``.
+        """Write the configuration and ``state_dict()`` to an .npz file.
+
+        The file is written at exactly ``path`` (a path or a binary file object);
+        read it back with ``BatchNorm.load``.
 
         Parameters
         ----------
