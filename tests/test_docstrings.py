@@ -96,9 +96,10 @@ def _doctests():
     parser, finder = doctest.DocTestParser(), doctest.DocTestFinder(exclude_empty=True)
     tests = {}
     for name, text in _docs.FUNCTION_DOCS.items():  # run once per backend, not per module
-        at = source.find(text)
-        tests[f"fastbn.{name}"] = parser.get_doctest(
-            text, {}, f"fastbn.{name}", _docs.__file__, source[:at].count("\n") if at >= 0 else None)
+        at = source.find(text)  # for the line numbers of failures
+        lineno = source[:at].count("\n") if at >= 0 else None
+        tests[f"fastbn.{name}"] = parser.get_doctest(text, {}, f"fastbn.{name}", _docs.__file__,
+                                                     lineno)
     for qualname, obj in _public_objects().items():
         if qualname.startswith("fastbn.reference.") or qualname.split(".")[-1] in FUNCTIONS:
             continue
@@ -150,8 +151,8 @@ def _sections(doc):
     lines = inspect.cleandoc(doc).splitlines()
     sections, title = {}, None
     for i, line in enumerate(lines):
-        nxt = lines[i + 1] if i + 1 < len(lines) else ""
-        if line.strip() and re.fullmatch(r"-{3,}", nxt.strip()) and len(nxt.strip()) == len(line.strip()):
+        nxt = (lines[i + 1] if i + 1 < len(lines) else "").strip()
+        if line.strip() and re.fullmatch(r"-{3,}", nxt) and len(nxt) == len(line.strip()):
             title = line.strip()
             sections[title] = []
         elif title is not None and not re.fullmatch(r"-{3,}", line.strip()):
@@ -186,7 +187,8 @@ def _returns_a_value(func):
 
     def visit(node):
         for child in ast.iter_child_nodes(node):
-            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda,
+                                  ast.ClassDef)):
                 continue
             if isinstance(child, ast.Return) and child.value is not None \
                     and not (isinstance(child.value, ast.Constant) and child.value.value is None):
@@ -205,7 +207,7 @@ def test_numpydoc_sections(name, obj):
     doc = obj.__doc__
     assert doc and doc.strip(), f"{name} has no docstring"
     paragraphs = inspect.cleandoc(doc).split("\n\n")
-    assert "\n" not in paragraphs[0], f"{name}: the summary must be one line, got {paragraphs[0]!r}"
+    assert "\n" not in paragraphs[0], f"{name}: the summary is not one line: {paragraphs[0]!r}"
     sections = _sections(doc)
     if isinstance(obj, property):
         return  # an attribute: its one-line summary is enough
@@ -251,8 +253,8 @@ def test_both_backends_carry_the_same_text(name):
 
 def test_every_backend_function_has_its_text():
     """A public function added to a backend gets a text in fastbn/_docs.py."""
-    defined = {n for n, f in vars(reference).items()
-               if inspect.isfunction(f) and not n.startswith("_") and f.__module__ == reference.__name__}
+    defined = {n for n, f in vars(reference).items() if inspect.isfunction(f)
+               and not n.startswith("_") and f.__module__ == reference.__name__}
     assert defined == set(FUNCTIONS)
     if core is not None:
         assert set(core.__all__) == set(FUNCTIONS)
