@@ -74,8 +74,9 @@ ValueError
     array does not have shape (C,); eps <= 0, momentum outside [0, 1], or
     either is not finite; only one running statistic is given, or they share
     memory, or they are read-only in training mode; ``training=False`` without
-    running statistics; training with one value per channel (m == 1, as in
-    PyTorch); out has the wrong shape or is read-only; activation is unknown.
+    running statistics; training with at most one value per channel (m <= 1:
+    no variance; PyTorch refuses m == 1 too); out has the wrong shape or is
+    read-only; activation is unknown.
 
 See Also
 --------
@@ -555,9 +556,9 @@ None
 Raises
 ------
 TypeError
-    If mean is not a 1-D float array; var or a running statistic is missing
-    or not a float ndarray; count is not an integer; momentum is not a real
-    number.
+    If mean is not a 1-D float ndarray; var is missing or not a float array;
+    a running statistic is missing or not a float ndarray; count is not an
+    integer; momentum is not a real number.
 ValueError
     If an array does not have shape (C,); the running statistics share memory
     or are read-only; count is not in [2, 2**62]; momentum is outside [0, 1]
