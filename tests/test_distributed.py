@@ -42,8 +42,8 @@ def _package_root():
 
 try:
     from mpi4py import MPI
-    from fastbn.distributed import (PeerError, SyncBatchNorm, SyncCache, sync_backward,
-                                    sync_forward)
+    from fastbn.distributed import (MismatchError, PeerError, SyncBatchNorm, SyncCache,
+                                    sync_backward, sync_forward)
     MISSING = None
 except (ImportError, RuntimeError) as exc:  # no mpi4py, or no MPI library for it
     MISSING = f"fastbn.distributed unavailable: {exc} (pip install 'fastbn[mpi]')"
@@ -376,7 +376,7 @@ def test_layer_steps_match_batchnorm(mpi_run):
 EXPECTED_ERRORS = {  # case -> {rank or "others": exception name}
     "bad_gamma_on_last_rank": {"last": "ValueError", "others": "PeerError"},
     "global_count_one": {"others": "ValueError"},
-    "eps_mismatch": {"others": "ValueError"},
+    "eps_mismatch": {"others": "MismatchError"},
     "bad_dy_on_rank_0": {0: "TypeError", "others": "PeerError"},
     "layer_bad_input_on_last_rank": {"last": "ValueError", "others": "PeerError"},
     "local_cache_in_training": {"others": "TypeError"},
