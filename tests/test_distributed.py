@@ -205,6 +205,37 @@ def test_size_one_validation():
 
 
 @requires_mpi
+def test_size_one_busy_comm_raises_and_changes_nothing():
+    """A call while another thread is inside one on the same communicator raises at once
+    (the other thread is played by holding the communicator's lock)."""
+    from fastbn.distributed import _state
+    x, dy, gamma, beta = _data((4, 3, 5), 1, np.float64)
+    _, cache = sync_forward(x, gamma, beta, comm=MPI.COMM_SELF)
+    rm, rv = np.zeros(3), np.ones(3)
+    layer = SyncBatchNorm(3, comm=MPI.COMM_SELF)
+    lock = _state(MPI.COMM_SELF).lock
+    assert lock.acquire(blocking=False)
+    try:
+        with pytest.raises(RuntimeError, match="another thread.*comm.Dup"):
+            sync_forward(x, gamma, beta, comm=MPI.COMM_SELF, running_mean=rm, running_var=rv)
+        with pytest.raises(RuntimeError, match="another thread"):
+            sync_backward(dy, cache, comm=MPI.COMM_SELF)
+        with pytest.raises(RuntimeError, match="another thread"):
+            layer(x.astype(np.float32))
+    finally:
+        lock.release()
+    np.testing.assert_array_equal(rm, 0)
+    np.testing.assert_array_equal(rv, 1)
+    assert layer.num_batches_tracked == 0 and layer._cache is None
+    np.testing.assert_array_equal(layer.running_mean, 0)
+    sync_forward(x, gamma, beta, comm=MPI.COMM_SELF, running_mean=rm, running_var=rv)
+    assert not lock.locked()  # released after the call; and after an error:
+    with pytest.raises(ValueError, match="gamma"):
+        sync_forward(x, gamma[:2], comm=MPI.COMM_SELF)
+    assert not lock.locked()
+
+
+@requires_mpi
 def test_size_one_layer_matches_batchnorm(tmp_path):
     rng = np.random.default_rng(3)
     sync = SyncBatchNorm(4, comm=MPI.COMM_SELF, momentum=None, axis=-1)
