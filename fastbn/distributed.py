@@ -55,7 +55,6 @@ communicator, ``comm.Dup()``). Every rank must also use the same fastbn backend
 for the bitwise identity above.
 """
 import threading
-from contextlib import contextmanager
 
 import numpy as np
 
@@ -87,10 +86,12 @@ class MismatchError(ValueError):
 
 # ------------------------------------------------------------------ the message header
 # Slots of the float64 header that starts every row; the names double as the words of
-# the error messages. "status" and "count" are this rank's own; all others must agree.
-HEADER = ("magic", "operation", "status", "call", "forward call", "channels", "ndim", "axis",
-          "eps", "momentum", "flags", "activation", "count")
+# the error messages. All but the last two ("status" and "count", this rank's own) must
+# be the same on every rank.
+HEADER = ("magic", "operation", "call", "forward call", "channels", "ndim", "axis", "eps",
+          "momentum", "flags", "activation", "status", "count")
 _SLOT = {name: i for i, name in enumerate(HEADER)}
+_AGREE = len(HEADER) - 2
 _MAGIC = float(0x46424E31)       # "FBN1": not a fastbn message, or another layout, if absent
 _OPS = {1.0: "sync_forward", 2.0: "sync_backward"}
 _FORWARD, _BACKWARD = 1.0, 2.0
@@ -101,18 +102,16 @@ _FIRST_ROW = len(HEADER) + 2 * 64  # row length before any call with more than 6
 
 
 def _header(op, call, *, failed=False, forward_call=-1, channels=-1, ndim=-1, axis=-1,
-            eps=0.0, momentum=0.0, flags=(), activation=None, count=0):
-    """The header of this rank's row (a float64 vector, see HEADER)."""
-    h = np.zeros(len(HEADER))
-    h[_SLOT["magic"]], h[_SLOT["operation"]] = _MAGIC, op
-    h[_SLOT["status"]] = _FAILED if failed else 0.0
-    h[_SLOT["call"]], h[_SLOT["forward call"]] = call, forward_call
-    h[_SLOT["channels"]], h[_SLOT["ndim"]], h[_SLOT["axis"]] = channels, ndim, axis
-    h[_SLOT["eps"]], h[_SLOT["momentum"]] = eps, momentum
-    h[_SLOT["flags"]] = sum(1 << _FLAGS.index(f) for f in flags)
-    h[_SLOT["activation"]] = _ACTIVATIONS.index(activation)
-    h[_SLOT["count"]] = count
-    return h
+            eps=0.0, momentum=0.0, flags=0, activation=None, count=0):
+    """The header of this rank's row: its values in the order of HEADER."""
+    return [_MAGIC, op, call, forward_call, channels, ndim, axis, eps, momentum,
+            flags, _ACTIVATIONS.index(activation),
+            _FAILED if failed else 0.0, count]
+
+
+def _flags(updates, gamma, beta, training):
+    """The "flags" slot: bit i set when _FLAGS[i] holds."""
+    return updates | (gamma is not None) << 1 | (beta is not None) << 2 | training << 3
 
 
 def _show(name, value):
@@ -131,9 +130,13 @@ def _show(name, value):
 def _check_headers(headers, comm, error, what):
     """Raise, identically on every rank, unless every rank sent a valid, agreeing header.
     `error`: this rank's own failure (raised here, after the collective)."""
-    me = comm.Get_rank()
     if error is not None:
         raise error
+    agree = headers[:, :_AGREE]
+    differs = agree != agree[0]
+    if not differs.any() and agree[0, 0] == _MAGIC and not headers[:, _SLOT["status"]].any():
+        return  # the usual case, in a few vector operations; what follows words the errors
+    me = comm.Get_rank()
     col = {name: headers[:, i] for i, name in enumerate(HEADER)}
     alien = np.flatnonzero(col["magic"] != _MAGIC).tolist()
     if alien:
@@ -150,8 +153,7 @@ def _check_headers(headers, comm, error, what):
         raise MismatchError(f"{what} (rank {me}): the ranks are out of step: {doing}; every "
                             f"rank must make the same sequence of synchronised calls")
     differ = [f"{name}: [" + ", ".join(_show(name, v) for v in col[name]) + "]"
-              for name in HEADER if name not in ("status", "count")
-              and (col[name] != col[name][0]).any()]
+              for i, name in enumerate(HEADER[:_AGREE]) if differs[:, i].any()]
     if differ:
         raise MismatchError(f"{what} (rank {me}): the ranks disagree on " + "; ".join(differ)
                             + " (values by rank)")
@@ -184,39 +186,40 @@ def _state(comm):
     return state
 
 
-@contextmanager
-def _exclusive(comm):
-    """The communicator's state, for one thread at a time: collectives of two threads on
-    one communicator would pair at random across ranks and mix their statistics."""
+def _acquire(comm):
+    """The communicator's state, locked for this thread (the caller releases state.lock):
+    collectives of two threads on one communicator would pair at random across ranks
+    and mix their statistics, so a second thread raises instead."""
     state = _state(comm)
     if not state.lock.acquire(blocking=False):
         raise RuntimeError("another thread is inside a fastbn.distributed call on this "
                            "communicator: give each thread its own communicator (comm.Dup())")
-    try:
-        yield state
-    finally:
-        state.lock.release()
+    return state
 
 
-def _exchange(comm, state, header, payload, error, what):
-    """Allgather every rank's header and payload (a float64 vector, None if `error`).
-    Returns (headers, payloads), one row per rank, once every header agreed; raises on
-    every rank otherwise. The row length is the agreed state.row; a payload that does
-    not fit follows in a second Allgather (every rank decides alike: C agreed)."""
+def _exchange(comm, state, header, parts, error, what):
+    """Allgather every rank's header and payload, the concatenation of `parts` (float64
+    vectors of C values; None if `error`). Returns (headers, payloads), one row per rank,
+    once every header agreed; raises on every rank otherwise. Rows have the agreed length
+    state.row; a payload too long for it follows in a second Allgather (every rank
+    decides alike: C agreed), and state.row grows to fit it."""
     H = len(HEADER)
+    n = 0 if parts is None else sum(p.size for p in parts)
     row = np.zeros(state.row)
     row[:H] = header
-    if payload is not None and H + payload.size <= state.row:
-        row[H:H + payload.size] = payload
+    if parts is not None and H + n <= state.row:
+        at = H
+        for p in parts:
+            row[at:at + p.size] = p
+            at += p.size
     table = np.empty((comm.Get_size(), state.row))
     comm.Allgather(row, table)  # the one collective
     state.calls += 1  # on every rank, whatever follows
     _check_headers(table[:, :H], comm, error, what)
-    n = payload.size
     if H + n <= state.row:
         return table[:, :H], table[:, H:H + n]
     payloads = np.empty((comm.Get_size(), n))
-    comm.Allgather(payload, payloads)  # wider than ever before: once per new width
+    comm.Allgather(np.concatenate(parts), payloads)  # once per new, wider row
     state.row = H + n
     return table[:, :H], payloads
 
@@ -313,7 +316,8 @@ def _sync_forward_train(x, gamma, beta, comm, axis, eps, running_mean, running_v
     layer's mode, which the ranks must share (a SyncBatchNorm without running statistics
     uses batch statistics in eval mode too)."""
     fb = _fastbn()
-    with _exclusive(comm) as state:
+    state = _acquire(comm)
+    try:
         if error is None:
             try:
                 axis, C, gamma, beta, eps, momentum, activation = _check_local(
@@ -325,15 +329,14 @@ def _sync_forward_train(x, gamma, beta, comm, axis, eps, running_mean, running_v
         if error is None:
             count, mean, m2 = fb.batch_stats(x, axis=axis)
             update = running_mean is not None
-            flags = [f for f, on in zip(_FLAGS, (update, gamma is not None, beta is not None,
-                                                 training_mode)) if on]
             header = _header(_FORWARD, call, forward_call=call, channels=C, ndim=x.ndim,
                              axis=axis, eps=eps, momentum=momentum if update else 0.0,
-                             flags=flags, activation=activation, count=count)
-            payload = np.concatenate([mean, m2])
+                             flags=_flags(update, gamma, beta, training_mode),
+                             activation=activation, count=count)
+            parts = (mean, m2)
         else:
-            header, payload = _header(_FORWARD, call, failed=True), None
-        headers, table = _exchange(comm, state, header, payload, error, "sync_forward")
+            header, parts = _header(_FORWARD, call, failed=True), None
+        headers, table = _exchange(comm, state, header, parts, error, "sync_forward")
 
         counts = headers[:, _SLOT["count"]].astype(np.int64)
         total = int(counts.sum())
@@ -349,6 +352,8 @@ def _sync_forward_train(x, gamma, beta, comm, axis, eps, running_mean, running_v
         if running_mean is not None and C:
             fb.update_running_stats(running_mean, running_var, mean, var, total,
                                     momentum=momentum)
+    finally:
+        state.lock.release()
     return y, SyncCache(x, gamma, beta, mean, invstd, var, axis=axis, eps=eps, training=True,
                         activation=activation, x_overwritten=overwritten,
                         global_count=total, comm=comm, call=call)
@@ -374,7 +379,8 @@ def sync_backward(dy, cache, *, comm, out=None):
 
 def _sync_backward_train(dy, cache, comm, out):
     fb = _fastbn()
-    with _exclusive(comm) as state:
+    state = _acquire(comm)
+    try:
         error = None
         try:
             if not isinstance(cache, SyncCache):
@@ -394,15 +400,14 @@ def _sync_backward_train(dy, cache, comm, out):
             sum_dy, sum_dy_xhat = fb.backward_reduce(dy, x, cache.mean, cache.invstd, axis=axis,
                                                      gamma=cache.gamma, beta=cache.beta,
                                                      activation=cache.activation)
-            flags = [f for f, on in zip(_FLAGS[1:], (cache.gamma is not None,
-                                                     cache.beta is not None, True)) if on]
             header = _header(_BACKWARD, call, forward_call=cache.call, channels=C,
-                             ndim=x.ndim, axis=axis, eps=cache.eps, flags=flags,
+                             ndim=x.ndim, axis=axis, eps=cache.eps,
+                             flags=_flags(False, cache.gamma, cache.beta, True),
                              activation=cache.activation, count=cache.count)
-            payload = np.concatenate([sum_dy, sum_dy_xhat])
+            parts = (sum_dy, sum_dy_xhat)
         else:
-            header, payload = _header(_BACKWARD, call, failed=True), None
-        _, table = _exchange(comm, state, header, payload, error, "sync_backward")
+            header, parts = _header(_BACKWARD, call, failed=True), None
+        _, table = _exchange(comm, state, header, parts, error, "sync_backward")
 
         totals = table[0].copy()
         for r in range(1, table.shape[0]):  # a fixed order: identical sums on every rank
@@ -411,6 +416,8 @@ def _sync_backward_train(dy, cache, comm, out):
         dx = fb.backward_elemt(dy, x, cache.mean, cache.invstd, cache.gamma, sum_dy, sum_dy_xhat,
                                max(cache.global_count, 1), axis=axis, out=dx_out,
                                beta=cache.beta, activation=cache.activation)
+    finally:
+        state.lock.release()
     dgamma = None if cache.gamma is None else _store(sum_dy_xhat, dg_out, cache.gamma.dtype)
     dbeta = None if cache.beta is None else _store(sum_dy, db_out, cache.beta.dtype)
     return dx, dgamma, dbeta
