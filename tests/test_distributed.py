@@ -492,3 +492,25 @@ def test_example_runs_under_mpiexec():
                          stdin=subprocess.DEVNULL)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "bit-identical on all ranks: True" in res.stdout, res.stdout
+
+
+@requires_mpi
+@pytest.mark.mpi
+def test_exception_on_one_rank_aborts_under_python_m_mpi4py():
+    """The README's launch command: an exception escaping on rank 0 while rank 1 waits in
+    sync_forward ends the whole job (plain `python` would leave rank 1 waiting forever)."""
+    mpiexec = _mpiexec()
+    if mpiexec is None:
+        pytest.skip("mpiexec not found (pip install 'fastbn[mpi]' brings MPICH's)")
+    code = ("import numpy as np\nfrom mpi4py import MPI\nfrom fastbn.distributed import "
+            "sync_forward\nif MPI.COMM_WORLD.Get_rank() == 0:\n    raise RuntimeError('boom')\n"
+            "sync_forward(np.ones((3, 4)), comm=MPI.COMM_WORLD)\n")
+    env = dict(os.environ, PYTHONPATH=_package_root(), FASTBN_NUM_THREADS="1",
+               OMP_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    cmd = [mpiexec, "-n", "2", sys.executable, "-m", "mpi4py", "-c", code]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120,
+                             stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the job did not end: rank 1 still waits in sync_forward")
+    assert res.returncode != 0 and "boom" in res.stderr, res.stdout + res.stderr
