@@ -43,16 +43,16 @@ values per channel <= 1 raises ``ValueError`` on every rank. A failed call leave
 running statistics and layer state untouched.
 
 What stays the caller's duty: every rank of ``comm`` must make the same sequence of
-synchronised calls. Eval calls do not communicate (so a rank may evaluate alone), so
-a rank that runs in eval mode while the others train is not detected: they wait for
-its next synchronised call, and raise only if that differs from theirs in something
-the header holds. An invalid ``comm`` or ``training`` raises on that rank only. Launch with ``mpiexec -n N python -m mpi4py
-script.py``: an exception that escapes on one rank then aborts the whole job
-instead of leaving the other ranks waiting forever. A communicator must be used by
-one thread at a time: a call that starts while another thread is inside a call on
-the same communicator raises ``RuntimeError`` (give each thread its own
-communicator, ``comm.Dup()``). Every rank must also use the same fastbn backend
-for the bitwise identity above.
+synchronised calls. Eval calls do not communicate (so a rank may evaluate alone),
+hence a rank that runs in eval mode while the others train is not detected: they
+wait for its next synchronised call, and raise only if that differs from theirs in
+something the header holds. An invalid ``comm`` or ``training`` raises on that rank
+only. Launch with ``mpiexec -n N python -m mpi4py script.py``: an exception that
+escapes on one rank then aborts the whole job instead of leaving the other ranks
+waiting forever. A communicator must be used by one thread at a time: a call that
+starts while another thread is inside a call on the same communicator raises
+``RuntimeError`` (give each thread its own communicator, ``comm.Dup()``). Every
+rank must also use the same fastbn backend for the bitwise identity above.
 """
 import threading
 

@@ -26,7 +26,8 @@ RANK, SIZE = COMM.Get_rank(), COMM.Get_size()
 # layout name -> (shape of one sample without the batch axis, channel axis); "NCwide" comes
 # first: its 200 channels widen the rows of COMM_WORLD (a second Allgather, once), and the
 # cases after it send rows padded to that width
-LAYOUTS = {"NCwide": ((200,), 1), "NC": ((5,), 1), "NCL": ((4, 3), 1), "NCHW": ((3, 4, 4), 1), "NHWC": ((4, 4, 3), -1)}
+LAYOUTS = {"NCwide": ((200,), 1), "NC": ((5,), 1), "NCL": ((4, 3), 1), "NCHW": ((3, 4, 4), 1),
+           "NHWC": ((4, 4, 3), -1)}
 
 # per-rank batch sizes: uneven, with a rank holding an empty batch, and (for "NC") a rank
 # holding one sample, whose local count of 1 is fine since the global count is larger
