@@ -434,7 +434,9 @@ class SyncBatchNorm(BatchNorm):
     synchronised); eval mode with running statistics does not communicate. Start all
     ranks from the same parameters and state (e.g. broadcast a ``state_dict``): the
     updates are then identical on every rank, since the gradients of gamma and beta are
-    global sums, bit-identical everywhere.
+    global sums, bit-identical everywhere. Ranks whose layers disagree (channels, eps,
+    momentum, mode, ...) or are out of step raise ``MismatchError`` on every rank, and a
+    call that raises leaves the layer's state as it was.
     """
 
     def __init__(self, num_features, *, comm, axis=1, eps=1e-5, momentum=0.1, affine=True,
