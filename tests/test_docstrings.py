@@ -47,7 +47,7 @@ PRINT_OPTIONS = dict(precision=8, threshold=1000, edgeitems=3, linewidth=75, sup
                      nanstr="nan", infstr="inf", sign="-", floatmode="maxprec", legacy=False)
 
 # Classes users receive but do not build: no constructor Parameters or Examples needed.
-NOT_BUILT_BY_USERS = {"Cache", "SyncCache", "PeerError"}
+NOT_BUILT_BY_USERS = {"Cache", "SyncCache", "PeerError", "MismatchError"}
 
 
 def _public_objects():
