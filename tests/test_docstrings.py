@@ -61,7 +61,9 @@ def _public_objects():
         objects[f"fastbn.reference.{name}"] = getattr(reference, name)
     if distributed is not None:
         for name in distributed.__all__:
-            objects[f"fastbn.distributed.{name}"] = getattr(distributed, name)
+            obj = getattr(distributed, name)
+            if inspect.isroutine(obj) or inspect.isclass(obj):  # not the HEADER tuple
+                objects[f"fastbn.distributed.{name}"] = obj
     return objects
 
 
