@@ -7,6 +7,7 @@ chose: the C kernels, or the NumPy reference).
 """
 import json
 import os
+from functools import partial
 
 import numpy as np
 
@@ -156,22 +157,29 @@ class BatchNorm:
         return axis
 
     def forward(self, x, *, out=None):
-        """Normalise ``x``; in training mode update the running statistics (if tracked)."""
+        """Normalise ``x``; in training mode update the running statistics (if tracked).
+
+        The running statistics, ``num_batches_tracked`` and the cache for ``backward``
+        change together, in one step that an interrupt (Ctrl-C) does not split; an error
+        leaves them as they were."""
         self._check_input(x)
-        fb = _fastbn()
+        impl = _fastbn()._impl
         use_batch_stats = self.training or not self.track_running_stats
         update = self.training and self.track_running_stats
         momentum = self._step_momentum(update)
-        running = {}
+        running = (None, None)
         if update or not use_batch_stats:
-            running = {"running_mean": self.running_mean, "running_var": self.running_var}
-        y, cache = fb.forward(x, self.params.get("gamma"), self.params.get("beta"), axis=self.axis,
-                              eps=self.eps, training=use_batch_stats, momentum=momentum, out=out,
-                              activation=self.activation, **running)
-        if update:  # only once forward succeeded: an error leaves the state as it was
-            self.num_batches_tracked += 1
-        self._cache = cache
+            running = (self.running_mean, self.running_var)
+        count = self.num_batches_tracked + 1 if update else self.num_batches_tracked
+        y, _ = impl.forward_then(x, self.params.get("gamma"), self.params.get("beta"),
+                                 self.axis, self.eps, use_batch_stats, *running, momentum,
+                                 out, self.activation, partial(self._commit, count))
         return y
+
+    def _commit(self, num_batches_tracked, cache):
+        """The layer's part of a forward's state update (idempotent: it may be rerun)."""
+        self.num_batches_tracked = num_batches_tracked
+        self._cache = cache
 
     __call__ = forward
 

@@ -15,6 +15,7 @@ from fastbn import reference
 from fastbn.fold import fold_linear
 
 BACKENDS = [fastbn, reference]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IDS = ["fastbn", "reference"]
 
 
@@ -237,3 +238,106 @@ def test_fold_linear_refuses_matrix_and_masked(bad, arg):
     args[arg] = np.asmatrix(v) if bad == "matrix" else np.ma.masked_array(v, mask=False)
     with pytest.raises(TypeError, match=arg):
         fold_linear(**args)
+
+
+# ---------------------------------------------------------------- 4. Ctrl-C during training
+
+_INTERRUPT_SCRIPT = r"""
+import signal, sys
+import numpy as np
+import fastbn
+from fastbn import reference
+
+impl = fastbn if sys.argv[1] == "fastbn" else reference
+mode, calls = sys.argv[2], int(sys.argv[3])
+rng = np.random.default_rng(0)
+base = rng.standard_normal((6, 3))
+batches = [base * (1 + k % 5) + 10.0 * k for k in range(-1, 50)]  # batch k at index k + 1
+means = [b.mean(axis=0) for b in batches]
+vars_ = [b.var(axis=0, ddof=1) for b in batches]
+
+
+def which(rm):
+    # the batch whose mean running_mean holds (momentum 1 copies it)
+    return int(np.rint((rm[0] - means[0][0]) / 10.0)) - 1
+
+
+def consistent(rm, rv, k):
+    return (np.allclose(rm, means[k + 1], rtol=1e-12, atol=1e-9)
+            and np.allclose(rv, vars_[k + 1], rtol=1e-12, atol=1e-9))
+
+
+bn = fastbn.BatchNorm(3, momentum=1.0, dtype=np.float64, affine=False)
+rm, rv = (bn.running_mean, bn.running_var) if mode == "layer" else (np.zeros(3), np.ones(3))
+rm[...], rv[...] = means[0], vars_[0]
+armed = False
+# warm up unarmed: a lazy import (numpy.ma) interrupted every time would never finish
+scratch = np.zeros(3), np.ones(3)
+impl.forward(batches[0], running_mean=scratch[0], running_var=scratch[1])
+impl.update_running_stats(*scratch, means[0], vars_[0], 6)
+fastbn.BatchNorm(3)(batches[0])
+consistent(rm, rv, -1)
+
+
+def alarm(signum, frame):
+    if armed:
+        raise KeyboardInterrupt
+
+
+signal.signal(signal.SIGALRM, alarm)
+signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)
+interrupts = bad = 0
+state = -1, 0  # batch in the running statistics, commits seen
+for i in range(calls):
+    k = i % 49
+    x = batches[k + 1]
+    try:
+        armed = True
+        if mode == "layer":
+            bn(x)
+        elif mode == "update":
+            impl.update_running_stats(rm, rv, means[k + 1], x.var(axis=0), 6, momentum=1.0)
+        else:
+            impl.forward(x, running_mean=rm, running_var=rv, momentum=1.0)
+        armed = False
+    except KeyboardInterrupt:
+        armed = False
+        interrupts += 1
+    now = which(rm)
+    committed = now == k and state[0] != k
+    if now not in (k, state[0]) or not consistent(rm, rv, now):
+        bad += 1
+    elif mode == "layer":
+        expected = state[1] + committed
+        cache = bn._cache
+        if bn.num_batches_tracked != expected or (committed and cache.x is not x):
+            bad += 1
+    state = now, state[1] + committed
+    if mode == "layer":  # follow the layer's own count from here
+        state = now, bn.num_batches_tracked
+signal.setitimer(signal.ITIMER_REAL, 0, 0)
+print(interrupts, bad)
+"""
+
+
+@pytest.mark.parametrize("impl", ["fastbn", "reference"])
+@pytest.mark.parametrize("mode", ["forward", "update", "layer"])
+def test_interrupts_leave_the_state_all_old_or_all_new(impl, mode, tmp_path):
+    """An alarm every 1 ms raises KeyboardInterrupt during many small training calls
+    (momentum 1: the running statistics copy the batch's): after each call, the
+    running mean and variance (and the layer's num_batches_tracked and cache) are all
+    from the same batch, or all unchanged."""
+    if impl == "reference" and mode == "layer" and fastbn.backend == "numpy":
+        pytest.skip("the layer runs on the backend fastbn chose")
+    script = tmp_path / "interrupts.py"
+    script.write_text(_INTERRUPT_SCRIPT)
+    env = dict(os.environ, FASTBN_NUM_THREADS="1",  # this checkout's fastbn, not an installed one
+               PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    if impl == "reference" and mode == "layer":
+        env["FASTBN_BACKEND"] = "numpy"
+    run = subprocess.run([sys.executable, str(script), impl, mode, "6000"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    interrupts, bad = map(int, run.stdout.split())
+    assert interrupts >= 20, "too few interrupts to test anything"
+    assert bad == 0, f"{bad} inconsistent states after {interrupts} interrupts"
