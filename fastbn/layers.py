@@ -7,6 +7,7 @@ chose: the C kernels, or the NumPy reference).
 """
 import json
 import os
+import threading
 from functools import partial
 
 import numpy as np
@@ -107,7 +108,28 @@ class BatchNorm:
         else:
             self.running_mean = self.running_var = None
         self.num_batches_tracked = 0
+        self._local = threading.local()
         self._cache = None
+
+    # -- the cache of the last forward: per thread, so that threads sharing one layer in
+    #    eval mode each differentiate their own forward; a thread that ran no forward uses
+    #    the last one of any thread (forward and backward in different threads) ----------
+    @property
+    def _cache(self):
+        return getattr(self._local, "cache", self._last_cache)
+
+    @_cache.setter
+    def _cache(self, cache):
+        self._local.cache = self._last_cache = cache
+
+    def __getstate__(self):  # copy and pickle: a thread-local cannot be
+        state = dict(self.__dict__)
+        del state["_local"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._local = threading.local()
 
     # -- parameters -----------------------------------------------------------------------
     @property

@@ -341,3 +341,64 @@ def test_interrupts_leave_the_state_all_old_or_all_new(impl, mode, tmp_path):
     interrupts, bad = map(int, run.stdout.split())
     assert interrupts >= 20, "too few interrupts to test anything"
     assert bad == 0, f"{bad} inconsistent states after {interrupts} interrupts"
+
+
+# ---------------------------------------------------------------- 7. threads sharing a layer
+
+@pytest.mark.parametrize("activation", [None, "relu"])
+def test_one_layer_in_eval_mode_shared_by_threads(activation):
+    """Threads calling one eval-mode layer on different inputs get the serial results,
+    and each thread's backward uses its own forward's cache."""
+    rng = np.random.default_rng(11)
+    bn = fastbn.BatchNorm(6, dtype=np.float64, activation=activation)
+    for _ in range(3):
+        bn(rng.standard_normal((16, 6, 5)) * 2 + 1)
+    bn.params["gamma"][...] = rng.uniform(0.5, 1.5, 6)
+    bn.eval()
+    inputs = [rng.standard_normal((1 + i % 5, 6, 3 + i % 7)) for i in range(8)]
+    serial = []
+    for x in inputs:
+        y = bn(x)
+        serial.append((y, bn.backward(np.ones_like(x))))
+    results, errors = [None] * len(inputs), []
+    start = threading.Barrier(len(inputs))
+
+    def work(i):
+        try:
+            start.wait()
+            for _ in range(300):
+                y = bn(inputs[i])
+                dx = bn.backward(np.ones_like(inputs[i]))
+                if not (np.array_equal(y, serial[i][0]) and np.array_equal(dx, serial[i][1])):
+                    results[i] = "differs"
+                    return
+            results[i] = "same"
+        except Exception as exc:  # reported below, not lost in the thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(inputs))]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often: interleavings are otherwise rare
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors, errors
+    assert results == ["same"] * len(inputs)
+
+
+def test_layer_copies_and_pickles():
+    """The per-thread cache does not stop a layer from being copied or pickled."""
+    import copy
+    import pickle
+    bn = fastbn.BatchNorm(3, dtype=np.float64)
+    x, dy = np.random.default_rng(12).standard_normal((2, 5, 3))
+    bn(x)
+    twins = [copy.deepcopy(bn), pickle.loads(pickle.dumps(bn))]
+    dx = bn.backward(dy)
+    for twin in twins:
+        np.testing.assert_array_equal(twin.running_mean, bn.running_mean)
+        np.testing.assert_array_equal(twin.backward(dy), dx)
