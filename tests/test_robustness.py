@@ -402,3 +402,32 @@ def test_layer_copies_and_pickles():
     for twin in twins:
         np.testing.assert_array_equal(twin.running_mean, bn.running_mean)
         np.testing.assert_array_equal(twin.backward(dy), dx)
+
+
+# ---------------------------------------------------------------- 6. memory, many channels
+
+@pytest.mark.parametrize("impl", BACKENDS, ids=IDS)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("affine", [False, True])
+def test_what_a_forward_keeps_with_many_channels(impl, training, affine):
+    """Few rows, many channels: y and the cache keep x.nbytes plus, per channel, the
+    float64 mean, mean_lo (training) and invstd and the copies of gamma and beta;
+    no float64 var and no zero mean_lo in eval mode (numpy's allocations, traced)."""
+    import tracemalloc
+    C = 200_000
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((2, C), dtype=np.float32)
+    g, b = (np.ones(C, np.float32), np.zeros(C, np.float32)) if affine else (None, None)
+    rm, rv = np.zeros(C, np.float32), np.ones(C, np.float32)
+    impl.forward(x[:, :3], running_mean=rm[:3], running_var=rv[:3])  # lazy imports first
+    tracemalloc.start()
+    try:
+        kept = impl.forward(x, g, b, training=training, running_mean=rm, running_var=rv)
+        retained = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    vectors = (3 if training else 2) * 8 * C + (2 * 4 * C if affine else 0)
+    assert retained <= x.nbytes + vectors + 64 * 1024, (retained - x.nbytes) / C
+    cache = kept[1]
+    assert cache.mean.shape == cache.invstd.shape == cache.var.shape == (C,)
+    assert cache.count == 2
