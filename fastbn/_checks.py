@@ -203,6 +203,8 @@ def separate(vectors, outputs):
     (arrays or None): every input is then read as it was before any output is written
     (NumPy's rule for overlapping operands). O(C) copies, only when needed."""
     outputs = [o for o in outputs if o is not None]
+    if not outputs:  # the usual case: nothing to compare
+        return vectors
     return [v if v is None or not any(overlaps(v, o) for o in outputs) else v.copy()
             for v in vectors]
 
@@ -216,31 +218,32 @@ def outputs_apart(named):
                 raise ValueError(f"{n1} and {n2} must not share memory (both are written)")
 
 
-def commit(steps):
-    """Run `steps` (idempotent callables, e.g. copies of precomputed values into the
-    state) to the end even if KeyboardInterrupt arrives meanwhile, then re-raise it:
-    an interrupted call leaves the state all old or all new.
+def _write(copies, then):
+    for dst, src in copies:
+        np.copyto(dst, src, casting="unsafe")
+    if then is not None:
+        then()
 
-    A step that was interrupted is run again (hence idempotent). The handlers nest,
-    rather than loop, so that no check for signals falls between catching an
-    interrupt and resuming the writes (Python checks at calls and backward jumps)."""
-    done = [0]
 
-    def run():
-        while done[0] < len(steps):
-            steps[done[0]]()
-            done[0] += 1
+def commit(copies, then=None):
+    """Write the precomputed new state (`copies`, (destination, value) pairs, then the
+    call `then()`, which must be idempotent) to the end even if KeyboardInterrupt
+    arrives meanwhile, then re-raise it: an interrupted call leaves the state all old
+    or all new.
 
+    An interrupted write starts again (every step is idempotent). The handlers nest,
+    rather than loop, so that no check for signals falls between catching an interrupt
+    and the protected call (Python checks at calls and backward jumps)."""
     try:
-        run()
+        _write(copies, then)
     except KeyboardInterrupt:
         try:
-            run()
+            _write(copies, then)
         except KeyboardInterrupt:
             try:
-                run()
+                _write(copies, then)
             except KeyboardInterrupt:
-                run()
+                _write(copies, then)
         raise
 
 
@@ -253,7 +256,7 @@ class Cache:
     are copies (in the parameters' dtype) of the values the forward used; `x` is a
     reference: it must not change before backward.
     """
-    __slots__ = ("x", "gamma", "beta", "mean", "mean_lo", "invstd", "count", "axis", "eps",
+    __slots__ = ("x", "gamma", "beta", "mean", "_mean_lo", "invstd", "count", "axis", "eps",
                  "training", "activation", "x_overwritten", "x_written", "_var")
 
     def __init__(self, x, gamma, beta, mean, invstd, var=None, *, axis, eps, training,
@@ -265,13 +268,20 @@ class Cache:
             beta = None if beta is None else np.array(beta, copy=True)
         self.x, self.gamma, self.beta = x, gamma, beta
         self.mean, self.invstd, self._var = mean, invstd, None
-        # zeros without storage: eval mode, the reference, and many channels
-        self.mean_lo = (np.broadcast_to(np.zeros(1), mean.shape) if mean_lo is None
-                        else mean_lo)
+        self._mean_lo = mean_lo  # None: zeros, made when asked for (not stored)
         self.count = x.size // x.shape[axis] if x.shape[axis] else 0
         self.axis, self.eps, self.training = axis, eps, training
         self.activation, self.x_overwritten = activation, x_overwritten
         self.x_written = False  # set by a backward that wrote over x
+
+    @property
+    def mean_lo(self):
+        """Residual of the float64 mean (zeros from the reference and in eval mode)."""
+        return np.zeros(np.shape(self.mean)) if self._mean_lo is None else self._mean_lo
+
+    @mean_lo.setter
+    def mean_lo(self, value):
+        self._mean_lo = value
 
     @property
     def var(self):
@@ -327,7 +337,7 @@ def check_forward(x, gamma, beta, axis, eps, training, running_mean, running_var
         raise ValueError(f"expected more than 1 value per channel when training, got input "
                          f"of shape {x.shape} (m = {a.count} values per channel)")
     a.out = out_array(out, x.shape, x.dtype)
-    if a.training and a.running_mean is not None:
+    if a.out is not None and a.training and a.running_mean is not None:
         outputs_apart([("out", a.out), ("running_mean", a.running_mean),
                        ("running_var", a.running_var)])
     a.activation = activation(activation_)

@@ -7,7 +7,7 @@ from functools import partial
 
 from ._checks import (Cache, aligned_contiguous, canonical, channel_axis,
                       check_backward, check_count, check_forward, check_per_channel,
-                      check_running_update, commit, data_array, forward_outputs, mark_written,
+                      check_running_update, commit, data_array, mark_written,
                       overlaps, overwrites_x, separate)
 from ._checks import activation as check_activation
 from ._checks import store as _store
@@ -66,17 +66,16 @@ def _ema(running, batch, momentum, factor, batch_lo=None):
     return new
 
 
-def _running_steps(running_mean, running_var, mean, var, count, momentum, mean_lo=None):
-    """Copies into the running statistics of their new values, for `commit`."""
-    new_mean = _ema(running_mean, mean, momentum, 1.0, mean_lo)
-    new_var = _ema(running_var, var, momentum, count / (count - 1))
-    return [partial(np.copyto, running_mean, new_mean), partial(np.copyto, running_var, new_var)]
+def _running_copies(running_mean, running_var, mean, var, count, momentum, mean_lo=None):
+    """The new running statistics, paired with where `commit` writes them."""
+    return [(running_mean, _ema(running_mean, mean, momentum, 1.0, mean_lo)),
+            (running_var, _ema(running_var, var, momentum, count / (count - 1)))]
 
 
 def update_running_stats(running_mean, running_var, mean, var, count, *, momentum=0.1):
     mean, var, momentum = check_running_update(running_mean, running_var, mean, var, count, momentum)
-    commit(_running_steps(running_mean, running_var, np.ascontiguousarray(mean),
-                          np.ascontiguousarray(var), count, momentum))
+    commit(_running_copies(running_mean, running_var, np.ascontiguousarray(mean),
+                           np.ascontiguousarray(var), count, momentum))
 
 
 def _coefficients(mean, invstd, gamma, beta):
@@ -124,10 +123,9 @@ def forward_then(x, gamma, beta, axis, eps, training, running_mean, running_var,
     a = check_forward(x, gamma, beta, axis, eps, training, running_mean, running_var,
                       momentum, out, activation)
     relu = a.activation == "relu"
-    outputs = forward_outputs(a)
-    # inputs that an output overlaps are copied first; the cache's copies of gamma and
-    # beta are otherwise taken after the kernel (fewer buffers alive at its peak)
-    gamma, beta = separate([a.gamma, a.beta], outputs)
+    # gamma and beta are copied first if y overlaps them, else after the kernel (fewer
+    # buffers alive at its peak) but before the running statistics are written
+    gamma, beta = separate([a.gamma, a.beta], [a.out])
     x3 = canonical(x, a.axis)
     dest = _Output(a.out, x, [x3])
     C = a.channels
@@ -139,7 +137,7 @@ def forward_then(x, gamma, beta, axis, eps, training, running_mean, running_var,
     else:
         # mean: a copy, never the live running_mean (the cache keeps what forward used)
         mean, lo, invstd = np.array(a.running_mean, dtype=_F64), None, np.empty(C)
-        var, = separate([a.running_var], outputs)
+        var, = separate([a.running_var], [a.out])
         if C:
             _kernels.forward_infer(x3, dest.array3, mean, _f64(var), _f64(gamma), _f64(beta),
                                    a.eps, relu, invstd, get_num_threads())
@@ -147,14 +145,12 @@ def forward_then(x, gamma, beta, axis, eps, training, running_mean, running_var,
     cache = Cache(x, _own(gamma, a.gamma), _own(beta, a.beta), mean, invstd, axis=a.axis,
                   eps=a.eps, training=a.training, activation=a.activation, mean_lo=lo,
                   x_overwritten=overwrites_x(a), copy_params=False)
-    steps = []
+    copies = []
     if a.training and a.running_mean is not None:
-        steps = _running_steps(a.running_mean, a.running_var, mean, var, a.count, a.momentum,
-                               lo)
-    if then is not None:
-        steps.append(partial(then, cache))
-    if steps:
-        commit(steps)
+        copies = _running_copies(a.running_mean, a.running_var, mean, var, a.count,
+                                 a.momentum, lo)
+    if copies or then is not None:
+        commit(copies, None if then is None else partial(then, cache))
     return y, cache
 
 
@@ -167,21 +163,22 @@ def backward(dy, cache, *, out=None):
     dx_out, dg_out, db_out = check_backward(dy, cache, out)
     x, axis = cache.x, cache.axis
     C = x.shape[axis]
-    outputs = [dx_out, dg_out, db_out]
+    # only dx is written while they are read: dgamma and dbeta are stored last
     mean, lo, invstd, gamma, beta = separate(
-        [cache.mean, cache.mean_lo, cache.invstd, cache.gamma, cache.beta], outputs)
+        [cache.mean, cache._mean_lo, cache.invstd, cache.gamma, cache.beta], [dx_out])
     x3, dy3 = canonical(x, axis), canonical(dy, axis)
     dest = _Output(dx_out, x, [x3, dy3])
     sum_dy, sum_dy_xhat = np.empty(C), np.empty(C)  # the kernel writes every channel
     if C:
-        _kernels.backward(dy3, x3, dest.array3, _f64(mean), _f64(lo), _f64(invstd),
+        lo = np.zeros(C) if lo is None else _f64(lo)  # None: zeros (eval mode)
+        _kernels.backward(dy3, x3, dest.array3, _f64(mean), lo, _f64(invstd),
                           _f64(gamma), _f64(beta), cache.activation == "relu",
                           bool(cache.training), sum_dy, sum_dy_xhat, get_num_threads())
     dx = dest.result()
     # dgamma/dbeta are written last: an out overlapping x or dy is read before (sums above)
     dgamma = None if gamma is None else _store(sum_dy_xhat, dg_out, gamma.dtype)
     dbeta = None if beta is None else _store(sum_dy, db_out, beta.dtype)
-    mark_written(cache, outputs)
+    mark_written(cache, [dx_out, dg_out, db_out])
     return dx, dgamma, dbeta
 
 

@@ -43,19 +43,17 @@ def merge_stats(counts, means, m2s):
     return (n.astype(np.int64) if per_channel else int(n[0])), mean, m2
 
 
-def _running_steps(running_mean, running_var, mean, var, count, momentum):
-    """Copies of the new running statistics into them, for `commit`."""
-    new_mean = (1 - momentum) * running_mean + momentum * mean
-    new_var = (1 - momentum) * running_var + momentum * var * (count / (count - 1))
-    return [partial(np.copyto, running_mean, new_mean, casting="unsafe"),
-            partial(np.copyto, running_var, new_var, casting="unsafe")]
+def _running_copies(running_mean, running_var, mean, var, count, momentum):
+    """The new running statistics, paired with where `commit` writes them."""
+    return [(running_mean, (1 - momentum) * running_mean + momentum * mean),
+            (running_var, (1 - momentum) * running_var + momentum * var * (count / (count - 1)))]
 
 
 def update_running_stats(running_mean, running_var, mean, var, count, *, momentum=0.1):
     """Exponential averages as in PyTorch; the variance made unbiased by m / (m - 1).
     Both are written in one step that an interrupt does not split."""
     mean, var, momentum = check_running_update(running_mean, running_var, mean, var, count, momentum)
-    commit(_running_steps(running_mean, running_var, mean, var, count, momentum))
+    commit(_running_copies(running_mean, running_var, mean, var, count, momentum))
 
 
 def normalize(x, mean, invstd, gamma=None, beta=None, *, axis=1, out=None, activation=None):
@@ -92,13 +90,11 @@ def forward_then(x, gamma, beta, axis, eps, training, running_mean, running_var,
     cache = Cache(x, gamma, beta, mean, invstd, axis=a.axis, eps=a.eps, training=a.training,
                   activation=a.activation, x_overwritten=overwrites_x(a), copy_params=False)
     y = normalize(x, mean, invstd, gamma, beta, axis=a.axis, out=a.out, activation=a.activation)
-    steps = []
+    copies = []
     if a.training and a.running_mean is not None and a.channels:
-        steps = _running_steps(a.running_mean, a.running_var, mean, var, a.count, a.momentum)
-    if then is not None:
-        steps.append(partial(then, cache))
-    if steps:
-        commit(steps)
+        copies = _running_copies(a.running_mean, a.running_var, mean, var, a.count, a.momentum)
+    if copies or then is not None:
+        commit(copies, None if then is None else partial(then, cache))
     return y, cache
 
 
