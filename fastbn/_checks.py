@@ -187,6 +187,8 @@ def vector_shape(ndim, axis):
 def overlaps(a, b):
     """Whether arrays `a` and `b` share memory. Exact (np.shares_memory) when their
     extents overlap, with a bounded effort: "yes" when that bound is exceeded."""
+    if a.base is None and b.base is None:  # each owns its buffer: O(1), the usual case
+        return a is b
     if not np.may_share_memory(a, b):
         return False
     try:
@@ -352,7 +354,10 @@ def forward_outputs(a):
 
 def overwrites_x(a):
     """Whether the forward writes over (part of) x, which backward reads."""
-    return any(o is not None and overlaps(o, a.x) for o in forward_outputs(a))
+    for o in forward_outputs(a):
+        if o is not None and overlaps(o, a.x):
+            return True
+    return False
 
 
 def check_cache(cache):
@@ -415,16 +420,17 @@ def check_backward(dy, cache, out):
         dg_out = out_array(dg_out, (C,), cache.gamma.dtype, "out[1]")
     if db_out is not None:
         db_out = out_array(db_out, (C,), cache.beta.dtype, "out[2]")
-    outputs_apart([("out[0]" if isinstance(out, tuple) else "out", dx_out),
-                   ("out[1]", dg_out), ("out[2]", db_out)])
+    if dg_out is not None or db_out is not None:
+        outputs_apart([("out[0]", dx_out), ("out[1]", dg_out), ("out[2]", db_out)])
     return dx_out, dg_out, db_out
 
 
 def mark_written(cache, outputs):
     """After a backward: remember whether it wrote over cache.x, which a second backward
     on the same cache would read."""
-    if any(o is not None and overlaps(o, cache.x) for o in outputs):
-        cache.x_written = True
+    for o in outputs:
+        if o is not None and overlaps(o, cache.x):
+            cache.x_written = True
 
 
 def check_count(count, channels):

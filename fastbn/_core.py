@@ -164,8 +164,10 @@ def backward(dy, cache, *, out=None):
     x, axis = cache.x, cache.axis
     C = x.shape[axis]
     # only dx is written while they are read: dgamma and dbeta are stored last
-    mean, lo, invstd, gamma, beta = separate(
-        [cache.mean, cache._mean_lo, cache.invstd, cache.gamma, cache.beta], [dx_out])
+    mean, lo, invstd, gamma, beta = vectors = \
+        cache.mean, cache._mean_lo, cache.invstd, cache.gamma, cache.beta
+    if dx_out is not None:
+        mean, lo, invstd, gamma, beta = separate(vectors, [dx_out])
     x3, dy3 = canonical(x, axis), canonical(dy, axis)
     dest = _Output(dx_out, x, [x3, dy3])
     sum_dy, sum_dy_xhat = np.empty(C), np.empty(C)  # the kernel writes every channel
