@@ -431,3 +431,14 @@ def test_what_a_forward_keeps_with_many_channels(impl, training, affine):
     cache = kept[1]
     assert cache.mean.shape == cache.invstd.shape == cache.var.shape == (C,)
     assert cache.count == 2
+
+
+def test_overlap_test_is_exact_within_its_bound(monkeypatch):
+    """Interleaved views of one buffer do not overlap; when the exact test needs more
+    work than allowed, the answer is the safe one ("they overlap")."""
+    from fastbn import _checks
+    buf = np.zeros((6, 8, 5))
+    assert not _checks.overlaps(buf[:, ::2], buf[:, 1::2])
+    assert _checks.overlaps(buf[:, ::2], buf[:, 2::4])
+    monkeypatch.setattr(_checks, "_OVERLAP_WORK", 0)
+    assert _checks.overlaps(buf[:, ::2], buf[:, 1::2])
