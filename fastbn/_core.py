@@ -1,11 +1,11 @@
 """The public functions on the compiled kernels: validate (fastbn._checks),
 reduce every layout to the canonical (outer, C, inner) view, dispatch."""
+from functools import partial
+
 import numpy as np
 
 from . import _kernels
-from functools import partial
-
-from ._checks import (Cache, aligned_contiguous, canonical, channel_axis,
+from ._checks import (Cache, canonical, channel_axis,
                       check_backward, check_count, check_forward, check_per_channel,
                       check_running_update, commit, data_array, mark_written,
                       overlaps, overwrites_x, separate)

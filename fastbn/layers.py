@@ -192,15 +192,17 @@ class BatchNorm:
         running = (None, None)
         if update or not use_batch_stats:
             running = (self.running_mean, self.running_var)
-        count = self.num_batches_tracked + 1 if update else self.num_batches_tracked
+        count = self.num_batches_tracked + 1 if update else None
         y, _ = impl.forward_then(x, self.params.get("gamma"), self.params.get("beta"),
                                  self.axis, self.eps, use_batch_stats, *running, momentum,
                                  out, self.activation, partial(self._commit, count))
         return y
 
     def _commit(self, num_batches_tracked, cache):
-        """The layer's part of a forward's state update (idempotent: it may be rerun)."""
-        self.num_batches_tracked = num_batches_tracked
+        """The layer's part of a forward's state update (idempotent: it may be rerun).
+        `num_batches_tracked` is None when it does not change (eval mode)."""
+        if num_batches_tracked is not None:
+            self.num_batches_tracked = num_batches_tracked
         self._cache = cache
 
     __call__ = forward
