@@ -125,7 +125,7 @@ def forward_then(x, gamma, beta, axis, eps, training, running_mean, running_var,
     relu = a.activation == "relu"
     # gamma and beta are copied first if y overlaps them, else after the kernel (fewer
     # buffers alive at its peak) but before the running statistics are written
-    gamma, beta = separate([a.gamma, a.beta], [a.out])
+    gamma, beta = (a.gamma, a.beta) if a.out is None else separate([a.gamma, a.beta], [a.out])
     x3 = canonical(x, a.axis)
     dest = _Output(a.out, x, [x3])
     C = a.channels
