@@ -323,10 +323,10 @@ print(interrupts, bad)
 @pytest.mark.parametrize("impl", ["fastbn", "reference"])
 @pytest.mark.parametrize("mode", ["forward", "update", "layer"])
 def test_interrupts_leave_the_state_all_old_or_all_new(impl, mode, tmp_path):
-    """An alarm every 1 ms raises KeyboardInterrupt during many small training calls
-    (momentum 1: the running statistics copy the batch's): after each call, the
-    running mean and variance (and the layer's num_batches_tracked and cache) are all
-    from the same batch, or all unchanged."""
+    """An alarm every 1 ms raises KeyboardInterrupt (as Ctrl-C's SIGINT handler does)
+    during many small training calls (momentum 1: the running statistics copy the
+    batch's): after each call, the running mean and variance (and the layer's
+    num_batches_tracked and cache) are all from the same batch, or all unchanged."""
     if impl == "reference" and mode == "layer" and fastbn.backend == "numpy":
         pytest.skip("the layer runs on the backend fastbn chose")
     script = tmp_path / "interrupts.py"
