@@ -12,7 +12,8 @@ the batch and runs
     backward_reduce + backward_elemt), to show the price of the collective itself,
   * the local fused kernels fastbn.forward / fastbn.backward on its part (not the
     same maths: local statistics), for scale,
-  * the bare Allgather of the (3 + 2C) / (1 + 2C) float64 rows.
+  * the bare Allgather of the rows they send (a header, then 2C float64, padded to
+    the communicator's row length).
 Outputs go to preallocated out= buffers (--alloc: fresh arrays each call, which adds
 page-fault time). A step's time is the slowest rank's (max over ranks, per repetition). The two parts
 run in interleaved rounds (a new mpiexec each round), so that a machine shared with
@@ -98,7 +99,7 @@ def worker(shape, repeats, alloc):
     from mpi4py import MPI
 
     import fastbn
-    from fastbn.distributed import sync_backward, sync_forward
+    from fastbn.distributed import _state, sync_backward, sync_forward
     comm = MPI.COMM_WORLD
     R, rank = comm.Get_size(), comm.Get_rank()
     N = shape[0]
@@ -133,10 +134,12 @@ def worker(shape, repeats, alloc):
     _, lcache = fastbn.forward(x, gamma, beta)
     res["local_forward"] = times_ms(lambda: fastbn.forward(x, gamma, beta, out=yo), repeats, comm)
     res["local_backward"] = times_ms(lambda: fastbn.backward(dy, lcache, out=dxo), repeats, comm)
-    for name, length in (("allgather_fwd_row", 3 + 2 * C), ("allgather_bwd_row", 1 + 2 * C)):
+    length = _state(comm).row  # what sync_forward and sync_backward sent: one row length
+    for name in ("allgather_fwd_row", "allgather_bwd_row"):
         row, table = np.zeros(length), np.empty((R, length))
         res[name] = times_ms(lambda: comm.Allgather(row, table), 10 * repeats, comm)
-    res["bytes_sent_per_rank"] = {"forward": 8 * (3 + 2 * C), "backward": 8 * (1 + 2 * C)}
+    res["row_float64"] = length
+    res["bytes_sent_per_rank"] = {"forward": 8 * length, "backward": 8 * length}
     if rank == 0:
         print("RESULT " + json.dumps(res), flush=True)
 
@@ -186,13 +189,13 @@ def main():
         (f"sync_forward, {R} ranks x 1 thread, batch split", m["sync_forward"]),
         ("  same local work, no communication", m["parts_forward_nocomm"]),
         ("  fastbn.forward on each rank's part (local stats)", m["local_forward"]),
-        (f"  Allgather of {3 + 2 * args.shape[1]} float64 alone", m["allgather_fwd_row"]),
+        (f"  Allgather of {m['row_float64']} float64 alone", m["allgather_fwd_row"]),
         ("backward, 1 process, whole batch, 1 thread", s["backward_1t"]),
         ("backward, 1 process, whole batch, 2 threads", s["backward_2t"]),
         (f"sync_backward, {R} ranks x 1 thread, batch split", m["sync_backward"]),
         ("  same local work, no communication", m["parts_backward_nocomm"]),
         ("  fastbn.backward on each rank's part (local stats)", m["local_backward"]),
-        (f"  Allgather of {1 + 2 * args.shape[1]} float64 alone", m["allgather_bwd_row"]),
+        (f"  Allgather of {m['row_float64']} float64 alone", m["allgather_bwd_row"]),
     ]
     for name, ms in rows:
         print(f"{name:<55s} {ms:9.3f} ms")

@@ -1,6 +1,9 @@
 """Data-parallel training of a small NumPy network with synchronised batch norm.
 
-    mpiexec -n 2 python examples/sync_bn_mpi.py          # or -n 3, or plain python (1 rank)
+    mpiexec -n 2 python -m mpi4py examples/sync_bn_mpi.py   # or -n 3, or plain python (1 rank)
+
+(``python -m mpi4py``: an exception on one rank aborts the whole job instead of leaving
+the other ranks waiting forever.)
 
 Every rank holds its own, deliberately uneven, share of each mini-batch (one rank's
 share is sometimes empty). The model is Linear -> SyncBatchNorm+ReLU -> Linear ->

@@ -3,6 +3,7 @@
     pip install scikit-learn matplotlib
     python examples/train_mlp.py                      # BN vs no BN, same hyperparameters
     python examples/train_mlp.py --search 12          # random search for each, then train
+    python examples/train_mlp.py --search 12 --workers 4  # its trials in 4 processes
     python examples/train_mlp.py --no-bn --epochs 50  # the plain network only
 
 The network is 64-128-64-10: Linear -> BatchNorm(+fused ReLU) -> Linear ->
@@ -17,8 +18,16 @@ validation split by random search on a log scale: the learning rate as
 ``10 ** uniform(-4, 0)`` and beta as ``1 - 10 ** uniform(-3, -1)`` (beta from 0.9 to
 0.999), N coarse trials, then N fine trials in the ranges spanned by the best
 coarse trials. The test split is only used for the final figures.
+
+``--workers K`` runs the trials of each search stage in K worker processes at once
+(the course notes' "caviar" strategy: many models trained in parallel rather than
+one babysat), with the platform's default start method. Each trial uses the same
+seeds as in a sequential search, and fastbn's results do not depend on its thread
+count, so the search, and everything after it, is the same as with ``--workers 1``.
+Every process then runs fastbn on one thread: the K workers already use the cores.
 """
 import argparse
+import concurrent.futures
 import sys
 import time
 
@@ -217,8 +226,33 @@ def _score(hist):
     return (-hist["val_acc"][-1], loss if np.isfinite(loss) else np.inf)
 
 
-def random_search(data, *, batch_norm, n, epochs, batch_size, seed):
-    """Coarse-to-fine random search on a log scale over (learning rate, momentum beta)."""
+_WORKER_DATA = None  # the data set, sent once to each worker process
+
+
+def _init_worker(data):
+    """Worker set-up: the data, and one thread each for fastbn and BLAS."""
+    global _WORKER_DATA
+    _WORKER_DATA = data
+    fastbn.set_num_threads(1)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(limits=1, user_api="blas")
+
+
+def _trial(batch_norm, lr, beta, epochs, batch_size, seed, data=None):
+    """One search trial: its score (see _score)."""
+    _, hist = train(_WORKER_DATA if data is None else data, batch_norm=batch_norm, lr=lr,
+                    beta=beta, epochs=epochs, batch_size=batch_size, seed=seed)
+    return _score(hist)
+
+
+def random_search(data, *, batch_norm, n, epochs, batch_size, seed, pool=None):
+    """Coarse-to-fine random search on a log scale over (learning rate, momentum beta).
+
+    With a `pool` (concurrent.futures executor whose workers hold the data), the trials
+    of each stage run in it; the result is the same as without."""
     rng = np.random.default_rng(seed + (1000 if batch_norm else 2000))
     name = "BN" if batch_norm else "no BN"
     lr_range, beta_range = LR_RANGE, BETA_RANGE
@@ -227,12 +261,15 @@ def random_search(data, *, batch_norm, n, epochs, batch_size, seed):
         print(f"  [{name}] {stage} search: lr = 10**U({lr_range[0]:.2f}, {lr_range[1]:.2f}), "
               f"beta = 1 - 10**U({beta_range[0]:.2f}, {beta_range[1]:.2f}), {n} trials, "
               f"{epochs} epochs each", flush=True)
-        stage_trials = []
-        for lr, beta in _sample(rng, n, lr_range, beta_range):
-            _, hist = train(data, batch_norm=batch_norm, lr=lr, beta=beta, epochs=epochs,
-                            batch_size=batch_size, seed=seed)
-            stage_trials.append((_score(hist), lr, beta))
-        stage_trials.sort()
+        params = _sample(rng, n, lr_range, beta_range)
+        if pool is None:
+            scores = [_trial(batch_norm, lr, beta, epochs, batch_size, seed, data)
+                      for lr, beta in params]
+        else:
+            futures = [pool.submit(_trial, batch_norm, lr, beta, epochs, batch_size, seed)
+                       for lr, beta in params]
+            scores = [f.result() for f in futures]
+        stage_trials = sorted((score, lr, beta) for score, (lr, beta) in zip(scores, params))
         for (acc, loss), lr, beta in stage_trials[:3]:
             print(f"    lr {lr:.2e}  beta {beta:.4f}  ->  val acc {-100 * acc:5.1f}%  "
                   f"val loss {loss:.4f}")
@@ -304,14 +341,30 @@ def _main(argv):
                    help="random search with N coarse and N fine trials per network (0: none)")
     p.add_argument("--search-epochs", type=int, default=None,
                    help="epochs per search trial (default: half of --epochs)")
+    p.add_argument("--workers", type=int, default=1, metavar="K",
+                   help="worker processes running the search trials in parallel (1: none)")
     p.add_argument("--no-bn", action="store_true", help="train only the network without batch norm")
     p.add_argument("--plot", default="train_mlp.png", help="where to save the learning curves")
     args = p.parse_args(argv)
-    if args.epochs < 1 or args.batch_size < 2 or args.search < 0:
-        p.error("--epochs must be >= 1, --batch-size >= 2 and --search >= 0")
-
+    if args.epochs < 1 or args.batch_size < 2 or args.search < 0 or args.workers < 1:
+        p.error("--epochs must be >= 1, --batch-size >= 2, --search >= 0 and --workers >= 1")
     t0 = time.perf_counter()
     data = load_data(args.seed)
+    if not (args.search and args.workers > 1):
+        return _run(args, data, t0)
+    # One fastbn thread here too, from the start: a process forked (the default start
+    # method on Linux) after fastbn ran on several OpenMP threads may hang in the OpenMP
+    # runtime; and the workers already use the cores.
+    previous = fastbn.set_num_threads(1)
+    try:
+        with concurrent.futures.ProcessPoolExecutor(args.workers, initializer=_init_worker,
+                                                    initargs=(data,)) as pool:
+            return _run(args, data, t0, pool)
+    finally:
+        fastbn.set_num_threads(previous)
+
+
+def _run(args, data, t0, pool=None):
     sizes = {k: len(v[1]) for k, v in data.items()}
     print(f"digits: {sizes['train']} train / {sizes['val']} validation / {sizes['test']} test "
           f"images; fastbn backend: {fastbn.backend}")
@@ -322,7 +375,7 @@ def _main(argv):
         if args.search:
             search_epochs = args.search_epochs or max(1, args.epochs // 2)
             lr, beta = random_search(data, batch_norm=bn, n=args.search, epochs=search_epochs,
-                                     batch_size=args.batch_size, seed=args.seed)
+                                     batch_size=args.batch_size, seed=args.seed, pool=pool)
         else:
             lr, beta = args.lr, args.beta
         print(f"training {name}: lr {lr:.3g}, beta {beta:.4g}, {args.epochs} epochs, "

@@ -184,8 +184,73 @@ def vector_shape(ndim, axis):
     return tuple(-1 if d == axis else 1 for d in range(ndim))
 
 
+def overlaps(a, b):
+    """Whether arrays `a` and `b` share memory. Exact (np.shares_memory) when their
+    extents overlap, with a bounded effort: "yes" when that bound is exceeded."""
+    if a.base is None and b.base is None:  # each owns its buffer: O(1), the usual case
+        return a is b
+    if not np.may_share_memory(a, b):
+        return False
+    try:
+        return bool(np.shares_memory(a, b, max_work=_OVERLAP_WORK))
+    except np.exceptions.TooHardError:
+        return True
+
+
+_OVERLAP_WORK = 100_000  # strided views of one buffer need far fewer steps
+
+
+def separate(vectors, outputs):
+    """`vectors` (None or arrays), each copied if it shares memory with one of `outputs`
+    (arrays or None): every input is then read as it was before any output is written
+    (NumPy's rule for overlapping operands). O(C) copies, only when needed."""
+    outputs = [o for o in outputs if o is not None]
+    if not outputs:  # the usual case: nothing to compare
+        return vectors
+    return [v if v is None or not any(overlaps(v, o) for o in outputs) else v.copy()
+            for v in vectors]
+
+
+def outputs_apart(named):
+    """Outputs written by one call must not share memory with each other."""
+    named = [(n, a) for n, a in named if a is not None]
+    for i, (n1, a1) in enumerate(named):
+        for n2, a2 in named[i + 1:]:
+            if overlaps(a1, a2):
+                raise ValueError(f"{n1} and {n2} must not share memory (both are written)")
+
+
+def _write(copies, then):
+    for dst, src in copies:
+        np.copyto(dst, src, casting="unsafe")
+    if then is not None:
+        then()
+
+
+def commit(copies, then=None):
+    """Write the precomputed new state (`copies`, (destination, value) pairs, then the
+    call `then()`, which must be idempotent) to the end even if KeyboardInterrupt
+    arrives meanwhile, then re-raise it: an interrupted call leaves the state all old
+    or all new.
+
+    An interrupted write starts again (every step is idempotent). The handlers nest,
+    rather than loop, so that no check for signals falls between catching an interrupt
+    and the protected call (Python checks at calls and backward jumps)."""
+    try:
+        _write(copies, then)
+    except KeyboardInterrupt:
+        try:
+            _write(copies, then)
+        except KeyboardInterrupt:
+            try:
+                _write(copies, then)
+            except KeyboardInterrupt:
+                _write(copies, then)
+        raise
+
+
 class Cache:
-    """What `backward` needs from a `forward` call: O(C) statistics plus references.
+    """What `backward` needs from a `forward` call: O(C) statistics plus a reference to x.
 
     Returned by ``fastbn.forward`` (users read it; they do not build one). It holds
     per-channel vectors of shape (C,) and references to the forward's arrays, and
@@ -203,6 +268,8 @@ class Cache:
     var : ndarray of float64, shape (C,)
         The variance the forward normalised with: the *biased* batch variance
         (divided by `count`) in training mode, ``running_var`` in evaluation mode.
+        Not stored: recomputed from `invstd` as ``1 / invstd**2 - eps``, within a few
+        float64 ulps of ``var + eps`` (values below that resolution read as 0).
     invstd : ndarray of float64, shape (C,)
         ``1 / sqrt(var + eps)``.
     count : int
@@ -220,7 +287,11 @@ class Cache:
         The forward's input itself (a reference): backward reads it, so it must
         not be changed in place before ``backward``.
     gamma, beta : ndarray of shape (C,) or None
-        The arrays the forward was given (references, not copies), or None.
+        Copies, in the parameters' dtype, of the values the forward used (changing
+        the parameters in place afterwards does not change the gradients), or None.
+    x_overwritten, x_written : bool
+        Whether the forward's output or an earlier backward's output was written
+        over x; backward then refuses the cache.
 
     See Also
     --------
@@ -237,17 +308,49 @@ class Cache:
     >>> cache.count, cache.axis, cache.training, cache.x is x
     (3, 1, True, True)
     """
-    __slots__ = ("x", "gamma", "beta", "mean", "mean_lo", "invstd", "var", "count",
-                 "axis", "eps", "training", "activation", "x_overwritten")
+    __slots__ = ("x", "gamma", "beta", "mean", "_mean_lo", "invstd", "count", "axis", "eps",
+                 "training", "activation", "x_overwritten", "x_written", "_var")
 
-    def __init__(self, x, gamma, beta, mean, invstd, var, *, axis, eps, training,
-                 activation=None, mean_lo=None, x_overwritten=False):
+    def __init__(self, x, gamma, beta, mean, invstd, var=None, *, axis, eps, training,
+                 activation=None, mean_lo=None, x_overwritten=False, copy_params=True):
+        """`var` is accepted for compatibility and not stored (see `var`); with
+        `copy_params=False`, gamma and beta must already be private copies."""
+        if copy_params:
+            gamma = None if gamma is None else np.array(gamma, copy=True)
+            beta = None if beta is None else np.array(beta, copy=True)
         self.x, self.gamma, self.beta = x, gamma, beta
-        self.mean, self.invstd, self.var = mean, invstd, var
-        self.mean_lo = np.zeros_like(mean) if mean_lo is None else mean_lo
+        self.mean, self.invstd, self._var = mean, invstd, None
+        self._mean_lo = mean_lo  # None: zeros, made when asked for (not stored)
         self.count = x.size // x.shape[axis] if x.shape[axis] else 0
         self.axis, self.eps, self.training = axis, eps, training
         self.activation, self.x_overwritten = activation, x_overwritten
+        self.x_written = False  # set by a backward that wrote over x
+
+    @property
+    def mean_lo(self):
+        """Residual of the float64 mean (zeros from the reference and in eval mode)."""
+        return np.zeros(np.shape(self.mean)) if self._mean_lo is None else self._mean_lo
+
+    @mean_lo.setter
+    def mean_lo(self, value):
+        self._mean_lo = value
+
+    @property
+    def var(self):
+        """Variance the forward normalised with (batch or running), float64, recomputed
+        from invstd as 1 / invstd**2 - eps (not stored: it would cost 8 bytes per channel):
+        within a few float64 ulps of var + eps; values below that resolution read as 0."""
+        if self._var is not None:
+            return self._var
+        invstd = np.asarray(self.invstd, dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            v = 1.0 / (invstd * invstd) - self.eps
+            v[np.abs(v) <= 8 * np.finfo(np.float64).eps * (np.abs(v) + self.eps)] = 0.0
+        return v
+
+    @var.setter
+    def var(self, value):
+        self._var = value
 
     def __repr__(self):
         return (f"Cache(shape={self.x.shape}, dtype={self.x.dtype}, axis={self.axis}, "
@@ -286,8 +389,25 @@ def check_forward(x, gamma, beta, axis, eps, training, running_mean, running_var
         raise ValueError(f"expected more than 1 value per channel when training, got input "
                          f"of shape {x.shape} (m = {a.count} values per channel)")
     a.out = out_array(out, x.shape, x.dtype)
+    if a.out is not None and a.training and a.running_mean is not None:
+        outputs_apart([("out", a.out), ("running_mean", a.running_mean),
+                       ("running_var", a.running_var)])
     a.activation = activation(activation_)
     return a
+
+
+def forward_outputs(a):
+    """What a checked forward writes: out, and the running statistics in training."""
+    running = a.training and a.running_mean is not None
+    return [a.out] + ([a.running_mean, a.running_var] if running else [])
+
+
+def overwrites_x(a):
+    """Whether the forward writes over (part of) x, which backward reads."""
+    for o in forward_outputs(a):
+        if o is not None and overlaps(o, a.x):
+            return True
+    return False
 
 
 def check_cache(cache):
@@ -310,7 +430,7 @@ def check_cache(cache):
             raise TypeError(f"cache.{name} must be a numpy.ndarray of shape ({C},), got {_describe(v)}")
         channel_vector(v, C, f"cache.{name}")
     invstd_values(cache.invstd, "cache.invstd")
-    for name in ("training", "x_overwritten"):
+    for name in ("training", "x_overwritten", "x_written"):
         if not isinstance(getattr(cache, name), (bool, np.bool_)):
             raise TypeError(f"cache.{name} must be a bool, got {_describe(getattr(cache, name))}")
     activation(cache.activation, "cache.activation")
@@ -330,6 +450,10 @@ def check_backward(dy, cache, out):
     if cache.x_overwritten:
         raise ValueError("cannot run backward: forward was called in place (out=x), which "
                          "overwrote the input that backward needs")
+    if cache.x_written:
+        raise ValueError("cannot run backward: an earlier backward on this cache wrote its "
+                         "output over x (out=x), which backward needs; run backward once, "
+                         "or give it another out")
     if isinstance(out, tuple):
         if len(out) != 3:
             raise ValueError(f"out must be an array or a tuple (dx, dgamma, dbeta), got a tuple of {len(out)}")
@@ -346,7 +470,17 @@ def check_backward(dy, cache, out):
         dg_out = out_array(dg_out, (C,), cache.gamma.dtype, "out[1]")
     if db_out is not None:
         db_out = out_array(db_out, (C,), cache.beta.dtype, "out[2]")
+    if dg_out is not None or db_out is not None:
+        outputs_apart([("out[0]", dx_out), ("out[1]", dg_out), ("out[2]", db_out)])
     return dx_out, dg_out, db_out
+
+
+def mark_written(cache, outputs):
+    """After a backward: remember whether it wrote over cache.x, which a second backward
+    on the same cache would read."""
+    for o in outputs:
+        if o is not None and overlaps(o, cache.x):
+            cache.x_written = True
 
 
 def check_count(count, channels):

@@ -1,11 +1,14 @@
 """The public functions on the compiled kernels: validate (fastbn._checks),
 reduce every layout to the canonical (outer, C, inner) view, dispatch."""
+from functools import partial
+
 import numpy as np
 
 from . import _kernels
-from ._checks import (Cache, aligned_contiguous, canonical, channel_axis,
+from ._checks import (Cache, canonical, channel_axis,
                       check_backward, check_count, check_forward, check_per_channel,
-                      check_running_update, data_array)
+                      check_running_update, commit, data_array, mark_written,
+                      overlaps, overwrites_x, separate)
 from ._checks import activation as check_activation
 from ._checks import store as _store
 from ._threads import get_num_threads
@@ -41,7 +44,7 @@ class _Output:
         canon = inputs[0].shape
         if out is not None and out.flags.c_contiguous and out.flags.aligned:
             out3 = out.reshape(canon)
-            overlapping = [a for a in inputs if np.may_share_memory(out3, a)]
+            overlapping = [a for a in inputs if overlaps(out3, a)]
             if all(_same_buffer(out3, a) for a in overlapping):
                 self.array3, self.direct = out3, True
                 return
@@ -55,17 +58,24 @@ class _Output:
         return self.out
 
 
-def _update_running(running, batch, momentum, factor, batch_lo=None):
-    target = aligned_contiguous(running)
-    _kernels.ema(target, batch, batch_lo, momentum, factor)
-    if target is not running:  # a strided or misaligned running statistic: write back
-        running[...] = target
+def _ema(running, batch, momentum, factor, batch_lo=None):
+    """The updated running statistic, computed in a new array (the state is written
+    only by `commit`, all statistics in one step)."""
+    new = np.array(running, copy=True)  # contiguous and aligned, of running's dtype
+    _kernels.ema(new, batch, batch_lo, momentum, factor)
+    return new
+
+
+def _running_copies(running_mean, running_var, mean, var, count, momentum, mean_lo=None):
+    """The new running statistics, paired with where `commit` writes them."""
+    return [(running_mean, _ema(running_mean, mean, momentum, 1.0, mean_lo)),
+            (running_var, _ema(running_var, var, momentum, count / (count - 1)))]
 
 
 def update_running_stats(running_mean, running_var, mean, var, count, *, momentum=0.1):
     mean, var, momentum = check_running_update(running_mean, running_var, mean, var, count, momentum)
-    _update_running(running_mean, np.ascontiguousarray(mean), momentum, 1.0)
-    _update_running(running_var, np.ascontiguousarray(var), momentum, count / (count - 1))
+    commit(_running_copies(running_mean, running_var, np.ascontiguousarray(mean),
+                           np.ascontiguousarray(var), count, momentum))
 
 
 def _coefficients(mean, invstd, gamma, beta):
@@ -91,7 +101,7 @@ def normalize(x, mean, invstd, gamma=None, beta=None, *, axis=1, out=None, activ
     axis, vectors = check_per_channel(
         x, axis, {"mean": mean, "invstd": invstd, "gamma": gamma, "beta": beta}, out)
     relu = check_activation(activation) == "relu"
-    mean, invstd, gamma, beta = (_f64(v) for v in vectors)
+    mean, invstd, gamma, beta = (_f64(v) for v in separate(vectors, [out]))
     x3 = canonical(x, axis)
     dest = _Output(out, x, [x3])
     if x.size:
@@ -102,48 +112,76 @@ def normalize(x, mean, invstd, gamma=None, beta=None, *, axis=1, out=None, activ
 
 def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
             running_mean=None, running_var=None, momentum=0.1, out=None, activation=None):
+    return _forward_then(x, gamma, beta, axis, eps, training, running_mean, running_var,
+                        momentum, out, activation, None)
+
+
+def _forward_then(x, gamma, beta, axis, eps, training, running_mean, running_var, momentum,
+                 out, activation, then):
+    """forward; `then(cache)`, if given, is the last step of the state update, committed
+    with the running statistics in one step (the layer's num_batches_tracked)."""
     a = check_forward(x, gamma, beta, axis, eps, training, running_mean, running_var,
                       momentum, out, activation)
     relu = a.activation == "relu"
-    gamma64, beta64 = _f64(a.gamma), _f64(a.beta)
+    # gamma and beta are copied first if y overlaps them, else after the kernel (fewer
+    # buffers alive at its peak) but before the running statistics are written
+    gamma, beta = (a.gamma, a.beta) if a.out is None else separate([a.gamma, a.beta], [a.out])
     x3 = canonical(x, a.axis)
     dest = _Output(a.out, x, [x3])
     C = a.channels
     if a.training:
         mean, lo, var, invstd = np.empty(C), np.empty(C), np.empty(C), np.empty(C)
         if C:  # training needs m > 1 values per channel: x.size > 0
-            _kernels.forward_train(x3, dest.array3, gamma64, beta64, a.eps, relu, mean, lo,
-                                   var, invstd, get_num_threads())
+            _kernels.forward_train(x3, dest.array3, _f64(gamma), _f64(beta), a.eps, relu,
+                                   mean, lo, var, invstd, get_num_threads())
     else:
-        mean, lo, var, invstd = _f64(a.running_mean), np.zeros(C), _f64(a.running_var), np.empty(C)
+        # mean: a copy, never the live running_mean (the cache keeps what forward used)
+        mean, lo, invstd = np.array(a.running_mean, dtype=_F64), None, np.empty(C)
+        var, = separate([a.running_var], [a.out])
         if C:
-            _kernels.forward_infer(x3, dest.array3, mean, var, gamma64, beta64, a.eps, relu,
-                                   invstd, get_num_threads())
+            _kernels.forward_infer(x3, dest.array3, mean, _f64(var), _f64(gamma), _f64(beta),
+                                   a.eps, relu, invstd, get_num_threads())
     y = dest.result()
+    cache = Cache(x, _own(gamma, a.gamma), _own(beta, a.beta), mean, invstd, axis=a.axis,
+                  eps=a.eps, training=a.training, activation=a.activation, mean_lo=lo,
+                  x_overwritten=overwrites_x(a), copy_params=False)
+    copies = []
     if a.training and a.running_mean is not None:
-        _update_running(a.running_mean, mean, a.momentum, 1.0, lo)
-        _update_running(a.running_var, var, a.momentum, a.count / (a.count - 1))
-    overwritten = a.out is not None and np.may_share_memory(a.out, x)
-    return y, Cache(x, a.gamma, a.beta, mean, invstd, var, axis=a.axis, eps=a.eps,
-                    training=a.training, activation=a.activation, mean_lo=lo,
-                    x_overwritten=overwritten)
+        copies = _running_copies(a.running_mean, a.running_var, mean, var, a.count,
+                                 a.momentum, lo)
+    if copies or then is not None:
+        commit(copies, None if then is None else partial(then, cache))
+    return y, cache
+
+
+def _own(v, given):
+    """The cache's copy of gamma or beta: `v` when it is already one."""
+    return v.copy() if v is not None and v is given else v
 
 
 def backward(dy, cache, *, out=None):
     dx_out, dg_out, db_out = check_backward(dy, cache, out)
     x, axis = cache.x, cache.axis
     C = x.shape[axis]
+    # only dx is written while they are read: dgamma and dbeta are stored last
+    mean, lo, invstd, gamma, beta = vectors = \
+        cache.mean, cache._mean_lo, cache.invstd, cache.gamma, cache.beta
+    if dx_out is not None:
+        mean, lo, invstd, gamma, beta = separate(vectors, [dx_out])
     x3, dy3 = canonical(x, axis), canonical(dy, axis)
     dest = _Output(dx_out, x, [x3, dy3])
     sum_dy, sum_dy_xhat = np.empty(C), np.empty(C)  # the kernel writes every channel
     if C:
-        _kernels.backward(dy3, x3, dest.array3, _f64(cache.mean), _f64(cache.mean_lo),
-                          _f64(cache.invstd), _f64(cache.gamma), _f64(cache.beta),
-                          cache.activation == "relu", bool(cache.training), sum_dy,
-                          sum_dy_xhat, get_num_threads())
-    dgamma = None if cache.gamma is None else _store(sum_dy_xhat, dg_out, cache.gamma.dtype)
-    dbeta = None if cache.beta is None else _store(sum_dy, db_out, cache.beta.dtype)
-    return dest.result(), dgamma, dbeta
+        lo = np.zeros(C) if lo is None else _f64(lo)  # None: zeros (eval mode)
+        _kernels.backward(dy3, x3, dest.array3, _f64(mean), lo, _f64(invstd),
+                          _f64(gamma), _f64(beta), cache.activation == "relu",
+                          bool(cache.training), sum_dy, sum_dy_xhat, get_num_threads())
+    dx = dest.result()
+    # dgamma/dbeta are written last: an out overlapping x or dy is read before (sums above)
+    dgamma = None if gamma is None else _store(sum_dy_xhat, dg_out, gamma.dtype)
+    dbeta = None if beta is None else _store(sum_dy, db_out, beta.dtype)
+    mark_written(cache, [dx_out, dg_out, db_out])
+    return dx, dgamma, dbeta
 
 
 def _mask_coefficients(mean, invstd, gamma, beta, relu):
@@ -175,7 +213,7 @@ def backward_elemt(dy, x, mean, invstd, gamma, sum_dy, sum_dy_xhat, count, *, ax
         x, axis, {"mean": mean, "invstd": invstd, "gamma": gamma, "sum_dy": sum_dy,
                   "sum_dy_xhat": sum_dy_xhat, "beta": beta}, out, dy=dy)
     relu = check_activation(activation) == "relu"
-    mean, invstd, gamma, sum_dy, sum_dy_xhat, beta = (_f64(v) for v in vectors)
+    mean, invstd, gamma, sum_dy, sum_dy_xhat, beta = (_f64(v) for v in separate(vectors, [out]))
     count = check_count(count, x.shape[axis])
     x3, dy3 = canonical(x, axis), canonical(dy, axis)
     dest = _Output(out, x, [x3, dy3])

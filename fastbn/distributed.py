@@ -4,42 +4,58 @@ Every rank of a communicator holds part of one batch; the statistics used are
 those of the union of all the parts, whatever each rank's batch size (an empty
 batch included: its output is empty, and it still joins the collectives).
 
-What is communicated, once per call and for all channels in one buffer:
-
-* ``sync_forward`` (training): one ``Allgather`` of ``3 + 2*C`` float64 per rank,
-  ``[count, C, eps, mean[0..C), m2[0..C)]``. Every rank then merges the gathered
-  partial statistics with ``fastbn.merge_stats`` (Chan et al.), in rank order, on
-  identical bytes: every rank gets bit-identical mean and variance, hence
-  bit-identical running statistics.
-* ``sync_backward`` (training): one ``Allgather`` of ``1 + 2*C`` float64 per rank,
-  ``[flag, sum_dy[0..C), sum_dy_xhat[0..C)]``, summed in rank order, so dgamma and
-  dbeta are bit-identical on every rank too.
-* Eval mode (running statistics): no communication at all.
-
-Errors and deadlocks
+What is communicated
 --------------------
-Every argument is checked on each rank before any communication. A rank whose
-arguments are invalid but whose channel count is known (``x`` is an array of
-rank >= 2 with a valid ``axis``; for backward, ``cache`` is a Cache) still joins
-the collective, flagging its failure, and then raises its own error; the other
-ranks raise :class:`PeerError` naming it. So a mistake made on some ranks only
-(a wrong ``gamma`` shape, a read-only ``out``, a bad ``dy``) raises everywhere
-instead of hanging. Training with a global count of values per channel <= 1, or
-ranks that disagree on ``eps`` or on the number of channels, raise
-``ValueError`` on every rank.
+A training-mode ``sync_forward`` or ``sync_backward`` makes one ``Allgather`` of
+one float64 row per rank: a fixed header (:data:`HEADER`: what the message is,
+see below) followed by the payload,
 
-What cannot be made safe without an extra round of communication, and so is the
-caller's duty: every rank of ``comm`` must make the same sequence of calls, all
-in training mode or all in eval mode; an error that leaves the channel count
-unknown (``x`` not an array, ``axis`` out of bounds, ``comm`` not a
-communicator, ``training`` not a bool) raises at once on that rank only. Ranks
-whose ``x`` have different numbers of channels send rows of different sizes to
-``sync_forward``: MPI treats that as a fatal error (MPICH reports a truncated
-message and aborts the job). ``SyncBatchNorm`` is safer: it knows its number of
-channels, so an input with the wrong one raises on every rank like the other
-mistakes. Every rank must also use the same fastbn backend for the bitwise
-identity above.
+* forward: ``[mean[0..C), m2[0..C)]`` (the count per channel is in the header).
+  Every rank merges the gathered partial statistics with ``fastbn.merge_stats``
+  (Chan et al.), in rank order, on identical bytes: every rank gets bit-identical
+  mean and variance, hence bit-identical running statistics;
+* backward: ``[sum_dy[0..C), sum_dy_xhat[0..C)]``, summed in rank order, so dgamma
+  and dbeta are bit-identical on every rank too.
+
+Eval mode with running statistics does not communicate (a rank may evaluate alone).
+
+Rows have one length for all the calls on a communicator (padded), agreed by every
+rank: ``len(HEADER) + 2 * 64`` at first, grown to ``len(HEADER) + 2 * C`` by the first
+call with more channels, which makes one more ``Allgather`` for its payload, once
+the headers agreed. MPI needs equal lengths on every rank: with rows sized by each
+rank's own C, ranks whose C differ would make MPI abort the job, or read garbage.
+
+Errors, mismatches and deadlocks
+--------------------------------
+Every argument is checked on each rank before communicating. A rank whose
+arguments are invalid still joins the collective with a header flagging its
+failure, then raises its own error; the other ranks raise :class:`PeerError`
+naming it. The header says what each rank is doing: the operation (forward or
+backward), the number of the synchronised call on the communicator (for a
+backward, also that of its forward), C, ``x.ndim``, the channel axis, eps,
+momentum (when running statistics are updated), whether running statistics are
+updated, gamma and beta are given and the layer is in training mode, and the
+activation. Ranks that disagree on any of these (out-of-step calls, such as a
+forward on one rank beside a backward on another; a backward of a different
+forward; different eps, momentum, axis...) raise :class:`MismatchError` on every
+rank, naming what differs and each rank's value. Training with a global count of
+values per channel <= 1 raises ``ValueError`` on every rank. A failed call leaves
+running statistics and layer state untouched.
+
+What stays the caller's duty: every rank of ``comm`` must make the same sequence of
+synchronised calls. Eval calls do not communicate (so a rank may evaluate alone),
+hence a rank that runs in eval mode while the others train is not detected: they
+wait for its next synchronised call, and raise only if that differs from theirs in
+something the header holds. An invalid ``comm`` or ``training`` raises on that rank
+only. Launch with ``mpiexec -n N python -m mpi4py script.py``: an exception that
+escapes on one rank then aborts the whole job instead of leaving the other ranks
+waiting forever. A communicator must be used by one thread at a time: a call that
+starts while another thread is inside a call on the same communicator raises
+``RuntimeError`` (give each thread its own communicator, ``comm.Dup()``). Every
+rank must also use the same fastbn backend for the bitwise identity above.
 """
+import threading
+
 import numpy as np
 
 try:
@@ -55,13 +71,161 @@ from ._checks import activation as _check_activation
 from ._checks import store as _store
 from .layers import BatchNorm
 
-__all__ = ["sync_forward", "sync_backward", "SyncBatchNorm", "SyncCache", "PeerError"]
-
-_FAILED = -1.0  # the count slot of a rank whose arguments were invalid
+__all__ = ["sync_forward", "sync_backward", "SyncBatchNorm", "SyncCache", "PeerError",
+           "MismatchError", "HEADER"]
 
 
 class PeerError(RuntimeError):
     """Raised on the ranks whose own arguments were valid when another rank's were not."""
+
+
+class MismatchError(ValueError):
+    """Raised on every rank when the ranks' synchronised calls disagree.
+
+    They disagree when they are out of step (a forward beside a backward, a backward of
+    another forward) or differ in C, eps, momentum, axis, mode, activation, ...; the
+    message names what differs and each rank's value. A ValueError.
+    """
+
+
+# ------------------------------------------------------------------ the message header
+# Slots of the float64 header that starts every row; the names double as the words of
+# the error messages. All but the last two ("status" and "count", this rank's own) must
+# be the same on every rank.
+HEADER = ("magic", "operation", "call", "forward call", "channels", "ndim", "axis", "eps",
+          "momentum", "flags", "activation", "status", "count")
+_SLOT = {name: i for i, name in enumerate(HEADER)}
+_AGREE = len(HEADER) - 2
+_MAGIC = float(0x46424E31)       # "FBN1": not a fastbn message, or another layout, if absent
+_OPS = {1.0: "sync_forward", 2.0: "sync_backward"}
+_FORWARD, _BACKWARD = 1.0, 2.0
+_FAILED = 1.0                    # status of a rank whose arguments were invalid
+_FLAGS = ("updates running statistics", "has gamma", "has beta", "training mode")  # bits 0..3
+_ACTIVATIONS = (None, "relu")    # code = index
+_FIRST_ROW = len(HEADER) + 2 * 64  # row length before any call with more than 64 channels
+
+
+def _header(op, call, *, failed=False, forward_call=-1, channels=-1, ndim=-1, axis=-1,
+            eps=0.0, momentum=0.0, flags=0, activation=None, count=0):
+    """The header of this rank's row: its values in the order of HEADER."""
+    return [_MAGIC, op, call, forward_call, channels, ndim, axis, eps, momentum,
+            flags, _ACTIVATIONS.index(activation),
+            _FAILED if failed else 0.0, count]
+
+
+def _flags(updates, gamma, beta, training):
+    """The "flags" slot: bit i set when _FLAGS[i] holds."""
+    return updates | (gamma is not None) << 1 | (beta is not None) << 2 | training << 3
+
+
+def _show(name, value):
+    """A header value as the error messages show it."""
+    if name == "operation":
+        return _OPS.get(value, repr(value))
+    if name == "flags":
+        return "[" + ", ".join(f for i, f in enumerate(_FLAGS) if int(value) >> i & 1) + "]"
+    if name == "activation":
+        return repr(_ACTIVATIONS[int(value)]) if 0 <= value < len(_ACTIVATIONS) else repr(value)
+    if name in ("eps", "momentum"):
+        return repr(float(value))
+    return str(int(value))
+
+
+def _check_headers(headers, comm, error, what):
+    """Raise, identically on every rank, unless every rank sent a valid, agreeing header.
+    `error`: this rank's own failure (raised here, after the collective)."""
+    if error is not None:
+        raise error
+    agree = headers[:, :_AGREE]
+    differs = agree != agree[0]
+    if not differs.any() and agree[0, 0] == _MAGIC and not headers[:, _SLOT["status"]].any():
+        return  # the usual case, in a few vector operations; what follows words the errors
+    me = comm.Get_rank()
+    col = {name: headers[:, i] for i, name in enumerate(HEADER)}
+    alien = np.flatnonzero(col["magic"] != _MAGIC).tolist()
+    if alien:
+        raise MismatchError(f"{what} (rank {me}): rank(s) {alien} sent a row that is not a "
+                            f"fastbn.distributed message (another collective on the same "
+                            f"communicator, or another fastbn version)")
+    failed = np.flatnonzero(col["status"] == _FAILED).tolist()
+    if failed:
+        raise PeerError(f"{what}: the arguments were invalid on rank(s) {failed} of the "
+                        f"communicator (this is rank {me}); see the error there")
+    if (col["operation"] != col["operation"][0]).any():
+        doing = ", ".join(f"rank {r} in {_show('operation', op)} ({int(c)} channels)"
+                          for r, (op, c) in enumerate(zip(col["operation"], col["channels"])))
+        raise MismatchError(f"{what} (rank {me}): the ranks are out of step: {doing}; every "
+                            f"rank must make the same sequence of synchronised calls")
+    differ = [f"{name}: [" + ", ".join(_show(name, v) for v in col[name]) + "]"
+              for i, name in enumerate(HEADER[:_AGREE]) if differs[:, i].any()]
+    if differ:
+        raise MismatchError(f"{what} (rank {me}): the ranks disagree on " + "; ".join(differ)
+                            + " (values by rank)")
+
+
+# ------------------------------------------------------------------ per-communicator state
+class _CommState:
+    """What fastbn keeps on a communicator (as an MPI attribute, so every Python object
+    for that communicator shares it), identical on every rank as long as they are in step."""
+    __slots__ = ("lock", "calls", "row")
+
+    def __init__(self):
+        self.lock = threading.Lock()  # held during a call: another thread's call raises
+        self.calls = 0                # synchronised calls made on the communicator
+        self.row = _FIRST_ROW         # length of the rows, agreed: grows, never shrinks
+
+
+_KEYVAL = MPI.Comm.Create_keyval()
+_NEW_STATE = threading.Lock()
+
+
+def _state(comm):
+    state = comm.Get_attr(_KEYVAL)
+    if state is None:
+        with _NEW_STATE:  # two threads' first calls must not make two states
+            state = comm.Get_attr(_KEYVAL)
+            if state is None:
+                state = _CommState()
+                comm.Set_attr(_KEYVAL, state)
+    return state
+
+
+def _acquire(comm):
+    """The communicator's state, locked for this thread (the caller releases state.lock):
+    collectives of two threads on one communicator would pair at random across ranks
+    and mix their statistics, so a second thread raises instead."""
+    state = _state(comm)
+    if not state.lock.acquire(blocking=False):
+        raise RuntimeError("another thread is inside a fastbn.distributed call on this "
+                           "communicator: give each thread its own communicator (comm.Dup())")
+    return state
+
+
+def _exchange(comm, state, header, parts, error, what):
+    """Allgather every rank's header and payload, the concatenation of `parts` (float64
+    vectors of C values; None if `error`). Returns (headers, payloads), one row per rank,
+    once every header agreed; raises on every rank otherwise. Rows have the agreed length
+    state.row; a payload too long for it follows in a second Allgather (every rank
+    decides alike: C agreed), and state.row grows to fit it."""
+    H = len(HEADER)
+    n = 0 if parts is None else sum(p.size for p in parts)
+    row = np.zeros(state.row)
+    row[:H] = header
+    if parts is not None and H + n <= state.row:
+        at = H
+        for p in parts:
+            row[at:at + p.size] = p
+            at += p.size
+    table = np.empty((comm.Get_size(), state.row))
+    comm.Allgather(row, table)  # the one collective
+    state.calls += 1  # on every rank, whatever follows
+    _check_headers(table[:, :H], comm, error, what)
+    if H + n <= state.row:
+        return table[:, :H], table[:, H:H + n]
+    payloads = np.empty((comm.Get_size(), n))
+    comm.Allgather(np.concatenate(parts), payloads)  # once per new, wider row
+    state.row = H + n
+    return table[:, :H], payloads
 
 
 class SyncCache(Cache):
@@ -77,14 +241,18 @@ class SyncCache(Cache):
     comm : mpi4py.MPI.Comm
         The communicator of the forward; ``sync_backward`` must use the same.
 
+    call : int
+        The number of this synchronised call on the communicator: its backward
+        must be the same forward's on every rank.
+
     The other attributes are those of ``fastbn.Cache`` (``mean``, ``var`` and
     ``invstd`` are the global statistics).
     """
-    __slots__ = ("global_count", "comm")
+    __slots__ = ("global_count", "comm", "call")
 
-    def __init__(self, *args, global_count, comm, **kwargs):
+    def __init__(self, *args, global_count, comm, call, **kwargs):
         super().__init__(*args, **kwargs)
-        self.global_count, self.comm = global_count, comm
+        self.global_count, self.comm, self.call = global_count, comm, call
 
 
 def _fastbn():
@@ -109,16 +277,6 @@ def _check_bool(value, name):
     return bool(value)
 
 
-def _channels_of(x, axis):
-    """C if x and axis make it knowable, else None (never raises)."""
-    try:
-        if isinstance(x, np.ndarray) and x.ndim >= 2:
-            return x.shape[channel_axis(axis, x.ndim)]
-        return None
-    except (TypeError, ValueError):
-        return None
-
-
 def _check_local(x, gamma, beta, axis, eps, running_mean, running_var, momentum, out, activation):
     """The checks of fastbn.forward in training mode, except the count per channel,
     which is only known globally. Returns (axis, C, gamma, beta, eps, momentum, act)."""
@@ -139,29 +297,14 @@ def _check_local(x, gamma, beta, axis, eps, running_mean, running_var, momentum,
     return axis, C, gamma, beta, eps, momentum, _check_activation(activation)
 
 
-def _allgather(comm, row):
-    table = np.empty((comm.Get_size(), row.shape[0]), dtype=np.float64)
-    comm.Allgather(row, table)
-    return table
-
-
-def _raise_if_failed(table, comm, error, what):
-    failed = [r for r in range(table.shape[0]) if table[r, 0] == _FAILED]
-    if error is not None:
-        raise error
-    if failed:
-        raise PeerError(f"{what}: the arguments were invalid on rank(s) {failed} of the "
-                        f"communicator (this is rank {comm.Get_rank()}); see the error there")
-
-
 def sync_forward(x, gamma=None, beta=None, *, comm, axis=1, eps=1e-5, training=True,
                  running_mean=None, running_var=None, momentum=0.1, out=None, activation=None):
     """``fastbn.forward`` with the statistics of the union of the batches of all ranks of ``comm``.
 
     Call it on every rank of ``comm`` with that rank's part of the batch (any size along
     the non-channel axes, empty included) and the same ``gamma``/``beta``/running
-    statistics, ``axis``, ``eps``, ``training`` and ``momentum``. Returns ``(y, cache)``,
-    ``y`` the normalised local part. In training mode, the running statistics are
+    statistics, ``axis``, ``eps``, ``training``, ``momentum`` and ``activation``. Returns
+    ``(y, cache)``, ``y`` the normalised local part. In training mode, the running statistics are
     updated with the global mean, the global biased variance made unbiased with the
     global count, identically on every rank. Eval mode (``training=False``) uses the
     running statistics and does not communicate.
@@ -192,8 +335,12 @@ def sync_forward(x, gamma=None, beta=None, *, comm, axis=1, eps=1e-5, training=T
         As ``fastbn.forward``, on every rank when the channel count is known
         (see the module's notes); also if comm is not an intra-communicator,
         or the ranks disagree on eps or on the number of channels.
+    MismatchError
+        On every rank, when the ranks' calls disagree (see the module docstring).
     PeerError
-        On the ranks whose own arguments were valid, when another rank's were not.
+        On every rank whose own arguments were valid, when another rank's were not.
+    RuntimeError
+        When another thread is inside a call on the same communicator.
 
     See Also
     --------
@@ -228,52 +375,53 @@ def sync_forward(x, gamma=None, beta=None, *, comm, axis=1, eps=1e-5, training=T
 
 
 def _sync_forward_train(x, gamma, beta, comm, axis, eps, running_mean, running_var, momentum,
-                        out, activation, error=None, channels=None):
-    """The training forward. `error`: a failure found by the caller on this rank, which then
-    joins the collective with `channels` (or x's channel count) and raises it."""
+                        out, activation, error=None, training_mode=True):
+    """The forward with batch statistics. `error`: a failure found by the caller on this
+    rank, which joins the collective flagging it and then raises it. `training_mode`: the
+    layer's mode, which the ranks must share (a SyncBatchNorm without running statistics
+    uses batch statistics in eval mode too)."""
     fb = _fastbn()
-    if error is None:
-        try:
-            axis, C, gamma, beta, eps, momentum, activation = _check_local(
-                x, gamma, beta, axis, eps, running_mean, running_var, momentum, out, activation)
-        except (TypeError, ValueError) as exc:
-            error = exc
-    if error is not None:
-        C = channels if channels is not None else _channels_of(x, axis)
-        if C is None:
-            raise error  # the buffer size is unknown: this rank cannot join the collective
+    state = _acquire(comm)
+    try:
+        if error is None:
+            try:
+                axis, C, gamma, beta, eps, momentum, activation = _check_local(
+                    x, gamma, beta, axis, eps, running_mean, running_var, momentum, out,
+                    activation)
+            except (TypeError, ValueError) as exc:
+                error = exc
+        call = state.calls
+        if error is None:
+            count, mean, m2 = fb.batch_stats(x, axis=axis)
+            update = running_mean is not None
+            header = _header(_FORWARD, call, forward_call=call, channels=C, ndim=x.ndim,
+                             axis=axis, eps=eps, momentum=momentum if update else 0.0,
+                             flags=_flags(update, gamma, beta, training_mode),
+                             activation=activation, count=count)
+            parts = (mean, m2)
+        else:
+            header, parts = _header(_FORWARD, call, failed=True), None
+        headers, table = _exchange(comm, state, header, parts, error, "sync_forward")
 
-    row = np.zeros(3 + 2 * C)
-    if error is None:
-        count, mean, m2 = fb.batch_stats(x, axis=axis)
-        row[0], row[1], row[2] = count, C, eps
-        row[3:3 + C], row[3 + C:] = mean, m2
-    else:
-        row[0] = _FAILED
-    table = _allgather(comm, row)  # the one collective
-    _raise_if_failed(table, comm, error, "sync_forward")
-
-    if (table[:, 1] != C).any():
-        raise ValueError(f"sync_forward: the ranks disagree on the number of channels: "
-                         f"{table[:, 1].astype(np.int64).tolist()}")
-    if (table[:, 2] != eps).any():
-        raise ValueError(f"sync_forward: the ranks disagree on eps: {table[:, 2].tolist()}")
-    counts = table[:, 0].astype(np.int64)
-    total = int(counts.sum())
-    if total <= 1 and C:
-        raise ValueError(f"expected more than 1 value per channel when training, got "
-                         f"{total} over the {comm.Get_size()} ranks (local input of shape "
-                         f"{x.shape})")
-    _, mean, m2 = fb.merge_stats(counts, table[:, 3:3 + C], table[:, 3 + C:])
-    var = m2 / max(total, 1)
-    invstd = 1.0 / np.sqrt(var + eps)
-    overwritten = out is not None and np.may_share_memory(out, x)
-    y = fb.normalize(x, mean, invstd, gamma, beta, axis=axis, out=out, activation=activation)
-    if running_mean is not None and C:
-        fb.update_running_stats(running_mean, running_var, mean, var, total, momentum=momentum)
+        counts = headers[:, _SLOT["count"]].astype(np.int64)
+        total = int(counts.sum())
+        if total <= 1 and C:
+            raise ValueError(f"expected more than 1 value per channel when training, got "
+                             f"{total} over the {comm.Get_size()} ranks (local input of shape "
+                             f"{x.shape})")
+        _, mean, m2 = fb.merge_stats(counts, table[:, :C], table[:, C:])
+        var = m2 / max(total, 1)
+        invstd = 1.0 / np.sqrt(var + eps)
+        overwritten = out is not None and np.may_share_memory(out, x)
+        y = fb.normalize(x, mean, invstd, gamma, beta, axis=axis, out=out, activation=activation)
+        if running_mean is not None and C:
+            fb.update_running_stats(running_mean, running_var, mean, var, total,
+                                    momentum=momentum)
+    finally:
+        state.lock.release()
     return y, SyncCache(x, gamma, beta, mean, invstd, var, axis=axis, eps=eps, training=True,
                         activation=activation, x_overwritten=overwritten,
-                        global_count=total, comm=comm)
+                        global_count=total, comm=comm, call=call)
 
 
 def sync_backward(dy, cache, *, comm, out=None):
@@ -282,8 +430,9 @@ def sync_backward(dy, cache, *, comm, out=None):
     ``dx`` is the local part of the gradient of the global loss; ``dgamma`` and ``dbeta``
     are the global sums (the same on every rank; do not sum them again across ranks).
     ``out`` is as in ``fastbn.backward`` (dx, or a tuple (dx, dgamma, dbeta)). Must be
-    called on every rank of ``comm`` when the forward was in training mode; an eval-mode
-    cache is differentiated locally, without communication.
+    called on every rank of ``comm``, with the cache of the same synchronised forward,
+    when the forward was in training mode; an eval-mode cache is differentiated
+    locally, without communication.
 
     Parameters
     ----------
@@ -308,8 +457,12 @@ def sync_backward(dy, cache, *, comm, out=None):
     TypeError, ValueError
         As ``fastbn.backward``; also if the cache comes from a local training
         forward, or comm is not the forward's communicator.
+    MismatchError
+        On every rank, when the ranks' calls disagree (see the module docstring).
     PeerError
-        On the ranks whose own arguments were valid, when another rank's were not.
+        On every rank whose own arguments were valid, when another rank's were not.
+    RuntimeError
+        When another thread is inside a call on the same communicator.
 
     See Also
     --------
@@ -338,40 +491,45 @@ def sync_backward(dy, cache, *, comm, out=None):
 
 def _sync_backward_train(dy, cache, comm, out):
     fb = _fastbn()
-    error = None
+    state = _acquire(comm)
     try:
-        if not isinstance(cache, SyncCache):
-            raise TypeError("cache comes from a local forward in training mode: sync_backward "
-                            "needs the cache of sync_forward (or use fastbn.backward)")
-        if MPI.Comm.Compare(comm, cache.comm) not in (MPI.IDENT, MPI.CONGRUENT):
-            raise ValueError("comm is not the communicator the forward was synchronised over")
-        dx_out, dg_out, db_out = check_backward(dy, cache, out)  # checks the cache too
-    except (TypeError, ValueError) as exc:
-        error = exc
-    x, axis = cache.x, cache.axis
-    C = _channels_of(x, axis)
-    if C is None:
-        raise error if error is not None else ValueError("cache.x is not a valid input")
+        error = None
+        try:
+            if not isinstance(cache, SyncCache):
+                raise TypeError("cache comes from a local forward in training mode: "
+                                "sync_backward needs the cache of sync_forward (or use "
+                                "fastbn.backward)")
+            if MPI.Comm.Compare(comm, cache.comm) not in (MPI.IDENT, MPI.CONGRUENT):
+                raise ValueError("comm is not the communicator the forward was synchronised over")
+            dx_out, dg_out, db_out = check_backward(dy, cache, out)  # checks the cache too
+        except (TypeError, ValueError) as exc:
+            error = exc
+        call = state.calls
+        if error is None:
+            x, axis = cache.x, cache.axis
+            C = x.shape[axis]
+            # the forward's ReLU mask is recomputed inside both building blocks
+            sum_dy, sum_dy_xhat = fb.backward_reduce(dy, x, cache.mean, cache.invstd, axis=axis,
+                                                     gamma=cache.gamma, beta=cache.beta,
+                                                     activation=cache.activation)
+            header = _header(_BACKWARD, call, forward_call=cache.call, channels=C,
+                             ndim=x.ndim, axis=axis, eps=cache.eps,
+                             flags=_flags(False, cache.gamma, cache.beta, True),
+                             activation=cache.activation, count=cache.count)
+            parts = (sum_dy, sum_dy_xhat)
+        else:
+            header, parts = _header(_BACKWARD, call, failed=True), None
+        _, table = _exchange(comm, state, header, parts, error, "sync_backward")
 
-    row = np.zeros(1 + 2 * C)
-    if error is None:
-        # the forward's ReLU mask is recomputed inside both building blocks
-        sum_dy, sum_dy_xhat = fb.backward_reduce(dy, x, cache.mean, cache.invstd, axis=axis,
-                                                 gamma=cache.gamma, beta=cache.beta,
-                                                 activation=cache.activation)
-        row[1:1 + C], row[1 + C:] = sum_dy, sum_dy_xhat
-    else:
-        row[0] = _FAILED
-    table = _allgather(comm, row)  # the one collective
-    _raise_if_failed(table, comm, error, "sync_backward")
-
-    totals = table[0, 1:].copy()
-    for r in range(1, table.shape[0]):  # a fixed order: identical sums on every rank
-        totals += table[r, 1:]
-    sum_dy, sum_dy_xhat = totals[:C], totals[C:]
-    dx = fb.backward_elemt(dy, x, cache.mean, cache.invstd, cache.gamma, sum_dy, sum_dy_xhat,
-                           max(cache.global_count, 1), axis=axis, out=dx_out, beta=cache.beta,
-                           activation=cache.activation)
+        totals = table[0].copy()
+        for r in range(1, table.shape[0]):  # a fixed order: identical sums on every rank
+            totals += table[r]
+        sum_dy, sum_dy_xhat = totals[:C], totals[C:]
+        dx = fb.backward_elemt(dy, x, cache.mean, cache.invstd, cache.gamma, sum_dy, sum_dy_xhat,
+                               max(cache.global_count, 1), axis=axis, out=dx_out,
+                               beta=cache.beta, activation=cache.activation)
+    finally:
+        state.lock.release()
     dgamma = None if cache.gamma is None else _store(sum_dy_xhat, dg_out, cache.gamma.dtype)
     dbeta = None if cache.beta is None else _store(sum_dy, db_out, cache.beta.dtype)
     return dx, dgamma, dbeta
@@ -389,7 +547,9 @@ class SyncBatchNorm(BatchNorm):
     synchronised); eval mode with running statistics does not communicate. Start all
     ranks from the same parameters and state (e.g. broadcast a ``state_dict``): the
     updates are then identical on every rank, since the gradients of gamma and beta are
-    global sums, bit-identical everywhere.
+    global sums, bit-identical everywhere. Ranks whose layers disagree (channels, eps,
+    momentum, mode, ...) or are out of step raise ``MismatchError`` on every rank, and a
+    call that raises leaves the layer's state as it was.
 
     Parameters
     ----------
@@ -481,7 +641,8 @@ class SyncBatchNorm(BatchNorm):
         running = (self.running_mean, self.running_var) if update else (None, None)
         y, cache = _sync_forward_train(x, self.params.get("gamma"), self.params.get("beta"),
                                        self.comm, self.axis, self.eps, *running, momentum, out,
-                                       self.activation, error=error, channels=self.num_features)
+                                       self.activation, error=error,
+                                       training_mode=self.training)
         if update:  # only once forward succeeded, on every rank alike
             self.num_batches_tracked += 1
         self._cache = cache

@@ -6,15 +6,9 @@ bias: one pass over the data fewer.
 """
 import numpy as np
 
-from ._checks import FLOAT_DTYPES, channel_axis, real_number
+from ._checks import _describe, channel_axis, float_array, real_number, refuse_subclass
 
 __all__ = ["fold_linear", "fold_batchnorm"]
-
-
-def _describe(obj):
-    if isinstance(obj, np.ndarray):
-        return f"array of dtype {obj.dtype}"
-    return type(obj).__name__
 
 
 def _vector(v, channels, name, *, required=True):
@@ -25,6 +19,7 @@ def _vector(v, channels, name, *, required=True):
     arr = np.asarray(v) if isinstance(v, (list, tuple)) else v
     if not isinstance(arr, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray of shape ({channels},), got {_describe(v)}")
+    refuse_subclass(arr, name)  # a matrix's or masked array's arithmetic differs
     if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
     if arr.shape != (channels,):
@@ -108,10 +103,7 @@ def fold_linear(W, b, gamma, beta, running_mean, running_var, eps=1e-5, *, axis=
     >>> np.allclose(x @ W_folded.T + b_folded, y)
     True
     """
-    if not isinstance(W, np.ndarray):
-        raise TypeError(f"W must be a numpy.ndarray of float32 or float64, got {_describe(W)}")
-    if W.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"W must have dtype float32 or float64, got {W.dtype}")
+    float_array(W, "W")  # the core functions' check: a plain float32/float64 ndarray
     if W.ndim < 2:
         raise ValueError(f"W must have at least 2 dimensions (a linear or convolution weight), "
                          f"got shape {W.shape}")

@@ -7,6 +7,8 @@ chose: the C kernels, or the NumPy reference).
 """
 import json
 import os
+import threading
+from functools import partial
 
 import numpy as np
 
@@ -161,7 +163,28 @@ class BatchNorm:
         else:
             self.running_mean = self.running_var = None
         self.num_batches_tracked = 0
+        self._local = threading.local()
         self._cache = None
+
+    # -- the cache of the last forward: per thread, so that threads sharing one layer in
+    #    eval mode each differentiate their own forward; a thread that ran no forward uses
+    #    the last one of any thread (forward and backward in different threads) ----------
+    @property
+    def _cache(self):
+        return getattr(self._local, "cache", self._last_cache)
+
+    @_cache.setter
+    def _cache(self, cache):
+        self._local.cache = self._last_cache = cache
+
+    def __getstate__(self):  # copy and pickle: a thread-local cannot be
+        state = dict(self.__dict__)
+        del state["_local"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._local = threading.local()
 
     # -- parameters -----------------------------------------------------------------------
     @property
@@ -279,7 +302,10 @@ class BatchNorm:
 
         ``bn(x)`` is the same call. Training mode (and eval mode with
         ``track_running_stats=False``) uses the batch statistics; eval mode uses
-        the running statistics. The cache is kept for `backward`.
+        the running statistics. The cache is kept for `backward`. The running
+        statistics, ``num_batches_tracked`` and the cache change together, in one
+        step that an interrupt (Ctrl-C) does not split; an error leaves them as
+        they were.
 
         Parameters
         ----------
@@ -316,20 +342,25 @@ class BatchNorm:
         1
         """
         self._check_input(x)
-        fb = _fastbn()
+        impl = _fastbn()._impl
         use_batch_stats = self.training or not self.track_running_stats
         update = self.training and self.track_running_stats
         momentum = self._step_momentum(update)
-        running = {}
+        running = (None, None)
         if update or not use_batch_stats:
-            running = {"running_mean": self.running_mean, "running_var": self.running_var}
-        y, cache = fb.forward(x, self.params.get("gamma"), self.params.get("beta"), axis=self.axis,
-                              eps=self.eps, training=use_batch_stats, momentum=momentum, out=out,
-                              activation=self.activation, **running)
-        if update:  # only once forward succeeded: an error leaves the state as it was
-            self.num_batches_tracked += 1
-        self._cache = cache
+            running = (self.running_mean, self.running_var)
+        count = self.num_batches_tracked + 1 if update else None
+        y, _ = impl._forward_then(x, self.params.get("gamma"), self.params.get("beta"),
+                                 self.axis, self.eps, use_batch_stats, *running, momentum,
+                                 out, self.activation, partial(self._commit, count))
         return y
+
+    def _commit(self, num_batches_tracked, cache):
+        """The layer's part of a forward's state update (idempotent: it may be rerun).
+        `num_batches_tracked` is None when it does not change (eval mode)."""
+        if num_batches_tracked is not None:
+            self.num_batches_tracked = num_batches_tracked
+        self._cache = cache
 
     __call__ = forward
 

@@ -4,9 +4,11 @@ same arguments, checks and errors (shared through fastbn._checks)."""
 import numpy as np
 
 from ._checks import store as _store
+from functools import partial
+
 from ._checks import (Cache, channel_axis, check_backward, check_count, check_forward,
-                      check_merge, check_per_channel, check_running_update, data_array,
-                      vector_shape)
+                      check_merge, check_per_channel, check_running_update, commit,
+                      data_array, mark_written, overwrites_x, vector_shape)
 from ._checks import activation as check_activation
 
 
@@ -41,11 +43,17 @@ def merge_stats(counts, means, m2s):
     return (n.astype(np.int64) if per_channel else int(n[0])), mean, m2
 
 
+def _running_copies(running_mean, running_var, mean, var, count, momentum):
+    """The new running statistics, paired with where `commit` writes them."""
+    return [(running_mean, (1 - momentum) * running_mean + momentum * mean),
+            (running_var, (1 - momentum) * running_var + momentum * var * (count / (count - 1)))]
+
+
 def update_running_stats(running_mean, running_var, mean, var, count, *, momentum=0.1):
-    """Exponential averages as in PyTorch; the variance made unbiased by m / (m - 1)."""
+    """Exponential averages as in PyTorch; the variance made unbiased by m / (m - 1).
+    Both are written in one step that an interrupt does not split."""
     mean, var, momentum = check_running_update(running_mean, running_var, mean, var, count, momentum)
-    running_mean[...] = (1 - momentum) * running_mean + momentum * mean
-    running_var[...] = (1 - momentum) * running_var + momentum * var * (count / (count - 1))
+    commit(_running_copies(running_mean, running_var, mean, var, count, momentum))
 
 
 def normalize(x, mean, invstd, gamma=None, beta=None, *, axis=1, out=None, activation=None):
@@ -60,8 +68,18 @@ def normalize(x, mean, invstd, gamma=None, beta=None, *, axis=1, out=None, activ
 
 def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
             running_mean=None, running_var=None, momentum=0.1, out=None, activation=None):
+    return _forward_then(x, gamma, beta, axis, eps, training, running_mean, running_var,
+                        momentum, out, activation, None)
+
+
+def _forward_then(x, gamma, beta, axis, eps, training, running_mean, running_var, momentum,
+                 out, activation, then):
+    """forward; `then(cache)`, if given, is committed with the running statistics."""
     a = check_forward(x, gamma, beta, axis, eps, training, running_mean, running_var,
                       momentum, out, activation)
+    # the values forward uses, copied before `out` (which may overlap them) is written
+    gamma = None if a.gamma is None else a.gamma.copy()
+    beta = None if a.beta is None else a.beta.copy()
     if a.training:
         count, mean, m2 = batch_stats(x, axis=a.axis)
         var = m2 / max(count, 1)
@@ -69,12 +87,15 @@ def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
         mean = a.running_mean.astype(np.float64)
         var = a.running_var.astype(np.float64)
     invstd = 1.0 / np.sqrt(var + a.eps)
-    overwritten = a.out is not None and np.may_share_memory(a.out, x)
-    y = normalize(x, mean, invstd, a.gamma, a.beta, axis=a.axis, out=a.out, activation=a.activation)
+    cache = Cache(x, gamma, beta, mean, invstd, axis=a.axis, eps=a.eps, training=a.training,
+                  activation=a.activation, x_overwritten=overwrites_x(a), copy_params=False)
+    y = normalize(x, mean, invstd, gamma, beta, axis=a.axis, out=a.out, activation=a.activation)
+    copies = []
     if a.training and a.running_mean is not None and a.channels:
-        update_running_stats(a.running_mean, a.running_var, mean, var, a.count, momentum=a.momentum)
-    return y, Cache(x, a.gamma, a.beta, mean, invstd, var, axis=a.axis, eps=a.eps,
-                    training=a.training, activation=a.activation, x_overwritten=overwritten)
+        copies = _running_copies(a.running_mean, a.running_var, mean, var, a.count, a.momentum)
+    if copies or then is not None:
+        commit(copies, None if then is None else partial(then, cache))
+    return y, cache
 
 
 def _relu_masked(dy, x, mean, invstd, gamma, beta, axis, activation):
@@ -128,6 +149,7 @@ def backward(dy, cache, *, out=None):
         dx = _store(dy * _col(scale, x.ndim, axis), dx_out, x.dtype)
     dgamma = None if cache.gamma is None else _store(sum_dy_xhat, dg_out, cache.gamma.dtype)
     dbeta = None if cache.beta is None else _store(sum_dy, db_out, cache.beta.dtype)
+    mark_written(cache, [dx_out, dg_out, db_out])
     return dx, dgamma, dbeta
 
 

@@ -1,4 +1,4 @@
-"""Run under ``mpiexec -n R python tests/mpi_check.py OUTFILE``: exercises
+"""Run under ``mpiexec -n R python -m mpi4py tests/mpi_check.py OUTFILE``: exercises
 fastbn.distributed on uneven (and empty) per-rank batches and gathers every
 rank's inputs and outputs to rank 0, which pickles them to OUTFILE.
 
@@ -9,19 +9,25 @@ Nothing here asserts, except that the launch really gave R ranks.
 """
 import pickle
 import sys
+import threading
+import time
 import traceback
 
 import numpy as np
 from mpi4py import MPI
 
 import fastbn
-from fastbn.distributed import PeerError, SyncBatchNorm, sync_backward, sync_forward
+from fastbn.distributed import (MismatchError, PeerError, SyncBatchNorm, _state, sync_backward,
+                                sync_forward)
 
 COMM = MPI.COMM_WORLD
 RANK, SIZE = COMM.Get_rank(), COMM.Get_size()
 
-# layout name -> (shape of one sample without the batch axis, channel axis)
-LAYOUTS = {"NC": ((5,), 1), "NCL": ((4, 3), 1), "NCHW": ((3, 4, 4), 1), "NHWC": ((4, 4, 3), -1)}
+# layout name -> (shape of one sample without the batch axis, channel axis); "NCwide" comes
+# first: its 200 channels widen the rows of COMM_WORLD (a second Allgather, once), and the
+# cases after it send rows padded to that width
+LAYOUTS = {"NCwide": ((200,), 1), "NC": ((5,), 1), "NCL": ((4, 3), 1), "NCHW": ((3, 4, 4), 1),
+           "NHWC": ((4, 4, 3), -1)}
 
 # per-rank batch sizes: uneven, with a rank holding an empty batch, and (for "NC") a rank
 # holding one sample, whose local count of 1 is fine since the global count is larger
@@ -127,16 +133,53 @@ def run_layer(case):
     return mine, dict(init=init, batches=batches, x_eval=x_eval)
 
 
+ERRORS = ("bad_gamma_on_last_rank", "global_count_one", "eps_mismatch", "bad_dy_on_rank_0",
+          "layer_bad_input_on_last_rank", "local_cache_in_training", "x_not_array_on_last_rank",
+          "cross_forward_backward", "momentum_mismatch", "axis_mismatch", "ndim_mismatch",
+          "activation_mismatch", "running_stats_use_mismatch", "training_mismatch",
+          "layer_momentum_mismatch", "backward_of_other_forward", "channels_mismatch_wide",
+          "thread_inside_call")
+
+
 def error_cases():
-    return [dict(kind="error", name=name) for name in
-            ("bad_gamma_on_last_rank", "global_count_one", "eps_mismatch",
-             "bad_dy_on_rank_0", "layer_bad_input_on_last_rank", "local_cache_in_training")]
+    return [dict(kind="error", name=name) for name in ERRORS]
+
+
+def in_two_threads(x):
+    """Rank 0 starts a call in a thread, then makes a second one while the first waits
+    for the other ranks, which join only once it returned: the second must raise."""
+    if RANK != 0:
+        COMM.recv(source=0, tag=77)
+        sync_forward(x, comm=COMM)
+        return None
+    box = {}
+
+    def first():
+        try:
+            box["y"] = sync_forward(x, comm=COMM)[0]
+        except Exception as exc:  # reported through first_ok
+            box["error"] = repr(exc)
+    thread = threading.Thread(target=first)
+    thread.start()
+    lock, deadline = _state(COMM).lock, time.monotonic() + 60
+    while not lock.locked() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    try:
+        sync_forward(x, comm=COMM)
+    finally:
+        for r in range(1, SIZE):
+            COMM.send("go", dest=r, tag=77)
+        thread.join()
+        in_two_threads.first_ok = "y" in box
 
 
 def run_error(case):
-    """Each must raise on every rank, not hang; the communicator must stay usable."""
+    """Each must raise on every rank (except where the case says), not hang; the
+    communicator must stay usable, and running statistics and layer state untouched."""
     name = case["name"]
     x = np.random.default_rng(RANK).standard_normal((3, 4, 2))
+    rm, rv = np.zeros(4), np.ones(4)
+    state_ok, layer = None, None
     try:
         if name == "bad_gamma_on_last_rank":
             gamma = np.ones(5 if RANK == SIZE - 1 else 4)
@@ -155,10 +198,70 @@ def run_error(case):
         elif name == "local_cache_in_training":
             _, cache = fastbn.forward(x)
             sync_backward(np.ones_like(x), cache, comm=COMM)
+        elif name == "x_not_array_on_last_rank":
+            sync_forward(x.tolist() if RANK == SIZE - 1 else x, comm=COMM)
+        elif name == "cross_forward_backward":  # issue 13: a 4-channel forward's row was
+            x5 = np.random.default_rng(RANK).standard_normal((2, 5, 3))  # as long as a
+            _, cache = sync_forward(x5, np.ones(5), np.zeros(5), comm=COMM)  # 5-channel backward's
+            if RANK == 0:
+                sync_forward(x5[:, :4], np.ones(4), np.zeros(4), comm=COMM)
+            else:
+                sync_backward(np.ones_like(x5), cache, comm=COMM)
+        elif name == "momentum_mismatch":
+            state_ok = False
+            sync_forward(x, comm=COMM, running_mean=rm, running_var=rv,
+                         momentum=0.1 if RANK == 0 else 0.3)
+        elif name == "axis_mismatch":  # 4 channels either way
+            state_ok = False
+            sync_forward(np.ones((3, 4, 4)) * RANK + np.arange(4), comm=COMM,
+                         axis=1 if RANK == 0 else -1, running_mean=rm, running_var=rv)
+        elif name == "ndim_mismatch":
+            sync_forward(x if RANK == 0 else x[..., 0], comm=COMM)
+        elif name == "activation_mismatch":
+            sync_forward(x, comm=COMM, activation="relu" if RANK == 0 else None)
+        elif name == "running_stats_use_mismatch":
+            state_ok = False
+            running = dict(running_mean=rm, running_var=rv) if RANK == 0 else {}
+            sync_forward(x, comm=COMM, **running)
+        elif name == "training_mismatch":  # batch statistics in both modes, synchronised
+            layer = SyncBatchNorm(4, comm=COMM, track_running_stats=False)
+            layer.train(RANK == 0)
+            before, state_ok = layer.state_dict(), False
+            layer(x.astype(np.float32))
+        elif name == "layer_momentum_mismatch":  # momentum None: 1 / (batches tracked + 1)
+            layer = SyncBatchNorm(4, comm=COMM, momentum=None)
+            layer.num_batches_tracked = 1 if RANK == 0 else 2
+            before, state_ok = {k: np.copy(v) for k, v in layer.state_dict().items()}, False
+            layer(x.astype(np.float32))
+        elif name == "backward_of_other_forward":
+            _, first = sync_forward(x, comm=COMM)
+            _, second = sync_forward(x + 1, comm=COMM)
+            sync_backward(np.ones_like(x), first if RANK == 0 else second, comm=COMM)
+        elif name == "channels_mismatch_wide":  # more channels than the rows hold yet
+            state_ok = False
+            C = 4 if RANK == 0 else 1000
+            rm, rv = np.zeros(C), np.ones(C)
+            sync_forward(np.ones((3, C)) * RANK, comm=COMM, running_mean=rm, running_var=rv)
+        elif name == "thread_inside_call":
+            in_two_threads(x)
         result = dict(error=None)
-    except (TypeError, ValueError, PeerError) as exc:
+    except (TypeError, ValueError, RuntimeError) as exc:  # PeerError is a RuntimeError
         result = dict(error=type(exc).__name__, message=str(exc))
+    if state_ok is False:  # the call that raised must have changed nothing
+        if layer is not None:
+            state_ok = layer._cache is None and all(
+                np.array_equal(v, before[k]) for k, v in layer.state_dict().items())
+        else:
+            state_ok = bool((rm == 0).all() and (rv == 1).all())
+    result["state_ok"] = state_ok
+    if name == "thread_inside_call" and RANK == 0:
+        result["first_ok"] = in_two_threads.first_ok
     result["comm_ok"] = COMM.allreduce(1) == SIZE
+    try:  # fastbn's own state on the communicator is still in step on every rank
+        sync_forward(np.arange(6.0).reshape(3, 2) + RANK, comm=COMM)
+        result["sync_ok"] = True
+    except Exception as exc:
+        result["sync_ok"] = repr(exc)
     return result, None
 
 

@@ -42,8 +42,8 @@ def _package_root():
 
 try:
     from mpi4py import MPI
-    from fastbn.distributed import (PeerError, SyncBatchNorm, SyncCache, sync_backward,
-                                    sync_forward)
+    from fastbn.distributed import (MismatchError, PeerError, SyncBatchNorm, SyncCache,
+                                    sync_backward, sync_forward)
     MISSING = None
 except (ImportError, RuntimeError) as exc:  # no mpi4py, or no MPI library for it
     MISSING = f"fastbn.distributed unavailable: {exc} (pip install 'fastbn[mpi]')"
@@ -205,6 +205,37 @@ def test_size_one_validation():
 
 
 @requires_mpi
+def test_size_one_busy_comm_raises_and_changes_nothing():
+    """A call while another thread is inside one on the same communicator raises at once
+    (the other thread is played by holding the communicator's lock)."""
+    from fastbn.distributed import _state
+    x, dy, gamma, beta = _data((4, 3, 5), 1, np.float64)
+    _, cache = sync_forward(x, gamma, beta, comm=MPI.COMM_SELF)
+    rm, rv = np.zeros(3), np.ones(3)
+    layer = SyncBatchNorm(3, comm=MPI.COMM_SELF)
+    lock = _state(MPI.COMM_SELF).lock
+    assert lock.acquire(blocking=False)
+    try:
+        with pytest.raises(RuntimeError, match="another thread.*comm.Dup"):
+            sync_forward(x, gamma, beta, comm=MPI.COMM_SELF, running_mean=rm, running_var=rv)
+        with pytest.raises(RuntimeError, match="another thread"):
+            sync_backward(dy, cache, comm=MPI.COMM_SELF)
+        with pytest.raises(RuntimeError, match="another thread"):
+            layer(x.astype(np.float32))
+    finally:
+        lock.release()
+    np.testing.assert_array_equal(rm, 0)
+    np.testing.assert_array_equal(rv, 1)
+    assert layer.num_batches_tracked == 0 and layer._cache is None
+    np.testing.assert_array_equal(layer.running_mean, 0)
+    sync_forward(x, gamma, beta, comm=MPI.COMM_SELF, running_mean=rm, running_var=rv)
+    assert not lock.locked()  # released after the call; and after an error:
+    with pytest.raises(ValueError, match="gamma"):
+        sync_forward(x, gamma[:2], comm=MPI.COMM_SELF)
+    assert not lock.locked()
+
+
+@requires_mpi
 def test_size_one_layer_matches_batchnorm(tmp_path):
     rng = np.random.default_rng(3)
     sync = SyncBatchNorm(4, comm=MPI.COMM_SELF, momentum=None, axis=-1)
@@ -264,7 +295,8 @@ def mpi_run(request, tmp_path_factory):
     env = dict(os.environ, PYTHONPATH=_package_root(), FASTBN_NUM_THREADS="1",
                OMP_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1",
                OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMPI_MCA_rmaps_base_oversubscribe="1")
-    cmd = [mpiexec, "-n", str(n), sys.executable, str(HERE / "mpi_check.py"), str(outfile), str(n)]
+    cmd = [mpiexec, "-n", str(n), sys.executable, "-m", "mpi4py", str(HERE / "mpi_check.py"),
+           str(outfile), str(n)]
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180,
                              stdin=subprocess.DEVNULL)
@@ -300,7 +332,9 @@ def _expected(inputs, case):
 @pytest.mark.mpi
 def test_functions_match_union(mpi_run):
     cases = _cases(mpi_run, "functions")
-    assert len(cases) == 16
+    assert len(cases) == 20
+    assert max(len(r["inputs"]["gamma"] if r["inputs"]["gamma"] is not None else
+                   r["inputs"]["running_mean"]) for r in cases) > 64  # rows were widened
     for r in cases:
         case, inputs, ranks = r["case"], r["inputs"], r["ranks"]
         what = f"{case['layout']} {case['dtype']} split={case['split']} affine={case['affine']} " \
@@ -373,20 +407,51 @@ def test_layer_steps_match_batchnorm(mpi_run):
         identical([np.asarray(m["state"][key]) for m in ranks], f"state {key}")
 
 
-EXPECTED_ERRORS = {  # case -> {rank or "others": exception name}
+MISMATCH = {"others": "MismatchError"}
+EXPECTED_ERRORS = {  # case -> {rank or "others": exception name (None: returns)}
     "bad_gamma_on_last_rank": {"last": "ValueError", "others": "PeerError"},
     "global_count_one": {"others": "ValueError"},
-    "eps_mismatch": {"others": "ValueError"},
+    "eps_mismatch": MISMATCH,
     "bad_dy_on_rank_0": {0: "TypeError", "others": "PeerError"},
     "layer_bad_input_on_last_rank": {"last": "ValueError", "others": "PeerError"},
     "local_cache_in_training": {"others": "TypeError"},
+    "x_not_array_on_last_rank": {"last": "TypeError", "others": "PeerError"},
+    "cross_forward_backward": MISMATCH,
+    "momentum_mismatch": MISMATCH,
+    "axis_mismatch": MISMATCH,
+    "ndim_mismatch": MISMATCH,
+    "activation_mismatch": MISMATCH,
+    "running_stats_use_mismatch": MISMATCH,
+    "training_mismatch": MISMATCH,
+    "layer_momentum_mismatch": MISMATCH,
+    "backward_of_other_forward": MISMATCH,
+    "channels_mismatch_wide": MISMATCH,
+    "thread_inside_call": {0: "RuntimeError", "others": None},
+}
+MESSAGE_WORDS = {  # case -> what every rank's message must name (the values: rank order)
+    "eps_mismatch": ["eps: [1e-05, 0.001"],
+    "cross_forward_backward": ["out of step", "rank 0 in sync_forward (4 channels)",
+                               "rank 1 in sync_backward (5 channels)"],
+    "momentum_mismatch": ["momentum: [0.1, 0.3"],
+    "axis_mismatch": ["axis: [1, 2"],
+    "ndim_mismatch": ["ndim: [3, 2"],
+    "activation_mismatch": ["activation: ['relu', None"],
+    "running_stats_use_mismatch": ["flags: [[updates running statistics, training mode], "
+                                   "[training mode]"],
+    "training_mismatch": ["flags: [[has gamma, has beta, training mode], [has gamma, has beta]"],
+    "layer_momentum_mismatch": ["momentum: [0.5, 0.3333333333333333"],
+    "backward_of_other_forward": ["forward call: ["],
+    "channels_mismatch_wide": ["channels: [4, 1000"],
+    "thread_inside_call": ["another thread", "comm.Dup()"],
 }
 
 
 @requires_mpi
 @pytest.mark.mpi
 def test_errors_raise_on_every_rank(mpi_run):
-    """A mistake on one rank raises everywhere (no deadlock), and the comm stays usable."""
+    """A mistake or a mismatch on some ranks raises everywhere (no deadlock, no rank
+    returns), leaves running statistics and layer state untouched, and the communicator
+    stays usable, by MPI and by fastbn."""
     cases = {r["case"]["name"]: r["ranks"] for r in _cases(mpi_run, "error")}
     assert set(cases) == set(EXPECTED_ERRORS)
     n = mpi_run["size"]
@@ -396,10 +461,19 @@ def test_errors_raise_on_every_rank(mpi_run):
             key = "last" if rank == n - 1 and "last" in rule else rank if rank in rule else "others"
             assert m["error"] == rule[key], f"{name} on rank {rank}: {m}"
             assert m["comm_ok"], f"{name} on rank {rank}: the communicator is unusable"
+            assert m["sync_ok"] is True, f"{name} on rank {rank}: the next call failed: {m}"
+            assert m["state_ok"] in (None, True), f"{name} on rank {rank}: state changed"
             if m["error"] == "PeerError":
                 culprit = n - 1 if "last" in rule else 0
                 assert f"rank(s) [{culprit}]" in m["message"]
-    assert issubclass(PeerError, RuntimeError)
+            if m["error"] is not None:
+                for words in MESSAGE_WORDS.get(name, []):
+                    assert words in m["message"], f"{name} on rank {rank}: {m['message']}"
+    for name in ("momentum_mismatch", "axis_mismatch", "running_stats_use_mismatch",
+                 "training_mismatch", "layer_momentum_mismatch", "channels_mismatch_wide"):
+        assert all(m["state_ok"] is True for m in cases[name]), name  # was checked
+    assert cases["thread_inside_call"][0]["first_ok"]  # the first thread's call worked
+    assert issubclass(PeerError, RuntimeError) and issubclass(MismatchError, ValueError)
 
 
 @requires_mpi
@@ -413,8 +487,30 @@ def test_example_runs_under_mpiexec():
         pytest.skip("examples/ is not part of this checkout")
     env = dict(os.environ, PYTHONPATH=_package_root(), FASTBN_NUM_THREADS="1",
                OMP_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    cmd = [mpiexec, "-n", "2", sys.executable, str(example), "--epochs", "1"]
+    cmd = [mpiexec, "-n", "2", sys.executable, "-m", "mpi4py", str(example), "--epochs", "1"]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180,
                          stdin=subprocess.DEVNULL)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "bit-identical on all ranks: True" in res.stdout, res.stdout
+
+
+@requires_mpi
+@pytest.mark.mpi
+def test_exception_on_one_rank_aborts_under_python_m_mpi4py():
+    """The README's launch command: an exception escaping on rank 0 while rank 1 waits in
+    sync_forward ends the whole job (plain `python` would leave rank 1 waiting forever)."""
+    mpiexec = _mpiexec()
+    if mpiexec is None:
+        pytest.skip("mpiexec not found (pip install 'fastbn[mpi]' brings MPICH's)")
+    code = ("import numpy as np\nfrom mpi4py import MPI\nfrom fastbn.distributed import "
+            "sync_forward\nif MPI.COMM_WORLD.Get_rank() == 0:\n    raise RuntimeError('boom')\n"
+            "sync_forward(np.ones((3, 4)), comm=MPI.COMM_WORLD)\n")
+    env = dict(os.environ, PYTHONPATH=_package_root(), FASTBN_NUM_THREADS="1",
+               OMP_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    cmd = [mpiexec, "-n", "2", sys.executable, "-m", "mpi4py", "-c", code]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120,
+                             stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the job did not end: rank 1 still waits in sync_forward")
+    assert res.returncode != 0 and "boom" in res.stderr, res.stdout + res.stderr

@@ -47,7 +47,7 @@ PRINT_OPTIONS = dict(precision=8, threshold=1000, edgeitems=3, linewidth=75, sup
                      nanstr="nan", infstr="inf", sign="-", floatmode="maxprec", legacy=False)
 
 # Classes users receive but do not build: no constructor Parameters or Examples needed.
-NOT_BUILT_BY_USERS = {"Cache", "SyncCache", "PeerError"}
+NOT_BUILT_BY_USERS = {"Cache", "SyncCache", "PeerError", "MismatchError"}
 
 
 def _public_objects():
@@ -61,7 +61,9 @@ def _public_objects():
         objects[f"fastbn.reference.{name}"] = getattr(reference, name)
     if distributed is not None:
         for name in distributed.__all__:
-            objects[f"fastbn.distributed.{name}"] = getattr(distributed, name)
+            obj = getattr(distributed, name)
+            if inspect.isroutine(obj) or inspect.isclass(obj):  # not the HEADER tuple
+                objects[f"fastbn.distributed.{name}"] = obj
     return objects
 
 

@@ -98,3 +98,41 @@ def test_runs_end_to_end(ex, tmp_path, capsys):
     except ImportError:
         return
     assert plot.exists() and plot.stat().st_size > 0
+
+
+_SEARCH_DRIVER = r"""
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("train_mlp", sys.argv[1])
+ex = importlib.util.module_from_spec(spec)
+sys.modules["train_mlp"] = ex  # the workers find the trial function by this name
+spec.loader.exec_module(ex)
+hist = ex.main(["--epochs", "2", "--search", "3", "--search-epochs", "1",
+                "--workers", sys.argv[2], "--plot", sys.argv[3]])
+for name, (h, r) in sorted(hist.items()):
+    print("RESULT", name, repr(h), repr(sorted(r.items())))
+"""
+
+
+def test_search_in_worker_processes_matches_sequential(tmp_path):
+    """--workers K (the course notes' "caviar" strategy) runs the trials in K processes
+    with the platform's default start method and finds the same hyperparameters, curves
+    and test figures as a sequential search. In fresh processes: this test's own process
+    ran fastbn on several threads, which a forked child may not survive (issue 13)."""
+    import os
+    import subprocess
+    import sys
+    pytest.importorskip("sklearn")
+    driver = tmp_path / "driver.py"
+    driver.write_text(_SEARCH_DRIVER)
+    root = str(PATH.parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    results = {}
+    for workers in ("1", "2"):
+        run = subprocess.run([sys.executable, str(driver), str(PATH), workers,
+                              str(tmp_path / f"curves{workers}.png")],
+                             capture_output=True, text=True, timeout=600, env=env)
+        assert run.returncode == 0, run.stderr
+        results[workers] = [line for line in run.stdout.splitlines()
+                            if line.startswith(("RESULT", "  [", "    lr"))]
+    assert len(results["1"]) > 20 and any("chosen" in line for line in results["1"])
+    assert results["2"] == results["1"]
