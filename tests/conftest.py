@@ -53,7 +53,7 @@ def pytest_sessionstart(session):
 
 SKIP_GROUPS = {  # group: (words of a skip reason, how to get it)
     "torch": (("torch",), "pip install torch (the PyTorch comparisons)"),
-    "MPI": (("mpi4py", "mpiexec", "fastbn.distributed", "mpi"),
+    "MPI": (("mpi4py", "mpiexec", "fastbn.distributed", "fastbn[mpi]"),
             "pip install 'fastbn[mpi]' (mpi4py + MPICH: the distributed tests)"),
     "scikit-learn": (("sklearn",), "pip install 'fastbn[examples]' (the example's run)"),
 }
@@ -75,6 +75,13 @@ def pytest_runtest_logreport(report):
             _skipped[group].append(report.nodeid)
 
 
+def pytest_collectreport(report):  # a whole module skipped (pytest.importorskip at the top)
+    if report.skipped and isinstance(report.longrepr, tuple):
+        group = _skip_group(str(report.longrepr[2]))
+        if group:
+            _skipped[group].append(report.nodeid + " (whole module)")
+
+
 def _in_ci():
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -88,7 +95,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     missing = {g: ids for g, ids in _skipped.items() if ids}
     if not missing:
         return
-    parts = [f"{g}: {len(ids)} tests (needs {SKIP_GROUPS[g][1]})" for g, ids in missing.items()]
+    parts = []
+    for g, ids in missing.items():
+        modules = [i for i in ids if i.endswith("(whole module)")]
+        what = f"{len(ids) - len(modules)} tests" + (
+            f" + whole modules {', '.join(m.split()[0] for m in modules)}" if modules else "")
+        parts.append(f"{g}: {what} (needs {SKIP_GROUPS[g][1]})")
     line = "SKIPPED COMPARISONS -- " + "; ".join(parts)
     if _in_ci():
         line += " -- FAILING the run: CI=true promises them"
