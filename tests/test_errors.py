@@ -302,3 +302,19 @@ def test_numpy_scalars_are_accepted(impl):
                         training=np.bool_(True), running_mean=s.rm, running_var=s.rv)
     expected, _ = reference.forward(s.x, eps=float(np.float32(1e-3)))
     assert np.allclose(y, expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("view", ["x[...]", "x.view()", "shifted"])
+def test_backward_refuses_a_cache_whose_x_a_view_overwrote(impl, view):
+    """forward(out=<another view of x's memory>) overwrites x as out=x does: backward
+    must refuse the cache rather than differentiate at the overwritten values."""
+    rng = np.random.default_rng(3)
+    buf = rng.standard_normal((7, C, 2))
+    x = buf[:-1] if view == "shifted" else buf.copy()
+    out = {"x[...]": lambda: x[...], "x.view()": lambda: x.view(),
+           "shifted": lambda: buf[1:]}[view]()
+    assert out is not x
+    y, cache = impl.forward(x, out=out)
+    assert y is out
+    with pytest.raises(ValueError, match="overwrote"):
+        impl.backward(np.ones_like(x), cache)
