@@ -23,11 +23,12 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import fastbn
 from fastbn import reference
+from fastbn._checks import canonical_shape
 from conftest import assert_close, channel_values
 
 pytestmark = pytest.mark.skipif(fastbn.backend != "c", reason="compares the compiled kernels "
@@ -82,8 +83,7 @@ def plan(outer, C, inner, elem, inputs, reduction):
 
 def paths(shape, axis, dtype):
     """The paths a training forward + backward of a C-contiguous x takes."""
-    axis = axis % len(shape)
-    outer, C, inner = math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:])
+    outer, C, inner = canonical_shape(shape, axis % len(shape))  # one channel: (1, 1, size)
     elem = np.dtype(dtype).itemsize
     size = outer * C * inner
     r_tiles, r_segs, _ = plan(outer, C, inner, elem, 2, True)    # backward's reduction
@@ -124,18 +124,19 @@ def large_cases(draw):
         return path, lead + (C,), -1, dtype
     if path == "many_channels":
         C = draw(st.integers(16, 4096))
-    else:
-        C = draw(st.integers(1, 64))
-    per_channel_min = {"threaded": -(-MIN_PARALLEL // C), "multi_tile": -(-MIN_PARALLEL // C),
-                       "multi_segment": 2 * TILE_BYTES // elem // max(C, 1) + 1}.get(path, 2)
-    per_channel_min = max(per_channel_min, 4)
+    elif path == "multi_segment":  # long channels (> 1 MB each): few of them
+        C = draw(st.integers(1, 2))
+    else:  # (one channel is one long run, whatever the layout: multi_tile needs two)
+        C = draw(st.integers(2 if path == "multi_tile" else 1, 64))
+    per_channel_min = {"threaded": -(-MIN_PARALLEL // C),
+                       # a separate elementwise pass needs a multi-segment reduction:
+                       # (N, C)-like layouts of >= 2 * FLUSH_ROWS rows
+                       "multi_tile": max(2 * FLUSH_ROWS, -(-MIN_PARALLEL // C)),
+                       "multi_segment": TILE_BYTES // elem + 1}.get(path, 4)
     per_channel_max = max(per_channel_min, MAX_VALUES // C)
-    if path == "multi_segment":  # long channels: few of them
-        C = draw(st.integers(1, 4))
-        per_channel_min = 2 * (4 * TILE_BYTES) // (2 * elem) + 1
-        per_channel_max = max(per_channel_min, MAX_VALUES // C)
     m = draw(st.integers(per_channel_min, per_channel_max))
-    layout = draw(st.sampled_from(["NC", "NCL", "NLC", "NCHW"]))
+    layout = draw(st.sampled_from(["NC", "NLC"] if path == "multi_tile"
+                                  else ["NC", "NCL", "NLC", "NCHW"]))
     if layout == "NC":
         return path, (m, C), 1, dtype
     n = draw(st.integers(1, min(8, m)))
@@ -153,9 +154,10 @@ def large_cases(draw):
        out=st.booleans())
 def test_large_random_arrays_match_reference(case, seed, affine, out):
     path, shape, axis, dtype = case
-    reached = paths(shape, axis, dtype)
-    assert path in reached, f"{shape} axis {axis} {np.dtype(dtype).name} reaches {reached}, " \
-                            f"not {path}"
+    # the strategy aims at `path`; the few shapes that miss it (e.g. a rows-shape
+    # channel in one tile) are drawn again (the plan model is checked against a traced
+    # C build: see the report of issue 14)
+    assume(path in paths(shape, axis, dtype))
     rng = np.random.default_rng(seed)
     x = channel_values(rng, shape, axis, dtype)
     dy = rng.standard_normal(shape).astype(dtype)
