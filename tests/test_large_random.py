@@ -186,6 +186,16 @@ ALIAS_CASES = [((64, 1024), np.float32), ((203, 2048), np.float32), ((37, 4096),
                ((2, 9, 9, 512), np.float64)]
 
 
+def at_page_offset(a, offset):
+    """A copy of `a` whose data start `offset` bytes past a 4 KB boundary."""
+    raw = np.empty(a.nbytes + 8192, dtype=np.uint8)
+    start = (offset - raw.__array_interface__["data"][0]) % 4096
+    view = raw[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    view[...] = a
+    assert view.__array_interface__["data"][0] % 4096 == offset
+    return view
+
+
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("activation", [None, "relu"])
 @pytest.mark.parametrize("shape, dtype", ALIAS_CASES)
@@ -199,10 +209,13 @@ def test_4k_aliasing_widths_match_reference(shape, dtype, activation, training):
     kw = dict(axis=-1, activation=activation, training=training,
               running_mean=rng.standard_normal(C) if not training else None,
               running_var=rng.uniform(0.5, 2.0, C) if not training else None)
-    # fresh large arrays start at one offset in their page: y and dx land in the same
-    # L1 sets as x (the row-pair branch); in place (out=dy) too
-    y, cache = fastbn.forward(x, gamma, beta, **kw)
-    dx, dg, db = fastbn.backward(dy, cache)
+    # x, dy and the outputs 16 bytes past a page, as NumPy's large arrays usually are:
+    # a row group's lines of each fall in the same L1 sets (the row-pair branch)
+    x, dy = at_page_offset(x, 16), at_page_offset(dy, 16)
+    y_out, dx_out = (at_page_offset(np.full(shape, np.nan, dtype), 16) for _ in range(2))
+    y, cache = fastbn.forward(x, gamma, beta, out=y_out, **kw)
+    dx, dg, db = fastbn.backward(dy, cache, out=dx_out)
+    assert y is y_out and dx is dx_out
     ey, ecache = reference.forward(x.astype(np.float64), gamma, beta, **kw)
     edx, edg, edb = reference.backward(dy.astype(np.float64), ecache)
     tol = TOL[np.dtype(dtype)]
@@ -220,7 +233,7 @@ def test_4k_aliasing_widths_match_reference(shape, dtype, activation, training):
 
 
 STREAM_CASES = [((4100, 1024), -1, np.float32),       # (N, C), 4K rows, 16.8 MB
-                ((8, 64, 96, 90), 1, np.float32),     # NCHW runs, 17.7 MB
+                ((8, 64, 97, 91), 1, np.float32),     # NCHW runs of odd length, 18 MB
                 ((2101, 999), -1, np.float64)]        # (N, C) float64, odd width, 16.8 MB
 
 

@@ -157,3 +157,35 @@ def test_compensated_sums_of_long_channels(shape, axis, dtype):
     }
     bad = [k for k, v in errors.items() if not v <= (MEAN_TOL if k == "mean/sd" else M2_TOL)]
     assert not bad, f"errors {errors}; tolerances m2 {M2_TOL:.1e}, mean {MEAN_TOL:.1e}"
+
+
+# A pivot (each channel's first value) far out in its channel's distribution: one
+# pass of sums shifted by it cancels ~k^2 digits (k standard deviations away), so
+# the kernels take a second pass centred on the first one's mean (above k = 16).
+# Where a tile still takes one pass (its sums' s1^2 / n <= 256 m2, e.g. the 64 rows
+# holding the outlier in (300, 2048)), the variance is good to ~256 float64 ulps by
+# design (measured 4.2e-14 there): PIVOT_TOL is that bound; without the second pass,
+# the error is ~k^2 ulps (1e-10 and more here).
+PIVOT_SHAPES = [((5000, 7), 1), ((40, 7, 11, 13), 1), ((50, 9, 11, 7), -1), ((300, 2048), 1)]
+PIVOT_TOL = 4 * 256 * 1.1e-16
+
+
+@needs_kernels
+@pytest.mark.skipif(not EXTENDED, reason="the oracle needs an extended-precision np.longdouble")
+@pytest.mark.parametrize("k", [1e3, 1e6])
+@pytest.mark.parametrize("shape, axis", PIVOT_SHAPES)
+def test_pivot_far_out_in_its_channel(shape, axis, k):
+    rng = np.random.default_rng(int(k) % 1000 + len(shape))
+    x = 5.0 + rng.standard_normal(shape)
+    first = [0] * len(shape)
+    first[axis] = slice(None)
+    x[tuple(first)] = 5.0 + k * rng.choice([-1.0, 1.0], shape[axis])  # every channel's pivot
+    mean0, shift, m2 = exact_stats(x, axis % len(shape))
+    count, _, bs_m2 = fastbn.batch_stats(x, axis=axis)
+    _, cache = fastbn.forward(x, axis=axis, eps=1e-300)
+    errors = {
+        "batch_stats m2": float(np.max(np.abs(bs_m2 - m2) / m2)),
+        "forward var": float(np.max(np.abs(np.asarray(cache.invstd, LD) ** -2 - m2 / count)
+                                    / (m2 / count))),
+    }
+    assert max(errors.values()) <= PIVOT_TOL, errors
