@@ -31,6 +31,18 @@ sys.path.insert(0, HERE)
 from mutants import MUTANTS  # noqa: E402
 
 PYTEST = [sys.executable, "-m", "pytest", "-x", "-q", "-m", "not slow", "-p", "no:cacheprovider"]
+# The whole suite, the files that kill most mutants first (-x stops at the first
+# failure: a killed mutant costs seconds, not a whole run); then every other file.
+FIRST = ["test_large_random.py", "test_tight_accuracy.py", "test_forward_backward.py",
+         "test_building_blocks.py", "test_errors.py", "test_running_stats.py", "test_layer.py",
+         "test_fold.py", "test_accuracy.py"]
+
+
+def suite_files(tree):
+    names = sorted(f for f in os.listdir(os.path.join(tree, "tests"))
+                   if f.startswith("test_") and f.endswith(".py"))
+    ordered = [f for f in FIRST if f in names] + [f for f in names if f not in FIRST]
+    return [os.path.join("tests", f) for f in ordered]
 REBUILT = (".c", ".h", ".pyx")
 
 
@@ -117,13 +129,14 @@ def main():
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     env.pop("FASTBN_BACKEND", None)
     rows = []
+    tests = args.tests or suite_files(tree)
     try:
         t0 = time.time()
         quick = full_build(tree)
         print(f"pristine build: {time.time() - t0:.0f} s", flush=True)
         if not args.no_baseline:
             t0 = time.time()
-            code, out = sh(PYTEST + args.tests, tree, args.timeout, env)
+            code, out = sh(PYTEST + tests, tree, args.timeout, env)
             if code != 0:
                 sys.exit("tools/mutate.py: the suite fails without any mutant:\n" + out[-3000:])
             print(f"baseline suite passes: {time.time() - t0:.0f} s", flush=True)
@@ -148,7 +161,7 @@ def main():
                         rows.append((m, "BUILD ERROR", out.strip().splitlines()[-1:], 0.0))
                         print(f"{m.name}: build error", flush=True)
                         continue
-                code, out = sh(PYTEST + args.tests, tree, args.timeout, env)
+                code, out = sh(PYTEST + tests, tree, args.timeout, env)
             finally:
                 with open(path, "w") as f:  # restore, whatever happened
                     f.write(original)
