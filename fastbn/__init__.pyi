@@ -10,7 +10,10 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 from . import reference as reference
 
 __version__: str
-__all__: list[str]
+__all__ = ["forward", "backward", "batch_stats", "merge_stats", "normalize", "backward_reduce",
+           "backward_elemt", "update_running_stats", "Cache", "backend", "show_config",
+           "get_num_threads", "set_num_threads", "reference", "BatchNorm", "fold_linear",
+           "fold_batchnorm"]
 
 backend: Literal["c", "numpy"]
 
