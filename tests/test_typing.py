@@ -16,6 +16,8 @@ import pytest
 import fastbn
 
 pytest.importorskip("mypy")
+if os.environ.get("FASTBN_SANITIZED"):  # .ci/sanitize: memory safety, not typing
+    pytest.skip("typing is not checked under the sanitizers", allow_module_level=True)
 
 PACKAGE = pathlib.Path(fastbn.__file__).resolve().parent
 
@@ -53,8 +55,11 @@ backend: str = fastbn.backend
 def run_mypy(args, tmp_path):
     # fastbn through MYPYPATH, its own modules' errors silenced as an installed
     # package's would be (--follow-imports=silent for the user script)
-    # (stubtest imports it too: PYTHONPATH, so that it is this same copy)
-    env = dict(os.environ, MYPYPATH=str(PACKAGE.parent), PYTHONPATH=str(PACKAGE.parent))
+    # (stubtest imports it too: PYTHONPATH, so that it is this same copy). An installed
+    # fastbn (site-packages, which mypy refuses on MYPYPATH) is found as users find it.
+    env = dict(os.environ)
+    if PACKAGE.parent.name not in ("site-packages", "dist-packages"):
+        env.update(MYPYPATH=str(PACKAGE.parent), PYTHONPATH=str(PACKAGE.parent))
     return subprocess.run([sys.executable, "-m", *args],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
 
