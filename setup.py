@@ -17,6 +17,11 @@ BASE_FLAGS = ["-std=c99", "-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-t
 # -ffp-contract=off: no silent FMA, so every dispatch path and thread count
 # rounds identically (and TwoSum stays exact). -fno-trapping-math lets loops
 # with a ReLU select vectorise; it changes no result, only FP-exception flags.
+# No -march: wheels must run on any CPU of their platform; kernels.c dispatches
+# at run time (GCC on x86-64) to AVX2/AVX-512 clones.
+MSVC_FLAGS = ["/std:c11", "/O2", "/fp:precise"]
+# MSVC: C99's `restrict` needs /std:c11 (Visual Studio 2019 16.8 or later);
+# /fp:precise (the default, said explicitly) contracts nothing into FMA.
 
 
 def compiler_accepts(compiler, flags, code="int main(void) { return 0; }\n", link_flags=()):
@@ -40,7 +45,7 @@ class BuildExt(build_ext):
     def build_extensions(self):
         cc = self.compiler
         msvc = cc.compiler_type == "msvc"
-        compile_flags = [] if msvc else list(BASE_FLAGS)
+        compile_flags = list(MSVC_FLAGS if msvc else BASE_FLAGS)
         link_flags = []
         serial = [] if msvc else ["-Wno-unknown-pragmas"]  # the omp pragmas, unused
         if os.environ.get("FASTBN_NO_OPENMP") == "1":
