@@ -62,6 +62,7 @@ cdef extern from "fastbn.h" nogil:
                           const double *invstd, const double *gamma, const double *beta,
                           double *shift, double *scale, double *bias)
     int fbn_openmp_enabled()
+    const char *fbn_pool_kind()
     int fbn_max_threads()
     const char *fbn_simd_paths()
     const char *fbn_compiler()
@@ -235,7 +236,11 @@ def openmp_enabled():
     return bool(fbn_openmp_enabled())
 
 
-def omp_max_threads():
+def pool_kind():
+    return fbn_pool_kind().decode()
+
+
+def max_threads():
     return fbn_max_threads()
 
 

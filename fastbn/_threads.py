@@ -1,5 +1,10 @@
-"""Thread count: FASTBN_NUM_THREADS sets the default, set_num_threads changes it,
-and an OpenMP limit set from outside (threadpoolctl) caps it."""
+"""Thread count: FASTBN_NUM_THREADS sets the default, set_num_threads changes it.
+
+The kernels' threads come from fastbn's own pool (src_c/parallel.c): POSIX threads
+in a normal build, which OpenMP limits (OMP_NUM_THREADS, threadpoolctl) do not
+touch; a build with the OpenMP fallback (MSVC) is capped by OpenMP's limit, as
+OpenMP caps its own teams.
+"""
 import os
 
 try:
@@ -25,7 +30,18 @@ _num_threads = _default_threads()
 
 
 def set_num_threads(n):
-    """Set how many threads the kernels may use (>= 1). Returns the previous value."""
+    """Set how many threads the kernels may use.
+
+    Parameters
+    ----------
+    n : int
+        Threads, at least 1.
+
+    Returns
+    -------
+    int
+        The previous setting.
+    """
     global _num_threads
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"n must be a positive integer, got {type(n).__name__}")
@@ -36,14 +52,16 @@ def set_num_threads(n):
 
 
 def get_num_threads():
-    """Threads the next call may use: the fastbn setting, capped by OpenMP's own limit."""
-    if _kernels is None or not _kernels.openmp_enabled():
-        return 1 if _kernels is not None else _num_threads
-    return max(1, min(_num_threads, _kernels.omp_max_threads()))
+    """Threads the next call may use: the fastbn setting, capped by what the pool can run."""
+    if _kernels is None:
+        return _num_threads
+    return max(1, min(_num_threads, _kernels.max_threads()))
 
 
 def build_info():
     if _kernels is None:
-        return {"openmp": False, "max_threads": 1, "simd": "none (NumPy backend)", "compiler": "n/a"}
-    return {"openmp": _kernels.openmp_enabled(), "max_threads": _kernels.omp_max_threads(),
-            "simd": _kernels.simd_paths(), "compiler": _kernels.compiler()}
+        return {"openmp": False, "pool": "none", "max_threads": 1,
+                "simd": "none (NumPy backend)", "compiler": "n/a"}
+    return {"openmp": _kernels.openmp_enabled(), "pool": _kernels.pool_kind(),
+            "max_threads": _kernels.max_threads(), "simd": _kernels.simd_paths(),
+            "compiler": _kernels.compiler()}

@@ -1,5 +1,5 @@
-"""The thread count follows set_num_threads, FASTBN_NUM_THREADS and an OpenMP limit
-set from outside (threadpoolctl)."""
+"""The thread count follows set_num_threads and FASTBN_NUM_THREADS; an OpenMP limit set
+from outside (threadpoolctl) caps it only in a build whose pool is OpenMP."""
 import os
 import subprocess
 import sys
@@ -31,11 +31,21 @@ def test_bad_environment_variable_is_a_clear_error():
 
 
 @needs_c
-def test_threadpoolctl_limit_caps_fastbn(restore_threads):
+def test_threadpoolctl_openmp_limit_caps_only_an_openmp_pool(restore_threads):
     threadpoolctl = pytest.importorskip("threadpoolctl")
+    from fastbn._threads import build_info
     fastbn.set_num_threads(2)
     if fastbn.get_num_threads() < 2:
-        pytest.skip("fewer than 2 OpenMP threads available here")
+        pytest.skip("fewer than 2 threads available here")
     with threadpoolctl.threadpool_limits(1, user_api="openmp"):
-        assert fastbn.get_num_threads() == 1
+        # fastbn's POSIX-threads pool is not OpenMP: the limit is not its to obey
+        assert fastbn.get_num_threads() == (1 if build_info()["pool"] == "openmp" else 2)
     assert fastbn.get_num_threads() == 2
+
+
+@needs_c
+def test_show_config_names_the_thread_pool():
+    import io
+    out = io.StringIO()
+    fastbn.show_config(file=out)
+    assert "thread pool:" in out.getvalue() and "openmp:" in out.getvalue()

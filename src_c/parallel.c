@@ -1,0 +1,245 @@
+/* fastbn's thread pool (see parallel.h). Three builds, one function:
+ *   FBN_POOL_PTHREADS (POSIX, set by setup.py): the pool below;
+ *   _OPENMP (MSVC, no pthreads): an OpenMP loop with dynamic tiles (not fork-safe);
+ *   neither: every loop runs on the caller.
+ */
+#if defined(FBN_POOL_PTHREADS) && !defined(_POSIX_C_SOURCE)
+#define _POSIX_C_SOURCE 200809L /* clock_gettime, pthread_sigmask under -std=c99 */
+#endif
+
+#include "parallel.h"
+
+static void fbn_serial_for(int64_t ntiles, fbn_tile_fn fn, void *ctx) {
+    for (int64_t t = 0; t < ntiles; t++) fn(ctx, t, 0);
+}
+
+#if defined(FBN_POOL_PTHREADS)
+
+#include <pthread.h>
+#include <signal.h>
+#include <string.h>
+#include <time.h>
+
+/* Workers spin this long for the next loop before they sleep: back-to-back
+ * loops of one call (and the next call's, after a few microseconds of Python)
+ * start without a wake-up, and an idle process burns no CPU. */
+#define FBN_WORKER_SPIN_NS 100000
+/* The caller spins this long for its workers' last tiles before it sleeps. */
+#define FBN_CALLER_SPIN_NS 200000
+
+#if defined(__x86_64__) || defined(__i386__)
+#define FBN_PAUSE() __builtin_ia32_pause()
+#elif defined(__aarch64__)
+#define FBN_PAUSE() __asm__ __volatile__("yield")
+#else
+#define FBN_PAUSE() ((void)0)
+#endif
+
+#define LOAD(p) __atomic_load_n((p), __ATOMIC_SEQ_CST)
+#define STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_SEQ_CST)
+
+/* The published loop is one 64-bit word, so that a thread claims a tile and
+ * learns which loop it belongs to in one compare-and-swap: tiles left (low 40
+ * bits), nthreads (8 bits), generation (high 16 bits; it only tells sleeping
+ * workers that something new was published). A claimed tile keeps its loop
+ * open until it is done, so the loop's fn, ctx and ntiles stay valid while the
+ * claimer reads them; a late worker's compare-and-swap on a finished loop (0
+ * tiles left) claims nothing. */
+#define FBN_LEFT_BITS 40
+#define FBN_LEFT_MASK ((UINT64_C(1) << FBN_LEFT_BITS) - 1)
+#define FBN_NT(v) ((int)(((v) >> FBN_LEFT_BITS) & 0xff))
+#define FBN_GEN(v) ((v) >> 48)
+
+static struct {
+    uint64_t word;       /* the published loop (see above) */
+    int64_t ntiles, done; /* the loop's tiles, and how many are finished */
+    fbn_tile_fn fn;
+    void *ctx;
+    int busy;            /* a caller owns the pool */
+    int nworkers;        /* workers started: thread indices 1..nworkers */
+    int sleepers;        /* workers asleep on `wake` */
+    int caller_asleep;   /* the caller is asleep on `finished` */
+    pthread_mutex_t lock;
+    pthread_cond_t wake, finished;
+} pool = {0, 0, 0, NULL, NULL, 0, 0, 0, 0, PTHREAD_MUTEX_INITIALIZER,
+          PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER};
+
+static int64_t fbn_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Claims and runs tiles of the published loop until none is left (or the loop
+ * is not for this thread index). */
+static void fbn_run_tiles(int thread) {
+    for (;;) {
+        uint64_t v = LOAD(&pool.word);
+        if ((v & FBN_LEFT_MASK) == 0 || thread >= FBN_NT(v)) return;
+        if (!__atomic_compare_exchange_n(&pool.word, &v, v - 1, 0, __ATOMIC_SEQ_CST,
+                                         __ATOMIC_SEQ_CST))
+            continue;
+        const int64_t ntiles = pool.ntiles;
+        fbn_tile_fn fn = pool.fn;
+        void *ctx = pool.ctx;
+        fn(ctx, ntiles - (int64_t)(v & FBN_LEFT_MASK), thread); /* tiles in order */
+        if (__atomic_add_fetch(&pool.done, 1, __ATOMIC_SEQ_CST) == ntiles &&
+            LOAD(&pool.caller_asleep)) {
+            /* the caller sleeps (or is about to, holding the lock): wake it */
+            pthread_mutex_lock(&pool.lock);
+            pthread_cond_broadcast(&pool.finished);
+            pthread_mutex_unlock(&pool.lock);
+        }
+    }
+}
+
+/* Waits until a loop with a generation other than *seen is published: spins a
+ * while, then sleeps. */
+static void fbn_wait_loop(uint64_t *seen) {
+    const int64_t until = fbn_now_ns() + FBN_WORKER_SPIN_NS;
+    for (int i = 1;; i++) {
+        uint64_t v = LOAD(&pool.word);
+        if (FBN_GEN(v) != *seen) {
+            *seen = FBN_GEN(v);
+            return;
+        }
+        FBN_PAUSE();
+        if (i % 64 == 0 && fbn_now_ns() > until) break;
+    }
+    pthread_mutex_lock(&pool.lock);
+    __atomic_add_fetch(&pool.sleepers, 1, __ATOMIC_SEQ_CST);
+    while (FBN_GEN(LOAD(&pool.word)) == *seen) pthread_cond_wait(&pool.wake, &pool.lock);
+    __atomic_sub_fetch(&pool.sleepers, 1, __ATOMIC_SEQ_CST);
+    pthread_mutex_unlock(&pool.lock);
+    *seen = FBN_GEN(LOAD(&pool.word));
+}
+
+static void *fbn_worker(void *arg) {
+    const int thread = (int)(intptr_t)arg;
+    uint64_t seen = FBN_GEN(LOAD(&pool.word));
+    fbn_run_tiles(thread); /* the loop that started this worker */
+    for (;;) {
+        fbn_wait_loop(&seen);
+        fbn_run_tiles(thread);
+    }
+    return NULL;
+}
+
+/* Starts workers up to `want` (the caller owns the pool). Signals stay with the
+ * process's other threads (Python handles them in its main thread). */
+static void fbn_start_workers(int want) {
+    if (pool.nworkers >= want) return;
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    while (pool.nworkers < want) {
+        pthread_t th;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        int failed = pthread_create(&th, &attr, fbn_worker, (void *)(intptr_t)(pool.nworkers + 1));
+        pthread_attr_destroy(&attr);
+        if (failed) break; /* run with the workers there are */
+        pool.nworkers++;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
+/* In a forked child only the forking thread exists: the pool starts empty and
+ * unowned (a loop the parent was running is not the child's), with fresh
+ * synchronisation objects (a parent thread may have held them). */
+static void fbn_after_fork_child(void) {
+    pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
+    memcpy(&pool.lock, &lock, sizeof lock);
+    memcpy(&pool.wake, &cond, sizeof cond);
+    memcpy(&pool.finished, &cond, sizeof cond);
+    pool.word &= ~FBN_LEFT_MASK; /* keep the generation: nothing left to claim */
+    pool.ntiles = pool.done = 0;
+    pool.nworkers = pool.sleepers = pool.caller_asleep = pool.busy = 0;
+    fbn_work_after_fork();
+}
+
+static pthread_once_t fbn_fork_once = PTHREAD_ONCE_INIT;
+static void fbn_register_fork(void) { pthread_atfork(NULL, NULL, fbn_after_fork_child); }
+
+void fbn_parallel_for(int64_t ntiles, int nthreads, fbn_tile_fn fn, void *ctx) {
+    pthread_once(&fbn_fork_once, fbn_register_fork);
+    if (nthreads > FBN_POOL_MAX) nthreads = FBN_POOL_MAX;
+    if (ntiles < nthreads) nthreads = (int)(ntiles > 0 ? ntiles : 1);
+    /* one thread, a loop too long for the word, or the pool busy with another
+     * caller's loop: the caller runs it alone (same results) */
+    if (nthreads <= 1 || (uint64_t)ntiles > FBN_LEFT_MASK ||
+        __atomic_exchange_n(&pool.busy, 1, __ATOMIC_ACQUIRE)) {
+        fbn_serial_for(ntiles, fn, ctx);
+        return;
+    }
+    fbn_start_workers(nthreads - 1);
+    if (pool.nworkers == 0) {
+        __atomic_store_n(&pool.busy, 0, __ATOMIC_RELEASE);
+        fbn_serial_for(ntiles, fn, ctx);
+        return;
+    }
+    pool.fn = fn;
+    pool.ctx = ctx;
+    pool.ntiles = ntiles;
+    STORE(&pool.done, 0);
+    const uint64_t gen = (FBN_GEN(LOAD(&pool.word)) + 1) & 0xffff;
+    STORE(&pool.word, gen << 48 | (uint64_t)nthreads << FBN_LEFT_BITS | (uint64_t)ntiles);
+    if (LOAD(&pool.sleepers)) {
+        pthread_mutex_lock(&pool.lock);
+        pthread_cond_broadcast(&pool.wake);
+        pthread_mutex_unlock(&pool.lock);
+    }
+    fbn_run_tiles(0);
+    /* every tile is claimed: wait for those the workers are running */
+    const int64_t until = fbn_now_ns() + FBN_CALLER_SPIN_NS;
+    for (int i = 1; LOAD(&pool.done) < ntiles; i++) {
+        FBN_PAUSE();
+        if (i % 64 == 0 && fbn_now_ns() > until) {
+            pthread_mutex_lock(&pool.lock);
+            STORE(&pool.caller_asleep, 1);
+            while (LOAD(&pool.done) < ntiles) pthread_cond_wait(&pool.finished, &pool.lock);
+            STORE(&pool.caller_asleep, 0);
+            pthread_mutex_unlock(&pool.lock);
+        }
+    }
+    __atomic_store_n(&pool.busy, 0, __ATOMIC_RELEASE);
+}
+
+const char *fbn_pool_kind(void) { return "pthreads"; }
+int fbn_pool_max_threads(void) { return FBN_POOL_MAX; }
+
+#elif defined(_OPENMP)
+
+#include <limits.h>
+#include <omp.h>
+
+void fbn_parallel_for(int64_t ntiles, int nthreads, fbn_tile_fn fn, void *ctx) {
+    if (nthreads <= 1 || ntiles <= 1 || ntiles > INT_MAX) {
+        fbn_serial_for(ntiles, fn, ctx);
+        return;
+    }
+    const int n = (int)ntiles; /* MSVC's OpenMP 2.0 loops over int */
+    int t;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
+    for (t = 0; t < n; t++) fn(ctx, t, omp_get_thread_num());
+}
+
+const char *fbn_pool_kind(void) { return "openmp"; }
+int fbn_pool_max_threads(void) {
+    const int n = omp_get_max_threads();
+    return n < FBN_POOL_MAX ? n : FBN_POOL_MAX;
+}
+
+#else
+
+void fbn_parallel_for(int64_t ntiles, int nthreads, fbn_tile_fn fn, void *ctx) {
+    (void)nthreads;
+    fbn_serial_for(ntiles, fn, ctx);
+}
+
+const char *fbn_pool_kind(void) { return "none"; }
+int fbn_pool_max_threads(void) { return 1; }
+
+#endif
