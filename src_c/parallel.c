@@ -3,7 +3,9 @@
  *   _OPENMP (MSVC, no pthreads): an OpenMP loop with dynamic tiles (not fork-safe);
  *   neither: every loop runs on the caller.
  */
-#if defined(FBN_POOL_PTHREADS) && !defined(_POSIX_C_SOURCE)
+#if defined(FBN_POOL_PTHREADS) && defined(__linux__) && !defined(_GNU_SOURCE)
+#define _GNU_SOURCE /* syscall (futex), with clock_gettime, under -std=c99 */
+#elif defined(FBN_POOL_PTHREADS) && !defined(_POSIX_C_SOURCE)
 #define _POSIX_C_SOURCE 200809L /* clock_gettime, pthread_sigmask under -std=c99 */
 #endif
 
@@ -19,6 +21,9 @@ static void fbn_serial_for(int64_t ntiles, fbn_tile_fn fn, void *ctx) {
 #include <signal.h>
 #include <string.h>
 #include <time.h>
+#ifdef FBN_POOL_DEBUG
+#include <stdio.h>
+#endif
 
 /* Workers spin this long for the next loop before they sleep: back-to-back
  * loops of one call (and the next call's, after a few microseconds of Python)
@@ -26,6 +31,16 @@ static void fbn_serial_for(int64_t ntiles, fbn_tile_fn fn, void *ctx) {
 #define FBN_WORKER_SPIN_NS 100000
 /* The caller spins this long for its workers' last tiles before it sleeps. */
 #define FBN_CALLER_SPIN_NS 200000
+/* A loop stalled when the caller spent more than FBN_STALL_NS plus the time it
+ * ran tiles itself waking its workers or waiting for their last tiles. On a busy
+ * machine the scheduler then preempted a worker mid-tile, or the caller for the
+ * worker it woke, and running it again costs whole ticks. Loops then run on the caller alone for a back-off time:
+ * FBN_BACKOFF_MIN_NS, doubled (up to FBN_BACKOFF_MAX_NS) when the previous stall
+ * was less than 4 back-offs ago. On a busy machine calls then cost about their
+ * 1-thread time, probing threads now and then; a quiet machine has no stalls. */
+#define FBN_STALL_NS 500000
+#define FBN_BACKOFF_MIN_NS 50000000
+#define FBN_BACKOFF_MAX_NS 2000000000
 
 #if defined(__x86_64__) || defined(__i386__)
 #define FBN_PAUSE() __builtin_ia32_pause()
@@ -57,12 +72,46 @@ static struct {
     void *ctx;
     int busy;            /* a caller owns the pool */
     int nworkers;        /* workers started: thread indices 1..nworkers */
-    int sleepers;        /* workers asleep on `wake` */
-    int caller_asleep;   /* the caller is asleep on `finished` */
+    int sleepers;        /* workers asleep on the event wake_seq */
+    int caller_asleep;   /* the caller is asleep on the event finish_seq */
+    int wake_seq, finish_seq;
+    int64_t alone_until; /* monotonic ns: loops run on the caller alone until then */
+    int64_t backoff;     /* ns of the last back-off (0: none) */
+    int64_t last_stall;  /* monotonic ns */
     pthread_mutex_t lock;
-    pthread_cond_t wake, finished;
-} pool = {0, 0, 0, NULL, NULL, 0, 0, 0, 0, PTHREAD_MUTEX_INITIALIZER,
-          PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER};
+    pthread_cond_t wake; /* events without futexes */
+} pool = {0, 0, 0, NULL, NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, PTHREAD_MUTEX_INITIALIZER,
+          PTHREAD_COND_INITIALIZER};
+
+/* Events: a sequence number that a notify increments; fbn_event_wait(seq, seen)
+ * sleeps until it differs from seen (or spuriously: callers check and loop). On
+ * Linux a futex: no lock, so a thread preempted near its sleep never blocks the
+ * thread that wakes it (with a mutex it did, for whole ticks, on a busy machine). */
+#if defined(__linux__)
+#include <limits.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+static void fbn_event_wait(int *seq, int seen) {
+    syscall(SYS_futex, seq, FUTEX_WAIT_PRIVATE, seen, NULL, NULL, 0);
+}
+static void fbn_event_notify(int *seq) {
+    __atomic_add_fetch(seq, 1, __ATOMIC_SEQ_CST);
+    syscall(SYS_futex, seq, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+}
+#else
+static void fbn_event_wait(int *seq, int seen) {
+    pthread_mutex_lock(&pool.lock);
+    while (LOAD(seq) == seen) pthread_cond_wait(&pool.wake, &pool.lock);
+    pthread_mutex_unlock(&pool.lock);
+}
+static void fbn_event_notify(int *seq) {
+    __atomic_add_fetch(seq, 1, __ATOMIC_SEQ_CST);
+    pthread_mutex_lock(&pool.lock);
+    pthread_cond_broadcast(&pool.wake);
+    pthread_mutex_unlock(&pool.lock);
+}
+#endif
 
 static int64_t fbn_now_ns(void) {
     struct timespec ts;
@@ -84,12 +133,8 @@ static void fbn_run_tiles(int thread) {
         void *ctx = pool.ctx;
         fn(ctx, ntiles - (int64_t)(v & FBN_LEFT_MASK), thread); /* tiles in order */
         if (__atomic_add_fetch(&pool.done, 1, __ATOMIC_SEQ_CST) == ntiles &&
-            LOAD(&pool.caller_asleep)) {
-            /* the caller sleeps (or is about to, holding the lock): wake it */
-            pthread_mutex_lock(&pool.lock);
-            pthread_cond_broadcast(&pool.finished);
-            pthread_mutex_unlock(&pool.lock);
-        }
+            LOAD(&pool.caller_asleep))
+            fbn_event_notify(&pool.finish_seq); /* the caller sleeps, or is about to */
     }
 }
 
@@ -106,11 +151,15 @@ static void fbn_wait_loop(uint64_t *seen) {
         FBN_PAUSE();
         if (i % 64 == 0 && fbn_now_ns() > until) break;
     }
-    pthread_mutex_lock(&pool.lock);
+    /* sleepers first, then the word: a caller publishing after our check sees
+     * sleepers and notifies (sequentially consistent order) */
     __atomic_add_fetch(&pool.sleepers, 1, __ATOMIC_SEQ_CST);
-    while (FBN_GEN(LOAD(&pool.word)) == *seen) pthread_cond_wait(&pool.wake, &pool.lock);
+    for (;;) {
+        const int seq = LOAD(&pool.wake_seq);
+        if (FBN_GEN(LOAD(&pool.word)) != *seen) break;
+        fbn_event_wait(&pool.wake_seq, seq);
+    }
     __atomic_sub_fetch(&pool.sleepers, 1, __ATOMIC_SEQ_CST);
-    pthread_mutex_unlock(&pool.lock);
     *seen = FBN_GEN(LOAD(&pool.word));
 }
 
@@ -153,10 +202,11 @@ static void fbn_after_fork_child(void) {
     pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
     memcpy(&pool.lock, &lock, sizeof lock);
     memcpy(&pool.wake, &cond, sizeof cond);
-    memcpy(&pool.finished, &cond, sizeof cond);
+
     pool.word &= ~FBN_LEFT_MASK; /* keep the generation: nothing left to claim */
     pool.ntiles = pool.done = 0;
     pool.nworkers = pool.sleepers = pool.caller_asleep = pool.busy = 0;
+    pool.alone_until = pool.backoff = pool.last_stall = 0;
     fbn_work_after_fork();
 }
 
@@ -174,6 +224,12 @@ void fbn_parallel_for(int64_t ntiles, int nthreads, fbn_tile_fn fn, void *ctx) {
         fbn_serial_for(ntiles, fn, ctx);
         return;
     }
+    const int64_t start = fbn_now_ns();
+    if (start < pool.alone_until) { /* backing off after a stall (fields: owner only) */
+        fbn_serial_for(ntiles, fn, ctx);
+        __atomic_store_n(&pool.busy, 0, __ATOMIC_RELEASE);
+        return;
+    }
     fbn_start_workers(nthreads - 1);
     if (pool.nworkers == 0) {
         __atomic_store_n(&pool.busy, 0, __ATOMIC_RELEASE);
@@ -186,23 +242,38 @@ void fbn_parallel_for(int64_t ntiles, int nthreads, fbn_tile_fn fn, void *ctx) {
     STORE(&pool.done, 0);
     const uint64_t gen = (FBN_GEN(LOAD(&pool.word)) + 1) & 0xffff;
     STORE(&pool.word, gen << 48 | (uint64_t)nthreads << FBN_LEFT_BITS | (uint64_t)ntiles);
-    if (LOAD(&pool.sleepers)) {
-        pthread_mutex_lock(&pool.lock);
-        pthread_cond_broadcast(&pool.wake);
-        pthread_mutex_unlock(&pool.lock);
-    }
+    if (LOAD(&pool.sleepers)) fbn_event_notify(&pool.wake_seq);
+    const int64_t published = fbn_now_ns();
     fbn_run_tiles(0);
     /* every tile is claimed: wait for those the workers are running */
-    const int64_t until = fbn_now_ns() + FBN_CALLER_SPIN_NS;
+    const int64_t out_of_tiles = fbn_now_ns(), until = out_of_tiles + FBN_CALLER_SPIN_NS;
+    int waited = 0;
     for (int i = 1; LOAD(&pool.done) < ntiles; i++) {
+        waited = 1;
         FBN_PAUSE();
         if (i % 64 == 0 && fbn_now_ns() > until) {
-            pthread_mutex_lock(&pool.lock);
             STORE(&pool.caller_asleep, 1);
-            while (LOAD(&pool.done) < ntiles) pthread_cond_wait(&pool.finished, &pool.lock);
+            for (;;) {
+                const int seq = LOAD(&pool.finish_seq);
+                if (LOAD(&pool.done) >= ntiles) break;
+                fbn_event_wait(&pool.finish_seq, seq);
+            }
             STORE(&pool.caller_asleep, 0);
-            pthread_mutex_unlock(&pool.lock);
         }
+    }
+    const int64_t end = waited ? fbn_now_ns() : out_of_tiles;
+#ifdef FBN_POOL_DEBUG
+    if (end - start > 1000000)
+        fprintf(stderr, "pool: %lld tiles publish %lld us run %lld us wait %lld us\n",
+                (long long)ntiles, (long long)(published - start) / 1000,
+                (long long)(out_of_tiles - published) / 1000, (long long)(end - out_of_tiles) / 1000);
+#endif
+    if ((published - start) + (end - out_of_tiles) > FBN_STALL_NS + (out_of_tiles - published)) {
+        const int64_t b = end - pool.last_stall < 4 * pool.backoff ? 2 * pool.backoff : 0;
+        pool.backoff = b < FBN_BACKOFF_MIN_NS ? FBN_BACKOFF_MIN_NS
+                       : b > FBN_BACKOFF_MAX_NS ? FBN_BACKOFF_MAX_NS : b;
+        pool.last_stall = end;
+        pool.alone_until = end + pool.backoff;
     }
     __atomic_store_n(&pool.busy, 0, __ATOMIC_RELEASE);
 }
