@@ -64,6 +64,10 @@ cdef extern from "fastbn.h" nogil:
     int fbn_openmp_enabled()
     const char *fbn_pool_kind()
     int fbn_max_threads()
+
+
+cdef extern from "parallel.h" nogil:
+    int fbn_pool_set_backoff(int on)
     const char *fbn_simd_paths()
     const char *fbn_compiler()
 
@@ -242,6 +246,11 @@ def pool_kind():
 
 def max_threads():
     return fbn_max_threads()
+
+
+def pool_set_backoff(bint on):
+    """For tests: whether the pool falls back to one thread after a stalled loop."""
+    return bool(fbn_pool_set_backoff(on))
 
 
 def simd_paths():

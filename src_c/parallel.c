@@ -78,9 +78,10 @@ static struct {
     int64_t alone_until; /* monotonic ns: loops run on the caller alone until then */
     int64_t backoff;     /* ns of the last back-off (0: none) */
     int64_t last_stall;  /* monotonic ns */
+    int no_backoff;      /* fbn_pool_set_backoff(0) */
     pthread_mutex_t lock;
     pthread_cond_t wake; /* events without futexes */
-} pool = {0, 0, 0, NULL, NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, PTHREAD_MUTEX_INITIALIZER,
+} pool = {0, 0, 0, NULL, NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, PTHREAD_MUTEX_INITIALIZER,
           PTHREAD_COND_INITIALIZER};
 
 /* Events: a sequence number that a notify increments; fbn_event_wait(seq, seen)
@@ -225,7 +226,7 @@ void fbn_parallel_for(int64_t ntiles, int nthreads, fbn_tile_fn fn, void *ctx) {
         return;
     }
     const int64_t start = fbn_now_ns();
-    if (start < pool.alone_until) { /* backing off after a stall (fields: owner only) */
+    if (start < pool.alone_until && !LOAD(&pool.no_backoff)) { /* backing off after a stall (fields: owner only) */
         fbn_serial_for(ntiles, fn, ctx);
         __atomic_store_n(&pool.busy, 0, __ATOMIC_RELEASE);
         return;
@@ -278,6 +279,10 @@ void fbn_parallel_for(int64_t ntiles, int nthreads, fbn_tile_fn fn, void *ctx) {
     __atomic_store_n(&pool.busy, 0, __ATOMIC_RELEASE);
 }
 
+int fbn_pool_set_backoff(int on) {
+    return !__atomic_exchange_n(&pool.no_backoff, !on, __ATOMIC_SEQ_CST);
+}
+
 const char *fbn_pool_kind(void) { return "pthreads"; }
 int fbn_pool_max_threads(void) { return FBN_POOL_MAX; }
 
@@ -297,6 +302,11 @@ void fbn_parallel_for(int64_t ntiles, int nthreads, fbn_tile_fn fn, void *ctx) {
     for (t = 0; t < n; t++) fn(ctx, t, omp_get_thread_num());
 }
 
+int fbn_pool_set_backoff(int on) {
+    (void)on;
+    return 0;
+}
+
 const char *fbn_pool_kind(void) { return "openmp"; }
 int fbn_pool_max_threads(void) {
     const int n = omp_get_max_threads();
@@ -308,6 +318,11 @@ int fbn_pool_max_threads(void) {
 void fbn_parallel_for(int64_t ntiles, int nthreads, fbn_tile_fn fn, void *ctx) {
     (void)nthreads;
     fbn_serial_for(ntiles, fn, ctx);
+}
+
+int fbn_pool_set_backoff(int on) {
+    (void)on;
+    return 0;
 }
 
 const char *fbn_pool_kind(void) { return "none"; }

@@ -36,6 +36,11 @@ const char *fbn_pool_kind(void);
 /* Largest useful nthreads of fbn_parallel_for (1 without threads). */
 int fbn_pool_max_threads(void);
 
+/* Whether the pool backs off to the caller alone after a stalled loop (on by
+ * default; tests turn it off so that their loops do run on threads). Returns the
+ * previous setting. */
+int fbn_pool_set_backoff(int on);
+
 /* Defined in kernels.c: releases the work cache if a call held it when the
  * process forked (that call does not exist in the child). */
 void fbn_work_after_fork(void);
