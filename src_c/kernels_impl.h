@@ -962,8 +962,9 @@ static void FN(stats_all)(const T *x, const fbn_plan *p, double *pivot, fbn_part
     const int64_t nchunks = (C + FBN_MERGE_CHUNK - 1) / FBN_MERGE_CHUNK;
     FN(stats_job) sj = {x, p, pivot, parts, scratch, fbn_scratch_len(p)};
     fbn_parallel_for(ntiles, nt, FN(stats_task), &sj);
+    /* a merge of few parts takes microseconds: waking a thread for it costs more */
     FN(merge_job) mj = {p, pivot, parts, mean_hi, mean_lo, m2};
-    fbn_parallel_for(nchunks, nt, FN(merge_task), &mj);
+    fbn_parallel_for(nchunks, C * p->nsegs >= FBN_MIN_PARALLEL ? nt : 1, FN(merge_task), &mj);
 }
 
 /* Tilings: reductions keep per-channel accumulators, so inner == 1 tiles are

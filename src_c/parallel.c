@@ -32,9 +32,11 @@ static void fbn_serial_for(int64_t ntiles, fbn_tile_fn fn, void *ctx) {
 /* The caller spins this long for its workers' last tiles before it sleeps. */
 #define FBN_CALLER_SPIN_NS 200000
 /* A loop stalled when the caller spent more than FBN_STALL_NS plus the time it
- * ran tiles itself waking its workers or waiting for their last tiles. On a busy
- * machine the scheduler then preempted a worker mid-tile, or the caller for the
- * worker it woke, and running it again costs whole ticks. Loops then run on the caller alone for a back-off time:
+ * ran tiles itself waking its workers or waiting for their last tiles, or when a
+ * worker, out of tiles, waited more than FBN_STALL_NS plus two of its average
+ * tiles for the caller's last tile. On a busy machine the scheduler then preempted
+ * a worker mid-tile, or the caller (often for the worker it woke), and running it
+ * again costs whole ticks. Loops then run on the caller alone for a back-off time:
  * FBN_BACKOFF_MIN_NS, doubled (up to FBN_BACKOFF_MAX_NS) when the previous stall
  * was less than 4 back-offs ago. On a busy machine calls then cost about their
  * 1-thread time, probing threads now and then; a quiet machine has no stalls. */
@@ -81,6 +83,12 @@ static struct {
     int no_backoff;      /* fbn_pool_set_backoff(0) */
     pthread_mutex_t lock;
     pthread_cond_t wake; /* events without futexes */
+    /* per worker, of the loop of generation gen: time in tiles, tiles, and when
+     * it found none left (0: not yet) */
+    struct {
+        uint64_t gen;
+        int64_t busy, tiles, idle_at;
+    } stat[FBN_POOL_MAX];
 } pool = {0, 0, 0, NULL, NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, PTHREAD_MUTEX_INITIALIZER,
           PTHREAD_COND_INITIALIZER};
 
@@ -125,14 +133,31 @@ static int64_t fbn_now_ns(void) {
 static void fbn_run_tiles(int thread) {
     for (;;) {
         uint64_t v = LOAD(&pool.word);
-        if ((v & FBN_LEFT_MASK) == 0 || thread >= FBN_NT(v)) return;
+        if ((v & FBN_LEFT_MASK) == 0 || thread >= FBN_NT(v)) {
+            if (thread > 0 && __atomic_load_n(&pool.stat[thread].gen, __ATOMIC_RELAXED) ==
+                                  FBN_GEN(v) && __atomic_load_n(&pool.stat[thread].idle_at,
+                                                                __ATOMIC_RELAXED) == 0)
+                __atomic_store_n(&pool.stat[thread].idle_at, fbn_now_ns(), __ATOMIC_RELEASE);
+            return;
+        }
         if (!__atomic_compare_exchange_n(&pool.word, &v, v - 1, 0, __ATOMIC_SEQ_CST,
                                          __ATOMIC_SEQ_CST))
             continue;
         const int64_t ntiles = pool.ntiles;
         fbn_tile_fn fn = pool.fn;
         void *ctx = pool.ctx;
+        const int64_t t0 = thread > 0 ? fbn_now_ns() : 0;
         fn(ctx, ntiles - (int64_t)(v & FBN_LEFT_MASK), thread); /* tiles in order */
+        if (thread > 0) { /* relaxed: the caller's stall check is a heuristic */
+            if (__atomic_load_n(&pool.stat[thread].gen, __ATOMIC_RELAXED) != FBN_GEN(v)) {
+                __atomic_store_n(&pool.stat[thread].busy, 0, __ATOMIC_RELAXED);
+                __atomic_store_n(&pool.stat[thread].tiles, 0, __ATOMIC_RELAXED);
+                __atomic_store_n(&pool.stat[thread].idle_at, 0, __ATOMIC_RELAXED);
+                __atomic_store_n(&pool.stat[thread].gen, FBN_GEN(v), __ATOMIC_RELAXED);
+            }
+            __atomic_add_fetch(&pool.stat[thread].busy, fbn_now_ns() - t0, __ATOMIC_RELAXED);
+            __atomic_add_fetch(&pool.stat[thread].tiles, 1, __ATOMIC_RELAXED);
+        }
         if (__atomic_add_fetch(&pool.done, 1, __ATOMIC_SEQ_CST) == ntiles &&
             LOAD(&pool.caller_asleep))
             fbn_event_notify(&pool.finish_seq); /* the caller sleeps, or is about to */
@@ -269,7 +294,18 @@ void fbn_parallel_for(int64_t ntiles, int nthreads, fbn_tile_fn fn, void *ctx) {
                 (long long)ntiles, (long long)(published - start) / 1000,
                 (long long)(out_of_tiles - published) / 1000, (long long)(end - out_of_tiles) / 1000);
 #endif
-    if ((published - start) + (end - out_of_tiles) > FBN_STALL_NS + (out_of_tiles - published)) {
+    int stalled = (published - start) + (end - out_of_tiles) >
+                  FBN_STALL_NS + (out_of_tiles - published);
+    for (int w = 1; w < nthreads && w <= pool.nworkers && !stalled; w++) {
+        const int64_t idle_at = __atomic_load_n(&pool.stat[w].idle_at, __ATOMIC_ACQUIRE);
+        const int64_t tiles = __atomic_load_n(&pool.stat[w].tiles, __ATOMIC_RELAXED);
+        if (__atomic_load_n(&pool.stat[w].gen, __ATOMIC_RELAXED) != gen || idle_at == 0 ||
+            tiles == 0)
+            continue;
+        const int64_t mean = __atomic_load_n(&pool.stat[w].busy, __ATOMIC_RELAXED) / tiles;
+        stalled = out_of_tiles - idle_at > FBN_STALL_NS + 2 * mean;
+    }
+    if (stalled) {
         const int64_t b = end - pool.last_stall < 4 * pool.backoff ? 2 * pool.backoff : 0;
         pool.backoff = b < FBN_BACKOFF_MIN_NS ? FBN_BACKOFF_MIN_NS
                        : b > FBN_BACKOFF_MAX_NS ? FBN_BACKOFF_MAX_NS : b;
