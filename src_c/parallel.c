@@ -32,9 +32,10 @@ static void fbn_serial_for(int64_t ntiles, fbn_tile_fn fn, void *ctx) {
 /* The caller spins this long for its workers' last tiles before it sleeps. */
 #define FBN_CALLER_SPIN_NS 200000
 /* A loop stalled when the caller spent more than FBN_STALL_NS plus the time it
- * ran tiles itself waking its workers or waiting for their last tiles, or when a
- * worker, out of tiles, waited more than FBN_STALL_NS plus two of its average
- * tiles for the caller's last tile. On a busy machine the scheduler then preempted
+ * ran tiles itself waking its workers or waiting for their last tiles, when it
+ * was off its CPU more than FBN_STALL_NS while it ran tiles, or when a worker,
+ * out of tiles, waited more than FBN_STALL_NS plus two of its average tiles for
+ * the caller's last tile. On a busy machine the scheduler then preempted
  * a worker mid-tile, or the caller (often for the worker it woke), and running it
  * again costs whole ticks. Loops then run on the caller alone for a back-off time:
  * FBN_BACKOFF_MIN_NS, doubled (up to FBN_BACKOFF_MAX_NS) when the previous stall
@@ -122,11 +123,18 @@ static void fbn_event_notify(int *seq) {
 }
 #endif
 
-static int64_t fbn_now_ns(void) {
+static int64_t fbn_clock_ns(clockid_t clock) {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(clock, &ts);
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
+static int64_t fbn_now_ns(void) { return fbn_clock_ns(CLOCK_MONOTONIC); }
+#if defined(CLOCK_THREAD_CPUTIME_ID)
+/* the calling thread's CPU time (a system call, ~0.5 us: twice per loop) */
+static int64_t fbn_cpu_ns(void) { return fbn_clock_ns(CLOCK_THREAD_CPUTIME_ID); }
+#else
+static int64_t fbn_cpu_ns(void) { return fbn_now_ns(); } /* never off-CPU */
+#endif
 
 /* Claims and runs tiles of the published loop until none is left (or the loop
  * is not for this thread index). */
@@ -269,8 +277,9 @@ void fbn_parallel_for(int64_t ntiles, int nthreads, fbn_tile_fn fn, void *ctx) {
     const uint64_t gen = (FBN_GEN(LOAD(&pool.word)) + 1) & 0xffff;
     STORE(&pool.word, gen << 48 | (uint64_t)nthreads << FBN_LEFT_BITS | (uint64_t)ntiles);
     if (LOAD(&pool.sleepers)) fbn_event_notify(&pool.wake_seq);
-    const int64_t published = fbn_now_ns();
+    const int64_t published = fbn_now_ns(), cpu0 = fbn_cpu_ns();
     fbn_run_tiles(0);
+    const int64_t run_cpu = fbn_cpu_ns() - cpu0;
     /* every tile is claimed: wait for those the workers are running */
     const int64_t out_of_tiles = fbn_now_ns(), until = out_of_tiles + FBN_CALLER_SPIN_NS;
     int waited = 0;
@@ -295,7 +304,8 @@ void fbn_parallel_for(int64_t ntiles, int nthreads, fbn_tile_fn fn, void *ctx) {
                 (long long)(out_of_tiles - published) / 1000, (long long)(end - out_of_tiles) / 1000);
 #endif
     int stalled = (published - start) + (end - out_of_tiles) >
-                  FBN_STALL_NS + (out_of_tiles - published);
+                      FBN_STALL_NS + (out_of_tiles - published) ||
+                  (out_of_tiles - published) - run_cpu > FBN_STALL_NS;
     for (int w = 1; w < nthreads && w <= pool.nworkers && !stalled; w++) {
         const int64_t idle_at = __atomic_load_n(&pool.stat[w].idle_at, __ATOMIC_ACQUIRE);
         const int64_t tiles = __atomic_load_n(&pool.stat[w].tiles, __ATOMIC_RELAXED);
