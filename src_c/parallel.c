@@ -91,7 +91,7 @@ static struct {
         int64_t busy, tiles, idle_at;
     } stat[FBN_POOL_MAX];
 } pool = {0, 0, 0, NULL, NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, PTHREAD_MUTEX_INITIALIZER,
-          PTHREAD_COND_INITIALIZER};
+          PTHREAD_COND_INITIALIZER, {{0, 0, 0, 0}}};
 
 /* Events: a sequence number that a notify increments; fbn_event_wait(seq, seen)
  * sleeps until it differs from seen (or spuriously: callers check and loop). On
