@@ -1,8 +1,11 @@
 """Build of the fastbn extension: C99 kernels (src_c/) behind a Cython module.
 
-OpenMP is used when the compiler supports it and left out, with a message,
-when it does not (or when FASTBN_NO_OPENMP=1). FASTBN_SANITIZE=1 builds with
-AddressSanitizer and UndefinedBehaviorSanitizer for the CI's memory-safety run.
+Threads come from fastbn's own pool (src_c/parallel.c): POSIX threads where the
+compiler has them (fork-safe, and not stalled by a late worker on a busy machine),
+else OpenMP (MSVC), else one thread, with a message. FASTBN_THREADS=pthreads,
+openmp or none forces a choice (FASTBN_NO_OPENMP=1, the old switch, means none).
+FASTBN_SANITIZE=1 builds with AddressSanitizer and UndefinedBehaviorSanitizer for
+the CI's memory-safety run.
 """
 import os
 import sys
@@ -39,6 +42,18 @@ def compiler_accepts(compiler, flags, code="int main(void) { return 0; }\n", lin
 
 
 OPENMP_PROBE = "#include <omp.h>\nint main(void) { return omp_get_max_threads() > 0 ? 0 : 1; }\n"
+PTHREADS_PROBE = ("#include <pthread.h>\nstatic void *f(void *a) { return a; }\n"
+                  "int main(void) { pthread_t t; if (pthread_create(&t, 0, f, 0)) return 1;\n"
+                  "  pthread_atfork(0, 0, 0); return pthread_join(t, 0); }\n")
+
+
+def thread_pool_choice():
+    choice = os.environ.get("FASTBN_THREADS", "").lower()
+    if not choice and os.environ.get("FASTBN_NO_OPENMP") == "1":
+        choice = "none"
+    if choice not in ("", "pthreads", "openmp", "none"):
+        raise SystemExit(f"FASTBN_THREADS must be pthreads, openmp or none, got {choice!r}")
+    return choice
 
 
 class BuildExt(build_ext):
@@ -47,20 +62,26 @@ class BuildExt(build_ext):
         msvc = cc.compiler_type == "msvc"
         compile_flags = list(MSVC_FLAGS if msvc else BASE_FLAGS)
         link_flags = []
-        serial = [] if msvc else ["-Wno-unknown-pragmas"]  # the omp pragmas, unused
-        if os.environ.get("FASTBN_NO_OPENMP") == "1":
-            print("fastbn: OpenMP disabled by FASTBN_NO_OPENMP=1; kernels run on one thread")
-            compile_flags += serial
+        macros = []
+        choice = thread_pool_choice()
+        pthread = ["-pthread"]
+        omp = ["/openmp"] if msvc else ["-fopenmp"]
+        if choice == "none":
+            print("fastbn: threads disabled (FASTBN_THREADS=none); kernels run on one thread")
+        elif choice in ("", "pthreads") and not msvc and compiler_accepts(
+                cc, pthread, PTHREADS_PROBE, pthread):
+            compile_flags += pthread
+            link_flags += pthread
+            macros.append(("FBN_POOL_PTHREADS", "1"))
+            print("fastbn: building with its POSIX-threads pool")
+        elif choice in ("", "openmp") and compiler_accepts(cc, omp, OPENMP_PROBE,
+                                                          [] if msvc else omp):
+            compile_flags += omp
+            link_flags += [] if msvc else omp
+            print("fastbn: building with an OpenMP pool (not fork-safe)")
         else:
-            omp = ["/openmp"] if msvc else ["-fopenmp"]
-            if compiler_accepts(cc, omp, OPENMP_PROBE, [] if msvc else omp):
-                compile_flags += omp
-                link_flags += [] if msvc else omp
-                print("fastbn: building with OpenMP")
-            else:
-                print("fastbn: the compiler does not support OpenMP; building without it "
-                      "(kernels run on one thread)")
-                compile_flags += serial
+            print(f"fastbn: the compiler has no {choice or 'POSIX threads or OpenMP'}; "
+                  "building without threads (kernels run on one thread)")
         if os.environ.get("FASTBN_SANITIZE") == "1":
             san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
                    "-fno-omit-frame-pointer", "-O1", "-g"]
@@ -68,6 +89,7 @@ class BuildExt(build_ext):
             link_flags += san
             print("fastbn: building with AddressSanitizer and UndefinedBehaviorSanitizer")
         for ext in self.extensions:
+            ext.define_macros = list(ext.define_macros) + macros
             ext.extra_compile_args = compile_flags
             ext.extra_link_args = link_flags
         super().build_extensions()
@@ -75,9 +97,10 @@ class BuildExt(build_ext):
 
 extension = Extension(
     "fastbn._kernels",
-    sources=["fastbn/_kernels.pyx", "src_c/kernels.c"],
+    sources=["fastbn/_kernels.pyx", "src_c/kernels.c", "src_c/parallel.c"],
     include_dirs=["src_c", np.get_include()],
-    depends=["fastbn/_front.pxi", "src_c/fastbn.h", "src_c/plan.h", "src_c/kernels_impl.h"],
+    depends=["fastbn/_front.pxi", "src_c/fastbn.h", "src_c/plan.h", "src_c/kernels_impl.h",
+             "src_c/parallel.h"],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
 )
 

@@ -48,8 +48,14 @@ backward_elemt = _impl.backward_elemt
 update_running_stats = _impl.update_running_stats
 
 
+def _available_cpus():
+    if hasattr(_os, "sched_getaffinity"):
+        return len(_os.sched_getaffinity(0))
+    return _os.cpu_count() or 1
+
+
 def show_config(file=None):
-    """Print the backend, version, OpenMP support, threads and SIMD paths.
+    """Print the backend, version, OpenMP support, thread pool, threads and SIMD paths.
 
     What to attach to a bug report; ``python -m fastbn info`` prints the same.
 
@@ -74,7 +80,10 @@ def show_config(file=None):
     lines = [f"fastbn {__version__}",
              f"  backend:       {backend}" + (f" ({_fallback_reason})" if _fallback_reason else ""),
              f"  openmp:        {'on' if info['openmp'] else 'off'}",
-             "  threads:       " + (f"{get_num_threads()} (of {info['max_threads']} available)"
+             "  thread pool:   " + {"pthreads": "fastbn's own (POSIX threads, fork-safe)",
+                                    "openmp": "OpenMP (not fork-safe)",
+                                    "none": "none (one thread)"}[info["pool"]],
+             "  threads:       " + (f"{get_num_threads()} (of {_available_cpus()} CPUs available)"
                                    if backend == "c" else "n/a (NumPy backend)"),
              f"  simd:          {info['simd']}",
              f"  compiler:      {info['compiler']}"]

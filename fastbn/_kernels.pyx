@@ -67,7 +67,12 @@ cdef extern from "fastbn.h" nogil:
                           const double *invstd, const double *gamma, const double *beta,
                           double *shift, double *scale, double *bias)
     int fbn_openmp_enabled()
+    const char *fbn_pool_kind()
     int fbn_max_threads()
+
+
+cdef extern from "parallel.h" nogil:
+    int fbn_pool_set_backoff(int on)
     const char *fbn_simd_paths()
     const char *fbn_compiler()
 
@@ -241,8 +246,17 @@ def openmp_enabled():
     return bool(fbn_openmp_enabled())
 
 
-def omp_max_threads():
+def pool_kind():
+    return fbn_pool_kind().decode()
+
+
+def max_threads():
     return fbn_max_threads()
+
+
+def pool_set_backoff(bint on):
+    """For tests: whether the pool falls back to one thread after a stalled loop."""
+    return bool(fbn_pool_set_backoff(on))
 
 
 def simd_paths():

@@ -1,5 +1,10 @@
-"""Thread count: FASTBN_NUM_THREADS sets the default, set_num_threads changes it,
-and an OpenMP limit set from outside (threadpoolctl) caps it."""
+"""Thread count: FASTBN_NUM_THREADS sets the default, set_num_threads changes it.
+
+The kernels' threads come from fastbn's own pool (src_c/parallel.c): POSIX threads
+in a normal build, which OpenMP limits (OMP_NUM_THREADS, threadpoolctl) do not
+touch; a build with the OpenMP fallback (MSVC) is capped by OpenMP's limit, as
+OpenMP caps its own teams.
+"""
 import os
 
 try:
@@ -28,9 +33,10 @@ def set_num_threads(n):
     """Set how many threads the kernels may use, for the whole process.
 
     The default is ``FASTBN_NUM_THREADS`` if set, else the number of CPUs this
-    process may run on. An OpenMP limit set from outside (threadpoolctl's
-    ``threadpool_limits``) caps it; the NumPy backend ignores it. Results are
-    bitwise identical whatever the number of threads.
+    process may run on. OpenMP limits (``OMP_NUM_THREADS``, threadpoolctl) do not
+    apply to fastbn's own thread pool (they cap only a build with the OpenMP
+    fallback); the NumPy backend ignores the setting. Results are bitwise
+    identical whatever the number of threads.
 
     Parameters
     ----------
@@ -71,12 +77,12 @@ def set_num_threads(n):
 
 
 def get_num_threads():
-    """Threads the next call may use: the fastbn setting, capped by OpenMP's own limit.
+    """Threads the next call may use: the fastbn setting, capped by what the pool can run.
 
     Returns
     -------
     int
-        At least 1; 1 when the extension was built without OpenMP.
+        At least 1; 1 when the extension was built without threads.
 
     See Also
     --------
@@ -88,13 +94,15 @@ def get_num_threads():
     >>> fastbn.get_num_threads() >= 1
     True
     """
-    if _kernels is None or not _kernels.openmp_enabled():
-        return 1 if _kernels is not None else _num_threads
-    return max(1, min(_num_threads, _kernels.omp_max_threads()))
+    if _kernels is None:
+        return _num_threads
+    return max(1, min(_num_threads, _kernels.max_threads()))
 
 
 def build_info():
     if _kernels is None:
-        return {"openmp": False, "max_threads": 1, "simd": "none (NumPy backend)", "compiler": "n/a"}
-    return {"openmp": _kernels.openmp_enabled(), "max_threads": _kernels.omp_max_threads(),
-            "simd": _kernels.simd_paths(), "compiler": _kernels.compiler()}
+        return {"openmp": False, "pool": "none", "max_threads": 1,
+                "simd": "none (NumPy backend)", "compiler": "n/a"}
+    return {"openmp": _kernels.openmp_enabled(), "pool": _kernels.pool_kind(),
+            "max_threads": _kernels.max_threads(), "simd": _kernels.simd_paths(),
+            "compiler": _kernels.compiler()}

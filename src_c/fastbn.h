@@ -6,7 +6,9 @@
  *
  * Per-channel vectors are double. Statistics are accumulated in double for both
  * float32 and float64 data. Kernels never allocate anything of the data's size;
- * results do not depend on the thread count (work is split by shape alone).
+ * results do not depend on the thread count (work is split by shape alone, and
+ * tiles are merged by index). Threads come from fastbn's own pool (parallel.h),
+ * which is safe to use in a forked child.
  *
  * Elementwise kernels use one affine form per channel,
  *     y = (x - shift[c]) * scale[c] + bias[c]           (then max(y, 0) if relu),
@@ -88,8 +90,10 @@ void fbn_coefficients(int64_t channels, const double *mean_hi, const double *mea
                       const double *invstd, const double *gamma, const double *beta,
                       double *shift, double *scale, double *bias);
 
-/* Build facts for show_config. */
+/* Build facts for show_config: whether OpenMP is compiled in, the thread pool's
+ * kind ("pthreads", "openmp" or "none") and the largest thread count it uses. */
 int fbn_openmp_enabled(void);
+const char *fbn_pool_kind(void);
 int fbn_max_threads(void);
 const char *fbn_simd_paths(void);
 const char *fbn_compiler(void);

@@ -7,10 +7,6 @@
 #include "fastbn.h"
 #include "plan.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 static int64_t fbn_tile_bytes(void) {
 #ifdef FBN_TUNING /* tuning builds only: FASTBN_TILE_KB overrides the tile size */
     const char *kb = getenv("FASTBN_TILE_KB");
@@ -165,6 +161,8 @@ int fbn_work_alloc(fbn_work *w, int n, const int64_t *bytes, void **buffers) {
     return 0;
 }
 
+void fbn_work_after_fork(void) { fbn_cache_busy = 0; }
+
 void fbn_work_free(fbn_work *w) {
     if (w->cached) {
         FBN_UNCLAIM(fbn_cache_busy);
@@ -228,13 +226,7 @@ int fbn_openmp_enabled(void) {
 #endif
 }
 
-int fbn_max_threads(void) {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
+int fbn_max_threads(void) { return fbn_pool_max_threads(); }
 
 const char *fbn_simd_paths(void) { return FBN_SIMD_PATHS; }
 

@@ -902,41 +902,69 @@ static void FN(finish_stats)(int64_t c, double pivot, const fbn_part *part, doub
     m2[c] = part->m2;
 }
 
-/* Statistics of every channel, tile by tile, merged in a fixed order. */
-static void FN(stats_all)(const T *x, const fbn_plan *p, double *pivot, fbn_part *parts,
-                          double *scratch, double *mean_hi, double *mean_lo, double *m2, int nt) {
-    const int64_t C = p->s.channels, ntiles = p->nblocks * p->nsegs, len = fbn_scratch_len(p);
-    const int64_t nchunks = (C + FBN_MERGE_CHUNK - 1) / FBN_MERGE_CHUNK;
-    (void)nt; /* without OpenMP */
-#pragma omp parallel num_threads(nt) if (nt > 1)
-    {
-#pragma omp for schedule(static)
-        for (int64_t t = 0; t < ntiles; t++)
-            FN(stats_tile)(x, p, t, pivot, parts + (t % p->nsegs) * C,
-                           scratch + FBN_THREAD_ID * len);
-        /* Chan et al., segment after segment (for each channel, whichever thread
-         * merges it); every channel has the same counts, so the weights are
-         * computed once per segment and the channel loop is plain */
-#pragma omp for schedule(static)
-        for (int64_t b = 0; b < nchunks; b++) {
-            const int64_t c0 = b * FBN_MERGE_CHUNK;
-            const int64_t c1 = c0 + FBN_MERGE_CHUNK < C ? c0 + FBN_MERGE_CHUNK : C;
-            for (int64_t k = 1; k < p->nsegs; k++) {
-                /* segment k (of channel block 0): na values before it, nb in it */
-                const FN(fbn_tile) r = FN(tile_of)(p, k);
-                const fbn_part *seg = parts + k * C;
-                const double na = (double)r.j0, nb = (double)(r.j1 - r.j0), n = na + nb;
-                const double wb = nb / n, wab = na * nb / n;
-                for (int64_t c = c0; c < c1; c++) {
-                    double delta = seg[c].mean - parts[c].mean;
-                    parts[c].mean += delta * wb;
-                    parts[c].m2 += seg[c].m2 + delta * delta * wab;
-                }
-            }
-            for (int64_t c = c0; c < c1; c++)
-                FN(finish_stats)(c, pivot[c], &parts[c], mean_hi, mean_lo, m2);
+/* The loops below run on fbn_parallel_for (parallel.h): each has a job (its
+ * arguments) and a task (one tile; `thread` indexes per-thread scratch). */
+
+/* Statistics of one tile into its segment's parts. */
+typedef struct {
+    const T *x;
+    const fbn_plan *p;
+    const double *pivot;
+    fbn_part *parts;
+    double *scratch; /* len doubles per thread */
+    int64_t len;
+} FN(stats_job);
+
+static void FN(stats_task)(void *job, int64_t t, int thread) {
+    const FN(stats_job) *j = job;
+    FN(stats_tile)(j->x, j->p, t, j->pivot, j->parts + (t % j->p->nsegs) * j->p->s.channels,
+                   j->scratch + thread * j->len);
+}
+
+/* Chan et al., segment after segment, for the channels of one chunk; every
+ * channel has the same counts, so the weights are computed once per segment and
+ * the channel loop is plain. */
+typedef struct {
+    const fbn_plan *p;
+    const double *pivot;
+    fbn_part *parts;
+    double *mean_hi, *mean_lo, *m2;
+} FN(merge_job);
+
+static void FN(merge_task)(void *job, int64_t b, int thread) {
+    const FN(merge_job) *j = job;
+    const fbn_plan *p = j->p;
+    const int64_t C = p->s.channels, c0 = b * FBN_MERGE_CHUNK;
+    const int64_t c1 = c0 + FBN_MERGE_CHUNK < C ? c0 + FBN_MERGE_CHUNK : C;
+    fbn_part *parts = j->parts;
+    (void)thread;
+    for (int64_t k = 1; k < p->nsegs; k++) {
+        /* segment k (of channel block 0): na values before it, nb in it */
+        const FN(fbn_tile) r = FN(tile_of)(p, k);
+        const fbn_part *seg = parts + k * C;
+        const double na = (double)r.j0, nb = (double)(r.j1 - r.j0), n = na + nb;
+        const double wb = nb / n, wab = na * nb / n;
+        for (int64_t c = c0; c < c1; c++) {
+            double delta = seg[c].mean - parts[c].mean;
+            parts[c].mean += delta * wb;
+            parts[c].m2 += seg[c].m2 + delta * delta * wab;
         }
     }
+    for (int64_t c = c0; c < c1; c++)
+        FN(finish_stats)(c, j->pivot[c], &parts[c], j->mean_hi, j->mean_lo, j->m2);
+}
+
+/* Statistics of every channel, tile by tile, merged in a fixed order (whichever
+ * thread merges a channel). */
+static void FN(stats_all)(const T *x, const fbn_plan *p, double *pivot, fbn_part *parts,
+                          double *scratch, double *mean_hi, double *mean_lo, double *m2, int nt) {
+    const int64_t C = p->s.channels, ntiles = p->nblocks * p->nsegs;
+    const int64_t nchunks = (C + FBN_MERGE_CHUNK - 1) / FBN_MERGE_CHUNK;
+    FN(stats_job) sj = {x, p, pivot, parts, scratch, fbn_scratch_len(p)};
+    fbn_parallel_for(ntiles, nt, FN(stats_task), &sj);
+    /* a merge of few parts takes microseconds: waking a thread for it costs more */
+    FN(merge_job) mj = {p, pivot, parts, mean_hi, mean_lo, m2};
+    fbn_parallel_for(nchunks, C * p->nsegs >= FBN_MIN_PARALLEL ? nt : 1, FN(merge_task), &mj);
 }
 
 /* Tilings: reductions keep per-channel accumulators, so inner == 1 tiles are
@@ -975,6 +1003,54 @@ FBN_DISPATCH static void FN(finish_channels)(int64_t nc, double eps, double n,
     fbn_invstd(nc, var, eps, invstd);
 }
 
+/* The fused forward, one channel block per tile: statistics, coefficients, y. */
+typedef struct {
+    const T *x;
+    T *y;
+    const fbn_plan *p;
+    const double *pivot;
+    fbn_part *parts;
+    double *scratch; /* len doubles per thread */
+    int64_t len;
+    double eps, n;
+    const double *gamma, *beta;
+    double *mean_hi, *mean_lo, *m2, *var, *invstd, *shift, *scale, *bias;
+    const fbn_coefs *k; /* of shift, scale and bias */
+    const FN(tcoefs) *tk;
+} FN(fwd_fused_job);
+
+static void FN(fwd_fused_task)(void *job, int64_t t, int thread) {
+    const FN(fwd_fused_job) *j = job;
+    const FN(fbn_tile) r = FN(tile_of)(j->p, t);
+    const int64_t c0 = r.c0, nc = r.nc;
+    FN(stats_tile)(j->x, j->p, t, j->pivot, j->parts, j->scratch + thread * j->len);
+    for (int64_t c = c0; c < c0 + nc; c++)
+        FN(finish_stats)(c, j->pivot[c], &j->parts[c], j->mean_hi, j->mean_lo, j->m2);
+    FN(finish_channels)(nc, j->eps, j->n, j->m2 + c0, j->var + c0, j->invstd + c0);
+    fbn_coefficients(nc, j->mean_hi + c0, j->mean_lo + c0, j->invstd + c0,
+                     j->gamma ? j->gamma + c0 : NULL, j->beta ? j->beta + c0 : NULL,
+                     j->shift + c0, j->scale + c0, j->bias + c0);
+    FN(fill_typed)(j->k, c0, nc, j->tk);
+    FN(affine_tile)(j->x, j->y, j->p, t, j->tk);
+}
+
+/* y of one elementwise tile; backwards: tiles from the last (the data a
+ * statistics pass read last may still be in L3). */
+typedef struct {
+    const T *x;
+    T *y;
+    const fbn_plan *p;
+    const FN(tcoefs) *tk;
+    int backwards;
+} FN(affine_job);
+
+static void FN(affine_task)(void *job, int64_t t, int thread) {
+    const FN(affine_job) *j = job;
+    const int64_t ntiles = j->p->nblocks * j->p->nsegs;
+    (void)thread;
+    FN(affine_tile)(j->x, j->y, j->p, j->backwards ? ntiles - 1 - t : t, j->tk);
+}
+
 int FN(fbn_forward_train)(const T *x, T *y, fbn_shape s, const double *gamma,
                           const double *beta, double eps, int relu, double *mean_hi,
                           double *mean_lo, double *var, double *invstd, int nthreads) {
@@ -998,21 +1074,10 @@ int FN(fbn_forward_train)(const T *x, T *y, fbn_shape s, const double *gamma,
     FN(pivots)(x, &s, pivot);
     if (p.nsegs == 1) {
         /* each tile holds whole channels: reduce it, then normalise it while in cache */
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-        for (int64_t t = 0; t < p.nblocks; t++) {
-            const FN(fbn_tile) r = FN(tile_of)(&p, t);
-            const int64_t c0 = r.c0, nc = r.nc;
-            FN(stats_tile)(x, &p, t, pivot, parts, scratch + FBN_THREAD_ID * len);
-            for (int64_t c = c0; c < c0 + nc; c++) {
-                FN(finish_stats)(c, pivot[c], &parts[c], mean_hi, mean_lo, m2);
-            }
-            FN(finish_channels)(nc, eps, n, m2 + c0, var + c0, invstd + c0);
-            fbn_coefficients(nc, mean_hi + c0, mean_lo + c0, invstd + c0,
-                             gamma ? gamma + c0 : NULL, beta ? beta + c0 : NULL,
-                             shift + c0, scale + c0, bias + c0);
-            FN(fill_typed)(&k, c0, nc, &tk);
-            FN(affine_tile)(x, y, &p, t, &tk);
-        }
+        FN(fwd_fused_job) j = {x,       y,       &p,  pivot, parts,  scratch, len,   eps,
+                               n,       gamma,   beta, mean_hi, mean_lo, m2, var, invstd,
+                               shift,   scale,   bias, &k,  &tk};
+        fbn_parallel_for(p.nblocks, nt, FN(fwd_fused_task), &j);
     } else {
         FN(stats_all)(x, &p, pivot, parts, scratch, mean_hi, mean_lo, m2, nt);
         FN(finish_channels)(C, eps, n, m2, var, invstd);
@@ -1021,9 +1086,8 @@ int FN(fbn_forward_train)(const T *x, T *y, fbn_shape s, const double *gamma,
         FN(repeat_typed)(&tk, &s, 0);
         /* backwards: the data read last by the statistics pass may still be in L3 */
         fbn_plan e = FN_ELEMWISE_PLAN(s, 1);
-        const int64_t ntiles = e.nblocks * e.nsegs;
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-        for (int64_t t = ntiles - 1; t >= 0; t--) FN(affine_tile)(x, y, &e, t, &tk);
+        FN(affine_job) j = {x, y, &e, &tk, 1};
+        fbn_parallel_for(e.nblocks * e.nsegs, nt, FN(affine_task), &j);
     }
     fbn_work_free(&w);
     return 0;
@@ -1037,10 +1101,8 @@ static void FN(affine_all)(const T *x, T *y, fbn_shape s, const fbn_coefs *k, T 
     FN(tcoefs) tk = FN(typed_arrays)(typed, s.channels, k->relu);
     FN(fill_typed)(k, 0, s.channels, &tk);
     FN(repeat_typed)(&tk, &s, 0);
-    int nt = fbn_threads_for(&p, nthreads);
-    (void)nt;
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-    for (int64_t t = 0; t < ntiles; t++) FN(affine_tile)(x, y, &p, t, &tk);
+    FN(affine_job) j = {x, y, &p, &tk, 0};
+    fbn_parallel_for(ntiles, fbn_threads_for(&p, nthreads), FN(affine_task), &j);
 }
 
 int FN(fbn_affine)(const T *x, T *y, fbn_shape s, const double *shift, const double *scale,
@@ -1086,18 +1148,48 @@ static void FN(sum_tiles)(const fbn_plan *p, double *sums, double *comp, double 
     }
 }
 
+/* One tile's partial sums (into its segment's slot of work) of the backward's
+ * reduction. */
+typedef struct {
+    const T *dy, *x;
+    const fbn_plan *p;
+    const fbn_coefs *k;
+    const FN(tcoefs) *tk;
+    double *work, *scratch; /* scratch: len doubles per thread */
+    int64_t len;
+} FN(reduce_job);
+
+static void FN(reduce_task)(void *job, int64_t t, int thread) {
+    const FN(reduce_job) *j = job;
+    FN(bwd_reduce_tile)(j->dy, j->x, j->p, t, j->k, j->tk,
+                        j->work + (t % j->p->nsegs) * 2 * j->p->s.channels,
+                        j->scratch + thread * j->len);
+}
+
+/* dx of one elementwise tile (backwards as in FN(affine_job)). */
+typedef struct {
+    const T *dy, *x;
+    T *dx;
+    const fbn_plan *p;
+    const FN(tcoefs) *tk;
+    int backwards;
+} FN(dx_job);
+
+static void FN(dx_task)(void *job, int64_t t, int thread) {
+    const FN(dx_job) *j = job;
+    const int64_t ntiles = j->p->nblocks * j->p->nsegs;
+    (void)thread;
+    FN(bwd_elemt_tile)(j->dy, j->x, j->dx, j->p, j->backwards ? ntiles - 1 - t : t, j->tk);
+}
+
 /* Reduce every tile, then sum the tiles in order: sum(dy'), sum(dy' * (x - shift - lo)).
  * work: fbn_reduce_work_len(p, nt) doubles. */
 static void FN(reduce_all)(const T *dy, const T *x, const fbn_plan *p, const fbn_coefs *k,
                            const FN(tcoefs) *tk, double *work, double *sum_dy,
                            double *sum_dy_xc, int nt) {
-    const int64_t C = p->s.channels, ntiles = p->nblocks * p->nsegs, len = fbn_scratch_len(p);
-    double *scratch = fbn_reduce_scratch(p, work);
-    (void)nt; /* without OpenMP */
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-    for (int64_t t = 0; t < ntiles; t++)
-        FN(bwd_reduce_tile)(dy, x, p, t, k, tk, work + (t % p->nsegs) * 2 * C,
-                            scratch + FBN_THREAD_ID * len);
+    const int64_t C = p->s.channels;
+    FN(reduce_job) j = {dy, x, p, k, tk, work, fbn_reduce_scratch(p, work), fbn_scratch_len(p)};
+    fbn_parallel_for(p->nblocks * p->nsegs, nt, FN(reduce_task), &j);
     FN(sum_tiles)(p, work, work + p->nsegs * 2 * C, sum_dy, sum_dy_xc);
 }
 
@@ -1147,10 +1239,8 @@ int FN(fbn_backward_elemt)(const T *dy, const T *x, T *dx, fbn_shape s, const do
     FN(tcoefs) tk = FN(typed_arrays)(typed, s.channels, relu);
     FN(fill_typed)(&k, 0, s.channels, &tk);
     FN(repeat_typed)(&tk, &s, 1);
-    int nt = fbn_threads_for(&p, nthreads);
-    (void)nt;
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-    for (int64_t t = 0; t < ntiles; t++) FN(bwd_elemt_tile)(dy, x, dx, &p, t, &tk);
+    FN(dx_job) j = {dy, x, dx, &p, &tk, 0};
+    fbn_parallel_for(ntiles, fbn_threads_for(&p, nthreads), FN(dx_task), &j);
     fbn_work_free(&w);
     return 0;
 }
@@ -1180,6 +1270,37 @@ FBN_DISPATCH static void FN(bwd_coefficients)(int64_t nc, double n, int training
     else
         FBN_BWD_COEFS(1.0)
 #undef FBN_BWD_COEFS
+}
+
+/* The fused backward, one channel block per tile: sums, coefficients, dx. */
+typedef struct {
+    const T *dy, *x;
+    T *dx;
+    const fbn_plan *p;
+    const fbn_coefs *k; /* of the arrays below */
+    const FN(tcoefs) *tk;
+    double *sums, *scratch; /* scratch: len doubles per thread */
+    int64_t len;
+    double n;
+    int training;
+    const double *invstd, *gamma;
+    double *sum_dy, *sum_dy_xc, *sum_dy_xhat, *k_dy, *k_x, *mean_dy;
+} FN(bwd_fused_job);
+
+static void FN(bwd_fused_task)(void *job, int64_t t, int thread) {
+    const FN(bwd_fused_job) *j = job;
+    const FN(fbn_tile) r = FN(tile_of)(j->p, t);
+    const int64_t c0 = r.c0, nc = r.nc;
+    FN(bwd_reduce_tile)(j->dy, j->x, j->p, t, j->k, j->tk, j->sums, j->scratch + thread * j->len);
+    for (int64_t c = c0; c < c0 + nc; c++) {
+        j->sum_dy[c] = j->sums[2 * c];
+        j->sum_dy_xc[c] = j->sums[2 * c + 1];
+    }
+    FN(bwd_coefficients)(nc, j->n, j->training, j->invstd + c0, j->gamma ? j->gamma + c0 : NULL,
+                         j->sum_dy + c0, j->sum_dy_xc + c0, j->sum_dy_xhat + c0, j->k_dy + c0,
+                         j->k_x + c0, j->mean_dy + c0);
+    FN(fill_typed)(j->k, c0, nc, j->tk);
+    FN(bwd_elemt_tile)(j->dy, j->x, j->dx, j->p, t, j->tk);
 }
 
 int FN(fbn_backward)(const T *dy, const T *x, T *dx, fbn_shape s, const double *mean_hi,
@@ -1216,22 +1337,11 @@ int FN(fbn_backward)(const T *dy, const T *x, T *dx, fbn_shape s, const double *
         for (int64_t c = 0; c < C; c++) sum_dy[c] = sum_dy_xhat[c] = 0.0;
     } else if (p.nsegs == 1) {
         /* each tile holds whole channels: reduce it, then write dx while in cache */
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-        for (int64_t t = 0; t < p.nblocks; t++) {
-            const FN(fbn_tile) r = FN(tile_of)(&p, t);
-            const int64_t c0 = r.c0, nc = r.nc;
-            FN(bwd_reduce_tile)(dy, x, &p, t, &k, &tk, sums,
-                                fbn_reduce_scratch(&p, sums) + FBN_THREAD_ID * len);
-            for (int64_t c = c0; c < c0 + nc; c++) {
-                sum_dy[c] = sums[2 * c];
-                sum_dy_xc[c] = sums[2 * c + 1];
-            }
-            FN(bwd_coefficients)(nc, n, training, invstd + c0, gamma ? gamma + c0 : NULL,
-                                 sum_dy + c0, sum_dy_xc + c0, sum_dy_xhat + c0, k_dy + c0,
-                                 k_x + c0, mean_dy + c0);
-            FN(fill_typed)(&k, c0, nc, &tk);
-            FN(bwd_elemt_tile)(dy, x, dx, &p, t, &tk);
-        }
+        FN(bwd_fused_job) j = {dy,       x,     dx,     &p,        &k,          &tk,
+                               sums,     fbn_reduce_scratch(&p, sums),       len,
+                               n,        training,      invstd,    gamma,       sum_dy,
+                               sum_dy_xc, sum_dy_xhat,  k_dy,      k_x,         mean_dy};
+        fbn_parallel_for(p.nblocks, nt, FN(bwd_fused_task), &j);
     } else {
         FN(reduce_all)(dy, x, &p, &k, &tk, sums, sum_dy, sum_dy_xc, nt);
         FN(bwd_coefficients)(C, n, training, invstd, gamma, sum_dy, sum_dy_xc, sum_dy_xhat,
@@ -1239,10 +1349,8 @@ int FN(fbn_backward)(const T *dy, const T *x, T *dx, fbn_shape s, const double *
         FN(fill_typed)(&k, 0, C, &tk);
         FN(repeat_typed)(&tk, &s, 1);
         fbn_plan e = FN_ELEMWISE_PLAN(s, 2);
-        const int64_t etiles = e.nblocks * e.nsegs;
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-        for (int64_t t = etiles - 1; t >= 0; t--) /* backwards, as in the forward */
-            FN(bwd_elemt_tile)(dy, x, dx, &e, t, &tk);
+        FN(dx_job) j = {dy, x, dx, &e, &tk, 1}; /* backwards, as in the forward */
+        fbn_parallel_for(e.nblocks * e.nsegs, nt, FN(dx_task), &j);
     }
     fbn_work_free(&w);
     return 0;

@@ -12,6 +12,7 @@
 #endif
 
 #include "fastbn.h"
+#include "parallel.h"
 
 /* Widest channel block of a fused reduction tile when inner == 1 (whole channels
  * of the block fit in a tile); other tiles take whole rows. */
@@ -228,12 +229,6 @@ static inline int64_t fbn_reduce_work_len(const fbn_plan *p, int nt) {
 static inline double *fbn_reduce_scratch(const fbn_plan *p, double *work) {
     return work + (p->nsegs + 1) * 2 * p->s.channels;
 }
-#ifdef _OPENMP
-#include <omp.h>
-#define FBN_THREAD_ID omp_get_thread_num()
-#else
-#define FBN_THREAD_ID 0
-#endif
 
 /* The work memory of one call: n buffers (bytes[i] each, 64-byte aligned) in
  * one block. Calls reuse one cached block when it is free and large enough to

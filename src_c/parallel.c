@@ -1,0 +1,377 @@
+/* fastbn's thread pool (see parallel.h). Three builds, one function:
+ *   FBN_POOL_PTHREADS (POSIX, set by setup.py): the pool below;
+ *   _OPENMP (MSVC, no pthreads): an OpenMP loop with dynamic tiles (not fork-safe);
+ *   neither: every loop runs on the caller.
+ */
+#if defined(FBN_POOL_PTHREADS) && defined(__linux__) && !defined(_GNU_SOURCE)
+#define _GNU_SOURCE /* syscall (futex), with clock_gettime, under -std=c99 */
+#elif defined(FBN_POOL_PTHREADS) && !defined(_POSIX_C_SOURCE)
+#define _POSIX_C_SOURCE 200809L /* clock_gettime, pthread_sigmask under -std=c99 */
+#endif
+
+#include "parallel.h"
+
+static void fbn_serial_for(int64_t ntiles, fbn_tile_fn fn, void *ctx) {
+    for (int64_t t = 0; t < ntiles; t++) fn(ctx, t, 0);
+}
+
+#if defined(FBN_POOL_PTHREADS)
+
+#include <pthread.h>
+#include <signal.h>
+#include <string.h>
+#include <time.h>
+#ifdef FBN_POOL_DEBUG
+#include <stdio.h>
+#endif
+
+/* Workers spin this long for the next loop before they sleep: back-to-back
+ * loops of one call (and the next call's, after a few microseconds of Python)
+ * start without a wake-up, and an idle process burns no CPU. */
+#define FBN_WORKER_SPIN_NS 100000
+/* The caller spins this long for its workers' last tiles before it sleeps. */
+#define FBN_CALLER_SPIN_NS 200000
+/* A loop stalled when the caller spent more than FBN_STALL_NS plus the time it
+ * ran tiles itself waking its workers or waiting for their last tiles, when it
+ * was off its CPU more than FBN_STALL_NS while it ran tiles, or when a worker,
+ * out of tiles, waited more than FBN_STALL_NS plus two of its average tiles for
+ * the caller's last tile. On a busy machine the scheduler then preempted
+ * a worker mid-tile, or the caller (often for the worker it woke), and running it
+ * again costs whole ticks. Loops then run on the caller alone for a back-off time:
+ * FBN_BACKOFF_MIN_NS, doubled (up to FBN_BACKOFF_MAX_NS) when the previous stall
+ * was less than 4 back-offs ago. On a busy machine calls then cost about their
+ * 1-thread time, probing threads now and then; a quiet machine has no stalls. */
+#define FBN_STALL_NS 500000
+#define FBN_BACKOFF_MIN_NS 50000000
+#define FBN_BACKOFF_MAX_NS 2000000000
+
+#if defined(__x86_64__) || defined(__i386__)
+#define FBN_PAUSE() __builtin_ia32_pause()
+#elif defined(__aarch64__)
+#define FBN_PAUSE() __asm__ __volatile__("yield")
+#else
+#define FBN_PAUSE() ((void)0)
+#endif
+
+#define LOAD(p) __atomic_load_n((p), __ATOMIC_SEQ_CST)
+#define STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_SEQ_CST)
+
+/* The published loop is one 64-bit word, so that a thread claims a tile and
+ * learns which loop it belongs to in one compare-and-swap: tiles left (low 40
+ * bits), nthreads (8 bits), generation (high 16 bits; it only tells sleeping
+ * workers that something new was published). A claimed tile keeps its loop
+ * open until it is done, so the loop's fn, ctx and ntiles stay valid while the
+ * claimer reads them; a late worker's compare-and-swap on a finished loop (0
+ * tiles left) claims nothing. */
+#define FBN_LEFT_BITS 40
+#define FBN_LEFT_MASK ((UINT64_C(1) << FBN_LEFT_BITS) - 1)
+#define FBN_NT(v) ((int)(((v) >> FBN_LEFT_BITS) & 0xff))
+#define FBN_GEN(v) ((v) >> 48)
+
+static struct {
+    uint64_t word;       /* the published loop (see above) */
+    int64_t ntiles, done; /* the loop's tiles, and how many are finished */
+    fbn_tile_fn fn;
+    void *ctx;
+    int busy;            /* a caller owns the pool */
+    int nworkers;        /* workers started: thread indices 1..nworkers */
+    int sleepers;        /* workers asleep on the event wake_seq */
+    int caller_asleep;   /* the caller is asleep on the event finish_seq */
+    int wake_seq, finish_seq;
+    int64_t alone_until; /* monotonic ns: loops run on the caller alone until then */
+    int64_t backoff;     /* ns of the last back-off (0: none) */
+    int64_t last_stall;  /* monotonic ns */
+    int no_backoff;      /* fbn_pool_set_backoff(0) */
+    pthread_mutex_t lock;
+    pthread_cond_t wake; /* events without futexes */
+    /* per worker, of the loop of generation gen: time in tiles, tiles, and when
+     * it found none left (0: not yet) */
+    struct {
+        uint64_t gen;
+        int64_t busy, tiles, idle_at;
+    } stat[FBN_POOL_MAX];
+} pool = {0, 0, 0, NULL, NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, PTHREAD_MUTEX_INITIALIZER,
+          PTHREAD_COND_INITIALIZER, {{0, 0, 0, 0}}};
+
+/* Events: a sequence number that a notify increments; fbn_event_wait(seq, seen)
+ * sleeps until it differs from seen (or spuriously: callers check and loop). On
+ * Linux a futex: no lock, so a thread preempted near its sleep never blocks the
+ * thread that wakes it (with a mutex it did, for whole ticks, on a busy machine). */
+#if defined(__linux__)
+#include <limits.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+static void fbn_event_wait(int *seq, int seen) {
+    syscall(SYS_futex, seq, FUTEX_WAIT_PRIVATE, seen, NULL, NULL, 0);
+}
+static void fbn_event_notify(int *seq) {
+    __atomic_add_fetch(seq, 1, __ATOMIC_SEQ_CST);
+    syscall(SYS_futex, seq, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+}
+#else
+static void fbn_event_wait(int *seq, int seen) {
+    pthread_mutex_lock(&pool.lock);
+    while (LOAD(seq) == seen) pthread_cond_wait(&pool.wake, &pool.lock);
+    pthread_mutex_unlock(&pool.lock);
+}
+static void fbn_event_notify(int *seq) {
+    __atomic_add_fetch(seq, 1, __ATOMIC_SEQ_CST);
+    pthread_mutex_lock(&pool.lock);
+    pthread_cond_broadcast(&pool.wake);
+    pthread_mutex_unlock(&pool.lock);
+}
+#endif
+
+static int64_t fbn_clock_ns(clockid_t clock) {
+    struct timespec ts;
+    clock_gettime(clock, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+static int64_t fbn_now_ns(void) { return fbn_clock_ns(CLOCK_MONOTONIC); }
+#if defined(CLOCK_THREAD_CPUTIME_ID)
+/* the calling thread's CPU time (a system call, ~0.5 us: twice per loop) */
+static int64_t fbn_cpu_ns(void) { return fbn_clock_ns(CLOCK_THREAD_CPUTIME_ID); }
+#else
+static int64_t fbn_cpu_ns(void) { return fbn_now_ns(); } /* never off-CPU */
+#endif
+
+/* Claims and runs tiles of the published loop until none is left (or the loop
+ * is not for this thread index). */
+static void fbn_run_tiles(int thread) {
+    for (;;) {
+        uint64_t v = LOAD(&pool.word);
+        if ((v & FBN_LEFT_MASK) == 0 || thread >= FBN_NT(v)) {
+            if (thread > 0 && __atomic_load_n(&pool.stat[thread].gen, __ATOMIC_RELAXED) ==
+                                  FBN_GEN(v) && __atomic_load_n(&pool.stat[thread].idle_at,
+                                                                __ATOMIC_RELAXED) == 0)
+                __atomic_store_n(&pool.stat[thread].idle_at, fbn_now_ns(), __ATOMIC_RELEASE);
+            return;
+        }
+        if (!__atomic_compare_exchange_n(&pool.word, &v, v - 1, 0, __ATOMIC_SEQ_CST,
+                                         __ATOMIC_SEQ_CST))
+            continue;
+        const int64_t ntiles = pool.ntiles;
+        fbn_tile_fn fn = pool.fn;
+        void *ctx = pool.ctx;
+        const int64_t t0 = thread > 0 ? fbn_now_ns() : 0;
+        fn(ctx, ntiles - (int64_t)(v & FBN_LEFT_MASK), thread); /* tiles in order */
+        if (thread > 0) { /* relaxed: the caller's stall check is a heuristic */
+            if (__atomic_load_n(&pool.stat[thread].gen, __ATOMIC_RELAXED) != FBN_GEN(v)) {
+                __atomic_store_n(&pool.stat[thread].busy, 0, __ATOMIC_RELAXED);
+                __atomic_store_n(&pool.stat[thread].tiles, 0, __ATOMIC_RELAXED);
+                __atomic_store_n(&pool.stat[thread].idle_at, 0, __ATOMIC_RELAXED);
+                __atomic_store_n(&pool.stat[thread].gen, FBN_GEN(v), __ATOMIC_RELAXED);
+            }
+            __atomic_add_fetch(&pool.stat[thread].busy, fbn_now_ns() - t0, __ATOMIC_RELAXED);
+            __atomic_add_fetch(&pool.stat[thread].tiles, 1, __ATOMIC_RELAXED);
+        }
+        if (__atomic_add_fetch(&pool.done, 1, __ATOMIC_SEQ_CST) == ntiles &&
+            LOAD(&pool.caller_asleep))
+            fbn_event_notify(&pool.finish_seq); /* the caller sleeps, or is about to */
+    }
+}
+
+/* Waits until a loop with a generation other than *seen is published: spins a
+ * while, then sleeps. */
+static void fbn_wait_loop(uint64_t *seen) {
+    const int64_t until = fbn_now_ns() + FBN_WORKER_SPIN_NS;
+    for (int i = 1;; i++) {
+        uint64_t v = LOAD(&pool.word);
+        if (FBN_GEN(v) != *seen) {
+            *seen = FBN_GEN(v);
+            return;
+        }
+        FBN_PAUSE();
+        if (i % 64 == 0 && fbn_now_ns() > until) break;
+    }
+    /* sleepers first, then the word: a caller publishing after our check sees
+     * sleepers and notifies (sequentially consistent order) */
+    __atomic_add_fetch(&pool.sleepers, 1, __ATOMIC_SEQ_CST);
+    for (;;) {
+        const int seq = LOAD(&pool.wake_seq);
+        if (FBN_GEN(LOAD(&pool.word)) != *seen) break;
+        fbn_event_wait(&pool.wake_seq, seq);
+    }
+    __atomic_sub_fetch(&pool.sleepers, 1, __ATOMIC_SEQ_CST);
+    *seen = FBN_GEN(LOAD(&pool.word));
+}
+
+static void *fbn_worker(void *arg) {
+    const int thread = (int)(intptr_t)arg;
+    uint64_t seen = FBN_GEN(LOAD(&pool.word));
+    fbn_run_tiles(thread); /* the loop that started this worker */
+    for (;;) {
+        fbn_wait_loop(&seen);
+        fbn_run_tiles(thread);
+    }
+    return NULL;
+}
+
+/* Starts workers up to `want` (the caller owns the pool). Signals stay with the
+ * process's other threads (Python handles them in its main thread). */
+static void fbn_start_workers(int want) {
+    if (pool.nworkers >= want) return;
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    while (pool.nworkers < want) {
+        pthread_t th;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        int failed = pthread_create(&th, &attr, fbn_worker, (void *)(intptr_t)(pool.nworkers + 1));
+        pthread_attr_destroy(&attr);
+        if (failed) break; /* run with the workers there are */
+        pool.nworkers++;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
+/* In a forked child only the forking thread exists: the pool starts empty and
+ * unowned (a loop the parent was running is not the child's), with fresh
+ * synchronisation objects (a parent thread may have held them). */
+static void fbn_after_fork_child(void) {
+    pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
+    memcpy(&pool.lock, &lock, sizeof lock);
+    memcpy(&pool.wake, &cond, sizeof cond);
+
+    pool.word &= ~FBN_LEFT_MASK; /* keep the generation: nothing left to claim */
+    pool.ntiles = pool.done = 0;
+    pool.nworkers = pool.sleepers = pool.caller_asleep = pool.busy = 0;
+    pool.alone_until = pool.backoff = pool.last_stall = 0;
+    fbn_work_after_fork();
+}
+
+static pthread_once_t fbn_fork_once = PTHREAD_ONCE_INIT;
+static void fbn_register_fork(void) { pthread_atfork(NULL, NULL, fbn_after_fork_child); }
+
+void fbn_parallel_for(int64_t ntiles, int nthreads, fbn_tile_fn fn, void *ctx) {
+    pthread_once(&fbn_fork_once, fbn_register_fork);
+    if (nthreads > FBN_POOL_MAX) nthreads = FBN_POOL_MAX;
+    if (ntiles < nthreads) nthreads = (int)(ntiles > 0 ? ntiles : 1);
+    /* one thread, a loop too long for the word, or the pool busy with another
+     * caller's loop: the caller runs it alone (same results) */
+    if (nthreads <= 1 || (uint64_t)ntiles > FBN_LEFT_MASK ||
+        __atomic_exchange_n(&pool.busy, 1, __ATOMIC_ACQUIRE)) {
+        fbn_serial_for(ntiles, fn, ctx);
+        return;
+    }
+    const int64_t start = fbn_now_ns();
+    if (start < pool.alone_until && !LOAD(&pool.no_backoff)) { /* backing off after a stall (fields: owner only) */
+        fbn_serial_for(ntiles, fn, ctx);
+        __atomic_store_n(&pool.busy, 0, __ATOMIC_RELEASE);
+        return;
+    }
+    fbn_start_workers(nthreads - 1);
+    if (pool.nworkers == 0) {
+        __atomic_store_n(&pool.busy, 0, __ATOMIC_RELEASE);
+        fbn_serial_for(ntiles, fn, ctx);
+        return;
+    }
+    pool.fn = fn;
+    pool.ctx = ctx;
+    pool.ntiles = ntiles;
+    STORE(&pool.done, 0);
+    const uint64_t gen = (FBN_GEN(LOAD(&pool.word)) + 1) & 0xffff;
+    STORE(&pool.word, gen << 48 | (uint64_t)nthreads << FBN_LEFT_BITS | (uint64_t)ntiles);
+    if (LOAD(&pool.sleepers)) fbn_event_notify(&pool.wake_seq);
+    const int64_t published = fbn_now_ns(), cpu0 = fbn_cpu_ns();
+    fbn_run_tiles(0);
+    const int64_t run_cpu = fbn_cpu_ns() - cpu0;
+    /* every tile is claimed: wait for those the workers are running */
+    const int64_t out_of_tiles = fbn_now_ns(), until = out_of_tiles + FBN_CALLER_SPIN_NS;
+    int waited = 0;
+    for (int i = 1; LOAD(&pool.done) < ntiles; i++) {
+        waited = 1;
+        FBN_PAUSE();
+        if (i % 64 == 0 && fbn_now_ns() > until) {
+            STORE(&pool.caller_asleep, 1);
+            for (;;) {
+                const int seq = LOAD(&pool.finish_seq);
+                if (LOAD(&pool.done) >= ntiles) break;
+                fbn_event_wait(&pool.finish_seq, seq);
+            }
+            STORE(&pool.caller_asleep, 0);
+        }
+    }
+    const int64_t end = waited ? fbn_now_ns() : out_of_tiles;
+#ifdef FBN_POOL_DEBUG
+    if (end - start > 1000000)
+        fprintf(stderr, "pool: %lld tiles publish %lld us run %lld us wait %lld us\n",
+                (long long)ntiles, (long long)(published - start) / 1000,
+                (long long)(out_of_tiles - published) / 1000, (long long)(end - out_of_tiles) / 1000);
+#endif
+    int stalled = (published - start) + (end - out_of_tiles) >
+                      FBN_STALL_NS + (out_of_tiles - published) ||
+                  (out_of_tiles - published) - run_cpu > FBN_STALL_NS;
+    for (int w = 1; w < nthreads && w <= pool.nworkers && !stalled; w++) {
+        const int64_t idle_at = __atomic_load_n(&pool.stat[w].idle_at, __ATOMIC_ACQUIRE);
+        const int64_t tiles = __atomic_load_n(&pool.stat[w].tiles, __ATOMIC_RELAXED);
+        if (__atomic_load_n(&pool.stat[w].gen, __ATOMIC_RELAXED) != gen || idle_at == 0 ||
+            tiles == 0)
+            continue;
+        const int64_t mean = __atomic_load_n(&pool.stat[w].busy, __ATOMIC_RELAXED) / tiles;
+        stalled = out_of_tiles - idle_at > FBN_STALL_NS + 2 * mean;
+    }
+    if (stalled) {
+        const int64_t b = end - pool.last_stall < 4 * pool.backoff ? 2 * pool.backoff : 0;
+        pool.backoff = b < FBN_BACKOFF_MIN_NS ? FBN_BACKOFF_MIN_NS
+                       : b > FBN_BACKOFF_MAX_NS ? FBN_BACKOFF_MAX_NS : b;
+        pool.last_stall = end;
+        pool.alone_until = end + pool.backoff;
+    }
+    __atomic_store_n(&pool.busy, 0, __ATOMIC_RELEASE);
+}
+
+int fbn_pool_set_backoff(int on) {
+    return !__atomic_exchange_n(&pool.no_backoff, !on, __ATOMIC_SEQ_CST);
+}
+
+const char *fbn_pool_kind(void) { return "pthreads"; }
+int fbn_pool_max_threads(void) { return FBN_POOL_MAX; }
+
+#elif defined(_OPENMP)
+
+#include <limits.h>
+#include <omp.h>
+
+void fbn_parallel_for(int64_t ntiles, int nthreads, fbn_tile_fn fn, void *ctx) {
+    if (nthreads <= 1 || ntiles <= 1 || ntiles > INT_MAX) {
+        fbn_serial_for(ntiles, fn, ctx);
+        return;
+    }
+    const int n = (int)ntiles; /* MSVC's OpenMP 2.0 loops over int */
+    int t;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
+    for (t = 0; t < n; t++) fn(ctx, t, omp_get_thread_num());
+}
+
+int fbn_pool_set_backoff(int on) {
+    (void)on;
+    return 0;
+}
+
+const char *fbn_pool_kind(void) { return "openmp"; }
+int fbn_pool_max_threads(void) {
+    const int n = omp_get_max_threads();
+    return n < FBN_POOL_MAX ? n : FBN_POOL_MAX;
+}
+
+#else
+
+void fbn_parallel_for(int64_t ntiles, int nthreads, fbn_tile_fn fn, void *ctx) {
+    (void)nthreads;
+    fbn_serial_for(ntiles, fn, ctx);
+}
+
+int fbn_pool_set_backoff(int on) {
+    (void)on;
+    return 0;
+}
+
+const char *fbn_pool_kind(void) { return "none"; }
+int fbn_pool_max_threads(void) { return 1; }
+
+#endif

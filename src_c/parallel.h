@@ -1,0 +1,48 @@
+/* fastbn's own thread pool: parallel loops over tiles. Not part of the public C API.
+ *
+ * Why not OpenMP: a caller waits at an OpenMP region's barrier for every team
+ * thread, so one worker the scheduler has not run yet (a busy machine) stalls
+ * the call by whole scheduler ticks; and libgomp's pool hangs a forked child.
+ * Here tiles are claimed one at a time by whichever thread is free, the caller
+ * included: a worker that wakes late finds nothing left to do, and the caller
+ * waits only for tiles a worker has already started. A forked child drops the
+ * pool (its threads do not exist there) and builds a new one on its next call.
+ *
+ * Results never depend on which thread ran a tile: tiles write to places given by
+ * their index (and per-thread scratch, indexed by `thread`, holds nothing that
+ * outlives a tile).
+ */
+#ifndef FASTBN_PARALLEL_H
+#define FASTBN_PARALLEL_H
+
+#include <stdint.h>
+
+/* Threads of one loop, the caller included (more are not used). */
+#define FBN_POOL_MAX 64
+
+/* One tile of a loop: thread is in [0, nthreads) and no two tiles run at the same
+ * time with the same thread index. */
+typedef void (*fbn_tile_fn)(void *ctx, int64_t tile, int thread);
+
+/* fn(ctx, t, thread) for every t in [0, ntiles), each exactly once, on at most
+ * nthreads threads (the caller is thread 0); returns when all are done. Runs on
+ * the caller alone when nthreads or ntiles is 1, or when another caller is using
+ * the pool at that moment. */
+void fbn_parallel_for(int64_t ntiles, int nthreads, fbn_tile_fn fn, void *ctx);
+
+/* The pool's kind, for show_config: "pthreads", "openmp" or "none" (one thread). */
+const char *fbn_pool_kind(void);
+
+/* Largest useful nthreads of fbn_parallel_for (1 without threads). */
+int fbn_pool_max_threads(void);
+
+/* Whether the pool backs off to the caller alone after a stalled loop (on by
+ * default; tests turn it off so that their loops do run on threads). Returns the
+ * previous setting. */
+int fbn_pool_set_backoff(int on);
+
+/* Defined in kernels.c: releases the work cache if a call held it when the
+ * process forked (that call does not exist in the child). */
+void fbn_work_after_fork(void);
+
+#endif
