@@ -87,10 +87,13 @@ _momentum_warned = False  # once per process: a user who meant it is told only o
 
 
 def warn_momentum(momentum, stacklevel=3):
-    """Warn, once per process, that momentum > 0.5 is probably 1 - what was meant.
-    Silenced by ``warnings.filterwarnings("ignore", category=fastbn.MomentumWarning)``."""
+    """Warn, once per process, that a momentum in (0.5, 1] is probably 1 - what was
+    meant. Called before validation (a warning turned into an error must leave the state
+    untouched): anything else is left to the checks. Silenced by
+    ``warnings.filterwarnings("ignore", category=fastbn.MomentumWarning)``."""
     global _momentum_warned
-    if momentum <= 0.5 or _momentum_warned:
+    if _momentum_warned or isinstance(momentum, (bool, np.bool_)) \
+            or not isinstance(momentum, numbers.Real) or not 0.5 < momentum <= 1:
         return
     _momentum_warned = True
     warnings.warn(
@@ -443,8 +446,6 @@ def check_forward(x, gamma, beta, axis, eps, training, running_mean, running_var
                        ("running_var", a.running_var)])
     a.activation = activation(activation_)
     a.unbiased_running_var = bool_arg(unbiased_running_var, "unbiased_running_var")
-    if a.training and a.running_mean is not None:  # only then does momentum matter
-        warn_momentum(a.momentum, stacklevel=5)  # the caller of forward or the layer
     return a
 
 

@@ -9,6 +9,7 @@ from ._checks import (Cache, canonical, channel_axis,
                       check_backward, check_count, check_forward, check_per_channel,
                       check_running_update, commit, data_array, mark_written,
                       overlaps, overwrites_x, running_var_factor, separate)
+from . import _checks
 from ._checks import activation as check_activation
 from ._checks import store as _store
 from ._threads import get_num_threads
@@ -116,6 +117,9 @@ def normalize(x, mean, invstd, gamma=None, beta=None, *, axis=1, out=None, activ
 def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
             running_mean=None, running_var=None, momentum=0.1, out=None, activation=None,
             unbiased_running_var=True):
+    if running_mean is not None and (training is True or training is np.True_) \
+            and not _checks._momentum_warned:
+        _checks.warn_momentum(momentum)  # once per process; not from the layer (it warns once built)
     return _forward_then(x, gamma, beta, axis, eps, training, running_mean, running_var,
                         momentum, out, activation, None, unbiased_running_var)
 

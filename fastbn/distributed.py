@@ -288,8 +288,6 @@ def _check_local(x, gamma, beta, axis, eps, running_mean, running_var, momentum,
     beta = channel_vector(beta, C, "beta", like=x.dtype)
     eps = real_number(eps, "eps", low=0.0, low_open=True)
     momentum = real_number(momentum, "momentum", low=0.0, high=1.0)
-    if running_mean is not None:
-        warn_momentum(momentum, stacklevel=5)
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must be given together")
     running_vector(running_mean, C, "running_mean", update=True)
@@ -373,6 +371,8 @@ def sync_forward(x, gamma=None, beta=None, *, comm, axis=1, eps=1e-5, training=T
     """
     _check_comm(comm)
     training = _check_bool(training, "training")
+    if training and running_mean is not None:
+        warn_momentum(momentum)  # once per process (SyncBatchNorm warns when built)
     if not training:
         return _fastbn().forward(x, gamma, beta, axis=axis, eps=eps, training=False,
                                  running_mean=running_mean, running_var=running_var,

@@ -10,6 +10,7 @@ from ._checks import (Cache, channel_axis, check_backward, check_count, check_fo
                       check_merge, check_per_channel, check_running_update, commit,
                       data_array, mark_written, overwrites_x, running_var_factor,
                       vector_shape)
+from . import _checks
 from ._checks import activation as check_activation
 
 
@@ -74,6 +75,9 @@ def normalize(x, mean, invstd, gamma=None, beta=None, *, axis=1, out=None, activ
 def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
             running_mean=None, running_var=None, momentum=0.1, out=None, activation=None,
             unbiased_running_var=True):
+    if running_mean is not None and (training is True or training is np.True_) \
+            and not _checks._momentum_warned:
+        _checks.warn_momentum(momentum)  # once per process; not from the layer (it warns once built)
     return _forward_then(x, gamma, beta, axis, eps, training, running_mean, running_var,
                         momentum, out, activation, None, unbiased_running_var)
 

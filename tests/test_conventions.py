@@ -163,6 +163,32 @@ def test_momentum_warning_not_on_defaults_or_where_momentum_is_unused(impl, fres
         BatchNorm(3, momentum=None)
 
 
+def test_momentum_warning_not_from_a_cumulative_layer(layer_backend, fresh_warning):
+    """momentum=None averages with factor 1/n: 1.0 at the first step is no mistake."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bn = BatchNorm(3, momentum=None)
+        bn(batches(np.float32)[0])
+        bn(batches(np.float32)[1])
+
+
+def test_momentum_warning_as_error_leaves_state_untouched(impl, fresh_warning):
+    x, rm, rv = batches()[0], np.zeros(3), np.ones(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fastbn.MomentumWarning)
+        with pytest.raises(fastbn.MomentumWarning):
+            impl.forward(x, running_mean=rm, running_var=rv, momentum=0.9)
+    assert rm.tolist() == [0, 0, 0] and rv.tolist() == [1, 1, 1]
+
+
+def test_momentum_warning_from_sync_forward(fresh_warning):
+    distributed = pytest.importorskip("fastbn.distributed")
+    from mpi4py import MPI
+    with pytest.warns(fastbn.MomentumWarning):
+        distributed.sync_forward(batches()[0], comm=MPI.COMM_SELF, running_mean=np.zeros(3),
+                                 running_var=np.ones(3), momentum=0.99)
+
+
 def test_momentum_warning_from_the_layer_and_silenced(fresh_warning):
     with pytest.warns(fastbn.MomentumWarning, match=r"momentum=0\.01"):
         BatchNorm(3, momentum=0.99)
