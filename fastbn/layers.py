@@ -661,6 +661,11 @@ class BatchNorm:
             if key == "running_var" and (v < 0).any():
                 raise ValueError("state['running_var'] must be non-negative")
             values[key] = v
+        if self._dtype_from_input and self.dtype != np.float64:
+            # dtype=None before the first input: float64 placeholders keep the loaded values
+            # exactly until the first forward converts them (once) to the input's dtype
+            self._install(self._state_for(np.empty(0)))
+            self._dtype_from_input = True
         for key in _PARAM_KEYS:
             if key in values:
                 p = self.params.get(key)

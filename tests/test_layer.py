@@ -687,3 +687,15 @@ def _npz(bn):
     bn.save(f)
     f.seek(0)
     return f
+
+
+def test_dtype_none_load_state_dict_keeps_float64_values(layer_backend):
+    src = BatchNorm(3, dtype=np.float64)
+    src.params["gamma"][...] = [1 + 1e-12, 2.0, 3.0]
+    x = _batches(1)[0]
+    src(x)
+    bn = BatchNorm(3, dtype=None)
+    bn.load_state_dict(src.state_dict())
+    assert bn(x, training=False).dtype == np.float64 and bn.dtype == np.float64
+    np.testing.assert_array_equal(bn.gamma, src.gamma)  # not rounded through float32
+    np.testing.assert_array_equal(bn.running_var, src.running_var)
