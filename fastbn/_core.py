@@ -119,7 +119,7 @@ def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
             unbiased_running_var=True):
     if running_mean is not None and (training is True or training is np.True_) \
             and not _checks._momentum_warned:
-        _checks.warn_momentum(momentum)  # once per process; not from the layer (it warns once built)
+        _checks.warn_momentum(momentum)  # once per process; the layer warns when built
     return _forward_then(x, gamma, beta, axis, eps, training, running_mean, running_var,
                         momentum, out, activation, None, unbiased_running_var)
 

@@ -104,10 +104,14 @@ With the biased batch variance (divided by m), eps inside the square root::
 
 The running variance is updated with the *unbiased* batch variance,
 ``var * m / (m - 1)``, as in PyTorch (Keras, Flax and most hand-written NumPy
-code keep the biased one)::
+code keep the biased one: ``unbiased_running_var=False`` drops the factor)::
 
     running_mean = (1 - momentum) * running_mean + momentum * mean
     running_var = (1 - momentum) * running_var + momentum * var * m / (m - 1)
+
+Parameters are converted as NumPy arithmetic would convert them; data is not:
+x and dy must be float32/float64 arrays, and `backward` refuses a dy of another
+dtype than x (with the ``dy.astype(...)`` fix in the message).
 
 Statistics are accumulated in float64, whatever x's dtype. Every argument is
 checked before anything is written: a call that raises leaves `out` and the
@@ -548,8 +552,8 @@ True
 UPDATE_RUNNING_STATS = """Update running mean and variance in place with a batch's statistics.
 
 Exponential moving averages as in PyTorch, the variance made unbiased
-(multiplied by ``count / (count - 1)``) unless ``unbiased_running_var=False``. This is what `forward` does in
-training mode when given running statistics.
+(multiplied by ``count / (count - 1)``) unless ``unbiased_running_var=False``.
+This is what `forward` does in training mode when given running statistics.
 
 Parameters
 ----------
@@ -598,6 +602,11 @@ Notes
 
     running_mean = (1 - momentum) * running_mean + momentum * mean
     running_var = (1 - momentum) * running_var + momentum * var * count / (count - 1)
+
+and with ``unbiased_running_var=False`` (Keras' and Flax's update, for their
+momentum ``1 - momentum``)::
+
+    running_var = (1 - momentum) * running_var + momentum * var
 
 Examples
 --------

@@ -548,7 +548,8 @@ class BatchNorm:
             if self.accumulate_grads:
                 g = self.grads.get(key)
                 if isinstance(g, np.ndarray) and g.shape == grad.shape and g.flags.writeable:
-                    np.add(g, grad, out=g, casting="unsafe")  # in place: an optimiser's reference stays valid
+                    # in place: an optimiser's reference to the array stays valid
+                    np.add(g, grad, out=g, casting="unsafe")
                     continue
                 grad = grad if g is None else g + grad
             self.grads[key] = grad
