@@ -101,7 +101,8 @@ _MAGIC = float(0x46424E31)       # "FBN1": not a fastbn message, or another layo
 _OPS = {1.0: "sync_forward", 2.0: "sync_backward"}
 _FORWARD, _BACKWARD = 1.0, 2.0
 _FAILED = 1.0                    # status of a rank whose arguments were invalid
-_FLAGS = ("updates running statistics", "has gamma", "has beta", "training mode")  # bits 0..3
+_FLAGS = ("updates running statistics", "has gamma", "has beta", "training mode",
+          "unbiased running variance")  # bits 0..4
 _ACTIVATIONS = (None, "relu")    # code = index
 _FIRST_ROW = len(HEADER) + 2 * 64  # row length before any call with more than 64 channels
 
@@ -114,9 +115,10 @@ def _header(op, call, *, failed=False, forward_call=-1, channels=-1, ndim=-1, ax
             _FAILED if failed else 0.0, count]
 
 
-def _flags(updates, gamma, beta, training):
+def _flags(updates, gamma, beta, training, unbiased=False):
     """The "flags" slot: bit i set when _FLAGS[i] holds."""
-    return updates | (gamma is not None) << 1 | (beta is not None) << 2 | training << 3
+    return (updates | (gamma is not None) << 1 | (beta is not None) << 2 | training << 3
+            | unbiased << 4)
 
 
 def _show(name, value):
@@ -408,7 +410,8 @@ def _sync_forward_train(x, gamma, beta, comm, axis, eps, running_mean, running_v
             update = running_mean is not None
             header = _header(_FORWARD, call, forward_call=call, channels=C, ndim=x.ndim,
                              axis=axis, eps=eps, momentum=momentum if update else 0.0,
-                             flags=_flags(update, gamma, beta, training_mode),
+                             flags=_flags(update, gamma, beta, training_mode,
+                                          update and unbiased_running_var),
                              activation=activation, count=count)
             parts = (mean, m2)
         else:

@@ -365,3 +365,52 @@ def test_course_adapter_trains():
     ex = _load_example()
     loss, accuracy = ex.train(steps=60)
     assert loss < 0.5 and accuracy > 0.9
+
+
+MPI_SCRIPT = """
+import numpy as np
+from mpi4py import MPI
+from fastbn.distributed import MismatchError, sync_forward
+comm = MPI.COMM_WORLD
+r = comm.Get_rank()
+x = np.random.default_rng(r).normal(size=(4 + r, 3)) + r
+try:
+    sync_forward(x, comm=comm, running_mean=np.zeros(3), running_var=np.ones(3),
+                 unbiased_running_var=(r == 0))
+    out = [f"{r} accepted"]
+except MismatchError as exc:
+    out = [f"{r} mismatch {'unbiased running variance' in str(exc)}"]
+rm, rv = np.zeros(3), np.ones(3)
+sync_forward(x, comm=comm, running_mean=rm, running_var=rv, momentum=0.5,
+             unbiased_running_var=False)
+union = np.concatenate(comm.allgather(x))
+out.append(f"{r} biased {bool(np.allclose(rv, 0.5 + 0.5 * union.var(axis=0), rtol=1e-13))}")
+lines = comm.gather(out)
+if r == 0:
+    print("\\n".join(sum(lines, [])))
+"""
+
+
+@pytest.mark.mpi
+def test_sync_ranks_must_agree_on_unbiased_running_var(tmp_path):
+    """Two ranks: a disagreement raises MismatchError on both (not silently different
+    running variances); agreeing on False gives the union's biased variance."""
+    pytest.importorskip("mpi4py")
+    import os
+    import shutil
+    import subprocess
+    import sys
+    mpiexec = pathlib.Path(sys.executable).parent / "mpiexec"
+    mpiexec = str(mpiexec) if mpiexec.exists() else shutil.which("mpiexec")
+    if mpiexec is None:
+        pytest.skip("mpiexec not found")
+    script = tmp_path / "check.py"
+    script.write_text(MPI_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), FASTBN_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    res = subprocess.run([mpiexec, "-n", "2", sys.executable, "-m", "mpi4py", str(script)],
+                         capture_output=True, text=True, env=env, timeout=120,
+                         stdin=subprocess.DEVNULL)
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = sorted(res.stdout.split("\n"))
+    for rank in (0, 1):
+        assert f"{rank} mismatch True" in lines and f"{rank} biased True" in lines, res.stdout
