@@ -102,7 +102,7 @@ _OPS = {1.0: "sync_forward", 2.0: "sync_backward"}
 _FORWARD, _BACKWARD = 1.0, 2.0
 _FAILED = 1.0                    # status of a rank whose arguments were invalid
 _FLAGS = ("updates running statistics", "has gamma", "has beta", "training mode",
-          "unbiased running variance")  # bits 0..4
+          "biased running variance")  # bits 0..4
 _ACTIVATIONS = (None, "relu")    # code = index
 _FIRST_ROW = len(HEADER) + 2 * 64  # row length before any call with more than 64 channels
 
@@ -115,10 +115,10 @@ def _header(op, call, *, failed=False, forward_call=-1, channels=-1, ndim=-1, ax
             _FAILED if failed else 0.0, count]
 
 
-def _flags(updates, gamma, beta, training, unbiased=False):
+def _flags(updates, gamma, beta, training, biased=False):
     """The "flags" slot: bit i set when _FLAGS[i] holds."""
     return (updates | (gamma is not None) << 1 | (beta is not None) << 2 | training << 3
-            | unbiased << 4)
+            | biased << 4)
 
 
 def _show(name, value):
@@ -411,7 +411,7 @@ def _sync_forward_train(x, gamma, beta, comm, axis, eps, running_mean, running_v
             header = _header(_FORWARD, call, forward_call=call, channels=C, ndim=x.ndim,
                              axis=axis, eps=eps, momentum=momentum if update else 0.0,
                              flags=_flags(update, gamma, beta, training_mode,
-                                          update and unbiased_running_var),
+                                          update and not unbiased_running_var),
                              activation=activation, count=count)
             parts = (mean, m2)
         else:

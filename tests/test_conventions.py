@@ -379,7 +379,7 @@ try:
                  unbiased_running_var=(r == 0))
     out = [f"{r} accepted"]
 except MismatchError as exc:
-    out = [f"{r} mismatch {'unbiased running variance' in str(exc)}"]
+    out = [f"{r} mismatch {'biased running variance' in str(exc)}"]
 rm, rv = np.zeros(3), np.ones(3)
 sync_forward(x, comm=comm, running_mean=rm, running_var=rv, momentum=0.5,
              unbiased_running_var=False)
