@@ -72,7 +72,7 @@ extension = Extension(
     "fastbn._kernels",
     sources=["fastbn/_kernels.pyx", "src_c/kernels.c"],
     include_dirs=["src_c", np.get_include()],
-    depends=["src_c/fastbn.h", "src_c/plan.h", "src_c/kernels_impl.h"],
+    depends=["fastbn/_front.pxi", "src_c/fastbn.h", "src_c/plan.h", "src_c/kernels_impl.h"],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
 )
 

@@ -84,6 +84,9 @@ def add_arguments(parser):
                         help="statistic of the samples (default median; min = the best "
                              "sample, steadier on a busy machine), also for the copy bound")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
+    parser.add_argument("--small", action="store_true",
+                        help="time small shapes as users call them (the fixed cost per call), "
+                             "at 1 and 2 threads (or --threads), instead of the large shapes")
     parser.add_argument("--plot", default=None, metavar="PATH",
                         help="also sweep input sizes (NCHW and (N, C)) and save a PNG of GB/s "
                              "against size: fastbn, PyTorch, copy (needs matplotlib)")
@@ -535,6 +538,15 @@ def run(args, out=None):
     if args.ref_repeat is None:
         args.ref_repeat = 1 if args.quick else 3
     dtypes = [np.float32, np.float64] if args.dtype == "both" else [np.dtype(args.dtype).type]
+    if args.small:
+        from ._bench_small import run_small
+        print(f"fastbn {fastbn.__version__} bench --small: backend {fastbn.backend}, numpy "
+              f"{np.__version__}; cpu: {describe_machine()}, {os.cpu_count()} cpu(s); "
+              f"{load_note()}", file=out)
+        run_small(dtypes, [args.threads] if args.threads else [1, 2], args.repeat,
+                  not args.no_torch, out)
+        print(f"end: {load_note()}", file=out)
+        return 0
 
     previous_threads = None
     if args.threads is not None:

@@ -114,12 +114,15 @@ def normalize(x, mean, invstd, gamma=None, beta=None, *, axis=1, out=None, activ
     return dest.result()
 
 
-def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
-            running_mean=None, running_var=None, momentum=0.1, out=None, activation=None,
-            unbiased_running_var=True):
+def _checked_forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
+                     running_mean=None, running_var=None, momentum=0.1, out=None,
+                     activation=None, unbiased_running_var=True):
+    """forward for any arguments: checked, canonicalised, dispatched (the compiled
+    front end, fastbn._kernels.forward, hands over every call it does not handle,
+    among them any momentum > 0.5 before the one-time warning was shown)."""
     if running_mean is not None and (training is True or training is np.True_) \
             and not _checks._momentum_warned:
-        _checks.warn_momentum(momentum)  # once per process; the layer warns when built
+        _checks.warn_momentum(momentum)  # once; the layer warns when built
     return _forward_then(x, gamma, beta, axis, eps, training, running_mean, running_var,
                         momentum, out, activation, None, unbiased_running_var)
 
@@ -167,7 +170,8 @@ def _own(v, given):
     return v.copy() if v is not None and v is given else v
 
 
-def backward(dy, cache, *, out=None):
+def _checked_backward(dy, cache, *, out=None):
+    """backward for any arguments (see _checked_forward)."""
     dx_out, dg_out, db_out = check_backward(dy, cache, out)
     x, axis = cache.x, cache.axis
     C = x.shape[axis]
@@ -181,9 +185,9 @@ def backward(dy, cache, *, out=None):
     sum_dy, sum_dy_xhat = np.empty(C), np.empty(C)  # the kernel writes every channel
     if C:
         lo = np.zeros(C) if lo is None else _f64(lo)  # None: zeros (eval mode)
-        _kernels.backward(dy3, x3, dest.array3, _f64(mean), lo, _f64(invstd),
-                          _f64(gamma), _f64(beta), cache.activation == "relu",
-                          bool(cache.training), sum_dy, sum_dy_xhat, get_num_threads())
+        _kernels.backward_fused(dy3, x3, dest.array3, _f64(mean), lo, _f64(invstd),
+                                _f64(gamma), _f64(beta), cache.activation == "relu",
+                                bool(cache.training), sum_dy, sum_dy_xhat, get_num_threads())
     dx = dest.result()
     # dgamma/dbeta are written last: an out overlapping x or dy is read before (sums above)
     dgamma = None if gamma is None else _store(sum_dy_xhat, dg_out, gamma.dtype)
@@ -233,5 +237,9 @@ def backward_elemt(dy, x, mean, invstd, gamma, sum_dy, sum_dy_xhat, count, *, ax
                                 sum_dy / count, scale, bias, relu, get_num_threads())
     return dest.result()
 
+
+# forward and backward are compiled front ends (fastbn/_front.pxi) over the paths above
+_kernels.set_checked_paths(_checked_forward, _checked_backward, Cache, get_num_threads)
+forward, backward = _kernels.forward, _kernels.backward
 
 from ._docs import document as _document; _document(globals())  # noqa: E702 docstrings: _docs.py

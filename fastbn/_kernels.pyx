@@ -3,9 +3,14 @@
 
 Arguments arrive validated and canonical from fastbn._core: data as C-contiguous
 (outer, C, inner) arrays, per-channel vectors as contiguous float64. Every kernel
-call releases the GIL.
+call releases the GIL. The compiled front end of forward and backward, which checks
+and dispatches plain calls without NumPy calls, is included at the end (_front.pxi).
 """
 from libc.stdint cimport int64_t
+from libc.string cimport memcpy
+cimport numpy as cnp
+
+cnp.import_array()
 
 
 cdef extern from "fastbn.h" nogil:
@@ -189,10 +194,11 @@ def backward_elemt(const real[:, :, ::1] dy not None, const real[:, :, ::1] x no
     check(st)
 
 
-def backward(const real[:, :, ::1] dy not None, const real[:, :, ::1] x not None, real[:, :, ::1] dx not None,
-             const double[::1] mean_hi not None, const double[::1] mean_lo not None, const double[::1] invstd not None,
-             const double[::1] gamma, const double[::1] beta, bint relu, bint training,
-             double[::1] sum_dy not None, double[::1] sum_dy_xhat not None, int nthreads):
+def backward_fused(const real[:, :, ::1] dy not None, const real[:, :, ::1] x not None,
+                   real[:, :, ::1] dx not None, const double[::1] mean_hi not None,
+                   const double[::1] mean_lo not None, const double[::1] invstd not None,
+                   const double[::1] gamma, const double[::1] beta, bint relu, bint training,
+                   double[::1] sum_dy not None, double[::1] sum_dy_xhat not None, int nthreads):
     cdef int st
     cdef fbn_shape s = shape_of(x)
     cdef const double *g = opt(gamma)
@@ -245,3 +251,6 @@ def simd_paths():
 
 def compiler():
     return fbn_compiler().decode()
+
+
+include "_front.pxi"

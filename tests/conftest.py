@@ -17,6 +17,97 @@ from hypothesis import strategies as st
 import fastbn
 import fastbn.reference
 
+
+# ---------------------------------------------------------------- which fastbn is tested
+
+def _backend_problem():
+    """Why the suite must not run (None when it may): the "C vs reference" tests would
+    otherwise compare the reference with itself when the extension is missing, or test
+    another checkout's build (an editable install maps fastbn._kernels to its own tree)."""
+    if os.environ.get("FASTBN_BACKEND", "").lower() == "numpy":
+        return None  # the reference was asked for: it is what the suite tests then
+    if fastbn.backend != "c":
+        return (f"fastbn's compiled backend is missing ({fastbn._fallback_reason}): the "
+                "comparisons with the reference would compare it with itself. Build the "
+                "extension (`pip install -e .` or `python setup.py build_ext --inplace`), or "
+                "set FASTBN_BACKEND=numpy to test the NumPy reference on purpose.")
+    import fastbn._kernels as kernels
+    here = os.path.realpath(os.path.dirname(fastbn.__file__))
+    built = os.path.realpath(os.path.dirname(kernels.__file__))
+    if here != built:
+        return (f"fastbn is imported from {here} but its compiled extension from {built} "
+                "(another checkout's build): build this one with "
+                "`python setup.py build_ext --inplace`")
+    return None
+
+
+def pytest_sessionstart(session):
+    problem = _backend_problem()
+    if problem:
+        pytest.exit("fastbn test suite: " + problem, returncode=3)
+
+
+# ---------------------------------------------------------------- what did not run
+# Skipped comparisons with other libraries are listed in one loud line; in CI (CI=true),
+# where .ci/run installs them all, a skipped comparison fails the run.
+
+SKIP_GROUPS = {  # group: (words of a skip reason, how to get it)
+    "torch": (("torch",), "pip install torch (the PyTorch comparisons)"),
+    "MPI": (("mpi4py", "mpiexec", "fastbn.distributed", "fastbn[mpi]"),
+            "pip install 'fastbn[mpi]' (mpi4py + MPICH: the distributed tests)"),
+    "scikit-learn": (("sklearn",), "pip install 'fastbn[examples]' (the example's run)"),
+}
+_skipped = {group: [] for group in SKIP_GROUPS}
+
+
+def _skip_group(reason):
+    low = reason.lower()
+    for group, (words, _) in SKIP_GROUPS.items():
+        if any(w in low for w in words):
+            return group
+    return None
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and isinstance(report.longrepr, tuple):
+        group = _skip_group(str(report.longrepr[2]))
+        if group:
+            _skipped[group].append(report.nodeid)
+
+
+def pytest_collectreport(report):  # a whole module skipped (pytest.importorskip at the top)
+    if report.skipped and isinstance(report.longrepr, tuple):
+        group = _skip_group(str(report.longrepr[2]))
+        if group:
+            _skipped[group].append(report.nodeid + " (whole module)")
+
+
+def _in_ci():
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _in_ci() and any(_skipped.values()) and session.exitstatus == 0:
+        session.exitstatus = 1  # CI promised these comparisons: their absence is a failure
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    missing = {g: ids for g, ids in _skipped.items() if ids}
+    if not missing:
+        return
+    parts = []
+    for g, ids in missing.items():
+        modules = [i for i in ids if i.endswith("(whole module)")]
+        what = f"{len(ids) - len(modules)} tests" + (
+            f" + whole modules {', '.join(m.split()[0] for m in modules)}" if modules else "")
+        parts.append(f"{g}: {what} (needs {SKIP_GROUPS[g][1]})")
+    line = "SKIPPED COMPARISONS -- " + "; ".join(parts)
+    if _in_ci():
+        line += " -- FAILING the run: CI=true promises them"
+    terminalreporter.write_sep("!", "fastbn: comparisons that did NOT run", red=True, bold=True)
+    terminalreporter.write_line(line, red=True, bold=True)
+
+
 settings.register_profile("ci", max_examples=40, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("thorough", max_examples=600, deadline=None,

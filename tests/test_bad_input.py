@@ -10,8 +10,7 @@ fastbn.reference with identical, independently built arguments. Required:
     `out` buffers, inputs) is bitwise what it was before;
   - a successful call changes only its outputs and running statistics.
 
-Known bugs are kept out of the random search (see KNOWN_BUGS) and pinned by
-explicit strict-xfail regression tests at the end of this file.
+A bug found here gets a regression test of its own (strict xfail until it is fixed).
 """
 import copy
 import decimal
@@ -211,8 +210,6 @@ BAD_COUNT = _bad_objects() + [
     ("object array", lambda c, g: np.full(c.C, g, object)), ("[count]*C", lambda c, g: [g] * c.C),
 ]
 
-# Inputs that reveal a known, reported bug go to KNOWN_BUGS below (left out of the random
-# search, so that it keeps looking for new ones) and get a strict-xfail test at the end.
 
 
 # ------------------------------------------------------------------ running a call
@@ -324,9 +321,6 @@ def check(fn_name, build, mangled, param_names, shape_args=()):
         outputs_equal(w1, w2, "updated argument")
 
 
-# (function, argument, malformed value) that trigger a known, reported bug: kept out of
-# the search, pinned by the strict-xfail tests at the end of this file.
-KNOWN_BUGS = set()  # none open (fixed: out=np.matrix, infinite statistics in normalize)
 
 
 def mangle(draw, fn_name, table, names, max_mangled=2):
@@ -334,8 +328,7 @@ def mangle(draw, fn_name, table, names, max_mangled=2):
     chosen = draw(st.lists(st.sampled_from(names), min_size=1, max_size=max_mangled, unique=True))
     recipe = {}
     for name in chosen:
-        entries = [e for e in table[name] if (fn_name, name, e[0]) not in KNOWN_BUGS]
-        recipe[name] = draw(st.sampled_from(entries))
+        recipe[name] = draw(st.sampled_from(table[name]))
     return recipe
 
 
@@ -641,6 +634,11 @@ def test_layer_forward_backward(data):
     elif target in ("gamma", "beta"):  # a user's optimiser replaced a parameter badly
         bn.params[target] = factory(ctx, bn.params[target])
     state = layer_state(bn)
+    # what the reference computes from the same arguments and state (copied first)
+    ref_kw = dict(axis=bn.axis, eps=bn.eps, training=bn.training, momentum=bn.momentum,
+                  activation=bn.activation, running_mean=bn.running_mean.copy(),
+                  running_var=bn.running_var.copy())
+    ref_args = (x, bn.params["gamma"], bn.params["beta"])
     try:
         with np.errstate(all="ignore"):
             y = bn(x, out=out)
@@ -649,6 +647,12 @@ def test_layer_forward_backward(data):
         assert layer_state(bn) == state, "a failed forward changed the layer's state"
         return
     assert isinstance(y, np.ndarray) and y.shape == x.shape
+    assert out is None or y is out
+    with np.errstate(all="ignore"):
+        ey, ecache = reference.forward(*ref_args, **ref_kw)
+    outputs_equal(y, ey, f"{label}: layer y")
+    outputs_equal(bn.running_mean, ref_kw["running_mean"].astype(bn.dtype), "running_mean")
+    outputs_equal(bn.running_var, ref_kw["running_var"].astype(bn.dtype), "running_var")
     if target == "dy":
         dy = factory(ctx, dy)
     elif target == "dx out":
@@ -662,6 +666,13 @@ def test_layer_forward_backward(data):
         assert layer_state(bn)[0][:2] == state[0][:2], "a failed backward changed running stats"
         return
     assert isinstance(dx, np.ndarray) and dx.shape == x.shape
+    assert dx_out is None or dx is dx_out
+    with np.errstate(all="ignore"):
+        edx, edgamma, edbeta = reference.backward(dy, ecache)
+    outputs_equal(dx, edx, f"{label}: layer dx")
+    for key, expected in (("gamma", edgamma), ("beta", edbeta)):
+        if expected is not None:  # None: no parameter, the old gradient array stays
+            outputs_equal(bn.grads[key], expected, f"{label}: layer d{key}")
 
 
 # ------------------------------------------------------------------ threads

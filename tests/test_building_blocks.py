@@ -92,7 +92,13 @@ def test_merged_count_is_usable_by_backward_elemt(impl):
                                        np.stack([s[2] for s in stats]))
     assert np.shape(count) in ((), (3,)) and np.all(count == 6)
     invstd = 1 / np.sqrt(m2 / 6 + 1e-5)
-    impl.backward_elemt(x, x, mean, invstd, None, np.zeros(3), np.zeros(3), count)
+    dy = rng.standard_normal((6, 3))
+    sum_dy, sum_dy_xhat = reference.backward_reduce(dy, x, mean, invstd)
+    dx = impl.backward_elemt(dy, x, mean, invstd, None, sum_dy, sum_dy_xhat, count)
+    # the training gradient of the whole batch: what backward gives for it
+    _, cache = reference.forward(x)
+    expected, _, _ = reference.backward(dy, cache)
+    assert_close(dx, expected, 1e-12, "dx with a merged count")
 
 
 def test_merge_of_nothing_but_empty_parts(impl):

@@ -270,10 +270,24 @@ def test_read_only_inputs_are_fine(impl):
     s = State()
     for a in (s.x, s.gamma, s.beta, s.dy):
         a.flags.writeable = False
+    w = State()  # the same values, all writable: the results must be the same
     y, cache = impl.forward(s.x, s.gamma, s.beta, running_mean=s.rm, running_var=s.rv)
-    impl.backward(s.dy, cache)
-    impl.forward(s.x, s.gamma, s.beta, training=False, running_mean=s.rm_ro,
-                 running_var=s.rv_ro)
+    dx, dgamma, dbeta = impl.backward(s.dy, cache)
+    y_eval, _ = impl.forward(s.x, s.gamma, s.beta, training=False, running_mean=s.rm_ro,
+                             running_var=s.rv_ro)
+    wy, wcache = impl.forward(w.x, w.gamma, w.beta, running_mean=w.rm, running_var=w.rv)
+    wdx, wdgamma, wdbeta = impl.backward(w.dy, wcache)
+    wy_eval, _ = impl.forward(w.x, w.gamma, w.beta, training=False, running_mean=w.rm_ro,
+                              running_var=w.rv_ro)
+    for name, a, b in [("y", y, wy), ("dx", dx, wdx), ("dgamma", dgamma, wdgamma),
+                       ("dbeta", dbeta, wdbeta), ("y (eval)", y_eval, wy_eval),
+                       ("running_mean", s.rm, w.rm), ("running_var", s.rv, w.rv)]:
+        assert a.tobytes() == b.tobytes(), name
+    # and they are right: the reference on writable copies
+    ey, ecache = reference.forward(w.x, w.gamma, w.beta)
+    edx, _, _ = reference.backward(w.dy, ecache)
+    assert np.allclose(y, ey, rtol=0, atol=1e-12) and np.allclose(dx, edx, rtol=0, atol=1e-12)
+    assert not np.array_equal(s.rm, s.rm_ro)  # the running statistics were updated
 
 
 def test_lists_are_accepted_for_read_only_vectors(impl):
@@ -289,3 +303,19 @@ def test_numpy_scalars_are_accepted(impl):
                         training=np.bool_(True), running_mean=s.rm, running_var=s.rv)
     expected, _ = reference.forward(s.x, eps=float(np.float32(1e-3)))
     assert np.allclose(y, expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("view", ["x[...]", "x.view()", "shifted"])
+def test_backward_refuses_a_cache_whose_x_a_view_overwrote(impl, view):
+    """forward(out=<another view of x's memory>) overwrites x as out=x does: backward
+    must refuse the cache rather than differentiate at the overwritten values."""
+    rng = np.random.default_rng(3)
+    buf = rng.standard_normal((7, C, 2))
+    x = buf[:-1] if view == "shifted" else buf.copy()
+    out = {"x[...]": lambda: x[...], "x.view()": lambda: x.view(),
+           "shifted": lambda: buf[1:]}[view]()
+    assert out is not x
+    y, cache = impl.forward(x, out=out)
+    assert y is out
+    with pytest.raises(ValueError, match="overwrote"):
+        impl.backward(np.ones_like(x), cache)

@@ -351,8 +351,13 @@ def test_results_do_not_depend_on_thread_count(restore_threads, shape, axis, lay
     fastbn.set_num_threads(2)
     two = run_everything(x, dy, gamma, beta, axis, training)
     again = run_everything(x, dy, gamma, beta, axis, training)
+    import threadpoolctl  # a test dependency: raises OpenMP's own limit (cores) to 3
+    from fastbn._threads import build_info
     fastbn.set_num_threads(3)  # more threads than this machine's cores
-    three = run_everything(x, dy, gamma, beta, axis, training)
+    with threadpoolctl.threadpool_limits(limits=3, user_api="openmp"):
+        if build_info()["openmp"]:  # (a build without OpenMP runs one thread, always)
+            assert fastbn.get_num_threads() == 3, "3 threads were asked for, not capped"
+        three = run_everything(x, dy, gamma, beta, axis, training)
     names = "y mean invstd rm rv y_relu dx dgamma dbeta dx_relu bs_mean bs_m2 sum_dy sum_dy_xhat"
     for name, a, b, c, d in zip(names.split(), one, two, again, three):
         assert_bitwise_equal(a, b, f"{name}: 1 thread vs 2 threads")

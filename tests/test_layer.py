@@ -164,8 +164,6 @@ def test_eval_single_sample_and_train_refusal_match_torch():
 # torch-free behaviour
 # ---------------------------------------------------------------------------------------
 def test_exported_from_package():
-    if not hasattr(fastbn, "BatchNorm"):
-        pytest.skip("fastbn.BatchNorm is not exported from fastbn/__init__.py yet")
     assert fastbn.BatchNorm is BatchNorm
 
 
@@ -304,10 +302,23 @@ def test_out_arguments():
     rng = RNG(7)
     bn = BatchNorm(3, dtype=np.float64)
     x = rng.normal(size=(5, 3, 2))
-    y_out, dx_out = np.empty_like(x), np.empty_like(x)
+    dy = rng.normal(size=x.shape)
+    bn.params["gamma"][...] = [0.5, -2.0, 1.5]
+    plain = BatchNorm(3, dtype=np.float64)
+    plain.load_state_dict(bn.state_dict())
+    y_out, dx_out = np.full_like(x, np.nan), np.full_like(x, np.nan)
     y = bn.forward(x, out=y_out)
-    dx = bn.backward(np.ones_like(x), out=dx_out)
+    dx = bn.backward(dy, out=dx_out)
     assert y is y_out and dx is dx_out
+    # the values written are those of the same layer without out, and right
+    assert y.tobytes() == plain.forward(x).tobytes()
+    assert dx.tobytes() == plain.backward(dy).tobytes()
+    for key in ("gamma", "beta"):
+        assert bn.grads[key].tobytes() == plain.grads[key].tobytes(), key
+    ey, cache = reference.forward(x, bn.params["gamma"], bn.params["beta"])
+    edx, _, _ = reference.backward(dy, cache)
+    np.testing.assert_allclose(y, ey, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(dx, edx, rtol=0, atol=1e-12)
 
 
 def test_input_dtype_other_than_layer_dtype():

@@ -1,0 +1,330 @@
+# The compiled front end of forward and backward (included by _kernels.pyx).
+#
+# A call whose arguments are all of the common, plainly valid kinds (plain float32/float64
+# arrays, C-contiguous and aligned, no out=, Python scalars of the expected types) is
+# checked and dispatched here, in one kernel call with its running-statistics update,
+# without NumPy calls: a small batch then costs about what its arithmetic costs. Every
+# other call, and every call that would raise, goes to the checked path in
+# fastbn._core (set by `set_checked_paths`), which decides and words the errors; both
+# paths run the same kernels on the same values, so their results are bitwise equal.
+from libc.stdlib cimport malloc, free
+from libc.float cimport DBL_MAX
+
+cdef object _checked_forward = None
+cdef object _checked_backward = None
+cdef object _Cache = None
+cdef object _num_threads = None
+cdef object _checks = None  # fastbn._checks: its one-time momentum warning flag
+
+
+def set_checked_paths(forward, backward, cache_class, num_threads):
+    """fastbn._core's checked forward/backward, its Cache class and thread count getter."""
+    global _checked_forward, _checked_backward, _Cache, _num_threads, _checks
+    _checked_forward, _checked_backward = forward, backward
+    _Cache, _num_threads = cache_class, num_threads
+    import fastbn._checks as _checks
+
+
+cdef inline bint plain_data(object a):
+    """A plain ndarray of native float32/float64, C-contiguous and aligned."""
+    if type(a) is not cnp.ndarray:
+        return False
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    cdef int t = cnp.PyArray_TYPE(arr)
+    return ((t == cnp.NPY_FLOAT or t == cnp.NPY_DOUBLE) and cnp.PyArray_IS_C_CONTIGUOUS(arr)
+            and cnp.PyArray_ISALIGNED(arr) and cnp.PyArray_ISNOTSWAPPED(arr))
+
+
+cdef inline bint plain_vector(object v, int64_t C):
+    """A plain (C,) vector of native float32/float64, contiguous and aligned."""
+    return plain_data(v) and cnp.PyArray_NDIM(<cnp.ndarray>v) == 1 and \
+        cnp.PyArray_DIM(<cnp.ndarray>v, 0) == C
+
+
+cdef inline void read_vector(cnp.ndarray v, int64_t C, double *dst) noexcept nogil:
+    """A plain (C,) vector's values as double (exact for float32)."""
+    cdef int64_t c
+    cdef const float *f
+    if cnp.PyArray_TYPE(v) == cnp.NPY_DOUBLE:
+        memcpy(dst, cnp.PyArray_DATA(v), C * sizeof(double))
+    else:
+        f = <const float *>cnp.PyArray_DATA(v)
+        for c in range(C):
+            dst[c] = f[c]
+
+
+cdef inline void write_vector(const double *src, int64_t C, cnp.ndarray v) noexcept nogil:
+    """src rounded into a plain (C,) vector (once, to nearest, for float32)."""
+    cdef int64_t c
+    cdef float *f
+    if cnp.PyArray_TYPE(v) == cnp.NPY_DOUBLE:
+        memcpy(cnp.PyArray_DATA(v), src, C * sizeof(double))
+    else:
+        f = <float *>cnp.PyArray_DATA(v)
+        for c in range(C):
+            f[c] = <float>src[c]
+
+
+cdef inline char *data_end(cnp.ndarray a) noexcept:
+    return <char *>cnp.PyArray_DATA(a) + cnp.PyArray_NBYTES(a)
+
+
+cdef inline bint apart(cnp.ndarray a, object b):
+    """Whether contiguous a does not overlap b (None or a contiguous array)."""
+    if b is None:
+        return True
+    cdef cnp.ndarray other = <cnp.ndarray>b
+    return (data_end(a) <= <char *>cnp.PyArray_DATA(other)
+            or data_end(other) <= <char *>cnp.PyArray_DATA(a))
+
+
+cdef inline bint plain_activation(object activation):
+    return activation is None or (type(activation) is str and (activation == "relu"
+                                                              or activation == "identity"))
+
+
+cdef inline bint canonical_shape_of(cnp.ndarray x, int axis, fbn_shape *s) noexcept:
+    """(outer, C, inner) of C-contiguous x, as fastbn._checks.canonical_shape."""
+    cdef int d, nd = cnp.PyArray_NDIM(x)
+    cdef int64_t outer = 1, inner = 1
+    for d in range(axis):
+        outer *= cnp.PyArray_DIM(x, d)
+    for d in range(axis + 1, nd):
+        inner *= cnp.PyArray_DIM(x, d)
+    s.outer, s.channels, s.inner = outer, cnp.PyArray_DIM(x, axis), inner
+    if s.channels == 1:
+        s.outer, s.inner = 1, outer * inner
+    return True
+
+
+cdef inline cnp.ndarray new_vector(int64_t C):
+    cdef cnp.npy_intp n = C
+    return cnp.PyArray_EMPTY(1, &n, cnp.NPY_DOUBLE, 0)
+
+
+def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
+            running_mean=None, running_var=None, momentum=0.1, out=None, activation=None,
+            unbiased_running_var=True):
+    cdef cnp.ndarray xa, y, mean, lo, invstd, rm, rv
+    cdef int ax, nd, st = 0
+    cdef bint relu, train, running
+    cdef fbn_shape s
+    cdef int64_t C, count
+    cdef double e, mom, factor
+    cdef double *work
+    cdef const double *g = NULL
+    cdef const double *b = NULL
+    cdef int nthreads
+    if (out is not None or not plain_data(x) or type(axis) is not int or type(eps) is not float
+            or type(training) is not bool or type(momentum) is not float
+            or type(unbiased_running_var) is not bool or not plain_activation(activation)):
+        return _checked_forward(x, gamma, beta, axis=axis, eps=eps, training=training,
+                                running_mean=running_mean, running_var=running_var,
+                                momentum=momentum, out=out, activation=activation,
+                                unbiased_running_var=unbiased_running_var)
+    xa = <cnp.ndarray>x
+    nd = cnp.PyArray_NDIM(xa)
+    ax = axis + nd if axis < 0 else axis
+    e, mom, train = eps, momentum, training
+    running = running_mean is not None
+    C = cnp.PyArray_DIM(xa, ax) if 0 <= ax < nd else 0
+    count = cnp.PyArray_SIZE(xa) // C if C else 0
+    if (nd < 2 or C == 0 or not (0.0 < e <= DBL_MAX) or not (0.0 <= mom <= 1.0)
+            # the checked path shows the one-time warning for a momentum > 0.5
+            or (running and train and mom > 0.5 and not _checks._momentum_warned)
+            or (train and count < 2)
+            or (gamma is not None and not plain_vector(gamma, C))
+            or (beta is not None and not plain_vector(beta, C))
+            or running != (running_var is not None) or (not train and not running)
+            or (running and not (plain_vector(running_mean, C) and plain_vector(running_var, C)))
+            or (running and train and not (
+                cnp.PyArray_ISWRITEABLE(<cnp.ndarray>running_mean)
+                and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>running_var)
+                and apart(<cnp.ndarray>running_mean, running_var)
+                and apart(<cnp.ndarray>running_mean, x) and apart(<cnp.ndarray>running_var, x)
+                and apart(<cnp.ndarray>running_mean, gamma)
+                and apart(<cnp.ndarray>running_var, gamma)
+                and apart(<cnp.ndarray>running_mean, beta)
+                and apart(<cnp.ndarray>running_var, beta)))):
+        return _checked_forward(x, gamma, beta, axis=axis, eps=eps, training=training,
+                                running_mean=running_mean, running_var=running_var,
+                                momentum=momentum, out=out, activation=activation,
+                                unbiased_running_var=unbiased_running_var)
+    relu = activation == "relu"
+    canonical_shape_of(xa, ax, &s)
+    nthreads = _num_threads()
+    y = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(xa), cnp.PyArray_TYPE(xa), 0)
+    mean, invstd = new_vector(C), new_vector(C)
+    lo = new_vector(C) if train else None
+    # gamma, beta, var (and the running statistics in eval) as double: one block
+    work = <double *>malloc(4 * C * sizeof(double))
+    if work == NULL:
+        raise MemoryError("fastbn: could not allocate a per-channel work buffer")
+    try:
+        if gamma is not None:
+            read_vector(<cnp.ndarray>gamma, C, work)
+            g = work
+        if beta is not None:
+            read_vector(<cnp.ndarray>beta, C, work + C)
+            b = work + C
+        if train:
+            # m / (m - 1): the unbiased variance (PyTorch); 1: the biased one (Keras, Flax)
+            factor = <double>count / <double>(count - 1) if unbiased_running_var else 1.0
+            if running:
+                rm, rv = <cnp.ndarray>running_mean, <cnp.ndarray>running_var
+            with nogil:
+                if cnp.PyArray_TYPE(xa) == cnp.NPY_FLOAT:
+                    st = fbn_forward_train_f32(<const float *>cnp.PyArray_DATA(xa),
+                                               <float *>cnp.PyArray_DATA(y), s, g, b, e, relu,
+                                               <double *>cnp.PyArray_DATA(mean),
+                                               <double *>cnp.PyArray_DATA(lo), work + 2 * C,
+                                               <double *>cnp.PyArray_DATA(invstd), nthreads)
+                else:
+                    st = fbn_forward_train_f64(<const double *>cnp.PyArray_DATA(xa),
+                                               <double *>cnp.PyArray_DATA(y), s, g, b, e, relu,
+                                               <double *>cnp.PyArray_DATA(mean),
+                                               <double *>cnp.PyArray_DATA(lo), work + 2 * C,
+                                               <double *>cnp.PyArray_DATA(invstd), nthreads)
+                if st == 0 and running:  # in the same compiled step: all or nothing
+                    ema_vector(rm, <double *>cnp.PyArray_DATA(mean),
+                               <double *>cnp.PyArray_DATA(lo), C, mom, 1.0)
+                    ema_vector(rv, work + 2 * C, NULL, C, mom, factor)
+        else:
+            read_vector(<cnp.ndarray>running_mean, C, <double *>cnp.PyArray_DATA(mean))
+            read_vector(<cnp.ndarray>running_var, C, work + 2 * C)
+            with nogil:
+                if cnp.PyArray_TYPE(xa) == cnp.NPY_FLOAT:
+                    st = fbn_forward_infer_f32(<const float *>cnp.PyArray_DATA(xa),
+                                               <float *>cnp.PyArray_DATA(y), s,
+                                               <double *>cnp.PyArray_DATA(mean), work + 2 * C,
+                                               g, b, e, relu,
+                                               <double *>cnp.PyArray_DATA(invstd), nthreads)
+                else:
+                    st = fbn_forward_infer_f64(<const double *>cnp.PyArray_DATA(xa),
+                                               <double *>cnp.PyArray_DATA(y), s,
+                                               <double *>cnp.PyArray_DATA(mean), work + 2 * C,
+                                               g, b, e, relu,
+                                               <double *>cnp.PyArray_DATA(invstd), nthreads)
+    finally:
+        free(work)
+    check(st)
+    cache = _Cache.__new__(_Cache)  # as fastbn._checks.Cache.__init__ fills it
+    cache.x = x
+    cache.gamma = None if gamma is None else cnp.PyArray_NewCopy(<cnp.ndarray>gamma, cnp.NPY_CORDER)
+    cache.beta = None if beta is None else cnp.PyArray_NewCopy(<cnp.ndarray>beta, cnp.NPY_CORDER)
+    cache.mean, cache._mean_lo, cache.invstd, cache._var = mean, lo, invstd, None
+    cache.count, cache.axis, cache.eps, cache.training = count, ax, e, train
+    cache.activation = "relu" if relu else None
+    cache.x_overwritten = cache.x_written = False
+    return y, cache
+
+
+cdef inline void ema_vector(cnp.ndarray running, const double *batch, const double *batch_lo,
+                            int64_t C, double momentum, double factor) noexcept nogil:
+    if cnp.PyArray_TYPE(running) == cnp.NPY_FLOAT:
+        fbn_ema_f32(<float *>cnp.PyArray_DATA(running), batch, batch_lo, C, momentum, factor)
+    else:
+        fbn_ema_f64(<double *>cnp.PyArray_DATA(running), batch, batch_lo, C, momentum, factor)
+
+
+cdef inline bint plain_stats(object v, int64_t C):
+    """A cache statistic the kernels read directly: plain contiguous (C,) float64."""
+    return plain_vector(v, C) and cnp.PyArray_TYPE(<cnp.ndarray>v) == cnp.NPY_DOUBLE
+
+
+cdef inline bint invstd_ok(cnp.ndarray invstd, int64_t C) noexcept:
+    """>= 0 and not +inf (NaN allowed), as fastbn._checks.invstd_values requires."""
+    cdef const double *v = <const double *>cnp.PyArray_DATA(invstd)
+    cdef int64_t c
+    for c in range(C):
+        if v[c] < 0.0 or v[c] > DBL_MAX:
+            return False
+    return True
+
+
+def backward(dy, cache, *, out=None):
+    cdef cnp.ndarray x, dya, dx, dgamma = None, dbeta = None, mean, invstd, lo = None
+    cdef int ax, nd, st = 0
+    cdef int64_t C, d
+    cdef fbn_shape s
+    cdef bint relu, train
+    cdef double *work
+    cdef const double *g = NULL
+    cdef const double *b = NULL
+    cdef double *sum_dy
+    cdef double *sum_dy_xhat
+    cdef int nthreads
+    if out is not None or type(cache) is not _Cache or not plain_data(dy):
+        return _checked_backward(dy, cache, out=out)
+    x_obj, ax_obj = cache.x, cache.axis
+    gamma, beta, activation = cache.gamma, cache.beta, cache.activation
+    if (not plain_data(x_obj) or type(ax_obj) is not int or type(cache.training) is not bool
+            or cache.x_overwritten is not False or cache.x_written is not False
+            or not plain_activation(activation)):
+        return _checked_backward(dy, cache, out=out)
+    x, dya, ax = <cnp.ndarray>x_obj, <cnp.ndarray>dy, ax_obj
+    nd = cnp.PyArray_NDIM(x)
+    ok = (cnp.PyArray_TYPE(dya) == cnp.PyArray_TYPE(x) and cnp.PyArray_NDIM(dya) == nd
+          and 0 <= ax < nd)
+    if ok:
+        for d in range(nd):
+            ok = ok and cnp.PyArray_DIM(dya, d) == cnp.PyArray_DIM(x, d)
+    C = cnp.PyArray_DIM(x, ax) if ok else 0
+    mean_obj, lo_obj, invstd_obj = cache.mean, cache._mean_lo, cache.invstd
+    if (not ok or C == 0 or type(cache.count) is not int
+            or cache.count != cnp.PyArray_SIZE(x) // C
+            or not plain_stats(mean_obj, C) or not plain_stats(invstd_obj, C)
+            or not (lo_obj is None or plain_stats(lo_obj, C))
+            or not invstd_ok(<cnp.ndarray>invstd_obj, C)
+            or (gamma is not None and not plain_vector(gamma, C))
+            or (beta is not None and not plain_vector(beta, C))):
+        return _checked_backward(dy, cache, out=out)
+    mean, invstd = <cnp.ndarray>mean_obj, <cnp.ndarray>invstd_obj
+    if lo_obj is not None:
+        lo = <cnp.ndarray>lo_obj
+    relu, train = activation == "relu", cache.training
+    canonical_shape_of(x, ax, &s)
+    nthreads = _num_threads()
+    dx = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(x), cnp.PyArray_TYPE(x), 0)
+    if gamma is not None:
+        dgamma = cnp.PyArray_EMPTY(1, cnp.PyArray_DIMS(<cnp.ndarray>gamma),
+                                   cnp.PyArray_TYPE(<cnp.ndarray>gamma), 0)
+    if beta is not None:
+        dbeta = cnp.PyArray_EMPTY(1, cnp.PyArray_DIMS(<cnp.ndarray>beta),
+                                  cnp.PyArray_TYPE(<cnp.ndarray>beta), 0)
+    work = <double *>malloc(4 * C * sizeof(double))
+    if work == NULL:
+        raise MemoryError("fastbn: could not allocate a per-channel work buffer")
+    try:
+        if gamma is not None:
+            read_vector(<cnp.ndarray>gamma, C, work)
+            g = work
+        if beta is not None:
+            read_vector(<cnp.ndarray>beta, C, work + C)
+            b = work + C
+        sum_dy, sum_dy_xhat = work + 2 * C, work + 3 * C
+        with nogil:
+            if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT:
+                st = fbn_backward_f32(<const float *>cnp.PyArray_DATA(dya),
+                                      <const float *>cnp.PyArray_DATA(x),
+                                      <float *>cnp.PyArray_DATA(dx), s,
+                                      <const double *>cnp.PyArray_DATA(mean),
+                                      NULL if lo is None else <const double *>cnp.PyArray_DATA(lo),
+                                      <const double *>cnp.PyArray_DATA(invstd), g, b, relu,
+                                      train, sum_dy, sum_dy_xhat, nthreads)
+            else:
+                st = fbn_backward_f64(<const double *>cnp.PyArray_DATA(dya),
+                                      <const double *>cnp.PyArray_DATA(x),
+                                      <double *>cnp.PyArray_DATA(dx), s,
+                                      <const double *>cnp.PyArray_DATA(mean),
+                                      NULL if lo is None else <const double *>cnp.PyArray_DATA(lo),
+                                      <const double *>cnp.PyArray_DATA(invstd), g, b, relu,
+                                      train, sum_dy, sum_dy_xhat, nthreads)
+            if st == 0 and dgamma is not None:
+                write_vector(sum_dy_xhat, C, dgamma)
+            if st == 0 and dbeta is not None:
+                write_vector(sum_dy, C, dbeta)
+    finally:
+        free(work)
+    check(st)
+    return dx, dgamma, dbeta

@@ -1,0 +1,119 @@
+"""The mutants tools/mutate.py applies, one at a time: realistic one-line bugs.
+
+Each entry: a short name, the file, the exact old text (it must occur exactly
+once in the committed file: the harness reports STALE otherwise, so that a
+changed line is noticed and its entry updated), the new text, and what the bug
+is. Keep one snippet per entry, as small as stays unique.
+"""
+from collections import namedtuple
+
+Mutant = namedtuple("Mutant", "name path old new description")
+
+IMPL = "src_c/kernels_impl.h"
+
+MUTANTS = [
+    # ---- the survivors named in issue 14
+    Mutant("neumaier", "src_c/plan.h",
+           "        k->comp += (k->sum - t) + v;",
+           "        k->comp -= (k->sum - t) + v;",
+           "fbn_kadd subtracts its compensation (rows-shape sums)"),
+    Mutant("any_all", "fastbn/_core.py",
+           "if all(_same_buffer(out3, a) for a in overlapping):",
+           "if any(_same_buffer(out3, a) for a in overlapping):",
+           "_Output writes out directly when it is one input but partially overlaps another"),
+    Mutant("dx_4k", IMPL,
+           "                d[i] = dr[i * ld + c];",
+           "                d[i] = dr[c];",
+           "4K-aliasing dx branch: every row of a group reads the first row's dy"),
+    # ---- reductions
+    Mutant("kadd_arrays", "src_c/plan.h",
+           "        comp[i] += (big - t) + small;",
+           "        comp[i] -= (big - t) + small;",
+           "columns-shape compensated totals subtract their compensation"),
+    Mutant("chan_merge", IMPL,
+           "parts[c].m2 += seg[c].m2 + delta * delta * wab;",
+           "parts[c].m2 += seg[c].m2 + delta * delta * wb;",
+           "Chan merge of segments with the wrong weight (multi-segment channels)"),
+    Mutant("one_pass", IMPL,
+           "const double again_c = !(s1 * s1 / n <= FBN_ONE_PASS * m2);",
+           "const double again_c = 0.0;",
+           "columns shape never takes the centred second pass (pivot far out)"),
+    Mutant("ema_factor", IMPL,
+           "momentum * b * factor);",
+           "momentum * b);",
+           "running variance without m / (m - 1) (1.4e-6 at m = 70,001)"),
+    Mutant("eps_outside", "src_c/kernels.c",
+           "is[c] = 1.0 / sqrt(v[c] + eps);",
+           "is[c] = 1.0 / (sqrt(v[c]) + eps);",
+           "eps outside the square root (3-5e-6 of max|y|)"),
+    Mutant("k0_residual", IMPL,
+           "t_k_0[c] = (T)((r != 0.0 && FBN_FINITE(r) ? k_dy[c] * r : 0.0) +",
+           "t_k_0[c] = (T)((0.0) +",
+           "dx drops the rounding of mean(dy) to the data's type"),
+    # ---- tiling
+    Mutant("seg_len", "src_c/kernels.c",
+           "p.seg_len = p.nsegs > 0 ? (p.per_channel + p.nsegs - 1) / p.nsegs : 0;",
+           "p.seg_len = p.nsegs > 0 ? p.per_channel / p.nsegs : 0;",
+           "segment length rounded down: the last values of a channel are never reduced"),
+    Mutant("tile_end", IMPL,
+           "r.j1 = r.j0 + p->seg_len < p->per_channel ? r.j0 + p->seg_len : p->per_channel;",
+           "r.j1 = r.j0 + p->seg_len < p->per_channel ? r.j0 + p->seg_len : p->per_channel - 1;",
+           "the last tile of a channel stops one value short"),
+    Mutant("rows_tile_end", IMPL,
+           "const int64_t f1_ = f0_ + p->rows < n_ ? f0_ + p->rows : n_;",
+           "const int64_t f1_ = f0_ + p->rows < n_ ? f0_ + p->rows : n_ - 1;",
+           "the last elementwise tile of memory-order rows misses its last row"),
+    Mutant("pairs", IMPL,
+           "SPAN(o_ + 2 * C_, out_ + 2 * ldo_, ldo_, m_, ch_, 2);",
+           "SPAN(o_ + 2 * C_, out_ + 2 * ldo_, ldo_, m_, ch_, 1);",
+           "4K same-sets row groups by pairs: the fourth row is not written"),
+    # ---- threading
+    Mutant("shared_scratch", IMPL,
+           "parts + (t % p->nsegs) * C,\n                           scratch + FBN_THREAD_ID * len);",
+           "parts + (t % p->nsegs) * C,\n                           scratch);",
+           "statistics tiles of all threads share one scratch (a race)"),
+    # ---- streaming (outputs >= 16 MB)
+    Mutant("stream_tail", IMPL,
+           "for (; i_ < (m); i_++) (out)[i_] = SCALAR(i_);",
+           "for (; i_ + 1 < (m); i_++) (out)[i_] = SCALAR(i_);",
+           "streamed runs leave the last value of an unaligned tail unwritten"),
+    Mutant("stream_relu", IMPL,
+           "return relu ? FN(vselect)((FN(ivec))(v < zero), zero, v) : v;",
+           "return v;",
+           "streamed vector forward ignores the fused ReLU"),
+    # ---- the Python layer
+    Mutant("f64_contig", "fastbn/_core.py",
+           "if v is None or (v.dtype == _F64 and v.flags.c_contiguous and v.flags.aligned):",
+           "if v is None or (v.dtype == _F64 and v.flags.aligned):",
+           "strided float64 per-channel vectors passed to the kernels as they are"),
+    Mutant("overwritten", "fastbn/_core.py",
+           "overwritten = a.out is not None and np.may_share_memory(a.out, x)",
+           "overwritten = a.out is not None and a.out is x",
+           "forward(out=view of x) is not recorded as overwriting x"),
+    Mutant("running_update_bessel", "fastbn/_core.py",
+           "momentum, count / (count - 1))",
+           "momentum, 1.0)",
+           "update_running_stats takes the biased variance"),
+    Mutant("cma_momentum", "fastbn/layers.py",
+           "return 1.0 / (self.num_batches_tracked + 1)",
+           "return 1.0 / max(self.num_batches_tracked, 1)",
+           "momentum=None: cumulative average off by one batch"),
+    # ---- SyncBN
+    Mutant("sync_var", "fastbn/distributed.py",
+           "var = m2 / max(total, 1)",
+           "var = m2 / max(total - 1, 1)",
+           "SyncBN normalises with the unbiased variance"),
+    Mutant("sync_count", "fastbn/distributed.py",
+           "max(cache.global_count, 1), axis=axis",
+           "max(cache.count, 1), axis=axis",
+           "SyncBN backward divides by the local count"),
+    # ---- folding
+    Mutant("fold_bias", "fastbn/fold.py",
+           "b_folded = ((0.0 if b is None else b) - mean) * scale",
+           "b_folded = (0.0 if b is None else b) - mean * scale",
+           "folded bias: the layer's bias is not scaled"),
+    Mutant("fold_eps", "fastbn/fold.py",
+           "bn.running_var, bn.eps, axis=axis)",
+           "bn.running_var, 1e-5, axis=axis)",
+           "fold_batchnorm ignores the layer's eps"),
+]
