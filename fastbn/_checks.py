@@ -6,6 +6,7 @@ running statistic is touched, so a failed call never leaves state half-updated.
 import math
 import numbers
 import operator
+import warnings
 
 import numpy as np
 
@@ -77,23 +78,63 @@ def real_number(value, name, *, low=None, high=None, low_open=False):
     return value
 
 
-def channel_vector(v, channels, name):
+class MomentumWarning(UserWarning):
+    """A momentum > 0.5 was given: probably the weight of the *old* value (Keras, Flax,
+    course code), where fastbn, as PyTorch, takes the weight of the *new* batch."""
+
+
+_momentum_warned = False  # once per process: a user who meant it is told only once
+
+
+def warn_momentum(momentum, stacklevel=3):
+    """Warn, once per process, that a momentum in (0.5, 1] is probably 1 - what was
+    meant. Called before validation (a warning turned into an error must leave the state
+    untouched): anything else is left to the checks. Silenced by
+    ``warnings.filterwarnings("ignore", category=fastbn.MomentumWarning)``."""
+    global _momentum_warned
+    if _momentum_warned or isinstance(momentum, (bool, np.bool_)) \
+            or not isinstance(momentum, numbers.Real) or not 0.5 < momentum <= 1:
+        return
+    _momentum_warned = True
+    warnings.warn(
+        f"fastbn: momentum={momentum:g} is the weight of the NEW batch in the running "
+        f"statistics (as in PyTorch), so they mostly follow the last batch. If "
+        f"{momentum:g} is the weight of the old value (Keras, Flax, course code), pass "
+        f"momentum={1 - momentum:.6g}. Shown once per process; silence it with "
+        f'warnings.filterwarnings("ignore", category=fastbn.MomentumWarning).',
+        MomentumWarning, stacklevel=stacklevel)
+
+
+def channel_vector(v, channels, name, like=None):
     """A per-channel vector that is only read (gamma, beta, mean, invstd): shape (C,), float.
 
-    Lists and tuples are accepted and converted; other non-arrays are refused.
+    Float ndarrays are used as they are. With `like` (the data's dtype), parameters
+    given as lists, tuples, Python numbers or integer/bool arrays are converted as
+    NumPy arithmetic with data of dtype `like` would (a number is broadcast to (C,)):
+    ``np.asarray([3, 4, 5])`` becomes float64, ``2.0`` takes the data's dtype.
+    Without `like`, only lists and tuples of floats are accepted (converted).
     """
     if v is None:
         return None
     arr = np.asarray(v) if isinstance(v, (list, tuple)) else v
+    if like is not None and not isinstance(arr, np.ndarray) and is_number(arr):
+        arr = np.full(channels, arr, dtype=np.result_type(arr, like))  # NEP 50: weak scalar
     if not isinstance(arr, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray of shape ({channels},), got {_describe(v)}")
     refuse_subclass(arr, name)
     if arr.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must have dtype float32 or float64, got {arr.dtype}")
+        if like is None or arr.dtype.kind not in "biu":
+            raise TypeError(f"{name} must have dtype float32 or float64, got {arr.dtype}")
+        arr = arr.astype(np.result_type(arr.dtype, like))  # int64 -> float64, as x * gamma
     if arr.shape != (channels,):
         raise ValueError(f"{name} must have shape ({channels},) to match the {channels} channels, "
                          f"got {arr.shape}")
     return arr
+
+
+def is_number(value):
+    """A Python or NumPy real number (bools included, as NumPy treats them), not an array."""
+    return isinstance(value, (numbers.Real, np.bool_)) and not isinstance(value, np.ndarray)
 
 
 def invstd_values(v, name):
@@ -106,12 +147,30 @@ def invstd_values(v, name):
     return v
 
 
+def residual_values(mean, lo, name):
+    """`lo` is the rounding residual of the float64 `mean` (a double-double): at most
+    one unit in the last place of `mean` where `mean` is finite. Anything larger cannot
+    come from a forward, and the kernels would take it for part of the mean."""
+    hi = np.abs(np.asarray(mean, dtype=np.float64))
+    lo = np.abs(np.asarray(lo, dtype=np.float64))
+    with np.errstate(invalid="ignore"):
+        bad = np.isfinite(hi) & ~(lo <= np.spacing(hi))
+    if bad.any():
+        raise ValueError(f"{name} must be the rounding residual of cache.mean (at most one "
+                         f"unit in its last place), got {lo[bad][0]} beside {hi[bad][0]}")
+    return lo
+
+
 def running_vector(v, channels, name, *, update):
     """A running statistic: an ndarray of shape (C,), writable when it is to be updated in place."""
     if v is None:
         return None
     if not isinstance(v, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray (it is updated in place), got {_describe(v)}")
+    if v.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64 (it is updated in place, "
+                        f"never copied), got {v.dtype}: pass {name}.astype(np.float32) and "
+                        "keep that array")
     channel_vector(v, channels, name)
     if update and not v.flags.writeable:
         raise ValueError(f"{name} is read-only, but it is updated in place in training mode")
@@ -360,18 +419,25 @@ class Cache:
 class ForwardArgs:
     """Validated forward() arguments."""
     __slots__ = ("x", "gamma", "beta", "axis", "eps", "training", "running_mean",
-                 "running_var", "momentum", "out", "activation", "count", "channels")
+                 "running_var", "momentum", "out", "activation", "count", "channels",
+                 "unbiased_running_var")
+
+
+def bool_arg(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {_describe(value)}")
+    return bool(value)
 
 
 def check_forward(x, gamma, beta, axis, eps, training, running_mean, running_var,
-                  momentum, out, activation_):
+                  momentum, out, activation_, unbiased_running_var=True):
     a = ForwardArgs()
     a.x = data_array(x, "x")
     a.axis = channel_axis(axis, x.ndim)
     a.channels = x.shape[a.axis]
     a.count = x.size // a.channels if a.channels else 0
-    a.gamma = channel_vector(gamma, a.channels, "gamma")
-    a.beta = channel_vector(beta, a.channels, "beta")
+    a.gamma = channel_vector(gamma, a.channels, "gamma", like=x.dtype)
+    a.beta = channel_vector(beta, a.channels, "beta", like=x.dtype)
     a.eps = real_number(eps, "eps", low=0.0, low_open=True)
     if not isinstance(training, (bool, np.bool_)):
         raise TypeError(f"training must be a bool, got {_describe(training)}")
@@ -393,6 +459,7 @@ def check_forward(x, gamma, beta, axis, eps, training, running_mean, running_var
         outputs_apart([("out", a.out), ("running_mean", a.running_mean),
                        ("running_var", a.running_var)])
     a.activation = activation(activation_)
+    a.unbiased_running_var = bool_arg(unbiased_running_var, "unbiased_running_var")
     return a
 
 
@@ -430,6 +497,7 @@ def check_cache(cache):
             raise TypeError(f"cache.{name} must be a numpy.ndarray of shape ({C},), got {_describe(v)}")
         channel_vector(v, C, f"cache.{name}")
     invstd_values(cache.invstd, "cache.invstd")
+    residual_values(cache.mean, cache.mean_lo, "cache.mean_lo")
     for name in ("training", "x_overwritten", "x_written"):
         if not isinstance(getattr(cache, name), (bool, np.bool_)):
             raise TypeError(f"cache.{name} must be a bool, got {_describe(getattr(cache, name))}")
@@ -446,7 +514,8 @@ def check_backward(dy, cache, out):
     float_array(dy, "dy")
     same_shape(dy, x, "dy", "x")
     if dy.dtype != x.dtype:
-        raise TypeError(f"dy must have the dtype of x ({x.dtype}), got {dy.dtype}")
+        raise TypeError(f"dy must have the dtype of x ({x.dtype}), got {dy.dtype}: gradients "
+                        f"have their variable's dtype; pass dy.astype(np.{x.dtype})")
     if cache.x_overwritten:
         raise ValueError("cannot run backward: forward was called in place (out=x), which "
                          "overwrote the input that backward needs")
@@ -533,7 +602,8 @@ def channel_stack(a, name):
     return a.astype(np.float64, copy=False)
 
 
-def check_running_update(running_mean, running_var, mean, var, count, momentum):
+def check_running_update(running_mean, running_var, mean, var, count, momentum,
+                         unbiased_running_var=True):
     C = mean.shape[0] if isinstance(mean, np.ndarray) and mean.ndim == 1 else None
     if C is None:
         raise TypeError(f"mean must be a 1-D float array, got {_describe(mean)}")
@@ -549,10 +619,19 @@ def check_running_update(running_mean, running_var, mean, var, count, momentum):
         raise ValueError("running_mean and running_var must not share memory")
     if not is_integer(count):
         raise TypeError(f"count must be an integer, got {_describe(count)}")
-    if not 2 <= count <= 2 ** 62:
+    unbiased = bool_arg(unbiased_running_var, "unbiased_running_var")
+    if unbiased and not 2 <= count <= 2 ** 62:
         raise ValueError(f"count must be in [2, 2**62] for the unbiased running variance, got {count}")
+    if not unbiased and not 1 <= count <= 2 ** 62:
+        raise ValueError(f"count must be in [1, 2**62], got {count}")
     momentum = real_number(momentum, "momentum", low=0.0, high=1.0)
-    return mean.astype(np.float64), var.astype(np.float64), momentum
+    return mean.astype(np.float64), var.astype(np.float64), momentum, unbiased
+
+
+def running_var_factor(count, unbiased):
+    """What the batch variance is multiplied by in the running variance: m / (m - 1)
+    (unbiased, PyTorch) or 1 (biased: Keras, Flax, course code)."""
+    return count / (count - 1) if unbiased else 1.0
 
 
 _NO_DY = object()
@@ -567,7 +646,8 @@ def check_per_channel(x, axis, vectors, out=None, dy=_NO_DY):
         float_array(dy, "dy")
         same_shape(dy, x, "dy", "x")
         if dy.dtype != x.dtype:
-            raise TypeError(f"dy must have the dtype of x ({x.dtype}), got {dy.dtype}")
+            raise TypeError(f"dy must have the dtype of x ({x.dtype}), got {dy.dtype}: "
+                            f"pass dy.astype(np.{x.dtype})")
     axis = channel_axis(axis, x.ndim)
     C = x.shape[axis]
     for name, v in vectors.items():

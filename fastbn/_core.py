@@ -8,7 +8,8 @@ from . import _kernels
 from ._checks import (Cache, canonical, channel_axis,
                       check_backward, check_count, check_forward, check_per_channel,
                       check_running_update, commit, data_array, mark_written,
-                      overlaps, overwrites_x, separate)
+                      overlaps, overwrites_x, running_var_factor, separate)
+from . import _checks
 from ._checks import activation as check_activation
 from ._checks import store as _store
 from ._threads import get_num_threads
@@ -66,16 +67,19 @@ def _ema(running, batch, momentum, factor, batch_lo=None):
     return new
 
 
-def _running_copies(running_mean, running_var, mean, var, count, momentum, mean_lo=None):
+def _running_copies(running_mean, running_var, mean, var, count, momentum, mean_lo=None,
+                    unbiased=True):
     """The new running statistics, paired with where `commit` writes them."""
     return [(running_mean, _ema(running_mean, mean, momentum, 1.0, mean_lo)),
-            (running_var, _ema(running_var, var, momentum, count / (count - 1)))]
+            (running_var, _ema(running_var, var, momentum, running_var_factor(count, unbiased)))]
 
 
-def update_running_stats(running_mean, running_var, mean, var, count, *, momentum=0.1):
-    mean, var, momentum = check_running_update(running_mean, running_var, mean, var, count, momentum)
+def update_running_stats(running_mean, running_var, mean, var, count, *, momentum=0.1,
+                         unbiased_running_var=True):
+    mean, var, momentum, unbiased = check_running_update(
+        running_mean, running_var, mean, var, count, momentum, unbiased_running_var)
     commit(_running_copies(running_mean, running_var, np.ascontiguousarray(mean),
-                           np.ascontiguousarray(var), count, momentum))
+                           np.ascontiguousarray(var), count, momentum, unbiased=unbiased))
 
 
 def _coefficients(mean, invstd, gamma, beta):
@@ -112,19 +116,23 @@ def normalize(x, mean, invstd, gamma=None, beta=None, *, axis=1, out=None, activ
 
 def _checked_forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
                      running_mean=None, running_var=None, momentum=0.1, out=None,
-                     activation=None):
+                     activation=None, unbiased_running_var=True):
     """forward for any arguments: checked, canonicalised, dispatched (the compiled
-    front end, fastbn._kernels.forward, hands over every call it does not handle)."""
+    front end, fastbn._kernels.forward, hands over every call it does not handle,
+    among them any momentum > 0.5 before the one-time warning was shown)."""
+    if running_mean is not None and (training is True or training is np.True_) \
+            and not _checks._momentum_warned:
+        _checks.warn_momentum(momentum)  # once; the layer warns when built
     return _forward_then(x, gamma, beta, axis, eps, training, running_mean, running_var,
-                        momentum, out, activation, None)
+                        momentum, out, activation, None, unbiased_running_var)
 
 
 def _forward_then(x, gamma, beta, axis, eps, training, running_mean, running_var, momentum,
-                 out, activation, then):
+                 out, activation, then, unbiased_running_var=True):
     """forward; `then(cache)`, if given, is the last step of the state update, committed
     with the running statistics in one step (the layer's num_batches_tracked)."""
     a = check_forward(x, gamma, beta, axis, eps, training, running_mean, running_var,
-                      momentum, out, activation)
+                      momentum, out, activation, unbiased_running_var)
     relu = a.activation == "relu"
     # gamma and beta are copied first if y overlaps them, else after the kernel (fewer
     # buffers alive at its peak) but before the running statistics are written
@@ -151,7 +159,7 @@ def _forward_then(x, gamma, beta, axis, eps, training, running_mean, running_var
     copies = []
     if a.training and a.running_mean is not None:
         copies = _running_copies(a.running_mean, a.running_var, mean, var, a.count,
-                                 a.momentum, lo)
+                                 a.momentum, lo, a.unbiased_running_var)
     if copies or then is not None:
         commit(copies, None if then is None else partial(then, cache))
     return y, cache

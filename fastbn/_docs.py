@@ -22,10 +22,13 @@ Parameters
 x : ndarray of float32 or float64, ndim >= 2
     The data, e.g. (N, C), (N, C, L), (N, C, H, W) or channels-last (N, H, W, C).
     It is not converted: other dtypes and non-arrays raise TypeError.
-gamma : ndarray of shape (C,), optional
-    Per-channel scale (float32 or float64; a list or tuple of floats is
-    converted with ``np.asarray``). None means 1 (no scale).
-beta : ndarray of shape (C,), optional
+gamma : array_like of shape (C,) or real number, optional
+    Per-channel scale. Float32/float64 arrays are used as they are; lists,
+    Python numbers and integer or bool arrays are converted as NumPy
+    arithmetic with x would convert them (``np.asarray([3, 4, 5])`` becomes
+    float64, a Python float takes x's dtype; a number applies to every
+    channel). None means 1 (no scale).
+beta : array_like of shape (C,) or real number, optional
     Per-channel shift, as `gamma`. None means 0 (no shift).
 axis : int, default 1
     The channel axis (1 as in PyTorch; -1 for channels-last layouts such as
@@ -47,12 +50,19 @@ momentum : float in [0, 1], default 0.1
     Keras and Flax (0.99) and the classic course code (``bn_param["momentum"]
     = 0.9``) give the weight of the *old* value instead: pass
     ``momentum = 1 - their_momentum`` (0.01 for 0.99, 0.1 for 0.9).
+    A momentum > 0.5 with running statistics in training mode emits one
+    ``fastbn.MomentumWarning`` per process (silence it with
+    ``warnings.filterwarnings("ignore", category=fastbn.MomentumWarning)``).
 out : ndarray, optional
     Where to write y: x's shape and dtype, writable. ``out=x`` (in place) is
     allowed, but then `backward` refuses the cache, as x is overwritten.
 activation : {None, "relu"}, optional
     "relu" applies ``max(y, 0)`` in the same pass; `backward` recomputes the
     mask from the saved statistics.
+unbiased_running_var : bool, default True
+    True: the running variance takes the unbiased batch variance
+    ``var * m / (m - 1)`` (PyTorch). False: the biased ``var`` (Keras,
+    Flax, the classic course code).
 
 Returns
 -------
@@ -67,8 +77,9 @@ Raises
 TypeError
     If x is not a float32/float64 ndarray; gamma, beta or the running
     statistics are not float arrays (running statistics must be ndarrays);
-    axis is not an integer; eps or momentum is not a real number; training is
-    not a bool; out has another dtype than x; activation is not a string.
+    axis is not an integer; eps or momentum is not a real number; training or
+    unbiased_running_var is not a bool; out has another dtype than x;
+    activation is not a string.
 ValueError
     If x has fewer than 2 dimensions; axis is out of bounds; a per-channel
     array does not have shape (C,); eps <= 0, momentum outside [0, 1], or
@@ -93,10 +104,14 @@ With the biased batch variance (divided by m), eps inside the square root::
 
 The running variance is updated with the *unbiased* batch variance,
 ``var * m / (m - 1)``, as in PyTorch (Keras, Flax and most hand-written NumPy
-code keep the biased one)::
+code keep the biased one: ``unbiased_running_var=False`` drops the factor)::
 
     running_mean = (1 - momentum) * running_mean + momentum * mean
     running_var = (1 - momentum) * running_var + momentum * var * m / (m - 1)
+
+Parameters are converted as NumPy arithmetic would convert them; data is not:
+x and dy must be float32/float64 arrays, and `backward` refuses a dy of another
+dtype than x (with the ``dy.astype(...)`` fix in the message).
 
 Statistics are accumulated in float64, whatever x's dtype. Every argument is
 checked before anything is written: a call that raises leaves `out` and the
@@ -137,7 +152,15 @@ Evaluation mode normalises with them:
  [ 1.844   4.534 ]
  [ 5.0062  2.9528]]
 
-Code written for Keras' ``momentum=0.99`` passes ``momentum=1 - 0.99``.
+Code written for Keras' ``momentum=0.99`` passes ``momentum=1 - 0.99``, and
+``unbiased_running_var=False`` for Keras' biased running variance (4.6667 here):
+
+>>> running_mean, running_var = np.zeros(2), np.ones(2)
+>>> y, cache = fastbn.forward(x, running_mean=running_mean, running_var=running_var,
+...                           momentum=1 - 0.99, unbiased_running_var=False)
+>>> print(np.round(running_var, 4))
+[1.0367 1.0367]
+
 Channels-last data (N, H, W, C) uses ``axis=-1``:
 
 >>> x_nhwc = np.ones((2, 4, 4, 3), dtype=np.float32)
@@ -529,8 +552,8 @@ True
 UPDATE_RUNNING_STATS = """Update running mean and variance in place with a batch's statistics.
 
 Exponential moving averages as in PyTorch, the variance made unbiased
-(multiplied by ``count / (count - 1)``). This is what `forward` does in
-training mode when given running statistics.
+(multiplied by ``count / (count - 1)``) unless ``unbiased_running_var=False``.
+This is what `forward` does in training mode when given running statistics.
 
 Parameters
 ----------
@@ -542,11 +565,15 @@ mean : ndarray of shape (C,)
 var : ndarray of shape (C,)
     The *biased* batch variance (``m2 / count`` from `batch_stats`).
 count : int
-    Number of values per channel in the batch, >= 2.
+    Number of values per channel in the batch, >= 2 (>= 1 when
+    ``unbiased_running_var=False``).
 momentum : float in [0, 1], default 0.1
     Weight of the new batch, as in PyTorch. For the Keras/Flax/course-code
     convention (weight of the old value, e.g. 0.9 or 0.99) pass
     ``1 - their_momentum``.
+unbiased_running_var : bool, default True
+    True: the variance enters as ``var * count / (count - 1)`` (PyTorch);
+    False: as ``var`` itself (Keras, Flax, course code).
 
 Returns
 -------
@@ -558,7 +585,7 @@ Raises
 TypeError
     If mean is not a 1-D float ndarray; var is missing or not a float array;
     a running statistic is missing or not a float ndarray; count is not an
-    integer; momentum is not a real number.
+    integer; momentum is not a real number; unbiased_running_var is not a bool.
 ValueError
     If an array does not have shape (C,); the running statistics share memory
     or are read-only; count is not in [2, 2**62]; momentum is outside [0, 1]
@@ -575,6 +602,11 @@ Notes
 
     running_mean = (1 - momentum) * running_mean + momentum * mean
     running_var = (1 - momentum) * running_var + momentum * var * count / (count - 1)
+
+and with ``unbiased_running_var=False`` (Keras' and Flax's update, for their
+momentum ``1 - momentum``)::
+
+    running_var = (1 - momentum) * running_var + momentum * var
 
 Examples
 --------

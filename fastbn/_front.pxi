@@ -9,18 +9,21 @@
 # paths run the same kernels on the same values, so their results are bitwise equal.
 from libc.stdlib cimport malloc, free
 from libc.float cimport DBL_MAX
+from libc.math cimport fabs, nextafter, INFINITY
 
 cdef object _checked_forward = None
 cdef object _checked_backward = None
 cdef object _Cache = None
 cdef object _num_threads = None
+cdef object _checks = None  # fastbn._checks: its one-time momentum warning flag
 
 
 def set_checked_paths(forward, backward, cache_class, num_threads):
     """fastbn._core's checked forward/backward, its Cache class and thread count getter."""
-    global _checked_forward, _checked_backward, _Cache, _num_threads
+    global _checked_forward, _checked_backward, _Cache, _num_threads, _checks
     _checked_forward, _checked_backward = forward, backward
     _Cache, _num_threads = cache_class, num_threads
+    import fastbn._checks as _checks
 
 
 cdef inline bint plain_data(object a):
@@ -101,7 +104,8 @@ cdef inline cnp.ndarray new_vector(int64_t C):
 
 
 def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
-            running_mean=None, running_var=None, momentum=0.1, out=None, activation=None):
+            running_mean=None, running_var=None, momentum=0.1, out=None, activation=None,
+            unbiased_running_var=True):
     cdef cnp.ndarray xa, y, mean, lo, invstd, rm, rv
     cdef int ax, nd, st = 0
     cdef bint relu, train, running
@@ -112,12 +116,14 @@ def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
     cdef const double *g = NULL
     cdef const double *b = NULL
     cdef int nthreads
-    if (out is not None or not plain_data(x) or type(axis) is not int or type(eps) is not float
+    if (out is not None or not plain_data(x) or type(axis) is not int or not -64 <= axis < 64
+            or type(eps) is not float
             or type(training) is not bool or type(momentum) is not float
-            or not plain_activation(activation)):
+            or type(unbiased_running_var) is not bool or not plain_activation(activation)):
         return _checked_forward(x, gamma, beta, axis=axis, eps=eps, training=training,
                                 running_mean=running_mean, running_var=running_var,
-                                momentum=momentum, out=out, activation=activation)
+                                momentum=momentum, out=out, activation=activation,
+                                unbiased_running_var=unbiased_running_var)
     xa = <cnp.ndarray>x
     nd = cnp.PyArray_NDIM(xa)
     ax = axis + nd if axis < 0 else axis
@@ -126,6 +132,8 @@ def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
     C = cnp.PyArray_DIM(xa, ax) if 0 <= ax < nd else 0
     count = cnp.PyArray_SIZE(xa) // C if C else 0
     if (nd < 2 or C == 0 or not (0.0 < e <= DBL_MAX) or not (0.0 <= mom <= 1.0)
+            # the checked path shows the one-time warning for a momentum > 0.5
+            or (running and train and mom > 0.5 and not _checks._momentum_warned)
             or (train and count < 2)
             or (gamma is not None and not plain_vector(gamma, C))
             or (beta is not None and not plain_vector(beta, C))
@@ -142,7 +150,8 @@ def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
                 and apart(<cnp.ndarray>running_var, beta)))):
         return _checked_forward(x, gamma, beta, axis=axis, eps=eps, training=training,
                                 running_mean=running_mean, running_var=running_var,
-                                momentum=momentum, out=out, activation=activation)
+                                momentum=momentum, out=out, activation=activation,
+                                unbiased_running_var=unbiased_running_var)
     relu = activation == "relu"
     canonical_shape_of(xa, ax, &s)
     nthreads = _num_threads()
@@ -161,7 +170,8 @@ def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
             read_vector(<cnp.ndarray>beta, C, work + C)
             b = work + C
         if train:
-            factor = <double>count / <double>(count - 1)
+            # m / (m - 1): the unbiased variance (PyTorch); 1: the biased one (Keras, Flax)
+            factor = <double>count / <double>(count - 1) if unbiased_running_var else 1.0
             if running:
                 rm, rv = <cnp.ndarray>running_mean, <cnp.ndarray>running_var
             with nogil:
@@ -234,6 +244,19 @@ cdef inline bint invstd_ok(cnp.ndarray invstd, int64_t C) noexcept:
     return True
 
 
+cdef inline bint residual_ok(cnp.ndarray mean, cnp.ndarray lo, int64_t C) noexcept:
+    """|lo| at most one ulp of a finite mean, as fastbn._checks.residual_values requires."""
+    cdef const double *hi = <const double *>cnp.PyArray_DATA(mean)
+    cdef const double *r = <const double *>cnp.PyArray_DATA(lo)
+    cdef int64_t c
+    cdef double a
+    for c in range(C):
+        a = fabs(hi[c])
+        if a <= DBL_MAX and not (fabs(r[c]) <= nextafter(a, INFINITY) - a):
+            return False
+    return True
+
+
 def backward(dy, cache, *, out=None):
     cdef cnp.ndarray x, dya, dx, dgamma = None, dbeta = None, mean, invstd, lo = None
     cdef int ax, nd, st = 0
@@ -250,7 +273,8 @@ def backward(dy, cache, *, out=None):
         return _checked_backward(dy, cache, out=out)
     x_obj, ax_obj = cache.x, cache.axis
     gamma, beta, activation = cache.gamma, cache.beta, cache.activation
-    if (not plain_data(x_obj) or type(ax_obj) is not int or type(cache.training) is not bool
+    if (not plain_data(x_obj) or type(ax_obj) is not int or not 0 <= ax_obj < 64
+            or type(cache.training) is not bool
             or cache.x_overwritten is not False or cache.x_written is not False
             or not plain_activation(activation)):
         return _checked_backward(dy, cache, out=out)
@@ -266,7 +290,8 @@ def backward(dy, cache, *, out=None):
     if (not ok or C == 0 or type(cache.count) is not int
             or cache.count != cnp.PyArray_SIZE(x) // C
             or not plain_stats(mean_obj, C) or not plain_stats(invstd_obj, C)
-            or not (lo_obj is None or plain_stats(lo_obj, C))
+            or not (lo_obj is None or (plain_stats(lo_obj, C) and residual_ok(
+                <cnp.ndarray>mean_obj, <cnp.ndarray>lo_obj, C)))
             or not invstd_ok(<cnp.ndarray>invstd_obj, C)
             or (gamma is not None and not plain_vector(gamma, C))
             or (beta is not None and not plain_vector(beta, C))):

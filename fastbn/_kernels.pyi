@@ -48,5 +48,6 @@ def forward(
     x: Any, gamma: Any = None, beta: Any = None, *, axis: Any = 1, eps: Any = 1e-5,
     training: Any = True, running_mean: Any = None, running_var: Any = None,
     momentum: Any = 0.1, out: Any = None, activation: Any = None,
+    unbiased_running_var: Any = True,
 ) -> Any: ...
 def backward(dy: Any, cache: Any, *, out: Any = None) -> Any: ...

@@ -68,6 +68,7 @@ except (ImportError, RuntimeError) as _exc:  # RuntimeError: mpi4py found no MPI
 from ._checks import (Cache, _describe, channel_axis, channel_vector, check_backward,
                       data_array, out_array, real_number, running_vector)
 from ._checks import activation as _check_activation
+from ._checks import warn_momentum
 from ._checks import store as _store
 from .layers import BatchNorm
 
@@ -100,7 +101,8 @@ _MAGIC = float(0x46424E31)       # "FBN1": not a fastbn message, or another layo
 _OPS = {1.0: "sync_forward", 2.0: "sync_backward"}
 _FORWARD, _BACKWARD = 1.0, 2.0
 _FAILED = 1.0                    # status of a rank whose arguments were invalid
-_FLAGS = ("updates running statistics", "has gamma", "has beta", "training mode")  # bits 0..3
+_FLAGS = ("updates running statistics", "has gamma", "has beta", "training mode",
+          "biased running variance")  # bits 0..4
 _ACTIVATIONS = (None, "relu")    # code = index
 _FIRST_ROW = len(HEADER) + 2 * 64  # row length before any call with more than 64 channels
 
@@ -113,9 +115,10 @@ def _header(op, call, *, failed=False, forward_call=-1, channels=-1, ndim=-1, ax
             _FAILED if failed else 0.0, count]
 
 
-def _flags(updates, gamma, beta, training):
+def _flags(updates, gamma, beta, training, biased=False):
     """The "flags" slot: bit i set when _FLAGS[i] holds."""
-    return updates | (gamma is not None) << 1 | (beta is not None) << 2 | training << 3
+    return (updates | (gamma is not None) << 1 | (beta is not None) << 2 | training << 3
+            | biased << 4)
 
 
 def _show(name, value):
@@ -283,8 +286,8 @@ def _check_local(x, gamma, beta, axis, eps, running_mean, running_var, momentum,
     data_array(x, "x")
     axis = channel_axis(axis, x.ndim)
     C = x.shape[axis]
-    gamma = channel_vector(gamma, C, "gamma")
-    beta = channel_vector(beta, C, "beta")
+    gamma = channel_vector(gamma, C, "gamma", like=x.dtype)
+    beta = channel_vector(beta, C, "beta", like=x.dtype)
     eps = real_number(eps, "eps", low=0.0, low_open=True)
     momentum = real_number(momentum, "momentum", low=0.0, high=1.0)
     if (running_mean is None) != (running_var is None):
@@ -298,7 +301,8 @@ def _check_local(x, gamma, beta, axis, eps, running_mean, running_var, momentum,
 
 
 def sync_forward(x, gamma=None, beta=None, *, comm, axis=1, eps=1e-5, training=True,
-                 running_mean=None, running_var=None, momentum=0.1, out=None, activation=None):
+                 running_mean=None, running_var=None, momentum=0.1, out=None, activation=None,
+                 unbiased_running_var=True):
     """``fastbn.forward`` with the statistics of the union of the batches of all ranks of ``comm``.
 
     Call it on every rank of ``comm`` with that rank's part of the batch (any size along
@@ -321,6 +325,9 @@ def sync_forward(x, gamma=None, beta=None, *, comm, axis=1, eps=1e-5, training=T
     axis, eps, training, running_mean, running_var, momentum, out, activation
         As in ``fastbn.forward`` (momentum is the weight of the *new* batch, as
         in PyTorch: ``1 - 0.99`` for Keras' 0.99).
+    unbiased_running_var : bool, default True
+        As in ``fastbn.forward``: False keeps the biased global variance in
+        the running variance (Keras, Flax).
 
     Returns
     -------
@@ -366,16 +373,21 @@ def sync_forward(x, gamma=None, beta=None, *, comm, axis=1, eps=1e-5, training=T
     """
     _check_comm(comm)
     training = _check_bool(training, "training")
+    if training and running_mean is not None:
+        warn_momentum(momentum)  # once per process (SyncBatchNorm warns when built)
     if not training:
         return _fastbn().forward(x, gamma, beta, axis=axis, eps=eps, training=False,
                                  running_mean=running_mean, running_var=running_var,
-                                 momentum=momentum, out=out, activation=activation)
+                                 momentum=momentum, out=out, activation=activation,
+                                 unbiased_running_var=unbiased_running_var)
     return _sync_forward_train(x, gamma, beta, comm, axis, eps, running_mean, running_var,
-                               momentum, out, activation)
+                               momentum, out, activation,
+                               unbiased_running_var=unbiased_running_var)
 
 
 def _sync_forward_train(x, gamma, beta, comm, axis, eps, running_mean, running_var, momentum,
-                        out, activation, error=None, training_mode=True):
+                        out, activation, error=None, training_mode=True,
+                        unbiased_running_var=True):
     """The forward with batch statistics. `error`: a failure found by the caller on this
     rank, which joins the collective flagging it and then raises it. `training_mode`: the
     layer's mode, which the ranks must share (a SyncBatchNorm without running statistics
@@ -388,6 +400,8 @@ def _sync_forward_train(x, gamma, beta, comm, axis, eps, running_mean, running_v
                 axis, C, gamma, beta, eps, momentum, activation = _check_local(
                     x, gamma, beta, axis, eps, running_mean, running_var, momentum, out,
                     activation)
+                unbiased_running_var = _check_bool(unbiased_running_var,
+                                                   "unbiased_running_var")
             except (TypeError, ValueError) as exc:
                 error = exc
         call = state.calls
@@ -396,7 +410,8 @@ def _sync_forward_train(x, gamma, beta, comm, axis, eps, running_mean, running_v
             update = running_mean is not None
             header = _header(_FORWARD, call, forward_call=call, channels=C, ndim=x.ndim,
                              axis=axis, eps=eps, momentum=momentum if update else 0.0,
-                             flags=_flags(update, gamma, beta, training_mode),
+                             flags=_flags(update, gamma, beta, training_mode,
+                                          update and not unbiased_running_var),
                              activation=activation, count=count)
             parts = (mean, m2)
         else:
@@ -416,7 +431,7 @@ def _sync_forward_train(x, gamma, beta, comm, axis, eps, running_mean, running_v
         y = fb.normalize(x, mean, invstd, gamma, beta, axis=axis, out=out, activation=activation)
         if running_mean is not None and C:
             fb.update_running_stats(running_mean, running_var, mean, var, total,
-                                    momentum=momentum)
+                                    momentum=momentum, unbiased_running_var=unbiased_running_var)
     finally:
         state.lock.release()
     return y, SyncCache(x, gamma, beta, mean, invstd, var, axis=axis, eps=eps, training=True,
@@ -559,6 +574,8 @@ class SyncBatchNorm(BatchNorm):
         An intra-communicator over the ranks that share each batch.
     axis, eps, momentum, affine, track_running_stats, dtype, activation
         As in ``fastbn.BatchNorm`` (momentum is the weight of the *new* batch).
+    unbiased_running_var, accumulate_grads
+        As in ``fastbn.BatchNorm``.
 
     Raises
     ------
@@ -585,16 +602,18 @@ class SyncBatchNorm(BatchNorm):
     """
 
     def __init__(self, num_features, *, comm, axis=1, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, dtype=np.float32, activation=None):
+                 track_running_stats=True, dtype=np.float32, activation=None,
+                 unbiased_running_var=True, accumulate_grads=False):
         self.comm = _check_comm(comm)
         super().__init__(num_features, axis=axis, eps=eps, momentum=momentum, affine=affine,
                          track_running_stats=track_running_stats, dtype=dtype,
-                         activation=activation)
+                         activation=activation, unbiased_running_var=unbiased_running_var,
+                         accumulate_grads=accumulate_grads)
 
     def __repr__(self):
         return "Sync" + super().__repr__() + f" over {self.comm.Get_size()} ranks"
 
-    def forward(self, x, *, out=None):
+    def forward(self, x, training=None, *, out=None, return_cache=False):
         """Normalise ``x``, this rank's part of the batch.
 
         In training mode the statistics are those of all ranks' batches, and the
@@ -604,13 +623,20 @@ class SyncBatchNorm(BatchNorm):
         ----------
         x : ndarray of float32 or float64, ndim >= 2
             This rank's part of the batch (may be empty).
+        training : bool or None, default None
+            The mode of this call only, as in ``BatchNorm.forward`` (every rank
+            must pass the same).
         out : ndarray, optional
             Where to write y: x's shape and dtype, writable.
+        return_cache : bool, default False
+            Also return the cache, for ``backward(dy, cache=cache)``.
 
         Returns
         -------
         y : ndarray
             The normalised local part.
+        cache : SyncCache or Cache
+            Only with ``return_cache=True``.
 
         Raises
         ------
@@ -628,30 +654,39 @@ class SyncBatchNorm(BatchNorm):
         >>> bn.forward(np.ones((4, 2), np.float32)).shape
         (4, 2)
         """
-        use_batch_stats = self.training or not self.track_running_stats
-        if not use_batch_stats:
-            return super().forward(x, out=out)  # running statistics: nothing to share
-        error = None
+        error, mode, state = None, self.training, {}
         try:
-            self._check_input(x)
+            mode = self._call_mode(training)
+            return_cache = _check_bool(return_cache, "return_cache")
+        except (TypeError, ValueError) as exc:
+            error = exc  # joins the collective (if this mode shares statistics), then raises
+        if error is None and not (mode or not self.track_running_stats):
+            # running statistics: nothing to share
+            return super().forward(x, False, out=out, return_cache=return_cache)
+        try:
+            if error is None:
+                self._check_input(x)
+                state = self._state_for(x)
         except (TypeError, ValueError) as exc:
             error = exc  # joins the collective with num_features, then raises
-        update = self.training and self.track_running_stats
+        update = mode and self.track_running_stats
         momentum = self._step_momentum(update)
-        running = (self.running_mean, self.running_var) if update else (None, None)
-        y, cache = _sync_forward_train(x, self.params.get("gamma"), self.params.get("beta"),
+        running = (state.get("running_mean"), state.get("running_var")) if update \
+            else (None, None)
+        y, cache = _sync_forward_train(x, state.get("gamma"), state.get("beta"),
                                        self.comm, self.axis, self.eps, *running, momentum, out,
-                                       self.activation, error=error,
-                                       training_mode=self.training)
-        if update:  # only once forward succeeded, on every rank alike
+                                       self.activation, error=error, training_mode=mode,
+                                       unbiased_running_var=self.unbiased_running_var)
+        self._install(state)  # only once forward succeeded, on every rank alike
+        if update:
             self.num_batches_tracked += 1
         self._cache = cache
-        return y
+        return (y, cache) if return_cache else y
 
     __call__ = forward
 
-    def backward(self, dy, *, out=None):
-        """Gradient with respect to this rank's input of the last forward call.
+    def backward(self, dy, *, cache=None, out=None):
+        """Gradient with respect to this rank's input of the last forward call (or `cache`'s).
 
         Fills ``grads["gamma"]``/``grads["beta"]`` with the global sums (identical on
         every rank).
@@ -660,6 +695,9 @@ class SyncBatchNorm(BatchNorm):
         ----------
         dy : ndarray
             Gradient with respect to this rank's output of the last forward.
+        cache : SyncCache or Cache, optional
+            The cache of the forward to differentiate (``return_cache=True``);
+            None: the last forward's.
         out : ndarray, optional
             Where to write dx.
 
@@ -687,9 +725,9 @@ class SyncBatchNorm(BatchNorm):
         >>> bn.backward(np.ones_like(y)).shape
         (3, 2)
         """
-        cache = self._cache
+        cache = self._cache if cache is None else cache
         if cache is None or not cache.training:
-            return super().backward(dy, out=out)  # local: no communication needed
+            return super().backward(dy, cache=cache, out=out)  # local: no communication
         dx, dgamma, dbeta = _sync_backward_train(dy, cache, self.comm,
                                                  self._grad_outs(cache, out))
         self._store_grads(cache, dgamma, dbeta)

@@ -12,7 +12,8 @@ from functools import partial
 
 import numpy as np
 
-from ._checks import FLOAT_DTYPES, _describe, channel_axis, is_integer, real_number
+from ._checks import (FLOAT_DTYPES, _describe, channel_axis, is_integer, real_number,
+                      warn_momentum)
 from ._checks import activation as _check_activation
 
 __all__ = ["BatchNorm"]
@@ -55,17 +56,30 @@ class BatchNorm:
         ``running = (1 - momentum) * running + momentum * batch``. ``None``
         means a cumulative moving average (factor ``1 / num_batches_tracked``).
         Keras and Flax (0.99) and the classic course code (0.9) give the weight
-        of the *old* value: pass ``momentum = 1 - their_momentum``.
+        of the *old* value: pass ``momentum = 1 - their_momentum``. A momentum
+        > 0.5 emits one ``fastbn.MomentumWarning`` per process (silence it with
+        ``warnings.filterwarnings("ignore", category=fastbn.MomentumWarning)``).
     affine : bool, default True
         Learn a per-channel scale ``gamma`` (ones) and shift ``beta`` (zeros).
     track_running_stats : bool, default True
         Keep running statistics and use them in eval mode. When False, batch
         statistics are used in eval mode too.
-    dtype : float32 or float64, default float32
+    dtype : float32, float64 or None, default float32
         Dtype of the parameters and running statistics. Inputs may be of either
-        float dtype; outputs have the input's dtype.
+        float dtype; outputs have the input's dtype. None: the dtype of the
+        first input (float32 placeholders until then, whose values are kept;
+        the arrays in ``params``, ``grads`` and the running statistics are
+        replaced by new ones at that first forward).
     activation : None or "relu", optional
         A ReLU fused into the layer (``relu(bn(x))`` in one pass).
+    unbiased_running_var : bool, default True
+        True: the running variance takes the unbiased batch variance (batch
+        variance times m / (m - 1)), as PyTorch. False: the biased one, as
+        Keras, Flax and the classic course code.
+    accumulate_grads : bool, default False
+        False: each ``backward`` overwrites ``grads``. True: each ``backward``
+        adds to ``grads`` (gradient accumulation over micro-batches, as
+        PyTorch's ``.grad``); call ``zero_grad()`` after each optimiser step.
 
     Attributes
     ----------
@@ -76,7 +90,7 @@ class BatchNorm:
     running_mean, running_var : ndarray of shape (C,) or None
         The running statistics (None when ``track_running_stats=False``). The
         running variance is unbiased (batch variance times m / (m - 1)), as in
-        PyTorch.
+        PyTorch, unless ``unbiased_running_var=False``.
     num_batches_tracked : int
         Training steps taken (the divisor when ``momentum=None``).
     training : bool
@@ -86,8 +100,9 @@ class BatchNorm:
     ------
     TypeError
         If num_features or axis is not an integer; eps or momentum is not a
-        real number; affine or track_running_stats is not a bool; dtype is not
-        float32 or float64; activation is not a string.
+        real number; affine, track_running_stats, unbiased_running_var or
+        accumulate_grads is not a bool; dtype is not float32, float64 or None;
+        activation is not a string.
     ValueError
         If num_features < 1; eps <= 0; momentum is outside [0, 1]; activation
         is unknown.
@@ -100,10 +115,14 @@ class BatchNorm:
 
     Notes
     -----
-    ``bn(x)`` is ``bn.forward(x)``; ``bn.backward(dy)`` differentiates the last
-    forward call, whose cache keeps x by reference: do not change x in place
-    before the backward. ``grads`` are overwritten, not accumulated, by each
-    backward.
+    ``bn(x)`` is ``bn.forward(x)``; ``bn(x, training=False)`` chooses the mode
+    for this call only (Keras style), beside ``train()``/``eval()``.
+    ``bn.backward(dy)`` differentiates the last forward call (of this thread),
+    whose cache keeps x by reference: do not change x in place before the
+    backward. To run several forwards before their backwards, keep each cache:
+    ``y, cache = bn.forward(x, return_cache=True)``, later
+    ``bn.backward(dy, cache=cache)``. ``grads`` are overwritten by each backward
+    unless ``accumulate_grads=True``.
 
     Examples
     --------
@@ -123,13 +142,25 @@ class BatchNorm:
     ...     bn.params[key] -= 0.1 * bn.grads[key]
     >>> y_eval = bn.eval()(x)  # evaluation mode: running statistics
 
-    A layer ported from Keras (``BatchNormalization(momentum=0.99)``):
+    A layer ported from Keras (``BatchNormalization(momentum=0.99)``, biased
+    running variance):
 
-    >>> bn = fastbn.BatchNorm(16, axis=-1, momentum=1 - 0.99, eps=1e-3)
+    >>> bn = fastbn.BatchNorm(16, axis=-1, momentum=1 - 0.99, eps=1e-3,
+    ...                       unbiased_running_var=False)
+
+    Gradient accumulation over two micro-batches, then one step:
+
+    >>> bn = fastbn.BatchNorm(3, accumulate_grads=True)
+    >>> for part in (x[:2], x[2:]):
+    ...     _ = bn.backward(np.ones_like(bn(part)))
+    >>> print(bn.grads["beta"])  # 2 + 2 rows
+    [4. 4. 4.]
+    >>> bn.zero_grad()
     """
 
     def __init__(self, num_features, *, axis=1, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, dtype=np.float32, activation=None):
+                 track_running_stats=True, dtype=np.float32, activation=None,
+                 unbiased_running_var=True, accumulate_grads=False):
         if not is_integer(num_features):
             raise TypeError(f"num_features must be an integer, got {_describe(num_features)}")
         if num_features < 1:
@@ -137,11 +168,11 @@ class BatchNorm:
         if not is_integer(axis):
             raise TypeError(f"axis must be an integer, got {_describe(axis)}")
         try:
-            dt = np.dtype(dtype)
+            dt = np.dtype(np.float32 if dtype is None else dtype)
         except TypeError:
-            raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
+            raise TypeError(f"dtype must be float32, float64 or None, got {dtype!r}") from None
         if dt not in FLOAT_DTYPES:
-            raise TypeError(f"dtype must be float32 or float64, got {dt}")
+            raise TypeError(f"dtype must be float32, float64 or None, got {dt}")
         self.num_features = int(num_features)
         self.axis = int(axis)
         self.eps = real_number(eps, "eps", low=0.0, low_open=True)
@@ -150,6 +181,11 @@ class BatchNorm:
         self.track_running_stats = _check_bool(track_running_stats, "track_running_stats")
         self.dtype = dt
         self.activation = _check_activation(activation)
+        self.unbiased_running_var = _check_bool(unbiased_running_var, "unbiased_running_var")
+        self.accumulate_grads = _check_bool(accumulate_grads, "accumulate_grads")
+        self._dtype_from_input = dtype is None  # until the first forward
+        if self.momentum is not None:
+            warn_momentum(self.momentum)
         self.training = True
         C = self.num_features
         if self.affine:
@@ -245,6 +281,8 @@ class BatchNorm:
     def zero_grad(self):
         """Set the gradients in ``grads`` to zero, in place.
 
+        With ``accumulate_grads=True``, call it after each optimiser step.
+
         Examples
         --------
         >>> import numpy as np
@@ -283,7 +321,10 @@ class BatchNorm:
         extra = "" if self.activation is None else f", activation={self.activation!r}"
         return (f"BatchNorm({self.num_features}, axis={self.axis}, eps={self.eps}, "
                 f"momentum={self.momentum}, affine={self.affine}, "
-                f"track_running_stats={self.track_running_stats}, dtype={self.dtype.name}{extra})")
+                f"track_running_stats={self.track_running_stats}, "
+                f"dtype={None if self._dtype_from_input else self.dtype.name}{extra}"
+                + ("" if self.unbiased_running_var else ", unbiased_running_var=False")
+                + (", accumulate_grads=True" if self.accumulate_grads else "") + ")")
 
     # -- forward / backward ---------------------------------------------------------------
     def _check_input(self, x):
@@ -297,7 +338,7 @@ class BatchNorm:
                              f"got input of shape {x.shape}")
         return axis
 
-    def forward(self, x, *, out=None):
+    def forward(self, x, training=None, *, out=None, return_cache=False):
         """Normalise ``x``; in training mode update the running statistics (if tracked).
 
         ``bn(x)`` is the same call. Training mode (and eval mode with
@@ -311,18 +352,27 @@ class BatchNorm:
         ----------
         x : ndarray of float32 or float64, ndim >= 2
             The batch, with ``num_features`` channels along the layer's axis.
+        training : bool or None, default None
+            The mode of this call only (Keras style): True for training, False
+            for evaluation; None uses the layer's mode (``train()``/``eval()``).
         out : ndarray, optional
             Where to write y: x's shape and dtype, writable.
+        return_cache : bool, default False
+            Also return the call's cache, for ``backward(dy, cache=cache)``
+            after other forwards.
 
         Returns
         -------
         y : ndarray
             The normalised batch, of x's shape and dtype (`out` if given).
+        cache : Cache
+            Only with ``return_cache=True``.
 
         Raises
         ------
         TypeError
-            If x is not a float32/float64 ndarray, or out has another dtype.
+            If x is not a float32/float64 ndarray, or out has another dtype;
+            training is not None or a bool; return_cache is not a bool.
         ValueError
             If x has fewer than 2 dimensions or not ``num_features`` channels;
             training with one value per channel; out has the wrong shape or is
@@ -340,41 +390,85 @@ class BatchNorm:
          [ 1.4321  0.3906]]
         >>> bn.num_batches_tracked
         1
+        >>> y = bn(x, training=False)  # this call only: running statistics
+        >>> bn.training, bn.num_batches_tracked
+        (True, 1)
         """
         self._check_input(x)
+        mode = self._call_mode(training)
+        return_cache = _check_bool(return_cache, "return_cache")
         impl = _fastbn()._impl
-        use_batch_stats = self.training or not self.track_running_stats
-        update = self.training and self.track_running_stats
+        use_batch_stats = mode or not self.track_running_stats
+        update = mode and self.track_running_stats
         momentum = self._step_momentum(update)
+        state = self._state_for(x)
         running = (None, None)
         if update or not use_batch_stats:
-            running = (self.running_mean, self.running_var)
+            running = (state["running_mean"], state["running_var"])
         count = self.num_batches_tracked + 1 if update else None
-        y, _ = impl._forward_then(x, self.params.get("gamma"), self.params.get("beta"),
-                                 self.axis, self.eps, use_batch_stats, *running, momentum,
-                                 out, self.activation, partial(self._commit, count))
-        return y
+        y, cache = impl._forward_then(x, state.get("gamma"), state.get("beta"),
+                                      self.axis, self.eps, use_batch_stats, *running, momentum,
+                                      out, self.activation, partial(self._commit, count, state),
+                                      self.unbiased_running_var)
+        return (y, cache) if return_cache else y
 
-    def _commit(self, num_batches_tracked, cache):
+    def _call_mode(self, training):
+        """The mode of one call: `training` (True/False), or the layer's with None."""
+        if training is None:
+            return self.training
+        return _check_bool(training, "training")
+
+    def _state_for(self, x):
+        """The arrays a forward on x uses: the layer's own, or with ``dtype=None`` before
+        the first forward, new ones of x's dtype (installed by `_install` only once the
+        forward succeeded: a failed call leaves the layer as it was)."""
+        state = dict(self.params)
+        if self.track_running_stats:
+            state["running_mean"], state["running_var"] = self.running_mean, self.running_var
+        if self._dtype_from_input and x.dtype != self.dtype:
+            state = {k: np.asarray(v).astype(x.dtype) for k, v in state.items()}
+            state["grads"] = {k: np.zeros(self.num_features, x.dtype) for k in self.grads}
+            state["dtype"] = x.dtype
+        return state
+
+    def _install(self, state):
+        """Make `state` (from `_state_for`) the layer's: this fixes a dtype=None layer's
+        dtype at its first successful forward (idempotent)."""
+        if "dtype" in state:
+            for key in self.params:
+                self.params[key] = state[key]
+            self.grads.update(state["grads"])
+            if self.track_running_stats:
+                self.running_mean, self.running_var = state["running_mean"], state["running_var"]
+            self.dtype = state["dtype"]
+        self._dtype_from_input = False
+
+    def _commit(self, num_batches_tracked, state, cache):
         """The layer's part of a forward's state update (idempotent: it may be rerun).
         `num_batches_tracked` is None when it does not change (eval mode)."""
+        self._install(state)
         if num_batches_tracked is not None:
             self.num_batches_tracked = num_batches_tracked
         self._cache = cache
 
     __call__ = forward
 
-    def backward(self, dy, *, out=None):
-        """Gradient with respect to the input of the last forward call.
+    def backward(self, dy, *, cache=None, out=None):
+        """Gradient with respect to the input of the last forward call (or of `cache`'s).
 
         Fills ``grads["gamma"]`` and ``grads["beta"]`` (in place when they are arrays of
-        the right shape and dtype; overwritten, not accumulated) and returns dx.
+        the right shape and dtype; overwritten, or added to with
+        ``accumulate_grads=True``) and returns dx.
 
         Parameters
         ----------
         dy : ndarray
-            Gradient of the loss with respect to the last forward's output: the
+            Gradient of the loss with respect to the forward's output: the
             shape and dtype of its input.
+        cache : Cache, optional
+            The cache of the forward to differentiate, from
+            ``forward(x, return_cache=True)``; None: the last forward of this
+            thread.
         out : ndarray, optional
             Where to write dx: the input's shape and dtype, writable.
 
@@ -405,14 +499,26 @@ class BatchNorm:
          [-0.0055 -0.3086]]
         >>> print(np.round(bn.grads["gamma"], 4), bn.grads["beta"])
         [-3.9347 -3.2404] [-0.5  2. ]
+
+        Two forwards, then their backwards, with explicit caches:
+
+        >>> y1, c1 = bn.forward(x, return_cache=True)
+        >>> y2, c2 = bn.forward(2 * x, return_cache=True)
+        >>> dx2 = bn.backward(np.ones_like(y2), cache=c2)
+        >>> dx1 = bn.backward(np.ones_like(y1), cache=c1)
         """
-        if self._cache is None:
-            raise RuntimeError("BatchNorm.backward called before forward: call the layer on a "
-                               "batch first")
-        cache = self._cache
+        cache = self._backward_cache(cache)
         dx, dgamma, dbeta = _fastbn().backward(dy, cache, out=self._grad_outs(cache, out))
         self._store_grads(cache, dgamma, dbeta)
         return dx
+
+    def _backward_cache(self, cache):
+        if cache is None:
+            cache = self._cache
+            if cache is None:
+                raise RuntimeError("BatchNorm.backward called before forward: call the layer "
+                                   "on a batch first")
+        return cache
 
     # -- steps shared with SyncBatchNorm ------------------------------------------------
     def _step_momentum(self, update):
@@ -423,8 +529,11 @@ class BatchNorm:
 
     def _grad_outs(self, cache, out):
         """The backward's out=: dx's buffer, plus grads["gamma"/"beta"] where they can be
-        written in place (arrays of the parameters' shape and dtype)."""
+        written in place (arrays of the parameters' shape and dtype; not when accumulating:
+        they are added to afterwards)."""
         grad_out = [None, None]
+        if self.accumulate_grads:
+            return out
         for i, key in enumerate(_PARAM_KEYS):
             p, g = getattr(cache, key), self.grads.get(key)
             if p is not None and isinstance(g, np.ndarray) and g.shape == p.shape \
@@ -433,10 +542,17 @@ class BatchNorm:
         return out if all(g is None for g in grad_out) else (out, *grad_out)
 
     def _store_grads(self, cache, dgamma, dbeta):
-        if cache.gamma is not None:
-            self.grads["gamma"] = dgamma
-        if cache.beta is not None:
-            self.grads["beta"] = dbeta
+        for key, grad in (("gamma", dgamma), ("beta", dbeta)):
+            if getattr(cache, key) is None:
+                continue
+            if self.accumulate_grads:
+                g = self.grads.get(key)
+                if isinstance(g, np.ndarray) and g.shape == grad.shape and g.flags.writeable:
+                    # in place: an optimiser's reference to the array stays valid
+                    np.add(g, grad, out=g, casting="unsafe")
+                    continue
+                grad = grad if g is None else g + grad
+            self.grads[key] = grad
 
     # -- state ----------------------------------------------------------------------------
     def _expected_keys(self):
@@ -546,6 +662,11 @@ class BatchNorm:
             if key == "running_var" and (v < 0).any():
                 raise ValueError("state['running_var'] must be non-negative")
             values[key] = v
+        if self._dtype_from_input and self.dtype != np.float64:
+            # dtype=None before the first input: float64 placeholders keep the loaded values
+            # exactly until the first forward converts them (once) to the input's dtype
+            self._install(self._state_for(np.empty(0)))
+            self._dtype_from_input = True
         for key in _PARAM_KEYS:
             if key in values:
                 p = self.params.get(key)
@@ -562,8 +683,10 @@ class BatchNorm:
     def _config(self):
         return {"num_features": self.num_features, "axis": self.axis, "eps": self.eps,
                 "momentum": self.momentum, "affine": self.affine,
-                "track_running_stats": self.track_running_stats, "dtype": self.dtype.name,
-                "activation": self.activation}
+                "track_running_stats": self.track_running_stats,
+                "dtype": None if self._dtype_from_input else self.dtype.name,
+                "activation": self.activation, "unbiased_running_var": self.unbiased_running_var,
+                "accumulate_grads": self.accumulate_grads}
 
     def save(self, path):
         """Write the configuration and ``state_dict()`` to an .npz file.

@@ -8,7 +8,9 @@ from functools import partial
 
 from ._checks import (Cache, channel_axis, check_backward, check_count, check_forward,
                       check_merge, check_per_channel, check_running_update, commit,
-                      data_array, mark_written, overwrites_x, vector_shape)
+                      data_array, mark_written, overwrites_x, running_var_factor,
+                      vector_shape)
+from . import _checks
 from ._checks import activation as check_activation
 
 
@@ -43,17 +45,21 @@ def merge_stats(counts, means, m2s):
     return (n.astype(np.int64) if per_channel else int(n[0])), mean, m2
 
 
-def _running_copies(running_mean, running_var, mean, var, count, momentum):
+def _running_copies(running_mean, running_var, mean, var, count, momentum, unbiased=True):
     """The new running statistics, paired with where `commit` writes them."""
+    factor = running_var_factor(count, unbiased)
     return [(running_mean, (1 - momentum) * running_mean + momentum * mean),
-            (running_var, (1 - momentum) * running_var + momentum * var * (count / (count - 1)))]
+            (running_var, (1 - momentum) * running_var + momentum * var * factor)]
 
 
-def update_running_stats(running_mean, running_var, mean, var, count, *, momentum=0.1):
-    """Exponential averages as in PyTorch; the variance made unbiased by m / (m - 1).
-    Both are written in one step that an interrupt does not split."""
-    mean, var, momentum = check_running_update(running_mean, running_var, mean, var, count, momentum)
-    commit(_running_copies(running_mean, running_var, mean, var, count, momentum))
+def update_running_stats(running_mean, running_var, mean, var, count, *, momentum=0.1,
+                         unbiased_running_var=True):
+    """Exponential averages as in PyTorch; the variance made unbiased by m / (m - 1)
+    unless unbiased_running_var=False. Both are written in one step that an interrupt
+    does not split."""
+    mean, var, momentum, unbiased = check_running_update(
+        running_mean, running_var, mean, var, count, momentum, unbiased_running_var)
+    commit(_running_copies(running_mean, running_var, mean, var, count, momentum, unbiased))
 
 
 def normalize(x, mean, invstd, gamma=None, beta=None, *, axis=1, out=None, activation=None):
@@ -67,16 +73,20 @@ def normalize(x, mean, invstd, gamma=None, beta=None, *, axis=1, out=None, activ
 
 
 def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
-            running_mean=None, running_var=None, momentum=0.1, out=None, activation=None):
+            running_mean=None, running_var=None, momentum=0.1, out=None, activation=None,
+            unbiased_running_var=True):
+    if running_mean is not None and (training is True or training is np.True_) \
+            and not _checks._momentum_warned:
+        _checks.warn_momentum(momentum)  # once per process; the layer warns when built
     return _forward_then(x, gamma, beta, axis, eps, training, running_mean, running_var,
-                        momentum, out, activation, None)
+                        momentum, out, activation, None, unbiased_running_var)
 
 
 def _forward_then(x, gamma, beta, axis, eps, training, running_mean, running_var, momentum,
-                 out, activation, then):
+                 out, activation, then, unbiased_running_var=True):
     """forward; `then(cache)`, if given, is committed with the running statistics."""
     a = check_forward(x, gamma, beta, axis, eps, training, running_mean, running_var,
-                      momentum, out, activation)
+                      momentum, out, activation, unbiased_running_var)
     # the values forward uses, copied before `out` (which may overlap them) is written
     gamma = None if a.gamma is None else a.gamma.copy()
     beta = None if a.beta is None else a.beta.copy()
@@ -92,7 +102,8 @@ def _forward_then(x, gamma, beta, axis, eps, training, running_mean, running_var
     y = normalize(x, mean, invstd, gamma, beta, axis=a.axis, out=a.out, activation=a.activation)
     copies = []
     if a.training and a.running_mean is not None and a.channels:
-        copies = _running_copies(a.running_mean, a.running_var, mean, var, a.count, a.momentum)
+        copies = _running_copies(a.running_mean, a.running_var, mean, var, a.count, a.momentum,
+                                 a.unbiased_running_var)
     if copies or then is not None:
         commit(copies, None if then is None else partial(then, cache))
     return y, cache

@@ -92,7 +92,8 @@ CASES = [
     # forward: parameters
     ("gamma shape", V, r"\bgamma\b", lambda i, s: fwd(i, s, gamma=np.ones(C + 1))),
     ("gamma 2-D", V, r"\bgamma\b", lambda i, s: fwd(i, s, gamma=np.ones((C, 1)))),
-    ("gamma int", T, r"\bgamma\b", lambda i, s: fwd(i, s, gamma=np.ones(C, dtype=int))),
+    # (integer gamma is converted as NumPy would, API.md; complex has no such meaning)
+    ("gamma complex", T, r"\bgamma\b", lambda i, s: fwd(i, s, gamma=np.ones(C, dtype=complex))),
     ("gamma str", T, r"\bgamma\b", lambda i, s: fwd(i, s, gamma="ones")),
     ("beta shape", V, r"\bbeta\b", lambda i, s: fwd(i, s, beta=np.zeros(C - 1))),
     ("beta complex", T, r"\bbeta\b", lambda i, s: fwd(i, s, beta=np.zeros(C, dtype=complex))),

@@ -174,6 +174,10 @@ def test_front_hands_over_edited_caches(checked_calls):
     with pytest.raises(ValueError, match="cache.invstd must be >= 0"):
         fastbn.backward(dy, cache)
     _, cache = fastbn.forward(x, g, b)
+    cache.axis = 2 ** 70
+    with pytest.raises(ValueError, match="cache.axis must be an integer in"):
+        fastbn.backward(dy, cache)
+    _, cache = fastbn.forward(x, g, b)
     cache.count = 5
     with pytest.raises(ValueError, match="cache.count must be"):
         fastbn.backward(dy, cache)
@@ -181,6 +185,8 @@ def test_front_hands_over_edited_caches(checked_calls):
 
 @pytest.mark.parametrize("bad, error, match", [
     (dict(axis=3), ValueError, "axis=3 is out of bounds"),
+    (dict(axis=2 ** 70), ValueError, "is out of bounds"),
+    (dict(axis=-2 ** 70), ValueError, "is out of bounds"),
     (dict(eps=0.0), ValueError, "eps must be > 0"),
     (dict(eps=float("nan")), ValueError, "eps must be finite"),
     (dict(momentum=1.5, running_mean=np.zeros(3), running_var=np.ones(3)), ValueError,
@@ -208,3 +214,19 @@ def test_front_hands_over_byte_swapped_data(checked_calls):
 def test_front_training_with_one_value_per_channel_raises():
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         fastbn.forward(np.ones((1, 3), np.float32))
+
+
+@pytest.mark.parametrize("module", [fastbn, fastbn.reference], ids=["c", "reference"])
+def test_edited_mean_lo_is_refused(module):
+    """A residual larger than an ulp of the mean cannot come from a forward: the C
+    kernels would add it to the mean, the reference would not (a hypothesis find)."""
+    x, g, b = _plain()
+    x = x.astype(np.float64) + 1e4
+    _, cache = module.forward(x, g, b)
+    module.backward(np.ones_like(x), cache)  # the residual the forward left is accepted
+    cache.mean_lo = np.full(3, 1e30)
+    with pytest.raises(ValueError, match="cache.mean_lo must be the rounding residual"):
+        module.backward(np.ones_like(x), cache)
+    cache.mean_lo = np.spacing(cache.mean) * 2
+    with pytest.raises(ValueError, match="cache.mean_lo must be the rounding residual"):
+        module.backward(np.ones_like(x), cache)

@@ -579,3 +579,134 @@ def test_load_rejects_foreign_npz(tmp_path):
     np.savez(path, gamma=np.ones(3))
     with pytest.raises(ValueError, match="not written by BatchNorm.save"):
         BatchNorm.load(path)
+
+
+# ---------------------------------------------------------------------------------------
+# as trainers use it (issue 15): per-call mode, explicit caches, accumulation, dtype=None
+# ---------------------------------------------------------------------------------------
+@pytest.fixture(params=["c", "numpy"])
+def layer_backend(request, monkeypatch):
+    """The layer on each backend (it calls fastbn._impl, as FASTBN_BACKEND chooses)."""
+    if request.param == "c" and fastbn.backend != "c":
+        pytest.skip("the compiled extension is not built")
+    impl = fastbn._impl if request.param == "c" else reference
+    monkeypatch.setattr(fastbn, "_impl", impl)
+    for name in ("forward", "backward"):
+        monkeypatch.setattr(fastbn, name, getattr(impl, name))
+    return impl
+
+
+def _batches(n, shape=(6, 3), dtype=np.float64, seed=0):
+    rng = RNG(seed)
+    return [(rng.normal(size=shape) * 2 + 1).astype(dtype) for _ in range(n)]
+
+
+def test_per_call_training_keyword(layer_backend):
+    x1, x2 = _batches(2)
+    bn = BatchNorm(3, dtype=np.float64)
+    bn(x1)
+    state = bn.state_dict()
+    y = bn(x2, training=False)  # eval for this call: running stats used, not updated
+    _assert_same_state(bn, _with_state(state))
+    assert bn.training is True
+    expected, _ = reference.forward(x2, bn.gamma, bn.beta, training=False,
+                                    running_mean=bn.running_mean, running_var=bn.running_var)
+    np.testing.assert_allclose(y, expected, **tol(np.float64))
+    bn.eval()
+    y = bn(x2, training=True)  # training for this call, in eval mode
+    assert bn.training is False and bn.num_batches_tracked == 2
+    np.testing.assert_allclose(y, reference.forward(x2)[0], **tol(np.float64))
+    np.testing.assert_allclose(bn(x2, training=None), bn(x2, training=False), rtol=0, atol=0)
+    with pytest.raises(TypeError, match="training"):
+        bn(x2, training="yes")
+    assert bn.num_batches_tracked == 2
+
+
+def _with_state(state):
+    other = BatchNorm(3, dtype=np.float64)
+    other.load_state_dict(state)
+    return other
+
+
+def test_several_forwards_then_backwards_with_explicit_caches(layer_backend):
+    xs, dys = _batches(3), _batches(3, seed=1)
+    bn = BatchNorm(3, dtype=np.float64)
+    results = [bn.forward(x, return_cache=True) for x in xs]
+    expected = []
+    for x, dy in zip(xs, dys):  # each pair alone, as a layer that runs forward then backward
+        one = BatchNorm(3, dtype=np.float64)
+        one(x)
+        expected.append((one.backward(dy), one.grads["gamma"].copy(), one.grads["beta"].copy()))
+    for (y, cache), dy, (dx_e, dg_e, db_e) in reversed(list(zip(results, dys, expected))):
+        assert isinstance(cache, fastbn.Cache)
+        dx = bn.backward(dy, cache=cache)
+        np.testing.assert_allclose(dx, dx_e, rtol=0, atol=0)
+        np.testing.assert_allclose(bn.grads["gamma"], dg_e, rtol=0, atol=0)
+        np.testing.assert_allclose(bn.grads["beta"], db_e, rtol=0, atol=0)
+    # the simple use still differentiates the last forward
+    np.testing.assert_allclose(bn.backward(dys[2]), expected[2][0], rtol=0, atol=0)
+
+
+def test_accumulate_grads_adds_and_zero_grad_resets(layer_backend):
+    xs, dys = _batches(3), _batches(3, seed=1)
+    acc = BatchNorm(3, dtype=np.float64, accumulate_grads=True)
+    plain = BatchNorm(3, dtype=np.float64)
+    gamma_grad = acc.grads["gamma"]
+    total_g, total_b = np.zeros(3), np.zeros(3)
+    for x, dy in zip(xs, dys):
+        np.testing.assert_allclose(acc.backward(dy, cache=acc.forward(x, return_cache=True)[1]),
+                                   plain.backward(dy, cache=plain.forward(x, return_cache=True)[1]),
+                                   rtol=0, atol=0)
+        total_g += plain.grads["gamma"]
+        total_b += plain.grads["beta"]
+    np.testing.assert_allclose(acc.grads["gamma"], total_g, rtol=1e-13)
+    np.testing.assert_allclose(acc.grads["beta"], total_b, rtol=1e-13)
+    assert acc.grads["gamma"] is gamma_grad  # in place: an optimiser's reference stays valid
+    np.testing.assert_allclose(plain.grads["beta"], dys[2].sum(axis=0), rtol=1e-13)  # overwrite
+    acc.zero_grad()
+    acc.backward(dys[0], cache=acc.forward(xs[0], return_cache=True)[1])
+    np.testing.assert_allclose(acc.grads["beta"], dys[0].sum(axis=0), rtol=1e-13)
+    with pytest.raises(TypeError, match="accumulate_grads"):
+        BatchNorm(3, accumulate_grads=1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dtype_none_takes_the_first_input_dtype(layer_backend, dtype):
+    bn = BatchNorm(3, dtype=None)
+    assert bn.params["gamma"].dtype == np.float32  # placeholders until the first input
+    params, grads = bn.params, bn.grads
+    with pytest.raises(ValueError, match="value per channel"):
+        bn(np.ones((1, 3), dtype))  # a failed first forward fixes nothing
+    assert bn.running_mean.dtype == np.float32 and bn.num_batches_tracked == 0
+    x = _batches(1, dtype=dtype)[0]
+    bn(x)
+    assert bn.params is params and bn.grads is grads
+    for a in (bn.gamma, bn.beta, bn.grads["gamma"], bn.running_mean, bn.running_var):
+        assert a.dtype == dtype
+    assert bn.dtype == dtype
+    np.testing.assert_allclose(bn.running_mean, 0.1 * x.mean(axis=0), rtol=1e-6)
+    bn.backward(np.ones_like(x))
+    assert bn.grads["gamma"].dtype == dtype
+    bn(x.astype(np.float32 if dtype == np.float64 else np.float64))  # later inputs: fixed
+    assert bn.running_mean.dtype == dtype
+    assert BatchNorm.load(_npz(bn)).dtype == dtype
+    assert BatchNorm.load(_npz(BatchNorm(3, dtype=None)))._config()["dtype"] is None
+
+
+def _npz(bn):
+    f = io.BytesIO()
+    bn.save(f)
+    f.seek(0)
+    return f
+
+
+def test_dtype_none_load_state_dict_keeps_float64_values(layer_backend):
+    src = BatchNorm(3, dtype=np.float64)
+    src.params["gamma"][...] = [1 + 1e-12, 2.0, 3.0]
+    x = _batches(1)[0]
+    src(x)
+    bn = BatchNorm(3, dtype=None)
+    bn.load_state_dict(src.state_dict())
+    assert bn(x, training=False).dtype == np.float64 and bn.dtype == np.float64
+    np.testing.assert_array_equal(bn.gamma, src.gamma)  # not rounded through float32
+    np.testing.assert_array_equal(bn.running_var, src.running_var)

@@ -30,6 +30,10 @@ def fixtures():
         "x": rng.standard_normal((16, 128)).astype(f32),
         "dy": rng.standard_normal((16, 128)).astype(f32),
         "x_test": rng.standard_normal((4, 128)).astype(f32),
+        "x1": rng.standard_normal((16, 128)).astype(f32),
+        "x2": rng.standard_normal((16, 128)).astype(f32),
+        "dy1": rng.standard_normal((16, 128)).astype(f32),
+        "dy2": rng.standard_normal((16, 128)).astype(f32),
         "lr": 0.1,
         # the folding example: a (4, 4) weight and 4 channels of statistics
         "W": rng.standard_normal((4, 4)), "b": rng.standard_normal(4),
