@@ -47,12 +47,17 @@ except ImportError:
 
 def split_readme(readme, dest):
     """Write each ``## `` section of the README (body only) to dest/<first word>.md,
-    with links into docs/ made relative to docs/ (where the including pages are)."""
+    with links into docs/ made relative to docs/ (where the including pages are),
+    its ``###`` subsections one level up (they follow the including page's title) and
+    links to other files of the repository as plain code (they are not pages)."""
     dest.mkdir(parents=True, exist_ok=True)
     text = readme.read_text(encoding="utf-8")
     for match in re.finditer(r"^## (.+?)\n(.*?)(?=^## |\Z)", text, re.S | re.M):
         name = re.match(r"[A-Za-z]+", match.group(1)).group(0).lower()
         body = match.group(2).replace("](docs/", "](../../")
+        body = re.sub(r"^### ", "## ", body, flags=re.M)
+        body = re.sub(r"\[([^\]]+)\]\(((?:examples|bench|tools|fastbn|src_c|tests)/[^)]*)\)",
+                      r"`\1`", body)
         path = dest / f"{name}.md"
         if not path.exists() or path.read_text(encoding="utf-8") != body:
             path.write_text(body, encoding="utf-8")  # unchanged files keep their mtime
