@@ -55,6 +55,7 @@ starts while another thread is inside a call on the same communicator raises
 rank must also use the same fastbn backend for the bitwise identity above.
 """
 import threading
+from functools import partial
 
 import numpy as np
 
@@ -68,7 +69,7 @@ except (ImportError, RuntimeError) as _exc:  # RuntimeError: mpi4py found no MPI
 from ._checks import (Cache, _describe, channel_axis, channel_vector, check_backward,
                       data_array, out_array, real_number, running_vector)
 from ._checks import activation as _check_activation
-from ._checks import warn_momentum
+from ._checks import commit, overlaps, warn_momentum
 from ._checks import store as _store
 from .layers import BatchNorm
 
@@ -387,11 +388,12 @@ def sync_forward(x, gamma=None, beta=None, *, comm, axis=1, eps=1e-5, training=T
 
 def _sync_forward_train(x, gamma, beta, comm, axis, eps, running_mean, running_var, momentum,
                         out, activation, error=None, training_mode=True,
-                        unbiased_running_var=True):
+                        unbiased_running_var=True, then=None):
     """The forward with batch statistics. `error`: a failure found by the caller on this
     rank, which joins the collective flagging it and then raises it. `training_mode`: the
     layer's mode, which the ranks must share (a SyncBatchNorm without running statistics
-    uses batch statistics in eval mode too)."""
+    uses batch statistics in eval mode too). `then(cache)`, if given, is the last step of
+    the state update, written with the running statistics in one step (the layer's)."""
     fb = _fastbn()
     state = _acquire(comm)
     try:
@@ -427,16 +429,20 @@ def _sync_forward_train(x, gamma, beta, comm, axis, eps, running_mean, running_v
         _, mean, m2 = fb.merge_stats(counts, table[:, :C], table[:, C:])
         var = m2 / max(total, 1)
         invstd = 1.0 / np.sqrt(var + eps)
-        overwritten = out is not None and np.may_share_memory(out, x)
+        overwritten = out is not None and overlaps(out, x)
         y = fb.normalize(x, mean, invstd, gamma, beta, axis=axis, out=out, activation=activation)
+        cache = SyncCache(x, gamma, beta, mean, invstd, var, axis=axis, eps=eps, training=True,
+                          activation=activation, x_overwritten=overwritten,
+                          global_count=total, comm=comm, call=call)
+        copies = []
         if running_mean is not None and C:
-            fb.update_running_stats(running_mean, running_var, mean, var, total,
-                                    momentum=momentum, unbiased_running_var=unbiased_running_var)
+            copies = fb._impl._running_copies(running_mean, running_var, mean, var, total,
+                                              momentum, unbiased=unbiased_running_var)
+        if copies or then is not None:  # all or nothing, even under Ctrl-C
+            commit(copies, None if then is None else partial(then, cache))
     finally:
         state.lock.release()
-    return y, SyncCache(x, gamma, beta, mean, invstd, var, axis=axis, eps=eps, training=True,
-                        activation=activation, x_overwritten=overwritten,
-                        global_count=total, comm=comm, call=call)
+    return y, cache
 
 
 def sync_backward(dy, cache, *, comm, out=None):
@@ -673,14 +679,14 @@ class SyncBatchNorm(BatchNorm):
         momentum = self._step_momentum(update)
         running = (state.get("running_mean"), state.get("running_var")) if update \
             else (None, None)
+        # the layer's state changes only once forward succeeded, on every rank alike, in
+        # the step that writes the running statistics
+        count = self.num_batches_tracked + 1 if update else None
         y, cache = _sync_forward_train(x, state.get("gamma"), state.get("beta"),
                                        self.comm, self.axis, self.eps, *running, momentum, out,
                                        self.activation, error=error, training_mode=mode,
-                                       unbiased_running_var=self.unbiased_running_var)
-        self._install(state)  # only once forward succeeded, on every rank alike
-        if update:
-            self.num_batches_tracked += 1
-        self._cache = cache
+                                       unbiased_running_var=self.unbiased_running_var,
+                                       then=partial(self._commit, count, state))
         return (y, cache) if return_cache else y
 
     __call__ = forward
