@@ -15,6 +15,14 @@ cdef object _checked_forward = None
 cdef object _checked_backward = None
 cdef object _Cache = None
 cdef object _num_threads = None
+
+cdef extern from "plan.h":
+    const int64_t FBN_MIN_PARALLEL  # below this many values the kernels use one thread
+
+
+cdef inline int threads_for(int64_t size) except -1:
+    """The thread setting (a Python call) only where the kernels would use it."""
+    return 1 if size < FBN_MIN_PARALLEL else _num_threads()
 cdef object _checks = None  # fastbn._checks: its one-time momentum warning flag
 
 
@@ -154,7 +162,7 @@ def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
                                 unbiased_running_var=unbiased_running_var)
     relu = activation == "relu"
     canonical_shape_of(xa, ax, &s)
-    nthreads = _num_threads()
+    nthreads = threads_for(cnp.PyArray_SIZE(xa))
     y = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(xa), cnp.PyArray_TYPE(xa), 0)
     mean, invstd = new_vector(C), new_vector(C)
     lo = new_vector(C) if train else None
@@ -301,7 +309,7 @@ def backward(dy, cache, *, out=None):
         lo = <cnp.ndarray>lo_obj
     relu, train = activation == "relu", cache.training
     canonical_shape_of(x, ax, &s)
-    nthreads = _num_threads()
+    nthreads = threads_for(cnp.PyArray_SIZE(x))
     dx = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(x), cnp.PyArray_TYPE(x), 0)
     if gamma is not None:
         dgamma = cnp.PyArray_EMPTY(1, cnp.PyArray_DIMS(<cnp.ndarray>gamma),

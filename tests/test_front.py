@@ -6,6 +6,7 @@ kernels on the same values: their results must be bitwise equal, and the front e
 must hand over to the checked path everything it does not handle itself.
 """
 import contextlib
+import warnings
 
 import numpy as np
 import pytest
@@ -81,6 +82,9 @@ calls_case = st.fixed_dictionaries(dict(
 
 @given(case=calls_case)
 def test_front_matches_checked_path(case):
+    with warnings.catch_warnings():  # the once-per-process momentum warning, if not yet
+        warnings.simplefilter("ignore")  # shown, hands a momentum of 1 to the checked path
+        _checks.warn_momentum(1.0)
     with spy() as checked_calls:
         _front_matches_checked_path(case, checked_calls)
 
