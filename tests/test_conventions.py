@@ -124,6 +124,7 @@ def _saved(bn):
 
 
 def test_sync_forward_biased_running_var():
+    pytest.importorskip("mpi4py", reason="SyncBN needs mpi4py")
     distributed = pytest.importorskip("fastbn.distributed")
     from mpi4py import MPI
     x = batches()[0]
@@ -182,6 +183,7 @@ def test_momentum_warning_as_error_leaves_state_untouched(impl, fresh_warning):
 
 
 def test_momentum_warning_from_sync_forward(fresh_warning):
+    pytest.importorskip("mpi4py", reason="SyncBN needs mpi4py")
     distributed = pytest.importorskip("fastbn.distributed")
     from mpi4py import MPI
     with pytest.warns(fastbn.MomentumWarning):
