@@ -129,6 +129,18 @@ def impl(request):
     return request.param
 
 
+@pytest.fixture(params=["c", "numpy"])
+def layer_backend(request, monkeypatch):
+    """The layer on each backend (it calls fastbn._impl, as FASTBN_BACKEND chooses)."""
+    if request.param == "c" and fastbn.backend != "c":
+        pytest.skip("the compiled extension is not built")
+    impl = fastbn._impl if request.param == "c" else fastbn.reference
+    monkeypatch.setattr(fastbn, "_impl", impl)
+    for name in ("forward", "backward"):
+        monkeypatch.setattr(fastbn, name, getattr(impl, name))
+    return impl
+
+
 @pytest.fixture
 def restore_threads():
     # set_num_threads returns the raw setting (get_num_threads is capped by OpenMP's limit)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import fastbn
-from fastbn import _checks, reference
+from fastbn import _checks
 from fastbn.layers import BatchNorm
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -23,18 +23,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def fresh_warning(monkeypatch):
     """The momentum warning as in a new process (it is shown once per process)."""
     monkeypatch.setattr(_checks, "_momentum_warned", False)
-
-
-@pytest.fixture(params=["c", "numpy"])
-def layer_backend(request, monkeypatch):
-    """The layer on each backend (it calls fastbn._impl, as FASTBN_BACKEND chooses)."""
-    if request.param == "c" and fastbn.backend != "c":
-        pytest.skip("the compiled extension is not built")
-    impl = fastbn._impl if request.param == "c" else reference
-    monkeypatch.setattr(fastbn, "_impl", impl)
-    for name in ("forward", "backward"):
-        monkeypatch.setattr(fastbn, name, getattr(impl, name))
-    return impl
 
 
 def batches(dtype=np.float64, steps=4, shape=(6, 3), seed=0):

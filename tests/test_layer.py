@@ -584,18 +584,6 @@ def test_load_rejects_foreign_npz(tmp_path):
 # ---------------------------------------------------------------------------------------
 # as trainers use it (issue 15): per-call mode, explicit caches, accumulation, dtype=None
 # ---------------------------------------------------------------------------------------
-@pytest.fixture(params=["c", "numpy"])
-def layer_backend(request, monkeypatch):
-    """The layer on each backend (it calls fastbn._impl, as FASTBN_BACKEND chooses)."""
-    if request.param == "c" and fastbn.backend != "c":
-        pytest.skip("the compiled extension is not built")
-    impl = fastbn._impl if request.param == "c" else reference
-    monkeypatch.setattr(fastbn, "_impl", impl)
-    for name in ("forward", "backward"):
-        monkeypatch.setattr(fastbn, name, getattr(impl, name))
-    return impl
-
-
 def _batches(n, shape=(6, 3), dtype=np.float64, seed=0):
     rng = RNG(seed)
     return [(rng.normal(size=shape) * 2 + 1).astype(dtype) for _ in range(n)]
