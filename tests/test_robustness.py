@@ -289,6 +289,8 @@ signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)
 interrupts = bad = 0
 state = -1, 0  # batch in the running statistics, commits seen
 for i in range(calls):
+    if interrupts >= 100:  # enough: fast calls (the compiled path) need many more calls
+        break
     k = i % 49
     x = batches[k + 1]
     try:
@@ -335,7 +337,7 @@ def test_interrupts_leave_the_state_all_old_or_all_new(impl, mode, tmp_path):
                PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
     if impl == "reference" and mode == "layer":
         env["FASTBN_BACKEND"] = "numpy"
-    run = subprocess.run([sys.executable, str(script), impl, mode, "6000"], env=env,
+    run = subprocess.run([sys.executable, str(script), impl, mode, "100000"], env=env,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     interrupts, bad = map(int, run.stdout.split())
