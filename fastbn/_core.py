@@ -91,6 +91,13 @@ def _coefficients(mean, invstd, gamma, beta):
 
 
 def batch_stats(x, *, axis=1):
+    count, mean, _, m2 = _batch_stats_lo(x, axis)
+    return count, mean, m2
+
+
+def _batch_stats_lo(x, axis):
+    """batch_stats with the residual of the mean: (count, mean, mean_lo, m2), mean +
+    mean_lo the double-double mean (fastbn.distributed merges it across ranks)."""
     data_array(x, "x")
     axis = channel_axis(axis, x.ndim)
     C = x.shape[axis]
@@ -98,7 +105,7 @@ def batch_stats(x, *, axis=1):
     mean, lo, m2 = np.zeros(C), np.zeros(C), np.zeros(C)
     if count:
         _kernels.batch_stats(canonical(x, axis), mean, lo, m2, get_num_threads())
-    return count, mean, m2
+    return count, mean, lo, m2
 
 
 def normalize(x, mean, invstd, gamma=None, beta=None, *, axis=1, out=None, activation=None):
