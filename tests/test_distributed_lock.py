@@ -138,7 +138,7 @@ from fastbn.distributed import SyncBatchNorm, _state
 comm = MPI.COMM_SELF
 x = np.random.default_rng(0).standard_normal((8, 3))
 layer = SyncBatchNorm(3, comm=comm, dtype=np.float64, momentum=1.0)
-layer(x)  # warm up unarmed
+layer(x - 1000.0)  # warm up unarmed, on other data than any call below
 lock = _state(comm).lock
 armed = False
 
