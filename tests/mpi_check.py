@@ -24,8 +24,7 @@ COMM = MPI.COMM_WORLD
 RANK, SIZE = COMM.Get_rank(), COMM.Get_size()
 
 # layout name -> (shape of one sample without the batch axis, channel axis); "NCwide" comes
-# first: its 200 channels widen the rows of COMM_WORLD (a second Allgather, once), and the
-# cases after it send rows padded to that width
+# first: 200 channels, then narrower cases (messages of every length on one communicator)
 LAYOUTS = {"NCwide": ((200,), 1), "NC": ((5,), 1), "NCL": ((4, 3), 1), "NCHW": ((3, 4, 4), 1),
            "NHWC": ((4, 4, 3), -1)}
 
@@ -237,7 +236,7 @@ def run_error(case):
             _, first = sync_forward(x, comm=COMM)
             _, second = sync_forward(x + 1, comm=COMM)
             sync_backward(np.ones_like(x), first if RANK == 0 else second, comm=COMM)
-        elif name == "channels_mismatch_wide":  # more channels than the rows hold yet
+        elif name == "channels_mismatch_wide":  # messages of different lengths
             state_ok = False
             C = 4 if RANK == 0 else 1000
             rm, rv = np.zeros(C), np.ones(C)

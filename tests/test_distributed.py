@@ -334,7 +334,7 @@ def test_functions_match_union(mpi_run):
     cases = _cases(mpi_run, "functions")
     assert len(cases) == 20
     assert max(len(r["inputs"]["gamma"] if r["inputs"]["gamma"] is not None else
-                   r["inputs"]["running_mean"]) for r in cases) > 64  # rows were widened
+                   r["inputs"]["running_mean"]) for r in cases) > 64  # wide and narrow
     for r in cases:
         case, inputs, ranks = r["case"], r["inputs"], r["ranks"]
         what = f"{case['layout']} {case['dtype']} split={case['split']} affine={case['affine']} " \
