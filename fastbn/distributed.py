@@ -579,6 +579,27 @@ def _leave(state, held):
         state.lock.release()
 
 
+def _locked(comm, body):
+    """body(state) with the communicator's lock held by this call; the lock is released
+    whatever happens, and only if this call took it."""
+    state, held = _begin(comm)
+    try:
+        _enter(state, held)
+        return body(state)
+    finally:
+        # release to the end even if KeyboardInterrupt lands meanwhile, as it may on the
+        # way into _leave (a call is a signal check): the handlers nest, as in
+        # fastbn's commit, inline, so that no check falls between catching and retrying
+        try:
+            _leave(state, held)
+        except KeyboardInterrupt:
+            try:
+                _leave(state, held)
+            except KeyboardInterrupt:
+                _leave(state, held)
+            raise
+
+
 def _shifted_beta(beta, gamma, invstd, lo):
     """beta - mean_lo * gamma * invstd (float64): normalising with the float64 mean
     (mean_hi) and this beta is normalising with the double-double mean, which is how
@@ -597,69 +618,61 @@ def _sync_forward_train(x, gamma, beta, comm, axis, eps, running_mean, running_v
     layer's mode, which the ranks must share (a SyncBatchNorm without running statistics
     uses batch statistics in eval mode too). `then(cache)`, if given, is the last step of
     the state update, written with the running statistics in one step (the layer's)."""
-    fb = _fastbn()
-    state, held = _begin(comm)
-    try:
-        _enter(state, held)
-        if error is None:
-            try:
-                axis, C, gamma, beta, eps, momentum, activation = _check_local(
-                    x, gamma, beta, axis, eps, running_mean, running_var, momentum, out,
-                    activation)
-                unbiased_running_var = _check_bool(unbiased_running_var,
-                                                   "unbiased_running_var")
-            except (TypeError, ValueError) as exc:
-                error = exc
-        call = state.calls
-        if error is None:
-            count, hi, lo, m2 = fb._impl._batch_stats_lo(x, axis)
-            update = running_mean is not None
-            header = _header(_FORWARD, call, forward_call=call, channels=C, ndim=x.ndim,
-                             axis=axis, eps=eps, momentum=momentum if update else 0.0,
-                             flags=_flags(update, gamma, beta, training_mode,
-                                          update and not unbiased_running_var),
-                             activation=activation, count=count)
-            payload = np.concatenate([hi, np.zeros(C) if lo is None else lo, m2])
-        else:
-            header, payload = _header(_FORWARD, call, failed=True), None
-        merged, payload = _exchange(comm, state, header, payload, error, "sync_forward",
-                                    _merge_moments)
+    return _locked(comm, partial(_forward_locked, x, gamma, beta, comm, axis, eps, running_mean,
+                                 running_var, momentum, out, activation, error, training_mode,
+                                 unbiased_running_var, then))
 
-        total = int(merged[_SLOT["count"]])
-        if total <= 1 and C:
-            raise ValueError(f"expected more than 1 value per channel when training, got "
-                             f"{total} over the {comm.Get_size()} ranks (local input of shape "
-                             f"{x.shape})")
-        mean, m2 = payload[:C].copy(), payload[2 * C:].copy()
-        lo = None if lo is None else payload[C:2 * C].copy()
-        var = m2 / max(total, 1)
-        invstd = 1.0 / np.sqrt(var + eps)
-        overwritten = out is not None and overlaps(out, x)
-        y = fb.normalize(x, mean, invstd, gamma, _shifted_beta(beta, gamma, invstd, lo),
-                         axis=axis, out=out, activation=activation)
-        cache = SyncCache(x, gamma, beta, mean, invstd, var, axis=axis, eps=eps, training=True,
-                          activation=activation, mean_lo=lo, x_overwritten=overwritten,
-                          global_count=total, comm=comm, call=call)
-        copies = []
-        if running_mean is not None and C:
-            residual = {} if lo is None else {"mean_lo": lo}  # the C backend's ema takes it
-            copies = fb._impl._running_copies(running_mean, running_var, mean, var, total,
-                                              momentum, unbiased=unbiased_running_var,
-                                              **residual)
-        if copies or then is not None:  # all or nothing, even under Ctrl-C
-            commit(copies, None if then is None else partial(then, cache))
-    finally:
-        # release to the end even if KeyboardInterrupt lands meanwhile, as it may on the
-        # way into _leave (a call is a signal check): the handlers nest, as in
-        # fastbn's commit, inline, so that no check falls between catching and retrying
+
+def _forward_locked(x, gamma, beta, comm, axis, eps, running_mean, running_var, momentum, out,
+                    activation, error, training_mode, unbiased_running_var, then, state):
+    fb = _fastbn()
+    if error is None:
         try:
-            _leave(state, held)
-        except KeyboardInterrupt:
-            try:
-                _leave(state, held)
-            except KeyboardInterrupt:
-                _leave(state, held)
-            raise
+            axis, C, gamma, beta, eps, momentum, activation = _check_local(
+                x, gamma, beta, axis, eps, running_mean, running_var, momentum, out,
+                activation)
+            unbiased_running_var = _check_bool(unbiased_running_var,
+                                               "unbiased_running_var")
+        except (TypeError, ValueError) as exc:
+            error = exc
+    call = state.calls
+    if error is None:
+        count, hi, lo, m2 = fb._impl._batch_stats_lo(x, axis)
+        update = running_mean is not None
+        header = _header(_FORWARD, call, forward_call=call, channels=C, ndim=x.ndim,
+                         axis=axis, eps=eps, momentum=momentum if update else 0.0,
+                         flags=_flags(update, gamma, beta, training_mode,
+                                      update and not unbiased_running_var),
+                         activation=activation, count=count)
+        payload = np.concatenate([hi, np.zeros(C) if lo is None else lo, m2])
+    else:
+        header, payload = _header(_FORWARD, call, failed=True), None
+    merged, payload = _exchange(comm, state, header, payload, error, "sync_forward",
+                                _merge_moments)
+
+    total = int(merged[_SLOT["count"]])
+    if total <= 1 and C:
+        raise ValueError(f"expected more than 1 value per channel when training, got "
+                         f"{total} over the {comm.Get_size()} ranks (local input of shape "
+                         f"{x.shape})")
+    mean, m2 = payload[:C].copy(), payload[2 * C:].copy()
+    lo = None if lo is None else payload[C:2 * C].copy()
+    var = m2 / max(total, 1)
+    invstd = 1.0 / np.sqrt(var + eps)
+    overwritten = out is not None and overlaps(out, x)
+    y = fb.normalize(x, mean, invstd, gamma, _shifted_beta(beta, gamma, invstd, lo),
+                     axis=axis, out=out, activation=activation)
+    cache = SyncCache(x, gamma, beta, mean, invstd, var, axis=axis, eps=eps, training=True,
+                      activation=activation, mean_lo=lo, x_overwritten=overwritten,
+                      global_count=total, comm=comm, call=call)
+    copies = []
+    if running_mean is not None and C:
+        residual = {} if lo is None else {"mean_lo": lo}  # the C backend's ema takes it
+        copies = fb._impl._running_copies(running_mean, running_var, mean, var, total,
+                                          momentum, unbiased=unbiased_running_var,
+                                          **residual)
+    if copies or then is not None:  # all or nothing, even under Ctrl-C
+        commit(copies, None if then is None else partial(then, cache))
     return y, cache
 
 
@@ -729,60 +742,49 @@ def sync_backward(dy, cache, *, comm, out=None):
 
 
 def _sync_backward_train(dy, cache, comm, out):
+    return _locked(comm, partial(_backward_locked, dy, cache, comm, out))
+
+
+def _backward_locked(dy, cache, comm, out, state):
     fb = _fastbn()
-    state, held = _begin(comm)
+    error = None
     try:
-        _enter(state, held)
-        error = None
-        try:
-            if not isinstance(cache, SyncCache):
-                raise TypeError("cache comes from a local forward in training mode: "
-                                "sync_backward needs the cache of sync_forward (or use "
-                                "fastbn.backward)")
-            if MPI.Comm.Compare(comm, cache.comm) not in (MPI.IDENT, MPI.CONGRUENT):
-                raise ValueError("comm is not the communicator the forward was synchronised over")
-            dx_out, dg_out, db_out = check_backward(dy, cache, out)  # checks the cache too
-        except (TypeError, ValueError) as exc:
-            error = exc
-        call = state.calls
-        if error is None:
-            x, axis = cache.x, cache.axis
-            C = x.shape[axis]
-            lo, invstd = cache._mean_lo, cache.invstd
-            beta = _shifted_beta(cache.beta, cache.gamma, invstd, lo)  # for the ReLU mask
-            # the forward's ReLU mask is recomputed inside both building blocks
-            sum_dy, sum_dy_xhat = fb.backward_reduce(dy, x, cache.mean, invstd, axis=axis,
-                                                     gamma=cache.gamma, beta=beta,
-                                                     activation=cache.activation)
-            if lo is not None:  # xhat = (x - mean_hi) * invstd - mean_lo * invstd
-                sum_dy_xhat = sum_dy_xhat - (lo * invstd) * sum_dy
-            header = _header(_BACKWARD, call, forward_call=cache.call, channels=C,
-                             ndim=x.ndim, axis=axis, eps=cache.eps,
-                             flags=_flags(False, cache.gamma, cache.beta, True),
-                             activation=cache.activation, count=cache.count)
-            payload = np.concatenate([sum_dy, sum_dy_xhat])
-        else:
-            header, payload = _header(_BACKWARD, call, failed=True), None
-        _, totals = _exchange(comm, state, header, payload, error, "sync_backward", _add)
-        sum_dy, sum_dy_xhat = totals[:C], totals[C:]
-        # backward_elemt subtracts sum_dy / count and xhat * sum_dy_xhat / count with
-        # xhat from mean_hi: the residual's part moves into the first term
-        sum_dy_shifted = sum_dy if lo is None else sum_dy - sum_dy_xhat * (lo * invstd)
-        dx = fb.backward_elemt(dy, x, cache.mean, invstd, cache.gamma, sum_dy_shifted,
-                               sum_dy_xhat, max(cache.global_count, 1), axis=axis, out=dx_out,
-                               beta=beta, activation=cache.activation)
-    finally:
-        # release to the end even if KeyboardInterrupt lands meanwhile, as it may on the
-        # way into _leave (a call is a signal check): the handlers nest, as in
-        # fastbn's commit, inline, so that no check falls between catching and retrying
-        try:
-            _leave(state, held)
-        except KeyboardInterrupt:
-            try:
-                _leave(state, held)
-            except KeyboardInterrupt:
-                _leave(state, held)
-            raise
+        if not isinstance(cache, SyncCache):
+            raise TypeError("cache comes from a local forward in training mode: "
+                            "sync_backward needs the cache of sync_forward (or use "
+                            "fastbn.backward)")
+        if MPI.Comm.Compare(comm, cache.comm) not in (MPI.IDENT, MPI.CONGRUENT):
+            raise ValueError("comm is not the communicator the forward was synchronised over")
+        dx_out, dg_out, db_out = check_backward(dy, cache, out)  # checks the cache too
+    except (TypeError, ValueError) as exc:
+        error = exc
+    call = state.calls
+    if error is None:
+        x, axis = cache.x, cache.axis
+        C = x.shape[axis]
+        lo, invstd = cache._mean_lo, cache.invstd
+        beta = _shifted_beta(cache.beta, cache.gamma, invstd, lo)  # for the ReLU mask
+        # the forward's ReLU mask is recomputed inside both building blocks
+        sum_dy, sum_dy_xhat = fb.backward_reduce(dy, x, cache.mean, invstd, axis=axis,
+                                                 gamma=cache.gamma, beta=beta,
+                                                 activation=cache.activation)
+        if lo is not None:  # xhat = (x - mean_hi) * invstd - mean_lo * invstd
+            sum_dy_xhat = sum_dy_xhat - (lo * invstd) * sum_dy
+        header = _header(_BACKWARD, call, forward_call=cache.call, channels=C,
+                         ndim=x.ndim, axis=axis, eps=cache.eps,
+                         flags=_flags(False, cache.gamma, cache.beta, True),
+                         activation=cache.activation, count=cache.count)
+        payload = np.concatenate([sum_dy, sum_dy_xhat])
+    else:
+        header, payload = _header(_BACKWARD, call, failed=True), None
+    _, totals = _exchange(comm, state, header, payload, error, "sync_backward", _add)
+    sum_dy, sum_dy_xhat = totals[:C], totals[C:]
+    # backward_elemt subtracts sum_dy / count and xhat * sum_dy_xhat / count with
+    # xhat from mean_hi: the residual's part moves into the first term
+    sum_dy_shifted = sum_dy if lo is None else sum_dy - sum_dy_xhat * (lo * invstd)
+    dx = fb.backward_elemt(dy, x, cache.mean, invstd, cache.gamma, sum_dy_shifted,
+                           sum_dy_xhat, max(cache.global_count, 1), axis=axis, out=dx_out,
+                           beta=beta, activation=cache.activation)
     dgamma = None if cache.gamma is None else _store(sum_dy_xhat, dg_out, cache.gamma.dtype)
     dbeta = None if cache.beta is None else _store(sum_dy, db_out, cache.beta.dtype)
     return dx, dgamma, dbeta

@@ -30,7 +30,9 @@ LAYOUTS = {"NCwide": ((200,), 1), "NC": ((5,), 1), "NCL": ((4, 3), 1), "NCHW": (
 
 # per-rank batch sizes: uneven, with a rank holding an empty batch, and (for "NC") a rank
 # holding one sample, whose local count of 1 is fine since the global count is larger
-SPLITS = {2: [[3, 0], [1, 4]], 3: [[2, 0, 5], [1, 3, 1]], 4: [[2, 0, 3, 1], [0, 2, 2, 1]]}
+SPLITS = {2: [[3, 0], [1, 4]], 3: [[2, 0, 5], [1, 3, 1]], 4: [[2, 0, 3, 1], [0, 2, 2, 1]],
+          5: [[2, 0, 3, 1, 0], [0, 1, 2, 2, 1]],  # rank 4 folds into rank 0 first
+          8: [[1, 0, 2, 0, 3, 1, 0, 2], [0, 2, 1, 1, 0, 3, 1, 0]]}
 
 
 def split_of(n_per_rank):
@@ -271,8 +273,14 @@ def main():
         sys.exit(f"mpi_check: expected {expected} ranks, got {SIZE}: is mpiexec from the "
                  f"MPI library that mpi4py uses ({MPI.Get_library_version().splitlines()[0]})?")
     runners = {"functions": run_functions, "layer": run_layer, "error": run_error}
+    run_cases(function_cases() + [layer_case()] + error_cases(), runners, outfile)
+
+
+def run_cases(cases, runners, outfile):
+    """Run each case on every rank (runners[case["kind"]](case) -> (mine, inputs)), in
+    step even when one crashes, and pickle everything gathered on rank 0 to outfile."""
     results = []
-    for case in function_cases() + [layer_case()] + error_cases():
+    for case in cases:
         try:
             mine, inputs = runners[case["kind"]](case)
         except Exception:  # report, and stay in step with the other ranks
@@ -283,7 +291,6 @@ def main():
     if RANK == 0:
         with open(outfile, "wb") as f:
             pickle.dump(dict(size=SIZE, backend=fastbn.backend, results=results), f)
-
 
 if __name__ == "__main__":
     main()

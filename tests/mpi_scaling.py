@@ -9,15 +9,13 @@ sent and received. Rank 0 pickles everything to OUTFILE;
 tests/test_distributed_scaling.py does the asserting (against an extended-precision
 oracle and single-process fastbn). Nothing here asserts, except the rank count.
 """
-import pickle
 import sys
-import traceback
 
 import numpy as np
 from mpi4py import MPI
 
-import fastbn
 from fastbn.distributed import SyncBatchNorm, _traffic, sync_backward, sync_forward
+from mpi_check import run_cases  # the same directory: on sys.path when run as a script
 
 COMM = MPI.COMM_WORLD
 RANK, SIZE = COMM.Get_rank(), COMM.Get_size()
@@ -139,20 +137,8 @@ def main():
     outfile, expected = sys.argv[1], int(sys.argv[2])
     if SIZE != expected:
         sys.exit(f"mpi_scaling: expected {expected} ranks, got {SIZE}")
-    runners = {"functions": run_functions, "wide": run_wide, "layer": run_layer}
-    results = []
-    for case in cases():
-        try:
-            mine, inputs = runners[case["kind"]](case)
-        except Exception:  # report, and stay in step with the other ranks
-            mine, inputs = dict(crash=traceback.format_exc()), None
-        gathered = COMM.gather(mine, root=0)
-        if RANK == 0:
-            results.append(dict(case=case, inputs=inputs, ranks=gathered))
-    if RANK == 0:
-        with open(outfile, "wb") as f:
-            pickle.dump(dict(size=SIZE, backend=fastbn.backend, results=results), f)
-
+    run_cases(cases(), {"functions": run_functions, "wide": run_wide, "layer": run_layer},
+              outfile)
 
 if __name__ == "__main__":
     main()

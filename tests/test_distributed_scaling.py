@@ -17,10 +17,6 @@ and float32 by up to 1e6. Asserted here:
   13 + 2C (backward) float64, so the volume per rank grows as log P, not P.
 """
 import math
-import os
-import pickle
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -33,7 +29,7 @@ try:
 except ImportError as exc:
     pytest.skip(f"fastbn.distributed unavailable: {exc}", allow_module_level=True)
 
-from test_distributed import HERE, _mpiexec, _package_root, identical  # noqa: E402
+from test_distributed import identical, launch_script  # noqa: E402
 
 LD = np.longdouble
 EXTENDED = np.finfo(LD).eps < 1e-18
@@ -49,28 +45,7 @@ TIGHT_SUMS = {"float64": 4e-15, "float32": 1e-14}
 @pytest.fixture(scope="module", params=[2, 3, 5, 8, pytest.param(16, marks=pytest.mark.slow)],
                 ids=lambda n: f"n{n}")
 def run(request, tmp_path_factory):
-    P = request.param
-    mpiexec = _mpiexec()
-    if mpiexec is None:
-        pytest.skip("mpiexec not found (pip install 'fastbn[mpi]' brings MPICH's)")
-    outfile = tmp_path_factory.mktemp(f"scaling{P}") / "results.pkl"
-    env = dict(os.environ, PYTHONPATH=_package_root(), FASTBN_NUM_THREADS="1",
-               OMP_NUM_THREADS="1")
-    cmd = [mpiexec, "-n", str(P), sys.executable, "-m", "mpi4py",
-           str(HERE / "mpi_scaling.py"), str(outfile), str(P)]
-    try:
-        res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300,
-                             stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"{' '.join(cmd)} timed out (a deadlock?)\n{exc.stdout}\n{exc.stderr}")
-    assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout}\n{res.stderr}"
-    with open(outfile, "rb") as f:
-        data = pickle.load(f)
-    assert data["size"] == P and data["backend"] == fastbn.backend
-    for r in data["results"]:
-        for rank, mine in enumerate(r["ranks"]):
-            assert "crash" not in mine, f"{r['case']} rank {rank}:\n{mine['crash']}"
-    return data
+    return launch_script("mpi_scaling.py", request.param, tmp_path_factory, timeout=300)
 
 
 def _of(data, kind):
