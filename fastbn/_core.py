@@ -5,7 +5,8 @@ from functools import partial
 import numpy as np
 
 from . import _kernels
-from ._checks import (Cache, canonical, channel_axis,
+from ._cache import Cache
+from ._checks import (canonical, channel_axis,
                       check_backward, check_count, check_forward, check_per_channel,
                       check_running_update, commit, data_array, mark_written,
                       overlaps, overwrites_x, running_var_factor, separate)
@@ -155,7 +156,7 @@ def _forward_then(x, gamma, beta, axis, eps, training, running_mean, running_var
     y = dest.result()
     cache = Cache(x, _own(gamma, a.gamma), _own(beta, a.beta), mean, invstd, axis=a.axis,
                   eps=a.eps, training=a.training, activation=a.activation, mean_lo=lo,
-                  x_overwritten=overwrites_x(a), copy_params=False)
+                  x_overwritten=overwrites_x(a, x), copy_params=False)
     copies = []
     if a.training and a.running_mean is not None:
         copies = _running_copies(a.running_mean, a.running_var, mean, var, a.count,
