@@ -758,8 +758,6 @@ class SyncBatchNorm(BatchNorm):
         """
         return super().load(path, comm=comm)
 
-    load_npz = load
-
     @classmethod
     def from_batchnorm(cls, layer, *, comm):
         """A SyncBatchNorm with the configuration and state of a ``BatchNorm``.

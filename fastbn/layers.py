@@ -762,6 +762,3 @@ class BatchNorm:
         layer = cls(num_features, **config, **kwargs)
         layer.load_state_dict(state)
         return layer
-
-    save_npz = save
-    load_npz = load
