@@ -84,6 +84,8 @@ def update_running_stats(running_mean, running_var, mean, var, count, *, momentu
 
 
 def _coefficients(mean, invstd, gamma, beta):
+    """The kernels' per-channel form of the affine map, y = (x - shift) * scale + bias:
+    `shift` is the mean's float64 high part (not beta, which ends up in `bias`)."""
     C = mean.shape[0]
     shift, scale, bias = np.empty(C), np.empty(C), np.empty(C)
     if C:
@@ -231,10 +233,11 @@ def backward_elemt(dy, x, mean, invstd, gamma, sum_dy, sum_dy_xhat, count, *, ax
     x3, dy3 = canonical(x, axis), canonical(dy, axis)
     dest = _Output(out, x, [x3, dy3])
     if x.size:
+        # dx = k_dy * (dy - sum_dy / count) + k_x * xhat, as the kernel's k_dy and k_x
         k_dy = invstd * (1.0 if gamma is None else gamma)
-        k_xhat = -k_dy * (sum_dy_xhat / count)
+        k_x = -k_dy * (sum_dy_xhat / count)
         scale, bias = _mask_coefficients(mean, invstd, gamma, beta, relu)
-        _kernels.backward_elemt(dy3, x3, dest.array3, mean, invstd, k_dy, k_xhat,
+        _kernels.backward_elemt(dy3, x3, dest.array3, mean, invstd, k_dy, k_x,
                                 sum_dy / count, scale, bias, relu, get_num_threads())
     return dest.result()
 
