@@ -215,12 +215,13 @@ class _CallLock:
 class _CommState:
     """What fastbn keeps on a communicator (as an MPI attribute, so every Python object
     for that communicator shares it), identical on every rank as long as they are in step."""
-    __slots__ = ("lock", "calls", "private", "traffic")
+    __slots__ = ("lock", "calls", "private", "traffic", "broken")
 
     def __init__(self):
         self.lock = _CallLock()  # held during a call: another thread's call raises
         self.calls = 0           # synchronised calls made on the communicator
         self.private = None      # fastbn's duplicate of it (made by the first exchange)
+        self.broken = False      # an exchange was interrupted: the ranks are out of step
         self.traffic = dict(messages_sent=0, bytes_sent=0, messages_received=0,
                             bytes_received=0, collectives=0)  # counted by _reduce
 
@@ -322,6 +323,13 @@ def _private(comm, state):
     return state.private
 
 
+def _wait(req):
+    """Wait for an MPI request, yielding the core meanwhile (ranks may outnumber cores),
+    in Python, so that Ctrl-C interrupts the wait."""
+    while not req.Test():
+        _yield()
+
+
 def _reduce(comm, state, message, combine):
     """The merge of every rank's message (header + payload), by recursive doubling in a
     fixed bracketing (see the module docstring): the same bytes on every rank."""
@@ -333,12 +341,8 @@ def _reduce(comm, state, message, combine):
     t = state.traffic
     status = MPI.Status()
 
-    def wait(req):
-        while not req.Test():  # yield the core meanwhile: ranks may outnumber cores
-            _yield()
-
     def send(buf, dest):
-        wait(pc.Isend(buf, dest, _TAG))
+        _wait(pc.Isend(buf, dest, _TAG))
         t["messages_sent"] += 1
         t["bytes_sent"] += buf.nbytes
 
@@ -356,27 +360,31 @@ def _reduce(comm, state, message, combine):
     def sendrecv(buf, partner):
         req = pc.Isend(buf, partner, _TAG)
         got = recv(partner)
-        wait(req)
+        _wait(req)
         t["messages_sent"] += 1
         t["bytes_sent"] += buf.nbytes
         return got
 
     p2 = 1 << (P.bit_length() - 1)  # the largest power of two <= P
     acc = message
-    if rank >= p2:  # one of the P - p2 extra ranks: hand over, then wait for the result
-        send(acc, rank - p2)
-        return recv(rank - p2)
-    if rank + p2 < P:
-        acc = _merge(acc, recv(rank + p2), combine)
-    k = 1
-    while k < p2:
-        partner = rank ^ k
-        other = sendrecv(acc, partner)
-        acc = _merge(acc, other, combine) if rank < partner else _merge(other, acc, combine)
-        k <<= 1
-    if rank + p2 < P:
-        send(acc, rank + p2)
-    return acc
+    try:
+        if rank >= p2:  # one of the P - p2 extra ranks: hand over, then wait for the result
+            send(acc, rank - p2)
+            return recv(rank - p2)
+        if rank + p2 < P:
+            acc = _merge(acc, recv(rank + p2), combine)
+        k = 1
+        while k < p2:
+            partner = rank ^ k
+            other = sendrecv(acc, partner)
+            acc = _merge(acc, other, combine) if rank < partner else _merge(other, acc, combine)
+            k <<= 1
+        if rank + p2 < P:
+            send(acc, rank + p2)
+        return acc
+    except BaseException:  # KeyboardInterrupt while waiting, an MPI error: messages of
+        state.broken = True  # this exchange may be in flight, and would pair with the next
+        raise
 
 
 def _exchange(comm, state, header, payload, error, what, combine):
@@ -395,7 +403,11 @@ def _exchange(comm, state, header, payload, error, what, combine):
         # say who (the only Allgather; never in a call that succeeds)
         headers = np.empty((comm.Get_size(), len(HEADER)))
         pc = _private(comm, state) if comm.Get_size() > 1 else comm
-        pc.Allgather(np.ascontiguousarray(message[:len(HEADER)]), headers)
+        try:
+            _wait(pc.Iallgather(np.ascontiguousarray(message[:len(HEADER)]), headers))
+        except BaseException:
+            state.broken = True
+            raise
         state.traffic["collectives"] += 1
         _check_headers(headers, comm, error, what)
         raise MismatchError(f"{what}: the ranks' calls disagree")  # not reached
@@ -561,6 +573,13 @@ def _enter(state, held):
     after the acquisition leaves the lock owned by this thread, and _leave frees it."""
     if held or not state.lock.acquire(blocking=False):
         raise RuntimeError(_BUSY)
+    if state.broken:
+        raise RuntimeError(
+            "an earlier fastbn.distributed call on this communicator was interrupted in "
+            "the middle of its exchange (KeyboardInterrupt, or an MPI error): its messages "
+            "may still be in flight, so the ranks cannot be kept in step on it any more; "
+            "end the job (python -m mpi4py does on an uncaught exception), or give the "
+            "surviving code a new communicator (comm.Dup())")
 
 
 def _leave(state, held):

@@ -185,3 +185,66 @@ def test_real_interrupts_never_leave_the_lock_taken(tmp_path):
     assert interrupts >= 20, "too few interrupts to test anything"
     assert leaked == torn == 0, f"after {interrupts} interrupts: {leaked} times the lock " \
                                 f"was left taken, {torn} times the state was torn"
+
+
+_INTERRUPTED_EXCHANGE = """
+import time
+import numpy as np
+from mpi4py import MPI
+import fastbn.distributed as fd
+comm = MPI.COMM_WORLD
+rank = comm.Get_rank()
+x = np.random.default_rng(rank).standard_normal((4, 3))
+rm, rv = np.zeros(3), np.ones(3)
+fd.sync_forward(x, comm=comm)  # the private communicator exists from here
+result = {}
+if rank == 0:
+    real, polls = fd._yield, [0]
+
+    def interrupting():  # Ctrl-C while rank 0 waits for rank 1's message
+        polls[0] += 1
+        if polls[0] == 50:
+            raise KeyboardInterrupt
+        real()
+
+    fd._yield = interrupting
+    try:
+        fd.sync_forward(x, comm=comm, running_mean=rm, running_var=rv)
+        result["first"] = "returned"
+    except KeyboardInterrupt:
+        result["first"] = "KeyboardInterrupt"
+    fd._yield = real
+    result["untouched"] = bool((rm == 0).all() and (rv == 1).all())
+    try:
+        fd.sync_forward(x, comm=comm)  # rank 1's message of the first call is still queued
+        result["second"] = "returned"
+    except RuntimeError as exc:
+        result["second"] = str(exc)
+    result["dup"] = fd.sync_forward(x, comm=MPI.COMM_SELF.Dup())[0].shape == x.shape
+else:
+    time.sleep(1.0)
+    fd.sync_forward(x, comm=comm, running_mean=rm, running_var=rv)  # completes: rank 0
+    # sent its message before the interrupt
+    result["first"] = "returned"
+print(rank, comm.gather(result, root=0), flush=True)
+"""
+
+
+def test_interrupted_exchange_makes_later_calls_refuse():
+    """KeyboardInterrupt on rank 0 while it waits for rank 1: that call raises, changes
+    nothing, and every later call on the communicator raises RuntimeError at once
+    (rank 1's message of the interrupted call is still queued: a later exchange would
+    pair with it and merge stale statistics), saying to end the job or use comm.Dup()."""
+    from test_distributed import _mpiexec
+    mpiexec = _mpiexec()
+    if mpiexec is None:
+        pytest.skip("mpiexec not found (pip install 'fastbn[mpi]' brings MPICH's)")
+    env = dict(os.environ, FASTBN_NUM_THREADS="1", PYTHONPATH=_package_root())
+    run = subprocess.run([mpiexec, "-n", "2", sys.executable, "-c", _INTERRUPTED_EXCHANGE],
+                         env=env,
+                         capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert run.returncode == 0, run.stdout + run.stderr
+    line = next(l for l in run.stdout.splitlines() if l.startswith("0 "))
+    assert "'first': 'KeyboardInterrupt'" in line and "'untouched': True" in line, line
+    assert "was interrupted in the middle of its exchange" in line, line
+    assert "'dup': True" in line and "[{" in line, line
