@@ -63,6 +63,13 @@ waiting forever. A communicator must be used by one thread at a time: a call tha
 starts while another thread is inside a call on the same communicator raises
 ``RuntimeError`` (give each thread its own communicator, ``comm.Dup()``). Every
 rank must also use the same fastbn backend for the bitwise identity above.
+
+Interrupts: Ctrl-C anywhere in a call leaves the communicator's lock free, and
+running statistics and layer state untouched. While waiting for another rank, a
+call polls MPI in Python (yielding the core), so Ctrl-C interrupts the wait; but
+the interrupted exchange's messages may still be in flight, so every later call on
+that communicator raises ``RuntimeError`` at once instead of pairing with them: end
+the job, or go on with a new communicator.
 """
 import os
 import threading
