@@ -59,9 +59,9 @@ cdef extern from "fastbn.h" nogil:
                          const double *mean_hi, const double *mean_lo, const double *invstd,
                          const double *gamma, const double *beta, int relu, int training,
                          double *sum_dy, double *sum_dy_xhat, int nthreads)
-    int fbn_ema_f32(float *running, const double *batch, const double *batch_lo,
+    void fbn_ema_f32(float *running, const double *batch, const double *batch_lo,
                     int64_t channels, double momentum, double factor)
-    int fbn_ema_f64(double *running, const double *batch, const double *batch_lo,
+    void fbn_ema_f64(double *running, const double *batch, const double *batch_lo,
                     int64_t channels, double momentum, double factor)
     void fbn_coefficients(int64_t channels, const double *mean_hi, const double *mean_lo,
                           const double *invstd, const double *gamma, const double *beta,
