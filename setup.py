@@ -101,7 +101,7 @@ extension = Extension(
     sources=["fastbn/_kernels.pyx", "src_c/kernels.c", "src_c/plan.c", "src_c/work.c",
              "src_c/parallel.c"],
     include_dirs=["src_c", np.get_include()],
-    depends=["fastbn/_front.pxi", *glob.glob("src_c/*.h")],
+    depends=["fastbn/_front.pxi", "fastbn/_kernels.pxd", *glob.glob("src_c/*.h")],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
 )
 
