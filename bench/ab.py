@@ -107,6 +107,12 @@ def make_call(k, op, x, dy, out, v, axis, threads):
     raise ValueError(op)
 
 
+def parse_shape(text):
+    """'8x14x14x32:-1' -> ((8, 14, 14, 32), -1); the axis defaults to 1."""
+    dims, _, axis = text.partition(":")
+    return tuple(int(d) for d in dims.split("x")), int(axis) if axis else 1
+
+
 def sample(call):
     n, t0 = 0, time.perf_counter()
     while True:
@@ -123,7 +129,8 @@ def main(argv):
     ap.add_argument("new")
     ap.add_argument("--samples", type=int, default=21, help="pairs per case (default 21)")
     ap.add_argument("--quick", action="store_true", help="the smaller shapes only")
-    ap.add_argument("--shapes", help="comma-separated names of " + ", ".join(SHAPES))
+    ap.add_argument("--shapes", help="comma-separated names of " + ", ".join(SHAPES) +
+                    ", or explicit shapes such as 256x64 or 8x14x14x32:-1 (':axis')")
     ap.add_argument("--ops", help="comma-separated, of " + ", ".join(OPS + FRONT_OPS))
     ap.add_argument("--dtypes", default="float32,float64")
     ap.add_argument("--threads", default="1,2")
@@ -150,7 +157,7 @@ def main(argv):
     print(f"{'case':34s} {'A min us':>10s} {'B min us':>10s} {'B/A min':>7s} "
           f"{'B/A med':>7s} {'q25':>6s} {'q75':>6s}", flush=True)
     for name in shapes:
-        shape, axis = SHAPES[name]
+        shape, axis = SHAPES[name] if name in SHAPES else parse_shape(name)
         ops = a.ops.split(",") if a.ops else OPS + (FRONT_OPS if name.startswith("small") else [])
         for dtype in a.dtypes.split(","):
             x = (rng.standard_normal(shape) * 2 + 1).astype(dtype)

@@ -1,7 +1,7 @@
-/* The backward passes: the reduction (sum_dy, sum_dy_xc), dx, both fused per
- * channel block when a tile holds whole channels, and the running-statistics
- * update. A per-dtype template: see kern_dtype.h for T, TC and FBN_SYM; the sums'
- * names are explained in plan.h. */
+/* The backward's parts: the reduction (sum_dy, sum_dy_xc) and dx as separate
+ * kernels, the coefficients between them (the fused backward is kern_fused.h),
+ * and the running-statistics update. A per-dtype template: see kern_dtype.h for
+ * T, TC and FBN_SYM; the sums' names are explained in plan.h. */
 
 /* Sum the tiles' partial sums (2 per channel) segment after segment, so memory
  * is read in order; compensated, in a fixed order. comp: 2C doubles of scratch. */
@@ -153,96 +153,6 @@ FBN_DISPATCH static void FBN_SYM(bwd_coefficients)(int64_t nc, double n, int tra
     else
         FBN_SYM(bwd_coefficients_as)(nc, n, training, invstd, NULL, 0, sum_dy, sum_dy_xc,
                                      sum_dy_xhat, k_dy, k_xhat, mean_dy);
-}
-
-/* The fused backward, one channel block per tile: sums, coefficients, dx. */
-typedef struct {
-    const T *dy, *x;
-    T *dx;
-    const fbn_plan *p;
-    const fbn_coefs *k; /* of the arrays below */
-    const FBN_SYM(tcoefs) *tk;
-    double *sums, *scratch; /* scratch: len doubles per thread */
-    int64_t len;
-    double n;
-    int training;
-    const double *invstd, *gamma;
-    double *sum_dy, *sum_dy_xc, *sum_dy_xhat, *k_dy, *k_xhat, *mean_dy;
-} FBN_SYM(bwd_fused_job);
-
-static void FBN_SYM(bwd_fused_task)(void *job, int64_t t, int thread) {
-    const FBN_SYM(bwd_fused_job) *j = job;
-    const FBN_SYM(tile) r = FBN_SYM(tile_of)(j->p, t);
-    const int64_t c0 = r.c0, nc = r.nc;
-    FBN_SYM(bwd_reduce_tile)(j->dy, j->x, j->p, t, j->k, j->tk, j->sums,
-                             j->scratch + thread * j->len);
-    for (int64_t c = c0; c < c0 + nc; c++) {
-        j->sum_dy[c] = j->sums[2 * c];
-        j->sum_dy_xc[c] = j->sums[2 * c + 1];
-    }
-    FBN_SYM(bwd_coefficients)(nc, j->n, j->training, j->invstd + c0,
-                              j->gamma ? j->gamma + c0 : NULL, j->sum_dy + c0, j->sum_dy_xc + c0,
-                              j->sum_dy_xhat + c0, j->k_dy + c0, j->k_xhat + c0,
-                              j->mean_dy + c0);
-    FBN_SYM(fill_typed)(j->k, c0, nc, j->tk);
-    FBN_SYM(bwd_elemt_tile)(j->dy, j->x, j->dx, j->p, t, j->tk);
-}
-
-int FBN_SYM(backward)(const T *dy, const T *x, T *dx, fbn_shape s, const double *mean_hi,
-                      const double *mean_lo, const double *invstd, const double *gamma,
-                      const double *beta, int relu, int training, double *sum_dy,
-                      double *sum_dy_xhat, int nthreads) {
-    const int64_t C = s.channels;
-    fbn_plan p = FBN_SYM(reduce_plan)(s, 2);
-    if (C == 0) return 0;
-    const int nt = fbn_threads_for(&p, nthreads);
-    const int64_t len = fbn_scratch_len(&p);
-    const int64_t bytes[3] = {C * 8 * (int64_t)sizeof(double),
-                              fbn_reduce_work_len(&p, nt) * (int64_t)sizeof(double),
-                              FBN_SYM(typed_bytes)(C)};
-    void *buf[3];
-    fbn_work w;
-    if (fbn_work_alloc(&w, 3, bytes, buf)) return -1;
-    double *work = buf[0], *sums = buf[1];
-    double *shift = work, *scale = work + C, *bias = work + 2 * C, *sum_dy_xc = work + 3 * C;
-    double *k_dy = work + 4 * C, *k_xhat = work + 5 * C, *mean_dy = work + 6 * C;
-    double *lo = work + 7 * C;
-    if (mean_lo)
-        memcpy(lo, mean_lo, C * sizeof(double));
-    else
-        memset(lo, 0, C * sizeof(double));
-    fbn_coefs k = {.shift = shift, .lo = lo, .scale = scale, .bias = bias, .invstd = invstd,
-                   .k_dy = k_dy, .k_xhat = k_xhat, .mean_dy = mean_dy, .relu = relu};
-    fbn_coefs masks = {.shift = shift, .lo = lo, .scale = scale, .bias = bias, .relu = relu};
-    FBN_SYM(tcoefs) tk = FBN_SYM(typed_arrays)(buf[2], C, relu);
-    tk.eval = !training;
-    double n = (double)p.per_channel;
-    fbn_coefficients(C, mean_hi, lo, invstd, gamma, beta, shift, scale, bias);
-    FBN_SYM(fill_typed)(&masks, 0, C, &tk); /* for the ReLU masks; k_* are filled below */
-    if (p.per_channel == 0) {
-        for (int64_t c = 0; c < C; c++) sum_dy[c] = sum_dy_xhat[c] = 0.0;
-    } else if (p.nsegs == 1) {
-        /* each tile holds whole channels: reduce it, then write dx while in cache */
-        FBN_SYM(bwd_fused_job) j = {.dy = dy, .x = x, .dx = dx, .p = &p, .k = &k, .tk = &tk,
-                                    .sums = sums, .scratch = fbn_reduce_scratch(&p, sums),
-                                    .len = len, .n = n, .training = training, .invstd = invstd,
-                                    .gamma = gamma, .sum_dy = sum_dy, .sum_dy_xc = sum_dy_xc,
-                                    .sum_dy_xhat = sum_dy_xhat, .k_dy = k_dy, .k_xhat = k_xhat,
-                                    .mean_dy = mean_dy};
-        fbn_parallel_for(p.nblocks, nt, FBN_SYM(bwd_fused_task), &j);
-    } else {
-        FBN_SYM(reduce_all)(dy, x, &p, &k, &tk, sums, sum_dy, sum_dy_xc, nt);
-        FBN_SYM(bwd_coefficients)(C, n, training, invstd, gamma, sum_dy, sum_dy_xc, sum_dy_xhat,
-                                  k_dy, k_xhat, mean_dy);
-        FBN_SYM(fill_typed)(&k, 0, C, &tk);
-        FBN_SYM(repeat_typed)(&tk, &s, 1);
-        fbn_plan e = FBN_SYM(elemwise_plan)(s, 2);
-        FBN_SYM(dx_job) j = {.dy = dy, .x = x, .dx = dx, .p = &e, .tk = &tk,
-                             .backwards = 1}; /* backwards, as in the forward */
-        fbn_parallel_for(e.ntiles, nt, FBN_SYM(dx_task), &j);
-    }
-    fbn_work_free(&w);
-    return 0;
 }
 
 void FBN_SYM(ema)(T *running, const double *batch, const double *batch_lo, int64_t channels,

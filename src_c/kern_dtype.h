@@ -31,8 +31,9 @@
 #include "kern_elemwise.h" /* y and dx per value, run and row group */
 #include "kern_walk.h"     /* the walk of an elementwise tile */
 #include "kern_stats.h"    /* statistics over all tiles: batch_stats */
-#include "kern_forward.h"  /* forward_train, forward_infer, affine */
-#include "kern_backward.h" /* backward_reduce, backward_elemt, backward, ema */
+#include "kern_forward.h"  /* forward_infer, affine */
+#include "kern_backward.h" /* backward_reduce, backward_elemt, ema */
+#include "kern_fused.h"    /* forward_train, backward: one fused skeleton */
 
 #undef FBN_SYM_
 #undef FBN_SYM_EXPAND

@@ -1,5 +1,5 @@
 /* Channel statistics over every tile, merged in a fixed order: fbn_batch_stats_<sfx>,
- * and the first half of the unfused training forward. A per-dtype template: see
+ * and the reduction of the training forward (kern_fused.h). A per-dtype template: see
  * kern_dtype.h for T, TC and FBN_SYM.
  *
  * The loops here and in kern_forward.h / kern_backward.h run on fbn_parallel_for
@@ -82,9 +82,9 @@ static void FBN_SYM(merge_task)(void *job, int64_t b, int thread) {
 
 /* Statistics of every channel, tile by tile, merged in a fixed order (whichever
  * thread merges a channel). */
-static void FBN_SYM(stats_all)(const T *x, const fbn_plan *p, double *pivot, fbn_part *parts,
-                               double *scratch, double *mean_hi, double *mean_lo, double *m2,
-                               int nt) {
+static void FBN_SYM(stats_all)(const T *x, const fbn_plan *p, const double *pivot,
+                               fbn_part *parts, double *scratch, double *mean_hi,
+                               double *mean_lo, double *m2, int nt) {
     const int64_t C = p->s.channels;
     const int64_t nchunks = (C + FBN_MERGE_CHUNK - 1) / FBN_MERGE_CHUNK;
     FBN_SYM(stats_job) sj = {.x = x, .p = p, .pivot = pivot, .parts = parts,

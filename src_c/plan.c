@@ -32,9 +32,9 @@ fbn_plan fbn_make_plan(fbn_shape s, int64_t elem_size, int inputs, int kind) {
     if (s.inner == 1) {
         int64_t strip = s.channels < FBN_COL_MAX ? s.channels : FBN_COL_MAX;
         /* few rows: a block's rows are short runs a whole row apart, which stream
-         * from memory slower than whole rows (from 2 * FBN_FLUSH_ROWS rows up) */
+         * from memory slower than whole rows (from FBN_FEW_ROWS rows up) */
         fits = strip > 0 && strip * p.per_channel * bytes_per_value <= tile &&
-               p.per_channel < 2 * FBN_FLUSH_ROWS;
+               p.per_channel < FBN_FEW_ROWS;
         p.block = reduction && fits ? strip : s.channels;
     }
     if (p.block < 1) p.block = 1;
