@@ -80,7 +80,7 @@ def make_call(k, op, x, dy, out, v, axis, threads):
     gamma, beta = np.full(C, 1.5), np.full(C, 0.25)
     mean, var = np.asarray(x3.mean(axis=(0, 2)), np.float64), np.full(C, 1.2)
     invstd = 1 / np.sqrt(var + 1e-5)
-    k_dy, k_xhat, mean_dy = gamma * invstd, np.full(C, -0.01), np.full(C, 0.02)
+    k_dy, k_x, mean_dy = gamma * invstd, np.full(C, -0.01), np.full(C, 0.02)
     if op == "forward-train":
         return lambda: k.forward_train(x3, out, gamma, beta, 1e-5, False, *v[:4], threads)
     if op == "inference":
@@ -96,7 +96,7 @@ def make_call(k, op, x, dy, out, v, axis, threads):
     if op == "reduce":
         return lambda: k.backward_reduce(dy3, x3, mean, None, None, False, v[0], v[1], threads)
     if op == "elemt":
-        return lambda: k.backward_elemt(dy3, x3, out, mean, invstd, k_dy, k_xhat, mean_dy, None,
+        return lambda: k.backward_elemt(dy3, x3, out, mean, invstd, k_dy, k_x, mean_dy, None,
                                         None, False, threads)
     g, b = gamma.astype(x.dtype), beta.astype(x.dtype)
     if op == "front-forward":

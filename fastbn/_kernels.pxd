@@ -41,11 +41,11 @@ cdef extern from "fastbn.h" nogil:
                                 int relu, double *sum_dy, double *sum_dy_xs, int nthreads)
     int fbn_backward_elemt_f32(const float *dy, const float *x, float *dx, fbn_shape s,
                                const double *shift, const double *invstd, const double *k_dy,
-                               const double *k_xhat, const double *mean_dy,
+                               const double *k_x, const double *mean_dy,
                                const double *scale, const double *bias, int relu, int nthreads)
     int fbn_backward_elemt_f64(const double *dy, const double *x, double *dx, fbn_shape s,
                                const double *shift, const double *invstd, const double *k_dy,
-                               const double *k_xhat, const double *mean_dy,
+                               const double *k_x, const double *mean_dy,
                                const double *scale, const double *bias, int relu, int nthreads)
     int fbn_backward_f32(const float *dy, const float *x, float *dx, fbn_shape s,
                          const double *mean_hi, const double *mean_lo, const double *invstd,
@@ -130,15 +130,15 @@ cdef inline int run_backward_reduce(bint f32, const void *dy, const void *x, fbn
 
 cdef inline int run_backward_elemt(bint f32, const void *dy, const void *x, void *dx,
                                    fbn_shape s, const double *shift, const double *invstd,
-                                   const double *k_dy, const double *k_xhat,
+                                   const double *k_dy, const double *k_x,
                                    const double *mean_dy, const double *scale,
                                    const double *bias, int relu, int nthreads) noexcept nogil:
     if f32:
         return fbn_backward_elemt_f32(<const float *>dy, <const float *>x, <float *>dx, s,
-                                      shift, invstd, k_dy, k_xhat, mean_dy, scale, bias, relu,
+                                      shift, invstd, k_dy, k_x, mean_dy, scale, bias, relu,
                                       nthreads)
     return fbn_backward_elemt_f64(<const double *>dy, <const double *>x, <double *>dx, s, shift,
-                                  invstd, k_dy, k_xhat, mean_dy, scale, bias, relu, nthreads)
+                                  invstd, k_dy, k_x, mean_dy, scale, bias, relu, nthreads)
 
 
 cdef inline int run_backward(bint f32, const void *dy, const void *x, void *dx, fbn_shape s,

@@ -24,7 +24,7 @@ def backward_reduce(
     nthreads: int,
 ) -> Any: ...
 def backward_elemt(
-    dy: _A, x: _A, dx: _A, shift: _A, invstd: _A, k_dy: _A, k_xhat: _A, mean_dy: _A,
+    dy: _A, x: _A, dx: _A, shift: _A, invstd: _A, k_dy: _A, k_x: _A, mean_dy: _A,
     scale: _V, bias: _V, relu: int, nthreads: int,
 ) -> Any: ...
 def backward_fused(

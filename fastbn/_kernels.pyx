@@ -101,7 +101,7 @@ def backward_reduce(const real[:, :, ::1] dy not None, const real[:, :, ::1] x n
 def backward_elemt(const real[:, :, ::1] dy not None, const real[:, :, ::1] x not None,
                    real[:, :, ::1] dx not None, const double[::1] shift not None,
                    const double[::1] invstd not None, const double[::1] k_dy not None,
-                   const double[::1] k_xhat not None, const double[::1] mean_dy not None,
+                   const double[::1] k_x not None, const double[::1] mean_dy not None,
                    const double[::1] scale, const double[::1] bias, bint relu, int nthreads):
     cdef int st
     cdef fbn_shape s = shape_of(x)
@@ -109,7 +109,7 @@ def backward_elemt(const real[:, :, ::1] dy not None, const real[:, :, ::1] x no
     cdef const double *bi = opt(bias)
     with nogil:
         st = run_backward_elemt(real is float, &dy[0, 0, 0], &x[0, 0, 0], &dx[0, 0, 0], s,
-                                &shift[0], &invstd[0], &k_dy[0], &k_xhat[0], &mean_dy[0], sc,
+                                &shift[0], &invstd[0], &k_dy[0], &k_x[0], &mean_dy[0], sc,
                                 bi, relu, nthreads)
     check(st)
 

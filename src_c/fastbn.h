@@ -77,15 +77,15 @@ int fbn_backward_reduce_f64(const double *dy, const double *x, fbn_shape s,
                             const double *shift, const double *scale, const double *bias,
                             int relu, double *sum_dy, double *sum_dy_xs, int nthreads);
 
-/* dx = k_dy * (dy - mean_dy) + k_xhat * (x - shift) * invstd; with relu, dy is
+/* dx = k_dy * (dy - mean_dy) + k_x * (x - shift) * invstd; with relu, dy is
  * masked as in fbn_backward_reduce (scale and bias may be NULL: zeros). */
 int fbn_backward_elemt_f32(const float *dy, const float *x, float *dx, fbn_shape s,
                            const double *shift, const double *invstd, const double *k_dy,
-                           const double *k_xhat, const double *mean_dy, const double *scale,
+                           const double *k_x, const double *mean_dy, const double *scale,
                            const double *bias, int relu, int nthreads);
 int fbn_backward_elemt_f64(const double *dy, const double *x, double *dx, fbn_shape s,
                            const double *shift, const double *invstd, const double *k_dy,
-                           const double *k_xhat, const double *mean_dy, const double *scale,
+                           const double *k_x, const double *mean_dy, const double *scale,
                            const double *bias, int relu, int nthreads);
 
 /* Backward, fused: reduce, then dx. training = 0 treats the statistics as

@@ -92,7 +92,7 @@ int FBN_SYM(backward_reduce)(const T *dy, const T *x, fbn_shape s, const double 
 }
 
 int FBN_SYM(backward_elemt)(const T *dy, const T *x, T *dx, fbn_shape s, const double *shift,
-                            const double *invstd, const double *k_dy, const double *k_xhat,
+                            const double *invstd, const double *k_dy, const double *k_x,
                             const double *mean_dy, const double *scale, const double *bias,
                             int relu, int nthreads) {
     fbn_plan p = FBN_SYM(elemwise_plan)(s, 2);
@@ -104,7 +104,7 @@ int FBN_SYM(backward_elemt)(const T *dy, const T *x, T *dx, fbn_shape s, const d
     double *zeros = buf[1]; /* for an absent scale or bias */
     memset(zeros, 0, bytes[1]);
     fbn_coefs k = {.shift = shift, .scale = scale ? scale : zeros, .bias = bias ? bias : zeros,
-                   .invstd = invstd, .k_dy = k_dy, .k_xhat = k_xhat, .mean_dy = mean_dy,
+                   .invstd = invstd, .k_dy = k_dy, .k_x = k_x, .mean_dy = mean_dy,
                    .relu = relu};
     FBN_SYM(tcoefs) tk = FBN_SYM(typed_arrays)(buf[0], s.channels, relu);
     FBN_SYM(fill_typed)(&k, 0, s.channels, &tk);
@@ -123,14 +123,14 @@ FBN_INLINE void FBN_SYM(bwd_coefficients_as)(int64_t nc, double n, int training,
                                               const double *restrict sum_dy,
                                               const double *restrict sum_dy_xc,
                                               double *restrict sum_dy_xhat,
-                                              double *restrict k_dy, double *restrict k_xhat,
+                                              double *restrict k_dy, double *restrict k_x,
                                               double *restrict mean_dy) {
     for (int64_t c = 0; c < nc; c++) {
         const double s2 = invstd[c] * sum_dy_xc[c], a = (has_gamma ? gamma[c] : 1.0) * invstd[c];
         const double m = sum_dy[c] / n;
         sum_dy_xhat[c] = s2;
         k_dy[c] = a;
-        k_xhat[c] = training ? -a * (s2 / n) : 0.0;
+        k_x[c] = training ? -a * (s2 / n) : 0.0;
         mean_dy[c] = training ? m : 0.0;
     }
 }
@@ -145,14 +145,14 @@ FBN_DISPATCH static void FBN_SYM(bwd_coefficients)(int64_t nc, double n, int tra
                                                    const double *restrict sum_dy_xc,
                                                    double *restrict sum_dy_xhat,
                                                    double *restrict k_dy,
-                                                   double *restrict k_xhat,
+                                                   double *restrict k_x,
                                                    double *restrict mean_dy) {
     if (gamma)
         FBN_SYM(bwd_coefficients_as)(nc, n, training, invstd, gamma, 1, sum_dy, sum_dy_xc,
-                                     sum_dy_xhat, k_dy, k_xhat, mean_dy);
+                                     sum_dy_xhat, k_dy, k_x, mean_dy);
     else
         FBN_SYM(bwd_coefficients_as)(nc, n, training, invstd, NULL, 0, sum_dy, sum_dy_xc,
-                                     sum_dy_xhat, k_dy, k_xhat, mean_dy);
+                                     sum_dy_xhat, k_dy, k_x, mean_dy);
 }
 
 void FBN_SYM(ema)(T *running, const double *batch, const double *batch_lo, int64_t channels,

@@ -5,7 +5,7 @@
 /* The typed coefficients: FBN_TYPED arrays in one block (fbn_typed_arrays_<sfx>). */
 #define FBN_TYPED 8
 typedef struct {
-    TC *shift, *scale, *bias, *k_dy, *k_xhat, *mean_dy, *k_0, *invstd;
+    TC *shift, *scale, *bias, *k_dy, *k_x, *mean_dy, *k_0, *invstd;
     int relu;
     int eval;       /* dx of eval mode: the statistics are constants, x enters only a mask */
     int64_t period; /* > 0: each array repeats its C values up to this length */
@@ -36,37 +36,37 @@ FBN_DISPATCH static void FBN_SYM(fill_affine)(int64_t n, const double *restrict 
  * unconditional where they happen at all: the loop vectorises either way). */
 FBN_INLINE void FBN_SYM(fill_dx_as)(int64_t n, const double *restrict shift,
                                     const double *restrict lo, const int has_lo,
-                                    const double *restrict k_dy, const double *restrict k_xhat,
+                                    const double *restrict k_dy, const double *restrict k_x,
                                     const double *restrict invstd,
                                     const double *restrict mean_dy, TC *restrict t_k_dy,
-                                    TC *restrict t_k_xhat, TC *restrict t_invstd,
+                                    TC *restrict t_k_x, TC *restrict t_invstd,
                                     TC *restrict t_mean_dy, TC *restrict t_k_0) {
     for (int64_t c = 0; c < n; c++) {
         double moved = (double)(TC)shift[c] - shift[c];
         double dev = moved - (has_lo ? lo[c] : 0.0); /* shift - mean */
         double m_dy = (double)(TC)mean_dy[c], r = m_dy - mean_dy[c];
         t_k_dy[c] = (TC)k_dy[c];
-        t_k_xhat[c] = (TC)k_xhat[c];
+        t_k_x[c] = (TC)k_x[c];
         t_invstd[c] = (TC)invstd[c];
         t_mean_dy[c] = (TC)m_dy;
         t_k_0[c] = (TC)((r != 0.0 && FBN_FINITE(r) ? k_dy[c] * r : 0.0) +
-                        (dev != 0.0 && FBN_FINITE(dev) ? k_xhat[c] * (dev * invstd[c]) : 0.0));
+                        (dev != 0.0 && FBN_FINITE(dev) ? k_x[c] * (dev * invstd[c]) : 0.0));
     }
 }
 
 /* lo may be NULL (a zero residual). */
 FBN_DISPATCH static void FBN_SYM(fill_dx)(int64_t n, const double *restrict shift,
                                           const double *restrict lo, const double *restrict k_dy,
-                                          const double *restrict k_xhat,
+                                          const double *restrict k_x,
                                           const double *restrict invstd,
                                           const double *restrict mean_dy, TC *restrict t_k_dy,
-                                          TC *restrict t_k_xhat, TC *restrict t_invstd,
+                                          TC *restrict t_k_x, TC *restrict t_invstd,
                                           TC *restrict t_mean_dy, TC *restrict t_k_0) {
     if (lo)
-        FBN_SYM(fill_dx_as)(n, shift, lo, 1, k_dy, k_xhat, invstd, mean_dy, t_k_dy, t_k_xhat,
+        FBN_SYM(fill_dx_as)(n, shift, lo, 1, k_dy, k_x, invstd, mean_dy, t_k_dy, t_k_x,
                             t_invstd, t_mean_dy, t_k_0);
     else
-        FBN_SYM(fill_dx_as)(n, shift, NULL, 0, k_dy, k_xhat, invstd, mean_dy, t_k_dy, t_k_xhat,
+        FBN_SYM(fill_dx_as)(n, shift, NULL, 0, k_dy, k_x, invstd, mean_dy, t_k_dy, t_k_x,
                             t_invstd, t_mean_dy, t_k_0);
 }
 
@@ -78,8 +78,8 @@ static void FBN_SYM(fill_typed)(const fbn_coefs *k, int64_t c0, int64_t n,
                          t->scale + c0, t->bias + c0);
     if (k->k_dy)
         FBN_SYM(fill_dx)(n, k->shift + c0, k->lo ? k->lo + c0 : NULL, k->k_dy + c0,
-                         k->k_xhat + c0, k->invstd + c0, k->mean_dy + c0, t->k_dy + c0,
-                         t->k_xhat + c0, t->invstd + c0, t->mean_dy + c0, t->k_0 + c0);
+                         k->k_x + c0, k->invstd + c0, k->mean_dy + c0, t->k_dy + c0,
+                         t->k_x + c0, t->invstd + c0, t->mean_dy + c0, t->k_0 + c0);
 }
 
 /* Typed coefficient arrays in one block of FBN_TYPED arrays, fbn_typed_len_<sfx>(C)
@@ -102,7 +102,7 @@ static FBN_SYM(tcoefs) FBN_SYM(typed_arrays)(TC *block, int64_t C, int relu) {
                          .scale = block + n,
                          .bias = block + 2 * n,
                          .k_dy = block + 3 * n,
-                         .k_xhat = block + 4 * n,
+                         .k_x = block + 4 * n,
                          .mean_dy = block + 5 * n,
                          .k_0 = block + 6 * n,
                          .invstd = block + 7 * n,
@@ -123,7 +123,7 @@ static void FBN_SYM(repeat_typed)(FBN_SYM(tcoefs) *t, const fbn_shape *s, int dx
     if (s->inner != 1 || C < 1 || 2 * C > FBN_CHUNK) return;
     if (dx && C >= FBN_DX_GROUP_MIN && C <= FBN_DX_GROUP_MAX) return;
     TC *arrays[FBN_TYPED] = {t->shift, t->scale, t->bias,  t->k_dy,
-                             t->k_xhat, t->mean_dy, t->k_0, t->invstd};
+                             t->k_x, t->mean_dy, t->k_0, t->invstd};
     t->period = (FBN_CHUNK / C) * C;
     for (int a = 0; a < (dx ? FBN_TYPED : 3); a++)
         for (int64_t n = C; n < t->period; n *= 2)

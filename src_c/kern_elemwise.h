@@ -12,15 +12,15 @@ FBN_INLINE TC FBN_SYM(affine1)(TC x, TC shift, TC scale, TC bias, int relu) {
 
 /* dy - mean_dy comes first: a constant dy over a constant channel gives dx == 0. */
 FBN_INLINE TC FBN_SYM(dx1)(TC dy, TC x, TC shift, TC scale, TC bias, int relu, TC k_dy,
-                           TC k_xhat, TC mean_dy, TC k_0, TC invstd, int eval) {
+                           TC k_x, TC mean_dy, TC k_0, TC invstd, int eval) {
     TC g = FBN_SYM(masked)(dy, x, shift, scale, bias, relu);
-    TC xterm = k_xhat * ((x - shift) * invstd);
+    TC xterm = k_x * ((x - shift) * invstd);
     return k_dy * (g - mean_dy) + (eval ? (TC)0 : xterm) + k_0; /* eval: no NaN from inf x */
 }
 
 /* One channel's typed coefficients, for a run of that channel. */
 typedef struct {
-    TC shift, scale, bias, k_dy, k_xhat, mean_dy, k_0, invstd;
+    TC shift, scale, bias, k_dy, k_x, mean_dy, k_0, invstd;
     int relu, eval;
 } FBN_SYM(chan);
 
@@ -33,7 +33,7 @@ FBN_INLINE FBN_SYM(chan) FBN_SYM(chan_of)(const int op, const FBN_SYM(tcoefs) *k
     h.bias = k->bias[c];
     if (op == FBN_OP_DX) {
         h.k_dy = k->k_dy[c];
-        h.k_xhat = k->k_xhat[c];
+        h.k_x = k->k_x[c];
         h.mean_dy = k->mean_dy[c];
         h.k_0 = k->k_0[c];
         h.invstd = k->invstd[c];
@@ -47,7 +47,7 @@ FBN_INLINE TC FBN_SYM(value_at)(const int op, const T *restrict x, const T *rest
     if (op == FBN_OP_AFFINE) return FBN_SYM(affine1)(x[i], h->shift, h->scale, h->bias, h->relu);
     if (op == FBN_OP_DX)
         return FBN_SYM(dx1)(dy[i], x[i], h->shift, h->scale, h->bias, h->relu, h->k_dy,
-                            h->k_xhat, h->mean_dy, h->k_0, h->invstd, h->eval);
+                            h->k_x, h->mean_dy, h->k_0, h->invstd, h->eval);
     return x[i];
 }
 
@@ -75,10 +75,10 @@ FBN_INLINE void FBN_SYM(stream_values)(const int op, T *out, int64_t m, const T 
                                        const T *restrict dy, const FBN_SYM(chan) *h) {
     int64_t i = 0;
 #if FBN_CAN_STREAM
-    /* op's coefficients, splat: shift, scale, bias, k_dy, k_xhat, mean_dy, k_0, invstd */
+    /* op's coefficients, splat: shift, scale, bias, k_dy, k_x, mean_dy, k_0, invstd */
     const FBN_SYM(vec) v[8] = {FBN_SYM(vsplat)(h->shift),  FBN_SYM(vsplat)(h->scale),
                                FBN_SYM(vsplat)(h->bias),   FBN_SYM(vsplat)(h->k_dy),
-                               FBN_SYM(vsplat)(h->k_xhat), FBN_SYM(vsplat)(h->mean_dy),
+                               FBN_SYM(vsplat)(h->k_x), FBN_SYM(vsplat)(h->mean_dy),
                                FBN_SYM(vsplat)(h->k_0),    FBN_SYM(vsplat)(h->invstd)};
     for (; i < m && ((uintptr_t)(out + i) & 15); i++) out[i] = FBN_SYM(value_at)(op, x, dy, i, h);
     for (; i + 4 * FBN_VLEN <= m; i += 4 * FBN_VLEN) {
@@ -125,7 +125,7 @@ FBN_INLINE void FBN_SYM(dx_rows_as)(const T *dr, const T *xr, int64_t ld, T *out
                                     int64_t m, const FBN_SYM(tcoefs) *k, int64_t ch, const int g,
                                     const int relu) {
     const TC *shift = k->shift + ch, *scale = k->scale + ch, *bias = k->bias + ch;
-    const TC *k_dy = k->k_dy + ch, *k_xhat = k->k_xhat + ch, *mdy = k->mean_dy + ch;
+    const TC *k_dy = k->k_dy + ch, *k_x = k->k_x + ch, *mdy = k->mean_dy + ch;
     const TC *k_0 = k->k_0 + ch, *inv = k->invstd + ch;
     const int eval = k->eval;
     if ((ld * (int64_t)sizeof(T)) % 4096 == 0) {
@@ -141,7 +141,7 @@ FBN_INLINE void FBN_SYM(dx_rows_as)(const T *dr, const T *xr, int64_t ld, T *out
             }
             for (int i = 0; i < g; i++)
                 out[i * ldo + c] = FBN_SYM(dx1)(d[i], v[i], shift[c], scale[c], bias[c], relu,
-                                                k_dy[c], k_xhat[c], mdy[c], k_0[c], inv[c], eval);
+                                                k_dy[c], k_x[c], mdy[c], k_0[c], inv[c], eval);
         }
     } else { /* (this order was slower there, e.g. NHWC's 64 channels) */
         FBN_IVDEP
@@ -149,7 +149,7 @@ FBN_INLINE void FBN_SYM(dx_rows_as)(const T *dr, const T *xr, int64_t ld, T *out
             for (int i = 0; i < g; i++)
                 out[i * ldo + c] =
                     FBN_SYM(dx1)(dr[i * ld + c], xr[i * ld + c], shift[c], scale[c], bias[c],
-                                 relu, k_dy[c], k_xhat[c], mdy[c], k_0[c], inv[c], eval);
+                                 relu, k_dy[c], k_x[c], mdy[c], k_0[c], inv[c], eval);
     }
 }
 

@@ -28,7 +28,7 @@ typedef struct {
         double *sums; /* a tile's sum(dy') and sum_dy_xc, 2 per channel */
         int training;
         const double *invstd;
-        double *sum_dy, *sum_dy_xc, *sum_dy_xhat, *k_dy, *k_xhat, *mean_dy;
+        double *sum_dy, *sum_dy_xc, *sum_dy_xhat, *k_dy, *k_x, *mean_dy;
     } bwd;
 } FBN_SYM(pass);
 
@@ -76,7 +76,7 @@ FBN_INLINE void FBN_SYM(pass_coefs)(const int op, const FBN_SYM(pass) *j, int64_
         FBN_SYM(bwd_coefficients)(nc, j->n, j->bwd.training, j->bwd.invstd + c0, gamma,
                                   j->bwd.sum_dy + c0, j->bwd.sum_dy_xc + c0,
                                   j->bwd.sum_dy_xhat + c0, j->bwd.k_dy + c0,
-                                  j->bwd.k_xhat + c0, j->bwd.mean_dy + c0);
+                                  j->bwd.k_x + c0, j->bwd.mean_dy + c0);
     }
 }
 
@@ -175,14 +175,14 @@ int FBN_SYM(backward)(const T *dy, const T *x, T *dx, fbn_shape s, const double 
     if (fbn_work_alloc(&w, 3, bytes, buf)) return -1;
     double *work = buf[0], *sums = buf[1];
     double *shift = work, *scale = work + C, *bias = work + 2 * C, *sum_dy_xc = work + 3 * C;
-    double *k_dy = work + 4 * C, *k_xhat = work + 5 * C, *mean_dy = work + 6 * C;
+    double *k_dy = work + 4 * C, *k_x = work + 5 * C, *mean_dy = work + 6 * C;
     double *lo = work + 7 * C;
     if (mean_lo)
         memcpy(lo, mean_lo, C * sizeof(double));
     else
         memset(lo, 0, C * sizeof(double));
     fbn_coefs k = {.shift = shift, .lo = lo, .scale = scale, .bias = bias, .invstd = invstd,
-                   .k_dy = k_dy, .k_xhat = k_xhat, .mean_dy = mean_dy, .relu = relu};
+                   .k_dy = k_dy, .k_x = k_x, .mean_dy = mean_dy, .relu = relu};
     fbn_coefs masks = {.shift = shift, .lo = lo, .scale = scale, .bias = bias, .relu = relu};
     FBN_SYM(tcoefs) tk = FBN_SYM(typed_arrays)(buf[2], C, relu);
     tk.eval = !training;
@@ -197,7 +197,7 @@ int FBN_SYM(backward)(const T *dy, const T *x, T *dx, fbn_shape s, const double 
             .n = (double)p.per_channel, .gamma = gamma,
             .bwd = {.sums = sums, .training = training, .invstd = invstd, .sum_dy = sum_dy,
                     .sum_dy_xc = sum_dy_xc, .sum_dy_xhat = sum_dy_xhat, .k_dy = k_dy,
-                    .k_xhat = k_xhat, .mean_dy = mean_dy}};
+                    .k_x = k_x, .mean_dy = mean_dy}};
         FBN_SYM(run_pass)(FBN_OP_DX, &j, &tk, nt);
     }
     fbn_work_free(&w);

@@ -40,13 +40,13 @@ FBN_INLINE FBN_SYM(vec) FBN_SYM(affine_v)(FBN_SYM(vec) x, FBN_SYM(vec) shift,
 /* fbn_dx1_<sfx> on a vector. */
 FBN_INLINE FBN_SYM(vec) FBN_SYM(dx_v)(FBN_SYM(vec) dy, FBN_SYM(vec) x, FBN_SYM(vec) shift,
                                       FBN_SYM(vec) scale, FBN_SYM(vec) bias, int relu,
-                                      FBN_SYM(vec) k_dy, FBN_SYM(vec) k_xhat,
+                                      FBN_SYM(vec) k_dy, FBN_SYM(vec) k_x,
                                       FBN_SYM(vec) mean_dy, FBN_SYM(vec) k_0,
                                       FBN_SYM(vec) invstd, int eval) {
     const FBN_SYM(vec) zero = {0};
     FBN_SYM(vec) g = dy;
     if (relu) g = FBN_SYM(vselect)((FBN_SYM(ivec))((x - shift) * scale + bias > zero), dy, zero);
-    FBN_SYM(vec) xterm = eval ? zero : k_xhat * ((x - shift) * invstd);
+    FBN_SYM(vec) xterm = eval ? zero : k_x * ((x - shift) * invstd);
     return k_dy * (g - mean_dy) + xterm + k_0;
 }
 #endif

@@ -161,7 +161,7 @@ FBN_DISPATCH static void FBN_SYM(affine_tile)(const T *x, T *y, const fbn_plan *
     FBN_SYM(elemwise_tile)(FBN_OP_AFFINE, x, NULL, y, p, t, k);
 }
 
-/* dx = k_dy * (dy' - mean_dy) + k_xhat * (x - shift) * invstd + k_0, in TC (see
+/* dx = k_dy * (dy' - mean_dy) + k_x * (x - shift) * invstd + k_0, in TC (see
  * fbn_fill_typed_<sfx>). */
 FBN_DISPATCH static void FBN_SYM(bwd_elemt_tile)(const T *dy, const T *x, T *dx,
                                                  const fbn_plan *p, int64_t t,

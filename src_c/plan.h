@@ -63,12 +63,12 @@ typedef struct {
  * Per-channel coefficients of the elementwise passes (arrays of C values; fill
  * them by name, with designated initialisers):
  *   forward   y  = (x - shift) * scale + bias              (then ReLU if relu)
- *   backward  dx = k_dy * (dy' - mean_dy) + k_xhat * xhat, xhat = ((x - shift) - lo) * invstd
+ *   backward  dx = k_dy * (dy' - mean_dy) + k_x * xhat, xhat = ((x - shift) - lo) * invstd
  * lo (NULL: zero) is the mean's residual; shift + lo is the mean, so that x - shift
  * is exact-ish far from the origin. Unused members are NULL. */
 typedef struct {
     const double *shift, *lo, *scale, *bias;
-    const double *invstd, *k_dy, *k_xhat, *mean_dy; /* backward only */
+    const double *invstd, *k_dy, *k_x, *mean_dy; /* backward only */
     int relu;
 } fbn_coefs;
 
