@@ -8,7 +8,8 @@ import os as _os
 import warnings as _warnings
 
 from . import reference
-from ._checks import Cache, MomentumWarning  # noqa: F401 (fastbn.MomentumWarning, for filters)
+from ._cache import Cache
+from ._checks import MomentumWarning  # noqa: F401 (fastbn.MomentumWarning, for filters)
 from ._threads import get_num_threads, set_num_threads
 from .fold import fold_batchnorm, fold_linear
 from .layers import BatchNorm

@@ -5,7 +5,8 @@ from functools import partial
 import numpy as np
 
 from . import _kernels
-from ._checks import (Cache, canonical, channel_axis,
+from ._cache import Cache
+from ._checks import (canonical, channel_axis,
                       check_backward, check_count, check_forward, check_per_channel,
                       check_running_update, commit, data_array, mark_written,
                       overlaps, overwrites_x, running_var_factor, separate)
@@ -83,6 +84,8 @@ def update_running_stats(running_mean, running_var, mean, var, count, *, momentu
 
 
 def _coefficients(mean, invstd, gamma, beta):
+    """The kernels' per-channel form of the affine map, y = (x - shift) * scale + bias:
+    `shift` is the mean's float64 high part (not beta, which ends up in `bias`)."""
     C = mean.shape[0]
     shift, scale, bias = np.empty(C), np.empty(C), np.empty(C)
     if C:
@@ -155,7 +158,7 @@ def _forward_then(x, gamma, beta, axis, eps, training, running_mean, running_var
     y = dest.result()
     cache = Cache(x, _own(gamma, a.gamma), _own(beta, a.beta), mean, invstd, axis=a.axis,
                   eps=a.eps, training=a.training, activation=a.activation, mean_lo=lo,
-                  x_overwritten=overwrites_x(a), copy_params=False)
+                  x_overwritten=overwrites_x(a, x), copy_params=False)
     copies = []
     if a.training and a.running_mean is not None:
         copies = _running_copies(a.running_mean, a.running_var, mean, var, a.count,
@@ -230,10 +233,11 @@ def backward_elemt(dy, x, mean, invstd, gamma, sum_dy, sum_dy_xhat, count, *, ax
     x3, dy3 = canonical(x, axis), canonical(dy, axis)
     dest = _Output(out, x, [x3, dy3])
     if x.size:
+        # dx = k_dy * (dy - sum_dy / count) + k_x * xhat, as the kernel's k_dy and k_x
         k_dy = invstd * (1.0 if gamma is None else gamma)
-        k_xhat = -k_dy * (sum_dy_xhat / count)
+        k_x = -k_dy * (sum_dy_xhat / count)
         scale, bias = _mask_coefficients(mean, invstd, gamma, beta, relu)
-        _kernels.backward_elemt(dy3, x3, dest.array3, mean, invstd, k_dy, k_xhat,
+        _kernels.backward_elemt(dy3, x3, dest.array3, mean, invstd, k_dy, k_x,
                                 sum_dy / count, scale, bias, relu, get_num_threads())
     return dest.result()
 

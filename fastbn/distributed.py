@@ -70,8 +70,9 @@ from ._checks import (Cache, _describe, channel_axis, channel_vector, check_back
                       data_array, out_array, real_number, running_vector)
 from ._checks import activation as _check_activation
 from ._checks import commit, overlaps, warn_momentum
+from ._checks import bool_arg as _check_bool
 from ._checks import store as _store
-from .layers import BatchNorm
+from .layers import BatchNorm, _fastbn
 
 __all__ = ["sync_forward", "sync_backward", "SyncBatchNorm", "SyncCache", "PeerError",
            "MismatchError", "HEADER"]
@@ -259,11 +260,6 @@ class SyncCache(Cache):
         self.global_count, self.comm, self.call = global_count, comm, call
 
 
-def _fastbn():
-    import fastbn  # the backend fastbn chose (C kernels or the NumPy reference)
-    return fastbn
-
-
 def _check_comm(comm):
     if not isinstance(comm, MPI.Comm):
         raise TypeError(f"comm must be an mpi4py.MPI communicator (e.g. MPI.COMM_WORLD), "
@@ -273,12 +269,6 @@ def _check_comm(comm):
     if comm.Is_inter():
         raise ValueError("comm must be an intra-communicator, got an inter-communicator")
     return comm
-
-
-def _check_bool(value, name):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {_describe(value)}")
-    return bool(value)
 
 
 def _check_local(x, gamma, beta, axis, eps, running_mean, running_var, momentum, out, activation):
@@ -767,8 +757,6 @@ class SyncBatchNorm(BatchNorm):
         4
         """
         return super().load(path, comm=comm)
-
-    load_npz = load
 
     @classmethod
     def from_batchnorm(cls, layer, *, comm):

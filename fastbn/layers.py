@@ -15,6 +15,7 @@ import numpy as np
 from ._checks import (FLOAT_DTYPES, _describe, channel_axis, is_integer, real_number,
                       warn_momentum)
 from ._checks import activation as _check_activation
+from ._checks import bool_arg as _check_bool
 
 __all__ = ["BatchNorm"]
 
@@ -24,14 +25,10 @@ _CONFIG_KEY = "__fastbn_batchnorm_config__"
 
 
 def _fastbn():
-    import fastbn  # the package is fully imported by the time a layer is called
+    """The fastbn package, for the backend it chose (the C kernels or the NumPy
+    reference): imported at call time, when the package is fully imported."""
+    import fastbn
     return fastbn
-
-
-def _check_bool(value, name):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {_describe(value)}")
-    return bool(value)
 
 
 class BatchNorm:
@@ -765,6 +762,3 @@ class BatchNorm:
         layer = cls(num_features, **config, **kwargs)
         layer.load_state_dict(state)
         return layer
-
-    save_npz = save
-    load_npz = load

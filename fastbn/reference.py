@@ -6,7 +6,8 @@ import numpy as np
 from ._checks import store as _store
 from functools import partial
 
-from ._checks import (Cache, channel_axis, check_backward, check_count, check_forward,
+from ._cache import Cache
+from ._checks import (channel_axis, check_backward, check_count, check_forward,
                       check_merge, check_per_channel, check_running_update, commit,
                       data_array, mark_written, overwrites_x, running_var_factor,
                       vector_shape)
@@ -98,7 +99,7 @@ def _forward_then(x, gamma, beta, axis, eps, training, running_mean, running_var
         var = a.running_var.astype(np.float64)
     invstd = 1.0 / np.sqrt(var + a.eps)
     cache = Cache(x, gamma, beta, mean, invstd, axis=a.axis, eps=a.eps, training=a.training,
-                  activation=a.activation, x_overwritten=overwrites_x(a), copy_params=False)
+                  activation=a.activation, x_overwritten=overwrites_x(a, x), copy_params=False)
     y = normalize(x, mean, invstd, gamma, beta, axis=a.axis, out=a.out, activation=a.activation)
     copies = []
     if a.training and a.running_mean is not None and a.channels:

@@ -491,3 +491,22 @@ def test_streamed_outputs_are_those_of_small_arrays(shape, axis, dtype, offset):
     names = "normalize normalize_relu inference eval_dx dx dx_relu in_place".split()
     for k, name in enumerate(names):
         assert_same_bits_nan_aside(whole[k], np.concatenate([p[k] for p in pieces]), name)
+
+
+@pytest.mark.parametrize("module", [fastbn, reference])
+def test_cache_pickles(module):
+    """A Cache pickles and unpickles, also one pickled when Cache lived in fastbn._checks
+    (such a pickle names fastbn._checks.Cache): backward gives the same gradients."""
+    import pickle
+    rng = np.random.default_rng(0)
+    x, dy = rng.normal(size=(5, 3, 2)), rng.normal(size=(5, 3, 2))
+    _, cache = module.forward(x, np.ones(3), np.zeros(3), activation="relu")
+    expected = module.backward(dy, cache)
+    new = pickle.dumps(cache, protocol=2)  # protocol 2: the class as text, "module\nname"
+    assert b"fastbn._cache\nCache" in new
+    old = new.replace(b"fastbn._cache\nCache", b"fastbn._checks\nCache")
+    for data in (new, old, pickle.dumps(cache)):
+        loaded = pickle.loads(data)
+        assert type(loaded) is fastbn.Cache
+        for got, want in zip(module.backward(dy, loaded), expected):
+            assert_bitwise_equal(got, want)

@@ -561,9 +561,9 @@ def test_save_load_npz(tmp_path, kwargs):
     _assert_same_state(src, dst)
     for mode in (True, False):
         np.testing.assert_array_equal(dst.train(mode)(x), src.train(mode)(x))
-    # str paths and the npz aliases
-    src.save_npz(str(tmp_path / "bn.npz"))
-    _assert_same_state(src, BatchNorm.load_npz(str(tmp_path / "bn.npz")))
+    # str paths
+    src.save(str(tmp_path / "bn.npz"))
+    _assert_same_state(src, BatchNorm.load(str(tmp_path / "bn.npz")))
 
 
 def test_save_load_file_object():
