@@ -133,7 +133,8 @@ def median_of(samples, k, figure):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--loads", default="0,1,2",
-                    help="busy loops per core, comma-separated (0: quiet); default 0,1,2")
+                    help="busy loops per core, comma-separated (0: quiet; 0.5: one on every "
+                         "other core); default 0,1,2")
     ap.add_argument("--runs", type=int, default=3, help="runs per load (default 3)")
     ap.add_argument("--calls", type=int, default=15, help="calls per median (default 15)")
     ap.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated, e.g. 256x256")
@@ -144,7 +145,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     shapes = [parse_shape(s) for s in args.shapes.split(",")]
-    loads = [int(n) for n in args.loads.split(",")]
+    loads = [float(n) if "." in n else int(n) for n in args.loads.split(",")]
     rng = np.random.default_rng(0)
     print(f"fastbn {fastbn.__version__} ({fastbn.backend}), {cores} cores; forward + backward "
           f"float64, medians of {args.calls} calls; {args.threads} threads vs 1")
@@ -157,7 +158,7 @@ def main(argv=None):
     worst, pooled = {}, {}
     for load in loads:
         for run in range(args.runs):
-            busy = start_busy(load * cores, args.max_seconds)
+            busy = start_busy(round(load * cores), args.max_seconds)
             try:
                 time.sleep(0.2)  # let the busy loops start
                 for shape in shapes:
