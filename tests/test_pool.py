@@ -127,3 +127,19 @@ def test_one_cpu_without_back_off_interleaves_threads_with_the_same_bits():
     """)
     alone, shared = map(int, out.split())
     assert alone == 0
+
+
+def test_contention_benchmark_runs_and_reports_its_control():
+    # bench/contention.py (the busy-machine table in the README): a short run with a busy
+    # loop on every other core prints the per-run figures and the summary tables
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench",
+                          "contention.py")
+    if not os.path.exists(script):
+        pytest.skip("bench/contention.py is not in this tree")
+    out = subprocess.run([sys.executable, script, "--loads", "0,0.5", "--runs", "1", "--calls",
+                          "3", "--shapes", "16x8,64x1024", "--max-seconds", "60"],
+                         capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr
+    for text in ("control", "own-cpu", "load 0.5/core  run 1  (64, 1024)",
+                 "worst over 1 runs: control: 1 thread / 1 thread", "mean of all 3 calls"):
+        assert text in out.stdout, text
