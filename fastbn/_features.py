@@ -120,11 +120,12 @@ def check_features(x, a, mask=None, renorm=None, virtual_batch_size=None, residu
         if residual.dtype != x.dtype:
             raise TypeError(f"residual must have the dtype of x ({x.dtype}), got "
                             f"{residual.dtype}")
-        if a.out is not None and a.out is not residual and _overlap(a.out, residual):
-            raise ValueError("out must not share memory with residual, unless it is residual "
-                             "itself (out=residual: in place)")
+        if a.out is not None and _overlap(a.out, residual):
+            raise ValueError("out must not share memory with residual: backward reads it")
         f.residual = residual
-    f.groups = _group_slices(x.shape[0], f.virtual_batch_size if a.training else None)
+    if not a.training:  # evaluation mode normalises with the running statistics only
+        f.renorm = f.virtual_batch_size = None
+    f.groups = _group_slices(x.shape[0], f.virtual_batch_size)
     f.counts = [_count(f, x.shape, g) for g in f.groups]
     if a.training and f.channels:
         low = min(f.counts)
@@ -145,14 +146,10 @@ def _overlap(a, b):
 
 def _count(f, shape, rows):
     """Values per channel entering the statistics of the rows `rows` (mask applied)."""
-    n = rows.stop - rows.start
     if f.mask is None:
-        return n * math.prod(shape[1:]) // max(f.channels, 1)
-    m = f.mask[rows] if f.mask.shape[0] != 1 else f.mask
-    total = int(np.count_nonzero(m)) * (n if f.mask.shape[0] == 1 else 1)
-    # the mask broadcasts along the other non-channel axes where its size is 1
-    spread = math.prod(shape[d] for d in f.others if d != 0 and f.mask.shape[d] == 1)
-    return total * spread
+        return (rows.stop - rows.start) * math.prod(shape[1:]) // max(f.channels, 1)
+    one_channel = tuple(1 if d in f.axes else n for d, n in enumerate(shape))
+    return int(np.count_nonzero(np.broadcast_to(f.mask, one_channel)[rows]))
 
 
 def renorm_constants(mean, var, running_mean, running_var, eps, rmax, dmax):
@@ -226,6 +223,9 @@ class FeatureCache(Cache):
         self.x_overwritten, self.x_written = x_overwritten, False
         self._features = f
 
+    def check(self):
+        return check_feature_cache(self)
+
     def flat(self, name):
         """`name` (mean, invstd, r, d) as a (groups, C) float64 array."""
         v = getattr(self, name)
@@ -260,8 +260,8 @@ def check_feature_cache(cache):
                             f"{_describe(v)}")
     for name in ("gamma", "beta"):
         v = getattr(cache, name)
-        if v is not None and (not isinstance(v, np.ndarray) or v.shape != (C,)):
-            raise TypeError(f"cache.{name} must be None or an ndarray of shape ({C},), "
+        if v is not None and (not isinstance(v, np.ndarray) or v.size != C):
+            raise TypeError(f"cache.{name} must be None or an ndarray of {C} values, "
                             f"got {_describe(v)}")
     invstd_values(np.asarray(cache.invstd, dtype=np.float64).ravel(), "cache.invstd")
     for name in ("training", "x_overwritten", "x_written"):
