@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 import fastbn
 import fastbn.reference as R
-from conftest import assert_close, channel_values, snapshot
+from conftest import LAYOUTS, assert_close, channel_values, fresh_out, lay_out, snapshot
 from test_gradients import FD_RTOL, central_difference
 
 C_BACKEND = fastbn.backend == "c"
@@ -79,15 +79,17 @@ def feature_cases(draw):
     use_residual = draw(st.booleans())
     dtype = np.float64 if activation else draw(st.sampled_from([np.float32, np.float64]))
     return (tuple(shape), tuple(axes), dtype, kw, use_mask, use_residual,
-            draw(st.booleans()), draw(st.integers(0, 2**32 - 1)))
+            draw(st.booleans()), draw(st.integers(0, 2**32 - 1)), draw(st.sampled_from(LAYOUTS)),
+            draw(st.booleans()))
 
 
 @pytest.mark.skipif(not C_BACKEND, reason="compares the compiled backend with the reference")
 @given(case=feature_cases())
 def test_compiled_matches_reference(case):
-    shape, axes, dtype, kw, use_mask, use_residual, need_dx, seed = case
+    shape, axes, dtype, kw, use_mask, use_residual, need_dx, seed, layout, use_out = case
     x, dy, gamma, beta, rm, rv = make(shape, axes, dtype, seed)
     rng = np.random.default_rng([seed, 1])
+    x, dy = lay_out(x, layout, rng), lay_out(dy, layout, rng)
     if use_mask:
         mshape = tuple(1 if d in axes or rng.random() < 0.3 else n for d, n in enumerate(shape))
         kw["mask"] = rng.random(mshape) < 0.8
@@ -99,7 +101,10 @@ def test_compiled_matches_reference(case):
         with pytest.raises(ValueError):
             run(K, x, dy, gamma, beta, rm, rv, {"need_dx": need_dx}, **kw)
         return
+    if use_out:
+        kw["out"] = fresh_out(shape, dtype, layout, rng)
     got, cache = run(K, x, dy, gamma, beta, rm, rv, {"need_dx": need_dx}, **kw)
+    assert not use_out or got[0] is kw["out"]
     rtol = {np.float32: 2e-5, np.float64: 1e-10}[dtype]
     assert_all_close(got, want, rtol, f"{kw}")
 
