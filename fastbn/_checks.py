@@ -62,7 +62,7 @@ def channel_axis(axis, ndim, name="axis"):
 def channel_axes(axis, ndim):
     """`axis` of forward: an integer, or a tuple of distinct axes (several channel
     axes, sorted; a tuple of one is that integer)."""
-    if not isinstance(axis, tuple):
+    if type(axis) is not tuple:
         return channel_axis(axis, ndim)
     if not axis:
         raise ValueError("axis must not be an empty tuple: give at least one channel axis")
@@ -226,13 +226,16 @@ def same_shape(a, ref, name, ref_name):
 def activation(value, name="activation", leaky=False):
     """None (or "identity"), "relu", and with `leaky` (forward, backward, the layer)
     "leaky_relu"."""
-    known = "None, 'relu' or 'leaky_relu'" if leaky else "None or 'relu'"
-    if value is not None and not isinstance(value, str):
-        raise TypeError(f"{name} must be {known}, got {_describe(value)}")
-    if value is None or value == "identity":
+    if value is None:
         return None
-    if value == "relu" or (leaky and value == "leaky_relu"):
-        return value
+    if isinstance(value, str):
+        if value == "identity":
+            return None
+        if value == "relu" or (leaky and value == "leaky_relu"):
+            return value
+    known = "None, 'relu' or 'leaky_relu'" if leaky else "None or 'relu'"
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be {known}, got {_describe(value)}")
     raise ValueError(f"{name} must be {known}, got {value!r}")
 
 
@@ -339,8 +342,11 @@ def check_forward(x, gamma, beta, axis, eps, training, running_mean, running_var
     a = ForwardArgs()
     data_array(x, "x")
     a.axis = channel_axes(axis, x.ndim)
-    chshape = (x.shape[a.axis],) if is_integer(a.axis) else tuple(x.shape[d] for d in a.axis)
-    a.channels = math.prod(chshape)
+    if type(a.axis) is int:
+        chshape, a.channels = None, x.shape[a.axis]
+    else:  # several channel axes: per-channel arrays of their shape or (C,)
+        chshape = tuple(x.shape[d] for d in a.axis)
+        a.channels = math.prod(chshape)
     a.count = x.size // a.channels if a.channels else 0
     a.gamma = channel_vector(gamma, a.channels, "gamma", like=x.dtype, shape=chshape)
     a.beta = channel_vector(beta, a.channels, "beta", like=x.dtype, shape=chshape)
@@ -389,8 +395,8 @@ def check_cache(cache):
     so that nothing inconsistent reaches the kernels."""
     if not isinstance(cache, Cache):
         raise TypeError(f"cache must be the Cache returned by forward, got {_describe(cache)}")
-    if hasattr(cache, "_features"):  # a forward with keywords beyond the plain ones
-        return cache.check()
+    if type(cache) is not Cache and hasattr(cache, "_features"):
+        return cache.check()  # a FeatureCache: a forward with keywords beyond the plain ones
     x = cache.x
     if not isinstance(x, np.ndarray):
         raise TypeError(f"cache.x must be a numpy.ndarray, got {_describe(x)}")
@@ -434,11 +440,12 @@ def check_backward(dy, cache, out, need_dx=True):
         raise ValueError("cannot run backward: an earlier backward on this cache wrote its "
                          "output over x (out=x), which backward needs; run backward once, "
                          "or give it another out")
-    need_dx = bool_arg(need_dx, "need_dx")
-    residual = getattr(cache, "residual", None) is not None  # a FeatureCache's
-    names = "(dx, dgamma, dbeta, dresidual)" if residual else "(dx, dgamma, dbeta)"
+    if need_dx is not True:
+        bool_arg(need_dx, "need_dx")
+    residual = type(cache) is not Cache and getattr(cache, "residual", None) is not None
     if isinstance(out, tuple):
         if len(out) != 3 + residual:
+            names = "(dx, dgamma, dbeta, dresidual)" if residual else "(dx, dgamma, dbeta)"
             raise ValueError(f"out must be an array or a tuple {names}, got a tuple of {len(out)}")
         dx_out, dg_out, db_out, *dr_out = out
     else:

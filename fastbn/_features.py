@@ -97,8 +97,8 @@ def check_features(x, a, mask=None, renorm=None, virtual_batch_size=None, residu
     """The keywords beyond the plain forward, for the call checked as `a` (check_forward):
     None when none is used (the plain path), else a `Features`."""
     if (mask is None and renorm is None and virtual_batch_size is None and residual is None
-            and a.activation != "leaky_relu" and is_integer(a.axis)
-            and negative_slope == NEGATIVE_SLOPE and type(negative_slope) is float):
+            and type(a.axis) is int and a.activation != "leaky_relu"
+            and type(negative_slope) is float and negative_slope == NEGATIVE_SLOPE):
         return None
     f = geometry(Features(), x.shape, a.axis)
     f.activation = a.activation
