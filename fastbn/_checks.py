@@ -223,6 +223,16 @@ def same_shape(a, ref, name, ref_name):
     return a
 
 
+def like_x(a, x, name):
+    """`a` (dy, residual): a float array of x's shape and dtype."""
+    float_array(a, name)
+    same_shape(a, x, name, "x")
+    if a.dtype != x.dtype:
+        raise TypeError(f"{name} must have the dtype of x ({x.dtype}), got {a.dtype}: "
+                        f"pass {name}.astype(np.{x.dtype})")
+    return a
+
+
 def activation(value, name="activation", leaky=False):
     """None (or "identity"), "relu", and with `leaky` (forward, backward, the layer)
     "leaky_relu"."""
@@ -569,11 +579,7 @@ def check_per_channel(x, axis, vectors, out=None, dy=_NO_DY):
     Only gamma and beta may be None."""
     data_array(x, "x")
     if dy is not _NO_DY:
-        float_array(dy, "dy")
-        same_shape(dy, x, "dy", "x")
-        if dy.dtype != x.dtype:
-            raise TypeError(f"dy must have the dtype of x ({x.dtype}), got {dy.dtype}: "
-                            f"pass dy.astype(np.{x.dtype})")
+        like_x(dy, x, "dy")
     axis = channel_axis(axis, x.ndim)
     C = x.shape[axis]
     for name, v in vectors.items():

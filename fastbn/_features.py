@@ -11,8 +11,8 @@ import math
 import numpy as np
 
 from ._cache import Cache
-from ._checks import (_describe, bool_arg, data_array, float_array, invstd_values,
-                      is_integer, real_number, same_shape)
+from ._checks import (_describe, bool_arg, data_array, invstd_values, is_integer, like_x,
+                      real_number)
 
 __all__ = ["Features", "FeatureCache", "check_features", "check_feature_cache",
            "renorm_constants", "activate", "activation_slope", "NEGATIVE_SLOPE"]
@@ -115,11 +115,7 @@ def check_features(x, a, mask=None, renorm=None, virtual_batch_size=None, residu
     f.mask = _mask(mask, x, f)
     f.residual = None
     if residual is not None:
-        float_array(residual, "residual")
-        same_shape(residual, x, "residual", "x")
-        if residual.dtype != x.dtype:
-            raise TypeError(f"residual must have the dtype of x ({x.dtype}), got "
-                            f"{residual.dtype}")
+        like_x(residual, x, "residual")
         if a.out is not None and _overlap(a.out, residual):
             raise ValueError("out must not share memory with residual: backward reads it")
         f.residual = residual
