@@ -8,7 +8,7 @@ one axis of W values (a view of a C-contiguous x: no copy):
 
   statistics   batch_stats per group of rows (virtual batches: slices of axis 0, views),
                merged over the axes inside the span that are not channel axes (Chan);
-               with a mask, NumPy (fastbn.reference's masked statistics)  [interim]
+               with a mask, batch_stats of the kept positions, gathered  [interim: a copy]
   forward      normalize with per-channel coefficients (renorm: gamma * r, gamma * d + beta;
                ReLU fused when there is no residual), then residual and leaky ReLU in
                NumPy  [interim]
@@ -76,6 +76,17 @@ class _Wide:
         return mean.ravel(), m2.ravel() / count
 
 
+def _masked_stats(x, f, rows):
+    """(mean, var) per channel of the positions the mask keeps in the rows `rows`:
+    [interim] those positions gathered (a copy of them: (m, C)), then batch_stats."""
+    channels_last = np.moveaxis(x[rows], f.axes, range(x.ndim - len(f.axes), x.ndim))
+    keep = np.broadcast_to(f.mask, tuple(1 if d in f.axes else n for d, n in
+                                         enumerate(x.shape)))[rows].squeeze(axis=f.axes)
+    kept = channels_last[keep].reshape(-1, f.channels)
+    count, mean, m2 = _core.batch_stats(kept, axis=1)
+    return mean, m2 / count
+
+
 def _coefficients(cache, i):
     """gamma * r and gamma * d + beta of group i (None where the plain value is)."""
     gamma, beta = cache.gamma, cache.beta
@@ -111,8 +122,8 @@ def feature_forward(x, a, f, then):
     if not a.training:
         stats = [(a.running_mean.astype(np.float64).ravel(),
                   a.running_var.astype(np.float64).ravel())]
-    elif f.mask is not None:  # [interim] NumPy
-        stats = [reference._group_stats(x, a, f, rows, n) for rows, n in zip(f.groups, f.counts)]
+    elif f.mask is not None:
+        stats = [_masked_stats(x, f, rows) for rows in f.groups]
     else:
         stats = [w.stats(x3[w.rows(rows)]) for rows in f.groups]
     mean, var = np.array([s[0] for s in stats]), np.array([s[1] for s in stats])
