@@ -12,7 +12,7 @@ from ._checks import (canonical, channel_axis,
                       overlaps, overwrites_x, running_var_factor, separate)
 from . import _checks
 from ._checks import activation as check_activation
-from ._features import NEGATIVE_SLOPE, FeatureCache, check_features
+from ._features import NEGATIVE_SLOPE, NO_FEATURES, FeatureCache, check_features
 from ._checks import store as _store
 from ._threads import get_num_threads
 from .reference import merge_stats  # O(parts * C) NumPy: nothing to gain in C
@@ -129,18 +129,17 @@ def _checked_forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=Tru
             and not _checks._momentum_warned:
         _checks.warn_momentum(momentum)  # once; the layer warns when built
     return _forward_then(x, gamma, beta, axis, eps, training, running_mean, running_var,
-                        momentum, out, activation, None, unbiased_running_var, mask=mask,
-                        renorm=renorm, virtual_batch_size=virtual_batch_size,
-                        residual=residual, negative_slope=negative_slope)
+                        momentum, out, activation, None, unbiased_running_var,
+                        (mask, renorm, virtual_batch_size, residual, negative_slope))
 
 
 def _forward_then(x, gamma, beta, axis, eps, training, running_mean, running_var, momentum,
-                 out, activation, then, unbiased_running_var=True, **features):
+                 out, activation, then, unbiased_running_var=True, features=NO_FEATURES):
     """forward; `then(cache)`, if given, is the last step of the state update, committed
     with the running statistics in one step (the layer's num_batches_tracked)."""
     a = check_forward(x, gamma, beta, axis, eps, training, running_mean, running_var,
                       momentum, out, activation, unbiased_running_var)
-    f = check_features(x, a, **features)
+    f = check_features(x, a, *features)
     if f is not None:  # the keywords beyond the plain forward: composed kernels (interim)
         from ._interim import feature_forward
         return feature_forward(x, a, f, then)

@@ -15,9 +15,12 @@ from ._checks import (_describe, bool_arg, data_array, invstd_values, is_integer
                       real_number)
 
 __all__ = ["Features", "FeatureCache", "check_features", "check_feature_cache",
-           "renorm_constants", "activate", "activation_slope", "NEGATIVE_SLOPE"]
+           "renorm_constants", "activate", "activation_slope", "NEGATIVE_SLOPE", "NO_FEATURES"]
 
 NEGATIVE_SLOPE = 0.01  # the default of negative_slope, as in PyTorch
+# check_features' arguments after (x, a) when none is used: mask, renorm,
+# virtual_batch_size, residual, negative_slope (a tuple: cheaper to pass than keywords)
+NO_FEATURES = (None, None, None, None, NEGATIVE_SLOPE)
 
 
 class Features:

@@ -522,10 +522,9 @@ class BatchNorm:
         y, cache = impl._forward_then(x, state.get("gamma"), state.get("beta"),
                                       self.axis, self.eps, use_batch_stats, *running, momentum,
                                       out, self.activation, partial(self._commit, count, state),
-                                      self.unbiased_running_var, mask=mask, residual=residual,
-                                      renorm=self.renorm if use_batch_stats else None,
-                                      virtual_batch_size=self.virtual_batch_size,
-                                      negative_slope=self.negative_slope)
+                                      self.unbiased_running_var,
+                                      (mask, self.renorm if use_batch_stats else None,
+                                       self.virtual_batch_size, residual, self.negative_slope))
         return (y, cache) if return_cache else y
 
     def _call_mode(self, training):

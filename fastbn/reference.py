@@ -13,8 +13,8 @@ from ._checks import (channel_axis, check_backward, check_count, check_forward,
                       vector_shape)
 from . import _checks
 from ._checks import activation as check_activation
-from ._features import (NEGATIVE_SLOPE, FeatureCache, activate, activation_slope,
-                        check_features, renorm_constants)
+from ._features import (NEGATIVE_SLOPE, NO_FEATURES, FeatureCache, activate,
+                        activation_slope, check_features, renorm_constants)
 
 
 def _col(v, ndim, axis):
@@ -83,17 +83,16 @@ def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
             and not _checks._momentum_warned:
         _checks.warn_momentum(momentum)  # once per process; the layer warns when built
     return _forward_then(x, gamma, beta, axis, eps, training, running_mean, running_var,
-                        momentum, out, activation, None, unbiased_running_var, mask=mask,
-                        renorm=renorm, virtual_batch_size=virtual_batch_size,
-                        residual=residual, negative_slope=negative_slope)
+                        momentum, out, activation, None, unbiased_running_var,
+                        (mask, renorm, virtual_batch_size, residual, negative_slope))
 
 
 def _forward_then(x, gamma, beta, axis, eps, training, running_mean, running_var, momentum,
-                 out, activation, then, unbiased_running_var=True, **features):
+                 out, activation, then, unbiased_running_var=True, features=NO_FEATURES):
     """forward; `then(cache)`, if given, is committed with the running statistics."""
     a = check_forward(x, gamma, beta, axis, eps, training, running_mean, running_var,
                       momentum, out, activation, unbiased_running_var)
-    f = check_features(x, a, **features)
+    f = check_features(x, a, *features)
     if f is not None:
         return _feature_forward(x, a, f, then)
     # the values forward uses, copied before `out` (which may overlap them) is written
