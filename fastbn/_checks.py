@@ -475,7 +475,7 @@ def check_backward(dy, cache, out, need_dx=True):
     outs = [dx_out, dg_out, db_out]
     if residual:
         outs.append(out_array(dr_out[0], x.shape, x.dtype, "out[3]"))
-    if any(o is not None for o in outs[1:]):
+    if dg_out is not None or db_out is not None or (residual and outs[3] is not None):
         outputs_apart([(f"out[{i}]", o) for i, o in enumerate(outs)])
     return outs
 
