@@ -12,7 +12,9 @@ from ._checks import (canonical, channel_axis,
                       overlaps, overwrites_x, running_var_factor, separate)
 from . import _checks
 from ._checks import activation as check_activation
+from ._checks import is_half
 from ._checks import store as _store
+from . import reference as _reference
 from ._threads import get_num_threads
 from .reference import merge_stats  # O(parts * C) NumPy: nothing to gain in C
 
@@ -21,6 +23,7 @@ __all__ = ["forward", "backward", "batch_stats", "merge_stats", "normalize",
 
 
 _F64 = np.dtype(np.float64)
+_EMA_DTYPES = (np.dtype(np.float32), _F64)  # the running statistics the kernels update
 
 
 def _f64(v):
@@ -63,9 +66,14 @@ class _Output:
 def _ema(running, batch, momentum, factor, batch_lo=None):
     """The updated running statistic, computed in a new array (the state is written
     only by `commit`, all statistics in one step)."""
-    new = np.array(running, copy=True)  # contiguous and aligned, of running's dtype
+    if running.dtype in _EMA_DTYPES:
+        new = np.array(running, copy=True)  # contiguous and aligned, of running's dtype
+        _kernels.ema(new, batch, batch_lo, momentum, factor)
+        return new
+    # another float dtype (float16, bfloat16, longdouble): computed in float64, rounded once
+    new = np.array(running, dtype=_F64)
     _kernels.ema(new, batch, batch_lo, momentum, factor)
-    return new
+    return new.astype(running.dtype)
 
 
 def _running_copies(running_mean, running_var, mean, var, count, momentum, mean_lo=None,
@@ -93,7 +101,15 @@ def _coefficients(mean, invstd, gamma, beta):
     return shift, scale, bias
 
 
+def _half(x):
+    """Whether `x` is half-precision data, which (interim, until the kernels have their
+    half-precision instantiations) the reference computes."""
+    return isinstance(x, np.ndarray) and is_half(x.dtype)
+
+
 def batch_stats(x, *, axis=1):
+    if _half(x):
+        return _reference.batch_stats(x, axis=axis)
     data_array(x, "x")
     axis = channel_axis(axis, x.ndim)
     C = x.shape[axis]
@@ -105,6 +121,9 @@ def batch_stats(x, *, axis=1):
 
 
 def normalize(x, mean, invstd, gamma=None, beta=None, *, axis=1, out=None, activation=None):
+    if _half(x):
+        return _reference.normalize(x, mean, invstd, gamma, beta, axis=axis, out=out,
+                                    activation=activation)
     axis, vectors = check_per_channel(
         x, axis, {"mean": mean, "invstd": invstd, "gamma": gamma, "beta": beta}, out)
     relu = check_activation(activation) == "relu"
@@ -134,6 +153,10 @@ def _forward_then(x, gamma, beta, axis, eps, training, running_mean, running_var
                  out, activation, then, unbiased_running_var=True):
     """forward; `then(cache)`, if given, is the last step of the state update, committed
     with the running statistics in one step (the layer's num_batches_tracked)."""
+    if _half(x):
+        return _reference._forward_then(x, gamma, beta, axis, eps, training, running_mean,
+                                        running_var, momentum, out, activation, then,
+                                        unbiased_running_var)
     a = check_forward(x, gamma, beta, axis, eps, training, running_mean, running_var,
                       momentum, out, activation, unbiased_running_var)
     relu = a.activation == "relu"
@@ -175,6 +198,8 @@ def _own(v, given):
 
 def _checked_backward(dy, cache, *, out=None):
     """backward for any arguments (see _checked_forward)."""
+    if hasattr(cache, "x") and _half(cache.x):
+        return _reference.backward(dy, cache, out=out)
     dx_out, dg_out, db_out = check_backward(dy, cache, out)
     x, axis = cache.x, cache.axis
     C = x.shape[axis]
@@ -209,6 +234,9 @@ def _mask_coefficients(mean, invstd, gamma, beta, relu):
 
 
 def backward_reduce(dy, x, mean, invstd, *, axis=1, gamma=None, beta=None, activation=None):
+    if _half(x):
+        return _reference.backward_reduce(dy, x, mean, invstd, axis=axis, gamma=gamma,
+                                          beta=beta, activation=activation)
     axis, vectors = check_per_channel(
         x, axis, {"mean": mean, "invstd": invstd, "gamma": gamma, "beta": beta}, dy=dy)
     relu = check_activation(activation) == "relu"
@@ -224,6 +252,10 @@ def backward_reduce(dy, x, mean, invstd, *, axis=1, gamma=None, beta=None, activ
 
 def backward_elemt(dy, x, mean, invstd, gamma, sum_dy, sum_dy_xhat, count, *, axis=1, out=None,
                    beta=None, activation=None):
+    if _half(x):
+        return _reference.backward_elemt(dy, x, mean, invstd, gamma, sum_dy, sum_dy_xhat,
+                                         count, axis=axis, out=out, beta=beta,
+                                         activation=activation)
     axis, vectors = check_per_channel(
         x, axis, {"mean": mean, "invstd": invstd, "gamma": gamma, "sum_dy": sum_dy,
                   "sum_dy_xhat": sum_dy_xhat, "beta": beta}, out, dy=dy)
