@@ -10,12 +10,12 @@
  * in the slow run, and against NumPy and ml_dtypes):
  *
  *  - Portable, exact scalar functions fbn_f16_to_f32 / fbn_f32_to_f16 /
- *    fbn_bf16_to_f32 / fbn_f32_to_bf16: integer operations and selects only (no
- *    branch, no table, no float arithmetic), so they do not depend on the
- *    floating-point environment (rounding mode, flush-to-zero, denormals-are-zero)
- *    and the compiler vectorises loops over them with the SIMD integer
- *    instructions of whatever instruction set a function is compiled for (SSE2,
- *    AVX2, AVX-512: see the kernels' runtime dispatch).
+ *    fbn_bf16_to_f32 / fbn_f32_to_bf16: integer operations, selects and exact
+ *    float additions (no branch, no table), which flush-to-zero and
+ *    denormals-are-zero do not change (float16 narrowing of subnormal results
+ *    needs the default rounding mode), and which the compiler vectorises with the
+ *    SIMD instructions of whatever instruction set a function is compiled for
+ *    (SSE2, AVX2, AVX-512: see the kernels' runtime dispatch).
  *  - Vector forms fbn_f16x8_* / fbn_f16x16_* / fbn_bf16x8_* / fbn_bf16x16_*, defined
  *    where the translation unit (or the enclosing #pragma GCC target) enables the
  *    instructions: F16C (VCVTPH2PS / VCVTPS2PH, 8 values) and AVX-512F (16 values)
@@ -62,43 +62,38 @@ FBN_HALF_INLINE float fbn_bits_f32(uint32_t u) {
 /* ---- binary16 ----------------------------------------------------------- */
 
 /* Exact. Normal values: exponent rebiased (15 -> 127), significand moved up 13
- * bits. Subnormals m * 2^-24 (m < 1024): the integer m converted (exactly) and
- * scaled by 2^-24 (exactly, whatever the rounding mode: the product is a normal
- * float, so flush-to-zero and denormals-are-zero do not touch it either). */
+ * bits. Subnormals m * 2^-24 (m < 1024): the normal float 2^-14 * (1 + m / 1024)
+ * (the same bits, exponent field 113) less 2^-14, an exact subtraction of normal
+ * floats (so rounding mode, flush-to-zero and denormals-are-zero do not matter).
+ * Infinity and NaN: exponent field 255, NaNs quieted. */
 FBN_HALF_INLINE float fbn_f16_to_f32(fbn_f16 h) {
     const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
     const uint32_t mag = h & 0x7fffu;
-    const uint32_t m = h & 0x3ffu;
-    const uint32_t normal = (mag << 13) + (112u << 23);
-    const uint32_t special = 0x7f800000u | (m << 13) | (m ? 0x00400000u : 0u); /* Inf, qNaN */
-    /* subnormal: (float)m * 2^-24, built from m's bits */
-    const float sub = (float)(int32_t)m * 5.9604644775390625e-8f; /* 2^-24: exact product */
-    const uint32_t subnormal = fbn_f32_bits(sub);
+    const uint32_t shifted = mag << 13;
+    const uint32_t normal = shifted + (112u << 23);
+    const uint32_t subnormal =
+        fbn_f32_bits(fbn_bits_f32(normal + (1u << 23)) - 6.103515625e-05f); /* - 2^-14 */
+    const uint32_t special = (shifted + (224u << 23)) | (mag > 0x7c00u ? 0x00400000u : 0u);
     const uint32_t r = mag >= 0x7c00u ? special : mag >= 0x0400u ? normal : subnormal;
     return fbn_bits_f32(sign | r);
 }
 
-/* Round to nearest, ties to even; integer operations only. */
+/* Round to nearest, ties to even. Normal range (|f| >= 2^-14): exponent rebiased
+ * (127 -> 15) and 13 bits rounded off with integer operations; a carry out of the
+ * significand moves the exponent up, as it should; 65520 and beyond (and
+ * infinity) reach 0x7c00 or more: infinity. Subnormal range: |f| + 0.5, whose
+ * float addition rounds |f| to a multiple of 2^-24 (0.5's unit in the last place)
+ * to nearest even, leaves the result's bits in the low bits (less 0.5's bits); a
+ * float subnormal gives 0 whether or not denormals count as zero. This one step
+ * relies on the default rounding mode (round to nearest), which NumPy and Python
+ * assume too; every other step is exact. */
 FBN_HALF_INLINE fbn_f16 fbn_f32_to_f16(float f) {
     const uint32_t u = fbn_f32_bits(f);
     const uint32_t sign = (u >> 16) & 0x8000u;
     const uint32_t x = u & 0x7fffffffu;
-    /* normal range (x >= 2^-14): rebias (127 -> 15) and round off 13 bits; a carry
-     * out of the significand moves the exponent up, as it should; 65520 and beyond
-     * (and infinity) reach 0x7c00 or more: infinity */
     const uint32_t rn = (x - (112u << 23) + 0x0fffu + ((x >> 13) & 1u)) >> 13;
     const uint32_t normal = rn < 0x7c00u ? rn : 0x7c00u;
-    /* subnormal range (x < 2^-14): the significand with its leading bit, shifted to
-     * units of 2^-24 with the bits shifted out rounding it (an exponent field e gives
-     * a shift of 126 - e: 14 at 2^-15, more below; capped at 31, which gives 0, as
-     * everything below 2^-25 rounds to; float subnormals (e = 0) too) */
-    const uint32_t e = x >> 23;
-    const uint32_t shift = e < 95u ? 31u : e > 112u ? 14u : 126u - e; /* in [14, 31] */
-    const uint32_t sig = (x & 0x007fffffu) | 0x00800000u;
-    const uint32_t kept = sig >> shift;
-    const uint32_t rest = sig & ((1u << shift) - 1u);
-    const uint32_t half = 1u << (shift - 1u);
-    const uint32_t subnormal = kept + (rest > half || (rest == half && (kept & 1u)));
+    const uint32_t subnormal = fbn_f32_bits(fbn_bits_f32(x) + 0.5f) - 0x3f000000u;
     const uint32_t nan = 0x7e00u | ((x >> 13) & 0x3ffu);
     const uint32_t r = x > 0x7f800000u ? nan : x >= 0x38800000u ? normal : subnormal;
     return (fbn_f16)(sign | r);
