@@ -68,18 +68,18 @@ def floors(floor, d, threads):
     n = ctypes.c_size_t(x.nbytes // 4)  # the floor passes count float32 values: same bytes
     px, pdy, po = (ctypes.c_void_p(a.ctypes.data) for a in (x, dy, out))
 
-    def copy():
+    def copy(keep=(x, dy, out)):  # the arrays stay alive as long as the passes
         floor.floor_copy(po, px, n, threads)
 
     def read_copy():
         floor.floor_read(px, n, threads)
-        floor.floor_copy(po, px, n, threads)
+        copy()
 
     def backward():
         floor.floor_read(px, n, threads)
         floor.floor_read(pdy, n, threads)
         floor.floor_read(pdy, n, threads)
-        floor.floor_copy(po, px, n, threads)
+        copy()
 
     return {"forward-train": read_copy, "backward": backward, "inference": copy}
 
