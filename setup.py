@@ -7,6 +7,7 @@ openmp or none forces a choice (FASTBN_NO_OPENMP=1, the old switch, means none).
 FASTBN_SANITIZE=1 builds with AddressSanitizer and UndefinedBehaviorSanitizer for
 the CI's memory-safety run.
 """
+import glob
 import os
 import sys
 import tempfile
@@ -97,10 +98,10 @@ class BuildExt(build_ext):
 
 extension = Extension(
     "fastbn._kernels",
-    sources=["fastbn/_kernels.pyx", "src_c/kernels.c", "src_c/parallel.c"],
+    sources=["fastbn/_kernels.pyx", "src_c/kernels.c", "src_c/plan.c", "src_c/work.c",
+             "src_c/parallel.c"],
     include_dirs=["src_c", np.get_include()],
-    depends=["fastbn/_front.pxi", "src_c/fastbn.h", "src_c/plan.h", "src_c/kernels_impl.h",
-             "src_c/parallel.h"],
+    depends=["fastbn/_front.pxi", "fastbn/_kernels.pxd", *glob.glob("src_c/*.h")],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
 )
 

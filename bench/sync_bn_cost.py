@@ -1,24 +1,34 @@
-"""What synchronising batch norm over MPI costs, against the local kernel.
+"""What synchronising batch norm over MPI costs: time, and bytes counted per rank.
 
     python bench/sync_bn_cost.py                 # one run: measures, then launches mpiexec -n 2
     python bench/sync_bn_cost.py --shape 64 64 56 56 --ranks 2 --rounds 5 --repeats 10
+    python bench/sync_bn_cost.py --scaling 2 4 8 16 --channels 512   # the cost-model table
 
 Part 1 (this process): fastbn.forward / fastbn.backward on the whole batch, with 1
 thread and with 2 threads.
 Part 2 (``mpiexec -n R`` on this script, 1 thread per rank): each rank holds 1/R of
 the batch and runs
-  * sync_forward / sync_backward (one Allgather each),
+  * sync_forward / sync_backward (one reduction each: recursive doubling),
   * the same local work without communication (batch_stats + normalize,
-    backward_reduce + backward_elemt), to show the price of the collective itself,
+    backward_reduce + backward_elemt), to show the price of the exchange itself,
   * the local fused kernels fastbn.forward / fastbn.backward on its part (not the
     same maths: local statistics), for scale,
-  * the bare Allgather of the rows they send (a header, then 2C float64, padded to
-    the communicator's row length).
+  * the bare reduction of the forward's message, and the one-Allgather design it
+    replaced (an Allgather of every rank's message, then the same merges in rank
+    order), for the crossover;
+and reports the bytes and messages each rank sent and received, as fastbn counts
+them (fastbn.distributed._traffic), beside the cost model.
 Outputs go to preallocated out= buffers (--alloc: fresh arrays each call, which adds
 page-fault time). A step's time is the slowest rank's (max over ranks, per repetition). The two parts
 run in interleaved rounds (a new mpiexec each round), so that a machine shared with
 other work slows both alike; medians over all rounds' repetitions. Prints a table
 and one JSON line.
+
+--scaling P1 P2 ...: no part 1; for each P, ``mpiexec -n P`` with a small batch per
+rank (2 x C x 4 x 4 float32, so that the exchange dominates) measures the counted
+bytes and messages per rank, sync_forward/sync_backward times and the bare
+reduction against the Allgather design; one table row per P (oversubscribed ranks:
+counts are exact, times are only indicative beyond the core count).
 """
 import argparse
 import json
@@ -99,7 +109,7 @@ def worker(shape, repeats, alloc):
     from mpi4py import MPI
 
     import fastbn
-    from fastbn.distributed import _state, sync_backward, sync_forward
+    from fastbn.distributed import sync_backward, sync_forward
     comm = MPI.COMM_WORLD
     R, rank = comm.Get_size(), comm.Get_rank()
     N = shape[0]
@@ -134,22 +144,136 @@ def worker(shape, repeats, alloc):
     _, lcache = fastbn.forward(x, gamma, beta)
     res["local_forward"] = times_ms(lambda: fastbn.forward(x, gamma, beta, out=yo), repeats, comm)
     res["local_backward"] = times_ms(lambda: fastbn.backward(dy, lcache, out=dxo), repeats, comm)
-    length = _state(comm).row  # what sync_forward and sync_backward sent: one row length
-    for name in ("allgather_fwd_row", "allgather_bwd_row"):
-        row, table = np.zeros(length), np.empty((R, length))
-        res[name] = times_ms(lambda: comm.Allgather(row, table), 10 * repeats, comm)
-    res["row_float64"] = length
-    res["bytes_sent_per_rank"] = {"forward": 8 * length, "backward": 8 * length}
+    res.update(exchange_costs(comm, C, repeats))
+    res.update(counted_traffic(comm, lambda: sync_forward(x, gamma, beta, comm=comm, out=yo),
+                               lambda c: sync_backward(dy, c, comm=comm, out=dxo)))
     if rank == 0:
         print("RESULT " + json.dumps(res), flush=True)
 
 
+def model_messages(rank, P):
+    """Messages a rank sends (and receives) per synchronised call (docs/mpi.md)."""
+    p2 = 1 << (P.bit_length() - 1)
+    if rank >= p2:
+        return 1
+    return p2.bit_length() - 1 + (1 if rank < P - p2 else 0)
+
+
+def counted_traffic(comm, forward, backward):
+    """Bytes and messages one forward and one backward sent/received on each rank, as
+    fastbn counts them: max and mean over ranks, and the cost model's max."""
+    from fastbn.distributed import _traffic
+    t0 = _traffic(comm)
+    _, cache = forward()
+    t1 = _traffic(comm)
+    backward(cache)
+    t2 = _traffic(comm)
+    mine = {op: {k: b[k] - a[k] for k in a} for op, (a, b) in
+            {"forward": (t0, t1), "backward": (t1, t2)}.items()}
+    every = comm.allgather(mine)
+    out = {}
+    for op in ("forward", "backward"):
+        for key in ("bytes_sent", "bytes_received", "messages_sent", "collectives"):
+            values = [m[op][key] for m in every]
+            out[f"{op}_{key}_max"] = max(values)
+            out[f"{op}_{key}_mean"] = sum(values) / len(values)
+    return out
+
+
+def exchange_costs(comm, C, repeats):
+    """The bare reduction of a forward's message (header + 3C float64) against the
+    one-Allgather design: Allgather of every rank's message, then the same merges."""
+    from mpi4py import MPI  # noqa: F401
+    from fastbn.distributed import (HEADER, _FORWARD, _header, _merge, _merge_moments,
+                                    _reduce, _state)
+    P, rank = comm.Get_size(), comm.Get_rank()
+    rng = np.random.default_rng(rank)
+    header = _header(_FORWARD, 0, forward_call=0, channels=C, ndim=4, axis=1, eps=1e-5,
+                     count=32)
+    message = np.concatenate([header, 1 + rng.standard_normal(C), np.zeros(C),
+                              32 + rng.random(C)])
+    state = _state(comm)
+
+    def reduction():
+        _reduce(comm, state, message, _merge_moments)
+
+    table = np.empty((P, message.size))
+
+    def allgather_design():
+        comm.Allgather(message, table)
+        acc = table[0]
+        for r in range(1, P):
+            acc = _merge(acc, table[r], _merge_moments)
+
+    return {"reduce_forward_message": times_ms(reduction, 10 * repeats, comm),
+            "allgather_forward_message": times_ms(allgather_design, 10 * repeats, comm),
+            "message_float64": len(HEADER) + 3 * C}
+
+
+def scaling_worker(C, repeats):
+    """One row of the --scaling table: this P, a small batch per rank."""
+    from mpi4py import MPI
+
+    import fastbn
+    from fastbn.distributed import sync_backward, sync_forward
+    comm = MPI.COMM_WORLD
+    rank, P = comm.Get_rank(), comm.Get_size()
+    rng = np.random.default_rng(rank)
+    x = rng.standard_normal((2, C, 4, 4), dtype=np.float32)
+    dy = rng.standard_normal(x.shape, dtype=np.float32)
+    res = {"ranks": P, "channels": C, "backend": fastbn.backend}
+    _, cache = sync_forward(x, comm=comm)
+    res["sync_forward"] = times_ms(lambda: sync_forward(x, comm=comm), repeats, comm)
+    res["sync_backward"] = times_ms(lambda: sync_backward(dy, cache, comm=comm), repeats, comm)
+    res.update(exchange_costs(comm, C, repeats))
+    res.update(counted_traffic(comm, lambda: sync_forward(x, comm=comm),
+                               lambda c: sync_backward(dy, c, comm=comm)))
+    res["model_messages_max"] = max(model_messages(r, P) for r in range(P))
+    if rank == 0:
+        print("RESULT " + json.dumps(res), flush=True)
+
+
+def scaling(args):
+    here = Path(__file__).resolve()
+    mpiexec = _find_mpiexec()
+    env = dict(os.environ, FASTBN_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    C, H = args.channels, 13
+    print(f"counted per rank per call (max over ranks), C={C}; times: medians of "
+          f"{args.repeats} (reductions: x10), slowest rank, 2-core machine, oversubscribed")
+    print(f"{'P':>3} {'fwd msgs':>8} {'fwd bytes':>10} {'model':>10} {'bwd bytes':>10} "
+          f"{'model':>10} {'Allgather rows':>14} {'sync_fwd ms':>11} {'sync_bwd ms':>11} "
+          f"{'reduce ms':>9} {'allgather ms':>12}")
+    rows = []
+    for P in args.scaling:
+        cmd = [mpiexec, "-n", str(P), sys.executable, str(here), "--scaling-worker",
+               "--channels", str(C), "--repeats", str(args.repeats)]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+        m = medians(json.loads(next(line for line in out.splitlines()
+                                    if line.startswith("RESULT "))[7:]))
+        k = m["model_messages_max"]
+        row = dict(m, model_forward_bytes=k * 8 * (H + 3 * C),
+                   model_backward_bytes=k * 8 * (H + 2 * C),
+                   allgather_received_bytes=P * 8 * (H + 3 * C))
+        rows.append(row)
+        print(f"{P:>3} {m['forward_messages_sent_max']:>8} {m['forward_bytes_received_max']:>10} "
+              f"{row['model_forward_bytes']:>10} {m['backward_bytes_received_max']:>10} "
+              f"{row['model_backward_bytes']:>10} {row['allgather_received_bytes']:>14} "
+              f"{m['sync_forward']:>11.3f} {m['sync_backward']:>11.3f} "
+              f"{m['reduce_forward_message']:>9.3f} {m['allgather_forward_message']:>12.3f}")
+    print("JSON " + json.dumps({"channels": C, "rows": rows}))
+
+
+def _find_mpiexec():
+    found = next((str(c) for c in (Path(sys.executable).parent / "mpiexec",
+                                   shutil.which("mpiexec")) if c and os.access(c, os.X_OK)), None)
+    if found is None:
+        sys.exit("mpiexec not found: pip install 'fastbn[mpi]'")
+    return found
+
+
 def launch(args):
     here = Path(__file__).resolve()
-    mpiexec = next((str(c) for c in (Path(sys.executable).parent / "mpiexec",
-                                     shutil.which("mpiexec")) if c and os.access(c, os.X_OK)), None)
-    if mpiexec is None:
-        sys.exit("mpiexec not found: pip install 'fastbn[mpi]'")
+    mpiexec = _find_mpiexec()
     env = dict(os.environ, FASTBN_NUM_THREADS="1", OMP_NUM_THREADS="1")
     cmd = [mpiexec, "-n", str(args.ranks), sys.executable, str(here), "--worker",
            "--repeats", str(args.repeats), *(["--alloc"] if args.alloc else []),
@@ -167,10 +291,18 @@ def main():
                    help="rounds of (one-process part, mpiexec part), interleaved")
     p.add_argument("--alloc", action="store_true",
                    help="allocate every output afresh (default: reuse out= buffers)")
+    p.add_argument("--scaling", type=int, nargs="+", metavar="P",
+                   help="the cost-model table for these rank counts (no part 1)")
+    p.add_argument("--channels", type=int, default=512, help="C of --scaling (default 512)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--scaling-worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         return worker(args.shape, args.repeats, args.alloc)
+    if args.scaling_worker:
+        return scaling_worker(args.channels, args.repeats)
+    if args.scaling:
+        return scaling(args)
 
     import fastbn
     x, dy = data(tuple(args.shape), 0)
@@ -189,16 +321,23 @@ def main():
         (f"sync_forward, {R} ranks x 1 thread, batch split", m["sync_forward"]),
         ("  same local work, no communication", m["parts_forward_nocomm"]),
         ("  fastbn.forward on each rank's part (local stats)", m["local_forward"]),
-        (f"  Allgather of {m['row_float64']} float64 alone", m["allgather_fwd_row"]),
+        (f"  reduction of the {m['message_float64']}-float64 message alone",
+         m["reduce_forward_message"]),
+        ("  the one-Allgather design instead (Allgather + merges)",
+         m["allgather_forward_message"]),
         ("backward, 1 process, whole batch, 1 thread", s["backward_1t"]),
         ("backward, 1 process, whole batch, 2 threads", s["backward_2t"]),
         (f"sync_backward, {R} ranks x 1 thread, batch split", m["sync_backward"]),
         ("  same local work, no communication", m["parts_backward_nocomm"]),
         ("  fastbn.backward on each rank's part (local stats)", m["local_backward"]),
-        (f"  Allgather of {m['row_float64']} float64 alone", m["allgather_bwd_row"]),
     ]
     for name, ms in rows:
         print(f"{name:<55s} {ms:9.3f} ms")
+    for op in ("forward", "backward"):
+        print(f"sync_{op}: counted per rank (max over ranks) "
+              f"{m[op + '_bytes_sent_max']:.0f} bytes sent and "
+              f"{m[op + '_bytes_received_max']:.0f} received in "
+              f"{m[op + '_messages_sent_max']:.0f} messages")
     ratios = {
         "sync_forward / forward 1 process 2 threads": m["sync_forward"] / s["forward_2t"],
         "sync_forward / forward 1 process 1 thread": m["sync_forward"] / s["forward_1t"],

@@ -12,9 +12,8 @@ from ._checks import (canonical, channel_axis,
                       overlaps, overwrites_x, running_var_factor, separate)
 from . import _checks
 from ._checks import activation as check_activation
-from ._checks import is_half
+from ._checks import HALF_DTYPES
 from ._checks import store as _store
-from . import reference as _reference
 from ._threads import get_num_threads
 from .reference import merge_stats  # O(parts * C) NumPy: nothing to gain in C
 
@@ -101,29 +100,39 @@ def _coefficients(mean, invstd, gamma, beta):
     return shift, scale, bias
 
 
-def _half(x):
-    """Whether `x` is half-precision data, which (interim, until the kernels have their
-    half-precision instantiations) the reference computes."""
-    return isinstance(x, np.ndarray) and is_half(x.dtype)
+_HALF_CODES = {d: code for d, code in zip(HALF_DTYPES, (2, 3))}  # DT_F16, DT_BF16
+
+
+def _k(a):
+    """Data as the kernels take it: itself, or for half precision its bits (uint16),
+    which the kernels read as float16 or bfloat16 by the code `_dt` gives."""
+    return a.view(np.uint16) if a.dtype in _HALF_CODES else a
+
+
+def _dt(a):
+    """The kernels' dtype code of half-precision data (-1: float32/float64, by type)."""
+    return _HALF_CODES.get(a.dtype, -1)
 
 
 def batch_stats(x, *, axis=1):
-    if _half(x):
-        return _reference.batch_stats(x, axis=axis)
+    count, mean, _, m2 = _batch_stats_lo(x, axis)
+    return count, mean, m2
+
+
+def _batch_stats_lo(x, axis):
+    """batch_stats with the residual of the mean: (count, mean, mean_lo, m2), mean +
+    mean_lo the double-double mean (fastbn.distributed merges it across ranks)."""
     data_array(x, "x")
     axis = channel_axis(axis, x.ndim)
     C = x.shape[axis]
     count = x.size // C if C else 0
     mean, lo, m2 = np.zeros(C), np.zeros(C), np.zeros(C)
     if count:
-        _kernels.batch_stats(canonical(x, axis), mean, lo, m2, get_num_threads())
-    return count, mean, m2
+        _kernels.batch_stats(_k(canonical(x, axis)), mean, lo, m2, get_num_threads(), dt=_dt(x))
+    return count, mean, lo, m2
 
 
 def normalize(x, mean, invstd, gamma=None, beta=None, *, axis=1, out=None, activation=None):
-    if _half(x):
-        return _reference.normalize(x, mean, invstd, gamma, beta, axis=axis, out=out,
-                                    activation=activation)
     axis, vectors = check_per_channel(
         x, axis, {"mean": mean, "invstd": invstd, "gamma": gamma, "beta": beta}, out)
     relu = check_activation(activation) == "relu"
@@ -132,7 +141,8 @@ def normalize(x, mean, invstd, gamma=None, beta=None, *, axis=1, out=None, activ
     dest = _Output(out, x, [x3])
     if x.size:
         shift, scale, bias = _coefficients(mean, invstd, gamma, beta)
-        _kernels.affine(x3, dest.array3, shift, scale, bias, relu, get_num_threads())
+        _kernels.affine(_k(x3), _k(dest.array3), shift, scale, bias, relu, get_num_threads(),
+                        dt=_dt(x))
     return dest.result()
 
 
@@ -153,10 +163,6 @@ def _forward_then(x, gamma, beta, axis, eps, training, running_mean, running_var
                  out, activation, then, unbiased_running_var=True):
     """forward; `then(cache)`, if given, is the last step of the state update, committed
     with the running statistics in one step (the layer's num_batches_tracked)."""
-    if _half(x):
-        return _reference._forward_then(x, gamma, beta, axis, eps, training, running_mean,
-                                        running_var, momentum, out, activation, then,
-                                        unbiased_running_var)
     a = check_forward(x, gamma, beta, axis, eps, training, running_mean, running_var,
                       momentum, out, activation, unbiased_running_var)
     relu = a.activation == "relu"
@@ -169,15 +175,15 @@ def _forward_then(x, gamma, beta, axis, eps, training, running_mean, running_var
     if a.training:
         mean, lo, var, invstd = np.empty(C), np.empty(C), np.empty(C), np.empty(C)
         if C:  # training needs m > 1 values per channel: x.size > 0
-            _kernels.forward_train(x3, dest.array3, _f64(gamma), _f64(beta), a.eps, relu,
-                                   mean, lo, var, invstd, get_num_threads())
+            _kernels.forward_train(_k(x3), _k(dest.array3), _f64(gamma), _f64(beta), a.eps, relu,
+                                   mean, lo, var, invstd, get_num_threads(), dt=_dt(x))
     else:
         # mean: a copy, never the live running_mean (the cache keeps what forward used)
         mean, lo, invstd = np.array(a.running_mean, dtype=_F64), None, np.empty(C)
         var, = separate([a.running_var], [a.out])
         if C:
-            _kernels.forward_infer(x3, dest.array3, mean, _f64(var), _f64(gamma), _f64(beta),
-                                   a.eps, relu, invstd, get_num_threads())
+            _kernels.forward_infer(_k(x3), _k(dest.array3), mean, _f64(var), _f64(gamma), _f64(beta),
+                                   a.eps, relu, invstd, get_num_threads(), dt=_dt(x))
     y = dest.result()
     cache = Cache(x, _own(gamma, a.gamma), _own(beta, a.beta), mean, invstd, axis=a.axis,
                   eps=a.eps, training=a.training, activation=a.activation, mean_lo=lo,
@@ -198,8 +204,6 @@ def _own(v, given):
 
 def _checked_backward(dy, cache, *, out=None):
     """backward for any arguments (see _checked_forward)."""
-    if hasattr(cache, "x") and _half(cache.x):
-        return _reference.backward(dy, cache, out=out)
     dx_out, dg_out, db_out = check_backward(dy, cache, out)
     x, axis = cache.x, cache.axis
     C = x.shape[axis]
@@ -213,9 +217,10 @@ def _checked_backward(dy, cache, *, out=None):
     sum_dy, sum_dy_xhat = np.empty(C), np.empty(C)  # the kernel writes every channel
     if C:
         lo = np.zeros(C) if lo is None else _f64(lo)  # None: zeros (eval mode)
-        _kernels.backward_fused(dy3, x3, dest.array3, _f64(mean), lo, _f64(invstd),
+        _kernels.backward_fused(_k(dy3), _k(x3), _k(dest.array3), _f64(mean), lo, _f64(invstd),
                                 _f64(gamma), _f64(beta), cache.activation == "relu",
-                                bool(cache.training), sum_dy, sum_dy_xhat, get_num_threads())
+                                bool(cache.training), sum_dy, sum_dy_xhat, get_num_threads(),
+                                dt=_dt(x))
     dx = dest.result()
     # dgamma/dbeta are written last: an out overlapping x or dy is read before (sums above)
     dgamma = None if gamma is None else _store(sum_dy_xhat, dg_out, gamma.dtype)
@@ -234,9 +239,6 @@ def _mask_coefficients(mean, invstd, gamma, beta, relu):
 
 
 def backward_reduce(dy, x, mean, invstd, *, axis=1, gamma=None, beta=None, activation=None):
-    if _half(x):
-        return _reference.backward_reduce(dy, x, mean, invstd, axis=axis, gamma=gamma,
-                                          beta=beta, activation=activation)
     axis, vectors = check_per_channel(
         x, axis, {"mean": mean, "invstd": invstd, "gamma": gamma, "beta": beta}, dy=dy)
     relu = check_activation(activation) == "relu"
@@ -245,17 +247,13 @@ def backward_reduce(dy, x, mean, invstd, *, axis=1, gamma=None, beta=None, activ
     sum_dy, sum_dy_xs = np.zeros(C), np.zeros(C)
     if x.size:
         scale, bias = _mask_coefficients(mean, invstd, gamma, beta, relu)
-        _kernels.backward_reduce(canonical(dy, axis), canonical(x, axis), mean, scale, bias,
-                                 relu, sum_dy, sum_dy_xs, get_num_threads())
+        _kernels.backward_reduce(_k(canonical(dy, axis)), _k(canonical(x, axis)), mean, scale, bias,
+                                 relu, sum_dy, sum_dy_xs, get_num_threads(), dt=_dt(x))
     return sum_dy, invstd * sum_dy_xs
 
 
 def backward_elemt(dy, x, mean, invstd, gamma, sum_dy, sum_dy_xhat, count, *, axis=1, out=None,
                    beta=None, activation=None):
-    if _half(x):
-        return _reference.backward_elemt(dy, x, mean, invstd, gamma, sum_dy, sum_dy_xhat,
-                                         count, axis=axis, out=out, beta=beta,
-                                         activation=activation)
     axis, vectors = check_per_channel(
         x, axis, {"mean": mean, "invstd": invstd, "gamma": gamma, "sum_dy": sum_dy,
                   "sum_dy_xhat": sum_dy_xhat, "beta": beta}, out, dy=dy)
@@ -269,8 +267,9 @@ def backward_elemt(dy, x, mean, invstd, gamma, sum_dy, sum_dy_xhat, count, *, ax
         k_dy = invstd * (1.0 if gamma is None else gamma)
         k_x = -k_dy * (sum_dy_xhat / count)
         scale, bias = _mask_coefficients(mean, invstd, gamma, beta, relu)
-        _kernels.backward_elemt(dy3, x3, dest.array3, mean, invstd, k_dy, k_x,
-                                sum_dy / count, scale, bias, relu, get_num_threads())
+        _kernels.backward_elemt(_k(dy3), _k(x3), _k(dest.array3), mean, invstd, k_dy, k_x,
+                                sum_dy / count, scale, bias, relu, get_num_threads(),
+                                dt=_dt(x))
     return dest.result()
 
 

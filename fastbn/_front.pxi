@@ -16,10 +16,6 @@ cdef object _checked_backward = None
 cdef object _Cache = None
 cdef object _num_threads = None
 
-cdef extern from "plan.h":
-    const int64_t FBN_MIN_PARALLEL  # below this many values the kernels use one thread
-
-
 cdef inline int threads_for(int64_t size) except -1:
     """The thread setting (a Python call) only where the kernels would use it."""
     return 1 if size < FBN_MIN_PARALLEL else _num_threads()
@@ -116,7 +112,7 @@ def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
             unbiased_running_var=True):
     cdef cnp.ndarray xa, y, mean, lo, invstd, rm, rv
     cdef int ax, nd, st = 0
-    cdef bint relu, train, running
+    cdef bint relu, train, running, f32
     cdef fbn_shape s
     cdef int64_t C, count
     cdef double e, mom, factor
@@ -161,6 +157,7 @@ def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
                                 momentum=momentum, out=out, activation=activation,
                                 unbiased_running_var=unbiased_running_var)
     relu = activation == "relu"
+    f32 = cnp.PyArray_TYPE(xa) == cnp.NPY_FLOAT
     canonical_shape_of(xa, ax, &s)
     nthreads = threads_for(cnp.PyArray_SIZE(xa))
     y = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(xa), cnp.PyArray_TYPE(xa), 0)
@@ -183,38 +180,23 @@ def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
             if running:
                 rm, rv = <cnp.ndarray>running_mean, <cnp.ndarray>running_var
             with nogil:
-                if cnp.PyArray_TYPE(xa) == cnp.NPY_FLOAT:
-                    st = fbn_forward_train_f32(<const float *>cnp.PyArray_DATA(xa),
-                                               <float *>cnp.PyArray_DATA(y), s, g, b, e, relu,
-                                               <double *>cnp.PyArray_DATA(mean),
-                                               <double *>cnp.PyArray_DATA(lo), work + 2 * C,
-                                               <double *>cnp.PyArray_DATA(invstd), nthreads)
-                else:
-                    st = fbn_forward_train_f64(<const double *>cnp.PyArray_DATA(xa),
-                                               <double *>cnp.PyArray_DATA(y), s, g, b, e, relu,
-                                               <double *>cnp.PyArray_DATA(mean),
-                                               <double *>cnp.PyArray_DATA(lo), work + 2 * C,
-                                               <double *>cnp.PyArray_DATA(invstd), nthreads)
+                st = run_forward_train(f32, cnp.PyArray_DATA(xa), cnp.PyArray_DATA(y), s, g, b,
+                                       e, relu, <double *>cnp.PyArray_DATA(mean),
+                                       <double *>cnp.PyArray_DATA(lo), work + 2 * C,
+                                       <double *>cnp.PyArray_DATA(invstd), nthreads)
                 if st == 0 and running:  # in the same compiled step: all or nothing
-                    ema_vector(rm, <double *>cnp.PyArray_DATA(mean),
-                               <double *>cnp.PyArray_DATA(lo), C, mom, 1.0)
-                    ema_vector(rv, work + 2 * C, NULL, C, mom, factor)
+                    run_ema(cnp.PyArray_TYPE(rm) == cnp.NPY_FLOAT, cnp.PyArray_DATA(rm),
+                            <double *>cnp.PyArray_DATA(mean), <double *>cnp.PyArray_DATA(lo), C,
+                            mom, 1.0)
+                    run_ema(cnp.PyArray_TYPE(rv) == cnp.NPY_FLOAT, cnp.PyArray_DATA(rv),
+                            work + 2 * C, NULL, C, mom, factor)
         else:
             read_vector(<cnp.ndarray>running_mean, C, <double *>cnp.PyArray_DATA(mean))
             read_vector(<cnp.ndarray>running_var, C, work + 2 * C)
             with nogil:
-                if cnp.PyArray_TYPE(xa) == cnp.NPY_FLOAT:
-                    st = fbn_forward_infer_f32(<const float *>cnp.PyArray_DATA(xa),
-                                               <float *>cnp.PyArray_DATA(y), s,
-                                               <double *>cnp.PyArray_DATA(mean), work + 2 * C,
-                                               g, b, e, relu,
-                                               <double *>cnp.PyArray_DATA(invstd), nthreads)
-                else:
-                    st = fbn_forward_infer_f64(<const double *>cnp.PyArray_DATA(xa),
-                                               <double *>cnp.PyArray_DATA(y), s,
-                                               <double *>cnp.PyArray_DATA(mean), work + 2 * C,
-                                               g, b, e, relu,
-                                               <double *>cnp.PyArray_DATA(invstd), nthreads)
+                st = run_forward_infer(f32, cnp.PyArray_DATA(xa), cnp.PyArray_DATA(y), s,
+                                       <double *>cnp.PyArray_DATA(mean), work + 2 * C, g, b, e,
+                                       relu, <double *>cnp.PyArray_DATA(invstd), nthreads)
     finally:
         free(work)
     check(st)
@@ -227,14 +209,6 @@ def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
     cache.activation = "relu" if relu else None
     cache.x_overwritten = cache.x_written = False
     return y, cache
-
-
-cdef inline void ema_vector(cnp.ndarray running, const double *batch, const double *batch_lo,
-                            int64_t C, double momentum, double factor) noexcept nogil:
-    if cnp.PyArray_TYPE(running) == cnp.NPY_FLOAT:
-        fbn_ema_f32(<float *>cnp.PyArray_DATA(running), batch, batch_lo, C, momentum, factor)
-    else:
-        fbn_ema_f64(<double *>cnp.PyArray_DATA(running), batch, batch_lo, C, momentum, factor)
 
 
 cdef inline bint plain_stats(object v, int64_t C):
@@ -329,22 +303,12 @@ def backward(dy, cache, *, out=None):
             b = work + C
         sum_dy, sum_dy_xhat = work + 2 * C, work + 3 * C
         with nogil:
-            if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT:
-                st = fbn_backward_f32(<const float *>cnp.PyArray_DATA(dya),
-                                      <const float *>cnp.PyArray_DATA(x),
-                                      <float *>cnp.PyArray_DATA(dx), s,
-                                      <const double *>cnp.PyArray_DATA(mean),
-                                      NULL if lo is None else <const double *>cnp.PyArray_DATA(lo),
-                                      <const double *>cnp.PyArray_DATA(invstd), g, b, relu,
-                                      train, sum_dy, sum_dy_xhat, nthreads)
-            else:
-                st = fbn_backward_f64(<const double *>cnp.PyArray_DATA(dya),
-                                      <const double *>cnp.PyArray_DATA(x),
-                                      <double *>cnp.PyArray_DATA(dx), s,
-                                      <const double *>cnp.PyArray_DATA(mean),
-                                      NULL if lo is None else <const double *>cnp.PyArray_DATA(lo),
-                                      <const double *>cnp.PyArray_DATA(invstd), g, b, relu,
-                                      train, sum_dy, sum_dy_xhat, nthreads)
+            st = run_backward(cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT, cnp.PyArray_DATA(dya),
+                              cnp.PyArray_DATA(x), cnp.PyArray_DATA(dx), s,
+                              <const double *>cnp.PyArray_DATA(mean),
+                              NULL if lo is None else <const double *>cnp.PyArray_DATA(lo),
+                              <const double *>cnp.PyArray_DATA(invstd), g, b, relu, train,
+                              sum_dy, sum_dy_xhat, nthreads)
             if st == 0 and dgamma is not None:
                 write_vector(sum_dy_xhat, C, dgamma)
             if st == 0 and dbeta is not None:

@@ -3,83 +3,29 @@
 
 Arguments arrive validated and canonical from fastbn._core: data as C-contiguous
 (outer, C, inner) arrays, per-channel vectors as contiguous float64. Every kernel
-call releases the GIL. The compiled front end of forward and backward, which checks
-and dispatches plain calls without NumPy calls, is included at the end (_front.pxi).
+call releases the GIL. The C declarations, and the one float32/float64 choice of
+kernel (run_<op>), are in _kernels.pxd. The compiled front end of forward and
+backward, which checks and dispatches plain calls without NumPy calls, is included
+at the end (_front.pxi).
 """
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy
+cimport cython
 cimport numpy as cnp
 
 cnp.import_array()
 
 
-cdef extern from "fastbn.h" nogil:
-    ctypedef struct fbn_shape:
-        int64_t outer, channels, inner
-
-    int fbn_batch_stats_f32(const float *x, fbn_shape s, double *mean_hi, double *mean_lo,
-                            double *m2, int nthreads)
-    int fbn_batch_stats_f64(const double *x, fbn_shape s, double *mean_hi, double *mean_lo,
-                            double *m2, int nthreads)
-    int fbn_forward_train_f32(const float *x, float *y, fbn_shape s, const double *gamma,
-                              const double *beta, double eps, int relu, double *mean_hi,
-                              double *mean_lo, double *var, double *invstd, int nthreads)
-    int fbn_forward_train_f64(const double *x, double *y, fbn_shape s, const double *gamma,
-                              const double *beta, double eps, int relu, double *mean_hi,
-                              double *mean_lo, double *var, double *invstd, int nthreads)
-    int fbn_forward_infer_f32(const float *x, float *y, fbn_shape s, const double *mean,
-                              const double *var, const double *gamma, const double *beta,
-                              double eps, int relu, double *invstd, int nthreads)
-    int fbn_forward_infer_f64(const double *x, double *y, fbn_shape s, const double *mean,
-                              const double *var, const double *gamma, const double *beta,
-                              double eps, int relu, double *invstd, int nthreads)
-    int fbn_affine_f32(const float *x, float *y, fbn_shape s, const double *shift,
-                       const double *scale, const double *bias, int relu, int nthreads)
-    int fbn_affine_f64(const double *x, double *y, fbn_shape s, const double *shift,
-                       const double *scale, const double *bias, int relu, int nthreads)
-    int fbn_backward_reduce_f32(const float *dy, const float *x, fbn_shape s,
-                                const double *shift, const double *scale, const double *bias,
-                                int relu, double *sum_dy, double *sum_dy_xs, int nthreads)
-    int fbn_backward_reduce_f64(const double *dy, const double *x, fbn_shape s,
-                                const double *shift, const double *scale, const double *bias,
-                                int relu, double *sum_dy, double *sum_dy_xs, int nthreads)
-    int fbn_backward_elemt_f32(const float *dy, const float *x, float *dx, fbn_shape s,
-                               const double *shift, const double *invstd, const double *k_dy,
-                               const double *k_x, const double *mean_dy, const double *scale,
-                               const double *bias, int relu, int nthreads)
-    int fbn_backward_elemt_f64(const double *dy, const double *x, double *dx, fbn_shape s,
-                               const double *shift, const double *invstd, const double *k_dy,
-                               const double *k_x, const double *mean_dy, const double *scale,
-                               const double *bias, int relu, int nthreads)
-    int fbn_backward_f32(const float *dy, const float *x, float *dx, fbn_shape s,
-                         const double *mean_hi, const double *mean_lo, const double *invstd,
-                         const double *gamma, const double *beta, int relu, int training,
-                         double *sum_dy, double *sum_dy_xhat, int nthreads)
-    int fbn_backward_f64(const double *dy, const double *x, double *dx, fbn_shape s,
-                         const double *mean_hi, const double *mean_lo, const double *invstd,
-                         const double *gamma, const double *beta, int relu, int training,
-                         double *sum_dy, double *sum_dy_xhat, int nthreads)
-    int fbn_ema_f32(float *running, const double *batch, const double *batch_lo,
-                    int64_t channels, double momentum, double factor)
-    int fbn_ema_f64(double *running, const double *batch, const double *batch_lo,
-                    int64_t channels, double momentum, double factor)
-    void fbn_coefficients(int64_t channels, const double *mean_hi, const double *mean_lo,
-                          const double *invstd, const double *gamma, const double *beta,
-                          double *shift, double *scale, double *bias)
-    int fbn_openmp_enabled()
-    const char *fbn_pool_kind()
-    int fbn_max_threads()
-
-
-cdef extern from "parallel.h" nogil:
-    int fbn_pool_set_backoff(int on)
-    const char *fbn_simd_paths()
-    const char *fbn_compiler()
-
-
 ctypedef fused real:
     float
     double
+    unsigned short  # half-precision data as their bits (dt: DT_F16 or DT_BF16)
+
+
+cdef inline int code_of(bint f32, int dt) noexcept nogil:
+    """The dtype code of the kernels (_kernels.pxd): dt for half-precision data (given as
+    uint16 arrays), else DT_F32 or DT_F64."""
+    return (DT_F32 if f32 else DT_F64) if dt < 0 else dt
 
 
 cdef inline fbn_shape shape_of(const real[:, :, ::1] a) noexcept:
@@ -101,80 +47,62 @@ cdef inline void check(int status) except *:
 
 
 def batch_stats(const real[:, :, ::1] x not None, double[::1] mean_hi not None, double[::1] mean_lo not None,
-                double[::1] m2 not None, int nthreads):
+                double[::1] m2 not None, int nthreads, int dt=-1):
     cdef int st
     cdef fbn_shape s = shape_of(x)
     with nogil:
-        if real is float:
-            st = fbn_batch_stats_f32(&x[0, 0, 0], s, &mean_hi[0], &mean_lo[0], &m2[0], nthreads)
-        else:
-            st = fbn_batch_stats_f64(&x[0, 0, 0], s, &mean_hi[0], &mean_lo[0], &m2[0], nthreads)
+        st = run_batch_stats(code_of(real is float, dt), &x[0, 0, 0], s, &mean_hi[0], &mean_lo[0], &m2[0],
+                             nthreads)
     check(st)
 
 
 def forward_train(const real[:, :, ::1] x not None, real[:, :, ::1] y not None, const double[::1] gamma,
                   const double[::1] beta, double eps, bint relu, double[::1] mean_hi not None,
-                  double[::1] mean_lo not None, double[::1] var not None, double[::1] invstd not None, int nthreads):
+                  double[::1] mean_lo not None, double[::1] var not None, double[::1] invstd not None, int nthreads, int dt=-1):
     cdef int st
     cdef fbn_shape s = shape_of(x)
     cdef const double *g = opt(gamma)
     cdef const double *b = opt(beta)
     with nogil:
-        if real is float:
-            st = fbn_forward_train_f32(&x[0, 0, 0], &y[0, 0, 0], s, g, b, eps, relu,
-                                       &mean_hi[0], &mean_lo[0], &var[0], &invstd[0], nthreads)
-        else:
-            st = fbn_forward_train_f64(&x[0, 0, 0], &y[0, 0, 0], s, g, b, eps, relu,
-                                       &mean_hi[0], &mean_lo[0], &var[0], &invstd[0], nthreads)
+        st = run_forward_train(code_of(real is float, dt), &x[0, 0, 0], &y[0, 0, 0], s, g, b, eps, relu,
+                               &mean_hi[0], &mean_lo[0], &var[0], &invstd[0], nthreads)
     check(st)
 
 
 def forward_infer(const real[:, :, ::1] x not None, real[:, :, ::1] y not None,
                   const double[::1] mean not None, const double[::1] var not None,
                   const double[::1] gamma, const double[::1] beta, double eps, bint relu,
-                  double[::1] invstd not None, int nthreads):
+                  double[::1] invstd not None, int nthreads, int dt=-1):
     cdef int st
     cdef fbn_shape s = shape_of(x)
     cdef const double *g = opt(gamma)
     cdef const double *b = opt(beta)
     with nogil:
-        if real is float:
-            st = fbn_forward_infer_f32(&x[0, 0, 0], &y[0, 0, 0], s, &mean[0], &var[0], g, b,
-                                       eps, relu, &invstd[0], nthreads)
-        else:
-            st = fbn_forward_infer_f64(&x[0, 0, 0], &y[0, 0, 0], s, &mean[0], &var[0], g, b,
-                                       eps, relu, &invstd[0], nthreads)
+        st = run_forward_infer(code_of(real is float, dt), &x[0, 0, 0], &y[0, 0, 0], s, &mean[0], &var[0],
+                               g, b, eps, relu, &invstd[0], nthreads)
     check(st)
 
 
 def affine(const real[:, :, ::1] x not None, real[:, :, ::1] y not None, const double[::1] shift not None,
-           const double[::1] scale not None, const double[::1] bias not None, bint relu, int nthreads):
+           const double[::1] scale not None, const double[::1] bias not None, bint relu, int nthreads, int dt=-1):
     cdef int st
     cdef fbn_shape s = shape_of(x)
     with nogil:
-        if real is float:
-            st = fbn_affine_f32(&x[0, 0, 0], &y[0, 0, 0], s, &shift[0], &scale[0], &bias[0],
-                                relu, nthreads)
-        else:
-            st = fbn_affine_f64(&x[0, 0, 0], &y[0, 0, 0], s, &shift[0], &scale[0], &bias[0],
-                                relu, nthreads)
+        st = run_affine(code_of(real is float, dt), &x[0, 0, 0], &y[0, 0, 0], s, &shift[0], &scale[0],
+                        &bias[0], relu, nthreads)
     check(st)
 
 
 def backward_reduce(const real[:, :, ::1] dy not None, const real[:, :, ::1] x not None, const double[::1] shift not None,
                     const double[::1] scale, const double[::1] bias, bint relu,
-                    double[::1] sum_dy not None, double[::1] sum_dy_xs not None, int nthreads):
+                    double[::1] sum_dy not None, double[::1] sum_dy_xs not None, int nthreads, int dt=-1):
     cdef int st
     cdef fbn_shape s = shape_of(x)
     cdef const double *sc = opt(scale)
     cdef const double *bi = opt(bias)
     with nogil:
-        if real is float:
-            st = fbn_backward_reduce_f32(&dy[0, 0, 0], &x[0, 0, 0], s, &shift[0], sc, bi, relu,
-                                         &sum_dy[0], &sum_dy_xs[0], nthreads)
-        else:
-            st = fbn_backward_reduce_f64(&dy[0, 0, 0], &x[0, 0, 0], s, &shift[0], sc, bi, relu,
-                                         &sum_dy[0], &sum_dy_xs[0], nthreads)
+        st = run_backward_reduce(code_of(real is float, dt), &dy[0, 0, 0], &x[0, 0, 0], s, &shift[0], sc,
+                                 bi, relu, &sum_dy[0], &sum_dy_xs[0], nthreads)
     check(st)
 
 
@@ -182,20 +110,15 @@ def backward_elemt(const real[:, :, ::1] dy not None, const real[:, :, ::1] x no
                    real[:, :, ::1] dx not None, const double[::1] shift not None,
                    const double[::1] invstd not None, const double[::1] k_dy not None,
                    const double[::1] k_x not None, const double[::1] mean_dy not None,
-                   const double[::1] scale, const double[::1] bias, bint relu, int nthreads):
+                   const double[::1] scale, const double[::1] bias, bint relu, int nthreads, int dt=-1):
     cdef int st
     cdef fbn_shape s = shape_of(x)
     cdef const double *sc = opt(scale)
     cdef const double *bi = opt(bias)
     with nogil:
-        if real is float:
-            st = fbn_backward_elemt_f32(&dy[0, 0, 0], &x[0, 0, 0], &dx[0, 0, 0], s, &shift[0],
-                                        &invstd[0], &k_dy[0], &k_x[0], &mean_dy[0], sc, bi,
-                                        relu, nthreads)
-        else:
-            st = fbn_backward_elemt_f64(&dy[0, 0, 0], &x[0, 0, 0], &dx[0, 0, 0], s, &shift[0],
-                                        &invstd[0], &k_dy[0], &k_x[0], &mean_dy[0], sc, bi,
-                                        relu, nthreads)
+        st = run_backward_elemt(code_of(real is float, dt), &dy[0, 0, 0], &x[0, 0, 0], &dx[0, 0, 0], s,
+                                &shift[0], &invstd[0], &k_dy[0], &k_x[0], &mean_dy[0], sc,
+                                bi, relu, nthreads)
     check(st)
 
 
@@ -203,32 +126,26 @@ def backward_fused(const real[:, :, ::1] dy not None, const real[:, :, ::1] x no
                    real[:, :, ::1] dx not None, const double[::1] mean_hi not None,
                    const double[::1] mean_lo not None, const double[::1] invstd not None,
                    const double[::1] gamma, const double[::1] beta, bint relu, bint training,
-                   double[::1] sum_dy not None, double[::1] sum_dy_xhat not None, int nthreads):
+                   double[::1] sum_dy not None, double[::1] sum_dy_xhat not None, int nthreads, int dt=-1):
     cdef int st
     cdef fbn_shape s = shape_of(x)
     cdef const double *g = opt(gamma)
     cdef const double *b = opt(beta)
     with nogil:
-        if real is float:
-            st = fbn_backward_f32(&dy[0, 0, 0], &x[0, 0, 0], &dx[0, 0, 0], s, &mean_hi[0],
-                                  &mean_lo[0], &invstd[0], g, b, relu, training, &sum_dy[0],
-                                  &sum_dy_xhat[0], nthreads)
-        else:
-            st = fbn_backward_f64(&dy[0, 0, 0], &x[0, 0, 0], &dx[0, 0, 0], s, &mean_hi[0],
-                                  &mean_lo[0], &invstd[0], g, b, relu, training, &sum_dy[0],
-                                  &sum_dy_xhat[0], nthreads)
+        st = run_backward(code_of(real is float, dt), &dy[0, 0, 0], &x[0, 0, 0], &dx[0, 0, 0], s,
+                          &mean_hi[0], &mean_lo[0], &invstd[0], g, b, relu, training,
+                          &sum_dy[0], &sum_dy_xhat[0], nthreads)
     check(st)
 
 
 def ema(real[::1] running not None, const double[::1] batch not None, const double[::1] batch_lo,
         double momentum, double factor):
+    if real is cython.ushort:
+        raise TypeError("ema: running statistics of float32 or float64 only")
     cdef int64_t n = running.shape[0]
     cdef const double *lo = opt(batch_lo)
     with nogil:
-        if real is float:
-            fbn_ema_f32(&running[0], &batch[0], lo, n, momentum, factor)
-        else:
-            fbn_ema_f64(&running[0], &batch[0], lo, n, momentum, factor)
+        run_ema(real is float, &running[0], &batch[0], lo, n, momentum, factor)
 
 
 def coefficients(const double[::1] mean not None, const double[::1] invstd not None,

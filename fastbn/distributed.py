@@ -2,45 +2,55 @@
 
 Every rank of a communicator holds part of one batch; the statistics used are
 those of the union of all the parts, whatever each rank's batch size (an empty
-batch included: its output is empty, and it still joins the collectives).
+batch included: its output is empty, and it still joins the exchange).
 
 What is communicated
 --------------------
-A training-mode ``sync_forward`` or ``sync_backward`` makes one ``Allgather`` of
-one float64 row per rank: a fixed header (:data:`HEADER`: what the message is,
-see below) followed by the payload,
+A training-mode ``sync_forward`` or ``sync_backward`` reduces one float64 message
+per rank: a fixed header (:data:`HEADER`: what the message is, see below) followed
+by the payload,
 
-* forward: ``[mean[0..C), m2[0..C)]`` (the count per channel is in the header).
-  Every rank merges the gathered partial statistics with ``fastbn.merge_stats``
-  (Chan et al.), in rank order, on identical bytes: every rank gets bit-identical
-  mean and variance, hence bit-identical running statistics;
-* backward: ``[sum_dy[0..C), sum_dy_xhat[0..C)]``, summed in rank order, so dgamma
-  and dbeta are bit-identical on every rank too.
+* forward: ``[mean_hi[0..C), mean_lo[0..C), m2[0..C)]``, this rank's statistics
+  with the mean as a double-double (the count per channel is in the header);
+  two parts merge with Chan et al.'s formula in double-double arithmetic, so the
+  merged mean keeps about 32 digits, as the single-process kernel's does;
+* backward: ``[sum_dy[0..C), sum_dy_xhat[0..C)]``; two parts add.
+
+The reduction is fastbn's own recursive doubling over point-to-point messages
+(on a private duplicate of the communicator, made by the first synchronised call):
+with ``P' = 2**floor(log2(P))``, the ranks ``r >= P'`` first hand their message to
+``r - P'``; then in step ``k`` rank ``r`` exchanges its partial result with rank
+``r ^ 2**k`` and both compute ``merge(lower rank's part, higher rank's part)``; at
+last ranks ``r >= P'`` get the result from ``r - P'``. The bracketing is fixed by
+the ranks alone (not by the MPI library's algorithms), and both partners of a step
+compute the same operation on the same bytes, so every rank ends with the same
+bytes: bit-identical statistics, running statistics, dgamma and dbeta. Per rank
+and call: ``ceil(log2 P)`` messages of ``8 * (13 + 3C)`` bytes (forward) or
+``8 * (13 + 2C)`` (backward), sent and received, plus one more each way for ranks
+of a P that is not a power of two (docs/mpi.md has the cost model).
 
 Eval mode with running statistics does not communicate (a rank may evaluate alone).
-
-Rows have one length for all the calls on a communicator (padded), agreed by every
-rank: ``len(HEADER) + 2 * 64`` at first, grown to ``len(HEADER) + 2 * C`` by the first
-call with more channels, which makes one more ``Allgather`` for its payload, once
-the headers agreed. MPI needs equal lengths on every rank: with rows sized by each
-rank's own C, ranks whose C differ would make MPI abort the job, or read garbage.
 
 Errors, mismatches and deadlocks
 --------------------------------
 Every argument is checked on each rank before communicating. A rank whose
-arguments are invalid still joins the collective with a header flagging its
+arguments are invalid still joins the exchange with a header flagging its
 failure, then raises its own error; the other ranks raise :class:`PeerError`
 naming it. The header says what each rank is doing: the operation (forward or
 backward), the number of the synchronised call on the communicator (for a
 backward, also that of its forward), C, ``x.ndim``, the channel axis, eps,
 momentum (when running statistics are updated), whether running statistics are
 updated, gamma and beta are given and the layer is in training mode, and the
-activation. Ranks that disagree on any of these (out-of-step calls, such as a
-forward on one rank beside a backward on another; a backward of a different
-forward; different eps, momentum, axis...) raise :class:`MismatchError` on every
-rank, naming what differs and each rank's value. Training with a global count of
-values per channel <= 1 raises ``ValueError`` on every rank. A failed call leaves
-running statistics and layer state untouched.
+activation. Headers are merged along with the payloads (the first part's values,
+a flag set where two parts differ or one failed, the counts added): the merged
+header is the same on every rank, so every rank sees a mismatch, then gathers
+the headers (only then, an ``Allgather`` of 13 float64) to name it. Ranks that
+disagree on any of these (out-of-step calls, such as a forward on one rank beside
+a backward on another; a backward of a different forward; different eps, momentum,
+axis...) raise :class:`MismatchError` on every rank, naming what differs and each
+rank's value. Training with a global count of values per channel <= 1 raises
+``ValueError`` on every rank. A failed call leaves running statistics and layer
+state untouched.
 
 What stays the caller's duty: every rank of ``comm`` must make the same sequence of
 synchronised calls. Eval calls do not communicate (so a rank may evaluate alone),
@@ -53,8 +63,17 @@ waiting forever. A communicator must be used by one thread at a time: a call tha
 starts while another thread is inside a call on the same communicator raises
 ``RuntimeError`` (give each thread its own communicator, ``comm.Dup()``). Every
 rank must also use the same fastbn backend for the bitwise identity above.
+
+Interrupts: Ctrl-C anywhere in a call leaves the communicator's lock free, and
+running statistics and layer state untouched. While waiting for another rank, a
+call polls MPI in Python (yielding the core), so Ctrl-C interrupts the wait; but
+the interrupted exchange's messages may still be in flight, so every later call on
+that communicator raises ``RuntimeError`` at once instead of pairing with them: end
+the job, or go on with a new communicator.
 """
+import os
 import threading
+import time
 from functools import partial
 
 import numpy as np
@@ -106,7 +125,6 @@ _FAILED = 1.0                    # status of a rank whose arguments were invalid
 _FLAGS = ("updates running statistics", "has gamma", "has beta", "training mode",
           "biased running variance")  # bits 0..4
 _ACTIVATIONS = (None, "relu")    # code = index
-_FIRST_ROW = len(HEADER) + 2 * 64  # row length before any call with more than 64 channels
 
 
 def _header(op, call, *, failed=False, forward_call=-1, channels=-1, ndim=-1, axis=-1,
@@ -169,19 +187,67 @@ def _check_headers(headers, comm, error, what):
 
 
 # ------------------------------------------------------------------ per-communicator state
+class _CallLock:
+    """The lock held during a call on a communicator: not reentrant (a second call,
+    from another thread or nested in this one, finds it taken), and aware of its
+    owner, so that a call releases it only if it took it, even when KeyboardInterrupt
+    lands just after the acquisition (the owner is recorded by the C-level acquire
+    itself, with no Python step in between)."""
+    __slots__ = ("_lock",)
+
+    def __init__(self):
+        self._lock = threading.RLock()  # the C RLock: owner and acquisition in one step
+
+    def acquire(self, blocking=True, timeout=-1):
+        if self._lock._is_owned():
+            return False  # not reentrant: this thread holds it already
+        return self._lock.acquire(blocking, timeout)
+
+    def release(self):
+        self._lock.release()
+
+    def owned(self):
+        """Whether the calling thread holds it."""
+        return self._lock._is_owned()
+
+    def locked(self):
+        if self._lock._is_owned():
+            return True
+        if self._lock.acquire(False):
+            self._lock.release()
+            return False
+        return True
+
+
 class _CommState:
     """What fastbn keeps on a communicator (as an MPI attribute, so every Python object
     for that communicator shares it), identical on every rank as long as they are in step."""
-    __slots__ = ("lock", "calls", "row")
+    __slots__ = ("lock", "calls", "private", "traffic", "broken")
 
     def __init__(self):
-        self.lock = threading.Lock()  # held during a call: another thread's call raises
-        self.calls = 0                # synchronised calls made on the communicator
-        self.row = _FIRST_ROW         # length of the rows, agreed: grows, never shrinks
+        self.lock = _CallLock()  # held during a call: another thread's call raises
+        self.calls = 0           # synchronised calls made on the communicator
+        self.private = None      # fastbn's duplicate of it (made by the first exchange)
+        self.broken = False      # an exchange was interrupted: the ranks are out of step
+        self.traffic = dict(messages_sent=0, bytes_sent=0, messages_received=0,
+                            bytes_received=0, collectives=0)  # counted by _reduce
 
 
-_KEYVAL = MPI.Comm.Create_keyval()
+def _free_private(comm, keyval, state):
+    """The attribute's delete callback (comm.Free(), MPI_Finalize): free the duplicate."""
+    private = getattr(state, "private", None)
+    if private is not None and private != MPI.COMM_NULL:
+        state.private = None
+        private.Free()
+
+
+_KEYVAL = MPI.Comm.Create_keyval(delete_fn=_free_private)
 _NEW_STATE = threading.Lock()
+_TAG = 0x4642  # "FB": the tag of fastbn's messages on its private communicator
+# while waiting for a message, fastbn polls MPI and yields the core in between, so that
+# ranks outnumbering the cores (or sharing them with other work) do not spin against the
+# very rank they wait for (measured: 10-30x faster exchanges on 4-8 ranks on 2 cores)
+_yield = getattr(os, "sched_yield", None) or (lambda: time.sleep(0))
 
 
 def _state(comm):
@@ -195,42 +261,166 @@ def _state(comm):
     return state
 
 
-def _acquire(comm):
-    """The communicator's state, locked for this thread (the caller releases state.lock):
-    collectives of two threads on one communicator would pair at random across ranks
-    and mix their statistics, so a second thread raises instead."""
-    state = _state(comm)
-    if not state.lock.acquire(blocking=False):
-        raise RuntimeError("another thread is inside a fastbn.distributed call on this "
-                           "communicator: give each thread its own communicator (comm.Dup())")
-    return state
+_BUSY = ("another thread is inside a fastbn.distributed call on this communicator: give "
+         "each thread its own communicator (comm.Dup())")
 
 
-def _exchange(comm, state, header, parts, error, what):
-    """Allgather every rank's header and payload, the concatenation of `parts` (float64
-    vectors of C values; None if `error`). Returns (headers, payloads), one row per rank,
-    once every header agreed; raises on every rank otherwise. Rows have the agreed length
-    state.row; a payload too long for it follows in a second Allgather (every rank
-    decides alike: C agreed), and state.row grows to fit it."""
+def _traffic(comm):
+    """A copy of the counts of what fastbn sent and received on `comm` so far:
+    messages_sent, bytes_sent, messages_received, bytes_received (point-to-point, the
+    payloads' bytes) and collectives (Allgathers of headers, on mismatches only)."""
+    return dict(_state(comm).traffic)
+
+
+# ------------------------------------------------------------------ the reduction
+def _two_sum(a, b):
+    """(s, e) with s = fl(a + b) and s + e = a + b exactly (Knuth)."""
+    s = a + b
+    bb = s - a
+    return s, (a - (s - bb)) + (b - bb)
+
+
+def _merge_moments(n_a, a, n_b, b):
+    """Chan et al.'s merge of two parts' [mean_hi, mean_lo, m2] (each C values), counts
+    n_a and n_b, the mean in double-double arithmetic: returns the merged vector."""
+    if n_b == 0:
+        return a
+    if n_a == 0:
+        return b
+    C = a.size // 3
+    h_a, l_a, m_a = a[:C], a[C:2 * C], a[2 * C:]
+    h_b, l_b, m_b = b[:C], b[C:2 * C], b[2 * C:]
+    n = n_a + n_b
+    dh, de = _two_sum(h_b, -h_a)
+    delta = dh + (de + (l_b - l_a))           # mean_b - mean_a, to a rounding of its own size
+    hi, e = _two_sum(h_a, delta * (n_b / n))  # mean_a + delta * n_b / n, in double-double
+    hi, lo = _two_sum(hi, e + l_a)
+    m2 = (m_a + m_b) + (delta * delta) * (n_a * (n_b / n))
+    return np.concatenate([hi, lo, m2])
+
+
+def _add(n_a, a, n_b, b):
+    return a + b
+
+
+def _merge(low, high, combine):
+    """Merge two messages, `low` from the lower ranks: the header's agreed slots are
+    low's, its status is set if either part failed or the two disagree (on the agreed
+    slots, or in length), its count is the sum; the payloads are combined if all is well."""
     H = len(HEADER)
-    n = 0 if parts is None else sum(p.size for p in parts)
-    row = np.zeros(state.row)
-    row[:H] = header
-    if parts is not None and H + n <= state.row:
-        at = H
-        for p in parts:
-            row[at:at + p.size] = p
-            at += p.size
-    table = np.empty((comm.Get_size(), state.row))
-    comm.Allgather(row, table)  # the one collective
+    if low.size < H or high.size < H:  # not fastbn's (cannot happen on the private comm)
+        bad = np.zeros(H)
+        bad[_SLOT["status"]] = _FAILED
+        return bad
+    out_header = low[:H].copy()
+    out_header[_SLOT["count"]] = low[_SLOT["count"]] + high[_SLOT["count"]]
+    if (low[_SLOT["status"]] or high[_SLOT["status"]] or low.size != high.size
+            or not np.array_equal(low[:_AGREE], high[:_AGREE])):
+        out_header[_SLOT["status"]] = _FAILED
+        return out_header  # the payloads are not used any more
+    payload = combine(low[_SLOT["count"]], low[H:], high[_SLOT["count"]], high[H:])
+    return np.concatenate([out_header, payload])
+
+
+def _private(comm, state):
+    """fastbn's duplicate of `comm` (collective: made in the first synchronised call on
+    every rank alike), so that its messages never meet the program's own."""
+    if state.private is None:
+        state.private = comm.Dup()
+    return state.private
+
+
+def _wait(req):
+    """Wait for an MPI request, yielding the core meanwhile (ranks may outnumber cores),
+    in Python, so that Ctrl-C interrupts the wait."""
+    while not req.Test():
+        _yield()
+
+
+def _reduce(comm, state, message, combine):
+    """The merge of every rank's message (header + payload), by recursive doubling in a
+    fixed bracketing (see the module docstring): the same bytes on every rank."""
+    P = comm.Get_size()
+    if P == 1:
+        return message
+    pc = _private(comm, state)
+    rank = pc.Get_rank()
+    t = state.traffic
+    status = MPI.Status()
+
+    def send(buf, dest):
+        _wait(pc.Isend(buf, dest, _TAG))
+        t["messages_sent"] += 1
+        t["bytes_sent"] += buf.nbytes
+
+    def recv(source):  # any length: a rank out of step may send another operation's
+        msg = pc.Improbe(source, _TAG, status)
+        while msg is None:
+            _yield()
+            msg = pc.Improbe(source, _TAG, status)
+        buf = np.empty(status.Get_count(MPI.DOUBLE))
+        msg.Recv(buf)
+        t["messages_received"] += 1
+        t["bytes_received"] += buf.nbytes
+        return buf
+
+    def sendrecv(buf, partner):
+        req = pc.Isend(buf, partner, _TAG)
+        got = recv(partner)
+        _wait(req)
+        t["messages_sent"] += 1
+        t["bytes_sent"] += buf.nbytes
+        return got
+
+    p2 = 1 << (P.bit_length() - 1)  # the largest power of two <= P
+    acc = message
+    try:
+        if rank >= p2:  # one of the P - p2 extra ranks: hand over, then wait for the result
+            send(acc, rank - p2)
+            return recv(rank - p2)
+        if rank + p2 < P:
+            acc = _merge(acc, recv(rank + p2), combine)
+        k = 1
+        while k < p2:
+            partner = rank ^ k
+            other = sendrecv(acc, partner)
+            acc = _merge(acc, other, combine) if rank < partner else _merge(other, acc, combine)
+            k <<= 1
+        if rank + p2 < P:
+            send(acc, rank + p2)
+        return acc
+    except BaseException:  # KeyboardInterrupt while waiting, an MPI error: messages of
+        state.broken = True  # this exchange may be in flight, and would pair with the next
+        raise
+
+
+def _exchange(comm, state, header, payload, error, what, combine):
+    """Merge every rank's header and payload (a float64 vector; None if `error`) with
+    `combine`. Returns (merged header, merged payload), identical on every rank, once
+    every header agreed; raises on every rank otherwise (this rank's own `error`, or
+    PeerError or MismatchError, worded from the gathered headers)."""
+    message = np.empty(len(HEADER) + (0 if payload is None else payload.size))
+    message[:len(HEADER)] = header
+    if payload is not None:
+        message[len(HEADER):] = payload
+    merged = _reduce(comm, state, message, combine)
     state.calls += 1  # on every rank, whatever follows
-    _check_headers(table[:, :H], comm, error, what)
-    if H + n <= state.row:
-        return table[:, :H], table[:, H:H + n]
-    payloads = np.empty((comm.Get_size(), n))
-    comm.Allgather(np.concatenate(parts), payloads)  # once per new, wider row
-    state.row = H + n
-    return table[:, :H], payloads
+    if merged[_SLOT["status"]] or merged.size != message.size:
+        # some rank failed or disagrees, and every rank knows it: gather the headers to
+        # say who (the only Allgather; never in a call that succeeds)
+        headers = np.empty((comm.Get_size(), len(HEADER)))
+        pc = _private(comm, state) if comm.Get_size() > 1 else comm
+        try:
+            _wait(pc.Iallgather(np.ascontiguousarray(message[:len(HEADER)]), headers))
+        except BaseException:
+            state.broken = True
+            raise
+        state.traffic["collectives"] += 1
+        _check_headers(headers, comm, error, what)
+        raise MismatchError(f"{what}: the ranks' calls disagree")  # not reached
+    if error is not None:  # one rank (COMM_SELF): nothing to tell the others
+        raise error
+    return merged[:len(HEADER)], merged[len(HEADER):]
 
 
 class SyncCache(Cache):
@@ -376,62 +566,129 @@ def sync_forward(x, gamma=None, beta=None, *, comm, axis=1, eps=1e-5, training=T
                                unbiased_running_var=unbiased_running_var)
 
 
+def _begin(comm):
+    """(state, held): the communicator's state, and whether this thread held its lock
+    before the call (then the call is refused and must not release it)."""
+    state = _state(comm)
+    return state, state.lock.owned()
+
+
+def _enter(state, held):
+    """Take the communicator's lock for this call, or raise: collectives of two threads
+    on one communicator would pair at random across ranks and mix their statistics.
+    Called inside the call's try, whose finally runs _leave: an interrupt anywhere
+    after the acquisition leaves the lock owned by this thread, and _leave frees it."""
+    if held or not state.lock.acquire(blocking=False):
+        raise RuntimeError(_BUSY)
+    if state.broken:
+        raise RuntimeError(
+            "an earlier fastbn.distributed call on this communicator was interrupted in "
+            "the middle of its exchange (KeyboardInterrupt, or an MPI error): its messages "
+            "may still be in flight, so the ranks cannot be kept in step on it any more; "
+            "end the job (python -m mpi4py does on an uncaught exception), or give the "
+            "surviving code a new communicator (comm.Dup())")
+
+
+def _leave(state, held):
+    """Release the lock if this call took it; idempotent."""
+    if not held and state.lock.owned():
+        state.lock.release()
+
+
+def _locked(comm, body):
+    """body(state) with the communicator's lock held by this call; the lock is released
+    whatever happens, and only if this call took it."""
+    state, held = _begin(comm)
+    try:
+        _enter(state, held)
+        return body(state)
+    finally:
+        # release to the end even if KeyboardInterrupt lands meanwhile, as it may on the
+        # way into _leave (a call is a signal check): the handlers nest, as in
+        # fastbn's commit, inline, so that no check falls between catching and retrying
+        try:
+            _leave(state, held)
+        except KeyboardInterrupt:
+            try:
+                _leave(state, held)
+            except KeyboardInterrupt:
+                _leave(state, held)
+            raise
+
+
+def _shifted_beta(beta, gamma, invstd, lo):
+    """beta - mean_lo * gamma * invstd (float64): normalising with the float64 mean
+    (mean_hi) and this beta is normalising with the double-double mean, which is how
+    the C kernels use mean_lo (fbn_coefficients); beta itself without a residual."""
+    if lo is None:
+        return beta
+    scale = invstd if gamma is None else np.asarray(gamma, np.float64) * invstd
+    return (0.0 if beta is None else np.asarray(beta, np.float64)) - lo * scale
+
+
 def _sync_forward_train(x, gamma, beta, comm, axis, eps, running_mean, running_var, momentum,
                         out, activation, error=None, training_mode=True,
                         unbiased_running_var=True, then=None):
     """The forward with batch statistics. `error`: a failure found by the caller on this
-    rank, which joins the collective flagging it and then raises it. `training_mode`: the
+    rank, which joins the exchange flagging it and then raises it. `training_mode`: the
     layer's mode, which the ranks must share (a SyncBatchNorm without running statistics
     uses batch statistics in eval mode too). `then(cache)`, if given, is the last step of
     the state update, written with the running statistics in one step (the layer's)."""
-    fb = _fastbn()
-    state = _acquire(comm)
-    try:
-        if error is None:
-            try:
-                axis, C, gamma, beta, eps, momentum, activation = _check_local(
-                    x, gamma, beta, axis, eps, running_mean, running_var, momentum, out,
-                    activation)
-                unbiased_running_var = _check_bool(unbiased_running_var,
-                                                   "unbiased_running_var")
-            except (TypeError, ValueError) as exc:
-                error = exc
-        call = state.calls
-        if error is None:
-            count, mean, m2 = fb.batch_stats(x, axis=axis)
-            update = running_mean is not None
-            header = _header(_FORWARD, call, forward_call=call, channels=C, ndim=x.ndim,
-                             axis=axis, eps=eps, momentum=momentum if update else 0.0,
-                             flags=_flags(update, gamma, beta, training_mode,
-                                          update and not unbiased_running_var),
-                             activation=activation, count=count)
-            parts = (mean, m2)
-        else:
-            header, parts = _header(_FORWARD, call, failed=True), None
-        headers, table = _exchange(comm, state, header, parts, error, "sync_forward")
+    return _locked(comm, partial(_forward_locked, x, gamma, beta, comm, axis, eps, running_mean,
+                                 running_var, momentum, out, activation, error, training_mode,
+                                 unbiased_running_var, then))
 
-        counts = headers[:, _SLOT["count"]].astype(np.int64)
-        total = int(counts.sum())
-        if total <= 1 and C:
-            raise ValueError(f"expected more than 1 value per channel when training, got "
-                             f"{total} over the {comm.Get_size()} ranks (local input of shape "
-                             f"{x.shape})")
-        _, mean, m2 = fb.merge_stats(counts, table[:, :C], table[:, C:])
-        var = m2 / max(total, 1)
-        invstd = 1.0 / np.sqrt(var + eps)
-        overwritten = out is not None and overlaps(out, x)
-        y = fb.normalize(x, mean, invstd, gamma, beta, axis=axis, out=out, activation=activation)
-        cache = SyncCache(x, gamma, beta, mean, invstd, var, axis=axis, eps=eps, training=True,
-                          activation=activation, x_overwritten=overwritten,
-                          global_count=total, comm=comm, call=call)
-        copies = []
-        if running_mean is not None and C:
-            copies = fb._impl._running_copies(running_mean, running_var, mean, var, total,
-                                              momentum, unbiased=unbiased_running_var)
-        if copies or then is not None:  # all or nothing, even under Ctrl-C
-            commit(copies, None if then is None else partial(then, cache))
-    finally:
-        state.lock.release()
+
+def _forward_locked(x, gamma, beta, comm, axis, eps, running_mean, running_var, momentum, out,
+                    activation, error, training_mode, unbiased_running_var, then, state):
+    fb = _fastbn()
+    if error is None:
+        try:
+            axis, C, gamma, beta, eps, momentum, activation = _check_local(
+                x, gamma, beta, axis, eps, running_mean, running_var, momentum, out,
+                activation)
+            unbiased_running_var = _check_bool(unbiased_running_var,
+                                               "unbiased_running_var")
+        except (TypeError, ValueError) as exc:
+            error = exc
+    call = state.calls
+    if error is None:
+        count, hi, lo, m2 = fb._impl._batch_stats_lo(x, axis)
+        update = running_mean is not None
+        header = _header(_FORWARD, call, forward_call=call, channels=C, ndim=x.ndim,
+                         axis=axis, eps=eps, momentum=momentum if update else 0.0,
+                         flags=_flags(update, gamma, beta, training_mode,
+                                      update and not unbiased_running_var),
+                         activation=activation, count=count)
+        payload = np.concatenate([hi, np.zeros(C) if lo is None else lo, m2])
+    else:
+        header, payload = _header(_FORWARD, call, failed=True), None
+    merged, payload = _exchange(comm, state, header, payload, error, "sync_forward",
+                                _merge_moments)
+
+    total = int(merged[_SLOT["count"]])
+    if total <= 1 and C:
+        raise ValueError(f"expected more than 1 value per channel when training, got "
+                         f"{total} over the {comm.Get_size()} ranks (local input of shape "
+                         f"{x.shape})")
+    mean, m2 = payload[:C].copy(), payload[2 * C:].copy()
+    lo = None if lo is None else payload[C:2 * C].copy()
+    var = m2 / max(total, 1)
+    invstd = 1.0 / np.sqrt(var + eps)
+    overwritten = out is not None and overlaps(out, x)
+    y = fb.normalize(x, mean, invstd, gamma, _shifted_beta(beta, gamma, invstd, lo),
+                     axis=axis, out=out, activation=activation)
+    cache = SyncCache(x, gamma, beta, mean, invstd, var, axis=axis, eps=eps, training=True,
+                      activation=activation, mean_lo=lo, x_overwritten=overwritten,
+                      global_count=total, comm=comm, call=call)
+    copies = []
+    if running_mean is not None and C:
+        residual = {} if lo is None else {"mean_lo": lo}  # the C backend's ema takes it
+        copies = fb._impl._running_copies(running_mean, running_var, mean, var, total,
+                                          momentum, unbiased=unbiased_running_var,
+                                          **residual)
+    if copies or then is not None:  # all or nothing, even under Ctrl-C
+        commit(copies, None if then is None else partial(then, cache))
     return y, cache
 
 
@@ -501,46 +758,49 @@ def sync_backward(dy, cache, *, comm, out=None):
 
 
 def _sync_backward_train(dy, cache, comm, out):
-    fb = _fastbn()
-    state = _acquire(comm)
-    try:
-        error = None
-        try:
-            if not isinstance(cache, SyncCache):
-                raise TypeError("cache comes from a local forward in training mode: "
-                                "sync_backward needs the cache of sync_forward (or use "
-                                "fastbn.backward)")
-            if MPI.Comm.Compare(comm, cache.comm) not in (MPI.IDENT, MPI.CONGRUENT):
-                raise ValueError("comm is not the communicator the forward was synchronised over")
-            dx_out, dg_out, db_out = check_backward(dy, cache, out)  # checks the cache too
-        except (TypeError, ValueError) as exc:
-            error = exc
-        call = state.calls
-        if error is None:
-            x, axis = cache.x, cache.axis
-            C = x.shape[axis]
-            # the forward's ReLU mask is recomputed inside both building blocks
-            sum_dy, sum_dy_xhat = fb.backward_reduce(dy, x, cache.mean, cache.invstd, axis=axis,
-                                                     gamma=cache.gamma, beta=cache.beta,
-                                                     activation=cache.activation)
-            header = _header(_BACKWARD, call, forward_call=cache.call, channels=C,
-                             ndim=x.ndim, axis=axis, eps=cache.eps,
-                             flags=_flags(False, cache.gamma, cache.beta, True),
-                             activation=cache.activation, count=cache.count)
-            parts = (sum_dy, sum_dy_xhat)
-        else:
-            header, parts = _header(_BACKWARD, call, failed=True), None
-        _, table = _exchange(comm, state, header, parts, error, "sync_backward")
+    return _locked(comm, partial(_backward_locked, dy, cache, comm, out))
 
-        totals = table[0].copy()
-        for r in range(1, table.shape[0]):  # a fixed order: identical sums on every rank
-            totals += table[r]
-        sum_dy, sum_dy_xhat = totals[:C], totals[C:]
-        dx = fb.backward_elemt(dy, x, cache.mean, cache.invstd, cache.gamma, sum_dy, sum_dy_xhat,
-                               max(cache.global_count, 1), axis=axis, out=dx_out,
-                               beta=cache.beta, activation=cache.activation)
-    finally:
-        state.lock.release()
+
+def _backward_locked(dy, cache, comm, out, state):
+    fb = _fastbn()
+    error = None
+    try:
+        if not isinstance(cache, SyncCache):
+            raise TypeError("cache comes from a local forward in training mode: "
+                            "sync_backward needs the cache of sync_forward (or use "
+                            "fastbn.backward)")
+        if MPI.Comm.Compare(comm, cache.comm) not in (MPI.IDENT, MPI.CONGRUENT):
+            raise ValueError("comm is not the communicator the forward was synchronised over")
+        dx_out, dg_out, db_out = check_backward(dy, cache, out)  # checks the cache too
+    except (TypeError, ValueError) as exc:
+        error = exc
+    call = state.calls
+    if error is None:
+        x, axis = cache.x, cache.axis
+        C = x.shape[axis]
+        lo, invstd = cache._mean_lo, cache.invstd
+        beta = _shifted_beta(cache.beta, cache.gamma, invstd, lo)  # for the ReLU mask
+        # the forward's ReLU mask is recomputed inside both building blocks
+        sum_dy, sum_dy_xhat = fb.backward_reduce(dy, x, cache.mean, invstd, axis=axis,
+                                                 gamma=cache.gamma, beta=beta,
+                                                 activation=cache.activation)
+        if lo is not None:  # xhat = (x - mean_hi) * invstd - mean_lo * invstd
+            sum_dy_xhat = sum_dy_xhat - (lo * invstd) * sum_dy
+        header = _header(_BACKWARD, call, forward_call=cache.call, channels=C,
+                         ndim=x.ndim, axis=axis, eps=cache.eps,
+                         flags=_flags(False, cache.gamma, cache.beta, True),
+                         activation=cache.activation, count=cache.count)
+        payload = np.concatenate([sum_dy, sum_dy_xhat])
+    else:
+        header, payload = _header(_BACKWARD, call, failed=True), None
+    _, totals = _exchange(comm, state, header, payload, error, "sync_backward", _add)
+    sum_dy, sum_dy_xhat = totals[:C], totals[C:]
+    # backward_elemt subtracts sum_dy / count and xhat * sum_dy_xhat / count with
+    # xhat from mean_hi: the residual's part moves into the first term
+    sum_dy_shifted = sum_dy if lo is None else sum_dy - sum_dy_xhat * (lo * invstd)
+    dx = fb.backward_elemt(dy, x, cache.mean, invstd, cache.gamma, sum_dy_shifted,
+                           sum_dy_xhat, max(cache.global_count, 1), axis=axis, out=dx_out,
+                           beta=beta, activation=cache.activation)
     dgamma = None if cache.gamma is None else _store(sum_dy_xhat, dg_out, cache.gamma.dtype)
     dbeta = None if cache.beta is None else _store(sum_dy, db_out, cache.beta.dtype)
     return dx, dgamma, dbeta

@@ -37,6 +37,13 @@ def batch_stats(x, *, axis=1):
     return count, mean, m2
 
 
+def _batch_stats_lo(x, axis):
+    """batch_stats with the residual of the mean (count, mean, mean_lo, m2): the
+    reference's mean is a plain float64 one, so mean_lo is None (zeros)."""
+    count, mean, m2 = batch_stats(x, axis=axis)
+    return count, mean, None, m2
+
+
 def merge_stats(counts, means, m2s):
     """Chan et al.: merge partial statistics stacked along the leading axis."""
     counts, means, m2s, per_channel = check_merge(counts, means, m2s)

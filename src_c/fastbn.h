@@ -12,8 +12,9 @@
  *
  * Elementwise kernels use one affine form per channel,
  *     y = (x - shift[c]) * scale[c] + bias[c]           (then max(y, 0) if relu),
- * with shift the high part of the mean so that x - shift is exact-ish even far
- * from the origin (see fbn_coefficients), computed in the data's type.
+ * with shift the high part of the mean (not the layer's beta, which is in bias) so
+ * that x - shift is exact-ish even far from the origin (see fbn_coefficients),
+ * computed in the data's type.
  */
 #ifndef FASTBN_H
 #define FASTBN_H
@@ -28,58 +29,95 @@ typedef struct {
     int64_t outer, channels, inner;
 } fbn_shape;
 
-/* All kernels return 0 on success and -1 when a small O(C) work buffer cannot be
- * allocated; fbn_forward_train returns -2 for an empty channel (m == 0). */
-#define FBN_DECLARE(SFX, T)                                                          \
-    /* Channel statistics: the mean as a double-double (mean_hi + mean_lo) and the   \
-     * sum of squared deviations m2, over outer * inner values per channel. */       \
-    int fbn_batch_stats_##SFX(const T *x, fbn_shape s, double *mean_hi,              \
-                              double *mean_lo, double *m2, int nthreads);            \
-    /* Training forward, fused: statistics, then normalise/scale/shift (and ReLU).   \
-     * gamma/beta may be NULL. Outputs mean (hi, lo), biased var and invstd. */      \
-    int fbn_forward_train_##SFX(const T *x, T *y, fbn_shape s, const double *gamma,   \
-                                const double *beta, double eps, int relu,            \
-                                double *mean_hi, double *mean_lo, double *var,       \
-                                double *invstd, int nthreads);                       \
-    /* Inference forward: normalise with given statistics (running mean and biased   \
-     * var), then scale/shift (and ReLU); gamma/beta may be NULL. Outputs invstd. */ \
-    int fbn_forward_infer_##SFX(const T *x, T *y, fbn_shape s, const double *mean,   \
-                                const double *var, const double *gamma,              \
-                                const double *beta, double eps, int relu,            \
-                                double *invstd, int nthreads);                       \
-    /* y = (x - shift) * scale + bias, then ReLU if relu. */                         \
-    int fbn_affine_##SFX(const T *x, T *y, fbn_shape s, const double *shift,         \
-                         const double *scale, const double *bias, int relu,          \
-                         int nthreads);                                              \
-    /* sum(dy) and sum(dy * (x - shift)); with relu, dy is masked where the forward  \
-     * pre-activation (x - shift) * scale + bias was <= 0 (scale, bias may be NULL:   \
-     * zeros). */                                                                    \
-    int fbn_backward_reduce_##SFX(const T *dy, const T *x, fbn_shape s,              \
-                                  const double *shift, const double *scale,          \
-                                  const double *bias, int relu, double *sum_dy,      \
-                                  double *sum_dy_xs, int nthreads);                  \
-    /* dx = k_dy * (dy - mean_dy) + k_x * (x - shift) * invstd; with relu, dy is     \
-     * masked as in fbn_backward_reduce (scale and bias may be NULL: zeros). */       \
-    int fbn_backward_elemt_##SFX(const T *dy, const T *x, T *dx, fbn_shape s,        \
-                                 const double *shift, const double *invstd,          \
-                                 const double *k_dy, const double *k_x,              \
-                                 const double *mean_dy, const double *scale,         \
-                                 const double *bias, int relu, int nthreads);        \
-    /* Backward, fused: reduce, then dx. training = 0 treats the statistics as       \
-     * constants. Outputs sum(dy) and sum(dy * xhat) (= dbeta, dgamma). */           \
-    int fbn_backward_##SFX(const T *dy, const T *x, T *dx, fbn_shape s,              \
-                           const double *mean_hi, const double *mean_lo,             \
-                           const double *invstd, const double *gamma,                \
-                           const double *beta, int relu, int training,               \
-                           double *sum_dy, double *sum_dy_xhat, int nthreads);       \
-    /* Running statistic update: running = (1 - momentum) * running                 \
-     * + momentum * factor * batch (factor m / (m - 1) makes a variance unbiased);   \
-     * batch is batch + batch_lo (a double-double mean) unless batch_lo is NULL. */  \
-    int fbn_ema_##SFX(T *running, const double *batch, const double *batch_lo,       \
-                      int64_t channels, double momentum, double factor);
+/* Half-precision data (issue 19): the bits of an IEEE binary16 value (NumPy's
+ * float16) and of a bfloat16 value (ml_dtypes.bfloat16). Structs, so that a value
+ * is never taken for a number without its conversion (src_c/half.h). Kernels on
+ * them compute in float; fbn_<op>_f16 and fbn_<op>_bf16 have the float32 kernels'
+ * arguments with these data pointers. */
+typedef struct {
+    uint16_t bits;
+} fbn_float16;
+typedef struct {
+    uint16_t bits;
+} fbn_bfloat16;
 
-FBN_DECLARE(f32, float)
-FBN_DECLARE(f64, double)
+/* The kernels come in one version per data type, named fbn_<op>_f32 (float data)
+ * and fbn_<op>_f64 (double data), defined in src_c/kern_*.h as FBN_SYM(<op>) (see
+ * kern_dtype.h). All return 0 on success and -1 when a small O(C) work buffer
+ * cannot be allocated; fbn_forward_train returns -2 for an empty channel (m == 0).
+ * Sums of dy times x are named by how x is centred: sum_dy_xs (x - shift),
+ * sum_dy_xhat ((x - mean) * invstd); see plan.h. */
+
+/* Channel statistics: the mean as a double-double (mean_hi + mean_lo) and the
+ * sum of squared deviations m2, over outer * inner values per channel. */
+int fbn_batch_stats_f32(const float *x, fbn_shape s, double *mean_hi, double *mean_lo,
+                        double *m2, int nthreads);
+int fbn_batch_stats_f64(const double *x, fbn_shape s, double *mean_hi, double *mean_lo,
+                        double *m2, int nthreads);
+
+/* Training forward, fused: statistics, then normalise/scale/shift (and ReLU).
+ * gamma/beta may be NULL. Outputs mean (hi, lo), biased var and invstd. */
+int fbn_forward_train_f32(const float *x, float *y, fbn_shape s, const double *gamma,
+                          const double *beta, double eps, int relu, double *mean_hi,
+                          double *mean_lo, double *var, double *invstd, int nthreads);
+int fbn_forward_train_f64(const double *x, double *y, fbn_shape s, const double *gamma,
+                          const double *beta, double eps, int relu, double *mean_hi,
+                          double *mean_lo, double *var, double *invstd, int nthreads);
+
+/* Inference forward: normalise with given statistics (running mean and biased
+ * var), then scale/shift (and ReLU); gamma/beta may be NULL. Outputs invstd. */
+int fbn_forward_infer_f32(const float *x, float *y, fbn_shape s, const double *mean,
+                          const double *var, const double *gamma, const double *beta,
+                          double eps, int relu, double *invstd, int nthreads);
+int fbn_forward_infer_f64(const double *x, double *y, fbn_shape s, const double *mean,
+                          const double *var, const double *gamma, const double *beta,
+                          double eps, int relu, double *invstd, int nthreads);
+
+/* y = (x - shift) * scale + bias, then ReLU if relu. */
+int fbn_affine_f32(const float *x, float *y, fbn_shape s, const double *shift,
+                   const double *scale, const double *bias, int relu, int nthreads);
+int fbn_affine_f64(const double *x, double *y, fbn_shape s, const double *shift,
+                   const double *scale, const double *bias, int relu, int nthreads);
+
+/* sum(dy) and sum_dy_xs = sum(dy * (x - shift)); with relu, dy is masked where the
+ * forward pre-activation (x - shift) * scale + bias was <= 0 (scale, bias may be
+ * NULL: zeros). */
+int fbn_backward_reduce_f32(const float *dy, const float *x, fbn_shape s, const double *shift,
+                            const double *scale, const double *bias, int relu, double *sum_dy,
+                            double *sum_dy_xs, int nthreads);
+int fbn_backward_reduce_f64(const double *dy, const double *x, fbn_shape s,
+                            const double *shift, const double *scale, const double *bias,
+                            int relu, double *sum_dy, double *sum_dy_xs, int nthreads);
+
+/* dx = k_dy * (dy - mean_dy) + k_x * (x - shift) * invstd; with relu, dy is
+ * masked as in fbn_backward_reduce (scale and bias may be NULL: zeros). */
+int fbn_backward_elemt_f32(const float *dy, const float *x, float *dx, fbn_shape s,
+                           const double *shift, const double *invstd, const double *k_dy,
+                           const double *k_x, const double *mean_dy, const double *scale,
+                           const double *bias, int relu, int nthreads);
+int fbn_backward_elemt_f64(const double *dy, const double *x, double *dx, fbn_shape s,
+                           const double *shift, const double *invstd, const double *k_dy,
+                           const double *k_x, const double *mean_dy, const double *scale,
+                           const double *bias, int relu, int nthreads);
+
+/* Backward, fused: reduce, then dx. training = 0 treats the statistics as
+ * constants. Outputs sum(dy) and sum_dy_xhat (= dbeta, dgamma). */
+int fbn_backward_f32(const float *dy, const float *x, float *dx, fbn_shape s,
+                     const double *mean_hi, const double *mean_lo, const double *invstd,
+                     const double *gamma, const double *beta, int relu, int training,
+                     double *sum_dy, double *sum_dy_xhat, int nthreads);
+int fbn_backward_f64(const double *dy, const double *x, double *dx, fbn_shape s,
+                     const double *mean_hi, const double *mean_lo, const double *invstd,
+                     const double *gamma, const double *beta, int relu, int training,
+                     double *sum_dy, double *sum_dy_xhat, int nthreads);
+
+/* Running statistic update: running = (1 - momentum) * running
+ * + momentum * factor * batch (factor m / (m - 1) makes a variance unbiased);
+ * batch is batch + batch_lo (a double-double mean) unless batch_lo is NULL. */
+void fbn_ema_f32(float *running, const double *batch, const double *batch_lo,
+                 int64_t channels, double momentum, double factor);
+void fbn_ema_f64(double *running, const double *batch, const double *batch_lo,
+                 int64_t channels, double momentum, double factor);
 
 /* invstd = 1 / sqrt(var + eps), per channel. */
 void fbn_invstd(int64_t channels, const double *var, double eps, double *invstd);
@@ -97,6 +135,52 @@ const char *fbn_pool_kind(void);
 int fbn_max_threads(void);
 const char *fbn_simd_paths(void);
 const char *fbn_compiler(void);
+
+
+/* Half-precision data (issue 19): the same kernels on float16 and bfloat16 data
+ * (fbn_float16, fbn_bfloat16 above), computed in float, each output rounded once. */
+int fbn_batch_stats_f16(const fbn_float16 *x, fbn_shape s, double *mean_hi, double *mean_lo,
+                        double *m2, int nthreads);
+int fbn_forward_train_f16(const fbn_float16 *x, fbn_float16 *y, fbn_shape s, const double *gamma,
+                          const double *beta, double eps, int relu, double *mean_hi,
+                          double *mean_lo, double *var, double *invstd, int nthreads);
+int fbn_forward_infer_f16(const fbn_float16 *x, fbn_float16 *y, fbn_shape s, const double *mean,
+                          const double *var, const double *gamma, const double *beta,
+                          double eps, int relu, double *invstd, int nthreads);
+int fbn_affine_f16(const fbn_float16 *x, fbn_float16 *y, fbn_shape s, const double *shift,
+                   const double *scale, const double *bias, int relu, int nthreads);
+int fbn_backward_reduce_f16(const fbn_float16 *dy, const fbn_float16 *x, fbn_shape s, const double *shift,
+                            const double *scale, const double *bias, int relu, double *sum_dy,
+                            double *sum_dy_xs, int nthreads);
+int fbn_backward_elemt_f16(const fbn_float16 *dy, const fbn_float16 *x, fbn_float16 *dx, fbn_shape s,
+                           const double *shift, const double *invstd, const double *k_dy,
+                           const double *k_x, const double *mean_dy, const double *scale,
+                           const double *bias, int relu, int nthreads);
+int fbn_backward_f16(const fbn_float16 *dy, const fbn_float16 *x, fbn_float16 *dx, fbn_shape s,
+                     const double *mean_hi, const double *mean_lo, const double *invstd,
+                     const double *gamma, const double *beta, int relu, int training,
+                     double *sum_dy, double *sum_dy_xhat, int nthreads);
+int fbn_batch_stats_bf16(const fbn_bfloat16 *x, fbn_shape s, double *mean_hi, double *mean_lo,
+                        double *m2, int nthreads);
+int fbn_forward_train_bf16(const fbn_bfloat16 *x, fbn_bfloat16 *y, fbn_shape s, const double *gamma,
+                          const double *beta, double eps, int relu, double *mean_hi,
+                          double *mean_lo, double *var, double *invstd, int nthreads);
+int fbn_forward_infer_bf16(const fbn_bfloat16 *x, fbn_bfloat16 *y, fbn_shape s, const double *mean,
+                          const double *var, const double *gamma, const double *beta,
+                          double eps, int relu, double *invstd, int nthreads);
+int fbn_affine_bf16(const fbn_bfloat16 *x, fbn_bfloat16 *y, fbn_shape s, const double *shift,
+                   const double *scale, const double *bias, int relu, int nthreads);
+int fbn_backward_reduce_bf16(const fbn_bfloat16 *dy, const fbn_bfloat16 *x, fbn_shape s, const double *shift,
+                            const double *scale, const double *bias, int relu, double *sum_dy,
+                            double *sum_dy_xs, int nthreads);
+int fbn_backward_elemt_bf16(const fbn_bfloat16 *dy, const fbn_bfloat16 *x, fbn_bfloat16 *dx, fbn_shape s,
+                           const double *shift, const double *invstd, const double *k_dy,
+                           const double *k_x, const double *mean_dy, const double *scale,
+                           const double *bias, int relu, int nthreads);
+int fbn_backward_bf16(const fbn_bfloat16 *dy, const fbn_bfloat16 *x, fbn_bfloat16 *dx, fbn_shape s,
+                     const double *mean_hi, const double *mean_lo, const double *invstd,
+                     const double *gamma, const double *beta, int relu, int training,
+                     double *sum_dy, double *sum_dy_xhat, int nthreads);
 
 #ifdef __cplusplus
 }

@@ -24,14 +24,15 @@ COMM = MPI.COMM_WORLD
 RANK, SIZE = COMM.Get_rank(), COMM.Get_size()
 
 # layout name -> (shape of one sample without the batch axis, channel axis); "NCwide" comes
-# first: its 200 channels widen the rows of COMM_WORLD (a second Allgather, once), and the
-# cases after it send rows padded to that width
+# first: 200 channels, then narrower cases (messages of every length on one communicator)
 LAYOUTS = {"NCwide": ((200,), 1), "NC": ((5,), 1), "NCL": ((4, 3), 1), "NCHW": ((3, 4, 4), 1),
            "NHWC": ((4, 4, 3), -1)}
 
 # per-rank batch sizes: uneven, with a rank holding an empty batch, and (for "NC") a rank
 # holding one sample, whose local count of 1 is fine since the global count is larger
-SPLITS = {2: [[3, 0], [1, 4]], 3: [[2, 0, 5], [1, 3, 1]], 4: [[2, 0, 3, 1], [0, 2, 2, 1]]}
+SPLITS = {2: [[3, 0], [1, 4]], 3: [[2, 0, 5], [1, 3, 1]], 4: [[2, 0, 3, 1], [0, 2, 2, 1]],
+          5: [[2, 0, 3, 1, 0], [0, 1, 2, 2, 1]],  # rank 4 folds into rank 0 first
+          8: [[1, 0, 2, 0, 3, 1, 0, 2], [0, 2, 1, 1, 0, 3, 1, 0]]}
 
 
 def split_of(n_per_rank):
@@ -237,7 +238,7 @@ def run_error(case):
             _, first = sync_forward(x, comm=COMM)
             _, second = sync_forward(x + 1, comm=COMM)
             sync_backward(np.ones_like(x), first if RANK == 0 else second, comm=COMM)
-        elif name == "channels_mismatch_wide":  # more channels than the rows hold yet
+        elif name == "channels_mismatch_wide":  # messages of different lengths
             state_ok = False
             C = 4 if RANK == 0 else 1000
             rm, rv = np.zeros(C), np.ones(C)
@@ -272,8 +273,14 @@ def main():
         sys.exit(f"mpi_check: expected {expected} ranks, got {SIZE}: is mpiexec from the "
                  f"MPI library that mpi4py uses ({MPI.Get_library_version().splitlines()[0]})?")
     runners = {"functions": run_functions, "layer": run_layer, "error": run_error}
+    run_cases(function_cases() + [layer_case()] + error_cases(), runners, outfile)
+
+
+def run_cases(cases, runners, outfile):
+    """Run each case on every rank (runners[case["kind"]](case) -> (mine, inputs)), in
+    step even when one crashes, and pickle everything gathered on rank 0 to outfile."""
     results = []
-    for case in function_cases() + [layer_case()] + error_cases():
+    for case in cases:
         try:
             mine, inputs = runners[case["kind"]](case)
         except Exception:  # report, and stay in step with the other ranks
@@ -284,7 +291,6 @@ def main():
     if RANK == 0:
         with open(outfile, "wb") as f:
             pickle.dump(dict(size=SIZE, backend=fastbn.backend, results=results), f)
-
 
 if __name__ == "__main__":
     main()

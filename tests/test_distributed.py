@@ -1,6 +1,7 @@
 """fastbn.distributed: synchronised batch norm over MPI.
 
-The multi-process tests launch ``mpiexec -n 2`` and ``-n 3`` on tests/mpi_check.py,
+The multi-process tests launch ``mpiexec -n 2``, ``-n 3`` and ``-n 5`` (and ``-n 8``
+with ``-m slow``) on tests/mpi_check.py,
 which runs sync_forward/sync_backward and SyncBatchNorm on uneven per-rank batches
 (one rank empty) and pickles every rank's inputs and outputs; the assertions are
 here: each result must match single-process fastbn.forward/backward (or
@@ -282,23 +283,29 @@ def _mpiexec():
     return None
 
 
-@pytest.fixture(scope="module", params=[2, 3], ids=lambda n: f"n{n}")
+@pytest.fixture(scope="module", params=[2, 3, 5, pytest.param(8, marks=pytest.mark.slow)],
+                ids=lambda n: f"n{n}")
 def mpi_run(request, tmp_path_factory):
     """Launch tests/mpi_check.py on n ranks once; the gathered results."""
-    n = request.param
+    return launch_script("mpi_check.py", request.param, tmp_path_factory)
+
+
+def launch_script(script, n, tmp_path_factory, timeout=180):
+    """Run tests/<script> OUTFILE n under mpiexec -n n; the results it pickled, each
+    rank's checked for a crash report (skips without mpi4py or mpiexec)."""
     if MISSING is not None:
         pytest.skip(MISSING)
     mpiexec = _mpiexec()
     if mpiexec is None:
         pytest.skip("mpiexec not found (pip install 'fastbn[mpi]' brings MPICH's)")
-    outfile = tmp_path_factory.mktemp(f"mpi{n}") / "results.pkl"
+    outfile = tmp_path_factory.mktemp(f"{Path(script).stem}{n}") / "results.pkl"
     env = dict(os.environ, PYTHONPATH=_package_root(), FASTBN_NUM_THREADS="1",
                OMP_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1",
                OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMPI_MCA_rmaps_base_oversubscribe="1")
-    cmd = [mpiexec, "-n", str(n), sys.executable, "-m", "mpi4py", str(HERE / "mpi_check.py"),
+    cmd = [mpiexec, "-n", str(n), sys.executable, "-m", "mpi4py", str(HERE / script),
            str(outfile), str(n)]
     try:
-        res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180,
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout,
                              stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"{' '.join(cmd)} timed out (a deadlock?)\n{exc.stdout}\n{exc.stderr}")
@@ -334,7 +341,7 @@ def test_functions_match_union(mpi_run):
     cases = _cases(mpi_run, "functions")
     assert len(cases) == 20
     assert max(len(r["inputs"]["gamma"] if r["inputs"]["gamma"] is not None else
-                   r["inputs"]["running_mean"]) for r in cases) > 64  # rows were widened
+                   r["inputs"]["running_mean"]) for r in cases) > 64  # wide and narrow
     for r in cases:
         case, inputs, ranks = r["case"], r["inputs"], r["ranks"]
         what = f"{case['layout']} {case['dtype']} split={case['split']} affine={case['affine']} " \

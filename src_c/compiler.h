@@ -1,0 +1,91 @@
+/* Compiler-specific helpers of the kernels: inlining, SIMD dispatch, loop hints,
+ * prefetches and non-temporal stores. Each has a plain C99 fallback. Internal,
+ * not part of the public C API. */
+#ifndef FASTBN_COMPILER_H
+#define FASTBN_COMPILER_H
+
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+#include "tuning.h"
+
+/* Helpers of the dispatched tile functions must be inlined into them, so that
+ * each target_clones version compiles them for its own instruction set. */
+#if defined(__GNUC__)
+#define FBN_INLINE static inline __attribute__((always_inline))
+#else
+#define FBN_INLINE static inline
+#endif
+
+/* Runtime SIMD dispatch of the functions that do the arithmetic (GCC on x86-64):
+ * one clone per instruction set, chosen at load time by the CPU. -DFBN_NO_DISPATCH
+ * builds the baseline alone (tools/digest_paths.sh checks that build's results). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FBN_NO_DISPATCH)
+#define FBN_DISPATCH __attribute__((target_clones("avx512f", "avx2", "default")))
+#define FBN_SIMD_PATHS "runtime dispatch: avx512f, avx2, baseline x86-64"
+#else
+#define FBN_DISPATCH
+#define FBN_SIMD_PATHS "compiler auto-vectorisation for the build target (no runtime dispatch)"
+#endif
+
+/* Before a loop without loop-carried dependences (values may still be read and
+ * written at one address in one iteration, as in place): vectorise it without
+ * runtime alias checks. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define FBN_IVDEP _Pragma("GCC ivdep")
+#elif defined(__clang__)
+#define FBN_IVDEP _Pragma("clang loop vectorize(assume_safety)")
+#else
+#define FBN_IVDEP
+#endif
+
+/* isfinite as a comparison, which vectorises: false for NaN and +-inf. */
+#define FBN_FINITE(v) (fabs(v) <= DBL_MAX)
+
+/* Non-temporal stores: SSE2's, from 16-byte vectors of GCC's vector extensions
+ * (which clang has too); other compilers store outputs as usual. */
+#if defined(__SSE2__) && defined(__GNUC__)
+#define FBN_CAN_STREAM 1
+#define FBN_STREAM_FENCE() _mm_sfence()
+#else
+#define FBN_CAN_STREAM 0
+#define FBN_STREAM_FENCE() ((void)0)
+#endif
+
+/* 16 bytes from src stored at dst (16-byte aligned), non-temporally where the
+ * compiler can (SSE2). */
+static inline void fbn_stream16(void *dst, const void *src) {
+#if FBN_CAN_STREAM
+    _mm_stream_si128((__m128i *)dst, _mm_loadu_si128((const __m128i *)src));
+#else
+    memcpy(dst, src, 16);
+#endif
+}
+
+/* Prefetches the bytes [p, p + bytes) a cache line at a time. */
+static inline void fbn_prefetch(const void *p, int64_t bytes) {
+#if defined(__GNUC__)
+    const char *q = (const char *)p;
+    for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(q + b);
+#else
+    (void)p;
+    (void)bytes;
+#endif
+}
+
+/* Prefetches the line FBN_STREAM_AHEAD bytes after p, for reading once
+ * (streamed passes). */
+FBN_INLINE void fbn_prefetch_stream(const void *p) {
+#if defined(__GNUC__)
+    __builtin_prefetch((const char *)p + FBN_STREAM_AHEAD, 0, 0);
+#else
+    (void)p;
+#endif
+}
+
+#endif

@@ -1,0 +1,164 @@
+/* The backward's parts: the reduction (sum_dy, sum_dy_xc) and dx as separate
+ * kernels, the coefficients between them (the fused backward is kern_fused.h),
+ * and the running-statistics update. A per-dtype template: see kern_dtype.h for
+ * T, TC and FBN_SYM; the sums' names are explained in plan.h. */
+
+/* Sum the tiles' partial sums (2 per channel) segment after segment, so memory
+ * is read in order; compensated, in a fixed order. comp: 2C doubles of scratch. */
+static void FBN_SYM(sum_tiles)(const fbn_plan *p, double *sums, double *comp, double *sum_dy,
+                               double *sum_dy_xc) {
+    const int64_t C = p->s.channels, C2 = 2 * C;
+    for (int64_t i = 0; i < C2; i++) comp[i] = 0.0;
+    for (int64_t k = 1; k < p->nsegs; k++) fbn_kadd_arrays(sums, comp, sums + k * C2, C2);
+    for (int64_t c = 0; c < C; c++) {
+        fbn_ksum a = {sums[2 * c], comp[2 * c]}, b = {sums[2 * c + 1], comp[2 * c + 1]};
+        sum_dy[c] = fbn_kval(&a);
+        sum_dy_xc[c] = fbn_kval(&b);
+    }
+}
+
+/* One tile's partial sums (into its segment's slot of work) of the backward's
+ * reduction. */
+typedef struct {
+    const T *dy, *x;
+    const fbn_plan *p;
+    const fbn_coefs *k;
+    const FBN_SYM(tcoefs) *tk;
+    double *work, *scratch; /* scratch: len doubles per thread */
+    int64_t len;
+} FBN_SYM(reduce_job);
+
+static void FBN_SYM(reduce_task)(void *job, int64_t t, int thread) {
+    const FBN_SYM(reduce_job) *j = job;
+    FBN_SYM(bwd_reduce_tile)(j->dy, j->x, j->p, t, j->k, j->tk,
+                             j->work + (t % j->p->nsegs) * 2 * j->p->s.channels,
+                             j->scratch + thread * j->len);
+}
+
+/* dx of one elementwise tile (backwards as in fbn_affine_job_<sfx>). */
+typedef struct {
+    const T *dy, *x;
+    T *dx;
+    const fbn_plan *p;
+    const FBN_SYM(tcoefs) *tk;
+    int backwards;
+} FBN_SYM(dx_job);
+
+static void FBN_SYM(dx_task)(void *job, int64_t t, int thread) {
+    const FBN_SYM(dx_job) *j = job;
+    (void)thread;
+    FBN_SYM(bwd_elemt_tile)(j->dy, j->x, j->dx, j->p, j->backwards ? j->p->ntiles - 1 - t : t,
+                            j->tk);
+}
+
+/* Reduce every tile, then sum the tiles in order: sum(dy') and sum_dy_xc.
+ * work: fbn_reduce_work_len(p, nt) doubles. */
+static void FBN_SYM(reduce_all)(const T *dy, const T *x, const fbn_plan *p, const fbn_coefs *k,
+                                const FBN_SYM(tcoefs) *tk, double *work, double *sum_dy,
+                                double *sum_dy_xc, int nt) {
+    const int64_t C = p->s.channels;
+    FBN_SYM(reduce_job) j = {.dy = dy, .x = x, .p = p, .k = k, .tk = tk, .work = work,
+                             .scratch = fbn_reduce_scratch(p, work), .len = fbn_scratch_len(p)};
+    fbn_parallel_for(p->ntiles, nt, FBN_SYM(reduce_task), &j);
+    FBN_SYM(sum_tiles)(p, work, work + p->nsegs * 2 * C, sum_dy, sum_dy_xc);
+}
+
+/* (x - shift) here: lo is zero, so sum_dy_xc is sum_dy_xs. */
+int FBN_SYM(backward_reduce)(const T *dy, const T *x, fbn_shape s, const double *shift,
+                             const double *scale, const double *bias, int relu, double *sum_dy,
+                             double *sum_dy_xs, int nthreads) {
+    fbn_plan p = FBN_SYM(reduce_plan)(s, 2);
+    const int64_t C = s.channels;
+    if (p.per_channel == 0) {
+        for (int64_t c = 0; c < C; c++) sum_dy[c] = sum_dy_xs[c] = 0.0;
+        return 0;
+    }
+    const int nt = fbn_threads_for(&p, nthreads);
+    const int64_t bytes[3] = {C * (int64_t)sizeof(double),
+                              fbn_reduce_work_len(&p, nt) * (int64_t)sizeof(double),
+                              FBN_SYM(typed_bytes)(C)};
+    void *buf[3];
+    fbn_work w;
+    if (fbn_work_alloc(&w, 3, bytes, buf)) return -1;
+    double *zeros = buf[0]; /* the mean's residual, and an absent scale or bias */
+    memset(zeros, 0, bytes[0]);
+    fbn_coefs k = {.shift = shift, .lo = zeros, .scale = scale ? scale : zeros,
+                   .bias = bias ? bias : zeros, .relu = relu};
+    FBN_SYM(tcoefs) tk = FBN_SYM(typed_arrays)(buf[2], C, relu);
+    FBN_SYM(fill_typed)(&k, 0, C, &tk);
+    FBN_SYM(reduce_all)(dy, x, &p, &k, &tk, buf[1], sum_dy, sum_dy_xs, nt);
+    fbn_work_free(&w);
+    return 0;
+}
+
+int FBN_SYM(backward_elemt)(const T *dy, const T *x, T *dx, fbn_shape s, const double *shift,
+                            const double *invstd, const double *k_dy, const double *k_x,
+                            const double *mean_dy, const double *scale, const double *bias,
+                            int relu, int nthreads) {
+    fbn_plan p = FBN_SYM(elemwise_plan)(s, 2);
+    const int64_t C = s.channels ? s.channels : 1;
+    const int64_t bytes[2] = {FBN_SYM(typed_bytes)(C), C * (int64_t)sizeof(double)};
+    void *buf[2];
+    fbn_work w;
+    if (fbn_work_alloc(&w, 2, bytes, buf)) return -1;
+    double *zeros = buf[1]; /* for an absent scale or bias */
+    memset(zeros, 0, bytes[1]);
+    fbn_coefs k = {.shift = shift, .scale = scale ? scale : zeros, .bias = bias ? bias : zeros,
+                   .invstd = invstd, .k_dy = k_dy, .k_x = k_x, .mean_dy = mean_dy,
+                   .relu = relu};
+    FBN_SYM(tcoefs) tk = FBN_SYM(typed_arrays)(buf[0], s.channels, relu);
+    FBN_SYM(fill_typed)(&k, 0, s.channels, &tk);
+    FBN_SYM(repeat_typed)(&tk, &s, 1);
+    FBN_SYM(dx_job) j = {.dy = dy, .x = x, .dx = dx, .p = &p, .tk = &tk, .backwards = 0};
+    fbn_parallel_for(p.ntiles, fbn_threads_for(&p, nthreads), FBN_SYM(dx_task), &j);
+    fbn_work_free(&w);
+    return 0;
+}
+
+/* The loop of fbn_bwd_coefficients_<sfx>, with has_gamma a constant (the loads of
+ * gamma are unconditional where they happen at all: the loop vectorises). */
+FBN_INLINE void FBN_SYM(bwd_coefficients_as)(int64_t nc, double n, int training,
+                                              const double *restrict invstd,
+                                              const double *restrict gamma, const int has_gamma,
+                                              const double *restrict sum_dy,
+                                              const double *restrict sum_dy_xc,
+                                              double *restrict sum_dy_xhat,
+                                              double *restrict k_dy, double *restrict k_x,
+                                              double *restrict mean_dy) {
+    for (int64_t c = 0; c < nc; c++) {
+        const double s2 = invstd[c] * sum_dy_xc[c], a = (has_gamma ? gamma[c] : 1.0) * invstd[c];
+        const double m = sum_dy[c] / n;
+        sum_dy_xhat[c] = s2;
+        k_dy[c] = a;
+        k_x[c] = training ? -a * (s2 / n) : 0.0;
+        mean_dy[c] = training ? m : 0.0;
+    }
+}
+
+/* From the reduced sums of nc channels to sum_dy_xhat and the dx coefficients
+ * (pointers at the first channel; gamma may be NULL). A loop that vectorises:
+ * with few rows per channel its divisions are much of a call. */
+FBN_DISPATCH static void FBN_SYM(bwd_coefficients)(int64_t nc, double n, int training,
+                                                   const double *restrict invstd,
+                                                   const double *restrict gamma,
+                                                   const double *restrict sum_dy,
+                                                   const double *restrict sum_dy_xc,
+                                                   double *restrict sum_dy_xhat,
+                                                   double *restrict k_dy,
+                                                   double *restrict k_x,
+                                                   double *restrict mean_dy) {
+    if (gamma)
+        FBN_SYM(bwd_coefficients_as)(nc, n, training, invstd, gamma, 1, sum_dy, sum_dy_xc,
+                                     sum_dy_xhat, k_dy, k_x, mean_dy);
+    else
+        FBN_SYM(bwd_coefficients_as)(nc, n, training, invstd, NULL, 0, sum_dy, sum_dy_xc,
+                                     sum_dy_xhat, k_dy, k_x, mean_dy);
+}
+
+void FBN_SYM(ema)(T *running, const double *batch, const double *batch_lo, int64_t channels,
+                  double momentum, double factor) {
+    for (int64_t c = 0; c < channels; c++) {
+        const double b = batch_lo ? batch[c] + batch_lo[c] : batch[c];
+        running[c] = FBN_ST((TC)((1.0 - momentum) * (double)FBN_LD(running[c]) + momentum * b * factor));
+    }
+}

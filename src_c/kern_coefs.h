@@ -1,0 +1,131 @@
+/* The elementwise passes' coefficients in their compute type TC (typed
+ * coefficients), from the double ones (fbn_coefs). A per-dtype template: see
+ * kern_dtype.h for T, TC and FBN_SYM. */
+
+/* The typed coefficients: FBN_TYPED arrays in one block (fbn_typed_arrays_<sfx>). */
+#define FBN_TYPED 8
+typedef struct {
+    TC *shift, *scale, *bias, *k_dy, *k_x, *mean_dy, *k_0, *invstd;
+    int relu;
+    int eval;       /* dx of eval mode: the statistics are constants, x enters only a mask */
+    int64_t period; /* > 0: each array repeats its C values up to this length */
+} FBN_SYM(tcoefs);
+
+/* Channels [c0, c0 + n) of the double coefficients k in the compute type. The
+ * elementwise passes compute in it: for float32 data that halves the vector work
+ * for an error of a few float32 ulps of max|y| (well within the guarantee). The
+ * shift and mean_dy are rounded to TC, so their rounding, and the mean's residual
+ * lo, are folded into bias and k_0 (in double): x - shift stays exact-ish far
+ * from the origin, and the small terms are added last. */
+FBN_DISPATCH static void FBN_SYM(fill_affine)(int64_t n, const double *restrict shift,
+                                              const double *restrict scale,
+                                              const double *restrict bias, TC *restrict t_shift,
+                                              TC *restrict t_scale, TC *restrict t_bias) {
+    for (int64_t c = 0; c < n; c++) {
+        double sh = (double)(TC)shift[c], moved = sh - shift[c];
+        t_shift[c] = (TC)sh;
+        t_scale[c] = (TC)scale[c];
+        /* corrections are skipped when zero or not finite (an infinite mean or gamma
+         * then gives the same +-inf as the plain formula, not NaN) */
+        int fold = moved != 0.0 && FBN_FINITE(moved) && FBN_FINITE(scale[c]);
+        t_bias[c] = (TC)(fold ? bias[c] + moved * scale[c] : bias[c]);
+    }
+}
+
+/* The loop of fbn_fill_dx_<sfx>, with has_lo a constant (the loads of lo are
+ * unconditional where they happen at all: the loop vectorises either way). */
+FBN_INLINE void FBN_SYM(fill_dx_as)(int64_t n, const double *restrict shift,
+                                    const double *restrict lo, const int has_lo,
+                                    const double *restrict k_dy, const double *restrict k_x,
+                                    const double *restrict invstd,
+                                    const double *restrict mean_dy, TC *restrict t_k_dy,
+                                    TC *restrict t_k_x, TC *restrict t_invstd,
+                                    TC *restrict t_mean_dy, TC *restrict t_k_0) {
+    for (int64_t c = 0; c < n; c++) {
+        double moved = (double)(TC)shift[c] - shift[c];
+        double dev = moved - (has_lo ? lo[c] : 0.0); /* shift - mean */
+        double m_dy = (double)(TC)mean_dy[c], r = m_dy - mean_dy[c];
+        t_k_dy[c] = (TC)k_dy[c];
+        t_k_x[c] = (TC)k_x[c];
+        t_invstd[c] = (TC)invstd[c];
+        t_mean_dy[c] = (TC)m_dy;
+        t_k_0[c] = (TC)((r != 0.0 && FBN_FINITE(r) ? k_dy[c] * r : 0.0) +
+                        (dev != 0.0 && FBN_FINITE(dev) ? k_x[c] * (dev * invstd[c]) : 0.0));
+    }
+}
+
+/* lo may be NULL (a zero residual). */
+FBN_DISPATCH static void FBN_SYM(fill_dx)(int64_t n, const double *restrict shift,
+                                          const double *restrict lo, const double *restrict k_dy,
+                                          const double *restrict k_x,
+                                          const double *restrict invstd,
+                                          const double *restrict mean_dy, TC *restrict t_k_dy,
+                                          TC *restrict t_k_x, TC *restrict t_invstd,
+                                          TC *restrict t_mean_dy, TC *restrict t_k_0) {
+    if (lo)
+        FBN_SYM(fill_dx_as)(n, shift, lo, 1, k_dy, k_x, invstd, mean_dy, t_k_dy, t_k_x,
+                            t_invstd, t_mean_dy, t_k_0);
+    else
+        FBN_SYM(fill_dx_as)(n, shift, NULL, 0, k_dy, k_x, invstd, mean_dy, t_k_dy, t_k_x,
+                            t_invstd, t_mean_dy, t_k_0);
+}
+
+/* (Loops over restrict parameters and selects: they vectorise, and with few rows
+ * per channel this is much of a call.) The dx arrays only when k has k_dy. */
+static void FBN_SYM(fill_typed)(const fbn_coefs *k, int64_t c0, int64_t n,
+                                const FBN_SYM(tcoefs) *t) {
+    FBN_SYM(fill_affine)(n, k->shift + c0, k->scale + c0, k->bias + c0, t->shift + c0,
+                         t->scale + c0, t->bias + c0);
+    if (k->k_dy)
+        FBN_SYM(fill_dx)(n, k->shift + c0, k->lo ? k->lo + c0 : NULL, k->k_dy + c0,
+                         k->k_x + c0, k->invstd + c0, k->mean_dy + c0, t->k_dy + c0,
+                         t->k_x + c0, t->invstd + c0, t->mean_dy + c0, t->k_0 + c0);
+}
+
+/* Typed coefficient arrays in one block of FBN_TYPED arrays, fbn_typed_len_<sfx>(C)
+ * values apart: a whole number of 4 KB pages plus one cache line, so that one
+ * channel's coefficients fall in different L1 sets (the arrays' lines would
+ * otherwise compete for the ways of one set, beside the data rows: large C). At
+ * least FBN_CHUNK values, for fbn_repeat_typed_<sfx>. */
+static inline int64_t FBN_SYM(typed_len)(int64_t C) {
+    const int64_t page = 4096 / (int64_t)sizeof(TC), n = C < FBN_CHUNK ? FBN_CHUNK : C;
+    return (n + page - 1) / page * page + 64 / (int64_t)sizeof(TC);
+}
+
+static inline int64_t FBN_SYM(typed_bytes)(int64_t C) {
+    return FBN_TYPED * FBN_SYM(typed_len)(C) * (int64_t)sizeof(TC);
+}
+
+static FBN_SYM(tcoefs) FBN_SYM(typed_arrays)(TC *block, int64_t C, int relu) {
+    const int64_t n = FBN_SYM(typed_len)(C);
+    FBN_SYM(tcoefs) t = {.shift = block,
+                         .scale = block + n,
+                         .bias = block + 2 * n,
+                         .k_dy = block + 3 * n,
+                         .k_x = block + 4 * n,
+                         .mean_dy = block + 5 * n,
+                         .k_0 = block + 6 * n,
+                         .invstd = block + 7 * n,
+                         .relu = relu,
+                         .eval = 0,
+                         .period = 0};
+    return t;
+}
+
+/* For short rows (inner == 1, small C): repeat each array's C values over a period
+ * of several rows, so that elementwise loops over whole-row tiles run long. Only
+ * the arrays the pass reads (dx: all, affine: the first 3), by doubling memcpys:
+ * a value-by-value copy C apart is a chain of store-to-load forwards. dx with
+ * FBN_DX_GROUP_MIN..MAX channels keeps row groups, which load its 8 arrays once
+ * per FBN_GROUP rows (faster there, measured: docs/performance.md). */
+static void FBN_SYM(repeat_typed)(FBN_SYM(tcoefs) *t, const fbn_shape *s, int dx) {
+    const int64_t C = s->channels;
+    if (s->inner != 1 || C < 1 || 2 * C > FBN_CHUNK) return;
+    if (dx && C >= FBN_DX_GROUP_MIN && C <= FBN_DX_GROUP_MAX) return;
+    TC *arrays[FBN_TYPED] = {t->shift, t->scale, t->bias,  t->k_dy,
+                             t->k_x, t->mean_dy, t->k_0, t->invstd};
+    t->period = (FBN_CHUNK / C) * C;
+    for (int a = 0; a < (dx ? FBN_TYPED : 3); a++)
+        for (int64_t n = C; n < t->period; n *= 2)
+            memcpy(arrays[a] + n, arrays[a], (n < t->period - n ? n : t->period - n) * sizeof(TC));
+}

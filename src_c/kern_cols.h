@@ -1,0 +1,253 @@
+/* The reductions' tiles: statistics and the backward's sums of one tile, in the
+ * columns shape (inner == 1: a row of a channel block is contiguous, and loops
+ * run across channels) or, through kern_runs.h, the rows shape. A per-dtype
+ * template: see kern_dtype.h for T, TC and FBN_SYM. */
+
+/* A channel-block tile of a plan (see fbn_plan): channels [c0, c0 + nc), flat
+ * values [j0, j1). */
+typedef struct {
+    int64_t c0, nc, j0, j1;
+} FBN_SYM(tile);
+
+FBN_INLINE FBN_SYM(tile) FBN_SYM(tile_of)(const fbn_plan *p, int64_t t) {
+    FBN_SYM(tile) r;
+    int64_t b = t / p->nsegs, k = t % p->nsegs;
+    r.c0 = b * p->block;
+    r.nc = p->s.channels - r.c0 < p->block ? p->s.channels - r.c0 : p->block;
+    r.j0 = k * p->seg_len;
+    r.j1 = r.j0 + p->seg_len < p->per_channel ? r.j0 + p->seg_len : p->per_channel;
+    return r;
+}
+
+/* The hardware prefetcher follows a row group's loads poorly when they are short
+ * runs a whole row apart (a channel block), or, for the statistics, rows of a few
+ * cache lines each (small C: the group's lines are visited out of order): then
+ * reductions fetch the group FBN_AHEAD groups ahead of row o. */
+FBN_INLINE int FBN_SYM(needs_prefetch)(int64_t C, int64_t nc) {
+    return nc < C || C * (int64_t)sizeof(T) <= FBN_SHORT_ROW;
+}
+
+FBN_INLINE void FBN_SYM(prefetch_block)(const T *row, int64_t C, int64_t nc, int64_t o,
+                                        int64_t j1, int g) {
+    const int64_t ahead = FBN_AHEAD * g;
+    for (int64_t i = ahead; i < ahead + g && o + i < j1; i++)
+        fbn_prefetch(row + i * C, nc * (int64_t)sizeof(T));
+}
+
+/* Rows the columns statistics sum in registers before adding them to per-channel
+ * sums in memory: twice FBN_GROUP for rows of FBN_WIDE_ROW bytes or more, whose
+ * per-channel sums (2 * 8 bytes a channel) spill from L1 (short rows were slower
+ * so). The backward's reduction keeps FBN_GROUP (twice was slower there). */
+FBN_INLINE int FBN_SYM(reduce_group)(int64_t C) {
+    return C * (int64_t)sizeof(T) >= FBN_WIDE_ROW ? 2 * FBN_GROUP : FBN_GROUP;
+}
+
+/* Adds the sums of e and e^2, e = x - pivot (- mean if centred), over g rows (g
+ * and centred constants: the rows' loop unrolls, the channels' loop vectorises)
+ * to acc and acc2. */
+FBN_INLINE void FBN_SYM(stats_group)(const T *row, int64_t C, int64_t nc, const int g,
+                                     const int centred, const double *pv, const double *mean,
+                                     double *restrict acc, double *restrict acc2) {
+    for (int64_t c = 0; c < nc; c++) {
+        double s1 = 0.0, s2 = 0.0;
+        for (int i = 0; i < g; i++) {
+            double e = (double)FBN_LD(row[i * C + c]) - pv[c];
+            if (centred) e -= mean[c];
+            s1 += e;
+            s2 += e * e;
+        }
+        acc[c] += s1;
+        acc2[c] += s2;
+    }
+}
+
+/* The end of a statistics pass over nc channels (columns shape): each channel's
+ * mean and m2 from its compensated sums, into part unless the channel is done;
+ * returns whether a channel needs a second, centred pass. Each channel keeps the
+ * result of its own first good pass, so that one channel's data (a NaN, say)
+ * never changes another channel's bits. Selects, not branches: the loop
+ * vectorises (with few rows per channel, its divisions are much of a call). */
+FBN_INLINE int FBN_SYM(finish_cols)(int64_t nc, double n, int pass, const double *restrict tot,
+                                    const double *restrict comp, const double *restrict tot2,
+                                    const double *restrict comp2, double *restrict mean,
+                                    double *restrict need, fbn_part *restrict part) {
+    int again = 0;
+    for (int64_t c = 0; c < nc; c++) {
+        fbn_ksum k1 = {tot[c], comp[c]}, k2 = {tot2[c], comp2[c]};
+        const double s1 = fbn_kval(&k1), m2 = fbn_kval(&k2) - s1 * s1 / n;
+        const double m = mean[c] + s1 / n;
+        const int open = pass == 0 || need[c] != 0.0;
+        const double again_c = !(s1 * s1 / n <= FBN_ONE_PASS * m2);
+        mean[c] = m;
+        need[c] = open ? again_c : need[c];
+        again |= open && again_c != 0.0;
+        part[c].mean = open ? m : part[c].mean;
+        part[c].m2 = open ? m2 : part[c].m2;
+    }
+    return again;
+}
+
+/* Columns shape, channels [c0, c0 + nc), rows [j0, j1). Rows are taken
+ * fbn_reduce_group_<sfx>(C) at a time (summed in registers, channels across
+ * vector lanes, so a whole-row tile streams through memory in order), into
+ * per-channel sums that go to compensated totals every FBN_FLUSH_ROWS rows.
+ * Passes as in fbn_stats_tile_<sfx>. scratch: FBN_COL_SCRATCH * nc doubles. */
+FBN_INLINE void FBN_SYM(stats_cols)(const T *x, int64_t C, int64_t c0, int64_t nc, int64_t j0,
+                                    int64_t j1, const double *pivot, fbn_part *part,
+                                    double *scratch) {
+    double n = (double)(j1 - j0);
+    const double *pv = pivot + c0;
+    double *acc = scratch, *acc2 = acc + nc, *mean = acc2 + nc;
+    double *need = mean + nc, *tot = need + nc, *comp = tot + nc, *tot2 = comp + nc;
+    double *comp2 = tot2 + nc;
+    const int G = FBN_SYM(reduce_group)(C);
+    for (int64_t c = 0; c < nc; c++) mean[c] = 0.0;
+    for (int pass = 0; pass < 2; pass++) {
+        const int one_flush = fbn_sums_begin(j1 - j0, nc, &acc, &acc2, tot, comp, tot2, comp2);
+        for (int64_t o = j0; o < j1;) {
+            const int64_t end = o + FBN_FLUSH_ROWS < j1 ? o + FBN_FLUSH_ROWS : j1;
+            for (int64_t c = 0; c < nc; c++) acc[c] = acc2[c] = 0.0;
+            for (; o < end; o += G) {
+                const T *row = x + o * C + c0;
+                const int g = end - o < G ? (int)(end - o) : G;
+                if (pass == 0 && FBN_SYM(needs_prefetch)(C, nc))
+                    FBN_SYM(prefetch_block)(row, C, nc, o, j1, G);
+                /* constant g and centred: each call unrolls its own loop */
+                if (g == 2 * FBN_GROUP && pass == 0)
+                    FBN_SYM(stats_group)(row, C, nc, 2 * FBN_GROUP, 0, pv, mean, acc, acc2);
+                else if (g == 2 * FBN_GROUP)
+                    FBN_SYM(stats_group)(row, C, nc, 2 * FBN_GROUP, 1, pv, mean, acc, acc2);
+                else if (g == FBN_GROUP && pass == 0)
+                    FBN_SYM(stats_group)(row, C, nc, FBN_GROUP, 0, pv, mean, acc, acc2);
+                else if (g == FBN_GROUP)
+                    FBN_SYM(stats_group)(row, C, nc, FBN_GROUP, 1, pv, mean, acc, acc2);
+                else
+                    for (int i = 0; i < g; i++)
+                        FBN_SYM(stats_group)(row + i * C, C, nc, 1, 1, pv, mean, acc, acc2);
+            }
+            fbn_sums_flush(one_flush, nc, acc, acc2, tot, comp, tot2, comp2);
+        }
+        if (!FBN_SYM(finish_cols)(nc, n, pass, tot, comp, tot2, comp2, mean, need, part + c0))
+            break;
+    }
+}
+
+/* Statistics of one tile relative to each channel's pivot (its first value):
+ * one pass of shifted sums, which is exact while the pivot is near the tile's
+ * mean; when it is far (s1^2 / n > FBN_ONE_PASS * m2, where cancellation would
+ * cost digits) a second pass, centred on the first one's mean, replaces it. A
+ * fused tile's second pass reads it from L2; a whole-row tile's may not. */
+FBN_DISPATCH static void FBN_SYM(stats_tile)(const T *x, const fbn_plan *p, int64_t t,
+                                             const double *pivot, fbn_part *part,
+                                             double *scratch) {
+    FBN_SYM(tile) r = FBN_SYM(tile_of)(p, t);
+    const fbn_shape *s = &p->s;
+    double n = (double)(r.j1 - r.j0);
+    if (s->inner > 1) {
+        int64_t c = r.c0;
+        double mean = 0.0;
+        for (int pass = 0; pass < 2; pass++) {
+            fbn_acc e1 = {{0}, {0, 0}}, e2 = e1; /* ~0.3 KB each */
+            if (pass == 0) /* x - 0.0 == x: folded away */
+                FBN_SYM(runs_dev)(&e1, &e2, s, c, r.j0, r.j1, x, pivot[c], 0.0);
+            else
+                FBN_SYM(runs_dev)(&e1, &e2, s, c, r.j0, r.j1, x, pivot[c], mean);
+            double s1 = fbn_acc_value(&e1), m2 = fbn_acc_value(&e2) - s1 * s1 / n;
+            mean += s1 / n;
+            part[c].mean = mean;
+            part[c].m2 = m2;
+            if (s1 * s1 / n <= FBN_ONE_PASS * m2) break; /* NaN: a second pass, harmless */
+        }
+        return;
+    }
+    FBN_SYM(stats_cols)(x, s->channels, r.c0, r.nc, r.j0, r.j1, pivot, part, scratch);
+}
+
+/* Channel c's backward sums: sum(dy') and sum_dy_xc = sum(dy' * ((x - shift) - lo))
+ * into sums[2 * c + {0, 1}], lo (the mean's residual) applied once to the sums
+ * rather than to every value. */
+FBN_INLINE void FBN_SYM(sums_minus_lo)(int64_t c, double s1, double s2, double lo,
+                                       double *sums) {
+    sums[2 * c] = s1;
+    sums[2 * c + 1] = lo != 0.0 ? s2 - lo * s1 : s2;
+}
+
+/* Adds the sums of dy' and dy' * (x - shift) over g rows to acc and acc2 (g and
+ * relu constants: see fbn_stats_group_<sfx>). */
+FBN_INLINE void FBN_SYM(bwd_group)(const T *dr, const T *xr, int64_t C, int64_t nc, const int g,
+                                   const int relu, const double *sh, const TC *tsh,
+                                   const TC *sc, const TC *bi, double *restrict acc,
+                                   double *restrict acc2) {
+    for (int64_t c = 0; c < nc; c++) {
+        double s1 = 0.0, s2 = 0.0;
+        for (int i = 0; i < g; i++) {
+            double v = FBN_SYM(masked)(FBN_LD(dr[i * C + c]), FBN_LD(xr[i * C + c]), tsh[c], sc[c], bi[c], relu);
+            s1 += v;
+            s2 += v * ((double)FBN_LD(xr[i * C + c]) - sh[c]);
+        }
+        acc[c] += s1;
+        acc2[c] += s2;
+    }
+}
+
+/* Columns shape, channels [c0, c0 + nc), rows [j0, j1), as fbn_stats_cols_<sfx>
+ * does. */
+FBN_INLINE void FBN_SYM(bwd_reduce_cols)(const T *dy, const T *x, int64_t C, int64_t c0,
+                                         int64_t nc, int64_t j0, int64_t j1, const fbn_coefs *k,
+                                         const FBN_SYM(tcoefs) *tk, double *sums,
+                                         double *scratch) {
+    const double *sh = k->shift + c0, *lw = k->lo + c0;
+    const TC *tsh = tk->shift + c0, *sc = tk->scale + c0, *bi = tk->bias + c0;
+    const int relu = tk->relu;
+    double *acc = scratch, *acc2 = acc + nc;
+    double *tot = acc2 + nc, *comp = tot + nc, *tot2 = comp + nc, *comp2 = tot2 + nc;
+    const int one_flush = fbn_sums_begin(j1 - j0, nc, &acc, &acc2, tot, comp, tot2, comp2);
+    for (int64_t o = j0; o < j1;) {
+        const int64_t end = o + FBN_FLUSH_ROWS < j1 ? o + FBN_FLUSH_ROWS : j1;
+        for (int64_t c = 0; c < nc; c++) acc[c] = acc2[c] = 0.0;
+        for (; o < end; o += FBN_GROUP) {
+            const T *dr = dy + o * C + c0, *xr = x + o * C + c0;
+            const int g = end - o < FBN_GROUP ? (int)(end - o) : FBN_GROUP;
+            if (nc < C) {
+                FBN_SYM(prefetch_block)(dr, C, nc, o, j1, FBN_GROUP);
+                FBN_SYM(prefetch_block)(xr, C, nc, o, j1, FBN_GROUP);
+            }
+            /* constant g and relu: each call unrolls its own loop */
+            if (g == FBN_GROUP && relu)
+                FBN_SYM(bwd_group)(dr, xr, C, nc, FBN_GROUP, 1, sh, tsh, sc, bi, acc, acc2);
+            else if (g == FBN_GROUP)
+                FBN_SYM(bwd_group)(dr, xr, C, nc, FBN_GROUP, 0, sh, tsh, sc, bi, acc, acc2);
+            else
+                for (int i = 0; i < g; i++)
+                    FBN_SYM(bwd_group)(dr + i * C, xr + i * C, C, nc, 1, relu, sh, tsh, sc, bi,
+                                       acc, acc2);
+        }
+        fbn_sums_flush(one_flush, nc, acc, acc2, tot, comp, tot2, comp2);
+    }
+    for (int64_t c = 0; c < nc; c++) {
+        fbn_ksum a1 = {tot[c], comp[c]}, a2 = {tot2[c], comp2[c]};
+        FBN_SYM(sums_minus_lo)(c0 + c, fbn_kval(&a1), fbn_kval(&a2), lw[c], sums);
+    }
+}
+
+/* Per-channel sum(dy') and sum_dy_xc of one tile, into sums[2 * c + {0, 1}]. */
+FBN_DISPATCH static void FBN_SYM(bwd_reduce_tile)(const T *dy, const T *x, const fbn_plan *p,
+                                                  int64_t t, const fbn_coefs *k,
+                                                  const FBN_SYM(tcoefs) *tk, double *sums,
+                                                  double *scratch) {
+    FBN_SYM(tile) r = FBN_SYM(tile_of)(p, t);
+    const fbn_shape *s = &p->s;
+    if (s->inner > 1) {
+        int64_t c = r.c0;
+        fbn_acc a1 = {{0}, {0, 0}}, a2 = a1;
+        if (tk->relu) /* a constant in each call: no mask without ReLU */
+            FBN_SYM(runs_bwd)(&a1, &a2, s, c, r.j0, r.j1, dy, x, k->shift[c], tk->shift[c],
+                              tk->scale[c], tk->bias[c], 1);
+        else
+            FBN_SYM(runs_bwd)(&a1, &a2, s, c, r.j0, r.j1, dy, x, k->shift[c], tk->shift[c],
+                              tk->scale[c], tk->bias[c], 0);
+        FBN_SYM(sums_minus_lo)(c, fbn_acc_value(&a1), fbn_acc_value(&a2), k->lo[c], sums);
+        return;
+    }
+    FBN_SYM(bwd_reduce_cols)(dy, x, s->channels, r.c0, r.nc, r.j0, r.j1, k, tk, sums, scratch);
+}

@@ -1,0 +1,59 @@
+/* One instantiation of the kernel templates (the kern_*.h files) for one data
+ * type. kernels.c includes this file once per dtype, after defining
+ *   FBN_SFX       the suffix of the generated names: f32, f64
+ *   T             the storage type of the data arrays (x, y, dy, dx): float, double
+ *   TC            the compute type of the elementwise passes (their typed
+ *                 coefficients, y and dx): T itself for float32 and float64
+ *   FBN_VINT      the integer type of TC's size (vector masks)
+ *   FBN_STREAM_V  FBN_STREAM_V(dst, v): a 16-byte non-temporal store of a TC vector
+ *                 (not with FBN_NARROW, whose streamed output goes a line at a time)
+ *   FBN_LD, FBN_ST  (optional) FBN_LD(v): the T value v as TC; FBN_ST(v): the TC
+ *                 value v as T, rounded once. Plain conversions by default.
+ *   FBN_NARROW    (optional) defined when T is narrower than TC (float16, bfloat16:
+ *                 T is a struct of their bits, so that a value used without FBN_LD
+ *                 or stored without FBN_ST does not compile)
+ * Reductions accumulate in double whatever T is. Every read of a data value goes
+ * through FBN_LD and every write through FBN_ST: the storage types float16 and
+ * bfloat16 (src_c/half.h) are instantiations with TC float (issue 19).
+ *
+ * Naming rule: every name a template defines, function or type, is
+ *     FBN_SYM(name)  ->  fbn_<name>_<sfx>      e.g. fbn_forward_train_f32,
+ * so `grep -n "FBN_SYM(forward_train)" src_c` finds the definition of
+ * fbn_forward_train_f32 and fbn_forward_train_f64. */
+#define FBN_SYM_(name, sfx) fbn_##name##_##sfx
+#define FBN_SYM_EXPAND(name, sfx) FBN_SYM_(name, sfx)
+#define FBN_SYM(name) FBN_SYM_EXPAND(name, FBN_SFX)
+#ifndef FBN_LD
+#define FBN_LD(v) ((TC)(v))
+#endif
+#ifndef FBN_ST
+#define FBN_ST(v) ((T)(v))
+#endif
+
+/* Sizes in values of this dtype. */
+#define FBN_CHUNK (2048 / (int)sizeof(T)) /* columns shape: spans, repeated coefficients */
+#define FBN_SPAN (FBN_CHUNK / FBN_GROUP)  /* channels of one span of a row group */
+#define FBN_LINE_VALUES (64 / (int64_t)sizeof(T)) /* a cache line of T */
+#define FBN_VLEN ((int64_t)(16 / sizeof(TC)))     /* a 16-byte vector of TC */
+
+#include "kern_runs.h"     /* rows-shape reductions: one channel's runs */
+#include "kern_coefs.h"    /* the elementwise coefficients in TC */
+#include "kern_cols.h"     /* the reductions' tiles, columns shape */
+#include "kern_vec.h"      /* 16-byte vectors for streamed output */
+#include "kern_elemwise.h" /* y and dx per value, run and row group */
+#include "kern_walk.h"     /* the walk of an elementwise tile */
+#include "kern_stats.h"    /* statistics over all tiles: batch_stats */
+#include "kern_forward.h"  /* forward_infer, affine */
+#include "kern_backward.h" /* backward_reduce, backward_elemt, ema */
+#include "kern_fused.h"    /* forward_train, backward: one fused skeleton */
+
+#undef FBN_SYM_
+#undef FBN_SYM_EXPAND
+#undef FBN_SYM
+#undef FBN_CHUNK
+#undef FBN_SPAN
+#undef FBN_LINE_VALUES
+#undef FBN_VLEN
+#undef FBN_TYPED
+#undef FBN_LD
+#undef FBN_ST

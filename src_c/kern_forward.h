@@ -1,0 +1,59 @@
+/* The forward passes but training's (kern_fused.h): inference and the plain
+ * affine map, and the elementwise loop they share with it. A per-dtype template:
+ * see kern_dtype.h for T, TC and FBN_SYM. */
+
+/* y of one elementwise tile; backwards: tiles from the last (the data a
+ * reduction read last may still be in L3). */
+typedef struct {
+    const T *x;
+    T *y;
+    const fbn_plan *p;
+    const FBN_SYM(tcoefs) *tk;
+    int backwards;
+} FBN_SYM(affine_job);
+
+static void FBN_SYM(affine_task)(void *job, int64_t t, int thread) {
+    const FBN_SYM(affine_job) *j = job;
+    (void)thread;
+    FBN_SYM(affine_tile)(j->x, j->y, j->p, j->backwards ? j->p->ntiles - 1 - t : t, j->tk);
+}
+
+/* y from the coefficients k, the typed block's arrays filled here. */
+static void FBN_SYM(affine_all)(const T *x, T *y, fbn_shape s, const fbn_coefs *k, TC *typed,
+                                int nthreads) {
+    fbn_plan p = FBN_SYM(elemwise_plan)(s, 1);
+    FBN_SYM(tcoefs) tk = FBN_SYM(typed_arrays)(typed, s.channels, k->relu);
+    FBN_SYM(fill_typed)(k, 0, s.channels, &tk);
+    FBN_SYM(repeat_typed)(&tk, &s, 0);
+    FBN_SYM(affine_job) j = {.x = x, .y = y, .p = &p, .tk = &tk, .backwards = 0};
+    fbn_parallel_for(p.ntiles, fbn_threads_for(&p, nthreads), FBN_SYM(affine_task), &j);
+}
+
+int FBN_SYM(affine)(const T *x, T *y, fbn_shape s, const double *shift, const double *scale,
+                    const double *bias, int relu, int nthreads) {
+    fbn_coefs k = {.shift = shift, .scale = scale, .bias = bias, .relu = relu};
+    const int64_t bytes[1] = {FBN_SYM(typed_bytes)(s.channels)};
+    void *typed;
+    fbn_work w;
+    if (fbn_work_alloc(&w, 1, bytes, &typed)) return -1;
+    FBN_SYM(affine_all)(x, y, s, &k, typed, nthreads);
+    fbn_work_free(&w);
+    return 0;
+}
+
+int FBN_SYM(forward_infer)(const T *x, T *y, fbn_shape s, const double *mean, const double *var,
+                           const double *gamma, const double *beta, double eps, int relu,
+                           double *invstd, int nthreads) {
+    const int64_t C = s.channels;
+    const int64_t bytes[2] = {3 * C * (int64_t)sizeof(double), FBN_SYM(typed_bytes)(C)};
+    void *buf[2];
+    fbn_work w;
+    if (fbn_work_alloc(&w, 2, bytes, buf)) return -1;
+    double *shift = buf[0], *scale = shift + C, *bias = scale + C;
+    fbn_invstd(C, var, eps, invstd);
+    fbn_coefficients(C, mean, NULL, invstd, gamma, beta, shift, scale, bias);
+    fbn_coefs k = {.shift = shift, .scale = scale, .bias = bias, .relu = relu};
+    FBN_SYM(affine_all)(x, y, s, &k, buf[1], nthreads);
+    fbn_work_free(&w);
+    return 0;
+}

@@ -1,0 +1,205 @@
+/* The two fused passes, training forward and backward, on one skeleton: a
+ * reduction (statistics; the backward's sums), the per-channel coefficients it
+ * gives, then an elementwise pass (y; dx). When every tile holds whole channels
+ * (nsegs == 1), one task per channel block does all three while the block is in
+ * cache; otherwise the reduction runs over all tiles and is merged, and the
+ * elementwise pass follows over its own tiling. op (always a constant) is
+ * FBN_OP_AFFINE for the forward, FBN_OP_DX for the backward. A per-dtype
+ * template: see kern_dtype.h for T, TC and FBN_SYM. */
+
+/* The arguments of one fused pass. */
+typedef struct {
+    const T *x, *dy; /* dy: backward only */
+    T *out;          /* y or dx */
+    const fbn_plan *p;
+    const fbn_coefs *k; /* the double coefficients (of arrays below) */
+    const FBN_SYM(tcoefs) *tk;
+    double *scratch; /* len doubles per thread */
+    int64_t len;
+    double n; /* values per channel */
+    const double *gamma;
+    struct {
+        const double *pivot, *beta;
+        fbn_part *parts;
+        double eps;
+        double *mean_hi, *mean_lo, *m2, *var, *invstd, *shift, *scale, *bias;
+    } fwd;
+    struct {
+        double *sums; /* a tile's sum(dy') and sum_dy_xc, 2 per channel */
+        int training;
+        const double *invstd;
+        double *sum_dy, *sum_dy_xc, *sum_dy_xhat, *k_dy, *k_x, *mean_dy;
+    } bwd;
+} FBN_SYM(pass);
+
+/* The reduction of channel-block tile t (r: its channels) when it holds whole
+ * channels: their statistics (forward) or sums (backward), final. */
+FBN_INLINE void FBN_SYM(pass_reduce_tile)(const int op, const FBN_SYM(pass) *j, int64_t t,
+                                          int thread, const FBN_SYM(tile) *r) {
+    if (op == FBN_OP_AFFINE) {
+        FBN_SYM(stats_tile)(j->x, j->p, t, j->fwd.pivot, j->fwd.parts,
+                            j->scratch + thread * j->len);
+        for (int64_t c = r->c0; c < r->c0 + r->nc; c++)
+            FBN_SYM(finish_stats)(c, j->fwd.pivot[c], &j->fwd.parts[c], j->fwd.mean_hi,
+                                  j->fwd.mean_lo, j->fwd.m2);
+    } else {
+        FBN_SYM(bwd_reduce_tile)(j->dy, j->x, j->p, t, j->k, j->tk, j->bwd.sums,
+                                 j->scratch + thread * j->len);
+        for (int64_t c = r->c0; c < r->c0 + r->nc; c++) {
+            j->bwd.sum_dy[c] = j->bwd.sums[2 * c];
+            j->bwd.sum_dy_xc[c] = j->bwd.sums[2 * c + 1];
+        }
+    }
+}
+
+/* The reduction over every tile, merged in a fixed order (nsegs > 1). */
+static void FBN_SYM(pass_reduce_all)(const int op, const FBN_SYM(pass) *j, int nt) {
+    if (op == FBN_OP_AFFINE)
+        FBN_SYM(stats_all)(j->x, j->p, j->fwd.pivot, j->fwd.parts, j->scratch,
+                           j->fwd.mean_hi, j->fwd.mean_lo, j->fwd.m2, nt);
+    else
+        FBN_SYM(reduce_all)(j->dy, j->x, j->p, j->k, j->tk, j->bwd.sums, j->bwd.sum_dy,
+                            j->bwd.sum_dy_xc, nt);
+}
+
+/* The double coefficients of channels [c0, c0 + nc) from their reduction. */
+FBN_INLINE void FBN_SYM(pass_coefs)(const int op, const FBN_SYM(pass) *j, int64_t c0,
+                                    int64_t nc) {
+    const double *gamma = j->gamma ? j->gamma + c0 : NULL;
+    if (op == FBN_OP_AFFINE) {
+        FBN_SYM(finish_channels)(nc, j->fwd.eps, j->n, j->fwd.m2 + c0, j->fwd.var + c0,
+                                 j->fwd.invstd + c0);
+        fbn_coefficients(nc, j->fwd.mean_hi + c0, j->fwd.mean_lo + c0, j->fwd.invstd + c0,
+                         gamma, j->fwd.beta ? j->fwd.beta + c0 : NULL, j->fwd.shift + c0,
+                         j->fwd.scale + c0, j->fwd.bias + c0);
+    } else {
+        FBN_SYM(bwd_coefficients)(nc, j->n, j->bwd.training, j->bwd.invstd + c0, gamma,
+                                  j->bwd.sum_dy + c0, j->bwd.sum_dy_xc + c0,
+                                  j->bwd.sum_dy_xhat + c0, j->bwd.k_dy + c0,
+                                  j->bwd.k_x + c0, j->bwd.mean_dy + c0);
+    }
+}
+
+/* Channel-block tile t, whole channels: reduce it, then rewrite it while in cache. */
+FBN_INLINE void FBN_SYM(fused_tile)(const int op, const FBN_SYM(pass) *j, int64_t t,
+                                    int thread) {
+    const FBN_SYM(tile) r = FBN_SYM(tile_of)(j->p, t);
+    FBN_SYM(pass_reduce_tile)(op, j, t, thread, &r);
+    FBN_SYM(pass_coefs)(op, j, r.c0, r.nc);
+    FBN_SYM(fill_typed)(j->k, r.c0, r.nc, j->tk);
+    if (op == FBN_OP_AFFINE)
+        FBN_SYM(affine_tile)(j->x, j->out, j->p, t, j->tk);
+    else
+        FBN_SYM(bwd_elemt_tile)(j->dy, j->x, j->out, j->p, t, j->tk);
+}
+
+static void FBN_SYM(fwd_fused_task)(void *job, int64_t t, int thread) {
+    FBN_SYM(fused_tile)(FBN_OP_AFFINE, job, t, thread);
+}
+
+static void FBN_SYM(bwd_fused_task)(void *job, int64_t t, int thread) {
+    FBN_SYM(fused_tile)(FBN_OP_DX, job, t, thread);
+}
+
+/* The skeleton: fused per channel block, or reduction, coefficients and an
+ * elementwise pass over all tiles (tk: the typed arrays j->tk points to). */
+static void FBN_SYM(run_pass)(const int op, const FBN_SYM(pass) *j, FBN_SYM(tcoefs) *tk,
+                              int nt) {
+    const fbn_plan *p = j->p;
+    if (p->nsegs == 1) {
+        fbn_parallel_for(p->nblocks, nt,
+                         op == FBN_OP_AFFINE ? FBN_SYM(fwd_fused_task) : FBN_SYM(bwd_fused_task),
+                         (void *)j);
+        return;
+    }
+    FBN_SYM(pass_reduce_all)(op, j, nt);
+    FBN_SYM(pass_coefs)(op, j, 0, p->s.channels);
+    FBN_SYM(fill_typed)(j->k, 0, p->s.channels, tk);
+    FBN_SYM(repeat_typed)(tk, &p->s, op == FBN_OP_DX);
+    /* tiles from the last: the data the reduction read last may still be in L3 */
+    fbn_plan e = FBN_SYM(elemwise_plan)(p->s, op == FBN_OP_DX ? 2 : 1);
+    if (op == FBN_OP_AFFINE) {
+        FBN_SYM(affine_job) a = {.x = j->x, .y = j->out, .p = &e, .tk = tk, .backwards = 1};
+        fbn_parallel_for(e.ntiles, nt, FBN_SYM(affine_task), &a);
+    } else {
+        FBN_SYM(dx_job) d = {.dy = j->dy, .x = j->x, .dx = j->out, .p = &e, .tk = tk,
+                             .backwards = 1};
+        fbn_parallel_for(e.ntiles, nt, FBN_SYM(dx_task), &d);
+    }
+}
+
+int FBN_SYM(forward_train)(const T *x, T *y, fbn_shape s, const double *gamma,
+                           const double *beta, double eps, int relu, double *mean_hi,
+                           double *mean_lo, double *var, double *invstd, int nthreads) {
+    const int64_t C = s.channels;
+    fbn_plan p = FBN_SYM(reduce_plan)(s, 1);
+    if (p.per_channel == 0 || C == 0) return -2;
+    const int nt = fbn_threads_for(&p, nthreads);
+    const int64_t len = fbn_scratch_len(&p);
+    const int64_t bytes[3] = {(C * 5 + nt * len) * (int64_t)sizeof(double),
+                              p.nsegs * C * (int64_t)sizeof(fbn_part),
+                              FBN_SYM(typed_bytes)(C)};
+    void *buf[3];
+    fbn_work w;
+    if (fbn_work_alloc(&w, 3, bytes, buf)) return -1;
+    double *work = buf[0];
+    double *pivot = work, *shift = work + C, *scale = work + 2 * C, *bias = work + 3 * C;
+    double *m2 = work + 4 * C;
+    fbn_coefs k = {.shift = shift, .scale = scale, .bias = bias, .relu = relu};
+    FBN_SYM(tcoefs) tk = FBN_SYM(typed_arrays)(buf[2], C, relu);
+    FBN_SYM(pivots)(x, &s, pivot);
+    const FBN_SYM(pass) j = {
+        .x = x, .out = y, .p = &p, .k = &k, .tk = &tk, .scratch = work + 5 * C, .len = len,
+        .n = (double)p.per_channel, .gamma = gamma,
+        .fwd = {.pivot = pivot, .beta = beta, .parts = buf[1], .eps = eps, .mean_hi = mean_hi,
+                .mean_lo = mean_lo, .m2 = m2, .var = var, .invstd = invstd, .shift = shift,
+                .scale = scale, .bias = bias}};
+    FBN_SYM(run_pass)(FBN_OP_AFFINE, &j, &tk, nt);
+    fbn_work_free(&w);
+    return 0;
+}
+
+int FBN_SYM(backward)(const T *dy, const T *x, T *dx, fbn_shape s, const double *mean_hi,
+                      const double *mean_lo, const double *invstd, const double *gamma,
+                      const double *beta, int relu, int training, double *sum_dy,
+                      double *sum_dy_xhat, int nthreads) {
+    const int64_t C = s.channels;
+    fbn_plan p = FBN_SYM(reduce_plan)(s, 2);
+    if (C == 0) return 0;
+    const int nt = fbn_threads_for(&p, nthreads);
+    const int64_t bytes[3] = {C * 8 * (int64_t)sizeof(double),
+                              fbn_reduce_work_len(&p, nt) * (int64_t)sizeof(double),
+                              FBN_SYM(typed_bytes)(C)};
+    void *buf[3];
+    fbn_work w;
+    if (fbn_work_alloc(&w, 3, bytes, buf)) return -1;
+    double *work = buf[0], *sums = buf[1];
+    double *shift = work, *scale = work + C, *bias = work + 2 * C, *sum_dy_xc = work + 3 * C;
+    double *k_dy = work + 4 * C, *k_x = work + 5 * C, *mean_dy = work + 6 * C;
+    double *lo = work + 7 * C;
+    if (mean_lo)
+        memcpy(lo, mean_lo, C * sizeof(double));
+    else
+        memset(lo, 0, C * sizeof(double));
+    fbn_coefs k = {.shift = shift, .lo = lo, .scale = scale, .bias = bias, .invstd = invstd,
+                   .k_dy = k_dy, .k_x = k_x, .mean_dy = mean_dy, .relu = relu};
+    fbn_coefs masks = {.shift = shift, .lo = lo, .scale = scale, .bias = bias, .relu = relu};
+    FBN_SYM(tcoefs) tk = FBN_SYM(typed_arrays)(buf[2], C, relu);
+    tk.eval = !training;
+    fbn_coefficients(C, mean_hi, lo, invstd, gamma, beta, shift, scale, bias);
+    FBN_SYM(fill_typed)(&masks, 0, C, &tk); /* for the ReLU masks; k_* are filled later */
+    if (p.per_channel == 0) {
+        for (int64_t c = 0; c < C; c++) sum_dy[c] = sum_dy_xhat[c] = 0.0;
+    } else {
+        const FBN_SYM(pass) j = {
+            .x = x, .dy = dy, .out = dx, .p = &p, .k = &k, .tk = &tk,
+            .scratch = fbn_reduce_scratch(&p, sums), .len = fbn_scratch_len(&p),
+            .n = (double)p.per_channel, .gamma = gamma,
+            .bwd = {.sums = sums, .training = training, .invstd = invstd, .sum_dy = sum_dy,
+                    .sum_dy_xc = sum_dy_xc, .sum_dy_xhat = sum_dy_xhat, .k_dy = k_dy,
+                    .k_x = k_x, .mean_dy = mean_dy}};
+        FBN_SYM(run_pass)(FBN_OP_DX, &j, &tk, nt);
+    }
+    fbn_work_free(&w);
+    return 0;
+}

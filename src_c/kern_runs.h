@@ -1,0 +1,127 @@
+/* Rows-shape reductions (inner > 1): sums over the contiguous runs of one channel.
+ * A per-dtype template: see kern_dtype.h for T, TC and FBN_SYM. */
+
+/* dy, zeroed where the forward's ReLU was off (its pre-activation, recomputed
+ * exactly as fbn_affine1_<sfx> does, not stored). Selects, not branches: loops
+ * vectorise. */
+FBN_INLINE TC FBN_SYM(masked)(TC dy, TC x, TC shift, TC scale, TC bias, int relu) {
+    TC pre = (x - shift) * scale + bias;
+    TC kept = pre > 0 ? dy : (TC)0;
+    return relu ? kept : dy;
+}
+
+/* Contiguous runs of channel c covering flat (outer, inner) indices [j0, j1):
+ * the first may start inside a row, the next ones start a row (C * inner
+ * values) later, at the row's start. No division per run: runs can be short.
+ *   for (r = run_first(s, c, j0, j1); r.j < j1; run_next(s, j1, &r)) ... */
+typedef struct {
+    int64_t pos, n, j, row; /* the run: offset, length, flat index; its row's start */
+} FBN_SYM(run_it);
+
+FBN_INLINE FBN_SYM(run_it) FBN_SYM(run_first)(const fbn_shape *s, int64_t c, int64_t j0,
+                                              int64_t j1) {
+    const int64_t o = j0 / s->inner, i = j0 - o * s->inner;
+    FBN_SYM(run_it) r;
+    r.row = (o * s->channels + c) * s->inner;
+    r.pos = r.row + i;
+    r.j = j0;
+    r.n = s->inner - i < j1 - j0 ? s->inner - i : j1 - j0;
+    return r;
+}
+
+FBN_INLINE void FBN_SYM(run_next)(const fbn_shape *s, int64_t j1, FBN_SYM(run_it) *r) {
+    r->j += r->n;
+    r->row += s->channels * s->inner;
+    r->pos = r->row;
+    r->n = s->inner < j1 - r->j ? s->inner : j1 - r->j;
+}
+
+/* Adds value o's two terms to lanes l1[l] and l2[l] (kind a constant):
+ *   FBN_SUMS_DEV: e and e^2, e = (x - pivot) - mean;
+ *   FBN_SUMS_BWD: dy' and dy' * (x - shift), dy' masked by relu (a constant). */
+FBN_INLINE void FBN_SYM(lane_add)(const int kind, double *l1, double *l2, int l, int64_t o,
+                                  const T *restrict x, const T *restrict dy, double pivot,
+                                  double mean, double shift, TC tshift, TC scale, TC bias,
+                                  const int relu) {
+    if (kind == FBN_SUMS_DEV) {
+        double e = ((double)FBN_LD(x[o]) - pivot) - mean;
+        l1[l] += e;
+        l2[l] += e * e;
+    } else {
+        double g = FBN_SYM(masked)(FBN_LD(dy[o]), FBN_LD(x[o]), tshift, scale, bias, relu);
+        l1[l] += g;
+        l2[l] += g * ((double)FBN_LD(x[o]) - shift);
+    }
+}
+
+/* Sums of two terms per value (fbn_lane_add_<sfx>, kind a constant) over the runs
+ * of channel c with flat (outer, inner) indices in [j0, j1), into a1 and a2
+ * (which start empty); dy is read by FBN_SUMS_BWD only. The lanes are local
+ * arrays, which the compiler keeps in vector registers within each loop (it does
+ * not for lanes reached through a pointer), and they live across the channel's
+ * runs, so that short runs (small inner) pay no per-run copies. Each lane goes to
+ * a compensated total every FBN_PIECE values. */
+FBN_INLINE void FBN_SYM(sum_runs)(const int kind, fbn_acc *a1, fbn_acc *a2, const fbn_shape *s,
+                                  int64_t c, int64_t j0, int64_t j1, const T *restrict x,
+                                  const T *restrict dy, double pivot, double mean,
+                                  double shift, TC tshift, TC scale, TC bias, const int relu) {
+    double l1[FBN_LANES] = {0}, l2[FBN_LANES] = {0};
+    int64_t pending = 0;
+    const int64_t ahead = FBN_RUNS_AHEAD * s->channels * s->inner;
+    const int fetch = s->inner * (int64_t)sizeof(T) <= FBN_SHORT_RUN;
+    for (FBN_SYM(run_it) r = FBN_SYM(run_first)(s, c, j0, j1); r.j < j1;
+         FBN_SYM(run_next)(s, j1, &r)) {
+        const int64_t off = r.pos, len = r.n;
+        if (fetch) {
+            fbn_prefetch(x + off + ahead, len * (int64_t)sizeof(T));
+            if (kind == FBN_SUMS_BWD) fbn_prefetch(dy + off + ahead, len * (int64_t)sizeof(T));
+        }
+        for (int64_t at = 0; at < len;) {
+            const int64_t n = FBN_PIECE - pending < len - at ? FBN_PIECE - pending : len - at;
+            const int64_t b = off + at;
+            int64_t i = 0;
+            for (; i + FBN_LANES <= n; i += FBN_LANES)
+                for (int l = 0; l < FBN_LANES; l++)
+                    FBN_SYM(lane_add)(kind, l1, l2, l, b + i + l, x, dy, pivot, mean, shift,
+                                      tshift, scale, bias, relu);
+            for (; i + 8 <= n; i += 8)
+                for (int l = 0; l < 8; l++)
+                    FBN_SYM(lane_add)(kind, l1, l2, l, b + i + l, x, dy, pivot, mean, shift,
+                                      tshift, scale, bias, relu);
+            for (; i < n; i++)
+                FBN_SYM(lane_add)(kind, l1, l2, (int)(i % FBN_LANES), b + i, x, dy, pivot, mean,
+                                  shift, tshift, scale, bias, relu);
+            at += n;
+            pending += n;
+            if (pending == FBN_PIECE) {
+                memcpy(a1->lane, l1, sizeof l1);
+                memcpy(a2->lane, l2, sizeof l2);
+                fbn_acc_flush(a1);
+                fbn_acc_flush(a2);
+                memset(l1, 0, sizeof l1);
+                memset(l2, 0, sizeof l2);
+                pending = 0;
+            }
+        }
+    }
+    memcpy(a1->lane, l1, sizeof l1);
+    memcpy(a2->lane, l2, sizeof l2);
+}
+
+/* Channel c's sums of e and e^2, e = (x - pivot) - mean, over flat [j0, j1). */
+FBN_INLINE void FBN_SYM(runs_dev)(fbn_acc *a1, fbn_acc *a2, const fbn_shape *s, int64_t c,
+                                  int64_t j0, int64_t j1, const T *restrict x, double pivot,
+                                  double mean) {
+    FBN_SYM(sum_runs)(FBN_SUMS_DEV, a1, a2, s, c, j0, j1, x, NULL, pivot, mean, 0.0, (TC)0,
+                      (TC)0, (TC)0, 0);
+}
+
+/* Channel c's sums of dy' and dy' * (x - shift) over flat [j0, j1) (relu: a
+ * constant, so that the mask costs nothing without ReLU). */
+FBN_INLINE void FBN_SYM(runs_bwd)(fbn_acc *a1, fbn_acc *a2, const fbn_shape *s, int64_t c,
+                                  int64_t j0, int64_t j1, const T *restrict dy,
+                                  const T *restrict x, double shift, TC tshift, TC scale,
+                                  TC bias, const int relu) {
+    FBN_SYM(sum_runs)(FBN_SUMS_BWD, a1, a2, s, c, j0, j1, x, dy, 0.0, 0.0, shift, tshift,
+                      scale, bias, relu);
+}

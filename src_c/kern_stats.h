@@ -1,0 +1,128 @@
+/* Channel statistics over every tile, merged in a fixed order: fbn_batch_stats_<sfx>,
+ * and the reduction of the training forward (kern_fused.h). A per-dtype template: see
+ * kern_dtype.h for T, TC and FBN_SYM.
+ *
+ * The loops here and in kern_forward.h / kern_backward.h run on fbn_parallel_for
+ * (parallel.h): each has a job (its arguments) and a task (one tile; `thread`
+ * indexes per-thread scratch). */
+
+/* Each channel's first value: the pivot its statistics are taken around. */
+static void FBN_SYM(pivots)(const T *x, const fbn_shape *s, double *pivot) {
+    for (int64_t c = 0; c < s->channels; c++) pivot[c] = (double)FBN_LD(x[c * s->inner]);
+}
+
+/* mean = pivot + part.mean as a double-double (TwoSum), var = m2 / n. */
+static void FBN_SYM(finish_stats)(int64_t c, double pivot, const fbn_part *part,
+                                  double *mean_hi, double *mean_lo, double *m2) {
+    double a = pivot, b = part->mean, hi = a + b, bb = hi - a;
+    mean_hi[c] = hi;
+    mean_lo[c] = (a - (hi - bb)) + (b - bb);
+    m2[c] = part->m2;
+}
+
+/* var and invstd of nc channels from their m2 (pointers at the first channel): a
+ * loop that vectorises (with few rows per channel, its divisions and square
+ * roots are much of a call). */
+FBN_DISPATCH static void FBN_SYM(finish_channels)(int64_t nc, double eps, double n,
+                                                  const double *restrict m2,
+                                                  double *restrict var,
+                                                  double *restrict invstd) {
+    for (int64_t c = 0; c < nc; c++) var[c] = m2[c] / n;
+    fbn_invstd(nc, var, eps, invstd);
+}
+
+/* Statistics of one tile into its segment's parts. */
+typedef struct {
+    const T *x;
+    const fbn_plan *p;
+    const double *pivot;
+    fbn_part *parts;
+    double *scratch; /* len doubles per thread */
+    int64_t len;
+} FBN_SYM(stats_job);
+
+static void FBN_SYM(stats_task)(void *job, int64_t t, int thread) {
+    const FBN_SYM(stats_job) *j = job;
+    FBN_SYM(stats_tile)(j->x, j->p, t, j->pivot, j->parts + (t % j->p->nsegs) * j->p->s.channels,
+                        j->scratch + thread * j->len);
+}
+
+/* Chan et al., segment after segment, for the channels of one chunk; every
+ * channel has the same counts, so the weights are computed once per segment and
+ * the channel loop is plain. */
+typedef struct {
+    const fbn_plan *p;
+    const double *pivot;
+    fbn_part *parts;
+    double *mean_hi, *mean_lo, *m2;
+} FBN_SYM(merge_job);
+
+static void FBN_SYM(merge_task)(void *job, int64_t b, int thread) {
+    const FBN_SYM(merge_job) *j = job;
+    const fbn_plan *p = j->p;
+    const int64_t C = p->s.channels, c0 = b * FBN_MERGE_CHUNK;
+    const int64_t c1 = c0 + FBN_MERGE_CHUNK < C ? c0 + FBN_MERGE_CHUNK : C;
+    fbn_part *parts = j->parts;
+    (void)thread;
+    for (int64_t k = 1; k < p->nsegs; k++) {
+        /* segment k (of channel block 0): na values before it, nb in it */
+        const FBN_SYM(tile) r = FBN_SYM(tile_of)(p, k);
+        const fbn_part *seg = parts + k * C;
+        const double na = (double)r.j0, nb = (double)(r.j1 - r.j0), n = na + nb;
+        const double wb = nb / n, wab = na * nb / n;
+        for (int64_t c = c0; c < c1; c++) {
+            double delta = seg[c].mean - parts[c].mean;
+            parts[c].mean += delta * wb;
+            parts[c].m2 += seg[c].m2 + delta * delta * wab;
+        }
+    }
+    for (int64_t c = c0; c < c1; c++)
+        FBN_SYM(finish_stats)(c, j->pivot[c], &parts[c], j->mean_hi, j->mean_lo, j->m2);
+}
+
+/* Statistics of every channel, tile by tile, merged in a fixed order (whichever
+ * thread merges a channel). */
+static void FBN_SYM(stats_all)(const T *x, const fbn_plan *p, const double *pivot,
+                               fbn_part *parts, double *scratch, double *mean_hi,
+                               double *mean_lo, double *m2, int nt) {
+    const int64_t C = p->s.channels;
+    const int64_t nchunks = (C + FBN_MERGE_CHUNK - 1) / FBN_MERGE_CHUNK;
+    FBN_SYM(stats_job) sj = {.x = x, .p = p, .pivot = pivot, .parts = parts,
+                             .scratch = scratch, .len = fbn_scratch_len(p)};
+    fbn_parallel_for(p->ntiles, nt, FBN_SYM(stats_task), &sj);
+    /* a merge of few parts takes microseconds: waking a thread for it costs more */
+    FBN_SYM(merge_job) mj = {.p = p, .pivot = pivot, .parts = parts, .mean_hi = mean_hi,
+                             .mean_lo = mean_lo, .m2 = m2};
+    fbn_parallel_for(nchunks, C * p->nsegs >= FBN_MIN_PARALLEL ? nt : 1, FBN_SYM(merge_task),
+                     &mj);
+}
+
+/* Tilings: reductions keep per-channel accumulators, so inner == 1 tiles are
+ * channel blocks; elementwise passes take whole rows (contiguous memory). The
+ * forward's tiling is the batch_stats one, so both give identical statistics. */
+static inline fbn_plan FBN_SYM(reduce_plan)(fbn_shape s, int inputs) {
+    return fbn_make_plan(s, sizeof(T), inputs, FBN_REDUCTION);
+}
+static inline fbn_plan FBN_SYM(elemwise_plan)(fbn_shape s, int inputs) {
+    return fbn_make_plan(s, sizeof(T), inputs, FBN_ELEMWISE);
+}
+
+int FBN_SYM(batch_stats)(const T *x, fbn_shape s, double *mean_hi, double *mean_lo, double *m2,
+                         int nthreads) {
+    fbn_plan p = FBN_SYM(reduce_plan)(s, 1);
+    if (p.per_channel == 0 || s.channels == 0) {
+        for (int64_t c = 0; c < s.channels; c++) mean_hi[c] = mean_lo[c] = m2[c] = 0.0;
+        return 0;
+    }
+    const int nt = fbn_threads_for(&p, nthreads);
+    const int64_t bytes[2] = {(s.channels + nt * fbn_scratch_len(&p)) * (int64_t)sizeof(double),
+                              p.nsegs * s.channels * (int64_t)sizeof(fbn_part)};
+    void *buf[2];
+    fbn_work w;
+    if (fbn_work_alloc(&w, 2, bytes, buf)) return -1;
+    double *pivot = buf[0];
+    FBN_SYM(pivots)(x, &s, pivot);
+    FBN_SYM(stats_all)(x, &p, pivot, buf[1], pivot + s.channels, mean_hi, mean_lo, m2, nt);
+    fbn_work_free(&w);
+    return 0;
+}

@@ -1,0 +1,170 @@
+/* The walk of an elementwise tile, shared by the forward (y) and the backward
+ * (dx): rows-shape runs, columns-shape spans of row groups, and their streamed
+ * forms. A per-dtype template: see kern_dtype.h for T, TC and FBN_SYM. */
+
+/* Columns shape: tile r as spans of `rows` rows (a row apart) of m contiguous
+ * values from offset off, whose first value is of channel ch. A tile of whole
+ * rows with coefficients repeated over `period` values goes `period` values
+ * (several rows) per span of one row, so short rows (small C, e.g. NHWC) still
+ * make long vector loops. Otherwise spans are FBN_GROUP rows by FBN_SPAN
+ * channels: each channel's coefficients are loaded once for the group's rows,
+ * however large C.
+ *   for (it = span_first(s, &r, period, x); it.rows > 0; span_next(s, &r, period, &it)) */
+typedef struct {
+    int64_t off, ch, m, rows; /* the span; rows == 0 ends the walk */
+    int64_t group;            /* its first row (-1: flat) */
+    int64_t mis;              /* x's offset from a cache line, in values */
+} FBN_SYM(span_it);
+
+/* A group's first span ends at a line boundary of x (FBN_LINE_VALUES values), so
+ * that the others (vector loops over channels) load whole lines: NumPy's large
+ * arrays start 16 bytes past one, and split loads cost. */
+FBN_INLINE void FBN_SYM(span_set)(const fbn_shape *s, const FBN_SYM(tile) *r,
+                                  FBN_SYM(span_it) *it) {
+    const int64_t left = r->c0 + r->nc - it->ch, rows = r->j1 - it->group;
+    it->off = it->group * s->channels + it->ch;
+    /* a row of more than one span: the first ends at a line boundary of x */
+    const int64_t m = left <= FBN_SPAN || it->ch != r->c0
+                          ? FBN_SPAN
+                          : FBN_SPAN - (it->mis + it->off) % FBN_LINE_VALUES;
+    it->m = left < m ? left : m;
+    it->rows = rows < FBN_GROUP ? rows : FBN_GROUP;
+}
+
+FBN_INLINE FBN_SYM(span_it) FBN_SYM(span_first)(const fbn_shape *s, const FBN_SYM(tile) *r,
+                                                int64_t period, const T *x) {
+    FBN_SYM(span_it) it = {.off = 0, .ch = r->c0, .m = 0, .rows = 0, .group = r->j0,
+                           .mis = (int64_t)((uintptr_t)x / sizeof(T)) % FBN_LINE_VALUES};
+    if (r->j1 <= r->j0) return it;
+    if (period && r->nc == s->channels) {
+        const int64_t n = (r->j1 - r->j0) * s->channels;
+        it.off = r->j0 * s->channels;
+        it.ch = 0;
+        it.m = n < period ? n : period;
+        it.rows = 1;
+        it.group = -1;
+        return it;
+    }
+    FBN_SYM(span_set)(s, r, &it);
+    return it;
+}
+
+FBN_INLINE void FBN_SYM(span_next)(const fbn_shape *s, const FBN_SYM(tile) *r, int64_t period,
+                                   FBN_SYM(span_it) *it) {
+    if (it->group < 0) {
+        const int64_t end = r->j1 * s->channels;
+        it->off += it->m;
+        it->m = end - it->off < period ? end - it->off : period;
+        it->rows = it->m > 0;
+        return;
+    }
+    it->ch += it->m; /* the group's next channels, or the next group */
+    if (it->ch >= r->c0 + r->nc) {
+        it->ch = r->c0;
+        it->group += it->rows;
+        if (it->group >= r->j1) {
+            it->rows = 0;
+            return;
+        }
+    }
+    FBN_SYM(span_set)(s, r, it);
+}
+
+/* Whether a row group's lines of out and of in fall in the same L1 sets: rows a
+ * multiple of 4 KB apart put a group's lines of one array in one set, and out at
+ * in's offset within a page (NumPy's large arrays all start 16 bytes past one)
+ * puts 2 * FBN_GROUP lines there (dx: 3 * FBN_GROUP), as many as the ways of an
+ * 8-way L1 or more. Such groups go by pairs of rows. */
+FBN_INLINE int FBN_SYM(same_sets)(const T *out, const T *in, int64_t C) {
+    const uintptr_t d = ((uintptr_t)out - (uintptr_t)in) % 4096;
+    return (C * (int64_t)sizeof(T)) % 4096 == 0 && (d < 64 || d > 4096 - 64);
+}
+
+/* Columns shape, streamed output: whether spans are single rows, one after
+ * another, rather than groups of FBN_GROUP rows, which load each coefficient
+ * once for the group but read FBN_GROUP places at once. Single rows where the
+ * `arrays` coefficient arrays fit in FBN_ROW_BY_ROW_BYTES and rows are not short
+ * (shorter ones repeat their coefficients over a period, see
+ * fbn_repeat_typed_<sfx>). */
+FBN_INLINE int FBN_SYM(row_by_row)(int64_t C, int64_t period, int arrays) {
+    return !period && 2 * C >= FBN_CHUNK &&
+           arrays * C * (int64_t)sizeof(TC) <= FBN_ROW_BY_ROW_BYTES;
+}
+
+/* Columns shape, streamed: n values from an L1 buffer. (Spans compute FBN_GROUP
+ * rows at once into the buffer, loading each channel's coefficients once; streamed
+ * directly, rows a multiple of 4 KB apart were much slower.) */
+FBN_INLINE void FBN_SYM(stream_out)(T *dst, const T *src, int64_t n) {
+    const FBN_SYM(chan) none = {.relu = 0, .eval = 0}; /* a copy reads no coefficient */
+    FBN_SYM(stream_values)(FBN_OP_COPY, dst, n, src, NULL, &none);
+}
+
+/* Tile t of plan p of op (a constant): out from x (and dy for FBN_OP_DX). */
+FBN_INLINE void FBN_SYM(elemwise_tile)(const int op, const T *x, const T *dy, T *out,
+                                       const fbn_plan *p, int64_t t,
+                                       const FBN_SYM(tcoefs) *k) {
+    const fbn_shape *s = &p->s;
+    const int64_t C = s->channels;
+    if (p->rows) { /* row tiles: whole (o, c) rows */
+        const int64_t f0 = t * p->rows, n = s->outer * C;
+        const int64_t f1 = f0 + p->rows < n ? f0 + p->rows : n;
+        for (int64_t f = f0; f < f1; f++)
+            FBN_SYM(run_values)(op, p->stream, x, dy, out, f * s->inner, s->inner, k, f % C);
+    } else if (s->inner > 1) { /* one channel's runs */
+        const FBN_SYM(tile) r = FBN_SYM(tile_of)(p, t);
+        for (FBN_SYM(run_it) u = FBN_SYM(run_first)(s, r.c0, r.j0, r.j1); u.j < r.j1;
+             FBN_SYM(run_next)(s, r.j1, &u))
+            FBN_SYM(run_values)(op, p->stream, x, dy, out, u.pos, u.n, k, r.c0);
+    } else {
+        const FBN_SYM(tile) r = FBN_SYM(tile_of)(p, t);
+        T buf[FBN_CHUNK];
+        const int arrays = op == FBN_OP_AFFINE ? 3 : FBN_TYPED; /* coefficient arrays read */
+        const int same = op == FBN_OP_AFFINE
+                             ? FBN_SYM(same_sets)(out, x, C)
+                             : FBN_SYM(same_sets)(out, x, C) || FBN_SYM(same_sets)(out, dy, C) ||
+                                   FBN_SYM(same_sets)(dy, x, C);
+        const int pairs = !p->stream && same;
+        if (p->stream && FBN_SYM(row_by_row)(C, k->period, arrays)) {
+            for (int64_t j = r.j0; j < r.j1; j++)
+                for (int64_t c = r.c0; c < r.c0 + r.nc; c += FBN_CHUNK) {
+                    const int64_t o = j * C + c, left = r.c0 + r.nc - c;
+                    const int64_t m = left < FBN_CHUNK ? left : FBN_CHUNK;
+                    FBN_SYM(span_rows)(op, x, dy, o, C, buf, FBN_CHUNK, m, k, c, 1);
+                    FBN_SYM(stream_out)(out + o, buf, m);
+                }
+        } else {
+            for (FBN_SYM(span_it) sp = FBN_SYM(span_first)(s, &r, k->period, x); sp.rows > 0;
+                 FBN_SYM(span_next)(s, &r, k->period, &sp)) {
+                const int64_t o = sp.off, ch = sp.ch, m = sp.m, rows = sp.rows;
+                T *to = p->stream ? buf : out + o;
+                const int64_t ldo = p->stream ? FBN_SPAN : C;
+                if (rows == FBN_GROUP && !pairs) {
+                    FBN_SYM(span_rows)(op, x, dy, o, C, to, ldo, m, k, ch, FBN_GROUP);
+                } else if (rows == FBN_GROUP) { /* see fbn_same_sets_<sfx> */
+                    FBN_SYM(span_rows)(op, x, dy, o, C, to, ldo, m, k, ch, 2);
+                    FBN_SYM(span_rows)(op, x, dy, o + 2 * C, C, to + 2 * ldo, ldo, m, k, ch, 2);
+                } else {
+                    for (int64_t i = 0; i < rows; i++)
+                        FBN_SYM(span_rows)(op, x, dy, o + i * C, C, to + i * ldo, ldo, m, k, ch, 1);
+                }
+                if (p->stream)
+                    for (int64_t i = 0; i < rows; i++)
+                        FBN_SYM(stream_out)(out + o + i * C, buf + i * FBN_SPAN, m);
+            }
+        }
+    }
+    if (p->stream) FBN_STREAM_FENCE();
+}
+
+FBN_DISPATCH static void FBN_SYM(affine_tile)(const T *x, T *y, const fbn_plan *p, int64_t t,
+                                              const FBN_SYM(tcoefs) *k) {
+    FBN_SYM(elemwise_tile)(FBN_OP_AFFINE, x, NULL, y, p, t, k);
+}
+
+/* dx = k_dy * (dy' - mean_dy) + k_x * (x - shift) * invstd + k_0, in TC (see
+ * fbn_fill_typed_<sfx>). */
+FBN_DISPATCH static void FBN_SYM(bwd_elemt_tile)(const T *dy, const T *x, T *dx,
+                                                 const fbn_plan *p, int64_t t,
+                                                 const FBN_SYM(tcoefs) *k) {
+    FBN_SYM(elemwise_tile)(FBN_OP_DX, x, dy, dx, p, t, k);
+}

@@ -1,0 +1,121 @@
+/* Tuning constants of the kernels: one line of reason each. The measurements
+ * behind them are in docs/performance.md ("Tuning choices"), with the bench/
+ * scripts that repeat them: each constant can be overridden at build time
+ * (CFLAGS=-DFBN_GROUP=8, see bench/ab_revs.sh) to time the alternative. None
+ * changes a result's bits except where said: tilings depend on shape and element
+ * size only, never on the thread count. (Results with an override may differ from
+ * tests/digests.json.) Internal, not part of the public C API. */
+#ifndef FASTBN_TUNING_H
+#define FASTBN_TUNING_H
+
+/* Bytes of data per tile: a tile is reduced and then rewritten while in L2. */
+#ifndef FBN_TILE_BYTES
+#define FBN_TILE_BYTES (1024 * 1024)
+#endif
+/* Widest channel block of a fused reduction tile when inner == 1 (whole channels
+ * of the block fit in a tile); other tiles take whole rows. */
+#ifndef FBN_COL_MAX
+#define FBN_COL_MAX 256
+#endif
+/* Whole-row reduction tiles (inner == 1) are up to this many tiles long, and
+ * there are at least FBN_MIN_TILES of them where rows allow; so are elementwise
+ * tiles of arrays of FBN_MIN_PARALLEL values or more, which split anywhere. */
+#ifndef FBN_ROW_TILES
+#define FBN_ROW_TILES 4
+#endif
+#ifndef FBN_MIN_TILES
+#define FBN_MIN_TILES 16
+#endif
+/* Below this many values a call runs on one thread: start-up would cost more.
+ * (fastbn/_front.pxi reads it too, to skip the thread setting of small calls.) */
+#ifndef FBN_MIN_PARALLEL
+#define FBN_MIN_PARALLEL 65536
+#endif
+/* Channels per work item when partial statistics are merged in parallel. */
+#ifndef FBN_MERGE_CHUNK
+#define FBN_MERGE_CHUNK 256
+#endif
+
+/* Columns shape: rows summed together in registers before per-channel sums
+ * (and rows sharing coefficients loaded once in elementwise passes). */
+#ifndef FBN_GROUP
+#define FBN_GROUP 4
+#endif
+/* Columns shape: rows summed plainly before a compensated total. */
+#ifndef FBN_FLUSH_ROWS
+#define FBN_FLUSH_ROWS 64
+#endif
+/* Columns-shape reductions of fewer rows than this take channel-block tiles: from
+ * here up, whole rows stream from memory faster than a block's short runs. */
+#ifndef FBN_FEW_ROWS
+#define FBN_FEW_ROWS (2 * FBN_FLUSH_ROWS)
+#endif
+/* Columns shape reductions: scratch doubles per channel (sums, totals, flags). */
+#ifndef FBN_COL_SCRATCH
+#define FBN_COL_SCRATCH 8
+#endif
+/* Columns-shape statistics: rows of at least this many bytes sum 2 * FBN_GROUP
+ * rows in registers (their per-channel sums spill from L1). */
+#ifndef FBN_WIDE_ROW
+#define FBN_WIDE_ROW 2048
+#endif
+/* Columns shape, dx with C channels in [MIN, MAX]: row groups, not flat spans
+ * of repeated coefficients (with fewer channels their loops are too short). */
+#ifndef FBN_DX_GROUP_MIN
+#define FBN_DX_GROUP_MIN 16
+#endif
+#ifndef FBN_DX_GROUP_MAX
+#define FBN_DX_GROUP_MAX 64
+#endif
+
+/* Independent accumulator lanes: enough vector registers to hide add latency. */
+#define FBN_LANES 32 /* fixed: fbn_acc_flush assumes 32 */
+/* Values summed in plain lanes before they are added to a compensated total:
+ * bounds the rounding error of long sums without slowing the inner loop. */
+#ifndef FBN_PIECE
+#define FBN_PIECE 4096
+#endif
+/* One pass of shifted sums gives the variance to ~FBN_ONE_PASS * 1e-16 relative:
+ * above that, statistics take a second, centred pass (changes results). */
+#ifndef FBN_ONE_PASS
+#define FBN_ONE_PASS 256.0
+#endif
+
+/* Outputs of at least this many bytes are written with non-temporal stores,
+ * their inputs prefetched FBN_STREAM_AHEAD bytes ahead. */
+#ifndef FBN_STREAM_BYTES
+#define FBN_STREAM_BYTES (16 * 1024 * 1024)
+#endif
+#ifndef FBN_STREAM_AHEAD
+#define FBN_STREAM_AHEAD 4096
+#endif
+/* Streamed columns: single rows where the coefficient arrays a pass reads fit
+ * in this many bytes (half of L1); above, groups of FBN_GROUP rows. */
+#ifndef FBN_ROW_BY_ROW_BYTES
+#define FBN_ROW_BY_ROW_BYTES 16384
+#endif
+
+/* Row groups a reduction fetches ahead where the hardware prefetcher falls short:
+ * channel blocks, and rows of at most FBN_SHORT_ROW bytes. */
+#ifndef FBN_AHEAD
+#define FBN_AHEAD 1
+#endif
+#ifndef FBN_SHORT_ROW
+#define FBN_SHORT_ROW 2048
+#endif
+/* Rows shape: reductions over runs of at most FBN_SHORT_RUN bytes (small maps,
+ * e.g. 14x14) fetch the run FBN_RUNS_AHEAD rows ahead: the hardware prefetcher
+ * does not follow short runs a row apart. */
+#ifndef FBN_RUNS_AHEAD
+#define FBN_RUNS_AHEAD 2
+#endif
+#ifndef FBN_SHORT_RUN
+#define FBN_SHORT_RUN 4096
+#endif
+
+/* The cached work block (work.c) is kept up to this many bytes. */
+#ifndef FBN_WORK_CACHE
+#define FBN_WORK_CACHE (16 * 1024 * 1024)
+#endif
+
+#endif
