@@ -306,6 +306,45 @@ def test_compiled_and_reference_agree(dtype):
     assert np.mean(a == b) > 0.97
 
 
+# Outputs of 16 MB or more (FBN_STREAM_BYTES) are written by other loops (16-bit data: a
+# cache line at a time, stored non-temporally; columns through an L1 buffer): the same
+# bits as the cached loops give a slice of them. NCHW runs of 129 * 131 values (not
+# whole lines) and (N, C) rows of 4096 channels, at two offsets from a 16-byte boundary.
+STREAMED = [((8, 64, 129, 131), 1, F16, 1), ((8, 275, 4096), -1, BF16, 0)]  # default run
+STREAMED += [pytest.param(*c, marks=pytest.mark.slow) for c in [
+    ((8, 64, 129, 131), 1, BF16, 0), ((8, 275, 4096), -1, F16, 1)]]
+
+
+@pytest.mark.parametrize("shape, axis, dtype, offset", STREAMED)
+def test_streamed_outputs_are_those_of_small_arrays(shape, axis, dtype, offset):
+    rng = np.random.default_rng(29)
+    C = shape[axis]
+
+    def at_offset(a):
+        raw = np.empty(a.size + 8, dtype)
+        view = raw[offset:offset + a.size].reshape(a.shape)
+        view[...] = a
+        return view
+    x = at_offset(rng.standard_normal(shape).astype(dtype))
+    dy = at_offset(rng.standard_normal(shape).astype(dtype))
+    x.reshape(-1)[5::100003] = np.nan
+    mean, invstd = rng.standard_normal(C), rng.uniform(0.5, 2, C)
+    gamma, beta = rng.uniform(0.5, 2, C).astype(np.float32), rng.standard_normal(C)
+    sums = rng.standard_normal(C), rng.standard_normal(C)
+
+    def outputs(x, dy):
+        return [fastbn.normalize(x, mean, invstd, gamma, beta, axis=axis),
+                fastbn.normalize(x, mean, invstd, gamma, beta, axis=axis, activation="relu"),
+                fastbn.backward_elemt(dy, x, mean, invstd, gamma, *sums, 1000, axis=axis)]
+
+    with np.errstate(invalid="ignore"):
+        whole = outputs(x, dy)
+        pieces = [outputs(x[i:i + 1], dy[i:i + 1]) for i in range(shape[0])]  # 2-4 MB each
+    for k in range(len(whole)):
+        np.testing.assert_array_equal(whole[k].view(np.uint16),
+                                      np.concatenate([p[k] for p in pieces]).view(np.uint16))
+
+
 # ------------------------------------------------------------- parameters, layer, errors
 
 @pytest.mark.parametrize("impl", MODULES, ids=lambda m: m.__name__)
