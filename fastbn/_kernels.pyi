@@ -9,27 +9,29 @@ from numpy.typing import NDArray
 _A = NDArray[Any]
 _V = Optional[NDArray[Any]]
 
-def batch_stats(x: _A, mean_hi: _A, mean_lo: _A, m2: _A, nthreads: int) -> Any: ...
+def batch_stats(x: _A, mean_hi: _A, mean_lo: _A, m2: _A, nthreads: int, dt: int = ...) -> Any: ...
 def forward_train(
     x: _A, y: _A, gamma: _V, beta: _V, eps: float, relu: int, mean_hi: _A, mean_lo: _A,
-    var: _A, invstd: _A, nthreads: int,
+    var: _A, invstd: _A, nthreads: int, dt: int = ...,
 ) -> Any: ...
 def forward_infer(
     x: _A, y: _A, mean: _A, var: _A, gamma: _V, beta: _V, eps: float, relu: int,
-    invstd: _A, nthreads: int,
+    invstd: _A, nthreads: int, dt: int = ...,
 ) -> Any: ...
-def affine(x: _A, y: _A, shift: _A, scale: _A, bias: _V, relu: int, nthreads: int) -> Any: ...
+def affine(
+    x: _A, y: _A, shift: _A, scale: _A, bias: _V, relu: int, nthreads: int, dt: int = ...,
+) -> Any: ...
 def backward_reduce(
     dy: _A, x: _A, shift: _A, scale: _V, bias: _V, relu: int, sum_dy: _A, sum_dy_xs: _A,
-    nthreads: int,
+    nthreads: int, dt: int = ...,
 ) -> Any: ...
 def backward_elemt(
     dy: _A, x: _A, dx: _A, shift: _A, invstd: _A, k_dy: _A, k_x: _A, mean_dy: _A,
-    scale: _V, bias: _V, relu: int, nthreads: int,
+    scale: _V, bias: _V, relu: int, nthreads: int, dt: int = ...,
 ) -> Any: ...
 def backward_fused(
     dy: _A, x: _A, dx: _A, mean_hi: _A, mean_lo: _A, invstd: _A, gamma: _V, beta: _V,
-    relu: int, training: int, sum_dy: _V, sum_dy_xhat: _V, nthreads: int,
+    relu: int, training: int, sum_dy: _V, sum_dy_xhat: _V, nthreads: int, dt: int = ...,
 ) -> Any: ...
 def ema(running: _A, batch: _A, batch_lo: _V, momentum: float, factor: float) -> Any: ...
 def coefficients(

@@ -51,7 +51,7 @@ FBN_INLINE void FBN_SYM(stats_group)(const T *row, int64_t C, int64_t nc, const 
     for (int64_t c = 0; c < nc; c++) {
         double s1 = 0.0, s2 = 0.0;
         for (int i = 0; i < g; i++) {
-            double e = (double)row[i * C + c] - pv[c];
+            double e = (double)FBN_LD(row[i * C + c]) - pv[c];
             if (centred) e -= mean[c];
             s1 += e;
             s2 += e * e;
@@ -181,9 +181,9 @@ FBN_INLINE void FBN_SYM(bwd_group)(const T *dr, const T *xr, int64_t C, int64_t 
     for (int64_t c = 0; c < nc; c++) {
         double s1 = 0.0, s2 = 0.0;
         for (int i = 0; i < g; i++) {
-            double v = FBN_SYM(masked)(dr[i * C + c], xr[i * C + c], tsh[c], sc[c], bi[c], relu);
+            double v = FBN_SYM(masked)(FBN_LD(dr[i * C + c]), FBN_LD(xr[i * C + c]), tsh[c], sc[c], bi[c], relu);
             s1 += v;
-            s2 += v * ((double)xr[i * C + c] - sh[c]);
+            s2 += v * ((double)FBN_LD(xr[i * C + c]) - sh[c]);
         }
         acc[c] += s1;
         acc2[c] += s2;

@@ -41,13 +41,16 @@ FBN_INLINE FBN_SYM(chan) FBN_SYM(chan_of)(const int op, const FBN_SYM(tcoefs) *k
     return h;
 }
 
-/* Output value i of op from x (FBN_OP_COPY: the source) and dy (FBN_OP_DX only). */
-FBN_INLINE TC FBN_SYM(value_at)(const int op, const T *restrict x, const T *restrict dy,
-                                int64_t i, const FBN_SYM(chan) *h) {
-    if (op == FBN_OP_AFFINE) return FBN_SYM(affine1)(x[i], h->shift, h->scale, h->bias, h->relu);
+/* Output value i of op from x (FBN_OP_COPY: the source) and dy (FBN_OP_DX only), as
+ * stored (T: rounded once; a copy is the value itself). */
+FBN_INLINE T FBN_SYM(value_at)(const int op, const T *restrict x, const T *restrict dy,
+                               int64_t i, const FBN_SYM(chan) *h) {
+    if (op == FBN_OP_AFFINE)
+        return FBN_ST(FBN_SYM(affine1)(FBN_LD(x[i]), h->shift, h->scale, h->bias, h->relu));
     if (op == FBN_OP_DX)
-        return FBN_SYM(dx1)(dy[i], x[i], h->shift, h->scale, h->bias, h->relu, h->k_dy,
-                            h->k_x, h->mean_dy, h->k_0, h->invstd, h->eval);
+        return FBN_ST(FBN_SYM(dx1)(FBN_LD(dy[i]), FBN_LD(x[i]), h->shift, h->scale, h->bias,
+                                   h->relu, h->k_dy, h->k_x, h->mean_dy, h->k_0, h->invstd,
+                                   h->eval));
     return x[i];
 }
 
@@ -74,7 +77,18 @@ FBN_INLINE FBN_SYM(vec) FBN_SYM(vector_at)(const int op, const T *restrict x,
 FBN_INLINE void FBN_SYM(stream_values)(const int op, T *out, int64_t m, const T *restrict x,
                                        const T *restrict dy, const FBN_SYM(chan) *h) {
     int64_t i = 0;
-#if FBN_CAN_STREAM
+#if FBN_CAN_STREAM && defined(FBN_NARROW)
+    /* 16-bit data: a cache line (32 values) at a time, computed into a local line by
+     * a loop the compiler vectorises, then streamed as 16-byte stores */
+    for (; i < m && ((uintptr_t)(out + i) & 15); i++) out[i] = FBN_SYM(value_at)(op, x, dy, i, h);
+    for (; i + 32 <= m; i += 32) {
+        T line[32];
+        if (op == FBN_OP_DX) fbn_prefetch_stream(dy + i);
+        if (op != FBN_OP_COPY) fbn_prefetch_stream(x + i);
+        for (int j = 0; j < 32; j++) line[j] = FBN_SYM(value_at)(op, x, dy, i + j, h);
+        for (int j = 0; j < 32; j += 8) fbn_stream16(out + i + j, line + j);
+    }
+#elif FBN_CAN_STREAM
     /* op's coefficients, splat: shift, scale, bias, k_dy, k_x, mean_dy, k_0, invstd */
     const FBN_SYM(vec) v[8] = {FBN_SYM(vsplat)(h->shift),  FBN_SYM(vsplat)(h->scale),
                                FBN_SYM(vsplat)(h->bias),   FBN_SYM(vsplat)(h->k_dy),
@@ -111,10 +125,23 @@ FBN_INLINE void FBN_SYM(affine_rows)(const T *xr, int64_t ld, T *out, int64_t ld
                                      const FBN_SYM(tcoefs) *k, int64_t ch, const int g) {
     const TC *shift = k->shift + ch, *scale = k->scale + ch, *bias = k->bias + ch;
     const int relu = k->relu;
+#ifdef FBN_NARROW
+    /* 16-bit data: row by row, so that loads and stores are contiguous vectors (over
+     * channels first, GCC vectorised across the g rows, storing 16-bit lanes one by one) */
+    for (int i = 0; i < g; i++) {
+        const T *xi = xr + i * ld;
+        T *oi = out + i * ldo;
+        FBN_IVDEP /* out may be xr (in place) */
+        for (int64_t c = 0; c < m; c++)
+            oi[c] = FBN_ST(FBN_SYM(affine1)(FBN_LD(xi[c]), shift[c], scale[c], bias[c], relu));
+    }
+#else
     FBN_IVDEP /* out may be xr (in place) */
     for (int64_t c = 0; c < m; c++)
         for (int i = 0; i < g; i++)
-            out[i * ldo + c] = FBN_SYM(affine1)(xr[i * ld + c], shift[c], scale[c], bias[c], relu);
+            out[i * ldo + c] = FBN_ST(
+                FBN_SYM(affine1)(FBN_LD(xr[i * ld + c]), shift[c], scale[c], bias[c], relu));
+#endif
 }
 
 /* Columns shape: dx of g rows (g a constant) of m values, a row ld (out: ldo)
@@ -128,28 +155,43 @@ FBN_INLINE void FBN_SYM(dx_rows_as)(const T *dr, const T *xr, int64_t ld, T *out
     const TC *k_dy = k->k_dy + ch, *k_x = k->k_x + ch, *mdy = k->mean_dy + ch;
     const TC *k_0 = k->k_0 + ch, *inv = k->invstd + ch;
     const int eval = k->eval;
+#ifdef FBN_NARROW
+    /* 16-bit data: row by row (see fbn_affine_rows_<sfx>) */
+    for (int i = 0; i < g; i++) {
+        const T *di = dr + i * ld, *xi = xr + i * ld;
+        T *oi = out + i * ldo;
+        FBN_IVDEP /* out may be dr (in place) */
+        for (int64_t c = 0; c < m; c++)
+            oi[c] = FBN_ST(FBN_SYM(dx1)(FBN_LD(di[c]), FBN_LD(xi[c]), shift[c], scale[c],
+                                        bias[c], relu, k_dy[c], k_x[c], mdy[c], k_0[c], inv[c],
+                                        eval));
+    }
+    return;
+#endif
     if ((ld * (int64_t)sizeof(T)) % 4096 == 0) {
         /* rows a multiple of 4 KB apart (C a power of two): a store to out's row i
          * has the low address bits of the next load from row i + 1, which then
          * waits for it (4K aliasing), so all the group's loads come first */
         FBN_IVDEP /* too many pointers for runtime alias checks; out may be dr */
         for (int64_t c = 0; c < m; c++) {
-            T d[FBN_GROUP], v[FBN_GROUP];
+            TC d[FBN_GROUP], v[FBN_GROUP];
             for (int i = 0; i < g; i++) {
-                d[i] = dr[i * ld + c];
-                v[i] = xr[i * ld + c];
+                d[i] = FBN_LD(dr[i * ld + c]);
+                v[i] = FBN_LD(xr[i * ld + c]);
             }
             for (int i = 0; i < g; i++)
-                out[i * ldo + c] = FBN_SYM(dx1)(d[i], v[i], shift[c], scale[c], bias[c], relu,
-                                                k_dy[c], k_x[c], mdy[c], k_0[c], inv[c], eval);
+                out[i * ldo + c] = FBN_ST(FBN_SYM(dx1)(d[i], v[i], shift[c], scale[c], bias[c],
+                                                       relu, k_dy[c], k_x[c], mdy[c], k_0[c],
+                                                       inv[c], eval));
         }
     } else { /* (this order was slower there, e.g. NHWC's 64 channels) */
         FBN_IVDEP
         for (int64_t c = 0; c < m; c++)
             for (int i = 0; i < g; i++)
-                out[i * ldo + c] =
-                    FBN_SYM(dx1)(dr[i * ld + c], xr[i * ld + c], shift[c], scale[c], bias[c],
-                                 relu, k_dy[c], k_x[c], mdy[c], k_0[c], inv[c], eval);
+                out[i * ldo + c] = FBN_ST(
+                    FBN_SYM(dx1)(FBN_LD(dr[i * ld + c]), FBN_LD(xr[i * ld + c]), shift[c],
+                                 scale[c], bias[c], relu, k_dy[c], k_x[c], mdy[c], k_0[c],
+                                 inv[c], eval));
     }
 }
 

@@ -44,13 +44,13 @@ FBN_INLINE void FBN_SYM(lane_add)(const int kind, double *l1, double *l2, int l,
                                   double mean, double shift, TC tshift, TC scale, TC bias,
                                   const int relu) {
     if (kind == FBN_SUMS_DEV) {
-        double e = ((double)x[o] - pivot) - mean;
+        double e = ((double)FBN_LD(x[o]) - pivot) - mean;
         l1[l] += e;
         l2[l] += e * e;
     } else {
-        double g = FBN_SYM(masked)(dy[o], x[o], tshift, scale, bias, relu);
+        double g = FBN_SYM(masked)(FBN_LD(dy[o]), FBN_LD(x[o]), tshift, scale, bias, relu);
         l1[l] += g;
-        l2[l] += g * ((double)x[o] - shift);
+        l2[l] += g * ((double)FBN_LD(x[o]) - shift);
     }
 }
 
