@@ -110,11 +110,22 @@ FBN_INLINE void FBN_SYM(elemwise_tile)(const int op, const T *x, const T *dy, T 
         const int64_t f1 = f0 + p->rows < n ? f0 + p->rows : n;
         for (int64_t f = f0; f < f1; f++)
             FBN_SYM(run_values)(op, p->stream, x, dy, out, f * s->inner, s->inner, k, f % C);
-    } else if (s->inner > 1) { /* one channel's runs */
+    } else if (s->inner > 1) { /* one channel's runs (fused passes) */
         const FBN_SYM(tile) r = FBN_SYM(tile_of)(p, t);
-        for (FBN_SYM(run_it) u = FBN_SYM(run_first)(s, r.c0, r.j0, r.j1); u.j < r.j1;
-             FBN_SYM(run_next)(s, r.j1, &u))
+        /* the output's runs, a channel stride apart, are fetched for writing
+         * FBN_OUT_AHEAD runs ahead: the hardware prefetchers miss most of the
+         * read-for-ownership of such short runs, and every store waited for it */
+        const int fetch = !p->stream && s->inner * (int64_t)sizeof(T) <= FBN_SHORT_RUN;
+        const int64_t ahead = FBN_OUT_AHEAD * C * s->inner;
+        FBN_SYM(run_it) u = FBN_SYM(run_first)(s, r.c0, r.j0, r.j1);
+        if (fetch)
+            for (int64_t i = 0; i < FBN_OUT_AHEAD && u.pos + i * C * s->inner < s->outer * C * s->inner; i++)
+                fbn_prefetch_w(out + u.pos + i * C * s->inner, u.n * (int64_t)sizeof(T));
+        for (; u.j < r.j1; FBN_SYM(run_next)(s, r.j1, &u)) {
+            if (fetch && u.pos + ahead < s->outer * C * s->inner)
+                fbn_prefetch_w(out + u.pos + ahead, s->inner * (int64_t)sizeof(T));
             FBN_SYM(run_values)(op, p->stream, x, dy, out, u.pos, u.n, k, r.c0);
+        }
     } else {
         const FBN_SYM(tile) r = FBN_SYM(tile_of)(p, t);
         T buf[FBN_CHUNK];

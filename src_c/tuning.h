@@ -112,6 +112,11 @@
 #ifndef FBN_SHORT_RUN
 #define FBN_SHORT_RUN 4096
 #endif
+/* Fused passes over one channel's short runs fetch the output's runs this many
+ * rows ahead for writing (not streamed outputs). */
+#ifndef FBN_OUT_AHEAD
+#define FBN_OUT_AHEAD 4
+#endif
 
 /* The cached work block (work.c) is kept up to this many bytes. */
 #ifndef FBN_WORK_CACHE
