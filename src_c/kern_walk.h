@@ -83,12 +83,13 @@ FBN_INLINE int FBN_SYM(same_sets)(const T *out, const T *in, int64_t C) {
 /* Columns shape, streamed output: whether spans are single rows, one after
  * another, rather than groups of FBN_GROUP rows, which load each coefficient
  * once for the group but read FBN_GROUP places at once. Single rows where the
- * `arrays` coefficient arrays fit in FBN_ROW_BY_ROW_BYTES and rows are not short
+ * `arrays` coefficient arrays fit in FBN_ROW_BY_ROW_BYTES (at most half of
+ * L1d, l1_half) and rows are not short
  * (shorter ones repeat their coefficients over a period, see
  * fbn_repeat_typed_<sfx>). */
-FBN_INLINE int FBN_SYM(row_by_row)(int64_t C, int64_t period, int arrays) {
-    return !period && 2 * C >= FBN_CHUNK &&
-           arrays * C * (int64_t)sizeof(TC) <= FBN_ROW_BY_ROW_BYTES;
+FBN_INLINE int FBN_SYM(row_by_row)(int64_t C, int64_t period, int arrays, int64_t l1_half) {
+    const int64_t bound = FBN_ROW_BY_ROW_BYTES < l1_half ? FBN_ROW_BY_ROW_BYTES : l1_half;
+    return !period && 2 * C >= FBN_CHUNK && arrays * C * (int64_t)sizeof(TC) <= bound;
 }
 
 /* Columns shape, streamed: n values from an L1 buffer. (Spans compute FBN_GROUP
@@ -135,7 +136,7 @@ FBN_INLINE void FBN_SYM(elemwise_tile)(const int op, const T *x, const T *dy, T 
                              : FBN_SYM(same_sets)(out, x, C) || FBN_SYM(same_sets)(out, dy, C) ||
                                    FBN_SYM(same_sets)(dy, x, C);
         const int pairs = !p->stream && same;
-        if (p->stream && FBN_SYM(row_by_row)(C, k->period, arrays)) {
+        if (p->stream && FBN_SYM(row_by_row)(C, k->period, arrays, p->l1_half)) {
             for (int64_t j = r.j0; j < r.j1; j++)
                 for (int64_t c = r.c0; c < r.c0 + r.nc; c += FBN_CHUNK) {
                     const int64_t o = j * C + c, left = r.c0 + r.nc - c;
