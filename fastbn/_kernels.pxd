@@ -115,6 +115,13 @@ cdef extern from "fastbn.h" nogil:
     const char *fbn_compiler()
 
 
+cdef extern from "plan.h" nogil:
+    ctypedef struct fbn_caches:
+        int64_t l1d, l2, l3
+    fbn_caches fbn_cache_sizes()
+    void fbn_set_cache_sizes(int64_t l1d, int64_t l2, int64_t l3)
+
+
 cdef extern from "parallel.h" nogil:
     int fbn_pool_set_backoff(int on)
 

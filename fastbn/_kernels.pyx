@@ -176,6 +176,20 @@ def pool_set_backoff(bint on):
     return bool(fbn_pool_set_backoff(on))
 
 
+def cache_sizes():
+    """(L1d, L2, L3) in bytes as the kernels use them (detected, or overridden by
+    FASTBN_CACHE_SIZES or _set_cache_sizes)."""
+    cdef fbn_caches c = fbn_cache_sizes()
+    return (c.l1d, c.l2, c.l3)
+
+
+def _set_cache_sizes(int64_t l1d=0, int64_t l2=0, int64_t l3=0):
+    """For tests and tuning: the cache sizes the kernels assume (0: detect); only
+    choices that change no result's bits follow them."""
+    fbn_set_cache_sizes(l1d, l2, l3)
+    return cache_sizes()
+
+
 def simd_paths():
     return fbn_simd_paths().decode()
 

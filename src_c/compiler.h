@@ -78,6 +78,17 @@ static inline void fbn_prefetch(const void *p, int64_t bytes) {
 #endif
 }
 
+/* Prefetches the bytes [p, p + bytes) for writing (a read for ownership). */
+static inline void fbn_prefetch_w(const void *p, int64_t bytes) {
+#if defined(__GNUC__)
+    const char *q = (const char *)p;
+    for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(q + b, 1);
+#else
+    (void)p;
+    (void)bytes;
+#endif
+}
+
 /* Prefetches the line FBN_STREAM_AHEAD bytes after p, for reading once
  * (streamed passes). */
 FBN_INLINE void fbn_prefetch_stream(const void *p) {

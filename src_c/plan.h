@@ -30,6 +30,7 @@ typedef struct {
     int stream;          /* output too large for the caches: write it non-temporally */
     int64_t block, nblocks, seg_len, nsegs; /* channel-block tiles */
     int64_t rows;                           /* row tiles: rows per tile (0: none) */
+    int64_t l1_half; /* half of L1d in bytes (bounds of the elementwise walks) */
 } fbn_plan;
 
 enum { FBN_ELEMWISE = 0, FBN_REDUCTION = 1 };
@@ -40,6 +41,21 @@ enum { FBN_ELEMWISE = 0, FBN_REDUCTION = 1 };
  * buffer streamed out). */
 enum { FBN_SUMS_DEV = 0, FBN_SUMS_BWD = 1 };
 enum { FBN_OP_AFFINE = 0, FBN_OP_DX = 1, FBN_OP_COPY = 2 };
+
+/* This machine's cache sizes in bytes (L1 data and L2 per core, L3), detected at
+ * the first call: sysconf, then /sys/devices/system/cpu/cpu0/cache, then
+ * fallbacks (32 KB, 512 KB, 8 MB). FASTBN_CACHE_SIZES="l1d,l2,l3" in the
+ * environment (bytes, or with a K or M suffix) overrides them, and so does
+ * fbn_set_cache_sizes (tests and tuning; zeros detect again). They size only
+ * choices that change no result's bits: elementwise tiles, the streaming threshold
+ * of elementwise passes and the L1 bound of their walks. Reduction tilings stay
+ * fixed (FBN_TILE_BYTES, FBN_STREAM_BYTES), so results do not depend on the
+ * machine. */
+typedef struct {
+    int64_t l1d, l2, l3;
+} fbn_caches;
+fbn_caches fbn_cache_sizes(void);
+void fbn_set_cache_sizes(int64_t l1d, int64_t l2, int64_t l3);
 
 /* The plan of a pass that reads `inputs` arrays of elem_size values (and writes
  * one output), kind FBN_REDUCTION or FBN_ELEMWISE. */
