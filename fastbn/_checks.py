@@ -180,7 +180,12 @@ def channel_vector(v, channels, name, like=None, shape=None):
         if like is None or arr.dtype.kind not in "biu":
             raise TypeError(f"{name} must have a float dtype (float32, float64, float16, "
                             f"bfloat16), got {arr.dtype}")
-        arr = arr.astype(np.result_type(arr.dtype, like))  # int64 -> float64, as x * gamma
+        try:
+            target = np.result_type(arr.dtype, like)  # int64 -> float64, as x * gamma
+        except TypeError:  # ml_dtypes < 0.5 on NumPy 1: no integer promotion for bfloat16
+            target = np.result_type(arr.dtype, np.float16)
+            target = like if target == np.float16 else target
+        arr = arr.astype(target)
     if arr.shape != (channels,) and (shape is None or arr.shape != shape):
         also = "" if shape is None else f" or {shape}"
         raise ValueError(f"{name} must have shape ({channels},){also} to match the {channels} "

@@ -483,3 +483,21 @@ def main():
 if __name__ == "__main__":
     with np.errstate(all="ignore"):
         main()
+
+
+def test_integer_parameters_without_bfloat16_promotion(monkeypatch):
+    """ml_dtypes < 0.5 on NumPy 1 (the sdist's Python 3.9 check) registers no promotion
+    of integers with bfloat16: integer gamma still converts, as newer versions do."""
+    pytest.importorskip("ml_dtypes")
+    from fastbn import _checks
+    real = np.result_type
+
+    def old_result_type(*args):
+        if any(np.dtype(a) == BF16 for a in args) and any(np.dtype(a).kind in "biu" for a in args):
+            raise TypeError("no common DType")
+        return real(*args)
+
+    monkeypatch.setattr(_checks.np, "result_type", old_result_type)
+    x = np.ones((4, 3), BF16)
+    for ints, want in ((np.array([1, 2, 3]), np.float64), (np.array([1, 2, 3], np.int8), BF16)):
+        assert _checks.channel_vector(ints, 3, "gamma", like=x.dtype).dtype == want
