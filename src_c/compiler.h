@@ -88,11 +88,12 @@ static inline void fbn_prefetch_w(const void *p, int64_t bytes) {
 #endif
 }
 
-/* Prefetches the line FBN_STREAM_AHEAD bytes after p, for reading once
- * (streamed passes). */
+/* Prefetches the line FBN_STREAM_AHEAD bytes after p (streamed passes), into all
+ * levels: a non-temporal prefetch (prefetchnta) beside streamed stores made a
+ * copy 2-4x slower than no prefetch at all (bench/traffic_floor.c, Sapphire Rapids). */
 FBN_INLINE void fbn_prefetch_stream(const void *p) {
 #if defined(__GNUC__)
-    __builtin_prefetch((const char *)p + FBN_STREAM_AHEAD, 0, 0);
+    __builtin_prefetch((const char *)p + FBN_STREAM_AHEAD, 0, 3);
 #else
     (void)p;
 #endif

@@ -57,32 +57,33 @@ FBN_INLINE T FBN_SYM(value_at)(const int op, const T *restrict x, const T *restr
 /* Values of one chunk of a streamed run (4 KB: an L1 buffer). */
 #define FBN_STREAM_CHUNK (4096 / (int)sizeof(T))
 
-/* out[i] = op's value i for i in [0, m), streamed: up to out's first cache line
- * boundary with plain stores, then chunks computed into an L1 buffer by the loop
- * of the cached path (which the compiler vectorises for the dispatched instruction
- * set: the same values) and written out by fbn_stream_copy, whole lines with the
- * widest non-temporal stores the CPU has. The inputs of each chunk are prefetched
- * FBN_STREAM_AHEAD bytes ahead, a line at a time. */
+/* out[i] = op's value i for i in [0, m), streamed: chunks computed into an L1
+ * buffer by the loop of the cached path (which the compiler vectorises for the
+ * dispatched instruction set: the same values) and written out by
+ * fbn_stream_copy, with the widest non-temporal stores the CPU has. The buffer
+ * holds each chunk at out's offset within a line, and chunks after the first start
+ * on a line of out, so that the copy's loads and stores are aligned alike. The
+ * inputs of each chunk are prefetched FBN_STREAM_AHEAD bytes ahead, a line at a
+ * time. */
 FBN_INLINE void FBN_SYM(stream_values)(const int op, T *out, int64_t m, const T *restrict x,
                                        const T *restrict dy, const FBN_SYM(chan) *h) {
-    int64_t i = (int64_t)((64 - (uintptr_t)out % 64) % 64 / sizeof(T));
-    if (i > m) i = m;
-    for (int64_t j = 0; j < i; j++) out[j] = FBN_SYM(value_at)(op, x, dy, j, h);
 #if FBN_CAN_STREAM
     T buf[FBN_STREAM_CHUNK] __attribute__((aligned(64)));
-    for (; i < m; i += FBN_STREAM_CHUNK) {
-        const int64_t n = m - i < FBN_STREAM_CHUNK ? m - i : FBN_STREAM_CHUNK;
+    int64_t off = (int64_t)((uintptr_t)out % 64 / sizeof(T)); /* out's place in its line */
+    for (int64_t i = 0, n; i < m; i += n, off = 0) {
+        n = m - i < FBN_STREAM_CHUNK - off ? m - i : FBN_STREAM_CHUNK - off;
         const T *restrict xi = x + i;
         const T *restrict di = op == FBN_OP_DX ? dy + i : NULL;
+        T *restrict to = buf + off;
         for (int64_t b = 0; b < n * (int64_t)sizeof(T); b += 64) {
             if (op == FBN_OP_DX) fbn_prefetch_stream((const char *)di + b);
             fbn_prefetch_stream((const char *)xi + b);
         }
-        for (int64_t j = 0; j < n; j++) buf[j] = FBN_SYM(value_at)(op, xi, di, j, h);
-        fbn_stream_copy(out + i, buf, n * (int64_t)sizeof(T));
+        for (int64_t j = 0; j < n; j++) to[j] = FBN_SYM(value_at)(op, xi, di, j, h);
+        fbn_stream_copy(out + i, to, n * (int64_t)sizeof(T));
     }
 #else
-    for (; i < m; i++) out[i] = FBN_SYM(value_at)(op, x, dy, i, h);
+    for (int64_t i = 0; i < m; i++) out[i] = FBN_SYM(value_at)(op, x, dy, i, h);
 #endif
 }
 

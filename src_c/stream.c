@@ -18,7 +18,7 @@
 #include <immintrin.h>
 #define FBN_WIDE_STREAM 1
 
-/* n bytes, a multiple of 64, to 64-byte aligned dst: one line per iteration. */
+/* n bytes, a multiple of 64 (copy_lines16: of 16), to dst aligned to as many. */
 __attribute__((target("avx512f"))) static void copy_lines64(char *dst, const char *src,
                                                             int64_t n) {
     for (int64_t i = 0; i < n; i += 64)
@@ -72,24 +72,32 @@ void fbn_stream_copy(void *dst, const void *src, int64_t n) {
     char *d = dst;
     const char *s = src;
     const int w = fbn_stream_width();
-    int64_t head = (int64_t)((64 - (uintptr_t)d % 64) % 64);
-    if (!w || head >= n) {
+    if (!w) {
         memcpy(d, s, (size_t)n);
         return;
     }
-    memcpy(d, s, (size_t)head);
-    const int64_t body = (n - head) / 64 * 64;
 #if FBN_CAN_STREAM
+    /* plain stores only below 16 bytes: 16-byte streamed stores fill the partial
+     * lines at either end, so that the write-combining buffer merges them with the
+     * neighbouring copies (consecutive spans and runs share those lines) */
+    int64_t i = (int64_t)((16 - (uintptr_t)d % 16) % 16);
+    if (i > n) i = n;
+    if (i) memcpy(d, s, (size_t)i);
+    for (; i + 16 <= n && (uintptr_t)(d + i) % 64; i += 16)
+        copy_lines16(d + i, s + i, 16);
+    const int64_t body = (n - i) / 64 * 64;
 #ifdef FBN_WIDE_STREAM
     if (w == 64)
-        copy_lines64(d + head, s + head, body);
+        copy_lines64(d + i, s + i, body);
     else if (w == 32)
-        copy_lines32(d + head, s + head, body);
+        copy_lines32(d + i, s + i, body);
     else
 #endif
-        copy_lines16(d + head, s + head, body);
+        copy_lines16(d + i, s + i, body);
+    i += body;
+    for (; i + 16 <= n; i += 16) copy_lines16(d + i, s + i, 16);
+    if (i < n) memcpy(d + i, s + i, (size_t)(n - i));
 #endif
-    memcpy(d + head + body, s + head + body, (size_t)(n - head - body));
 }
 
 /* Whether the pages of [p, p + bytes) are in memory, judged by three of them
