@@ -98,7 +98,7 @@ class BuildExt(build_ext):
 
 extension = Extension(
     "fastbn._kernels",
-    sources=["fastbn/_kernels.pyx", "src_c/kernels.c", "src_c/plan.c", "src_c/work.c",
+    sources=["fastbn/_kernels.pyx", "src_c/kernels.c", "src_c/plan.c", "src_c/stream.c", "src_c/work.c",
              "src_c/parallel.c"],
     include_dirs=["src_c", np.get_include()],
     depends=["fastbn/_front.pxi", "fastbn/_kernels.pxd", *glob.glob("src_c/*.h")],

@@ -120,6 +120,8 @@ cdef extern from "plan.h" nogil:
         int64_t l1d, l2, l3
     fbn_caches fbn_cache_sizes()
     void fbn_set_cache_sizes(int64_t l1d, int64_t l2, int64_t l3)
+    int fbn_stream_width()
+    int fbn_resident(const void *p, int64_t bytes)
 
 
 cdef extern from "parallel.h" nogil:

@@ -190,6 +190,19 @@ def _set_cache_sizes(int64_t l1d=0, int64_t l2=0, int64_t l3=0):
     return cache_sizes()
 
 
+def stream_width():
+    """Bytes per non-temporal store of streamed outputs (64: AVX-512F, 32: AVX2, 16:
+    SSE2; FASTBN_STREAM_WIDTH narrows it; 0: plain stores only)."""
+    return fbn_stream_width()
+
+
+def _resident(a):
+    """For tests: whether the kernels take array a's pages as in memory (streamed
+    stores) rather than untouched (plain stores)."""
+    cdef cnp.ndarray arr = a
+    return bool(fbn_resident(cnp.PyArray_DATA(arr), cnp.PyArray_NBYTES(arr)))
+
+
 def simd_paths():
     return fbn_simd_paths().decode()
 

@@ -47,8 +47,8 @@
 /* isfinite as a comparison, which vectorises: false for NaN and +-inf. */
 #define FBN_FINITE(v) (fabs(v) <= DBL_MAX)
 
-/* Non-temporal stores: SSE2's, from 16-byte vectors of GCC's vector extensions
- * (which clang has too); other compilers store outputs as usual. */
+/* Non-temporal stores (src_c/stream.c): SSE2's and wider where the CPU has them,
+ * with GCC or clang; other compilers store outputs as usual. */
 #if defined(__SSE2__) && defined(__GNUC__)
 #define FBN_CAN_STREAM 1
 #define FBN_STREAM_FENCE() _mm_sfence()
@@ -57,15 +57,14 @@
 #define FBN_STREAM_FENCE() ((void)0)
 #endif
 
-/* 16 bytes from src stored at dst (16-byte aligned), non-temporally where the
- * compiler can (SSE2). */
-static inline void fbn_stream16(void *dst, const void *src) {
-#if FBN_CAN_STREAM
-    _mm_stream_si128((__m128i *)dst, _mm_loadu_si128((const __m128i *)src));
-#else
-    memcpy(dst, src, 16);
-#endif
-}
+/* n bytes from src to dst (plan.c): whole cache lines of dst with non-temporal
+ * stores of the widest vectors the CPU has (64 bytes with AVX-512F, 32 with AVX2,
+ * else 16; FASTBN_STREAM_WIDTH=16|32|64 in the environment narrows it, for tests
+ * and tuning), the partial lines at either end with plain stores. Callers fence
+ * (FBN_STREAM_FENCE) before other threads read dst. Without FBN_CAN_STREAM: memcpy. */
+void fbn_stream_copy(void *dst, const void *src, int64_t n);
+/* The vector width in bytes fbn_stream_copy uses (0: plain stores). */
+int fbn_stream_width(void);
 
 /* Prefetches the bytes [p, p + bytes) a cache line at a time. */
 static inline void fbn_prefetch(const void *p, int64_t bytes) {
@@ -89,11 +88,12 @@ static inline void fbn_prefetch_w(const void *p, int64_t bytes) {
 #endif
 }
 
-/* Prefetches the line FBN_STREAM_AHEAD bytes after p, for reading once
- * (streamed passes). */
+/* Prefetches the line FBN_STREAM_AHEAD bytes after p (streamed passes), into all
+ * levels: a non-temporal prefetch (prefetchnta) beside streamed stores made a
+ * copy 2-4x slower than no prefetch at all (bench/traffic_floor.c, Sapphire Rapids). */
 FBN_INLINE void fbn_prefetch_stream(const void *p) {
 #if defined(__GNUC__)
-    __builtin_prefetch((const char *)p + FBN_STREAM_AHEAD, 0, 0);
+    __builtin_prefetch((const char *)p + FBN_STREAM_AHEAD, 0, 3);
 #else
     (void)p;
 #endif

@@ -96,6 +96,7 @@ int FBN_SYM(backward_elemt)(const T *dy, const T *x, T *dx, fbn_shape s, const d
                             const double *mean_dy, const double *scale, const double *bias,
                             int relu, int nthreads) {
     fbn_plan p = FBN_SYM(elemwise_plan)(s, 2);
+    fbn_plan_output(&p, dx, sizeof(T));
     const int64_t C = s.channels ? s.channels : 1;
     const int64_t bytes[2] = {FBN_SYM(typed_bytes)(C), C * (int64_t)sizeof(double)};
     void *buf[2];

@@ -5,8 +5,6 @@
  *   TC            the compute type of the elementwise passes (their typed
  *                 coefficients, y and dx): T itself for float32 and float64
  *   FBN_VINT      the integer type of TC's size (vector masks)
- *   FBN_STREAM_V  FBN_STREAM_V(dst, v): a 16-byte non-temporal store of a TC vector
- *                 (not with FBN_NARROW, whose streamed output goes a line at a time)
  *   FBN_LD, FBN_ST  (optional) FBN_LD(v): the T value v as TC; FBN_ST(v): the TC
  *                 value v as T, rounded once. Plain conversions by default.
  *   FBN_NARROW    (optional) defined when T is narrower than TC (float16, bfloat16:
@@ -34,12 +32,10 @@
 #define FBN_CHUNK (2048 / (int)sizeof(T)) /* columns shape: spans, repeated coefficients */
 #define FBN_SPAN (FBN_CHUNK / FBN_GROUP)  /* channels of one span of a row group */
 #define FBN_LINE_VALUES (64 / (int64_t)sizeof(T)) /* a cache line of T */
-#define FBN_VLEN ((int64_t)(16 / sizeof(TC)))     /* a 16-byte vector of TC */
 
 #include "kern_runs.h"     /* rows-shape reductions: one channel's runs */
 #include "kern_coefs.h"    /* the elementwise coefficients in TC */
 #include "kern_cols.h"     /* the reductions' tiles, columns shape */
-#include "kern_vec.h"      /* 16-byte vectors for streamed output */
 #include "kern_elemwise.h" /* y and dx per value, run and row group */
 #include "kern_walk.h"     /* the walk of an elementwise tile */
 #include "kern_stats.h"    /* statistics over all tiles: batch_stats */
@@ -53,7 +49,7 @@
 #undef FBN_CHUNK
 #undef FBN_SPAN
 #undef FBN_LINE_VALUES
-#undef FBN_VLEN
+#undef FBN_STREAM_CHUNK
 #undef FBN_TYPED
 #undef FBN_LD
 #undef FBN_ST

@@ -54,57 +54,37 @@ FBN_INLINE T FBN_SYM(value_at)(const int op, const T *restrict x, const T *restr
     return x[i];
 }
 
-#if FBN_CAN_STREAM
-/* Output vector i of op (FBN_VLEN values), with channel coefficients splat in v. */
-FBN_INLINE FBN_SYM(vec) FBN_SYM(vector_at)(const int op, const T *restrict x,
-                                           const T *restrict dy, int64_t i,
-                                           const FBN_SYM(vec) *v, const FBN_SYM(chan) *h) {
-    if (op == FBN_OP_AFFINE)
-        return FBN_SYM(affine_v)(FBN_SYM(vload)(x + i), v[0], v[1], v[2], h->relu);
-    if (op == FBN_OP_DX)
-        return FBN_SYM(dx_v)(FBN_SYM(vload)(dy + i), FBN_SYM(vload)(x + i), v[0], v[1], v[2],
-                             h->relu, v[3], v[4], v[5], v[6], v[7], h->eval);
-    return FBN_SYM(vload)(x + i);
-}
-#endif
+/* Values of one chunk of a streamed run (4 KB: an L1 buffer). */
+#define FBN_STREAM_CHUNK (4096 / (int)sizeof(T))
 
-/* out[i] = op's value i for i in [0, m), streamed: vectors of FBN_VLEN values
- * stored non-temporally from the first 16-byte boundary of out; scalars (plain
- * stores) before it and after the last whole vector. The inputs are prefetched
- * FBN_STREAM_AHEAD bytes ahead once per 64 bytes of output (FBN_OP_COPY reads an
- * L1 buffer: no prefetch). Loads, prefetches and stores interleave, and lines
- * are written whole. */
+/* out[i] = op's value i for i in [0, m), streamed: chunks computed into an L1
+ * buffer by the loop of the cached path (which the compiler vectorises for the
+ * dispatched instruction set: the same values) and written out by
+ * fbn_stream_copy, with the widest non-temporal stores the CPU has. The buffer
+ * holds each chunk at out's offset within a line, and chunks after the first start
+ * on a line of out, so that the copy's loads and stores are aligned alike. The
+ * inputs of each chunk are prefetched FBN_STREAM_AHEAD bytes ahead, a line at a
+ * time. */
 FBN_INLINE void FBN_SYM(stream_values)(const int op, T *out, int64_t m, const T *restrict x,
                                        const T *restrict dy, const FBN_SYM(chan) *h) {
-    int64_t i = 0;
-#if FBN_CAN_STREAM && defined(FBN_NARROW)
-    /* 16-bit data: a cache line (32 values) at a time, computed into a local line by
-     * a loop the compiler vectorises, then streamed as 16-byte stores */
-    for (; i < m && ((uintptr_t)(out + i) & 15); i++) out[i] = FBN_SYM(value_at)(op, x, dy, i, h);
-    for (; i + 32 <= m; i += 32) {
-        T line[32];
-        if (op == FBN_OP_DX) fbn_prefetch_stream(dy + i);
-        if (op != FBN_OP_COPY) fbn_prefetch_stream(x + i);
-        for (int j = 0; j < 32; j++) line[j] = FBN_SYM(value_at)(op, x, dy, i + j, h);
-        for (int j = 0; j < 32; j += 8) fbn_stream16(out + i + j, line + j);
+#if FBN_CAN_STREAM
+    T buf[FBN_STREAM_CHUNK] __attribute__((aligned(64)));
+    int64_t off = (int64_t)((uintptr_t)out % 64 / sizeof(T)); /* out's place in its line */
+    for (int64_t i = 0, n; i < m; i += n, off = 0) {
+        n = m - i < FBN_STREAM_CHUNK - off ? m - i : FBN_STREAM_CHUNK - off;
+        const T *restrict xi = x + i;
+        const T *restrict di = op == FBN_OP_DX ? dy + i : NULL;
+        T *restrict to = buf + off;
+        for (int64_t b = 0; b < n * (int64_t)sizeof(T); b += 64) {
+            if (op == FBN_OP_DX) fbn_prefetch_stream((const char *)di + b);
+            fbn_prefetch_stream((const char *)xi + b);
+        }
+        for (int64_t j = 0; j < n; j++) to[j] = FBN_SYM(value_at)(op, xi, di, j, h);
+        fbn_stream_copy(out + i, to, n * (int64_t)sizeof(T));
     }
-#elif FBN_CAN_STREAM
-    /* op's coefficients, splat: shift, scale, bias, k_dy, k_x, mean_dy, k_0, invstd */
-    const FBN_SYM(vec) v[8] = {FBN_SYM(vsplat)(h->shift),  FBN_SYM(vsplat)(h->scale),
-                               FBN_SYM(vsplat)(h->bias),   FBN_SYM(vsplat)(h->k_dy),
-                               FBN_SYM(vsplat)(h->k_x), FBN_SYM(vsplat)(h->mean_dy),
-                               FBN_SYM(vsplat)(h->k_0),    FBN_SYM(vsplat)(h->invstd)};
-    for (; i < m && ((uintptr_t)(out + i) & 15); i++) out[i] = FBN_SYM(value_at)(op, x, dy, i, h);
-    for (; i + 4 * FBN_VLEN <= m; i += 4 * FBN_VLEN) {
-        if (op == FBN_OP_DX) fbn_prefetch_stream(dy + i);
-        if (op != FBN_OP_COPY) fbn_prefetch_stream(x + i);
-        for (int64_t j = i; j < i + 4 * FBN_VLEN; j += FBN_VLEN)
-            FBN_STREAM_V(out + j, FBN_SYM(vector_at)(op, x, dy, j, v, h));
-    }
-    for (; i + FBN_VLEN <= m; i += FBN_VLEN)
-        FBN_STREAM_V(out + i, FBN_SYM(vector_at)(op, x, dy, i, v, h));
+#else
+    for (int64_t i = 0; i < m; i++) out[i] = FBN_SYM(value_at)(op, x, dy, i, h);
 #endif
-    for (; i < m; i++) out[i] = FBN_SYM(value_at)(op, x, dy, i, h);
 }
 
 /* Rows shape: op's m values of channel c from offset o, cached or streamed. */

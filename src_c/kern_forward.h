@@ -22,6 +22,7 @@ static void FBN_SYM(affine_task)(void *job, int64_t t, int thread) {
 static void FBN_SYM(affine_all)(const T *x, T *y, fbn_shape s, const fbn_coefs *k, TC *typed,
                                 int nthreads) {
     fbn_plan p = FBN_SYM(elemwise_plan)(s, 1);
+    fbn_plan_output(&p, y, sizeof(T));
     FBN_SYM(tcoefs) tk = FBN_SYM(typed_arrays)(typed, s.channels, k->relu);
     FBN_SYM(fill_typed)(k, 0, s.channels, &tk);
     FBN_SYM(repeat_typed)(&tk, &s, 0);

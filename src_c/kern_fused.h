@@ -118,6 +118,7 @@ static void FBN_SYM(run_pass)(const int op, const FBN_SYM(pass) *j, FBN_SYM(tcoe
     FBN_SYM(repeat_typed)(tk, &p->s, op == FBN_OP_DX);
     /* tiles from the last: the data the reduction read last may still be in L3 */
     fbn_plan e = FBN_SYM(elemwise_plan)(p->s, op == FBN_OP_DX ? 2 : 1);
+    fbn_plan_output(&e, j->out, sizeof(T));
     if (op == FBN_OP_AFFINE) {
         FBN_SYM(affine_job) a = {.x = j->x, .y = j->out, .p = &e, .tk = tk, .backwards = 1};
         fbn_parallel_for(e.ntiles, nt, FBN_SYM(affine_task), &a);
@@ -134,6 +135,7 @@ int FBN_SYM(forward_train)(const T *x, T *y, fbn_shape s, const double *gamma,
     const int64_t C = s.channels;
     fbn_plan p = FBN_SYM(reduce_plan)(s, 1);
     if (p.per_channel == 0 || C == 0) return -2;
+    fbn_plan_output(&p, y, sizeof(T));
     const int nt = fbn_threads_for(&p, nthreads);
     const int64_t len = fbn_scratch_len(&p);
     const int64_t bytes[3] = {(C * 5 + nt * len) * (int64_t)sizeof(double),
@@ -166,6 +168,7 @@ int FBN_SYM(backward)(const T *dy, const T *x, T *dx, fbn_shape s, const double 
     const int64_t C = s.channels;
     fbn_plan p = FBN_SYM(reduce_plan)(s, 2);
     if (C == 0) return 0;
+    fbn_plan_output(&p, dx, sizeof(T));
     const int nt = fbn_threads_for(&p, nthreads);
     const int64_t bytes[3] = {C * 8 * (int64_t)sizeof(double),
                               fbn_reduce_work_len(&p, nt) * (int64_t)sizeof(double),

@@ -96,8 +96,7 @@ FBN_INLINE int FBN_SYM(row_by_row)(int64_t C, int64_t period, int arrays, int64_
  * rows at once into the buffer, loading each channel's coefficients once; streamed
  * directly, rows a multiple of 4 KB apart were much slower.) */
 FBN_INLINE void FBN_SYM(stream_out)(T *dst, const T *src, int64_t n) {
-    const FBN_SYM(chan) none = {.relu = 0, .eval = 0}; /* a copy reads no coefficient */
-    FBN_SYM(stream_values)(FBN_OP_COPY, dst, n, src, NULL, &none);
+    fbn_stream_copy(dst, src, n * (int64_t)sizeof(T));
 }
 
 /* Tile t of plan p of op (a constant): out from x (and dy for FBN_OP_DX). */

@@ -62,37 +62,31 @@ const char *fbn_compiler(void) {
 #endif
 }
 
-/* The instantiations (see kern_dtype.h for the parameters). FBN_STREAM_V: SSE2's
- * non-temporal store (baseline x86-64), used where FBN_CAN_STREAM. */
+/* The instantiations (see kern_dtype.h for the parameters). */
 #define FBN_SFX f32
 #define T float
 #define TC float
 #define FBN_VINT int32_t
-#define FBN_STREAM_V(d, v) _mm_stream_ps((d), (__m128)(v))
 #include "kern_dtype.h"
 #undef FBN_SFX
 #undef T
 #undef TC
 #undef FBN_VINT
-#undef FBN_STREAM_V
 
 #define FBN_SFX f64
 #define T double
 #define TC double
 #define FBN_VINT int64_t
-#define FBN_STREAM_V(d, v) _mm_stream_pd((d), (__m128d)(v))
 #include "kern_dtype.h"
 #undef FBN_SFX
 #undef T
 #undef TC
 #undef FBN_VINT
-#undef FBN_STREAM_V
 
 /* Half precision (issue 19): data stored as float16 or bfloat16 (the structs of
  * fastbn.h, of their bits), computed in float; each value converted on load and
  * rounded once on store by src_c/half.h (in loops the compiler vectorises with the
- * dispatched instruction set's integer and float operations). Streamed output goes
- * a cache line at a time (fbn_stream_values_<sfx>): no FBN_STREAM_V. */
+ * dispatched instruction set's integer and float operations). */
 #define FBN_NARROW 1
 #define FBN_SFX f16
 #define T fbn_float16

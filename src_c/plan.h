@@ -60,6 +60,15 @@ void fbn_set_cache_sizes(int64_t l1d, int64_t l2, int64_t l3);
 /* The plan of a pass that reads `inputs` arrays of elem_size values (and writes
  * one output), kind FBN_REDUCTION or FBN_ELEMWISE. */
 fbn_plan fbn_make_plan(fbn_shape s, int64_t elem_size, int inputs, int kind);
+/* Whether [p, p + bytes) is in memory (stream.c; 1 where unknown). */
+int fbn_resident(const void *p, int64_t bytes);
+/* A plan's stores into `out` (of the plan's shape and elem_size values): streamed
+ * only if its pages are in memory (see fbn_resident). Changes no tiling, so no
+ * result's bits. */
+static inline void fbn_plan_output(fbn_plan *p, const void *out, int64_t elem_size) {
+    if (p->stream && !fbn_resident(out, p->per_channel * p->s.channels * elem_size))
+        p->stream = 0;
+}
 /* The threads a loop over p's tiles uses: 1 below FBN_MIN_PARALLEL values. */
 int fbn_threads_for(const fbn_plan *p, int nthreads);
 

@@ -123,8 +123,11 @@ def make_x(shape, axis, view, seed, dtype):
     raise ValueError(view)
 
 
-def run_case(fastbn, hs, tag, shape, axis, view, dtype, seed, full=True):
-    """All ops on one shape; tag names the case in the digests."""
+def run_case(fastbn, hs, tag, shape, axis, view, dtype, seed, full=True, resident=False):
+    """All ops on one shape; tag names the case in the digests. resident: the forward
+    and backward write into given arrays already in memory (outputs in pages not yet
+    touched, as fresh large allocations are, take plain stores, not streamed ones:
+    src_c/stream.c), under the same names."""
     x = make_x(shape, axis, view, seed, dtype)
     dy = make_x(shape, axis, view, seed + 7, dtype)
     ax = axis % len(shape)
@@ -137,16 +140,18 @@ def run_case(fastbn, hs, tag, shape, axis, view, dtype, seed, full=True):
             g, b = (gamma, beta) if affine else (None, None)
             a = "gb" if affine else "nogb"
             rm, rv = channel_vec(C, seed + 5, dtype), channel_vec(C, seed + 6, dtype, True)
+            y_out = np.full(shape, np.nan, dtype) if resident else None
+            dx_out = (np.full(shape, np.nan, dtype), None, None) if resident else None
             y, cache = fastbn.forward(x, g, b, axis=axis, running_mean=rm, running_var=rv,
-                                      momentum=0.25, activation=relu)
+                                      momentum=0.25, activation=relu, out=y_out)
             hs.add(f"{tag}/fwd/{r}/{a}", y, cache.mean, cache._mean_lo, cache.invstd, rm, rv)
-            dx, dg, db = fastbn.backward(dy, cache)
+            dx, dg, db = fastbn.backward(dy, cache, out=dx_out)
             hs.add(f"{tag}/bwd/{r}/{a}", dx, dg, db)
             # inference, and the backward of eval-mode statistics
             y, cache = fastbn.forward(x, g, b, axis=axis, training=False, running_mean=rm,
-                                      running_var=rv, activation=relu)
+                                      running_var=rv, activation=relu, out=y_out)
             hs.add(f"{tag}/infer/{r}/{a}", y, cache.invstd)
-            dx, dg, db = fastbn.backward(dy, cache)
+            dx, dg, db = fastbn.backward(dy, cache, out=dx_out)
             hs.add(f"{tag}/bwd_eval/{r}/{a}", dx, dg, db)
         if not full:
             continue
@@ -196,7 +201,7 @@ def special_cases(fastbn, hs, dtype, tag):
     hs.add(f"{tag}/special_rows", y, cache.mean, cache._mean_lo, cache.invstd, dx, dg, db)
 
 
-def compute(streamed=True):
+def compute(streamed=True, resident=True):
     import fastbn
     hs = Hasher()
     previous = fastbn.get_num_threads()
@@ -212,10 +217,10 @@ def compute(streamed=True):
             if streamed:
                 for i, (name, shape, axis, view) in enumerate(STREAMED):
                     run_case(fastbn, hs, f"t{threads}/float32/{name}", shape, axis, view,
-                             np.float32, 500 + 10 * i, full=False)
+                             np.float32, 500 + 10 * i, full=False, resident=resident)
                 for i, (name, shape, axis, view) in enumerate(STREAMED_F64):
                     run_case(fastbn, hs, f"t{threads}/float64/{name}", shape, axis, view,
-                             np.float64, 700 + 10 * i, full=False)
+                             np.float64, 700 + 10 * i, full=False, resident=resident)
     finally:
         fastbn.set_num_threads(previous)
     return hs.digests

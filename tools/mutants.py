@@ -11,7 +11,7 @@ Mutant = namedtuple("Mutant", "name path old new description")
 
 # the C kernel templates (src_c/kern_*.h, one family each)
 RUNS, COEFS, COLS = "src_c/kern_runs.h", "src_c/kern_coefs.h", "src_c/kern_cols.h"
-VEC, ELEMWISE, WALK = "src_c/kern_vec.h", "src_c/kern_elemwise.h", "src_c/kern_walk.h"
+STREAM, ELEMWISE, WALK = "src_c/stream.c", "src_c/kern_elemwise.h", "src_c/kern_walk.h"
 STATS, FORWARD, BACKWARD = "src_c/kern_stats.h", "src_c/kern_forward.h", "src_c/kern_backward.h"
 
 MUTANTS = [
@@ -76,14 +76,14 @@ MUTANTS = [
            "FBN_SYM(stats_tile)(j->x, j->p, t, j->pivot, j->parts, j->scratch);",
            "statistics tiles of all threads share one scratch (a race)"),
     # ---- streaming (outputs >= 16 MB)
-    Mutant("stream_tail", ELEMWISE,
-           "    for (; i < m; i++) out[i] = FBN_SYM(value_at)(op, x, dy, i, h);\n}",
-           "    for (; i + 1 < m; i++) out[i] = FBN_SYM(value_at)(op, x, dy, i, h);\n}",
-           "streamed runs leave the last value of an unaligned tail unwritten"),
-    Mutant("stream_relu", VEC,
-           "return relu ? FBN_SYM(vselect)((FBN_SYM(ivec))(v < zero), zero, v) : v;",
-           "return v;",
-           "streamed vector forward ignores the fused ReLU"),
+    Mutant("stream_tail", STREAM,
+           "if (i < n) memcpy(d + i, s + i, (size_t)(n - i));",
+           "if (i + 1 < n) memcpy(d + i, s + i, (size_t)(n - i - 1));",
+           "streamed copies leave the last byte of a tail under 16 bytes unwritten"),
+    Mutant("stream_offset", ELEMWISE,
+           "fbn_stream_copy(out + i, to, n * (int64_t)sizeof(T));",
+           "fbn_stream_copy(out + i, buf, n * (int64_t)sizeof(T));",
+           "streamed runs copied from the buffer's start, not from out's offset in its line"),
     # ---- the Python layer
     Mutant("f64_contig", "fastbn/_core.py",
            "if v is None or (v.dtype == _F64 and v.flags.c_contiguous and v.flags.aligned):",

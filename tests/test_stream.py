@@ -1,0 +1,72 @@
+"""Streamed outputs (src_c/stream.c): the store width the CPU allows, and the
+residency check that sends outputs in untouched pages to plain stores. The values
+of both paths are checked bitwise by tests/test_digest.py (streamed cases, with
+given and with allocated outputs) and against the reference below."""
+import mmap
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastbn
+from fastbn import reference
+
+pytestmark = pytest.mark.skipif(fastbn.backend != "c", reason="the C kernels' stores")
+_k = pytest.importorskip("fastbn._kernels")
+
+
+def test_stream_width_is_a_vector_width():
+    assert _k.stream_width() in (0, 16, 32, 64)
+
+
+@pytest.mark.parametrize("want", ["16", "32"])
+def test_stream_width_narrows_from_the_environment(want):
+    code = "import fastbn._kernels as k; print(k.stream_width())"
+    env = dict(os.environ, FASTBN_STREAM_WIDTH=want)
+    got = int(subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                             capture_output=True, text=True).stdout)
+    assert got == min(int(want), _k.stream_width()) or _k.stream_width() == 0
+
+
+def test_untouched_pages_are_not_resident():
+    m = mmap.mmap(-1, 64 * 4096)  # anonymous, never touched
+    a = np.frombuffer(m, dtype=np.uint8)
+    if sys.platform.startswith("linux"):
+        assert not _k._resident(a)
+    a[:] = 1
+    assert _k._resident(a)
+    del a
+    m.close()
+
+
+@pytest.mark.parametrize("width", ["16", "32", "64"])
+def test_every_width_matches_the_reference(width, tmp_path):
+    """A streamed forward and backward (outputs of 16 MB, given, so resident) at each
+    store width, in a process of its own, against fastbn.reference."""
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import numpy as np, fastbn\n"
+        "from fastbn import reference\n"
+        "rng = np.random.default_rng(5)\n"
+        "for shape in [(3, 5, 700, 401), (16400, 257)]:\n"
+        "    x = rng.standard_normal(shape).astype(np.float32)\n"
+        "    dy = rng.standard_normal(shape).astype(np.float32)\n"
+        "    C = shape[1]\n"
+        "    g, b = rng.uniform(0.5, 1.5, C).astype(np.float32), rng.standard_normal(C).astype(np.float32)\n"
+        "    y = np.ones_like(x); dx = np.ones_like(x)\n"
+        "    y1, c = fastbn.forward(x, g, b, out=y)\n"
+        "    y2, c2 = reference.forward(x, g, b)\n"
+        "    assert np.allclose(y1, y2, rtol=1e-4, atol=1e-4)\n"
+        "    d1 = fastbn.backward(dy, c, out=(dx, None, None))[0]\n"
+        "    d2 = reference.backward(dy, c2)[0]\n"
+        "    assert np.allclose(d1, d2, rtol=1e-3, atol=1e-3)\n"
+        "    rm, rv = np.zeros(C, np.float32), np.ones(C, np.float32)\n"
+        "    y1, _ = fastbn.forward(x, g, b, training=False, running_mean=rm, running_var=rv, out=y)\n"
+        "    y2, _ = reference.forward(x, g, b, training=False, running_mean=rm, running_var=rv)\n"
+        "    assert np.allclose(y1, y2, rtol=1e-5, atol=1e-5)\n"
+        "print('ok')\n")
+    env = dict(os.environ, FASTBN_STREAM_WIDTH=width)
+    r = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
