@@ -280,7 +280,9 @@ consistent(rm, rv, -1)
 
 
 def alarm(signum, frame):
-    if armed:
+    global armed
+    if armed:  # one interrupt per call: a second one could land in the except clause below
+        armed = False
         raise KeyboardInterrupt
 
 
