@@ -52,10 +52,13 @@ FBN_INLINE void FBN_SYM(mruns_dev)(fbn_acc *a1, fbn_acc *a2, const fbn_shape *s,
                                    const uint8_t *restrict mask, double pivot, double mean) {
     double l1[FBN_LANES] = {0}, l2[FBN_LANES] = {0};
     int64_t pending = 0;
+    const int64_t ahead = FBN_RUNS_AHEAD * s->channels * s->inner;
+    const int fetch = s->inner * (int64_t)sizeof(T) <= FBN_SHORT_RUN;
     for (FBN_SYM(run_it) r = FBN_SYM(run_first)(s, c, j0, j1); r.j < j1;
          FBN_SYM(run_next)(s, j1, &r)) {
         const int64_t off = r.pos, len = r.n;
         const uint8_t *mk = mask + r.j; /* mk[k]: the run's value k */
+        if (fetch) fbn_prefetch(x + off + ahead, len * (int64_t)sizeof(T));
         for (int64_t at = 0; at < len;) {
             const int64_t n = FBN_PIECE - pending < len - at ? FBN_PIECE - pending : len - at;
             const int64_t b = off + at;
