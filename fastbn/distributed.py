@@ -832,14 +832,22 @@ class SyncBatchNorm(BatchNorm):
         As in ``fastbn.BatchNorm`` (momentum is the weight of the *new* batch).
     unbiased_running_var, accumulate_grads
         As in ``fastbn.BatchNorm``.
+    stats_frozen : bool, default False
+        Start in the frozen-statistics mode (``freeze_stats``): the running
+        statistics normalise every call, locally (no communication), and
+        ``backward`` gives this rank's gradients of gamma and beta.
+    renorm, virtual_batch_size : None
+        Not synchronised: anything but None raises ValueError (ghost batches are
+        groups of one rank's rows, which need no synchronisation; batch
+        renormalisation is not synchronised yet).
 
     Raises
     ------
     TypeError
         If comm is not an mpi4py communicator; otherwise as ``BatchNorm``.
     ValueError
-        If comm is ``MPI.COMM_NULL`` or an inter-communicator; otherwise as
-        ``BatchNorm``.
+        If comm is ``MPI.COMM_NULL`` or an inter-communicator; if renorm or
+        virtual_batch_size is given; otherwise as ``BatchNorm``.
 
     See Also
     --------
@@ -900,6 +908,9 @@ class SyncBatchNorm(BatchNorm):
             Where to write y: x's shape and dtype, writable.
         return_cache : bool, default False
             Also return the cache, for ``backward(dy, cache=cache)``.
+        **unsupported
+            ``BatchNorm.forward``'s ``mask`` and ``residual``, which are not
+            synchronised: any keyword here raises TypeError naming it.
 
         Returns
         -------
@@ -911,7 +922,8 @@ class SyncBatchNorm(BatchNorm):
         Raises
         ------
         TypeError, ValueError
-            As ``BatchNorm.forward``, on every rank (see ``sync_forward``).
+            As ``BatchNorm.forward``, on every rank (see ``sync_forward``);
+            TypeError for ``mask``, ``residual`` or an unknown keyword.
         PeerError
             When another rank's input was invalid.
 
