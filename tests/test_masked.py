@@ -5,7 +5,10 @@ patterns, at sizes that reach the fused per-block path, the tiled path (several
 segments per channel, merged) and the threaded one; a mask keeping everything gives
 bitwise the unmasked result; results are bitwise independent of the thread count;
 padded values (NaN included) change nothing but their own outputs; finite
-differences in float64.
+differences in float64. Mutants these tests caught (2026-12-02): the merge
+weighting a segment by kept + 1 (tiled cases), the columns-shape dx ignoring the
+mask, the backward's count off by one, the mean's residual dropped (all-kept
+bitwise test), the mask's positions reversed.
 """
 import numpy as np
 import pytest
