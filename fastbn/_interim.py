@@ -8,13 +8,15 @@ one axis of W values (a view of a C-contiguous x: no copy):
 
   statistics   batch_stats per group of rows (virtual batches: slices of axis 0, views),
                merged over the axes inside the span that are not channel axes (Chan);
-               with a mask, batch_stats of the kept positions, gathered  [interim: a copy]
+               with a mask, the masked kernels (src_c/kern_masked.h: one pass, y fused
+               for one group without renorm); gathered [a copy] only when the mask
+               varies along an axis inside the channel axes' span
   forward      normalize with per-channel coefficients (renorm: gamma * r, gamma * d + beta;
                ReLU fused when there is no residual), then residual and leaky ReLU in
                NumPy  [interim]
   backward     the activation's mask recomputed (normalize + NumPy), backward_reduce,
-               backward_elemt with gamma * r; with a mask, dx where the mask is False
-               from normalize  [interim]
+               backward_elemt with gamma * r; with a mask, the masked backward kernel
+               (sums over every position, dx per kept/dropped position)
 
 What a fused kernel would save: the NumPy passes marked [interim] (one read of x
 and y each) and, for the mask, the NumPy statistics. See the report of issue 20.
@@ -23,7 +25,8 @@ import math
 
 import numpy as np
 
-from . import _core
+from . import _core, _kernels
+from ._threads import get_num_threads
 from ._checks import commit, mark_written, overwrites_x, store
 from ._features import FeatureCache, activate, activation_slope, renorm_constants
 from . import reference
@@ -76,6 +79,26 @@ class _Wide:
         return mean.ravel(), m2.ravel() / count
 
 
+def _mask2d(f, shape, w):
+    """The mask as (outer, inner) bytes of x's (outer, W, inner) view (O(x.size / C)),
+    or None when it may vary along an axis inside the channel axes' span."""
+    if w.interior:
+        return None
+    one = tuple(1 if d in f.axes else n for d, n in enumerate(shape))
+    flat = np.ascontiguousarray(np.broadcast_to(f.mask, one)).reshape(w.outer, w.inner)
+    return flat.view(np.uint8)
+
+
+def _masked_pass(x3, m2d, eps, gamma=None, beta=None, relu=False, y3=None):
+    """The masked kernel on one group: (mean_hi, mean_lo, var); y3 written unless None."""
+    C = x3.shape[1]
+    hi, lo, var, invstd = np.empty(C), np.empty(C), np.empty(C), np.empty(C)
+    _kernels.forward_masked(_core._k(x3), None if y3 is None else _core._k(y3), m2d,
+                            _core._f64(gamma), _core._f64(beta), eps, relu, hi, lo, var, invstd,
+                            get_num_threads(), dt=_core._dt(x3))
+    return hi, lo, var
+
+
 def _masked_stats(x, f, rows):
     """(mean, var) per channel of the positions the mask keeps in the rows `rows`:
     [interim] those positions gathered (a copy of them: (m, C)), then batch_stats."""
@@ -117,13 +140,28 @@ def feature_forward(x, a, f, then):
     """fastbn._core's forward for a call with features `f` (see the module)."""
     w = _Wide(x.shape, f)
     x3 = w.view(x)
+    y = lows = None
     gamma = None if a.gamma is None else a.gamma.copy()
     beta = None if a.beta is None else a.beta.copy()
     if not a.training:
         stats = [(a.running_mean.astype(np.float64).ravel(),
                   a.running_var.astype(np.float64).ravel())]
     elif f.mask is not None:
-        stats = [_masked_stats(x, f, rows) for rows in f.groups]
+        m2d = _mask2d(f, x.shape, w)
+        if m2d is None:
+            stats = [_masked_stats(x, f, rows) for rows in f.groups]
+        else:
+            x3 = np.ascontiguousarray(x3)
+            direct = len(f.groups) == 1 and f.renorm is None
+            if direct:  # y in the same kernel: one read of x while in cache
+                y = np.empty(x.shape, x.dtype)
+                fused = f.activation == "relu" and f.residual is None
+                flat = [None if v is None else v.ravel() for v in (gamma, beta)]
+                stats = [_masked_pass(x3, m2d, a.eps, *flat, fused, w.view(y))]
+            else:
+                stats = [_masked_pass(x3[w.rows(g)], m2d[w.rows(g)], a.eps) for g in f.groups]
+            lows = np.array([s[1] for s in stats])
+            stats = [(s[0], s[2]) for s in stats]
     else:
         stats = [w.stats(x3[w.rows(rows)]) for rows in f.groups]
     mean, var = np.array([s[0] for s in stats]), np.array([s[1] for s in stats])
@@ -135,7 +173,10 @@ def feature_forward(x, a, f, then):
     cache = FeatureCache(x, gamma, beta, mean, invstd, f=f, eps=a.eps, training=a.training,
                          r=r, d=d, x_overwritten=overwrites_x(a, x))
     fused_relu = f.activation == "relu" and f.residual is None
-    y = _normalized(cache, w, fused_relu)
+    if lows is not None:
+        cache._mean_lo = lows  # (groups, C): the masked backward's mean is hi + lo
+    if y is None:
+        y = _normalized(cache, w, fused_relu)
     if f.residual is not None or f.activation == "leaky_relu":  # [interim] NumPy
         pre = y if f.residual is None else np.add(y, f.residual, out=y)
         y = activate(pre, f.activation, f.negative_slope)
@@ -157,6 +198,8 @@ def feature_backward(dy, cache, need_dx, dx_out, dg_out, db_out, dr_out=None):
     """fastbn._core's backward for a FeatureCache (see the module)."""
     x, f, given = cache.x, cache._features, dy
     w = _Wide(x.shape, f)
+    if need_dx and cache.training and cache.mask is not None and not w.interior:
+        return _masked_backward(dy, cache, w, dx_out, dg_out, db_out, dr_out)
     if cache.activation is not None:  # [interim] the mask recomputed in NumPy
         pre = _normalized(cache, w, False)
         if cache.residual is not None:
@@ -188,6 +231,11 @@ def feature_backward(dy, cache, need_dx, dx_out, dg_out, db_out, dr_out=None):
         if not cache.training or keep is not None:  # constant statistics: gamma * invstd * dy
             plain = _core.normalize(dy3[o], np.zeros_like(m), s, gamma, axis=1)
             np.copyto(dx3, plain, where=True if keep is None else ~keep[o])
+    return _grads(cache, dx, dgamma, dbeta, dy, given, dx_out, dg_out, db_out, dr_out)
+
+
+def _grads(cache, dx, dgamma, dbeta, dy, given, dx_out, dg_out, db_out, dr_out):
+    x = cache.x
     grads = [None if dx is None else (dx if dx_out is None else store(dx, dx_out, x.dtype)),
              None if cache.gamma is None else
              store(dgamma.reshape(cache.gamma.shape), dg_out, cache.gamma.dtype),
@@ -199,3 +247,35 @@ def feature_backward(dy, cache, need_dx, dx_out, dg_out, db_out, dr_out=None):
                      else dy)
     mark_written(cache, [dx_out, dg_out, db_out, dr_out])
     return tuple(grads)
+
+
+def _masked_backward(dy, cache, w, dx_out, dg_out, db_out, dr_out):
+    """Training backward with a mask (no interior axis): the masked kernel per group;
+    a ReLU without residual inside it, other activations' slopes applied first
+    [interim: NumPy]."""
+    x, f, given = cache.x, cache._features, dy
+    relu = cache.activation == "relu" and cache.residual is None
+    if cache.activation is not None and not relu:
+        pre = _normalized(cache, w, False)
+        if cache.residual is not None:
+            pre += cache.residual
+        dy = (dy * activation_slope(pre, cache.activation, cache.negative_slope)).astype(x.dtype)
+    x3, dy3 = np.ascontiguousarray(w.view(x)), np.ascontiguousarray(w.view(dy))
+    dx = np.empty(x.shape, x.dtype)
+    dx3, m2d = w.view(dx), _mask2d(f, x.shape, w)
+    mean, invstd, r, d = (cache.flat(k) for k in ("mean", "invstd", "r", "d"))
+    lows = cache._mean_lo
+    C = f.channels
+    dgamma, dbeta = np.zeros(C), np.zeros(C)
+    for i, (rows, n) in enumerate(zip(cache.groups, cache.group_counts)):
+        o = w.rows(rows)
+        gamma, beta = _coefficients(cache, i)  # gamma * r, gamma * d + beta
+        sum_dy, sum_dy_xhat = np.empty(C), np.empty(C)
+        _kernels.backward_masked(
+            _core._k(dy3[o]), _core._k(x3[o]), _core._k(dx3[o]), m2d[o], n, mean[i],
+            None if lows is None else lows[i], invstd[i], gamma, beta if relu else None, relu,
+            sum_dy, sum_dy_xhat, get_num_threads(), dt=_core._dt(x))
+        ri, di = (1.0, 0.0) if r is None else (r[i], d[i])
+        dgamma += ri * sum_dy_xhat + di * sum_dy
+        dbeta += sum_dy
+    return _grads(cache, dx, dgamma, dbeta, dy, given, dx_out, dg_out, db_out, dr_out)

@@ -6,7 +6,7 @@
 # Callers do not choose between them themselves: the run_<op> functions below take
 # the data as untyped pointers plus one dtype code, f32 (true for float32 data,
 # false for float64), and make the one choice for all callers.
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint8_t
 
 
 cdef extern from "fastbn.h" nogil:
@@ -122,6 +122,45 @@ cdef extern from "plan.h" nogil:
     void fbn_set_cache_sizes(int64_t l1d, int64_t l2, int64_t l3)
     int fbn_stream_width()
     int fbn_resident(const void *p, int64_t bytes)
+
+
+cdef extern from "fastbn.h" nogil:  # mask= (issue 20)
+    int fbn_forward_masked_f32(const float *x, float *y, fbn_shape s, const uint8_t *mask,
+                              const double *gamma, const double *beta, double eps, int relu,
+                              double *mean_hi, double *mean_lo, double *var, double *invstd,
+                              int64_t *count, int nthreads)
+    int fbn_backward_masked_f32(const float *dy, const float *x, float *dx, fbn_shape s,
+                               const uint8_t *mask, int64_t count, const double *mean_hi,
+                               const double *mean_lo, const double *invstd,
+                               const double *gamma, const double *beta, int relu,
+                               double *sum_dy, double *sum_dy_xhat, int nthreads)
+    int fbn_forward_masked_f64(const double *x, double *y, fbn_shape s, const uint8_t *mask,
+                              const double *gamma, const double *beta, double eps, int relu,
+                              double *mean_hi, double *mean_lo, double *var, double *invstd,
+                              int64_t *count, int nthreads)
+    int fbn_backward_masked_f64(const double *dy, const double *x, double *dx, fbn_shape s,
+                               const uint8_t *mask, int64_t count, const double *mean_hi,
+                               const double *mean_lo, const double *invstd,
+                               const double *gamma, const double *beta, int relu,
+                               double *sum_dy, double *sum_dy_xhat, int nthreads)
+    int fbn_forward_masked_f16(const fbn_float16 *x, fbn_float16 *y, fbn_shape s, const uint8_t *mask,
+                              const double *gamma, const double *beta, double eps, int relu,
+                              double *mean_hi, double *mean_lo, double *var, double *invstd,
+                              int64_t *count, int nthreads)
+    int fbn_backward_masked_f16(const fbn_float16 *dy, const fbn_float16 *x, fbn_float16 *dx, fbn_shape s,
+                               const uint8_t *mask, int64_t count, const double *mean_hi,
+                               const double *mean_lo, const double *invstd,
+                               const double *gamma, const double *beta, int relu,
+                               double *sum_dy, double *sum_dy_xhat, int nthreads)
+    int fbn_forward_masked_bf16(const fbn_bfloat16 *x, fbn_bfloat16 *y, fbn_shape s, const uint8_t *mask,
+                              const double *gamma, const double *beta, double eps, int relu,
+                              double *mean_hi, double *mean_lo, double *var, double *invstd,
+                              int64_t *count, int nthreads)
+    int fbn_backward_masked_bf16(const fbn_bfloat16 *dy, const fbn_bfloat16 *x, fbn_bfloat16 *dx, fbn_shape s,
+                               const uint8_t *mask, int64_t count, const double *mean_hi,
+                               const double *mean_lo, const double *invstd,
+                               const double *gamma, const double *beta, int relu,
+                               double *sum_dy, double *sum_dy_xhat, int nthreads)
 
 
 cdef extern from "parallel.h" nogil:
@@ -267,3 +306,47 @@ cdef inline void run_ema(bint f32, void *running, const double *batch, const dou
         fbn_ema_f32(<float *>running, batch, batch_lo, channels, momentum, factor)
     else:
         fbn_ema_f64(<double *>running, batch, batch_lo, channels, momentum, factor)
+
+
+cdef inline int run_forward_masked(int dt, const void *x, void *y, fbn_shape s,
+                                   const uint8_t *mask, const double *gamma,
+                                   const double *beta, double eps, int relu, double *mean_hi,
+                                   double *mean_lo, double *var, double *invstd,
+                                   int64_t *count, int nthreads) noexcept nogil:
+    if dt == DT_F16:
+        return fbn_forward_masked_f16(<const fbn_float16 *>x, <fbn_float16 *>y, s, mask, gamma,
+                                      beta, eps, relu, mean_hi, mean_lo, var, invstd, count,
+                                      nthreads)
+    if dt == DT_BF16:
+        return fbn_forward_masked_bf16(<const fbn_bfloat16 *>x, <fbn_bfloat16 *>y, s, mask,
+                                       gamma, beta, eps, relu, mean_hi, mean_lo, var, invstd,
+                                       count, nthreads)
+    if dt:
+        return fbn_forward_masked_f32(<const float *>x, <float *>y, s, mask, gamma, beta, eps,
+                                      relu, mean_hi, mean_lo, var, invstd, count, nthreads)
+    return fbn_forward_masked_f64(<const double *>x, <double *>y, s, mask, gamma, beta, eps,
+                                  relu, mean_hi, mean_lo, var, invstd, count, nthreads)
+
+
+cdef inline int run_backward_masked(int dt, const void *dy, const void *x, void *dx,
+                                    fbn_shape s, const uint8_t *mask, int64_t count,
+                                    const double *mean_hi, const double *mean_lo,
+                                    const double *invstd, const double *gamma,
+                                    const double *beta, int relu, double *sum_dy,
+                                    double *sum_dy_xhat, int nthreads) noexcept nogil:
+    if dt == DT_F16:
+        return fbn_backward_masked_f16(<const fbn_float16 *>dy, <const fbn_float16 *>x,
+                                       <fbn_float16 *>dx, s, mask, count, mean_hi, mean_lo,
+                                       invstd, gamma, beta, relu, sum_dy, sum_dy_xhat, nthreads)
+    if dt == DT_BF16:
+        return fbn_backward_masked_bf16(<const fbn_bfloat16 *>dy, <const fbn_bfloat16 *>x,
+                                        <fbn_bfloat16 *>dx, s, mask, count, mean_hi, mean_lo,
+                                        invstd, gamma, beta, relu, sum_dy, sum_dy_xhat,
+                                        nthreads)
+    if dt:
+        return fbn_backward_masked_f32(<const float *>dy, <const float *>x, <float *>dx, s,
+                                       mask, count, mean_hi, mean_lo, invstd, gamma, beta,
+                                       relu, sum_dy, sum_dy_xhat, nthreads)
+    return fbn_backward_masked_f64(<const double *>dy, <const double *>x, <double *>dx, s, mask,
+                                   count, mean_hi, mean_lo, invstd, gamma, beta, relu, sum_dy,
+                                   sum_dy_xhat, nthreads)

@@ -25,6 +25,15 @@ def backward_reduce(
     dy: _A, x: _A, shift: _A, scale: _V, bias: _V, relu: int, sum_dy: _A, sum_dy_xs: _A,
     nthreads: int, dt: int = ...,
 ) -> Any: ...
+def forward_masked(
+    x: _A, y: _V, mask: _A, gamma: _V, beta: _V, eps: float, relu: int, mean_hi: _A,
+    mean_lo: _A, var: _A, invstd: _A, nthreads: int, dt: int = ...,
+) -> int: ...
+def backward_masked(
+    dy: _A, x: _A, dx: _V, mask: _A, count: int, mean_hi: _A, mean_lo: _V, invstd: _A,
+    gamma: _V, beta: _V, relu: int, sum_dy: _A, sum_dy_xhat: _A, nthreads: int,
+    dt: int = ...,
+) -> Any: ...
 def backward_elemt(
     dy: _A, x: _A, dx: _A, shift: _A, invstd: _A, k_dy: _A, k_x: _A, mean_dy: _A,
     scale: _V, bias: _V, relu: int, nthreads: int, dt: int = ...,

@@ -8,7 +8,7 @@ kernel (run_<op>), are in _kernels.pxd. The compiled front end of forward and
 backward, which checks and dispatches plain calls without NumPy calls, is included
 at the end (_front.pxi).
 """
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint8_t
 from libc.string cimport memcpy
 cimport cython
 cimport numpy as cnp
@@ -157,6 +157,51 @@ def coefficients(const double[::1] mean not None, const double[::1] invstd not N
     with nogil:
         fbn_coefficients(mean.shape[0], &mean[0], NULL, &invstd[0], g, b, &shift[0],
                          &scale[0], &bias[0])
+
+
+def forward_masked(const real[:, :, ::1] x not None, real[:, :, ::1] y,
+                   const uint8_t[:, ::1] mask not None, const double[::1] gamma,
+                   const double[::1] beta, double eps, bint relu, double[::1] mean_hi not None,
+                   double[::1] mean_lo not None, double[::1] var not None,
+                   double[::1] invstd not None, int nthreads, int dt=-1):
+    """mask=: statistics of the kept positions (mask: (outer, inner) of 0/1), y at
+    every position unless y is None; returns the kept count per channel."""
+    cdef int st
+    cdef int64_t count = 0
+    cdef fbn_shape s = shape_of(x)
+    cdef const double *g = opt(gamma)
+    cdef const double *b = opt(beta)
+    cdef void *yp = NULL if y is None else <void *>&y[0, 0, 0]
+    if mask.shape[0] != s.outer or mask.shape[1] != s.inner:
+        raise ValueError("forward_masked: mask must have shape (outer, inner)")
+    with nogil:
+        st = run_forward_masked(code_of(real is float, dt), &x[0, 0, 0], yp, s, &mask[0, 0], g,
+                                b, eps, relu, &mean_hi[0], &mean_lo[0], &var[0], &invstd[0],
+                                &count, nthreads)
+    check(st)
+    return count
+
+
+def backward_masked(const real[:, :, ::1] dy not None, const real[:, :, ::1] x not None,
+                    real[:, :, ::1] dx, const uint8_t[:, ::1] mask not None, int64_t count,
+                    const double[::1] mean_hi not None, const double[::1] mean_lo,
+                    const double[::1] invstd not None, const double[::1] gamma,
+                    const double[::1] beta, bint relu, double[::1] sum_dy not None,
+                    double[::1] sum_dy_xhat not None, int nthreads, int dt=-1):
+    """The backward of forward_masked (dx None: the sums only)."""
+    cdef int st
+    cdef fbn_shape s = shape_of(x)
+    cdef const double *g = opt(gamma)
+    cdef const double *b = opt(beta)
+    cdef const double *lo = opt(mean_lo)
+    cdef void *dxp = NULL if dx is None else <void *>&dx[0, 0, 0]
+    if mask.shape[0] != s.outer or mask.shape[1] != s.inner:
+        raise ValueError("backward_masked: mask must have shape (outer, inner)")
+    with nogil:
+        st = run_backward_masked(code_of(real is float, dt), &dy[0, 0, 0], &x[0, 0, 0], dxp, s,
+                                 &mask[0, 0], count, &mean_hi[0], lo, &invstd[0], g, b, relu,
+                                 &sum_dy[0], &sum_dy_xhat[0], nthreads)
+    check(st)
 
 
 def openmp_enabled():

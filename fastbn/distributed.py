@@ -832,14 +832,22 @@ class SyncBatchNorm(BatchNorm):
         As in ``fastbn.BatchNorm`` (momentum is the weight of the *new* batch).
     unbiased_running_var, accumulate_grads
         As in ``fastbn.BatchNorm``.
+    stats_frozen : bool, default False
+        Start in the frozen-statistics mode (``freeze_stats``): the running
+        statistics normalise every call, locally (no communication), and
+        ``backward`` gives this rank's gradients of gamma and beta.
+    renorm, virtual_batch_size : None
+        Not synchronised: anything but None raises ValueError (ghost batches are
+        groups of one rank's rows, which need no synchronisation; batch
+        renormalisation is not synchronised yet).
 
     Raises
     ------
     TypeError
         If comm is not an mpi4py communicator; otherwise as ``BatchNorm``.
     ValueError
-        If comm is ``MPI.COMM_NULL`` or an inter-communicator; otherwise as
-        ``BatchNorm``.
+        If comm is ``MPI.COMM_NULL`` or an inter-communicator; if renorm or
+        virtual_batch_size is given; otherwise as ``BatchNorm``.
 
     See Also
     --------
@@ -859,21 +867,35 @@ class SyncBatchNorm(BatchNorm):
 
     def __init__(self, num_features, *, comm, axis=1, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, dtype=np.float32, activation=None,
-                 unbiased_running_var=True, accumulate_grads=False):
+                 unbiased_running_var=True, accumulate_grads=False, stats_frozen=False,
+                 renorm=None, virtual_batch_size=None):
+        if virtual_batch_size is not None:  # groups of rows are one rank's: nothing to share
+            raise ValueError("SyncBatchNorm does not take virtual_batch_size: ghost batches "
+                             "are groups of one rank's rows, whose statistics need no "
+                             "synchronisation (use fastbn.BatchNorm on each rank)")
+        if renorm is not None:
+            raise ValueError("SyncBatchNorm does not take renorm yet (issue 20): batch "
+                             "renormalisation is not synchronised")
         self.comm = _check_comm(comm)
         super().__init__(num_features, axis=axis, eps=eps, momentum=momentum, affine=affine,
                          track_running_stats=track_running_stats, dtype=dtype,
                          activation=activation, unbiased_running_var=unbiased_running_var,
-                         accumulate_grads=accumulate_grads)
+                         accumulate_grads=accumulate_grads, stats_frozen=stats_frozen)
 
     def __repr__(self):
         return "Sync" + super().__repr__() + f" over {self.comm.Get_size()} ranks"
 
-    def forward(self, x, training=None, *, out=None, return_cache=False):
+    def forward(self, x, training=None, *, out=None, return_cache=False, **unsupported):
         """Normalise ``x``, this rank's part of the batch.
 
         In training mode the statistics are those of all ranks' batches, and the
-        running statistics (if tracked) are updated with them.
+        running statistics (if tracked) are updated with them. In the
+        frozen-statistics mode (``freeze_stats()``) every call normalises with the
+        running statistics, locally, without communication (as in eval mode); its
+        ``backward`` then gives this rank's gradients of gamma and beta (sum them
+        across ranks with the model's other parameter gradients, as PyTorch's
+        SyncBatchNorm in eval mode under DDP). ``BatchNorm.forward``'s ``mask`` and
+        ``residual`` are not synchronised yet: passing them raises TypeError.
 
         Parameters
         ----------
@@ -886,6 +908,9 @@ class SyncBatchNorm(BatchNorm):
             Where to write y: x's shape and dtype, writable.
         return_cache : bool, default False
             Also return the cache, for ``backward(dy, cache=cache)``.
+        **unsupported
+            ``BatchNorm.forward``'s ``mask`` and ``residual``, which are not
+            synchronised: any keyword here raises TypeError naming it.
 
         Returns
         -------
@@ -897,7 +922,8 @@ class SyncBatchNorm(BatchNorm):
         Raises
         ------
         TypeError, ValueError
-            As ``BatchNorm.forward``, on every rank (see ``sync_forward``).
+            As ``BatchNorm.forward``, on every rank (see ``sync_forward``);
+            TypeError for ``mask``, ``residual`` or an unknown keyword.
         PeerError
             When another rank's input was invalid.
 
@@ -910,9 +936,15 @@ class SyncBatchNorm(BatchNorm):
         >>> bn.forward(np.ones((4, 2), np.float32)).shape
         (4, 2)
         """
+        if unsupported:
+            name = sorted(unsupported)[0]
+            raise TypeError(f"SyncBatchNorm.forward got the keyword {name!r}: "
+                            + (f"{name}= is not synchronised yet (issue 20; use fastbn.BatchNorm "
+                               "on one process)" if name in ("mask", "residual")
+                               else "unknown argument"))
         error, mode, state = None, self.training, {}
         try:
-            mode = self._call_mode(training)
+            mode = self._call_mode(training) and not self.stats_frozen
             return_cache = _check_bool(return_cache, "return_cache")
         except (TypeError, ValueError) as exc:
             error = exc  # joins the collective (if this mode shares statistics), then raises

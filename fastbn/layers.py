@@ -370,9 +370,6 @@ class BatchNorm:
         [4. 8.] frozen_stats
         """
         frozen = _check_bool(frozen, "frozen")
-        if frozen and type(self).forward is not BatchNorm.forward:  # SyncBatchNorm, for now
-            raise NotImplementedError(f"{type(self).__name__} has no frozen-statistics mode "
-                                      "yet: use eval() (gamma and beta are still trained)")
         if frozen and not self.track_running_stats:
             raise ValueError("freeze_stats needs running statistics: the layer was built with "
                              "track_running_stats=False")

@@ -182,6 +182,50 @@ int fbn_backward_bf16(const fbn_bfloat16 *dy, const fbn_bfloat16 *x, fbn_bfloat1
                      const double *gamma, const double *beta, int relu, int training,
                      double *sum_dy, double *sum_dy_xhat, int nthreads);
 
+/* mask= (issue 20): statistics over the positions mask keeps (one byte, 0 or 1,
+ * per flat (outer, inner) position, shared by the channels), y at every position
+ * (y NULL: statistics only); count: the kept positions per channel. -2 when none
+ * is kept. The backward of such a forward: sums over every position, dx with
+ * `count` values per channel where kept and gamma * invstd * dy where dropped (dx
+ * NULL: the sums only). Both bitwise equal to the unmasked kernels when the mask
+ * keeps everything. */
+int fbn_forward_masked_f32(const float *x, float *y, fbn_shape s, const uint8_t *mask,
+                          const double *gamma, const double *beta, double eps, int relu,
+                          double *mean_hi, double *mean_lo, double *var, double *invstd,
+                          int64_t *count, int nthreads);
+int fbn_backward_masked_f32(const float *dy, const float *x, float *dx, fbn_shape s,
+                           const uint8_t *mask, int64_t count, const double *mean_hi,
+                           const double *mean_lo, const double *invstd, const double *gamma,
+                           const double *beta, int relu, double *sum_dy, double *sum_dy_xhat,
+                           int nthreads);
+int fbn_forward_masked_f64(const double *x, double *y, fbn_shape s, const uint8_t *mask,
+                          const double *gamma, const double *beta, double eps, int relu,
+                          double *mean_hi, double *mean_lo, double *var, double *invstd,
+                          int64_t *count, int nthreads);
+int fbn_backward_masked_f64(const double *dy, const double *x, double *dx, fbn_shape s,
+                           const uint8_t *mask, int64_t count, const double *mean_hi,
+                           const double *mean_lo, const double *invstd, const double *gamma,
+                           const double *beta, int relu, double *sum_dy, double *sum_dy_xhat,
+                           int nthreads);
+int fbn_forward_masked_f16(const fbn_float16 *x, fbn_float16 *y, fbn_shape s, const uint8_t *mask,
+                          const double *gamma, const double *beta, double eps, int relu,
+                          double *mean_hi, double *mean_lo, double *var, double *invstd,
+                          int64_t *count, int nthreads);
+int fbn_backward_masked_f16(const fbn_float16 *dy, const fbn_float16 *x, fbn_float16 *dx, fbn_shape s,
+                           const uint8_t *mask, int64_t count, const double *mean_hi,
+                           const double *mean_lo, const double *invstd, const double *gamma,
+                           const double *beta, int relu, double *sum_dy, double *sum_dy_xhat,
+                           int nthreads);
+int fbn_forward_masked_bf16(const fbn_bfloat16 *x, fbn_bfloat16 *y, fbn_shape s, const uint8_t *mask,
+                          const double *gamma, const double *beta, double eps, int relu,
+                          double *mean_hi, double *mean_lo, double *var, double *invstd,
+                          int64_t *count, int nthreads);
+int fbn_backward_masked_bf16(const fbn_bfloat16 *dy, const fbn_bfloat16 *x, fbn_bfloat16 *dx, fbn_shape s,
+                           const uint8_t *mask, int64_t count, const double *mean_hi,
+                           const double *mean_lo, const double *invstd, const double *gamma,
+                           const double *beta, int relu, double *sum_dy, double *sum_dy_xhat,
+                           int nthreads);
+
 #ifdef __cplusplus
 }
 #endif

@@ -42,6 +42,7 @@
 #include "kern_forward.h"  /* forward_infer, affine */
 #include "kern_backward.h" /* backward_reduce, backward_elemt, ema */
 #include "kern_fused.h"    /* forward_train, backward: one fused skeleton */
+#include "kern_masked.h"   /* forward_masked, backward_masked (mask=) */
 
 #undef FBN_SYM_
 #undef FBN_SYM_EXPAND

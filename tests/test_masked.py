@@ -1,0 +1,192 @@
+"""mask= through the compiled masked kernels (src_c/kern_masked.h, issue 20).
+
+Against the reference and hand-derived formulas over shapes, axes, dtypes and mask
+patterns, at sizes that reach the fused per-block path, the tiled path (several
+segments per channel, merged) and the threaded one; a mask keeping everything gives
+bitwise the unmasked result; results are bitwise independent of the thread count;
+padded values (NaN included) change nothing but their own outputs; finite
+differences in float64. Mutants these tests caught (2026-12-02): the merge
+weighting a segment by kept + 1 (tiled cases), the columns-shape dx ignoring the
+mask, the backward's count off by one, the mean's residual dropped (all-kept
+bitwise test), the mask's positions reversed.
+"""
+import numpy as np
+import pytest
+
+import fastbn
+import fastbn.reference as R
+from conftest import assert_close, channel_values
+from test_gradients import FD_RTOL, central_difference
+
+pytestmark = pytest.mark.skipif(fastbn.backend != "c", reason="the compiled kernels")
+
+# (shape, axis, mask shape): rows shape (inner > 1) and columns shape (axis -1);
+# the last two of each kind have more than FBN_TILE_BYTES per channel (tiled,
+# merged) and more than FBN_MIN_PARALLEL values (threaded)
+CASES = [((4, 3, 50), 1, (4, 1, 50)),
+         ((8, 5, 7, 9), 1, (8, 1, 7, 9)),
+         ((2, 4, 9), 1, (1, 1, 9)),
+         ((300, 6), 1, (300, 1)),
+         ((6, 7, 5), -1, (6, 7, 1)),
+         ((3, 2, 100003), 1, (3, 1, 100003)),
+         ((140001, 3), 1, (140001, 1)),
+         ((70001, 2, 3), 1, (70001, 1, 3))]
+PATTERNS = ["random", "prefix", "first_half_dropped", "one_tile_left"]
+
+
+def make_mask(shape, pattern, rng):
+    if pattern == "random":
+        return rng.random(shape) < 0.6
+    flat = np.zeros(int(np.prod(shape)), bool)
+    n = flat.size
+    if pattern == "prefix" and shape[-1] > 1:  # padded sequences: a kept prefix per row
+        return np.arange(shape[-1]) < rng.integers(2, shape[-1] + 1, shape[:-1] + (1,))
+    if pattern == "prefix":  # one position per row: the first rows kept
+        flat[:max(2, 7 * n // 10)] = True
+    if pattern == "first_half_dropped":  # whole leading segments empty
+        flat[n // 2:] = True
+    elif pattern == "one_tile_left":  # a few values at the very end only
+        flat[-3:] = True
+    return flat.reshape(shape)
+
+
+def data(shape, axis, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    C = shape[axis]
+    x = channel_values(rng, shape, axis, np.float64).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    return x, dy, rng.uniform(0.5, 2.0, C), rng.normal(0.0, 1.0, C), rng
+
+
+@pytest.mark.parametrize("shape,axis,mshape", CASES)
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("activation", [None, "relu"])
+def test_against_reference(shape, axis, mshape, pattern, activation):
+    x, dy, gamma, beta, rng = data(shape, axis, np.float64)
+    mask = make_mask(mshape, pattern, rng)
+    y, cache = fastbn.forward(x, gamma, beta, axis=axis, mask=mask, activation=activation)
+    yr, cr = R.forward(x, gamma, beta, axis=axis, mask=mask, activation=activation)
+    one = tuple(1 if d == axis % x.ndim else n for d, n in enumerate(x.shape))
+    assert cache.count == cr.count == int(np.broadcast_to(mask, one).sum())
+    assert_close(y, yr, rtol=1e-13, what="y")
+    assert_close(cache.mean, cr.mean, rtol=1e-14, what="mean", scale=np.abs(x).max())
+    assert_close(cache.invstd, cr.invstd, rtol=1e-13, what="invstd")
+    for got, want, what in zip(fastbn.backward(dy, cache), R.backward(dy, cr),
+                               ("dx", "dgamma", "dbeta")):
+        assert_close(got, want, rtol=1e-12, what=what)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("shape,axis,mshape", [CASES[0], CASES[3], CASES[5], CASES[6]])
+def test_narrow_dtypes(dtype, shape, axis, mshape):
+    x, dy, gamma, beta, rng = data(shape, axis, dtype)
+    mask = make_mask(mshape, "random", rng)
+    y, cache = fastbn.forward(x, gamma, beta, axis=axis, mask=mask)
+    yr, cr = R.forward(x, gamma, beta, axis=axis, mask=mask)
+    tol = 1e-5 if dtype == np.float32 else 4e-3
+    assert_close(y, yr, rtol=tol, what="y")
+    assert_close(cache.mean, cr.mean, rtol=1e-12, what="mean",  # accumulated in float64
+                 scale=float(np.abs(x.astype(np.float64)).max()))
+    for got, want in zip(fastbn.backward(dy, cache), R.backward(dy, cr)):
+        assert_close(got, want, rtol=tol)
+
+
+@pytest.mark.parametrize("shape,axis,mshape", CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_all_kept_is_bitwise_unmasked(shape, axis, mshape, dtype):
+    x, dy, gamma, beta, _ = data(shape, axis, dtype)
+    for activation in (None, "relu"):
+        y1, c1 = fastbn.forward(x, gamma, beta, axis=axis, mask=np.ones(mshape, bool),
+                                activation=activation)
+        y2, c2 = fastbn.forward(x, gamma, beta, axis=axis, activation=activation)
+        assert np.array_equal(y1, y2)
+        assert np.array_equal(c1.mean, c2.mean) and np.array_equal(c1.invstd, c2.invstd)
+        for a, b in zip(fastbn.backward(dy, c1), fastbn.backward(dy, c2)):
+            assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("shape,axis,mshape", CASES[5:])
+def test_thread_count_independent(shape, axis, mshape, restore_threads):
+    x, dy, gamma, beta, rng = data(shape, axis, np.float32)
+    mask = make_mask(mshape, "random", rng)
+    results = []
+    for n in (1, 2, 3):
+        fastbn.set_num_threads(n)
+        y, cache = fastbn.forward(x, gamma, beta, axis=axis, mask=mask)
+        results.append((y, cache.mean, cache.invstd, *fastbn.backward(dy, cache)))
+    for other in results[1:]:
+        assert all(np.array_equal(a, b) for a, b in zip(results[0], other))
+
+
+@pytest.mark.parametrize("shape,axis,mshape", [CASES[0], CASES[4], CASES[5], CASES[6]])
+def test_hand_derived(shape, axis, mshape):
+    """mean and var of the kept values picked out by hand; dx = gamma * invstd * (dy -
+    keep * (sum dy + xhat * sum dy xhat) / n), sums over every position; a padded
+    value, even NaN, changes only its own outputs."""
+    x, dy, gamma, beta, rng = data(shape, axis, np.float64)
+    mask = make_mask(mshape, "prefix", rng)
+    keep = np.broadcast_to(mask, x.shape)
+    ch = np.moveaxis(x, axis, -1)
+    kept = ch[np.moveaxis(keep, axis, -1)].reshape(-1, x.shape[axis])
+    n = kept.shape[0]
+    mean, var = kept.mean(axis=0), kept.var(axis=0)
+    y, cache = fastbn.forward(x, gamma, beta, axis=axis, mask=mask)
+    assert cache.count == n
+    assert_close(cache.mean, mean, rtol=1e-14, scale=np.abs(x).max())
+    assert_close(cache.invstd, 1 / np.sqrt(var + 1e-5), rtol=1e-13)
+    shp = [1] * x.ndim
+    shp[axis] = -1
+    col = lambda v: v.reshape(shp)  # noqa: E731
+    others = tuple(d for d in range(x.ndim) if d != axis % x.ndim)
+    xhat = (x - col(mean)) / np.sqrt(col(var) + 1e-5)
+    assert_close(y, col(gamma) * xhat + col(beta), rtol=1e-13)
+    dx, dgamma, dbeta = fastbn.backward(dy, cache)
+    want = col(gamma) / np.sqrt(col(var) + 1e-5) * (
+        dy - keep * (col(dy.sum(axis=others)) + xhat * col((dy * xhat).sum(axis=others))) / n)
+    assert_close(dx, want, rtol=1e-12)
+    assert_close(dgamma, (dy * xhat).sum(axis=others), rtol=1e-12)
+    assert_close(dbeta, dy.sum(axis=others), rtol=1e-12)
+    padded = np.where(keep, x, np.nan)
+    y2, c2 = fastbn.forward(padded, gamma, beta, axis=axis, mask=mask)
+    assert np.array_equal(c2.mean, cache.mean) and np.array_equal(c2.invstd, cache.invstd)
+    assert np.array_equal(y2[keep], y[keep]) and np.isnan(y2[~keep]).all()
+
+
+def test_all_dropped_is_an_error():
+    x = np.ones((4, 3, 5))
+    with pytest.raises(ValueError, match="the mask keeps 0 values"):
+        fastbn.forward(x, mask=np.zeros((4, 1, 5), bool))
+    rm, rv = np.zeros(3), np.ones(3)
+    with pytest.raises(ValueError, match="the mask keeps 0 values"):
+        fastbn.forward(x, mask=np.zeros((4, 1, 5), bool), running_mean=rm, running_var=rv)
+    assert not rm.any() and (rv == 1).all()  # state untouched
+
+
+@pytest.mark.parametrize("extra", [{}, {"activation": "relu"}, {"renorm": (1.5, 0.5)},
+                                   {"virtual_batch_size": 3},
+                                   {"activation": "leaky_relu", "negative_slope": 0.2},
+                                   {"residual": True, "activation": "relu"}])
+def test_finite_differences(extra):
+    x, dy, gamma, beta, rng = data((7, 3, 6), 1, np.float64, seed=3)
+    mask = make_mask((7, 1, 6), "prefix", rng)
+    kw = dict(extra)
+    if kw.pop("residual", False):
+        kw["residual"] = rng.standard_normal(x.shape)
+    if "renorm" in kw:  # r and d clipped (constants, as backward takes them): FD applies
+        kw.update(running_mean=np.full(3, 100.0), running_var=np.full(3, 100.0))
+
+    def loss():
+        k = dict(kw)
+        if "running_mean" in k:
+            k["running_mean"], k["running_var"] = k["running_mean"].copy(), k["running_var"].copy()
+        return float((fastbn.forward(x, gamma, beta, mask=mask, **k)[0] * dy).sum())
+
+    _, cache = fastbn.forward(x, gamma, beta, mask=mask,
+                              **{k: (v.copy() if k.startswith("running") else v)
+                                 for k, v in kw.items()})
+    grads = fastbn.backward(dy, cache)
+    for got, a in zip(grads, (x, gamma, beta)):
+        want = central_difference(loss, a)
+        assert_close(got, want, rtol=FD_RTOL, scale=np.abs(want).max() + 1)
+    if "residual" in kw:
+        assert_close(grads[3], central_difference(loss, kw["residual"]), rtol=FD_RTOL)
