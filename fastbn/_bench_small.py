@@ -117,4 +117,33 @@ def run_small(dtypes, thread_counts, repeat, use_torch, out):
                               f"{ratio['numpy']}", file=out)
         finally:
             fastbn.set_num_threads(previous)
+    summarize(rows, out)
     return rows
+
+
+FIXED_COST_US = 3.0  # issue 15's bound on a (4, 5) call at 1 thread
+
+
+def summarize(rows, out):
+    """The table's conclusions: the fixed cost (the (4, 5) rows at 1 thread, against
+    FIXED_COST_US) and, per op, the lowest ratio to PyTorch and to NumPy."""
+    print("\nfixed cost: microseconds per (4, 5) call at 1 thread (median; bound "
+          f"{FIXED_COST_US:g} us)", file=out)
+    for dtype in dict.fromkeys(r["dtype"] for r in rows):
+        fixed = {r["op"]: r["fastbn"] * 1e6 for r in rows
+                 if r["shape"] == (4, 5) and r["threads"] == 1 and r["dtype"] == dtype}
+        if fixed:
+            worst = max(fixed[op] for op in ("forward", "backward", "eval") if op in fixed)
+            print(f"  {dtype}: " + ", ".join(f"{op} {t:.2f}" for op, t in fixed.items())
+                  + f"  ({'within' if worst <= FIXED_COST_US else 'OVER'} the bound)", file=out)
+    for other in ("torch", "numpy"):
+        compared = [r for r in rows if other in r]
+        if not compared:
+            continue
+        print(f"lowest ratio {other} / fastbn per op (all shapes, dtypes, threads):", file=out)
+        for op in dict.fromkeys(r["op"] for r in compared):
+            low = min((r for r in compared if r["op"] == op), key=lambda r: r[other] / r["fastbn"])
+            ratio = low[other] / low["fastbn"]
+            print(f"  {op:>8}: {ratio:5.2f}x at {low['shape']} {low['dtype']} "
+                  f"{low['threads']} thread(s){'' if ratio > 1 else '  (fastbn NOT ahead)'}",
+                  file=out)

@@ -124,7 +124,10 @@ static void FBN_SYM(repeat_typed)(FBN_SYM(tcoefs) *t, const fbn_shape *s, int dx
     if (dx && C >= FBN_DX_GROUP_MIN && C <= FBN_DX_GROUP_MAX) return;
     TC *arrays[FBN_TYPED] = {t->shift, t->scale, t->bias,  t->k_dy,
                              t->k_x, t->mean_dy, t->k_0, t->invstd};
-    t->period = (FBN_CHUNK / C) * C;
+    /* no more rows than the array has: a small batch then costs its size, not a
+     * period's copies (a (4, 5) inference spent half its kernel time on them) */
+    const int64_t rows = FBN_CHUNK / C < s->outer ? FBN_CHUNK / C : s->outer;
+    t->period = (rows > 1 ? rows : 1) * C;
     for (int a = 0; a < (dx ? FBN_TYPED : 3); a++)
         for (int64_t n = C; n < t->period; n *= 2)
             memcpy(arrays[a] + n, arrays[a], (n < t->period - n ? n : t->period - n) * sizeof(TC));

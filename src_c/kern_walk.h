@@ -9,21 +9,25 @@
  * make long vector loops. Otherwise spans are FBN_GROUP rows by FBN_SPAN
  * channels: each channel's coefficients are loaded once for the group's rows,
  * however large C.
- *   for (it = span_first(s, &r, period, x); it.rows > 0; span_next(s, &r, period, &it)) */
+ *   for (it = span_first(s, &r, period, at); it.rows > 0; span_next(s, &r, period, &it))
+ * with `at` the array whose lines spans follow (see fbn_span_set_<sfx>). */
 typedef struct {
     int64_t off, ch, m, rows; /* the span; rows == 0 ends the walk */
     int64_t group;            /* its first row (-1: flat) */
-    int64_t mis;              /* x's offset from a cache line, in values */
+    int64_t mis;              /* `at`'s offset from a cache line, in values */
 } FBN_SYM(span_it);
 
-/* A group's first span ends at a line boundary of x (FBN_LINE_VALUES values), so
- * that the others (vector loops over channels) load whole lines: NumPy's large
- * arrays start 16 bytes past one, and split loads cost. */
+/* A group's first span ends at a line boundary (FBN_LINE_VALUES values) of the
+ * array given to span_first, so that the others (vector loops over channels) store
+ * (or load) whole lines: NumPy's arrays start 16 bytes past a line (large ones) or
+ * anywhere 16 bytes apart on the heap, and split accesses cost, stores most (an
+ * output at another offset in a line than x's, e.g. (256, 512) float64: 1.7x
+ * slower aligned to x's lines than to the output's). */
 FBN_INLINE void FBN_SYM(span_set)(const fbn_shape *s, const FBN_SYM(tile) *r,
                                   FBN_SYM(span_it) *it) {
     const int64_t left = r->c0 + r->nc - it->ch, rows = r->j1 - it->group;
     it->off = it->group * s->channels + it->ch;
-    /* a row of more than one span: the first ends at a line boundary of x */
+    /* a row of more than one span: the first ends at a line boundary */
     const int64_t m = left <= FBN_SPAN || it->ch != r->c0
                           ? FBN_SPAN
                           : FBN_SPAN - (it->mis + it->off) % FBN_LINE_VALUES;
@@ -32,9 +36,9 @@ FBN_INLINE void FBN_SYM(span_set)(const fbn_shape *s, const FBN_SYM(tile) *r,
 }
 
 FBN_INLINE FBN_SYM(span_it) FBN_SYM(span_first)(const fbn_shape *s, const FBN_SYM(tile) *r,
-                                                int64_t period, const T *x) {
+                                                int64_t period, const T *at) {
     FBN_SYM(span_it) it = {.off = 0, .ch = r->c0, .m = 0, .rows = 0, .group = r->j0,
-                           .mis = (int64_t)((uintptr_t)x / sizeof(T)) % FBN_LINE_VALUES};
+                           .mis = (int64_t)((uintptr_t)at / sizeof(T)) % FBN_LINE_VALUES};
     if (r->j1 <= r->j0) return it;
     if (period && r->nc == s->channels) {
         const int64_t n = (r->j1 - r->j0) * s->channels;
@@ -144,7 +148,9 @@ FBN_INLINE void FBN_SYM(elemwise_tile)(const int op, const T *x, const T *dy, T 
                     FBN_SYM(stream_out)(out + o, buf, m);
                 }
         } else {
-            for (FBN_SYM(span_it) sp = FBN_SYM(span_first)(s, &r, k->period, x); sp.rows > 0;
+            /* spans follow the output's lines (streamed: x's, the L1 buffer's are fixed) */
+            const T *at = p->stream ? x : out;
+            for (FBN_SYM(span_it) sp = FBN_SYM(span_first)(s, &r, k->period, at); sp.rows > 0;
                  FBN_SYM(span_next)(s, &r, k->period, &sp)) {
                 const int64_t o = sp.off, ch = sp.ch, m = sp.m, rows = sp.rows;
                 T *to = p->stream ? buf : out + o;

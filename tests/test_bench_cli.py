@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import fastbn
@@ -90,3 +91,18 @@ def test_plot_without_matplotlib_or_with_it(tmp_path):
                    "--ops", "inference", "--repeat", "1", "--plot", str(png))
     assert proc.returncode == 0, proc.stderr
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_small_prints_the_readme_table_and_its_summary():
+    """`bench --small` gives what the README's small-shape table needs: per shape the
+    forward, backward, eval and train times, against NumPy (and PyTorch when installed),
+    then the fixed cost and the lowest ratios."""
+    import io
+    from fastbn._bench_small import SMALL_SHAPES, run_small
+    out = io.StringIO()
+    rows = run_small([np.float64], [1], 1, False, out)
+    text = out.getvalue()
+    assert {(r["shape"], r["op"]) for r in rows} == {
+        (s, op) for s in SMALL_SHAPES for op in ("forward", "backward", "train", "eval")}
+    assert "fixed cost" in text and "float64: forward" in text and "the bound" in text
+    assert "lowest ratio numpy / fastbn" in text

@@ -234,3 +234,104 @@ def test_edited_mean_lo_is_refused(module):
     cache.mean_lo = np.spacing(cache.mean) * 2
     with pytest.raises(ValueError, match="cache.mean_lo must be the rounding residual"):
         module.backward(np.ones_like(x), cache)
+
+
+def test_front_cache_is_a_plain_cache():
+    """The front end fills a Cache's slots directly: it must be the Cache the checked path
+    makes, usable as one (its properties, repr, pickling, edits), and hold its arrays."""
+    import pickle
+    import sys
+    x, g, b = _plain()
+    x = x.astype(np.float64)
+    refs = sys.getrefcount(x), sys.getrefcount(g)
+    y, cache = fastbn.forward(x, g, b, eps=0.5)
+    assert type(cache) is fastbn.Cache
+    assert sys.getrefcount(x) == refs[0] + 1 and sys.getrefcount(g) == refs[1]
+    _, checked = _core._checked_forward(x, g, b, eps=0.5)
+    _assert_same_cache(cache, checked)
+    assert cache._var is None and cache.gamma is not g and cache.gamma.flags.owndata
+    assert_bitwise_equal(cache.var, checked.var, "var")
+    assert_bitwise_equal(cache.mean_lo, checked.mean_lo, "mean_lo")
+    assert repr(cache) == repr(checked)
+    restored = pickle.loads(pickle.dumps(cache))
+    for name in fastbn._kernels.CACHE_SLOTS:
+        a, b = getattr(restored, name), getattr(cache, name)
+        assert type(a) is type(b) and (a is None or np.array_equal(a, b)), name
+    cache.eps = 0.25  # slots stay writable
+    assert cache.eps == 0.25
+    del cache, checked
+    assert sys.getrefcount(x) == refs[0] and sys.getrefcount(g) == refs[1]
+
+
+def test_front_refuses_a_cache_class_it_cannot_fill():
+    class WithDict:
+        pass
+
+    with pytest.raises(TypeError, match="slots only"):
+        _kernels.set_checked_paths(_core._checked_forward, _core._checked_backward, WithDict,
+                                   get_num_threads)
+    fastbn.forward(*_plain())  # the front end's setting is unchanged
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 5), (2, 5), (4, 5), (3, 7), (5, 1), (4, 100), (2, 129)])
+def test_small_batches_equal_their_rows_of_a_large_one(shape, dtype):
+    """Short rows repeat their coefficients over at most the batch's rows (not a fixed
+    period): each row's values must be those it gets inside a batch of many rows, in
+    inference, in training with fixed statistics (normalize) and in dx."""
+    rng = np.random.default_rng(7)
+    C = shape[1]
+    big = rng.standard_normal((300, C)).astype(dtype)
+    dy = rng.standard_normal((300, C)).astype(dtype)
+    g, b = rng.uniform(0.5, 2, C).astype(dtype), rng.normal(0, 1, C).astype(dtype)
+    rm, rv = rng.normal(0, 1, C).astype(dtype), rng.uniform(0.5, 2, C).astype(dtype)
+    kw = dict(training=False, running_mean=rm, running_var=rv)
+    for act in (None, "relu"):
+        y_big, c_big = fastbn.forward(big, g, b, activation=act, **kw)
+        y, c = fastbn.forward(big[:shape[0]].copy(), g, b, activation=act, **kw)
+        assert_bitwise_equal(y, y_big[:shape[0]], "y")
+        dx, _, _ = fastbn.backward(dy[:shape[0]].copy(), c)
+        dx_big, _, _ = fastbn.backward(dy, c_big)
+        assert_bitwise_equal(dx, dx_big[:shape[0]], "dx")
+        n_big = fastbn.normalize(big, c_big.mean, c_big.invstd, g, b, activation=act)
+        n = fastbn.normalize(big[:shape[0]].copy(), c.mean, c.invstd, g, b, activation=act)
+        assert_bitwise_equal(n, n_big[:shape[0]], "normalize")
+
+
+def _at_line_offset(shape, dtype, offset):
+    """A C-contiguous array of `shape` starting `offset` bytes past a 64-byte line."""
+    n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    buf = np.empty(n + 128, np.uint8)
+    start = (-buf.ctypes.data) % 64 + offset
+    return buf[start:start + n].view(dtype).reshape(shape)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(256, 512), (9, 300), (5, 1030), (40, 64)])
+def test_outputs_at_any_line_offset_are_bitwise_equal(shape, dtype):
+    """Columns-shape spans follow the output's cache lines (split stores cost most), so
+    x and the output at different offsets in a line split the rows differently: the
+    values must not change (inference, normalize and dx, into out= and allocated)."""
+    rng = np.random.default_rng(3)
+    C = shape[1]
+    x0 = (rng.standard_normal(shape) + 3).astype(dtype)
+    dy0 = rng.standard_normal(shape).astype(dtype)
+    g, b = rng.uniform(0.5, 2, C).astype(dtype), rng.normal(0, 1, C).astype(dtype)
+    rm, rv = rng.normal(0, 1, C).astype(dtype), rng.uniform(0.5, 2, C).astype(dtype)
+    kw = dict(training=False, running_mean=rm, running_var=rv)
+    y_ref, c_ref = fastbn.forward(x0, g, b, **kw)
+    dx_ref, _, _ = fastbn.backward(dy0, c_ref)
+    n_ref = fastbn.normalize(x0, c_ref.mean, c_ref.invstd, g, b, activation="relu")
+    for xo, oo in [(0, 16), (16, 0), (32, 48), (48, 48), (16, 32)]:
+        x, dy = _at_line_offset(shape, dtype, xo), _at_line_offset(shape, dtype, xo)
+        x[...], dy[...] = x0, dy0
+        out = _at_line_offset(shape, dtype, oo)
+        y, c = fastbn.forward(x, g, b, out=out, **kw)
+        assert y is out
+        assert_bitwise_equal(y, y_ref, f"y at {xo}, {oo}")
+        assert_bitwise_equal(fastbn.forward(x, g, b, **kw)[0], y_ref, "y allocated")
+        dx, _, _ = fastbn.backward(dy, c, out=(_at_line_offset(shape, dtype, oo), None, None))
+        assert_bitwise_equal(dx, dx_ref, f"dx at {xo}, {oo}")
+        n = fastbn.normalize(x, c.mean, c.invstd, g, b, activation="relu",
+                             out=_at_line_offset(shape, dtype, oo))
+        assert_bitwise_equal(n, n_ref, f"normalize at {xo}, {oo}")
