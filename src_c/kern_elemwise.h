@@ -54,6 +54,37 @@ FBN_INLINE T FBN_SYM(value_at)(const int op, const T *restrict x, const T *restr
     return x[i];
 }
 
+#ifdef FBN_NARROW
+/* 16-bit data: out[i] = op's value i for i in [0, m), m <= FBN_HBLOCK, of one
+ * channel: x (and dy) widened a block at a time (FBN_LD_N: the dispatched ISA's
+ * vector conversions), fbn_value_at_<sfx>'s arithmetic in a float loop the
+ * compiler vectorises as for float32, and out narrowed from a block (FBN_ST_N):
+ * bitwise fbn_value_at_<sfx>'s values. out may be x or dy (read first). */
+FBN_INLINE void FBN_SYM(block_values)(const int op, const T *x, const T *dy, T *out, int64_t m,
+                                      const FBN_SYM(chan) *h) {
+    TC xb[FBN_HBLOCK], db[FBN_HBLOCK], ob[FBN_HBLOCK];
+    if (op == FBN_OP_COPY) {
+        memmove(out, x, (size_t)m * sizeof(T));
+        return;
+    }
+    const TC shift = h->shift, scale = h->scale, bias = h->bias;
+    const int relu = h->relu;
+    FBN_LD_N(x, xb, m);
+    if (op == FBN_OP_AFFINE) {
+        for (int64_t i = 0; i < m; i++) ob[i] = FBN_SYM(affine1)(xb[i], shift, scale, bias, relu);
+    } else {
+        const TC k_dy = h->k_dy, k_x = h->k_x, mean_dy = h->mean_dy, k_0 = h->k_0;
+        const TC invstd = h->invstd;
+        const int eval = h->eval;
+        FBN_LD_N(dy, db, m);
+        for (int64_t i = 0; i < m; i++)
+            ob[i] = FBN_SYM(dx1)(db[i], xb[i], shift, scale, bias, relu, k_dy, k_x, mean_dy,
+                                 k_0, invstd, eval);
+    }
+    FBN_ST_N(ob, out, m);
+}
+#endif
+
 #if FBN_CAN_STREAM
 /* Output vector i of op (FBN_VLEN values), with channel coefficients splat in v. */
 FBN_INLINE FBN_SYM(vec) FBN_SYM(vector_at)(const int op, const T *restrict x,
@@ -78,15 +109,19 @@ FBN_INLINE void FBN_SYM(stream_values)(const int op, T *out, int64_t m, const T 
                                        const T *restrict dy, const FBN_SYM(chan) *h) {
     int64_t i = 0;
 #if FBN_CAN_STREAM && defined(FBN_NARROW)
-    /* 16-bit data: a cache line (32 values) at a time, computed into a local line by
-     * a loop the compiler vectorises, then streamed as 16-byte stores */
+    /* 16-bit data: blocks of whole cache lines (32 values each) computed into a
+     * local buffer (fbn_block_values_<sfx>), then streamed as 16-byte stores */
     for (; i < m && ((uintptr_t)(out + i) & 15); i++) out[i] = FBN_SYM(value_at)(op, x, dy, i, h);
-    for (; i + 32 <= m; i += 32) {
-        T line[32];
-        if (op == FBN_OP_DX) fbn_prefetch_stream(dy + i);
-        if (op != FBN_OP_COPY) fbn_prefetch_stream(x + i);
-        for (int j = 0; j < 32; j++) line[j] = FBN_SYM(value_at)(op, x, dy, i + j, h);
-        for (int j = 0; j < 32; j += 8) fbn_stream16(out + i + j, line + j);
+    for (; i + 32 <= m;) {
+        T line[FBN_HBLOCK];
+        const int64_t n = m - i < FBN_HBLOCK ? (m - i) / 32 * 32 : FBN_HBLOCK;
+        for (int64_t j = 0; j < n; j += 32) {
+            if (op == FBN_OP_DX) fbn_prefetch_stream(dy + i + j);
+            if (op != FBN_OP_COPY) fbn_prefetch_stream(x + i + j);
+        }
+        FBN_SYM(block_values)(op, x + i, op == FBN_OP_DX ? dy + i : NULL, line, n, h);
+        for (int64_t j = 0; j < n; j += 8) fbn_stream16(out + i + j, line + j);
+        i += n;
     }
 #elif FBN_CAN_STREAM
     /* op's coefficients, splat: shift, scale, bias, k_dy, k_x, mean_dy, k_0, invstd */
@@ -116,7 +151,13 @@ FBN_INLINE void FBN_SYM(run_values)(const int op, int stream, const T *x, const 
     if (stream)
         FBN_SYM(stream_values)(op, outr, m, xr, dr, &h);
     else
+#ifdef FBN_NARROW
+        for (int64_t i = 0; i < m; i += FBN_HBLOCK)
+            FBN_SYM(block_values)(op, xr + i, dr ? dr + i : NULL, outr + i,
+                                  m - i < FBN_HBLOCK ? m - i : FBN_HBLOCK, &h);
+#else
         for (int64_t i = 0; i < m; i++) outr[i] = FBN_SYM(value_at)(op, xr, dr, i, &h);
+#endif
 }
 
 /* Columns shape: y of g rows (g a constant) of m values, a row ld (out: ldo)
@@ -126,14 +167,19 @@ FBN_INLINE void FBN_SYM(affine_rows)(const T *xr, int64_t ld, T *out, int64_t ld
     const TC *shift = k->shift + ch, *scale = k->scale + ch, *bias = k->bias + ch;
     const int relu = k->relu;
 #ifdef FBN_NARROW
-    /* 16-bit data: row by row, so that loads and stores are contiguous vectors (over
-     * channels first, GCC vectorised across the g rows, storing 16-bit lanes one by one) */
+    /* 16-bit data: row by row, blocks of FBN_HBLOCK channels widened into a float
+     * buffer and narrowed from one (FBN_LD_N, FBN_ST_N: vector conversions) */
     for (int i = 0; i < g; i++) {
         const T *xi = xr + i * ld;
         T *oi = out + i * ldo;
-        FBN_IVDEP /* out may be xr (in place) */
-        for (int64_t c = 0; c < m; c++)
-            oi[c] = FBN_ST(FBN_SYM(affine1)(FBN_LD(xi[c]), shift[c], scale[c], bias[c], relu));
+        for (int64_t c0 = 0; c0 < m; c0 += FBN_HBLOCK) {
+            TC xb[FBN_HBLOCK], ob[FBN_HBLOCK];
+            const int64_t n = m - c0 < FBN_HBLOCK ? m - c0 : FBN_HBLOCK;
+            FBN_LD_N(xi + c0, xb, n);
+            for (int64_t c = 0; c < n; c++)
+                ob[c] = FBN_SYM(affine1)(xb[c], shift[c0 + c], scale[c0 + c], bias[c0 + c], relu);
+            FBN_ST_N(ob, oi + c0, n);
+        }
     }
 #else
     FBN_IVDEP /* out may be xr (in place) */
@@ -156,15 +202,22 @@ FBN_INLINE void FBN_SYM(dx_rows_as)(const T *dr, const T *xr, int64_t ld, T *out
     const TC *k_0 = k->k_0 + ch, *inv = k->invstd + ch;
     const int eval = k->eval;
 #ifdef FBN_NARROW
-    /* 16-bit data: row by row (see fbn_affine_rows_<sfx>) */
+    /* 16-bit data: row by row, in blocks (see fbn_affine_rows_<sfx>) */
     for (int i = 0; i < g; i++) {
         const T *di = dr + i * ld, *xi = xr + i * ld;
         T *oi = out + i * ldo;
-        FBN_IVDEP /* out may be dr (in place) */
-        for (int64_t c = 0; c < m; c++)
-            oi[c] = FBN_ST(FBN_SYM(dx1)(FBN_LD(di[c]), FBN_LD(xi[c]), shift[c], scale[c],
-                                        bias[c], relu, k_dy[c], k_x[c], mdy[c], k_0[c], inv[c],
-                                        eval));
+        for (int64_t c0 = 0; c0 < m; c0 += FBN_HBLOCK) {
+            TC db[FBN_HBLOCK], xb[FBN_HBLOCK], ob[FBN_HBLOCK];
+            const int64_t n = m - c0 < FBN_HBLOCK ? m - c0 : FBN_HBLOCK;
+            const int64_t b = c0;
+            FBN_LD_N(di + b, db, n);
+            FBN_LD_N(xi + b, xb, n);
+            for (int64_t c = 0; c < n; c++)
+                ob[c] = FBN_SYM(dx1)(db[c], xb[c], shift[b + c], scale[b + c], bias[b + c], relu,
+                                     k_dy[b + c], k_x[b + c], mdy[b + c], k_0[b + c], inv[b + c],
+                                     eval);
+            FBN_ST_N(ob, oi + b, n);
+        }
     }
     return;
 #endif
