@@ -24,6 +24,14 @@
  *    denormals to zero (Intel SDM, "convert_fp32_to_bfloat16"), whereas bfloat16
  *    has the float's exponent range and must keep them; its rounding is the
  *    integer form's (add 0x7fff plus the kept lowest bit, shift), at the same cost.
+ *  - Block forms fbn_f16_widen / fbn_f16_narrow / fbn_bf16_widen / fbn_bf16_narrow:
+ *    n values between 16-bit data and a float buffer, by the widest vector form
+ *    the CPU has (AVX-512F, else F16C + AVX2, else the portable loop; chosen per
+ *    call from libgcc's CPU model with the kernels' runtime dispatch, by the build's
+ *    flags without it). The kernels convert their hot loops' data through these
+ *    (FBN_LD_N / FBN_ST_N, kern_dtype.h): GCC 12 does not vectorise F16C
+ *    conversions by itself, and its vectorisation of the portable forms inside the
+ *    kernels' loops left float16 3-5x slower than float32.
  *
  * NaNs stay NaNs of the same sign: narrowing keeps the payload's top bits and sets
  * the quiet bit (as VCVTPS2PH and VCVTNEPS2BF16 do); widening binary16 sets the

@@ -119,8 +119,12 @@ FBN_INLINE void FBN_SYM(stream_values)(const int op, T *out, int64_t m, const T 
             if (op == FBN_OP_DX) fbn_prefetch_stream(dy + i + j);
             if (op != FBN_OP_COPY) fbn_prefetch_stream(x + i + j);
         }
-        FBN_SYM(block_values)(op, x + i, op == FBN_OP_DX ? dy + i : NULL, line, n, h);
-        for (int64_t j = 0; j < n; j += 8) fbn_stream16(out + i + j, line + j);
+        if (op == FBN_OP_COPY) { /* from an L1 buffer: streamed from it directly */
+            for (int64_t j = 0; j < n; j += 8) fbn_stream16(out + i + j, x + i + j);
+        } else {
+            FBN_SYM(block_values)(op, x + i, op == FBN_OP_DX ? dy + i : NULL, line, n, h);
+            for (int64_t j = 0; j < n; j += 8) fbn_stream16(out + i + j, line + j);
+        }
         i += n;
     }
 #elif FBN_CAN_STREAM
@@ -167,18 +171,19 @@ FBN_INLINE void FBN_SYM(affine_rows)(const T *xr, int64_t ld, T *out, int64_t ld
     const TC *shift = k->shift + ch, *scale = k->scale + ch, *bias = k->bias + ch;
     const int relu = k->relu;
 #ifdef FBN_NARROW
-    /* 16-bit data: row by row, blocks of FBN_HBLOCK channels widened into a float
-     * buffer and narrowed from one (FBN_LD_N, FBN_ST_N: vector conversions) */
-    for (int i = 0; i < g; i++) {
-        const T *xi = xr + i * ld;
-        T *oi = out + i * ldo;
-        for (int64_t c0 = 0; c0 < m; c0 += FBN_HBLOCK) {
-            TC xb[FBN_HBLOCK], ob[FBN_HBLOCK];
-            const int64_t n = m - c0 < FBN_HBLOCK ? m - c0 : FBN_HBLOCK;
-            FBN_LD_N(xi + c0, xb, n);
+    /* 16-bit data: blocks of FBN_HBLOCK channels of the g rows widened into a float
+     * buffer (all rows' loads first, as the wider types' loop has them in flight
+     * together), computed row by row and narrowed (FBN_LD_N, FBN_ST_N: vector
+     * conversions) */
+    for (int64_t c0 = 0; c0 < m; c0 += FBN_HBLOCK) {
+        TC xb[FBN_GROUP * FBN_HBLOCK], ob[FBN_HBLOCK];
+        const int64_t n = m - c0 < FBN_HBLOCK ? m - c0 : FBN_HBLOCK;
+        for (int i = 0; i < g; i++) FBN_LD_N(xr + i * ld + c0, xb + i * FBN_HBLOCK, n);
+        for (int i = 0; i < g; i++) {
+            const TC *xi = xb + i * FBN_HBLOCK;
             for (int64_t c = 0; c < n; c++)
-                ob[c] = FBN_SYM(affine1)(xb[c], shift[c0 + c], scale[c0 + c], bias[c0 + c], relu);
-            FBN_ST_N(ob, oi + c0, n);
+                ob[c] = FBN_SYM(affine1)(xi[c], shift[c0 + c], scale[c0 + c], bias[c0 + c], relu);
+            FBN_ST_N(ob, out + i * ldo + c0, n);
         }
     }
 #else
@@ -202,21 +207,21 @@ FBN_INLINE void FBN_SYM(dx_rows_as)(const T *dr, const T *xr, int64_t ld, T *out
     const TC *k_0 = k->k_0 + ch, *inv = k->invstd + ch;
     const int eval = k->eval;
 #ifdef FBN_NARROW
-    /* 16-bit data: row by row, in blocks (see fbn_affine_rows_<sfx>) */
-    for (int i = 0; i < g; i++) {
-        const T *di = dr + i * ld, *xi = xr + i * ld;
-        T *oi = out + i * ldo;
-        for (int64_t c0 = 0; c0 < m; c0 += FBN_HBLOCK) {
-            TC db[FBN_HBLOCK], xb[FBN_HBLOCK], ob[FBN_HBLOCK];
-            const int64_t n = m - c0 < FBN_HBLOCK ? m - c0 : FBN_HBLOCK;
-            const int64_t b = c0;
-            FBN_LD_N(di + b, db, n);
-            FBN_LD_N(xi + b, xb, n);
+    /* 16-bit data: in blocks, all rows' loads first (see fbn_affine_rows_<sfx>) */
+    for (int64_t b = 0; b < m; b += FBN_HBLOCK) {
+        TC db[FBN_GROUP * FBN_HBLOCK], xb[FBN_GROUP * FBN_HBLOCK], ob[FBN_HBLOCK];
+        const int64_t n = m - b < FBN_HBLOCK ? m - b : FBN_HBLOCK;
+        for (int i = 0; i < g; i++) {
+            FBN_LD_N(dr + i * ld + b, db + i * FBN_HBLOCK, n);
+            FBN_LD_N(xr + i * ld + b, xb + i * FBN_HBLOCK, n);
+        }
+        for (int i = 0; i < g; i++) {
+            const TC *di = db + i * FBN_HBLOCK, *xi = xb + i * FBN_HBLOCK;
             for (int64_t c = 0; c < n; c++)
-                ob[c] = FBN_SYM(dx1)(db[c], xb[c], shift[b + c], scale[b + c], bias[b + c], relu,
+                ob[c] = FBN_SYM(dx1)(di[c], xi[c], shift[b + c], scale[b + c], bias[b + c], relu,
                                      k_dy[b + c], k_x[b + c], mdy[b + c], k_0[b + c], inv[b + c],
                                      eval);
-            FBN_ST_N(ob, oi + b, n);
+            FBN_ST_N(ob, out + i * ldo + b, n);
         }
     }
     return;
