@@ -109,12 +109,14 @@ FBN_INLINE void FBN_SYM(stream_values)(const int op, T *out, int64_t m, const T 
                                        const T *restrict dy, const FBN_SYM(chan) *h) {
     int64_t i = 0;
 #if FBN_CAN_STREAM && defined(FBN_NARROW)
-    /* 16-bit data: blocks of whole cache lines (32 values each) computed into a
-     * local buffer (fbn_block_values_<sfx>), then streamed as 16-byte stores */
+    /* 16-bit data: blocks of 16-byte vectors (8 values) computed into a local
+     * buffer (fbn_block_values_<sfx>), then streamed as 16-byte stores. Every
+     * whole vector goes non-temporally, as the wider types' do: a plain store into
+     * a line otherwise streamed (a run's end) costs a read of that line. */
     for (; i < m && ((uintptr_t)(out + i) & 15); i++) out[i] = FBN_SYM(value_at)(op, x, dy, i, h);
-    for (; i + 32 <= m;) {
+    for (; i + 8 <= m;) {
         T line[FBN_HBLOCK];
-        const int64_t n = m - i < FBN_HBLOCK ? (m - i) / 32 * 32 : FBN_HBLOCK;
+        const int64_t n = m - i < FBN_HBLOCK ? (m - i) / 8 * 8 : FBN_HBLOCK;
         for (int64_t j = 0; j < n; j += 32) {
             if (op == FBN_OP_DX) fbn_prefetch_stream(dy + i + j);
             if (op != FBN_OP_COPY) fbn_prefetch_stream(x + i + j);
