@@ -24,6 +24,14 @@
  *    denormals to zero (Intel SDM, "convert_fp32_to_bfloat16"), whereas bfloat16
  *    has the float's exponent range and must keep them; its rounding is the
  *    integer form's (add 0x7fff plus the kept lowest bit, shift), at the same cost.
+ *  - Block forms fbn_f16_widen / fbn_f16_narrow / fbn_bf16_widen / fbn_bf16_narrow:
+ *    n values between 16-bit data and a float buffer, by the widest vector form
+ *    the CPU has (AVX-512F, else F16C + AVX2, else the portable loop; chosen per
+ *    call from libgcc's CPU model with the kernels' runtime dispatch, by the build's
+ *    flags without it). The kernels convert their hot loops' data through these
+ *    (FBN_LD_N / FBN_ST_N, kern_dtype.h): GCC 12 does not vectorise F16C
+ *    conversions by itself, and its vectorisation of the portable forms inside the
+ *    kernels' loops left float16 3-5x slower than float32.
  *
  * NaNs stay NaNs of the same sign: narrowing keeps the payload's top bits and sets
  * the quiet bit (as VCVTPS2PH and VCVTNEPS2BF16 do); widening binary16 sets the
@@ -42,6 +50,15 @@
 
 #ifndef FBN_HALF_INLINE
 #define FBN_HALF_INLINE static inline
+#endif
+
+/* GCC on x86-64 with the kernels' runtime dispatch (see compiler.h): the vector
+ * forms are compiled for their instruction sets (#pragma GCC target) whatever the
+ * build's, and the block conversions pick one by what the CPU has. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FBN_NO_DISPATCH)
+#define FBN_HALF_RUNTIME 1
+#else
+#define FBN_HALF_RUNTIME 0
 #endif
 
 typedef uint16_t fbn_f16;  /* the bits of an IEEE binary16 (float16) value */
@@ -116,8 +133,13 @@ FBN_HALF_INLINE fbn_bf16 fbn_f32_to_bf16(float f) {
 
 /* ---- vector forms ----------------------------------------------------------- */
 
-#if defined(__F16C__) || defined(__AVX2__) || defined(__AVX512F__)
+#if defined(__F16C__) || defined(__AVX2__) || defined(__AVX512F__) || FBN_HALF_RUNTIME
 #include <immintrin.h>
+#endif
+
+#if FBN_HALF_RUNTIME
+#pragma GCC push_options
+#pragma GCC target("avx2,f16c")
 #endif
 
 #if defined(__F16C__)
@@ -157,6 +179,39 @@ FBN_HALF_INLINE void fbn_bf16x8_store(fbn_bf16 *p, __m256 v) {
 }
 #endif
 
+/* Blocks of n values (any n; the tail one by one): the kernels' loads and stores
+ * of half data convert a block at a time into or out of a float buffer. */
+#if defined(__F16C__)
+FBN_HALF_INLINE void fbn_f16_widen_f16c(const fbn_f16 *s, float *d, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(d + i, fbn_f16x8_load(s + i));
+    for (; i < n; i++) d[i] = fbn_f16_to_f32(s[i]);
+}
+FBN_HALF_INLINE void fbn_f16_narrow_f16c(const float *s, fbn_f16 *d, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) fbn_f16x8_store(d + i, _mm256_loadu_ps(s + i));
+    for (; i < n; i++) d[i] = fbn_f32_to_f16(s[i]);
+}
+#endif
+#if defined(__AVX2__)
+FBN_HALF_INLINE void fbn_bf16_widen_avx2(const fbn_bf16 *s, float *d, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(d + i, fbn_bf16x8_load(s + i));
+    for (; i < n; i++) d[i] = fbn_bf16_to_f32(s[i]);
+}
+FBN_HALF_INLINE void fbn_bf16_narrow_avx2(const float *s, fbn_bf16 *d, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) fbn_bf16x8_store(d + i, _mm256_loadu_ps(s + i));
+    for (; i < n; i++) d[i] = fbn_f32_to_bf16(s[i]);
+}
+#endif
+
+#if FBN_HALF_RUNTIME
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx512f")
+#endif
+
 #if defined(__AVX512F__)
 #define FBN_HAVE_HALF16 1
 FBN_HALF_INLINE __m512 fbn_f16x16_load(const fbn_f16 *p) {
@@ -180,6 +235,115 @@ FBN_HALF_INLINE void fbn_bf16x16_store(fbn_bf16 *p, __m512 v) {
     const __m512i nan = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
     _mm256_storeu_si256((__m256i *)p, _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(r, isnan, nan)));
 }
+
+FBN_HALF_INLINE void fbn_f16_widen_avx512(const fbn_f16 *s, float *d, int64_t n) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(d + i, fbn_f16x16_load(s + i));
+    for (; i < n; i++) d[i] = fbn_f16_to_f32(s[i]);
+}
+FBN_HALF_INLINE void fbn_f16_narrow_avx512(const float *s, fbn_f16 *d, int64_t n) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) fbn_f16x16_store(d + i, _mm512_loadu_ps(s + i));
+    for (; i < n; i++) d[i] = fbn_f32_to_f16(s[i]);
+}
+FBN_HALF_INLINE void fbn_bf16_widen_avx512(const fbn_bf16 *s, float *d, int64_t n) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(d + i, fbn_bf16x16_load(s + i));
+    for (; i < n; i++) d[i] = fbn_bf16_to_f32(s[i]);
+}
+FBN_HALF_INLINE void fbn_bf16_narrow_avx512(const float *s, fbn_bf16 *d, int64_t n) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) fbn_bf16x16_store(d + i, _mm512_loadu_ps(s + i));
+    for (; i < n; i++) d[i] = fbn_f32_to_bf16(s[i]);
+}
 #endif
+
+#if FBN_HALF_RUNTIME
+#pragma GCC pop_options
+#endif
+
+/* ---- blocks: the widest form this CPU has ------------------------------------ */
+
+/* 2: AVX-512F, 1: F16C and AVX2, 0: neither. With runtime dispatch, what the CPU
+ * has (libgcc's CPU model, filled in when the library loads; the kernels' target
+ * clones choose the same way); without it, what the build enables. */
+FBN_HALF_INLINE int fbn_half_level(void) {
+#if FBN_HALF_RUNTIME
+    return __builtin_cpu_supports("avx512f") ? 2
+           : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") ? 1 : 0;
+#elif defined(__AVX512F__)
+    return 2;
+#elif defined(__AVX2__) && defined(__F16C__)
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* d[i] = s[i] as float, i < n; bitwise the portable conversions' results. */
+FBN_HALF_INLINE void fbn_f16_widen(const fbn_f16 *s, float *d, int64_t n) {
+#if FBN_HALF_RUNTIME || defined(__AVX512F__)
+    if (fbn_half_level() == 2) {
+        fbn_f16_widen_avx512(s, d, n);
+        return;
+    }
+#endif
+#if FBN_HALF_RUNTIME || (defined(__AVX2__) && defined(__F16C__))
+    if (fbn_half_level() == 1) {
+        fbn_f16_widen_f16c(s, d, n);
+        return;
+    }
+#endif
+    for (int64_t i = 0; i < n; i++) d[i] = fbn_f16_to_f32(s[i]);
+}
+
+/* d[i] = s[i] rounded to binary16 (nearest, ties to even), i < n. */
+FBN_HALF_INLINE void fbn_f16_narrow(const float *s, fbn_f16 *d, int64_t n) {
+#if FBN_HALF_RUNTIME || defined(__AVX512F__)
+    if (fbn_half_level() == 2) {
+        fbn_f16_narrow_avx512(s, d, n);
+        return;
+    }
+#endif
+#if FBN_HALF_RUNTIME || (defined(__AVX2__) && defined(__F16C__))
+    if (fbn_half_level() == 1) {
+        fbn_f16_narrow_f16c(s, d, n);
+        return;
+    }
+#endif
+    for (int64_t i = 0; i < n; i++) d[i] = fbn_f32_to_f16(s[i]);
+}
+
+FBN_HALF_INLINE void fbn_bf16_widen(const fbn_bf16 *s, float *d, int64_t n) {
+#if FBN_HALF_RUNTIME || defined(__AVX512F__)
+    if (fbn_half_level() == 2) {
+        fbn_bf16_widen_avx512(s, d, n);
+        return;
+    }
+#endif
+#if FBN_HALF_RUNTIME || (defined(__AVX2__) && defined(__F16C__))
+    if (fbn_half_level() == 1) {
+        fbn_bf16_widen_avx2(s, d, n);
+        return;
+    }
+#endif
+    for (int64_t i = 0; i < n; i++) d[i] = fbn_bf16_to_f32(s[i]);
+}
+
+FBN_HALF_INLINE void fbn_bf16_narrow(const float *s, fbn_bf16 *d, int64_t n) {
+#if FBN_HALF_RUNTIME || defined(__AVX512F__)
+    if (fbn_half_level() == 2) {
+        fbn_bf16_narrow_avx512(s, d, n);
+        return;
+    }
+#endif
+#if FBN_HALF_RUNTIME || (defined(__AVX2__) && defined(__F16C__))
+    if (fbn_half_level() == 1) {
+        fbn_bf16_narrow_avx2(s, d, n);
+        return;
+    }
+#endif
+    for (int64_t i = 0; i < n; i++) d[i] = fbn_f32_to_bf16(s[i]);
+}
 
 #endif /* FBN_HALF_H */

@@ -45,13 +45,13 @@ FBN_INLINE int FBN_SYM(reduce_group)(int64_t C) {
 /* Adds the sums of e and e^2, e = x - pivot (- mean if centred), over g rows (g
  * and centred constants: the rows' loop unrolls, the channels' loop vectorises)
  * to acc and acc2. */
-FBN_INLINE void FBN_SYM(stats_group)(const T *row, int64_t C, int64_t nc, const int g,
-                                     const int centred, const double *pv, const double *mean,
-                                     double *restrict acc, double *restrict acc2) {
+FBN_INLINE void FBN_SYM(stats_group_v)(const TC *row, int64_t C, int64_t nc, const int g,
+                                       const int centred, const double *pv, const double *mean,
+                                       double *restrict acc, double *restrict acc2) {
     for (int64_t c = 0; c < nc; c++) {
         double s1 = 0.0, s2 = 0.0;
         for (int i = 0; i < g; i++) {
-            double e = (double)FBN_LD(row[i * C + c]) - pv[c];
+            double e = (double)row[i * C + c] - pv[c];
             if (centred) e -= mean[c];
             s1 += e;
             s2 += e * e;
@@ -59,6 +59,24 @@ FBN_INLINE void FBN_SYM(stats_group)(const T *row, int64_t C, int64_t nc, const 
         acc[c] += s1;
         acc2[c] += s2;
     }
+}
+
+/* fbn_stats_group_v_<sfx> on the data (16-bit data: blocks of FBN_HBLOCK channels
+ * of the g rows widened first, each channel's sums as without blocks). */
+FBN_INLINE void FBN_SYM(stats_group)(const T *row, int64_t C, int64_t nc, const int g,
+                                     const int centred, const double *pv, const double *mean,
+                                     double *restrict acc, double *restrict acc2) {
+#ifdef FBN_NARROW
+    for (int64_t c0 = 0; c0 < nc; c0 += FBN_HBLOCK) {
+        TC xb[2 * FBN_GROUP * FBN_HBLOCK];
+        const int64_t n = nc - c0 < FBN_HBLOCK ? nc - c0 : FBN_HBLOCK;
+        for (int i = 0; i < g; i++) FBN_LD_N(row + i * C + c0, xb + i * FBN_HBLOCK, n);
+        FBN_SYM(stats_group_v)(xb, FBN_HBLOCK, n, g, centred, pv + c0, mean + c0, acc + c0,
+                               acc2 + c0);
+    }
+#else
+    FBN_SYM(stats_group_v)(row, C, nc, g, centred, pv, mean, acc, acc2);
+#endif
 }
 
 /* The end of a statistics pass over nc channels (columns shape): each channel's
@@ -174,20 +192,42 @@ FBN_INLINE void FBN_SYM(sums_minus_lo)(int64_t c, double s1, double s2, double l
 
 /* Adds the sums of dy' and dy' * (x - shift) over g rows to acc and acc2 (g and
  * relu constants: see fbn_stats_group_<sfx>). */
-FBN_INLINE void FBN_SYM(bwd_group)(const T *dr, const T *xr, int64_t C, int64_t nc, const int g,
-                                   const int relu, const double *sh, const TC *tsh,
-                                   const TC *sc, const TC *bi, double *restrict acc,
-                                   double *restrict acc2) {
+FBN_INLINE void FBN_SYM(bwd_group_v)(const TC *dr, const TC *xr, int64_t C, int64_t nc,
+                                     const int g, const int relu, const double *sh,
+                                     const TC *tsh, const TC *sc, const TC *bi,
+                                     double *restrict acc, double *restrict acc2) {
     for (int64_t c = 0; c < nc; c++) {
         double s1 = 0.0, s2 = 0.0;
         for (int i = 0; i < g; i++) {
-            double v = FBN_SYM(masked)(FBN_LD(dr[i * C + c]), FBN_LD(xr[i * C + c]), tsh[c], sc[c], bi[c], relu);
+            double v = FBN_SYM(masked)(dr[i * C + c], xr[i * C + c], tsh[c], sc[c], bi[c], relu);
             s1 += v;
-            s2 += v * ((double)FBN_LD(xr[i * C + c]) - sh[c]);
+            s2 += v * ((double)xr[i * C + c] - sh[c]);
         }
         acc[c] += s1;
         acc2[c] += s2;
     }
+}
+
+/* fbn_bwd_group_v_<sfx> on the data (16-bit data: in blocks, as
+ * fbn_stats_group_<sfx>). */
+FBN_INLINE void FBN_SYM(bwd_group)(const T *dr, const T *xr, int64_t C, int64_t nc, const int g,
+                                   const int relu, const double *sh, const TC *tsh,
+                                   const TC *sc, const TC *bi, double *restrict acc,
+                                   double *restrict acc2) {
+#ifdef FBN_NARROW
+    for (int64_t c0 = 0; c0 < nc; c0 += FBN_HBLOCK) {
+        TC db[FBN_GROUP * FBN_HBLOCK], xb[FBN_GROUP * FBN_HBLOCK];
+        const int64_t n = nc - c0 < FBN_HBLOCK ? nc - c0 : FBN_HBLOCK;
+        for (int i = 0; i < g; i++) {
+            FBN_LD_N(dr + i * C + c0, db + i * FBN_HBLOCK, n);
+            FBN_LD_N(xr + i * C + c0, xb + i * FBN_HBLOCK, n);
+        }
+        FBN_SYM(bwd_group_v)(db, xb, FBN_HBLOCK, n, g, relu, sh + c0, tsh + c0, sc + c0,
+                             bi + c0, acc + c0, acc2 + c0);
+    }
+#else
+    FBN_SYM(bwd_group_v)(dr, xr, C, nc, g, relu, sh, tsh, sc, bi, acc, acc2);
+#endif
 }
 
 /* Columns shape, channels [c0, c0 + nc), rows [j0, j1), as fbn_stats_cols_<sfx>

@@ -9,7 +9,10 @@
  *                 value v as T, rounded once. Plain conversions by default.
  *   FBN_NARROW    (optional) defined when T is narrower than TC (float16, bfloat16:
  *                 T is a struct of their bits, so that a value used without FBN_LD
- *                 or stored without FBN_ST does not compile)
+ *                 or stored without FBN_ST does not compile); then also
+ *   FBN_LD_N, FBN_ST_N  FBN_LD_N(src, dst, n): n T values as TC into dst;
+ *                 FBN_ST_N(src, dst, n): n TC values as T, rounded once: blocks of
+ *                 FBN_HBLOCK values at most, by the CPU's vector conversions (half.h)
  * Reductions accumulate in double whatever T is. Every read of a data value goes
  * through FBN_LD and every write through FBN_ST: the storage types float16 and
  * bfloat16 (src_c/half.h) are instantiations with TC float (issue 19).
@@ -32,6 +35,7 @@
 #define FBN_CHUNK (2048 / (int)sizeof(T)) /* columns shape: spans, repeated coefficients */
 #define FBN_SPAN (FBN_CHUNK / FBN_GROUP)  /* channels of one span of a row group */
 #define FBN_LINE_VALUES (64 / (int64_t)sizeof(T)) /* a cache line of T */
+#define FBN_HBLOCK 256 /* FBN_NARROW: values converted per FBN_LD_N / FBN_ST_N call */
 
 #include "kern_runs.h"     /* rows-shape reductions: one channel's runs */
 #include "kern_coefs.h"    /* the elementwise coefficients in TC */
@@ -51,6 +55,9 @@
 #undef FBN_SPAN
 #undef FBN_LINE_VALUES
 #undef FBN_STREAM_CHUNK
+#undef FBN_HBLOCK
 #undef FBN_TYPED
 #undef FBN_LD
 #undef FBN_ST
+#undef FBN_LD_N
+#undef FBN_ST_N

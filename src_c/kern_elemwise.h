@@ -57,6 +57,38 @@ FBN_INLINE T FBN_SYM(value_at)(const int op, const T *restrict x, const T *restr
 /* Values of one chunk of a streamed run (4 KB: an L1 buffer). */
 #define FBN_STREAM_CHUNK (4096 / (int)sizeof(T))
 
+#ifdef FBN_NARROW
+/* 16-bit data: out[i] = op's value i for i in [0, m), m <= FBN_HBLOCK, of one
+ * channel: x (and dy) widened a block at a time (FBN_LD_N: the dispatched ISA's
+ * vector conversions), fbn_value_at_<sfx>'s arithmetic in a float loop the
+ * compiler vectorises as for float32, and out narrowed from a block (FBN_ST_N):
+ * bitwise fbn_value_at_<sfx>'s values. out may be x or dy (read first). */
+FBN_INLINE void FBN_SYM(block_values)(const int op, const T *x, const T *dy, T *out, int64_t m,
+                                      const FBN_SYM(chan) *h) {
+    TC xb[FBN_HBLOCK], db[FBN_HBLOCK], ob[FBN_HBLOCK];
+    if (op == FBN_OP_COPY) {
+        memmove(out, x, (size_t)m * sizeof(T));
+        return;
+    }
+    const TC shift = h->shift, scale = h->scale, bias = h->bias;
+    const int relu = h->relu;
+    FBN_LD_N(x, xb, m);
+    if (op == FBN_OP_AFFINE) {
+        for (int64_t i = 0; i < m; i++) ob[i] = FBN_SYM(affine1)(xb[i], shift, scale, bias, relu);
+    } else {
+        const TC k_dy = h->k_dy, k_x = h->k_x, mean_dy = h->mean_dy, k_0 = h->k_0;
+        const TC invstd = h->invstd;
+        const int eval = h->eval;
+        FBN_LD_N(dy, db, m);
+        for (int64_t i = 0; i < m; i++)
+            ob[i] = FBN_SYM(dx1)(db[i], xb[i], shift, scale, bias, relu, k_dy, k_x, mean_dy,
+                                 k_0, invstd, eval);
+    }
+    FBN_ST_N(ob, out, m);
+}
+#endif
+
+
 /* out[i] = op's value i for i in [0, m), streamed: chunks computed into an L1
  * buffer by the loop of the cached path (which the compiler vectorises for the
  * dispatched instruction set: the same values) and written out by
@@ -79,7 +111,13 @@ FBN_INLINE void FBN_SYM(stream_values)(const int op, T *out, int64_t m, const T 
             if (op == FBN_OP_DX) fbn_prefetch_stream((const char *)di + b);
             fbn_prefetch_stream((const char *)xi + b);
         }
+#ifdef FBN_NARROW /* converted a block at a time: bitwise fbn_value_at_<sfx>'s values */
+        for (int64_t j = 0; j < n; j += FBN_HBLOCK)
+            FBN_SYM(block_values)(op, xi + j, di ? di + j : NULL, to + j,
+                                  n - j < FBN_HBLOCK ? n - j : FBN_HBLOCK, h);
+#else
         for (int64_t j = 0; j < n; j++) to[j] = FBN_SYM(value_at)(op, xi, di, j, h);
+#endif
         fbn_stream_copy(out + i, to, n * (int64_t)sizeof(T));
     }
 #else
@@ -96,7 +134,13 @@ FBN_INLINE void FBN_SYM(run_values)(const int op, int stream, const T *x, const 
     if (stream)
         FBN_SYM(stream_values)(op, outr, m, xr, dr, &h);
     else
+#ifdef FBN_NARROW
+        for (int64_t i = 0; i < m; i += FBN_HBLOCK)
+            FBN_SYM(block_values)(op, xr + i, dr ? dr + i : NULL, outr + i,
+                                  m - i < FBN_HBLOCK ? m - i : FBN_HBLOCK, &h);
+#else
         for (int64_t i = 0; i < m; i++) outr[i] = FBN_SYM(value_at)(op, xr, dr, i, &h);
+#endif
 }
 
 /* Columns shape: y of g rows (g a constant) of m values, a row ld (out: ldo)
@@ -106,14 +150,20 @@ FBN_INLINE void FBN_SYM(affine_rows)(const T *xr, int64_t ld, T *out, int64_t ld
     const TC *shift = k->shift + ch, *scale = k->scale + ch, *bias = k->bias + ch;
     const int relu = k->relu;
 #ifdef FBN_NARROW
-    /* 16-bit data: row by row, so that loads and stores are contiguous vectors (over
-     * channels first, GCC vectorised across the g rows, storing 16-bit lanes one by one) */
-    for (int i = 0; i < g; i++) {
-        const T *xi = xr + i * ld;
-        T *oi = out + i * ldo;
-        FBN_IVDEP /* out may be xr (in place) */
-        for (int64_t c = 0; c < m; c++)
-            oi[c] = FBN_ST(FBN_SYM(affine1)(FBN_LD(xi[c]), shift[c], scale[c], bias[c], relu));
+    /* 16-bit data: blocks of FBN_HBLOCK channels of the g rows widened into a float
+     * buffer (all rows' loads first, as the wider types' loop has them in flight
+     * together), computed row by row and narrowed (FBN_LD_N, FBN_ST_N: vector
+     * conversions) */
+    for (int64_t c0 = 0; c0 < m; c0 += FBN_HBLOCK) {
+        TC xb[FBN_GROUP * FBN_HBLOCK], ob[FBN_HBLOCK];
+        const int64_t n = m - c0 < FBN_HBLOCK ? m - c0 : FBN_HBLOCK;
+        for (int i = 0; i < g; i++) FBN_LD_N(xr + i * ld + c0, xb + i * FBN_HBLOCK, n);
+        for (int i = 0; i < g; i++) {
+            const TC *xi = xb + i * FBN_HBLOCK;
+            for (int64_t c = 0; c < n; c++)
+                ob[c] = FBN_SYM(affine1)(xi[c], shift[c0 + c], scale[c0 + c], bias[c0 + c], relu);
+            FBN_ST_N(ob, out + i * ldo + c0, n);
+        }
     }
 #else
     FBN_IVDEP /* out may be xr (in place) */
@@ -136,15 +186,22 @@ FBN_INLINE void FBN_SYM(dx_rows_as)(const T *dr, const T *xr, int64_t ld, T *out
     const TC *k_0 = k->k_0 + ch, *inv = k->invstd + ch;
     const int eval = k->eval;
 #ifdef FBN_NARROW
-    /* 16-bit data: row by row (see fbn_affine_rows_<sfx>) */
-    for (int i = 0; i < g; i++) {
-        const T *di = dr + i * ld, *xi = xr + i * ld;
-        T *oi = out + i * ldo;
-        FBN_IVDEP /* out may be dr (in place) */
-        for (int64_t c = 0; c < m; c++)
-            oi[c] = FBN_ST(FBN_SYM(dx1)(FBN_LD(di[c]), FBN_LD(xi[c]), shift[c], scale[c],
-                                        bias[c], relu, k_dy[c], k_x[c], mdy[c], k_0[c], inv[c],
-                                        eval));
+    /* 16-bit data: in blocks, all rows' loads first (see fbn_affine_rows_<sfx>) */
+    for (int64_t b = 0; b < m; b += FBN_HBLOCK) {
+        TC db[FBN_GROUP * FBN_HBLOCK], xb[FBN_GROUP * FBN_HBLOCK], ob[FBN_HBLOCK];
+        const int64_t n = m - b < FBN_HBLOCK ? m - b : FBN_HBLOCK;
+        for (int i = 0; i < g; i++) {
+            FBN_LD_N(dr + i * ld + b, db + i * FBN_HBLOCK, n);
+            FBN_LD_N(xr + i * ld + b, xb + i * FBN_HBLOCK, n);
+        }
+        for (int i = 0; i < g; i++) {
+            const TC *di = db + i * FBN_HBLOCK, *xi = xb + i * FBN_HBLOCK;
+            for (int64_t c = 0; c < n; c++)
+                ob[c] = FBN_SYM(dx1)(di[c], xi[c], shift[b + c], scale[b + c], bias[b + c], relu,
+                                     k_dy[b + c], k_x[b + c], mdy[b + c], k_0[b + c], inv[b + c],
+                                     eval);
+            FBN_ST_N(ob, out + i * ldo + b, n);
+        }
     }
     return;
 #endif

@@ -40,18 +40,40 @@ FBN_INLINE void FBN_SYM(run_next)(const fbn_shape *s, int64_t j1, FBN_SYM(run_it
  *   FBN_SUMS_DEV: e and e^2, e = (x - pivot) - mean;
  *   FBN_SUMS_BWD: dy' and dy' * (x - shift), dy' masked by relu (a constant). */
 FBN_INLINE void FBN_SYM(lane_add)(const int kind, double *l1, double *l2, int l, int64_t o,
-                                  const T *restrict x, const T *restrict dy, double pivot,
+                                  const TC *restrict x, const TC *restrict dy, double pivot,
                                   double mean, double shift, TC tshift, TC scale, TC bias,
                                   const int relu) {
     if (kind == FBN_SUMS_DEV) {
-        double e = ((double)FBN_LD(x[o]) - pivot) - mean;
+        double e = ((double)x[o] - pivot) - mean;
         l1[l] += e;
         l2[l] += e * e;
     } else {
-        double g = FBN_SYM(masked)(FBN_LD(dy[o]), FBN_LD(x[o]), tshift, scale, bias, relu);
+        double g = FBN_SYM(masked)(dy[o], x[o], tshift, scale, bias, relu);
         l1[l] += g;
-        l2[l] += g * ((double)FBN_LD(x[o]) - shift);
+        l2[l] += g * ((double)x[o] - shift);
     }
+}
+
+/* Adds n values' terms (x and dy as TC: the data themselves, or a block of 16-bit
+ * data widened) to the lanes: value i to lane i % FBN_LANES, but for the last
+ * partial lane set's whole groups of 8, to lanes 0..7. A block of a multiple of
+ * FBN_LANES values, then the rest, add what one call on all of them adds. */
+FBN_INLINE void FBN_SYM(lanes_add)(const int kind, double *l1, double *l2, int64_t n,
+                                   const TC *restrict x, const TC *restrict dy, double pivot,
+                                   double mean, double shift, TC tshift, TC scale, TC bias,
+                                   const int relu) {
+    int64_t i = 0;
+    for (; i + FBN_LANES <= n; i += FBN_LANES)
+        for (int l = 0; l < FBN_LANES; l++)
+            FBN_SYM(lane_add)(kind, l1, l2, l, i + l, x, dy, pivot, mean, shift, tshift, scale,
+                              bias, relu);
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; l++)
+            FBN_SYM(lane_add)(kind, l1, l2, l, i + l, x, dy, pivot, mean, shift, tshift, scale,
+                              bias, relu);
+    for (; i < n; i++)
+        FBN_SYM(lane_add)(kind, l1, l2, (int)(i % FBN_LANES), i, x, dy, pivot, mean, shift,
+                          tshift, scale, bias, relu);
 }
 
 /* Sums of two terms per value (fbn_lane_add_<sfx>, kind a constant) over the runs
@@ -79,18 +101,21 @@ FBN_INLINE void FBN_SYM(sum_runs)(const int kind, fbn_acc *a1, fbn_acc *a2, cons
         for (int64_t at = 0; at < len;) {
             const int64_t n = FBN_PIECE - pending < len - at ? FBN_PIECE - pending : len - at;
             const int64_t b = off + at;
-            int64_t i = 0;
-            for (; i + FBN_LANES <= n; i += FBN_LANES)
-                for (int l = 0; l < FBN_LANES; l++)
-                    FBN_SYM(lane_add)(kind, l1, l2, l, b + i + l, x, dy, pivot, mean, shift,
-                                      tshift, scale, bias, relu);
-            for (; i + 8 <= n; i += 8)
-                for (int l = 0; l < 8; l++)
-                    FBN_SYM(lane_add)(kind, l1, l2, l, b + i + l, x, dy, pivot, mean, shift,
-                                      tshift, scale, bias, relu);
-            for (; i < n; i++)
-                FBN_SYM(lane_add)(kind, l1, l2, (int)(i % FBN_LANES), b + i, x, dy, pivot, mean,
-                                  shift, tshift, scale, bias, relu);
+#ifdef FBN_NARROW
+            /* 16-bit data: widened a block at a time (FBN_HBLOCK, a multiple of
+             * FBN_LANES: see fbn_lanes_add_<sfx>) */
+            for (int64_t w = 0; w < n; w += FBN_HBLOCK) {
+                TC xb[FBN_HBLOCK], db[FBN_HBLOCK];
+                const int64_t wn = n - w < FBN_HBLOCK ? n - w : FBN_HBLOCK;
+                FBN_LD_N(x + b + w, xb, wn);
+                if (kind == FBN_SUMS_BWD) FBN_LD_N(dy + b + w, db, wn);
+                FBN_SYM(lanes_add)(kind, l1, l2, wn, xb, db, pivot, mean, shift, tshift, scale,
+                                   bias, relu);
+            }
+#else
+            FBN_SYM(lanes_add)(kind, l1, l2, n, x + b, kind == FBN_SUMS_BWD ? dy + b : NULL,
+                               pivot, mean, shift, tshift, scale, bias, relu);
+#endif
             at += n;
             pending += n;
             if (pending == FBN_PIECE) {

@@ -5,8 +5,9 @@
  *       f16 -> f32 of all 65536 halves (uint32), then for the strided floats
  *       f32 -> f16 and f32 -> bf16 (uint16 each).
  *   half_check compare STRIDE    compares the vector forms (F16C, AVX2, AVX-512F,
- *       where this CPU has them) with the portable ones on the same values and
- *       prints "<path> <values> <mismatches>" lines.
+ *       where this CPU has them) and the kernels' block conversions with the
+ *       portable ones on the same values and prints "<path> <values> <mismatches>"
+ *       lines.
  *
  * Built with -mf16c -mavx2 -mavx512f so that every vector form exists; each runs
  * only if __builtin_cpu_supports says the CPU has its instructions. */
@@ -17,6 +18,39 @@
 #include "half.h"
 
 static int same_f16_to_f32(uint32_t a, uint32_t b) { return a == b; }
+
+/* The block conversions (fbn_*_widen / fbn_*_narrow, each ISA's form where this CPU
+ * has it) on every half and on blocks of the strided floats of every length 0..40
+ * (vector bodies and scalar tails), against the portable conversions. */
+typedef void (*widen_fn)(const uint16_t *, float *, int64_t);
+typedef void (*narrow_fn)(const float *, uint16_t *, int64_t);
+
+static void check_blocks(const char *name, widen_fn widen, float (*w1)(uint16_t),
+                         narrow_fn narrow, uint16_t (*n1)(float), uint64_t stride) {
+    static uint16_t h[65536], hb[65536];
+    static float f[65536];
+    uint64_t bad = 0, n = 0;
+    for (uint32_t i = 0; i < 65536; i++) h[i] = (uint16_t)i;
+    for (int64_t len = 0, at = 0; at < 65536; at += len, len = len % 41 + 1) {
+        const int64_t m = at + len <= 65536 ? len : 65536 - at;
+        widen(h + at, f + at, m);
+        for (int64_t i = at; i < at + m; i++) bad += fbn_f32_bits(f[i]) != fbn_f32_bits(w1(h[i]));
+    }
+    printf("%s/widen 65536 %llu\n", name, (unsigned long long)bad);
+    bad = 0;
+    for (uint64_t u0 = 0; u0 < (1ull << 32); u0 += 65536 * stride) {
+        int64_t k = 0;
+        for (; k < 65536 && u0 + k * stride < (1ull << 32); k++)
+            f[k] = fbn_bits_f32((uint32_t)(u0 + k * stride));
+        for (int64_t len = 0, at = 0; at < k; at += len, len = len % 41 + 1) {
+            const int64_t m = at + len <= k ? len : k - at;
+            narrow(f + at, hb + at, m);
+        }
+        for (int64_t i = 0; i < k; i++) bad += hb[i] != n1(f[i]);
+        n += (uint64_t)k;
+    }
+    printf("%s/narrow %llu %llu\n", name, (unsigned long long)n, (unsigned long long)bad);
+}
 
 static void compare(uint64_t stride) {
     const int f16c = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
@@ -84,6 +118,21 @@ static void compare(uint64_t stride) {
     if (avx512) printf("f32_to_f16/avx512f %llu %llu\n", (unsigned long long)n, (unsigned long long)bad_n16);
     if (avx2) printf("f32_to_bf16/avx2 %llu %llu\n", (unsigned long long)n, (unsigned long long)bad_b8);
     if (avx512) printf("f32_to_bf16/avx512f %llu %llu\n", (unsigned long long)n, (unsigned long long)bad_b16);
+    /* blocks: the dispatched choice, then each form this CPU has */
+    check_blocks("f16_blocks", fbn_f16_widen, fbn_f16_to_f32, fbn_f16_narrow, fbn_f32_to_f16, stride);
+    check_blocks("bf16_blocks", fbn_bf16_widen, fbn_bf16_to_f32, fbn_bf16_narrow, fbn_f32_to_bf16, stride);
+    if (f16c && avx2)
+        check_blocks("f16_blocks/f16c", fbn_f16_widen_f16c, fbn_f16_to_f32, fbn_f16_narrow_f16c,
+                     fbn_f32_to_f16, stride);
+    if (avx2)
+        check_blocks("bf16_blocks/avx2", fbn_bf16_widen_avx2, fbn_bf16_to_f32, fbn_bf16_narrow_avx2,
+                     fbn_f32_to_bf16, stride);
+    if (avx512) {
+        check_blocks("f16_blocks/avx512f", fbn_f16_widen_avx512, fbn_f16_to_f32,
+                     fbn_f16_narrow_avx512, fbn_f32_to_f16, stride);
+        check_blocks("bf16_blocks/avx512f", fbn_bf16_widen_avx512, fbn_bf16_to_f32,
+                     fbn_bf16_narrow_avx512, fbn_f32_to_bf16, stride);
+    }
 }
 
 static int dump(uint64_t stride, const char *path) {
