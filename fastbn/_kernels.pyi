@@ -9,6 +9,9 @@ from numpy.typing import NDArray
 _A = NDArray[Any]
 _V = Optional[NDArray[Any]]
 
+# the Cache slots the front end writes in place (checked against fastbn._cache.Cache)
+CACHE_SLOTS: tuple[str, ...]
+
 def batch_stats(x: _A, mean_hi: _A, mean_lo: _A, m2: _A, nthreads: int, dt: int = ...) -> Any: ...
 def forward_train(
     x: _A, y: _A, gamma: _V, beta: _V, eps: float, relu: int, mean_hi: _A, mean_lo: _A,
