@@ -18,7 +18,8 @@ __all__ = ["forward", "backward", "batch_stats", "merge_stats", "normalize", "ba
 backend: Literal["c", "numpy"]
 
 _Array = NDArray[Any]
-_Activation = Optional[Literal["relu"]]
+_Activation = Optional[Literal["relu", "leaky_relu"]]
+_Axis = Union[int, tuple[int, ...]]
 _Path = Union[str, "PathLike[str]"]
 
 class Cache:
@@ -61,7 +62,7 @@ def forward(
     gamma: Optional[ArrayLike] = None,
     beta: Optional[ArrayLike] = None,
     *,
-    axis: int = 1,
+    axis: _Axis = 1,
     eps: float = 1e-05,
     training: bool = True,
     running_mean: Optional[_Array] = None,
@@ -70,10 +71,16 @@ def forward(
     out: Optional[_Array] = None,
     activation: _Activation = None,
     unbiased_running_var: bool = True,
+    mask: Optional[NDArray[np.bool_]] = None,
+    renorm: Optional[tuple[float, float]] = None,
+    virtual_batch_size: Optional[int] = None,
+    residual: Optional[_Array] = None,
+    negative_slope: float = 0.01,
 ) -> tuple[_Array, Cache]: ...
+# (dx, dgamma, dbeta), plus dresidual after a forward with residual=; dx None with need_dx=False
 def backward(
-    dy: _Array, cache: Cache, *, out: Optional[_Array] = None
-) -> tuple[_Array, Optional[_Array], Optional[_Array]]: ...
+    dy: _Array, cache: Cache, *, out: Optional[Any] = None, need_dx: bool = True
+) -> tuple[Any, ...]: ...
 def batch_stats(x: _Array, *, axis: int = 1) -> tuple[_Array, _Array, _Array]: ...
 def merge_stats(
     counts: ArrayLike, means: ArrayLike, m2s: ArrayLike
@@ -133,13 +140,17 @@ class BatchNorm:
     """Batch normalisation layer for NumPy trainers (see ``fastbn.layers.BatchNorm``)."""
 
     num_features: int
-    axis: int
+    axis: _Axis
     eps: float
     momentum: Optional[float]
     affine: bool
     track_running_stats: bool
     dtype: np.dtype[Any]
     activation: _Activation
+    negative_slope: float
+    renorm: Optional[tuple[float, float]]
+    virtual_batch_size: Optional[int]
+    stats_frozen: bool
     training: bool
     params: dict[str, _Array]
     grads: dict[str, _Array]
@@ -150,7 +161,7 @@ class BatchNorm:
         self,
         num_features: int,
         *,
-        axis: int = 1,
+        axis: _Axis = 1,
         eps: float = 1e-05,
         momentum: Optional[float] = 0.1,
         affine: bool = True,
@@ -159,6 +170,10 @@ class BatchNorm:
         activation: _Activation = None,
         unbiased_running_var: bool = True,
         accumulate_grads: bool = False,
+        negative_slope: float = 0.01,
+        renorm: Optional[tuple[float, float]] = None,
+        virtual_batch_size: Optional[int] = None,
+        stats_frozen: bool = False,
     ) -> None: ...
     @property
     def gamma(self) -> Optional[_Array]: ...
@@ -166,14 +181,22 @@ class BatchNorm:
     def beta(self) -> Optional[_Array]: ...
     def train(self, mode: bool = True) -> BatchNorm: ...
     def eval(self) -> BatchNorm: ...
+    def freeze_stats(self, frozen: bool = True) -> BatchNorm: ...
+    @property
+    def mode(self) -> Literal["train", "eval", "frozen_stats"]: ...
     def zero_grad(self) -> None: ...
     def reset_running_stats(self) -> None: ...
     def forward(self, x: _Array, training: Optional[bool] = None, *,
-                out: Optional[_Array] = None, return_cache: bool = False) -> Any: ...
+                out: Optional[_Array] = None, return_cache: bool = False,
+                mask: Optional[NDArray[np.bool_]] = None,
+                residual: Optional[_Array] = None) -> Any: ...
     def __call__(self, x: _Array, training: Optional[bool] = None, *,
-                 out: Optional[_Array] = None, return_cache: bool = False) -> Any: ...
+                 out: Optional[_Array] = None, return_cache: bool = False,
+                 mask: Optional[NDArray[np.bool_]] = None,
+                 residual: Optional[_Array] = None) -> Any: ...
+    # dx; (dx, dresidual) after a forward with residual=; dx None with need_dx=False
     def backward(self, dy: _Array, *, cache: Optional[Cache] = None,
-                 out: Optional[_Array] = None) -> _Array: ...
+                 out: Optional[_Array] = None, need_dx: bool = True) -> Any: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
     def save(self, path: _Path) -> None: ...

@@ -59,6 +59,19 @@ def channel_axis(axis, ndim, name="axis"):
     return axis % ndim
 
 
+def channel_axes(axis, ndim):
+    """`axis` of forward: an integer, or a tuple of distinct axes (several channel
+    axes, sorted; a tuple of one is that integer)."""
+    if type(axis) is not tuple:
+        return channel_axis(axis, ndim)
+    if not axis:
+        raise ValueError("axis must not be an empty tuple: give at least one channel axis")
+    axes = sorted(channel_axis(a, ndim, "axis[%d]" % i) for i, a in enumerate(axis))
+    if len(set(axes)) != len(axes):
+        raise ValueError(f"axis must not repeat an axis, got {axis}")
+    return axes[0] if len(axes) == 1 else tuple(axes)
+
+
 def is_integer(value):
     """An int or NumPy integer, not a bool (`type is int` first: ABC checks cost
     more than a small kernel call)."""
@@ -107,7 +120,7 @@ def warn_momentum(momentum, stacklevel=3):
         MomentumWarning, stacklevel=stacklevel)
 
 
-def channel_vector(v, channels, name, like=None):
+def channel_vector(v, channels, name, like=None, shape=None):
     """A per-channel vector that is only read (gamma, beta, mean, invstd): shape (C,), float.
 
     Float ndarrays are used as they are. With `like` (the data's dtype), parameters
@@ -115,6 +128,7 @@ def channel_vector(v, channels, name, like=None):
     NumPy arithmetic with data of dtype `like` would (a number is broadcast to (C,)):
     ``np.asarray([3, 4, 5])`` becomes float64, ``2.0`` takes the data's dtype.
     Without `like`, only lists and tuples of floats are accepted (converted).
+    With several channel axes, `shape` (theirs) is accepted as well as (C,).
     """
     if v is None:
         return None
@@ -128,9 +142,10 @@ def channel_vector(v, channels, name, like=None):
         if like is None or arr.dtype.kind not in "biu":
             raise TypeError(f"{name} must have dtype float32 or float64, got {arr.dtype}")
         arr = arr.astype(np.result_type(arr.dtype, like))  # int64 -> float64, as x * gamma
-    if arr.shape != (channels,):
-        raise ValueError(f"{name} must have shape ({channels},) to match the {channels} channels, "
-                         f"got {arr.shape}")
+    if arr.shape != (channels,) and (shape is None or arr.shape != shape):
+        also = "" if shape is None else f" or {shape}"
+        raise ValueError(f"{name} must have shape ({channels},){also} to match the {channels} "
+                         f"channels, got {arr.shape}")
     return arr
 
 
@@ -163,7 +178,7 @@ def residual_values(mean, lo, name):
     return lo
 
 
-def running_vector(v, channels, name, *, update):
+def running_vector(v, channels, name, *, update, shape=None):
     """A running statistic: an ndarray of shape (C,), writable when it is to be updated in place."""
     if v is None:
         return None
@@ -173,7 +188,7 @@ def running_vector(v, channels, name, *, update):
         raise TypeError(f"{name} must have dtype float32 or float64 (it is updated in place, "
                         f"never copied), got {v.dtype}: pass {name}.astype(np.float32) and "
                         "keep that array")
-    channel_vector(v, channels, name)
+    channel_vector(v, channels, name, shape=shape)
     if update and not v.flags.writeable:
         raise ValueError(f"{name} is read-only, but it is updated in place in training mode")
     return v
@@ -208,14 +223,30 @@ def same_shape(a, ref, name, ref_name):
     return a
 
 
-def activation(value, name="activation"):
-    if value is not None and not isinstance(value, str):
-        raise TypeError(f"{name} must be None or 'relu', got {_describe(value)}")
-    if value is None or value == "identity":
+def like_x(a, x, name):
+    """`a` (dy, residual): a float array of x's shape and dtype."""
+    float_array(a, name)
+    same_shape(a, x, name, "x")
+    if a.dtype != x.dtype:
+        raise TypeError(f"{name} must have the dtype of x ({x.dtype}), got {a.dtype}: "
+                        f"pass {name}.astype(np.{x.dtype})")
+    return a
+
+
+def activation(value, name="activation", leaky=False):
+    """None (or "identity"), "relu", and with `leaky` (forward, backward, the layer)
+    "leaky_relu"."""
+    if value is None:
         return None
-    if value == "relu":
-        return "relu"
-    raise ValueError(f"{name} must be None or 'relu', got {value!r}")
+    if isinstance(value, str):
+        if value == "identity":
+            return None
+        if value == "relu" or (leaky and value == "leaky_relu"):
+            return value
+    known = "None, 'relu' or 'leaky_relu'" if leaky else "None or 'relu'"
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be {known}, got {_describe(value)}")
+    raise ValueError(f"{name} must be {known}, got {value!r}")
 
 
 def canonical_shape(shape, axis):
@@ -320,18 +351,24 @@ def check_forward(x, gamma, beta, axis, eps, training, running_mean, running_var
                   momentum, out, activation_, unbiased_running_var=True):
     a = ForwardArgs()
     data_array(x, "x")
-    a.axis = channel_axis(axis, x.ndim)
-    a.channels = x.shape[a.axis]
+    a.axis = channel_axes(axis, x.ndim)
+    if type(a.axis) is int:
+        chshape, a.channels = None, x.shape[a.axis]
+    else:  # several channel axes: per-channel arrays of their shape or (C,)
+        chshape = tuple(x.shape[d] for d in a.axis)
+        a.channels = math.prod(chshape)
     a.count = x.size // a.channels if a.channels else 0
-    a.gamma = channel_vector(gamma, a.channels, "gamma", like=x.dtype)
-    a.beta = channel_vector(beta, a.channels, "beta", like=x.dtype)
+    a.gamma = channel_vector(gamma, a.channels, "gamma", like=x.dtype, shape=chshape)
+    a.beta = channel_vector(beta, a.channels, "beta", like=x.dtype, shape=chshape)
     a.eps = real_number(eps, "eps", low=0.0, low_open=True)
     a.training = bool_arg(training, "training")
     a.momentum = real_number(momentum, "momentum", low=0.0, high=1.0)
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must be given together")
-    a.running_mean = running_vector(running_mean, a.channels, "running_mean", update=a.training)
-    a.running_var = running_vector(running_var, a.channels, "running_var", update=a.training)
+    a.running_mean = running_vector(running_mean, a.channels, "running_mean",
+                                    update=a.training, shape=chshape)
+    a.running_var = running_vector(running_var, a.channels, "running_var",
+                                   update=a.training, shape=chshape)
     if a.running_mean is not None and np.may_share_memory(a.running_mean, a.running_var):
         raise ValueError("running_mean and running_var must not share memory")
     if not a.training and a.running_mean is None:
@@ -343,7 +380,7 @@ def check_forward(x, gamma, beta, axis, eps, training, running_mean, running_var
     if a.out is not None and a.training and a.running_mean is not None:
         outputs_apart([("out", a.out), ("running_mean", a.running_mean),
                        ("running_var", a.running_var)])
-    a.activation = activation(activation_)
+    a.activation = activation(activation_, leaky=True)
     a.unbiased_running_var = bool_arg(unbiased_running_var, "unbiased_running_var")
     return a
 
@@ -368,6 +405,8 @@ def check_cache(cache):
     so that nothing inconsistent reaches the kernels."""
     if not isinstance(cache, Cache):
         raise TypeError(f"cache must be the Cache returned by forward, got {_describe(cache)}")
+    if type(cache) is not Cache and hasattr(cache, "_features"):
+        return cache.check()  # a FeatureCache: a forward with keywords beyond the plain ones
     x = cache.x
     if not isinstance(x, np.ndarray):
         raise TypeError(f"cache.x must be a numpy.ndarray, got {_describe(x)}")
@@ -394,7 +433,9 @@ def check_cache(cache):
     return cache
 
 
-def check_backward(dy, cache, out):
+def check_backward(dy, cache, out, need_dx=True):
+    """dy, the cache and out of backward: (dx_out, dgamma_out, dbeta_out), plus
+    dresidual_out after them for a cache of a forward with residual=."""
     check_cache(cache)
     x = cache.x
     float_array(dy, "dy")
@@ -409,25 +450,34 @@ def check_backward(dy, cache, out):
         raise ValueError("cannot run backward: an earlier backward on this cache wrote its "
                          "output over x (out=x), which backward needs; run backward once, "
                          "or give it another out")
+    if need_dx is not True:
+        bool_arg(need_dx, "need_dx")
+    residual = type(cache) is not Cache and getattr(cache, "residual", None) is not None
     if isinstance(out, tuple):
-        if len(out) != 3:
-            raise ValueError(f"out must be an array or a tuple (dx, dgamma, dbeta), got a tuple of {len(out)}")
-        dx_out, dg_out, db_out = out
+        if len(out) != 3 + residual:
+            names = "(dx, dgamma, dbeta, dresidual)" if residual else "(dx, dgamma, dbeta)"
+            raise ValueError(f"out must be an array or a tuple {names}, got a tuple of {len(out)}")
+        dx_out, dg_out, db_out, *dr_out = out
     else:
-        dx_out, dg_out, db_out = out, None, None
+        dx_out, dg_out, db_out, dr_out = out, None, None, [None]
+    if not need_dx and dx_out is not None:
+        raise ValueError(f"out{'[0]' if isinstance(out, tuple) else ''} must be None with "
+                         "need_dx=False: there is no dx to write")
     dx_out = out_array(dx_out, x.shape, x.dtype, "out[0]" if isinstance(out, tuple) else "out")
-    C = x.shape[cache.axis]
     if cache.gamma is None and dg_out is not None:
         raise ValueError("out[1] must be None: the forward had no gamma, so there is no dgamma")
     if cache.beta is None and db_out is not None:
         raise ValueError("out[2] must be None: the forward had no beta, so there is no dbeta")
     if dg_out is not None:
-        dg_out = out_array(dg_out, (C,), cache.gamma.dtype, "out[1]")
+        dg_out = out_array(dg_out, cache.gamma.shape, cache.gamma.dtype, "out[1]")
     if db_out is not None:
-        db_out = out_array(db_out, (C,), cache.beta.dtype, "out[2]")
-    if dg_out is not None or db_out is not None:
-        outputs_apart([("out[0]", dx_out), ("out[1]", dg_out), ("out[2]", db_out)])
-    return dx_out, dg_out, db_out
+        db_out = out_array(db_out, cache.beta.shape, cache.beta.dtype, "out[2]")
+    outs = [dx_out, dg_out, db_out]
+    if residual:
+        outs.append(out_array(dr_out[0], x.shape, x.dtype, "out[3]"))
+    if dg_out is not None or db_out is not None or (residual and outs[3] is not None):
+        outputs_apart([(f"out[{i}]", o) for i, o in enumerate(outs)])
+    return outs
 
 
 def mark_written(cache, outputs):
@@ -529,11 +579,7 @@ def check_per_channel(x, axis, vectors, out=None, dy=_NO_DY):
     Only gamma and beta may be None."""
     data_array(x, "x")
     if dy is not _NO_DY:
-        float_array(dy, "dy")
-        same_shape(dy, x, "dy", "x")
-        if dy.dtype != x.dtype:
-            raise TypeError(f"dy must have the dtype of x ({x.dtype}), got {dy.dtype}: "
-                            f"pass dy.astype(np.{x.dtype})")
+        like_x(dy, x, "dy")
     axis = channel_axis(axis, x.ndim)
     C = x.shape[axis]
     for name, v in vectors.items():

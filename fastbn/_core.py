@@ -12,6 +12,7 @@ from ._checks import (canonical, channel_axis,
                       overlaps, overwrites_x, running_var_factor, separate)
 from . import _checks
 from ._checks import activation as check_activation
+from ._features import NEGATIVE_SLOPE, NO_FEATURES, FeatureCache, check_features
 from ._checks import store as _store
 from ._threads import get_num_threads
 from .reference import merge_stats  # O(parts * C) NumPy: nothing to gain in C
@@ -126,7 +127,8 @@ def normalize(x, mean, invstd, gamma=None, beta=None, *, axis=1, out=None, activ
 
 def _checked_forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
                      running_mean=None, running_var=None, momentum=0.1, out=None,
-                     activation=None, unbiased_running_var=True):
+                     activation=None, unbiased_running_var=True, mask=None, renorm=None,
+                     virtual_batch_size=None, residual=None, negative_slope=NEGATIVE_SLOPE):
     """forward for any arguments: checked, canonicalised, dispatched (the compiled
     front end, fastbn._kernels.forward, hands over every call it does not handle,
     among them any momentum > 0.5 before the one-time warning was shown)."""
@@ -134,15 +136,20 @@ def _checked_forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=Tru
             and not _checks._momentum_warned:
         _checks.warn_momentum(momentum)  # once; the layer warns when built
     return _forward_then(x, gamma, beta, axis, eps, training, running_mean, running_var,
-                        momentum, out, activation, None, unbiased_running_var)
+                        momentum, out, activation, None, unbiased_running_var,
+                        (mask, renorm, virtual_batch_size, residual, negative_slope))
 
 
 def _forward_then(x, gamma, beta, axis, eps, training, running_mean, running_var, momentum,
-                 out, activation, then, unbiased_running_var=True):
+                 out, activation, then, unbiased_running_var=True, features=NO_FEATURES):
     """forward; `then(cache)`, if given, is the last step of the state update, committed
     with the running statistics in one step (the layer's num_batches_tracked)."""
     a = check_forward(x, gamma, beta, axis, eps, training, running_mean, running_var,
                       momentum, out, activation, unbiased_running_var)
+    f = check_features(x, a, *features)
+    if f is not None:  # the keywords beyond the plain forward: composed kernels (interim)
+        from ._interim import feature_forward
+        return feature_forward(x, a, f, then)
     relu = a.activation == "relu"
     # gamma and beta are copied first if y overlaps them, else after the kernel (fewer
     # buffers alive at its peak) but before the running statistics are written
@@ -180,11 +187,23 @@ def _own(v, given):
     return v.copy() if v is not None and v is given else v
 
 
-def _checked_backward(dy, cache, *, out=None):
+def _checked_backward(dy, cache, *, out=None, need_dx=True):
     """backward for any arguments (see _checked_forward)."""
-    dx_out, dg_out, db_out = check_backward(dy, cache, out)
+    dx_out, dg_out, db_out, *dr_out = check_backward(dy, cache, out, need_dx)
+    if isinstance(cache, FeatureCache):
+        from ._interim import feature_backward
+        return feature_backward(dy, cache, need_dx, dx_out, dg_out, db_out, *dr_out)
     x, axis = cache.x, cache.axis
     C = x.shape[axis]
+    if not need_dx:  # dgamma and dbeta only: one read of x and dy
+        sum_dy, sum_dy_xhat = backward_reduce(dy, x, cache.mean, cache.invstd, axis=axis,
+                                              gamma=cache.gamma, beta=cache.beta,
+                                              activation=cache.activation)
+        grads = (None,
+                 None if cache.gamma is None else _store(sum_dy_xhat, dg_out, cache.gamma.dtype),
+                 None if cache.beta is None else _store(sum_dy, db_out, cache.beta.dtype))
+        mark_written(cache, [dg_out, db_out])
+        return grads
     # only dx is written while they are read: dgamma and dbeta are stored last
     mean, lo, invstd, gamma, beta = vectors = \
         cache.mean, cache._mean_lo, cache.invstd, cache.gamma, cache.beta

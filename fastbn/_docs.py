@@ -30,10 +30,18 @@ gamma : array_like of shape (C,) or real number, optional
     channel). None means 1 (no scale).
 beta : array_like of shape (C,) or real number, optional
     Per-channel shift, as `gamma`. None means 0 (no shift).
-axis : int, default 1
+axis : int or tuple of int, default 1
     The channel axis (1 as in PyTorch; -1 for channels-last layouts such as
     NHWC). Statistics are taken over every other axis: ``m = x.size // C``
-    values per channel.
+    values per channel. A tuple makes all its axes channel axes (Flax,
+    tf-keras: per-activation statistics after a convolution, ``axis=(1, 2, 3)``
+    on (N, C, H, W)): C is the product of their lengths, and per-channel
+    arrays have their shape or the flat (C,) shape. Adjacent axes are merged
+    into one channel axis as a view (no copy of x); non-adjacent axes are not
+    copied either: the axes between them are merged into the channel axis and
+    their statistics combined per channel afterwards (Chan et al.), at a cost
+    of O(W) memory, W the product of the lengths of the axes from the first
+    channel axis to the last.
 eps : float, default 1e-5
     Added to the variance inside the square root; must be finite and > 0.
 training : bool, default True
@@ -56,13 +64,41 @@ momentum : float in [0, 1], default 0.1
 out : ndarray, optional
     Where to write y: x's shape and dtype, writable. ``out=x`` (in place) is
     allowed, but then `backward` refuses the cache, as x is overwritten.
-activation : {None, "relu"}, optional
-    "relu" applies ``max(y, 0)`` in the same pass; `backward` recomputes the
-    mask from the saved statistics.
+activation : {None, "relu", "leaky_relu"}, optional
+    "relu" applies ``max(y, 0)`` in the same pass, "leaky_relu"
+    ``where(y > 0, y, negative_slope * y)``; `backward` recomputes the mask
+    from the saved statistics (no stored mask).
 unbiased_running_var : bool, default True
     True: the running variance takes the unbiased batch variance
     ``var * m / (m - 1)`` (PyTorch). False: the biased ``var`` (Keras,
     Flax, the classic course code).
+mask : ndarray of bool, optional
+    Which positions enter the statistics (padded sequences; Keras, Flax):
+    broadcastable to x's shape, of size 1 along the channel axes, e.g.
+    (N, 1, L) for (N, C, L). Every position is normalised; ``m`` is the
+    number of True positions per channel. Kept by reference for `backward`.
+renorm : (rmax, dmax), optional
+    Batch renormalisation (Ioffe 2017; Keras' ``renorm``), in training mode
+    with running statistics: ``y = gamma * (xhat * r + d) + beta`` with
+    ``r = clip(sigma_B / sigma_run, 1/rmax, rmax)`` and
+    ``d = clip((mean_B - running_mean) / sigma_run, -dmax, dmax)``,
+    ``sigma = sqrt(var + eps)``, computed from the running statistics before
+    their update; r and d are constants for `backward`. rmax >= 1, dmax >= 0;
+    ``(1, 0)`` is plain batch norm. Ignored in evaluation mode.
+virtual_batch_size : int, optional
+    Ghost batch norm (tf-keras): axis 0 is split into groups of k rows,
+    ``[0:k], [k:2k], ...``, each normalised with its own statistics; when N
+    is not a multiple of k, the last group holds the N mod k rows left over
+    (each group needs more than 1 value per channel). The running statistics
+    take the mean of the groups' statistics (each variance made unbiased with
+    its own count). k >= N is plain batch norm. Axis 0 must not be a channel
+    axis. Ignored in evaluation mode.
+residual : ndarray, optional
+    x's shape and dtype: ``y = activation(gamma * xhat + beta + residual)``
+    (a ResNet block's add; `backward` then also returns ``dresidual``). Kept
+    by reference for `backward`; must not share memory with `out`.
+negative_slope : float, default 0.01
+    The slope of "leaky_relu" for negative inputs (only with that activation).
 
 Returns
 -------
@@ -71,6 +107,10 @@ y : ndarray
 cache : Cache
     What `backward` needs: per-channel ``mean``, ``var`` and ``invstd``
     (float64, shape (C,)), ``count`` (m), and references to x, gamma and beta.
+    With the keywords from `mask` on or several channel axes, a
+    ``FeatureCache`` (a Cache): its statistics have the channel axes' shape,
+    after a leading group axis with `virtual_batch_size`; it also holds the
+    renormalisation constants ``r`` and ``d``.
 
 Raises
 ------
@@ -88,6 +128,17 @@ ValueError
     running statistics; training with at most one value per channel (m <= 1:
     no variance; PyTorch refuses m == 1 too); out has the wrong shape or is
     read-only; activation is unknown.
+
+    For the keywords from `mask` on: TypeError if mask is not a bool
+    ndarray, renorm not a pair of real numbers, virtual_batch_size not an
+    integer, residual not a float ndarray of x's dtype, negative_slope not a
+    real number. ValueError if mask does not broadcast to x or is not of size
+    1 along the channel axes; rmax < 1 or dmax < 0, or renorm in training
+    without running statistics; virtual_batch_size < 1 or with axis 0 a
+    channel axis; a group or the mask leaves at most 1 value per channel in
+    training; residual's shape differs from x's or it shares memory with
+    out; negative_slope differs from 0.01 without "leaky_relu"; axis is an
+    empty tuple or repeats an axis.
 
 See Also
 --------
@@ -167,6 +218,32 @@ Channels-last data (N, H, W, C) uses ``axis=-1``:
 >>> y, cache = fastbn.forward(x_nhwc, axis=-1)
 >>> y.shape, y.dtype, cache.count
 ((2, 4, 4, 3), dtype('float32'), 32)
+
+Per-activation statistics (several channel axes), padded sequences (a mask
+of shape (N, 1, L)), ghost batch norm and batch renormalisation:
+
+>>> x = np.arange(24.0).reshape(4, 2, 3) % 5
+>>> y, cache = fastbn.forward(x, axis=(1, 2))
+>>> cache.mean.shape, cache.count
+((2, 3), 4)
+>>> keep = np.array([[[True, True, False]]] * 4)  # the last step is padding
+>>> y, cache = fastbn.forward(x, mask=keep)
+>>> print(cache.mean, cache.count)
+[2.    1.875] 8
+>>> y, cache = fastbn.forward(x, virtual_batch_size=2)  # rows [0:2] and [2:4]
+>>> cache.mean.shape
+(2, 2)
+>>> running_mean, running_var = np.zeros(2), np.ones(2)
+>>> y, cache = fastbn.forward(x, running_mean=running_mean, running_var=running_var,
+...                           renorm=(3.0, 5.0))
+>>> print(np.round(cache.r, 4), np.round(cache.d, 4))
+[1.3202 1.4216] [2.0833 1.75  ]
+
+A residual block's ``relu(bn(x) + z)`` in one call (backward returns dz too):
+
+>>> z = np.ones_like(x)
+>>> y, cache = fastbn.forward(x, residual=z, activation="relu")
+>>> dx, dgamma, dbeta, dz = fastbn.backward(np.ones_like(x), cache)
 """
 
 BACKWARD = """Batch normalisation backward pass: gradients of the loss for a `forward` call.
@@ -185,18 +262,28 @@ cache : Cache
 out : ndarray or tuple of 3, optional
     Where to write dx (x's shape and dtype), or a tuple ``(dx, dgamma,
     dbeta)`` whose entries are arrays or None (dgamma and dbeta: shape (C,),
-    the dtype of gamma and beta).
+    the dtype of gamma and beta); ``(dx, dgamma, dbeta, dresidual)`` after a
+    forward with `residual`.
+need_dx : bool, default True
+    False: dx is not computed (returned as None; out[0] must be None) and
+    dgamma and dbeta take one read of x and dy (a network's first layer;
+    PyTorch's grad_input_mask).
 
 Returns
 -------
-dx : ndarray
-    Gradient with respect to x, of x's shape and dtype.
+dx : ndarray or None
+    Gradient with respect to x, of x's shape and dtype; None with
+    ``need_dx=False``.
 dgamma : ndarray of shape (C,) or None
     Gradient with respect to gamma, ``sum(dy * xhat)`` over all axes but the
-    channel axis, in gamma's dtype; None if the forward had no gamma.
+    channel axis, in gamma's dtype (gamma's shape); None if the forward had
+    no gamma. With renorm, ``sum(dy * (xhat * r + d))``.
 dbeta : ndarray of shape (C,) or None
     Gradient with respect to beta, ``sum(dy)`` likewise; None if the forward
     had no beta.
+dresidual : ndarray
+    Only after a forward with `residual`: the gradient with respect to it,
+    dy through the activation's mask, of x's shape and dtype.
 
 Raises
 ------
@@ -207,7 +294,9 @@ TypeError
 ValueError
     If dy's shape differs from x's; the forward wrote in place over x
     (``out=x``); an out entry has the wrong shape or is read-only, or is given
-    for a gradient that does not exist (no gamma or no beta).
+    for a gradient that does not exist (no gamma or no beta), or out[0] is
+    given with ``need_dx=False``; out is a tuple of the wrong length.
+    TypeError too if need_dx is not a bool.
 
 See Also
 --------
@@ -223,7 +312,14 @@ values of each channel::
 
 In evaluation mode ``dx = gamma * invstd * dy``. With ``activation="relu"``,
 dy is first set to 0 where the forward's output was not positive (the mask is
-recomputed, not stored).
+recomputed, not stored); with "leaky_relu", multiplied by negative_slope
+there. With a mask, the sums run over every position but only the kept
+positions (``w = 1``) move the statistics, over their number m::
+
+    dx = gamma * invstd * (dy - w * (sum(dy) + xhat * sum(dy * xhat)) / m)
+
+With renorm, r and d are constants: gamma becomes ``gamma * r`` above. With
+virtual_batch_size, each group of rows has its own statistics and sums.
 
 The cache holds x, gamma and beta by reference: if they were changed in place
 since the forward, the results are those of the changed values. Call backward

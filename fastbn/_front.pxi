@@ -109,7 +109,8 @@ cdef inline cnp.ndarray new_vector(int64_t C):
 
 def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
             running_mean=None, running_var=None, momentum=0.1, out=None, activation=None,
-            unbiased_running_var=True):
+            unbiased_running_var=True, mask=None, renorm=None, virtual_batch_size=None,
+            residual=None, negative_slope=0.01):
     cdef cnp.ndarray xa, y, mean, lo, invstd, rm, rv
     cdef int ax, nd, st = 0
     cdef bint relu, train, running, f32
@@ -123,11 +124,17 @@ def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
     if (out is not None or not plain_data(x) or type(axis) is not int or not -64 <= axis < 64
             or type(eps) is not float
             or type(training) is not bool or type(momentum) is not float
-            or type(unbiased_running_var) is not bool or not plain_activation(activation)):
+            or type(unbiased_running_var) is not bool or not plain_activation(activation)
+            # the keywords beyond the plain forward (fastbn._features) are the checked path's
+            or mask is not None or renorm is not None or virtual_batch_size is not None
+            or residual is not None or type(negative_slope) is not float
+            or <double>negative_slope != 0.01):
         return _checked_forward(x, gamma, beta, axis=axis, eps=eps, training=training,
                                 running_mean=running_mean, running_var=running_var,
                                 momentum=momentum, out=out, activation=activation,
-                                unbiased_running_var=unbiased_running_var)
+                                unbiased_running_var=unbiased_running_var, mask=mask,
+                                renorm=renorm, virtual_batch_size=virtual_batch_size,
+                                residual=residual, negative_slope=negative_slope)
     xa = <cnp.ndarray>x
     nd = cnp.PyArray_NDIM(xa)
     ax = axis + nd if axis < 0 else axis
@@ -239,7 +246,7 @@ cdef inline bint residual_ok(cnp.ndarray mean, cnp.ndarray lo, int64_t C) noexce
     return True
 
 
-def backward(dy, cache, *, out=None):
+def backward(dy, cache, *, out=None, need_dx=True):
     cdef cnp.ndarray x, dya, dx, dgamma = None, dbeta = None, mean, invstd, lo = None
     cdef int ax, nd, st = 0
     cdef int64_t C, d
@@ -251,15 +258,16 @@ def backward(dy, cache, *, out=None):
     cdef double *sum_dy
     cdef double *sum_dy_xhat
     cdef int nthreads
-    if out is not None or type(cache) is not _Cache or not plain_data(dy):
-        return _checked_backward(dy, cache, out=out)
+    # a FeatureCache (a forward with keywords beyond the plain ones) is not a _Cache
+    if out is not None or type(cache) is not _Cache or not plain_data(dy) or need_dx is not True:
+        return _checked_backward(dy, cache, out=out, need_dx=need_dx)
     x_obj, ax_obj = cache.x, cache.axis
     gamma, beta, activation = cache.gamma, cache.beta, cache.activation
     if (not plain_data(x_obj) or type(ax_obj) is not int or not 0 <= ax_obj < 64
             or type(cache.training) is not bool
             or cache.x_overwritten is not False or cache.x_written is not False
             or not plain_activation(activation)):
-        return _checked_backward(dy, cache, out=out)
+        return _checked_backward(dy, cache, out=out, need_dx=need_dx)
     x, dya, ax = <cnp.ndarray>x_obj, <cnp.ndarray>dy, ax_obj
     nd = cnp.PyArray_NDIM(x)
     ok = (cnp.PyArray_TYPE(dya) == cnp.PyArray_TYPE(x) and cnp.PyArray_NDIM(dya) == nd
@@ -277,7 +285,7 @@ def backward(dy, cache, *, out=None):
             or not invstd_ok(<cnp.ndarray>invstd_obj, C)
             or (gamma is not None and not plain_vector(gamma, C))
             or (beta is not None and not plain_vector(beta, C))):
-        return _checked_backward(dy, cache, out=out)
+        return _checked_backward(dy, cache, out=out, need_dx=need_dx)
     mean, invstd = <cnp.ndarray>mean_obj, <cnp.ndarray>invstd_obj
     if lo_obj is not None:
         lo = <cnp.ndarray>lo_obj

@@ -48,6 +48,7 @@ def forward(
     x: Any, gamma: Any = None, beta: Any = None, *, axis: Any = 1, eps: Any = 1e-5,
     training: Any = True, running_mean: Any = None, running_var: Any = None,
     momentum: Any = 0.1, out: Any = None, activation: Any = None,
-    unbiased_running_var: Any = True,
+    unbiased_running_var: Any = True, mask: Any = None, renorm: Any = None,
+    virtual_batch_size: Any = None, residual: Any = None, negative_slope: Any = 0.01,
 ) -> Any: ...
-def backward(dy: Any, cache: Any, *, out: Any = None) -> Any: ...
+def backward(dy: Any, cache: Any, *, out: Any = None, need_dx: Any = True) -> Any: ...

@@ -6,6 +6,7 @@ statistics, and calls ``fastbn.forward`` / ``fastbn.backward`` (looked up on the
 chose: the C kernels, or the NumPy reference).
 """
 import json
+import math
 import os
 import threading
 from functools import partial
@@ -44,8 +45,10 @@ class BatchNorm:
     ----------
     num_features : int
         Number of channels C (the length of ``x.shape[axis]``), >= 1.
-    axis : int, default 1
-        The channel axis (1 as in PyTorch; -1 for channels-last).
+    axis : int or tuple of int, default 1
+        The channel axis (1 as in PyTorch; -1 for channels-last), or several
+        (``fastbn.forward``'s `axis`): then `num_features` is the product of
+        their lengths, and the parameters have the flat (C,) shape.
     eps : float, default 1e-5
         Added to the variance inside the square root (finite, > 0).
     momentum : float in [0, 1] or None, default 0.1
@@ -67,8 +70,8 @@ class BatchNorm:
         first input (float32 placeholders until then, whose values are kept;
         the arrays in ``params``, ``grads`` and the running statistics are
         replaced by new ones at that first forward).
-    activation : None or "relu", optional
-        A ReLU fused into the layer (``relu(bn(x))`` in one pass).
+    activation : None, "relu" or "leaky_relu", optional
+        An activation fused into the layer (``relu(bn(x))`` in one pass).
     unbiased_running_var : bool, default True
         True: the running variance takes the unbiased batch variance (batch
         variance times m / (m - 1)), as PyTorch. False: the biased one, as
@@ -77,6 +80,16 @@ class BatchNorm:
         False: each ``backward`` overwrites ``grads``. True: each ``backward``
         adds to ``grads`` (gradient accumulation over micro-batches, as
         PyTorch's ``.grad``); call ``zero_grad()`` after each optimiser step.
+    negative_slope : float, default 0.01
+        The slope of "leaky_relu" for negative inputs.
+    renorm : (rmax, dmax) or None, optional
+        Batch renormalisation in training mode (``fastbn.forward``'s `renorm`);
+        needs ``track_running_stats=True``.
+    virtual_batch_size : int or None, optional
+        Ghost batch norm in training mode: statistics per group of that many
+        rows (``fastbn.forward``'s `virtual_batch_size`).
+    stats_frozen : bool, default False
+        Start in the frozen-statistics mode (see `freeze_stats`).
 
     Attributes
     ----------
@@ -92,17 +105,26 @@ class BatchNorm:
         Training steps taken (the divisor when ``momentum=None``).
     training : bool
         True in training mode (the initial mode), False after ``eval()``.
+    stats_frozen : bool
+        True in the frozen-statistics mode (`freeze_stats`): running statistics
+        used and not updated, gamma and beta still trained.
+    mode : str
+        ``"train"``, ``"eval"`` or ``"frozen_stats"``.
 
     Raises
     ------
     TypeError
-        If num_features or axis is not an integer; eps or momentum is not a
-        real number; affine, track_running_stats, unbiased_running_var or
-        accumulate_grads is not a bool; dtype is not float32, float64 or None;
-        activation is not a string.
+        If num_features is not an integer, or axis an integer or a tuple of
+        them; eps, momentum or negative_slope is not a real number; affine,
+        track_running_stats, unbiased_running_var, accumulate_grads or
+        stats_frozen is not a bool; dtype is not float32, float64 or None;
+        activation is not a string; renorm is not a pair of real numbers;
+        virtual_batch_size is not an integer.
     ValueError
         If num_features < 1; eps <= 0; momentum is outside [0, 1]; activation
-        is unknown.
+        is unknown; negative_slope is given without "leaky_relu"; rmax < 1,
+        dmax < 0 or renorm without running statistics; virtual_batch_size < 1;
+        stats_frozen without running statistics.
 
     See Also
     --------
@@ -157,13 +179,16 @@ class BatchNorm:
 
     def __init__(self, num_features, *, axis=1, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, dtype=np.float32, activation=None,
-                 unbiased_running_var=True, accumulate_grads=False):
+                 unbiased_running_var=True, accumulate_grads=False, negative_slope=0.01,
+                 renorm=None, virtual_batch_size=None, stats_frozen=False):
         if not is_integer(num_features):
             raise TypeError(f"num_features must be an integer, got {_describe(num_features)}")
         if num_features < 1:
             raise ValueError(f"num_features must be >= 1, got {num_features}")
-        if not is_integer(axis):
-            raise TypeError(f"axis must be an integer, got {_describe(axis)}")
+        if not is_integer(axis) and not (isinstance(axis, tuple) and axis
+                                         and all(is_integer(a) for a in axis)):
+            raise TypeError(f"axis must be an integer or a non-empty tuple of integers, got "
+                            f"{_describe(axis)}")
         try:
             dt = np.dtype(np.float32 if dtype is None else dtype)
         except TypeError:
@@ -171,13 +196,35 @@ class BatchNorm:
         if dt not in FLOAT_DTYPES:
             raise TypeError(f"dtype must be float32, float64 or None, got {dt}")
         self.num_features = int(num_features)
-        self.axis = int(axis)
+        self.axis = int(axis) if is_integer(axis) else tuple(int(a) for a in axis)
         self.eps = real_number(eps, "eps", low=0.0, low_open=True)
         self.momentum = None if momentum is None else real_number(momentum, "momentum", low=0.0, high=1.0)
         self.affine = _check_bool(affine, "affine")
         self.track_running_stats = _check_bool(track_running_stats, "track_running_stats")
         self.dtype = dt
-        self.activation = _check_activation(activation)
+        self.activation = _check_activation(activation, leaky=True)
+        self.negative_slope = real_number(negative_slope, "negative_slope")
+        if self.negative_slope != 0.01 and self.activation != "leaky_relu":
+            raise ValueError("negative_slope is used only with activation='leaky_relu', got "
+                             f"activation={self.activation!r}")
+        if renorm is not None:  # checked as forward checks it (one message for both)
+            if not isinstance(renorm, (tuple, list)) or len(renorm) != 2:
+                raise TypeError(f"renorm must be None or a pair (rmax, dmax), got "
+                                f"{_describe(renorm)}")
+            renorm = (real_number(renorm[0], "renorm[0] (rmax)", low=1.0),
+                      real_number(renorm[1], "renorm[1] (dmax)", low=0.0))
+            if not _check_bool(track_running_stats, "track_running_stats"):
+                raise ValueError("renorm needs track_running_stats=True (r and d compare the "
+                                 "batch statistics with the running ones)")
+        self.renorm = renorm
+        if virtual_batch_size is not None:
+            if not is_integer(virtual_batch_size):
+                raise TypeError(f"virtual_batch_size must be a positive integer, got "
+                                f"{_describe(virtual_batch_size)}")
+            if virtual_batch_size < 1:
+                raise ValueError(f"virtual_batch_size must be >= 1, got {virtual_batch_size}")
+            virtual_batch_size = int(virtual_batch_size)
+        self.virtual_batch_size = virtual_batch_size
         self.unbiased_running_var = _check_bool(unbiased_running_var, "unbiased_running_var")
         self.accumulate_grads = _check_bool(accumulate_grads, "accumulate_grads")
         self._dtype_from_input = dtype is None  # until the first forward
@@ -196,6 +243,8 @@ class BatchNorm:
         else:
             self.running_mean = self.running_var = None
         self.num_batches_tracked = 0
+        self.stats_frozen = False
+        self.freeze_stats(stats_frozen)
         self._local = threading.local()
         self._cache = None
 
@@ -275,6 +324,65 @@ class BatchNorm:
         self.training = False
         return self
 
+    def freeze_stats(self, frozen=True):
+        """Enter (or, with False, leave) the frozen-statistics mode, for fine-tuning.
+
+        In this mode every forward normalises with the running statistics and
+        does not update them, whatever the training mode (``train()``,
+        ``eval()``, ``training=`` of a call), while ``backward`` still computes
+        the gradients of gamma and beta (the statistics are constants): PyTorch's
+        batch norm left in eval mode inside a training loop, Keras'
+        ``trainable=False`` with the weights still trained. ``train()`` and
+        ``eval()`` do not leave it; ``freeze_stats(False)`` does.
+
+        Parameters
+        ----------
+        frozen : bool, default True
+            True to freeze the running statistics, False to unfreeze them.
+
+        Returns
+        -------
+        BatchNorm
+            The layer itself.
+
+        Raises
+        ------
+        TypeError
+            If frozen is not a bool.
+        ValueError
+            If the layer has no running statistics (``track_running_stats=False``).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import fastbn
+        >>> bn = fastbn.BatchNorm(2).freeze_stats()
+        >>> x = np.array([[1.0, 2.0], [3.0, 6.0]], dtype=np.float32)
+        >>> y = bn(x)  # normalised with the running statistics (0 and 1)
+        >>> print(np.round(y, 4), bn.num_batches_tracked)
+        [[1. 2.]
+         [3. 6.]] 0
+        >>> dx = bn.backward(np.ones_like(y))
+        >>> print(np.round(bn.grads["gamma"], 3), bn.mode)  # sum(dy * xhat), xhat = x / sqrt(1 + eps)
+        [4. 8.] frozen_stats
+        """
+        frozen = _check_bool(frozen, "frozen")
+        if frozen and type(self).forward is not BatchNorm.forward:  # SyncBatchNorm, for now
+            raise NotImplementedError(f"{type(self).__name__} has no frozen-statistics mode "
+                                      "yet: use eval() (gamma and beta are still trained)")
+        if frozen and not self.track_running_stats:
+            raise ValueError("freeze_stats needs running statistics: the layer was built with "
+                             "track_running_stats=False")
+        self.stats_frozen = frozen
+        return self
+
+    @property
+    def mode(self):
+        """``"train"``, ``"eval"`` or ``"frozen_stats"`` (see `freeze_stats`)."""
+        if self.stats_frozen:
+            return "frozen_stats"
+        return "train" if self.training else "eval"
+
     def zero_grad(self):
         """Set the gradients in ``grads`` to zero, in place.
 
@@ -316,6 +424,7 @@ class BatchNorm:
 
     def __repr__(self):
         extra = "" if self.activation is None else f", activation={self.activation!r}"
+        extra += "".join(f", {k}={v!r}" for k, v in self._extra_config().items())
         return (f"BatchNorm({self.num_features}, axis={self.axis}, eps={self.eps}, "
                 f"momentum={self.momentum}, affine={self.affine}, "
                 f"track_running_stats={self.track_running_stats}, "
@@ -329,13 +438,14 @@ class BatchNorm:
             raise TypeError(f"x must be a numpy.ndarray, got {_describe(x)}")
         if x.ndim < 2:
             raise ValueError(f"x must have at least 2 dimensions (batch and channel), got shape {x.shape}")
-        axis = channel_axis(self.axis, x.ndim)
-        if x.shape[axis] != self.num_features:
+        axes = [channel_axis(a, x.ndim) for a in
+                (self.axis if isinstance(self.axis, tuple) else (self.axis,))]
+        if math.prod(x.shape[a] for a in axes) != self.num_features:
             raise ValueError(f"expected {self.num_features} channels along axis {self.axis}, "
                              f"got input of shape {x.shape}")
-        return axis
 
-    def forward(self, x, training=None, *, out=None, return_cache=False):
+    def forward(self, x, training=None, *, out=None, return_cache=False, mask=None,
+                residual=None):
         """Normalise ``x``; in training mode update the running statistics (if tracked).
 
         ``bn(x)`` is the same call. Training mode (and eval mode with
@@ -357,6 +467,11 @@ class BatchNorm:
         return_cache : bool, default False
             Also return the call's cache, for ``backward(dy, cache=cache)``
             after other forwards.
+        mask : ndarray of bool, optional
+            Positions that enter the statistics (``fastbn.forward``'s `mask`).
+        residual : ndarray, optional
+            Added before the activation (``fastbn.forward``'s `residual`);
+            `backward` then returns ``(dx, dresidual)``.
 
         Returns
         -------
@@ -395,6 +510,7 @@ class BatchNorm:
         mode = self._call_mode(training)
         return_cache = _check_bool(return_cache, "return_cache")
         impl = _fastbn()._impl
+        mode = mode and not self.stats_frozen  # frozen statistics: as in evaluation mode
         use_batch_stats = mode or not self.track_running_stats
         update = mode and self.track_running_stats
         momentum = self._step_momentum(update)
@@ -406,7 +522,9 @@ class BatchNorm:
         y, cache = impl._forward_then(x, state.get("gamma"), state.get("beta"),
                                       self.axis, self.eps, use_batch_stats, *running, momentum,
                                       out, self.activation, partial(self._commit, count, state),
-                                      self.unbiased_running_var)
+                                      self.unbiased_running_var,
+                                      (mask, self.renorm if use_batch_stats else None,
+                                       self.virtual_batch_size, residual, self.negative_slope))
         return (y, cache) if return_cache else y
 
     def _call_mode(self, training):
@@ -450,7 +568,7 @@ class BatchNorm:
 
     __call__ = forward
 
-    def backward(self, dy, *, cache=None, out=None):
+    def backward(self, dy, *, cache=None, out=None, need_dx=True):
         """Gradient with respect to the input of the last forward call (or of `cache`'s).
 
         Fills ``grads["gamma"]`` and ``grads["beta"]`` (in place when they are arrays of
@@ -468,11 +586,16 @@ class BatchNorm:
             thread.
         out : ndarray, optional
             Where to write dx: the input's shape and dtype, writable.
+        need_dx : bool, default True
+            False: only the parameters' gradients (a first layer); dx is None.
 
         Returns
         -------
-        dx : ndarray
-            Gradient with respect to the last forward's input (`out` if given).
+        dx : ndarray or None
+            Gradient with respect to the last forward's input (`out` if given);
+            None with ``need_dx=False``.
+        dresidual : ndarray
+            Only after a forward with `residual`: returned as ``(dx, dresidual)``.
 
         Raises
         ------
@@ -505,9 +628,10 @@ class BatchNorm:
         >>> dx1 = bn.backward(np.ones_like(y1), cache=c1)
         """
         cache = self._backward_cache(cache)
-        dx, dgamma, dbeta = _fastbn().backward(dy, cache, out=self._grad_outs(cache, out))
+        dx, dgamma, dbeta, *dresidual = _fastbn().backward(
+            dy, cache, out=self._grad_outs(cache, out), need_dx=need_dx)
         self._store_grads(cache, dgamma, dbeta)
-        return dx
+        return (dx, *dresidual) if dresidual else dx
 
     def _backward_cache(self, cache):
         if cache is None:
@@ -531,6 +655,8 @@ class BatchNorm:
         grad_out = [None, None]
         if self.accumulate_grads:
             return out
+        if getattr(cache, "residual", None) is not None:
+            grad_out.append(None)  # dresidual: a new array
         for i, key in enumerate(_PARAM_KEYS):
             p, g = getattr(cache, key), self.grads.get(key)
             if p is not None and isinstance(g, np.ndarray) and g.shape == p.shape \
@@ -683,7 +809,18 @@ class BatchNorm:
                 "track_running_stats": self.track_running_stats,
                 "dtype": None if self._dtype_from_input else self.dtype.name,
                 "activation": self.activation, "unbiased_running_var": self.unbiased_running_var,
-                "accumulate_grads": self.accumulate_grads}
+                "accumulate_grads": self.accumulate_grads, **self._extra_config()}
+
+    def _extra_config(self):
+        """The constructor arguments of issue 20 that differ from their defaults (only
+        those: SyncBatchNorm and older files do not know them)."""
+        extra = {"negative_slope": self.negative_slope,
+                 "renorm": self.renorm,
+                 "virtual_batch_size": self.virtual_batch_size,
+                 "stats_frozen": self.stats_frozen}
+        defaults = {"negative_slope": 0.01, "renorm": None, "virtual_batch_size": None,
+                    "stats_frozen": False}
+        return {k: v for k, v in extra.items() if v != defaults[k]}
 
     def save(self, path):
         """Write the configuration and ``state_dict()`` to an .npz file.
@@ -759,6 +896,8 @@ class BatchNorm:
             config = json.loads(str(f[_CONFIG_KEY]))
             state = {k: f[k] for k in f.files if k != _CONFIG_KEY}
         num_features = config.pop("num_features")
+        if isinstance(config.get("axis"), list):  # JSON has no tuples
+            config["axis"] = tuple(config["axis"])
         layer = cls(num_features, **config, **kwargs)
         layer.load_state_dict(state)
         return layer

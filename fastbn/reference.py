@@ -13,6 +13,8 @@ from ._checks import (channel_axis, check_backward, check_count, check_forward,
                       vector_shape)
 from . import _checks
 from ._checks import activation as check_activation
+from ._features import (NEGATIVE_SLOPE, NO_FEATURES, FeatureCache, activate,
+                        activation_slope, check_features, renorm_constants)
 
 
 def _col(v, ndim, axis):
@@ -82,19 +84,24 @@ def normalize(x, mean, invstd, gamma=None, beta=None, *, axis=1, out=None, activ
 
 def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
             running_mean=None, running_var=None, momentum=0.1, out=None, activation=None,
-            unbiased_running_var=True):
+            unbiased_running_var=True, mask=None, renorm=None, virtual_batch_size=None,
+            residual=None, negative_slope=NEGATIVE_SLOPE):
     if running_mean is not None and (training is True or training is np.True_) \
             and not _checks._momentum_warned:
         _checks.warn_momentum(momentum)  # once per process; the layer warns when built
     return _forward_then(x, gamma, beta, axis, eps, training, running_mean, running_var,
-                        momentum, out, activation, None, unbiased_running_var)
+                        momentum, out, activation, None, unbiased_running_var,
+                        (mask, renorm, virtual_batch_size, residual, negative_slope))
 
 
 def _forward_then(x, gamma, beta, axis, eps, training, running_mean, running_var, momentum,
-                 out, activation, then, unbiased_running_var=True):
+                 out, activation, then, unbiased_running_var=True, features=NO_FEATURES):
     """forward; `then(cache)`, if given, is committed with the running statistics."""
     a = check_forward(x, gamma, beta, axis, eps, training, running_mean, running_var,
                       momentum, out, activation, unbiased_running_var)
+    f = check_features(x, a, *features)
+    if f is not None:
+        return _feature_forward(x, a, f, then)
     # the values forward uses, copied before `out` (which may overlap them) is written
     gamma = None if a.gamma is None else a.gamma.copy()
     beta = None if a.beta is None else a.beta.copy()
@@ -153,14 +160,18 @@ def backward_elemt(dy, x, mean, invstd, gamma, sum_dy, sum_dy_xhat, count, *, ax
     return _store(dx, out, x.dtype)
 
 
-def backward(dy, cache, *, out=None):
-    dx_out, dg_out, db_out = check_backward(dy, cache, out)
+def backward(dy, cache, *, out=None, need_dx=True):
+    dx_out, dg_out, db_out, *dr_out = check_backward(dy, cache, out, need_dx)
+    if isinstance(cache, FeatureCache):
+        return _feature_backward(dy, cache, need_dx, dx_out, dg_out, db_out, *dr_out)
     x, axis = cache.x, cache.axis
     # the mask is recomputed, never stored
     dy = _relu_masked(dy, x, cache.mean, cache.invstd, cache.gamma, cache.beta, axis,
                       cache.activation)
     sum_dy, sum_dy_xhat = backward_reduce(dy, x, cache.mean, cache.invstd, axis=axis)
-    if cache.training:
+    if not need_dx:
+        dx = None
+    elif cache.training:
         dx = backward_elemt(dy, x, cache.mean, cache.invstd, cache.gamma, sum_dy, sum_dy_xhat,
                             cache.count, axis=axis, out=dx_out)
     else:  # the statistics are constants
@@ -170,6 +181,97 @@ def backward(dy, cache, *, out=None):
     dbeta = None if cache.beta is None else _store(sum_dy, db_out, cache.beta.dtype)
     mark_written(cache, [dx_out, dg_out, db_out])
     return dx, dgamma, dbeta
+
+
+# -- the keywords beyond the plain forward (fastbn._features): their specification ------
+
+def _group_stats(x, a, f, rows, count):
+    """(mean, var) of the rows `rows`, over the positions the mask keeps; the running
+    statistics in evaluation mode."""
+    if not a.training:
+        return a.running_mean.astype(np.float64).ravel(), a.running_var.astype(np.float64).ravel()
+    xg = x[rows].astype(np.float64)
+    w = 1.0 if f.mask is None else np.broadcast_to(f.mask, x.shape)[rows]
+    mean = (xg * w).sum(axis=f.others) / count
+    var = ((xg - mean.reshape(f.vshape)) ** 2 * w).sum(axis=f.others) / count
+    return mean.ravel(), var.ravel()
+
+
+def _pre_activation(cache):
+    """gamma * (xhat * r + d) + beta (+ residual), float64, each group with its statistics."""
+    x, f = cache.x, cache._features
+    col = lambda v: np.asarray(v, dtype=np.float64).reshape(f.vshape)  # noqa: E731
+    mean, invstd, r, d = (cache.flat(k) for k in ("mean", "invstd", "r", "d"))
+    pre = np.empty(x.shape)
+    for i, rows in enumerate(cache.groups):
+        xhat = (x[rows] - col(mean[i])) * col(invstd[i])
+        if r is not None:
+            xhat = xhat * col(r[i]) + col(d[i])
+        pre[rows] = xhat * (1.0 if cache.gamma is None else col(cache.gamma)) + \
+            (0.0 if cache.beta is None else col(cache.beta))
+    return pre if cache.residual is None else pre + cache.residual
+
+
+def _feature_forward(x, a, f, then):
+    """forward with several channel axes, mask, renorm, virtual_batch_size, residual or
+    leaky ReLU (any together)."""
+    gamma = None if a.gamma is None else a.gamma.copy()
+    beta = None if a.beta is None else a.beta.copy()
+    stats = [_group_stats(x, a, f, rows, n) for rows, n in zip(f.groups, f.counts)]
+    mean, var = np.array([s[0] for s in stats]), np.array([s[1] for s in stats])  # (groups, C)
+    invstd = 1.0 / np.sqrt(var + a.eps)
+    r = d = None
+    if f.renorm is not None and a.training:
+        r, d = renorm_constants(mean, var, a.running_mean.ravel(), a.running_var.ravel(), a.eps,
+                                *f.renorm)
+    cache = FeatureCache(x, gamma, beta, mean, invstd, f=f, eps=a.eps, training=a.training,
+                         r=r, d=d, x_overwritten=overwrites_x(a, x))
+    y = _store(activate(_pre_activation(cache), f.activation, f.negative_slope), a.out, x.dtype)
+    copies = []
+    if a.training and a.running_mean is not None and f.channels:
+        # the groups' statistics averaged, each variance made unbiased with its own count
+        factors = [running_var_factor(n, a.unbiased_running_var) for n in f.counts]
+        shape = a.running_mean.shape
+        copies = _running_copies(a.running_mean, a.running_var, mean.mean(0).reshape(shape),
+                                 (var * np.array(factors)[:, None]).mean(0).reshape(shape),
+                                 2, a.momentum, unbiased=False)
+    if copies or then is not None:
+        commit(copies, None if then is None else partial(then, cache))
+    return y, cache
+
+
+def _feature_backward(dy, cache, need_dx, dx_out, dg_out, db_out, dr_out=None):
+    x, f = cache.x, cache._features
+    col = lambda v: v.reshape(f.vshape)  # noqa: E731
+    slope = activation_slope(_pre_activation(cache), cache.activation, cache.negative_slope) \
+        if cache.activation else None
+    dy = dy.astype(np.float64) if slope is None else dy * slope  # the activation's mask
+    mean, invstd, r, d = (cache.flat(k) for k in ("mean", "invstd", "r", "d"))
+    gamma = np.ones(f.channels) if cache.gamma is None else cache.gamma.astype(np.float64).ravel()
+    dx = np.empty(x.shape) if need_dx else None
+    dgamma, dbeta = np.zeros(f.channels), np.zeros(f.channels)
+    for i, (rows, n) in enumerate(zip(cache.groups, cache.group_counts)):
+        xhat = (x[rows] - col(mean[i])) * col(invstd[i])
+        sum_dy = dy[rows].sum(axis=f.others).ravel()
+        sum_dy_xhat = (dy[rows] * xhat).sum(axis=f.others).ravel()
+        ri, di = (1.0, 0.0) if r is None else (r[i], d[i])  # constants: not differentiated
+        if need_dx and cache.training:  # only the positions the mask keeps move the statistics
+            w = 1.0 if cache.mask is None else np.broadcast_to(cache.mask, x.shape)[rows]
+            dx[rows] = col(gamma * ri * invstd[i]) * (
+                dy[rows] - w * (col(sum_dy) + xhat * col(sum_dy_xhat)) / n)
+        elif need_dx:
+            dx[rows] = col(gamma * ri * invstd[i]) * dy[rows]
+        dgamma += ri * sum_dy_xhat + di * sum_dy
+        dbeta += sum_dy
+    grads = [None if dx is None else _store(dx, dx_out, x.dtype),
+             None if cache.gamma is None else
+             _store(dgamma.reshape(cache.gamma.shape), dg_out, cache.gamma.dtype),
+             None if cache.beta is None else
+             _store(dbeta.reshape(cache.beta.shape), db_out, cache.beta.dtype)]
+    if cache.residual is not None:
+        grads.append(_store(dy, dr_out, x.dtype))  # d y / d residual: the activation's mask
+    mark_written(cache, [dx_out, dg_out, db_out, dr_out])
+    return tuple(grads)
 
 
 from ._docs import document as _document; _document(globals())  # noqa: E702 docstrings: _docs.py

@@ -3,6 +3,7 @@ autograd gradients, over layouts, dtypes, train/eval, ReLU and running-stat upda
 import numpy as np
 import pytest
 
+import fastbn
 from conftest import DTYPES, assert_close, channel_values
 
 torch = pytest.importorskip("torch")
@@ -112,3 +113,84 @@ def test_running_stats_track_torch_over_steps(impl, layout, dtype, momentum):
                         running_var=running_var)
     ty = F.batch_norm(to_torch(x, axis), torch_mean, torch_var, training=False)
     assert_close(y, from_torch(ty, axis), TORCH_RTOL[np.dtype(dtype)], "eval y")
+
+
+# ---------------------------------------------------------------- issue 20's keywords
+# PyTorch has them as compositions (leaky ReLU and a residual add after F.batch_norm; an
+# input that does not require grad; batch norm in eval mode inside a training loop):
+# fastbn's single calls must match torch's autograd through the composition.
+
+@pytest.mark.parametrize("activation", [None, "relu", "leaky_relu"])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["NCL", "NHWC"])
+def test_residual_and_leaky_relu_match_torch(impl, layout, dtype, training, activation):
+    shape, axis = LAYOUTS[layout]
+    rng = np.random.default_rng(33)
+    x, z = channel_values(rng, shape, axis, dtype), rng.standard_normal(shape).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    C = shape[axis]
+    gamma, beta = rng.uniform(0.5, 2, C).astype(dtype), rng.standard_normal(C).astype(dtype)
+    rm, rv = rng.standard_normal(C).astype(dtype), rng.uniform(0.5, 2, C).astype(dtype)
+    y, cache = impl.forward(x, gamma, beta, axis=axis, training=training, running_mean=rm.copy(),
+                            running_var=rv.copy(), residual=z, activation=activation,
+                            **({"negative_slope": 0.05} if activation == "leaky_relu" else {}))
+    dx, dgamma, dbeta, dz = impl.backward(dy, cache)
+    xt, zt = to_torch(x, axis, True), to_torch(z, axis, True)
+    gt, bt = torch.from_numpy(gamma).requires_grad_(True), torch.from_numpy(beta).requires_grad_(True)
+    yt = F.batch_norm(xt, torch.from_numpy(rm), torch.from_numpy(rv), gt, bt,
+                      training=training) + zt
+    yt = {None: yt, "relu": F.relu(yt), "leaky_relu": F.leaky_relu(yt, 0.05)}[activation]
+    yt.backward(to_torch(dy, axis))
+    rtol = TORCH_RTOL[np.dtype(dtype)]
+    assert_close(y, from_torch(yt, axis), rtol, "y")
+    assert_close(dx, from_torch(xt.grad, axis), rtol, "dx")
+    assert_close(dz, from_torch(zt.grad, axis), rtol, "dresidual")
+    assert_close(dgamma, gt.grad.numpy(), rtol, "dgamma")
+    assert_close(dbeta, bt.grad.numpy(), rtol, "dbeta")
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_need_dx_false_matches_torch_without_input_grad(impl, dtype, training):
+    shape, axis = LAYOUTS["NCHW"]
+    rng = np.random.default_rng(34)
+    x, dy = channel_values(rng, shape, axis, dtype), rng.standard_normal(shape).astype(dtype)
+    C = shape[axis]
+    gamma, beta = rng.uniform(0.5, 2, C).astype(dtype), rng.standard_normal(C).astype(dtype)
+    rm, rv = rng.standard_normal(C).astype(dtype), rng.uniform(0.5, 2, C).astype(dtype)
+    _, cache = impl.forward(x, gamma, beta, training=training, running_mean=rm.copy(),
+                            running_var=rv.copy(), activation="relu")
+    dx, dgamma, dbeta = impl.backward(dy, cache, need_dx=False)
+    gt, bt = torch.from_numpy(gamma).requires_grad_(True), torch.from_numpy(beta).requires_grad_(True)
+    yt = F.relu(F.batch_norm(to_torch(x, axis), torch.from_numpy(rm), torch.from_numpy(rv), gt,
+                             bt, training=training))
+    yt.backward(to_torch(dy, axis))
+    assert dx is None
+    rtol = TORCH_RTOL[np.dtype(dtype)]
+    assert_close(dgamma, gt.grad.numpy(), rtol, "dgamma")
+    assert_close(dbeta, bt.grad.numpy(), rtol, "dbeta")
+
+
+def test_frozen_statistics_layer_matches_torch_eval_mode_in_training(layer_backend):
+    """BatchNorm.freeze_stats(): torch's BatchNorm2d left in eval() while its parameters
+    train: running statistics used and unchanged, gamma/beta gradients through them."""
+    rng = np.random.default_rng(35)
+    bn, tbn = fastbn.BatchNorm(4, dtype=np.float64), torch.nn.BatchNorm2d(4).double()
+    for _ in range(2):  # some running statistics first, in both
+        x = channel_values(rng, (3, 4, 5, 5), 1, np.float64)
+        bn(x)
+        tbn(torch.from_numpy(x))
+    bn.freeze_stats()
+    tbn.eval()
+    x, dy = channel_values(rng, (3, 4, 5, 5), 1, np.float64), rng.standard_normal((3, 4, 5, 5))
+    xt = torch.from_numpy(x).requires_grad_(True)
+    yt = tbn(xt)
+    yt.backward(torch.from_numpy(dy))
+    y = bn(x)
+    dx = bn.backward(dy)
+    assert_close(y, yt.detach().numpy(), 1e-12, "y")
+    assert_close(dx, xt.grad.numpy(), 1e-12, "dx")
+    assert_close(bn.grads["gamma"], tbn.weight.grad.numpy(), 1e-12, "dgamma")
+    assert_close(bn.running_mean, tbn.running_mean.numpy(), 1e-12, "running_mean")
+    assert bn.num_batches_tracked == int(tbn.num_batches_tracked) == 2

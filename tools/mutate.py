@@ -43,7 +43,7 @@ def suite_files(tree):
                    if f.startswith("test_") and f.endswith(".py"))
     ordered = [f for f in FIRST if f in names] + [f for f in names if f not in FIRST]
     return [os.path.join("tests", f) for f in ordered]
-REBUILT = (".c", ".h", ".pyx")
+REBUILT = (".c", ".h", ".pyx", ".pxi")  # .pxi: included by _kernels.pyx
 
 
 def sh(cmd, cwd, timeout=None, env=None):
@@ -155,7 +155,7 @@ def main():
                     f.write(original.replace(m.old, m.new))
                 needs_build = m.path.endswith(REBUILT)
                 if needs_build or dirty_build:
-                    ok, out = rebuild(tree, None if m.path.endswith(".pyx") else quick)
+                    ok, out = rebuild(tree, None if m.path.endswith((".pyx", ".pxi")) else quick)
                     dirty_build = needs_build
                     if not ok:
                         rows.append((m, "BUILD ERROR", out.strip().splitlines()[-1:], 0.0))
