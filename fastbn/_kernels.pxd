@@ -13,6 +13,13 @@ cdef extern from "fastbn.h" nogil:
     ctypedef struct fbn_shape:
         int64_t outer, channels, inner
 
+    ctypedef struct fbn_epilogue:
+        int act
+        double slope
+        const void *residual
+        void *dresidual
+        int params_f32
+
     int fbn_batch_stats_f32(const float *x, fbn_shape s, double *mean_hi, double *mean_lo,
                             double *m2, int nthreads)
     int fbn_batch_stats_f64(const double *x, fbn_shape s, double *mean_hi, double *mean_lo,
@@ -55,6 +62,34 @@ cdef extern from "fastbn.h" nogil:
                          const double *mean_hi, const double *mean_lo, const double *invstd,
                          const double *gamma, const double *beta, int relu, int training,
                          double *sum_dy, double *sum_dy_xhat, int nthreads)
+    int fbn_forward_train_ex_f32(const float *x, float *y, fbn_shape s, const double *gamma,
+                                 const double *beta, double eps, const fbn_epilogue *e,
+                                 double *mean_hi, double *mean_lo, double *var, double *invstd,
+                                 int nthreads)
+    int fbn_forward_train_ex_f64(const double *x, double *y, fbn_shape s, const double *gamma,
+                                 const double *beta, double eps, const fbn_epilogue *e,
+                                 double *mean_hi, double *mean_lo, double *var, double *invstd,
+                                 int nthreads)
+    int fbn_forward_infer_ex_f32(const float *x, float *y, fbn_shape s, const double *mean,
+                                 const double *var, const double *gamma, const double *beta,
+                                 double eps, const fbn_epilogue *e, double *invstd, int nthreads)
+    int fbn_forward_infer_ex_f64(const double *x, double *y, fbn_shape s, const double *mean,
+                                 const double *var, const double *gamma, const double *beta,
+                                 double eps, const fbn_epilogue *e, double *invstd, int nthreads)
+    int fbn_affine_ex_f32(const float *x, float *y, fbn_shape s, const double *shift,
+                          const double *scale, const double *bias, const fbn_epilogue *e,
+                          int nthreads)
+    int fbn_affine_ex_f64(const double *x, double *y, fbn_shape s, const double *shift,
+                          const double *scale, const double *bias, const fbn_epilogue *e,
+                          int nthreads)
+    int fbn_backward_ex_f32(const float *dy, const float *x, float *dx, fbn_shape s,
+                            const double *mean_hi, const double *mean_lo, const double *invstd,
+                            const double *gamma, const double *beta, const fbn_epilogue *e,
+                            int training, double *sum_dy, double *sum_dy_xhat, int nthreads)
+    int fbn_backward_ex_f64(const double *dy, const double *x, double *dx, fbn_shape s,
+                            const double *mean_hi, const double *mean_lo, const double *invstd,
+                            const double *gamma, const double *beta, const fbn_epilogue *e,
+                            int training, double *sum_dy, double *sum_dy_xhat, int nthreads)
     void fbn_ema_f32(float *running, const double *batch, const double *batch_lo,
                      int64_t channels, double momentum, double factor)
     void fbn_ema_f64(double *running, const double *batch, const double *batch_lo,
@@ -160,3 +195,50 @@ cdef inline void run_ema(bint f32, void *running, const double *batch, const dou
         fbn_ema_f32(<float *>running, batch, batch_lo, channels, momentum, factor)
     else:
         fbn_ema_f64(<double *>running, batch, batch_lo, channels, momentum, factor)
+
+
+# the kernels with an epilogue (issue 20: leaky ReLU, residual)
+
+cdef inline int run_forward_train_ex(bint f32, const void *x, void *y, fbn_shape s,
+                                     const double *gamma, const double *beta, double eps,
+                                     const fbn_epilogue *e, double *mean_hi, double *mean_lo,
+                                     double *var, double *invstd, int nthreads) noexcept nogil:
+    if f32:
+        return fbn_forward_train_ex_f32(<const float *>x, <float *>y, s, gamma, beta, eps, e,
+                                        mean_hi, mean_lo, var, invstd, nthreads)
+    return fbn_forward_train_ex_f64(<const double *>x, <double *>y, s, gamma, beta, eps, e,
+                                    mean_hi, mean_lo, var, invstd, nthreads)
+
+
+cdef inline int run_forward_infer_ex(bint f32, const void *x, void *y, fbn_shape s,
+                                     const double *mean, const double *var, const double *gamma,
+                                     const double *beta, double eps, const fbn_epilogue *e,
+                                     double *invstd, int nthreads) noexcept nogil:
+    if f32:
+        return fbn_forward_infer_ex_f32(<const float *>x, <float *>y, s, mean, var, gamma, beta,
+                                        eps, e, invstd, nthreads)
+    return fbn_forward_infer_ex_f64(<const double *>x, <double *>y, s, mean, var, gamma, beta,
+                                    eps, e, invstd, nthreads)
+
+
+cdef inline int run_affine_ex(bint f32, const void *x, void *y, fbn_shape s,
+                              const double *shift, const double *scale, const double *bias,
+                              const fbn_epilogue *e, int nthreads) noexcept nogil:
+    if f32:
+        return fbn_affine_ex_f32(<const float *>x, <float *>y, s, shift, scale, bias, e,
+                                 nthreads)
+    return fbn_affine_ex_f64(<const double *>x, <double *>y, s, shift, scale, bias, e, nthreads)
+
+
+cdef inline int run_backward_ex(bint f32, const void *dy, const void *x, void *dx, fbn_shape s,
+                                const double *mean_hi, const double *mean_lo,
+                                const double *invstd, const double *gamma, const double *beta,
+                                const fbn_epilogue *e, int training, double *sum_dy,
+                                double *sum_dy_xhat, int nthreads) noexcept nogil:
+    if f32:
+        return fbn_backward_ex_f32(<const float *>dy, <const float *>x, <float *>dx, s,
+                                   mean_hi, mean_lo, invstd, gamma, beta, e, training, sum_dy,
+                                   sum_dy_xhat, nthreads)
+    return fbn_backward_ex_f64(<const double *>dy, <const double *>x, <double *>dx, s, mean_hi,
+                               mean_lo, invstd, gamma, beta, e, training, sum_dy, sum_dy_xhat,
+                               nthreads)

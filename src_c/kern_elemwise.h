@@ -10,28 +10,41 @@ FBN_INLINE TC FBN_SYM(affine1)(TC x, TC shift, TC scale, TC bias, int relu) {
     return relu ? r : v;
 }
 
-/* dy - mean_dy comes first: a constant dy over a constant channel gives dx == 0. */
+/* y with an epilogue: a residual z added (res), then the activation act (0 none,
+ * 1 ReLU, 2 leaky ReLU with slope); act and res constants. */
+FBN_INLINE TC FBN_SYM(xaffine1)(TC x, TC z, TC shift, TC scale, TC bias, TC slope,
+                                const int act, const int res) {
+    TC v = (x - shift) * scale + bias;
+    if (res) v = v + z;
+    if (act == 2) return v > 0 ? v : v * slope;
+    TC r = v < 0 ? (TC)0 : v;
+    return act ? r : v;
+}
+
+/* dy - mean_dy comes first: a constant dy over a constant channel gives dx == 0.
+ * relu 2 (a constant): a leaky ReLU's mask. */
 FBN_INLINE TC FBN_SYM(dx1)(TC dy, TC x, TC shift, TC scale, TC bias, int relu, TC k_dy,
-                           TC k_x, TC mean_dy, TC k_0, TC invstd, int eval) {
-    TC g = FBN_SYM(masked)(dy, x, shift, scale, bias, relu);
+                           TC k_x, TC mean_dy, TC k_0, TC invstd, int eval, TC slope) {
+    TC g = relu == 2 ? FBN_SYM(masked_x)(dy, x, (TC)0, shift, scale, bias, 2, 0, slope)
+                     : FBN_SYM(masked)(dy, x, shift, scale, bias, relu);
     TC xterm = k_x * ((x - shift) * invstd);
     return k_dy * (g - mean_dy) + (eval ? (TC)0 : xterm) + k_0; /* eval: no NaN from inf x */
 }
 
 /* One channel's typed coefficients, for a run of that channel. */
 typedef struct {
-    TC shift, scale, bias, k_dy, k_x, mean_dy, k_0, invstd;
+    TC shift, scale, bias, k_dy, k_x, mean_dy, k_0, invstd, slope;
     int relu, eval;
 } FBN_SYM(chan);
 
 /* Channel c's coefficients of op (only those op reads are loaded). */
 FBN_INLINE FBN_SYM(chan) FBN_SYM(chan_of)(const int op, const FBN_SYM(tcoefs) *k, int64_t c) {
-    FBN_SYM(chan) h = {.relu = k->relu, .eval = k->eval};
+    FBN_SYM(chan) h = {.relu = k->relu, .eval = k->eval, .slope = k->slope};
     if (op == FBN_OP_COPY) return h;
     h.shift = k->shift[c];
     h.scale = k->scale[c];
     h.bias = k->bias[c];
-    if (op == FBN_OP_DX) {
+    if (FBN_IS_DX(op)) {
         h.k_dy = k->k_dy[c];
         h.k_x = k->k_x[c];
         h.mean_dy = k->mean_dy[c];
@@ -45,9 +58,15 @@ FBN_INLINE FBN_SYM(chan) FBN_SYM(chan_of)(const int op, const FBN_SYM(tcoefs) *k
 FBN_INLINE TC FBN_SYM(value_at)(const int op, const T *restrict x, const T *restrict dy,
                                 int64_t i, const FBN_SYM(chan) *h) {
     if (op == FBN_OP_AFFINE) return FBN_SYM(affine1)(x[i], h->shift, h->scale, h->bias, h->relu);
-    if (op == FBN_OP_DX)
-        return FBN_SYM(dx1)(dy[i], x[i], h->shift, h->scale, h->bias, h->relu, h->k_dy,
-                            h->k_x, h->mean_dy, h->k_0, h->invstd, h->eval);
+    if (op == FBN_OP_DX) /* relu 0 or 1 (& 1: the leaky branch folds away) */
+        return FBN_SYM(dx1)(dy[i], x[i], h->shift, h->scale, h->bias, h->relu & 1, h->k_dy,
+                            h->k_x, h->mean_dy, h->k_0, h->invstd, h->eval, h->slope);
+    if (op & FBN_OP_XAFF)
+        return FBN_SYM(xaffine1)(x[i], FBN_OP_RES(op) ? dy[i] : (TC)0, h->shift, h->scale,
+                                 h->bias, h->slope, FBN_OP_ACT(op), FBN_OP_RES(op));
+    if (op & FBN_OP_XDX)
+        return FBN_SYM(dx1)(dy[i], x[i], h->shift, h->scale, h->bias, FBN_OP_ACT(op), h->k_dy,
+                            h->k_x, h->mean_dy, h->k_0, h->invstd, h->eval, h->slope);
     return x[i];
 }
 
@@ -60,7 +79,14 @@ FBN_INLINE FBN_SYM(vec) FBN_SYM(vector_at)(const int op, const T *restrict x,
         return FBN_SYM(affine_v)(FBN_SYM(vload)(x + i), v[0], v[1], v[2], h->relu);
     if (op == FBN_OP_DX)
         return FBN_SYM(dx_v)(FBN_SYM(vload)(dy + i), FBN_SYM(vload)(x + i), v[0], v[1], v[2],
-                             h->relu, v[3], v[4], v[5], v[6], v[7], h->eval);
+                             h->relu & 1, v[3], v[4], v[5], v[6], v[7], h->eval, v[8]);
+    if (op & FBN_OP_XAFF)
+        return FBN_SYM(xaffine_v)(FBN_SYM(vload)(x + i),
+                                  FBN_OP_RES(op) ? FBN_SYM(vload)(dy + i) : v[8], v[0], v[1],
+                                  v[2], v[8], FBN_OP_ACT(op), FBN_OP_RES(op));
+    if (op & FBN_OP_XDX)
+        return FBN_SYM(dx_v)(FBN_SYM(vload)(dy + i), FBN_SYM(vload)(x + i), v[0], v[1], v[2],
+                             FBN_OP_ACT(op), v[3], v[4], v[5], v[6], v[7], h->eval, v[8]);
     return FBN_SYM(vload)(x + i);
 }
 #endif
@@ -75,14 +101,16 @@ FBN_INLINE void FBN_SYM(stream_values)(const int op, T *out, int64_t m, const T 
                                        const T *restrict dy, const FBN_SYM(chan) *h) {
     int64_t i = 0;
 #if FBN_CAN_STREAM
-    /* op's coefficients, splat: shift, scale, bias, k_dy, k_x, mean_dy, k_0, invstd */
-    const FBN_SYM(vec) v[8] = {FBN_SYM(vsplat)(h->shift),  FBN_SYM(vsplat)(h->scale),
+    /* op's coefficients, splat: shift, scale, bias, k_dy, k_x, mean_dy, k_0, invstd,
+     * slope */
+    const FBN_SYM(vec) v[9] = {FBN_SYM(vsplat)(h->shift),  FBN_SYM(vsplat)(h->scale),
                                FBN_SYM(vsplat)(h->bias),   FBN_SYM(vsplat)(h->k_dy),
                                FBN_SYM(vsplat)(h->k_x), FBN_SYM(vsplat)(h->mean_dy),
-                               FBN_SYM(vsplat)(h->k_0),    FBN_SYM(vsplat)(h->invstd)};
+                               FBN_SYM(vsplat)(h->k_0),    FBN_SYM(vsplat)(h->invstd),
+                               FBN_SYM(vsplat)(h->slope)};
     for (; i < m && ((uintptr_t)(out + i) & 15); i++) out[i] = FBN_SYM(value_at)(op, x, dy, i, h);
     for (; i + 4 * FBN_VLEN <= m; i += 4 * FBN_VLEN) {
-        if (op == FBN_OP_DX) fbn_prefetch_stream(dy + i);
+        if (FBN_TWO_INPUTS(op)) fbn_prefetch_stream(dy + i);
         if (op != FBN_OP_COPY) fbn_prefetch_stream(x + i);
         for (int64_t j = i; j < i + 4 * FBN_VLEN; j += FBN_VLEN)
             FBN_STREAM_V(out + j, FBN_SYM(vector_at)(op, x, dy, j, v, h));
@@ -96,7 +124,7 @@ FBN_INLINE void FBN_SYM(stream_values)(const int op, T *out, int64_t m, const T 
 /* Rows shape: op's m values of channel c from offset o, cached or streamed. */
 FBN_INLINE void FBN_SYM(run_values)(const int op, int stream, const T *x, const T *dy, T *out,
                                     int64_t o, int64_t m, const FBN_SYM(tcoefs) *k, int64_t c) {
-    const T *xr = x + o, *dr = op == FBN_OP_DX ? dy + o : NULL;
+    const T *xr = x + o, *dr = FBN_TWO_INPUTS(op) ? dy + o : NULL;
     T *outr = out + o;
     const FBN_SYM(chan) h = FBN_SYM(chan_of)(op, k, c);
     if (stream)
@@ -117,6 +145,22 @@ FBN_INLINE void FBN_SYM(affine_rows)(const T *xr, int64_t ld, T *out, int64_t ld
             out[i * ldo + c] = FBN_SYM(affine1)(xr[i * ld + c], shift[c], scale[c], bias[c], relu);
 }
 
+/* Columns shape: y with an epilogue (op FBN_OP_XAFF + act + 4 * res, a constant;
+ * zr: the residual's rows), as fbn_affine_rows_<sfx>. */
+FBN_INLINE void FBN_SYM(xaffine_rows)(const int op, const T *xr, const T *zr, int64_t ld, T *out,
+                                      int64_t ldo, int64_t m, const FBN_SYM(tcoefs) *k,
+                                      int64_t ch, const int g) {
+    const TC *shift = k->shift + ch, *scale = k->scale + ch, *bias = k->bias + ch;
+    const TC slope = k->slope;
+    FBN_IVDEP /* out may be xr (in place) */
+    for (int64_t c = 0; c < m; c++)
+        for (int i = 0; i < g; i++)
+            out[i * ldo + c] = FBN_SYM(xaffine1)(xr[i * ld + c],
+                                                 FBN_OP_RES(op) ? zr[i * ld + c] : (TC)0,
+                                                 shift[c], scale[c], bias[c], slope,
+                                                 FBN_OP_ACT(op), FBN_OP_RES(op));
+}
+
 /* Columns shape: dx of g rows (g a constant) of m values, a row ld (out: ldo)
  * apart, channels from ch: each channel's coefficients loaded once. relu is a
  * constant too: without ReLU the mask's arithmetic and loads drop out (this
@@ -128,6 +172,7 @@ FBN_INLINE void FBN_SYM(dx_rows_as)(const T *dr, const T *xr, int64_t ld, T *out
     const TC *k_dy = k->k_dy + ch, *k_x = k->k_x + ch, *mdy = k->mean_dy + ch;
     const TC *k_0 = k->k_0 + ch, *inv = k->invstd + ch;
     const int eval = k->eval;
+    const TC slope = k->slope;
     if ((ld * (int64_t)sizeof(T)) % 4096 == 0) {
         /* rows a multiple of 4 KB apart (C a power of two): a store to out's row i
          * has the low address bits of the next load from row i + 1, which then
@@ -141,7 +186,8 @@ FBN_INLINE void FBN_SYM(dx_rows_as)(const T *dr, const T *xr, int64_t ld, T *out
             }
             for (int i = 0; i < g; i++)
                 out[i * ldo + c] = FBN_SYM(dx1)(d[i], v[i], shift[c], scale[c], bias[c], relu,
-                                                k_dy[c], k_x[c], mdy[c], k_0[c], inv[c], eval);
+                                                k_dy[c], k_x[c], mdy[c], k_0[c], inv[c], eval,
+                                                slope);
         }
     } else { /* (this order was slower there, e.g. NHWC's 64 channels) */
         FBN_IVDEP
@@ -149,7 +195,7 @@ FBN_INLINE void FBN_SYM(dx_rows_as)(const T *dr, const T *xr, int64_t ld, T *out
             for (int i = 0; i < g; i++)
                 out[i * ldo + c] =
                     FBN_SYM(dx1)(dr[i * ld + c], xr[i * ld + c], shift[c], scale[c], bias[c],
-                                 relu, k_dy[c], k_x[c], mdy[c], k_0[c], inv[c], eval);
+                                 relu, k_dy[c], k_x[c], mdy[c], k_0[c], inv[c], eval, slope);
     }
 }
 
@@ -160,6 +206,10 @@ FBN_INLINE void FBN_SYM(span_rows)(const int op, const T *x, const T *dy, int64_
                                    int64_t ch, const int g) {
     if (op == FBN_OP_AFFINE)
         FBN_SYM(affine_rows)(x + o, ld, out, ldo, m, k, ch, g);
+    else if (op & FBN_OP_XAFF)
+        FBN_SYM(xaffine_rows)(op, x + o, FBN_OP_RES(op) ? dy + o : NULL, ld, out, ldo, m, k, ch, g);
+    else if (op & FBN_OP_XDX)
+        FBN_SYM(dx_rows_as)(dy + o, x + o, ld, out, ldo, m, k, ch, g, FBN_OP_ACT(op));
     else if (k->relu)
         FBN_SYM(dx_rows_as)(dy + o, x + o, ld, out, ldo, m, k, ch, g, 1);
     else

@@ -37,15 +37,29 @@ FBN_INLINE FBN_SYM(vec) FBN_SYM(affine_v)(FBN_SYM(vec) x, FBN_SYM(vec) shift,
     return relu ? FBN_SYM(vselect)((FBN_SYM(ivec))(v < zero), zero, v) : v;
 }
 
-/* fbn_dx1_<sfx> on a vector. */
+/* fbn_xaffine1_<sfx> on a vector (act and res constants). */
+FBN_INLINE FBN_SYM(vec) FBN_SYM(xaffine_v)(FBN_SYM(vec) x, FBN_SYM(vec) z, FBN_SYM(vec) shift,
+                                           FBN_SYM(vec) scale, FBN_SYM(vec) bias,
+                                           FBN_SYM(vec) slope, const int act, const int res) {
+    const FBN_SYM(vec) zero = {0};
+    FBN_SYM(vec) v = (x - shift) * scale + bias;
+    if (res) v = v + z;
+    if (act == 2) return FBN_SYM(vselect)((FBN_SYM(ivec))(v > zero), v, v * slope);
+    return act ? FBN_SYM(vselect)((FBN_SYM(ivec))(v < zero), zero, v) : v;
+}
+
+/* fbn_dx1_<sfx> on a vector (relu 2: a leaky ReLU's mask, a constant). */
 FBN_INLINE FBN_SYM(vec) FBN_SYM(dx_v)(FBN_SYM(vec) dy, FBN_SYM(vec) x, FBN_SYM(vec) shift,
                                       FBN_SYM(vec) scale, FBN_SYM(vec) bias, int relu,
                                       FBN_SYM(vec) k_dy, FBN_SYM(vec) k_x,
                                       FBN_SYM(vec) mean_dy, FBN_SYM(vec) k_0,
-                                      FBN_SYM(vec) invstd, int eval) {
+                                      FBN_SYM(vec) invstd, int eval, FBN_SYM(vec) slope) {
     const FBN_SYM(vec) zero = {0};
     FBN_SYM(vec) g = dy;
-    if (relu) g = FBN_SYM(vselect)((FBN_SYM(ivec))((x - shift) * scale + bias > zero), dy, zero);
+    if (relu == 2)
+        g = FBN_SYM(vselect)((FBN_SYM(ivec))((x - shift) * scale + bias > zero), dy, dy * slope);
+    else if (relu)
+        g = FBN_SYM(vselect)((FBN_SYM(ivec))((x - shift) * scale + bias > zero), dy, zero);
     FBN_SYM(vec) xterm = eval ? zero : k_x * ((x - shift) * invstd);
     return k_dy * (g - mean_dy) + xterm + k_0;
 }
