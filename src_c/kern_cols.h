@@ -177,8 +177,8 @@ FBN_INLINE void FBN_SYM(sums_minus_lo)(int64_t c, double s1, double s2, double l
 FBN_INLINE void FBN_SYM(bwd_group)(const T *dr, const T *xr, int64_t C, int64_t nc, const int g,
                                    const int relu, const double *sh, const TC *tsh,
                                    const TC *sc, const TC *bi, double *restrict acc,
-                                   double *restrict acc2, const T *zr, T *er, const int res,
-                                   TC slope) {
+                                   double *restrict acc2, const T *restrict zr,
+                                   T *restrict er, const int res, TC slope) {
     for (int64_t c = 0; c < nc; c++) {
         double s1 = 0.0, s2 = 0.0;
         for (int i = 0; i < g; i++) {
