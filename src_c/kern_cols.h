@@ -278,6 +278,22 @@ FBN_INLINE void FBN_SYM(bwd_reduce_tile_as)(const T *dy, const T *x, const fbn_p
                              z, dres, ext);
 }
 
+/* fbn_bwd_reduce_tile_<sfx> with an epilogue: a function of its own, so that the
+ * plain one's code is what it was. */
+FBN_DISPATCH static void FBN_SYM(bwd_reduce_tile_x)(const T *dy, const T *x, const fbn_plan *p,
+                                                    int64_t t, const fbn_coefs *k,
+                                                    const FBN_SYM(tcoefs) *tk, double *sums,
+                                                    double *scratch, const T *z, T *dres) {
+    if (!z)
+        FBN_SYM(bwd_reduce_tile_as)(dy, x, p, t, k, tk, sums, scratch, NULL, NULL, 2);
+    else if (tk->relu == 0)
+        FBN_SYM(bwd_reduce_tile_as)(dy, x, p, t, k, tk, sums, scratch, z, dres, 4);
+    else if (tk->relu == 1)
+        FBN_SYM(bwd_reduce_tile_as)(dy, x, p, t, k, tk, sums, scratch, z, dres, 5);
+    else
+        FBN_SYM(bwd_reduce_tile_as)(dy, x, p, t, k, tk, sums, scratch, z, dres, 6);
+}
+
 /* Per-channel sum(dy') and sum_dy_xc of one tile, into sums[2 * c + {0, 1}]; with
  * a residual z (else NULL) or a leaky ReLU, the epilogue's mask (and dres: dy'). */
 FBN_DISPATCH static void FBN_SYM(bwd_reduce_tile)(const T *dy, const T *x, const fbn_plan *p,
@@ -286,12 +302,6 @@ FBN_DISPATCH static void FBN_SYM(bwd_reduce_tile)(const T *dy, const T *x, const
                                                   double *scratch, const T *z, T *dres) {
     if (!z && tk->relu < 2)
         FBN_SYM(bwd_reduce_tile_as)(dy, x, p, t, k, tk, sums, scratch, NULL, NULL, 0);
-    else if (!z)
-        FBN_SYM(bwd_reduce_tile_as)(dy, x, p, t, k, tk, sums, scratch, NULL, NULL, 2);
-    else if (tk->relu == 0)
-        FBN_SYM(bwd_reduce_tile_as)(dy, x, p, t, k, tk, sums, scratch, z, dres, 4);
-    else if (tk->relu == 1)
-        FBN_SYM(bwd_reduce_tile_as)(dy, x, p, t, k, tk, sums, scratch, z, dres, 5);
     else
-        FBN_SYM(bwd_reduce_tile_as)(dy, x, p, t, k, tk, sums, scratch, z, dres, 6);
+        FBN_SYM(bwd_reduce_tile_x)(dy, x, p, t, k, tk, sums, scratch, z, dres);
 }

@@ -156,12 +156,11 @@ FBN_INLINE void FBN_SYM(elemwise_tile)(const int op, const T *x, const T *dy, T 
     if (p->stream) FBN_STREAM_FENCE();
 }
 
-/* y of tile t: plain (relu 0 or 1, no residual z), or with an epilogue. */
-FBN_DISPATCH static void FBN_SYM(affine_tile)(const T *x, const T *z, T *y, const fbn_plan *p,
-                                              int64_t t, const FBN_SYM(tcoefs) *k) {
-    if (!z && k->relu < 2)
-        FBN_SYM(elemwise_tile)(FBN_OP_AFFINE, x, NULL, y, p, t, k);
-    else if (!z)
+/* y of tile t with an epilogue (a leaky ReLU, a residual z): a function of its own,
+ * so that the plain one's code is what it was. */
+FBN_DISPATCH static void FBN_SYM(affine_tile_x)(const T *x, const T *z, T *y, const fbn_plan *p,
+                                                int64_t t, const FBN_SYM(tcoefs) *k) {
+    if (!z)
         FBN_SYM(elemwise_tile)(FBN_OP_XAFF + 2, x, NULL, y, p, t, k);
     else if (k->relu == 0)
         FBN_SYM(elemwise_tile)(FBN_OP_XAFF + 4, x, z, y, p, t, k);
@@ -169,6 +168,23 @@ FBN_DISPATCH static void FBN_SYM(affine_tile)(const T *x, const T *z, T *y, cons
         FBN_SYM(elemwise_tile)(FBN_OP_XAFF + 5, x, z, y, p, t, k);
     else
         FBN_SYM(elemwise_tile)(FBN_OP_XAFF + 6, x, z, y, p, t, k);
+}
+
+/* y of tile t: plain (relu 0 or 1, no residual z), or with an epilogue. */
+FBN_DISPATCH static void FBN_SYM(affine_tile)(const T *x, const T *z, T *y, const fbn_plan *p,
+                                              int64_t t, const FBN_SYM(tcoefs) *k) {
+    if (!z && k->relu < 2)
+        FBN_SYM(elemwise_tile)(FBN_OP_AFFINE, x, NULL, y, p, t, k);
+    else
+        FBN_SYM(affine_tile_x)(x, z, y, p, t, k);
+}
+
+/* dx of tile t with a leaky ReLU's mask (a function of its own, as
+ * fbn_affine_tile_x_<sfx>). */
+FBN_DISPATCH static void FBN_SYM(bwd_elemt_tile_x)(const T *dy, const T *x, T *dx,
+                                                   const fbn_plan *p, int64_t t,
+                                                   const FBN_SYM(tcoefs) *k) {
+    FBN_SYM(elemwise_tile)(FBN_OP_XDX + 2, x, dy, dx, p, t, k);
 }
 
 /* dx = k_dy * (dy' - mean_dy) + k_x * (x - shift) * invstd + k_0, in TC (see
@@ -179,5 +195,5 @@ FBN_DISPATCH static void FBN_SYM(bwd_elemt_tile)(const T *dy, const T *x, T *dx,
     if (k->relu < 2)
         FBN_SYM(elemwise_tile)(FBN_OP_DX, x, dy, dx, p, t, k);
     else /* a leaky ReLU's mask */
-        FBN_SYM(elemwise_tile)(FBN_OP_XDX + 2, x, dy, dx, p, t, k);
+        FBN_SYM(bwd_elemt_tile_x)(dy, x, dx, p, t, k);
 }
