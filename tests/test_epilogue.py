@@ -139,7 +139,9 @@ MEMORY_PROBE = textwrap.dedent("""
     import numpy as np
     import fastbn
     C, running = int(sys.argv[1]), sys.argv[2] == "1"
-    x = np.random.default_rng(0).standard_normal((2, C), dtype=np.float32)
+    x, rng = np.empty((2, C), np.float32), np.random.default_rng(0)
+    for i in range(0, C, 1 << 18):  # no temporaries of x's size: the peak stays put
+        x[:, i:i + (1 << 18)] = rng.standard_normal((2, min(1 << 18, C - i)), dtype=np.float32)
     g, b = np.ones(C, np.float32), np.zeros(C, np.float32)
     rm, rv = (np.full(C, 0.0, np.float32), np.ones(C, np.float32)) if running else (None, None)
     small = np.ones((2, 8), np.float32)
