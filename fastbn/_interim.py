@@ -32,7 +32,7 @@ import math
 import numpy as np
 
 from . import _core, _kernels
-from ._checks import canonical, commit, mark_written, overwrites_x, store
+from ._checks import aligned_contiguous, canonical, commit, mark_written, overwrites_x, store
 from ._threads import get_num_threads
 from ._features import FeatureCache, activate, activation_slope, renorm_constants
 from . import reference
@@ -115,7 +115,7 @@ def _epilogue(cache):
     """(act, slope, z): the kernels' epilogue of a cache (z: the residual, C-contiguous)."""
     z = cache.residual
     if z is not None:
-        z = np.ascontiguousarray(z)
+        z = aligned_contiguous(z)
     return _ACT[cache.activation], float(cache.negative_slope), z
 
 
@@ -132,7 +132,7 @@ def _normalized(cache, w, epilogue=(0, 0.0, None)):
     x = cache.x
     act, slope, z = epilogue
     y = np.empty(x.shape, x.dtype)
-    x3, y3 = w.view(np.ascontiguousarray(x)), w.view(y)  # (a copy of a strided x)
+    x3, y3 = w.view(aligned_contiguous(x)), w.view(y)  # (a copy of a strided x)
     z3 = None if z is None else w.view(z)
     mean, invstd = cache.flat("mean"), cache.flat("invstd")
     for i, rows in enumerate(cache.groups):
@@ -249,7 +249,7 @@ def _masked_dy(dy, cache, w):
     if z is None:
         z = np.zeros(x.shape, x.dtype)
     dz = np.empty(x.shape, x.dtype)
-    x3, dy3 = w.view(np.ascontiguousarray(x)), w.view(np.ascontiguousarray(dy))
+    x3, dy3 = w.view(aligned_contiguous(x)), w.view(aligned_contiguous(dy))
     z3, dz3 = w.view(z), w.view(dz)
     mean, invstd = cache.flat("mean"), cache.flat("invstd")
     W = x3.shape[1]
