@@ -1,21 +1,29 @@
-"""How much faster than PyTorch any batch norm could be here: fastbn and PyTorch
-(float32, same threads) against passes that only move the bytes, with no
-arithmetic (bench/traffic_floor.c, built with the system C compiler):
+"""How close fastbn and PyTorch come to the least time any batch norm could take
+here: every op (training forward, backward, inference) against passes that only
+move its bytes, with no arithmetic (bench/traffic_floor.c, built with the system C
+compiler), each floor pass the faster of streamed and plain stores:
 
-- inference must read x and write y: at best a prefetched non-temporal copy;
-- a training forward on data larger than the caches must also read x once before
-  (statistics first): at best a read pass plus that copy.
+- inference reads x and writes y: one copy;
+- training forward: that copy when a channel stays in cache between its
+  statistics and its output (NCHW-like, inner > 1), else a read of x then the copy
+  (NHWC, (N, C));
+- backward: one pass reading x and dy and writing dx when a channel stays in
+  cache, else a read of x and dy then that pass.
+The cache-sized shapes (32x256x14x14, 512x4096) take the two-pass floors (a re-read
+of cache-resident data costs as much as a read).
 
-PyTorch's time over these floors is the most any implementation can beat it by.
-Usage (x86-64 with AVX2, a C compiler with OpenMP, PyTorch installed):
+Prints, per shape, dtype and thread count, fastbn / floor and PyTorch / floor side
+by side (and torch / fastbn). Usage (x86-64 with AVX2, a C compiler with OpenMP,
+PyTorch installed):
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/traffic_floor.py
+    python bench/traffic_floor.py --threads 1 --dtype float32 --shapes nchw-small --repeat 21
 """
+import argparse
 import ctypes
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 
 import numpy as np
@@ -23,8 +31,13 @@ import numpy as np
 import fastbn
 from fastbn import _bench
 
-SHAPES = [("8192x4096", (8192, 4096), 1), ("NCHW 64x64x56x56", (64, 64, 56, 56), 1),
-          ("NHWC 64x56x56x64", (64, 56, 56, 64), -1)]
+# name: (shape, axis, two-pass floor for the forward and backward)
+SHAPES = {"nc": ("8192x4096", (8192, 4096), 1, True),
+          "nchw": ("NCHW 64x64x56x56", (64, 64, 56, 56), 1, False),
+          "nhwc": ("NHWC 64x56x56x64", (64, 56, 56, 64), -1, True),
+          "nchw-small": ("NCHW 32x256x14x14", (32, 256, 14, 14), 1, True),
+          "nc-small": ("512x4096", (512, 4096), 1, True)}
+OPS = ("forward", "backward", "inference")
 
 
 def build_floor(tmp):
@@ -32,46 +45,78 @@ def build_floor(tmp):
     lib = os.path.join(tmp, "traffic_floor.so")
     cc = os.environ.get("CC", "cc")
     subprocess.run([cc, "-O2", "-shared", "-fPIC", "-fopenmp", src, "-o", lib], check=True)
-    floor = ctypes.CDLL(lib)
-    floor.floor_read.restype = ctypes.c_float
-    return floor
+    return ctypes.CDLL(lib)
 
 
-def main(threads=2, repeat=15):
-    import torch
+def floor_passes(floor, d, threads):
+    """{name: fn} of the floor passes on d's arrays (outputs of their own)."""
+    x, dy = d["x"], d["dy"]
+    y = d["floor_out"] = np.ones_like(x)  # kept alive with d
+    p = [ctypes.c_void_p(a.ctypes.data) for a in (y, x, dy)]
+    n = ctypes.c_size_t(x.nbytes)
+    return {
+        "copy nt": lambda: floor.floor_copy(p[0], p[1], n, threads, 1),
+        "copy": lambda: floor.floor_copy(p[0], p[1], n, threads, 0),
+        "read": lambda: floor.floor_read(p[1], n, threads),
+        "read2": lambda: floor.floor_read2(p[1], p[2], n, threads),
+        "pass3 nt": lambda: floor.floor_pass3(p[0], p[1], p[2], n, threads, 1),
+        "pass3": lambda: floor.floor_pass3(p[0], p[1], p[2], n, threads, 0),
+    }
+
+
+def floors(t, two_pass):
+    """{op: floor time} from the medians t of the floor passes."""
+    copy, pass3 = min(t["copy nt"], t["copy"]), min(t["pass3 nt"], t["pass3"])
+    return {"inference": copy,
+            "forward": copy + (t["read"] if two_pass else 0.0),
+            "backward": pass3 + (t["read2"] if two_pass else 0.0)}
+
+
+def run(floor, torch, key, dtype, threads, repeat):
+    name, shape, axis, two_pass = SHAPES[key]
     fastbn.set_num_threads(threads)
     torch.set_num_threads(threads)
+    d = _bench.make_data(shape, axis, np.dtype(dtype))
+    ours, theirs = _bench.numpy_ops(fastbn, d), _bench.torch_ops(torch, d)
+    names = {"forward": "forward-train", "backward": "backward", "inference": "inference"}
+    cands = {}
+    for op in OPS:
+        cands["fastbn " + op] = ours[names[op]]
+        cands["torch " + op] = _bench.fastest(theirs[names[op]])[1]
+    cands.update(floor_passes(floor, d, threads))
+    samples = _bench.interleaved({k: (fn, repeat) for k, fn in cands.items()}, repeat)
+    t = {k: statistics.median(v) * 1e6 for k, v in samples.items()}
+    fl = floors(t, two_pass)
+    cells = []
+    for op in OPS:
+        f, th = t["fastbn " + op] / fl[op], t["torch " + op] / fl[op]
+        cells.append(f"{f:5.2f} {th:5.2f} {th / f:5.2f}x")
+    print(f"| {name:17s} | {dtype} | {threads} | " + " | ".join(cells) + " |", flush=True)
+    return t, fl
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--dtype", default="float32,float64")
+    ap.add_argument("--shapes", default=",".join(SHAPES))
+    ap.add_argument("--repeat", type=int, default=11)
+    a = ap.parse_args(argv)
+    import torch
+    with open("/proc/loadavg") as f:
+        load = f.read().split()[:3]
+    print(f"medians of {a.repeat} interleaved samples; load average {' '.join(load)}")
+    print("cells: fastbn/floor torch/floor torch/fastbn (floors: best of streamed and plain"
+          " stores; cache-sized shapes: two passes)")
+    print("| shape | dtype | threads | forward | backward | inference |")
+    print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         floor = build_floor(tmp)
-        print(f"float32, {threads} threads, medians of {repeat} interleaved samples (ms)")
-        for name, shape, axis in SHAPES:
-            d = _bench.make_data(shape, axis, np.float32)
-            ours, theirs = _bench.numpy_ops(fastbn, d), _bench.torch_ops(torch, d)
-            x, y = d["x"], np.ones_like(d["x"])
-            args = (ctypes.c_void_p(y.ctypes.data), ctypes.c_void_p(x.ctypes.data),
-                    ctypes.c_size_t(x.size), threads)
-
-            def copy():
-                floor.floor_copy(*args)
-
-            def read_copy():
-                floor.floor_read(args[1], args[2], threads)
-                floor.floor_copy(*args)
-
-            cands = {"fastbn inference": ours["inference"],
-                     "torch inference": _bench.fastest(theirs["inference"])[1],
-                     "floor copy": copy,
-                     "fastbn forward": ours["forward-train"],
-                     "torch forward": _bench.fastest(theirs["forward-train"])[1],
-                     "floor read+copy": read_copy}
-            samples = _bench.interleaved({k: (fn, repeat) for k, fn in cands.items()}, repeat)
-            t = {k: statistics.median(v) * 1e3 for k, v in samples.items()}
-            print(f"\n{name}: " + ", ".join(f"{k} {v:.2f}" for k, v in t.items()))
-            for op, fl in (("inference", "floor copy"), ("forward", "floor read+copy")):
-                print(f"  {op:9s}: torch / fastbn {t['torch ' + op] / t['fastbn ' + op]:.2f}x,"
-                      f" torch / floor {t['torch ' + op] / t[fl]:.2f}x (the most possible),"
-                      f" fastbn / floor {t['fastbn ' + op] / t[fl]:.2f}")
+        for key in a.shapes.split(","):
+            for dtype in a.dtype.split(","):
+                for threads in (int(v) for v in a.threads.split(",")):
+                    run(floor, torch, key, dtype, threads, a.repeat)
 
 
 if __name__ == "__main__":
-    main(*(int(a) for a in sys.argv[1:]))
+    main()

@@ -49,12 +49,19 @@ def split_readme(readme, dest):
     """Write each ``## `` section of the README (body only) to dest/<first word>.md,
     with links into docs/ made relative to docs/ (where the including pages are),
     its ``###`` subsections one level up (they follow the including page's title) and
-    links to other files of the repository as plain code (they are not pages)."""
+    links to other files of the repository as plain code (they are not pages) and
+    links to the page that includes the section as plain text (myst cannot resolve them)."""
     dest.mkdir(parents=True, exist_ok=True)
     text = readme.read_text(encoding="utf-8")
+    includers = {m.group(1): page.name for page in dest.parent.parent.glob("*.md")
+                 for m in re.finditer(r"\{include\} generated/readme/(\w+)\.md",
+                                      page.read_text(encoding="utf-8"))}
     for match in re.finditer(r"^## (.+?)\n(.*?)(?=^## |\Z)", text, re.S | re.M):
         name = re.match(r"[A-Za-z]+", match.group(1)).group(0).lower()
         body = match.group(2).replace("](docs/", "](../../")
+        host = includers.get(name)
+        if host:  # a link to the including page itself: plain text there
+            body = re.sub(r"\[([^\]]+)\]\(\.\./\.\./" + re.escape(host) + r"\)", r"\1", body)
         body = re.sub(r"^### ", "## ", body, flags=re.M)
         body = re.sub(r"\[([^\]]+)\]\(((?:examples|bench|tools|fastbn|src_c|tests)/[^)]*)\)",
                       r"`\1`", body)

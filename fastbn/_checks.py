@@ -13,6 +13,16 @@ import numpy as np
 from ._cache import Cache, ForwardArgs  # Cache here too: pickles name fastbn._checks.Cache
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+try:  # an optional dependency (the extra "bf16"): without it no bfloat16 array exists
+    import ml_dtypes as _ml_dtypes
+    BFLOAT16 = np.dtype(_ml_dtypes.bfloat16)
+except ImportError:  # pragma: no cover
+    BFLOAT16 = None
+FLOAT16 = np.dtype(np.float16)
+# half-precision data: stored in 16 bits, computed in float32, parameters float32 by default
+HALF_DTYPES = (FLOAT16,) if BFLOAT16 is None else (FLOAT16, BFLOAT16)
+DATA_DTYPES = FLOAT_DTYPES + HALF_DTYPES
+DATA_DTYPE_NAMES = "float32, float64, float16 or bfloat16"
 OPTIONAL_VECTORS = ("gamma", "beta")  # per-channel vectors that may be None
 
 
@@ -39,8 +49,35 @@ def float_array(a, name):
     return a
 
 
+def is_half(dtype):
+    """Whether data of `dtype` are half precision (float16, bfloat16)."""
+    return dtype in HALF_DTYPES
+
+
+def is_float_dtype(dtype):
+    """A real floating dtype, bfloat16 included (NumPy does not count it as np.floating)."""
+    return dtype.kind == "f" or (BFLOAT16 is not None and dtype == BFLOAT16)
+
+
+def param_dtype(data_dtype):
+    """The dtype of parameters made for data of `data_dtype` (from Python numbers, or by
+    a layer with dtype=None): the data's, float32 for half-precision data."""
+    return np.dtype(np.float32) if is_half(data_dtype) else np.dtype(data_dtype)
+
+
+def data_float_array(a, name):
+    """`a` must be an ndarray of a data dtype: float32, float64, float16 or bfloat16."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray of {DATA_DTYPE_NAMES}, "
+                        f"got {_describe(a)}")
+    refuse_subclass(a, name)
+    if a.dtype not in DATA_DTYPES:
+        raise TypeError(f"{name} must have dtype {DATA_DTYPE_NAMES}, got {a.dtype}")
+    return a
+
+
 def data_array(x, name, min_ndim=2):
-    float_array(x, name)
+    data_float_array(x, name)
     if x.ndim < min_ndim:
         raise ValueError(f"{name} must have at least {min_ndim} dimensions "
                          f"(batch and channel), got shape {x.shape}")
@@ -134,13 +171,15 @@ def channel_vector(v, channels, name, like=None, shape=None):
         return None
     arr = np.asarray(v) if isinstance(v, (list, tuple)) else v
     if like is not None and not isinstance(arr, np.ndarray) and is_number(arr):
-        arr = np.full(channels, arr, dtype=np.result_type(arr, like))  # NEP 50: weak scalar
+        # NEP 50: a weak scalar takes the data's dtype (float32 for half-precision data)
+        arr = np.full(channels, arr, dtype=np.result_type(arr, param_dtype(like)))
     if not isinstance(arr, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray of shape ({channels},), got {_describe(v)}")
     refuse_subclass(arr, name)
-    if arr.dtype not in FLOAT_DTYPES:
+    if not is_float_dtype(arr.dtype):
         if like is None or arr.dtype.kind not in "biu":
-            raise TypeError(f"{name} must have dtype float32 or float64, got {arr.dtype}")
+            raise TypeError(f"{name} must have a float dtype (float32, float64, float16, "
+                            f"bfloat16), got {arr.dtype}")
         arr = arr.astype(np.result_type(arr.dtype, like))  # int64 -> float64, as x * gamma
     if arr.shape != (channels,) and (shape is None or arr.shape != shape):
         also = "" if shape is None else f" or {shape}"
@@ -184,8 +223,8 @@ def running_vector(v, channels, name, *, update, shape=None):
         return None
     if not isinstance(v, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray (it is updated in place), got {_describe(v)}")
-    if v.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must have dtype float32 or float64 (it is updated in place, "
+    if not is_float_dtype(v.dtype):
+        raise TypeError(f"{name} must have a float dtype (it is updated in place, "
                         f"never copied), got {v.dtype}: pass {name}.astype(np.float32) and "
                         "keep that array")
     channel_vector(v, channels, name, shape=shape)
@@ -224,8 +263,8 @@ def same_shape(a, ref, name, ref_name):
 
 
 def like_x(a, x, name):
-    """`a` (dy, residual): a float array of x's shape and dtype."""
-    float_array(a, name)
+    """`a` (dy, residual): a data array of x's shape and dtype."""
+    data_float_array(a, name)
     same_shape(a, x, name, "x")
     if a.dtype != x.dtype:
         raise TypeError(f"{name} must have the dtype of x ({x.dtype}), got {a.dtype}: "
@@ -438,7 +477,7 @@ def check_backward(dy, cache, out, need_dx=True):
     dresidual_out after them for a cache of a forward with residual=."""
     check_cache(cache)
     x = cache.x
-    float_array(dy, "dy")
+    data_float_array(dy, "dy")
     same_shape(dy, x, "dy", "x")
     if dy.dtype != x.dtype:
         raise TypeError(f"dy must have the dtype of x ({x.dtype}), got {dy.dtype}: gradients "

@@ -13,6 +13,7 @@ from ._checks import (canonical, channel_axis,
 from . import _checks
 from ._checks import activation as check_activation
 from ._features import NEGATIVE_SLOPE, NO_FEATURES, FeatureCache, check_features
+from ._checks import HALF_DTYPES
 from ._checks import store as _store
 from ._threads import get_num_threads
 from .reference import merge_stats  # O(parts * C) NumPy: nothing to gain in C
@@ -22,6 +23,7 @@ __all__ = ["forward", "backward", "batch_stats", "merge_stats", "normalize",
 
 
 _F64 = np.dtype(np.float64)
+_EMA_DTYPES = (np.dtype(np.float32), _F64)  # the running statistics the kernels update
 
 
 def _f64(v):
@@ -64,9 +66,14 @@ class _Output:
 def _ema(running, batch, momentum, factor, batch_lo=None):
     """The updated running statistic, computed in a new array (the state is written
     only by `commit`, all statistics in one step)."""
-    new = np.array(running, copy=True)  # contiguous and aligned, of running's dtype
+    if running.dtype in _EMA_DTYPES:
+        new = np.array(running, copy=True)  # contiguous and aligned, of running's dtype
+        _kernels.ema(new, batch, batch_lo, momentum, factor)
+        return new
+    # another float dtype (float16, bfloat16, longdouble): computed in float64, rounded once
+    new = np.array(running, dtype=_F64)
     _kernels.ema(new, batch, batch_lo, momentum, factor)
-    return new
+    return new.astype(running.dtype)
 
 
 def _running_copies(running_mean, running_var, mean, var, count, momentum, mean_lo=None,
@@ -94,6 +101,20 @@ def _coefficients(mean, invstd, gamma, beta):
     return shift, scale, bias
 
 
+_HALF_CODES = {d: code for d, code in zip(HALF_DTYPES, (2, 3))}  # DT_F16, DT_BF16
+
+
+def _k(a):
+    """Data as the kernels take it: itself, or for half precision its bits (uint16),
+    which the kernels read as float16 or bfloat16 by the code `_dt` gives."""
+    return a.view(np.uint16) if a.dtype in _HALF_CODES else a
+
+
+def _dt(a):
+    """The kernels' dtype code of half-precision data (-1: float32/float64, by type)."""
+    return _HALF_CODES.get(a.dtype, -1)
+
+
 def batch_stats(x, *, axis=1):
     count, mean, _, m2 = _batch_stats_lo(x, axis)
     return count, mean, m2
@@ -108,7 +129,7 @@ def _batch_stats_lo(x, axis):
     count = x.size // C if C else 0
     mean, lo, m2 = np.zeros(C), np.zeros(C), np.zeros(C)
     if count:
-        _kernels.batch_stats(canonical(x, axis), mean, lo, m2, get_num_threads())
+        _kernels.batch_stats(_k(canonical(x, axis)), mean, lo, m2, get_num_threads(), dt=_dt(x))
     return count, mean, lo, m2
 
 
@@ -121,7 +142,8 @@ def normalize(x, mean, invstd, gamma=None, beta=None, *, axis=1, out=None, activ
     dest = _Output(out, x, [x3])
     if x.size:
         shift, scale, bias = _coefficients(mean, invstd, gamma, beta)
-        _kernels.affine(x3, dest.array3, shift, scale, bias, relu, get_num_threads())
+        _kernels.affine(_k(x3), _k(dest.array3), shift, scale, bias, relu, get_num_threads(),
+                        dt=_dt(x))
     return dest.result()
 
 
@@ -163,19 +185,20 @@ def _forward_then(x, gamma, beta, axis, eps, training, running_mean, running_var
         mean, lo, invstd = np.empty(C), np.empty(C), np.empty(C)
         var = np.empty(C) if a.running_mean is not None else None
         if C and _f32_params(gamma, beta):
-            _kernels.forward_train_f32_params(x3, dest.array3, gamma, beta, a.eps, relu, mean,
-                                              lo, var, invstd, get_num_threads())
+            _kernels.forward_train_f32_params(_k(x3), _k(dest.array3), gamma, beta, a.eps, relu,
+                                              mean, lo, var, invstd, get_num_threads(),
+                                              dt=_dt(x))
         elif C:  # training needs m > 1 values per channel: x.size > 0
-            _kernels.forward_train_ex(x3, dest.array3, _f64(gamma), _f64(beta), a.eps,
+            _kernels.forward_train_ex(_k(x3), _k(dest.array3), _f64(gamma), _f64(beta), a.eps,
                                       int(relu), 0.0, None, mean, lo, var, invstd,
-                                      get_num_threads())
+                                      get_num_threads(), dt=_dt(x))
     else:
         # mean: a copy, never the live running_mean (the cache keeps what forward used)
         mean, lo, invstd = np.array(a.running_mean, dtype=_F64), None, np.empty(C)
         var, = separate([a.running_var], [a.out])
         if C:
-            _kernels.forward_infer(x3, dest.array3, mean, _f64(var), _f64(gamma), _f64(beta),
-                                   a.eps, relu, invstd, get_num_threads())
+            _kernels.forward_infer(_k(x3), _k(dest.array3), mean, _f64(var), _f64(gamma), _f64(beta),
+                                   a.eps, relu, invstd, get_num_threads(), dt=_dt(x))
     y = dest.result()
     cache = Cache(x, _own(gamma, a.gamma), _own(beta, a.beta), mean, invstd, axis=a.axis,
                   eps=a.eps, training=a.training, activation=a.activation, mean_lo=lo,
@@ -228,9 +251,10 @@ def _checked_backward(dy, cache, *, out=None, need_dx=True):
     sum_dy, sum_dy_xhat = np.empty(C), np.empty(C)  # the kernel writes every channel
     if C:
         lo = np.zeros(C) if lo is None else _f64(lo)  # None: zeros (eval mode)
-        _kernels.backward_fused(dy3, x3, dest.array3, _f64(mean), lo, _f64(invstd),
+        _kernels.backward_fused(_k(dy3), _k(x3), _k(dest.array3), _f64(mean), lo, _f64(invstd),
                                 _f64(gamma), _f64(beta), cache.activation == "relu",
-                                bool(cache.training), sum_dy, sum_dy_xhat, get_num_threads())
+                                bool(cache.training), sum_dy, sum_dy_xhat, get_num_threads(),
+                                dt=_dt(x))
     dx = dest.result()
     # dgamma/dbeta are written last: an out overlapping x or dy is read before (sums above)
     dgamma = None if gamma is None else _store(sum_dy_xhat, dg_out, gamma.dtype)
@@ -257,8 +281,8 @@ def backward_reduce(dy, x, mean, invstd, *, axis=1, gamma=None, beta=None, activ
     sum_dy, sum_dy_xs = np.zeros(C), np.zeros(C)
     if x.size:
         scale, bias = _mask_coefficients(mean, invstd, gamma, beta, relu)
-        _kernels.backward_reduce(canonical(dy, axis), canonical(x, axis), mean, scale, bias,
-                                 relu, sum_dy, sum_dy_xs, get_num_threads())
+        _kernels.backward_reduce(_k(canonical(dy, axis)), _k(canonical(x, axis)), mean, scale, bias,
+                                 relu, sum_dy, sum_dy_xs, get_num_threads(), dt=_dt(x))
     return sum_dy, invstd * sum_dy_xs
 
 
@@ -277,8 +301,9 @@ def backward_elemt(dy, x, mean, invstd, gamma, sum_dy, sum_dy_xhat, count, *, ax
         k_dy = invstd * (1.0 if gamma is None else gamma)
         k_x = -k_dy * (sum_dy_xhat / count)
         scale, bias = _mask_coefficients(mean, invstd, gamma, beta, relu)
-        _kernels.backward_elemt(dy3, x3, dest.array3, mean, invstd, k_dy, k_x,
-                                sum_dy / count, scale, bias, relu, get_num_threads())
+        _kernels.backward_elemt(_k(dy3), _k(x3), _k(dest.array3), mean, invstd, k_dy, k_x,
+                                sum_dy / count, scale, bias, relu, get_num_threads(),
+                                dt=_dt(x))
     return dest.result()
 
 

@@ -19,15 +19,15 @@ instead. Returns the output and a `Cache` for `backward`.
 
 Parameters
 ----------
-x : ndarray of float32 or float64, ndim >= 2
+x : ndarray of float32, float64, float16 or bfloat16, ndim >= 2
     The data, e.g. (N, C), (N, C, L), (N, C, H, W) or channels-last (N, H, W, C).
     It is not converted: other dtypes and non-arrays raise TypeError.
 gamma : array_like of shape (C,) or real number, optional
-    Per-channel scale. Float32/float64 arrays are used as they are; lists,
-    Python numbers and integer or bool arrays are converted as NumPy
+    Per-channel scale. Float arrays (any float dtype) are used as they are;
+    lists, Python numbers and integer or bool arrays are converted as NumPy
     arithmetic with x would convert them (``np.asarray([3, 4, 5])`` becomes
-    float64, a Python float takes x's dtype; a number applies to every
-    channel). None means 1 (no scale).
+    float64, a Python float takes x's dtype, float32 for float16/bfloat16 x;
+    a number applies to every channel). None means 1 (no scale).
 beta : array_like of shape (C,) or real number, optional
     Per-channel shift, as `gamma`. None means 0 (no shift).
 axis : int or tuple of int, default 1
@@ -49,7 +49,8 @@ training : bool, default True
     statistics if given). False: normalise with `running_mean` and
     `running_var`, which are then required.
 running_mean, running_var : ndarray of shape (C,), optional
-    Running statistics (float32 or float64 arrays, given together). In
+    Running statistics (float arrays, given together; float32 with half-precision
+    x, though any float dtype is accepted). In
     training mode they are updated in place, so they must be writable and
     must not share memory; they are never converted or copied.
 momentum : float in [0, 1], default 0.1
@@ -161,10 +162,13 @@ code keep the biased one: ``unbiased_running_var=False`` drops the factor)::
     running_var = (1 - momentum) * running_var + momentum * var * m / (m - 1)
 
 Parameters are converted as NumPy arithmetic would convert them; data is not:
-x and dy must be float32/float64 arrays, and `backward` refuses a dy of another
-dtype than x (with the ``dy.astype(...)`` fix in the message).
+x and dy must be float32, float64, float16 or bfloat16 (``ml_dtypes.bfloat16``)
+arrays, and `backward` refuses a dy of another dtype than x (with the
+``dy.astype(...)`` fix in the message).
 
-Statistics are accumulated in float64, whatever x's dtype. Every argument is
+Statistics are accumulated in float64, whatever x's dtype. Half-precision data
+(float16, bfloat16) are computed in float32 and each output is rounded once to
+the data's dtype; parameters made from Python numbers are then float32. Every argument is
 checked before anything is written: a call that raises leaves `out` and the
 running statistics untouched.
 
@@ -288,7 +292,8 @@ dresidual : ndarray
 Raises
 ------
 TypeError
-    If dy is not a float32/float64 ndarray or its dtype differs from x's;
+    If dy is not a float32/float64/float16/bfloat16 ndarray or its dtype differs
+    from x's;
     cache is not a `Cache` (or one of its fields was replaced by a wrong
     type); an out entry has the wrong dtype.
 ValueError
@@ -356,7 +361,7 @@ parts of a batch (`merge_stats`): the biased variance is ``m2 / count``.
 
 Parameters
 ----------
-x : ndarray of float32 or float64, ndim >= 2
+x : ndarray of float32, float64, float16 or bfloat16, ndim >= 2
     The data (not converted).
 axis : int, default 1
     The channel axis; statistics are taken over every other axis.
@@ -467,10 +472,10 @@ merged across processes with `merge_stats`).
 
 Parameters
 ----------
-x : ndarray of float32 or float64, ndim >= 2
+x : ndarray of float32, float64, float16 or bfloat16, ndim >= 2
     The data (not converted).
 mean : ndarray of shape (C,)
-    Per-channel mean (float32 or float64).
+    Per-channel mean (a float array).
 invstd : ndarray of shape (C,)
     Per-channel ``1 / sqrt(var + eps)``: finite and >= 0 (NaN allowed, for a
     channel whose data held a NaN).
@@ -528,7 +533,7 @@ Parameters
 ----------
 dy : ndarray
     Gradient with respect to the forward's output: x's shape and dtype.
-x : ndarray of float32 or float64, ndim >= 2
+x : ndarray of float32, float64, float16 or bfloat16, ndim >= 2
     The forward's input.
 mean, invstd : ndarray of shape (C,)
     The statistics the forward normalised with (``cache.mean``,
@@ -552,7 +557,8 @@ sum_dy_xhat : ndarray of float64, shape (C,)
 Raises
 ------
 TypeError
-    If x or dy is not a float32/float64 ndarray, or their dtypes differ;
+    If x or dy is not a float32/float64/float16/bfloat16 ndarray, or their dtypes
+    differ;
     mean or invstd is None; a per-channel argument is not a float array.
 ValueError
     If dy's shape differs from x's; axis is out of bounds; a per-channel
@@ -586,7 +592,7 @@ Parameters
 ----------
 dy : ndarray
     Gradient with respect to the forward's output: x's shape and dtype.
-x : ndarray of float32 or float64, ndim >= 2
+x : ndarray of float32, float64, float16 or bfloat16, ndim >= 2
     The forward's input.
 mean, invstd : ndarray of shape (C,)
     The statistics the forward normalised with.
@@ -614,7 +620,8 @@ dx : ndarray
 Raises
 ------
 TypeError
-    If x or dy is not a float32/float64 ndarray, or their dtypes differ; a
+    If x or dy is not a float32/float64/float16/bfloat16 ndarray, or their dtypes
+    differ; a
     required per-channel argument is None or not a float array; count is not
     an integer or an array of numbers; out has another dtype than x.
 ValueError
@@ -654,10 +661,10 @@ This is what `forward` does in training mode when given running statistics.
 Parameters
 ----------
 running_mean, running_var : ndarray of shape (C,)
-    The running statistics (float32 or float64), updated in place: writable,
+    The running statistics (any float dtype), updated in place: writable,
     not sharing memory.
 mean : ndarray of shape (C,)
-    The batch mean (float32 or float64).
+    The batch mean (a float array).
 var : ndarray of shape (C,)
     The *biased* batch variance (``m2 / count`` from `batch_stats`).
 count : int

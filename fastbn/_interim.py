@@ -111,6 +111,14 @@ def _coefficients(cache, i):
 _ACT = {None: 0, "relu": 1, "leaky_relu": 2}
 
 
+def _k(a):
+    """Data as the kernels take it (half precision: its bits; None stays None)."""
+    return None if a is None else _core._k(a)
+
+
+_dt = _core._dt  # the kernels' dtype code of half-precision data
+
+
 def _epilogue(cache):
     """(act, slope, z): the kernels' epilogue of a cache (z: the residual, C-contiguous)."""
     z = cache.residual
@@ -144,8 +152,8 @@ def _normalized(cache, w, epilogue=(0, 0.0, None)):
             w.expand(mean[i]), w.expand(invstd[i]), *(None if v is None else
                                                       np.ascontiguousarray(w.expand(v))
                                                       for v in (gamma, beta)))
-        _kernels.affine_ex(x3[o], y3[o], shift, scale, bias, act, slope,
-                           None if z3 is None else z3[o], get_num_threads())
+        _kernels.affine_ex(_k(x3[o]), _k(y3[o]), shift, scale, bias, act, slope,
+                           None if z3 is None else _k(z3[o]), get_num_threads(), dt=_dt(x))
     return y
 
 
@@ -161,14 +169,14 @@ def _fused_forward(x, a, f):
     invstd = np.empty(C)
     if a.training:
         mean, lo, var = np.empty(C), np.empty(C), np.empty(C)
-        _kernels.forward_train_ex(x3, y3, gamma, beta, a.eps, act, slope, z3, mean, lo, var,
-                                  invstd, get_num_threads())
+        _kernels.forward_train_ex(_k(x3), _k(y3), gamma, beta, a.eps, act, slope, _k(z3), mean,
+                                  lo, var, invstd, get_num_threads(), dt=_dt(x))
     else:
         mean = np.array(a.running_mean, dtype=np.float64).ravel()
         var = np.array(a.running_var, dtype=np.float64).ravel()
         lo = None
-        _kernels.forward_infer_ex(x3, y3, mean, var, gamma, beta, a.eps, act, slope, z3,
-                                  invstd, get_num_threads())
+        _kernels.forward_infer_ex(_k(x3), _k(y3), mean, var, gamma, beta, a.eps, act, slope,
+                                  _k(z3), invstd, get_num_threads(), dt=_dt(x))
     return mean[None], lo, var[None], invstd[None], y3.reshape(x.shape)
 
 
@@ -231,11 +239,12 @@ def _fused_backward(dy, cache, need_dx):
         beta = None if cache.beta is None else _core._f64(cache.beta.ravel())
         lo = cache._mean_lo
         lo = np.zeros(C) if lo is None else _core._f64(np.ravel(lo))
-        _kernels.backward_ex(dy3, x3, None if dx is None else dx.reshape(x3.shape),
+        _kernels.backward_ex(_k(dy3), _k(x3), None if dx is None else _k(dx.reshape(x3.shape)),
                              _core._f64(cache.flat("mean")[0]), lo,
-                             _core._f64(cache.flat("invstd")[0]), gamma, beta, act, slope, z3,
-                             None if dz is None else dz.reshape(x3.shape),
-                             bool(cache.training), sum_dy, sum_dy_xhat, get_num_threads())
+                             _core._f64(cache.flat("invstd")[0]), gamma, beta, act, slope,
+                             _k(z3), None if dz is None else _k(dz.reshape(x3.shape)),
+                             bool(cache.training), sum_dy, sum_dy_xhat, get_num_threads(),
+                             dt=_dt(x))
     return dx, sum_dy_xhat, sum_dy, dz
 
 
@@ -259,10 +268,10 @@ def _masked_dy(dy, cache, w):
             continue
         gamma, beta = (None if v is None else _core._f64(np.ascontiguousarray(w.expand(v)))
                        for v in _coefficients(cache, i))
-        _kernels.backward_ex(dy3[o], x3[o], None, _core._f64(w.expand(mean[i])), np.zeros(W),
-                             _core._f64(w.expand(invstd[i])), gamma, beta, act, slope, z3[o],
-                             dz3[o], bool(cache.training), np.empty(W), np.empty(W),
-                             get_num_threads())
+        _kernels.backward_ex(_k(dy3[o]), _k(x3[o]), None, _core._f64(w.expand(mean[i])),
+                             np.zeros(W), _core._f64(w.expand(invstd[i])), gamma, beta, act,
+                             slope, _k(z3[o]), _k(dz3[o]), bool(cache.training), np.empty(W),
+                             np.empty(W), get_num_threads(), dt=_dt(x))
     return dz
 
 

@@ -12,6 +12,10 @@ from libc.stdint cimport int64_t
 cdef extern from "fastbn.h" nogil:
     ctypedef struct fbn_shape:
         int64_t outer, channels, inner
+    ctypedef struct fbn_float16:
+        unsigned short bits
+    ctypedef struct fbn_bfloat16:
+        unsigned short bits
 
     ctypedef struct fbn_epilogue:
         int act
@@ -90,10 +94,84 @@ cdef extern from "fastbn.h" nogil:
                             const double *mean_hi, const double *mean_lo, const double *invstd,
                             const double *gamma, const double *beta, const fbn_epilogue *e,
                             int training, double *sum_dy, double *sum_dy_xhat, int nthreads)
+    int fbn_forward_train_ex_f16(const fbn_float16 *x, fbn_float16 *y, fbn_shape s,
+                                 const double *gamma, const double *beta, double eps,
+                                 const fbn_epilogue *e, double *mean_hi, double *mean_lo,
+                                 double *var, double *invstd, int nthreads)
+    int fbn_forward_infer_ex_f16(const fbn_float16 *x, fbn_float16 *y, fbn_shape s,
+                                 const double *mean, const double *var, const double *gamma,
+                                 const double *beta, double eps, const fbn_epilogue *e,
+                                 double *invstd, int nthreads)
+    int fbn_affine_ex_f16(const fbn_float16 *x, fbn_float16 *y, fbn_shape s, const double *shift,
+                          const double *scale, const double *bias, const fbn_epilogue *e,
+                          int nthreads)
+    int fbn_backward_ex_f16(const fbn_float16 *dy, const fbn_float16 *x, fbn_float16 *dx,
+                            fbn_shape s, const double *mean_hi, const double *mean_lo,
+                            const double *invstd, const double *gamma, const double *beta,
+                            const fbn_epilogue *e, int training, double *sum_dy,
+                            double *sum_dy_xhat, int nthreads)
+    int fbn_forward_train_ex_bf16(const fbn_bfloat16 *x, fbn_bfloat16 *y, fbn_shape s,
+                                 const double *gamma, const double *beta, double eps,
+                                 const fbn_epilogue *e, double *mean_hi, double *mean_lo,
+                                 double *var, double *invstd, int nthreads)
+    int fbn_forward_infer_ex_bf16(const fbn_bfloat16 *x, fbn_bfloat16 *y, fbn_shape s,
+                                 const double *mean, const double *var, const double *gamma,
+                                 const double *beta, double eps, const fbn_epilogue *e,
+                                 double *invstd, int nthreads)
+    int fbn_affine_ex_bf16(const fbn_bfloat16 *x, fbn_bfloat16 *y, fbn_shape s, const double *shift,
+                          const double *scale, const double *bias, const fbn_epilogue *e,
+                          int nthreads)
+    int fbn_backward_ex_bf16(const fbn_bfloat16 *dy, const fbn_bfloat16 *x, fbn_bfloat16 *dx,
+                            fbn_shape s, const double *mean_hi, const double *mean_lo,
+                            const double *invstd, const double *gamma, const double *beta,
+                            const fbn_epilogue *e, int training, double *sum_dy,
+                            double *sum_dy_xhat, int nthreads)
     void fbn_ema_f32(float *running, const double *batch, const double *batch_lo,
                      int64_t channels, double momentum, double factor)
     void fbn_ema_f64(double *running, const double *batch, const double *batch_lo,
                      int64_t channels, double momentum, double factor)
+    int fbn_batch_stats_f16(const fbn_float16 *x, fbn_shape s, double *mean_hi, double *mean_lo,
+                            double *m2, int nthreads)
+    int fbn_forward_train_f16(const fbn_float16 *x, fbn_float16 *y, fbn_shape s, const double *gamma,
+                              const double *beta, double eps, int relu, double *mean_hi,
+                              double *mean_lo, double *var, double *invstd, int nthreads)
+    int fbn_forward_infer_f16(const fbn_float16 *x, fbn_float16 *y, fbn_shape s, const double *mean,
+                              const double *var, const double *gamma, const double *beta,
+                              double eps, int relu, double *invstd, int nthreads)
+    int fbn_affine_f16(const fbn_float16 *x, fbn_float16 *y, fbn_shape s, const double *shift,
+                       const double *scale, const double *bias, int relu, int nthreads)
+    int fbn_backward_reduce_f16(const fbn_float16 *dy, const fbn_float16 *x, fbn_shape s,
+                                const double *shift, const double *scale, const double *bias,
+                                int relu, double *sum_dy, double *sum_dy_xs, int nthreads)
+    int fbn_backward_elemt_f16(const fbn_float16 *dy, const fbn_float16 *x, fbn_float16 *dx, fbn_shape s,
+                               const double *shift, const double *invstd, const double *k_dy,
+                               const double *k_x, const double *mean_dy,
+                               const double *scale, const double *bias, int relu, int nthreads)
+    int fbn_backward_f16(const fbn_float16 *dy, const fbn_float16 *x, fbn_float16 *dx, fbn_shape s,
+                         const double *mean_hi, const double *mean_lo, const double *invstd,
+                         const double *gamma, const double *beta, int relu, int training,
+                         double *sum_dy, double *sum_dy_xhat, int nthreads)
+    int fbn_batch_stats_bf16(const fbn_bfloat16 *x, fbn_shape s, double *mean_hi, double *mean_lo,
+                            double *m2, int nthreads)
+    int fbn_forward_train_bf16(const fbn_bfloat16 *x, fbn_bfloat16 *y, fbn_shape s, const double *gamma,
+                              const double *beta, double eps, int relu, double *mean_hi,
+                              double *mean_lo, double *var, double *invstd, int nthreads)
+    int fbn_forward_infer_bf16(const fbn_bfloat16 *x, fbn_bfloat16 *y, fbn_shape s, const double *mean,
+                              const double *var, const double *gamma, const double *beta,
+                              double eps, int relu, double *invstd, int nthreads)
+    int fbn_affine_bf16(const fbn_bfloat16 *x, fbn_bfloat16 *y, fbn_shape s, const double *shift,
+                       const double *scale, const double *bias, int relu, int nthreads)
+    int fbn_backward_reduce_bf16(const fbn_bfloat16 *dy, const fbn_bfloat16 *x, fbn_shape s,
+                                const double *shift, const double *scale, const double *bias,
+                                int relu, double *sum_dy, double *sum_dy_xs, int nthreads)
+    int fbn_backward_elemt_bf16(const fbn_bfloat16 *dy, const fbn_bfloat16 *x, fbn_bfloat16 *dx, fbn_shape s,
+                               const double *shift, const double *invstd, const double *k_dy,
+                               const double *k_x, const double *mean_dy,
+                               const double *scale, const double *bias, int relu, int nthreads)
+    int fbn_backward_bf16(const fbn_bfloat16 *dy, const fbn_bfloat16 *x, fbn_bfloat16 *dx, fbn_shape s,
+                         const double *mean_hi, const double *mean_lo, const double *invstd,
+                         const double *gamma, const double *beta, int relu, int training,
+                         double *sum_dy, double *sum_dy_xhat, int nthreads)
     void fbn_coefficients(int64_t channels, const double *mean_hi, const double *mean_lo,
                           const double *invstd, const double *gamma, const double *beta,
                           double *shift, double *scale, double *bias)
@@ -104,6 +182,13 @@ cdef extern from "fastbn.h" nogil:
     const char *fbn_compiler()
 
 
+cdef extern from "plan.h" nogil:
+    ctypedef struct fbn_caches:
+        int64_t l1d, l2, l3
+    fbn_caches fbn_cache_sizes()
+    void fbn_set_cache_sizes(int64_t l1d, int64_t l2, int64_t l3)
+
+
 cdef extern from "parallel.h" nogil:
     int fbn_pool_set_backoff(int on)
 
@@ -112,63 +197,107 @@ cdef extern from "tuning.h":
     const int64_t FBN_MIN_PARALLEL  # below this many values the kernels use one thread
 
 
-# ---- the dtype dispatch: f32 true for float32 data, false for float64 ----
+# ---- the dtype dispatch: f32 true (DT_F32) for float32 data, false (DT_F64) for
+# float64; DT_F16 and DT_BF16 for half-precision data (the data as uint16 bits) ----
 
-cdef inline int run_batch_stats(bint f32, const void *x, fbn_shape s, double *mean_hi,
+cdef enum:
+    DT_F64 = 0
+    DT_F32 = 1
+    DT_F16 = 2
+    DT_BF16 = 3
+
+
+cdef inline int run_batch_stats(int dt, const void *x, fbn_shape s, double *mean_hi,
                                 double *mean_lo, double *m2, int nthreads) noexcept nogil:
-    if f32:
+    if dt == DT_F16:
+        return fbn_batch_stats_f16(<const fbn_float16 *>x, s, mean_hi, mean_lo, m2, nthreads)
+    if dt == DT_BF16:
+        return fbn_batch_stats_bf16(<const fbn_bfloat16 *>x, s, mean_hi, mean_lo, m2, nthreads)
+    if dt:
         return fbn_batch_stats_f32(<const float *>x, s, mean_hi, mean_lo, m2, nthreads)
     return fbn_batch_stats_f64(<const double *>x, s, mean_hi, mean_lo, m2, nthreads)
 
 
-cdef inline int run_forward_train(bint f32, const void *x, void *y, fbn_shape s,
+cdef inline int run_forward_train(int dt, const void *x, void *y, fbn_shape s,
                                   const double *gamma, const double *beta, double eps, int relu,
                                   double *mean_hi, double *mean_lo, double *var, double *invstd,
                                   int nthreads) noexcept nogil:
-    if f32:
+    if dt == DT_F16:
+        return fbn_forward_train_f16(<const fbn_float16 *>x, <fbn_float16 *>y, s, gamma, beta, eps, relu,
+                                     mean_hi, mean_lo, var, invstd, nthreads)
+    if dt == DT_BF16:
+        return fbn_forward_train_bf16(<const fbn_bfloat16 *>x, <fbn_bfloat16 *>y, s, gamma, beta, eps, relu,
+                                     mean_hi, mean_lo, var, invstd, nthreads)
+    if dt:
         return fbn_forward_train_f32(<const float *>x, <float *>y, s, gamma, beta, eps, relu,
                                      mean_hi, mean_lo, var, invstd, nthreads)
     return fbn_forward_train_f64(<const double *>x, <double *>y, s, gamma, beta, eps, relu,
                                  mean_hi, mean_lo, var, invstd, nthreads)
 
 
-cdef inline int run_forward_infer(bint f32, const void *x, void *y, fbn_shape s,
+cdef inline int run_forward_infer(int dt, const void *x, void *y, fbn_shape s,
                                   const double *mean, const double *var, const double *gamma,
                                   const double *beta, double eps, int relu, double *invstd,
                                   int nthreads) noexcept nogil:
-    if f32:
+    if dt == DT_F16:
+        return fbn_forward_infer_f16(<const fbn_float16 *>x, <fbn_float16 *>y, s, mean, var, gamma, beta,
+                                     eps, relu, invstd, nthreads)
+    if dt == DT_BF16:
+        return fbn_forward_infer_bf16(<const fbn_bfloat16 *>x, <fbn_bfloat16 *>y, s, mean, var, gamma, beta,
+                                     eps, relu, invstd, nthreads)
+    if dt:
         return fbn_forward_infer_f32(<const float *>x, <float *>y, s, mean, var, gamma, beta,
                                      eps, relu, invstd, nthreads)
     return fbn_forward_infer_f64(<const double *>x, <double *>y, s, mean, var, gamma, beta,
                                  eps, relu, invstd, nthreads)
 
 
-cdef inline int run_affine(bint f32, const void *x, void *y, fbn_shape s, const double *shift,
+cdef inline int run_affine(int dt, const void *x, void *y, fbn_shape s, const double *shift,
                            const double *scale, const double *bias, int relu,
                            int nthreads) noexcept nogil:
-    if f32:
+    if dt == DT_F16:
+        return fbn_affine_f16(<const fbn_float16 *>x, <fbn_float16 *>y, s, shift, scale, bias, relu,
+                              nthreads)
+    if dt == DT_BF16:
+        return fbn_affine_bf16(<const fbn_bfloat16 *>x, <fbn_bfloat16 *>y, s, shift, scale, bias, relu,
+                              nthreads)
+    if dt:
         return fbn_affine_f32(<const float *>x, <float *>y, s, shift, scale, bias, relu,
                               nthreads)
     return fbn_affine_f64(<const double *>x, <double *>y, s, shift, scale, bias, relu, nthreads)
 
 
-cdef inline int run_backward_reduce(bint f32, const void *dy, const void *x, fbn_shape s,
+cdef inline int run_backward_reduce(int dt, const void *dy, const void *x, fbn_shape s,
                                     const double *shift, const double *scale,
                                     const double *bias, int relu, double *sum_dy,
                                     double *sum_dy_xs, int nthreads) noexcept nogil:
-    if f32:
+    if dt == DT_F16:
+        return fbn_backward_reduce_f16(<const fbn_float16 *>dy, <const fbn_float16 *>x, s, shift, scale,
+                                       bias, relu, sum_dy, sum_dy_xs, nthreads)
+    if dt == DT_BF16:
+        return fbn_backward_reduce_bf16(<const fbn_bfloat16 *>dy, <const fbn_bfloat16 *>x, s, shift, scale,
+                                       bias, relu, sum_dy, sum_dy_xs, nthreads)
+    if dt:
         return fbn_backward_reduce_f32(<const float *>dy, <const float *>x, s, shift, scale,
                                        bias, relu, sum_dy, sum_dy_xs, nthreads)
     return fbn_backward_reduce_f64(<const double *>dy, <const double *>x, s, shift, scale, bias,
                                    relu, sum_dy, sum_dy_xs, nthreads)
 
 
-cdef inline int run_backward_elemt(bint f32, const void *dy, const void *x, void *dx,
+cdef inline int run_backward_elemt(int dt, const void *dy, const void *x, void *dx,
                                    fbn_shape s, const double *shift, const double *invstd,
                                    const double *k_dy, const double *k_x,
                                    const double *mean_dy, const double *scale,
                                    const double *bias, int relu, int nthreads) noexcept nogil:
-    if f32:
+    if dt == DT_F16:
+        return fbn_backward_elemt_f16(<const fbn_float16 *>dy, <const fbn_float16 *>x, <fbn_float16 *>dx, s,
+                                      shift, invstd, k_dy, k_x, mean_dy, scale, bias, relu,
+                                      nthreads)
+    if dt == DT_BF16:
+        return fbn_backward_elemt_bf16(<const fbn_bfloat16 *>dy, <const fbn_bfloat16 *>x, <fbn_bfloat16 *>dx, s,
+                                      shift, invstd, k_dy, k_x, mean_dy, scale, bias, relu,
+                                      nthreads)
+    if dt:
         return fbn_backward_elemt_f32(<const float *>dy, <const float *>x, <float *>dx, s,
                                       shift, invstd, k_dy, k_x, mean_dy, scale, bias, relu,
                                       nthreads)
@@ -176,11 +305,19 @@ cdef inline int run_backward_elemt(bint f32, const void *dy, const void *x, void
                                   invstd, k_dy, k_x, mean_dy, scale, bias, relu, nthreads)
 
 
-cdef inline int run_backward(bint f32, const void *dy, const void *x, void *dx, fbn_shape s,
+cdef inline int run_backward(int dt, const void *dy, const void *x, void *dx, fbn_shape s,
                              const double *mean_hi, const double *mean_lo, const double *invstd,
                              const double *gamma, const double *beta, int relu, int training,
                              double *sum_dy, double *sum_dy_xhat, int nthreads) noexcept nogil:
-    if f32:
+    if dt == DT_F16:
+        return fbn_backward_f16(<const fbn_float16 *>dy, <const fbn_float16 *>x, <fbn_float16 *>dx, s, mean_hi,
+                                mean_lo, invstd, gamma, beta, relu, training, sum_dy,
+                                sum_dy_xhat, nthreads)
+    if dt == DT_BF16:
+        return fbn_backward_bf16(<const fbn_bfloat16 *>dy, <const fbn_bfloat16 *>x, <fbn_bfloat16 *>dx, s, mean_hi,
+                                mean_lo, invstd, gamma, beta, relu, training, sum_dy,
+                                sum_dy_xhat, nthreads)
+    if dt:
         return fbn_backward_f32(<const float *>dy, <const float *>x, <float *>dx, s, mean_hi,
                                 mean_lo, invstd, gamma, beta, relu, training, sum_dy,
                                 sum_dy_xhat, nthreads)
@@ -197,45 +334,72 @@ cdef inline void run_ema(bint f32, void *running, const double *batch, const dou
         fbn_ema_f64(<double *>running, batch, batch_lo, channels, momentum, factor)
 
 
-# the kernels with an epilogue (issue 20: leaky ReLU, residual)
+# the kernels with an epilogue (issue 20: leaky ReLU, residual), dispatched on dt as
+# run_<op> above
 
-cdef inline int run_forward_train_ex(bint f32, const void *x, void *y, fbn_shape s,
+cdef inline int run_forward_train_ex(int dt, const void *x, void *y, fbn_shape s,
                                      const double *gamma, const double *beta, double eps,
                                      const fbn_epilogue *e, double *mean_hi, double *mean_lo,
                                      double *var, double *invstd, int nthreads) noexcept nogil:
-    if f32:
+    if dt == DT_F16:
+        return fbn_forward_train_ex_f16(<const fbn_float16 *>x, <fbn_float16 *>y, s, gamma, beta,
+                                        eps, e, mean_hi, mean_lo, var, invstd, nthreads)
+    if dt == DT_BF16:
+        return fbn_forward_train_ex_bf16(<const fbn_bfloat16 *>x, <fbn_bfloat16 *>y, s, gamma,
+                                         beta, eps, e, mean_hi, mean_lo, var, invstd, nthreads)
+    if dt:
         return fbn_forward_train_ex_f32(<const float *>x, <float *>y, s, gamma, beta, eps, e,
                                         mean_hi, mean_lo, var, invstd, nthreads)
     return fbn_forward_train_ex_f64(<const double *>x, <double *>y, s, gamma, beta, eps, e,
                                     mean_hi, mean_lo, var, invstd, nthreads)
 
 
-cdef inline int run_forward_infer_ex(bint f32, const void *x, void *y, fbn_shape s,
+cdef inline int run_forward_infer_ex(int dt, const void *x, void *y, fbn_shape s,
                                      const double *mean, const double *var, const double *gamma,
                                      const double *beta, double eps, const fbn_epilogue *e,
                                      double *invstd, int nthreads) noexcept nogil:
-    if f32:
+    if dt == DT_F16:
+        return fbn_forward_infer_ex_f16(<const fbn_float16 *>x, <fbn_float16 *>y, s, mean, var,
+                                        gamma, beta, eps, e, invstd, nthreads)
+    if dt == DT_BF16:
+        return fbn_forward_infer_ex_bf16(<const fbn_bfloat16 *>x, <fbn_bfloat16 *>y, s, mean, var,
+                                         gamma, beta, eps, e, invstd, nthreads)
+    if dt:
         return fbn_forward_infer_ex_f32(<const float *>x, <float *>y, s, mean, var, gamma, beta,
                                         eps, e, invstd, nthreads)
     return fbn_forward_infer_ex_f64(<const double *>x, <double *>y, s, mean, var, gamma, beta,
                                     eps, e, invstd, nthreads)
 
 
-cdef inline int run_affine_ex(bint f32, const void *x, void *y, fbn_shape s,
+cdef inline int run_affine_ex(int dt, const void *x, void *y, fbn_shape s,
                               const double *shift, const double *scale, const double *bias,
                               const fbn_epilogue *e, int nthreads) noexcept nogil:
-    if f32:
+    if dt == DT_F16:
+        return fbn_affine_ex_f16(<const fbn_float16 *>x, <fbn_float16 *>y, s, shift, scale, bias,
+                                 e, nthreads)
+    if dt == DT_BF16:
+        return fbn_affine_ex_bf16(<const fbn_bfloat16 *>x, <fbn_bfloat16 *>y, s, shift, scale,
+                                  bias, e, nthreads)
+    if dt:
         return fbn_affine_ex_f32(<const float *>x, <float *>y, s, shift, scale, bias, e,
                                  nthreads)
     return fbn_affine_ex_f64(<const double *>x, <double *>y, s, shift, scale, bias, e, nthreads)
 
 
-cdef inline int run_backward_ex(bint f32, const void *dy, const void *x, void *dx, fbn_shape s,
+cdef inline int run_backward_ex(int dt, const void *dy, const void *x, void *dx, fbn_shape s,
                                 const double *mean_hi, const double *mean_lo,
                                 const double *invstd, const double *gamma, const double *beta,
                                 const fbn_epilogue *e, int training, double *sum_dy,
                                 double *sum_dy_xhat, int nthreads) noexcept nogil:
-    if f32:
+    if dt == DT_F16:
+        return fbn_backward_ex_f16(<const fbn_float16 *>dy, <const fbn_float16 *>x,
+                                   <fbn_float16 *>dx, s, mean_hi, mean_lo, invstd, gamma, beta,
+                                   e, training, sum_dy, sum_dy_xhat, nthreads)
+    if dt == DT_BF16:
+        return fbn_backward_ex_bf16(<const fbn_bfloat16 *>dy, <const fbn_bfloat16 *>x,
+                                    <fbn_bfloat16 *>dx, s, mean_hi, mean_lo, invstd, gamma, beta,
+                                    e, training, sum_dy, sum_dy_xhat, nthreads)
+    if dt:
         return fbn_backward_ex_f32(<const float *>dy, <const float *>x, <float *>dx, s,
                                    mean_hi, mean_lo, invstd, gamma, beta, e, training, sum_dy,
                                    sum_dy_xhat, nthreads)

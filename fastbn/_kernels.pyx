@@ -10,6 +10,7 @@ at the end (_front.pxi).
 """
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy
+cimport cython
 cimport numpy as cnp
 
 cnp.import_array()
@@ -18,6 +19,13 @@ cnp.import_array()
 ctypedef fused real:
     float
     double
+    unsigned short  # half-precision data as their bits (dt: DT_F16 or DT_BF16)
+
+
+cdef inline int code_of(bint f32, int dt) noexcept nogil:
+    """The dtype code of the kernels (_kernels.pxd): dt for half-precision data (given as
+    uint16 arrays), else DT_F32 or DT_F64."""
+    return (DT_F32 if f32 else DT_F64) if dt < 0 else dt
 
 
 cdef inline fbn_shape shape_of(const real[:, :, ::1] a) noexcept:
@@ -39,24 +47,24 @@ cdef inline void check(int status) except *:
 
 
 def batch_stats(const real[:, :, ::1] x not None, double[::1] mean_hi not None, double[::1] mean_lo not None,
-                double[::1] m2 not None, int nthreads):
+                double[::1] m2 not None, int nthreads, int dt=-1):
     cdef int st
     cdef fbn_shape s = shape_of(x)
     with nogil:
-        st = run_batch_stats(real is float, &x[0, 0, 0], s, &mean_hi[0], &mean_lo[0], &m2[0],
+        st = run_batch_stats(code_of(real is float, dt), &x[0, 0, 0], s, &mean_hi[0], &mean_lo[0], &m2[0],
                              nthreads)
     check(st)
 
 
 def forward_train(const real[:, :, ::1] x not None, real[:, :, ::1] y not None, const double[::1] gamma,
                   const double[::1] beta, double eps, bint relu, double[::1] mean_hi not None,
-                  double[::1] mean_lo not None, double[::1] var not None, double[::1] invstd not None, int nthreads):
+                  double[::1] mean_lo not None, double[::1] var not None, double[::1] invstd not None, int nthreads, int dt=-1):
     cdef int st
     cdef fbn_shape s = shape_of(x)
     cdef const double *g = opt(gamma)
     cdef const double *b = opt(beta)
     with nogil:
-        st = run_forward_train(real is float, &x[0, 0, 0], &y[0, 0, 0], s, g, b, eps, relu,
+        st = run_forward_train(code_of(real is float, dt), &x[0, 0, 0], &y[0, 0, 0], s, g, b, eps, relu,
                                &mean_hi[0], &mean_lo[0], &var[0], &invstd[0], nthreads)
     check(st)
 
@@ -64,36 +72,36 @@ def forward_train(const real[:, :, ::1] x not None, real[:, :, ::1] y not None, 
 def forward_infer(const real[:, :, ::1] x not None, real[:, :, ::1] y not None,
                   const double[::1] mean not None, const double[::1] var not None,
                   const double[::1] gamma, const double[::1] beta, double eps, bint relu,
-                  double[::1] invstd not None, int nthreads):
+                  double[::1] invstd not None, int nthreads, int dt=-1):
     cdef int st
     cdef fbn_shape s = shape_of(x)
     cdef const double *g = opt(gamma)
     cdef const double *b = opt(beta)
     with nogil:
-        st = run_forward_infer(real is float, &x[0, 0, 0], &y[0, 0, 0], s, &mean[0], &var[0],
+        st = run_forward_infer(code_of(real is float, dt), &x[0, 0, 0], &y[0, 0, 0], s, &mean[0], &var[0],
                                g, b, eps, relu, &invstd[0], nthreads)
     check(st)
 
 
 def affine(const real[:, :, ::1] x not None, real[:, :, ::1] y not None, const double[::1] shift not None,
-           const double[::1] scale not None, const double[::1] bias not None, bint relu, int nthreads):
+           const double[::1] scale not None, const double[::1] bias not None, bint relu, int nthreads, int dt=-1):
     cdef int st
     cdef fbn_shape s = shape_of(x)
     with nogil:
-        st = run_affine(real is float, &x[0, 0, 0], &y[0, 0, 0], s, &shift[0], &scale[0],
+        st = run_affine(code_of(real is float, dt), &x[0, 0, 0], &y[0, 0, 0], s, &shift[0], &scale[0],
                         &bias[0], relu, nthreads)
     check(st)
 
 
 def backward_reduce(const real[:, :, ::1] dy not None, const real[:, :, ::1] x not None, const double[::1] shift not None,
                     const double[::1] scale, const double[::1] bias, bint relu,
-                    double[::1] sum_dy not None, double[::1] sum_dy_xs not None, int nthreads):
+                    double[::1] sum_dy not None, double[::1] sum_dy_xs not None, int nthreads, int dt=-1):
     cdef int st
     cdef fbn_shape s = shape_of(x)
     cdef const double *sc = opt(scale)
     cdef const double *bi = opt(bias)
     with nogil:
-        st = run_backward_reduce(real is float, &dy[0, 0, 0], &x[0, 0, 0], s, &shift[0], sc,
+        st = run_backward_reduce(code_of(real is float, dt), &dy[0, 0, 0], &x[0, 0, 0], s, &shift[0], sc,
                                  bi, relu, &sum_dy[0], &sum_dy_xs[0], nthreads)
     check(st)
 
@@ -102,13 +110,13 @@ def backward_elemt(const real[:, :, ::1] dy not None, const real[:, :, ::1] x no
                    real[:, :, ::1] dx not None, const double[::1] shift not None,
                    const double[::1] invstd not None, const double[::1] k_dy not None,
                    const double[::1] k_x not None, const double[::1] mean_dy not None,
-                   const double[::1] scale, const double[::1] bias, bint relu, int nthreads):
+                   const double[::1] scale, const double[::1] bias, bint relu, int nthreads, int dt=-1):
     cdef int st
     cdef fbn_shape s = shape_of(x)
     cdef const double *sc = opt(scale)
     cdef const double *bi = opt(bias)
     with nogil:
-        st = run_backward_elemt(real is float, &dy[0, 0, 0], &x[0, 0, 0], &dx[0, 0, 0], s,
+        st = run_backward_elemt(code_of(real is float, dt), &dy[0, 0, 0], &x[0, 0, 0], &dx[0, 0, 0], s,
                                 &shift[0], &invstd[0], &k_dy[0], &k_x[0], &mean_dy[0], sc,
                                 bi, relu, nthreads)
     check(st)
@@ -118,13 +126,13 @@ def backward_fused(const real[:, :, ::1] dy not None, const real[:, :, ::1] x no
                    real[:, :, ::1] dx not None, const double[::1] mean_hi not None,
                    const double[::1] mean_lo not None, const double[::1] invstd not None,
                    const double[::1] gamma, const double[::1] beta, bint relu, bint training,
-                   double[::1] sum_dy not None, double[::1] sum_dy_xhat not None, int nthreads):
+                   double[::1] sum_dy not None, double[::1] sum_dy_xhat not None, int nthreads, int dt=-1):
     cdef int st
     cdef fbn_shape s = shape_of(x)
     cdef const double *g = opt(gamma)
     cdef const double *b = opt(beta)
     with nogil:
-        st = run_backward(real is float, &dy[0, 0, 0], &x[0, 0, 0], &dx[0, 0, 0], s,
+        st = run_backward(code_of(real is float, dt), &dy[0, 0, 0], &x[0, 0, 0], &dx[0, 0, 0], s,
                           &mean_hi[0], &mean_lo[0], &invstd[0], g, b, relu, training,
                           &sum_dy[0], &sum_dy_xhat[0], nthreads)
     check(st)
@@ -145,7 +153,7 @@ def forward_train_ex(const real[:, :, ::1] x not None, real[:, :, ::1] y not Non
                      const double[::1] gamma, const double[::1] beta, double eps, int act,
                      double slope, const real[:, :, ::1] z, double[::1] mean_hi not None,
                      double[::1] mean_lo not None, double[::1] var,
-                     double[::1] invstd not None, int nthreads):
+                     double[::1] invstd not None, int nthreads, int dt=-1):
     """var None: not wanted (no running statistics)."""
     cdef int st
     cdef fbn_shape s = shape_of(x)
@@ -154,7 +162,7 @@ def forward_train_ex(const real[:, :, ::1] x not None, real[:, :, ::1] y not Non
     cdef const double *b = opt(beta)
     cdef double *v = NULL if var is None else &var[0]
     with nogil:
-        st = run_forward_train_ex(real is float, &x[0, 0, 0], &y[0, 0, 0], s, g, b, eps, &e,
+        st = run_forward_train_ex(code_of(real is float, dt), &x[0, 0, 0], &y[0, 0, 0], s, g, b, eps, &e,
                                   &mean_hi[0], &mean_lo[0], v, &invstd[0], nthreads)
     check(st)
 
@@ -163,7 +171,7 @@ def forward_train_f32_params(const real[:, :, ::1] x not None, real[:, :, ::1] y
                              const float[::1] gamma, const float[::1] beta, double eps,
                              bint relu, double[::1] mean_hi not None,
                              double[::1] mean_lo not None, double[::1] var,
-                             double[::1] invstd not None, int nthreads):
+                             double[::1] invstd not None, int nthreads, int dt=-1):
     """forward_train with float32 gamma and beta (either may be None) read where they
     are, a block at a time (no double copy of C values); var None: not wanted."""
     cdef int st
@@ -174,7 +182,7 @@ def forward_train_f32_params(const real[:, :, ::1] x not None, real[:, :, ::1] y
     cdef double *v = NULL if var is None else &var[0]
     e.params_f32 = 1
     with nogil:
-        st = run_forward_train_ex(real is float, &x[0, 0, 0], &y[0, 0, 0], s, g, b, eps, &e,
+        st = run_forward_train_ex(code_of(real is float, dt), &x[0, 0, 0], &y[0, 0, 0], s, g, b, eps, &e,
                                   &mean_hi[0], &mean_lo[0], v, &invstd[0], nthreads)
     check(st)
 
@@ -183,14 +191,14 @@ def forward_infer_ex(const real[:, :, ::1] x not None, real[:, :, ::1] y not Non
                      const double[::1] mean not None, const double[::1] var not None,
                      const double[::1] gamma, const double[::1] beta, double eps, int act,
                      double slope, const real[:, :, ::1] z, double[::1] invstd not None,
-                     int nthreads):
+                     int nthreads, int dt=-1):
     cdef int st
     cdef fbn_shape s = shape_of(x)
     cdef fbn_epilogue e = epilogue(act, slope, NULL if z is None else &z[0, 0, 0], NULL)
     cdef const double *g = opt(gamma)
     cdef const double *b = opt(beta)
     with nogil:
-        st = run_forward_infer_ex(real is float, &x[0, 0, 0], &y[0, 0, 0], s, &mean[0], &var[0],
+        st = run_forward_infer_ex(code_of(real is float, dt), &x[0, 0, 0], &y[0, 0, 0], s, &mean[0], &var[0],
                                   g, b, eps, &e, &invstd[0], nthreads)
     check(st)
 
@@ -198,12 +206,12 @@ def forward_infer_ex(const real[:, :, ::1] x not None, real[:, :, ::1] y not Non
 def affine_ex(const real[:, :, ::1] x not None, real[:, :, ::1] y not None,
               const double[::1] shift not None, const double[::1] scale not None,
               const double[::1] bias not None, int act, double slope, const real[:, :, ::1] z,
-              int nthreads):
+              int nthreads, int dt=-1):
     cdef int st
     cdef fbn_shape s = shape_of(x)
     cdef fbn_epilogue e = epilogue(act, slope, NULL if z is None else &z[0, 0, 0], NULL)
     with nogil:
-        st = run_affine_ex(real is float, &x[0, 0, 0], &y[0, 0, 0], s, &shift[0], &scale[0],
+        st = run_affine_ex(code_of(real is float, dt), &x[0, 0, 0], &y[0, 0, 0], s, &shift[0], &scale[0],
                            &bias[0], &e, nthreads)
     check(st)
 
@@ -213,7 +221,8 @@ def backward_ex(const real[:, :, ::1] dy not None, const real[:, :, ::1] x not N
                 const double[::1] mean_lo not None, const double[::1] invstd not None,
                 const double[::1] gamma, const double[::1] beta, int act, double slope,
                 const real[:, :, ::1] z, real[:, :, ::1] dz, bint training,
-                double[::1] sum_dy not None, double[::1] sum_dy_xhat not None, int nthreads):
+                double[::1] sum_dy not None, double[::1] sum_dy_xhat not None, int nthreads,
+                int dt=-1):
     cdef int st
     cdef fbn_shape s = shape_of(x)
     cdef fbn_epilogue e = epilogue(act, slope, NULL if z is None else &z[0, 0, 0],
@@ -224,7 +233,7 @@ def backward_ex(const real[:, :, ::1] dy not None, const real[:, :, ::1] x not N
     if (z is None) != (dz is None):
         raise ValueError("backward_ex: z and dz go together")
     with nogil:
-        st = run_backward_ex(real is float, &dy[0, 0, 0], &x[0, 0, 0], d, s, &mean_hi[0],
+        st = run_backward_ex(code_of(real is float, dt), &dy[0, 0, 0], &x[0, 0, 0], d, s, &mean_hi[0],
                              &mean_lo[0], &invstd[0], g, b, &e, training, &sum_dy[0],
                              &sum_dy_xhat[0], nthreads)
     check(st)
@@ -232,6 +241,8 @@ def backward_ex(const real[:, :, ::1] dy not None, const real[:, :, ::1] x not N
 
 def ema(real[::1] running not None, const double[::1] batch not None, const double[::1] batch_lo,
         double momentum, double factor):
+    if real is cython.ushort:
+        raise TypeError("ema: running statistics of float32 or float64 only")
     cdef int64_t n = running.shape[0]
     cdef const double *lo = opt(batch_lo)
     with nogil:
@@ -264,6 +275,20 @@ def max_threads():
 def pool_set_backoff(bint on):
     """For tests: whether the pool falls back to one thread after a stalled loop."""
     return bool(fbn_pool_set_backoff(on))
+
+
+def cache_sizes():
+    """(L1d, L2, L3) in bytes as the kernels use them (detected, or overridden by
+    FASTBN_CACHE_SIZES or _set_cache_sizes)."""
+    cdef fbn_caches c = fbn_cache_sizes()
+    return (c.l1d, c.l2, c.l3)
+
+
+def _set_cache_sizes(int64_t l1d=0, int64_t l2=0, int64_t l3=0):
+    """For tests and tuning: the cache sizes the kernels assume (0: detect); only
+    choices that change no result's bits follow them."""
+    fbn_set_cache_sizes(l1d, l2, l3)
+    return cache_sizes()
 
 
 def simd_paths():

@@ -13,8 +13,8 @@ from functools import partial
 
 import numpy as np
 
-from ._checks import (FLOAT_DTYPES, _describe, channel_axis, is_integer, real_number,
-                      warn_momentum)
+from ._checks import (BFLOAT16, DATA_DTYPES, _describe, channel_axis, is_integer,
+                      param_dtype, real_number, warn_momentum)
 from ._checks import activation as _check_activation
 from ._checks import bool_arg as _check_bool
 
@@ -64,11 +64,12 @@ class BatchNorm:
     track_running_stats : bool, default True
         Keep running statistics and use them in eval mode. When False, batch
         statistics are used in eval mode too.
-    dtype : float32, float64 or None, default float32
-        Dtype of the parameters and running statistics. Inputs may be of either
-        float dtype; outputs have the input's dtype. None: the dtype of the
-        first input (float32 placeholders until then, whose values are kept;
-        the arrays in ``params``, ``grads`` and the running statistics are
+    dtype : float32, float64, float16, bfloat16 or None, default float32
+        Dtype of the parameters and running statistics. Inputs may be of any
+        data dtype (float32, float64, float16, ``ml_dtypes.bfloat16``); outputs
+        have the input's dtype. None: the dtype of the first input, float32 for
+        half-precision input (float32 placeholders until then, whose values are
+        kept; the arrays in ``params``, ``grads`` and the running statistics are
         replaced by new ones at that first forward).
     activation : None, "relu" or "leaky_relu", optional
         An activation fused into the layer (``relu(bn(x))`` in one pass).
@@ -117,9 +118,9 @@ class BatchNorm:
         If num_features is not an integer, or axis an integer or a tuple of
         them; eps, momentum or negative_slope is not a real number; affine,
         track_running_stats, unbiased_running_var, accumulate_grads or
-        stats_frozen is not a bool; dtype is not float32, float64 or None;
-        activation is not a string; renorm is not a pair of real numbers;
-        virtual_batch_size is not an integer.
+        stats_frozen is not a bool; dtype is not float32, float64, float16,
+        bfloat16 or None; activation is not a string; renorm is not a pair of
+        real numbers; virtual_batch_size is not an integer.
     ValueError
         If num_features < 1; eps <= 0; momentum is outside [0, 1]; activation
         is unknown; negative_slope is given without "leaky_relu"; rmax < 1,
@@ -189,12 +190,14 @@ class BatchNorm:
                                          and all(is_integer(a) for a in axis)):
             raise TypeError(f"axis must be an integer or a non-empty tuple of integers, got "
                             f"{_describe(axis)}")
+        names = "float32, float64, float16, bfloat16 or None"
         try:
-            dt = np.dtype(np.float32 if dtype is None else dtype)
+            dt = np.dtype(np.float32 if dtype is None else
+                          BFLOAT16 if BFLOAT16 is not None and dtype == "bfloat16" else dtype)
         except TypeError:
-            raise TypeError(f"dtype must be float32, float64 or None, got {dtype!r}") from None
-        if dt not in FLOAT_DTYPES:
-            raise TypeError(f"dtype must be float32, float64 or None, got {dt}")
+            raise TypeError(f"dtype must be {names}, got {dtype!r}") from None
+        if dt not in DATA_DTYPES:
+            raise TypeError(f"dtype must be {names}, got {dt}")
         self.num_features = int(num_features)
         self.axis = int(axis) if is_integer(axis) else tuple(int(a) for a in axis)
         self.eps = real_number(eps, "eps", low=0.0, low_open=True)
@@ -457,7 +460,7 @@ class BatchNorm:
 
         Parameters
         ----------
-        x : ndarray of float32 or float64, ndim >= 2
+        x : ndarray of float32, float64, float16 or bfloat16, ndim >= 2
             The batch, with ``num_features`` channels along the layer's axis.
         training : bool or None, default None
             The mode of this call only (Keras style): True for training, False
@@ -483,7 +486,8 @@ class BatchNorm:
         Raises
         ------
         TypeError
-            If x is not a float32/float64 ndarray, or out has another dtype;
+            If x is not a float32/float64/float16/bfloat16 ndarray, or out has
+            another dtype;
             training is not None or a bool; return_cache is not a bool.
         ValueError
             If x has fewer than 2 dimensions or not ``num_features`` channels;
@@ -540,10 +544,11 @@ class BatchNorm:
         state = dict(self.params)
         if self.track_running_stats:
             state["running_mean"], state["running_var"] = self.running_mean, self.running_var
-        if self._dtype_from_input and x.dtype != self.dtype:
-            state = {k: np.asarray(v).astype(x.dtype) for k, v in state.items()}
-            state["grads"] = {k: np.zeros(self.num_features, x.dtype) for k in self.grads}
-            state["dtype"] = x.dtype
+        dt = param_dtype(x.dtype)  # float32 for half-precision data
+        if self._dtype_from_input and dt != self.dtype:
+            state = {k: np.asarray(v).astype(dt) for k, v in state.items()}
+            state["grads"] = {k: np.zeros(self.num_features, dt) for k in self.grads}
+            state["dtype"] = dt
         return state
 
     def _install(self, state):

@@ -56,10 +56,12 @@ def merge_stats(counts, means, m2s):
 
 
 def _running_copies(running_mean, running_var, mean, var, count, momentum, unbiased=True):
-    """The new running statistics, paired with where `commit` writes them."""
+    """The new running statistics, computed in float64 and paired with where `commit`
+    writes them (rounded once to their dtype)."""
     factor = running_var_factor(count, unbiased)
-    return [(running_mean, (1 - momentum) * running_mean + momentum * mean),
-            (running_var, (1 - momentum) * running_var + momentum * var * factor)]
+    old_mean, old_var = np.asarray(running_mean, np.float64), np.asarray(running_var, np.float64)
+    return [(running_mean, (1 - momentum) * old_mean + momentum * mean),
+            (running_var, (1 - momentum) * old_var + momentum * var * factor)]
 
 
 def update_running_stats(running_mean, running_var, mean, var, count, *, momentum=0.1,

@@ -7,6 +7,7 @@
 #include <float.h>
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
@@ -56,11 +57,32 @@
 #define FBN_STREAM_FENCE() ((void)0)
 #endif
 
+/* 16 bytes from src stored at dst (16-byte aligned), non-temporally where the
+ * compiler can (SSE2). */
+static inline void fbn_stream16(void *dst, const void *src) {
+#if FBN_CAN_STREAM
+    _mm_stream_si128((__m128i *)dst, _mm_loadu_si128((const __m128i *)src));
+#else
+    memcpy(dst, src, 16);
+#endif
+}
+
 /* Prefetches the bytes [p, p + bytes) a cache line at a time. */
 static inline void fbn_prefetch(const void *p, int64_t bytes) {
 #if defined(__GNUC__)
     const char *q = (const char *)p;
     for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(q + b);
+#else
+    (void)p;
+    (void)bytes;
+#endif
+}
+
+/* Prefetches the bytes [p, p + bytes) for writing (a read for ownership). */
+static inline void fbn_prefetch_w(const void *p, int64_t bytes) {
+#if defined(__GNUC__)
+    const char *q = (const char *)p;
+    for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(q + b, 1);
 #else
     (void)p;
     (void)bytes;

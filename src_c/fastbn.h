@@ -29,6 +29,18 @@ typedef struct {
     int64_t outer, channels, inner;
 } fbn_shape;
 
+/* Half-precision data (issue 19): the bits of an IEEE binary16 value (NumPy's
+ * float16) and of a bfloat16 value (ml_dtypes.bfloat16). Structs, so that a value
+ * is never taken for a number without its conversion (src_c/half.h). Kernels on
+ * them compute in float; fbn_<op>_f16 and fbn_<op>_bf16 have the float32 kernels'
+ * arguments with these data pointers. */
+typedef struct {
+    uint16_t bits;
+} fbn_float16;
+typedef struct {
+    uint16_t bits;
+} fbn_bfloat16;
+
 /* What follows the affine map (issue 20): the _ex kernels take it; the others are
  * the _ex ones with {.act = relu} (and nothing else). */
 typedef struct {
@@ -169,6 +181,87 @@ const char *fbn_pool_kind(void);
 int fbn_max_threads(void);
 const char *fbn_simd_paths(void);
 const char *fbn_compiler(void);
+
+
+/* Half-precision data (issue 19): the same kernels on float16 and bfloat16 data
+ * (fbn_float16, fbn_bfloat16 above), computed in float, each output rounded once. */
+int fbn_batch_stats_f16(const fbn_float16 *x, fbn_shape s, double *mean_hi, double *mean_lo,
+                        double *m2, int nthreads);
+int fbn_forward_train_f16(const fbn_float16 *x, fbn_float16 *y, fbn_shape s, const double *gamma,
+                          const double *beta, double eps, int relu, double *mean_hi,
+                          double *mean_lo, double *var, double *invstd, int nthreads);
+int fbn_forward_infer_f16(const fbn_float16 *x, fbn_float16 *y, fbn_shape s, const double *mean,
+                          const double *var, const double *gamma, const double *beta,
+                          double eps, int relu, double *invstd, int nthreads);
+int fbn_affine_f16(const fbn_float16 *x, fbn_float16 *y, fbn_shape s, const double *shift,
+                   const double *scale, const double *bias, int relu, int nthreads);
+int fbn_backward_reduce_f16(const fbn_float16 *dy, const fbn_float16 *x, fbn_shape s, const double *shift,
+                            const double *scale, const double *bias, int relu, double *sum_dy,
+                            double *sum_dy_xs, int nthreads);
+int fbn_backward_elemt_f16(const fbn_float16 *dy, const fbn_float16 *x, fbn_float16 *dx, fbn_shape s,
+                           const double *shift, const double *invstd, const double *k_dy,
+                           const double *k_x, const double *mean_dy, const double *scale,
+                           const double *bias, int relu, int nthreads);
+int fbn_backward_f16(const fbn_float16 *dy, const fbn_float16 *x, fbn_float16 *dx, fbn_shape s,
+                     const double *mean_hi, const double *mean_lo, const double *invstd,
+                     const double *gamma, const double *beta, int relu, int training,
+                     double *sum_dy, double *sum_dy_xhat, int nthreads);
+int fbn_batch_stats_bf16(const fbn_bfloat16 *x, fbn_shape s, double *mean_hi, double *mean_lo,
+                        double *m2, int nthreads);
+int fbn_forward_train_bf16(const fbn_bfloat16 *x, fbn_bfloat16 *y, fbn_shape s, const double *gamma,
+                          const double *beta, double eps, int relu, double *mean_hi,
+                          double *mean_lo, double *var, double *invstd, int nthreads);
+int fbn_forward_infer_bf16(const fbn_bfloat16 *x, fbn_bfloat16 *y, fbn_shape s, const double *mean,
+                          const double *var, const double *gamma, const double *beta,
+                          double eps, int relu, double *invstd, int nthreads);
+int fbn_affine_bf16(const fbn_bfloat16 *x, fbn_bfloat16 *y, fbn_shape s, const double *shift,
+                   const double *scale, const double *bias, int relu, int nthreads);
+int fbn_backward_reduce_bf16(const fbn_bfloat16 *dy, const fbn_bfloat16 *x, fbn_shape s, const double *shift,
+                            const double *scale, const double *bias, int relu, double *sum_dy,
+                            double *sum_dy_xs, int nthreads);
+int fbn_backward_elemt_bf16(const fbn_bfloat16 *dy, const fbn_bfloat16 *x, fbn_bfloat16 *dx, fbn_shape s,
+                           const double *shift, const double *invstd, const double *k_dy,
+                           const double *k_x, const double *mean_dy, const double *scale,
+                           const double *bias, int relu, int nthreads);
+int fbn_backward_bf16(const fbn_bfloat16 *dy, const fbn_bfloat16 *x, fbn_bfloat16 *dx, fbn_shape s,
+                     const double *mean_hi, const double *mean_lo, const double *invstd,
+                     const double *gamma, const double *beta, int relu, int training,
+                     double *sum_dy, double *sum_dy_xhat, int nthreads);
+
+/* The epilogue kernels on half-precision data (the residual and dresidual of the
+ * data's type). */
+int fbn_forward_train_ex_f16(const fbn_float16 *x, fbn_float16 *y, fbn_shape s,
+                             const double *gamma, const double *beta, double eps,
+                             const fbn_epilogue *e, double *mean_hi, double *mean_lo,
+                             double *var, double *invstd, int nthreads);
+int fbn_forward_infer_ex_f16(const fbn_float16 *x, fbn_float16 *y, fbn_shape s,
+                             const double *mean, const double *var, const double *gamma,
+                             const double *beta, double eps, const fbn_epilogue *e,
+                             double *invstd, int nthreads);
+int fbn_affine_ex_f16(const fbn_float16 *x, fbn_float16 *y, fbn_shape s, const double *shift,
+                      const double *scale, const double *bias, const fbn_epilogue *e,
+                      int nthreads);
+int fbn_backward_ex_f16(const fbn_float16 *dy, const fbn_float16 *x, fbn_float16 *dx,
+                        fbn_shape s, const double *mean_hi, const double *mean_lo,
+                        const double *invstd, const double *gamma, const double *beta,
+                        const fbn_epilogue *e, int training, double *sum_dy,
+                        double *sum_dy_xhat, int nthreads);
+int fbn_forward_train_ex_bf16(const fbn_bfloat16 *x, fbn_bfloat16 *y, fbn_shape s,
+                             const double *gamma, const double *beta, double eps,
+                             const fbn_epilogue *e, double *mean_hi, double *mean_lo,
+                             double *var, double *invstd, int nthreads);
+int fbn_forward_infer_ex_bf16(const fbn_bfloat16 *x, fbn_bfloat16 *y, fbn_shape s,
+                             const double *mean, const double *var, const double *gamma,
+                             const double *beta, double eps, const fbn_epilogue *e,
+                             double *invstd, int nthreads);
+int fbn_affine_ex_bf16(const fbn_bfloat16 *x, fbn_bfloat16 *y, fbn_shape s, const double *shift,
+                      const double *scale, const double *bias, const fbn_epilogue *e,
+                      int nthreads);
+int fbn_backward_ex_bf16(const fbn_bfloat16 *dy, const fbn_bfloat16 *x, fbn_bfloat16 *dx,
+                        fbn_shape s, const double *mean_hi, const double *mean_lo,
+                        const double *invstd, const double *gamma, const double *beta,
+                        const fbn_epilogue *e, int training, double *sum_dy,
+                        double *sum_dy_xhat, int nthreads);
 
 #ifdef __cplusplus
 }

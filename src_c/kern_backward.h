@@ -162,6 +162,6 @@ void FBN_SYM(ema)(T *running, const double *batch, const double *batch_lo, int64
                   double momentum, double factor) {
     for (int64_t c = 0; c < channels; c++) {
         const double b = batch_lo ? batch[c] + batch_lo[c] : batch[c];
-        running[c] = (T)((1.0 - momentum) * (double)running[c] + momentum * b * factor);
+        running[c] = FBN_ST((TC)((1.0 - momentum) * (double)FBN_LD(running[c]) + momentum * b * factor));
     }
 }

@@ -51,7 +51,7 @@ FBN_INLINE void FBN_SYM(stats_group)(const T *row, int64_t C, int64_t nc, const 
     for (int64_t c = 0; c < nc; c++) {
         double s1 = 0.0, s2 = 0.0;
         for (int i = 0; i < g; i++) {
-            double e = (double)row[i * C + c] - pv[c];
+            double e = (double)FBN_LD(row[i * C + c]) - pv[c];
             if (centred) e -= mean[c];
             s1 += e;
             s2 += e * e;
@@ -182,12 +182,13 @@ FBN_INLINE void FBN_SYM(bwd_group)(const T *dr, const T *xr, int64_t C, int64_t 
     for (int64_t c = 0; c < nc; c++) {
         double s1 = 0.0, s2 = 0.0;
         for (int i = 0; i < g; i++) {
-            TC m = FBN_SYM(masked_x)(dr[i * C + c], xr[i * C + c], res ? zr[i * C + c] : (TC)0,
-                                     tsh[c], sc[c], bi[c], relu, res, slope);
+            TC m = FBN_SYM(masked_x)(FBN_LD(dr[i * C + c]), FBN_LD(xr[i * C + c]),
+                                     res ? FBN_LD(zr[i * C + c]) : (TC)0, tsh[c], sc[c], bi[c],
+                                     relu, res, slope);
             double v = m;
-            if (res) er[i * C + c] = m;
+            if (res) er[i * C + c] = FBN_ST(m);
             s1 += v;
-            s2 += v * ((double)xr[i * C + c] - sh[c]);
+            s2 += v * ((double)FBN_LD(xr[i * C + c]) - sh[c]);
         }
         acc[c] += s1;
         acc2[c] += s2;

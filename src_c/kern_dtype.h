@@ -6,9 +6,15 @@
  *                 coefficients, y and dx): T itself for float32 and float64
  *   FBN_VINT      the integer type of TC's size (vector masks)
  *   FBN_STREAM_V  FBN_STREAM_V(dst, v): a 16-byte non-temporal store of a TC vector
- * Reductions accumulate in double whatever T is. (A storage type narrower than its
- * compute type, float16 or bfloat16 with TC float, is one more instantiation: its
- * loads convert in fbn_vload_<sfx> and wherever a T value meets a TC one.)
+ *                 (not with FBN_NARROW, whose streamed output goes a line at a time)
+ *   FBN_LD, FBN_ST  (optional) FBN_LD(v): the T value v as TC; FBN_ST(v): the TC
+ *                 value v as T, rounded once. Plain conversions by default.
+ *   FBN_NARROW    (optional) defined when T is narrower than TC (float16, bfloat16:
+ *                 T is a struct of their bits, so that a value used without FBN_LD
+ *                 or stored without FBN_ST does not compile)
+ * Reductions accumulate in double whatever T is. Every read of a data value goes
+ * through FBN_LD and every write through FBN_ST: the storage types float16 and
+ * bfloat16 (src_c/half.h) are instantiations with TC float (issue 19).
  *
  * Naming rule: every name a template defines, function or type, is
  *     FBN_SYM(name)  ->  fbn_<name>_<sfx>      e.g. fbn_forward_train_f32,
@@ -17,6 +23,12 @@
 #define FBN_SYM_(name, sfx) fbn_##name##_##sfx
 #define FBN_SYM_EXPAND(name, sfx) FBN_SYM_(name, sfx)
 #define FBN_SYM(name) FBN_SYM_EXPAND(name, FBN_SFX)
+#ifndef FBN_LD
+#define FBN_LD(v) ((TC)(v))
+#endif
+#ifndef FBN_ST
+#define FBN_ST(v) ((T)(v))
+#endif
 
 /* Sizes in values of this dtype. */
 #define FBN_CHUNK (2048 / (int)sizeof(T)) /* columns shape: spans, repeated coefficients */
@@ -43,3 +55,5 @@
 #undef FBN_LINE_VALUES
 #undef FBN_VLEN
 #undef FBN_TYPED
+#undef FBN_LD
+#undef FBN_ST

@@ -39,7 +39,8 @@ typedef struct {
 
 /* Channel c's coefficients of op (only those op reads are loaded). */
 FBN_INLINE FBN_SYM(chan) FBN_SYM(chan_of)(const int op, const FBN_SYM(tcoefs) *k, int64_t c) {
-    FBN_SYM(chan) h = {.relu = k->relu, .eval = k->eval, .slope = k->slope};
+    FBN_SYM(chan) h = {.relu = k->relu, .eval = k->eval,
+                       .slope = FBN_IS_EXT(op) ? k->slope : (TC)0};
     if (op == FBN_OP_COPY) return h;
     h.shift = k->shift[c];
     h.scale = k->scale[c];
@@ -54,19 +55,25 @@ FBN_INLINE FBN_SYM(chan) FBN_SYM(chan_of)(const int op, const FBN_SYM(tcoefs) *k
     return h;
 }
 
-/* Output value i of op from x (FBN_OP_COPY: the source) and dy (FBN_OP_DX only). */
-FBN_INLINE TC FBN_SYM(value_at)(const int op, const T *restrict x, const T *restrict dy,
-                                int64_t i, const FBN_SYM(chan) *h) {
-    if (op == FBN_OP_AFFINE) return FBN_SYM(affine1)(x[i], h->shift, h->scale, h->bias, h->relu);
+/* Output value i of op from x (FBN_OP_COPY: the source) and dy (FBN_OP_DX, the XDX
+ * ops: dy; the XAFF ops with a residual: z), as stored (T: rounded once; a copy is
+ * the value itself). */
+FBN_INLINE T FBN_SYM(value_at)(const int op, const T *restrict x, const T *restrict dy,
+                               int64_t i, const FBN_SYM(chan) *h) {
+    if (op == FBN_OP_AFFINE)
+        return FBN_ST(FBN_SYM(affine1)(FBN_LD(x[i]), h->shift, h->scale, h->bias, h->relu));
     if (op == FBN_OP_DX) /* relu 0 or 1 (& 1: the leaky branch folds away) */
-        return FBN_SYM(dx1)(dy[i], x[i], h->shift, h->scale, h->bias, h->relu & 1, h->k_dy,
-                            h->k_x, h->mean_dy, h->k_0, h->invstd, h->eval, h->slope);
+        return FBN_ST(FBN_SYM(dx1)(FBN_LD(dy[i]), FBN_LD(x[i]), h->shift, h->scale, h->bias,
+                                   h->relu & 1, h->k_dy, h->k_x, h->mean_dy, h->k_0, h->invstd,
+                                   h->eval, (TC)0));
     if (op & FBN_OP_XAFF)
-        return FBN_SYM(xaffine1)(x[i], FBN_OP_RES(op) ? dy[i] : (TC)0, h->shift, h->scale,
-                                 h->bias, h->slope, FBN_OP_ACT(op), FBN_OP_RES(op));
+        return FBN_ST(FBN_SYM(xaffine1)(FBN_LD(x[i]), FBN_OP_RES(op) ? FBN_LD(dy[i]) : (TC)0,
+                                        h->shift, h->scale, h->bias, h->slope, FBN_OP_ACT(op),
+                                        FBN_OP_RES(op)));
     if (op & FBN_OP_XDX)
-        return FBN_SYM(dx1)(dy[i], x[i], h->shift, h->scale, h->bias, FBN_OP_ACT(op), h->k_dy,
-                            h->k_x, h->mean_dy, h->k_0, h->invstd, h->eval, h->slope);
+        return FBN_ST(FBN_SYM(dx1)(FBN_LD(dy[i]), FBN_LD(x[i]), h->shift, h->scale, h->bias,
+                                   FBN_OP_ACT(op), h->k_dy, h->k_x, h->mean_dy, h->k_0,
+                                   h->invstd, h->eval, h->slope));
     return x[i];
 }
 
@@ -100,14 +107,25 @@ FBN_INLINE FBN_SYM(vec) FBN_SYM(vector_at)(const int op, const T *restrict x,
 FBN_INLINE void FBN_SYM(stream_values)(const int op, T *out, int64_t m, const T *restrict x,
                                        const T *restrict dy, const FBN_SYM(chan) *h) {
     int64_t i = 0;
-#if FBN_CAN_STREAM
+#if FBN_CAN_STREAM && defined(FBN_NARROW)
+    /* 16-bit data: a cache line (32 values) at a time, computed into a local line by
+     * a loop the compiler vectorises, then streamed as 16-byte stores */
+    for (; i < m && ((uintptr_t)(out + i) & 15); i++) out[i] = FBN_SYM(value_at)(op, x, dy, i, h);
+    for (; i + 32 <= m; i += 32) {
+        T line[32];
+        if (FBN_TWO_INPUTS(op)) fbn_prefetch_stream(dy + i);
+        if (op != FBN_OP_COPY) fbn_prefetch_stream(x + i);
+        for (int j = 0; j < 32; j++) line[j] = FBN_SYM(value_at)(op, x, dy, i + j, h);
+        for (int j = 0; j < 32; j += 8) fbn_stream16(out + i + j, line + j);
+    }
+#elif FBN_CAN_STREAM
     /* op's coefficients, splat: shift, scale, bias, k_dy, k_x, mean_dy, k_0, invstd,
-     * slope */
+     * and the epilogue ops' slope */
     const FBN_SYM(vec) v[9] = {FBN_SYM(vsplat)(h->shift),  FBN_SYM(vsplat)(h->scale),
                                FBN_SYM(vsplat)(h->bias),   FBN_SYM(vsplat)(h->k_dy),
                                FBN_SYM(vsplat)(h->k_x), FBN_SYM(vsplat)(h->mean_dy),
                                FBN_SYM(vsplat)(h->k_0),    FBN_SYM(vsplat)(h->invstd),
-                               FBN_SYM(vsplat)(h->slope)};
+                               FBN_SYM(vsplat)(FBN_IS_EXT(op) ? h->slope : (TC)0)};
     for (; i < m && ((uintptr_t)(out + i) & 15); i++) out[i] = FBN_SYM(value_at)(op, x, dy, i, h);
     for (; i + 4 * FBN_VLEN <= m; i += 4 * FBN_VLEN) {
         if (FBN_TWO_INPUTS(op)) fbn_prefetch_stream(dy + i);
@@ -139,10 +157,23 @@ FBN_INLINE void FBN_SYM(affine_rows)(const T *xr, int64_t ld, T *out, int64_t ld
                                      const FBN_SYM(tcoefs) *k, int64_t ch, const int g) {
     const TC *shift = k->shift + ch, *scale = k->scale + ch, *bias = k->bias + ch;
     const int relu = k->relu;
+#ifdef FBN_NARROW
+    /* 16-bit data: row by row, so that loads and stores are contiguous vectors (over
+     * channels first, GCC vectorised across the g rows, storing 16-bit lanes one by one) */
+    for (int i = 0; i < g; i++) {
+        const T *xi = xr + i * ld;
+        T *oi = out + i * ldo;
+        FBN_IVDEP /* out may be xr (in place) */
+        for (int64_t c = 0; c < m; c++)
+            oi[c] = FBN_ST(FBN_SYM(affine1)(FBN_LD(xi[c]), shift[c], scale[c], bias[c], relu));
+    }
+#else
     FBN_IVDEP /* out may be xr (in place) */
     for (int64_t c = 0; c < m; c++)
         for (int i = 0; i < g; i++)
-            out[i * ldo + c] = FBN_SYM(affine1)(xr[i * ld + c], shift[c], scale[c], bias[c], relu);
+            out[i * ldo + c] = FBN_ST(
+                FBN_SYM(affine1)(FBN_LD(xr[i * ld + c]), shift[c], scale[c], bias[c], relu));
+#endif
 }
 
 /* Columns shape: y with an epilogue (op FBN_OP_XAFF + act + 4 * res, a constant;
@@ -152,13 +183,25 @@ FBN_INLINE void FBN_SYM(xaffine_rows)(const int op, const T *xr, const T *zr, in
                                       int64_t ch, const int g) {
     const TC *shift = k->shift + ch, *scale = k->scale + ch, *bias = k->bias + ch;
     const TC slope = k->slope;
+#ifdef FBN_NARROW
+    /* 16-bit data: row by row (see fbn_affine_rows_<sfx>) */
+    for (int i = 0; i < g; i++) {
+        const T *xi = xr + i * ld, *zi = FBN_OP_RES(op) ? zr + i * ld : NULL;
+        T *oi = out + i * ldo;
+        FBN_IVDEP /* out may be xr (in place) */
+        for (int64_t c = 0; c < m; c++)
+            oi[c] = FBN_ST(FBN_SYM(xaffine1)(FBN_LD(xi[c]), FBN_OP_RES(op) ? FBN_LD(zi[c]) : (TC)0,
+                                             shift[c], scale[c], bias[c], slope, FBN_OP_ACT(op),
+                                             FBN_OP_RES(op)));
+    }
+#else
     FBN_IVDEP /* out may be xr (in place) */
     for (int64_t c = 0; c < m; c++)
         for (int i = 0; i < g; i++)
-            out[i * ldo + c] = FBN_SYM(xaffine1)(xr[i * ld + c],
-                                                 FBN_OP_RES(op) ? zr[i * ld + c] : (TC)0,
-                                                 shift[c], scale[c], bias[c], slope,
-                                                 FBN_OP_ACT(op), FBN_OP_RES(op));
+            out[i * ldo + c] = FBN_ST(FBN_SYM(xaffine1)(
+                FBN_LD(xr[i * ld + c]), FBN_OP_RES(op) ? FBN_LD(zr[i * ld + c]) : (TC)0, shift[c],
+                scale[c], bias[c], slope, FBN_OP_ACT(op), FBN_OP_RES(op)));
+#endif
 }
 
 /* Columns shape: dx of g rows (g a constant) of m values, a row ld (out: ldo)
@@ -173,29 +216,43 @@ FBN_INLINE void FBN_SYM(dx_rows_as)(const T *dr, const T *xr, int64_t ld, T *out
     const TC *k_0 = k->k_0 + ch, *inv = k->invstd + ch;
     const int eval = k->eval;
     const TC slope = k->slope;
+#ifdef FBN_NARROW
+    /* 16-bit data: row by row (see fbn_affine_rows_<sfx>) */
+    for (int i = 0; i < g; i++) {
+        const T *di = dr + i * ld, *xi = xr + i * ld;
+        T *oi = out + i * ldo;
+        FBN_IVDEP /* out may be dr (in place) */
+        for (int64_t c = 0; c < m; c++)
+            oi[c] = FBN_ST(FBN_SYM(dx1)(FBN_LD(di[c]), FBN_LD(xi[c]), shift[c], scale[c],
+                                        bias[c], relu, k_dy[c], k_x[c], mdy[c], k_0[c], inv[c],
+                                        eval, slope));
+    }
+    return;
+#endif
     if ((ld * (int64_t)sizeof(T)) % 4096 == 0) {
         /* rows a multiple of 4 KB apart (C a power of two): a store to out's row i
          * has the low address bits of the next load from row i + 1, which then
          * waits for it (4K aliasing), so all the group's loads come first */
         FBN_IVDEP /* too many pointers for runtime alias checks; out may be dr */
         for (int64_t c = 0; c < m; c++) {
-            T d[FBN_GROUP], v[FBN_GROUP];
+            TC d[FBN_GROUP], v[FBN_GROUP];
             for (int i = 0; i < g; i++) {
-                d[i] = dr[i * ld + c];
-                v[i] = xr[i * ld + c];
+                d[i] = FBN_LD(dr[i * ld + c]);
+                v[i] = FBN_LD(xr[i * ld + c]);
             }
             for (int i = 0; i < g; i++)
-                out[i * ldo + c] = FBN_SYM(dx1)(d[i], v[i], shift[c], scale[c], bias[c], relu,
-                                                k_dy[c], k_x[c], mdy[c], k_0[c], inv[c], eval,
-                                                slope);
+                out[i * ldo + c] = FBN_ST(FBN_SYM(dx1)(d[i], v[i], shift[c], scale[c], bias[c],
+                                                       relu, k_dy[c], k_x[c], mdy[c], k_0[c],
+                                                       inv[c], eval, slope));
         }
     } else { /* (this order was slower there, e.g. NHWC's 64 channels) */
         FBN_IVDEP
         for (int64_t c = 0; c < m; c++)
             for (int i = 0; i < g; i++)
-                out[i * ldo + c] =
-                    FBN_SYM(dx1)(dr[i * ld + c], xr[i * ld + c], shift[c], scale[c], bias[c],
-                                 relu, k_dy[c], k_x[c], mdy[c], k_0[c], inv[c], eval, slope);
+                out[i * ldo + c] = FBN_ST(
+                    FBN_SYM(dx1)(FBN_LD(dr[i * ld + c]), FBN_LD(xr[i * ld + c]), shift[c],
+                                 scale[c], bias[c], relu, k_dy[c], k_x[c], mdy[c], k_0[c],
+                                 inv[c], eval, slope));
     }
 }
 

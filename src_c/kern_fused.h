@@ -130,7 +130,7 @@ static void FBN_SYM(fwd_block_tile)(const FBN_SYM(pass) *j, int64_t t, int threa
     tl.shift -= c0;
     tl.scale -= c0;
     tl.bias -= c0;
-    for (int64_t c = c0; c < c0 + r.nc; c++) pivot[c] = (double)j->x[c * inner];
+    for (int64_t c = c0; c < c0 + r.nc; c++) pivot[c] = (double)FBN_LD(j->x[c * inner]);
     if (j->fwd.params_f32) { /* the block's gamma and beta as double */
         const float *g = (const float *)j->gamma, *b = (const float *)j->fwd.beta;
         double *gd = w + 6 * B - c0, *bd = w + 7 * B - c0;

@@ -60,16 +60,16 @@ FBN_INLINE void FBN_SYM(lane_add)(const int kind, double *l1, double *l2, int l,
                                   const int relu, const T *restrict z, T *restrict dres,
                                   const int res, TC slope) {
     if (kind == FBN_SUMS_DEV) {
-        double e = ((double)x[o] - pivot) - mean;
+        double e = ((double)FBN_LD(x[o]) - pivot) - mean;
         l1[l] += e;
         l2[l] += e * e;
     } else {
-        TC m = FBN_SYM(masked_x)(dy[o], x[o], res ? z[o] : (TC)0, tshift, scale, bias, relu,
-                                 res, slope);
+        TC m = FBN_SYM(masked_x)(FBN_LD(dy[o]), FBN_LD(x[o]), res ? FBN_LD(z[o]) : (TC)0, tshift,
+                                 scale, bias, relu, res, slope);
         double g = m;
-        if (res) dres[o] = m;
+        if (res) dres[o] = FBN_ST(m);
         l1[l] += g;
-        l2[l] += g * ((double)x[o] - shift);
+        l2[l] += g * ((double)FBN_LD(x[o]) - shift);
     }
 }
 

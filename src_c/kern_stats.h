@@ -8,7 +8,7 @@
 
 /* Each channel's first value: the pivot its statistics are taken around. */
 static void FBN_SYM(pivots)(const T *x, const fbn_shape *s, double *pivot) {
-    for (int64_t c = 0; c < s->channels; c++) pivot[c] = (double)x[c * s->inner];
+    for (int64_t c = 0; c < s->channels; c++) pivot[c] = (double)FBN_LD(x[c * s->inner]);
 }
 
 /* mean = pivot + part.mean as a double-double (TwoSum), var = m2 / n. */

@@ -10,11 +10,14 @@
 typedef TC FBN_SYM(vec) __attribute__((vector_size(16)));
 typedef FBN_VINT FBN_SYM(ivec) __attribute__((vector_size(16)));
 
-/* Loads FBN_VLEN values from p, unaligned (T must be TC: issue 19's storage types
- * convert here). */
+/* Loads FBN_VLEN values from p, unaligned (a narrower T: each converted). */
 FBN_INLINE FBN_SYM(vec) FBN_SYM(vload)(const T *p) {
     FBN_SYM(vec) v;
+#ifdef FBN_NARROW
+    for (int j = 0; j < FBN_VLEN; j++) v[j] = FBN_LD(p[j]);
+#else
     memcpy(&v, p, sizeof v);
+#endif
     return v;
 }
 

@@ -83,12 +83,13 @@ FBN_INLINE int FBN_SYM(same_sets)(const T *out, const T *in, int64_t C) {
 /* Columns shape, streamed output: whether spans are single rows, one after
  * another, rather than groups of FBN_GROUP rows, which load each coefficient
  * once for the group but read FBN_GROUP places at once. Single rows where the
- * `arrays` coefficient arrays fit in FBN_ROW_BY_ROW_BYTES and rows are not short
+ * `arrays` coefficient arrays fit in FBN_ROW_BY_ROW_BYTES (at most half of
+ * L1d, l1_half) and rows are not short
  * (shorter ones repeat their coefficients over a period, see
  * fbn_repeat_typed_<sfx>). */
-FBN_INLINE int FBN_SYM(row_by_row)(int64_t C, int64_t period, int arrays) {
-    return !period && 2 * C >= FBN_CHUNK &&
-           arrays * C * (int64_t)sizeof(TC) <= FBN_ROW_BY_ROW_BYTES;
+FBN_INLINE int FBN_SYM(row_by_row)(int64_t C, int64_t period, int arrays, int64_t l1_half) {
+    const int64_t bound = FBN_ROW_BY_ROW_BYTES < l1_half ? FBN_ROW_BY_ROW_BYTES : l1_half;
+    return !period && 2 * C >= FBN_CHUNK && arrays * C * (int64_t)sizeof(TC) <= bound;
 }
 
 /* Columns shape, streamed: n values from an L1 buffer. (Spans compute FBN_GROUP
@@ -110,11 +111,22 @@ FBN_INLINE void FBN_SYM(elemwise_tile)(const int op, const T *x, const T *dy, T 
         const int64_t f1 = f0 + p->rows < n ? f0 + p->rows : n;
         for (int64_t f = f0; f < f1; f++)
             FBN_SYM(run_values)(op, p->stream, x, dy, out, f * s->inner, s->inner, k, f % C);
-    } else if (s->inner > 1) { /* one channel's runs */
+    } else if (s->inner > 1) { /* one channel's runs (fused passes) */
         const FBN_SYM(tile) r = FBN_SYM(tile_of)(p, t);
-        for (FBN_SYM(run_it) u = FBN_SYM(run_first)(s, r.c0, r.j0, r.j1); u.j < r.j1;
-             FBN_SYM(run_next)(s, r.j1, &u))
+        /* the output's runs, a channel stride apart, are fetched for writing
+         * FBN_OUT_AHEAD runs ahead: the hardware prefetchers miss most of the
+         * read-for-ownership of such short runs, and every store waited for it */
+        const int fetch = !p->stream && s->inner * (int64_t)sizeof(T) <= FBN_SHORT_RUN;
+        const int64_t ahead = FBN_OUT_AHEAD * C * s->inner;
+        FBN_SYM(run_it) u = FBN_SYM(run_first)(s, r.c0, r.j0, r.j1);
+        if (fetch)
+            for (int64_t i = 0; i < FBN_OUT_AHEAD && u.pos + i * C * s->inner < s->outer * C * s->inner; i++)
+                fbn_prefetch_w(out + u.pos + i * C * s->inner, u.n * (int64_t)sizeof(T));
+        for (; u.j < r.j1; FBN_SYM(run_next)(s, r.j1, &u)) {
+            if (fetch && u.pos + ahead < s->outer * C * s->inner)
+                fbn_prefetch_w(out + u.pos + ahead, s->inner * (int64_t)sizeof(T));
             FBN_SYM(run_values)(op, p->stream, x, dy, out, u.pos, u.n, k, r.c0);
+        }
     } else {
         const FBN_SYM(tile) r = FBN_SYM(tile_of)(p, t);
         T buf[FBN_CHUNK];
@@ -124,7 +136,7 @@ FBN_INLINE void FBN_SYM(elemwise_tile)(const int op, const T *x, const T *dy, T 
                              : FBN_SYM(same_sets)(out, x, C) || FBN_SYM(same_sets)(out, dy, C) ||
                                    FBN_SYM(same_sets)(dy, x, C);
         const int pairs = !p->stream && same;
-        if (p->stream && FBN_SYM(row_by_row)(C, k->period, arrays)) {
+        if (p->stream && FBN_SYM(row_by_row)(C, k->period, arrays, p->l1_half)) {
             for (int64_t j = r.j0; j < r.j1; j++)
                 for (int64_t c = r.c0; c < r.c0 + r.nc; c += FBN_CHUNK) {
                     const int64_t o = j * C + c, left = r.c0 + r.nc - c;

@@ -7,6 +7,7 @@
 
 #include "compiler.h"
 #include "fastbn.h"
+#include "half.h"
 #include "plan.h"
 
 FBN_DISPATCH void fbn_invstd(int64_t channels, const double *var, double eps, double *invstd) {
@@ -86,3 +87,34 @@ const char *fbn_compiler(void) {
 #undef TC
 #undef FBN_VINT
 #undef FBN_STREAM_V
+
+/* Half precision (issue 19): data stored as float16 or bfloat16 (the structs of
+ * fastbn.h, of their bits), computed in float; each value converted on load and
+ * rounded once on store by src_c/half.h (in loops the compiler vectorises with the
+ * dispatched instruction set's integer and float operations). Streamed output goes
+ * a cache line at a time (fbn_stream_values_<sfx>): no FBN_STREAM_V. */
+#define FBN_NARROW 1
+#define FBN_SFX f16
+#define T fbn_float16
+#define TC float
+#define FBN_VINT int32_t
+#define FBN_LD(v) fbn_f16_to_f32((v).bits)
+#define FBN_ST(v) ((fbn_float16){fbn_f32_to_f16(v)})
+#include "kern_dtype.h"
+#undef FBN_SFX
+#undef T
+#undef TC
+#undef FBN_VINT
+
+#define FBN_SFX bf16
+#define T fbn_bfloat16
+#define TC float
+#define FBN_VINT int32_t
+#define FBN_LD(v) fbn_bf16_to_f32((v).bits)
+#define FBN_ST(v) ((fbn_bfloat16){fbn_f32_to_bf16(v)})
+#include "kern_dtype.h"
+#undef FBN_SFX
+#undef T
+#undef TC
+#undef FBN_VINT
+#undef FBN_NARROW

@@ -4,7 +4,7 @@
  *   neither: every loop runs on the caller.
  */
 #if defined(FBN_POOL_PTHREADS) && defined(__linux__) && !defined(_GNU_SOURCE)
-#define _GNU_SOURCE /* syscall (futex), with clock_gettime, under -std=c99 */
+#define _GNU_SOURCE /* syscall (futex), sched_getcpu, with clock_gettime, under -std=c99 */
 #elif defined(FBN_POOL_PTHREADS) && !defined(_POSIX_C_SOURCE)
 #define _POSIX_C_SOURCE 200809L /* clock_gettime, pthread_sigmask under -std=c99 */
 #endif
@@ -33,9 +33,11 @@ static void fbn_serial_for(int64_t ntiles, fbn_tile_fn fn, void *ctx) {
 #define FBN_CALLER_SPIN_NS 200000
 /* A loop stalled when the caller spent more than FBN_STALL_NS plus the time it
  * ran tiles itself waking its workers or waiting for their last tiles, when it
- * was off its CPU more than FBN_STALL_NS while it ran tiles, or when a worker,
+ * was off its CPU more than FBN_STALL_NS while it ran tiles, when a worker,
  * out of tiles, waited more than FBN_STALL_NS plus two of its average tiles for
- * the caller's last tile. On a busy machine the scheduler then preempted
+ * the caller's last tile, or when a worker ran a tile on the CPU the caller
+ * published the loop from (no CPU was free for it: see fbn_on_caller_cpu). On a
+ * busy machine the scheduler then preempted
  * a worker mid-tile, or the caller (often for the worker it woke), and running it
  * again costs whole ticks. Loops then run on the caller alone for a back-off time:
  * FBN_BACKOFF_MIN_NS, doubled (up to FBN_BACKOFF_MAX_NS) when the previous stall
@@ -78,7 +80,10 @@ static struct {
     int sleepers;        /* workers asleep on the event wake_seq */
     int caller_asleep;   /* the caller is asleep on the event finish_seq */
     int wake_seq, finish_seq;
+    int caller_cpu;      /* the CPU the caller published the loop from (-1: unknown) */
+    int shared;          /* 0x10000 | generation: a worker ran a tile of that loop on caller_cpu */
     int64_t alone_until; /* monotonic ns: loops run on the caller alone until then */
+    int64_t alone_loops, shared_loops; /* loops run alone in a back-off; loops that shared a CPU */
     int64_t backoff;     /* ns of the last back-off (0: none) */
     int64_t last_stall;  /* monotonic ns */
     int no_backoff;      /* fbn_pool_set_backoff(0) */
@@ -90,7 +95,7 @@ static struct {
         uint64_t gen;
         int64_t busy, tiles, idle_at;
     } stat[FBN_POOL_MAX];
-} pool = {0, 0, 0, NULL, NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, PTHREAD_MUTEX_INITIALIZER,
+} pool = {0, 0, 0, NULL, NULL, 0, 0, 0, 0, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0, PTHREAD_MUTEX_INITIALIZER,
           PTHREAD_COND_INITIALIZER, {{0, 0, 0, 0}}};
 
 /* Events: a sequence number that a notify increments; fbn_event_wait(seq, seen)
@@ -129,6 +134,22 @@ static int64_t fbn_clock_ns(clockid_t clock) {
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 static int64_t fbn_now_ns(void) { return fbn_clock_ns(CLOCK_MONOTONIC); }
+#if defined(__linux__)
+#include <sched.h>
+static int fbn_this_cpu(void) { return sched_getcpu(); } /* vDSO: nanoseconds; -1 on error */
+#else
+static int fbn_this_cpu(void) { return -1; }
+#endif
+
+/* Whether this worker runs on the CPU its caller published the current loop from.
+ * Two threads of one loop on one CPU never run at the same time: the caller is off
+ * its CPU (often preempted by this very worker, woken onto it because every other
+ * CPU was busy), so this worker's tiles are no faster than the caller's, and its
+ * spin for the next loop would keep the caller off the CPU. */
+static int fbn_on_caller_cpu(void) {
+    const int cpu = LOAD(&pool.caller_cpu);
+    return cpu >= 0 && fbn_this_cpu() == cpu;
+}
 #if defined(CLOCK_THREAD_CPUTIME_ID)
 /* the calling thread's CPU time (a system call, ~0.5 us: twice per loop) */
 static int64_t fbn_cpu_ns(void) { return fbn_clock_ns(CLOCK_THREAD_CPUTIME_ID); }
@@ -155,6 +176,9 @@ static void fbn_run_tiles(int thread) {
         fbn_tile_fn fn = pool.fn;
         void *ctx = pool.ctx;
         const int64_t t0 = thread > 0 ? fbn_now_ns() : 0;
+        /* the claimed tile keeps the loop open: shared and caller_cpu are this loop's */
+        if (thread > 0 && fbn_on_caller_cpu())
+            STORE(&pool.shared, (int)(0x10000 | FBN_GEN(v)));
         fn(ctx, ntiles - (int64_t)(v & FBN_LEFT_MASK), thread); /* tiles in order */
         if (thread > 0) { /* relaxed: the caller's stall check is a heuristic */
             if (__atomic_load_n(&pool.stat[thread].gen, __ATOMIC_RELAXED) != FBN_GEN(v)) {
@@ -173,9 +197,9 @@ static void fbn_run_tiles(int thread) {
 }
 
 /* Waits until a loop with a generation other than *seen is published: spins a
- * while, then sleeps. */
+ * while (not on the caller's CPU), then sleeps. */
 static void fbn_wait_loop(uint64_t *seen) {
-    const int64_t until = fbn_now_ns() + FBN_WORKER_SPIN_NS;
+    const int64_t until = fbn_on_caller_cpu() ? 0 : fbn_now_ns() + FBN_WORKER_SPIN_NS;
     for (int i = 1;; i++) {
         uint64_t v = LOAD(&pool.word);
         if (FBN_GEN(v) != *seen) {
@@ -241,6 +265,7 @@ static void fbn_after_fork_child(void) {
     pool.ntiles = pool.done = 0;
     pool.nworkers = pool.sleepers = pool.caller_asleep = pool.busy = 0;
     pool.alone_until = pool.backoff = pool.last_stall = 0;
+    pool.caller_cpu = -1;
     fbn_work_after_fork();
 }
 
@@ -261,6 +286,7 @@ void fbn_parallel_for(int64_t ntiles, int nthreads, fbn_tile_fn fn, void *ctx) {
     const int64_t start = fbn_now_ns();
     if (start < pool.alone_until && !LOAD(&pool.no_backoff)) { /* backing off after a stall (fields: owner only) */
         fbn_serial_for(ntiles, fn, ctx);
+        pool.alone_loops++;
         __atomic_store_n(&pool.busy, 0, __ATOMIC_RELEASE);
         return;
     }
@@ -274,6 +300,7 @@ void fbn_parallel_for(int64_t ntiles, int nthreads, fbn_tile_fn fn, void *ctx) {
     pool.ctx = ctx;
     pool.ntiles = ntiles;
     STORE(&pool.done, 0);
+    STORE(&pool.caller_cpu, fbn_this_cpu());
     const uint64_t gen = (FBN_GEN(LOAD(&pool.word)) + 1) & 0xffff;
     STORE(&pool.word, gen << 48 | (uint64_t)nthreads << FBN_LEFT_BITS | (uint64_t)ntiles);
     if (LOAD(&pool.sleepers)) fbn_event_notify(&pool.wake_seq);
@@ -303,7 +330,10 @@ void fbn_parallel_for(int64_t ntiles, int nthreads, fbn_tile_fn fn, void *ctx) {
                 (long long)ntiles, (long long)(published - start) / 1000,
                 (long long)(out_of_tiles - published) / 1000, (long long)(end - out_of_tiles) / 1000);
 #endif
-    int stalled = (published - start) + (end - out_of_tiles) >
+    /* a worker ran tiles on the caller's CPU: no CPU was free for it */
+    const int shared = LOAD(&pool.shared) == (int)(0x10000 | gen);
+    pool.shared_loops += shared;
+    int stalled = shared || (published - start) + (end - out_of_tiles) >
                       FBN_STALL_NS + (out_of_tiles - published) ||
                   (out_of_tiles - published) - run_cpu > FBN_STALL_NS;
     for (int w = 1; w < nthreads && w <= pool.nworkers && !stalled; w++) {
@@ -327,6 +357,11 @@ void fbn_parallel_for(int64_t ntiles, int nthreads, fbn_tile_fn fn, void *ctx) {
 
 int fbn_pool_set_backoff(int on) {
     return !__atomic_exchange_n(&pool.no_backoff, !on, __ATOMIC_SEQ_CST);
+}
+
+void fbn_pool_counters(int64_t *alone_loops, int64_t *shared_loops) {
+    *alone_loops = __atomic_load_n(&pool.alone_loops, __ATOMIC_RELAXED);
+    *shared_loops = __atomic_load_n(&pool.shared_loops, __ATOMIC_RELAXED);
 }
 
 const char *fbn_pool_kind(void) { return "pthreads"; }
@@ -353,6 +388,10 @@ int fbn_pool_set_backoff(int on) {
     return 0;
 }
 
+void fbn_pool_counters(int64_t *alone_loops, int64_t *shared_loops) {
+    *alone_loops = *shared_loops = 0;
+}
+
 const char *fbn_pool_kind(void) { return "openmp"; }
 int fbn_pool_max_threads(void) {
     const int n = omp_get_max_threads();
@@ -369,6 +408,10 @@ void fbn_parallel_for(int64_t ntiles, int nthreads, fbn_tile_fn fn, void *ctx) {
 int fbn_pool_set_backoff(int on) {
     (void)on;
     return 0;
+}
+
+void fbn_pool_counters(int64_t *alone_loops, int64_t *shared_loops) {
+    *alone_loops = *shared_loops = 0;
 }
 
 const char *fbn_pool_kind(void) { return "none"; }

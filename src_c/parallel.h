@@ -41,6 +41,12 @@ int fbn_pool_max_threads(void);
  * previous setting. */
 int fbn_pool_set_backoff(int on);
 
+/* For tests (through ctypes: not in the Python API): loops the pool ran on the
+ * caller alone because it was backing off, and loops in which a worker ran a tile
+ * on the caller's CPU (each makes the pool back off), since the process started
+ * (a forked child keeps its parent's counts). */
+void fbn_pool_counters(int64_t *alone_loops, int64_t *shared_loops);
+
 /* Defined in kernels.c: releases the work cache if a call held it when the
  * process forked (that call does not exist in the child). */
 void fbn_work_after_fork(void);

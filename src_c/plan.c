@@ -1,7 +1,96 @@
 /* Tilings of the kernels (see plan.h). */
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>
+#endif
 
 #include "plan.h"
+
+/* Detected at the first call; a race between two first calls stores the same
+ * values. */
+static int64_t cache_l1d, cache_l2, cache_l3;
+static volatile int cache_known;
+
+/* A size in bytes from "48K", "2048 K", "2M" or "65536": 0 when unreadable. */
+static int64_t parse_size(const char *txt, char **end) {
+    char *e;
+    long long v = strtoll(txt, &e, 10);
+    while (*e == ' ') e++;
+    if (*e == 'K' || *e == 'k') v *= 1024, e++;
+    else if (*e == 'M' || *e == 'm') v *= 1024 * 1024, e++;
+    if (end) *end = e;
+    return v > 0 ? (int64_t)v : 0;
+}
+
+/* index*'s size of the data or unified cache of that level, from sysfs. */
+static int64_t sysfs_cache(int level) {
+    for (int i = 0; i < 8; i++) {
+        char path[96], buf[32];
+        int64_t lv = 0, size = 0;
+        int data = 1;
+        FILE *f;
+        snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu0/cache/index%d/level", i);
+        if (!(f = fopen(path, "r"))) break;
+        if (fgets(buf, sizeof buf, f)) lv = parse_size(buf, NULL);
+        fclose(f);
+        snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu0/cache/index%d/type", i);
+        if ((f = fopen(path, "r"))) {
+            if (fgets(buf, sizeof buf, f)) data = buf[0] != 'I'; /* not Instruction */
+            fclose(f);
+        }
+        snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu0/cache/index%d/size", i);
+        if ((f = fopen(path, "r"))) {
+            if (fgets(buf, sizeof buf, f)) size = parse_size(buf, NULL);
+            fclose(f);
+        }
+        if (lv == level && data && size > 0) return size;
+    }
+    return 0;
+}
+
+static int64_t detect_cache(int level) {
+    int64_t v = 0;
+#if defined(_SC_LEVEL1_DCACHE_SIZE) && defined(_SC_LEVEL2_CACHE_SIZE) && \
+    defined(_SC_LEVEL3_CACHE_SIZE)
+    long r = sysconf(level == 1 ? _SC_LEVEL1_DCACHE_SIZE
+                     : level == 2 ? _SC_LEVEL2_CACHE_SIZE : _SC_LEVEL3_CACHE_SIZE);
+    v = r > 0 ? (int64_t)r : 0;
+#endif
+    if (v <= 0) v = sysfs_cache(level);
+    return v;
+}
+
+/* Sizes out of any plausible range take the fallbacks. */
+static int64_t sane(int64_t v, int64_t lo, int64_t hi, int64_t fallback) {
+    return v >= lo && v <= hi ? v : fallback;
+}
+
+void fbn_set_cache_sizes(int64_t l1d, int64_t l2, int64_t l3) {
+    const char *env = getenv("FASTBN_CACHE_SIZES");
+    int64_t e[3] = {0, 0, 0};
+    if (env && !(l1d || l2 || l3)) {
+        char *at = (char *)env;
+        for (int i = 0; i < 3 && *at; i++) {
+            e[i] = parse_size(at, &at);
+            if (*at == ',') at++;
+        }
+    }
+    l1d = l1d ? l1d : e[0] ? e[0] : detect_cache(1);
+    l2 = l2 ? l2 : e[1] ? e[1] : detect_cache(2);
+    l3 = l3 ? l3 : e[2] ? e[2] : detect_cache(3);
+    cache_l1d = sane(l1d, 4096, 4 << 20, 32 << 10);
+    cache_l2 = sane(l2, 64 << 10, 64 << 20, 512 << 10);
+    cache_l3 = sane(l3, 0, (int64_t)1 << 34, 8 << 20);
+    cache_known = 1;
+}
+
+fbn_caches fbn_cache_sizes(void) {
+    if (!cache_known) fbn_set_cache_sizes(0, 0, 0);
+    fbn_caches c = {cache_l1d, cache_l2, cache_l3};
+    return c;
+}
 
 /* Rows per tile, at most len, so that n rows make at least FBN_MIN_TILES tiles,
  * unless tiles would be under `least` rows. */
@@ -22,10 +111,18 @@ static int64_t fbn_min_tile_len(int64_t len, int64_t n, int64_t least) {
 fbn_plan fbn_make_plan(fbn_shape s, int64_t elem_size, int inputs, int kind) {
     const int reduction = kind == FBN_REDUCTION;
     fbn_plan p;
-    int64_t tile = FBN_TILE_BYTES;
+    /* reductions: fixed sizes (their partition sets the bits of the results);
+     * elementwise passes: half of L2 per tile, and streamed stores from the
+     * smaller of FBN_STREAM_BYTES and half of L3 (not below 4 L2s) */
+    const fbn_caches cs = fbn_cache_sizes();
+    int64_t tile = reduction ? FBN_TILE_BYTES : cs.l2 / 2;
+    int64_t stream_from = FBN_STREAM_BYTES;
+    if (!reduction && cs.l3 / 2 < stream_from)
+        stream_from = cs.l3 / 2 > 4 * cs.l2 ? cs.l3 / 2 : 4 * cs.l2;
     p.s = s;
+    p.l1_half = cs.l1d / 2;
     p.per_channel = s.outer * s.inner;
-    p.stream = FBN_CAN_STREAM && p.per_channel * s.channels * elem_size >= FBN_STREAM_BYTES;
+    p.stream = FBN_CAN_STREAM && p.per_channel * s.channels * elem_size >= stream_from;
     int64_t bytes_per_value = elem_size * (inputs + (p.stream ? 0 : 1));
     p.block = 1;
     int fits = 0;

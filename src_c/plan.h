@@ -30,6 +30,7 @@ typedef struct {
     int stream;          /* output too large for the caches: write it non-temporally */
     int64_t block, nblocks, seg_len, nsegs; /* channel-block tiles */
     int64_t rows;                           /* row tiles: rows per tile (0: none) */
+    int64_t l1_half; /* half of L1d in bytes (bounds of the elementwise walks) */
 } fbn_plan;
 
 enum { FBN_ELEMWISE = 0, FBN_REDUCTION = 1 };
@@ -49,8 +50,24 @@ enum { FBN_OP_XAFF = 8, FBN_OP_XDX = 16 };
 #define FBN_OP_RES(op) (((op) >> 2) & 1)
 #define FBN_IS_AFF(op) ((op) == FBN_OP_AFFINE || ((op) & FBN_OP_XAFF))
 #define FBN_IS_DX(op) ((op) == FBN_OP_DX || ((op) & FBN_OP_XDX))
+#define FBN_IS_EXT(op) (((op) & (FBN_OP_XAFF | FBN_OP_XDX)) != 0) /* an epilogue op */
 /* whether op reads a second input (dy; z) */
 #define FBN_TWO_INPUTS(op) (FBN_IS_DX(op) || (((op) & FBN_OP_XAFF) && FBN_OP_RES(op)))
+
+/* This machine's cache sizes in bytes (L1 data and L2 per core, L3), detected at
+ * the first call: sysconf, then /sys/devices/system/cpu/cpu0/cache, then
+ * fallbacks (32 KB, 512 KB, 8 MB). FASTBN_CACHE_SIZES="l1d,l2,l3" in the
+ * environment (bytes, or with a K or M suffix) overrides them, and so does
+ * fbn_set_cache_sizes (tests and tuning; zeros detect again). They size only
+ * choices that change no result's bits: elementwise tiles, the streaming threshold
+ * of elementwise passes and the L1 bound of their walks. Reduction tilings stay
+ * fixed (FBN_TILE_BYTES, FBN_STREAM_BYTES), so results do not depend on the
+ * machine. */
+typedef struct {
+    int64_t l1d, l2, l3;
+} fbn_caches;
+fbn_caches fbn_cache_sizes(void);
+void fbn_set_cache_sizes(int64_t l1d, int64_t l2, int64_t l3);
 
 /* The plan of a pass that reads `inputs` arrays of elem_size values (and writes
  * one output), kind FBN_REDUCTION or FBN_ELEMWISE. */

@@ -8,7 +8,9 @@
 #ifndef FASTBN_TUNING_H
 #define FASTBN_TUNING_H
 
-/* Bytes of data per tile: a tile is reduced and then rewritten while in L2. */
+/* Bytes of data per reduction tile: a tile is reduced and then rewritten while in
+ * L2. Fixed, not read from the machine: a reduction's partition sets its results'
+ * bits. (Elementwise tiles take half of the L2 detected at run time, plan.c.) */
 #ifndef FBN_TILE_BYTES
 #define FBN_TILE_BYTES (1024 * 1024)
 #endif
@@ -82,7 +84,9 @@
 #endif
 
 /* Outputs of at least this many bytes are written with non-temporal stores,
- * their inputs prefetched FBN_STREAM_AHEAD bytes ahead. */
+ * their inputs prefetched FBN_STREAM_AHEAD bytes ahead. Reductions (whose tiling
+ * it sets) use it as is; elementwise passes stream from half of the detected L3
+ * when that is smaller (not below 4 L2s). */
 #ifndef FBN_STREAM_BYTES
 #define FBN_STREAM_BYTES (16 * 1024 * 1024)
 #endif
@@ -90,7 +94,8 @@
 #define FBN_STREAM_AHEAD 4096
 #endif
 /* Streamed columns: single rows where the coefficient arrays a pass reads fit
- * in this many bytes (half of L1); above, groups of FBN_GROUP rows. */
+ * in this many bytes and in half of the detected L1d; above, groups of FBN_GROUP
+ * rows. */
 #ifndef FBN_ROW_BY_ROW_BYTES
 #define FBN_ROW_BY_ROW_BYTES 16384
 #endif
@@ -111,6 +116,11 @@
 #endif
 #ifndef FBN_SHORT_RUN
 #define FBN_SHORT_RUN 4096
+#endif
+/* Fused passes over one channel's short runs fetch the output's runs this many
+ * rows ahead for writing (not streamed outputs). */
+#ifndef FBN_OUT_AHEAD
+#define FBN_OUT_AHEAD 4
 #endif
 
 /* The cached work block (work.c) is kept up to this many bytes. */

@@ -88,7 +88,7 @@ CASES = [
     ("x complex", T, r"\bx\b", lambda i, s: fwd(i, s, x=s.x.astype(np.complex128))),
     ("x bool", T, r"\bx\b", lambda i, s: fwd(i, s, x=s.x > 0)),
     ("x object", T, r"\bx\b", lambda i, s: fwd(i, s, x=s.x.astype(object))),
-    ("x float16", T, r"\bx\b", lambda i, s: fwd(i, s, x=s.x.astype(np.float16))),
+    ("x longdouble", T, r"\bx\b", lambda i, s: fwd(i, s, x=s.x.astype(np.longdouble))),
     # forward: parameters
     ("gamma shape", V, r"\bgamma\b", lambda i, s: fwd(i, s, gamma=np.ones(C + 1))),
     ("gamma 2-D", V, r"\bgamma\b", lambda i, s: fwd(i, s, gamma=np.ones((C, 1)))),

@@ -78,7 +78,7 @@ class Workload:
                   running_var=self.rv)
         # failing calls (each validated before anything is allocated or updated)
         _expect_error(m.forward, x.astype(np.int32))
-        _expect_error(m.forward, x.astype(np.float16))
+        _expect_error(m.forward, x.astype(np.longdouble))
         _expect_error(m.forward, self.one, running_mean=self.rm, running_var=self.rv)  # m == 1
         _expect_error(m.forward, x, self.g[:3])
         _expect_error(m.forward, x, axis=7)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The digest test (tests/digest_cases.py, tests/test_digest.py) on builds the default
-# build does not exercise on this machine: a scratch copy of the working tree is built
-# with extra C flags and checked against tests/digests.json.
+# build does not exercise on this machine: a scratch copy of the working tree
+# (tools/scratch_build.sh) is built with extra C flags and checked against
+# tests/digests.json.
 #
 #   tools/digest_paths.sh            # baseline x86-64 code only (-DFBN_NO_DISPATCH:
 #                                    # no target_clones, so no AVX2/AVX-512 clone runs)
@@ -10,17 +11,5 @@
 #
 # Exits non-zero when a digest differs. The normal in-place build is not touched.
 set -euo pipefail
-repo="$(cd "$(dirname "$0")/.." && pwd)"
-python="${PYTHON:-python}"
-work="$(mktemp -d "${TMPDIR:-/tmp}/fastbn-digest.XXXXXX")"
-trap 'rm -rf "$work"' EXIT
-tar -C "$repo" --exclude=./.git --exclude=./build --exclude='*.so' --exclude='*.o' \
-    --exclude=./.hypothesis --exclude=./.pytest_cache --exclude='__pycache__' \
-    --exclude='*.egg-info' --exclude='fastbn/_kernels.c' -cf - . | tar -C "$work" -xf -
-cd "$work"
-flags="${CFLAGS:--DFBN_NO_DISPATCH}"
-echo "digest_paths: building with CFLAGS=$flags FASTBN_THREADS=${1:-default} in $work"
-CFLAGS="$flags" FASTBN_THREADS="${1:-}" "$python" setup.py build_ext --inplace -q \
-    --build-temp build/digest >build.log 2>&1 || { cat build.log; exit 1; }
-PYTHONPATH="$work" "$python" -c "import fastbn; assert fastbn.__file__.startswith('$work'); fastbn.show_config()"
-PYTHONPATH="$work" "$python" tests/digest_cases.py
+FASTBN_THREADS="${1:-}" exec "$(dirname "$0")/scratch_build.sh" "${PYTHON:-python}" \
+    tests/digest_cases.py

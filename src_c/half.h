@@ -1,0 +1,185 @@
+/* Conversions between float and the 16-bit storage formats of half-precision data
+ * (issue 19): IEEE binary16 (NumPy's float16) and bfloat16 (ml_dtypes.bfloat16).
+ *
+ * Data of these types are stored in 16 bits and computed in float: every value is
+ * widened exactly (both formats are subsets of float) and every result narrowed
+ * once, rounding to nearest, ties to even.
+ *
+ * Two forms, bitwise equal on every input (tests/test_half_conversions.py checks
+ * them against each other on all 2^16 halves and on 2^32 / 251 floats, every float
+ * in the slow run, and against NumPy and ml_dtypes):
+ *
+ *  - Portable, exact scalar functions fbn_f16_to_f32 / fbn_f32_to_f16 /
+ *    fbn_bf16_to_f32 / fbn_f32_to_bf16: integer operations, selects and exact
+ *    float additions (no branch, no table), which flush-to-zero and
+ *    denormals-are-zero do not change (float16 narrowing of subnormal results
+ *    needs the default rounding mode), and which the compiler vectorises with the
+ *    SIMD instructions of whatever instruction set a function is compiled for
+ *    (SSE2, AVX2, AVX-512: see the kernels' runtime dispatch).
+ *  - Vector forms fbn_f16x8_* / fbn_f16x16_* / fbn_bf16x8_* / fbn_bf16x16_*, defined
+ *    where the translation unit (or the enclosing #pragma GCC target) enables the
+ *    instructions: F16C (VCVTPH2PS / VCVTPS2PH, 8 values) and AVX-512F (16 values)
+ *    for binary16; AVX2 and AVX-512F integer operations for bfloat16. The
+ *    AVX512_BF16 instruction VCVTNEPS2BF16 is not used: it flushes float
+ *    denormals to zero (Intel SDM, "convert_fp32_to_bfloat16"), whereas bfloat16
+ *    has the float's exponent range and must keep them; its rounding is the
+ *    integer form's (add 0x7fff plus the kept lowest bit, shift), at the same cost.
+ *
+ * NaNs stay NaNs of the same sign: narrowing keeps the payload's top bits and sets
+ * the quiet bit (as VCVTPS2PH and VCVTNEPS2BF16 do); widening binary16 sets the
+ * quiet bit too (as VCVTPH2PS does). Infinities stay infinities; values beyond
+ * the largest finite binary16 (65504) round to infinity per IEEE 754 (from
+ * 65520 up); binary16 subnormals (below 2^-14) are rounded exactly, as are
+ * bfloat16's (float's) subnormals.
+ *
+ * Self-contained: C99 plus, for the vector forms, <immintrin.h>.
+ */
+#ifndef FBN_HALF_H
+#define FBN_HALF_H
+
+#include <stdint.h>
+#include <string.h>
+
+#ifndef FBN_HALF_INLINE
+#define FBN_HALF_INLINE static inline
+#endif
+
+typedef uint16_t fbn_f16;  /* the bits of an IEEE binary16 (float16) value */
+typedef uint16_t fbn_bf16; /* the bits of a bfloat16 value */
+
+FBN_HALF_INLINE uint32_t fbn_f32_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+FBN_HALF_INLINE float fbn_bits_f32(uint32_t u) {
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* ---- binary16 ----------------------------------------------------------- */
+
+/* Exact. Normal values: exponent rebiased (15 -> 127), significand moved up 13
+ * bits. Subnormals m * 2^-24 (m < 1024): the normal float 2^-14 * (1 + m / 1024)
+ * (the same bits, exponent field 113) less 2^-14, an exact subtraction of normal
+ * floats (so rounding mode, flush-to-zero and denormals-are-zero do not matter).
+ * Infinity and NaN: exponent field 255, NaNs quieted. */
+FBN_HALF_INLINE float fbn_f16_to_f32(fbn_f16 h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    const uint32_t mag = h & 0x7fffu;
+    const uint32_t shifted = mag << 13;
+    const uint32_t normal = shifted + (112u << 23);
+    const uint32_t subnormal =
+        fbn_f32_bits(fbn_bits_f32(normal + (1u << 23)) - 6.103515625e-05f); /* - 2^-14 */
+    const uint32_t special = (shifted + (224u << 23)) | (mag > 0x7c00u ? 0x00400000u : 0u);
+    const uint32_t r = mag >= 0x7c00u ? special : mag >= 0x0400u ? normal : subnormal;
+    return fbn_bits_f32(sign | r);
+}
+
+/* Round to nearest, ties to even. Normal range (|f| >= 2^-14): exponent rebiased
+ * (127 -> 15) and 13 bits rounded off with integer operations; a carry out of the
+ * significand moves the exponent up, as it should; 65520 and beyond (and
+ * infinity) reach 0x7c00 or more: infinity. Subnormal range: |f| + 0.5, whose
+ * float addition rounds |f| to a multiple of 2^-24 (0.5's unit in the last place)
+ * to nearest even, leaves the result's bits in the low bits (less 0.5's bits); a
+ * float subnormal gives 0 whether or not denormals count as zero. This one step
+ * relies on the default rounding mode (round to nearest), which NumPy and Python
+ * assume too; every other step is exact. */
+FBN_HALF_INLINE fbn_f16 fbn_f32_to_f16(float f) {
+    const uint32_t u = fbn_f32_bits(f);
+    const uint32_t sign = (u >> 16) & 0x8000u;
+    const uint32_t x = u & 0x7fffffffu;
+    const uint32_t rn = (x - (112u << 23) + 0x0fffu + ((x >> 13) & 1u)) >> 13;
+    const uint32_t normal = rn < 0x7c00u ? rn : 0x7c00u;
+    const uint32_t subnormal = fbn_f32_bits(fbn_bits_f32(x) + 0.5f) - 0x3f000000u;
+    const uint32_t nan = 0x7e00u | ((x >> 13) & 0x3ffu);
+    const uint32_t r = x > 0x7f800000u ? nan : x >= 0x38800000u ? normal : subnormal;
+    return (fbn_f16)(sign | r);
+}
+
+/* ---- bfloat16: the top half of a float ----------------------------------- */
+
+FBN_HALF_INLINE float fbn_bf16_to_f32(fbn_bf16 h) { return fbn_bits_f32((uint32_t)h << 16); }
+
+/* Round to nearest, ties to even: add half a unit of the kept part less one, plus
+ * its lowest bit, and truncate. Subnormals need nothing more (the float and
+ * bfloat16 exponent fields are the same); the largest finite floats round to
+ * infinity (0x7f80), as IEEE 754 overflow does. NaN: quieted, sign and payload top. */
+FBN_HALF_INLINE fbn_bf16 fbn_f32_to_bf16(float f) {
+    const uint32_t u = fbn_f32_bits(f);
+    const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    const uint32_t nan = (u >> 16) | 0x0040u;
+    return (fbn_bf16)((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
+}
+
+/* ---- vector forms ----------------------------------------------------------- */
+
+#if defined(__F16C__) || defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#if defined(__F16C__)
+#define FBN_HAVE_F16C 1
+/* 8 binary16 values (16 bytes, unaligned) as floats, and back (rounding to
+ * nearest even whatever MXCSR says). */
+FBN_HALF_INLINE __m256 fbn_f16x8_load(const fbn_f16 *p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+FBN_HALF_INLINE void fbn_f16x8_store(fbn_f16 *p, __m256 v) {
+    _mm_storeu_si128((__m128i *)p, _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+#endif
+
+#if defined(__AVX2__)
+#define FBN_HAVE_BF16X8 1
+FBN_HALF_INLINE __m256 fbn_bf16x8_load(const fbn_bf16 *p) {
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+}
+FBN_HALF_INLINE __m128i fbn_bf16x8_round(__m256 v) {
+    const __m256i u = _mm256_castps_si256(v);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    const __m256i r = _mm256_srli_epi32(
+        _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), lsb), 16);
+    const __m256i mag = _mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff));
+    const __m256i isnan = _mm256_cmpgt_epi32(mag, _mm256_set1_epi32(0x7f800000));
+    const __m256i nan = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
+    const __m256i b = _mm256_blendv_epi8(r, nan, isnan); /* 0..0xffff per lane */
+    /* pack the 8 lanes' low 16 bits: packus saturates at 0xffff, which the lanes
+     * never exceed; it interleaves 128-bit halves, undone by the permute */
+    const __m256i packed = _mm256_packus_epi32(b, b);
+    return _mm256_castsi256_si128(_mm256_permute4x64_epi64(packed, 0x08));
+}
+FBN_HALF_INLINE void fbn_bf16x8_store(fbn_bf16 *p, __m256 v) {
+    _mm_storeu_si128((__m128i *)p, fbn_bf16x8_round(v));
+}
+#endif
+
+#if defined(__AVX512F__)
+#define FBN_HAVE_HALF16 1
+FBN_HALF_INLINE __m512 fbn_f16x16_load(const fbn_f16 *p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+}
+FBN_HALF_INLINE void fbn_f16x16_store(fbn_f16 *p, __m512 v) {
+    _mm256_storeu_si256((__m256i *)p,
+                        _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+FBN_HALF_INLINE __m512 fbn_bf16x16_load(const fbn_bf16 *p) {
+    const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+}
+FBN_HALF_INLINE void fbn_bf16x16_store(fbn_bf16 *p, __m512 v) {
+    const __m512i u = _mm512_castps_si512(v);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    const __m512i r = _mm512_srli_epi32(
+        _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb), 16);
+    const __m512i mag = _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff));
+    const __mmask16 isnan = _mm512_cmpgt_epi32_mask(mag, _mm512_set1_epi32(0x7f800000));
+    const __m512i nan = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+    _mm256_storeu_si256((__m256i *)p, _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(r, isnan, nan)));
+}
+#endif
+
+#endif /* FBN_HALF_H */

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The half-precision tests (tests/test_half.py, tests/test_half_conversions.py) on
+# builds the default build does not exercise on this machine: a scratch copy of the
+# working tree (tools/scratch_build.sh) is built with extra C flags and tested.
+#
+#   tools/half_paths.sh                              # baseline x86-64 (SSE2) code only
+#   CFLAGS="-DFBN_NO_DISPATCH -mavx2 -mfma" tools/half_paths.sh   # an AVX2 machine's code
+#
+# Exits non-zero when a test fails. The normal in-place build is not touched.
+set -euo pipefail
+exec "$(dirname "$0")/scratch_build.sh" "${PYTHON:-python}" -m pytest -q -p no:cacheprovider \
+    tests/test_half.py tests/test_half_conversions.py
