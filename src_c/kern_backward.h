@@ -32,7 +32,7 @@ typedef struct {
 
 static void FBN_SYM(reduce_task)(void *job, int64_t t, int thread) {
     const FBN_SYM(reduce_job) *j = job;
-    FBN_SYM(bwd_reduce_tile)(j->dy, j->x, j->p, t, j->k, j->tk,
+    FBN_SYM(bwd_reduce_tile_any)(j->dy, j->x, j->p, t, j->k, j->tk,
                              j->work + (t % j->p->nsegs) * 2 * j->p->s.channels,
                              j->scratch + thread * j->len, j->z, j->dres);
 }
@@ -49,7 +49,7 @@ typedef struct {
 static void FBN_SYM(dx_task)(void *job, int64_t t, int thread) {
     const FBN_SYM(dx_job) *j = job;
     (void)thread;
-    FBN_SYM(bwd_elemt_tile)(j->dy, j->x, j->dx, j->p, j->backwards ? j->p->ntiles - 1 - t : t,
+    FBN_SYM(bwd_elemt_tile_any)(j->dy, j->x, j->dx, j->p, j->backwards ? j->p->ntiles - 1 - t : t,
                             j->tk);
 }
 

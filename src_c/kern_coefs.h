@@ -7,9 +7,9 @@
 typedef struct {
     TC *shift, *scale, *bias, *k_dy, *k_x, *mean_dy, *k_0, *invstd;
     int relu;       /* the activation: 0 none, 1 ReLU, 2 leaky ReLU (slope) */
-    TC slope;
     int eval;       /* dx of eval mode: the statistics are constants, x enters only a mask */
     int64_t period; /* > 0: each array repeats its C values up to this length */
+    TC slope;       /* last: the plain kernels address the fields before it as they did */
 } FBN_SYM(tcoefs);
 
 /* Channels [c0, c0 + n) of the double coefficients k in the compute type. The

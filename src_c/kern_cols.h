@@ -172,19 +172,24 @@ FBN_INLINE void FBN_SYM(sums_minus_lo)(int64_t c, double s1, double s2, double l
     sums[2 * c + 1] = lo != 0.0 ? s2 - lo * s1 : s2;
 }
 
-/* Adds the sums of dy' and dy' * (x - shift) over g rows to acc and acc2 (g,
- * relu and res constants: see fbn_stats_group_<sfx> and fbn_lane_add_<sfx>). */
+/* Adds the sums of dy' and dy' * (x - shift) over g rows to acc and acc2 (g a
+ * constant, see fbn_stats_group_<sfx>). ext (a constant): 0, dy' masked by relu (a
+ * constant or not, as without the epilogue); else the epilogue of
+ * fbn_bwd_reduce_cols_<sfx>, with the residual's rows zr and dy' stored to er. */
 FBN_INLINE void FBN_SYM(bwd_group)(const T *dr, const T *xr, int64_t C, int64_t nc, const int g,
                                    const int relu, const double *sh, const TC *tsh,
                                    const TC *sc, const TC *bi, double *restrict acc,
                                    double *restrict acc2, const T *restrict zr,
-                                   T *restrict er, const int res, TC slope) {
+                                   T *restrict er, const int ext, TC slope) {
+    const int res = (ext >> 2) & 1;
     for (int64_t c = 0; c < nc; c++) {
         double s1 = 0.0, s2 = 0.0;
         for (int i = 0; i < g; i++) {
-            TC m = FBN_SYM(masked_x)(FBN_LD(dr[i * C + c]), FBN_LD(xr[i * C + c]),
-                                     res ? FBN_LD(zr[i * C + c]) : (TC)0, tsh[c], sc[c], bi[c],
-                                     relu, res, slope);
+            TC m = ext ? FBN_SYM(masked_x)(FBN_LD(dr[i * C + c]), FBN_LD(xr[i * C + c]),
+                                           res ? FBN_LD(zr[i * C + c]) : (TC)0, tsh[c], sc[c],
+                                           bi[c], ext & 3, res, slope)
+                       : FBN_SYM(masked)(FBN_LD(dr[i * C + c]), FBN_LD(xr[i * C + c]), tsh[c],
+                                         sc[c], bi[c], relu);
             double v = m;
             if (res) er[i * C + c] = FBN_ST(m);
             s1 += v;
@@ -204,7 +209,7 @@ FBN_INLINE void FBN_SYM(bwd_reduce_cols)(const T *dy, const T *x, int64_t C, int
                                          double *scratch, const T *z, T *dres, const int ext) {
     const double *sh = k->shift + c0, *lw = k->lo + c0;
     const TC *tsh = tk->shift + c0, *sc = tk->scale + c0, *bi = tk->bias + c0;
-    const int relu = tk->relu, xact = ext & 3, res = (ext >> 2) & 1;
+    const int relu = tk->relu, res = (ext >> 2) & 1;
     const TC slope = tk->slope;
     double *acc = scratch, *acc2 = acc + nc;
     double *tot = acc2 + nc, *comp = tot + nc, *tot2 = comp + nc, *comp2 = tot2 + nc;
@@ -224,13 +229,13 @@ FBN_INLINE void FBN_SYM(bwd_reduce_cols)(const T *dy, const T *x, int64_t C, int
             }
             /* constant g and relu: each call unrolls its own loop */
             if (ext && g == FBN_GROUP)
-                FBN_SYM(bwd_group)(dr, xr, C, nc, FBN_GROUP, xact, sh, tsh, sc, bi, acc, acc2,
-                                   zr, er, res, slope);
+                FBN_SYM(bwd_group)(dr, xr, C, nc, FBN_GROUP, 0, sh, tsh, sc, bi, acc, acc2, zr,
+                                   er, ext, slope);
             else if (ext)
                 for (int i = 0; i < g; i++)
-                    FBN_SYM(bwd_group)(dr + i * C, xr + i * C, C, nc, 1, xact, sh, tsh, sc, bi,
+                    FBN_SYM(bwd_group)(dr + i * C, xr + i * C, C, nc, 1, 0, sh, tsh, sc, bi,
                                        acc, acc2, res ? zr + i * C : NULL,
-                                       res ? er + i * C : NULL, res, slope);
+                                       res ? er + i * C : NULL, ext, slope);
             else if (g == FBN_GROUP && relu)
                 FBN_SYM(bwd_group)(dr, xr, C, nc, FBN_GROUP, 1, sh, tsh, sc, bi, acc, acc2, NULL,
                                    NULL, 0, (TC)0);
@@ -279,8 +284,17 @@ FBN_INLINE void FBN_SYM(bwd_reduce_tile_as)(const T *dy, const T *x, const fbn_p
                              z, dres, ext);
 }
 
-/* fbn_bwd_reduce_tile_<sfx> with an epilogue: a function of its own, so that the
- * plain one's code is what it was. */
+/* Per-channel sum(dy') and sum_dy_xc of one tile, into sums[2 * c + {0, 1}]
+ * (plain: relu 0 or 1, no residual; a function of its own, see kern_walk.h's
+ * fbn_affine_tile_<sfx>). */
+FBN_DISPATCH static void FBN_SYM(bwd_reduce_tile)(const T *dy, const T *x, const fbn_plan *p,
+                                                  int64_t t, const fbn_coefs *k,
+                                                  const FBN_SYM(tcoefs) *tk, double *sums,
+                                                  double *scratch) {
+    FBN_SYM(bwd_reduce_tile_as)(dy, x, p, t, k, tk, sums, scratch, NULL, NULL, 0);
+}
+
+/* The same with an epilogue: a residual z (dy' also to dres) or a leaky ReLU. */
 FBN_DISPATCH static void FBN_SYM(bwd_reduce_tile_x)(const T *dy, const T *x, const fbn_plan *p,
                                                     int64_t t, const fbn_coefs *k,
                                                     const FBN_SYM(tcoefs) *tk, double *sums,
@@ -295,14 +309,12 @@ FBN_DISPATCH static void FBN_SYM(bwd_reduce_tile_x)(const T *dy, const T *x, con
         FBN_SYM(bwd_reduce_tile_as)(dy, x, p, t, k, tk, sums, scratch, z, dres, 6);
 }
 
-/* Per-channel sum(dy') and sum_dy_xc of one tile, into sums[2 * c + {0, 1}]; with
- * a residual z (else NULL) or a leaky ReLU, the epilogue's mask (and dres: dy'). */
-FBN_DISPATCH static void FBN_SYM(bwd_reduce_tile)(const T *dy, const T *x, const fbn_plan *p,
-                                                  int64_t t, const fbn_coefs *k,
-                                                  const FBN_SYM(tcoefs) *tk, double *sums,
-                                                  double *scratch, const T *z, T *dres) {
+static inline void FBN_SYM(bwd_reduce_tile_any)(const T *dy, const T *x, const fbn_plan *p,
+                                                int64_t t, const fbn_coefs *k,
+                                                const FBN_SYM(tcoefs) *tk, double *sums,
+                                                double *scratch, const T *z, T *dres) {
     if (!z && tk->relu < 2)
-        FBN_SYM(bwd_reduce_tile_as)(dy, x, p, t, k, tk, sums, scratch, NULL, NULL, 0);
+        FBN_SYM(bwd_reduce_tile)(dy, x, p, t, k, tk, sums, scratch);
     else
         FBN_SYM(bwd_reduce_tile_x)(dy, x, p, t, k, tk, sums, scratch, z, dres);
 }

@@ -22,19 +22,29 @@ FBN_INLINE TC FBN_SYM(xaffine1)(TC x, TC z, TC shift, TC scale, TC bias, TC slop
 }
 
 /* dy - mean_dy comes first: a constant dy over a constant channel gives dx == 0.
- * relu 2 (a constant): a leaky ReLU's mask. */
+ * (A leaky ReLU's dx is dx1 with relu 0 of dy through its mask, fbn_xdx1_<sfx>.) */
 FBN_INLINE TC FBN_SYM(dx1)(TC dy, TC x, TC shift, TC scale, TC bias, int relu, TC k_dy,
-                           TC k_x, TC mean_dy, TC k_0, TC invstd, int eval, TC slope) {
-    TC g = relu == 2 ? FBN_SYM(masked_x)(dy, x, (TC)0, shift, scale, bias, 2, 0, slope)
-                     : FBN_SYM(masked)(dy, x, shift, scale, bias, relu);
+                           TC k_x, TC mean_dy, TC k_0, TC invstd, int eval) {
+    TC g = FBN_SYM(masked)(dy, x, shift, scale, bias, relu);
     TC xterm = k_x * ((x - shift) * invstd);
     return k_dy * (g - mean_dy) + (eval ? (TC)0 : xterm) + k_0; /* eval: no NaN from inf x */
 }
 
+/* dx with the activation act (a constant: 0 none, 1 ReLU, 2 leaky ReLU). */
+FBN_INLINE TC FBN_SYM(xdx1)(TC dy, TC x, TC shift, TC scale, TC bias, const int act, TC k_dy,
+                            TC k_x, TC mean_dy, TC k_0, TC invstd, int eval, TC slope) {
+    if (act < 2)
+        return FBN_SYM(dx1)(dy, x, shift, scale, bias, act, k_dy, k_x, mean_dy, k_0, invstd,
+                            eval);
+    const TC g = FBN_SYM(masked_x)(dy, x, (TC)0, shift, scale, bias, 2, 0, slope);
+    return FBN_SYM(dx1)(g, x, shift, scale, bias, 0, k_dy, k_x, mean_dy, k_0, invstd, eval);
+}
+
 /* One channel's typed coefficients, for a run of that channel. */
 typedef struct {
-    TC shift, scale, bias, k_dy, k_x, mean_dy, k_0, invstd, slope;
+    TC shift, scale, bias, k_dy, k_x, mean_dy, k_0, invstd;
     int relu, eval;
+    TC slope;
 } FBN_SYM(chan);
 
 /* Channel c's coefficients of op (only those op reads are loaded). */
@@ -62,18 +72,18 @@ FBN_INLINE T FBN_SYM(value_at)(const int op, const T *restrict x, const T *restr
                                int64_t i, const FBN_SYM(chan) *h) {
     if (op == FBN_OP_AFFINE)
         return FBN_ST(FBN_SYM(affine1)(FBN_LD(x[i]), h->shift, h->scale, h->bias, h->relu));
-    if (op == FBN_OP_DX) /* relu 0 or 1 (& 1: the leaky branch folds away) */
+    if (op == FBN_OP_DX)
         return FBN_ST(FBN_SYM(dx1)(FBN_LD(dy[i]), FBN_LD(x[i]), h->shift, h->scale, h->bias,
-                                   h->relu & 1, h->k_dy, h->k_x, h->mean_dy, h->k_0, h->invstd,
-                                   h->eval, (TC)0));
+                                   h->relu, h->k_dy, h->k_x, h->mean_dy, h->k_0, h->invstd,
+                                   h->eval));
     if (op & FBN_OP_XAFF)
         return FBN_ST(FBN_SYM(xaffine1)(FBN_LD(x[i]), FBN_OP_RES(op) ? FBN_LD(dy[i]) : (TC)0,
                                         h->shift, h->scale, h->bias, h->slope, FBN_OP_ACT(op),
                                         FBN_OP_RES(op)));
     if (op & FBN_OP_XDX)
-        return FBN_ST(FBN_SYM(dx1)(FBN_LD(dy[i]), FBN_LD(x[i]), h->shift, h->scale, h->bias,
-                                   FBN_OP_ACT(op), h->k_dy, h->k_x, h->mean_dy, h->k_0,
-                                   h->invstd, h->eval, h->slope));
+        return FBN_ST(FBN_SYM(xdx1)(FBN_LD(dy[i]), FBN_LD(x[i]), h->shift, h->scale, h->bias,
+                                    FBN_OP_ACT(op), h->k_dy, h->k_x, h->mean_dy, h->k_0,
+                                    h->invstd, h->eval, h->slope));
     return x[i];
 }
 
@@ -86,14 +96,17 @@ FBN_INLINE FBN_SYM(vec) FBN_SYM(vector_at)(const int op, const T *restrict x,
         return FBN_SYM(affine_v)(FBN_SYM(vload)(x + i), v[0], v[1], v[2], h->relu);
     if (op == FBN_OP_DX)
         return FBN_SYM(dx_v)(FBN_SYM(vload)(dy + i), FBN_SYM(vload)(x + i), v[0], v[1], v[2],
-                             h->relu & 1, v[3], v[4], v[5], v[6], v[7], h->eval, v[8]);
+                             h->relu, v[3], v[4], v[5], v[6], v[7], h->eval);
     if (op & FBN_OP_XAFF)
         return FBN_SYM(xaffine_v)(FBN_SYM(vload)(x + i),
                                   FBN_OP_RES(op) ? FBN_SYM(vload)(dy + i) : v[8], v[0], v[1],
                                   v[2], v[8], FBN_OP_ACT(op), FBN_OP_RES(op));
-    if (op & FBN_OP_XDX)
-        return FBN_SYM(dx_v)(FBN_SYM(vload)(dy + i), FBN_SYM(vload)(x + i), v[0], v[1], v[2],
-                             FBN_OP_ACT(op), v[3], v[4], v[5], v[6], v[7], h->eval, v[8]);
+    if (op & FBN_OP_XDX) { /* a leaky ReLU's: dy through its mask, then dx1 */
+        const FBN_SYM(vec) x_ = FBN_SYM(vload)(x + i);
+        const FBN_SYM(vec) g =
+            FBN_SYM(leaky_masked_v)(FBN_SYM(vload)(dy + i), x_, v[0], v[1], v[2], v[8]);
+        return FBN_SYM(dx_v)(g, x_, v[0], v[1], v[2], 0, v[3], v[4], v[5], v[6], v[7], h->eval);
+    }
     return FBN_SYM(vload)(x + i);
 }
 #endif
@@ -223,9 +236,9 @@ FBN_INLINE void FBN_SYM(dx_rows_as)(const T *dr, const T *xr, int64_t ld, T *out
         T *oi = out + i * ldo;
         FBN_IVDEP /* out may be dr (in place) */
         for (int64_t c = 0; c < m; c++)
-            oi[c] = FBN_ST(FBN_SYM(dx1)(FBN_LD(di[c]), FBN_LD(xi[c]), shift[c], scale[c],
-                                        bias[c], relu, k_dy[c], k_x[c], mdy[c], k_0[c], inv[c],
-                                        eval, slope));
+            oi[c] = FBN_ST(FBN_SYM(xdx1)(FBN_LD(di[c]), FBN_LD(xi[c]), shift[c], scale[c],
+                                         bias[c], relu, k_dy[c], k_x[c], mdy[c], k_0[c], inv[c],
+                                         eval, slope));
     }
     return;
 #endif
@@ -241,18 +254,18 @@ FBN_INLINE void FBN_SYM(dx_rows_as)(const T *dr, const T *xr, int64_t ld, T *out
                 v[i] = FBN_LD(xr[i * ld + c]);
             }
             for (int i = 0; i < g; i++)
-                out[i * ldo + c] = FBN_ST(FBN_SYM(dx1)(d[i], v[i], shift[c], scale[c], bias[c],
-                                                       relu, k_dy[c], k_x[c], mdy[c], k_0[c],
-                                                       inv[c], eval, slope));
+                out[i * ldo + c] = FBN_ST(FBN_SYM(xdx1)(d[i], v[i], shift[c], scale[c], bias[c],
+                                                        relu, k_dy[c], k_x[c], mdy[c], k_0[c],
+                                                        inv[c], eval, slope));
         }
     } else { /* (this order was slower there, e.g. NHWC's 64 channels) */
         FBN_IVDEP
         for (int64_t c = 0; c < m; c++)
             for (int i = 0; i < g; i++)
                 out[i * ldo + c] = FBN_ST(
-                    FBN_SYM(dx1)(FBN_LD(dr[i * ld + c]), FBN_LD(xr[i * ld + c]), shift[c],
-                                 scale[c], bias[c], relu, k_dy[c], k_x[c], mdy[c], k_0[c],
-                                 inv[c], eval, slope));
+                    FBN_SYM(xdx1)(FBN_LD(dr[i * ld + c]), FBN_LD(xr[i * ld + c]), shift[c],
+                                  scale[c], bias[c], relu, k_dy[c], k_x[c], mdy[c], k_0[c],
+                                  inv[c], eval, slope));
     }
 }
 

@@ -15,7 +15,7 @@ typedef struct {
 static void FBN_SYM(affine_task)(void *job, int64_t t, int thread) {
     const FBN_SYM(affine_job) *j = job;
     (void)thread;
-    FBN_SYM(affine_tile)(j->x, j->z, j->y, j->p, j->backwards ? j->p->ntiles - 1 - t : t, j->tk);
+    FBN_SYM(affine_tile_any)(j->x, j->z, j->y, j->p, j->backwards ? j->p->ntiles - 1 - t : t, j->tk);
 }
 
 /* The activation code of the typed coefficients (0 none, 1 ReLU, 2 leaky) and the

@@ -50,7 +50,7 @@ FBN_INLINE void FBN_SYM(pass_reduce_tile)(const int op, const FBN_SYM(pass) *j, 
             FBN_SYM(finish_stats)(c, j->fwd.pivot[c], &j->fwd.parts[c], j->fwd.mean_hi,
                                   j->fwd.mean_lo, j->fwd.m2);
     } else {
-        FBN_SYM(bwd_reduce_tile)(j->dy, j->x, j->p, t, j->k, j->tk, j->bwd.sums,
+        FBN_SYM(bwd_reduce_tile_any)(j->dy, j->x, j->p, t, j->k, j->tk, j->bwd.sums,
                                  j->scratch + thread * j->len, j->z, j->dres);
         for (int64_t c = r->c0; c < r->c0 + r->nc; c++) {
             j->bwd.sum_dy[c] = j->bwd.sums[2 * c];
@@ -96,9 +96,9 @@ FBN_INLINE void FBN_SYM(fused_tile)(const int op, const FBN_SYM(pass) *j, int64_
     if (op == FBN_OP_DX && !j->out) return; /* sums only */
     FBN_SYM(fill_typed)(j->k, r.c0, r.nc, j->tk);
     if (op == FBN_OP_AFFINE)
-        FBN_SYM(affine_tile)(j->x, j->z, j->out, j->p, t, j->tk);
+        FBN_SYM(affine_tile_any)(j->x, j->z, j->out, j->p, t, j->tk);
     else
-        FBN_SYM(bwd_elemt_tile)(j->dres ? j->dres : j->dy, j->x, j->out, j->p, t, j->tkd);
+        FBN_SYM(bwd_elemt_tile_any)(j->dres ? j->dres : j->dy, j->x, j->out, j->p, t, j->tkd);
 }
 
 /* Per-thread work of a forward whose tiles hold whole channels (nsegs == 1), in

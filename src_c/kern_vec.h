@@ -51,18 +51,23 @@ FBN_INLINE FBN_SYM(vec) FBN_SYM(xaffine_v)(FBN_SYM(vec) x, FBN_SYM(vec) z, FBN_S
     return act ? FBN_SYM(vselect)((FBN_SYM(ivec))(v < zero), zero, v) : v;
 }
 
-/* fbn_dx1_<sfx> on a vector (relu 2: a leaky ReLU's mask, a constant). */
+/* dy through a leaky ReLU's mask (fbn_masked_x_<sfx> with act 2), on a vector. */
+FBN_INLINE FBN_SYM(vec) FBN_SYM(leaky_masked_v)(FBN_SYM(vec) dy, FBN_SYM(vec) x,
+                                                FBN_SYM(vec) shift, FBN_SYM(vec) scale,
+                                                FBN_SYM(vec) bias, FBN_SYM(vec) slope) {
+    const FBN_SYM(vec) zero = {0};
+    return FBN_SYM(vselect)((FBN_SYM(ivec))((x - shift) * scale + bias > zero), dy, dy * slope);
+}
+
+/* fbn_dx1_<sfx> on a vector. */
 FBN_INLINE FBN_SYM(vec) FBN_SYM(dx_v)(FBN_SYM(vec) dy, FBN_SYM(vec) x, FBN_SYM(vec) shift,
                                       FBN_SYM(vec) scale, FBN_SYM(vec) bias, int relu,
                                       FBN_SYM(vec) k_dy, FBN_SYM(vec) k_x,
                                       FBN_SYM(vec) mean_dy, FBN_SYM(vec) k_0,
-                                      FBN_SYM(vec) invstd, int eval, FBN_SYM(vec) slope) {
+                                      FBN_SYM(vec) invstd, int eval) {
     const FBN_SYM(vec) zero = {0};
     FBN_SYM(vec) g = dy;
-    if (relu == 2)
-        g = FBN_SYM(vselect)((FBN_SYM(ivec))((x - shift) * scale + bias > zero), dy, dy * slope);
-    else if (relu)
-        g = FBN_SYM(vselect)((FBN_SYM(ivec))((x - shift) * scale + bias > zero), dy, zero);
+    if (relu) g = FBN_SYM(vselect)((FBN_SYM(ivec))((x - shift) * scale + bias > zero), dy, zero);
     FBN_SYM(vec) xterm = eval ? zero : k_x * ((x - shift) * invstd);
     return k_dy * (g - mean_dy) + xterm + k_0;
 }
