@@ -190,26 +190,39 @@ FBN_INLINE void FBN_SYM(sums_minus_lo)(int64_t c, double s1, double s2, double l
     sums[2 * c + 1] = lo != 0.0 ? s2 - lo * s1 : s2;
 }
 
-/* Adds the sums of dy' and dy' * (x - shift) over g rows to acc and acc2 (g a
- * constant, see fbn_stats_group_<sfx>). ext (a constant): 0, dy' masked by relu (a
- * constant or not, as without the epilogue); else the epilogue of
- * fbn_bwd_reduce_cols_<sfx>, with the residual's rows zr and dy' stored to er (all
- * as TC: see fbn_bwd_group_<sfx>). */
+/* Adds the sums of dy' and dy' * (x - shift) over g rows to acc and acc2 (g and
+ * relu constants: see fbn_stats_group_<sfx>). */
 FBN_INLINE void FBN_SYM(bwd_group_v)(const TC *dr, const TC *xr, int64_t C, int64_t nc,
                                      const int g, const int relu, const double *sh,
                                      const TC *tsh, const TC *sc, const TC *bi,
-                                     double *restrict acc, double *restrict acc2,
-                                     const TC *restrict zr, TC *restrict er, const int ext,
-                                     TC slope) {
+                                     double *restrict acc, double *restrict acc2) {
+    for (int64_t c = 0; c < nc; c++) {
+        double s1 = 0.0, s2 = 0.0;
+        for (int i = 0; i < g; i++) {
+            double v = FBN_SYM(masked)(dr[i * C + c], xr[i * C + c], tsh[c], sc[c], bi[c], relu);
+            s1 += v;
+            s2 += v * ((double)xr[i * C + c] - sh[c]);
+        }
+        acc[c] += s1;
+        acc2[c] += s2;
+    }
+}
+
+/* fbn_bwd_group_v_<sfx> with the epilogue ext (a constant, not 0: see
+ * fbn_bwd_reduce_cols_<sfx>): dy' through act = ext & 3, with the residual's rows
+ * zr if ext & 4, and then dy' stored to er. A function of its own, so that the
+ * plain loop above stays as it was. */
+FBN_INLINE void FBN_SYM(bwd_group_xv)(const TC *dr, const TC *xr, int64_t C, int64_t nc,
+                                      const int g, const double *sh, const TC *tsh,
+                                      const TC *sc, const TC *bi, double *restrict acc,
+                                      double *restrict acc2, const TC *restrict zr,
+                                      TC *restrict er, const int ext, TC slope) {
     const int res = (ext >> 2) & 1;
     for (int64_t c = 0; c < nc; c++) {
         double s1 = 0.0, s2 = 0.0;
         for (int i = 0; i < g; i++) {
-            TC m = ext ? FBN_SYM(masked_x)(dr[i * C + c], xr[i * C + c],
-                                           res ? zr[i * C + c] : (TC)0, tsh[c], sc[c], bi[c],
-                                           ext & 3, res, slope)
-                       : FBN_SYM(masked)(dr[i * C + c], xr[i * C + c], tsh[c], sc[c], bi[c],
-                                         relu);
+            TC m = FBN_SYM(masked_x)(dr[i * C + c], xr[i * C + c], res ? zr[i * C + c] : (TC)0,
+                                     tsh[c], sc[c], bi[c], ext & 3, res, slope);
             double v = m;
             if (res) er[i * C + c] = m;
             s1 += v;
@@ -238,13 +251,20 @@ FBN_INLINE void FBN_SYM(bwd_group)(const T *dr, const T *xr, int64_t C, int64_t 
             FBN_LD_N(xr + i * C + c0, xb + i * FBN_HBLOCK, n);
             if (res) FBN_LD_N(zr + i * C + c0, zb + i * FBN_HBLOCK, n);
         }
-        FBN_SYM(bwd_group_v)(db, xb, FBN_HBLOCK, n, g, relu, sh + c0, tsh + c0, sc + c0,
-                             bi + c0, acc + c0, acc2 + c0, zb, eb, ext, slope);
+        if (ext)
+            FBN_SYM(bwd_group_xv)(db, xb, FBN_HBLOCK, n, g, sh + c0, tsh + c0, sc + c0, bi + c0,
+                                  acc + c0, acc2 + c0, zb, eb, ext, slope);
+        else
+            FBN_SYM(bwd_group_v)(db, xb, FBN_HBLOCK, n, g, relu, sh + c0, tsh + c0, sc + c0,
+                                 bi + c0, acc + c0, acc2 + c0);
         if (res)
             for (int i = 0; i < g; i++) FBN_ST_N(eb + i * FBN_HBLOCK, er + i * C + c0, n);
     }
 #else
-    FBN_SYM(bwd_group_v)(dr, xr, C, nc, g, relu, sh, tsh, sc, bi, acc, acc2, zr, er, ext, slope);
+    if (ext)
+        FBN_SYM(bwd_group_xv)(dr, xr, C, nc, g, sh, tsh, sc, bi, acc, acc2, zr, er, ext, slope);
+    else
+        FBN_SYM(bwd_group_v)(dr, xr, C, nc, g, relu, sh, tsh, sc, bi, acc, acc2);
 #endif
 }
 
