@@ -180,10 +180,18 @@ def _forward_then(x, gamma, beta, axis, eps, training, running_mean, running_var
     dest = _Output(a.out, x, [x3])
     C = a.channels
     if a.training:
-        mean, lo, var, invstd = np.empty(C), np.empty(C), np.empty(C), np.empty(C)
-        if C:  # training needs m > 1 values per channel: x.size > 0
-            _kernels.forward_train(_k(x3), _k(dest.array3), _f64(gamma), _f64(beta), a.eps, relu,
-                                   mean, lo, var, invstd, get_num_threads(), dt=_dt(x))
+        # var only for the running statistics; float32 gamma and beta read where they
+        # are: no O(C) double copies (issue 13: (2, 50M) float32)
+        mean, lo, invstd = np.empty(C), np.empty(C), np.empty(C)
+        var = np.empty(C) if a.running_mean is not None else None
+        if C and _f32_params(gamma, beta):
+            _kernels.forward_train_f32_params(_k(x3), _k(dest.array3), gamma, beta, a.eps, relu,
+                                              mean, lo, var, invstd, get_num_threads(),
+                                              dt=_dt(x))
+        elif C:  # training needs m > 1 values per channel: x.size > 0
+            _kernels.forward_train_ex(_k(x3), _k(dest.array3), _f64(gamma), _f64(beta), a.eps,
+                                      int(relu), 0.0, None, mean, lo, var, invstd,
+                                      get_num_threads(), dt=_dt(x))
     else:
         # mean: a copy, never the live running_mean (the cache keeps what forward used)
         mean, lo, invstd = np.array(a.running_mean, dtype=_F64), None, np.empty(C)
@@ -202,6 +210,13 @@ def _forward_then(x, gamma, beta, axis, eps, training, running_mean, running_var
     if copies or then is not None:
         commit(copies, None if then is None else partial(then, cache))
     return y, cache
+
+
+def _f32_params(gamma, beta):
+    """Whether gamma and beta (not both None) are plain float32 vectors the kernel reads."""
+    return (gamma is not None or beta is not None) and all(
+        v is None or (v.dtype == np.float32 and v.ndim == 1 and v.flags.c_contiguous
+                      and v.flags.aligned) for v in (gamma, beta))
 
 
 def _own(v, given):

@@ -167,14 +167,16 @@ def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
             residual=None, negative_slope=0.01):
     cdef cnp.ndarray xa, y, mean, lo, invstd, rm, rv
     cdef int ax, nd, st = 0
-    cdef bint relu, train, running, f32
+    cdef bint relu, train, running, f32, direct
     cdef fbn_shape s
     cdef int64_t C, count
     cdef double e, mom, factor
     cdef double *work
+    cdef double *var
     cdef const double *g = NULL
     cdef const double *b = NULL
-    cdef int nthreads
+    cdef int nthreads, gt, bt
+    cdef fbn_epilogue epi
     if (out is not None or not plain_data(x) or type(axis) is not int or not -64 <= axis < 64
             or type(eps) is not float
             or type(training) is not bool or type(momentum) is not float
@@ -224,39 +226,53 @@ def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
     y = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(xa), cnp.PyArray_TYPE(xa), 0)
     mean, invstd = new_vector(C), new_vector(C)
     lo = new_vector(C) if train else None
-    # gamma, beta, var (and the running statistics in eval) as double: one block
-    work = <double *>malloc(4 * C * sizeof(double))
+    # training reads gamma and beta where they are when both are float32 (the kernel
+    # converts a block at a time) or float64, and wants var only for running
+    # statistics: no O(C) double copies at (2, 50M) (issue 13); otherwise gamma, beta
+    # and var (the running one in eval) as double, in one block
+    gt = cnp.NPY_NOTYPE if gamma is None else cnp.PyArray_TYPE(<cnp.ndarray>gamma)
+    bt = cnp.NPY_NOTYPE if beta is None else cnp.PyArray_TYPE(<cnp.ndarray>beta)
+    epi.act, epi.slope, epi.residual, epi.dresidual = (1 if relu else 0), 0.0, NULL, NULL
+    epi.params_f32 = train and gt != cnp.NPY_DOUBLE and bt != cnp.NPY_DOUBLE
+    direct = train and (epi.params_f32 or (gt != cnp.NPY_FLOAT and bt != cnp.NPY_FLOAT))
+    work = <double *>malloc(((C if running or not train else 0) + (0 if direct else 2 * C) + 1)
+                            * sizeof(double))
     if work == NULL:
         raise MemoryError("fastbn: could not allocate a per-channel work buffer")
+    var = work if running or not train else NULL
     try:
-        if gamma is not None:
-            read_vector(<cnp.ndarray>gamma, C, work)
-            g = work
-        if beta is not None:
-            read_vector(<cnp.ndarray>beta, C, work + C)
-            b = work + C
+        if direct:
+            g = NULL if gamma is None else <const double *>cnp.PyArray_DATA(<cnp.ndarray>gamma)
+            b = NULL if beta is None else <const double *>cnp.PyArray_DATA(<cnp.ndarray>beta)
+        else:
+            if gamma is not None:
+                read_vector(<cnp.ndarray>gamma, C, work + C)
+                g = work + C
+            if beta is not None:
+                read_vector(<cnp.ndarray>beta, C, work + 2 * C)
+                b = work + 2 * C
         if train:
             # m / (m - 1): the unbiased variance (PyTorch); 1: the biased one (Keras, Flax)
             factor = <double>count / <double>(count - 1) if unbiased_running_var else 1.0
             if running:
                 rm, rv = <cnp.ndarray>running_mean, <cnp.ndarray>running_var
             with nogil:
-                st = run_forward_train(f32, cnp.PyArray_DATA(xa), cnp.PyArray_DATA(y), s, g, b,
-                                       e, relu, <double *>cnp.PyArray_DATA(mean),
-                                       <double *>cnp.PyArray_DATA(lo), work + 2 * C,
-                                       <double *>cnp.PyArray_DATA(invstd), nthreads)
+                st = run_forward_train_ex(f32, cnp.PyArray_DATA(xa), cnp.PyArray_DATA(y), s, g,
+                                          b, e, &epi, <double *>cnp.PyArray_DATA(mean),
+                                          <double *>cnp.PyArray_DATA(lo), var,
+                                          <double *>cnp.PyArray_DATA(invstd), nthreads)
                 if st == 0 and running:  # in the same compiled step: all or nothing
                     run_ema(cnp.PyArray_TYPE(rm) == cnp.NPY_FLOAT, cnp.PyArray_DATA(rm),
                             <double *>cnp.PyArray_DATA(mean), <double *>cnp.PyArray_DATA(lo), C,
                             mom, 1.0)
                     run_ema(cnp.PyArray_TYPE(rv) == cnp.NPY_FLOAT, cnp.PyArray_DATA(rv),
-                            work + 2 * C, NULL, C, mom, factor)
+                            var, NULL, C, mom, factor)
         else:
             read_vector(<cnp.ndarray>running_mean, C, <double *>cnp.PyArray_DATA(mean))
-            read_vector(<cnp.ndarray>running_var, C, work + 2 * C)
+            read_vector(<cnp.ndarray>running_var, C, var)
             with nogil:
                 st = run_forward_infer(f32, cnp.PyArray_DATA(xa), cnp.PyArray_DATA(y), s,
-                                       <double *>cnp.PyArray_DATA(mean), work + 2 * C, g, b, e,
+                                       <double *>cnp.PyArray_DATA(mean), var, g, b, e,
                                        relu, <double *>cnp.PyArray_DATA(invstd), nthreads)
     finally:
         free(work)

@@ -1,6 +1,16 @@
-"""INTERIM compiled path of the forward keywords beyond PyTorch's (issue 20): several
+"""Compiled path of the forward keywords beyond PyTorch's (issue 20): several
 channel axes, mask=, renorm=, virtual_batch_size=, residual=, leaky ReLU, and
 backward(need_dx=False) on such a cache.
+
+Fused in C (the kernels' epilogue, src_c/fastbn.h fbn_epilogue): the leaky ReLU and
+the residual add. A call with one channel axis and no mask, renorm or virtual batches
+runs the fused forward and backward kernels themselves (fbn_forward_train_ex,
+fbn_forward_infer_ex, fbn_backward_ex: one skeleton with the plain calls; backward
+writes dresidual in its reduction pass, which dx then reads as its dy, and with
+need_dx=False runs that reduction alone). Any other call's y comes from one
+fbn_affine_ex pass per group (residual and activation fused into it).
+
+What remains a composition, marked [interim] below:
 
 Each call is a composition of the existing kernels, through fastbn._core's building
 blocks, on the (outer, W, inner) view of x in which the span of the channel axes is
@@ -9,26 +19,27 @@ one axis of W values (a view of a C-contiguous x: no copy):
   statistics   batch_stats per group of rows (virtual batches: slices of axis 0, views),
                merged over the axes inside the span that are not channel axes (Chan);
                with a mask, the masked kernels (src_c/kern_masked.h: one pass, y fused
-               for one group without renorm); gathered [a copy] only when the mask
-               varies along an axis inside the channel axes' span
-  forward      normalize with per-channel coefficients (renorm: gamma * r, gamma * d + beta;
-               ReLU fused when there is no residual), then residual and leaky ReLU in
-               NumPy  [interim]
-  backward     the activation's mask recomputed (normalize + NumPy), backward_reduce,
-               backward_elemt with gamma * r; with a mask, the masked backward kernel
-               (sums over every position, dx per kept/dropped position)
-
-What a fused kernel would save: the NumPy passes marked [interim] (one read of x
-and y each) and, for the mask, the NumPy statistics. See the report of issue 20.
+               for one group without renorm when the activation is none or a ReLU
+               without residual); gathered [a copy] only when the mask varies along an
+               axis inside the channel axes' span
+  forward      (but with the masked kernel's y) one affine_ex pass per group (renorm:
+               gamma * r, gamma * d + beta), with the residual and activation fused
+  backward     (but the fused case above) the activation's mask first: fbn_backward_ex's
+               reduction (which writes it as dresidual; without a residual it reads a
+               zero one [interim]); then with a mask (training, no interior axis) the
+               masked backward kernel (sums over every position, dx per kept/dropped
+               position; a ReLU without residual inside it); otherwise backward_reduce,
+               backward_elemt with gamma * r, and with a mask dx where the mask is
+               False from normalize  [interim]
 """
 import math
 
 import numpy as np
 
 from . import _core, _kernels
+from ._checks import aligned_contiguous, canonical, commit, mark_written, overwrites_x, store
 from ._threads import get_num_threads
-from ._checks import commit, mark_written, overwrites_x, store
-from ._features import FeatureCache, activate, activation_slope, renorm_constants
+from ._features import FeatureCache, renorm_constants
 from . import reference
 
 __all__ = ["feature_forward", "feature_backward"]
@@ -122,28 +133,88 @@ def _coefficients(cache, i):
     return g * r, g * d + (0.0 if beta is None else beta)
 
 
-def _normalized(cache, w, relu):
-    """gamma * (xhat * r + d) + beta of every group, in x's dtype, C-contiguous."""
+_ACT = {None: 0, "relu": 1, "leaky_relu": 2}
+
+
+def _k(a):
+    """Data as the kernels take it (half precision: its bits; None stays None)."""
+    return None if a is None else _core._k(a)
+
+
+_dt = _core._dt  # the kernels' dtype code of half-precision data
+
+
+def _epilogue(cache):
+    """(act, slope, z): the kernels' epilogue of a cache (z: the residual, C-contiguous)."""
+    z = cache.residual
+    if z is not None:
+        z = aligned_contiguous(z)
+    return _ACT[cache.activation], float(cache.negative_slope), z
+
+
+def _fused(f):
+    """Whether a call with features f runs the fused kernels themselves (one channel
+    axis, one group, no mask, no renorm: the epilogue alone)."""
+    return (len(f.axes) == 1 and f.mask is None and f.renorm is None
+            and f.virtual_batch_size is None)
+
+
+def _normalized(cache, w, epilogue=(0, 0.0, None)):
+    """act(gamma * (xhat * r + d) + beta + z) of every group, in x's dtype, C-contiguous:
+    one fbn_affine_ex pass per group."""
     x = cache.x
+    act, slope, z = epilogue
     y = np.empty(x.shape, x.dtype)
-    x3, y3 = w.view(x), w.view(y)
+    x3, y3 = w.view(aligned_contiguous(x)), w.view(y)  # (a copy of a strided x)
+    z3 = None if z is None else w.view(z)
     mean, invstd = cache.flat("mean"), cache.flat("invstd")
     for i, rows in enumerate(cache.groups):
         o = w.rows(rows)
+        if y3[o].size == 0:
+            continue
         gamma, beta = _coefficients(cache, i)
-        _core.normalize(x3[o], w.expand(mean[i]), w.expand(invstd[i]), w.expand(gamma),
-                        w.expand(beta), axis=1, out=y3[o], activation="relu" if relu else None)
+        shift, scale, bias = _core._coefficients(
+            w.expand(mean[i]), w.expand(invstd[i]), *(None if v is None else
+                                                      np.ascontiguousarray(w.expand(v))
+                                                      for v in (gamma, beta)))
+        _kernels.affine_ex(_k(x3[o]), _k(y3[o]), shift, scale, bias, act, slope,
+                           None if z3 is None else _k(z3[o]), get_num_threads(), dt=_dt(x))
     return y
+
+
+def _fused_forward(x, a, f):
+    """The fused kernels' forward: (mean, lo, var, invstd) as (1, C) arrays, and y."""
+    x3 = canonical(x, f.axes[0])
+    y3 = np.empty(x3.shape, x.dtype)
+    act, slope = _ACT[f.activation], float(f.negative_slope)
+    z3 = None if f.residual is None else canonical(f.residual, f.axes[0])
+    C = f.channels
+    gamma = None if a.gamma is None else _core._f64(a.gamma.ravel())
+    beta = None if a.beta is None else _core._f64(a.beta.ravel())
+    invstd = np.empty(C)
+    if a.training:
+        mean, lo, var = np.empty(C), np.empty(C), np.empty(C)
+        _kernels.forward_train_ex(_k(x3), _k(y3), gamma, beta, a.eps, act, slope, _k(z3), mean,
+                                  lo, var, invstd, get_num_threads(), dt=_dt(x))
+    else:
+        mean = np.array(a.running_mean, dtype=np.float64).ravel()
+        var = np.array(a.running_var, dtype=np.float64).ravel()
+        lo = None
+        _kernels.forward_infer_ex(_k(x3), _k(y3), mean, var, gamma, beta, a.eps, act, slope,
+                                  _k(z3), invstd, get_num_threads(), dt=_dt(x))
+    return mean[None], lo, var[None], invstd[None], y3.reshape(x.shape)
 
 
 def feature_forward(x, a, f, then):
     """fastbn._core's forward for a call with features `f` (see the module)."""
     w = _Wide(x.shape, f)
     x3 = w.view(x)
-    y = lows = None
     gamma = None if a.gamma is None else a.gamma.copy()
     beta = None if a.beta is None else a.beta.copy()
-    if not a.training:
+    y = lo = lows = stats = None
+    if x.size and f.channels and _fused(f):  # the fused kernels, epilogue and all
+        mean, lo, var, invstd, y = _fused_forward(x, a, f)
+    elif not a.training:
         stats = [(a.running_mean.astype(np.float64).ravel(),
                   a.running_var.astype(np.float64).ravel())]
     elif f.mask is not None:
@@ -152,10 +223,13 @@ def feature_forward(x, a, f, then):
             stats = [_masked_stats(x, f, rows) for rows in f.groups]
         else:
             x3 = np.ascontiguousarray(x3)
-            direct = len(f.groups) == 1 and f.renorm is None
-            if direct:  # y in the same kernel: one read of x while in cache
+            # y in the same kernel (one read of x while in cache) when its epilogue is
+            # the kernel's: none or a ReLU without residual; else affine_ex's, below
+            plain = f.residual is None and f.activation in (None, "relu")
+            direct = len(f.groups) == 1 and f.renorm is None and plain
+            if direct:
                 y = np.empty(x.shape, x.dtype)
-                fused = f.activation == "relu" and f.residual is None
+                fused = f.activation == "relu"
                 flat = [None if v is None else v.ravel() for v in (gamma, beta)]
                 stats = [_masked_pass(x3, m2d, a.eps, *flat, fused, w.view(y))]
             else:
@@ -164,22 +238,21 @@ def feature_forward(x, a, f, then):
             stats = [(s[0], s[2]) for s in stats]
     else:
         stats = [w.stats(x3[w.rows(rows)]) for rows in f.groups]
-    mean, var = np.array([s[0] for s in stats]), np.array([s[1] for s in stats])
-    invstd = 1.0 / np.sqrt(var + a.eps)
+    if stats is not None:  # (not the fused kernels': they give their own)
+        mean, var = np.array([s[0] for s in stats]), np.array([s[1] for s in stats])
+        invstd = 1.0 / np.sqrt(var + a.eps)
     r = d = None
     if f.renorm is not None:
         r, d = renorm_constants(mean, var, a.running_mean.ravel(), a.running_var.ravel(), a.eps,
                                 *f.renorm)
     cache = FeatureCache(x, gamma, beta, mean, invstd, f=f, eps=a.eps, training=a.training,
                          r=r, d=d, x_overwritten=overwrites_x(a, x))
-    fused_relu = f.activation == "relu" and f.residual is None
     if lows is not None:
         cache._mean_lo = lows  # (groups, C): the masked backward's mean is hi + lo
+    else:
+        cache._mean_lo = lo  # the fused kernels' double-double mean (None: zeros)
     if y is None:
-        y = _normalized(cache, w, fused_relu)
-    if f.residual is not None or f.activation == "leaky_relu":  # [interim] NumPy
-        pre = y if f.residual is None else np.add(y, f.residual, out=y)
-        y = activate(pre, f.activation, f.negative_slope)
+        y = _normalized(cache, w, _epilogue(cache))
     y = y if a.out is None else store(y, a.out, x.dtype)
     copies = []
     if a.training and a.running_mean is not None and f.channels:
@@ -194,18 +267,70 @@ def feature_forward(x, a, f, then):
     return y, cache
 
 
+def _fused_backward(dy, cache, need_dx):
+    """The fused backward kernel: dx (None without need_dx), dgamma, dbeta as float64
+    sums, dresidual (None without a residual)."""
+    x, f = cache.x, cache._features
+    act, slope, z = _epilogue(cache)
+    ax = f.axes[0]
+    x3, dy3 = canonical(x, ax), canonical(dy, ax)
+    z3 = None if z is None else z.reshape(x3.shape)
+    dx = np.empty(x.shape, x.dtype) if need_dx else None
+    dz = None if z is None else np.empty(x.shape, x.dtype)
+    C = f.channels
+    sum_dy, sum_dy_xhat = np.zeros(C), np.zeros(C)
+    if x.size and C:
+        gamma = None if cache.gamma is None else _core._f64(cache.gamma.ravel())
+        beta = None if cache.beta is None else _core._f64(cache.beta.ravel())
+        lo = cache._mean_lo
+        lo = np.zeros(C) if lo is None else _core._f64(np.ravel(lo))
+        _kernels.backward_ex(_k(dy3), _k(x3), None if dx is None else _k(dx.reshape(x3.shape)),
+                             _core._f64(cache.flat("mean")[0]), lo,
+                             _core._f64(cache.flat("invstd")[0]), gamma, beta, act, slope,
+                             _k(z3), None if dz is None else _k(dz.reshape(x3.shape)),
+                             bool(cache.training), sum_dy, sum_dy_xhat, get_num_threads(),
+                             dt=_dt(x))
+    return dx, sum_dy_xhat, sum_dy, dz
+
+
+def _masked_dy(dy, cache, w):
+    """dy through the activation's mask (d loss / d residual), from fbn_backward_ex's
+    reduction per group (the sums it also gives are not those of several channel axes,
+    a mask or renorm: the composition below takes its own). Without a residual the
+    reduction reads a zero one [interim: one more read]."""
+    x = cache.x
+    act, slope, z = _epilogue(cache)
+    if z is None:
+        z = np.zeros(x.shape, x.dtype)
+    dz = np.empty(x.shape, x.dtype)
+    x3, dy3 = w.view(aligned_contiguous(x)), w.view(aligned_contiguous(dy))
+    z3, dz3 = w.view(z), w.view(dz)
+    mean, invstd = cache.flat("mean"), cache.flat("invstd")
+    W = x3.shape[1]
+    for i, rows in enumerate(cache.groups):
+        o = w.rows(rows)
+        if x3[o].size == 0:
+            continue
+        gamma, beta = (None if v is None else _core._f64(np.ascontiguousarray(w.expand(v)))
+                       for v in _coefficients(cache, i))
+        _kernels.backward_ex(_k(dy3[o]), _k(x3[o]), None, _core._f64(w.expand(mean[i])),
+                             np.zeros(W), _core._f64(w.expand(invstd[i])), gamma, beta, act,
+                             slope, _k(z3[o]), _k(dz3[o]), bool(cache.training), np.empty(W),
+                             np.empty(W), get_num_threads(), dt=_dt(x))
+    return dz
+
+
 def feature_backward(dy, cache, need_dx, dx_out, dg_out, db_out, dr_out=None):
     """fastbn._core's backward for a FeatureCache (see the module)."""
     x, f, given = cache.x, cache._features, dy
+    if _fused(f) and (cache.activation is not None or cache.residual is not None):
+        dx, dgamma, dbeta, dz = _fused_backward(dy, cache, need_dx)
+        return _grads(cache, dx, dgamma, dbeta, dz, given, dx_out, dg_out, db_out, dr_out)
     w = _Wide(x.shape, f)
     if need_dx and cache.training and cache.mask is not None and not w.interior:
         return _masked_backward(dy, cache, w, dx_out, dg_out, db_out, dr_out)
-    if cache.activation is not None:  # [interim] the mask recomputed in NumPy
-        pre = _normalized(cache, w, False)
-        if cache.residual is not None:
-            pre += cache.residual
-        slope = activation_slope(pre, cache.activation, cache.negative_slope)
-        dy = (dy * slope).astype(x.dtype)
+    if cache.activation is not None or cache.residual is not None:
+        dy = _masked_dy(dy, cache, w)
     x3, dy3 = w.view(x), w.view(np.ascontiguousarray(dy))
     dx = np.empty(x.shape, x.dtype) if need_dx else None
     mean, invstd, r, d = (cache.flat(k) for k in ("mean", "invstd", "r", "d"))
@@ -251,15 +376,12 @@ def _grads(cache, dx, dgamma, dbeta, dy, given, dx_out, dg_out, db_out, dr_out):
 
 def _masked_backward(dy, cache, w, dx_out, dg_out, db_out, dr_out):
     """Training backward with a mask (no interior axis): the masked kernel per group;
-    a ReLU without residual inside it, other activations' slopes applied first
-    [interim: NumPy]."""
+    a ReLU without residual inside it, other activations' masks applied first (dy
+    through them: fbn_backward_ex's reduction, _masked_dy)."""
     x, f, given = cache.x, cache._features, dy
     relu = cache.activation == "relu" and cache.residual is None
     if cache.activation is not None and not relu:
-        pre = _normalized(cache, w, False)
-        if cache.residual is not None:
-            pre += cache.residual
-        dy = (dy * activation_slope(pre, cache.activation, cache.negative_slope)).astype(x.dtype)
+        dy = _masked_dy(dy, cache, w)
     x3, dy3 = np.ascontiguousarray(w.view(x)), np.ascontiguousarray(w.view(dy))
     dx = np.empty(x.shape, x.dtype)
     dx3, m2d = w.view(dx), _mask2d(f, x.shape, w)

@@ -17,6 +17,13 @@ cdef extern from "fastbn.h" nogil:
     ctypedef struct fbn_bfloat16:
         unsigned short bits
 
+    ctypedef struct fbn_epilogue:
+        int act
+        double slope
+        const void *residual
+        void *dresidual
+        int params_f32
+
     int fbn_batch_stats_f32(const float *x, fbn_shape s, double *mean_hi, double *mean_lo,
                             double *m2, int nthreads)
     int fbn_batch_stats_f64(const double *x, fbn_shape s, double *mean_hi, double *mean_lo,
@@ -59,6 +66,66 @@ cdef extern from "fastbn.h" nogil:
                          const double *mean_hi, const double *mean_lo, const double *invstd,
                          const double *gamma, const double *beta, int relu, int training,
                          double *sum_dy, double *sum_dy_xhat, int nthreads)
+    int fbn_forward_train_ex_f32(const float *x, float *y, fbn_shape s, const double *gamma,
+                                 const double *beta, double eps, const fbn_epilogue *e,
+                                 double *mean_hi, double *mean_lo, double *var, double *invstd,
+                                 int nthreads)
+    int fbn_forward_train_ex_f64(const double *x, double *y, fbn_shape s, const double *gamma,
+                                 const double *beta, double eps, const fbn_epilogue *e,
+                                 double *mean_hi, double *mean_lo, double *var, double *invstd,
+                                 int nthreads)
+    int fbn_forward_infer_ex_f32(const float *x, float *y, fbn_shape s, const double *mean,
+                                 const double *var, const double *gamma, const double *beta,
+                                 double eps, const fbn_epilogue *e, double *invstd, int nthreads)
+    int fbn_forward_infer_ex_f64(const double *x, double *y, fbn_shape s, const double *mean,
+                                 const double *var, const double *gamma, const double *beta,
+                                 double eps, const fbn_epilogue *e, double *invstd, int nthreads)
+    int fbn_affine_ex_f32(const float *x, float *y, fbn_shape s, const double *shift,
+                          const double *scale, const double *bias, const fbn_epilogue *e,
+                          int nthreads)
+    int fbn_affine_ex_f64(const double *x, double *y, fbn_shape s, const double *shift,
+                          const double *scale, const double *bias, const fbn_epilogue *e,
+                          int nthreads)
+    int fbn_backward_ex_f32(const float *dy, const float *x, float *dx, fbn_shape s,
+                            const double *mean_hi, const double *mean_lo, const double *invstd,
+                            const double *gamma, const double *beta, const fbn_epilogue *e,
+                            int training, double *sum_dy, double *sum_dy_xhat, int nthreads)
+    int fbn_backward_ex_f64(const double *dy, const double *x, double *dx, fbn_shape s,
+                            const double *mean_hi, const double *mean_lo, const double *invstd,
+                            const double *gamma, const double *beta, const fbn_epilogue *e,
+                            int training, double *sum_dy, double *sum_dy_xhat, int nthreads)
+    int fbn_forward_train_ex_f16(const fbn_float16 *x, fbn_float16 *y, fbn_shape s,
+                                 const double *gamma, const double *beta, double eps,
+                                 const fbn_epilogue *e, double *mean_hi, double *mean_lo,
+                                 double *var, double *invstd, int nthreads)
+    int fbn_forward_infer_ex_f16(const fbn_float16 *x, fbn_float16 *y, fbn_shape s,
+                                 const double *mean, const double *var, const double *gamma,
+                                 const double *beta, double eps, const fbn_epilogue *e,
+                                 double *invstd, int nthreads)
+    int fbn_affine_ex_f16(const fbn_float16 *x, fbn_float16 *y, fbn_shape s, const double *shift,
+                          const double *scale, const double *bias, const fbn_epilogue *e,
+                          int nthreads)
+    int fbn_backward_ex_f16(const fbn_float16 *dy, const fbn_float16 *x, fbn_float16 *dx,
+                            fbn_shape s, const double *mean_hi, const double *mean_lo,
+                            const double *invstd, const double *gamma, const double *beta,
+                            const fbn_epilogue *e, int training, double *sum_dy,
+                            double *sum_dy_xhat, int nthreads)
+    int fbn_forward_train_ex_bf16(const fbn_bfloat16 *x, fbn_bfloat16 *y, fbn_shape s,
+                                 const double *gamma, const double *beta, double eps,
+                                 const fbn_epilogue *e, double *mean_hi, double *mean_lo,
+                                 double *var, double *invstd, int nthreads)
+    int fbn_forward_infer_ex_bf16(const fbn_bfloat16 *x, fbn_bfloat16 *y, fbn_shape s,
+                                 const double *mean, const double *var, const double *gamma,
+                                 const double *beta, double eps, const fbn_epilogue *e,
+                                 double *invstd, int nthreads)
+    int fbn_affine_ex_bf16(const fbn_bfloat16 *x, fbn_bfloat16 *y, fbn_shape s, const double *shift,
+                          const double *scale, const double *bias, const fbn_epilogue *e,
+                          int nthreads)
+    int fbn_backward_ex_bf16(const fbn_bfloat16 *dy, const fbn_bfloat16 *x, fbn_bfloat16 *dx,
+                            fbn_shape s, const double *mean_hi, const double *mean_lo,
+                            const double *invstd, const double *gamma, const double *beta,
+                            const fbn_epilogue *e, int training, double *sum_dy,
+                            double *sum_dy_xhat, int nthreads)
     void fbn_ema_f32(float *running, const double *batch, const double *batch_lo,
                      int64_t channels, double momentum, double factor)
     void fbn_ema_f64(double *running, const double *batch, const double *batch_lo,
@@ -350,3 +417,77 @@ cdef inline int run_backward_masked(int dt, const void *dy, const void *x, void 
     return fbn_backward_masked_f64(<const double *>dy, <const double *>x, <double *>dx, s, mask,
                                    count, mean_hi, mean_lo, invstd, gamma, beta, relu, sum_dy,
                                    sum_dy_xhat, nthreads)
+
+
+# the kernels with an epilogue (issue 20: leaky ReLU, residual), dispatched on dt as
+# run_<op> above
+
+cdef inline int run_forward_train_ex(int dt, const void *x, void *y, fbn_shape s,
+                                     const double *gamma, const double *beta, double eps,
+                                     const fbn_epilogue *e, double *mean_hi, double *mean_lo,
+                                     double *var, double *invstd, int nthreads) noexcept nogil:
+    if dt == DT_F16:
+        return fbn_forward_train_ex_f16(<const fbn_float16 *>x, <fbn_float16 *>y, s, gamma, beta,
+                                        eps, e, mean_hi, mean_lo, var, invstd, nthreads)
+    if dt == DT_BF16:
+        return fbn_forward_train_ex_bf16(<const fbn_bfloat16 *>x, <fbn_bfloat16 *>y, s, gamma,
+                                         beta, eps, e, mean_hi, mean_lo, var, invstd, nthreads)
+    if dt:
+        return fbn_forward_train_ex_f32(<const float *>x, <float *>y, s, gamma, beta, eps, e,
+                                        mean_hi, mean_lo, var, invstd, nthreads)
+    return fbn_forward_train_ex_f64(<const double *>x, <double *>y, s, gamma, beta, eps, e,
+                                    mean_hi, mean_lo, var, invstd, nthreads)
+
+
+cdef inline int run_forward_infer_ex(int dt, const void *x, void *y, fbn_shape s,
+                                     const double *mean, const double *var, const double *gamma,
+                                     const double *beta, double eps, const fbn_epilogue *e,
+                                     double *invstd, int nthreads) noexcept nogil:
+    if dt == DT_F16:
+        return fbn_forward_infer_ex_f16(<const fbn_float16 *>x, <fbn_float16 *>y, s, mean, var,
+                                        gamma, beta, eps, e, invstd, nthreads)
+    if dt == DT_BF16:
+        return fbn_forward_infer_ex_bf16(<const fbn_bfloat16 *>x, <fbn_bfloat16 *>y, s, mean, var,
+                                         gamma, beta, eps, e, invstd, nthreads)
+    if dt:
+        return fbn_forward_infer_ex_f32(<const float *>x, <float *>y, s, mean, var, gamma, beta,
+                                        eps, e, invstd, nthreads)
+    return fbn_forward_infer_ex_f64(<const double *>x, <double *>y, s, mean, var, gamma, beta,
+                                    eps, e, invstd, nthreads)
+
+
+cdef inline int run_affine_ex(int dt, const void *x, void *y, fbn_shape s,
+                              const double *shift, const double *scale, const double *bias,
+                              const fbn_epilogue *e, int nthreads) noexcept nogil:
+    if dt == DT_F16:
+        return fbn_affine_ex_f16(<const fbn_float16 *>x, <fbn_float16 *>y, s, shift, scale, bias,
+                                 e, nthreads)
+    if dt == DT_BF16:
+        return fbn_affine_ex_bf16(<const fbn_bfloat16 *>x, <fbn_bfloat16 *>y, s, shift, scale,
+                                  bias, e, nthreads)
+    if dt:
+        return fbn_affine_ex_f32(<const float *>x, <float *>y, s, shift, scale, bias, e,
+                                 nthreads)
+    return fbn_affine_ex_f64(<const double *>x, <double *>y, s, shift, scale, bias, e, nthreads)
+
+
+cdef inline int run_backward_ex(int dt, const void *dy, const void *x, void *dx, fbn_shape s,
+                                const double *mean_hi, const double *mean_lo,
+                                const double *invstd, const double *gamma, const double *beta,
+                                const fbn_epilogue *e, int training, double *sum_dy,
+                                double *sum_dy_xhat, int nthreads) noexcept nogil:
+    if dt == DT_F16:
+        return fbn_backward_ex_f16(<const fbn_float16 *>dy, <const fbn_float16 *>x,
+                                   <fbn_float16 *>dx, s, mean_hi, mean_lo, invstd, gamma, beta,
+                                   e, training, sum_dy, sum_dy_xhat, nthreads)
+    if dt == DT_BF16:
+        return fbn_backward_ex_bf16(<const fbn_bfloat16 *>dy, <const fbn_bfloat16 *>x,
+                                    <fbn_bfloat16 *>dx, s, mean_hi, mean_lo, invstd, gamma, beta,
+                                    e, training, sum_dy, sum_dy_xhat, nthreads)
+    if dt:
+        return fbn_backward_ex_f32(<const float *>dy, <const float *>x, <float *>dx, s,
+                                   mean_hi, mean_lo, invstd, gamma, beta, e, training, sum_dy,
+                                   sum_dy_xhat, nthreads)
+    return fbn_backward_ex_f64(<const double *>dy, <const double *>x, <double *>dx, s, mean_hi,
+                               mean_lo, invstd, gamma, beta, e, training, sum_dy, sum_dy_xhat,
+                               nthreads)

@@ -45,6 +45,27 @@ def backward_fused(
     dy: _A, x: _A, dx: _A, mean_hi: _A, mean_lo: _A, invstd: _A, gamma: _V, beta: _V,
     relu: int, training: int, sum_dy: _V, sum_dy_xhat: _V, nthreads: int, dt: int = ...,
 ) -> Any: ...
+def forward_train_ex(
+    x: _A, y: _A, gamma: _V, beta: _V, eps: float, act: int, slope: float, z: _V,
+    mean_hi: _A, mean_lo: _A, var: _V, invstd: _A, nthreads: int, dt: int = ...,
+) -> Any: ...
+def forward_train_f32_params(
+    x: _A, y: _A, gamma: _V, beta: _V, eps: float, relu: int, mean_hi: _A, mean_lo: _A,
+    var: _V, invstd: _A, nthreads: int, dt: int = ...,
+) -> Any: ...
+def forward_infer_ex(
+    x: _A, y: _A, mean: _A, var: _A, gamma: _V, beta: _V, eps: float, act: int, slope: float,
+    z: _V, invstd: _A, nthreads: int, dt: int = ...,
+) -> Any: ...
+def affine_ex(
+    x: _A, y: _A, shift: _A, scale: _A, bias: _A, act: int, slope: float, z: _V, nthreads: int,
+    dt: int = ...,
+) -> Any: ...
+def backward_ex(
+    dy: _A, x: _A, dx: _V, mean_hi: _A, mean_lo: _A, invstd: _A, gamma: _V, beta: _V,
+    act: int, slope: float, z: _V, dz: _V, training: int, sum_dy: _A, sum_dy_xhat: _A,
+    nthreads: int, dt: int = ...,
+) -> Any: ...
 def ema(running: _A, batch: _A, batch_lo: _V, momentum: float, factor: float) -> Any: ...
 def coefficients(
     mean: _A, invstd: _A, gamma: _V, beta: _V, shift: _A, scale: _A, bias: _A

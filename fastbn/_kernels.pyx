@@ -138,6 +138,107 @@ def backward_fused(const real[:, :, ::1] dy not None, const real[:, :, ::1] x no
     check(st)
 
 
+# ---- with an epilogue (issue 20): act 0 none, 1 ReLU, 2 leaky ReLU (slope); z, the
+# residual added before the activation (None: none); backward's dz receives dy
+# through the activation's mask; backward's dx may be None (the sums alone)
+
+cdef inline fbn_epilogue epilogue(int act, double slope, const void *z, void *dz) noexcept:
+    cdef fbn_epilogue e
+    e.act, e.slope, e.residual, e.dresidual = act, slope, z, dz
+    e.params_f32 = 0
+    return e
+
+
+def forward_train_ex(const real[:, :, ::1] x not None, real[:, :, ::1] y not None,
+                     const double[::1] gamma, const double[::1] beta, double eps, int act,
+                     double slope, const real[:, :, ::1] z, double[::1] mean_hi not None,
+                     double[::1] mean_lo not None, double[::1] var,
+                     double[::1] invstd not None, int nthreads, int dt=-1):
+    """var None: not wanted (no running statistics)."""
+    cdef int st
+    cdef fbn_shape s = shape_of(x)
+    cdef fbn_epilogue e = epilogue(act, slope, NULL if z is None else &z[0, 0, 0], NULL)
+    cdef const double *g = opt(gamma)
+    cdef const double *b = opt(beta)
+    cdef double *v = NULL if var is None else &var[0]
+    with nogil:
+        st = run_forward_train_ex(code_of(real is float, dt), &x[0, 0, 0], &y[0, 0, 0], s, g, b, eps, &e,
+                                  &mean_hi[0], &mean_lo[0], v, &invstd[0], nthreads)
+    check(st)
+
+
+def forward_train_f32_params(const real[:, :, ::1] x not None, real[:, :, ::1] y not None,
+                             const float[::1] gamma, const float[::1] beta, double eps,
+                             bint relu, double[::1] mean_hi not None,
+                             double[::1] mean_lo not None, double[::1] var,
+                             double[::1] invstd not None, int nthreads, int dt=-1):
+    """forward_train with float32 gamma and beta (either may be None) read where they
+    are, a block at a time (no double copy of C values); var None: not wanted."""
+    cdef int st
+    cdef fbn_shape s = shape_of(x)
+    cdef fbn_epilogue e = epilogue(1 if relu else 0, 0.0, NULL, NULL)
+    cdef const double *g = NULL if gamma is None else <const double *>&gamma[0]
+    cdef const double *b = NULL if beta is None else <const double *>&beta[0]
+    cdef double *v = NULL if var is None else &var[0]
+    e.params_f32 = 1
+    with nogil:
+        st = run_forward_train_ex(code_of(real is float, dt), &x[0, 0, 0], &y[0, 0, 0], s, g, b, eps, &e,
+                                  &mean_hi[0], &mean_lo[0], v, &invstd[0], nthreads)
+    check(st)
+
+
+def forward_infer_ex(const real[:, :, ::1] x not None, real[:, :, ::1] y not None,
+                     const double[::1] mean not None, const double[::1] var not None,
+                     const double[::1] gamma, const double[::1] beta, double eps, int act,
+                     double slope, const real[:, :, ::1] z, double[::1] invstd not None,
+                     int nthreads, int dt=-1):
+    cdef int st
+    cdef fbn_shape s = shape_of(x)
+    cdef fbn_epilogue e = epilogue(act, slope, NULL if z is None else &z[0, 0, 0], NULL)
+    cdef const double *g = opt(gamma)
+    cdef const double *b = opt(beta)
+    with nogil:
+        st = run_forward_infer_ex(code_of(real is float, dt), &x[0, 0, 0], &y[0, 0, 0], s, &mean[0], &var[0],
+                                  g, b, eps, &e, &invstd[0], nthreads)
+    check(st)
+
+
+def affine_ex(const real[:, :, ::1] x not None, real[:, :, ::1] y not None,
+              const double[::1] shift not None, const double[::1] scale not None,
+              const double[::1] bias not None, int act, double slope, const real[:, :, ::1] z,
+              int nthreads, int dt=-1):
+    cdef int st
+    cdef fbn_shape s = shape_of(x)
+    cdef fbn_epilogue e = epilogue(act, slope, NULL if z is None else &z[0, 0, 0], NULL)
+    with nogil:
+        st = run_affine_ex(code_of(real is float, dt), &x[0, 0, 0], &y[0, 0, 0], s, &shift[0], &scale[0],
+                           &bias[0], &e, nthreads)
+    check(st)
+
+
+def backward_ex(const real[:, :, ::1] dy not None, const real[:, :, ::1] x not None,
+                real[:, :, ::1] dx, const double[::1] mean_hi not None,
+                const double[::1] mean_lo not None, const double[::1] invstd not None,
+                const double[::1] gamma, const double[::1] beta, int act, double slope,
+                const real[:, :, ::1] z, real[:, :, ::1] dz, bint training,
+                double[::1] sum_dy not None, double[::1] sum_dy_xhat not None, int nthreads,
+                int dt=-1):
+    cdef int st
+    cdef fbn_shape s = shape_of(x)
+    cdef fbn_epilogue e = epilogue(act, slope, NULL if z is None else &z[0, 0, 0],
+                                   NULL if dz is None else &dz[0, 0, 0])
+    cdef const double *g = opt(gamma)
+    cdef const double *b = opt(beta)
+    cdef void *d = NULL if dx is None else &dx[0, 0, 0]
+    if (z is None) != (dz is None):
+        raise ValueError("backward_ex: z and dz go together")
+    with nogil:
+        st = run_backward_ex(code_of(real is float, dt), &dy[0, 0, 0], &x[0, 0, 0], d, s, &mean_hi[0],
+                             &mean_lo[0], &invstd[0], g, b, &e, training, &sum_dy[0],
+                             &sum_dy_xhat[0], nthreads)
+    check(st)
+
+
 def ema(real[::1] running not None, const double[::1] batch not None, const double[::1] batch_lo,
         double momentum, double factor):
     if real is cython.ushort:

@@ -41,6 +41,19 @@ typedef struct {
     uint16_t bits;
 } fbn_bfloat16;
 
+/* What follows the affine map (issue 20): the _ex kernels take it; the others are
+ * the _ex ones with {.act = relu} (and nothing else). */
+typedef struct {
+    int act;              /* 0: none, 1: ReLU, 2: leaky ReLU */
+    double slope;         /* the leaky ReLU's slope for pre-activations <= 0 */
+    const void *residual; /* NULL, or z of x's dtype and layout: y = act(bn(x) + z) */
+    void *dresidual;      /* backward with a residual: receives dy through the
+                           * activation's mask (= d loss / d z), written by the
+                           * reduction, which the dx pass then reads as its dy */
+    int params_f32;       /* fbn_forward_train_ex: gamma and beta point to float
+                           * values (read a block at a time: no double copy of C) */
+} fbn_epilogue;
+
 /* The kernels come in one version per data type, named fbn_<op>_f32 (float data)
  * and fbn_<op>_f64 (double data), defined in src_c/kern_*.h as FBN_SYM(<op>) (see
  * kern_dtype.h). All return 0 on success and -1 when a small O(C) work buffer
@@ -110,6 +123,39 @@ int fbn_backward_f64(const double *dy, const double *x, double *dx, fbn_shape s,
                      const double *mean_hi, const double *mean_lo, const double *invstd,
                      const double *gamma, const double *beta, int relu, int training,
                      double *sum_dy, double *sum_dy_xhat, int nthreads);
+
+/* The same kernels with an epilogue (e: NULL for none); fbn_forward_train_ex takes
+ * var NULL (not wanted). fbn_backward_ex with dx
+ * NULL runs the reduction alone (dgamma and dbeta: one read of x and dy, and of
+ * the residual, whose gradient it writes). */
+int fbn_forward_train_ex_f32(const float *x, float *y, fbn_shape s, const double *gamma,
+                             const double *beta, double eps, const fbn_epilogue *e,
+                             double *mean_hi, double *mean_lo, double *var, double *invstd,
+                             int nthreads);
+int fbn_forward_train_ex_f64(const double *x, double *y, fbn_shape s, const double *gamma,
+                             const double *beta, double eps, const fbn_epilogue *e,
+                             double *mean_hi, double *mean_lo, double *var, double *invstd,
+                             int nthreads);
+int fbn_forward_infer_ex_f32(const float *x, float *y, fbn_shape s, const double *mean,
+                             const double *var, const double *gamma, const double *beta,
+                             double eps, const fbn_epilogue *e, double *invstd, int nthreads);
+int fbn_forward_infer_ex_f64(const double *x, double *y, fbn_shape s, const double *mean,
+                             const double *var, const double *gamma, const double *beta,
+                             double eps, const fbn_epilogue *e, double *invstd, int nthreads);
+int fbn_affine_ex_f32(const float *x, float *y, fbn_shape s, const double *shift,
+                      const double *scale, const double *bias, const fbn_epilogue *e,
+                      int nthreads);
+int fbn_affine_ex_f64(const double *x, double *y, fbn_shape s, const double *shift,
+                      const double *scale, const double *bias, const fbn_epilogue *e,
+                      int nthreads);
+int fbn_backward_ex_f32(const float *dy, const float *x, float *dx, fbn_shape s,
+                        const double *mean_hi, const double *mean_lo, const double *invstd,
+                        const double *gamma, const double *beta, const fbn_epilogue *e,
+                        int training, double *sum_dy, double *sum_dy_xhat, int nthreads);
+int fbn_backward_ex_f64(const double *dy, const double *x, double *dx, fbn_shape s,
+                        const double *mean_hi, const double *mean_lo, const double *invstd,
+                        const double *gamma, const double *beta, const fbn_epilogue *e,
+                        int training, double *sum_dy, double *sum_dy_xhat, int nthreads);
 
 /* Running statistic update: running = (1 - momentum) * running
  * + momentum * factor * batch (factor m / (m - 1) makes a variance unbiased);
@@ -225,6 +271,40 @@ int fbn_backward_masked_bf16(const fbn_bfloat16 *dy, const fbn_bfloat16 *x, fbn_
                            const double *mean_lo, const double *invstd, const double *gamma,
                            const double *beta, int relu, double *sum_dy, double *sum_dy_xhat,
                            int nthreads);
+/* The epilogue kernels on half-precision data (the residual and dresidual of the
+ * data's type). */
+int fbn_forward_train_ex_f16(const fbn_float16 *x, fbn_float16 *y, fbn_shape s,
+                             const double *gamma, const double *beta, double eps,
+                             const fbn_epilogue *e, double *mean_hi, double *mean_lo,
+                             double *var, double *invstd, int nthreads);
+int fbn_forward_infer_ex_f16(const fbn_float16 *x, fbn_float16 *y, fbn_shape s,
+                             const double *mean, const double *var, const double *gamma,
+                             const double *beta, double eps, const fbn_epilogue *e,
+                             double *invstd, int nthreads);
+int fbn_affine_ex_f16(const fbn_float16 *x, fbn_float16 *y, fbn_shape s, const double *shift,
+                      const double *scale, const double *bias, const fbn_epilogue *e,
+                      int nthreads);
+int fbn_backward_ex_f16(const fbn_float16 *dy, const fbn_float16 *x, fbn_float16 *dx,
+                        fbn_shape s, const double *mean_hi, const double *mean_lo,
+                        const double *invstd, const double *gamma, const double *beta,
+                        const fbn_epilogue *e, int training, double *sum_dy,
+                        double *sum_dy_xhat, int nthreads);
+int fbn_forward_train_ex_bf16(const fbn_bfloat16 *x, fbn_bfloat16 *y, fbn_shape s,
+                             const double *gamma, const double *beta, double eps,
+                             const fbn_epilogue *e, double *mean_hi, double *mean_lo,
+                             double *var, double *invstd, int nthreads);
+int fbn_forward_infer_ex_bf16(const fbn_bfloat16 *x, fbn_bfloat16 *y, fbn_shape s,
+                             const double *mean, const double *var, const double *gamma,
+                             const double *beta, double eps, const fbn_epilogue *e,
+                             double *invstd, int nthreads);
+int fbn_affine_ex_bf16(const fbn_bfloat16 *x, fbn_bfloat16 *y, fbn_shape s, const double *shift,
+                      const double *scale, const double *bias, const fbn_epilogue *e,
+                      int nthreads);
+int fbn_backward_ex_bf16(const fbn_bfloat16 *dy, const fbn_bfloat16 *x, fbn_bfloat16 *dx,
+                        fbn_shape s, const double *mean_hi, const double *mean_lo,
+                        const double *invstd, const double *gamma, const double *beta,
+                        const fbn_epilogue *e, int training, double *sum_dy,
+                        double *sum_dy_xhat, int nthreads);
 
 #ifdef __cplusplus
 }

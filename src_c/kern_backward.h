@@ -26,13 +26,15 @@ typedef struct {
     const FBN_SYM(tcoefs) *tk;
     double *work, *scratch; /* scratch: len doubles per thread */
     int64_t len;
+    const T *z; /* the residual (NULL: none), and where dy' goes with it */
+    T *dres;
 } FBN_SYM(reduce_job);
 
 static void FBN_SYM(reduce_task)(void *job, int64_t t, int thread) {
     const FBN_SYM(reduce_job) *j = job;
-    FBN_SYM(bwd_reduce_tile)(j->dy, j->x, j->p, t, j->k, j->tk,
+    FBN_SYM(bwd_reduce_tile_any)(j->dy, j->x, j->p, t, j->k, j->tk,
                              j->work + (t % j->p->nsegs) * 2 * j->p->s.channels,
-                             j->scratch + thread * j->len);
+                             j->scratch + thread * j->len, j->z, j->dres);
 }
 
 /* dx of one elementwise tile (backwards as in fbn_affine_job_<sfx>). */
@@ -47,7 +49,7 @@ typedef struct {
 static void FBN_SYM(dx_task)(void *job, int64_t t, int thread) {
     const FBN_SYM(dx_job) *j = job;
     (void)thread;
-    FBN_SYM(bwd_elemt_tile)(j->dy, j->x, j->dx, j->p, j->backwards ? j->p->ntiles - 1 - t : t,
+    FBN_SYM(bwd_elemt_tile_any)(j->dy, j->x, j->dx, j->p, j->backwards ? j->p->ntiles - 1 - t : t,
                             j->tk);
 }
 
@@ -55,10 +57,11 @@ static void FBN_SYM(dx_task)(void *job, int64_t t, int thread) {
  * work: fbn_reduce_work_len(p, nt) doubles. */
 static void FBN_SYM(reduce_all)(const T *dy, const T *x, const fbn_plan *p, const fbn_coefs *k,
                                 const FBN_SYM(tcoefs) *tk, double *work, double *sum_dy,
-                                double *sum_dy_xc, int nt) {
+                                double *sum_dy_xc, const T *z, T *dres, int nt) {
     const int64_t C = p->s.channels;
     FBN_SYM(reduce_job) j = {.dy = dy, .x = x, .p = p, .k = k, .tk = tk, .work = work,
-                             .scratch = fbn_reduce_scratch(p, work), .len = fbn_scratch_len(p)};
+                             .scratch = fbn_reduce_scratch(p, work), .len = fbn_scratch_len(p),
+                             .z = z, .dres = dres};
     fbn_parallel_for(p->ntiles, nt, FBN_SYM(reduce_task), &j);
     FBN_SYM(sum_tiles)(p, work, work + p->nsegs * 2 * C, sum_dy, sum_dy_xc);
 }
@@ -86,7 +89,7 @@ int FBN_SYM(backward_reduce)(const T *dy, const T *x, fbn_shape s, const double 
                    .bias = bias ? bias : zeros, .relu = relu};
     FBN_SYM(tcoefs) tk = FBN_SYM(typed_arrays)(buf[2], C, relu);
     FBN_SYM(fill_typed)(&k, 0, C, &tk);
-    FBN_SYM(reduce_all)(dy, x, &p, &k, &tk, buf[1], sum_dy, sum_dy_xs, nt);
+    FBN_SYM(reduce_all)(dy, x, &p, &k, &tk, buf[1], sum_dy, sum_dy_xs, NULL, NULL, nt);
     fbn_work_free(&w);
     return 0;
 }

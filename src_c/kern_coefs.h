@@ -6,9 +6,10 @@
 #define FBN_TYPED 8
 typedef struct {
     TC *shift, *scale, *bias, *k_dy, *k_x, *mean_dy, *k_0, *invstd;
-    int relu;
+    int relu;       /* the activation: 0 none, 1 ReLU, 2 leaky ReLU (slope) */
     int eval;       /* dx of eval mode: the statistics are constants, x enters only a mask */
     int64_t period; /* > 0: each array repeats its C values up to this length */
+    TC slope;       /* last: the plain kernels address the fields before it as they did */
 } FBN_SYM(tcoefs);
 
 /* Channels [c0, c0 + n) of the double coefficients k in the compute type. The
@@ -107,6 +108,7 @@ static FBN_SYM(tcoefs) FBN_SYM(typed_arrays)(TC *block, int64_t C, int relu) {
                          .k_0 = block + 6 * n,
                          .invstd = block + 7 * n,
                          .relu = relu,
+                         .slope = 0,
                          .eval = 0,
                          .period = 0};
     return t;

@@ -208,37 +208,77 @@ FBN_INLINE void FBN_SYM(bwd_group_v)(const TC *dr, const TC *xr, int64_t C, int6
     }
 }
 
+/* fbn_bwd_group_v_<sfx> with the epilogue ext (a constant, not 0: see
+ * fbn_bwd_reduce_cols_<sfx>): dy' through act = ext & 3, with the residual's rows
+ * zr if ext & 4, and then dy' stored to er. A function of its own, so that the
+ * plain loop above stays as it was. */
+FBN_INLINE void FBN_SYM(bwd_group_xv)(const TC *dr, const TC *xr, int64_t C, int64_t nc,
+                                      const int g, const double *sh, const TC *tsh,
+                                      const TC *sc, const TC *bi, double *restrict acc,
+                                      double *restrict acc2, const TC *restrict zr,
+                                      TC *restrict er, const int ext, TC slope) {
+    const int res = (ext >> 2) & 1;
+    for (int64_t c = 0; c < nc; c++) {
+        double s1 = 0.0, s2 = 0.0;
+        for (int i = 0; i < g; i++) {
+            TC m = FBN_SYM(masked_x)(dr[i * C + c], xr[i * C + c], res ? zr[i * C + c] : (TC)0,
+                                     tsh[c], sc[c], bi[c], ext & 3, res, slope);
+            double v = m;
+            if (res) er[i * C + c] = m;
+            s1 += v;
+            s2 += v * ((double)xr[i * C + c] - sh[c]);
+        }
+        acc[c] += s1;
+        acc2[c] += s2;
+    }
+}
+
 /* fbn_bwd_group_v_<sfx> on the data (16-bit data: in blocks, as
- * fbn_stats_group_<sfx>). */
+ * fbn_stats_group_<sfx>; with a residual, dy' narrowed back to er). */
 FBN_INLINE void FBN_SYM(bwd_group)(const T *dr, const T *xr, int64_t C, int64_t nc, const int g,
                                    const int relu, const double *sh, const TC *tsh,
                                    const TC *sc, const TC *bi, double *restrict acc,
-                                   double *restrict acc2) {
+                                   double *restrict acc2, const T *restrict zr,
+                                   T *restrict er, const int ext, TC slope) {
 #ifdef FBN_NARROW
+    const int res = (ext >> 2) & 1;
     for (int64_t c0 = 0; c0 < nc; c0 += FBN_HBLOCK) {
         TC db[FBN_GROUP * FBN_HBLOCK], xb[FBN_GROUP * FBN_HBLOCK];
+        TC zb[FBN_GROUP * FBN_HBLOCK], eb[FBN_GROUP * FBN_HBLOCK]; /* res only */
         const int64_t n = nc - c0 < FBN_HBLOCK ? nc - c0 : FBN_HBLOCK;
         for (int i = 0; i < g; i++) {
             FBN_LD_N(dr + i * C + c0, db + i * FBN_HBLOCK, n);
             FBN_LD_N(xr + i * C + c0, xb + i * FBN_HBLOCK, n);
+            if (res) FBN_LD_N(zr + i * C + c0, zb + i * FBN_HBLOCK, n);
         }
-        FBN_SYM(bwd_group_v)(db, xb, FBN_HBLOCK, n, g, relu, sh + c0, tsh + c0, sc + c0,
-                             bi + c0, acc + c0, acc2 + c0);
+        if (ext)
+            FBN_SYM(bwd_group_xv)(db, xb, FBN_HBLOCK, n, g, sh + c0, tsh + c0, sc + c0, bi + c0,
+                                  acc + c0, acc2 + c0, zb, eb, ext, slope);
+        else
+            FBN_SYM(bwd_group_v)(db, xb, FBN_HBLOCK, n, g, relu, sh + c0, tsh + c0, sc + c0,
+                                 bi + c0, acc + c0, acc2 + c0);
+        if (res)
+            for (int i = 0; i < g; i++) FBN_ST_N(eb + i * FBN_HBLOCK, er + i * C + c0, n);
     }
 #else
-    FBN_SYM(bwd_group_v)(dr, xr, C, nc, g, relu, sh, tsh, sc, bi, acc, acc2);
+    if (ext)
+        FBN_SYM(bwd_group_xv)(dr, xr, C, nc, g, sh, tsh, sc, bi, acc, acc2, zr, er, ext, slope);
+    else
+        FBN_SYM(bwd_group_v)(dr, xr, C, nc, g, relu, sh, tsh, sc, bi, acc, acc2);
 #endif
 }
 
 /* Columns shape, channels [c0, c0 + nc), rows [j0, j1), as fbn_stats_cols_<sfx>
- * does. */
+ * does. ext (a constant): 0 for the plain activations (tk->relu), else the
+ * epilogue act = ext & 3 with a residual z (and dres) if ext & 4. */
 FBN_INLINE void FBN_SYM(bwd_reduce_cols)(const T *dy, const T *x, int64_t C, int64_t c0,
                                          int64_t nc, int64_t j0, int64_t j1, const fbn_coefs *k,
                                          const FBN_SYM(tcoefs) *tk, double *sums,
-                                         double *scratch) {
+                                         double *scratch, const T *z, T *dres, const int ext) {
     const double *sh = k->shift + c0, *lw = k->lo + c0;
     const TC *tsh = tk->shift + c0, *sc = tk->scale + c0, *bi = tk->bias + c0;
-    const int relu = tk->relu;
+    const int relu = tk->relu, res = (ext >> 2) & 1;
+    const TC slope = tk->slope;
     double *acc = scratch, *acc2 = acc + nc;
     double *tot = acc2 + nc, *comp = tot + nc, *tot2 = comp + nc, *comp2 = tot2 + nc;
     const int one_flush = fbn_sums_begin(j1 - j0, nc, &acc, &acc2, tot, comp, tot2, comp2);
@@ -247,20 +287,33 @@ FBN_INLINE void FBN_SYM(bwd_reduce_cols)(const T *dy, const T *x, int64_t C, int
         for (int64_t c = 0; c < nc; c++) acc[c] = acc2[c] = 0.0;
         for (; o < end; o += FBN_GROUP) {
             const T *dr = dy + o * C + c0, *xr = x + o * C + c0;
+            const T *zr = res ? z + o * C + c0 : NULL;
+            T *er = res ? dres + o * C + c0 : NULL;
             const int g = end - o < FBN_GROUP ? (int)(end - o) : FBN_GROUP;
             if (nc < C) {
                 FBN_SYM(prefetch_block)(dr, C, nc, o, j1, FBN_GROUP);
                 FBN_SYM(prefetch_block)(xr, C, nc, o, j1, FBN_GROUP);
+                if (res) FBN_SYM(prefetch_block)(zr, C, nc, o, j1, FBN_GROUP);
             }
             /* constant g and relu: each call unrolls its own loop */
-            if (g == FBN_GROUP && relu)
-                FBN_SYM(bwd_group)(dr, xr, C, nc, FBN_GROUP, 1, sh, tsh, sc, bi, acc, acc2);
+            if (ext && g == FBN_GROUP)
+                FBN_SYM(bwd_group)(dr, xr, C, nc, FBN_GROUP, 0, sh, tsh, sc, bi, acc, acc2, zr,
+                                   er, ext, slope);
+            else if (ext)
+                for (int i = 0; i < g; i++)
+                    FBN_SYM(bwd_group)(dr + i * C, xr + i * C, C, nc, 1, 0, sh, tsh, sc, bi,
+                                       acc, acc2, res ? zr + i * C : NULL,
+                                       res ? er + i * C : NULL, ext, slope);
+            else if (g == FBN_GROUP && relu)
+                FBN_SYM(bwd_group)(dr, xr, C, nc, FBN_GROUP, 1, sh, tsh, sc, bi, acc, acc2, NULL,
+                                   NULL, 0, (TC)0);
             else if (g == FBN_GROUP)
-                FBN_SYM(bwd_group)(dr, xr, C, nc, FBN_GROUP, 0, sh, tsh, sc, bi, acc, acc2);
+                FBN_SYM(bwd_group)(dr, xr, C, nc, FBN_GROUP, 0, sh, tsh, sc, bi, acc, acc2, NULL,
+                                   NULL, 0, (TC)0);
             else
                 for (int i = 0; i < g; i++)
                     FBN_SYM(bwd_group)(dr + i * C, xr + i * C, C, nc, 1, relu, sh, tsh, sc, bi,
-                                       acc, acc2);
+                                       acc, acc2, NULL, NULL, 0, (TC)0);
         }
         fbn_sums_flush(one_flush, nc, acc, acc2, tot, comp, tot2, comp2);
     }
@@ -270,24 +323,66 @@ FBN_INLINE void FBN_SYM(bwd_reduce_cols)(const T *dy, const T *x, int64_t C, int
     }
 }
 
-/* Per-channel sum(dy') and sum_dy_xc of one tile, into sums[2 * c + {0, 1}]. */
-FBN_DISPATCH static void FBN_SYM(bwd_reduce_tile)(const T *dy, const T *x, const fbn_plan *p,
-                                                  int64_t t, const fbn_coefs *k,
-                                                  const FBN_SYM(tcoefs) *tk, double *sums,
-                                                  double *scratch) {
+/* The reduction of one tile with epilogue ext (a constant, see
+ * fbn_bwd_reduce_cols_<sfx>; 0: plain). */
+FBN_INLINE void FBN_SYM(bwd_reduce_tile_as)(const T *dy, const T *x, const fbn_plan *p,
+                                            int64_t t, const fbn_coefs *k,
+                                            const FBN_SYM(tcoefs) *tk, double *sums,
+                                            double *scratch, const T *z, T *dres,
+                                            const int ext) {
     FBN_SYM(tile) r = FBN_SYM(tile_of)(p, t);
     const fbn_shape *s = &p->s;
     if (s->inner > 1) {
         int64_t c = r.c0;
         fbn_acc a1 = {{0}, {0, 0}}, a2 = a1;
-        if (tk->relu) /* a constant in each call: no mask without ReLU */
+        if (ext)
             FBN_SYM(runs_bwd)(&a1, &a2, s, c, r.j0, r.j1, dy, x, k->shift[c], tk->shift[c],
-                              tk->scale[c], tk->bias[c], 1);
+                              tk->scale[c], tk->bias[c], ext & 3, z, dres, (ext >> 2) & 1,
+                              tk->slope);
+        else if (tk->relu) /* a constant in each call: no mask without ReLU */
+            FBN_SYM(runs_bwd)(&a1, &a2, s, c, r.j0, r.j1, dy, x, k->shift[c], tk->shift[c],
+                              tk->scale[c], tk->bias[c], 1, NULL, NULL, 0, (TC)0);
         else
             FBN_SYM(runs_bwd)(&a1, &a2, s, c, r.j0, r.j1, dy, x, k->shift[c], tk->shift[c],
-                              tk->scale[c], tk->bias[c], 0);
+                              tk->scale[c], tk->bias[c], 0, NULL, NULL, 0, (TC)0);
         FBN_SYM(sums_minus_lo)(c, fbn_acc_value(&a1), fbn_acc_value(&a2), k->lo[c], sums);
         return;
     }
-    FBN_SYM(bwd_reduce_cols)(dy, x, s->channels, r.c0, r.nc, r.j0, r.j1, k, tk, sums, scratch);
+    FBN_SYM(bwd_reduce_cols)(dy, x, s->channels, r.c0, r.nc, r.j0, r.j1, k, tk, sums, scratch,
+                             z, dres, ext);
+}
+
+/* Per-channel sum(dy') and sum_dy_xc of one tile, into sums[2 * c + {0, 1}]
+ * (plain: relu 0 or 1, no residual; a function of its own, see kern_walk.h's
+ * fbn_affine_tile_<sfx>). */
+FBN_DISPATCH static void FBN_SYM(bwd_reduce_tile)(const T *dy, const T *x, const fbn_plan *p,
+                                                  int64_t t, const fbn_coefs *k,
+                                                  const FBN_SYM(tcoefs) *tk, double *sums,
+                                                  double *scratch) {
+    FBN_SYM(bwd_reduce_tile_as)(dy, x, p, t, k, tk, sums, scratch, NULL, NULL, 0);
+}
+
+/* The same with an epilogue: a residual z (dy' also to dres) or a leaky ReLU. */
+FBN_DISPATCH static void FBN_SYM(bwd_reduce_tile_x)(const T *dy, const T *x, const fbn_plan *p,
+                                                    int64_t t, const fbn_coefs *k,
+                                                    const FBN_SYM(tcoefs) *tk, double *sums,
+                                                    double *scratch, const T *z, T *dres) {
+    if (!z)
+        FBN_SYM(bwd_reduce_tile_as)(dy, x, p, t, k, tk, sums, scratch, NULL, NULL, 2);
+    else if (tk->relu == 0)
+        FBN_SYM(bwd_reduce_tile_as)(dy, x, p, t, k, tk, sums, scratch, z, dres, 4);
+    else if (tk->relu == 1)
+        FBN_SYM(bwd_reduce_tile_as)(dy, x, p, t, k, tk, sums, scratch, z, dres, 5);
+    else
+        FBN_SYM(bwd_reduce_tile_as)(dy, x, p, t, k, tk, sums, scratch, z, dres, 6);
+}
+
+static inline void FBN_SYM(bwd_reduce_tile_any)(const T *dy, const T *x, const fbn_plan *p,
+                                                int64_t t, const fbn_coefs *k,
+                                                const FBN_SYM(tcoefs) *tk, double *sums,
+                                                double *scratch, const T *z, T *dres) {
+    if (!z && tk->relu < 2)
+        FBN_SYM(bwd_reduce_tile)(dy, x, p, t, k, tk, sums, scratch);
+    else
+        FBN_SYM(bwd_reduce_tile_x)(dy, x, p, t, k, tk, sums, scratch, z, dres);
 }

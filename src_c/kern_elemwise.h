@@ -1,8 +1,8 @@
 /* The elementwise passes' arithmetic: y (affine) and dx, per value, per run of one
  * channel (rows shape, cached or streamed) and per row group (columns shape). The
  * walk over a tile is kern_walk.h. A per-dtype template: see kern_dtype.h for T,
- * TC and FBN_SYM; op is FBN_OP_AFFINE or FBN_OP_DX (or FBN_OP_COPY), always a
- * compile-time constant. */
+ * TC and FBN_SYM; op is FBN_OP_AFFINE or FBN_OP_DX (or FBN_OP_COPY), or an epilogue
+ * op (FBN_OP_XAFF, FBN_OP_XDX: plan.h), always a compile-time constant. */
 
 FBN_INLINE TC FBN_SYM(affine1)(TC x, TC shift, TC scale, TC bias, int relu) {
     TC v = (x - shift) * scale + bias;
@@ -10,7 +10,19 @@ FBN_INLINE TC FBN_SYM(affine1)(TC x, TC shift, TC scale, TC bias, int relu) {
     return relu ? r : v;
 }
 
-/* dy - mean_dy comes first: a constant dy over a constant channel gives dx == 0. */
+/* y with an epilogue: a residual z added (res), then the activation act (0 none,
+ * 1 ReLU, 2 leaky ReLU with slope); act and res constants. */
+FBN_INLINE TC FBN_SYM(xaffine1)(TC x, TC z, TC shift, TC scale, TC bias, TC slope,
+                                const int act, const int res) {
+    TC v = (x - shift) * scale + bias;
+    if (res) v = v + z;
+    if (act == 2) return v > 0 ? v : v * slope;
+    TC r = v < 0 ? (TC)0 : v;
+    return act ? r : v;
+}
+
+/* dy - mean_dy comes first: a constant dy over a constant channel gives dx == 0.
+ * (A leaky ReLU's dx is dx1 with relu 0 of dy through its mask, fbn_xdx1_<sfx>.) */
 FBN_INLINE TC FBN_SYM(dx1)(TC dy, TC x, TC shift, TC scale, TC bias, int relu, TC k_dy,
                            TC k_x, TC mean_dy, TC k_0, TC invstd, int eval) {
     TC g = FBN_SYM(masked)(dy, x, shift, scale, bias, relu);
@@ -18,20 +30,32 @@ FBN_INLINE TC FBN_SYM(dx1)(TC dy, TC x, TC shift, TC scale, TC bias, int relu, T
     return k_dy * (g - mean_dy) + (eval ? (TC)0 : xterm) + k_0; /* eval: no NaN from inf x */
 }
 
+/* dx with the activation act (a constant: 0 none, 1 ReLU, 2 leaky ReLU). */
+FBN_INLINE TC FBN_SYM(xdx1)(TC dy, TC x, TC shift, TC scale, TC bias, const int act, TC k_dy,
+                            TC k_x, TC mean_dy, TC k_0, TC invstd, int eval, TC slope) {
+    if (act < 2)
+        return FBN_SYM(dx1)(dy, x, shift, scale, bias, act, k_dy, k_x, mean_dy, k_0, invstd,
+                            eval);
+    const TC g = FBN_SYM(masked_x)(dy, x, (TC)0, shift, scale, bias, 2, 0, slope);
+    return FBN_SYM(dx1)(g, x, shift, scale, bias, 0, k_dy, k_x, mean_dy, k_0, invstd, eval);
+}
+
 /* One channel's typed coefficients, for a run of that channel. */
 typedef struct {
     TC shift, scale, bias, k_dy, k_x, mean_dy, k_0, invstd;
     int relu, eval;
+    TC slope;
 } FBN_SYM(chan);
 
 /* Channel c's coefficients of op (only those op reads are loaded). */
 FBN_INLINE FBN_SYM(chan) FBN_SYM(chan_of)(const int op, const FBN_SYM(tcoefs) *k, int64_t c) {
-    FBN_SYM(chan) h = {.relu = k->relu, .eval = k->eval};
+    FBN_SYM(chan) h = {.relu = k->relu, .eval = k->eval,
+                       .slope = FBN_IS_EXT(op) ? k->slope : (TC)0};
     if (op == FBN_OP_COPY) return h;
     h.shift = k->shift[c];
     h.scale = k->scale[c];
     h.bias = k->bias[c];
-    if (op == FBN_OP_DX) {
+    if (FBN_IS_DX(op)) {
         h.k_dy = k->k_dy[c];
         h.k_x = k->k_x[c];
         h.mean_dy = k->mean_dy[c];
@@ -41,8 +65,9 @@ FBN_INLINE FBN_SYM(chan) FBN_SYM(chan_of)(const int op, const FBN_SYM(tcoefs) *k
     return h;
 }
 
-/* Output value i of op from x (FBN_OP_COPY: the source) and dy (FBN_OP_DX only), as
- * stored (T: rounded once; a copy is the value itself). */
+/* Output value i of op from x (FBN_OP_COPY: the source) and dy (FBN_OP_DX, the XDX
+ * ops: dy; the XAFF ops with a residual: z), as stored (T: rounded once; a copy is
+ * the value itself). */
 FBN_INLINE T FBN_SYM(value_at)(const int op, const T *restrict x, const T *restrict dy,
                                int64_t i, const FBN_SYM(chan) *h) {
     if (op == FBN_OP_AFFINE)
@@ -51,6 +76,14 @@ FBN_INLINE T FBN_SYM(value_at)(const int op, const T *restrict x, const T *restr
         return FBN_ST(FBN_SYM(dx1)(FBN_LD(dy[i]), FBN_LD(x[i]), h->shift, h->scale, h->bias,
                                    h->relu, h->k_dy, h->k_x, h->mean_dy, h->k_0, h->invstd,
                                    h->eval));
+    if (op & FBN_OP_XAFF)
+        return FBN_ST(FBN_SYM(xaffine1)(FBN_LD(x[i]), FBN_OP_RES(op) ? FBN_LD(dy[i]) : (TC)0,
+                                        h->shift, h->scale, h->bias, h->slope, FBN_OP_ACT(op),
+                                        FBN_OP_RES(op)));
+    if (op & FBN_OP_XDX)
+        return FBN_ST(FBN_SYM(xdx1)(FBN_LD(dy[i]), FBN_LD(x[i]), h->shift, h->scale, h->bias,
+                                    FBN_OP_ACT(op), h->k_dy, h->k_x, h->mean_dy, h->k_0,
+                                    h->invstd, h->eval, h->slope));
     return x[i];
 }
 
@@ -75,14 +108,25 @@ FBN_INLINE void FBN_SYM(block_values)(const int op, const T *x, const T *dy, T *
     FBN_LD_N(x, xb, m);
     if (op == FBN_OP_AFFINE) {
         for (int64_t i = 0; i < m; i++) ob[i] = FBN_SYM(affine1)(xb[i], shift, scale, bias, relu);
+    } else if (op & FBN_OP_XAFF) {
+        const TC slope = h->slope;
+        if (FBN_OP_RES(op)) FBN_LD_N(dy, db, m);
+        for (int64_t i = 0; i < m; i++)
+            ob[i] = FBN_SYM(xaffine1)(xb[i], FBN_OP_RES(op) ? db[i] : (TC)0, shift, scale, bias,
+                                      slope, FBN_OP_ACT(op), FBN_OP_RES(op));
     } else {
         const TC k_dy = h->k_dy, k_x = h->k_x, mean_dy = h->mean_dy, k_0 = h->k_0;
-        const TC invstd = h->invstd;
+        const TC invstd = h->invstd, slope = h->slope;
         const int eval = h->eval;
         FBN_LD_N(dy, db, m);
-        for (int64_t i = 0; i < m; i++)
-            ob[i] = FBN_SYM(dx1)(db[i], xb[i], shift, scale, bias, relu, k_dy, k_x, mean_dy,
-                                 k_0, invstd, eval);
+        if (op == FBN_OP_DX)
+            for (int64_t i = 0; i < m; i++)
+                ob[i] = FBN_SYM(dx1)(db[i], xb[i], shift, scale, bias, relu, k_dy, k_x, mean_dy,
+                                     k_0, invstd, eval);
+        else /* the XDX ops: their own activation, a constant */
+            for (int64_t i = 0; i < m; i++)
+                ob[i] = FBN_SYM(xdx1)(db[i], xb[i], shift, scale, bias, FBN_OP_ACT(op), k_dy, k_x,
+                                      mean_dy, k_0, invstd, eval, slope);
     }
     FBN_ST_N(ob, out, m);
 }
@@ -105,10 +149,10 @@ FBN_INLINE void FBN_SYM(stream_values)(const int op, T *out, int64_t m, const T 
     for (int64_t i = 0, n; i < m; i += n, off = 0) {
         n = m - i < FBN_STREAM_CHUNK - off ? m - i : FBN_STREAM_CHUNK - off;
         const T *restrict xi = x + i;
-        const T *restrict di = op == FBN_OP_DX ? dy + i : NULL;
+        const T *restrict di = FBN_TWO_INPUTS(op) ? dy + i : NULL;
         T *restrict to = buf + off;
         for (int64_t b = 0; b < n * (int64_t)sizeof(T); b += 64) {
-            if (op == FBN_OP_DX) fbn_prefetch_stream((const char *)di + b);
+            if (FBN_TWO_INPUTS(op)) fbn_prefetch_stream((const char *)di + b);
             fbn_prefetch_stream((const char *)xi + b);
         }
 #ifdef FBN_NARROW /* converted a block at a time: bitwise fbn_value_at_<sfx>'s values */
@@ -128,7 +172,7 @@ FBN_INLINE void FBN_SYM(stream_values)(const int op, T *out, int64_t m, const T 
 /* Rows shape: op's m values of channel c from offset o, cached or streamed. */
 FBN_INLINE void FBN_SYM(run_values)(const int op, int stream, const T *x, const T *dy, T *out,
                                     int64_t o, int64_t m, const FBN_SYM(tcoefs) *k, int64_t c) {
-    const T *xr = x + o, *dr = op == FBN_OP_DX ? dy + o : NULL;
+    const T *xr = x + o, *dr = FBN_TWO_INPUTS(op) ? dy + o : NULL;
     T *outr = out + o;
     const FBN_SYM(chan) h = FBN_SYM(chan_of)(op, k, c);
     if (stream)
@@ -174,6 +218,34 @@ FBN_INLINE void FBN_SYM(affine_rows)(const T *xr, int64_t ld, T *out, int64_t ld
 #endif
 }
 
+/* Columns shape: y with an epilogue (op FBN_OP_XAFF + act + 4 * res, a constant;
+ * zr: the residual's rows), as fbn_affine_rows_<sfx>. */
+FBN_INLINE void FBN_SYM(xaffine_rows)(const int op, const T *xr, const T *zr, int64_t ld, T *out,
+                                      int64_t ldo, int64_t m, const FBN_SYM(tcoefs) *k,
+                                      int64_t ch, const int g) {
+    const TC *shift = k->shift + ch, *scale = k->scale + ch, *bias = k->bias + ch;
+    const TC slope = k->slope;
+#ifdef FBN_NARROW
+    /* 16-bit data: row by row (see fbn_affine_rows_<sfx>) */
+    for (int i = 0; i < g; i++) {
+        const T *xi = xr + i * ld, *zi = FBN_OP_RES(op) ? zr + i * ld : NULL;
+        T *oi = out + i * ldo;
+        FBN_IVDEP /* out may be xr (in place) */
+        for (int64_t c = 0; c < m; c++)
+            oi[c] = FBN_ST(FBN_SYM(xaffine1)(FBN_LD(xi[c]), FBN_OP_RES(op) ? FBN_LD(zi[c]) : (TC)0,
+                                             shift[c], scale[c], bias[c], slope, FBN_OP_ACT(op),
+                                             FBN_OP_RES(op)));
+    }
+#else
+    FBN_IVDEP /* out may be xr (in place) */
+    for (int64_t c = 0; c < m; c++)
+        for (int i = 0; i < g; i++)
+            out[i * ldo + c] = FBN_ST(FBN_SYM(xaffine1)(
+                FBN_LD(xr[i * ld + c]), FBN_OP_RES(op) ? FBN_LD(zr[i * ld + c]) : (TC)0, shift[c],
+                scale[c], bias[c], slope, FBN_OP_ACT(op), FBN_OP_RES(op)));
+#endif
+}
+
 /* Columns shape: dx of g rows (g a constant) of m values, a row ld (out: ldo)
  * apart, channels from ch: each channel's coefficients loaded once. relu is a
  * constant too: without ReLU the mask's arithmetic and loads drop out (this
@@ -185,6 +257,7 @@ FBN_INLINE void FBN_SYM(dx_rows_as)(const T *dr, const T *xr, int64_t ld, T *out
     const TC *k_dy = k->k_dy + ch, *k_x = k->k_x + ch, *mdy = k->mean_dy + ch;
     const TC *k_0 = k->k_0 + ch, *inv = k->invstd + ch;
     const int eval = k->eval;
+    const TC slope = k->slope;
 #ifdef FBN_NARROW
     /* 16-bit data: in blocks, all rows' loads first (see fbn_affine_rows_<sfx>) */
     for (int64_t b = 0; b < m; b += FBN_HBLOCK) {
@@ -197,9 +270,9 @@ FBN_INLINE void FBN_SYM(dx_rows_as)(const T *dr, const T *xr, int64_t ld, T *out
         for (int i = 0; i < g; i++) {
             const TC *di = db + i * FBN_HBLOCK, *xi = xb + i * FBN_HBLOCK;
             for (int64_t c = 0; c < n; c++)
-                ob[c] = FBN_SYM(dx1)(di[c], xi[c], shift[b + c], scale[b + c], bias[b + c], relu,
-                                     k_dy[b + c], k_x[b + c], mdy[b + c], k_0[b + c], inv[b + c],
-                                     eval);
+                ob[c] = FBN_SYM(xdx1)(di[c], xi[c], shift[b + c], scale[b + c], bias[b + c],
+                                      relu, k_dy[b + c], k_x[b + c], mdy[b + c], k_0[b + c],
+                                      inv[b + c], eval, slope);
             FBN_ST_N(ob, out + i * ldo + b, n);
         }
     }
@@ -217,18 +290,18 @@ FBN_INLINE void FBN_SYM(dx_rows_as)(const T *dr, const T *xr, int64_t ld, T *out
                 v[i] = FBN_LD(xr[i * ld + c]);
             }
             for (int i = 0; i < g; i++)
-                out[i * ldo + c] = FBN_ST(FBN_SYM(dx1)(d[i], v[i], shift[c], scale[c], bias[c],
-                                                       relu, k_dy[c], k_x[c], mdy[c], k_0[c],
-                                                       inv[c], eval));
+                out[i * ldo + c] = FBN_ST(FBN_SYM(xdx1)(d[i], v[i], shift[c], scale[c], bias[c],
+                                                        relu, k_dy[c], k_x[c], mdy[c], k_0[c],
+                                                        inv[c], eval, slope));
         }
     } else { /* (this order was slower there, e.g. NHWC's 64 channels) */
         FBN_IVDEP
         for (int64_t c = 0; c < m; c++)
             for (int i = 0; i < g; i++)
                 out[i * ldo + c] = FBN_ST(
-                    FBN_SYM(dx1)(FBN_LD(dr[i * ld + c]), FBN_LD(xr[i * ld + c]), shift[c],
-                                 scale[c], bias[c], relu, k_dy[c], k_x[c], mdy[c], k_0[c],
-                                 inv[c], eval));
+                    FBN_SYM(xdx1)(FBN_LD(dr[i * ld + c]), FBN_LD(xr[i * ld + c]), shift[c],
+                                  scale[c], bias[c], relu, k_dy[c], k_x[c], mdy[c], k_0[c],
+                                  inv[c], eval, slope));
     }
 }
 
@@ -239,6 +312,10 @@ FBN_INLINE void FBN_SYM(span_rows)(const int op, const T *x, const T *dy, int64_
                                    int64_t ch, const int g) {
     if (op == FBN_OP_AFFINE)
         FBN_SYM(affine_rows)(x + o, ld, out, ldo, m, k, ch, g);
+    else if (op & FBN_OP_XAFF)
+        FBN_SYM(xaffine_rows)(op, x + o, FBN_OP_RES(op) ? dy + o : NULL, ld, out, ldo, m, k, ch, g);
+    else if (op & FBN_OP_XDX)
+        FBN_SYM(dx_rows_as)(dy + o, x + o, ld, out, ldo, m, k, ch, g, FBN_OP_ACT(op));
     else if (k->relu)
         FBN_SYM(dx_rows_as)(dy + o, x + o, ld, out, ldo, m, k, ch, g, 1);
     else

@@ -5,7 +5,7 @@
 /* y of one elementwise tile; backwards: tiles from the last (the data a
  * reduction read last may still be in L3). */
 typedef struct {
-    const T *x;
+    const T *x, *z; /* z: the residual (NULL: none) */
     T *y;
     const fbn_plan *p;
     const FBN_SYM(tcoefs) *tk;
@@ -15,36 +15,59 @@ typedef struct {
 static void FBN_SYM(affine_task)(void *job, int64_t t, int thread) {
     const FBN_SYM(affine_job) *j = job;
     (void)thread;
-    FBN_SYM(affine_tile)(j->x, j->y, j->p, j->backwards ? j->p->ntiles - 1 - t : t, j->tk);
+    FBN_SYM(affine_tile_any)(j->x, j->z, j->y, j->p, j->backwards ? j->p->ntiles - 1 - t : t, j->tk);
 }
 
-/* y from the coefficients k, the typed block's arrays filled here. */
+/* The activation code of the typed coefficients (0 none, 1 ReLU, 2 leaky) and the
+ * residual of an epilogue (NULL: none). */
+#define FBN_EPI_ACT(e) ((e) ? (e)->act : 0)
+#define FBN_EPI_Z(e) ((e) ? (const T *)(e)->residual : (const T *)NULL)
+
+/* y from the coefficients k, the typed block's arrays filled here (e: the
+ * epilogue, NULL for k->relu alone). */
 static void FBN_SYM(affine_all)(const T *x, T *y, fbn_shape s, const fbn_coefs *k, TC *typed,
-                                int nthreads) {
-    fbn_plan p = FBN_SYM(elemwise_plan)(s, 1);
+                                const fbn_epilogue *e, int nthreads) {
+    const T *z = FBN_EPI_Z(e);
+    fbn_plan p = FBN_SYM(elemwise_plan)(s, z ? 2 : 1);
     fbn_plan_output(&p, y, sizeof(T));
-    FBN_SYM(tcoefs) tk = FBN_SYM(typed_arrays)(typed, s.channels, k->relu);
+    FBN_SYM(tcoefs) tk = FBN_SYM(typed_arrays)(typed, s.channels, e ? e->act : k->relu);
+    if (e) tk.slope = (TC)e->slope;
     FBN_SYM(fill_typed)(k, 0, s.channels, &tk);
     FBN_SYM(repeat_typed)(&tk, &s, 0);
-    FBN_SYM(affine_job) j = {.x = x, .y = y, .p = &p, .tk = &tk, .backwards = 0};
+    FBN_SYM(affine_job) j = {.x = x, .z = z, .y = y, .p = &p, .tk = &tk, .backwards = 0};
     fbn_parallel_for(p.ntiles, fbn_threads_for(&p, nthreads), FBN_SYM(affine_task), &j);
 }
 
-int FBN_SYM(affine)(const T *x, T *y, fbn_shape s, const double *shift, const double *scale,
-                    const double *bias, int relu, int nthreads) {
-    fbn_coefs k = {.shift = shift, .scale = scale, .bias = bias, .relu = relu};
+int FBN_SYM(affine_ex)(const T *x, T *y, fbn_shape s, const double *shift,
+                       const double *scale, const double *bias, const fbn_epilogue *e,
+                       int nthreads) {
+    fbn_coefs k = {.shift = shift, .scale = scale, .bias = bias, .relu = FBN_EPI_ACT(e)};
     const int64_t bytes[1] = {FBN_SYM(typed_bytes)(s.channels)};
     void *typed;
     fbn_work w;
     if (fbn_work_alloc(&w, 1, bytes, &typed)) return -1;
-    FBN_SYM(affine_all)(x, y, s, &k, typed, nthreads);
+    FBN_SYM(affine_all)(x, y, s, &k, typed, e, nthreads);
     fbn_work_free(&w);
     return 0;
+}
+
+int FBN_SYM(affine)(const T *x, T *y, fbn_shape s, const double *shift, const double *scale,
+                    const double *bias, int relu, int nthreads) {
+    const fbn_epilogue e = {.act = relu};
+    return FBN_SYM(affine_ex)(x, y, s, shift, scale, bias, &e, nthreads);
 }
 
 int FBN_SYM(forward_infer)(const T *x, T *y, fbn_shape s, const double *mean, const double *var,
                            const double *gamma, const double *beta, double eps, int relu,
                            double *invstd, int nthreads) {
+    const fbn_epilogue e = {.act = relu};
+    return FBN_SYM(forward_infer_ex)(x, y, s, mean, var, gamma, beta, eps, &e, invstd,
+                                     nthreads);
+}
+
+int FBN_SYM(forward_infer_ex)(const T *x, T *y, fbn_shape s, const double *mean,
+                              const double *var, const double *gamma, const double *beta,
+                              double eps, const fbn_epilogue *e, double *invstd, int nthreads) {
     const int64_t C = s.channels;
     const int64_t bytes[2] = {3 * C * (int64_t)sizeof(double), FBN_SYM(typed_bytes)(C)};
     void *buf[2];
@@ -53,8 +76,8 @@ int FBN_SYM(forward_infer)(const T *x, T *y, fbn_shape s, const double *mean, co
     double *shift = buf[0], *scale = shift + C, *bias = scale + C;
     fbn_invstd(C, var, eps, invstd);
     fbn_coefficients(C, mean, NULL, invstd, gamma, beta, shift, scale, bias);
-    fbn_coefs k = {.shift = shift, .scale = scale, .bias = bias, .relu = relu};
-    FBN_SYM(affine_all)(x, y, s, &k, buf[1], nthreads);
+    fbn_coefs k = {.shift = shift, .scale = scale, .bias = bias, .relu = FBN_EPI_ACT(e)};
+    FBN_SYM(affine_all)(x, y, s, &k, buf[1], e, nthreads);
     fbn_work_free(&w);
     return 0;
 }

@@ -10,10 +10,13 @@
 /* The arguments of one fused pass. */
 typedef struct {
     const T *x, *dy; /* dy: backward only */
-    T *out;          /* y or dx */
+    T *out;          /* y or dx (backward: NULL for the reduction alone) */
     const fbn_plan *p;
     const fbn_coefs *k; /* the double coefficients (of arrays below) */
     const FBN_SYM(tcoefs) *tk;
+    const T *z; /* the residual (NULL: none); backward: dy' goes to dres, */
+    T *dres;    /* which the dx pass reads as its dy, with the coefficients tkd */
+    const FBN_SYM(tcoefs) *tkd;
     double *scratch; /* len doubles per thread */
     int64_t len;
     double n; /* values per channel */
@@ -23,6 +26,10 @@ typedef struct {
         fbn_part *parts;
         double eps;
         double *mean_hi, *mean_lo, *m2, *var, *invstd, *shift, *scale, *bias;
+        /* nsegs == 1: per-thread work of one block (fbn_fwd_block_tile_<sfx>) */
+        double *blockwork;
+        TC *blocktyped;
+        int params_f32; /* gamma and beta point to float values */
     } fwd;
     struct {
         double *sums; /* a tile's sum(dy') and sum_dy_xc, 2 per channel */
@@ -43,8 +50,8 @@ FBN_INLINE void FBN_SYM(pass_reduce_tile)(const int op, const FBN_SYM(pass) *j, 
             FBN_SYM(finish_stats)(c, j->fwd.pivot[c], &j->fwd.parts[c], j->fwd.mean_hi,
                                   j->fwd.mean_lo, j->fwd.m2);
     } else {
-        FBN_SYM(bwd_reduce_tile)(j->dy, j->x, j->p, t, j->k, j->tk, j->bwd.sums,
-                                 j->scratch + thread * j->len);
+        FBN_SYM(bwd_reduce_tile_any)(j->dy, j->x, j->p, t, j->k, j->tk, j->bwd.sums,
+                                 j->scratch + thread * j->len, j->z, j->dres);
         for (int64_t c = r->c0; c < r->c0 + r->nc; c++) {
             j->bwd.sum_dy[c] = j->bwd.sums[2 * c];
             j->bwd.sum_dy_xc[c] = j->bwd.sums[2 * c + 1];
@@ -59,7 +66,7 @@ static void FBN_SYM(pass_reduce_all)(const int op, const FBN_SYM(pass) *j, int n
                            j->fwd.mean_hi, j->fwd.mean_lo, j->fwd.m2, nt);
     else
         FBN_SYM(reduce_all)(j->dy, j->x, j->p, j->k, j->tk, j->bwd.sums, j->bwd.sum_dy,
-                            j->bwd.sum_dy_xc, nt);
+                            j->bwd.sum_dy_xc, j->z, j->dres, nt);
 }
 
 /* The double coefficients of channels [c0, c0 + nc) from their reduction. */
@@ -86,15 +93,74 @@ FBN_INLINE void FBN_SYM(fused_tile)(const int op, const FBN_SYM(pass) *j, int64_
     const FBN_SYM(tile) r = FBN_SYM(tile_of)(j->p, t);
     FBN_SYM(pass_reduce_tile)(op, j, t, thread, &r);
     FBN_SYM(pass_coefs)(op, j, r.c0, r.nc);
+    if (op == FBN_OP_DX && !j->out) return; /* sums only */
     FBN_SYM(fill_typed)(j->k, r.c0, r.nc, j->tk);
     if (op == FBN_OP_AFFINE)
-        FBN_SYM(affine_tile)(j->x, j->out, j->p, t, j->tk);
+        FBN_SYM(affine_tile_any)(j->x, j->z, j->out, j->p, t, j->tk);
     else
-        FBN_SYM(bwd_elemt_tile)(j->dy, j->x, j->out, j->p, t, j->tk);
+        FBN_SYM(bwd_elemt_tile_any)(j->dres ? j->dres : j->dy, j->x, j->out, j->p, t, j->tkd);
+}
+
+/* Per-thread work of a forward whose tiles hold whole channels (nsegs == 1), in
+ * doubles: pivot, shift, scale, bias, m2, var, gamma, beta (a block's channels
+ * each), its parts, then the reduction's scratch; and typed arrays of a block. No
+ * O(C) work memory then: (2, 50M) float32 (issue 13) needs y and the outputs. */
+static inline int64_t FBN_SYM(block_doubles)(const fbn_plan *p) {
+    return 8 * p->block + p->block * (int64_t)(sizeof(fbn_part) / sizeof(double)) +
+           fbn_scratch_len(p);
+}
+
+/* A forward tile on its thread's block arrays. They are addressed by channel, as
+ * the C-sized ones are, through pointers moved back by c0 (only the tile's
+ * channels [c0, c0 + nc) are touched). */
+static void FBN_SYM(fwd_block_tile)(const FBN_SYM(pass) *j, int64_t t, int thread) {
+    const FBN_SYM(tile) r = FBN_SYM(tile_of)(j->p, t);
+    const int64_t B = j->p->block, c0 = r.c0, inner = j->p->s.inner;
+    double *w = j->fwd.blockwork + thread * FBN_SYM(block_doubles)(j->p);
+    double *pivot = w - c0, *m2 = w + 4 * B - c0;
+    FBN_SYM(pass) l = *j;
+    fbn_coefs kl = *j->k;
+    double *shift = w + B - c0, *scale = w + 2 * B - c0, *bias = w + 3 * B - c0;
+    kl.shift = shift;
+    kl.scale = scale;
+    kl.bias = bias;
+    FBN_SYM(tcoefs) tl = FBN_SYM(typed_arrays)(
+        j->fwd.blocktyped + thread * FBN_TYPED * FBN_SYM(typed_len)(B), B, j->tk->relu);
+    tl.slope = j->tk->slope;
+    tl.shift -= c0;
+    tl.scale -= c0;
+    tl.bias -= c0;
+    for (int64_t c = c0; c < c0 + r.nc; c++) pivot[c] = (double)FBN_LD(j->x[c * inner]);
+    if (j->fwd.params_f32) { /* the block's gamma and beta as double */
+        const float *g = (const float *)j->gamma, *b = (const float *)j->fwd.beta;
+        double *gd = w + 6 * B - c0, *bd = w + 7 * B - c0;
+        if (g)
+            for (int64_t c = c0; c < c0 + r.nc; c++) gd[c] = g[c];
+        if (b)
+            for (int64_t c = c0; c < c0 + r.nc; c++) bd[c] = b[c];
+        l.gamma = g ? gd : NULL;
+        l.fwd.beta = b ? bd : NULL;
+    }
+    l.k = &kl;
+    l.tk = l.tkd = &tl;
+    l.scratch = w + 8 * B + B * (int64_t)(sizeof(fbn_part) / sizeof(double));
+    l.len = 0;
+    l.fwd.pivot = pivot;
+    l.fwd.parts = (fbn_part *)(w + 8 * B) - c0;
+    l.fwd.m2 = m2;
+    if (!j->fwd.var) l.fwd.var = w + 5 * B - c0;
+    l.fwd.shift = shift;
+    l.fwd.scale = scale;
+    l.fwd.bias = bias;
+    FBN_SYM(fused_tile)(FBN_OP_AFFINE, &l, t, 0);
 }
 
 static void FBN_SYM(fwd_fused_task)(void *job, int64_t t, int thread) {
-    FBN_SYM(fused_tile)(FBN_OP_AFFINE, job, t, thread);
+    const FBN_SYM(pass) *j = job;
+    if (j->fwd.blockwork)
+        FBN_SYM(fwd_block_tile)(j, t, thread);
+    else
+        FBN_SYM(fused_tile)(FBN_OP_AFFINE, job, t, thread);
 }
 
 static void FBN_SYM(bwd_fused_task)(void *job, int64_t t, int thread) {
@@ -114,17 +180,21 @@ static void FBN_SYM(run_pass)(const int op, const FBN_SYM(pass) *j, FBN_SYM(tcoe
     }
     FBN_SYM(pass_reduce_all)(op, j, nt);
     FBN_SYM(pass_coefs)(op, j, 0, p->s.channels);
+    if (op == FBN_OP_DX && !j->out) return; /* sums only */
     FBN_SYM(fill_typed)(j->k, 0, p->s.channels, tk);
     FBN_SYM(repeat_typed)(tk, &p->s, op == FBN_OP_DX);
     /* tiles from the last: the data the reduction read last may still be in L3 */
-    fbn_plan e = FBN_SYM(elemwise_plan)(p->s, op == FBN_OP_DX ? 2 : 1);
+    fbn_plan e = FBN_SYM(elemwise_plan)(p->s, op == FBN_OP_DX || j->z ? 2 : 1);
     fbn_plan_output(&e, j->out, sizeof(T));
     if (op == FBN_OP_AFFINE) {
-        FBN_SYM(affine_job) a = {.x = j->x, .y = j->out, .p = &e, .tk = tk, .backwards = 1};
+        FBN_SYM(affine_job) a = {.x = j->x, .z = j->z, .y = j->out, .p = &e, .tk = tk,
+                                 .backwards = 1};
         fbn_parallel_for(e.ntiles, nt, FBN_SYM(affine_task), &a);
     } else {
-        FBN_SYM(dx_job) d = {.dy = j->dy, .x = j->x, .dx = j->out, .p = &e, .tk = tk,
-                             .backwards = 1};
+        FBN_SYM(tcoefs) td = *j->tkd; /* its arrays are tk's: so is their period */
+        td.period = tk->period;
+        FBN_SYM(dx_job) d = {.dy = j->dres ? j->dres : j->dy, .x = j->x, .dx = j->out, .p = &e,
+                             .tk = &td, .backwards = 1};
         fbn_parallel_for(e.ntiles, nt, FBN_SYM(dx_task), &d);
     }
 }
@@ -132,13 +202,44 @@ static void FBN_SYM(run_pass)(const int op, const FBN_SYM(pass) *j, FBN_SYM(tcoe
 int FBN_SYM(forward_train)(const T *x, T *y, fbn_shape s, const double *gamma,
                            const double *beta, double eps, int relu, double *mean_hi,
                            double *mean_lo, double *var, double *invstd, int nthreads) {
+    const fbn_epilogue e = {.act = relu};
+    return FBN_SYM(forward_train_ex)(x, y, s, gamma, beta, eps, &e, mean_hi, mean_lo, var,
+                                     invstd, nthreads);
+}
+
+int FBN_SYM(forward_train_ex)(const T *x, T *y, fbn_shape s, const double *gamma,
+                              const double *beta, double eps, const fbn_epilogue *e,
+                              double *mean_hi, double *mean_lo, double *var, double *invstd,
+                              int nthreads) {
     const int64_t C = s.channels;
+    const int relu = FBN_EPI_ACT(e);
     fbn_plan p = FBN_SYM(reduce_plan)(s, 1);
     if (p.per_channel == 0 || C == 0) return -2;
     fbn_plan_output(&p, y, sizeof(T));
     const int nt = fbn_threads_for(&p, nthreads);
+    const int f32 = e && e->params_f32;
+    if (p.nsegs == 1) { /* per-thread block arrays (fbn_fwd_block_tile_<sfx>) */
+        const int64_t bytes[2] = {nt * FBN_SYM(block_doubles)(&p) * (int64_t)sizeof(double),
+                                  nt * FBN_SYM(typed_bytes)(p.block)};
+        void *buf[2];
+        fbn_work w;
+        if (fbn_work_alloc(&w, 2, bytes, buf)) return -1;
+        fbn_coefs k = {.relu = relu};
+        FBN_SYM(tcoefs) tk = FBN_SYM(typed_arrays)(buf[1], p.block, relu);
+        if (e) tk.slope = (TC)e->slope;
+        const FBN_SYM(pass) j = {
+            .x = x, .out = y, .p = &p, .k = &k, .tk = &tk, .z = FBN_EPI_Z(e), .tkd = &tk,
+            .n = (double)p.per_channel, .gamma = gamma,
+            .fwd = {.beta = beta, .eps = eps, .mean_hi = mean_hi, .mean_lo = mean_lo,
+                    .var = var, .invstd = invstd, .blockwork = buf[0], .blocktyped = buf[1],
+                    .params_f32 = f32}};
+        FBN_SYM(run_pass)(FBN_OP_AFFINE, &j, &tk, nt);
+        fbn_work_free(&w);
+        return 0;
+    }
     const int64_t len = fbn_scratch_len(&p);
-    const int64_t bytes[3] = {(C * 5 + nt * len) * (int64_t)sizeof(double),
+    const int64_t bytes[3] = {(C * (var ? 5 : 6) + (f32 ? 2 * C : 0) + nt * len) *
+                                  (int64_t)sizeof(double),
                               p.nsegs * C * (int64_t)sizeof(fbn_part),
                               FBN_SYM(typed_bytes)(C)};
     void *buf[3];
@@ -146,12 +247,26 @@ int FBN_SYM(forward_train)(const T *x, T *y, fbn_shape s, const double *gamma,
     if (fbn_work_alloc(&w, 3, bytes, buf)) return -1;
     double *work = buf[0];
     double *pivot = work, *shift = work + C, *scale = work + 2 * C, *bias = work + 3 * C;
-    double *m2 = work + 4 * C;
+    double *m2 = work + 4 * C, *more = work + 5 * C;
+    if (!var) {
+        var = more;
+        more += C;
+    }
+    if (f32) { /* gamma and beta as double */
+        const float *g = (const float *)gamma, *b = (const float *)beta;
+        for (int64_t c = 0; g && c < C; c++) more[c] = g[c];
+        for (int64_t c = 0; b && c < C; c++) more[C + c] = b[c];
+        gamma = g ? more : NULL;
+        beta = b ? more + C : NULL;
+        more += 2 * C;
+    }
     fbn_coefs k = {.shift = shift, .scale = scale, .bias = bias, .relu = relu};
     FBN_SYM(tcoefs) tk = FBN_SYM(typed_arrays)(buf[2], C, relu);
+    if (e) tk.slope = (TC)e->slope;
     FBN_SYM(pivots)(x, &s, pivot);
     const FBN_SYM(pass) j = {
-        .x = x, .out = y, .p = &p, .k = &k, .tk = &tk, .scratch = work + 5 * C, .len = len,
+        .x = x, .out = y, .p = &p, .k = &k, .tk = &tk, .z = FBN_EPI_Z(e), .tkd = &tk,
+        .scratch = more, .len = len,
         .n = (double)p.per_channel, .gamma = gamma,
         .fwd = {.pivot = pivot, .beta = beta, .parts = buf[1], .eps = eps, .mean_hi = mean_hi,
                 .mean_lo = mean_lo, .m2 = m2, .var = var, .invstd = invstd, .shift = shift,
@@ -165,7 +280,19 @@ int FBN_SYM(backward)(const T *dy, const T *x, T *dx, fbn_shape s, const double 
                       const double *mean_lo, const double *invstd, const double *gamma,
                       const double *beta, int relu, int training, double *sum_dy,
                       double *sum_dy_xhat, int nthreads) {
+    const fbn_epilogue e = {.act = relu};
+    return FBN_SYM(backward_ex)(dy, x, dx, s, mean_hi, mean_lo, invstd, gamma, beta, &e,
+                                training, sum_dy, sum_dy_xhat, nthreads);
+}
+
+int FBN_SYM(backward_ex)(const T *dy, const T *x, T *dx, fbn_shape s, const double *mean_hi,
+                         const double *mean_lo, const double *invstd, const double *gamma,
+                         const double *beta, const fbn_epilogue *e, int training,
+                         double *sum_dy, double *sum_dy_xhat, int nthreads) {
     const int64_t C = s.channels;
+    const int relu = FBN_EPI_ACT(e);
+    const T *z = FBN_EPI_Z(e);
+    T *dres = z ? (T *)e->dresidual : NULL;
     fbn_plan p = FBN_SYM(reduce_plan)(s, 2);
     if (C == 0) return 0;
     fbn_plan_output(&p, dx, sizeof(T));
@@ -189,14 +316,17 @@ int FBN_SYM(backward)(const T *dy, const T *x, T *dx, fbn_shape s, const double 
     fbn_coefs masks = {.shift = shift, .lo = lo, .scale = scale, .bias = bias, .relu = relu};
     FBN_SYM(tcoefs) tk = FBN_SYM(typed_arrays)(buf[2], C, relu);
     tk.eval = !training;
+    if (e) tk.slope = (TC)e->slope;
+    FBN_SYM(tcoefs) tkd = tk; /* with a residual, dx reads dres: dy' */
+    if (z) tkd.relu = 0;
     fbn_coefficients(C, mean_hi, lo, invstd, gamma, beta, shift, scale, bias);
     FBN_SYM(fill_typed)(&masks, 0, C, &tk); /* for the ReLU masks; k_* are filled later */
     if (p.per_channel == 0) {
         for (int64_t c = 0; c < C; c++) sum_dy[c] = sum_dy_xhat[c] = 0.0;
     } else {
         const FBN_SYM(pass) j = {
-            .x = x, .dy = dy, .out = dx, .p = &p, .k = &k, .tk = &tk,
-            .scratch = fbn_reduce_scratch(&p, sums), .len = fbn_scratch_len(&p),
+            .x = x, .dy = dy, .out = dx, .p = &p, .k = &k, .tk = &tk, .z = z, .dres = dres,
+            .tkd = &tkd, .scratch = fbn_reduce_scratch(&p, sums), .len = fbn_scratch_len(&p),
             .n = (double)p.per_channel, .gamma = gamma,
             .bwd = {.sums = sums, .training = training, .invstd = invstd, .sum_dy = sum_dy,
                     .sum_dy_xc = sum_dy_xc, .sum_dy_xhat = sum_dy_xhat, .k_dy = k_dy,

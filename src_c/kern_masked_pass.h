@@ -201,7 +201,7 @@ int FBN_SYM(backward_masked)(const T *dy, const T *x, T *dx, fbn_shape s, const 
     if (p.nsegs == 1) {
         fbn_parallel_for(p.nblocks, nt, FBN_SYM(mbwd_fused_task), (void *)&j);
     } else {
-        FBN_SYM(reduce_all)(dy, x, &p, &k, &tk, sums, sum_dy, j.sum_dy_xc, nt);
+        FBN_SYM(reduce_all)(dy, x, &p, &k, &tk, sums, sum_dy, j.sum_dy_xc, NULL, NULL, nt);
         FBN_SYM(mbwd_coefs)(&j, 0, C);
         if (dx) fbn_parallel_for(p.ntiles, nt, FBN_SYM(mdx_task), (void *)&j);
     }

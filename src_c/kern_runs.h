@@ -10,6 +10,19 @@ FBN_INLINE TC FBN_SYM(masked)(TC dy, TC x, TC shift, TC scale, TC bias, int relu
     return relu ? kept : dy;
 }
 
+/* fbn_masked_<sfx> for every epilogue (act: 0 none, 1 ReLU, 2 leaky ReLU; res: a
+ * residual z added to the pre-activation; both constants): the plain ones are
+ * fbn_masked_<sfx> itself. */
+FBN_INLINE TC FBN_SYM(masked_x)(TC dy, TC x, TC z, TC shift, TC scale, TC bias, const int act,
+                                const int res, TC slope) {
+    if (act < 2 && !res) return FBN_SYM(masked)(dy, x, shift, scale, bias, act);
+    TC pre = (x - shift) * scale + bias;
+    if (res) pre = pre + z;
+    if (act == 2) return pre > 0 ? dy : dy * slope;
+    TC kept = pre > 0 ? dy : (TC)0;
+    return act ? kept : dy;
+}
+
 /* Contiguous runs of channel c covering flat (outer, inner) indices [j0, j1):
  * the first may start inside a row, the next ones start a row (C * inner
  * values) later, at the row's start. No division per run: runs can be short.
@@ -38,17 +51,23 @@ FBN_INLINE void FBN_SYM(run_next)(const fbn_shape *s, int64_t j1, FBN_SYM(run_it
 
 /* Adds value o's two terms to lanes l1[l] and l2[l] (kind a constant):
  *   FBN_SUMS_DEV: e and e^2, e = (x - pivot) - mean;
- *   FBN_SUMS_BWD: dy' and dy' * (x - shift), dy' masked by relu (a constant). */
+ *   FBN_SUMS_BWD: dy' and dy' * (x - shift), dy' masked by relu (a constant: the
+ *   activation, see fbn_masked_x_<sfx>; with res, the pre-activation adds z and
+ *   dy' is stored to dres). x, dy, z and dres as TC (see fbn_lanes_add_<sfx>). */
 FBN_INLINE void FBN_SYM(lane_add)(const int kind, double *l1, double *l2, int l, int64_t o,
                                   const TC *restrict x, const TC *restrict dy, double pivot,
                                   double mean, double shift, TC tshift, TC scale, TC bias,
-                                  const int relu) {
+                                  const int relu, const TC *restrict z, TC *restrict dres,
+                                  const int res, TC slope) {
     if (kind == FBN_SUMS_DEV) {
         double e = ((double)x[o] - pivot) - mean;
         l1[l] += e;
         l2[l] += e * e;
     } else {
-        double g = FBN_SYM(masked)(dy[o], x[o], tshift, scale, bias, relu);
+        TC m = FBN_SYM(masked_x)(dy[o], x[o], res ? z[o] : (TC)0, tshift, scale, bias, relu, res,
+                                 slope);
+        double g = m;
+        if (res) dres[o] = m;
         l1[l] += g;
         l2[l] += g * ((double)x[o] - shift);
     }
@@ -61,19 +80,20 @@ FBN_INLINE void FBN_SYM(lane_add)(const int kind, double *l1, double *l2, int l,
 FBN_INLINE void FBN_SYM(lanes_add)(const int kind, double *l1, double *l2, int64_t n,
                                    const TC *restrict x, const TC *restrict dy, double pivot,
                                    double mean, double shift, TC tshift, TC scale, TC bias,
-                                   const int relu) {
+                                   const int relu, const TC *restrict z, TC *restrict dres,
+                                   const int res, TC slope) {
     int64_t i = 0;
     for (; i + FBN_LANES <= n; i += FBN_LANES)
         for (int l = 0; l < FBN_LANES; l++)
             FBN_SYM(lane_add)(kind, l1, l2, l, i + l, x, dy, pivot, mean, shift, tshift, scale,
-                              bias, relu);
+                              bias, relu, z, dres, res, slope);
     for (; i + 8 <= n; i += 8)
         for (int l = 0; l < 8; l++)
             FBN_SYM(lane_add)(kind, l1, l2, l, i + l, x, dy, pivot, mean, shift, tshift, scale,
-                              bias, relu);
+                              bias, relu, z, dres, res, slope);
     for (; i < n; i++)
         FBN_SYM(lane_add)(kind, l1, l2, (int)(i % FBN_LANES), i, x, dy, pivot, mean, shift,
-                          tshift, scale, bias, relu);
+                          tshift, scale, bias, relu, z, dres, res, slope);
 }
 
 /* Sums of two terms per value (fbn_lane_add_<sfx>, kind a constant) over the runs
@@ -86,7 +106,9 @@ FBN_INLINE void FBN_SYM(lanes_add)(const int kind, double *l1, double *l2, int64
 FBN_INLINE void FBN_SYM(sum_runs)(const int kind, fbn_acc *a1, fbn_acc *a2, const fbn_shape *s,
                                   int64_t c, int64_t j0, int64_t j1, const T *restrict x,
                                   const T *restrict dy, double pivot, double mean,
-                                  double shift, TC tshift, TC scale, TC bias, const int relu) {
+                                  double shift, TC tshift, TC scale, TC bias, const int relu,
+                                  const T *restrict z, T *restrict dres, const int res,
+                                  TC slope) {
     double l1[FBN_LANES] = {0}, l2[FBN_LANES] = {0};
     int64_t pending = 0;
     const int64_t ahead = FBN_RUNS_AHEAD * s->channels * s->inner;
@@ -97,24 +119,28 @@ FBN_INLINE void FBN_SYM(sum_runs)(const int kind, fbn_acc *a1, fbn_acc *a2, cons
         if (fetch) {
             fbn_prefetch(x + off + ahead, len * (int64_t)sizeof(T));
             if (kind == FBN_SUMS_BWD) fbn_prefetch(dy + off + ahead, len * (int64_t)sizeof(T));
+            if (res) fbn_prefetch(z + off + ahead, len * (int64_t)sizeof(T));
         }
         for (int64_t at = 0; at < len;) {
             const int64_t n = FBN_PIECE - pending < len - at ? FBN_PIECE - pending : len - at;
             const int64_t b = off + at;
 #ifdef FBN_NARROW
             /* 16-bit data: widened a block at a time (FBN_HBLOCK, a multiple of
-             * FBN_LANES: see fbn_lanes_add_<sfx>) */
+             * FBN_LANES: see fbn_lanes_add_<sfx>); with res, dy' narrowed back */
             for (int64_t w = 0; w < n; w += FBN_HBLOCK) {
-                TC xb[FBN_HBLOCK], db[FBN_HBLOCK];
+                TC xb[FBN_HBLOCK], db[FBN_HBLOCK], zb[FBN_HBLOCK], eb[FBN_HBLOCK];
                 const int64_t wn = n - w < FBN_HBLOCK ? n - w : FBN_HBLOCK;
                 FBN_LD_N(x + b + w, xb, wn);
                 if (kind == FBN_SUMS_BWD) FBN_LD_N(dy + b + w, db, wn);
+                if (res) FBN_LD_N(z + b + w, zb, wn);
                 FBN_SYM(lanes_add)(kind, l1, l2, wn, xb, db, pivot, mean, shift, tshift, scale,
-                                   bias, relu);
+                                   bias, relu, zb, eb, res, slope);
+                if (res) FBN_ST_N(eb, dres + b + w, wn);
             }
 #else
             FBN_SYM(lanes_add)(kind, l1, l2, n, x + b, kind == FBN_SUMS_BWD ? dy + b : NULL,
-                               pivot, mean, shift, tshift, scale, bias, relu);
+                               pivot, mean, shift, tshift, scale, bias, relu,
+                               res ? z + b : NULL, res ? dres + b : NULL, res, slope);
 #endif
             at += n;
             pending += n;
@@ -138,15 +164,17 @@ FBN_INLINE void FBN_SYM(runs_dev)(fbn_acc *a1, fbn_acc *a2, const fbn_shape *s, 
                                   int64_t j0, int64_t j1, const T *restrict x, double pivot,
                                   double mean) {
     FBN_SYM(sum_runs)(FBN_SUMS_DEV, a1, a2, s, c, j0, j1, x, NULL, pivot, mean, 0.0, (TC)0,
-                      (TC)0, (TC)0, 0);
+                      (TC)0, (TC)0, 0, NULL, NULL, 0, (TC)0);
 }
 
-/* Channel c's sums of dy' and dy' * (x - shift) over flat [j0, j1) (relu: a
- * constant, so that the mask costs nothing without ReLU). */
+/* Channel c's sums of dy' and dy' * (x - shift) over flat [j0, j1) (relu and res:
+ * constants, so that the mask costs nothing without ReLU; z and dres: see
+ * fbn_lane_add_<sfx>). */
 FBN_INLINE void FBN_SYM(runs_bwd)(fbn_acc *a1, fbn_acc *a2, const fbn_shape *s, int64_t c,
                                   int64_t j0, int64_t j1, const T *restrict dy,
                                   const T *restrict x, double shift, TC tshift, TC scale,
-                                  TC bias, const int relu) {
+                                  TC bias, const int relu, const T *restrict z,
+                                  T *restrict dres, const int res, TC slope) {
     FBN_SYM(sum_runs)(FBN_SUMS_BWD, a1, a2, s, c, j0, j1, x, dy, 0.0, 0.0, shift, tshift,
-                      scale, bias, relu);
+                      scale, bias, relu, z, dres, res, slope);
 }

@@ -133,8 +133,8 @@ FBN_INLINE void FBN_SYM(elemwise_tile)(const int op, const T *x, const T *dy, T 
     } else {
         const FBN_SYM(tile) r = FBN_SYM(tile_of)(p, t);
         T buf[FBN_CHUNK];
-        const int arrays = op == FBN_OP_AFFINE ? 3 : FBN_TYPED; /* coefficient arrays read */
-        const int same = op == FBN_OP_AFFINE
+        const int arrays = FBN_IS_AFF(op) ? 3 : FBN_TYPED; /* coefficient arrays read */
+        const int same = !FBN_TWO_INPUTS(op)
                              ? FBN_SYM(same_sets)(out, x, C)
                              : FBN_SYM(same_sets)(out, x, C) || FBN_SYM(same_sets)(out, dy, C) ||
                                    FBN_SYM(same_sets)(dy, x, C);
@@ -173,9 +173,36 @@ FBN_INLINE void FBN_SYM(elemwise_tile)(const int op, const T *x, const T *dy, T 
     if (p->stream) FBN_STREAM_FENCE();
 }
 
+/* The plain tiles (no epilogue) are dispatched functions of their own, and the
+ * epilogue's are others: the plain ones' code is exactly what it was without the
+ * epilogue (no test of it inside, which changed how GCC compiled their loops:
+ * +1.6% instructions on plain forward_infer). The *_any functions choose. */
+
 FBN_DISPATCH static void FBN_SYM(affine_tile)(const T *x, T *y, const fbn_plan *p, int64_t t,
                                               const FBN_SYM(tcoefs) *k) {
     FBN_SYM(elemwise_tile)(FBN_OP_AFFINE, x, NULL, y, p, t, k);
+}
+
+/* y of tile t with an epilogue: a leaky ReLU (k->relu 2), a residual z, or both. */
+FBN_DISPATCH static void FBN_SYM(affine_tile_x)(const T *x, const T *z, T *y, const fbn_plan *p,
+                                                int64_t t, const FBN_SYM(tcoefs) *k) {
+    if (!z)
+        FBN_SYM(elemwise_tile)(FBN_OP_XAFF + 2, x, NULL, y, p, t, k);
+    else if (k->relu == 0)
+        FBN_SYM(elemwise_tile)(FBN_OP_XAFF + 4, x, z, y, p, t, k);
+    else if (k->relu == 1)
+        FBN_SYM(elemwise_tile)(FBN_OP_XAFF + 5, x, z, y, p, t, k);
+    else
+        FBN_SYM(elemwise_tile)(FBN_OP_XAFF + 6, x, z, y, p, t, k);
+}
+
+/* y of tile t: plain (relu 0 or 1, no residual z), or with an epilogue. */
+static inline void FBN_SYM(affine_tile_any)(const T *x, const T *z, T *y, const fbn_plan *p,
+                                            int64_t t, const FBN_SYM(tcoefs) *k) {
+    if (!z && k->relu < 2)
+        FBN_SYM(affine_tile)(x, y, p, t, k);
+    else
+        FBN_SYM(affine_tile_x)(x, z, y, p, t, k);
 }
 
 /* dx = k_dy * (dy' - mean_dy) + k_x * (x - shift) * invstd + k_0, in TC (see
@@ -184,4 +211,19 @@ FBN_DISPATCH static void FBN_SYM(bwd_elemt_tile)(const T *dy, const T *x, T *dx,
                                                  const fbn_plan *p, int64_t t,
                                                  const FBN_SYM(tcoefs) *k) {
     FBN_SYM(elemwise_tile)(FBN_OP_DX, x, dy, dx, p, t, k);
+}
+
+/* dx of tile t with a leaky ReLU's mask. */
+FBN_DISPATCH static void FBN_SYM(bwd_elemt_tile_x)(const T *dy, const T *x, T *dx,
+                                                   const fbn_plan *p, int64_t t,
+                                                   const FBN_SYM(tcoefs) *k) {
+    FBN_SYM(elemwise_tile)(FBN_OP_XDX + 2, x, dy, dx, p, t, k);
+}
+
+static inline void FBN_SYM(bwd_elemt_tile_any)(const T *dy, const T *x, T *dx, const fbn_plan *p,
+                                               int64_t t, const FBN_SYM(tcoefs) *k) {
+    if (k->relu < 2)
+        FBN_SYM(bwd_elemt_tile)(dy, x, dx, p, t, k);
+    else /* a leaky ReLU's mask */
+        FBN_SYM(bwd_elemt_tile_x)(dy, x, dx, p, t, k);
 }

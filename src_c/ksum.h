@@ -86,7 +86,7 @@ static inline void fbn_acc_flush(fbn_acc *a) {
     memset(l, 0, sizeof a->lane);
 }
 
-static inline double fbn_acc_value(fbn_acc *a) {
+FBN_INLINE double fbn_acc_value(fbn_acc *a) {
     fbn_acc_flush(a);
     return fbn_kval(&a->total);
 }

@@ -41,6 +41,18 @@ enum { FBN_ELEMWISE = 0, FBN_REDUCTION = 1 };
  * buffer streamed out). */
 enum { FBN_SUMS_DEV = 0, FBN_SUMS_BWD = 1 };
 enum { FBN_OP_AFFINE = 0, FBN_OP_DX = 1, FBN_OP_COPY = 2 };
+/* The epilogues of issue 20 as ops of their own, so that the plain ops' code is
+ * unchanged: FBN_OP_XAFF + act + 4 * res (y with activation act, 0 none, 1 ReLU,
+ * 2 leaky ReLU, and res: a residual z added before it, read as the second input)
+ * and FBN_OP_XDX + 2 (dx with a leaky ReLU's mask). */
+enum { FBN_OP_XAFF = 8, FBN_OP_XDX = 16 };
+#define FBN_OP_ACT(op) ((op) & 3)
+#define FBN_OP_RES(op) (((op) >> 2) & 1)
+#define FBN_IS_AFF(op) ((op) == FBN_OP_AFFINE || ((op) & FBN_OP_XAFF))
+#define FBN_IS_DX(op) ((op) == FBN_OP_DX || ((op) & FBN_OP_XDX))
+#define FBN_IS_EXT(op) (((op) & (FBN_OP_XAFF | FBN_OP_XDX)) != 0) /* an epilogue op */
+/* whether op reads a second input (dy; z) */
+#define FBN_TWO_INPUTS(op) (FBN_IS_DX(op) || (((op) & FBN_OP_XAFF) && FBN_OP_RES(op)))
 
 /* This machine's cache sizes in bytes (L1 data and L2 per core, L3), detected at
  * the first call: sysconf, then /sys/devices/system/cpu/cpu0/cache, then

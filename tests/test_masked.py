@@ -190,3 +190,34 @@ def test_finite_differences(extra):
         assert_close(got, want, rtol=FD_RTOL, scale=np.abs(want).max() + 1)
     if "residual" in kw:
         assert_close(grads[3], central_difference(loss, kw["residual"]), rtol=FD_RTOL)
+
+
+@pytest.mark.parametrize("shape,axis,mshape", [CASES[0], CASES[4], CASES[5], CASES[6]])
+@pytest.mark.parametrize("epilogue", [dict(residual=True), dict(residual=True, activation="relu"),
+                                      dict(activation="leaky_relu", negative_slope=0.2),
+                                      dict(residual=True, activation="leaky_relu",
+                                           negative_slope=-0.3)])
+def test_mask_with_epilogue(shape, axis, mshape, epilogue, monkeypatch):
+    """A mask with a residual or a leaky ReLU: the masked kernels take the statistics and
+    the backward (merge of k20 and m20), the epilogue kernels y (affine_ex) and dy through
+    the activation (backward_ex's reduction), against the reference."""
+    import fastbn._interim as interim
+    x, dy, gamma, beta, rng = data(shape, axis, np.float64, seed=11)
+    mask = make_mask(mshape, "random", rng)
+    kw = dict(epilogue)
+    if kw.pop("residual", False):
+        kw["residual"] = rng.standard_normal(x.shape)
+    called = []
+    for name in ("forward_masked", "backward_masked", "affine_ex", "backward_ex"):
+        real = getattr(interim._kernels, name)
+        monkeypatch.setattr(interim._kernels, name,
+                            lambda *a, _r=real, _n=name, **k: (called.append(_n), _r(*a, **k))[1])
+    y, cache = fastbn.forward(x, gamma, beta, axis=axis, mask=mask, **kw)
+    yr, cr = R.forward(x, gamma, beta, axis=axis, mask=mask, **kw)
+    got, want = fastbn.backward(dy, cache), R.backward(dy, cr)
+    assert {"forward_masked", "backward_masked", "affine_ex"} <= set(called)
+    assert ("backward_ex" in called) == (kw.get("activation") is not None)
+    assert_close(y, yr, rtol=1e-12, what="y")
+    for g, w, what in zip(got, want, ("dx", "dgamma", "dbeta", "dresidual")):
+        assert_close(g, w, rtol=1e-11, what=what)
+    assert len(got) == len(want) == 3 + ("residual" in kw)
