@@ -78,7 +78,8 @@ def _check_local(x, gamma, beta, axis, eps, running_mean, running_var, momentum,
 
 def sync_forward(x, gamma=None, beta=None, *, comm, axis=1, eps=1e-5, training=True,
                  running_mean=None, running_var=None, momentum=0.1, out=None, activation=None,
-                 unbiased_running_var=True):
+                 unbiased_running_var=True, mask=None, renorm=None, residual=None,
+                 negative_slope=0.01):
     """``fastbn.forward`` with the statistics of the union of the batches of all ranks of ``comm``.
 
     Call it on every rank of ``comm`` with that rank's part of the batch (any size along
@@ -104,6 +105,13 @@ def sync_forward(x, gamma=None, beta=None, *, comm, axis=1, eps=1e-5, training=T
     unbiased_running_var : bool, default True
         As in ``fastbn.forward``: False keeps the biased global variance in
         the running variance (Keras, Flax).
+    mask, renorm, residual, negative_slope
+        As in ``fastbn.forward`` (``axis`` may be a tuple too): a mask's
+        statistics are over the union of every rank's kept positions; renorm's
+        r and d compare the global batch statistics with the running ones.
+        Every rank must use a mask, or none; the same renorm, activation and
+        slope; a residual, or none. ``virtual_batch_size`` is not taken: ghost
+        batches are groups of one rank's rows (use ``fastbn.forward`` per rank).
 
     Returns
     -------
@@ -155,10 +163,12 @@ def sync_forward(x, gamma=None, beta=None, *, comm, axis=1, eps=1e-5, training=T
         return _fastbn().forward(x, gamma, beta, axis=axis, eps=eps, training=False,
                                  running_mean=running_mean, running_var=running_var,
                                  momentum=momentum, out=out, activation=activation,
-                                 unbiased_running_var=unbiased_running_var)
+                                 unbiased_running_var=unbiased_running_var, mask=mask,
+                                 residual=residual, negative_slope=negative_slope)
     return _sync_forward_train(x, gamma, beta, comm, axis, eps, running_mean, running_var,
                                momentum, out, activation,
-                               unbiased_running_var=unbiased_running_var)
+                               unbiased_running_var=unbiased_running_var,
+                               features=(mask, renorm, residual, negative_slope))
 
 
 
@@ -174,12 +184,18 @@ def _shifted_beta(beta, gamma, invstd, lo):
 
 def _sync_forward_train(x, gamma, beta, comm, axis, eps, running_mean, running_var, momentum,
                         out, activation, error=None, training_mode=True,
-                        unbiased_running_var=True, then=None):
+                        unbiased_running_var=True, then=None, features=None):
     """The forward with batch statistics. `error`: a failure found by the caller on this
     rank, which joins the exchange flagging it and then raises it. `training_mode`: the
     layer's mode, which the ranks must share (a SyncBatchNorm without running statistics
     uses batch statistics in eval mode too). `then(cache)`, if given, is the last step of
-    the state update, written with the running statistics in one step (the layer's)."""
+    the state update, written with the running statistics in one step (the layer's).
+    `features`: (mask, renorm, residual, negative_slope), issue 20's keywords."""
+    if features is not None and _features().uses_features(axis, activation, *features):
+        return _locked(comm, partial(_features().forward_locked, x, gamma, beta, comm, axis,
+                                     eps, running_mean, running_var, momentum, out, activation,
+                                     error, training_mode, unbiased_running_var, then,
+                                     features))
     return _locked(comm, partial(_forward_locked, x, gamma, beta, comm, axis, eps, running_mean,
                                  running_var, momentum, out, activation, error, training_mode,
                                  unbiased_running_var, then))
@@ -238,8 +254,9 @@ def _forward_locked(x, gamma, beta, comm, axis, eps, running_mean, running_var, 
     return y, cache
 
 
-def sync_backward(dy, cache, *, comm, out=None):
-    """``fastbn.backward`` for a ``sync_forward``: returns ``(dx, dgamma, dbeta)``.
+def sync_backward(dy, cache, *, comm, out=None, need_dx=True):
+    """``fastbn.backward`` for a ``sync_forward``: returns ``(dx, dgamma, dbeta)``
+    (and ``dresidual`` after a forward with ``residual``: this rank's part).
 
     ``dx`` is the local part of the gradient of the global loss; ``dgamma`` and ``dbeta``
     are the global sums (the same on every rank; do not sum them again across ranks).
@@ -256,8 +273,11 @@ def sync_backward(dy, cache, *, comm, out=None):
         The cache returned by ``sync_forward`` on this rank.
     comm : mpi4py.MPI.Comm
         The communicator of the forward.
-    out : ndarray or tuple of 3, optional
+    out : ndarray or tuple of 3 (4 with a residual), optional
         As in ``fastbn.backward``.
+    need_dx : bool, default True
+        False: dx is None; only the sums of dgamma and dbeta are computed and
+        exchanged (ranks may differ in it).
 
     Returns
     -------
@@ -299,15 +319,23 @@ def sync_backward(dy, cache, *, comm, out=None):
     if not isinstance(cache, Cache):
         raise TypeError(f"cache must be the Cache returned by sync_forward, got {_describe(cache)}")
     if not cache.training:
-        return _fastbn().backward(dy, cache, out=out)
-    return _sync_backward_train(dy, cache, comm, out)
+        return _fastbn().backward(dy, cache, out=out, need_dx=need_dx)
+    return _sync_backward_train(dy, cache, comm, out, need_dx)
 
 
-def _sync_backward_train(dy, cache, comm, out):
-    return _locked(comm, partial(_backward_locked, dy, cache, comm, out))
+def _sync_backward_train(dy, cache, comm, out, need_dx=True):
+    if isinstance(cache, _features().SyncFeatureCache):
+        return _locked(comm, partial(_features().backward_locked, dy, cache, comm, out, need_dx))
+    return _locked(comm, partial(_backward_locked, dy, cache, comm, out, need_dx))
 
 
-def _backward_locked(dy, cache, comm, out, state):
+def _features():
+    """fastbn._sync_features (imported on first use: it imports this module)."""
+    from . import _sync_features
+    return _sync_features
+
+
+def _backward_locked(dy, cache, comm, out, need_dx, state):
     fb = _fastbn()
     error = None
     try:
@@ -317,7 +345,8 @@ def _backward_locked(dy, cache, comm, out, state):
                             "fastbn.backward)")
         if MPI.Comm.Compare(comm, cache.comm) not in (MPI.IDENT, MPI.CONGRUENT):
             raise ValueError("comm is not the communicator the forward was synchronised over")
-        dx_out, dg_out, db_out = check_backward(dy, cache, out)  # checks the cache too
+        need_dx = _check_bool(need_dx, "need_dx")
+        dx_out, dg_out, db_out = check_backward(dy, cache, out, need_dx)  # checks the cache
     except (TypeError, ValueError) as exc:
         error = exc
     call = state.calls
@@ -344,7 +373,7 @@ def _backward_locked(dy, cache, comm, out, state):
     # backward_elemt subtracts sum_dy / count and xhat * sum_dy_xhat / count with
     # xhat from mean_hi: the residual's part moves into the first term
     sum_dy_shifted = sum_dy if lo is None else sum_dy - sum_dy_xhat * (lo * invstd)
-    dx = fb.backward_elemt(dy, x, cache.mean, invstd, cache.gamma, sum_dy_shifted,
+    dx = None if not need_dx else fb.backward_elemt(dy, x, cache.mean, invstd, cache.gamma, sum_dy_shifted,
                            sum_dy_xhat, max(cache.global_count, 1), axis=axis, out=dx_out,
                            beta=beta, activation=cache.activation)
     dgamma = None if cache.gamma is None else _store(sum_dy_xhat, dg_out, cache.gamma.dtype)

@@ -22,31 +22,38 @@ class MismatchError(ValueError):
 # Slots of the float64 header that starts every row; the names double as the words of
 # the error messages. All but the last two ("status" and "count", this rank's own) must
 # be the same on every rank.
-HEADER = ("magic", "operation", "call", "forward call", "channels", "ndim", "axis", "eps",
-          "momentum", "flags", "activation", "status", "count")
+HEADER = ("magic", "operation", "call", "forward call", "channels", "ndim", "axis",
+          "channel axes", "eps", "momentum", "flags", "activation", "negative slope", "rmax",
+          "dmax", "status", "count")
 _SLOT = {name: i for i, name in enumerate(HEADER)}
 _AGREE = len(HEADER) - 2
-_MAGIC = float(0x46424E31)       # "FBN1": not a fastbn message, or another layout, if absent
+_MAGIC = float(0x46424E32)  # "FBN2" (FBN1: 13 slots): not a fastbn message, or another layout, if absent
 _OPS = {1.0: "sync_forward", 2.0: "sync_backward"}
 _FORWARD, _BACKWARD = 1.0, 2.0
 _FAILED = 1.0                    # status of a rank whose arguments were invalid
 _FLAGS = ("updates running statistics", "has gamma", "has beta", "training mode",
-          "biased running variance")  # bits 0..4
-_ACTIVATIONS = (None, "relu")    # code = index
+          "biased running variance", "mask", "residual")  # bits 0..6
+_ACTIVATIONS = (None, "relu", "leaky_relu")  # code = index
 
 
 def _header(op, call, *, failed=False, forward_call=-1, channels=-1, ndim=-1, axis=-1,
-            eps=0.0, momentum=0.0, flags=0, activation=None, count=0):
-    """The header of this rank's row: its values in the order of HEADER."""
-    return [_MAGIC, op, call, forward_call, channels, ndim, axis, eps, momentum,
-            flags, _ACTIVATIONS.index(activation),
+            eps=0.0, momentum=0.0, flags=0, activation=None, count=0, negative_slope=0.0,
+            renorm=None):
+    """The header of this rank's row: its values in the order of HEADER. `axis`: an int
+    or a tuple of channel axes ("axis" holds the first, "channel axes" their bit mask);
+    `negative_slope` only with the leaky ReLU; `renorm`: (rmax, dmax) or None (zeros)."""
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    rmax, dmax = (0.0, 0.0) if renorm is None else renorm
+    return [_MAGIC, op, call, forward_call, channels, ndim, axes[0],
+            sum(1 << a for a in axes if a >= 0), eps, momentum, flags,
+            _ACTIVATIONS.index(activation), negative_slope, rmax, dmax,
             _FAILED if failed else 0.0, count]
 
 
-def _flags(updates, gamma, beta, training, biased=False):
+def _flags(updates, gamma, beta, training, biased=False, mask=False, residual=False):
     """The "flags" slot: bit i set when _FLAGS[i] holds."""
     return (updates | (gamma is not None) << 1 | (beta is not None) << 2 | training << 3
-            | biased << 4)
+            | biased << 4 | mask << 5 | residual << 6)
 
 
 def _show(name, value):
@@ -57,7 +64,9 @@ def _show(name, value):
         return "[" + ", ".join(f for i, f in enumerate(_FLAGS) if int(value) >> i & 1) + "]"
     if name == "activation":
         return repr(_ACTIVATIONS[int(value)]) if 0 <= value < len(_ACTIVATIONS) else repr(value)
-    if name in ("eps", "momentum"):
+    if name == "channel axes":
+        return str(tuple(a for a in range(64) if int(value) >> a & 1))
+    if name in ("eps", "momentum", "negative slope", "rmax", "dmax"):
         return repr(float(value))
     return str(int(value))
 

@@ -25,8 +25,8 @@ last ranks ``r >= P'`` get the result from ``r - P'``. The bracketing is fixed b
 the ranks alone (not by the MPI library's algorithms), and both partners of a step
 compute the same operation on the same bytes, so every rank ends with the same
 bytes: bit-identical statistics, running statistics, dgamma and dbeta. Per rank
-and call: ``ceil(log2 P)`` messages of ``8 * (13 + 3C)`` bytes (forward) or
-``8 * (13 + 2C)`` (backward), sent and received, plus one more each way for ranks
+and call: ``ceil(log2 P)`` messages of ``8 * (17 + 3C)`` bytes (forward) or
+``8 * (17 + 2C)`` (backward), sent and received, plus one more each way for ranks
 of a P that is not a power of two (docs/mpi.md has the cost model).
 
 Eval mode with running statistics does not communicate (a rank may evaluate alone).
@@ -44,7 +44,7 @@ updated, gamma and beta are given and the layer is in training mode, and the
 activation. Headers are merged along with the payloads (the first part's values,
 a flag set where two parts differ or one failed, the counts added): the merged
 header is the same on every rank, so every rank sees a mismatch, then gathers
-the headers (only then, an ``Allgather`` of 13 float64) to name it. Ranks that
+the headers (only then, an ``Allgather`` of 17 float64) to name it. Ranks that
 disagree on any of these (out-of-step calls, such as a forward on one rank beside
 a backward on another; a backward of a different forward; different eps, momentum,
 axis...) raise :class:`MismatchError` on every rank, naming what differs and each
@@ -129,17 +129,19 @@ class SyncBatchNorm(BatchNorm):
         Start in the frozen-statistics mode (``freeze_stats``): the running
         statistics normalise every call, locally (no communication), and
         ``backward`` gives this rank's gradients of gamma and beta.
-    renorm, virtual_batch_size : None
-        Not synchronised: anything but None raises ValueError (ghost batches are
-        groups of one rank's rows, which need no synchronisation; batch
-        renormalisation is not synchronised yet).
+    negative_slope, renorm
+        As in ``fastbn.BatchNorm``; renorm's r and d compare the synchronised
+        batch statistics with the running ones.
+    virtual_batch_size : None
+        Not taken: anything but None raises ValueError (ghost batches are groups
+        of one rank's rows, whose statistics are per rank by definition).
 
     Raises
     ------
     TypeError
         If comm is not an mpi4py communicator; otherwise as ``BatchNorm``.
     ValueError
-        If comm is ``MPI.COMM_NULL`` or an inter-communicator; if renorm or
+        If comm is ``MPI.COMM_NULL`` or an inter-communicator; if
         virtual_batch_size is given; otherwise as ``BatchNorm``.
 
     See Also
@@ -161,24 +163,23 @@ class SyncBatchNorm(BatchNorm):
     def __init__(self, num_features, *, comm, axis=1, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, dtype=np.float32, activation=None,
                  unbiased_running_var=True, accumulate_grads=False, stats_frozen=False,
-                 renorm=None, virtual_batch_size=None):
+                 renorm=None, virtual_batch_size=None, negative_slope=0.01):
         if virtual_batch_size is not None:  # groups of rows are one rank's: nothing to share
             raise ValueError("SyncBatchNorm does not take virtual_batch_size: ghost batches "
                              "are groups of one rank's rows, whose statistics need no "
                              "synchronisation (use fastbn.BatchNorm on each rank)")
-        if renorm is not None:
-            raise ValueError("SyncBatchNorm does not take renorm yet (issue 20): batch "
-                             "renormalisation is not synchronised")
         self.comm = _check_comm(comm)
         super().__init__(num_features, axis=axis, eps=eps, momentum=momentum, affine=affine,
                          track_running_stats=track_running_stats, dtype=dtype,
                          activation=activation, unbiased_running_var=unbiased_running_var,
-                         accumulate_grads=accumulate_grads, stats_frozen=stats_frozen)
+                         accumulate_grads=accumulate_grads, stats_frozen=stats_frozen,
+                         negative_slope=negative_slope, renorm=renorm)
 
     def __repr__(self):
         return "Sync" + super().__repr__() + f" over {self.comm.Get_size()} ranks"
 
-    def forward(self, x, training=None, *, out=None, return_cache=False, **unsupported):
+    def forward(self, x, training=None, *, out=None, return_cache=False, mask=None,
+                residual=None):
         """Normalise ``x``, this rank's part of the batch.
 
         In training mode the statistics are those of all ranks' batches, and the
@@ -187,8 +188,9 @@ class SyncBatchNorm(BatchNorm):
         running statistics, locally, without communication (as in eval mode); its
         ``backward`` then gives this rank's gradients of gamma and beta (sum them
         across ranks with the model's other parameter gradients, as PyTorch's
-        SyncBatchNorm in eval mode under DDP). ``BatchNorm.forward``'s ``mask`` and
-        ``residual`` are not synchronised yet: passing them raises TypeError.
+        SyncBatchNorm in eval mode under DDP). With ``mask`` the statistics are
+        those of the union of every rank's kept positions (every rank passes a
+        mask, or none).
 
         Parameters
         ----------
@@ -201,9 +203,11 @@ class SyncBatchNorm(BatchNorm):
             Where to write y: x's shape and dtype, writable.
         return_cache : bool, default False
             Also return the cache, for ``backward(dy, cache=cache)``.
-        **unsupported
-            ``BatchNorm.forward``'s ``mask`` and ``residual``, which are not
-            synchronised: any keyword here raises TypeError naming it.
+        mask : ndarray of bool, optional
+            This rank's positions that enter the statistics.
+        residual : ndarray, optional
+            Added before the activation; `backward` then returns
+            ``(dx, dresidual)`` (this rank's part).
 
         Returns
         -------
@@ -215,8 +219,7 @@ class SyncBatchNorm(BatchNorm):
         Raises
         ------
         TypeError, ValueError
-            As ``BatchNorm.forward``, on every rank (see ``sync_forward``);
-            TypeError for ``mask``, ``residual`` or an unknown keyword.
+            As ``BatchNorm.forward``, on every rank (see ``sync_forward``).
         PeerError
             When another rank's input was invalid.
 
@@ -229,12 +232,6 @@ class SyncBatchNorm(BatchNorm):
         >>> bn.forward(np.ones((4, 2), np.float32)).shape
         (4, 2)
         """
-        if unsupported:
-            name = sorted(unsupported)[0]
-            raise TypeError(f"SyncBatchNorm.forward got the keyword {name!r}: "
-                            + (f"{name}= is not synchronised yet (issue 20; use fastbn.BatchNorm "
-                               "on one process)" if name in ("mask", "residual")
-                               else "unknown argument"))
         error, mode, state = None, self.training, {}
         try:
             mode = self._call_mode(training) and not self.stats_frozen
@@ -243,7 +240,8 @@ class SyncBatchNorm(BatchNorm):
             error = exc  # joins the collective (if this mode shares statistics), then raises
         if error is None and not (mode or not self.track_running_stats):
             # running statistics: nothing to share
-            return super().forward(x, False, out=out, return_cache=return_cache)
+            return super().forward(x, False, out=out, return_cache=return_cache, mask=mask,
+                                   residual=residual)
         try:
             if error is None:
                 self._check_input(x)
@@ -261,12 +259,14 @@ class SyncBatchNorm(BatchNorm):
                                        self.comm, self.axis, self.eps, *running, momentum, out,
                                        self.activation, error=error, training_mode=mode,
                                        unbiased_running_var=self.unbiased_running_var,
-                                       then=partial(self._commit, count, state))
+                                       then=partial(self._commit, count, state),
+                                       features=(mask, self.renorm if mode else None,
+                                                 residual, self.negative_slope))
         return (y, cache) if return_cache else y
 
     __call__ = forward
 
-    def backward(self, dy, *, cache=None, out=None):
+    def backward(self, dy, *, cache=None, out=None, need_dx=True):
         """Gradient with respect to this rank's input of the last forward call (or `cache`'s).
 
         Fills ``grads["gamma"]``/``grads["beta"]`` with the global sums (identical on
@@ -281,11 +281,15 @@ class SyncBatchNorm(BatchNorm):
             None: the last forward's.
         out : ndarray, optional
             Where to write dx.
+        need_dx : bool, default True
+            False: only the gradients of gamma and beta; dx is None.
 
         Returns
         -------
-        dx : ndarray
+        dx : ndarray or None
             This rank's part of the gradient with respect to x.
+        dresidual : ndarray
+            Only after a forward with `residual`: returned as ``(dx, dresidual)``.
 
         Raises
         ------
@@ -307,12 +311,12 @@ class SyncBatchNorm(BatchNorm):
         (3, 2)
         """
         cache = self._cache if cache is None else cache
-        if cache is None or not cache.training:
-            return super().backward(dy, cache=cache, out=out)  # local: no communication
-        dx, dgamma, dbeta = _sync_backward_train(dy, cache, self.comm,
-                                                 self._grad_outs(cache, out))
+        if cache is None or not cache.training:  # local: no communication
+            return super().backward(dy, cache=cache, out=out, need_dx=need_dx)
+        dx, dgamma, dbeta, *dresidual = _sync_backward_train(
+            dy, cache, self.comm, self._grad_outs(cache, out), need_dx)
         self._store_grads(cache, dgamma, dbeta)
-        return dx
+        return (dx, *dresidual) if dresidual else dx
 
     @classmethod
     def load(cls, path, *, comm):
