@@ -255,8 +255,9 @@ def _forward_locked(x, gamma, beta, comm, axis, eps, running_mean, running_var, 
 
 
 def sync_backward(dy, cache, *, comm, out=None, need_dx=True):
-    """``fastbn.backward`` for a ``sync_forward``: returns ``(dx, dgamma, dbeta)``
-    (and ``dresidual`` after a forward with ``residual``: this rank's part).
+    """``fastbn.backward`` for a ``sync_forward``: returns ``(dx, dgamma, dbeta)``.
+
+    After a forward with ``residual``, also ``dresidual`` (this rank's part), fourth.
 
     ``dx`` is the local part of the gradient of the global loss; ``dgamma`` and ``dbeta``
     are the global sums (the same on every rank; do not sum them again across ranks).
@@ -281,10 +282,13 @@ def sync_backward(dy, cache, *, comm, out=None, need_dx=True):
 
     Returns
     -------
-    dx : ndarray
-        This rank's part of the gradient with respect to x.
+    dx : ndarray or None
+        This rank's part of the gradient with respect to x (None with
+        ``need_dx=False``).
     dgamma, dbeta : ndarray of shape (C,) or None
         The global gradients of gamma and beta (None without them).
+    dresidual : ndarray
+        Only after a forward with ``residual``: this rank's part.
 
     Raises
     ------

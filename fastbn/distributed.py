@@ -31,6 +31,13 @@ of a P that is not a power of two (docs/mpi.md has the cost model).
 
 Eval mode with running statistics does not communicate (a rank may evaluate alone).
 
+The keywords of issue 20 (``mask``, ``renorm``, several channel axes, the leaky ReLU,
+``residual``, ``need_dx=False``) are synchronised by fastbn._sync_features, with the
+same messages; ``virtual_batch_size`` is refused (ghost batches are per rank by
+definition). The code: _sync_protocol (header, merge, errors), _sync_comm (state,
+lock, exchange), _sync_ops (sync_forward, sync_backward), _sync_features, and here
+the layer.
+
 Errors, mismatches and deadlocks
 --------------------------------
 Every argument is checked on each rank before communicating. A rank whose
@@ -40,8 +47,9 @@ naming it. The header says what each rank is doing: the operation (forward or
 backward), the number of the synchronised call on the communicator (for a
 backward, also that of its forward), C, ``x.ndim``, the channel axis, eps,
 momentum (when running statistics are updated), whether running statistics are
-updated, gamma and beta are given and the layer is in training mode, and the
-activation. Headers are merged along with the payloads (the first part's values,
+updated, gamma and beta are given and the layer is in training mode, the
+activation and its slope, and (issue 20) the channel axes, whether a mask and a
+residual are given, and renorm's bounds. Headers are merged along with the payloads (the first part's values,
 a flag set where two parts differ or one failed, the counts added): the merged
 header is the same on every rank, so every rank sees a mismatch, then gathers
 the headers (only then, an ``Allgather`` of 17 float64) to name it. Ranks that
