@@ -174,8 +174,9 @@ class SyncBatchNorm(BatchNorm):
                  renorm=None, virtual_batch_size=None, negative_slope=0.01):
         if virtual_batch_size is not None:  # groups of rows are one rank's: nothing to share
             raise ValueError("SyncBatchNorm does not take virtual_batch_size: ghost batches "
-                             "are groups of one rank's rows, whose statistics need no "
-                             "synchronisation (use fastbn.BatchNorm on each rank)")
+                             "are groups of one rank's rows, per rank by definition, so "
+                             "there is nothing to synchronise (use fastbn.BatchNorm on each "
+                             "rank)")
         self.comm = _check_comm(comm)
         super().__init__(num_features, axis=axis, eps=eps, momentum=momentum, affine=affine,
                          track_running_stats=track_running_stats, dtype=dtype,
