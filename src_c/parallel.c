@@ -44,6 +44,13 @@ static void fbn_serial_for(int64_t ntiles, fbn_tile_fn fn, void *ctx) {
  * was less than 4 back-offs ago. On a busy machine calls then cost about their
  * 1-thread time, probing threads now and then; a quiet machine has no stalls. */
 #define FBN_STALL_NS 500000
+/* A worker woken from its sleep for a loop that then finds no tile left to claim,
+ * either on the caller's CPU or more than FBN_STALL_NS after the loop was
+ * published, woke late: no CPU was free for it, and its wake-up often preempted the
+ * caller (between loops or in the next one, where the checks above do not see it;
+ * the caller then waits behind the other processes on its CPU for a whole slice).
+ * It goes back to sleep at once, without spinning for the next loop, and makes the
+ * caller's next loop start the back-off as a stalled one would. */
 #define FBN_BACKOFF_MIN_NS 50000000
 #define FBN_BACKOFF_MAX_NS 2000000000
 
@@ -82,6 +89,9 @@ static struct {
     int wake_seq, finish_seq;
     int caller_cpu;      /* the CPU the caller published the loop from (-1: unknown) */
     int shared;          /* 0x10000 | generation: a worker ran a tile of that loop on caller_cpu */
+    int late;            /* a worker woke late (see FBN_STALL_NS): the next loop backs off */
+    int64_t published;   /* monotonic ns: when the current loop was published */
+    int64_t late_wakes, late_loops; /* late wake-ups; loops that backed off for one */
     int64_t alone_until; /* monotonic ns: loops run on the caller alone until then */
     int64_t alone_loops, shared_loops; /* loops run alone in a back-off; loops that shared a CPU */
     int64_t backoff;     /* ns of the last back-off (0: none) */
@@ -95,7 +105,7 @@ static struct {
         uint64_t gen;
         int64_t busy, tiles, idle_at;
     } stat[FBN_POOL_MAX];
-} pool = {0, 0, 0, NULL, NULL, 0, 0, 0, 0, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0, PTHREAD_MUTEX_INITIALIZER,
+} pool = {0, 0, 0, NULL, NULL, 0, 0, 0, 0, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, PTHREAD_MUTEX_INITIALIZER,
           PTHREAD_COND_INITIALIZER, {{0, 0, 0, 0}}};
 
 /* Events: a sequence number that a notify increments; fbn_event_wait(seq, seen)
@@ -196,8 +206,19 @@ static void fbn_run_tiles(int thread) {
     }
 }
 
+/* Whether a worker just woken from its sleep woke late for the loop in word v
+ * (see FBN_STALL_NS); if so, counts it and flags the caller's next loop. */
+static int fbn_woke_late(uint64_t v) {
+    if ((v & FBN_LEFT_MASK) != 0) return 0; /* a tile to claim: in time */
+    if (!fbn_on_caller_cpu() && fbn_now_ns() - LOAD(&pool.published) <= FBN_STALL_NS) return 0;
+    __atomic_add_fetch(&pool.late_wakes, 1, __ATOMIC_RELAXED);
+    STORE(&pool.late, 1);
+    return 1;
+}
+
 /* Waits until a loop with a generation other than *seen is published: spins a
- * while (not on the caller's CPU), then sleeps. */
+ * while (not on the caller's CPU), then sleeps; woken late, sleeps again at once
+ * (the loop it was woken for is over). */
 static void fbn_wait_loop(uint64_t *seen) {
     const int64_t until = fbn_on_caller_cpu() ? 0 : fbn_now_ns() + FBN_WORKER_SPIN_NS;
     for (int i = 1;; i++) {
@@ -214,7 +235,12 @@ static void fbn_wait_loop(uint64_t *seen) {
     __atomic_add_fetch(&pool.sleepers, 1, __ATOMIC_SEQ_CST);
     for (;;) {
         const int seq = LOAD(&pool.wake_seq);
-        if (FBN_GEN(LOAD(&pool.word)) != *seen) break;
+        const uint64_t v = LOAD(&pool.word);
+        if (FBN_GEN(v) != *seen) {
+            if (!fbn_woke_late(v)) break;
+            *seen = FBN_GEN(v); /* still a sleeper: the next loop wakes us */
+            continue;
+        }
         fbn_event_wait(&pool.wake_seq, seq);
     }
     __atomic_sub_fetch(&pool.sleepers, 1, __ATOMIC_SEQ_CST);
@@ -265,12 +291,23 @@ static void fbn_after_fork_child(void) {
     pool.ntiles = pool.done = 0;
     pool.nworkers = pool.sleepers = pool.caller_asleep = pool.busy = 0;
     pool.alone_until = pool.backoff = pool.last_stall = 0;
+    pool.late = 0;
     pool.caller_cpu = -1;
     fbn_work_after_fork();
 }
 
 static pthread_once_t fbn_fork_once = PTHREAD_ONCE_INIT;
 static void fbn_register_fork(void) { pthread_atfork(NULL, NULL, fbn_after_fork_child); }
+
+/* A loop stalled (or a worker woke late) at `now`: loops run on the caller alone
+ * for the next back-off (see FBN_STALL_NS). The caller owns the pool. */
+static void fbn_back_off(int64_t now) {
+    const int64_t b = now - pool.last_stall < 4 * pool.backoff ? 2 * pool.backoff : 0;
+    pool.backoff = b < FBN_BACKOFF_MIN_NS ? FBN_BACKOFF_MIN_NS
+                   : b > FBN_BACKOFF_MAX_NS ? FBN_BACKOFF_MAX_NS : b;
+    pool.last_stall = now;
+    pool.alone_until = now + pool.backoff;
+}
 
 void fbn_parallel_for(int64_t ntiles, int nthreads, fbn_tile_fn fn, void *ctx) {
     pthread_once(&fbn_fork_once, fbn_register_fork);
@@ -284,6 +321,10 @@ void fbn_parallel_for(int64_t ntiles, int nthreads, fbn_tile_fn fn, void *ctx) {
         return;
     }
     const int64_t start = fbn_now_ns();
+    if (LOAD(&pool.late) && __atomic_exchange_n(&pool.late, 0, __ATOMIC_SEQ_CST)) {
+        __atomic_add_fetch(&pool.late_loops, 1, __ATOMIC_RELAXED);
+        fbn_back_off(start);
+    }
     if (start < pool.alone_until && !LOAD(&pool.no_backoff)) { /* backing off after a stall (fields: owner only) */
         fbn_serial_for(ntiles, fn, ctx);
         pool.alone_loops++;
@@ -301,6 +342,7 @@ void fbn_parallel_for(int64_t ntiles, int nthreads, fbn_tile_fn fn, void *ctx) {
     pool.ntiles = ntiles;
     STORE(&pool.done, 0);
     STORE(&pool.caller_cpu, fbn_this_cpu());
+    STORE(&pool.published, fbn_now_ns());
     const uint64_t gen = (FBN_GEN(LOAD(&pool.word)) + 1) & 0xffff;
     STORE(&pool.word, gen << 48 | (uint64_t)nthreads << FBN_LEFT_BITS | (uint64_t)ntiles);
     if (LOAD(&pool.sleepers)) fbn_event_notify(&pool.wake_seq);
@@ -345,13 +387,7 @@ void fbn_parallel_for(int64_t ntiles, int nthreads, fbn_tile_fn fn, void *ctx) {
         const int64_t mean = __atomic_load_n(&pool.stat[w].busy, __ATOMIC_RELAXED) / tiles;
         stalled = out_of_tiles - idle_at > FBN_STALL_NS + 2 * mean;
     }
-    if (stalled) {
-        const int64_t b = end - pool.last_stall < 4 * pool.backoff ? 2 * pool.backoff : 0;
-        pool.backoff = b < FBN_BACKOFF_MIN_NS ? FBN_BACKOFF_MIN_NS
-                       : b > FBN_BACKOFF_MAX_NS ? FBN_BACKOFF_MAX_NS : b;
-        pool.last_stall = end;
-        pool.alone_until = end + pool.backoff;
-    }
+    if (stalled) fbn_back_off(end);
     __atomic_store_n(&pool.busy, 0, __ATOMIC_RELEASE);
 }
 
@@ -362,6 +398,11 @@ int fbn_pool_set_backoff(int on) {
 void fbn_pool_counters(int64_t *alone_loops, int64_t *shared_loops) {
     *alone_loops = __atomic_load_n(&pool.alone_loops, __ATOMIC_RELAXED);
     *shared_loops = __atomic_load_n(&pool.shared_loops, __ATOMIC_RELAXED);
+}
+
+void fbn_pool_late_counters(int64_t *late_wakes, int64_t *late_loops) {
+    *late_wakes = __atomic_load_n(&pool.late_wakes, __ATOMIC_RELAXED);
+    *late_loops = __atomic_load_n(&pool.late_loops, __ATOMIC_RELAXED);
 }
 
 const char *fbn_pool_kind(void) { return "pthreads"; }
@@ -392,6 +433,10 @@ void fbn_pool_counters(int64_t *alone_loops, int64_t *shared_loops) {
     *alone_loops = *shared_loops = 0;
 }
 
+void fbn_pool_late_counters(int64_t *late_wakes, int64_t *late_loops) {
+    *late_wakes = *late_loops = 0;
+}
+
 const char *fbn_pool_kind(void) { return "openmp"; }
 int fbn_pool_max_threads(void) {
     const int n = omp_get_max_threads();
@@ -412,6 +457,10 @@ int fbn_pool_set_backoff(int on) {
 
 void fbn_pool_counters(int64_t *alone_loops, int64_t *shared_loops) {
     *alone_loops = *shared_loops = 0;
+}
+
+void fbn_pool_late_counters(int64_t *late_wakes, int64_t *late_loops) {
+    *late_wakes = *late_loops = 0;
 }
 
 const char *fbn_pool_kind(void) { return "none"; }

@@ -47,6 +47,11 @@ int fbn_pool_set_backoff(int on);
  * (a forked child keeps its parent's counts). */
 void fbn_pool_counters(int64_t *alone_loops, int64_t *shared_loops);
 
+/* For tests, likewise: workers woken from their sleep for a loop that had no tile
+ * left for them, on the caller's CPU or long after it was published (each went
+ * back to sleep without spinning), and loops that backed off for such a wake-up. */
+void fbn_pool_late_counters(int64_t *late_wakes, int64_t *late_loops);
+
 /* Defined in kernels.c: releases the work cache if a call held it when the
  * process forked (that call does not exist in the child). */
 void fbn_work_after_fork(void);

@@ -38,6 +38,11 @@ PRELUDE = textwrap.dedent("""
         lib.fbn_pool_counters(ctypes.byref(alone), ctypes.byref(shared))
         return alone.value, shared.value
 
+    def late_counters():
+        wakes, loops = ctypes.c_int64(), ctypes.c_int64()
+        lib.fbn_pool_late_counters(ctypes.byref(wakes), ctypes.byref(loops))
+        return wakes.value, loops.value
+
     rng = np.random.default_rng(5)
     if os.environ.get("POOL_TEST_DATA") == "small":
         # loops of tens of microseconds: the caller is off its CPU only briefly
@@ -112,6 +117,28 @@ def test_short_loops_back_off_after_the_first_loop_that_shared_the_cpu():
     """, data="small")
     alone, shared = map(int, out.split())
     assert alone > 0 and 1 <= shared <= 3, (alone, shared)
+
+
+def test_a_worker_woken_after_its_loop_ended_flags_the_next_loop():
+    # the caller finishes a short loop before its worker, woken onto the same (only) CPU,
+    # first runs; the worker then runs while the caller sleeps, finds nothing left to
+    # claim and goes back to sleep at once (no spin on the caller's CPU) after flagging
+    # the caller's next loop, which starts a back-off. Back-off off: every loop is still
+    # published, so the count of late wake-ups keeps growing; the bits never change.
+    out = run_case("""
+        import time
+        _kernels.pool_set_backoff(False)
+        for i in range(300):
+            assert run() == expected, f"call {i}"
+            time.sleep(0.001)  # the caller leaves the CPU: the woken worker runs
+            wakes, loops = late_counters()
+            if wakes > 0 and loops > 0:
+                break
+        print(wakes, loops)
+        assert run() == expected
+    """, data="small")
+    wakes, loops = map(int, out.split())
+    assert wakes > 0 and loops > 0, (wakes, loops)
 
 
 def test_one_cpu_without_back_off_interleaves_threads_with_the_same_bits():
