@@ -112,3 +112,27 @@ def test_half_layer_dtype_none(half_run):
 def test_messages_carry_no_half_values(half_run):
     for rank, seen in enumerate(half_run["payloads"]):
         assert seen == ["float64"], (rank, seen)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16], ids=["f16", "bf16"])
+def test_plain_sync_path_makes_no_array_of_x_size(dtype):
+    """As one process: sync_forward/sync_backward on half data (no keywords of issue 20)
+    allocate nothing of x's size given out= (no float32 intermediate); the keywords'
+    path makes float32 copies [interim], not checked here."""
+    import tracemalloc
+    MPI = pytest.importorskip("mpi4py.MPI")
+    from fastbn.distributed import sync_backward, sync_forward
+    x = np.random.default_rng(0).normal(1, 2, (16, 4, 32, 32)).astype(dtype)
+    dy, y, dx = x.copy(), np.empty_like(x), np.empty_like(x)
+
+    def step():
+        _, cache = sync_forward(x, comm=MPI.COMM_SELF, out=y, activation="relu")
+        sync_backward(dy, cache, comm=MPI.COMM_SELF, out=dx)
+    step()
+    tracemalloc.start()
+    try:
+        step()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < x.nbytes / 4, peak
