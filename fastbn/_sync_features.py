@@ -24,7 +24,7 @@ import numpy as np
 from mpi4py import MPI
 
 from . import reference
-from ._checks import check_backward, check_cache, check_forward, commit
+from ._checks import check_backward, check_cache, check_forward, commit, is_half
 from ._checks import bool_arg as _check_bool
 from ._checks import store as _store
 from ._features import Features, _renorm, check_features, geometry, renorm_constants
@@ -53,7 +53,8 @@ class SyncFeatureCache(SyncCache):
     that entered them): ``r``, ``d`` (batch renormalisation's constants, None without),
     ``mask``, ``residual`` (references to the forward's), ``negative_slope``.
     """
-    __slots__ = ("inner", "r", "d", "mask", "residual", "negative_slope", "_features")
+    __slots__ = ("inner", "r", "d", "mask", "residual", "negative_slope", "_features",
+                 "_affine")
 
     def check(self):
         """What backward reads: the eval-mode cache of the local normalisation."""
@@ -165,6 +166,7 @@ def forward_locked(x, gamma, beta, comm, axis, eps, running_mean, running_var, m
                              x_overwritten=inner.x_overwritten, global_count=total, comm=comm,
                              call=call)
     cache.axis, cache.count, cache.inner, cache._features = a.axis, count, inner, f
+    cache._affine = (g_eff, b_eff, mean, var)  # for half data's float32 backward
     cache.r, cache.d = (None if v is None else v.reshape(shape) for v in (r, d))
     cache.mask, cache.residual, cache.negative_slope = f.mask, f.residual, f.negative_slope
     copies = []
@@ -196,7 +198,10 @@ def backward_locked(dy, cache, comm, out, need_dx, state):
         mean, lo, invstd = (np.asarray(v, _F64).ravel() for v in
                             (cache.mean, cache._mean_lo, cache.invstd))
         # one pass: dx's first term, sum(dy'), sum(dy' * xhat_hi), dresidual = dy'
-        dx, sum_dy_xhat, sum_dy, *dres = fb.backward(dy, inner, need_dx=need_dx)
+        half = need_dx and is_half(dy.dtype)
+        dx, sum_dy_xhat, sum_dy, *dres = fb.backward(dy, inner, need_dx=need_dx and not half)
+        if half:  # [interim] dx's two terms in float32, rounded to the half dtype once
+            dx, x32 = _first_term_f32(dy, cache, fb)
         sum_dy_xhat = sum_dy_xhat.ravel() - (lo * invstd) * sum_dy.ravel()
         sum_dy = sum_dy.ravel()
         a = _Args(cache)
@@ -209,9 +214,11 @@ def backward_locked(dy, cache, comm, out, need_dx, state):
     sum_dy, sum_dy_xhat = totals[:C], totals[C:]
     r, d = (None if v is None else np.ravel(v) for v in (cache.r, cache.d))
     if need_dx:
-        dx = _statistics_term(dx, cache, mean, lo, invstd, sum_dy, sum_dy_xhat, fb)
+        dx = _statistics_term(dx, cache, mean, lo, invstd, sum_dy, sum_dy_xhat, fb,
+                              x=x32 if half else cache.x)
     dx_out, dg_out, db_out, *dr_out = outs
-    grads = [None if dx is None else (dx if dx_out is None else _store(dx, dx_out, dx.dtype))]
+    grads = [None if dx is None else (dx if dx_out is None and dx.dtype == dy.dtype
+                                      else _store(dx, dx_out, dy.dtype))]
     for p, v, o in ((cache.gamma, sum_dy_xhat if r is None else r * sum_dy_xhat + d * sum_dy,
                      dg_out), (cache.beta, sum_dy, db_out)):
         grads.append(None if p is None else _store(v.reshape(p.shape), o, p.dtype))
@@ -228,7 +235,21 @@ class _Args:
         self.activation, self.unbiased_running_var = cache.activation, True
 
 
-def _statistics_term(dx, cache, mean, lo, invstd, sum_dy, sum_dy_xhat, fb):
+def _first_term_f32(dy, cache, fb):
+    """(dx's first term in float32, x in float32) for half data: the local eval-mode
+    forward/backward on float32 copies ([interim]: float32 arrays of x's size), so
+    that dx is rounded to the half dtype once, after the statistics' term."""
+    g_eff, b_eff, mean, var = cache._affine
+    f32 = np.float32
+    x32 = cache.x.astype(f32)
+    res = None if cache.residual is None else np.asarray(cache.residual).astype(f32)
+    _, inner = fb.forward(x32, g_eff, b_eff, axis=cache.axis, eps=cache.eps, training=False,
+                          running_mean=mean, running_var=var, activation=cache.activation,
+                          residual=res, negative_slope=cache.negative_slope)
+    return fb.backward(dy.astype(f32), inner)[0], x32
+
+
+def _statistics_term(dx, cache, mean, lo, invstd, sum_dy, sum_dy_xhat, fb, x=None):
     """dx + c1 * xhat + c0 at the positions that entered the statistics, with
     c1 = -k * sum_dy_xhat, c0 = -k * sum_dy, k = gamma * r * invstd / n (global n)."""
     g = np.ones_like(mean) if cache.gamma is None else cache.gamma.astype(_F64).ravel()
@@ -237,7 +258,7 @@ def _statistics_term(dx, cache, mean, lo, invstd, sum_dy, sum_dy_xhat, fb):
     k = g * invstd / max(cache.global_count, 1)
     c1, c0 = -k * sum_dy_xhat, -k * sum_dy
     # c1 * ((x - mean_hi) * invstd - mean_lo * invstd) + c0, as a normalisation
-    term, _ = fb.forward(cache.x, c1, c0 - c1 * lo * invstd, axis=cache.axis, eps=cache.eps,
+    term, _ = fb.forward(cache.x if x is None else x, c1, c0 - c1 * lo * invstd, axis=cache.axis, eps=cache.eps,
                          training=False, running_mean=mean, running_var=np.ravel(cache.var))
     where = True if cache.mask is None else np.broadcast_to(cache.mask, dx.shape)
     np.add(dx, term, out=dx, where=where)

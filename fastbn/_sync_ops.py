@@ -92,7 +92,7 @@ def sync_forward(x, gamma=None, beta=None, *, comm, axis=1, eps=1e-5, training=T
 
     Parameters
     ----------
-    x : ndarray of float32 or float64, ndim >= 2
+    x : ndarray of float32, float64, float16 or bfloat16, ndim >= 2
         This rank's part of the batch.
     gamma, beta : ndarray of shape (C,), optional
         Per-channel scale and shift (None means 1 and 0).

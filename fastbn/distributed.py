@@ -203,7 +203,7 @@ class SyncBatchNorm(BatchNorm):
 
         Parameters
         ----------
-        x : ndarray of float32 or float64, ndim >= 2
+        x : ndarray of float32, float64, float16 or bfloat16, ndim >= 2
             This rank's part of the batch (may be empty).
         training : bool or None, default None
             The mode of this call only, as in ``BatchNorm.forward`` (every rank
