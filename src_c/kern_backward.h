@@ -3,18 +3,28 @@
  * and the running-statistics update. A per-dtype template: see kern_dtype.h for
  * T, TC and FBN_SYM; the sums' names are explained in plan.h. */
 
+/* Sum the tiles' partial sums (2 per channel) of channels [c0, c1), segment after
+ * segment; compensated, in a fixed order. comp: 2 doubles per channel of scratch,
+ * from channel c0's. (sum_tiles for every channel, and a fused channel's.) */
+FBN_INLINE void FBN_SYM(sum_segments)(const fbn_plan *p, double *sums, double *comp,
+                                      int64_t c0, int64_t c1, double *sum_dy,
+                                      double *sum_dy_xc) {
+    const int64_t C2 = 2 * p->s.channels, a = 2 * c0, n = 2 * (c1 - c0);
+    for (int64_t i = 0; i < n; i++) comp[i] = 0.0;
+    for (int64_t k = 1; k < p->nsegs; k++) fbn_kadd_arrays(sums + a, comp, sums + k * C2 + a, n);
+    for (int64_t c = c0; c < c1; c++) {
+        const int64_t i = 2 * (c - c0);
+        fbn_ksum u = {sums[2 * c], comp[i]}, v = {sums[2 * c + 1], comp[i + 1]};
+        sum_dy[c] = fbn_kval(&u);
+        sum_dy_xc[c] = fbn_kval(&v);
+    }
+}
+
 /* Sum the tiles' partial sums (2 per channel) segment after segment, so memory
  * is read in order; compensated, in a fixed order. comp: 2C doubles of scratch. */
 static void FBN_SYM(sum_tiles)(const fbn_plan *p, double *sums, double *comp, double *sum_dy,
                                double *sum_dy_xc) {
-    const int64_t C = p->s.channels, C2 = 2 * C;
-    for (int64_t i = 0; i < C2; i++) comp[i] = 0.0;
-    for (int64_t k = 1; k < p->nsegs; k++) fbn_kadd_arrays(sums, comp, sums + k * C2, C2);
-    for (int64_t c = 0; c < C; c++) {
-        fbn_ksum a = {sums[2 * c], comp[2 * c]}, b = {sums[2 * c + 1], comp[2 * c + 1]};
-        sum_dy[c] = fbn_kval(&a);
-        sum_dy_xc[c] = fbn_kval(&b);
-    }
+    FBN_SYM(sum_segments)(p, sums, comp, 0, p->s.channels, sum_dy, sum_dy_xc);
 }
 
 /* One tile's partial sums (into its segment's slot of work) of the backward's

@@ -101,6 +101,53 @@ FBN_INLINE void FBN_SYM(fused_tile)(const int op, const FBN_SYM(pass) *j, int64_
         FBN_SYM(bwd_elemt_tile_any)(j->dres ? j->dres : j->dy, j->x, j->out, j->p, t, j->tkd);
 }
 
+/* Channel c of a plan whose channels span several tiles that fit in cache
+ * together (p->fuse_segs; inner > 1, so blocks are single channels): each tile
+ * reduced into its segment's slot and the slots merged as the unfused pass merges
+ * them (so the results' bits are the same), then the channel rewritten while in
+ * cache. */
+FBN_INLINE void FBN_SYM(segs_tile)(const int op, const FBN_SYM(pass) *j, int64_t c,
+                                   int thread) {
+    const fbn_plan *p = j->p;
+    const int64_t C = p->s.channels;
+    double *scratch = j->scratch + thread * j->len;
+    for (int64_t k = 0; k < p->nsegs; k++) {
+        if (op == FBN_OP_AFFINE)
+            FBN_SYM(stats_tile)(j->x, p, c * p->nsegs + k, j->fwd.pivot, j->fwd.parts + k * C,
+                                scratch);
+        else
+            FBN_SYM(bwd_reduce_tile_any)(j->dy, j->x, p, c * p->nsegs + k, j->k, j->tk,
+                                         j->bwd.sums + k * 2 * C, scratch, j->z, j->dres);
+    }
+    if (op == FBN_OP_AFFINE) {
+        FBN_SYM(merge_parts)(p, j->fwd.parts, j->fwd.pivot, c, c + 1, j->fwd.mean_hi,
+                             j->fwd.mean_lo, j->fwd.m2);
+    } else {
+        double comp[2];
+        FBN_SYM(sum_segments)(p, j->bwd.sums, comp, c, c + 1, j->bwd.sum_dy,
+                              j->bwd.sum_dy_xc);
+    }
+    FBN_SYM(pass_coefs)(op, j, c, 1);
+    if (op == FBN_OP_DX && !j->out) return; /* sums only */
+    FBN_SYM(fill_typed)(j->k, c, 1, j->tk);
+    fbn_plan whole = *p; /* one tile per channel: the elementwise pass's tiling */
+    whole.nsegs = 1;
+    whole.seg_len = p->per_channel;
+    whole.ntiles = p->nblocks;
+    if (op == FBN_OP_AFFINE)
+        FBN_SYM(affine_tile_any)(j->x, j->z, j->out, &whole, c, j->tk);
+    else
+        FBN_SYM(bwd_elemt_tile_any)(j->dres ? j->dres : j->dy, j->x, j->out, &whole, c, j->tkd);
+}
+
+static void FBN_SYM(fwd_segs_task)(void *job, int64_t t, int thread) {
+    FBN_SYM(segs_tile)(FBN_OP_AFFINE, job, t, thread);
+}
+
+static void FBN_SYM(bwd_segs_task)(void *job, int64_t t, int thread) {
+    FBN_SYM(segs_tile)(FBN_OP_DX, job, t, thread);
+}
+
 /* Per-thread work of a forward whose tiles hold whole channels (nsegs == 1), in
  * doubles: pivot, shift, scale, bias, m2, var, gamma, beta (a block's channels
  * each), its parts, then the reduction's scratch; and typed arrays of a block. No
@@ -175,6 +222,12 @@ static void FBN_SYM(run_pass)(const int op, const FBN_SYM(pass) *j, FBN_SYM(tcoe
     if (p->nsegs == 1) {
         fbn_parallel_for(p->nblocks, nt,
                          op == FBN_OP_AFFINE ? FBN_SYM(fwd_fused_task) : FBN_SYM(bwd_fused_task),
+                         (void *)j);
+        return;
+    }
+    if (p->fuse_segs) {
+        fbn_parallel_for(p->nblocks, nt,
+                         op == FBN_OP_AFFINE ? FBN_SYM(fwd_segs_task) : FBN_SYM(bwd_segs_task),
                          (void *)j);
         return;
     }

@@ -57,13 +57,12 @@ typedef struct {
     double *mean_hi, *mean_lo, *m2;
 } FBN_SYM(merge_job);
 
-static void FBN_SYM(merge_task)(void *job, int64_t b, int thread) {
-    const FBN_SYM(merge_job) *j = job;
-    const fbn_plan *p = j->p;
-    const int64_t C = p->s.channels, c0 = b * FBN_MERGE_CHUNK;
-    const int64_t c1 = c0 + FBN_MERGE_CHUNK < C ? c0 + FBN_MERGE_CHUNK : C;
-    fbn_part *parts = j->parts;
-    (void)thread;
+/* The merge of channels [c0, c1)'s segment parts into parts (segment 0), and
+ * their statistics: merge_task's, and a fused channel's (kern_fused.h). */
+FBN_INLINE void FBN_SYM(merge_parts)(const fbn_plan *p, fbn_part *parts, const double *pivot,
+                                     int64_t c0, int64_t c1, double *mean_hi, double *mean_lo,
+                                     double *m2) {
+    const int64_t C = p->s.channels;
     for (int64_t k = 1; k < p->nsegs; k++) {
         /* segment k (of channel block 0): na values before it, nb in it */
         const FBN_SYM(tile) r = FBN_SYM(tile_of)(p, k);
@@ -77,7 +76,15 @@ static void FBN_SYM(merge_task)(void *job, int64_t b, int thread) {
         }
     }
     for (int64_t c = c0; c < c1; c++)
-        FBN_SYM(finish_stats)(c, j->pivot[c], &parts[c], j->mean_hi, j->mean_lo, j->m2);
+        FBN_SYM(finish_stats)(c, pivot[c], &parts[c], mean_hi, mean_lo, m2);
+}
+
+static void FBN_SYM(merge_task)(void *job, int64_t b, int thread) {
+    const FBN_SYM(merge_job) *j = job;
+    const int64_t C = j->p->s.channels, c0 = b * FBN_MERGE_CHUNK;
+    const int64_t c1 = c0 + FBN_MERGE_CHUNK < C ? c0 + FBN_MERGE_CHUNK : C;
+    (void)thread;
+    FBN_SYM(merge_parts)(j->p, j->parts, j->pivot, c0, c1, j->mean_hi, j->mean_lo, j->m2);
 }
 
 /* Statistics of every channel, tile by tile, merged in a fixed order (whichever

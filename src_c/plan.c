@@ -155,6 +155,12 @@ fbn_plan fbn_make_plan(fbn_shape s, int64_t elem_size, int inputs, int kind) {
     p.seg_len = p.nsegs > 0 ? (p.per_channel + p.nsegs - 1) / p.nsegs : 0;
     p.ntiles = p.per_channel ? p.nblocks * p.nsegs : 0;
     p.rows = 0;
+    /* a channel of several tiles still fused when its data (inputs, and the output
+     * unless streamed) fit in L2, or in a quarter of L3 (re-read from there, not
+     * from memory): no result's bits depend on it */
+    const int64_t channel_bytes = p.per_channel * bytes_per_value;
+    p.fuse_segs = reduction && s.inner > 1 && p.nsegs > 1 &&
+                  (channel_bytes <= cs.l2 || channel_bytes <= cs.l3 / 4);
     if (!reduction && s.inner > 1) { /* row tiles: whole (o, c) rows, memory order */
         int64_t total = s.outer * s.channels;
         p.rows = tile / (bytes_per_value * s.inner);

@@ -30,6 +30,11 @@ typedef struct {
     int stream;          /* output too large for the caches: write it non-temporally */
     int64_t block, nblocks, seg_len, nsegs; /* channel-block tiles */
     int64_t rows;                           /* row tiles: rows per tile (0: none) */
+    /* reductions with inner > 1 and nsegs > 1: a channel's data fit in the caches
+     * detected at run time, so one task reduces its segments (each as a tile of
+     * its own, merged as the unfused pass merges them: the same bits) and then
+     * rewrites the channel while it is in cache (kern_fused.h) */
+    int fuse_segs;
     int64_t l1_half; /* half of L1d in bytes (bounds of the elementwise walks) */
 } fbn_plan;
 
@@ -60,9 +65,9 @@ enum { FBN_OP_XAFF = 8, FBN_OP_XDX = 16 };
  * environment (bytes, or with a K or M suffix) overrides them, and so does
  * fbn_set_cache_sizes (tests and tuning; zeros detect again). They size only
  * choices that change no result's bits: elementwise tiles, the streaming threshold
- * of elementwise passes and the L1 bound of their walks. Reduction tilings stay
- * fixed (FBN_TILE_BYTES, FBN_STREAM_BYTES), so results do not depend on the
- * machine. */
+ * of elementwise passes, the L1 bound of their walks and fuse_segs. Reduction
+ * tilings stay fixed (FBN_TILE_BYTES, FBN_STREAM_BYTES), so results do not depend
+ * on the machine. */
 typedef struct {
     int64_t l1d, l2, l3;
 } fbn_caches;

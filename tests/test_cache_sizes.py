@@ -1,6 +1,7 @@
 """Cache sizes read at run time (src_c/plan.c): sane values, their fallbacks and
 overrides, and that they change no result's bits (only elementwise tiles, the
-streaming threshold of elementwise passes and walk bounds follow them)."""
+streaming threshold of elementwise passes, walk bounds and whether a channel of
+several reduction tiles is fused follow them)."""
 import os
 import subprocess
 import sys
@@ -40,7 +41,10 @@ def test_environment_override():
     assert out.strip() == str((48 << 10, 512 << 10, 16 << 20))
 
 
-SHAPES = [((64, 32, 9, 9), 1), ((4100, 300), 1), ((300, 7, 5, 64), -1), ((32, 256, 14, 14), 1)]
+# (2, 2, 300, 300): channels of several reduction tiles, fused or not by the
+# cache sizes (plan.c's fuse_segs: the L2, a quarter of L3)
+SHAPES = [((64, 32, 9, 9), 1), ((4100, 300), 1), ((300, 7, 5, 64), -1), ((32, 256, 14, 14), 1),
+          ((2, 2, 300, 300), 1)]
 
 
 def _all_outputs(x, dy, g, b, axis):
