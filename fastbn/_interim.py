@@ -293,13 +293,26 @@ def _fused_backward(dy, cache, need_dx):
     return dx, sum_dy_xhat, sum_dy, dz
 
 
-def _masked_dy(dy, cache, w):
+def _wide_slope(cache):
+    """Whether the composition runs on float32 copies of half data: a leaky ReLU's
+    dy * slope is not a half value, and rounded to one it moved dgamma / dbeta by up
+    to 6e-3 and dx by up to 9 ulps (docs/numerics.md); float32 arithmetic rounded once
+    at the end is the half kernels' own. [interim: copies of x's size]"""
+    return cache.activation == "leaky_relu" and _core._dt(cache.x) >= 0
+
+
+def _masked_dy(dy, cache, w, x=None):
     """dy through the activation's mask (d loss / d residual), from fbn_backward_ex's
     reduction per group (the sums it also gives are not those of several channel axes,
     a mask or renorm: the composition below takes its own). Without a residual the
-    reduction reads a zero one [interim: one more read]."""
-    x = cache.x
+    reduction reads a zero one [interim: one more read]. x: cache.x, or its float32
+    copy (then dy, the residual and the result are float32: see _wide_slope)."""
+    x = cache.x if x is None else x
     act, slope, z = _epilogue(cache)
+    if z is not None and z.dtype != x.dtype:
+        z = z.astype(x.dtype)
+    if dy.dtype != x.dtype:
+        dy = dy.astype(x.dtype)
     if z is None:
         z = np.zeros(x.shape, x.dtype)
     dz = np.empty(x.shape, x.dtype)
@@ -323,6 +336,8 @@ def _masked_dy(dy, cache, w):
 def feature_backward(dy, cache, need_dx, dx_out, dg_out, db_out, dr_out=None):
     """fastbn._core's backward for a FeatureCache (see the module)."""
     x, f, given = cache.x, cache._features, dy
+    if _wide_slope(cache) and not _fused(f):
+        x = x.astype(np.float32)
     if _fused(f) and (cache.activation is not None or cache.residual is not None):
         dx, dgamma, dbeta, dz = _fused_backward(dy, cache, need_dx)
         return _grads(cache, dx, dgamma, dbeta, dz, given, dx_out, dg_out, db_out, dr_out)
@@ -330,7 +345,7 @@ def feature_backward(dy, cache, need_dx, dx_out, dg_out, db_out, dr_out=None):
     if need_dx and cache.training and cache.mask is not None and not w.interior:
         return _masked_backward(dy, cache, w, dx_out, dg_out, db_out, dr_out)
     if cache.activation is not None or cache.residual is not None:
-        dy = _masked_dy(dy, cache, w)
+        dy = _masked_dy(dy, cache, w, x)
     x3, dy3 = w.view(x), w.view(np.ascontiguousarray(dy))
     dx = np.empty(x.shape, x.dtype) if need_dx else None
     mean, invstd, r, d = (cache.flat(k) for k in ("mean", "invstd", "r", "d"))
@@ -361,15 +376,16 @@ def feature_backward(dy, cache, need_dx, dx_out, dg_out, db_out, dr_out=None):
 
 def _grads(cache, dx, dgamma, dbeta, dy, given, dx_out, dg_out, db_out, dr_out):
     x = cache.x
-    grads = [None if dx is None else (dx if dx_out is None else store(dx, dx_out, x.dtype)),
+    grads = [None if dx is None else (dx if dx_out is None and dx.dtype == x.dtype
+                                      else store(dx, dx_out, x.dtype)),
              None if cache.gamma is None else
              store(dgamma.reshape(cache.gamma.shape), dg_out, cache.gamma.dtype),
              None if cache.beta is None else
              store(dbeta.reshape(cache.beta.shape), db_out, cache.beta.dtype)]
     if cache.residual is not None:
         # d y / d residual: dy through the activation's mask (a new array, not dy itself)
-        grads.append(store(dy, dr_out, x.dtype) if dr_out is not None or dy is given
-                     else dy)
+        grads.append(store(dy, dr_out, x.dtype)
+                     if dr_out is not None or dy is given or dy.dtype != x.dtype else dy)
     mark_written(cache, [dx_out, dg_out, db_out, dr_out])
     return tuple(grads)
 
@@ -379,9 +395,11 @@ def _masked_backward(dy, cache, w, dx_out, dg_out, db_out, dr_out):
     a ReLU without residual inside it, other activations' masks applied first (dy
     through them: fbn_backward_ex's reduction, _masked_dy)."""
     x, f, given = cache.x, cache._features, dy
+    if _wide_slope(cache):
+        x = x.astype(np.float32)
     relu = cache.activation == "relu" and cache.residual is None
     if cache.activation is not None and not relu:
-        dy = _masked_dy(dy, cache, w)
+        dy = _masked_dy(dy, cache, w, x)
     x3, dy3 = np.ascontiguousarray(w.view(x)), np.ascontiguousarray(w.view(dy))
     dx = np.empty(x.shape, x.dtype)
     dx3, m2d = w.view(dx), _mask2d(f, x.shape, w)

@@ -247,7 +247,9 @@ def _feature_backward(dy, cache, need_dx, dx_out, dg_out, db_out, dr_out=None):
     col = lambda v: v.reshape(f.vshape)  # noqa: E731
     slope = activation_slope(_pre_activation(cache), cache.activation, cache.negative_slope) \
         if cache.activation else None
-    dy = dy.astype(np.float64) if slope is None else dy * slope  # the activation's mask
+    # the activation's mask, in float64: dy * a boolean ReLU slope would keep dy's dtype,
+    # and the sums below would then accumulate in float16 / bfloat16
+    dy = dy.astype(np.float64) if slope is None else dy.astype(np.float64) * slope
     mean, invstd, r, d = (cache.flat(k) for k in ("mean", "invstd", "r", "d"))
     gamma = np.ones(f.channels) if cache.gamma is None else cache.gamma.astype(np.float64).ravel()
     dx = np.empty(x.shape) if need_dx else None

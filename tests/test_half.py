@@ -501,3 +501,79 @@ def test_integer_parameters_without_bfloat16_promotion(monkeypatch):
     x = np.ones((4, 3), BF16)
     for ints, want in ((np.array([1, 2, 3]), np.float64), (np.array([1, 2, 3], np.int8), BF16)):
         assert _checks.channel_vector(ints, 3, "gamma", like=x.dtype).dtype == want
+
+
+def _feature_grads(impl, x, dy, g, b, act, feat, rm, rv):
+    _, cache = impl.forward(x, g, b, activation=act, running_mean=rm.copy(),
+                            running_var=rv.copy(), **feat)
+    return impl.backward(dy, cache)[1:3]
+
+
+FEATURE_CASES = [  # found by a random search; the reference's dbeta was off by up to 180%
+    ("relu", {"renorm": (3.0, 5.0)}, (2, 4, 4, 5), 1e3, 0.01),
+    ("relu", {"virtual_batch_size": 2}, (6, 5, 4), 0.0, 0.01),
+    ("relu", {"residual": True}, (3, 2, 3, 2), 1e3, 1.0),
+    ("leaky_relu", {"mask": True}, (5, 5, 2), 0.0, 100.0),  # the compiled backend's: 5e-3
+    ("leaky_relu", {"renorm": (3.0, 5.0)}, (6, 5), 100.0, 100.0),
+    ("leaky_relu", {"residual": True, "renorm": (3.0, 5.0)}, (6, 5, 3), 3.0, 1.0),
+]
+
+
+@pytest.mark.parametrize("dtype", HALVES, ids=IDS)
+@pytest.mark.parametrize("act, feat, shape, offset, spread", FEATURE_CASES)
+def test_feature_dgamma_dbeta_sum_in_float64(dtype, act, feat, shape, offset, spread):
+    """dgamma and dbeta of half data with the keywords beyond the plain forward: float64
+    sums, so within a few float32 ulps of the float64 computation on the same values.
+    (The reference once multiplied half dy by ReLU's boolean mask, which kept dy's
+    dtype, and summed in float16 / bfloat16: dbeta off by up to 180%; the compiled
+    backend's composition rounded a leaky ReLU's dy * slope to the half dtype: 6e-3.)"""
+    rng = np.random.default_rng(7)
+    C = shape[1]
+    x = (offset + spread * rng.standard_normal(shape)).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    g = rng.uniform(0.5, 2, C).astype(np.float32)
+    b = rng.standard_normal(C).astype(np.float32)
+    rm = (offset + rng.standard_normal(C)).astype(np.float32)
+    rv = rng.uniform(0.5, 2, C).astype(np.float32)
+    feat = dict(feat)
+    if feat.get("residual") is True:
+        feat["residual"] = rng.standard_normal(shape).astype(dtype)
+    if feat.get("mask") is True:
+        mask = rng.random((shape[0], 1) + shape[2:]) < 0.7
+        mask.flat[0] = mask.flat[-1] = True
+        feat["mask"] = mask
+    f64 = {k: (v.astype(np.float64) if k == "residual" else v) for k, v in feat.items()}
+    edg, edb = _feature_grads(reference, x.astype(np.float64), dy.astype(np.float64),
+                              g.astype(np.float64), b.astype(np.float64), act, f64, rm, rv)
+    for impl in MODULES:
+        dg, db = _feature_grads(impl, x, dy, g, b, act, feat, rm, rv)
+        for got, exact in ((dg, edg), (db, edb)):
+            np.testing.assert_allclose(got, exact, rtol=1e-6, atol=1e-6 * np.abs(exact).max())
+
+
+@needs_extended
+@pytest.mark.parametrize("dtype", HALVES, ids=IDS)
+@pytest.mark.parametrize("feat", ["mask", "renorm"])
+def test_leaky_relu_features_dx_of_half_data(dtype, feat):
+    """dx of the features path with a leaky ReLU within the 1-ulp guarantee (dy * slope
+    rounded to the half dtype before the composition gave up to 8.75 ulps)."""
+    for seed in range(10):
+        rng = np.random.default_rng([seed, 3])
+        shape, C = (8, 5, 6), 5
+        x = (3 * rng.standard_normal(shape)).astype(dtype)
+        dy = rng.standard_normal(shape).astype(dtype)
+        g = rng.uniform(0.5, 2, C).astype(np.float32)
+        b = rng.standard_normal(C).astype(np.float32)
+        kw = {"mask": rng.random((8, 1, 6)) < 0.7} if feat == "mask" else \
+            {"renorm": (3.0, 5.0), "running_mean": np.zeros(C, np.float32),
+             "running_var": np.ones(C, np.float32)}
+        if feat == "mask":
+            kw["mask"].flat[0] = True
+        f64 = lambda a: a.astype(np.float64)  # noqa: E731
+        k2 = {k: (v.copy() if k.startswith("running") else v) for k, v in kw.items()}
+        _, c = fastbn.forward(x, g, b, activation="leaky_relu", **kw)
+        dx = fastbn.backward(dy, c)[0]
+        _, e = reference.forward(f64(x), f64(g), f64(b), activation="leaky_relu", **k2)
+        edx = reference.backward(f64(dy), e)[0]
+        invstd = e.flat("invstd")[0].ravel()
+        assert max_ulps(dx, edx, 1, dtype, scale=dx_scale(dy, g, invstd, 1)) <= 1, seed
