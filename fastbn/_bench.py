@@ -32,6 +32,7 @@ import numpy as np
 
 import fastbn
 from fastbn import reference
+from fastbn._checks import param_dtype
 
 OPS = ("forward-train", "backward", "inference")
 BYTES_PER_ELEMENT_PASS = {"forward-train": 2, "backward": 3, "inference": 2}
@@ -240,10 +241,11 @@ def make_data(shape, axis, dtype, seed=0):
 
 
 def numpy_ops(module, d):
-    """{op: fn} of fastbn or fastbn.reference, every output preallocated."""
+    """{op: fn} of fastbn or fastbn.reference, every output preallocated. The running
+    statistics are float32 for half-precision data, as the layer keeps them."""
     x, dy, gamma, beta, axis = d["x"], d["dy"], d["gamma"], d["beta"], d["axis"]
     C = d["C"]
-    rm, rv = np.zeros(C, x.dtype), np.ones(C, x.dtype)
+    rm, rv = np.zeros(C, param_dtype(x.dtype)), np.ones(C, param_dtype(x.dtype))
     y, dx = np.ones_like(x), np.ones_like(x)
     dg, db = np.ones_like(gamma), np.ones_like(beta)
     _, cache = module.forward(x, gamma, beta, axis=axis, running_mean=rm, running_var=rv, out=y)
