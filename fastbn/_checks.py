@@ -392,7 +392,9 @@ def bool_arg(value, name):
 
 
 def check_forward(x, gamma, beta, axis, eps, training, running_mean, running_var,
-                  momentum, out, activation_, unbiased_running_var=True):
+                  momentum, out, activation_, unbiased_running_var=True, local=False):
+    """`local=True`: one rank's part of a synchronised batch, whose count per channel is
+    checked only once merged (fastbn.distributed)."""
     a = ForwardArgs()
     data_array(x, "x")
     a.axis = channel_axes(axis, x.ndim)
@@ -417,7 +419,7 @@ def check_forward(x, gamma, beta, axis, eps, training, running_mean, running_var
         raise ValueError("running_mean and running_var must not share memory")
     if not a.training and a.running_mean is None:
         raise ValueError("running_mean and running_var are required when training=False")
-    if a.training and a.count <= 1 and a.channels:
+    if a.training and a.count <= 1 and a.channels and not local:
         raise ValueError(f"expected more than 1 value per channel when training, got input "
                          f"of shape {x.shape} (m = {a.count} values per channel)")
     a.out = out_array(out, x.shape, x.dtype)

@@ -20,6 +20,7 @@ try:
     from mpi4py import MPI
 
     import fastbn.distributed as fd
+    import fastbn._sync_comm as fcomm  # where the lock and the exchange live
 except ImportError as exc:
     pytest.skip(f"fastbn.distributed unavailable: {exc}", allow_module_level=True)
 
@@ -51,7 +52,7 @@ def _calls():
 def test_interrupt_just_after_the_lock_was_taken(monkeypatch):
     """KeyboardInterrupt as the acquisition returns (the window between acquire and the
     try that releases, which leaked the lock for good): the lock is free afterwards."""
-    real = fd._CallLock.acquire
+    real = fcomm._CallLock.acquire
 
     def acquire_then_interrupted(self, *args, **kwargs):
         got = real(self, *args, **kwargs)
@@ -59,10 +60,10 @@ def test_interrupt_just_after_the_lock_was_taken(monkeypatch):
 
     lock = fd._state(MPI.COMM_SELF).lock
     for name, call, unchanged in _calls():
-        monkeypatch.setattr(fd._CallLock, "acquire", acquire_then_interrupted)
+        monkeypatch.setattr(fcomm._CallLock, "acquire", acquire_then_interrupted)
         with pytest.raises(KeyboardInterrupt):
             call()
-        monkeypatch.setattr(fd._CallLock, "acquire", real)
+        monkeypatch.setattr(fcomm._CallLock, "acquire", real)
         assert not lock.locked(), f"{name}: the interrupted call left the lock taken"
         assert unchanged(), f"{name}: the interrupted call changed the state"
         call()  # and the communicator works
@@ -77,10 +78,10 @@ def test_interrupt_inside_the_exchange(monkeypatch):
 
     lock = fd._state(MPI.COMM_SELF).lock
     for name, call, unchanged in _calls():
-        monkeypatch.setattr(fd, "_reduce", interrupted)
+        monkeypatch.setattr(fcomm, "_reduce", interrupted)
         with pytest.raises(KeyboardInterrupt):
             call()
-        monkeypatch.setattr(fd, "_reduce", real)
+        monkeypatch.setattr(fcomm, "_reduce", real)
         assert not lock.locked() and unchanged(), name
         call()
 
@@ -192,6 +193,7 @@ import time
 import numpy as np
 from mpi4py import MPI
 import fastbn.distributed as fd
+import fastbn._sync_comm as fcomm  # where the exchange polls
 comm = MPI.COMM_WORLD
 rank = comm.Get_rank()
 x = np.random.default_rng(rank).standard_normal((4, 3))
@@ -199,7 +201,7 @@ rm, rv = np.zeros(3), np.ones(3)
 fd.sync_forward(x, comm=comm)  # the private communicator exists from here
 result = {}
 if rank == 0:
-    real, polls = fd._yield, [0]
+    real, polls = fcomm._yield, [0]
 
     def interrupting():  # Ctrl-C while rank 0 waits for rank 1's message
         polls[0] += 1
@@ -207,13 +209,13 @@ if rank == 0:
             raise KeyboardInterrupt
         real()
 
-    fd._yield = interrupting
+    fcomm._yield = interrupting
     try:
         fd.sync_forward(x, comm=comm, running_mean=rm, running_var=rv)
         result["first"] = "returned"
     except KeyboardInterrupt:
         result["first"] = "KeyboardInterrupt"
-    fd._yield = real
+    fcomm._yield = real
     result["untouched"] = bool((rm == 0).all() and (rv == 1).all())
     try:
         fd.sync_forward(x, comm=comm)  # rank 1's message of the first call is still queued

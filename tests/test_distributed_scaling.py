@@ -33,7 +33,7 @@ from test_distributed import identical, launch_script  # noqa: E402
 
 LD = np.longdouble
 EXTENDED = np.finfo(LD).eps < 1e-18
-H = 13  # len(fastbn.distributed.HEADER)
+H = 17  # len(fastbn.distributed.HEADER)
 
 GUARANTEE = {"float64": 1e-12, "float32": 1e-6}  # docs/numerics.md
 # what the kernels measure in one process, with room: float64 ~2e-16 (y, dx) and
