@@ -72,6 +72,23 @@ def test_no_subcommand_is_a_usage_error():
     assert proc.returncode == 2 and "usage" in proc.stderr
 
 
+@pytest.mark.parametrize("module", [fastbn, fastbn.reference], ids=["fastbn", "reference"])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_numpy_ops_keep_running_statistics_as_the_layer_does(module, dtype):
+    """float32 running statistics for half-precision data (the data's dtype otherwise),
+    updated by the timed forward; every op runs."""
+    d = _bench.make_data((16, 3, 2), 1, dtype)
+    ops = _bench.numpy_ops(module, d)
+    fn = ops["forward-train"]
+    cells = {n: c.cell_contents for n, c in zip(fn.__code__.co_freevars, fn.__closure__)}
+    want = np.float32 if dtype == np.float16 else dtype
+    assert cells["rm"].dtype == want and cells["rv"].dtype == want
+    before = cells["rm"].copy()
+    for op in _bench.OPS:
+        ops[op]()
+    assert not np.array_equal(cells["rm"], before)
+
+
 def test_parse_shapes():
     assert _bench.parse_shapes("nhwc", quick=False) == [("nhwc", (64, 56, 56, 64), -1)]
     assert _bench.parse_shapes("8x7x7x32:-1,64X4", quick=True) == [

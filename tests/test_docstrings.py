@@ -67,10 +67,23 @@ def _public_objects():
     return objects
 
 
+def _own_parts(cls):
+    """`cls` and the mixins of fastbn's private modules it is made of (BatchNorm's
+    fastbn._layer_* parts), up to the first public base (SyncBatchNorm's BatchNorm)."""
+    parts = [cls]
+    for base in cls.__mro__[1:]:
+        if not base.__module__.startswith("fastbn._"):
+            break
+        parts.append(base)
+    return parts
+
+
 def _public_methods(cls):
-    """{name: function} of the public methods and properties defined in `cls` itself."""
+    """{name: function} of the public methods and properties defined in `cls` itself
+    (or in its private parts, `_own_parts`)."""
     methods = {}
-    for name, value in vars(cls).items():
+    for name, value in [item for part in reversed(_own_parts(cls))
+                        for item in vars(part).items()]:
         if name.startswith("_"):
             continue
         if isinstance(value, (classmethod, staticmethod)):
@@ -105,9 +118,11 @@ def _doctests():
     for qualname, obj in _public_objects().items():
         if qualname.startswith("fastbn.reference.") or qualname.split(".")[-1] in FUNCTIONS:
             continue
-        for test in finder.find(obj, qualname, module=inspect.getmodule(obj), globs={}):
-            if test.examples:
-                tests[test.name] = test
+        parts = _own_parts(obj) if inspect.isclass(obj) else [obj]
+        for part in parts:  # a mixin's methods under the class's name
+            for test in finder.find(part, qualname, module=inspect.getmodule(part), globs={}):
+                if test.examples:
+                    tests.setdefault(test.name, test)
     return tests
 
 
