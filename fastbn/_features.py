@@ -32,7 +32,7 @@ class Features:
     channel entering each group's statistics."""
     __slots__ = ("axes", "others", "vshape", "chshape", "channels", "mask", "renorm",
                  "virtual_batch_size", "groups", "counts", "residual", "activation",
-                 "negative_slope")
+                 "negative_slope", "mask2d")
 
     def stat_shape(self):
         """The shape of the cache's statistics: the channel axes' shape, after a
@@ -116,6 +116,7 @@ def check_features(x, a, mask=None, renorm=None, virtual_batch_size=None, residu
         raise ValueError("virtual_batch_size splits axis 0 into groups of rows: axis 0 must "
                          f"not be a channel axis, got axis={a.axis}")
     f.mask = _mask(mask, x, f)
+    f.mask2d = None  # the kernels' bytes of the mask, kept by the forward for backward
     f.residual = None
     if residual is not None:
         like_x(residual, x, "residual")
@@ -147,8 +148,14 @@ def _count(f, shape, rows):
     """Values per channel entering the statistics of the rows `rows` (mask applied)."""
     if f.mask is None:
         return (rows.stop - rows.start) * math.prod(shape[1:]) // max(f.channels, 1)
-    one_channel = tuple(1 if d in f.axes else n for d, n in enumerate(shape))
-    return int(np.count_nonzero(np.broadcast_to(f.mask, one_channel)[rows]))
+    # the mask's own kept entries times the axes it is broadcast along (no
+    # broadcast copy: this runs on every masked call)
+    m = f.mask if f.mask.shape[0] == 1 else f.mask[rows]
+    repeats = math.prod(n for d, n in enumerate(shape)
+                        if d not in f.axes and f.mask.shape[d] == 1 and d > 0)
+    if f.mask.shape[0] == 1 and 0 not in f.axes:
+        repeats *= rows.stop - rows.start
+    return int(np.count_nonzero(m)) * repeats
 
 
 def renorm_constants(mean, var, running_mean, running_var, eps, rmax, dmax):

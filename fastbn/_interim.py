@@ -95,9 +95,14 @@ def _mask2d(f, shape, w):
     or None when it may vary along an axis inside the channel axes' span."""
     if w.interior:
         return None
+    if f.mask2d is not None:  # the forward's (backward reuses it)
+        return f.mask2d
     one = tuple(1 if d in f.axes else n for d, n in enumerate(shape))
-    flat = np.ascontiguousarray(np.broadcast_to(f.mask, one)).reshape(w.outer, w.inner)
-    return flat.view(np.uint8)
+    m = f.mask
+    if m.shape != one or not m.flags.c_contiguous:  # broadcast: one copy of O(x.size / C)
+        m = np.ascontiguousarray(np.broadcast_to(m, one))
+    f.mask2d = m.reshape(w.outer, w.inner).view(np.uint8)
+    return f.mask2d
 
 
 def _masked_pass(x3, m2d, eps, gamma=None, beta=None, relu=False, y3=None):

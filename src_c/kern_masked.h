@@ -182,55 +182,106 @@ FBN_DISPATCH static void FBN_SYM(mstats_tile)(const T *x, const uint8_t *mask,
     FBN_SYM(mstats_cols)(x, mask, s->channels, r.c0, r.nc, r.j0, r.j1, n, pivot, part, scratch);
 }
 
-/* dx of channels [c0, c0 + nc), flat positions [j0, j1): the full formula
- * (fbn_dx1_<sfx>) where kept, k_dy * dy' where dropped (relu a constant). */
-FBN_INLINE void FBN_SYM(mdx_block_as)(const int relu, const T *restrict dy, const T *restrict x,
-                                      T *dx, const fbn_shape *s, const uint8_t *restrict mask,
-                                      const FBN_SYM(tcoefs) *k, int64_t c0, int64_t nc,
-                                      int64_t j0, int64_t j1) {
+/* n values of dx of one channel (coefficients of fbn_dx1_<sfx>, relu a constant)
+ * into out: the full formula where mk[i] keeps the position, k_dy * dy' where it
+ * drops it. Both are computed and one selected: the loop vectorises. */
+FBN_INLINE void FBN_SYM(mdx_values)(const int relu, const T *restrict dr, const T *restrict xr,
+                                    const uint8_t *restrict mk, T *restrict out, int64_t n,
+                                    TC sh, TC sc, TC bi, TC kd, TC kx, TC md, TC k0, TC is) {
+    for (int64_t i = 0; i < n; i++) {
+        const TC d = FBN_LD(dr[i]), v = FBN_LD(xr[i]);
+        const TC full = FBN_SYM(dx1)(d, v, sh, sc, bi, relu, kd, kx, md, k0, is, 0);
+        const TC plain = kd * FBN_SYM(masked)(d, v, sh, sc, bi, relu);
+        out[i] = FBN_ST(mk[i] ? full : plain);
+    }
+}
+
+/* fbn_mdx_values_<sfx> with stream: an output too large for the caches goes
+ * through an L1 buffer, at out's offset in a line, and out with non-temporal
+ * stores (as fbn_stream_values_<sfx>: plain stores were most of the masked dx's
+ * time beyond the caches). */
+FBN_INLINE void FBN_SYM(mdx_span)(const int relu, int stream, const T *dr, const T *xr,
+                                  const uint8_t *mk, T *out, int64_t n, TC sh, TC sc, TC bi,
+                                  TC kd, TC kx, TC md, TC k0, TC is) {
+#if FBN_CAN_STREAM
+    if (stream) {
+        T buf[FBN_STREAM_CHUNK] __attribute__((aligned(64)));
+        int64_t off = (int64_t)((uintptr_t)out % 64 / sizeof(T));
+        for (int64_t i = 0, m; i < n; i += m, off = 0) {
+            m = n - i < FBN_STREAM_CHUNK - off ? n - i : FBN_STREAM_CHUNK - off;
+            FBN_SYM(mdx_values)(relu, dr + i, xr + i, mk + i, buf + off, m, sh, sc, bi, kd, kx,
+                                md, k0, is);
+            fbn_stream_copy(out + i, buf + off, m * (int64_t)sizeof(T));
+        }
+        return;
+    }
+#endif
+    (void)stream;
+    FBN_SYM(mdx_values)(relu, dr, xr, mk, out, n, sh, sc, bi, kd, kx, md, k0, is);
+}
+
+/* Columns shape: dx of n channels from ch of one row (keep: the row's mask). */
+FBN_INLINE void FBN_SYM(mdx_row)(const int relu, const T *restrict dr, const T *restrict xr,
+                                 const uint8_t keep, T *restrict out, int64_t n,
+                                 const FBN_SYM(tcoefs) *k, int64_t ch) {
+    const TC *restrict shift = k->shift + ch, *restrict scale = k->scale + ch;
+    const TC *restrict bias = k->bias + ch, *restrict k_dy = k->k_dy + ch;
+    const TC *restrict k_x = k->k_x + ch, *restrict mdy = k->mean_dy + ch;
+    const TC *restrict k_0 = k->k_0 + ch, *restrict inv = k->invstd + ch;
+    for (int64_t c = 0; c < n; c++) {
+        const TC d = FBN_LD(dr[c]), v = FBN_LD(xr[c]);
+        const TC full = FBN_SYM(dx1)(d, v, shift[c], scale[c], bias[c], relu, k_dy[c], k_x[c],
+                                     mdy[c], k_0[c], inv[c], 0);
+        const TC plain = k_dy[c] * FBN_SYM(masked)(d, v, shift[c], scale[c], bias[c], relu);
+        out[c] = FBN_ST(keep ? full : plain);
+    }
+}
+
+/* dx of channels [c0, c0 + nc), flat positions [j0, j1) (see fbn_mdx_values_<sfx>). */
+FBN_INLINE void FBN_SYM(mdx_block_as)(const int relu, int stream, const T *restrict dy,
+                                      const T *restrict x, T *dx, const fbn_shape *s,
+                                      const uint8_t *restrict mask, const FBN_SYM(tcoefs) *k,
+                                      int64_t c0, int64_t nc, int64_t j0, int64_t j1) {
     if (s->inner > 1) {
         for (int64_t c = c0; c < c0 + nc; c++) {
             const TC sh = k->shift[c], sc = k->scale[c], bi = k->bias[c], kd = k->k_dy[c];
             const TC kx = k->k_x[c], md = k->mean_dy[c], k0 = k->k_0[c], is = k->invstd[c];
             for (FBN_SYM(run_it) r = FBN_SYM(run_first)(s, c, j0, j1); r.j < j1;
-                 FBN_SYM(run_next)(s, j1, &r)) {
-                const T *dr = dy + r.pos, *xr = x + r.pos;
-                T *out = dx + r.pos;
-                const uint8_t *mk = mask + r.j;
-                for (int64_t i = 0; i < r.n; i++) {
-                    const TC d = FBN_LD(dr[i]), v = FBN_LD(xr[i]);
-                    const TC full = FBN_SYM(dx1)(d, v, sh, sc, bi, relu, kd, kx, md, k0, is, 0);
-                    const TC plain = kd * FBN_SYM(masked)(d, v, sh, sc, bi, relu);
-                    out[i] = FBN_ST(mk[i] ? full : plain);
+                 FBN_SYM(run_next)(s, j1, &r))
+                FBN_SYM(mdx_span)(relu, stream, dy + r.pos, x + r.pos, mask + r.j, dx + r.pos,
+                                  r.n, sh, sc, bi, kd, kx, md, k0, is);
+        }
+    } else {
+        const int64_t C = s->channels;
+        for (int64_t o = j0; o < j1; o++) {
+            const int64_t b = o * C + c0;
+#if FBN_CAN_STREAM
+            if (stream) {
+                T buf[FBN_STREAM_CHUNK] __attribute__((aligned(64)));
+                int64_t off = (int64_t)((uintptr_t)(dx + b) % 64 / sizeof(T));
+                for (int64_t i = 0, m; i < nc; i += m, off = 0) {
+                    m = nc - i < FBN_STREAM_CHUNK - off ? nc - i : FBN_STREAM_CHUNK - off;
+                    FBN_SYM(mdx_row)(relu, dy + b + i, x + b + i, mask[o], buf + off, m, k,
+                                     c0 + i);
+                    fbn_stream_copy(dx + b + i, buf + off, m * (int64_t)sizeof(T));
                 }
+                continue;
             }
-        }
-        return;
-    }
-    const int64_t C = s->channels;
-    for (int64_t o = j0; o < j1; o++) {
-        const T *dr = dy + o * C, *xr = x + o * C;
-        T *out = dx + o * C;
-        const uint8_t keep = mask[o];
-        for (int64_t c = c0; c < c0 + nc; c++) {
-            const TC d = FBN_LD(dr[c]), v = FBN_LD(xr[c]);
-            const TC full = FBN_SYM(dx1)(d, v, k->shift[c], k->scale[c], k->bias[c], relu,
-                                         k->k_dy[c], k->k_x[c], k->mean_dy[c], k->k_0[c],
-                                         k->invstd[c], 0);
-            const TC plain = k->k_dy[c] * FBN_SYM(masked)(d, v, k->shift[c], k->scale[c],
-                                                          k->bias[c], relu);
-            out[c] = FBN_ST(keep ? full : plain);
+#endif
+            FBN_SYM(mdx_row)(relu, dy + b, x + b, mask[o], dx + b, nc, k, c0);
         }
     }
+    if (stream) FBN_STREAM_FENCE();
 }
 
-FBN_DISPATCH static void FBN_SYM(mdx_block)(const T *dy, const T *x, T *dx, const fbn_shape *s,
-                                            const uint8_t *mask, const FBN_SYM(tcoefs) *k,
-                                            int64_t c0, int64_t nc, int64_t j0, int64_t j1) {
+FBN_DISPATCH static void FBN_SYM(mdx_block)(int stream, const T *dy, const T *x, T *dx,
+                                            const fbn_shape *s, const uint8_t *mask,
+                                            const FBN_SYM(tcoefs) *k, int64_t c0, int64_t nc,
+                                            int64_t j0, int64_t j1) {
     if (k->relu)
-        FBN_SYM(mdx_block_as)(1, dy, x, dx, s, mask, k, c0, nc, j0, j1);
+        FBN_SYM(mdx_block_as)(1, stream, dy, x, dx, s, mask, k, c0, nc, j0, j1);
     else
-        FBN_SYM(mdx_block_as)(0, dy, x, dx, s, mask, k, c0, nc, j0, j1);
+        FBN_SYM(mdx_block_as)(0, stream, dy, x, dx, s, mask, k, c0, nc, j0, j1);
 }
 
 #include "kern_masked_pass.h" /* the drivers: fbn_forward_masked, fbn_backward_masked */

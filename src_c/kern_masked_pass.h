@@ -20,6 +20,7 @@ typedef struct {
     const double *gamma, *beta, *pivot;
     fbn_part *parts;
     double eps;
+    int stream; /* dx: its stores non-temporal (an output beyond the caches) */
     double *mean_hi, *mean_lo, *m2, *var, *invstd;
     double *shift, *scale, *bias; /* forward: what k points to, written */
     double *sums, *sum_dy, *sum_dy_xc, *sum_dy_xhat, *k_dy, *k_x, *mean_dy; /* backward */
@@ -88,6 +89,7 @@ int FBN_SYM(forward_masked)(const T *x, T *y, fbn_shape s, const uint8_t *mask,
     const int64_t C = s.channels;
     fbn_plan p = FBN_SYM(reduce_plan)(s, 1);
     if (p.per_channel == 0 || C == 0) return -2;
+    fbn_plan_output(&p, y, sizeof(T)); /* y streamed beyond the caches, as unmasked */
     const int nt = fbn_threads_for(&p, nthreads);
     const int64_t len = fbn_scratch_len(&p);
     const int64_t bytes[4] = {(C * 5 + nt * len) * (int64_t)sizeof(double),
@@ -125,6 +127,7 @@ int FBN_SYM(forward_masked)(const T *x, T *y, fbn_shape s, const uint8_t *mask,
         if (y) {
             FBN_SYM(repeat_typed)(&tk, &s, 0);
             fbn_plan e = FBN_SYM(elemwise_plan)(s, 1);
+            fbn_plan_output(&e, y, sizeof(T));
             FBN_SYM(affine_job) a = {.x = x, .y = y, .p = &e, .tk = &tk, .backwards = 1};
             fbn_parallel_for(e.ntiles, fbn_threads_for(&e, nthreads), FBN_SYM(affine_task), &a);
         }
@@ -151,15 +154,19 @@ static void FBN_SYM(mbwd_fused_task)(void *job, int64_t t, int thread) {
         j->sum_dy_xc[c] = j->sums[2 * c + 1];
     }
     FBN_SYM(mbwd_coefs)(j, r.c0, r.nc);
-    if (j->out) FBN_SYM(mdx_block)(j->dy, j->x, j->out, &j->p->s, j->mask, j->tk, r.c0, r.nc,
-                                   r.j0, r.j1);
+    if (j->out)
+        FBN_SYM(mdx_block)(j->stream, j->dy, j->x, j->out, &j->p->s, j->mask, j->tk, r.c0, r.nc,
+                           r.j0, r.j1);
 }
 
+/* Tiles from the last, as the unmasked dx: the data the reduction read last may
+ * still be in L3. */
 static void FBN_SYM(mdx_task)(void *job, int64_t t, int thread) {
     const FBN_SYM(mpass) *j = job;
-    const FBN_SYM(tile) r = FBN_SYM(tile_of)(j->p, t);
+    const FBN_SYM(tile) r = FBN_SYM(tile_of)(j->p, j->p->ntiles - 1 - t);
     (void)thread;
-    FBN_SYM(mdx_block)(j->dy, j->x, j->out, &j->p->s, j->mask, j->tk, r.c0, r.nc, r.j0, r.j1);
+    FBN_SYM(mdx_block)(j->stream, j->dy, j->x, j->out, &j->p->s, j->mask, j->tk, r.c0, r.nc,
+                       r.j0, r.j1);
 }
 
 /* Backward of a masked training forward: sum(dy') and sum_dy_xhat over every
@@ -172,6 +179,7 @@ int FBN_SYM(backward_masked)(const T *dy, const T *x, T *dx, fbn_shape s, const 
     fbn_plan p = FBN_SYM(reduce_plan)(s, 2);
     if (C == 0) return 0;
     if (p.per_channel == 0 || count < 1) return -2;
+    fbn_plan_output(&p, dx, sizeof(T));
     const int nt = fbn_threads_for(&p, nthreads);
     const int64_t bytes[3] = {C * 8 * (int64_t)sizeof(double),
                               fbn_reduce_work_len(&p, nt) * (int64_t)sizeof(double),
@@ -192,15 +200,20 @@ int FBN_SYM(backward_masked)(const T *dy, const T *x, T *dx, fbn_shape s, const 
     FBN_SYM(tcoefs) tk = FBN_SYM(typed_arrays)(buf[2], C, relu);
     fbn_coefficients(C, mean_hi, lo, invstd, gamma, beta, work, work + C, work + 2 * C);
     FBN_SYM(fill_typed)(&masks, 0, C, &tk); /* the ReLU masks of the reduction */
-    const FBN_SYM(mpass) j = {
+    FBN_SYM(mpass) j = {
         .x = x, .dy = dy, .out = dx, .mask = mask, .p = &p, .k = &k, .tk = &tk,
         .scratch = fbn_reduce_scratch(&p, sums), .len = fbn_scratch_len(&p),
         .n = (double)count, .gamma = gamma, .invstd = (double *)invstd, .sums = sums,
         .sum_dy = sum_dy, .sum_dy_xc = work + 3 * C, .sum_dy_xhat = sum_dy_xhat,
-        .k_dy = work + 4 * C, .k_x = work + 5 * C, .mean_dy = work + 6 * C};
+        .k_dy = work + 4 * C, .k_x = work + 5 * C, .mean_dy = work + 6 * C,
+        .stream = p.stream};
     if (p.nsegs == 1) {
         fbn_parallel_for(p.nblocks, nt, FBN_SYM(mbwd_fused_task), (void *)&j);
     } else {
+        /* dx over the reduction's tiles, streamed as the unmasked elementwise pass */
+        fbn_plan e = FBN_SYM(elemwise_plan)(s, 2);
+        fbn_plan_output(&e, dx, sizeof(T));
+        j.stream = e.stream;
         FBN_SYM(reduce_all)(dy, x, &p, &k, &tk, sums, sum_dy, j.sum_dy_xc, NULL, NULL, nt);
         FBN_SYM(mbwd_coefs)(&j, 0, C);
         if (dx) fbn_parallel_for(p.ntiles, nt, FBN_SYM(mdx_task), (void *)&j);

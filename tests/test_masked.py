@@ -221,3 +221,89 @@ def test_mask_with_epilogue(shape, axis, mshape, epilogue, monkeypatch):
     for g, w, what in zip(got, want, ("dx", "dgamma", "dbeta", "dresidual")):
         assert_close(g, w, rtol=1e-11, what=what)
     assert len(got) == len(want) == 3 + ("residual" in kw)
+
+
+# every broadcast shape of a mask over (N, C, H, W) with axis 1 (size 1 along C), and
+# shorter ones (leading axes added): each against the reference and its kept count
+BROADCASTS = [(), (1,), (6,), (5, 6), (1, 6), (5, 1), (1, 1, 1, 6), (4, 1, 1, 1),
+              (4, 1, 5, 1), (4, 1, 1, 6), (1, 1, 5, 6), (4, 1, 5, 6), (1, 1, 1, 1)]
+
+
+@pytest.mark.parametrize("mshape", BROADCASTS)
+def test_every_broadcast_shape(mshape):
+    x, dy, gamma, beta, rng = data((4, 3, 5, 6), 1, np.float64, seed=5)
+    mask = np.asarray(rng.random(mshape) < 0.7)
+    mask.flat[:2] = True  # at least 2 kept values per channel (all of a 1-value mask)
+    y, cache = fastbn.forward(x, gamma, beta, mask=mask)
+    yr, cr = R.forward(x, gamma, beta, mask=mask)
+    keep = np.broadcast_to(mask, x.shape)
+    assert cache.count == cr.count == int(keep[:, 0].sum())
+    assert_close(y, yr, rtol=1e-13, what="y")
+    assert_close(cache.invstd, cr.invstd, rtol=1e-13, what="invstd")
+    for got, want, what in zip(fastbn.backward(dy, cache), R.backward(dy, cr),
+                               ("dx", "dgamma", "dbeta")):
+        assert_close(got, want, rtol=1e-12, what=what)
+
+
+@pytest.mark.parametrize("shape,axis,mshape", [CASES[0], CASES[3], CASES[5], CASES[6]])
+def test_dropping_rows_gives_the_kept_rows_statistics(shape, axis, mshape):
+    """A mask that drops whole samples: the statistics and y of the kept rows are those
+    of forward on the kept rows alone; so is their dx when the dropped rows' dy is zero
+    (the dropped rows' outputs, normalised with the same statistics, otherwise feed
+    the sums, hand-derived in test_hand_derived); a dropped row's dx is
+    gamma * invstd * dy."""
+    x, dy, gamma, beta, rng = data(shape, axis, np.float64, seed=7)
+    rows = np.arange(shape[0]) % 3 != 1
+    mask = np.zeros(mshape, bool)
+    mask[rows] = True
+    y, cache = fastbn.forward(x, gamma, beta, axis=axis, mask=mask)
+    yk, ck = fastbn.forward(x[rows], gamma, beta, axis=axis)
+    assert cache.count == ck.count
+    assert_close(cache.mean, ck.mean, rtol=1e-14, scale=np.abs(x).max())
+    assert_close(cache.invstd, ck.invstd, rtol=1e-13)
+    assert_close(y[rows], yk, rtol=1e-13)
+    dy0 = np.where(rows.reshape((-1,) + (1,) * (x.ndim - 1)), dy, 0.0)
+    dx0, dgamma0, dbeta0 = fastbn.backward(dy0, cache)
+    dxk, dgk, dbk = fastbn.backward(dy[rows], ck)
+    assert_close(dx0[rows], dxk, rtol=1e-12, scale=np.abs(dxk).max())
+    assert not dx0[~rows].any()
+    assert_close(dgamma0, dgk, rtol=1e-12)
+    assert_close(dbeta0, dbk, rtol=1e-12)
+    vshape = [1] * x.ndim
+    vshape[axis] = -1
+    dx = fastbn.backward(dy, cache)[0]
+    assert_close(dx[~rows], (gamma * cache.invstd).reshape(vshape) * dy[~rows], rtol=1e-13)
+
+
+@pytest.mark.parametrize("shape,axis,mshape", [CASES[5], CASES[6]])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_streamed_outputs_are_bitwise_the_cached_ones(shape, axis, mshape, dtype):
+    """Small cache sizes make the tiled cases' y and dx streamed (non-temporal stores,
+    into outputs already in memory: fbn_resident); the bits are the cached path's.
+    (axis 1: x's (outer, C, inner) view is a reshape.)"""
+    k = fastbn._kernels
+    x, dy, gamma, beta, rng = data(shape, axis, dtype, seed=9)
+    mask = make_mask(mshape, "random", rng)
+    x3 = x.reshape(shape[0], shape[1], -1)
+    dy3 = dy.reshape(x3.shape)
+    m2d = np.ascontiguousarray(np.broadcast_to(mask, x.shape[:1] + (1,) + x.shape[2:])) \
+        .reshape(x3.shape[0], x3.shape[2]).view(np.uint8)
+    C = x3.shape[1]
+
+    def run():
+        y, dx = np.full(x3.shape, 7, dtype), np.full(x3.shape, 7, dtype)  # touched: resident
+        hi, lo, var, inv, s1, s2 = (np.empty(C) for _ in range(6))
+        n = k.forward_masked(x3, y, m2d, gamma, beta, 1e-5, False, hi, lo, var, inv, 2)
+        k.backward_masked(dy3, x3, dx, m2d, n, hi, lo, inv, gamma, None, False, s1, s2, 2)
+        return y, dx, hi, lo, inv, s1, s2
+
+    cached = run()
+    try:
+        k._set_cache_sizes(32 << 10, 64 << 10, 256 << 10)
+        streamed = run()
+    finally:
+        k._set_cache_sizes(0, 0, 0)
+    for a, b in zip(cached, streamed):
+        assert np.array_equal(a, b)
+    y, cache = fastbn.forward(x, gamma, beta, axis=axis, mask=mask)
+    assert np.array_equal(streamed[0].reshape(x.shape), y)
