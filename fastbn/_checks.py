@@ -311,8 +311,32 @@ def aligned_contiguous(a):
 
 
 def canonical(a, axis):
-    """`a` as an aligned C-contiguous (outer, C, inner) array: a view when possible."""
-    return aligned_contiguous(a).reshape(canonical_shape(a.shape, axis))
+    """`a` as an aligned (outer, C, inner) array whose (C, inner) blocks are contiguous:
+    a view when possible, also of a slice whose rows (outer) are further apart
+    (x[:, a:b], x[::2]: src_c/fastbn.h, fbn_shape.row_stride), else a C-contiguous copy."""
+    shape = canonical_shape(a.shape, axis)
+    if a.flags.c_contiguous:
+        return aligned_contiguous(a).reshape(shape)
+    try:
+        v = a.reshape(shape, copy=False)
+    except ValueError:  # no view of that shape
+        return aligned_contiguous(a).reshape(shape)
+    outer, C, inner = shape
+    s0, s1, s2 = v.strides
+    n = v.itemsize
+    if (v.flags.aligned and (inner == 1 or s2 == n) and (C == 1 or s1 == inner * n)
+            and (outer == 1 or (s0 % n == 0 and s0 >= C * inner * n))):
+        return v
+    return aligned_contiguous(a).reshape(shape)
+
+
+def canonical_inputs(axis, *arrays):
+    """canonical() of the inputs of one kernel (x, dy, residual; None stays None), which
+    share one row stride: views when they have one, else every strided one copied."""
+    views = [None if a is None else canonical(a, axis) for a in arrays]
+    if len({v.strides[0] for v in views if v is not None and v.shape[0] > 1}) <= 1:
+        return views
+    return [None if v is None else aligned_contiguous(v) for v in views]
 
 
 def vector_shape(ndim, axis):

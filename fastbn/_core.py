@@ -6,7 +6,7 @@ import numpy as np
 
 from . import _kernels
 from ._cache import Cache
-from ._checks import (canonical, channel_axis,
+from ._checks import (canonical, canonical_inputs, channel_axis,
                       check_backward, check_count, check_forward, check_per_channel,
                       check_running_update, commit, data_array, mark_written,
                       overlaps, overwrites_x, running_var_factor, separate)
@@ -246,7 +246,7 @@ def _checked_backward(dy, cache, *, out=None, need_dx=True):
         cache.mean, cache._mean_lo, cache.invstd, cache.gamma, cache.beta
     if dx_out is not None:
         mean, lo, invstd, gamma, beta = separate(vectors, [dx_out])
-    x3, dy3 = canonical(x, axis), canonical(dy, axis)
+    x3, dy3 = canonical_inputs(axis, x, dy)
     dest = _Output(dx_out, x, [x3, dy3])
     sum_dy, sum_dy_xhat = np.empty(C), np.empty(C)  # the kernel writes every channel
     if C:
@@ -281,7 +281,8 @@ def backward_reduce(dy, x, mean, invstd, *, axis=1, gamma=None, beta=None, activ
     sum_dy, sum_dy_xs = np.zeros(C), np.zeros(C)
     if x.size:
         scale, bias = _mask_coefficients(mean, invstd, gamma, beta, relu)
-        _kernels.backward_reduce(_k(canonical(dy, axis)), _k(canonical(x, axis)), mean, scale, bias,
+        x3, dy3 = canonical_inputs(axis, x, dy)
+        _kernels.backward_reduce(_k(dy3), _k(x3), mean, scale, bias,
                                  relu, sum_dy, sum_dy_xs, get_num_threads(), dt=_dt(x))
     return sum_dy, invstd * sum_dy_xs
 
@@ -294,7 +295,7 @@ def backward_elemt(dy, x, mean, invstd, gamma, sum_dy, sum_dy_xhat, count, *, ax
     relu = check_activation(activation) == "relu"
     mean, invstd, gamma, sum_dy, sum_dy_xhat, beta = (_f64(v) for v in separate(vectors, [out]))
     count = check_count(count, x.shape[axis])
-    x3, dy3 = canonical(x, axis), canonical(dy, axis)
+    x3, dy3 = canonical_inputs(axis, x, dy)
     dest = _Output(out, x, [x3, dy3])
     if x.size:
         # dx = k_dy * (dy - sum_dy / count) + k_x * xhat, as the kernel's k_dy and k_x

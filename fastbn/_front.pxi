@@ -151,6 +151,7 @@ cdef inline bint canonical_shape_of(cnp.ndarray x, int axis, fbn_shape *s) noexc
     for d in range(axis + 1, nd):
         inner *= cnp.PyArray_DIM(x, d)
     s.outer, s.channels, s.inner = outer, cnp.PyArray_DIM(x, axis), inner
+    s.row_stride = 0  # contiguous (row-strided inputs take the checked paths)
     if s.channels == 1:
         s.outer, s.inner = 1, outer * inner
     return True

@@ -37,7 +37,7 @@ import math
 import numpy as np
 
 from . import _core, _kernels
-from ._checks import aligned_contiguous, canonical, commit, mark_written, overwrites_x, store
+from ._checks import aligned_contiguous, canonical_inputs, commit, mark_written, overwrites_x, store
 from ._threads import get_num_threads
 from ._features import FeatureCache, renorm_constants
 from . import reference
@@ -189,10 +189,9 @@ def _normalized(cache, w, epilogue=(0, 0.0, None)):
 
 def _fused_forward(x, a, f):
     """The fused kernels' forward: (mean, lo, var, invstd) as (1, C) arrays, and y."""
-    x3 = canonical(x, f.axes[0])
+    x3, z3 = canonical_inputs(f.axes[0], x, f.residual)
     y3 = np.empty(x3.shape, x.dtype)
     act, slope = _ACT[f.activation], float(f.negative_slope)
-    z3 = None if f.residual is None else canonical(f.residual, f.axes[0])
     C = f.channels
     gamma = None if a.gamma is None else _core._f64(a.gamma.ravel())
     beta = None if a.beta is None else _core._f64(a.beta.ravel())
@@ -278,8 +277,9 @@ def _fused_backward(dy, cache, need_dx):
     x, f = cache.x, cache._features
     act, slope, z = _epilogue(cache)
     ax = f.axes[0]
-    x3, dy3 = canonical(x, ax), canonical(dy, ax)
-    z3 = None if z is None else z.reshape(x3.shape)
+    # with a residual, contiguous inputs (its gradient, written contiguous, is then
+    # read as the dx pass's dy: fbn_shape.row_stride); z is (_epilogue)
+    x3, dy3, z3 = canonical_inputs(ax, x, dy, z)
     dx = np.empty(x.shape, x.dtype) if need_dx else None
     dz = None if z is None else np.empty(x.shape, x.dtype)
     C = f.channels

@@ -12,6 +12,7 @@ from libc.stdint cimport int64_t, uint8_t
 cdef extern from "fastbn.h" nogil:
     ctypedef struct fbn_shape:
         int64_t outer, channels, inner
+        int64_t row_stride
     ctypedef struct fbn_float16:
         unsigned short bits
     ctypedef struct fbn_bfloat16:

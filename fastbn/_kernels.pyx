@@ -31,7 +31,41 @@ cdef inline int code_of(bint f32, int dt) noexcept nogil:
 cdef inline fbn_shape shape_of(const real[:, :, ::1] a) noexcept:
     cdef fbn_shape s
     s.outer, s.channels, s.inner = a.shape[0], a.shape[1], a.shape[2]
+    s.row_stride = 0
     return s
+
+
+cdef inline fbn_shape input_shape(const real[:, :, :] a) except *:
+    """The shape of input a (x): its (C, inner) blocks contiguous, its rows (outer)
+    row_stride values apart (fbn_shape; 0: contiguous)."""
+    cdef fbn_shape s
+    s.outer, s.channels, s.inner = a.shape[0], a.shape[1], a.shape[2]
+    s.row_stride = row_stride_of(a, s.channels * s.inner, "x")
+    return s
+
+
+cdef inline int64_t row_stride_of(const real[:, :, :] a, int64_t block, str name) except -2:
+    """a's fbn_shape.row_stride (0: contiguous); a ValueError naming it unless its
+    (C, inner) blocks (of `block` values) are contiguous and its rows apart."""
+    cdef Py_ssize_t isz = sizeof(real)
+    if ((a.shape[2] > 1 and a.strides[2] != isz)
+            or (a.shape[1] > 1 and a.strides[1] != a.shape[2] * isz)):
+        raise ValueError(f"{name}: each (C, inner) block must be contiguous")
+    if a.shape[0] <= 1 or a.strides[0] == block * isz:
+        return 0
+    if a.strides[0] % isz or a.strides[0] < block * isz:
+        raise ValueError(f"{name}: rows must be apart by a whole number of values, "
+                         f"at least a row's")
+    return a.strides[0] // isz
+
+
+cdef inline int same_rows(const real[:, :, :] a, fbn_shape s, str name) except -1:
+    """A ValueError naming input a (dy, residual) unless it has x's shape and rows."""
+    if a.shape[0] != s.outer or a.shape[1] != s.channels or a.shape[2] != s.inner:
+        raise ValueError(f"{name} must have x's shape")
+    if row_stride_of(a, s.channels * s.inner, name) != s.row_stride:
+        raise ValueError(f"{name}'s rows must be as far apart as x's")
+    return 0
 
 
 cdef inline const double *opt(const double[::1] v) noexcept:
@@ -46,21 +80,21 @@ cdef inline void check(int status) except *:
         raise ValueError(f"fastbn kernel refused its input (status {status})")
 
 
-def batch_stats(const real[:, :, ::1] x not None, double[::1] mean_hi not None, double[::1] mean_lo not None,
+def batch_stats(const real[:, :, :] x not None, double[::1] mean_hi not None, double[::1] mean_lo not None,
                 double[::1] m2 not None, int nthreads, int dt=-1):
     cdef int st
-    cdef fbn_shape s = shape_of(x)
+    cdef fbn_shape s = input_shape(x)
     with nogil:
         st = run_batch_stats(code_of(real is float, dt), &x[0, 0, 0], s, &mean_hi[0], &mean_lo[0], &m2[0],
                              nthreads)
     check(st)
 
 
-def forward_train(const real[:, :, ::1] x not None, real[:, :, ::1] y not None, const double[::1] gamma,
+def forward_train(const real[:, :, :] x not None, real[:, :, ::1] y not None, const double[::1] gamma,
                   const double[::1] beta, double eps, bint relu, double[::1] mean_hi not None,
                   double[::1] mean_lo not None, double[::1] var not None, double[::1] invstd not None, int nthreads, int dt=-1):
     cdef int st
-    cdef fbn_shape s = shape_of(x)
+    cdef fbn_shape s = input_shape(x)
     cdef const double *g = opt(gamma)
     cdef const double *b = opt(beta)
     with nogil:
@@ -69,12 +103,12 @@ def forward_train(const real[:, :, ::1] x not None, real[:, :, ::1] y not None, 
     check(st)
 
 
-def forward_infer(const real[:, :, ::1] x not None, real[:, :, ::1] y not None,
+def forward_infer(const real[:, :, :] x not None, real[:, :, ::1] y not None,
                   const double[::1] mean not None, const double[::1] var not None,
                   const double[::1] gamma, const double[::1] beta, double eps, bint relu,
                   double[::1] invstd not None, int nthreads, int dt=-1):
     cdef int st
-    cdef fbn_shape s = shape_of(x)
+    cdef fbn_shape s = input_shape(x)
     cdef const double *g = opt(gamma)
     cdef const double *b = opt(beta)
     with nogil:
@@ -83,21 +117,22 @@ def forward_infer(const real[:, :, ::1] x not None, real[:, :, ::1] y not None,
     check(st)
 
 
-def affine(const real[:, :, ::1] x not None, real[:, :, ::1] y not None, const double[::1] shift not None,
+def affine(const real[:, :, :] x not None, real[:, :, ::1] y not None, const double[::1] shift not None,
            const double[::1] scale not None, const double[::1] bias not None, bint relu, int nthreads, int dt=-1):
     cdef int st
-    cdef fbn_shape s = shape_of(x)
+    cdef fbn_shape s = input_shape(x)
     with nogil:
         st = run_affine(code_of(real is float, dt), &x[0, 0, 0], &y[0, 0, 0], s, &shift[0], &scale[0],
                         &bias[0], relu, nthreads)
     check(st)
 
 
-def backward_reduce(const real[:, :, ::1] dy not None, const real[:, :, ::1] x not None, const double[::1] shift not None,
+def backward_reduce(const real[:, :, :] dy not None, const real[:, :, :] x not None, const double[::1] shift not None,
                     const double[::1] scale, const double[::1] bias, bint relu,
                     double[::1] sum_dy not None, double[::1] sum_dy_xs not None, int nthreads, int dt=-1):
     cdef int st
-    cdef fbn_shape s = shape_of(x)
+    cdef fbn_shape s = input_shape(x)
+    same_rows(dy, s, "dy")
     cdef const double *sc = opt(scale)
     cdef const double *bi = opt(bias)
     with nogil:
@@ -106,13 +141,14 @@ def backward_reduce(const real[:, :, ::1] dy not None, const real[:, :, ::1] x n
     check(st)
 
 
-def backward_elemt(const real[:, :, ::1] dy not None, const real[:, :, ::1] x not None,
+def backward_elemt(const real[:, :, :] dy not None, const real[:, :, :] x not None,
                    real[:, :, ::1] dx not None, const double[::1] shift not None,
                    const double[::1] invstd not None, const double[::1] k_dy not None,
                    const double[::1] k_x not None, const double[::1] mean_dy not None,
                    const double[::1] scale, const double[::1] bias, bint relu, int nthreads, int dt=-1):
     cdef int st
-    cdef fbn_shape s = shape_of(x)
+    cdef fbn_shape s = input_shape(x)
+    same_rows(dy, s, "dy")
     cdef const double *sc = opt(scale)
     cdef const double *bi = opt(bias)
     with nogil:
@@ -122,13 +158,14 @@ def backward_elemt(const real[:, :, ::1] dy not None, const real[:, :, ::1] x no
     check(st)
 
 
-def backward_fused(const real[:, :, ::1] dy not None, const real[:, :, ::1] x not None,
+def backward_fused(const real[:, :, :] dy not None, const real[:, :, :] x not None,
                    real[:, :, ::1] dx not None, const double[::1] mean_hi not None,
                    const double[::1] mean_lo not None, const double[::1] invstd not None,
                    const double[::1] gamma, const double[::1] beta, bint relu, bint training,
                    double[::1] sum_dy not None, double[::1] sum_dy_xhat not None, int nthreads, int dt=-1):
     cdef int st
-    cdef fbn_shape s = shape_of(x)
+    cdef fbn_shape s = input_shape(x)
+    same_rows(dy, s, "dy")
     cdef const double *g = opt(gamma)
     cdef const double *b = opt(beta)
     with nogil:
@@ -149,14 +186,16 @@ cdef inline fbn_epilogue epilogue(int act, double slope, const void *z, void *dz
     return e
 
 
-def forward_train_ex(const real[:, :, ::1] x not None, real[:, :, ::1] y not None,
+def forward_train_ex(const real[:, :, :] x not None, real[:, :, ::1] y not None,
                      const double[::1] gamma, const double[::1] beta, double eps, int act,
-                     double slope, const real[:, :, ::1] z, double[::1] mean_hi not None,
+                     double slope, const real[:, :, :] z, double[::1] mean_hi not None,
                      double[::1] mean_lo not None, double[::1] var,
                      double[::1] invstd not None, int nthreads, int dt=-1):
     """var None: not wanted (no running statistics)."""
     cdef int st
-    cdef fbn_shape s = shape_of(x)
+    cdef fbn_shape s = input_shape(x)
+    if z is not None:
+        same_rows(z, s, "z")
     cdef fbn_epilogue e = epilogue(act, slope, NULL if z is None else &z[0, 0, 0], NULL)
     cdef const double *g = opt(gamma)
     cdef const double *b = opt(beta)
@@ -167,7 +206,7 @@ def forward_train_ex(const real[:, :, ::1] x not None, real[:, :, ::1] y not Non
     check(st)
 
 
-def forward_train_f32_params(const real[:, :, ::1] x not None, real[:, :, ::1] y not None,
+def forward_train_f32_params(const real[:, :, :] x not None, real[:, :, ::1] y not None,
                              const float[::1] gamma, const float[::1] beta, double eps,
                              bint relu, double[::1] mean_hi not None,
                              double[::1] mean_lo not None, double[::1] var,
@@ -175,7 +214,7 @@ def forward_train_f32_params(const real[:, :, ::1] x not None, real[:, :, ::1] y
     """forward_train with float32 gamma and beta (either may be None) read where they
     are, a block at a time (no double copy of C values); var None: not wanted."""
     cdef int st
-    cdef fbn_shape s = shape_of(x)
+    cdef fbn_shape s = input_shape(x)
     cdef fbn_epilogue e = epilogue(1 if relu else 0, 0.0, NULL, NULL)
     cdef const double *g = NULL if gamma is None else <const double *>&gamma[0]
     cdef const double *b = NULL if beta is None else <const double *>&beta[0]
@@ -187,13 +226,15 @@ def forward_train_f32_params(const real[:, :, ::1] x not None, real[:, :, ::1] y
     check(st)
 
 
-def forward_infer_ex(const real[:, :, ::1] x not None, real[:, :, ::1] y not None,
+def forward_infer_ex(const real[:, :, :] x not None, real[:, :, ::1] y not None,
                      const double[::1] mean not None, const double[::1] var not None,
                      const double[::1] gamma, const double[::1] beta, double eps, int act,
-                     double slope, const real[:, :, ::1] z, double[::1] invstd not None,
+                     double slope, const real[:, :, :] z, double[::1] invstd not None,
                      int nthreads, int dt=-1):
     cdef int st
-    cdef fbn_shape s = shape_of(x)
+    cdef fbn_shape s = input_shape(x)
+    if z is not None:
+        same_rows(z, s, "z")
     cdef fbn_epilogue e = epilogue(act, slope, NULL if z is None else &z[0, 0, 0], NULL)
     cdef const double *g = opt(gamma)
     cdef const double *b = opt(beta)
@@ -203,12 +244,14 @@ def forward_infer_ex(const real[:, :, ::1] x not None, real[:, :, ::1] y not Non
     check(st)
 
 
-def affine_ex(const real[:, :, ::1] x not None, real[:, :, ::1] y not None,
+def affine_ex(const real[:, :, :] x not None, real[:, :, ::1] y not None,
               const double[::1] shift not None, const double[::1] scale not None,
-              const double[::1] bias not None, int act, double slope, const real[:, :, ::1] z,
+              const double[::1] bias not None, int act, double slope, const real[:, :, :] z,
               int nthreads, int dt=-1):
     cdef int st
-    cdef fbn_shape s = shape_of(x)
+    cdef fbn_shape s = input_shape(x)
+    if z is not None:
+        same_rows(z, s, "z")
     cdef fbn_epilogue e = epilogue(act, slope, NULL if z is None else &z[0, 0, 0], NULL)
     with nogil:
         st = run_affine_ex(code_of(real is float, dt), &x[0, 0, 0], &y[0, 0, 0], s, &shift[0], &scale[0],
@@ -216,15 +259,20 @@ def affine_ex(const real[:, :, ::1] x not None, real[:, :, ::1] y not None,
     check(st)
 
 
-def backward_ex(const real[:, :, ::1] dy not None, const real[:, :, ::1] x not None,
+def backward_ex(const real[:, :, :] dy not None, const real[:, :, :] x not None,
                 real[:, :, ::1] dx, const double[::1] mean_hi not None,
                 const double[::1] mean_lo not None, const double[::1] invstd not None,
                 const double[::1] gamma, const double[::1] beta, int act, double slope,
-                const real[:, :, ::1] z, real[:, :, ::1] dz, bint training,
+                const real[:, :, :] z, real[:, :, ::1] dz, bint training,
                 double[::1] sum_dy not None, double[::1] sum_dy_xhat not None, int nthreads,
                 int dt=-1):
     cdef int st
-    cdef fbn_shape s = shape_of(x)
+    cdef fbn_shape s = input_shape(x)
+    same_rows(dy, s, "dy")
+    if z is not None:
+        same_rows(z, s, "z")
+    if z is not None and s.row_stride:
+        raise ValueError("backward_ex: with a residual, inputs must be contiguous")
     cdef fbn_epilogue e = epilogue(act, slope, NULL if z is None else &z[0, 0, 0],
                                    NULL if dz is None else &dz[0, 0, 0])
     cdef const double *g = opt(gamma)

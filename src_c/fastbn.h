@@ -1,8 +1,11 @@
 /* fastbn: the C API of the batch-normalisation kernels.
  *
- * Every layout is first reduced (in Python) to one canonical view: a C-contiguous
- * array of shape (outer, channels, inner). NCHW is (N, C, H*W); NHWC and (N, C)
- * are (N*H*W, C, 1). Element (o, c, i) lives at x[(o * channels + c) * inner + i].
+ * Every layout is first reduced (in Python) to one canonical view: an array of
+ * shape (outer, channels, inner). NCHW is (N, C, H*W); NHWC and (N, C) are
+ * (N*H*W, C, 1). Element (o, c, i) of an output (y, dx, dresidual) lives at
+ * y[(o * channels + c) * inner + i]; of an input (x, dy, residual) at
+ * x[o * row_stride + c * inner + i] (fbn_shape): each (channels, inner) block is
+ * contiguous, blocks may be further apart (a slice x[:, a:b] or x[::2]).
  *
  * Per-channel vectors are double. Statistics are accumulated in double for both
  * float32 and float64 data. Kernels never allocate anything of the data's size;
@@ -27,6 +30,11 @@ extern "C" {
 
 typedef struct {
     int64_t outer, channels, inner;
+    /* The inputs' (x, dy, residual) distance between consecutive `outer` rows, in
+     * values: 0 or channels * inner when contiguous, else more (all inputs share
+     * it; outputs are contiguous). A backward with a residual (fbn_epilogue) and
+     * the masked kernels take contiguous inputs only. */
+    int64_t row_stride;
 } fbn_shape;
 
 /* Half-precision data (issue 19): the bits of an IEEE binary16 value (NumPy's

@@ -122,7 +122,8 @@ static FBN_SYM(tcoefs) FBN_SYM(typed_arrays)(TC *block, int64_t C, int relu) {
  * per FBN_GROUP rows (faster there, measured: docs/performance.md). */
 static void FBN_SYM(repeat_typed)(FBN_SYM(tcoefs) *t, const fbn_shape *s, int dx) {
     const int64_t C = s->channels;
-    if (s->inner != 1 || C < 1 || 2 * C > FBN_CHUNK) return;
+    /* (inputs with a row gap: periods would span rows that are not contiguous) */
+    if (s->inner != 1 || C < 1 || 2 * C > FBN_CHUNK || fbn_row_gap(s)) return;
     if (dx && C >= FBN_DX_GROUP_MIN && C <= FBN_DX_GROUP_MAX) return;
     TC *arrays[FBN_TYPED] = {t->shift, t->scale, t->bias,  t->k_dy,
                              t->k_x, t->mean_dy, t->k_0, t->invstd};

@@ -105,13 +105,13 @@ FBN_INLINE int FBN_SYM(finish_cols)(int64_t nc, double n, int pass, const double
     return again;
 }
 
-/* Columns shape, channels [c0, c0 + nc), rows [j0, j1). Rows are taken
+/* Columns shape, channels [c0, c0 + nc), rows [j0, j1) a row ld apart. Rows are taken
  * fbn_reduce_group_<sfx>(C) at a time (summed in registers, channels across
  * vector lanes, so a whole-row tile streams through memory in order), into
  * per-channel sums that go to compensated totals every FBN_FLUSH_ROWS rows.
  * Passes as in fbn_stats_tile_<sfx>. scratch: FBN_COL_SCRATCH * nc doubles. */
-FBN_INLINE void FBN_SYM(stats_cols)(const T *x, int64_t C, int64_t c0, int64_t nc, int64_t j0,
-                                    int64_t j1, const double *pivot, fbn_part *part,
+FBN_INLINE void FBN_SYM(stats_cols)(const T *x, int64_t C, int64_t ld, int64_t c0, int64_t nc,
+                                    int64_t j0, int64_t j1, const double *pivot, fbn_part *part,
                                     double *scratch) {
     double n = (double)(j1 - j0);
     const double *pv = pivot + c0;
@@ -126,22 +126,22 @@ FBN_INLINE void FBN_SYM(stats_cols)(const T *x, int64_t C, int64_t c0, int64_t n
             const int64_t end = o + FBN_FLUSH_ROWS < j1 ? o + FBN_FLUSH_ROWS : j1;
             for (int64_t c = 0; c < nc; c++) acc[c] = acc2[c] = 0.0;
             for (; o < end; o += G) {
-                const T *row = x + o * C + c0;
+                const T *row = x + o * ld + c0;
                 const int g = end - o < G ? (int)(end - o) : G;
                 if (pass == 0 && FBN_SYM(needs_prefetch)(C, nc))
-                    FBN_SYM(prefetch_block)(row, C, nc, o, j1, G);
+                    FBN_SYM(prefetch_block)(row, ld, nc, o, j1, G);
                 /* constant g and centred: each call unrolls its own loop */
                 if (g == 2 * FBN_GROUP && pass == 0)
-                    FBN_SYM(stats_group)(row, C, nc, 2 * FBN_GROUP, 0, pv, mean, acc, acc2);
+                    FBN_SYM(stats_group)(row, ld, nc, 2 * FBN_GROUP, 0, pv, mean, acc, acc2);
                 else if (g == 2 * FBN_GROUP)
-                    FBN_SYM(stats_group)(row, C, nc, 2 * FBN_GROUP, 1, pv, mean, acc, acc2);
+                    FBN_SYM(stats_group)(row, ld, nc, 2 * FBN_GROUP, 1, pv, mean, acc, acc2);
                 else if (g == FBN_GROUP && pass == 0)
-                    FBN_SYM(stats_group)(row, C, nc, FBN_GROUP, 0, pv, mean, acc, acc2);
+                    FBN_SYM(stats_group)(row, ld, nc, FBN_GROUP, 0, pv, mean, acc, acc2);
                 else if (g == FBN_GROUP)
-                    FBN_SYM(stats_group)(row, C, nc, FBN_GROUP, 1, pv, mean, acc, acc2);
+                    FBN_SYM(stats_group)(row, ld, nc, FBN_GROUP, 1, pv, mean, acc, acc2);
                 else
                     for (int i = 0; i < g; i++)
-                        FBN_SYM(stats_group)(row + i * C, C, nc, 1, 1, pv, mean, acc, acc2);
+                        FBN_SYM(stats_group)(row + i * ld, ld, nc, 1, 1, pv, mean, acc, acc2);
             }
             fbn_sums_flush(one_flush, nc, acc, acc2, tot, comp, tot2, comp2);
         }
@@ -178,7 +178,8 @@ FBN_DISPATCH static void FBN_SYM(stats_tile)(const T *x, const fbn_plan *p, int6
         }
         return;
     }
-    FBN_SYM(stats_cols)(x, s->channels, r.c0, r.nc, r.j0, r.j1, pivot, part, scratch);
+    FBN_SYM(stats_cols)(x, s->channels, s->channels + fbn_row_gap(s), r.c0, r.nc, r.j0, r.j1,
+                        pivot, part, scratch);
 }
 
 /* Channel c's backward sums: sum(dy') and sum_dy_xc = sum(dy' * ((x - shift) - lo))
@@ -268,10 +269,11 @@ FBN_INLINE void FBN_SYM(bwd_group)(const T *dr, const T *xr, int64_t C, int64_t 
 #endif
 }
 
-/* Columns shape, channels [c0, c0 + nc), rows [j0, j1), as fbn_stats_cols_<sfx>
- * does. ext (a constant): 0 for the plain activations (tk->relu), else the
- * epilogue act = ext & 3 with a residual z (and dres) if ext & 4. */
-FBN_INLINE void FBN_SYM(bwd_reduce_cols)(const T *dy, const T *x, int64_t C, int64_t c0,
+/* Columns shape, channels [c0, c0 + nc), rows [j0, j1) a row ld apart, as
+ * fbn_stats_cols_<sfx> does. ext (a constant): 0 for the plain activations
+ * (tk->relu), else the epilogue act = ext & 3 with a residual z (and dres, read
+ * a row ld apart too: a residual's inputs are contiguous, see fbn_shape) if ext & 4. */
+FBN_INLINE void FBN_SYM(bwd_reduce_cols)(const T *dy, const T *x, int64_t C, int64_t ld, int64_t c0,
                                          int64_t nc, int64_t j0, int64_t j1, const fbn_coefs *k,
                                          const FBN_SYM(tcoefs) *tk, double *sums,
                                          double *scratch, const T *z, T *dres, const int ext) {
@@ -286,33 +288,33 @@ FBN_INLINE void FBN_SYM(bwd_reduce_cols)(const T *dy, const T *x, int64_t C, int
         const int64_t end = o + FBN_FLUSH_ROWS < j1 ? o + FBN_FLUSH_ROWS : j1;
         for (int64_t c = 0; c < nc; c++) acc[c] = acc2[c] = 0.0;
         for (; o < end; o += FBN_GROUP) {
-            const T *dr = dy + o * C + c0, *xr = x + o * C + c0;
-            const T *zr = res ? z + o * C + c0 : NULL;
-            T *er = res ? dres + o * C + c0 : NULL;
+            const T *dr = dy + o * ld + c0, *xr = x + o * ld + c0;
+            const T *zr = res ? z + o * ld + c0 : NULL;
+            T *er = res ? dres + o * ld + c0 : NULL;
             const int g = end - o < FBN_GROUP ? (int)(end - o) : FBN_GROUP;
             if (nc < C) {
-                FBN_SYM(prefetch_block)(dr, C, nc, o, j1, FBN_GROUP);
-                FBN_SYM(prefetch_block)(xr, C, nc, o, j1, FBN_GROUP);
-                if (res) FBN_SYM(prefetch_block)(zr, C, nc, o, j1, FBN_GROUP);
+                FBN_SYM(prefetch_block)(dr, ld, nc, o, j1, FBN_GROUP);
+                FBN_SYM(prefetch_block)(xr, ld, nc, o, j1, FBN_GROUP);
+                if (res) FBN_SYM(prefetch_block)(zr, ld, nc, o, j1, FBN_GROUP);
             }
             /* constant g and relu: each call unrolls its own loop */
             if (ext && g == FBN_GROUP)
-                FBN_SYM(bwd_group)(dr, xr, C, nc, FBN_GROUP, 0, sh, tsh, sc, bi, acc, acc2, zr,
+                FBN_SYM(bwd_group)(dr, xr, ld, nc, FBN_GROUP, 0, sh, tsh, sc, bi, acc, acc2, zr,
                                    er, ext, slope);
             else if (ext)
                 for (int i = 0; i < g; i++)
-                    FBN_SYM(bwd_group)(dr + i * C, xr + i * C, C, nc, 1, 0, sh, tsh, sc, bi,
-                                       acc, acc2, res ? zr + i * C : NULL,
-                                       res ? er + i * C : NULL, ext, slope);
+                    FBN_SYM(bwd_group)(dr + i * ld, xr + i * ld, ld, nc, 1, 0, sh, tsh, sc, bi,
+                                       acc, acc2, res ? zr + i * ld : NULL,
+                                       res ? er + i * ld : NULL, ext, slope);
             else if (g == FBN_GROUP && relu)
-                FBN_SYM(bwd_group)(dr, xr, C, nc, FBN_GROUP, 1, sh, tsh, sc, bi, acc, acc2, NULL,
+                FBN_SYM(bwd_group)(dr, xr, ld, nc, FBN_GROUP, 1, sh, tsh, sc, bi, acc, acc2, NULL,
                                    NULL, 0, (TC)0);
             else if (g == FBN_GROUP)
-                FBN_SYM(bwd_group)(dr, xr, C, nc, FBN_GROUP, 0, sh, tsh, sc, bi, acc, acc2, NULL,
+                FBN_SYM(bwd_group)(dr, xr, ld, nc, FBN_GROUP, 0, sh, tsh, sc, bi, acc, acc2, NULL,
                                    NULL, 0, (TC)0);
             else
                 for (int i = 0; i < g; i++)
-                    FBN_SYM(bwd_group)(dr + i * C, xr + i * C, C, nc, 1, relu, sh, tsh, sc, bi,
+                    FBN_SYM(bwd_group)(dr + i * ld, xr + i * ld, ld, nc, 1, relu, sh, tsh, sc, bi,
                                        acc, acc2, NULL, NULL, 0, (TC)0);
         }
         fbn_sums_flush(one_flush, nc, acc, acc2, tot, comp, tot2, comp2);
@@ -348,7 +350,8 @@ FBN_INLINE void FBN_SYM(bwd_reduce_tile_as)(const T *dy, const T *x, const fbn_p
         FBN_SYM(sums_minus_lo)(c, fbn_acc_value(&a1), fbn_acc_value(&a2), k->lo[c], sums);
         return;
     }
-    FBN_SYM(bwd_reduce_cols)(dy, x, s->channels, r.c0, r.nc, r.j0, r.j1, k, tk, sums, scratch,
+    FBN_SYM(bwd_reduce_cols)(dy, x, s->channels, s->channels + fbn_row_gap(s), r.c0, r.nc, r.j0,
+                             r.j1, k, tk, sums, scratch,
                              z, dres, ext);
 }
 

@@ -169,10 +169,12 @@ FBN_INLINE void FBN_SYM(stream_values)(const int op, T *out, int64_t m, const T 
 #endif
 }
 
-/* Rows shape: op's m values of channel c from offset o, cached or streamed. */
+/* Rows shape: op's m values of channel c from offset o (the inputs': o + skip, see
+ * fbn_row_gap), cached or streamed. */
 FBN_INLINE void FBN_SYM(run_values)(const int op, int stream, const T *x, const T *dy, T *out,
-                                    int64_t o, int64_t m, const FBN_SYM(tcoefs) *k, int64_t c) {
-    const T *xr = x + o, *dr = FBN_TWO_INPUTS(op) ? dy + o : NULL;
+                                    int64_t o, int64_t skip, int64_t m,
+                                    const FBN_SYM(tcoefs) *k, int64_t c) {
+    const T *xr = x + o + skip, *dr = FBN_TWO_INPUTS(op) ? dy + o + skip : NULL;
     T *outr = out + o;
     const FBN_SYM(chan) h = FBN_SYM(chan_of)(op, k, c);
     if (stream)

@@ -29,6 +29,8 @@ FBN_INLINE TC FBN_SYM(masked_x)(TC dy, TC x, TC z, TC shift, TC scale, TC bias, 
  *   for (r = run_first(s, c, j0, j1); r.j < j1; run_next(s, j1, &r)) ... */
 typedef struct {
     int64_t pos, n, j, row; /* the run: offset, length, flat index; its row's start */
+    int64_t skip, gap;      /* the inputs' run is at pos + skip (skip = o * gap, see
+                             * fbn_row_gap) */
 } FBN_SYM(run_it);
 
 FBN_INLINE FBN_SYM(run_it) FBN_SYM(run_first)(const fbn_shape *s, int64_t c, int64_t j0,
@@ -39,6 +41,8 @@ FBN_INLINE FBN_SYM(run_it) FBN_SYM(run_first)(const fbn_shape *s, int64_t c, int
     r.pos = r.row + i;
     r.j = j0;
     r.n = s->inner - i < j1 - j0 ? s->inner - i : j1 - j0;
+    r.gap = fbn_row_gap(s);
+    r.skip = o * r.gap;
     return r;
 }
 
@@ -46,6 +50,7 @@ FBN_INLINE void FBN_SYM(run_next)(const fbn_shape *s, int64_t j1, FBN_SYM(run_it
     r->j += r->n;
     r->row += s->channels * s->inner;
     r->pos = r->row;
+    r->skip += r->gap;
     r->n = s->inner < j1 - r->j ? s->inner : j1 - r->j;
 }
 
@@ -111,11 +116,12 @@ FBN_INLINE void FBN_SYM(sum_runs)(const int kind, fbn_acc *a1, fbn_acc *a2, cons
                                   TC slope) {
     double l1[FBN_LANES] = {0}, l2[FBN_LANES] = {0};
     int64_t pending = 0;
-    const int64_t ahead = FBN_RUNS_AHEAD * s->channels * s->inner;
+    const int64_t ahead = FBN_RUNS_AHEAD * (s->channels * s->inner + fbn_row_gap(s));
     const int fetch = s->inner * (int64_t)sizeof(T) <= FBN_SHORT_RUN;
     for (FBN_SYM(run_it) r = FBN_SYM(run_first)(s, c, j0, j1); r.j < j1;
          FBN_SYM(run_next)(s, j1, &r)) {
-        const int64_t off = r.pos, len = r.n;
+        /* the inputs' run at off, dres's (an output: contiguous) at r.pos */
+        const int64_t off = r.pos + r.skip, len = r.n;
         if (fetch) {
             fbn_prefetch(x + off + ahead, len * (int64_t)sizeof(T));
             if (kind == FBN_SUMS_BWD) fbn_prefetch(dy + off + ahead, len * (int64_t)sizeof(T));
@@ -135,12 +141,12 @@ FBN_INLINE void FBN_SYM(sum_runs)(const int kind, fbn_acc *a1, fbn_acc *a2, cons
                 if (res) FBN_LD_N(z + b + w, zb, wn);
                 FBN_SYM(lanes_add)(kind, l1, l2, wn, xb, db, pivot, mean, shift, tshift, scale,
                                    bias, relu, zb, eb, res, slope);
-                if (res) FBN_ST_N(eb, dres + b + w, wn);
+                if (res) FBN_ST_N(eb, dres + (b - r.skip) + w, wn);
             }
 #else
             FBN_SYM(lanes_add)(kind, l1, l2, n, x + b, kind == FBN_SUMS_BWD ? dy + b : NULL,
                                pivot, mean, shift, tshift, scale, bias, relu,
-                               res ? z + b : NULL, res ? dres + b : NULL, res, slope);
+                               res ? z + b : NULL, res ? dres + (b - r.skip) : NULL, res, slope);
 #endif
             at += n;
             pending += n;

@@ -108,12 +108,13 @@ FBN_INLINE void FBN_SYM(elemwise_tile)(const int op, const T *x, const T *dy, T 
                                        const fbn_plan *p, int64_t t,
                                        const FBN_SYM(tcoefs) *k) {
     const fbn_shape *s = &p->s;
-    const int64_t C = s->channels;
+    const int64_t C = s->channels, gap = fbn_row_gap(s);
     if (p->rows) { /* row tiles: whole (o, c) rows */
         const int64_t f0 = t * p->rows, n = s->outer * C;
         const int64_t f1 = f0 + p->rows < n ? f0 + p->rows : n;
         for (int64_t f = f0; f < f1; f++)
-            FBN_SYM(run_values)(op, p->stream, x, dy, out, f * s->inner, s->inner, k, f % C);
+            FBN_SYM(run_values)(op, p->stream, x, dy, out, f * s->inner, f / C * gap, s->inner,
+                                k, f % C);
     } else if (s->inner > 1) { /* one channel's runs (fused passes) */
         const FBN_SYM(tile) r = FBN_SYM(tile_of)(p, t);
         /* the output's runs, a channel stride apart, are fetched for writing
@@ -128,7 +129,7 @@ FBN_INLINE void FBN_SYM(elemwise_tile)(const int op, const T *x, const T *dy, T 
         for (; u.j < r.j1; FBN_SYM(run_next)(s, r.j1, &u)) {
             if (fetch && u.pos + ahead < s->outer * C * s->inner)
                 fbn_prefetch_w(out + u.pos + ahead, s->inner * (int64_t)sizeof(T));
-            FBN_SYM(run_values)(op, p->stream, x, dy, out, u.pos, u.n, k, r.c0);
+            FBN_SYM(run_values)(op, p->stream, x, dy, out, u.pos, u.skip, u.n, k, r.c0);
         }
     } else {
         const FBN_SYM(tile) r = FBN_SYM(tile_of)(p, t);
@@ -139,12 +140,13 @@ FBN_INLINE void FBN_SYM(elemwise_tile)(const int op, const T *x, const T *dy, T 
                              : FBN_SYM(same_sets)(out, x, C) || FBN_SYM(same_sets)(out, dy, C) ||
                                    FBN_SYM(same_sets)(dy, x, C);
         const int pairs = !p->stream && same;
+        const int64_t ld = C + gap; /* the inputs' rows (see fbn_row_gap) */
         if (p->stream && FBN_SYM(row_by_row)(C, k->period, arrays, p->l1_half)) {
             for (int64_t j = r.j0; j < r.j1; j++)
                 for (int64_t c = r.c0; c < r.c0 + r.nc; c += FBN_CHUNK) {
                     const int64_t o = j * C + c, left = r.c0 + r.nc - c;
                     const int64_t m = left < FBN_CHUNK ? left : FBN_CHUNK;
-                    FBN_SYM(span_rows)(op, x, dy, o, C, buf, FBN_CHUNK, m, k, c, 1);
+                    FBN_SYM(span_rows)(op, x, dy, o + j * gap, ld, buf, FBN_CHUNK, m, k, c, 1);
                     FBN_SYM(stream_out)(out + o, buf, m);
                 }
         } else {
@@ -153,16 +155,19 @@ FBN_INLINE void FBN_SYM(elemwise_tile)(const int op, const T *x, const T *dy, T 
             for (FBN_SYM(span_it) sp = FBN_SYM(span_first)(s, &r, k->period, at); sp.rows > 0;
                  FBN_SYM(span_next)(s, &r, k->period, &sp)) {
                 const int64_t o = sp.off, ch = sp.ch, m = sp.m, rows = sp.rows;
+                /* the inputs' span (a flat span, group -1, only without a gap) */
+                const int64_t oi = o + sp.group * gap;
                 T *to = p->stream ? buf : out + o;
                 const int64_t ldo = p->stream ? FBN_SPAN : C;
                 if (rows == FBN_GROUP && !pairs) {
-                    FBN_SYM(span_rows)(op, x, dy, o, C, to, ldo, m, k, ch, FBN_GROUP);
+                    FBN_SYM(span_rows)(op, x, dy, oi, ld, to, ldo, m, k, ch, FBN_GROUP);
                 } else if (rows == FBN_GROUP) { /* see fbn_same_sets_<sfx> */
-                    FBN_SYM(span_rows)(op, x, dy, o, C, to, ldo, m, k, ch, 2);
-                    FBN_SYM(span_rows)(op, x, dy, o + 2 * C, C, to + 2 * ldo, ldo, m, k, ch, 2);
+                    FBN_SYM(span_rows)(op, x, dy, oi, ld, to, ldo, m, k, ch, 2);
+                    FBN_SYM(span_rows)(op, x, dy, oi + 2 * ld, ld, to + 2 * ldo, ldo, m, k, ch, 2);
                 } else {
                     for (int64_t i = 0; i < rows; i++)
-                        FBN_SYM(span_rows)(op, x, dy, o + i * C, C, to + i * ldo, ldo, m, k, ch, 1);
+                        FBN_SYM(span_rows)(op, x, dy, oi + i * ld, ld, to + i * ldo, ldo, m, k, ch,
+                                           1);
                 }
                 if (p->stream)
                     for (int64_t i = 0; i < rows; i++)

@@ -40,6 +40,13 @@ typedef struct {
 
 enum { FBN_ELEMWISE = 0, FBN_REDUCTION = 1 };
 
+/* How much further apart the inputs' rows are than a contiguous array's (see
+ * fbn_shape.row_stride): input value (o, c, i) is at the output's offset plus
+ * o * gap. 0 when contiguous. */
+static inline int64_t fbn_row_gap(const fbn_shape *s) {
+    return s->row_stride ? s->row_stride - s->channels * s->inner : 0;
+}
+
 /* Compile-time constant arguments of the shared kernel bodies (they fold away
  * after inlining): which sums fbn_sum_runs_<sfx> adds, which elementwise pass
  * fbn_elemwise_tile_<sfx> computes (FBN_OP_COPY: a
