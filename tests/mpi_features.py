@@ -43,23 +43,28 @@ MISMATCHES = [
 ]
 
 
+ROWS = (4, 3)  # rank r's batch: ROWS[0] + ROWS[1] * r rows (tests/mpi_half.py sets its own)
+
+
 def rows():
-    n = [4 + 3 * r for r in range(SIZE)]
+    n = [ROWS[0] + ROWS[1] * r for r in range(SIZE)]
     if SIZE >= 3:
         n[1] = 0
     return n
 
 
-def inputs(rng, kw, dtype):
+def inputs(rng, kw, dtype, loc=1.5, scale=2.0, param_dtype=np.float64):
     """The whole batch and parameters, the same on every rank."""
     n = rows()
-    x = rng.normal(1.5, 2.0, (sum(n), 3, 4, 5)).astype(dtype)
+    x = rng.normal(loc, scale, (sum(n), 3, 4, 5)).astype(dtype)
     axis = kw.get("axis", 1)
     axes = (axis,) if isinstance(axis, int) else axis
     C = int(np.prod([x.shape[a] for a in axes]))
     d = dict(x=x, dy=rng.standard_normal(x.shape).astype(dtype),
              gamma=rng.uniform(0.5, 2.0, C), beta=rng.normal(0, 1, C),
              running_mean=rng.normal(1.0, 1.0, C), running_var=rng.uniform(2.0, 6.0, C))
+    for k in ("gamma", "beta", "running_mean", "running_var"):
+        d[k] = d[k].astype(param_dtype)
     kw = dict(kw)
     if kw.get("mask") is True:
         shape = tuple(1 if a in axes else s for a, s in enumerate(x.shape))
@@ -123,25 +128,30 @@ def run_mismatch(name, make, seed):
     return dict(case=dict(name=name), ranks=COMM.gather(mine, root=0))
 
 
-def main():
-    outfile = sys.argv[1]
-    results = []
+def run_ranks(outfile, body):
+    """body() on every rank -> dict; rank 0 pickles it with the run's facts. An
+    exception aborts the job (reported by the test, not a hang)."""
     try:
-        for i, (name, kw, dtype) in enumerate(CASES):
-            results.append(run_case(name, kw, dtype, 100 + i))
-        for i, (name, make) in enumerate(MISMATCHES):
-            results.append(run_mismatch(name, make, 200 + i))
-        # the communicator still works after the mismatches (the ranks stayed in step)
-        y, _ = sync_forward(np.full((2, 3), float(RANK)), comm=COMM)
-        after = COMM.gather(y, root=0)
+        found = body()
     except Exception:  # noqa: BLE001 - reported by the test, not a hang
         sys.stderr.write(f"rank {RANK}:\n{traceback.format_exc()}")
         sys.stderr.flush()
         COMM.Abort(1)
     if RANK == 0:
         with open(outfile, "wb") as f:
-            pickle.dump(dict(size=SIZE, backend=fastbn.backend, results=results,
-                             after=after), f)
+            pickle.dump(dict(size=SIZE, backend=fastbn.backend, **found), f)
+
+
+def cases_and_mismatches():
+    results = [run_case(name, kw, dtype, 100 + i) for i, (name, kw, dtype) in enumerate(CASES)]
+    results += [run_mismatch(name, make, 200 + i) for i, (name, make) in enumerate(MISMATCHES)]
+    # the communicator still works after the mismatches (the ranks stayed in step)
+    y, _ = sync_forward(np.full((2, 3), float(RANK)), comm=COMM)
+    return dict(results=results, after=COMM.gather(y, root=0))
+
+
+def main():
+    run_ranks(sys.argv[1], cases_and_mismatches)
 
 
 if __name__ == "__main__":

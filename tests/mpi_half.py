@@ -3,20 +3,18 @@ SyncBatchNorm with float16 and bfloat16 data (float32 parameters and running sta
 on a batch split unevenly over the ranks (one rank empty with 3 ranks or more), plain
 and with issue 20's keywords; the dtypes of the payloads fastbn exchanges are recorded.
 Each rank's results pickled by rank 0."""
-import pickle
 import sys
-import traceback
 
 import ml_dtypes
 import numpy as np
-from mpi4py import MPI
 
-import fastbn
 from fastbn import _sync_features, _sync_ops
 from fastbn.distributed import SyncBatchNorm, sync_backward, sync_forward
 
-COMM = MPI.COMM_WORLD
-RANK, SIZE = COMM.Get_rank(), COMM.Get_size()
+import mpi_features  # noqa: E402 - the shared harness (this directory is sys.path[0])
+from mpi_features import COMM, inputs, part, rows, run_ranks  # noqa: E402
+
+mpi_features.ROWS = (5, 4)
 BF16 = np.dtype(ml_dtypes.bfloat16)
 CASES = [(name, kw, dt) for dt in (np.dtype(np.float16), BF16) for name, kw in [
     ("plain", {}), ("relu", dict(activation="relu")),
@@ -35,34 +33,10 @@ def _spy(module):
     module._exchange = exchange
 
 
-def rows():
-    n = [5 + 4 * r for r in range(SIZE)]
-    if SIZE >= 3:
-        n[1] = 0
-    return n
-
-
-def part(a):
-    start = sum(rows()[:RANK])
-    return a[start:start + rows()[RANK]]
-
-
 def run_case(name, kw, dtype, seed):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(2.0, 3.0, (sum(rows()), 3, 4, 5)).astype(dtype)
-    axis = kw.get("axis", 1)
-    axes = (axis,) if isinstance(axis, int) else axis
-    C = int(np.prod([x.shape[a] for a in axes]))
-    d = dict(x=x, dy=rng.standard_normal(x.shape).astype(dtype),
-             gamma=rng.uniform(0.5, 2.0, C).astype(np.float32),
-             beta=rng.normal(0, 1, C).astype(np.float32),
-             running_mean=rng.normal(1.0, 1.0, C).astype(np.float32),
-             running_var=rng.uniform(2.0, 6.0, C).astype(np.float32))
-    kw = dict(kw)
-    if kw.get("mask") is True:
-        kw["mask"] = rng.random(tuple(1 if a in axes else s for a, s in enumerate(x.shape))) > 0.35
-    if kw.get("residual") is True:
-        kw["residual"] = rng.standard_normal(x.shape).astype(dtype)
+    d, kw = inputs(np.random.default_rng(seed), kw, dtype, loc=2.0, scale=3.0,
+                   param_dtype=np.float32)
+    x, C = d["x"], d["gamma"].size
     local = {k: part(v) if k in ("mask", "residual") else v for k, v in kw.items()}
     rm, rv = d["running_mean"].copy(), d["running_var"].copy()
     y, cache = sync_forward(part(x), d["gamma"], d["beta"], comm=COMM, running_mean=rm,
@@ -82,23 +56,15 @@ def run_case(name, kw, dtype, seed):
                 ranks=COMM.gather(mine, root=0))
 
 
-def main():
-    outfile = sys.argv[1]
+def cases():
     _spy(_sync_ops)
     _spy(_sync_features)
-    results = []
-    try:
-        for i, (name, kw, dtype) in enumerate(CASES):
-            results.append(run_case(name, kw, dtype, 300 + i))
-        payloads = COMM.gather(sorted(PAYLOADS, key=str), root=0)
-    except Exception:  # noqa: BLE001 - reported by the test, not a hang
-        sys.stderr.write(f"rank {RANK}:\n{traceback.format_exc()}")
-        sys.stderr.flush()
-        COMM.Abort(1)
-    if RANK == 0:
-        with open(outfile, "wb") as f:
-            pickle.dump(dict(size=SIZE, backend=fastbn.backend, results=results,
-                             payloads=payloads), f)
+    results = [run_case(name, kw, dtype, 300 + i) for i, (name, kw, dtype) in enumerate(CASES)]
+    return dict(results=results, payloads=COMM.gather(sorted(PAYLOADS, key=str), root=0))
+
+
+def main():
+    run_ranks(sys.argv[1], cases)
 
 
 if __name__ == "__main__":
