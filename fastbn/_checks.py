@@ -317,10 +317,9 @@ def canonical(a, axis):
     shape = canonical_shape(a.shape, axis)
     if a.flags.c_contiguous:
         return aligned_contiguous(a).reshape(shape)
-    try:
-        v = a.reshape(shape, copy=False)
-    except ValueError:  # no view of that shape
-        return aligned_contiguous(a).reshape(shape)
+    v = a.reshape(shape)  # a view when one exists, else a C-contiguous copy (any NumPy)
+    if not np.may_share_memory(v, a):
+        return aligned_contiguous(v)
     outer, C, inner = shape
     s0, s1, s2 = v.strides
     n = v.itemsize
