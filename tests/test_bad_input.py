@@ -622,6 +622,10 @@ def test_layer_forward_backward(data):
     ctx = data.draw(contexts())
     bn = BatchNorm(ctx.C, axis=ctx.axis, dtype=data.draw(st.sampled_from([np.float32, np.float64])),
                    activation=data.draw(st.sampled_from([None, "relu"])))
+    # beta away from the ReLU's kink: a constant channel (the broadcast x) has y == beta
+    # exactly in fastbn and beta +- a rounding error in the reference (its rounded mean,
+    # docs/numerics.md), so at beta = 0 the two masks would differ by design
+    bn.params["beta"][...] = 0.25
     if data.draw(st.booleans()):
         bn.eval()
     target = data.draw(st.sampled_from(["x", "out", "dy", "dx out", "gamma", "beta"]))
