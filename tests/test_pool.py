@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(fastbn.backend != "c" or not hasattr(os, "sched_
                                 reason="Linux CPU affinity and the C backend")
 
 PRELUDE = textwrap.dedent("""
-    import ctypes, os
+    import ctypes, os, time
     import numpy as np
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # before any worker exists
     import fastbn
@@ -63,6 +63,19 @@ PRELUDE = textwrap.dedent("""
             out += [a.tobytes() for a in (y, dx, dg, db)]
         return out
 
+    def run_until(read, tries, pause=0.0):
+        # run() (each result checked against the 1-thread bits) until both counters
+        # read() returns are positive, or `tries` calls; prints and returns them
+        for i in range(tries):
+            assert run() == expected, f"call {i}"
+            if pause:
+                time.sleep(pause)  # the caller leaves the CPU: a woken worker runs
+            a, b = read()
+            if a > 0 and b > 0:
+                break
+        print(a, b)
+        return a, b
+
     fastbn.set_num_threads(1)
     expected = run()
     fastbn.set_num_threads(2)
@@ -84,12 +97,7 @@ def test_worker_on_the_callers_cpu_makes_the_pool_back_off_with_the_same_bits():
     # on two threads; from then on it backs off (loops on the caller alone); results
     # are the 1-thread results bitwise throughout
     out = run_case("""
-        for i in range(300):
-            assert run() == expected, f"call {i}"
-            alone, shared = counters()
-            if alone > 0 and shared > 0:
-                break
-        print(alone, shared)
+        alone, shared = run_until(counters, 300)
         assert shared > 0, "the worker never ran a tile on the caller's CPU"
         assert alone > 0, "the pool did not back off after sharing a CPU"
         for i in range(5):
@@ -107,12 +115,7 @@ def test_short_loops_back_off_after_the_first_loop_that_shared_the_cpu():
     # time-based checks fire or not depending on the machine's load). At most 3 allows
     # for a back-off that expired while the process waited for a CPU.
     out = run_case("""
-        for i in range(3000):
-            assert run() == expected, f"call {i}"
-            alone, shared = counters()
-            if alone > 0 and shared > 0:
-                break
-        print(alone, shared)
+        run_until(counters, 3000)
         assert run() == expected
     """, data="small")
     alone, shared = map(int, out.split())
@@ -126,15 +129,8 @@ def test_a_worker_woken_after_its_loop_ended_flags_the_next_loop():
     # the caller's next loop, which starts a back-off. Back-off off: every loop is still
     # published, so the count of late wake-ups keeps growing; the bits never change.
     out = run_case("""
-        import time
         _kernels.pool_set_backoff(False)
-        for i in range(300):
-            assert run() == expected, f"call {i}"
-            time.sleep(0.001)  # the caller leaves the CPU: the woken worker runs
-            wakes, loops = late_counters()
-            if wakes > 0 and loops > 0:
-                break
-        print(wakes, loops)
+        run_until(late_counters, 300, pause=0.001)
         assert run() == expected
     """, data="small")
     wakes, loops = map(int, out.split())
