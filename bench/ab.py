@@ -74,6 +74,12 @@ def make_call(k, op, x, dy, out, v, axis, threads):
     """A no-argument call of op on module k (outputs out and v: the same arrays for
     both builds, so that neither gains from its addresses)."""
     C = x.shape[axis]
+    front_x, front_dy = x, dy
+    dt = {}  # half data: the kernels take their bits and a dtype code (fastbn._core._k/_dt)
+    if x.dtype.itemsize == 2:
+        from fastbn import _core
+        dt = {"dt": _core._dt(x)}
+        x, dy, out = (_core._k(a) for a in (x, dy, out))
     x3 = x.reshape(canonical_shape(x.shape, axis))
     dy3 = dy.reshape(x3.shape)
     out = out.reshape(x3.shape)
@@ -82,29 +88,37 @@ def make_call(k, op, x, dy, out, v, axis, threads):
     invstd = 1 / np.sqrt(var + 1e-5)
     k_dy, k_x, mean_dy = gamma * invstd, np.full(C, -0.01), np.full(C, 0.02)
     if op == "forward-train":
-        return lambda: k.forward_train(x3, out, gamma, beta, 1e-5, False, *v[:4], threads)
+        return lambda: k.forward_train(x3, out, gamma, beta, 1e-5, False, *v[:4], threads, **dt)
     if op == "inference":
         return lambda: k.forward_infer(x3, out, mean, var, gamma, beta, 1e-5, False, v[0],
-                                       threads)
+                                       threads, **dt)
     if op == "backward":
         return lambda: k.backward_fused(dy3, x3, out, mean, v[1], invstd, gamma, beta, False,
-                                        True, v[2], v[3], threads)
+                                        True, v[2], v[3], threads, **dt)
     if op == "stats":
-        return lambda: k.batch_stats(x3, *v[:3], threads)
+        return lambda: k.batch_stats(x3, *v[:3], threads, **dt)
     if op == "affine":
-        return lambda: k.affine(x3, out, mean, invstd, beta, False, threads)
+        return lambda: k.affine(x3, out, mean, invstd, beta, False, threads, **dt)
     if op == "reduce":
-        return lambda: k.backward_reduce(dy3, x3, mean, None, None, False, v[0], v[1], threads)
+        return lambda: k.backward_reduce(dy3, x3, mean, None, None, False, v[0], v[1], threads, **dt)
     if op == "elemt":
         return lambda: k.backward_elemt(dy3, x3, out, mean, invstd, k_dy, k_x, mean_dy, None,
-                                        None, False, threads)
-    g, b = gamma.astype(x.dtype), beta.astype(x.dtype)
+                                        None, False, threads, **dt)
+    g, b = gamma.astype(np.float32 if dt else x.dtype), beta.astype(np.float32 if dt else x.dtype)
     if op == "front-forward":
-        return lambda: k.forward(x, g, b, axis=axis)
+        return lambda: k.forward(front_x, g, b, axis=axis)
     if op == "front-backward":
-        _, cache = k.forward(x, g, b, axis=axis)
-        return lambda: k.backward(dy, cache)
+        _, cache = k.forward(front_x, g, b, axis=axis)
+        return lambda: k.backward(front_dy, cache)
     raise ValueError(op)
+
+
+def data_dtype(name):
+    """np.dtype of a --dtypes name: float32, float64, float16 or bfloat16 (ml_dtypes)."""
+    if name == "bfloat16":
+        import ml_dtypes
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
 
 
 def parse_shape(text):
@@ -136,7 +150,8 @@ def main(argv):
     ap.add_argument("--shapes", help="comma-separated names of " + ", ".join(SHAPES) +
                     ", or explicit shapes such as 256x64 or 8x14x14x32:-1 (':axis')")
     ap.add_argument("--ops", help="comma-separated, of " + ", ".join(OPS + FRONT_OPS))
-    ap.add_argument("--dtypes", default="float32,float64")
+    ap.add_argument("--dtypes", default="float32,float64",
+                    help="comma-separated, of float32, float64, float16, bfloat16")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--json", help="save every sample here")
     ap.add_argument("--cpu-time", action="store_true",
@@ -172,8 +187,8 @@ def main(argv):
         shape, axis = SHAPES[name] if name in SHAPES else parse_shape(name)
         ops = a.ops.split(",") if a.ops else OPS + (FRONT_OPS if name.startswith("small") else [])
         for dtype in a.dtypes.split(","):
-            x = (rng.standard_normal(shape) * 2 + 1).astype(dtype)
-            dy = rng.standard_normal(shape).astype(dtype)
+            x = (rng.standard_normal(shape) * 2 + 1).astype(data_dtype(dtype))
+            dy = rng.standard_normal(shape).astype(data_dtype(dtype))
             out = np.empty_like(x)
             v = [np.zeros(shape[axis]) for _ in range(8)]
             for op in ops:
