@@ -267,7 +267,7 @@ def torch_ops(torch, d):
     dy = torch.from_numpy(d["dy"]).movedim(d["axis"], 1)
     w, b = torch.from_numpy(d["gamma"]), torch.from_numpy(d["beta"])
     C, eps = d["C"], 1e-5
-    rm, rv = torch.zeros(C, dtype=x.dtype), torch.ones(C, dtype=x.dtype)
+    rm, rv = torch.zeros(C, dtype=w.dtype), torch.ones(C, dtype=w.dtype)  # float32 for half data
     y, save_mean, save_invstd = aten.native_batch_norm(x, w, b, rm, rv, True, 0.1, eps)
     y_out = torch.ones_like(y)
     sm_out, si_out = torch.empty_like(save_mean), torch.empty_like(save_invstd)
