@@ -409,7 +409,7 @@ def test_front_takes_row_strided_views(full, sl, axis, mode, dtype, checked_call
     rng = np.random.default_rng(11)
     x, dy = _base(rng, full, dtype)[sl], _base(rng, full, dtype)[sl]
     assert not x.flags.c_contiguous and dy.strides == x.strides
-    assert np.shares_memory(_checks.canonical(x, axis), x)  # the checked path copies nothing
+    assert np.shares_memory(_checks.canonical(x, axis % x.ndim), x)  # no copy there either
     xc, dyc = np.ascontiguousarray(x), np.ascontiguousarray(dy)
     C = x.shape[axis]
     gamma, beta = _vector(rng, C, dtype), _vector(rng, C, np.float64)
