@@ -313,7 +313,8 @@ def aligned_contiguous(a):
 def canonical(a, axis):
     """`a` as an aligned (outer, C, inner) array whose (C, inner) blocks are contiguous:
     a view when possible, also of a slice whose rows (outer) are further apart
-    (x[:, a:b], x[::2]: src_c/fastbn.h, fbn_shape.row_stride), else a C-contiguous copy."""
+    (x[:, a:b], x[::2]: src_c/fastbn.h, fbn_shape.row_stride), else a C-contiguous copy.
+    The compiled front end decides the same in fastbn/_front.pxi, canonical_view."""
     shape = canonical_shape(a.shape, axis)
     if a.flags.c_contiguous:
         return aligned_contiguous(a).reshape(shape)
@@ -331,7 +332,8 @@ def canonical(a, axis):
 
 def canonical_inputs(axis, *arrays):
     """canonical() of the inputs of one kernel (x, dy, residual; None stays None), which
-    share one row stride: views when they have one, else every strided one copied."""
+    share one row stride: views when they have one, else every strided one copied (the
+    front end's backward: canonical_view of x and dy, equal row strides)."""
     views = [None if a is None else canonical(a, axis) for a in arrays]
     if len({v.strides[0] for v in views if v is not None and v.shape[0] > 1}) <= 1:
         return views

@@ -1,7 +1,8 @@
 # The compiled front end of forward and backward (included by _kernels.pyx).
 #
 # A call whose arguments are all of the common, plainly valid kinds (plain float32/float64
-# arrays, C-contiguous and aligned, no out=, Python scalars of the expected types) is
+# arrays, aligned, C-contiguous or row-strided as fastbn._checks.canonical takes them
+# without a copy, no out=, Python scalars of the expected types) is
 # checked and dispatched here, in one kernel call with its running-statistics update,
 # without NumPy calls: a small batch then costs about what its arithmetic costs. Every
 # other call, and every call that would raise, goes to the checked path in
@@ -84,14 +85,19 @@ cdef inline cnp.ndarray copy_vector(cnp.ndarray v):
     return c
 
 
-cdef inline bint plain_data(object a):
-    """A plain ndarray of native float32/float64, C-contiguous and aligned."""
+cdef inline bint plain_typed(object a):
+    """A plain ndarray of native float32/float64, aligned (any strides)."""
     if type(a) is not cnp.ndarray:
         return False
     cdef cnp.ndarray arr = <cnp.ndarray>a
     cdef int t = cnp.PyArray_TYPE(arr)
-    return ((t == cnp.NPY_FLOAT or t == cnp.NPY_DOUBLE) and cnp.PyArray_IS_C_CONTIGUOUS(arr)
-            and cnp.PyArray_ISALIGNED(arr) and cnp.PyArray_ISNOTSWAPPED(arr))
+    return ((t == cnp.NPY_FLOAT or t == cnp.NPY_DOUBLE) and cnp.PyArray_ISALIGNED(arr)
+            and cnp.PyArray_ISNOTSWAPPED(arr))
+
+
+cdef inline bint plain_data(object a):
+    """A plain ndarray of native float32/float64, C-contiguous and aligned."""
+    return plain_typed(a) and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a)
 
 
 cdef inline bint plain_vector(object v, int64_t C):
@@ -125,11 +131,20 @@ cdef inline void write_vector(const double *src, int64_t C, cnp.ndarray v) noexc
 
 
 cdef inline char *data_end(cnp.ndarray a) noexcept:
-    return <char *>cnp.PyArray_DATA(a) + cnp.PyArray_NBYTES(a)
+    """One past a's last byte, for a of non-negative strides (contiguous, or a
+    row-strided x): the bytes a spans, the gaps between its rows included."""
+    cdef char *end = <char *>cnp.PyArray_DATA(a)
+    cdef int d
+    if cnp.PyArray_SIZE(a) == 0:
+        return end
+    for d in range(cnp.PyArray_NDIM(a)):
+        end += (cnp.PyArray_DIM(a, d) - 1) * cnp.PyArray_STRIDE(a, d)
+    return end + cnp.PyArray_ITEMSIZE(a)
 
 
 cdef inline bint apart(cnp.ndarray a, object b):
-    """Whether contiguous a does not overlap b (None or a contiguous array)."""
+    """Whether contiguous a does not overlap b (None, a contiguous array or a
+    row-strided x: its span, gaps included, counts as overlapped)."""
     if b is None:
         return True
     cdef cnp.ndarray other = <cnp.ndarray>b
@@ -142,8 +157,8 @@ cdef inline bint plain_activation(object activation):
                                                               or activation == "identity"))
 
 
-cdef inline bint canonical_shape_of(cnp.ndarray x, int axis, fbn_shape *s) noexcept:
-    """(outer, C, inner) of C-contiguous x, as fastbn._checks.canonical_shape."""
+cdef inline void canonical_shape_of(cnp.ndarray x, int axis, fbn_shape *s) noexcept:
+    """(outer, C, inner) of x, as fastbn._checks.canonical_shape; row_stride 0."""
     cdef int d, nd = cnp.PyArray_NDIM(x)
     cdef int64_t outer = 1, inner = 1
     for d in range(axis):
@@ -151,9 +166,40 @@ cdef inline bint canonical_shape_of(cnp.ndarray x, int axis, fbn_shape *s) noexc
     for d in range(axis + 1, nd):
         inner *= cnp.PyArray_DIM(x, d)
     s.outer, s.channels, s.inner = outer, cnp.PyArray_DIM(x, axis), inner
-    s.row_stride = 0  # contiguous (row-strided inputs take the checked paths)
+    s.row_stride = 0
     if s.channels == 1:
         s.outer, s.inner = 1, outer * inner
+
+
+@cython.cdivision(True)
+cdef inline bint canonical_view(cnp.ndarray x, int axis, fbn_shape *s) noexcept:
+    """Whether the kernels read aligned x where it is, as fastbn._checks.canonical
+    decides: C-contiguous, or (C, inner) blocks contiguous and rows (outer) one
+    positive stride apart, a whole number of values and at least a block (x[:, a:b],
+    x[::2], NCHW x[:, c0:c1]); s gets x's shape and row_stride (0: contiguous).
+    Anything else (a copy there) is the checked path's."""
+    canonical_shape_of(x, axis, s)
+    if cnp.PyArray_IS_C_CONTIGUOUS(x):
+        return True
+    if s.channels == 1:  # (1, 1, size): one contiguous run, which x is not
+        return False
+    cdef int d
+    cdef cnp.npy_intp n = cnp.PyArray_ITEMSIZE(x)
+    cdef cnp.npy_intp step = n, row = 0, dim, block
+    cdef bint rows = False
+    for d in range(cnp.PyArray_NDIM(x) - 1, -1, -1):  # dimensions of one value aside
+        dim = cnp.PyArray_DIM(x, d)
+        if dim == 1:
+            continue
+        if d < axis and not rows:  # the innermost row dimension sets the row stride
+            rows, row, step = True, cnp.PyArray_STRIDE(x, d), cnp.PyArray_STRIDE(x, d)
+        if cnp.PyArray_STRIDE(x, d) != step:  # not a block, or rows of several strides
+            return False
+        step *= dim
+    block = s.channels * s.inner * n
+    if rows and (row % n != 0 or row < block):
+        return False
+    s.row_stride = row // n if rows and row != block else 0
     return True
 
 
@@ -178,7 +224,7 @@ def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
     cdef const double *b = NULL
     cdef int nthreads, gt, bt
     cdef fbn_epilogue epi
-    if (out is not None or not plain_data(x) or type(axis) is not int or not -64 <= axis < 64
+    if (out is not None or not plain_typed(x) or type(axis) is not int or not -64 <= axis < 64
             or type(eps) is not float
             or type(training) is not bool or type(momentum) is not float
             or type(unbiased_running_var) is not bool or not plain_activation(activation)
@@ -199,7 +245,8 @@ def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
     running = running_mean is not None
     C = cnp.PyArray_DIM(xa, ax) if 0 <= ax < nd else 0
     count = cnp.PyArray_SIZE(xa) // C if C else 0
-    if (nd < 2 or C == 0 or not (0.0 < e <= DBL_MAX) or not (0.0 <= mom <= 1.0)
+    if (nd < 2 or C == 0 or not canonical_view(xa, ax, &s)
+            or not (0.0 < e <= DBL_MAX) or not (0.0 <= mom <= 1.0)
             # the checked path shows the one-time warning for a momentum > 0.5
             or (running and train and mom > 0.5 and not _checks._momentum_warned)
             or (train and count < 2)
@@ -222,7 +269,6 @@ def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
                                 unbiased_running_var=unbiased_running_var)
     relu = activation == "relu"
     f32 = cnp.PyArray_TYPE(xa) == cnp.NPY_FLOAT
-    canonical_shape_of(xa, ax, &s)
     nthreads = threads_for(cnp.PyArray_SIZE(xa))
     y = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(xa), cnp.PyArray_TYPE(xa), 0)
     mean, invstd = new_vector(C), new_vector(C)
@@ -317,7 +363,7 @@ def backward(dy, cache, *, out=None, need_dx=True):
     cdef cnp.ndarray x, dya, dx, dgamma = None, dbeta = None, mean, invstd, lo = None
     cdef int ax, nd, st = 0
     cdef int64_t C, d
-    cdef fbn_shape s
+    cdef fbn_shape s, sdy
     cdef bint relu, train
     cdef double *work
     cdef const double *g = NULL
@@ -326,11 +372,11 @@ def backward(dy, cache, *, out=None, need_dx=True):
     cdef double *sum_dy_xhat
     cdef int nthreads
     # a FeatureCache (a forward with keywords beyond the plain ones) is not a _Cache
-    if out is not None or type(cache) is not _Cache or not plain_data(dy) or need_dx is not True:
+    if out is not None or type(cache) is not _Cache or not plain_typed(dy) or need_dx is not True:
         return _checked_backward(dy, cache, out=out, need_dx=need_dx)
     x_obj, ax_obj = cache.x, cache.axis
     gamma, beta, activation = cache.gamma, cache.beta, cache.activation
-    if (not plain_data(x_obj) or type(ax_obj) is not int or not 0 <= ax_obj < 64
+    if (not plain_typed(x_obj) or type(ax_obj) is not int or not 0 <= ax_obj < 64
             or type(cache.training) is not bool
             or cache.x_overwritten is not False or cache.x_written is not False
             or not plain_activation(activation)):
@@ -344,7 +390,9 @@ def backward(dy, cache, *, out=None, need_dx=True):
             ok = ok and cnp.PyArray_DIM(dya, d) == cnp.PyArray_DIM(x, d)
     C = cnp.PyArray_DIM(x, ax) if ok else 0
     mean_obj, lo_obj, invstd_obj = cache.mean, cache._mean_lo, cache.invstd
-    if (not ok or C == 0 or type(cache.count) is not int
+    # x and dy read where they are when they share one row stride (canonical_inputs)
+    if (not ok or C == 0 or not canonical_view(x, ax, &s) or not canonical_view(dya, ax, &sdy)
+            or sdy.row_stride != s.row_stride or type(cache.count) is not int
             or cache.count != cnp.PyArray_SIZE(x) // C
             or not plain_stats(mean_obj, C) or not plain_stats(invstd_obj, C)
             or not (lo_obj is None or (plain_stats(lo_obj, C) and residual_ok(
@@ -357,7 +405,6 @@ def backward(dy, cache, *, out=None, need_dx=True):
     if lo_obj is not None:
         lo = <cnp.ndarray>lo_obj
     relu, train = activation == "relu", cache.training
-    canonical_shape_of(x, ax, &s)
     nthreads = threads_for(cnp.PyArray_SIZE(x))
     dx = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(x), cnp.PyArray_TYPE(x), 0)
     if gamma is not None:

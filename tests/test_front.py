@@ -53,7 +53,7 @@ def _vector(rng, C, dtype):
     return None if dtype is None else rng.uniform(0.5, 2.0, C).astype(dtype) * rng.choice([-1, 1], C)
 
 
-def _assert_same_cache(a, b):
+def _assert_same_cache(a, b, same_x=True):
     for name in ("mean", "invstd", "gamma", "beta"):
         va, vb = getattr(a, name), getattr(b, name)
         assert (va is None) == (vb is None), name
@@ -65,7 +65,7 @@ def _assert_same_cache(a, b):
     for name in ("count", "axis", "eps", "training", "activation", "x_overwritten", "x_written"):
         assert getattr(a, name) == getattr(b, name), name
         assert type(getattr(a, name)) is type(getattr(b, name)), name
-    assert a.x is b.x
+    assert a.x is b.x or not same_x
 
 
 calls_case = st.fixed_dictionaries(dict(
@@ -77,7 +77,27 @@ calls_case = st.fixed_dictionaries(dict(
     training=st.booleans(), running=st.sampled_from([None, np.float32, np.float64]),
     activation=st.sampled_from([None, "relu", "identity"]),
     momentum=st.sampled_from([0.0, 0.1, 1.0]), eps=st.sampled_from([1e-5, 0.5]),
-    offset=st.sampled_from([0.0, 1e4]), seed=st.integers(0, 2**16)))
+    offset=st.sampled_from([0.0, 1e4]), seed=st.integers(0, 2**16),
+    layout=st.sampled_from(["contiguous", "channels", "rows"]), pad=st.integers(1, 3)))
+
+
+def _laid_out(a, layout, axis, pad):
+    """a itself, or its values in a slice of a larger array padded with NaN (a kernel
+    reading outside the view shows it): along the channel axis (rows further apart than
+    a block: row-strided unless one row or one channel), or every (pad + 1)-th row
+    (row-strided when the channel axis is 1)."""
+    if layout == "contiguous":
+        return a
+    big = list(a.shape)
+    if layout == "channels":
+        big[axis] += pad
+        view = (slice(None),) * axis + (slice(1, 1 + a.shape[axis]),)
+    else:
+        big[0] *= pad + 1
+        view = (slice(None, None, pad + 1),)
+    out = np.full(big, np.nan, a.dtype)[view]
+    out[...] = a
+    return out
 
 
 @given(case=calls_case)
@@ -101,6 +121,11 @@ def _front_matches_checked_path(case, checked_calls):
             return
     x = (rng.standard_normal(shape) + case["offset"]).astype(dtype)
     dy = rng.standard_normal(shape).astype(dtype)
+    x, dy = (_laid_out(a, case["layout"], axis, case["pad"]) for a in (x, dy))
+    # the front end takes exactly the layouts fastbn._checks.canonical does not copy
+    strided = not x.flags.c_contiguous
+    handed = ["forward"] if strided and not np.shares_memory(_checks.canonical(x, axis), x) \
+        else []
     gamma, beta = _vector(rng, C, case["gamma"]), _vector(rng, C, case["beta"])
     running = case["running"] if training else case["running"] or np.float64
     rm = None if running is None else rng.standard_normal(C).astype(running)
@@ -110,7 +135,7 @@ def _front_matches_checked_path(case, checked_calls):
               training=bool(training), momentum=case["momentum"], activation=case["activation"])
 
     y1, c1 = fastbn.forward(x, gamma, beta, running_mean=rm, running_var=rv, **kw)
-    assert checked_calls == [], "a plain call left the compiled front end"
+    assert checked_calls == handed, "a plain call left the compiled front end"
     y2, c2 = _core._checked_forward(x, gamma, beta, running_mean=rm2, running_var=rv2, **kw)
     assert_bitwise_equal(y1, y2, "y")
     _assert_same_cache(c1, c2)
@@ -119,7 +144,8 @@ def _front_matches_checked_path(case, checked_calls):
         assert_bitwise_equal(rv, rv2, "running_var")
 
     dx1, dg1, db1 = fastbn.backward(dy, c1)
-    assert checked_calls == [], "a plain backward left the compiled front end"
+    assert checked_calls == (handed and ["forward", "backward"]), \
+        "a plain backward left the compiled front end"
     dx2, dg2, db2 = _core._checked_backward(dy, c2)
     assert_bitwise_equal(dx1, dx2, "dx")
     for a, b, name in ((dg1, dg2, "dgamma"), (db1, db2, "dbeta")):
@@ -143,7 +169,9 @@ def _overlapping(x, b):
 HANDED_OVER = [
     ("out given", lambda x, g, b: ((x, g, b), dict(out=np.empty_like(x)))),
     ("Fortran-order x", lambda x, g, b: ((np.asfortranarray(x), g, b), {})),
-    ("strided x", lambda x, g, b: ((np.repeat(x, 2, axis=0)[::2], g, b), {})),
+    ("x of strided inner values", lambda x, g, b: ((np.repeat(x, 2, axis=2)[:, :, ::2], g, b),
+                                                   {})),
+    ("x of a negative row stride", lambda x, g, b: ((x[::-1], g, b), {})),
     ("NumPy integer axis", lambda x, g, b: ((x, g, b), dict(axis=np.int64(1)))),
     ("integer eps", lambda x, g, b: ((x, g, b), dict(eps=1))),
     ("integer momentum", lambda x, g, b: ((x, g, b), dict(momentum=1,
@@ -335,3 +363,185 @@ def test_outputs_at_any_line_offset_are_bitwise_equal(shape, dtype):
         n = fastbn.normalize(x, c.mean, c.invstd, g, b, activation="relu",
                              out=_at_line_offset(shape, dtype, oo))
         assert_bitwise_equal(n, n_ref, f"normalize at {xo}, {oo}")
+
+
+# ---------------------------------------------------------------- row-strided inputs (issue 17)
+# The front end reads a slice whose (C, inner) blocks are contiguous and whose rows are
+# one stride apart where it is (fbn_shape.row_stride), as the checked path does
+# (fastbn._checks.canonical; the front end's canonical_view): the same kernel call on
+# the same values, so bitwise the checked path's result and the contiguous copy's.
+
+ROW_STRIDED = [  # id, base shape, the slice, channel axis
+    ("nc-channels", (40, 24), np.s_[:, 5:17], 1),
+    ("nc-rows", (60, 12), np.s_[::3], 1),
+    ("nchw-channels", (6, 10, 5, 4), np.s_[:, 2:7], 1),
+    ("nchw-rows", (12, 5, 3, 4), np.s_[::2], 1),
+    ("nchw-rows-channels", (8, 10, 3, 4), np.s_[::2, 1:9], 1),
+    ("nhwc-channels", (4, 5, 3, 10), np.s_[..., 2:8], -1),
+    ("two-row-dims", (5, 4, 6, 3), np.s_[:, :, 1:5], 2),  # rows over (N, L), one stride
+    ("threaded", (512, 1024), np.s_[:, 256:768], 1),  # >= FBN_MIN_PARALLEL values
+]
+
+
+def _base(rng, full, dtype):
+    return (rng.standard_normal(full) * 2 + 1).astype(dtype)
+
+
+def _running(mode, C):
+    if mode == "training":
+        return {}
+    return dict(running_mean=np.linspace(-0.5, 0.5, C), running_var=np.linspace(0.5, 2, C))
+
+
+def _forward_of(fn, x, gamma, beta, axis, mode):
+    """(y, cache, running statistics after the call) of fn on fresh running statistics."""
+    kw = _running(mode, x.shape[axis])
+    y, cache = fn(x, gamma, beta, axis=axis, training=mode != "inference", activation="relu",
+                  **kw)
+    return y, cache, list(kw.values())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("mode", ["training", "running", "inference"])
+@pytest.mark.parametrize("full, sl, axis", [c[1:] for c in ROW_STRIDED],
+                         ids=[c[0] for c in ROW_STRIDED])
+def test_front_takes_row_strided_views(full, sl, axis, mode, dtype, checked_calls):
+    rng = np.random.default_rng(11)
+    x, dy = _base(rng, full, dtype)[sl], _base(rng, full, dtype)[sl]
+    assert not x.flags.c_contiguous and dy.strides == x.strides
+    assert np.shares_memory(_checks.canonical(x, axis % x.ndim), x)  # no copy there either
+    xc, dyc = np.ascontiguousarray(x), np.ascontiguousarray(dy)
+    C = x.shape[axis]
+    gamma, beta = _vector(rng, C, dtype), _vector(rng, C, np.float64)
+
+    y, cache, stats = _forward_of(fastbn.forward, x, gamma, beta, axis, mode)
+    assert checked_calls == [], "a row-strided view left the compiled front end"
+    grads = fastbn.backward(dy, cache)
+    assert checked_calls == [], "a row-strided backward left the compiled front end"
+    assert y.flags.c_contiguous and grads[0].flags.c_contiguous
+
+    y2, cache2, stats2 = _forward_of(_core._checked_forward, x, gamma, beta, axis, mode)
+    y3, cache3, stats3 = _forward_of(fastbn.forward, xc, gamma, beta, axis, mode)
+    _assert_same_cache(cache, cache2)
+    _assert_same_cache(cache, cache3, same_x=False)
+    grads2 = _core._checked_backward(dy, cache2)
+    grads3 = fastbn.backward(dyc, cache3)
+    for other, how in ((y2, "checked path"), (y3, "contiguous copy")):
+        assert_bitwise_equal(y, other, f"y, {how}")
+    for a, b, c, name in zip(stats, stats2, stats3, ("running_mean", "running_var")):
+        assert_bitwise_equal(a, b, name + ", checked path")
+        assert_bitwise_equal(a, c, name + ", contiguous copy")
+    for a, b, c, name in zip(grads, grads2, grads3, ("dx", "dgamma", "dbeta")):
+        assert_bitwise_equal(a, b, name + ", checked path")
+        assert_bitwise_equal(a, c, name + ", contiguous copy")
+
+
+def _misaligned(a):
+    """a's values in an array one byte off its dtype's alignment."""
+    buf = np.empty(a.nbytes + 1, np.uint8)[1:]
+    out = buf.view(a.dtype).reshape(a.shape)
+    out[...] = a
+    assert not out.flags.aligned
+    return out
+
+
+HANDED_OVER_STRIDES = [  # id, x from a base array, channel axis: the checked path's
+    ("negative-rows", lambda b: b[::-1], 1),
+    ("negative-rows-channels", lambda b: b[::-2, 1:7], 1),
+    ("channels-apart", lambda b: b[:, ::2], 1),
+    ("nchw-rows-cut", lambda b: b.reshape(6, 4, 2, 4)[:, :, :, 1:3], 1),  # inner not contiguous
+    ("leading-dim-sliced", lambda b: b.reshape(6, 4, 2, 4)[:, 1:3], 2),  # rows: two strides
+    ("one-channel", lambda b: b[:, 2:3], 1),
+    ("broadcast-rows", lambda b: np.broadcast_to(b[0], b.shape), 1),  # row stride 0
+    ("misaligned", lambda b: _misaligned(b)[:, 1:7], 1),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("make, axis", [c[1:] for c in HANDED_OVER_STRIDES],
+                         ids=[c[0] for c in HANDED_OVER_STRIDES])
+def test_front_hands_over_other_strides(make, axis, dtype, checked_calls):
+    """Strides the kernels cannot read where they are go to the checked path (a copy
+    there), with bitwise the contiguous copy's results."""
+    rng = np.random.default_rng(12)
+    x, dy = make(_base(rng, (6, 32), dtype)), make(_base(rng, (6, 32), dtype))
+    assert not np.shares_memory(_checks.canonical(x, axis), x)
+    xc, dyc = np.ascontiguousarray(x), np.ascontiguousarray(dy)
+    for mode in ("training", "running", "inference"):
+        del checked_calls[:]
+        y, cache, stats = _forward_of(fastbn.forward, x, None, None, axis, mode)
+        grads = fastbn.backward(dy, cache)
+        assert checked_calls == ["forward", "backward"]
+        y3, cache3, stats3 = _forward_of(fastbn.forward, xc, None, None, axis, mode)
+        assert_bitwise_equal(y, y3, "y")
+        for a, b, name in zip(stats, stats3, ("running_mean", "running_var")):
+            assert_bitwise_equal(a, b, name)
+        assert_bitwise_equal(grads[0], fastbn.backward(dyc, cache3)[0], "dx")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_front_backward_hands_over_other_row_strides(dtype, checked_calls):
+    """x and dy are read where they are only at one row stride (fbn_shape has one)."""
+    rng = np.random.default_rng(13)
+    wide, wider = _base(rng, (20, 16), dtype), _base(rng, (20, 24), dtype)
+    x = wide[:, 2:10]
+    g, b = _vector(rng, 8, dtype), _vector(rng, 8, dtype)
+    dys = {"contiguous": np.ascontiguousarray(wider[:, 2:10]), "other-stride": wider[:, 2:10],
+           "negative-rows": wider[::-1, 2:10], "misaligned": _misaligned(wider[:, 2:10])}
+    for training in (True, False):
+        for name, dy in dys.items():
+            del checked_calls[:]
+            _, cache = fastbn.forward(x, g, b, training=training, **_running("running", 8))
+            assert checked_calls == []
+            grads = fastbn.backward(dy, cache)
+            assert checked_calls == ["backward"], name
+            _, cache_c = fastbn.forward(np.ascontiguousarray(x), g, b, training=training,
+                                        **_running("running", 8))
+            for a, c, what in zip(grads, fastbn.backward(np.ascontiguousarray(dy), cache_c),
+                                  ("dx", "dgamma", "dbeta")):
+                assert_bitwise_equal(a, c, f"{what}, dy {name}")
+    # a strided dy beside a contiguous x
+    del checked_calls[:]
+    _, cache = fastbn.forward(np.ascontiguousarray(x), g, b)
+    fastbn.backward(wider[:, 2:10], cache)
+    assert checked_calls == ["backward"]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_front_row_strided_with_overlapping_outputs(dtype, checked_calls):
+    """out= overlapping a row-strided x (the checked path: NumPy's rule, as if x were
+    read first), and running statistics inside x's rows (the front end's span check:
+    the checked path updates them after the kernel and marks x overwritten)."""
+    rng = np.random.default_rng(14)
+    base = _base(rng, (16, 20), dtype)
+    x = base[:, 0:10]
+    xc = x.copy()
+    y_ref, cache_ref = fastbn.forward(xc)
+    dy_base = _base(rng, (16, 20), dtype)
+    dyc = dy_base[:, 0:10].copy()
+    dx_ref = fastbn.backward(dyc, cache_ref)[0]
+    del checked_calls[:]
+    _, cache = fastbn.forward(x)
+    out = dy_base[:, 5:15]  # over dy's columns 5..9
+    dx = fastbn.backward(dy_base[:, 0:10], cache, out=out)[0]
+    assert dx is out and checked_calls == ["backward"]
+    assert_bitwise_equal(dx, dx_ref, "dx over dy")
+    out = base[:, 5:15]  # over x's columns 5..9
+    y = fastbn.forward(x, out=out)[0]
+    assert y is out and checked_calls == ["backward", "forward"]
+    assert_bitwise_equal(y, y_ref, "y over x")
+
+    # running_mean is row 5 of x: x changes when the running statistics are written
+    base = _base(rng, (8, 12), np.float64)
+    x = base[:, 0:4]
+    xc = x.copy()
+    rm, rv = base[5, 0:4], np.ones(4)
+    rm_c, rv_c = rm.copy(), rv.copy()
+    del checked_calls[:]
+    y, cache = fastbn.forward(x, running_mean=rm, running_var=rv)
+    assert checked_calls == ["forward"]
+    assert cache.x_overwritten
+    y_c, _ = fastbn.forward(xc, running_mean=rm_c, running_var=rv_c)
+    assert_bitwise_equal(y, y_c, "y")
+    assert_bitwise_equal(rm, rm_c, "running_mean")
+    assert_bitwise_equal(rv, rv_c, "running_var")
