@@ -154,8 +154,8 @@ static void FBN_SYM(bwd_segs_task)(void *job, int64_t t, int thread) {
  * each), its parts, then the reduction's scratch; and typed arrays of a block. No
  * O(C) work memory then: (2, 50M) float32 (issue 13) needs y and the outputs.
  * Rounded up to 128 bytes (a pair of lines, which the L2 prefetcher fetches
- * together): one-channel blocks need 88 bytes, and threads' work in one line
- * went back and forth between the cores several times a tile. */
+ * together): one-channel blocks need 88 bytes, and two threads' work in one
+ * line moves between the cores several times a tile. */
 static inline int64_t FBN_SYM(block_doubles)(const fbn_plan *p) {
     const int64_t n = 8 * p->block + p->block * (int64_t)(sizeof(fbn_part) / sizeof(double)) +
                       fbn_scratch_len(p);

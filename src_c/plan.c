@@ -182,10 +182,12 @@ int fbn_threads_for(const fbn_plan *p, int nthreads) {
 /* Tiles taken one at a time put two threads on neighbouring channels at once: with
  * short runs (e.g. 14x14 maps, 784 bytes) each (o, c) run of the output shares its
  * first and last cache lines with channel c - 1's and c + 1's, and so do the
- * per-channel arrays (statistics, coefficients), so lines went back and forth
- * between the cores all along a tile. A task of consecutive channels, up to
- * 1 / FBN_FUSE_SHARE of L2 of data, shares lines only at its ends; at least
- * FBN_FUSE_TASKS tasks per thread keep the threads evenly loaded. */
+ * per-channel arrays (statistics, coefficients): lines written by both threads
+ * move between the cores all along a tile. A task of consecutive channels shares
+ * lines only at its ends. Each tile is still reduced and rewritten alone (in cache
+ * as before); the task's size only sets how finely the pool balances the threads:
+ * up to 1 / FBN_FUSE_SHARE of L2 of data (tens of microseconds), and at least
+ * FBN_FUSE_TASKS tasks per thread. */
 int64_t fbn_fuse_group(const fbn_plan *p, int64_t elem_size, int inputs, int nt) {
     if (nt <= 1) return 1;
     const int64_t tile = p->block * p->per_channel * elem_size * (inputs + 1);
