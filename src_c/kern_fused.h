@@ -20,6 +20,7 @@ typedef struct {
     double *scratch; /* len doubles per thread */
     int64_t len;
     double n; /* values per channel */
+    int64_t group; /* nsegs == 1: consecutive channel-block tiles per task */
     const double *gamma;
     struct {
         const double *pivot, *beta;
@@ -151,10 +152,14 @@ static void FBN_SYM(bwd_segs_task)(void *job, int64_t t, int thread) {
 /* Per-thread work of a forward whose tiles hold whole channels (nsegs == 1), in
  * doubles: pivot, shift, scale, bias, m2, var, gamma, beta (a block's channels
  * each), its parts, then the reduction's scratch; and typed arrays of a block. No
- * O(C) work memory then: (2, 50M) float32 (issue 13) needs y and the outputs. */
+ * O(C) work memory then: (2, 50M) float32 (issue 13) needs y and the outputs.
+ * Rounded up to 128 bytes (a pair of lines, which the L2 prefetcher fetches
+ * together): one-channel blocks need 88 bytes, and two threads' work in one
+ * line moves between the cores several times a tile. */
 static inline int64_t FBN_SYM(block_doubles)(const fbn_plan *p) {
-    return 8 * p->block + p->block * (int64_t)(sizeof(fbn_part) / sizeof(double)) +
-           fbn_scratch_len(p);
+    const int64_t n = 8 * p->block + p->block * (int64_t)(sizeof(fbn_part) / sizeof(double)) +
+                      fbn_scratch_len(p);
+    return (n + 15) / 16 * 16;
 }
 
 /* A forward tile on its thread's block arrays. They are addressed by channel, as
@@ -202,16 +207,22 @@ static void FBN_SYM(fwd_block_tile)(const FBN_SYM(pass) *j, int64_t t, int threa
     FBN_SYM(fused_tile)(FBN_OP_AFFINE, &l, t, 0);
 }
 
-static void FBN_SYM(fwd_fused_task)(void *job, int64_t t, int thread) {
+/* Task g: tiles [g * group, (g + 1) * group), the last task's fewer. */
+static void FBN_SYM(fwd_fused_task)(void *job, int64_t g, int thread) {
     const FBN_SYM(pass) *j = job;
-    if (j->fwd.blockwork)
-        FBN_SYM(fwd_block_tile)(j, t, thread);
-    else
-        FBN_SYM(fused_tile)(FBN_OP_AFFINE, job, t, thread);
+    const int64_t t1 = (g + 1) * j->group < j->p->nblocks ? (g + 1) * j->group : j->p->nblocks;
+    for (int64_t t = g * j->group; t < t1; t++) {
+        if (j->fwd.blockwork)
+            FBN_SYM(fwd_block_tile)(j, t, thread);
+        else
+            FBN_SYM(fused_tile)(FBN_OP_AFFINE, job, t, thread);
+    }
 }
 
-static void FBN_SYM(bwd_fused_task)(void *job, int64_t t, int thread) {
-    FBN_SYM(fused_tile)(FBN_OP_DX, job, t, thread);
+static void FBN_SYM(bwd_fused_task)(void *job, int64_t g, int thread) {
+    const FBN_SYM(pass) *j = job;
+    const int64_t t1 = (g + 1) * j->group < j->p->nblocks ? (g + 1) * j->group : j->p->nblocks;
+    for (int64_t t = g * j->group; t < t1; t++) FBN_SYM(fused_tile)(FBN_OP_DX, job, t, thread);
 }
 
 /* The skeleton: fused per channel block, or reduction, coefficients and an
@@ -219,10 +230,12 @@ static void FBN_SYM(bwd_fused_task)(void *job, int64_t t, int thread) {
 static void FBN_SYM(run_pass)(const int op, const FBN_SYM(pass) *j, FBN_SYM(tcoefs) *tk,
                               int nt) {
     const fbn_plan *p = j->p;
-    if (p->nsegs == 1) {
-        fbn_parallel_for(p->nblocks, nt,
+    if (p->nsegs == 1) { /* tasks of consecutive tiles: see fbn_fuse_group */
+        FBN_SYM(pass) g = *j;
+        g.group = fbn_fuse_group(p, sizeof(T), op == FBN_OP_DX ? 2 : 1, nt);
+        fbn_parallel_for((p->nblocks + g.group - 1) / g.group, nt,
                          op == FBN_OP_AFFINE ? FBN_SYM(fwd_fused_task) : FBN_SYM(bwd_fused_task),
-                         (void *)j);
+                         &g);
         return;
     }
     if (p->fuse_segs) {

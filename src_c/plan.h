@@ -72,7 +72,8 @@ enum { FBN_OP_XAFF = 8, FBN_OP_XDX = 16 };
  * environment (bytes, or with a K or M suffix) overrides them, and so does
  * fbn_set_cache_sizes (tests and tuning; zeros detect again). They size only
  * choices that change no result's bits: elementwise tiles, the streaming threshold
- * of elementwise passes, the L1 bound of their walks and fuse_segs. Reduction
+ * of elementwise passes, the L1 bound of their walks, fuse_segs and the tasks of
+ * fused passes (fbn_fuse_group). Reduction
  * tilings stay fixed (FBN_TILE_BYTES, FBN_STREAM_BYTES), so results do not depend
  * on the machine. */
 typedef struct {
@@ -93,6 +94,10 @@ static inline void fbn_plan_output(fbn_plan *p, const void *out, int64_t elem_si
     if (p->stream && !fbn_resident(out, p->per_channel * p->s.channels * elem_size))
         p->stream = 0;
 }
+/* Consecutive channel-block tiles per task of a fused pass over whole channels
+ * (nsegs == 1) that reads `inputs` arrays of elem_size values, on nt threads (see
+ * plan.c). Changes no result's bits: each tile is reduced and rewritten alone. */
+int64_t fbn_fuse_group(const fbn_plan *p, int64_t elem_size, int inputs, int nt);
 /* The threads a loop over p's tiles uses: 1 below FBN_MIN_PARALLEL values. */
 int fbn_threads_for(const fbn_plan *p, int nthreads);
 

@@ -33,6 +33,16 @@
 #ifndef FBN_MIN_PARALLEL
 #define FBN_MIN_PARALLEL 65536
 #endif
+/* Fused passes over whole channels on threads run tasks of consecutive channel
+ * tiles (not neighbouring channels on two cores at once): up to 1 / FBN_FUSE_SHARE
+ * of the detected L2 of data, at least FBN_FUSE_TASKS tasks per thread
+ * (fbn_fuse_group, plan.c; no result's bits depend on them). */
+#ifndef FBN_FUSE_SHARE
+#define FBN_FUSE_SHARE 8
+#endif
+#ifndef FBN_FUSE_TASKS
+#define FBN_FUSE_TASKS 4
+#endif
 /* Channels per work item when partial statistics are merged in parallel. */
 #ifndef FBN_MERGE_CHUNK
 #define FBN_MERGE_CHUNK 256
