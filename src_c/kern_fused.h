@@ -27,7 +27,8 @@ typedef struct {
         fbn_part *parts;
         double eps;
         double *mean_hi, *mean_lo, *m2, *var, *invstd, *shift, *scale, *bias;
-        /* nsegs == 1: per-thread work of one block (fbn_fwd_block_tile_<sfx>) */
+        /* nsegs == 1, FBN_BLOCK_WORK_C channels or more: per-thread work of one
+         * block (fbn_fwd_block_tile_<sfx>); else NULL */
         double *blockwork;
         TC *blocktyped;
         int params_f32; /* gamma and beta point to float values */
@@ -149,13 +150,13 @@ static void FBN_SYM(bwd_segs_task)(void *job, int64_t t, int thread) {
     FBN_SYM(segs_tile)(FBN_OP_DX, job, t, thread);
 }
 
-/* Per-thread work of a forward whose tiles hold whole channels (nsegs == 1), in
- * doubles: pivot, shift, scale, bias, m2, var, gamma, beta (a block's channels
- * each), its parts, then the reduction's scratch; and typed arrays of a block. No
- * O(C) work memory then: (2, 50M) float32 (issue 13) needs y and the outputs.
- * Rounded up to 128 bytes (a pair of lines, which the L2 prefetcher fetches
- * together): one-channel blocks need 88 bytes, and two threads' work in one
- * line moves between the cores several times a tile. */
+/* Per-thread work of a forward whose tiles hold whole channels (nsegs == 1) of
+ * many channels (FBN_BLOCK_WORK_C or more), in doubles: pivot, shift, scale, bias,
+ * m2, var, gamma, beta (a block's channels each), its parts, then the reduction's
+ * scratch; and typed arrays of a block. No O(C) work memory then: (2, 50M) float32
+ * (issue 13) needs y and the outputs. Rounded up to 128 bytes (a pair of lines,
+ * which the L2 prefetcher fetches together): one-channel blocks need 88 bytes, and
+ * two threads' work in one line moves between the cores several times a tile. */
 static inline int64_t FBN_SYM(block_doubles)(const fbn_plan *p) {
     const int64_t n = 8 * p->block + p->block * (int64_t)(sizeof(fbn_part) / sizeof(double)) +
                       fbn_scratch_len(p);
@@ -284,7 +285,8 @@ int FBN_SYM(forward_train_ex)(const T *x, T *y, fbn_shape s, const double *gamma
     fbn_plan_output(&p, y, sizeof(T));
     const int nt = fbn_threads_for(&p, nthreads);
     const int f32 = e && e->params_f32;
-    if (p.nsegs == 1) { /* per-thread block arrays (fbn_fwd_block_tile_<sfx>) */
+    if (p.nsegs == 1 && C >= FBN_BLOCK_WORK_C) { /* per-thread block arrays (see
+                                                   * fbn_fwd_block_tile_<sfx>) */
         const int64_t bytes[2] = {nt * FBN_SYM(block_doubles)(&p) * (int64_t)sizeof(double),
                                   nt * FBN_SYM(typed_bytes)(p.block)};
         void *buf[2];

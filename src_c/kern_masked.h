@@ -46,7 +46,8 @@ FBN_INLINE void FBN_SYM(mlane_add)(double *l1, double *l2, int l, int64_t o,
 }
 
 /* fbn_runs_dev_<sfx> with a mask: the same lanes, pieces and flushes (see
- * fbn_sum_runs_<sfx>); value b + i of a run is flat position b + i + dj. */
+ * fbn_sum_runs_<sfx>); value b + i of a run is flat position b + i + dj. (The
+ * masked kernels' inputs are contiguous: a row gap of 0.) */
 FBN_INLINE void FBN_SYM(mruns_dev)(fbn_acc *a1, fbn_acc *a2, const fbn_shape *s, int64_t c,
                                    int64_t j0, int64_t j1, const T *restrict x,
                                    const uint8_t *restrict mask, double pivot, double mean) {
@@ -54,7 +55,7 @@ FBN_INLINE void FBN_SYM(mruns_dev)(fbn_acc *a1, fbn_acc *a2, const fbn_shape *s,
     int64_t pending = 0;
     const int64_t ahead = FBN_RUNS_AHEAD * s->channels * s->inner;
     const int fetch = s->inner * (int64_t)sizeof(T) <= FBN_SHORT_RUN;
-    for (FBN_SYM(run_it) r = FBN_SYM(run_first)(s, c, j0, j1); r.j < j1;
+    for (FBN_SYM(run_it) r = FBN_SYM(run_first)(s, c, j0, j1, 0); r.j < j1;
          FBN_SYM(run_next)(s, j1, &r)) {
         const int64_t off = r.pos, len = r.n;
         const uint8_t *mk = mask + r.j; /* mk[k]: the run's value k */
@@ -246,7 +247,7 @@ FBN_INLINE void FBN_SYM(mdx_block_as)(const int relu, int stream, const T *restr
         for (int64_t c = c0; c < c0 + nc; c++) {
             const TC sh = k->shift[c], sc = k->scale[c], bi = k->bias[c], kd = k->k_dy[c];
             const TC kx = k->k_x[c], md = k->mean_dy[c], k0 = k->k_0[c], is = k->invstd[c];
-            for (FBN_SYM(run_it) r = FBN_SYM(run_first)(s, c, j0, j1); r.j < j1;
+            for (FBN_SYM(run_it) r = FBN_SYM(run_first)(s, c, j0, j1, 0); r.j < j1;
                  FBN_SYM(run_next)(s, j1, &r))
                 FBN_SYM(mdx_span)(relu, stream, dy + r.pos, x + r.pos, mask + r.j, dx + r.pos,
                                   r.n, sh, sc, bi, kd, kx, md, k0, is);

@@ -26,7 +26,9 @@ FBN_INLINE TC FBN_SYM(masked_x)(TC dy, TC x, TC z, TC shift, TC scale, TC bias, 
 /* Contiguous runs of channel c covering flat (outer, inner) indices [j0, j1):
  * the first may start inside a row, the next ones start a row (C * inner
  * values) later, at the row's start. No division per run: runs can be short.
- *   for (r = run_first(s, c, j0, j1); r.j < j1; run_next(s, j1, &r)) ... */
+ *   for (r = run_first(s, c, j0, j1, gap); r.j < j1; run_next(s, j1, &r)) ...
+ * gap: fbn_row_gap(s), given by the caller so that contiguous inputs can pass a
+ * literal 0 (see fbn_sum_runs_<sfx>): skip then folds away. */
 typedef struct {
     int64_t pos, n, j, row; /* the run: offset, length, flat index; its row's start */
     int64_t skip, gap;      /* the inputs' run is at pos + skip (skip = o * gap, see
@@ -34,15 +36,15 @@ typedef struct {
 } FBN_SYM(run_it);
 
 FBN_INLINE FBN_SYM(run_it) FBN_SYM(run_first)(const fbn_shape *s, int64_t c, int64_t j0,
-                                              int64_t j1) {
+                                              int64_t j1, const int64_t gap) {
     const int64_t o = j0 / s->inner, i = j0 - o * s->inner;
     FBN_SYM(run_it) r;
     r.row = (o * s->channels + c) * s->inner;
     r.pos = r.row + i;
     r.j = j0;
     r.n = s->inner - i < j1 - j0 ? s->inner - i : j1 - j0;
-    r.gap = fbn_row_gap(s);
-    r.skip = o * r.gap;
+    r.gap = gap;
+    r.skip = o * gap;
     return r;
 }
 
@@ -107,18 +109,19 @@ FBN_INLINE void FBN_SYM(lanes_add)(const int kind, double *l1, double *l2, int64
  * arrays, which the compiler keeps in vector registers within each loop (it does
  * not for lanes reached through a pointer), and they live across the channel's
  * runs, so that short runs (small inner) pay no per-run copies. Each lane goes to
- * a compensated total every FBN_PIECE values. */
+ * a compensated total every FBN_PIECE values. gap: fbn_row_gap(s) (see
+ * fbn_sum_runs_any_<sfx>). */
 FBN_INLINE void FBN_SYM(sum_runs)(const int kind, fbn_acc *a1, fbn_acc *a2, const fbn_shape *s,
                                   int64_t c, int64_t j0, int64_t j1, const T *restrict x,
                                   const T *restrict dy, double pivot, double mean,
                                   double shift, TC tshift, TC scale, TC bias, const int relu,
                                   const T *restrict z, T *restrict dres, const int res,
-                                  TC slope) {
+                                  TC slope, const int64_t gap) {
     double l1[FBN_LANES] = {0}, l2[FBN_LANES] = {0};
     int64_t pending = 0;
-    const int64_t ahead = FBN_RUNS_AHEAD * (s->channels * s->inner + fbn_row_gap(s));
+    const int64_t ahead = FBN_RUNS_AHEAD * (s->channels * s->inner + gap);
     const int fetch = s->inner * (int64_t)sizeof(T) <= FBN_SHORT_RUN;
-    for (FBN_SYM(run_it) r = FBN_SYM(run_first)(s, c, j0, j1); r.j < j1;
+    for (FBN_SYM(run_it) r = FBN_SYM(run_first)(s, c, j0, j1, gap); r.j < j1;
          FBN_SYM(run_next)(s, j1, &r)) {
         /* the inputs' run at off, dres's (an output: contiguous) at r.pos */
         const int64_t off = r.pos + r.skip, len = r.n;
@@ -165,12 +168,32 @@ FBN_INLINE void FBN_SYM(sum_runs)(const int kind, fbn_acc *a1, fbn_acc *a2, cons
     memcpy(a2->lane, l2, sizeof l2);
 }
 
+/* fbn_sum_runs_<sfx> instantiated twice for the plain sums: with a literal gap of
+ * 0 for contiguous inputs (the common case: no per-run skip arithmetic, nor a
+ * register held for it beside the lanes), and with the row gap of row-strided
+ * ones. The epilogue's (relu 2, res; constants) take the runtime gap alone: one
+ * instantiation fewer to build. */
+FBN_INLINE void FBN_SYM(sum_runs_any)(const int kind, fbn_acc *a1, fbn_acc *a2,
+                                      const fbn_shape *s, int64_t c, int64_t j0, int64_t j1,
+                                      const T *restrict x, const T *restrict dy, double pivot,
+                                      double mean, double shift, TC tshift, TC scale, TC bias,
+                                      const int relu, const T *restrict z, T *restrict dres,
+                                      const int res, TC slope) {
+    const int64_t gap = fbn_row_gap(s);
+    if (gap == 0 && relu < 2 && !res)
+        FBN_SYM(sum_runs)(kind, a1, a2, s, c, j0, j1, x, dy, pivot, mean, shift, tshift, scale,
+                          bias, relu, z, dres, res, slope, 0);
+    else
+        FBN_SYM(sum_runs)(kind, a1, a2, s, c, j0, j1, x, dy, pivot, mean, shift, tshift, scale,
+                          bias, relu, z, dres, res, slope, gap);
+}
+
 /* Channel c's sums of e and e^2, e = (x - pivot) - mean, over flat [j0, j1). */
 FBN_INLINE void FBN_SYM(runs_dev)(fbn_acc *a1, fbn_acc *a2, const fbn_shape *s, int64_t c,
                                   int64_t j0, int64_t j1, const T *restrict x, double pivot,
                                   double mean) {
-    FBN_SYM(sum_runs)(FBN_SUMS_DEV, a1, a2, s, c, j0, j1, x, NULL, pivot, mean, 0.0, (TC)0,
-                      (TC)0, (TC)0, 0, NULL, NULL, 0, (TC)0);
+    FBN_SYM(sum_runs_any)(FBN_SUMS_DEV, a1, a2, s, c, j0, j1, x, NULL, pivot, mean, 0.0, (TC)0,
+                          (TC)0, (TC)0, 0, NULL, NULL, 0, (TC)0);
 }
 
 /* Channel c's sums of dy' and dy' * (x - shift) over flat [j0, j1) (relu and res:
@@ -181,6 +204,6 @@ FBN_INLINE void FBN_SYM(runs_bwd)(fbn_acc *a1, fbn_acc *a2, const fbn_shape *s, 
                                   const T *restrict x, double shift, TC tshift, TC scale,
                                   TC bias, const int relu, const T *restrict z,
                                   T *restrict dres, const int res, TC slope) {
-    FBN_SYM(sum_runs)(FBN_SUMS_BWD, a1, a2, s, c, j0, j1, x, dy, 0.0, 0.0, shift, tshift,
-                      scale, bias, relu, z, dres, res, slope);
+    FBN_SYM(sum_runs_any)(FBN_SUMS_BWD, a1, a2, s, c, j0, j1, x, dy, 0.0, 0.0, shift, tshift,
+                          scale, bias, relu, z, dres, res, slope);
 }

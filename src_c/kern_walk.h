@@ -103,77 +103,116 @@ FBN_INLINE void FBN_SYM(stream_out)(T *dst, const T *src, int64_t n) {
     fbn_stream_copy(dst, src, n * (int64_t)sizeof(T));
 }
 
-/* Tile t of plan p of op (a constant): out from x (and dy for FBN_OP_DX). */
+/* Row tile t (whole (o, c) rows) of op, inputs gap values further apart a row
+ * (fbn_row_gap; a literal 0 for contiguous inputs, see fbn_elemwise_tile_<sfx>). */
+FBN_INLINE void FBN_SYM(rows_tile)(const int op, const T *x, const T *dy, T *out,
+                                   const fbn_plan *p, int64_t t, const FBN_SYM(tcoefs) *k,
+                                   const int64_t gap) {
+    const fbn_shape *s = &p->s;
+    const int64_t C = s->channels;
+    const int64_t f0 = t * p->rows, n = s->outer * C;
+    const int64_t f1 = f0 + p->rows < n ? f0 + p->rows : n;
+    for (int64_t f = f0; f < f1; f++)
+        FBN_SYM(run_values)(op, p->stream, x, dy, out, f * s->inner, f / C * gap, s->inner, k,
+                            f % C);
+}
+
+/* Channel-block tile t of op with inner > 1 (fused passes): one channel's runs
+ * (gap: as fbn_rows_tile_<sfx>'s). */
+FBN_INLINE void FBN_SYM(runs_tile)(const int op, const T *x, const T *dy, T *out,
+                                   const fbn_plan *p, int64_t t, const FBN_SYM(tcoefs) *k,
+                                   const int64_t gap) {
+    const fbn_shape *s = &p->s;
+    const int64_t C = s->channels;
+    const FBN_SYM(tile) r = FBN_SYM(tile_of)(p, t);
+    /* the output's runs, a channel stride apart, are fetched for writing
+     * FBN_OUT_AHEAD runs ahead: the hardware prefetchers miss most of the
+     * read-for-ownership of such short runs, and every store waited for it */
+    const int fetch = !p->stream && s->inner * (int64_t)sizeof(T) <= FBN_SHORT_RUN;
+    const int64_t ahead = FBN_OUT_AHEAD * C * s->inner;
+    FBN_SYM(run_it) u = FBN_SYM(run_first)(s, r.c0, r.j0, r.j1, gap);
+    if (fetch)
+        for (int64_t i = 0; i < FBN_OUT_AHEAD && u.pos + i * C * s->inner < s->outer * C * s->inner; i++)
+            fbn_prefetch_w(out + u.pos + i * C * s->inner, u.n * (int64_t)sizeof(T));
+    for (; u.j < r.j1; FBN_SYM(run_next)(s, r.j1, &u)) {
+        if (fetch && u.pos + ahead < s->outer * C * s->inner)
+            fbn_prefetch_w(out + u.pos + ahead, s->inner * (int64_t)sizeof(T));
+        FBN_SYM(run_values)(op, p->stream, x, dy, out, u.pos, u.skip, u.n, k, r.c0);
+    }
+}
+
+/* Channel-block tile t of op with inner == 1: spans of row groups (the row gap
+ * enters per span, not per value: a runtime value here). */
+FBN_INLINE void FBN_SYM(cols_tile)(const int op, const T *x, const T *dy, T *out,
+                                   const fbn_plan *p, int64_t t, const FBN_SYM(tcoefs) *k) {
+    const fbn_shape *s = &p->s;
+    const int64_t C = s->channels, gap = fbn_row_gap(s);
+    const FBN_SYM(tile) r = FBN_SYM(tile_of)(p, t);
+    T buf[FBN_CHUNK];
+    const int arrays = FBN_IS_AFF(op) ? 3 : FBN_TYPED; /* coefficient arrays read */
+    const int same = !FBN_TWO_INPUTS(op)
+                         ? FBN_SYM(same_sets)(out, x, C)
+                         : FBN_SYM(same_sets)(out, x, C) || FBN_SYM(same_sets)(out, dy, C) ||
+                               FBN_SYM(same_sets)(dy, x, C);
+    const int pairs = !p->stream && same;
+    const int64_t ld = C + gap; /* the inputs' rows (see fbn_row_gap) */
+    if (p->stream && FBN_SYM(row_by_row)(C, k->period, arrays, p->l1_half)) {
+        for (int64_t j = r.j0; j < r.j1; j++)
+            for (int64_t c = r.c0; c < r.c0 + r.nc; c += FBN_CHUNK) {
+                const int64_t o = j * C + c, left = r.c0 + r.nc - c;
+                const int64_t m = left < FBN_CHUNK ? left : FBN_CHUNK;
+                FBN_SYM(span_rows)(op, x, dy, o + j * gap, ld, buf, FBN_CHUNK, m, k, c, 1);
+                FBN_SYM(stream_out)(out + o, buf, m);
+            }
+    } else {
+        /* spans follow the output's lines (streamed: x's, the L1 buffer's are fixed) */
+        const T *at = p->stream ? x : out;
+        for (FBN_SYM(span_it) sp = FBN_SYM(span_first)(s, &r, k->period, at); sp.rows > 0;
+             FBN_SYM(span_next)(s, &r, k->period, &sp)) {
+            const int64_t o = sp.off, ch = sp.ch, m = sp.m, rows = sp.rows;
+            /* the inputs' span (a flat span, group -1, only without a gap) */
+            const int64_t oi = o + sp.group * gap;
+            T *to = p->stream ? buf : out + o;
+            const int64_t ldo = p->stream ? FBN_SPAN : C;
+            if (rows == FBN_GROUP && !pairs) {
+                FBN_SYM(span_rows)(op, x, dy, oi, ld, to, ldo, m, k, ch, FBN_GROUP);
+            } else if (rows == FBN_GROUP) { /* see fbn_same_sets_<sfx> */
+                FBN_SYM(span_rows)(op, x, dy, oi, ld, to, ldo, m, k, ch, 2);
+                FBN_SYM(span_rows)(op, x, dy, oi + 2 * ld, ld, to + 2 * ldo, ldo, m, k, ch, 2);
+            } else {
+                for (int64_t i = 0; i < rows; i++)
+                    FBN_SYM(span_rows)(op, x, dy, oi + i * ld, ld, to + i * ldo, ldo, m, k, ch,
+                                       1);
+            }
+            if (p->stream)
+                for (int64_t i = 0; i < rows; i++)
+                    FBN_SYM(stream_out)(out + o + i * C, buf + i * FBN_SPAN, m);
+        }
+    }
+}
+
+/* Tile t of plan p of op (a constant): out from x (and dy for FBN_OP_DX). The
+ * plain ops' rows-shape walks, whose row gap enters per run, are instantiated
+ * twice: with a literal gap of 0 for contiguous inputs (no per-run skip: their
+ * code is what it was before row strides), and with the inputs' gap. (The
+ * epilogue ops take the runtime gap alone: fewer instantiations to build.) */
 FBN_INLINE void FBN_SYM(elemwise_tile)(const int op, const T *x, const T *dy, T *out,
                                        const fbn_plan *p, int64_t t,
                                        const FBN_SYM(tcoefs) *k) {
-    const fbn_shape *s = &p->s;
-    const int64_t C = s->channels, gap = fbn_row_gap(s);
-    if (p->rows) { /* row tiles: whole (o, c) rows */
-        const int64_t f0 = t * p->rows, n = s->outer * C;
-        const int64_t f1 = f0 + p->rows < n ? f0 + p->rows : n;
-        for (int64_t f = f0; f < f1; f++)
-            FBN_SYM(run_values)(op, p->stream, x, dy, out, f * s->inner, f / C * gap, s->inner,
-                                k, f % C);
-    } else if (s->inner > 1) { /* one channel's runs (fused passes) */
-        const FBN_SYM(tile) r = FBN_SYM(tile_of)(p, t);
-        /* the output's runs, a channel stride apart, are fetched for writing
-         * FBN_OUT_AHEAD runs ahead: the hardware prefetchers miss most of the
-         * read-for-ownership of such short runs, and every store waited for it */
-        const int fetch = !p->stream && s->inner * (int64_t)sizeof(T) <= FBN_SHORT_RUN;
-        const int64_t ahead = FBN_OUT_AHEAD * C * s->inner;
-        FBN_SYM(run_it) u = FBN_SYM(run_first)(s, r.c0, r.j0, r.j1);
-        if (fetch)
-            for (int64_t i = 0; i < FBN_OUT_AHEAD && u.pos + i * C * s->inner < s->outer * C * s->inner; i++)
-                fbn_prefetch_w(out + u.pos + i * C * s->inner, u.n * (int64_t)sizeof(T));
-        for (; u.j < r.j1; FBN_SYM(run_next)(s, r.j1, &u)) {
-            if (fetch && u.pos + ahead < s->outer * C * s->inner)
-                fbn_prefetch_w(out + u.pos + ahead, s->inner * (int64_t)sizeof(T));
-            FBN_SYM(run_values)(op, p->stream, x, dy, out, u.pos, u.skip, u.n, k, r.c0);
-        }
+    const int64_t gap = fbn_row_gap(&p->s);
+    const int flat = gap == 0 && !FBN_IS_EXT(op); /* the literal-0 instantiation */
+    if (p->rows) {
+        if (flat)
+            FBN_SYM(rows_tile)(op, x, dy, out, p, t, k, 0);
+        else
+            FBN_SYM(rows_tile)(op, x, dy, out, p, t, k, gap);
+    } else if (p->s.inner > 1) {
+        if (flat)
+            FBN_SYM(runs_tile)(op, x, dy, out, p, t, k, 0);
+        else
+            FBN_SYM(runs_tile)(op, x, dy, out, p, t, k, gap);
     } else {
-        const FBN_SYM(tile) r = FBN_SYM(tile_of)(p, t);
-        T buf[FBN_CHUNK];
-        const int arrays = FBN_IS_AFF(op) ? 3 : FBN_TYPED; /* coefficient arrays read */
-        const int same = !FBN_TWO_INPUTS(op)
-                             ? FBN_SYM(same_sets)(out, x, C)
-                             : FBN_SYM(same_sets)(out, x, C) || FBN_SYM(same_sets)(out, dy, C) ||
-                                   FBN_SYM(same_sets)(dy, x, C);
-        const int pairs = !p->stream && same;
-        const int64_t ld = C + gap; /* the inputs' rows (see fbn_row_gap) */
-        if (p->stream && FBN_SYM(row_by_row)(C, k->period, arrays, p->l1_half)) {
-            for (int64_t j = r.j0; j < r.j1; j++)
-                for (int64_t c = r.c0; c < r.c0 + r.nc; c += FBN_CHUNK) {
-                    const int64_t o = j * C + c, left = r.c0 + r.nc - c;
-                    const int64_t m = left < FBN_CHUNK ? left : FBN_CHUNK;
-                    FBN_SYM(span_rows)(op, x, dy, o + j * gap, ld, buf, FBN_CHUNK, m, k, c, 1);
-                    FBN_SYM(stream_out)(out + o, buf, m);
-                }
-        } else {
-            /* spans follow the output's lines (streamed: x's, the L1 buffer's are fixed) */
-            const T *at = p->stream ? x : out;
-            for (FBN_SYM(span_it) sp = FBN_SYM(span_first)(s, &r, k->period, at); sp.rows > 0;
-                 FBN_SYM(span_next)(s, &r, k->period, &sp)) {
-                const int64_t o = sp.off, ch = sp.ch, m = sp.m, rows = sp.rows;
-                /* the inputs' span (a flat span, group -1, only without a gap) */
-                const int64_t oi = o + sp.group * gap;
-                T *to = p->stream ? buf : out + o;
-                const int64_t ldo = p->stream ? FBN_SPAN : C;
-                if (rows == FBN_GROUP && !pairs) {
-                    FBN_SYM(span_rows)(op, x, dy, oi, ld, to, ldo, m, k, ch, FBN_GROUP);
-                } else if (rows == FBN_GROUP) { /* see fbn_same_sets_<sfx> */
-                    FBN_SYM(span_rows)(op, x, dy, oi, ld, to, ldo, m, k, ch, 2);
-                    FBN_SYM(span_rows)(op, x, dy, oi + 2 * ld, ld, to + 2 * ldo, ldo, m, k, ch, 2);
-                } else {
-                    for (int64_t i = 0; i < rows; i++)
-                        FBN_SYM(span_rows)(op, x, dy, oi + i * ld, ld, to + i * ldo, ldo, m, k, ch,
-                                           1);
-                }
-                if (p->stream)
-                    for (int64_t i = 0; i < rows; i++)
-                        FBN_SYM(stream_out)(out + o + i * C, buf + i * FBN_SPAN, m);
-            }
-        }
+        FBN_SYM(cols_tile)(op, x, dy, out, p, t, k);
     }
     if (p->stream) FBN_STREAM_FENCE();
 }

@@ -77,7 +77,9 @@ typedef struct {
     fbn_ksum total;
 } fbn_acc;
 
-static inline void fbn_acc_flush(fbn_acc *a) {
+/* Always inlined: called per FBN_PIECE values inside the dispatched reductions, it
+ * went out of line (a call, and its lanes through memory) once they grew. */
+FBN_INLINE void fbn_acc_flush(fbn_acc *a) {
     double *l = a->lane; /* pairwise, in a fixed order; constant trip counts vectorise */
     for (int i = 0; i < 16; i++) l[i] += l[i + 16];
     for (int i = 0; i < 8; i++) l[i] += l[i + 8];

@@ -62,6 +62,14 @@
 #ifndef FBN_FEW_ROWS
 #define FBN_FEW_ROWS (2 * FBN_FLUSH_ROWS)
 #endif
+/* Training forwards whose tiles hold whole channels (nsegs == 1) keep their work
+ * arrays per thread, a channel block's each, from this many channels up (issue 13:
+ * (2, 50M) float32 took 4.8 GB of C-sized work), and C-sized ones below: the block
+ * arrays' setup cost about 350 instructions a tile (+2.3% at (16, 32, 64)), and
+ * below this the C-sized ones are small. No result's bits depend on it. */
+#ifndef FBN_BLOCK_WORK_C
+#define FBN_BLOCK_WORK_C 4096
+#endif
 /* Columns shape reductions: scratch doubles per channel (sums, totals, flags). */
 #ifndef FBN_COL_SCRATCH
 #define FBN_COL_SCRATCH 8

@@ -184,6 +184,38 @@ def test_training_forward_memory_with_few_rows_many_channels(running):
     assert r["growth"] <= bound, (r, bound)
 
 
+BLOCK_WORK_C = 4096  # src_c/tuning.h FBN_BLOCK_WORK_C
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("act,slope,res,want_var", [(0, 0.0, False, True), (1, 0.0, False, False),
+                                                    (2, 0.1, True, True)])
+def test_training_forward_block_work_gives_the_same_bits(dtype, act, slope, res, want_var):
+    """A training forward whose tiles hold whole channels keeps its work per thread, a
+    channel block's, from FBN_BLOCK_WORK_C channels (issue 13's memory), and in
+    C-sized arrays below (cheaper per tile). Either gives the same bits: channels
+    [0, C0) of a forward over more than FBN_BLOCK_WORK_C channels are those of the
+    forward of channels [0, C0) alone, C0 below it (16 rows: threaded, one segment)."""
+    rng = np.random.default_rng(7)
+    wide, C0 = BLOCK_WORK_C + 4, BLOCK_WORK_C - 96
+    x = (rng.standard_normal((16, wide, 1)) * 2 + rng.normal(0, 3, (1, wide, 1))).astype(dtype)
+    z = rng.standard_normal(x.shape).astype(dtype) if res else None
+    g, b = rng.uniform(0.5, 2, wide), rng.normal(0, 1, wide)
+
+    def forward(n, threads):
+        xs = np.ascontiguousarray(x[:, :n])
+        zs = None if z is None else np.ascontiguousarray(z[:, :n])
+        y, outs = np.empty_like(xs), [np.full(n, np.nan) for _ in range(4)]
+        var = outs[2] if want_var else None
+        fastbn._kernels.forward_train_ex(xs, y, g[:n].copy(), b[:n].copy(), 1e-5, act, slope, zs,
+                                         outs[0], outs[1], var, outs[3], threads)
+        return [y[:, :C0]] + [o[:C0] for o in (outs if want_var else outs[:2] + outs[3:])]
+
+    for threads in (1, 2):
+        for a, w in zip(forward(wide, threads), forward(C0, threads)):
+            np.testing.assert_array_equal(a, w)
+
+
 # ---------------------------------------------------------------- half precision (issue 19)
 
 @pytest.mark.parametrize("half", ["float16", "bfloat16"])
