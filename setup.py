@@ -6,7 +6,12 @@ else OpenMP (MSVC), else one thread, with a message. FASTBN_THREADS=pthreads,
 openmp or none forces a choice (FASTBN_NO_OPENMP=1, the old switch, means none).
 FASTBN_SANITIZE=1 builds with AddressSanitizer and UndefinedBehaviorSanitizer for
 the CI's memory-safety run.
+
+The C files compile in parallel, one job per CPU (NPY_NUM_BUILD_JOBS=N sets N): the
+kernel templates are instantiated in one translation unit per dtype
+(src_c/kernels_*.c), each compiled for three instruction sets, minutes each.
 """
+import concurrent.futures
 import glob
 import os
 import sys
@@ -57,6 +62,23 @@ def thread_pool_choice():
     return choice
 
 
+def build_jobs():
+    jobs = os.environ.get("NPY_NUM_BUILD_JOBS", "")
+    if jobs and not jobs.isdigit():
+        raise SystemExit(f"NPY_NUM_BUILD_JOBS must be a number of jobs, got {jobs!r}")
+    return int(jobs) if jobs else (os.cpu_count() or 1)
+
+
+def parallel_compile(compile_one, jobs):
+    """compile_one (a CCompiler's compile method), one source per call, in a pool of
+    threads (the compilers are processes; setuptools builds one file at a time)."""
+    def compile_all(sources, *args, **kwargs):
+        with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+            done = pool.map(lambda src: compile_one([src], *args, **kwargs), sources)
+            return [obj for objs in done for obj in objs]
+    return compile_all
+
+
 class BuildExt(build_ext):
     def build_extensions(self):
         cc = self.compiler
@@ -93,13 +115,19 @@ class BuildExt(build_ext):
             ext.define_macros = list(ext.define_macros) + macros
             ext.extra_compile_args = compile_flags
             ext.extra_link_args = link_flags
+        jobs = build_jobs()
+        if jobs > 1:
+            self.compiler.compile = parallel_compile(self.compiler.compile, jobs)
         super().build_extensions()
 
 
+# The longest compiles first, so that the parallel jobs end together.
+KERNEL_UNITS = ["src_c/kernels_f16.c", "src_c/kernels_bf16.c", "src_c/kernels_f32.c",
+                "src_c/kernels_f64.c"]
 extension = Extension(
     "fastbn._kernels",
-    sources=["fastbn/_kernels.pyx", "src_c/kernels.c", "src_c/plan.c", "src_c/stream.c", "src_c/work.c",
-             "src_c/parallel.c"],
+    sources=[*KERNEL_UNITS, "fastbn/_kernels.pyx", "src_c/kernels.c", "src_c/plan.c",
+             "src_c/stream.c", "src_c/work.c", "src_c/parallel.c"],
     include_dirs=["src_c", np.get_include()],
     depends=["fastbn/_front.pxi", "fastbn/_kernels.pxd", *glob.glob("src_c/*.h")],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],

@@ -1,5 +1,5 @@
 /* One instantiation of the kernel templates (the kern_*.h files) for one data
- * type. kernels.c includes this file once per dtype, after defining
+ * type. Each of src_c/kernels_<sfx>.c includes this file once, after defining
  *   FBN_SFX       the suffix of the generated names: f32, f64
  *   T             the storage type of the data arrays (x, y, dy, dx): float, double
  *   TC            the compute type of the elementwise passes (their typed

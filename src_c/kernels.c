@@ -1,6 +1,7 @@
-/* The kernels: their dtype-independent parts, then one instantiation of the
- * templates per dtype (kern_dtype.h). The tiling is plan.c, the work memory
- * work.c, the thread pool parallel.c. */
+/* The kernels' dtype-independent parts. The templates (kern_dtype.h) are
+ * instantiated once per dtype in kernels_f32.c, kernels_f64.c, kernels_f16.c and
+ * kernels_bf16.c: one translation unit each, so that a build compiles them in
+ * parallel. The tiling is plan.c, the work memory work.c, the thread pool parallel.c. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,59 +62,3 @@ const char *fbn_compiler(void) {
     return "unknown C99 compiler";
 #endif
 }
-
-/* The instantiations (see kern_dtype.h for the parameters). */
-#define FBN_SFX f32
-#define T float
-#define TC float
-#define FBN_VINT int32_t
-#include "kern_dtype.h"
-#undef FBN_SFX
-#undef T
-#undef TC
-#undef FBN_VINT
-
-#define FBN_SFX f64
-#define T double
-#define TC double
-#define FBN_VINT int64_t
-#include "kern_dtype.h"
-#undef FBN_SFX
-#undef T
-#undef TC
-#undef FBN_VINT
-
-/* Half precision (issue 19): data stored as float16 or bfloat16 (the structs of
- * fastbn.h, of their bits), computed in float; each value converted on load and
- * rounded once on store by src_c/half.h: the hot loops a block at a time
- * (FBN_LD_N, FBN_ST_N: F16C / AVX-512F conversions, AVX2 / AVX-512F integer
- * rounding for bfloat16, as the CPU has them), the rest one value at a time. */
-#define FBN_NARROW 1
-#define FBN_SFX f16
-#define T fbn_float16
-#define TC float
-#define FBN_VINT int32_t
-#define FBN_LD(v) fbn_f16_to_f32((v).bits)
-#define FBN_ST(v) ((fbn_float16){fbn_f32_to_f16(v)})
-#define FBN_LD_N(s, d, n) fbn_f16_widen((const fbn_f16 *)(const void *)(s), (d), (n))
-#define FBN_ST_N(s, d, n) fbn_f16_narrow((s), (fbn_f16 *)(void *)(d), (n))
-#include "kern_dtype.h"
-#undef FBN_SFX
-#undef T
-#undef TC
-#undef FBN_VINT
-
-#define FBN_SFX bf16
-#define T fbn_bfloat16
-#define TC float
-#define FBN_VINT int32_t
-#define FBN_LD(v) fbn_bf16_to_f32((v).bits)
-#define FBN_ST(v) ((fbn_bfloat16){fbn_f32_to_bf16(v)})
-#define FBN_LD_N(s, d, n) fbn_bf16_widen((const fbn_bf16 *)(const void *)(s), (d), (n))
-#define FBN_ST_N(s, d, n) fbn_bf16_narrow((s), (fbn_bf16 *)(void *)(d), (n))
-#include "kern_dtype.h"
-#undef FBN_SFX
-#undef T
-#undef TC
-#undef FBN_VINT
-#undef FBN_NARROW

@@ -52,7 +52,7 @@ void fbn_pool_counters(int64_t *alone_loops, int64_t *shared_loops);
  * back to sleep without spinning), and loops that backed off for such a wake-up. */
 void fbn_pool_late_counters(int64_t *late_wakes, int64_t *late_loops);
 
-/* Defined in kernels.c: releases the work cache if a call held it when the
+/* Defined in work.c: releases the work cache if a call held it when the
  * process forked (that call does not exist in the child). */
 void fbn_work_after_fork(void);
 

@@ -3,7 +3,7 @@
 The hypothesis strategies of conftest stay small (at most ~1,500 values, 9
 channels); these draw arrays of up to ~300k values so that each example reaches
 a path chosen first, and checks that it does with a Python model of the tiling
-plan (src_c/kernels.c fbn_make_plan, with the thresholds of src_c/plan.h):
+plan (src_c/plan.c fbn_make_plan, with the thresholds of src_c/plan.h):
 
 * "threaded": >= FBN_MIN_PARALLEL (65,536) values in >= 2 tiles (2 threads run);
 * "multi_tile": an elementwise pass cut into several tiles;

@@ -5,8 +5,8 @@ applied alone to a scratch copy of the committed tree (`git archive HEAD`, so th
 checkout itself is never touched), the extension is rebuilt when a C or Cython file
 changes, and the suite is run; a mutant is killed when the suite fails. Python
 mutants run first, on the pristine build; then each C mutant costs one rebuild
-(only src_c/kernels.c is recompiled and relinked, with the commands of the first
-full build). Prints a score table and writes it to --report (Markdown) too.
+(the C files of src_c/ are recompiled in parallel without runtime dispatch and
+relinked, with the commands of the first full build). Prints a score table and writes it to --report (Markdown) too.
 
     python tools/mutate.py                        # every mutant, the full not-slow suite
     python tools/mutate.py -k neumaier -k any_all  # mutants whose name contains these
@@ -16,6 +16,7 @@ Refuses to run on a dirty tree (the mutants must match the committed files). The
 score to quote is the one with the default, full `-m "not slow"` suite.
 """
 import argparse
+import concurrent.futures
 import os
 import re
 import shlex
@@ -65,19 +66,19 @@ def check_clean():
 
 
 def full_build(scratch):
-    """Builds the extension in place; returns the gcc commands that compile
-    src_c/kernels.c and link the module (for the C mutants' quick rebuilds)."""
+    """Builds the extension in place; returns the gcc commands that compile the
+    C files of src_c/ and link the module (for the C mutants' quick rebuilds)."""
     code, out = sh([sys.executable, "setup.py", "build_ext", "--inplace", "--force"], scratch)
     if code != 0:
         sys.exit(f"tools/mutate.py: the pristine build failed:\n{out[-3000:]}")
     lines = [ln for ln in out.splitlines() if re.match(r"^\S*(gcc|cc|clang)\S* ", ln)]
-    compile_c = [ln for ln in lines if " -c src_c/kernels.c " in ln]
+    compile_c = [ln for ln in lines if re.search(r" -c src_c/\w+\.c ", ln)]
     link = [ln for ln in lines if " -shared " in ln]
     copy = [ln for ln in out.splitlines() if ln.startswith("copying build/")]
-    if len(compile_c) != 1 or len(link) != 1 or len(copy) != 1:
+    if not compile_c or len(link) != 1 or len(copy) != 1:
         return None  # unknown build output: rebuild with setup.py every time
     src, dst = copy[0][len("copying "):].split(" -> ")
-    return compile_c[0], link[0], src, dst
+    return compile_c, link[0], src, dst
 
 
 def rebuild(scratch, quick):
@@ -85,11 +86,14 @@ def rebuild(scratch, quick):
         code, out = sh([sys.executable, "setup.py", "build_ext", "--inplace", "--force"], scratch)
         return code == 0, out
     compile_c, link, src, dst = quick
-    # without target_clones (one instruction set instead of three): a third of the
-    # compile time, and every dispatch path rounds identically (-ffp-contract=off)
-    compile_c = compile_c.replace(" -c src_c/kernels.c ", " -DFBN_NO_DISPATCH -c src_c/kernels.c ")
-    for cmd in (compile_c, link):
-        code, out = sh(shlex.split(cmd), scratch)
+    # every C file (a mutated header reaches several), without target_clones (one
+    # instruction set instead of three: every dispatch path rounds identically,
+    # -ffp-contract=off), one job per CPU
+    cmds = [re.sub(r" -c (src_c/\w+\.c) ", r" -DFBN_NO_DISPATCH -c \1 ", c) for c in compile_c]
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        results = list(pool.map(lambda cmd: sh(shlex.split(cmd), scratch), cmds))
+    results.append(sh(shlex.split(link), scratch))
+    for code, out in results:
         if code != 0:
             return False, out
     shutil.copy(os.path.join(scratch, src), os.path.join(scratch, dst))

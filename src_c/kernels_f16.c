@@ -1,0 +1,27 @@
+/* The kernel templates (kern_dtype.h, which lists the parameters) for float16 (IEEE binary16)
+ * data: one translation unit per dtype (see kernels.c).
+ *
+ * Half precision (issue 19): data stored as float16 or bfloat16 (the structs of
+ * fastbn.h, of their bits), computed in float; each value converted on load and
+ * rounded once on store by src_c/half.h: the hot loops a block at a time
+ * (FBN_LD_N, FBN_ST_N: F16C / AVX-512F conversions, AVX2 / AVX-512F integer
+ * rounding for bfloat16, as the CPU has them), the rest one value at a time. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "compiler.h"
+#include "fastbn.h"
+#include "half.h"
+#include "plan.h"
+
+#define FBN_NARROW 1
+#define FBN_SFX f16
+#define T fbn_float16
+#define TC float
+#define FBN_VINT int32_t
+#define FBN_LD(v) fbn_f16_to_f32((v).bits)
+#define FBN_ST(v) ((fbn_float16){fbn_f32_to_f16(v)})
+#define FBN_LD_N(s, d, n) fbn_f16_widen((const fbn_f16 *)(const void *)(s), (d), (n))
+#define FBN_ST_N(s, d, n) fbn_f16_narrow((s), (fbn_f16 *)(void *)(d), (n))
+#include "kern_dtype.h"
