@@ -142,11 +142,12 @@ FBN_INLINE void FBN_SYM(runs_tile)(const int op, const T *x, const T *dy, T *out
 }
 
 /* Channel-block tile t of op with inner == 1: spans of row groups (the row gap
- * enters per span, not per value: a runtime value here). */
+ * enters per span: gap as fbn_rows_tile_<sfx>'s). */
 FBN_INLINE void FBN_SYM(cols_tile)(const int op, const T *x, const T *dy, T *out,
-                                   const fbn_plan *p, int64_t t, const FBN_SYM(tcoefs) *k) {
+                                   const fbn_plan *p, int64_t t, const FBN_SYM(tcoefs) *k,
+                                   const int64_t gap) {
     const fbn_shape *s = &p->s;
-    const int64_t C = s->channels, gap = fbn_row_gap(s);
+    const int64_t C = s->channels;
     const FBN_SYM(tile) r = FBN_SYM(tile_of)(p, t);
     T buf[FBN_CHUNK];
     const int arrays = FBN_IS_AFF(op) ? 3 : FBN_TYPED; /* coefficient arrays read */
@@ -191,83 +192,94 @@ FBN_INLINE void FBN_SYM(cols_tile)(const int op, const T *x, const T *dy, T *out
     }
 }
 
-/* Tile t of plan p of op (a constant): out from x (and dy for FBN_OP_DX). The
- * plain ops' rows-shape walks, whose row gap enters per run, are instantiated
- * twice: with a literal gap of 0 for contiguous inputs (no per-run skip: their
- * code is what it was before row strides), and with the inputs' gap. (The
- * epilogue ops take the runtime gap alone: fewer instantiations to build.) */
+/* Tile t of plan p of op (a constant): out from x (and dy for FBN_OP_DX), the
+ * inputs' rows fbn_row_gap values apart when gapped (a constant), else
+ * contiguous: the gap a literal 0, which folds away. */
 FBN_INLINE void FBN_SYM(elemwise_tile)(const int op, const T *x, const T *dy, T *out,
                                        const fbn_plan *p, int64_t t,
-                                       const FBN_SYM(tcoefs) *k) {
-    const int64_t gap = fbn_row_gap(&p->s);
-    const int flat = gap == 0 && !FBN_IS_EXT(op); /* the literal-0 instantiation */
-    if (p->rows) {
-        if (flat)
-            FBN_SYM(rows_tile)(op, x, dy, out, p, t, k, 0);
-        else
-            FBN_SYM(rows_tile)(op, x, dy, out, p, t, k, gap);
-    } else if (p->s.inner > 1) {
-        if (flat)
-            FBN_SYM(runs_tile)(op, x, dy, out, p, t, k, 0);
-        else
-            FBN_SYM(runs_tile)(op, x, dy, out, p, t, k, gap);
-    } else {
-        FBN_SYM(cols_tile)(op, x, dy, out, p, t, k);
-    }
+                                       const FBN_SYM(tcoefs) *k, const int gapped) {
+    const int64_t gap = gapped ? fbn_row_gap(&p->s) : 0;
+    if (p->rows)
+        FBN_SYM(rows_tile)(op, x, dy, out, p, t, k, gap);
+    else if (p->s.inner > 1)
+        FBN_SYM(runs_tile)(op, x, dy, out, p, t, k, gap);
+    else
+        FBN_SYM(cols_tile)(op, x, dy, out, p, t, k, gap);
     if (p->stream) FBN_STREAM_FENCE();
 }
 
-/* The plain tiles (no epilogue) are dispatched functions of their own, and the
- * epilogue's are others: the plain ones' code is exactly what it was without the
- * epilogue (no test of it inside, which changed how GCC compiled their loops:
- * +1.6% instructions on plain forward_infer). The *_any functions choose. */
+/* The plain tiles (no epilogue) of contiguous inputs are dispatched functions of
+ * their own, with nothing else inside: their code is what it was before the
+ * epilogues and row strides. Compiled in one function with a second walk (the
+ * row gap's), GCC spilled the walk's pointers and a vector of dy to the stack in
+ * the per-run dx loop (AVX-512: 15 instructions a vector instead of 11, the
+ * fused backward of (16, 32, 8, 8) float32 1.14x slower). Row-strided inputs
+ * (*_gap) and the epilogues (*_x) are others; the *_any functions choose. */
 
 FBN_DISPATCH static void FBN_SYM(affine_tile)(const T *x, T *y, const fbn_plan *p, int64_t t,
                                               const FBN_SYM(tcoefs) *k) {
-    FBN_SYM(elemwise_tile)(FBN_OP_AFFINE, x, NULL, y, p, t, k);
+    FBN_SYM(elemwise_tile)(FBN_OP_AFFINE, x, NULL, y, p, t, k, 0);
 }
 
-/* y of tile t with an epilogue: a leaky ReLU (k->relu 2), a residual z, or both. */
+/* y of tile t, plain, of row-strided x (fbn_row_gap). */
+FBN_DISPATCH static void FBN_SYM(affine_tile_gap)(const T *x, T *y, const fbn_plan *p, int64_t t,
+                                                  const FBN_SYM(tcoefs) *k) {
+    FBN_SYM(elemwise_tile)(FBN_OP_AFFINE, x, NULL, y, p, t, k, 1);
+}
+
+/* y of tile t with an epilogue: a leaky ReLU (k->relu 2), a residual z, or both
+ * (any row gap). */
 FBN_DISPATCH static void FBN_SYM(affine_tile_x)(const T *x, const T *z, T *y, const fbn_plan *p,
                                                 int64_t t, const FBN_SYM(tcoefs) *k) {
     if (!z)
-        FBN_SYM(elemwise_tile)(FBN_OP_XAFF + 2, x, NULL, y, p, t, k);
+        FBN_SYM(elemwise_tile)(FBN_OP_XAFF + 2, x, NULL, y, p, t, k, 1);
     else if (k->relu == 0)
-        FBN_SYM(elemwise_tile)(FBN_OP_XAFF + 4, x, z, y, p, t, k);
+        FBN_SYM(elemwise_tile)(FBN_OP_XAFF + 4, x, z, y, p, t, k, 1);
     else if (k->relu == 1)
-        FBN_SYM(elemwise_tile)(FBN_OP_XAFF + 5, x, z, y, p, t, k);
+        FBN_SYM(elemwise_tile)(FBN_OP_XAFF + 5, x, z, y, p, t, k, 1);
     else
-        FBN_SYM(elemwise_tile)(FBN_OP_XAFF + 6, x, z, y, p, t, k);
+        FBN_SYM(elemwise_tile)(FBN_OP_XAFF + 6, x, z, y, p, t, k, 1);
 }
 
 /* y of tile t: plain (relu 0 or 1, no residual z), or with an epilogue. */
 static inline void FBN_SYM(affine_tile_any)(const T *x, const T *z, T *y, const fbn_plan *p,
                                             int64_t t, const FBN_SYM(tcoefs) *k) {
-    if (!z && k->relu < 2)
-        FBN_SYM(affine_tile)(x, y, p, t, k);
-    else
+    if (z || k->relu >= 2)
         FBN_SYM(affine_tile_x)(x, z, y, p, t, k);
+    else if (fbn_row_gap(&p->s))
+        FBN_SYM(affine_tile_gap)(x, y, p, t, k);
+    else
+        FBN_SYM(affine_tile)(x, y, p, t, k);
 }
 
 /* dx = k_dy * (dy' - mean_dy) + k_x * (x - shift) * invstd + k_0, in TC (see
- * fbn_fill_typed_<sfx>). */
+ * fbn_fill_typed_<sfx>), of contiguous inputs. */
 FBN_DISPATCH static void FBN_SYM(bwd_elemt_tile)(const T *dy, const T *x, T *dx,
                                                  const fbn_plan *p, int64_t t,
                                                  const FBN_SYM(tcoefs) *k) {
-    FBN_SYM(elemwise_tile)(FBN_OP_DX, x, dy, dx, p, t, k);
+    FBN_SYM(elemwise_tile)(FBN_OP_DX, x, dy, dx, p, t, k, 0);
 }
 
-/* dx of tile t with a leaky ReLU's mask. */
+/* The same of row-strided inputs (fbn_row_gap). */
+FBN_DISPATCH static void FBN_SYM(bwd_elemt_tile_gap)(const T *dy, const T *x, T *dx,
+                                                     const fbn_plan *p, int64_t t,
+                                                     const FBN_SYM(tcoefs) *k) {
+    FBN_SYM(elemwise_tile)(FBN_OP_DX, x, dy, dx, p, t, k, 1);
+}
+
+/* dx of tile t with a leaky ReLU's mask (any row gap). */
 FBN_DISPATCH static void FBN_SYM(bwd_elemt_tile_x)(const T *dy, const T *x, T *dx,
                                                    const fbn_plan *p, int64_t t,
                                                    const FBN_SYM(tcoefs) *k) {
-    FBN_SYM(elemwise_tile)(FBN_OP_XDX + 2, x, dy, dx, p, t, k);
+    FBN_SYM(elemwise_tile)(FBN_OP_XDX + 2, x, dy, dx, p, t, k, 1);
 }
 
 static inline void FBN_SYM(bwd_elemt_tile_any)(const T *dy, const T *x, T *dx, const fbn_plan *p,
                                                int64_t t, const FBN_SYM(tcoefs) *k) {
-    if (k->relu < 2)
-        FBN_SYM(bwd_elemt_tile)(dy, x, dx, p, t, k);
-    else /* a leaky ReLU's mask */
+    if (k->relu >= 2) /* a leaky ReLU's mask */
         FBN_SYM(bwd_elemt_tile_x)(dy, x, dx, p, t, k);
+    else if (fbn_row_gap(&p->s))
+        FBN_SYM(bwd_elemt_tile_gap)(dy, x, dx, p, t, k);
+    else
+        FBN_SYM(bwd_elemt_tile)(dy, x, dx, p, t, k);
 }
