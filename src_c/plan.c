@@ -102,7 +102,8 @@ static int64_t fbn_min_tile_len(int64_t len, int64_t n, int64_t least) {
 
 /* A pass reads `inputs` arrays of elem_size values and writes one output. An
  * output too large for the caches is streamed (non-temporal stores), and then
- * only the inputs occupy the cache: a tile holds at most FBN_TILE_BYTES of them.
+ * only the inputs occupy the cache: a tile holds at most FBN_TILE_BYTES of them
+ * (reductions: outputs of FBN_STREAM_BYTES or more, whatever the stores).
  * Elementwise passes take tiles of whole rows when inner == 1, and row tiles
  * otherwise. Reductions keep per-channel accumulators: when whole channels of a
  * block of up to FBN_COL_MAX fit in a tile and the rows are few, tiles are such
@@ -112,18 +113,22 @@ fbn_plan fbn_make_plan(fbn_shape s, int64_t elem_size, int inputs, int kind) {
     const int reduction = kind == FBN_REDUCTION;
     fbn_plan p;
     /* reductions: fixed sizes (their partition sets the bits of the results);
-     * elementwise passes: half of L2 per tile, and streamed stores from the
-     * smaller of FBN_STREAM_BYTES and half of L3 (not below 4 L2s) */
+     * elementwise passes: half of L2 per tile */
     const fbn_caches cs = fbn_cache_sizes();
     int64_t tile = reduction ? FBN_TILE_BYTES : cs.l2 / 2;
-    int64_t stream_from = FBN_STREAM_BYTES;
-    if (!reduction && cs.l3 / 2 < stream_from)
-        stream_from = cs.l3 / 2 > 4 * cs.l2 ? cs.l3 / 2 : 4 * cs.l2;
     p.s = s;
     p.l1_half = cs.l1d / 2;
     p.per_channel = s.outer * s.inner;
-    p.stream = FBN_CAN_STREAM && p.per_channel * s.channels * elem_size >= stream_from;
-    int64_t bytes_per_value = elem_size * (inputs + (p.stream ? 0 : 1));
+    const int64_t bytes = p.per_channel * s.channels * elem_size;
+    /* streamed stores (any kind of pass) when the pass's data, its inputs and output,
+     * take half of the last-level cache shared by the threads (not below 4 L2s):
+     * smaller outputs stay in that cache for the next pass */
+    const int64_t stream_from = cs.l3 / 2 > 4 * cs.l2 ? cs.l3 / 2 : 4 * cs.l2;
+    p.stream = FBN_CAN_STREAM && (inputs + 1) * bytes >= stream_from;
+    /* a reduction's tiling assumes streamed outputs from FBN_STREAM_BYTES, whatever
+     * the stores: its tiles set the bits of its results */
+    const int tiled_streamed = reduction ? FBN_CAN_STREAM && bytes >= FBN_STREAM_BYTES : p.stream;
+    int64_t bytes_per_value = elem_size * (inputs + (tiled_streamed ? 0 : 1));
     p.block = 1;
     int fits = 0;
     if (s.inner == 1) {

@@ -27,7 +27,7 @@ typedef struct {
     fbn_shape s;
     int64_t per_channel; /* outer * inner: values per channel */
     int64_t ntiles;      /* tiles of either kind (0 when there are no values) */
-    int stream;          /* output too large for the caches: write it non-temporally */
+    int stream;          /* data too large for L3: write the output non-temporally */
     int64_t block, nblocks, seg_len, nsegs; /* channel-block tiles */
     int64_t rows;                           /* row tiles: rows per tile (0: none) */
     /* reductions with inner > 1 and nsegs > 1: a channel's data fit in the caches
@@ -71,9 +71,9 @@ enum { FBN_OP_XAFF = 8, FBN_OP_XDX = 16 };
  * fallbacks (32 KB, 512 KB, 8 MB). FASTBN_CACHE_SIZES="l1d,l2,l3" in the
  * environment (bytes, or with a K or M suffix) overrides them, and so does
  * fbn_set_cache_sizes (tests and tuning; zeros detect again). They size only
- * choices that change no result's bits: elementwise tiles, the streaming threshold
- * of elementwise passes, the L1 bound of their walks, fuse_segs and the tasks of
- * fused passes (fbn_fuse_group). Reduction
+ * choices that change no result's bits: elementwise tiles, whether a pass's stores
+ * are streamed (its data against half of L3), the L1 bound of the elementwise
+ * walks, fuse_segs and the tasks of fused passes (fbn_fuse_group). Reduction
  * tilings stay fixed (FBN_TILE_BYTES, FBN_STREAM_BYTES), so results do not depend
  * on the machine. */
 typedef struct {

@@ -101,10 +101,12 @@
 #define FBN_ONE_PASS 256.0
 #endif
 
-/* Outputs of at least this many bytes are written with non-temporal stores,
- * their inputs prefetched FBN_STREAM_AHEAD bytes ahead. Reductions (whose tiling
- * it sets) use it as is; elementwise passes stream from half of the detected L3
- * when that is smaller (not below 4 L2s). */
+/* Reductions' tiles hold only their inputs for outputs of at least this many
+ * bytes (fixed: their tiling sets the bits of the results). Whether any pass's
+ * stores are non-temporal is decided at run time (plan.c): when its inputs and
+ * output take half of the detected L3 or more (issue 17: 16 MB outputs streamed
+ * out of a 105 MB L3 took twice PyTorch's time). Streamed inputs are prefetched
+ * FBN_STREAM_AHEAD bytes ahead. */
 #ifndef FBN_STREAM_BYTES
 #define FBN_STREAM_BYTES (16 * 1024 * 1024)
 #endif

@@ -18,6 +18,28 @@ import fastbn
 import fastbn.reference
 
 
+# ---------------------------------------------------------------- streamed outputs
+
+STREAM_L3 = 16 << 20
+
+
+@pytest.fixture
+def streaming_l3():
+    """An L3 of 16 MB for the test (fastbn._kernels._set_cache_sizes; restored after):
+    a pass's stores are streamed when its inputs and output take half of L3 or more
+    (src_c/plan.c, not below 4 L2s), so that the outputs of about 16 MB these tests
+    write take the streamed paths on any machine, a 105 MB L3 too."""
+    if fastbn.backend != "c":
+        yield
+        return
+    import fastbn._kernels as kernels
+    kernels._set_cache_sizes(0, 0, STREAM_L3)
+    try:
+        yield
+    finally:
+        kernels._set_cache_sizes(0, 0, 0)
+
+
 # ---------------------------------------------------------------- which fastbn is tested
 
 def _backend_problem():

@@ -1,6 +1,6 @@
 """Cache sizes read at run time (src_c/plan.c): sane values, their fallbacks and
 overrides, and that they change no result's bits (only elementwise tiles, the
-streaming threshold of elementwise passes, walk bounds and whether a channel of
+streaming threshold of every pass, walk bounds and whether a channel of
 several reduction tiles is fused follow them)."""
 import os
 import subprocess
@@ -66,7 +66,7 @@ def test_results_do_not_depend_on_cache_sizes(shape, axis, dtype, restore_caches
     g, b = rng.uniform(0.5, 1.5, C).astype(dtype), rng.normal(0, 1, C).astype(dtype)
     outs = []
     # a 512 KB-L2 machine, this one's sizes, and a tiny cache (tiny tiles, every
-    # elementwise pass streamed)
+    # pass of 256 KB of data or more streamed, the fused ones too)
     for sizes in [(32 << 10, 512 << 10, 8 << 20), (0, 0, 0), (4096, 64 << 10, 0)]:
         _k._set_cache_sizes(*sizes)
         outs.append(_all_outputs(x, dy, g, b, axis))

@@ -68,6 +68,7 @@ AXIS = [1]
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape,axis", SHAPES)
+@pytest.mark.usefixtures("streaming_l3")
 @pytest.mark.parametrize("epi", EPILOGUES, ids=lambda e: "-".join(f"{k}={v}" for k, v in
                                                                    e.items()))
 @pytest.mark.parametrize("training", [True, False])

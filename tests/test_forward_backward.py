@@ -287,6 +287,7 @@ LARGE_CASES = [((70001, 3), 1, "C"), ((257, 600), 1, "F"), ((3, 20, 40, 300), -1
 
 @pytest.mark.parametrize("training, activation", [(True, None), (True, "relu"), (False, "relu")])
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.usefixtures("streaming_l3")
 @pytest.mark.parametrize("shape, axis, layout", LARGE_CASES)
 def test_larger_arrays_match_reference(shape, axis, layout, dtype, training, activation):
     case = Case(shape=shape, axis=axis, dtype=dtype, affine="both", param_dtype=np.float64,
@@ -439,7 +440,7 @@ def assert_same_bits_nan_aside(a, b, what):
     assert a[~nan].tobytes() == b[~nan].tobytes(), what
 
 
-# Outputs of 16 MB or more (FBN_STREAM_BYTES) are written by other loops than
+# Outputs of 16 MB or more (streamed under an L3 of 16 MB) are written by other loops than
 # smaller ones (vectors stored non-temporally, scalars before the first 16-byte
 # boundary and after the last whole vector; columns through an L1 buffer, a row
 # or a group of rows at a time): the results must be the same bits. NCHW runs of
@@ -454,6 +455,7 @@ STREAMED_CASES = [((4, 64, 129, 131), 1), ((4, 3620, 300), -1), ((4, 275, 4096),
 @pytest.mark.parametrize("offset", [0, 1, 3])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape, axis", STREAMED_CASES)
+@pytest.mark.usefixtures("streaming_l3")
 def test_streamed_outputs_are_those_of_small_arrays(shape, axis, dtype, offset):
     n = 4 if dtype == np.float32 else 2
     shape, C = (n, *shape[1:]), shape[axis]

@@ -306,16 +306,18 @@ def test_compiled_and_reference_agree(dtype):
     assert np.mean(a == b) > 0.97
 
 
-# Outputs of 16 MB or more (FBN_STREAM_BYTES) are written by other loops (16-bit data: a
-# cache line at a time, stored non-temporally; columns through an L1 buffer): the same
-# bits as the cached loops give a slice of them. NCHW runs of 129 * 131 values (not
-# whole lines) and (N, C) rows of 4096 channels, at two offsets from a 16-byte boundary.
+# Outputs of 16 MB or more (streamed under an L3 of 16 MB) are written by other loops
+# (16-bit data: a cache line at a time, stored non-temporally; columns through an L1
+# buffer): the same bits as the cached loops give a slice of them. NCHW runs of
+# 129 * 131 values (not whole lines) and (N, C) rows of 4096 channels, at two offsets
+# from a 16-byte boundary.
 STREAMED = [((8, 64, 129, 131), 1, F16, 1), ((8, 275, 4096), -1, BF16, 0)]  # default run
 STREAMED += [pytest.param(*c, marks=pytest.mark.slow) for c in [
     ((8, 64, 129, 131), 1, BF16, 0), ((8, 275, 4096), -1, F16, 1)]]
 
 
 @pytest.mark.parametrize("shape, axis, dtype, offset", STREAMED)
+@pytest.mark.usefixtures("streaming_l3")
 def test_streamed_outputs_are_those_of_small_arrays(shape, axis, dtype, offset):
     rng = np.random.default_rng(29)
     C = shape[axis]

@@ -13,7 +13,7 @@ plan (src_c/plan.c fbn_make_plan, with the thresholds of src_c/plan.h):
   before storing it and the row pairs for outputs in the same cache sets;
 * "many_channels": 16 to 4,096 channels.
 
-Outputs >= FBN_STREAM_BYTES (16 MB), written with non-temporal stores, take a
+Outputs >= FBN_STREAM_BYTES (16 MB), streamed under an L3 of 16 MB, take a
 few fixed examples (test_streamed_outputs_match_reference). Everything is
 compared with fastbn.reference, never the C code with itself. Also here: `out`
 that is one input but partially overlaps another (then a fresh buffer must be
@@ -239,6 +239,7 @@ STREAM_CASES = [((4100, 1024), -1, np.float32),       # (N, C), 4K rows, 16.8 MB
 
 @pytest.mark.parametrize("activation", [None, "relu"])
 @pytest.mark.parametrize("shape, axis, dtype", STREAM_CASES)
+@pytest.mark.usefixtures("streaming_l3")
 def test_streamed_outputs_match_reference(shape, axis, dtype, activation):
     assert "streamed" in paths(shape, axis, dtype)
     rng = np.random.default_rng(shape[-1])

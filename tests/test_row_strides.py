@@ -163,6 +163,7 @@ LARGE = [  # (base shape, slice, axis): threaded, tiled, streamed (outputs >= 16
 
 
 @pytest.mark.parametrize("full,sl,axis", LARGE)
+@pytest.mark.usefixtures("streaming_l3")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_large_slices(full, sl, axis, dtype):
     rng = np.random.default_rng(1)

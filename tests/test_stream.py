@@ -67,6 +67,7 @@ def test_every_width_matches_the_reference(width, tmp_path):
         "    y2, _ = reference.forward(x, g, b, training=False, running_mean=rm, running_var=rv)\n"
         "    assert np.allclose(y1, y2, rtol=1e-5, atol=1e-5)\n"
         "print('ok')\n")
-    env = dict(os.environ, FASTBN_STREAM_WIDTH=width)
+    # an L3 of 16 MB: outputs of 16 MB are streamed (conftest.streaming_l3)
+    env = dict(os.environ, FASTBN_STREAM_WIDTH=width, FASTBN_CACHE_SIZES="0,0,16M")
     r = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
