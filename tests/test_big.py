@@ -14,7 +14,8 @@ import pytest
 
 import fastbn
 
-pytestmark = pytest.mark.slow
+# one at a time under pytest-xdist: two of them at once would need twice the memory
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("big_memory")]
 
 BIG = 2**31 + 64          # elements: just past the int32 range
 CHUNK = 1 << 25           # elements per chunk of the NumPy check (256 MB as float64)
