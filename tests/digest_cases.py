@@ -247,13 +247,14 @@ def differences(stored, now):
     return [n for n in names if stored.get(n) != now.get(n)]
 
 
-def main(argv):
+def main(argv, compute=compute, store=STORE):
+    """--write: store the digests of this build; else print the cases that differ."""
     now = compute()
     if "--write" in argv:
-        STORE.write_text(json.dumps(now, indent=0, sort_keys=True) + "\n")
-        print(f"wrote {len(now)} digests to {STORE}")
+        store.write_text(json.dumps(now, indent=0, sort_keys=True) + "\n")
+        print(f"wrote {len(now)} digests to {store}")
         return 0
-    stored = json.loads(STORE.read_text())
+    stored = json.loads(store.read_text())
     bad = differences(stored, now)
     for n in bad:
         print("differs:", n)

@@ -39,3 +39,15 @@ def test_results_do_not_depend_on_the_thread_count():
     one = {k[3:]: v for k, v in stored.items() if k.startswith("t1/")}
     two = {k[3:]: v for k, v in stored.items() if k.startswith("t2/")}
     assert one == two
+
+
+def test_half_outputs_match_stored_digests():
+    """float16 / bfloat16 outputs on NaNs (signs, payloads), infinities and subnormals,
+    bitwise those stored (tests/half_digest_cases.py)."""
+    pytest.importorskip("ml_dtypes")
+    from half_digest_cases import STORE as HALF_STORE, compute as half_compute
+    stored = json.loads(HALF_STORE.read_text())
+    now = half_compute()
+    assert len(now) == len(stored)
+    bad = differences(stored, now)
+    assert not bad, f"{len(bad)} of {len(now)} outputs differ, e.g. {bad[:10]}"
