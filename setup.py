@@ -5,7 +5,8 @@ compiler has them (fork-safe, and not stalled by a late worker on a busy machine
 else OpenMP (MSVC), else one thread, with a message. FASTBN_THREADS=pthreads,
 openmp or none forces a choice (FASTBN_NO_OPENMP=1, the old switch, means none).
 FASTBN_SANITIZE=1 builds with AddressSanitizer and UndefinedBehaviorSanitizer for
-the CI's memory-safety run.
+the CI's memory-safety run, at -O1 and with the kernels compiled once, for the
+baseline (FBN_ONE_CLONE, src_c/compiler.h).
 
 The C files compile in parallel, one job per CPU (NPY_NUM_BUILD_JOBS=N sets N): the
 kernel templates are instantiated in one translation unit per dtype
@@ -110,6 +111,7 @@ class BuildExt(build_ext):
                    "-fno-omit-frame-pointer", "-O1", "-g"]
             compile_flags += san
             link_flags += san
+            macros.append(("FBN_ONE_CLONE", "1"))  # see src_c/compiler.h
             print("fastbn: building with AddressSanitizer and UndefinedBehaviorSanitizer")
         for ext in self.extensions:
             ext.define_macros = list(ext.define_macros) + macros

@@ -24,8 +24,16 @@
 
 /* Runtime SIMD dispatch of the functions that do the arithmetic (GCC on x86-64):
  * one clone per instruction set, chosen at load time by the CPU. -DFBN_NO_DISPATCH
- * builds the baseline alone (tools/digest_paths.sh checks that build's results). */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FBN_NO_DISPATCH)
+ * builds the baseline alone (tools/digest_paths.sh checks that build's results).
+ * -DFBN_ONE_CLONE (the sanitizer build, setup.py): the kernels once, for the
+ * baseline, the half conversions and streamed copies still by what the CPU has; at
+ * -O1 nothing is vectorised, so the clones would be the same code three times. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
+    !defined(FBN_NO_DISPATCH) && defined(FBN_ONE_CLONE)
+#define FBN_DISPATCH
+#define FBN_SIMD_PATHS "one baseline x86-64 clone (FBN_ONE_CLONE: sanitizer build)"
+#elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
+    !defined(FBN_NO_DISPATCH)
 #define FBN_DISPATCH __attribute__((target_clones("avx512f", "avx2", "default")))
 #define FBN_SIMD_PATHS "runtime dispatch: avx512f, avx2, baseline x86-64"
 #else
