@@ -28,14 +28,14 @@
  * -DFBN_ONE_CLONE (the sanitizer build, setup.py): the kernels once, for the
  * baseline, the half conversions and streamed copies still by what the CPU has; at
  * -O1 nothing is vectorised, so the clones would be the same code three times. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
-    !defined(FBN_NO_DISPATCH) && defined(FBN_ONE_CLONE)
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FBN_NO_DISPATCH)
+#ifdef FBN_ONE_CLONE
 #define FBN_DISPATCH
 #define FBN_SIMD_PATHS "one baseline x86-64 clone (FBN_ONE_CLONE: sanitizer build)"
-#elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
-    !defined(FBN_NO_DISPATCH)
+#else
 #define FBN_DISPATCH __attribute__((target_clones("avx512f", "avx2", "default")))
 #define FBN_SIMD_PATHS "runtime dispatch: avx512f, avx2, baseline x86-64"
+#endif
 #else
 #define FBN_DISPATCH
 #define FBN_SIMD_PATHS "compiler auto-vectorisation for the build target (no runtime dispatch)"
