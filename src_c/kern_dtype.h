@@ -1,7 +1,8 @@
 /* One instantiation of the kernel templates (the kern_*.h files) for one data
  * type. Each of src_c/kernels_<sfx>.c includes this file once, after defining
- *   FBN_SFX       the suffix of the generated names: f32, f64
- *   T             the storage type of the data arrays (x, y, dy, dx): float, double
+ *   FBN_SFX       the suffix of the generated names: f32, f64, f16, bf16
+ *   T             the storage type of the data arrays (x, y, dy, dx): float, double,
+ *                 fbn_float16, fbn_bfloat16
  *   TC            the compute type of the elementwise passes (their typed
  *                 coefficients, y and dx): T itself for float32 and float64
  *   FBN_VINT      the integer type of TC's size (vector masks)
@@ -21,6 +22,15 @@
  *     FBN_SYM(name)  ->  fbn_<name>_<sfx>      e.g. fbn_forward_train_f32,
  * so `grep -n "FBN_SYM(forward_train)" src_c` finds the definition of
  * fbn_forward_train_f32 and fbn_forward_train_f64. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "compiler.h"
+#include "fastbn.h"
+#include "half.h"
+#include "plan.h"
+
 #define FBN_SYM_(name, sfx) fbn_##name##_##sfx
 #define FBN_SYM_EXPAND(name, sfx) FBN_SYM_(name, sfx)
 #define FBN_SYM(name) FBN_SYM_EXPAND(name, FBN_SFX)

@@ -1,20 +1,6 @@
 /* The kernel templates (kern_dtype.h, which lists the parameters) for bfloat16
- * data: one translation unit per dtype (see kernels.c).
- *
- * Half precision (issue 19): data stored as float16 or bfloat16 (the structs of
- * fastbn.h, of their bits), computed in float; each value converted on load and
- * rounded once on store by src_c/half.h: the hot loops a block at a time
- * (FBN_LD_N, FBN_ST_N: F16C / AVX-512F conversions, AVX2 / AVX-512F integer
- * rounding for bfloat16, as the CPU has them), the rest one value at a time. */
-#include <math.h>
-#include <stdlib.h>
-#include <string.h>
-
-#include "compiler.h"
-#include "fastbn.h"
-#include "half.h"
-#include "plan.h"
-
+ * data: one translation unit per dtype (see kernels.c); half precision as in
+ * kernels_f16.c. */
 #define FBN_NARROW 1
 #define FBN_SFX bf16
 #define T fbn_bfloat16

@@ -6,15 +6,6 @@
  * rounded once on store by src_c/half.h: the hot loops a block at a time
  * (FBN_LD_N, FBN_ST_N: F16C / AVX-512F conversions, AVX2 / AVX-512F integer
  * rounding for bfloat16, as the CPU has them), the rest one value at a time. */
-#include <math.h>
-#include <stdlib.h>
-#include <string.h>
-
-#include "compiler.h"
-#include "fastbn.h"
-#include "half.h"
-#include "plan.h"
-
 #define FBN_NARROW 1
 #define FBN_SFX f16
 #define T fbn_float16

@@ -1,14 +1,5 @@
 /* The kernel templates (kern_dtype.h, which lists the parameters) for float32
  * data: one translation unit per dtype (see kernels.c). */
-#include <math.h>
-#include <stdlib.h>
-#include <string.h>
-
-#include "compiler.h"
-#include "fastbn.h"
-#include "half.h"
-#include "plan.h"
-
 #define FBN_SFX f32
 #define T float
 #define TC float
