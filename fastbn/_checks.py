@@ -6,6 +6,7 @@ running statistic is touched, so a failed call never leaves state half-updated.
 import math
 import numbers
 import operator
+import sys
 import warnings
 
 import numpy as np
@@ -13,15 +14,7 @@ import numpy as np
 from ._cache import Cache, ForwardArgs  # Cache here too: pickles name fastbn._checks.Cache
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-try:  # an optional dependency (the extra "bf16"): without it no bfloat16 array exists
-    import ml_dtypes as _ml_dtypes
-    BFLOAT16 = np.dtype(_ml_dtypes.bfloat16)
-except ImportError:  # pragma: no cover
-    BFLOAT16 = None
 FLOAT16 = np.dtype(np.float16)
-# half-precision data: stored in 16 bits, computed in float32, parameters float32 by default
-HALF_DTYPES = (FLOAT16,) if BFLOAT16 is None else (FLOAT16, BFLOAT16)
-DATA_DTYPES = FLOAT_DTYPES + HALF_DTYPES
 DATA_DTYPE_NAMES = "float32, float64, float16 or bfloat16"
 OPTIONAL_VECTORS = ("gamma", "beta")  # per-channel vectors that may be None
 
@@ -49,14 +42,42 @@ def float_array(a, name):
     return a
 
 
+def bfloat16(load=False):
+    """ml_dtypes' bfloat16 dtype, or None without ml_dtypes (the optional extra "bf16").
+
+    fastbn does not import ml_dtypes itself unless `load`: the import takes about a
+    second (NumPy 2.4, ml_dtypes 0.7), and no bfloat16 array can exist before the
+    user's code has imported it.
+    """
+    module = sys.modules.get("ml_dtypes")
+    if module is None and load:
+        try:
+            import ml_dtypes as module
+        except ImportError:
+            return None
+    bf16 = getattr(module, "bfloat16", None)
+    return None if bf16 is None else np.dtype(bf16)
+
+
 def is_half(dtype):
-    """Whether data of `dtype` are half precision (float16, bfloat16)."""
-    return dtype in HALF_DTYPES
+    """Whether data of `dtype` are half precision (float16, bfloat16): stored in 16 bits,
+    computed in float32, with float32 parameters by default."""
+    if dtype == FLOAT16:
+        return True
+    if getattr(dtype, "name", None) != "bfloat16":
+        return False
+    bf16 = bfloat16()
+    return bf16 is not None and dtype == bf16
+
+
+def is_data_dtype(dtype):
+    """float32, float64, float16 or bfloat16."""
+    return dtype in FLOAT_DTYPES or is_half(dtype)
 
 
 def is_float_dtype(dtype):
     """A real floating dtype, bfloat16 included (NumPy does not count it as np.floating)."""
-    return dtype.kind == "f" or (BFLOAT16 is not None and dtype == BFLOAT16)
+    return dtype.kind == "f" or is_half(dtype)
 
 
 def param_dtype(data_dtype):
@@ -71,7 +92,7 @@ def data_float_array(a, name):
         raise TypeError(f"{name} must be a numpy.ndarray of {DATA_DTYPE_NAMES}, "
                         f"got {_describe(a)}")
     refuse_subclass(a, name)
-    if a.dtype not in DATA_DTYPES:
+    if not is_data_dtype(a.dtype):
         raise TypeError(f"{name} must have dtype {DATA_DTYPE_NAMES}, got {a.dtype}")
     return a
 

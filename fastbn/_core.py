@@ -13,7 +13,7 @@ from ._checks import (canonical, canonical_inputs, channel_axis,
 from . import _checks
 from ._checks import activation as check_activation
 from ._features import NEGATIVE_SLOPE, NO_FEATURES, FeatureCache, check_features
-from ._checks import HALF_DTYPES
+from ._checks import FLOAT16, is_half
 from ._checks import store as _store
 from ._threads import get_num_threads
 from .reference import merge_stats  # O(parts * C) NumPy: nothing to gain in C
@@ -101,18 +101,16 @@ def _coefficients(mean, invstd, gamma, beta):
     return shift, scale, bias
 
 
-_HALF_CODES = {d: code for d, code in zip(HALF_DTYPES, (2, 3))}  # DT_F16, DT_BF16
-
-
 def _k(a):
     """Data as the kernels take it: itself, or for half precision its bits (uint16),
     which the kernels read as float16 or bfloat16 by the code `_dt` gives."""
-    return a.view(np.uint16) if a.dtype in _HALF_CODES else a
+    return a.view(np.uint16) if is_half(a.dtype) else a
 
 
 def _dt(a):
-    """The kernels' dtype code of half-precision data (-1: float32/float64, by type)."""
-    return _HALF_CODES.get(a.dtype, -1)
+    """The kernels' dtype code of data: DT_F16 (2), DT_BF16 (3), or -1 for float32 and
+    float64 (told apart by type)."""
+    return 2 if a.dtype == FLOAT16 else 3 if is_half(a.dtype) else -1
 
 
 def batch_stats(x, *, axis=1):

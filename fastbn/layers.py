@@ -14,7 +14,7 @@ import threading
 
 import numpy as np
 
-from ._checks import BFLOAT16, DATA_DTYPES, _describe, is_integer, real_number, warn_momentum
+from ._checks import _describe, bfloat16, is_data_dtype, is_integer, real_number, warn_momentum
 from ._checks import activation as _check_activation
 from ._checks import bool_arg as _check_bool
 from ._layer_modes import BatchNormModes
@@ -185,11 +185,11 @@ class BatchNorm(BatchNormModes, BatchNormPasses, BatchNormState):
                             f"{_describe(axis)}")
         names = "float32, float64, float16, bfloat16 or None"
         try:
-            dt = np.dtype(np.float32 if dtype is None else
-                          BFLOAT16 if BFLOAT16 is not None and dtype == "bfloat16" else dtype)
+            bf16 = bfloat16(load=True) if isinstance(dtype, str) and dtype == "bfloat16" else None
+            dt = np.dtype(np.float32 if dtype is None else bf16 if bf16 is not None else dtype)
         except TypeError:
             raise TypeError(f"dtype must be {names}, got {dtype!r}") from None
-        if dt not in DATA_DTYPES:
+        if not is_data_dtype(dt):
             raise TypeError(f"dtype must be {names}, got {dt}")
         self.num_features = int(num_features)
         self.axis = int(axis) if is_integer(axis) else tuple(int(a) for a in axis)

@@ -17,6 +17,7 @@ the gradients through a float64 computation on the same values, the building
 blocks, the layer's dtype=None rule, and errors naming the argument.
 """
 import os
+import subprocess
 import sys
 import zlib
 
@@ -579,3 +580,30 @@ def test_leaky_relu_features_dx_of_half_data(dtype, feat):
         edx = reference.backward(f64(dy), e)[0]
         invstd = e.flat("invstd")[0].ravel()
         assert max_ulps(dx, edx, 1, dtype, scale=dx_scale(dy, g, invstd, 1)) <= 1, seed
+
+
+def test_import_leaves_ml_dtypes_to_the_user():
+    """`import fastbn` does not import ml_dtypes (about a second on NumPy 2.4), yet
+    bfloat16 data work once the user's code has imported it, after fastbn, and the
+    layer's dtype="bfloat16" imports it when asked."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fastbn.__file__)))  # this fastbn
+    code = """if True:
+        import sys
+        import numpy as np
+        import fastbn
+        assert "ml_dtypes" not in sys.modules, "import fastbn imported ml_dtypes"
+        bn = fastbn.BatchNorm(3, dtype="bfloat16")
+        assert "ml_dtypes" in sys.modules and bn.running_mean.dtype.name == "bfloat16"
+        import ml_dtypes
+        x = (np.arange(24.0).reshape(8, 3) % 5).astype(ml_dtypes.bfloat16)
+        y, cache = fastbn.forward(x)
+        dx, _, _ = fastbn.backward(y, cache)
+        assert y.dtype == dx.dtype == x.dtype
+        assert fastbn._checks.is_half(x.dtype) and not fastbn._checks.is_half(np.dtype("V2"))
+        print("ok")
+    """
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
