@@ -32,6 +32,11 @@
  *    (FBN_LD_N / FBN_ST_N, kern_dtype.h): GCC 12 does not vectorise F16C
  *    conversions by itself, and its vectorisation of the portable forms inside the
  *    kernels' loops left float16 3-5x slower than float32.
+ *  - 16-value forms fbn_f16_widen16 / fbn_f16_narrow16 / fbn_bf16_widen16 /
+ *    fbn_bf16_narrow16 by a given instruction set (a constant): the columns
+ *    shape's dx loop (src_c/kern_half_dx.h) converts in registers with them, in
+ *    functions compiled for that instruction set, without the block forms' float
+ *    buffers.
  *
  * NaNs stay NaNs of the same sign: narrowing keeps the payload's top bits and sets
  * the quiet bit (as VCVTPS2PH and VCVTNEPS2BF16 do); widening binary16 sets the
@@ -206,6 +211,27 @@ FBN_HALF_INLINE void fbn_bf16_narrow_avx2(const float *s, fbn_bf16 *d, int64_t n
 }
 #endif
 
+/* 16 values (the register loops' step, kern_half_dx.h) as two 8-value halves. */
+#if defined(__F16C__) && defined(__AVX2__)
+#define FBN_HALF_VEC8 1
+FBN_HALF_INLINE void fbn_f16_widen16_f16c(const fbn_f16 *s, float *d) {
+    _mm256_storeu_ps(d, fbn_f16x8_load(s));
+    _mm256_storeu_ps(d + 8, fbn_f16x8_load(s + 8));
+}
+FBN_HALF_INLINE void fbn_f16_narrow16_f16c(const float *s, fbn_f16 *d) {
+    fbn_f16x8_store(d, _mm256_loadu_ps(s));
+    fbn_f16x8_store(d + 8, _mm256_loadu_ps(s + 8));
+}
+FBN_HALF_INLINE void fbn_bf16_widen16_avx2(const fbn_bf16 *s, float *d) {
+    _mm256_storeu_ps(d, fbn_bf16x8_load(s));
+    _mm256_storeu_ps(d + 8, fbn_bf16x8_load(s + 8));
+}
+FBN_HALF_INLINE void fbn_bf16_narrow16_avx2(const float *s, fbn_bf16 *d) {
+    fbn_bf16x8_store(d, _mm256_loadu_ps(s));
+    fbn_bf16x8_store(d + 8, _mm256_loadu_ps(s + 8));
+}
+#endif
+
 #if FBN_HALF_RUNTIME
 #pragma GCC pop_options
 #pragma GCC push_options
@@ -234,6 +260,21 @@ FBN_HALF_INLINE void fbn_bf16x16_store(fbn_bf16 *p, __m512 v) {
     const __mmask16 isnan = _mm512_cmpgt_epi32_mask(mag, _mm512_set1_epi32(0x7f800000));
     const __m512i nan = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
     _mm256_storeu_si256((__m256i *)p, _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(r, isnan, nan)));
+}
+
+/* 16 values (the register loops' step, kern_half_dx.h): one __m512. */
+#define FBN_HALF_VEC16 1
+FBN_HALF_INLINE void fbn_f16_widen16_avx512(const fbn_f16 *s, float *d) {
+    _mm512_storeu_ps(d, fbn_f16x16_load(s));
+}
+FBN_HALF_INLINE void fbn_f16_narrow16_avx512(const float *s, fbn_f16 *d) {
+    fbn_f16x16_store(d, _mm512_loadu_ps(s));
+}
+FBN_HALF_INLINE void fbn_bf16_widen16_avx512(const fbn_bf16 *s, float *d) {
+    _mm512_storeu_ps(d, fbn_bf16x16_load(s));
+}
+FBN_HALF_INLINE void fbn_bf16_narrow16_avx512(const float *s, fbn_bf16 *d) {
+    fbn_bf16x16_store(d, _mm512_loadu_ps(s));
 }
 
 FBN_HALF_INLINE void fbn_f16_widen_avx512(const fbn_f16 *s, float *d, int64_t n) {
@@ -344,6 +385,93 @@ FBN_HALF_INLINE void fbn_bf16_narrow(const float *s, fbn_bf16 *d, int64_t n) {
     }
 #endif
     for (int64_t i = 0; i < n; i++) d[i] = fbn_f32_to_bf16(s[i]);
+}
+
+/* ---- 16 values by a given instruction set ---------------------------------- */
+
+/* The register loops of the kernels (kern_half_dx.h) are compiled once per
+ * instruction set, in functions with these attributes (with runtime dispatch; without it the
+ * build's flags hold), where isa is a constant: 2 AVX-512F (FBN_HALF_VEC16), 1 F16C
+ * and AVX2 (FBN_HALF_VEC8). Their 16-value conversions below then inline into those
+ * functions, and, widening into a float array of one __m512 (two __m256) that the
+ * loop narrows back from, stay in registers. (target_clones defines no macro per
+ * clone, and the kernels' avx2 clone lacks F16C: hence functions of their own.) */
+#if FBN_HALF_RUNTIME
+#define FBN_HALF_TARGET16 __attribute__((target("avx512f")))
+#define FBN_HALF_TARGET8 __attribute__((target("avx2,f16c")))
+#else
+#define FBN_HALF_TARGET16
+#define FBN_HALF_TARGET8
+#endif
+
+/* d[i] = s[i] as float, i < 16, by instruction set isa (else the portable forms). */
+FBN_HALF_INLINE void fbn_f16_widen16(const int isa, const fbn_f16 *s, float *d) {
+    (void)isa; /* unused without the vector forms */
+#if defined(FBN_HALF_VEC16)
+    if (isa == 2) {
+        fbn_f16_widen16_avx512(s, d);
+        return;
+    }
+#endif
+#if defined(FBN_HALF_VEC8)
+    if (isa == 1) {
+        fbn_f16_widen16_f16c(s, d);
+        return;
+    }
+#endif
+    for (int i = 0; i < 16; i++) d[i] = fbn_f16_to_f32(s[i]);
+}
+
+/* d[i] = s[i] rounded to binary16, i < 16, by instruction set isa. */
+FBN_HALF_INLINE void fbn_f16_narrow16(const int isa, const float *s, fbn_f16 *d) {
+    (void)isa; /* unused without the vector forms */
+#if defined(FBN_HALF_VEC16)
+    if (isa == 2) {
+        fbn_f16_narrow16_avx512(s, d);
+        return;
+    }
+#endif
+#if defined(FBN_HALF_VEC8)
+    if (isa == 1) {
+        fbn_f16_narrow16_f16c(s, d);
+        return;
+    }
+#endif
+    for (int i = 0; i < 16; i++) d[i] = fbn_f32_to_f16(s[i]);
+}
+
+FBN_HALF_INLINE void fbn_bf16_widen16(const int isa, const fbn_bf16 *s, float *d) {
+    (void)isa; /* unused without the vector forms */
+#if defined(FBN_HALF_VEC16)
+    if (isa == 2) {
+        fbn_bf16_widen16_avx512(s, d);
+        return;
+    }
+#endif
+#if defined(FBN_HALF_VEC8)
+    if (isa == 1) {
+        fbn_bf16_widen16_avx2(s, d);
+        return;
+    }
+#endif
+    for (int i = 0; i < 16; i++) d[i] = fbn_bf16_to_f32(s[i]);
+}
+
+FBN_HALF_INLINE void fbn_bf16_narrow16(const int isa, const float *s, fbn_bf16 *d) {
+    (void)isa; /* unused without the vector forms */
+#if defined(FBN_HALF_VEC16)
+    if (isa == 2) {
+        fbn_bf16_narrow16_avx512(s, d);
+        return;
+    }
+#endif
+#if defined(FBN_HALF_VEC8)
+    if (isa == 1) {
+        fbn_bf16_narrow16_avx2(s, d);
+        return;
+    }
+#endif
+    for (int i = 0; i < 16; i++) d[i] = fbn_f32_to_bf16(s[i]);
 }
 
 #endif /* FBN_HALF_H */

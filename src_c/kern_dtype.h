@@ -14,6 +14,9 @@
  *   FBN_LD_N, FBN_ST_N  FBN_LD_N(src, dst, n): n T values as TC into dst;
  *                 FBN_ST_N(src, dst, n): n TC values as T, rounded once: blocks of
  *                 FBN_HBLOCK values at most, by the CPU's vector conversions (half.h)
+ *   FBN_LD_V, FBN_ST_V  FBN_LD_V(isa, src, dst): 16 T values as TC into dst by the
+ *                 instruction set isa (a constant: half.h's fbn_*_widen16);
+ *                 FBN_ST_V(isa, src, dst): 16 TC values as T (kern_half_dx.h)
  * Reductions accumulate in double whatever T is. Every read of a data value goes
  * through FBN_LD and every write through FBN_ST: the storage types float16 and
  * bfloat16 (src_c/half.h) are instantiations with TC float (issue 19).
@@ -50,7 +53,7 @@
 #include "kern_runs.h"     /* rows-shape reductions: one channel's runs */
 #include "kern_coefs.h"    /* the elementwise coefficients in TC */
 #include "kern_cols.h"     /* the reductions' tiles, columns shape */
-#include "kern_elemwise.h" /* y and dx per value, run and row group */
+#include "kern_elemwise.h" /* y and dx per value, run and row group (kern_half_dx.h) */
 #include "kern_walk.h"     /* the walk of an elementwise tile */
 #include "kern_stats.h"    /* statistics over all tiles: batch_stats */
 #include "kern_forward.h"  /* forward_infer, affine */
@@ -71,3 +74,5 @@
 #undef FBN_ST
 #undef FBN_LD_N
 #undef FBN_ST_N
+#undef FBN_LD_V
+#undef FBN_ST_V

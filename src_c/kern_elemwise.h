@@ -130,6 +130,8 @@ FBN_INLINE void FBN_SYM(block_values)(const int op, const T *x, const T *dy, T *
     }
     FBN_ST_N(ob, out, m);
 }
+
+#include "kern_half_dx.h" /* the columns shape's dx in registers */
 #endif
 
 
@@ -255,31 +257,14 @@ FBN_INLINE void FBN_SYM(xaffine_rows)(const int op, const T *xr, const T *zr, in
 FBN_INLINE void FBN_SYM(dx_rows_as)(const T *dr, const T *xr, int64_t ld, T *out, int64_t ldo,
                                     int64_t m, const FBN_SYM(tcoefs) *k, int64_t ch, const int g,
                                     const int relu) {
+#ifdef FBN_NARROW /* kern_half_dx.h */
+    FBN_SYM(half_dx_rows)(dr, xr, ld, out, ldo, m, k, ch, g, relu);
+#else
     const TC *shift = k->shift + ch, *scale = k->scale + ch, *bias = k->bias + ch;
     const TC *k_dy = k->k_dy + ch, *k_x = k->k_x + ch, *mdy = k->mean_dy + ch;
     const TC *k_0 = k->k_0 + ch, *inv = k->invstd + ch;
     const int eval = k->eval;
     const TC slope = k->slope;
-#ifdef FBN_NARROW
-    /* 16-bit data: in blocks, all rows' loads first (see fbn_affine_rows_<sfx>) */
-    for (int64_t b = 0; b < m; b += FBN_HBLOCK) {
-        TC db[FBN_GROUP * FBN_HBLOCK], xb[FBN_GROUP * FBN_HBLOCK], ob[FBN_HBLOCK];
-        const int64_t n = m - b < FBN_HBLOCK ? m - b : FBN_HBLOCK;
-        for (int i = 0; i < g; i++) {
-            FBN_LD_N(dr + i * ld + b, db + i * FBN_HBLOCK, n);
-            FBN_LD_N(xr + i * ld + b, xb + i * FBN_HBLOCK, n);
-        }
-        for (int i = 0; i < g; i++) {
-            const TC *di = db + i * FBN_HBLOCK, *xi = xb + i * FBN_HBLOCK;
-            for (int64_t c = 0; c < n; c++)
-                ob[c] = FBN_SYM(xdx1)(di[c], xi[c], shift[b + c], scale[b + c], bias[b + c],
-                                      relu, k_dy[b + c], k_x[b + c], mdy[b + c], k_0[b + c],
-                                      inv[b + c], eval, slope);
-            FBN_ST_N(ob, out + i * ldo + b, n);
-        }
-    }
-    return;
-#endif
     if ((ld * (int64_t)sizeof(T)) % 4096 == 0) {
         /* rows a multiple of 4 KB apart (C a power of two): a store to out's row i
          * has the low address bits of the next load from row i + 1, which then
@@ -305,6 +290,7 @@ FBN_INLINE void FBN_SYM(dx_rows_as)(const T *dr, const T *xr, int64_t ld, T *out
                                   scale[c], bias[c], relu, k_dy[c], k_x[c], mdy[c], k_0[c],
                                   inv[c], eval, slope));
     }
+#endif
 }
 
 /* Columns shape: op's g rows (g a constant) of m values from offset o, a row ld

@@ -5,7 +5,8 @@
  * fastbn.h, of their bits), computed in float; each value converted on load and
  * rounded once on store by src_c/half.h: the hot loops a block at a time
  * (FBN_LD_N, FBN_ST_N: F16C / AVX-512F conversions, AVX2 / AVX-512F integer
- * rounding for bfloat16, as the CPU has them), the rest one value at a time. */
+ * rounding for bfloat16, as the CPU has them), the (N, C) dx 16 values at a time
+ * in registers (FBN_LD_V, FBN_ST_V: kern_half_dx.h), the rest one value at a time. */
 #define FBN_NARROW 1
 #define FBN_SFX f16
 #define T fbn_float16
@@ -15,4 +16,6 @@
 #define FBN_ST(v) ((fbn_float16){fbn_f32_to_f16(v)})
 #define FBN_LD_N(s, d, n) fbn_f16_widen((const fbn_f16 *)(const void *)(s), (d), (n))
 #define FBN_ST_N(s, d, n) fbn_f16_narrow((s), (fbn_f16 *)(void *)(d), (n))
+#define FBN_LD_V(isa, s, d) fbn_f16_widen16((isa), (const fbn_f16 *)(const void *)(s), (d))
+#define FBN_ST_V(isa, s, d) fbn_f16_narrow16((isa), (s), (fbn_f16 *)(void *)(d))
 #include "kern_dtype.h"

@@ -1,0 +1,166 @@
+/* 16-bit data (FBN_NARROW: float16, bfloat16), columns shape (inner == 1): dx of a
+ * row group with the conversions in registers (issue 19). A per-dtype template
+ * (see kern_dtype.h), included by kern_elemwise.h after fbn_block_values_<sfx>;
+ * fbn_dx_rows_as_<sfx> calls fbn_half_dx_rows_<sfx>.
+ *
+ * The buffered form (fbn_dx_blocks_<sfx>) widens blocks of FBN_HBLOCK channels
+ * into float arrays, computes them in a second loop and narrows them in a third.
+ * Here each step of FBN_VW channels widens them into a float array of one vector
+ * register (one __m512 or two __m256: the compiler keeps it in registers),
+ * computes them with the buffered loop's function (fbn_xdx1_<sfx>, vectorised by
+ * the compiler the same way: the same operations and rounding; NaN signs and
+ * payloads may follow another operand order, which tests/half_digests.json does
+ * not hold) and narrows them. (N, C) backward, 1 thread, CPU time: 0.78-0.80x of
+ * the buffered form's time (bench/results/2026-12-03_h19f_ab_cpu_1thread.txt;
+ * this port's A/B: 2026-12-03_h19g_ab.txt). The remainder of a span (fewer than
+ * FBN_VW channels) stays buffered. Only dx: the (N, C) y in registers was slower
+ * for bfloat16 there, and the rows shape's dx 2.7x slower.
+ *
+ * The conversions are those of instruction set isa (FBN_LD_V, FBN_ST_V: half.h's
+ * fbn_*_widen16 / fbn_*_narrow16), a constant in each function here: the _v16
+ * function is compiled for AVX-512F and the _v8 one for F16C + AVX2 (their target
+ * attributes, FBN_HALF_TARGET16 / 8). The kernels' target_clones define no macro
+ * per clone and their avx2 clone lacks F16C, so every clone calls the one whose
+ * instructions the CPU has (fbn_half_level: libgcc's CPU model, which chose the
+ * clone too); without either, the buffered form. */
+
+#define FBN_VW 16 /* channels per step */
+
+/* dx of g rows (g and relu constants: see fbn_dx_rows_as_<sfx>) of m channels from
+ * ch, a row ld (out: ldo) apart, buffered: blocks of FBN_HBLOCK channels of the g
+ * rows widened into float arrays (all rows' loads first, as the wider types' loop
+ * has them in flight together), computed row by row and narrowed (FBN_LD_N,
+ * FBN_ST_N: vector conversions). out may be dr (read first). */
+FBN_INLINE void FBN_SYM(dx_blocks)(const T *dr, const T *xr, int64_t ld, T *out, int64_t ldo,
+                                   int64_t m, const FBN_SYM(tcoefs) *k, int64_t ch, const int g,
+                                   const int relu) {
+    const TC *shift = k->shift + ch, *scale = k->scale + ch, *bias = k->bias + ch;
+    const TC *k_dy = k->k_dy + ch, *k_x = k->k_x + ch, *mdy = k->mean_dy + ch;
+    const TC *k_0 = k->k_0 + ch, *inv = k->invstd + ch;
+    const int eval = k->eval;
+    const TC slope = k->slope;
+    for (int64_t b = 0; b < m; b += FBN_HBLOCK) {
+        TC db[FBN_GROUP * FBN_HBLOCK], xb[FBN_GROUP * FBN_HBLOCK], ob[FBN_HBLOCK];
+        const int64_t n = m - b < FBN_HBLOCK ? m - b : FBN_HBLOCK;
+        for (int i = 0; i < g; i++) {
+            FBN_LD_N(dr + i * ld + b, db + i * FBN_HBLOCK, n);
+            FBN_LD_N(xr + i * ld + b, xb + i * FBN_HBLOCK, n);
+        }
+        for (int i = 0; i < g; i++) {
+            const TC *di = db + i * FBN_HBLOCK, *xi = xb + i * FBN_HBLOCK;
+            for (int64_t c = 0; c < n; c++)
+                ob[c] = FBN_SYM(xdx1)(di[c], xi[c], shift[b + c], scale[b + c], bias[b + c],
+                                      relu, k_dy[b + c], k_x[b + c], mdy[b + c], k_0[b + c],
+                                      inv[b + c], eval, slope);
+            FBN_ST_N(ob, out + i * ldo + b, n);
+        }
+    }
+}
+
+#if defined(FBN_HALF_VEC16) || defined(FBN_HALF_VEC8) /* the vector forms of half.h */
+
+/* The remainder of a span (fewer than FBN_VW channels; g and relu variables: one
+ * function per dtype), buffered. */
+static void FBN_SYM(dx_rest)(int relu, int g, const T *dr, const T *xr, int64_t ld, T *out,
+                             int64_t ldo, int64_t m, const FBN_SYM(tcoefs) *k, int64_t ch) {
+    FBN_SYM(dx_blocks)(dr, xr, ld, out, ldo, m, k, ch, g, relu);
+}
+
+/* dx of g rows as fbn_dx_blocks_<sfx>, FBN_VW channels at a time in registers, all
+ * g rows' loads of a step first (rows a multiple of 4 KB apart: see
+ * fbn_dx_rows_as_<sfx>); isa, relu and g constants. */
+FBN_INLINE void FBN_SYM(dx_vec)(const int isa, const int relu, const int g, const T *dr,
+                                const T *xr, int64_t ld, T *out, int64_t ldo, int64_t m,
+                                const FBN_SYM(tcoefs) *k, int64_t ch) {
+    const TC *shift = k->shift + ch, *scale = k->scale + ch, *bias = k->bias + ch;
+    const TC *k_dy = k->k_dy + ch, *k_x = k->k_x + ch, *mdy = k->mean_dy + ch;
+    const TC *k_0 = k->k_0 + ch, *inv = k->invstd + ch;
+    const int eval = k->eval;
+    const TC slope = k->slope;
+    int64_t c = 0;
+    for (; c + FBN_VW <= m; c += FBN_VW) {
+        TC xv[FBN_GROUP][FBN_VW], dv[FBN_GROUP][FBN_VW];
+        for (int i = 0; i < g; i++) {
+            FBN_LD_V(isa, xr + i * ld + c, xv[i]);
+            FBN_LD_V(isa, dr + i * ld + c, dv[i]);
+        }
+        for (int i = 0; i < g; i++) {
+            TC ov[FBN_VW];
+            for (int j = 0; j < FBN_VW; j++)
+                ov[j] = FBN_SYM(xdx1)(dv[i][j], xv[i][j], shift[c + j], scale[c + j],
+                                      bias[c + j], relu, k_dy[c + j], k_x[c + j], mdy[c + j],
+                                      k_0[c + j], inv[c + j], eval, slope);
+            FBN_ST_V(isa, ov, out + i * ldo + c);
+        }
+    }
+    if (c < m) FBN_SYM(dx_rest)(relu, g, dr + c, xr + c, ld, out + c, ldo, m - c, k, ch + c);
+}
+
+/* fbn_dx_vec_<sfx> with g (FBN_GROUP, 2, else rows one by one) and relu (0, 1, 2
+ * leaky) as constants; isa a constant. */
+FBN_INLINE void FBN_SYM(dx_vec_g)(const int isa, const int relu, int g, const T *dr,
+                                  const T *xr, int64_t ld, T *out, int64_t ldo, int64_t m,
+                                  const FBN_SYM(tcoefs) *k, int64_t ch) {
+    if (g == FBN_GROUP)
+        FBN_SYM(dx_vec)(isa, relu, FBN_GROUP, dr, xr, ld, out, ldo, m, k, ch);
+    else if (g == 2)
+        FBN_SYM(dx_vec)(isa, relu, 2, dr, xr, ld, out, ldo, m, k, ch);
+    else
+        for (int i = 0; i < g; i++)
+            FBN_SYM(dx_vec)(isa, relu, 1, dr + i * ld, xr + i * ld, ld, out + i * ldo, ldo, m,
+                            k, ch);
+}
+
+FBN_INLINE void FBN_SYM(dx_vec_as)(const int isa, int relu, int g, const T *dr, const T *xr,
+                                   int64_t ld, T *out, int64_t ldo, int64_t m,
+                                   const FBN_SYM(tcoefs) *k, int64_t ch) {
+    if (relu == 0)
+        FBN_SYM(dx_vec_g)(isa, 0, g, dr, xr, ld, out, ldo, m, k, ch);
+    else if (relu == 1)
+        FBN_SYM(dx_vec_g)(isa, 1, g, dr, xr, ld, out, ldo, m, k, ch);
+    else
+        FBN_SYM(dx_vec_g)(isa, 2, g, dr, xr, ld, out, ldo, m, k, ch);
+}
+
+/* The loop compiled for each instruction set (static inline: no warning where a
+ * build without dispatch leaves one unused). */
+#if defined(FBN_HALF_VEC16)
+FBN_HALF_TARGET16 static inline void FBN_SYM(dx_v16)(int relu, int g, const T *dr, const T *xr,
+                                                     int64_t ld, T *out, int64_t ldo, int64_t m,
+                                                     const FBN_SYM(tcoefs) *k, int64_t ch) {
+    FBN_SYM(dx_vec_as)(2, relu, g, dr, xr, ld, out, ldo, m, k, ch);
+}
+#endif
+#if defined(FBN_HALF_VEC8)
+FBN_HALF_TARGET8 static inline void FBN_SYM(dx_v8)(int relu, int g, const T *dr, const T *xr,
+                                                   int64_t ld, T *out, int64_t ldo, int64_t m,
+                                                   const FBN_SYM(tcoefs) *k, int64_t ch) {
+    FBN_SYM(dx_vec_as)(1, relu, g, dr, xr, ld, out, ldo, m, k, ch);
+}
+#endif
+#endif /* FBN_HALF_VEC16 || FBN_HALF_VEC8 */
+
+/* dx of g rows (g and relu constants, see fbn_dx_rows_as_<sfx>): in registers
+ * where the CPU has the conversions, else buffered. */
+FBN_INLINE void FBN_SYM(half_dx_rows)(const T *dr, const T *xr, int64_t ld, T *out, int64_t ldo,
+                                      int64_t m, const FBN_SYM(tcoefs) *k, int64_t ch,
+                                      const int g, const int relu) {
+#if defined(FBN_HALF_VEC16) || defined(FBN_HALF_VEC8)
+    const int level = fbn_half_level();
+#if defined(FBN_HALF_VEC16)
+    if (level == 2) {
+        FBN_SYM(dx_v16)(relu, g, dr, xr, ld, out, ldo, m, k, ch);
+        return;
+    }
+#endif
+#if defined(FBN_HALF_VEC8)
+    if (level == 1) {
+        FBN_SYM(dx_v8)(relu, g, dr, xr, ld, out, ldo, m, k, ch);
+        return;
+    }
+#endif
+#endif
+    FBN_SYM(dx_blocks)(dr, xr, ld, out, ldo, m, k, ch, g, relu);
+}
+
+#undef FBN_VW
