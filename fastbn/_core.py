@@ -49,8 +49,10 @@ class _Output:
         canon = inputs[0].shape
         if out is not None and out.flags.c_contiguous and out.flags.aligned:
             out3 = out.reshape(canon)
-            overlapping = [a for a in inputs if overlaps(out3, a)]
-            if all(_same_buffer(out3, a) for a in overlapping):
+            for a in inputs:  # a loop, not list and generator: ~1 us less on small calls
+                if overlaps(out3, a) and not _same_buffer(out3, a):
+                    break
+            else:
                 self.array3, self.direct = out3, True
                 return
         self.array3, self.direct = np.empty(canon, dtype=like.dtype), False

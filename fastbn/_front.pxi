@@ -2,12 +2,13 @@
 #
 # A call whose arguments are all of the common, plainly valid kinds (plain float32/float64
 # arrays, aligned, C-contiguous or row-strided as fastbn._checks.canonical takes them
-# without a copy, no out=, Python scalars of the expected types) is
-# checked and dispatched here, in one kernel call with its running-statistics update,
-# without NumPy calls: a small batch then costs about what its arithmetic costs. Every
-# other call, and every call that would raise, goes to the checked path in
-# fastbn._core (set by `set_checked_paths`), which decides and words the errors; both
-# paths run the same kernels on the same values, so their results are bitwise equal.
+# without a copy, no out= or one the kernels write where it is (out_ok), Python scalars
+# of the expected types) is checked and dispatched here, in one kernel call with its
+# running-statistics update, without NumPy calls: a small batch then costs about what
+# its arithmetic costs. Every other call, and every call that would raise, goes to the
+# checked path in fastbn._core (set by `set_checked_paths`), which decides and words the
+# errors; both paths run the same kernels on the same values, so their results are
+# bitwise equal.
 from libc.stdlib cimport malloc, free
 from libc.float cimport DBL_MAX
 from libc.math cimport fabs, nextafter, INFINITY
@@ -104,6 +105,27 @@ cdef inline bint plain_vector(object v, int64_t C):
     """A plain (C,) vector of native float32/float64, contiguous and aligned."""
     return plain_data(v) and cnp.PyArray_NDIM(<cnp.ndarray>v) == 1 and \
         cnp.PyArray_DIM(<cnp.ndarray>v, 0) == C
+
+
+cdef inline bint out_ok(object out, cnp.ndarray like, tuple others):
+    """Whether `out` (not None) is written by the kernels where it is, as the checked
+    path would: a plain, writeable, C-contiguous, aligned array of like's dtype and shape
+    that overlaps none of `others` (arrays the call reads or writes, or None). Any other
+    out= (in place, strided, a subclass, an error) is the checked path's."""
+    if not plain_data(out):
+        return False
+    cdef cnp.ndarray o = <cnp.ndarray>out
+    cdef int d, nd = cnp.PyArray_NDIM(like)
+    if (cnp.PyArray_TYPE(o) != cnp.PyArray_TYPE(like) or cnp.PyArray_NDIM(o) != nd
+            or not cnp.PyArray_ISWRITEABLE(o)):
+        return False
+    for d in range(nd):
+        if cnp.PyArray_DIM(o, d) != cnp.PyArray_DIM(like, d):
+            return False
+    for other in others:
+        if not apart(o, other):
+            return False
+    return True
 
 
 cdef inline void read_vector(cnp.ndarray v, int64_t C, double *dst) noexcept nogil:
@@ -224,7 +246,7 @@ def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
     cdef const double *b = NULL
     cdef int nthreads, gt, bt
     cdef fbn_epilogue epi
-    if (out is not None or not plain_typed(x) or type(axis) is not int or not -64 <= axis < 64
+    if (not plain_typed(x) or type(axis) is not int or not -64 <= axis < 64
             or type(eps) is not float
             or type(training) is not bool or type(momentum) is not float
             or type(unbiased_running_var) is not bool or not plain_activation(activation)
@@ -262,7 +284,10 @@ def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
                 and apart(<cnp.ndarray>running_mean, gamma)
                 and apart(<cnp.ndarray>running_var, gamma)
                 and apart(<cnp.ndarray>running_mean, beta)
-                and apart(<cnp.ndarray>running_var, beta)))):
+                and apart(<cnp.ndarray>running_var, beta)))
+            # out= apart from every input and running statistic: x_overwritten is False
+            or (out is not None and not out_ok(out, xa, (x, gamma, beta, running_mean,
+                                                         running_var)))):
         return _checked_forward(x, gamma, beta, axis=axis, eps=eps, training=training,
                                 running_mean=running_mean, running_var=running_var,
                                 momentum=momentum, out=out, activation=activation,
@@ -270,7 +295,8 @@ def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
     relu = activation == "relu"
     f32 = cnp.PyArray_TYPE(xa) == cnp.NPY_FLOAT
     nthreads = threads_for(cnp.PyArray_SIZE(xa))
-    y = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(xa), cnp.PyArray_TYPE(xa), 0)
+    y = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(xa), cnp.PyArray_TYPE(xa), 0) if out is None \
+        else <cnp.ndarray>out
     mean, invstd = new_vector(C), new_vector(C)
     lo = new_vector(C) if train else None
     # training reads gamma and beta where they are when both are float32 (the kernel
@@ -359,6 +385,17 @@ cdef inline bint residual_ok(cnp.ndarray mean, cnp.ndarray lo, int64_t C) noexce
     return True
 
 
+cdef inline bint grads_out_ok(object dx_out, object dg_out, object db_out, cnp.ndarray x,
+                              object gamma, object beta, tuple reads):
+    """Whether backward's outputs given (each None or an array) are all written where
+    they are (out_ok): apart from what backward `reads` and from each other, dgamma's
+    and dbeta's only where the forward had gamma and beta (else the checked path's error)."""
+    return ((db_out is None or (beta is not None and out_ok(db_out, <cnp.ndarray>beta, reads)))
+            and (dg_out is None or (gamma is not None
+                                    and out_ok(dg_out, <cnp.ndarray>gamma, reads + (db_out,))))
+            and (dx_out is None or out_ok(dx_out, x, reads + (dg_out, db_out))))
+
+
 def backward(dy, cache, *, out=None, need_dx=True):
     cdef cnp.ndarray x, dya, dx, dgamma = None, dbeta = None, mean, invstd, lo = None
     cdef int ax, nd, st = 0
@@ -371,8 +408,13 @@ def backward(dy, cache, *, out=None, need_dx=True):
     cdef double *sum_dy
     cdef double *sum_dy_xhat
     cdef int nthreads
+    # out: dx's array, or the tuple (dx, dgamma, dbeta) of arrays or None (check_backward)
+    if type(out) is tuple and len(<tuple>out) == 3:
+        dx_out, dg_out, db_out = <tuple>out
+    else:
+        dx_out, dg_out, db_out = out, None, None
     # a FeatureCache (a forward with keywords beyond the plain ones) is not a _Cache
-    if out is not None or type(cache) is not _Cache or not plain_typed(dy) or need_dx is not True:
+    if type(cache) is not _Cache or not plain_typed(dy) or need_dx is not True:
         return _checked_backward(dy, cache, out=out, need_dx=need_dx)
     x_obj, ax_obj = cache.x, cache.axis
     gamma, beta, activation = cache.gamma, cache.beta, cache.activation
@@ -399,20 +441,27 @@ def backward(dy, cache, *, out=None, need_dx=True):
                 <cnp.ndarray>mean_obj, <cnp.ndarray>lo_obj, C)))
             or not invstd_ok(<cnp.ndarray>invstd_obj, C)
             or (gamma is not None and not plain_vector(gamma, C))
-            or (beta is not None and not plain_vector(beta, C))):
+            or (beta is not None and not plain_vector(beta, C))
+            # outputs apart from cache.x: x_written stays False (mark_written)
+            or (out is not None and not grads_out_ok(
+                dx_out, dg_out, db_out, x, gamma, beta,
+                (x, dya, mean_obj, invstd_obj, lo_obj, gamma, beta)))):
         return _checked_backward(dy, cache, out=out, need_dx=need_dx)
     mean, invstd = <cnp.ndarray>mean_obj, <cnp.ndarray>invstd_obj
     if lo_obj is not None:
         lo = <cnp.ndarray>lo_obj
     relu, train = activation == "relu", cache.training
     nthreads = threads_for(cnp.PyArray_SIZE(x))
-    dx = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(x), cnp.PyArray_TYPE(x), 0)
+    dx = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(x), cnp.PyArray_TYPE(x), 0) \
+        if dx_out is None else <cnp.ndarray>dx_out
     if gamma is not None:
         dgamma = cnp.PyArray_EMPTY(1, cnp.PyArray_DIMS(<cnp.ndarray>gamma),
-                                   cnp.PyArray_TYPE(<cnp.ndarray>gamma), 0)
+                                   cnp.PyArray_TYPE(<cnp.ndarray>gamma), 0) \
+            if dg_out is None else <cnp.ndarray>dg_out
     if beta is not None:
         dbeta = cnp.PyArray_EMPTY(1, cnp.PyArray_DIMS(<cnp.ndarray>beta),
-                                  cnp.PyArray_TYPE(<cnp.ndarray>beta), 0)
+                                  cnp.PyArray_TYPE(<cnp.ndarray>beta), 0) \
+            if db_out is None else <cnp.ndarray>db_out
     work = <double *>malloc(4 * C * sizeof(double))
     if work == NULL:
         raise MemoryError("fastbn: could not allocate a per-channel work buffer")

@@ -155,7 +155,7 @@ def run_case(fastbn, hs, tag, shape, axis, view, dtype, seed, full=True, residen
             hs.add(f"{tag}/bwd_eval/{r}/{a}", dx, dg, db)
         if not full:
             continue
-        # out= (the checked path, writing into a given array)
+        # out= (the compiled front end, writing into a given array)
         out = np.full(shape, np.nan, dtype)
         y, cache = fastbn.forward(x, gamma, beta, axis=axis, out=out, activation=relu,
                                   unbiased_running_var=False)

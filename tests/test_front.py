@@ -1,6 +1,7 @@
 """The compiled front end of forward/backward (fastbn/_front.pxi) against the checked path.
 
-Plain calls (plain float arrays, no out=, Python scalars) are checked and dispatched in
+Plain calls (plain float arrays, no out= or a plain one (test_front_out.py), Python
+scalars) are checked and dispatched in
 compiled code; every other call goes to fastbn._core's checked path. Both run the same
 kernels on the same values: their results must be bitwise equal, and the front end
 must hand over to the checked path everything it does not handle itself.
@@ -167,7 +168,8 @@ def _overlapping(x, b):
 
 # (description, function of (x, gamma, beta) returning forward's args and kwargs)
 HANDED_OVER = [
-    ("out given", lambda x, g, b: ((x, g, b), dict(out=np.empty_like(x)))),
+    ("out over x", lambda x, g, b: ((x, g, b), dict(out=x))),  # plain out=: test_front_out.py
+    ("Fortran-order out", lambda x, g, b: ((x, g, b), dict(out=np.asfortranarray(x * 0)))),
     ("Fortran-order x", lambda x, g, b: ((np.asfortranarray(x), g, b), {})),
     ("x of strided inner values", lambda x, g, b: ((np.repeat(x, 2, axis=2)[:, :, ::2], g, b),
                                                    {})),
