@@ -110,7 +110,10 @@ def test_front_matches_checked_path(case):
         _front_matches_checked_path(case, checked_calls)
 
 
-def _front_matches_checked_path(case, checked_calls):
+def case_arguments(case):
+    """A calls_case's arguments: (x, dy, axis, gamma, beta, running statistics, their
+    copies for a second call, forward's keywords), or None when the case has no valid
+    call (one value per channel and no running statistics)."""
     rng = np.random.default_rng(case["seed"])
     shape, dtype = case["shape"], case["dtype"]
     axis = case["axis_pick"] % len(shape)
@@ -119,14 +122,10 @@ def _front_matches_checked_path(case, checked_calls):
     if not training and case["running"] is None:
         training = np.prod(shape) // C > 1
         if not training:
-            return
+            return None
     x = (rng.standard_normal(shape) + case["offset"]).astype(dtype)
     dy = rng.standard_normal(shape).astype(dtype)
     x, dy = (_laid_out(a, case["layout"], axis, case["pad"]) for a in (x, dy))
-    # the front end takes exactly the layouts fastbn._checks.canonical does not copy
-    strided = not x.flags.c_contiguous
-    handed = ["forward"] if strided and not np.shares_memory(_checks.canonical(x, axis), x) \
-        else []
     gamma, beta = _vector(rng, C, case["gamma"]), _vector(rng, C, case["beta"])
     running = case["running"] if training else case["running"] or np.float64
     rm = None if running is None else rng.standard_normal(C).astype(running)
@@ -134,6 +133,18 @@ def _front_matches_checked_path(case, checked_calls):
     rm2, rv2 = (None, None) if rm is None else (rm.copy(), rv.copy())
     kw = dict(axis=axis - len(shape) if case["negative_axis"] else axis, eps=case["eps"],
               training=bool(training), momentum=case["momentum"], activation=case["activation"])
+    return x, dy, axis, gamma, beta, (rm, rv), (rm2, rv2), kw
+
+
+def _front_matches_checked_path(case, checked_calls):
+    args = case_arguments(case)
+    if args is None:
+        return
+    x, dy, axis, gamma, beta, (rm, rv), (rm2, rv2), kw = args
+    # the front end takes exactly the layouts fastbn._checks.canonical does not copy
+    strided = not x.flags.c_contiguous
+    handed = ["forward"] if strided and not np.shares_memory(_checks.canonical(x, axis), x) \
+        else []
 
     y1, c1 = fastbn.forward(x, gamma, beta, running_mean=rm, running_var=rv, **kw)
     assert checked_calls == handed, "a plain call left the compiled front end"

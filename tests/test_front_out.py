@@ -17,7 +17,8 @@ import fastbn
 from fastbn import _checks, _core
 
 from conftest import assert_bitwise_equal
-from test_front import _assert_same_cache, _laid_out, _vector, calls_case, checked_calls, spy  # noqa: F401
+from test_front import (_assert_same_cache, calls_case, case_arguments,  # noqa: F401
+                        checked_calls, spy)
 
 pytestmark = pytest.mark.skipif(fastbn.backend != "c", reason="the compiled backend's front end")
 
@@ -53,27 +54,13 @@ def test_plain_out_matches_checked_path(case, grad_outs):
 
 
 def _plain_out_matches_checked_path(case, grad_outs, checked_calls):
-    rng = np.random.default_rng(case["seed"])
+    args = case_arguments(case)
+    if args is None:
+        return
+    x, dy, axis, gamma, beta, (rm, rv), (rm2, rv2), kw = args
     shape, dtype = case["shape"], case["dtype"]
-    axis = case["axis_pick"] % len(shape)
-    C = shape[axis]
-    training = case["training"] and np.prod(shape) // C > 1
-    if not training and case["running"] is None:
-        training = np.prod(shape) // C > 1
-        if not training:
-            return
-    x = (rng.standard_normal(shape) + case["offset"]).astype(dtype)
-    dy = rng.standard_normal(shape).astype(dtype)
-    x, dy = (_laid_out(a, case["layout"], axis, case["pad"]) for a in (x, dy))
     # strides the kernels cannot read where they are: the checked path's (a copy)
     copied = not x.flags.c_contiguous and not np.shares_memory(_checks.canonical(x, axis), x)
-    gamma, beta = _vector(rng, C, case["gamma"]), _vector(rng, C, case["beta"])
-    running = case["running"] if training else case["running"] or np.float64
-    rm = None if running is None else rng.standard_normal(C).astype(running)
-    rv = None if running is None else rng.uniform(0.5, 2, C).astype(running)
-    rm2, rv2 = (None, None) if rm is None else (rm.copy(), rv.copy())
-    kw = dict(axis=axis - len(shape) if case["negative_axis"] else axis, eps=case["eps"],
-              training=bool(training), momentum=case["momentum"], activation=case["activation"])
 
     out1, out2 = np.full(shape, np.nan, dtype), np.full(shape, np.nan, dtype)
     y1, c1 = fastbn.forward(x, gamma, beta, running_mean=rm, running_var=rv, out=out1, **kw)
