@@ -34,9 +34,9 @@
  *    kernels' loops left float16 3-5x slower than float32.
  *  - 16-value forms fbn_f16_widen16 / fbn_f16_narrow16 / fbn_bf16_widen16 /
  *    fbn_bf16_narrow16 by a given instruction set (a constant): the columns
- *    shape's dx loop (src_c/kern_half_dx.h) converts in registers with them, in
- *    functions compiled for that instruction set, without the block forms' float
- *    buffers.
+ *    shape's dx loop (src_c/kern_half_dx.h; float16's y: kern_half_y.h) converts
+ *    in registers with them, in functions compiled for that instruction set,
+ *    without the block forms' float buffers.
  *
  * NaNs stay NaNs of the same sign: narrowing keeps the payload's top bits and sets
  * the quiet bit (as VCVTPS2PH and VCVTNEPS2BF16 do); widening binary16 sets the
@@ -389,7 +389,7 @@ FBN_HALF_INLINE void fbn_bf16_narrow(const float *s, fbn_bf16 *d, int64_t n) {
 
 /* ---- 16 values by a given instruction set ---------------------------------- */
 
-/* The register loops of the kernels (kern_half_dx.h) are compiled once per
+/* The register loops of the kernels (kern_half_dx.h, kern_half_y.h) are compiled once per
  * instruction set, in functions with these attributes (with runtime dispatch; without it the
  * build's flags hold), where isa is a constant: 2 AVX-512F (FBN_HALF_VEC16), 1 F16C
  * and AVX2 (FBN_HALF_VEC8). Their 16-value conversions below then inline into those

@@ -132,6 +132,7 @@ FBN_INLINE void FBN_SYM(block_values)(const int op, const T *x, const T *dy, T *
 }
 
 #include "kern_half_dx.h" /* the columns shape's dx in registers */
+#include "kern_half_y.h"  /* the columns shape's y (float16: in registers) */
 #endif
 
 
@@ -195,25 +196,11 @@ FBN_INLINE void FBN_SYM(run_values)(const int op, int stream, const T *x, const 
  * apart, channels from ch: each channel's coefficients loaded once. */
 FBN_INLINE void FBN_SYM(affine_rows)(const T *xr, int64_t ld, T *out, int64_t ldo, int64_t m,
                                      const FBN_SYM(tcoefs) *k, int64_t ch, const int g) {
+#ifdef FBN_NARROW /* kern_half_y.h */
+    FBN_SYM(half_y_rows)(xr, ld, out, ldo, m, k, ch, g);
+#else
     const TC *shift = k->shift + ch, *scale = k->scale + ch, *bias = k->bias + ch;
     const int relu = k->relu;
-#ifdef FBN_NARROW
-    /* 16-bit data: blocks of FBN_HBLOCK channels of the g rows widened into a float
-     * buffer (all rows' loads first, as the wider types' loop has them in flight
-     * together), computed row by row and narrowed (FBN_LD_N, FBN_ST_N: vector
-     * conversions) */
-    for (int64_t c0 = 0; c0 < m; c0 += FBN_HBLOCK) {
-        TC xb[FBN_GROUP * FBN_HBLOCK], ob[FBN_HBLOCK];
-        const int64_t n = m - c0 < FBN_HBLOCK ? m - c0 : FBN_HBLOCK;
-        for (int i = 0; i < g; i++) FBN_LD_N(xr + i * ld + c0, xb + i * FBN_HBLOCK, n);
-        for (int i = 0; i < g; i++) {
-            const TC *xi = xb + i * FBN_HBLOCK;
-            for (int64_t c = 0; c < n; c++)
-                ob[c] = FBN_SYM(affine1)(xi[c], shift[c0 + c], scale[c0 + c], bias[c0 + c], relu);
-            FBN_ST_N(ob, out + i * ldo + c0, n);
-        }
-    }
-#else
     FBN_IVDEP /* out may be xr (in place) */
     for (int64_t c = 0; c < m; c++)
         for (int i = 0; i < g; i++)
