@@ -309,7 +309,10 @@ def backward_elemt(dy, x, mean, invstd, gamma, sum_dy, sum_dy_xhat, count, *, ax
 
 
 # forward and backward are compiled front ends (fastbn/_front.pxi) over the paths above
-_kernels.set_checked_paths(_checked_forward, _checked_backward, Cache, get_num_threads)
+_kernels.set_checked_paths(_checked_forward, _checked_backward, Cache, get_num_threads,
+                           _forward_then)
 forward, backward = _kernels.forward, _kernels.backward
+# the layer's forward (fastbn/_layer_passes.py): _forward_then with the compiled front end
+_front_forward_then = _kernels.forward_then
 
 from ._docs import document as _document; _document(globals())  # noqa: E702 docstrings: _docs.py

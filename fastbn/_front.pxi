@@ -14,6 +14,7 @@ from libc.float cimport DBL_MAX
 from libc.math cimport fabs, nextafter, INFINITY
 from cpython.object cimport PyObject, PyTypeObject
 from cpython.ref cimport Py_INCREF
+from functools import partial as _partial
 
 
 cdef extern from "Python.h":
@@ -29,6 +30,7 @@ cdef extern from "Python.h":
 
 cdef object _checked_forward = None
 cdef object _checked_backward = None
+cdef object _checked_forward_then = None  # fastbn._core._forward_then
 cdef object _Cache = None
 cdef object _num_threads = None
 
@@ -48,9 +50,13 @@ cdef enum:
 cdef Py_ssize_t _slot_offset[N_SLOTS]
 
 
-def set_checked_paths(forward, backward, cache_class, num_threads):
-    """fastbn._core's checked forward/backward, its Cache class and thread count getter."""
+def set_checked_paths(forward, backward, cache_class, num_threads, forward_then=None):
+    """fastbn._core's checked forward/backward, its Cache class and thread count getter
+    (and its _forward_then, kept when None)."""
     global _checked_forward, _checked_backward, _Cache, _num_threads, _checks
+    global _checked_forward_then
+    if forward_then is not None:
+        _checked_forward_then = forward_then
     import types
     slots = getattr(cache_class, "__slots__", ())
     if (set(CACHE_SLOTS) != set(slots) or cache_class.__bases__ != (object,)
@@ -230,11 +236,67 @@ cdef inline cnp.ndarray new_vector(int64_t C):
     return cnp.PyArray_EMPTY(1, &n, cnp.NPY_DOUBLE, 0)
 
 
+cdef inline bint plain_features(object mask, object renorm, object virtual_batch_size,
+                                object residual, object negative_slope):
+    """Whether none of the keywords beyond the plain forward (fastbn._features) is used:
+    those calls are the checked path's."""
+    return (mask is None and renorm is None and virtual_batch_size is None
+            and residual is None and type(negative_slope) is float
+            and <double>negative_slope == 0.01)
+
+
 def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
             running_mean=None, running_var=None, momentum=0.1, out=None, activation=None,
             unbiased_running_var=True, mask=None, renorm=None, virtual_batch_size=None,
             residual=None, negative_slope=0.01):
-    cdef cnp.ndarray xa, y, mean, lo, invstd, rm, rv
+    cdef object r = None
+    if plain_features(mask, renorm, virtual_batch_size, residual, negative_slope):
+        r = plain_forward(x, gamma, beta, axis, eps, training, running_mean, running_var,
+                          momentum, out, activation, unbiased_running_var, None, False)
+    if r is None:
+        return _checked_forward(x, gamma, beta, axis=axis, eps=eps, training=training,
+                                running_mean=running_mean, running_var=running_var,
+                                momentum=momentum, out=out, activation=activation,
+                                unbiased_running_var=unbiased_running_var, mask=mask,
+                                renorm=renorm, virtual_batch_size=virtual_batch_size,
+                                residual=residual, negative_slope=negative_slope)
+    return r
+
+
+def forward_then(x, gamma, beta, axis, eps, training, running_mean, running_var, momentum,
+                 out, activation, then, unbiased_running_var=True, features=None):
+    """fastbn._core._forward_then (the layer's forward), with a plain call checked and
+    dispatched here: y, the cache and the new running statistics computed into new
+    arrays, then written, with `then(cache)`, by fastbn._checks.commit, in one step an
+    interrupt does not split. Any other call is _core._forward_then's."""
+    cdef object r = None
+    cdef tuple f = None
+    if type(features) is tuple and len(<tuple>features) == 5:
+        f = <tuple>features
+    if features is None or (f is not None and plain_features(f[0], f[1], f[2], f[3], f[4])):
+        r = plain_forward(x, gamma, beta, axis, eps, training, running_mean, running_var,
+                          momentum, out, activation, unbiased_running_var, then, True)
+    if r is None:
+        if features is None:
+            return _checked_forward_then(x, gamma, beta, axis, eps, training, running_mean,
+                                         running_var, momentum, out, activation, then,
+                                         unbiased_running_var)
+        return _checked_forward_then(x, gamma, beta, axis, eps, training, running_mean,
+                                     running_var, momentum, out, activation, then,
+                                     unbiased_running_var, features)
+    return r
+
+
+cdef object plain_forward(object x, object gamma, object beta, object axis, object eps,
+                          object training, object running_mean, object running_var,
+                          object momentum, object out, object activation,
+                          object unbiased_running_var, object then, bint layer):
+    """forward's plain call, checked and run: (y, cache), or None when the call is not
+    plain (the checked path's). `layer`: fastbn._core._forward_then's contract (no
+    momentum warning; the new running statistics in new arrays, written with
+    `then(cache)` by fastbn._checks.commit); else they are updated in place in the
+    compiled step."""
+    cdef cnp.ndarray xa, y, mean, lo, invstd, rm, rv, new_rm = None, new_rv = None
     cdef int ax, nd, st = 0
     cdef bint relu, train, running, f32, direct
     cdef fbn_shape s
@@ -249,17 +311,8 @@ def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
     if (not plain_typed(x) or type(axis) is not int or not -64 <= axis < 64
             or type(eps) is not float
             or type(training) is not bool or type(momentum) is not float
-            or type(unbiased_running_var) is not bool or not plain_activation(activation)
-            # the keywords beyond the plain forward (fastbn._features) are the checked path's
-            or mask is not None or renorm is not None or virtual_batch_size is not None
-            or residual is not None or type(negative_slope) is not float
-            or <double>negative_slope != 0.01):
-        return _checked_forward(x, gamma, beta, axis=axis, eps=eps, training=training,
-                                running_mean=running_mean, running_var=running_var,
-                                momentum=momentum, out=out, activation=activation,
-                                unbiased_running_var=unbiased_running_var, mask=mask,
-                                renorm=renorm, virtual_batch_size=virtual_batch_size,
-                                residual=residual, negative_slope=negative_slope)
+            or type(unbiased_running_var) is not bool or not plain_activation(activation)):
+        return None
     xa = <cnp.ndarray>x
     nd = cnp.PyArray_NDIM(xa)
     ax = axis + nd if axis < 0 else axis
@@ -270,7 +323,8 @@ def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
     if (nd < 2 or C == 0 or not canonical_view(xa, ax, &s)
             or not (0.0 < e <= DBL_MAX) or not (0.0 <= mom <= 1.0)
             # the checked path shows the one-time warning for a momentum > 0.5
-            or (running and train and mom > 0.5 and not _checks._momentum_warned)
+            or (running and train and mom > 0.5 and not layer
+                and not _checks._momentum_warned)
             or (train and count < 2)
             or (gamma is not None and not plain_vector(gamma, C))
             or (beta is not None and not plain_vector(beta, C))
@@ -288,10 +342,7 @@ def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
             # out= apart from every input and running statistic: x_overwritten is False
             or (out is not None and not out_ok(out, xa, (x, gamma, beta, running_mean,
                                                          running_var)))):
-        return _checked_forward(x, gamma, beta, axis=axis, eps=eps, training=training,
-                                running_mean=running_mean, running_var=running_var,
-                                momentum=momentum, out=out, activation=activation,
-                                unbiased_running_var=unbiased_running_var)
+        return None
     relu = activation == "relu"
     f32 = cnp.PyArray_TYPE(xa) == cnp.NPY_FLOAT
     nthreads = threads_for(cnp.PyArray_SIZE(xa))
@@ -329,6 +380,9 @@ def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
             factor = <double>count / <double>(count - 1) if unbiased_running_var else 1.0
             if running:
                 rm, rv = <cnp.ndarray>running_mean, <cnp.ndarray>running_var
+                if layer:  # the new values in new arrays: commit writes them
+                    rm, rv = copy_vector(rm), copy_vector(rv)
+                    new_rm, new_rv = rm, rv
             with nogil:
                 st = run_forward_train_ex(f32, cnp.PyArray_DATA(xa), cnp.PyArray_DATA(y), s, g,
                                           b, e, &epi, <double *>cnp.PyArray_DATA(mean),
@@ -351,10 +405,15 @@ def forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, training=True,
         free(work)
     check(st)
     # as fastbn._checks.Cache.__init__ fills it
-    return y, new_cache((x, None if gamma is None else copy_vector(<cnp.ndarray>gamma),
-                         None if beta is None else copy_vector(<cnp.ndarray>beta),
-                         mean, lo, invstd, None, count, ax, eps, training,
-                         "relu" if relu else None, False, False))
+    cache = new_cache((x, None if gamma is None else copy_vector(<cnp.ndarray>gamma),
+                       None if beta is None else copy_vector(<cnp.ndarray>beta),
+                       mean, lo, invstd, None, count, ax, eps, training,
+                       "relu" if relu else None, False, False))
+    if layer:  # as fastbn._core._forward_then commits
+        copies = [] if new_rm is None else [(running_mean, new_rm), (running_var, new_rv)]
+        if copies or then is not None:
+            _checks.commit(copies, None if then is None else _partial(then, cache))
+    return y, cache
 
 
 cdef inline bint plain_stats(object v, int64_t C):

@@ -113,12 +113,14 @@ class BatchNormPasses:
         if update or not use_batch_stats:
             running = (state["running_mean"], state["running_var"])
         count = self.num_batches_tracked + 1 if update else None
-        y, cache = impl._forward_then(x, state.get("gamma"), state.get("beta"),
-                                      self.axis, self.eps, use_batch_stats, *running, momentum,
-                                      out, self.activation, partial(self._commit, count, state),
-                                      self.unbiased_running_var,
-                                      (mask, self.renorm if use_batch_stats else None,
-                                       self.virtual_batch_size, residual, self.negative_slope))
+        y, cache = impl._front_forward_then(x, state.get("gamma"), state.get("beta"),
+                                            self.axis, self.eps, use_batch_stats, *running,
+                                            momentum, out, self.activation,
+                                            partial(self._commit, count, state),
+                                            self.unbiased_running_var,
+                                            (mask, self.renorm if use_batch_stats else None,
+                                             self.virtual_batch_size, residual,
+                                             self.negative_slope))
         return (y, cache) if return_cache else y
 
     def _call_mode(self, training):

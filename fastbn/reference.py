@@ -279,3 +279,5 @@ def _feature_backward(dy, cache, need_dx, dx_out, dg_out, db_out, dr_out=None):
 
 
 from ._docs import document as _document; _document(globals())  # noqa: E702 docstrings: _docs.py
+
+_front_forward_then = _forward_then  # the layer's forward (as fastbn._core's)
