@@ -25,7 +25,8 @@ pytestmark = pytest.mark.skipif(fastbn.backend != "c", reason="the compiled back
 
 @contextlib.contextmanager
 def spy():
-    """Names of the calls that reached the checked path ('forward', 'backward')."""
+    """Names of the calls that reached the checked paths ('forward', 'backward', and
+    'forward_then': the layer's forward)."""
     calls = []
 
     def forward(*args, **kwargs):
@@ -36,12 +37,16 @@ def spy():
         calls.append("backward")
         return _core._checked_backward(*args, **kwargs)
 
-    _kernels.set_checked_paths(forward, backward, _checks.Cache, get_num_threads)
+    def forward_then(*args, **kwargs):
+        calls.append("forward_then")
+        return _core._forward_then(*args, **kwargs)
+
+    _kernels.set_checked_paths(forward, backward, _checks.Cache, get_num_threads, forward_then)
     try:
         yield calls
     finally:
         _kernels.set_checked_paths(_core._checked_forward, _core._checked_backward,
-                                   _checks.Cache, get_num_threads)
+                                   _checks.Cache, get_num_threads, _core._forward_then)
 
 
 @pytest.fixture

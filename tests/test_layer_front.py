@@ -15,38 +15,12 @@ import numpy as np
 import pytest
 
 import fastbn
-from fastbn import _checks, _core, _kernels
-from fastbn._threads import get_num_threads
+from fastbn import _checks, _core
 
 from conftest import assert_bitwise_equal
-from test_front import _assert_same_cache
+from test_front import _assert_same_cache, spy
 
 pytestmark = pytest.mark.skipif(fastbn.backend != "c", reason="the compiled backend's front end")
-
-
-@contextlib.contextmanager
-def spy():
-    """Names of the calls that reached the checked paths ('forward_then', 'backward')."""
-    calls = []
-
-    def forward_then(*args, **kwargs):
-        calls.append("forward_then")
-        return _core._forward_then(*args, **kwargs)
-
-    def forward(*args, **kwargs):
-        calls.append("forward")
-        return _core._checked_forward(*args, **kwargs)
-
-    def backward(*args, **kwargs):
-        calls.append("backward")
-        return _core._checked_backward(*args, **kwargs)
-
-    _kernels.set_checked_paths(forward, backward, _checks.Cache, get_num_threads, forward_then)
-    try:
-        yield calls
-    finally:
-        _kernels.set_checked_paths(_core._checked_forward, _core._checked_backward,
-                                   _checks.Cache, get_num_threads, _core._forward_then)
 
 
 @contextlib.contextmanager
