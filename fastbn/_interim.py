@@ -226,7 +226,7 @@ def feature_forward(x, a, f, then):
         if m2d is None:
             stats = [_masked_stats(x, f, rows) for rows in f.groups]
         else:
-            x3 = np.ascontiguousarray(x3)
+            x3 = aligned_contiguous(x3)  # the kernel's loads: C-contiguous and aligned
             # y in the same kernel (one read of x while in cache) when its epilogue is
             # the kernel's: none or a ReLU without residual; else affine_ex's, below
             plain = f.residual is None and f.activation in (None, "relu")
@@ -405,7 +405,7 @@ def _masked_backward(dy, cache, w, dx_out, dg_out, db_out, dr_out):
     relu = cache.activation == "relu" and cache.residual is None
     if cache.activation is not None and not relu:
         dy = _masked_dy(dy, cache, w, x)
-    x3, dy3 = np.ascontiguousarray(w.view(x)), np.ascontiguousarray(w.view(dy))
+    x3, dy3 = aligned_contiguous(w.view(x)), aligned_contiguous(w.view(dy))
     dx = np.empty(x.shape, x.dtype)
     dx3, m2d = w.view(dx), _mask2d(f, x.shape, w)
     mean, invstd, r, d = (cache.flat(k) for k in ("mean", "invstd", "r", "d"))

@@ -273,6 +273,45 @@ def test_mask_statistics_are_those_of_the_kept_positions(impl, dtype):
     assert_close(np.where(keep, y2, 0), np.where(keep, y, 0).astype(dtype), what="kept y")
 
 
+@pytest.fixture
+def aligned_kernels(monkeypatch):
+    """Every fastbn._kernels function made to refuse a misaligned array argument:
+    misaligned loads are undefined behaviour in C (x86 tolerates them, so only a
+    sanitizer build would notice otherwise; the CI's ASan + UBSan run did)."""
+    kernels = fastbn._kernels
+
+    def checked(name, fn):
+        def spy(*args, **kw):
+            for i, v in enumerate(list(args) + list(kw.values())):
+                if isinstance(v, np.ndarray):
+                    assert v.flags.aligned, f"_kernels.{name}: argument {i} is misaligned"
+            return fn(*args, **kw)
+        return spy
+
+    for name in dir(kernels):
+        fn = getattr(kernels, name)
+        if not name.startswith("_") and callable(fn) and not isinstance(fn, type):
+            monkeypatch.setattr(kernels, name, checked(name, fn))
+
+
+@pytest.mark.skipif(not C_BACKEND, reason="the compiled kernels' arguments")
+@pytest.mark.parametrize("activation", [None, "relu", "leaky_relu"])
+@pytest.mark.parametrize("groups", [None, 3])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_mask_kernels_get_aligned_data(aligned_kernels, dtype, groups, activation):
+    """An unaligned x and dy (C order at an odd address) with a mask: the masked
+    kernels read aligned copies, and the results are the reference's."""
+    x, dy, gamma, beta, rm, rv = make((6, 3, 5), (1,), dtype, seed=3)
+    rng = np.random.default_rng(4)
+    x, dy = lay_out(x, "unaligned", rng), lay_out(dy, "unaligned", rng)
+    kw = {"mask": rng.random((6, 1, 5)) < 0.8, "virtual_batch_size": groups}
+    if activation:
+        kw["activation"] = activation
+    want, _ = run(R, x, dy, gamma, beta, rm, rv, **kw)
+    got, _ = run(K, x, dy, gamma, beta, rm, rv, **kw)
+    assert_all_close(got, want, {np.float32: 2e-5, np.float64: 1e-10}[dtype], f"{kw}")
+
+
 def test_mask_all_true_is_plain_and_checks(impl):
     args = make((4, 3, 5), (1,))
     assert_all_close(run(impl, *args, mask=np.ones((4, 1, 5), bool))[0], run(impl, *args)[0])
