@@ -20,11 +20,14 @@ class Cache:
     ----------
     mean : ndarray of float64, shape (C,)
         The mean the forward normalised with: the batch mean in training mode,
-        ``running_mean`` in evaluation mode.
+        ``running_mean`` in evaluation mode. Assigning a new mean also drops
+        `mean_lo` (it is the residual of the old one): backward then uses the
+        new mean exactly, with either backend.
     mean_lo : ndarray of float64, shape (C,)
         The rounding residual of `mean` (``mean + mean_lo`` is the batch mean to
         about twice float64's precision), which the C kernels carry for accuracy
-        far from 0; zeros from the NumPy backend and in evaluation mode.
+        far from 0; zeros from the NumPy backend, in evaluation mode and after
+        `mean` was assigned. Backward refuses one larger than an ulp of `mean`.
     var : ndarray of float64, shape (C,)
         The variance the forward normalised with: the *biased* batch variance
         (divided by `count`) in training mode, ``running_var`` in evaluation mode.
@@ -68,7 +71,7 @@ class Cache:
     >>> cache.count, cache.axis, cache.training, cache.x is x
     (3, 1, True, True)
     """
-    __slots__ = ("x", "gamma", "beta", "mean", "_mean_lo", "invstd", "count", "axis", "eps",
+    __slots__ = ("x", "gamma", "beta", "_mean", "_mean_lo", "invstd", "count", "axis", "eps",
                  "training", "activation", "x_overwritten", "x_written", "_var")
 
     def __init__(self, x, gamma, beta, mean, invstd, var=None, *, axis, eps, training,
@@ -85,6 +88,15 @@ class Cache:
         self.axis, self.eps, self.training = axis, eps, training
         self.activation, self.x_overwritten = activation, x_overwritten
         self.x_written = False  # set by a backward that wrote over x
+
+    @property
+    def mean(self):
+        """The mean the forward normalised with (float64); assigning drops mean_lo."""
+        return self._mean
+
+    @mean.setter
+    def mean(self, value):
+        self._mean, self._mean_lo = value, None
 
     @property
     def mean_lo(self):

@@ -43,7 +43,7 @@ cdef object _checks = None  # fastbn._checks: its one-time momentum warning flag
 # A new Cache's slots, in the order new_cache takes their values: written directly at
 # the offsets of Cache's member descriptors, as the descriptors themselves write
 # them (through setattr, the 14 slots were a sixth of a (4, 5) forward's time)
-CACHE_SLOTS = ("x", "gamma", "beta", "mean", "_mean_lo", "invstd", "_var", "count", "axis",
+CACHE_SLOTS = ("x", "gamma", "beta", "_mean", "_mean_lo", "invstd", "_var", "count", "axis",
                "eps", "training", "activation", "x_overwritten", "x_written")
 cdef enum:
     N_SLOTS = 14
@@ -490,7 +490,7 @@ def backward(dy, cache, *, out=None, need_dx=True):
         for d in range(nd):
             ok = ok and cnp.PyArray_DIM(dya, d) == cnp.PyArray_DIM(x, d)
     C = cnp.PyArray_DIM(x, ax) if ok else 0
-    mean_obj, lo_obj, invstd_obj = cache.mean, cache._mean_lo, cache.invstd
+    mean_obj, lo_obj, invstd_obj = cache._mean, cache._mean_lo, cache.invstd
     # x and dy read where they are when they share one row stride (canonical_inputs)
     if (not ok or C == 0 or not canonical_view(x, ax, &s) or not canonical_view(dya, ax, &sdy)
             or sdy.row_stride != s.row_stride or type(cache.count) is not int

@@ -282,6 +282,26 @@ def test_edited_mean_lo_is_refused(module):
         module.backward(np.ones_like(x), cache)
 
 
+@pytest.mark.parametrize("mean", ["zeros", "shifted", "float32"])
+def test_assigned_mean_drops_its_residual(mean):
+    """cache.mean assigned: its residual goes with the old value, so backward uses the
+    new mean exactly and the backends agree (a stale residual beside a mean of 0 was
+    refused as edited: a hypothesis find)."""
+    x, g, b = _plain()
+    x = x.astype(np.float64) + 1e4
+    dy = np.random.default_rng(7).standard_normal(x.shape)
+    results = []
+    for module in (fastbn, fastbn.reference):
+        _, cache = module.forward(x, g, b)
+        new = {"zeros": np.zeros(3), "shifted": cache.mean + 0.25,
+               "float32": cache.mean.astype(np.float32)}[mean]
+        cache.mean = new
+        assert cache.mean is new and cache._mean_lo is None and not cache.mean_lo.any()
+        results.append(module.backward(dy, cache))
+    for got, want, name in zip(*results, ("dx", "dgamma", "dbeta")):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9, err_msg=name)
+
+
 def test_front_cache_is_a_plain_cache():
     """The front end fills a Cache's slots directly: it must be the Cache the checked path
     makes, usable as one (its properties, repr, pickling, edits), and hold its arrays."""
