@@ -1,0 +1,78 @@
+"""What the thread pool's back-off costs on this machine: 2-thread calls with the
+back-off on (the default) and off, in alternating fresh processes.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/backoff_cost.py [--rounds 2]
+        [--shapes 512x4096,64x64x56x56]
+
+Each process times inference, the training forward and the backward (float32, out=,
+median of 15 samples of 20 calls) and reports the pool's counters over them (loops run
+on the caller alone, loops whose worker shared the caller's CPU, late wake-ups) and the
+machine's steal time (/proc/stat, in 10 ms ticks: time the hypervisor took from this
+VM's CPUs). On a virtual machine whose CPUs lose milliseconds now and then, the pool's
+time-based stall checks fire without any other process competing, and the back-off then
+runs loops on one thread (src_c/parallel.c, README "busy machines").
+"""
+import argparse
+import os
+import subprocess
+import sys
+
+CHILD = r"""
+import ctypes, sys, time
+import numpy as np
+import fastbn
+from fastbn import _kernels
+fastbn.set_num_threads(2)
+if sys.argv[1] == "off":
+    _kernels.pool_set_backoff(False)
+lib = ctypes.CDLL(_kernels.__file__)
+def counters():
+    v = [ctypes.c_int64() for _ in range(4)]
+    lib.fbn_pool_counters(ctypes.byref(v[0]), ctypes.byref(v[1]))
+    lib.fbn_pool_late_counters(ctypes.byref(v[2]), ctypes.byref(v[3]))
+    with open("/proc/stat") as f:
+        steal = int(f.readline().split()[8])
+    return [a.value for a in v] + [steal]
+shape = tuple(int(n) for n in sys.argv[2].split("x"))
+x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+C = shape[1]
+g, b = np.ones(C, np.float32), np.zeros(C, np.float32)
+rm, rv = np.zeros(C, np.float32), np.ones(C, np.float32)
+y, dx, dg, db = np.empty_like(x), np.empty_like(x), np.empty_like(g), np.empty_like(b)
+dy = np.cos(x)
+_, cache = fastbn.forward(x, g, b, out=y)
+ops = [("inference", lambda: fastbn.forward(x, g, b, running_mean=rm, running_var=rv,
+                                            training=False, out=y)),
+       ("forward", lambda: fastbn.forward(x, g, b, running_mean=rm, running_var=rv, out=y)),
+       ("backward", lambda: fastbn.backward(dy, cache, out=(dx, dg, db)))]
+c0 = counters()
+for name, f in ops:
+    f()
+    v = []
+    for _ in range(15):
+        t = time.perf_counter()
+        for _ in range(20):
+            f()
+        v.append((time.perf_counter() - t) / 20)
+    print(f"{name} {np.median(v) * 1e3:.3f}", end=" ")
+c1 = counters()
+print("| alone %d shared %d late %d/%d steal_ticks %d" % tuple(b - a for a, b in zip(c0, c1)))
+"""
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--shapes", default="512x4096,64x64x56x56")
+    a = ap.parse_args()
+    print(f"load average {os.getloadavg()[0]:.2f}; ms per call, float32, 2 threads")
+    for shape in a.shapes.split(","):
+        for r in range(a.rounds):
+            for mode in ("on", "off"):
+                out = subprocess.run([sys.executable, "-c", CHILD, mode, shape],
+                                     capture_output=True, text=True, check=True).stdout
+                print(f"{shape:>14} back-off {mode:3s}  {out.strip()}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
