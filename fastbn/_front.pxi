@@ -276,14 +276,11 @@ def forward_then(x, gamma, beta, axis, eps, training, running_mean, running_var,
     if features is None or (f is not None and plain_features(f[0], f[1], f[2], f[3], f[4])):
         r = plain_forward(x, gamma, beta, axis, eps, training, running_mean, running_var,
                           momentum, out, activation, unbiased_running_var, then, True)
-    if r is None:
-        if features is None:
-            return _checked_forward_then(x, gamma, beta, axis, eps, training, running_mean,
-                                         running_var, momentum, out, activation, then,
-                                         unbiased_running_var)
+    if r is None:  # (features None: _forward_then's own default)
         return _checked_forward_then(x, gamma, beta, axis, eps, training, running_mean,
                                      running_var, momentum, out, activation, then,
-                                     unbiased_running_var, features)
+                                     unbiased_running_var,
+                                     *(() if features is None else (features,)))
     return r
 
 
