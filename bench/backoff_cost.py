@@ -10,7 +10,11 @@ on the caller alone, loops whose worker shared the caller's CPU, late wake-ups) 
 machine's steal time (/proc/stat, in 10 ms ticks: time the hypervisor took from this
 VM's CPUs). On a virtual machine whose CPUs lose milliseconds now and then, the pool's
 time-based stall checks fire without any other process competing, and the back-off then
-runs loops on one thread (src_c/parallel.c, README "busy machines").
+ran loops on one thread (src_c/parallel.c, README "busy machines"); since issue 17's
+steal check, a slow loop backs off only if one of its threads waited in a run queue
+(slow: loops slow by the time checks; stolen: those that kept their threads).
+
+    python bench/backoff_cost.py --build OLD_TREE   # also runs an older build's pool
 """
 import argparse
 import os
@@ -27,9 +31,11 @@ if sys.argv[1] == "off":
     _kernels.pool_set_backoff(False)
 lib = ctypes.CDLL(_kernels.__file__)
 def counters():
-    v = [ctypes.c_int64() for _ in range(4)]
+    v = [ctypes.c_int64() for _ in range(6)]
     lib.fbn_pool_counters(ctypes.byref(v[0]), ctypes.byref(v[1]))
     lib.fbn_pool_late_counters(ctypes.byref(v[2]), ctypes.byref(v[3]))
+    if hasattr(lib, "fbn_pool_slow_counters"):  # builds before issue 17's steal check: 0 0
+        lib.fbn_pool_slow_counters(ctypes.byref(v[4]), ctypes.byref(v[5]))
     with open("/proc/stat") as f:
         steal = int(f.readline().split()[8])
     return [a.value for a in v] + [steal]
@@ -56,7 +62,8 @@ for name, f in ops:
         v.append((time.perf_counter() - t) / 20)
     print(f"{name} {np.median(v) * 1e3:.3f}", end=" ")
 c1 = counters()
-print("| alone %d shared %d late %d/%d steal_ticks %d" % tuple(b - a for a, b in zip(c0, c1)))
+print("| alone %d shared %d late %d/%d slow %d stolen %d steal_ticks %d"
+      % tuple(b - a for a, b in zip(c0, c1)))
 """
 
 
@@ -64,14 +71,20 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--shapes", default="512x4096,64x64x56x56")
+    ap.add_argument("--build", help="a tree with an older in-place build: its pool, back-off on, "
+                    "runs third in each round")
     a = ap.parse_args()
     print(f"load average {os.getloadavg()[0]:.2f}; ms per call, float32, 2 threads")
+    runs = [("on", "on", None), ("off", "off", None)]
+    if a.build:
+        runs.append(("on", "old on", {**os.environ, "PYTHONPATH": os.path.abspath(a.build)}))
     for shape in a.shapes.split(","):
         for r in range(a.rounds):
-            for mode in ("on", "off"):
-                out = subprocess.run([sys.executable, "-c", CHILD, mode, shape],
+            for mode, label, env in runs:
+                out = subprocess.run([sys.executable, "-c", CHILD, mode, shape], env=env,
+                                     cwd=env and env["PYTHONPATH"],  # not this tree's fastbn
                                      capture_output=True, text=True, check=True).stdout
-                print(f"{shape:>14} back-off {mode:3s}  {out.strip()}", flush=True)
+                print(f"{shape:>14} back-off {label:6s}  {out.strip()}", flush=True)
 
 
 if __name__ == "__main__":

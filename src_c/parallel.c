@@ -53,6 +53,15 @@ static void fbn_serial_for(int64_t ntiles, fbn_tile_fn fn, void *ctx) {
  * caller's next loop start the back-off as a stalled one would. */
 #define FBN_BACKOFF_MIN_NS 50000000
 #define FBN_BACKOFF_MAX_NS 2000000000
+/* A slow loop (one of the time checks above) counts as stalled only with evidence
+ * that another task took a CPU from its threads: the caller, from the loop's start
+ * to its end, or a worker, while the caller slept waiting for it, waited in a run
+ * queue more than FBN_QUEUED_NS (schedstat). A hypervisor that takes a virtual CPU
+ * (steal) or a stopped process (SIGSTOP) leaves no such trace, and running alone
+ * would not avoid either: those loops keep their threads (counted as stolen loops).
+ * Where the run queues cannot be read (not Linux, no /proc), every slow loop is
+ * stalled. A worker that shared the caller's CPU or woke late is evidence itself. */
+#define FBN_QUEUED_NS (FBN_STALL_NS / 2)
 
 #if defined(__x86_64__) || defined(__i386__)
 #define FBN_PAUSE() __builtin_ia32_pause()
@@ -94,6 +103,7 @@ static struct {
     int64_t late_wakes, late_loops; /* late wake-ups; loops that backed off for one */
     int64_t alone_until; /* monotonic ns: loops run on the caller alone until then */
     int64_t alone_loops, shared_loops; /* loops run alone in a back-off; loops that shared a CPU */
+    int64_t slow_loops, stolen_loops; /* slow loops; those without evidence (see FBN_QUEUED_NS) */
     int64_t backoff;     /* ns of the last back-off (0: none) */
     int64_t last_stall;  /* monotonic ns */
     int no_backoff;      /* fbn_pool_set_backoff(0) */
@@ -105,8 +115,10 @@ static struct {
         uint64_t gen;
         int64_t busy, tiles, idle_at;
     } stat[FBN_POOL_MAX];
-} pool = {0, 0, 0, NULL, NULL, 0, 0, 0, 0, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, PTHREAD_MUTEX_INITIALIZER,
-          PTHREAD_COND_INITIALIZER, {{0, 0, 0, 0}}};
+    int schedstat_fd[FBN_POOL_MAX]; /* workers' schedstat files (-1: none; Linux) */
+    int caller_fd;         /* the schedstat file of caller_thread (-1: none) */
+    pthread_t caller_thread;
+} pool = {.caller_cpu = -1, .caller_fd = -1, .lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
 
 /* Events: a sequence number that a notify increments; fbn_event_wait(seq, seen)
  * sleeps until it differs from seen (or spuriously: callers check and loop). On
@@ -161,10 +173,62 @@ static int fbn_on_caller_cpu(void) {
     return cpu >= 0 && fbn_this_cpu() == cpu;
 }
 #if defined(CLOCK_THREAD_CPUTIME_ID)
-/* the calling thread's CPU time (a system call, ~0.5 us: twice per loop) */
+/* the calling thread's CPU time (a system call, ~0.4 us: twice per loop) */
 static int64_t fbn_cpu_ns(void) { return fbn_clock_ns(CLOCK_THREAD_CPUTIME_ID); }
 #else
 static int64_t fbn_cpu_ns(void) { return fbn_now_ns(); } /* never off-CPU */
+#endif
+#if defined(__linux__)
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+/* the calling thread's schedstat file (-1: none) */
+static int fbn_open_schedstat(void) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/self/task/%d/schedstat", (int)syscall(SYS_gettid));
+    return open(path, O_RDONLY | O_CLOEXEC);
+}
+/* ns that the thread of a schedstat file has spent runnable in a run queue while
+ * another task had the CPU (the file's second field); -1: unknown. */
+static int64_t fbn_read_queued_ns(int fd) {
+    char text[96];
+    const ssize_t n = fd < 0 ? -1 : pread(fd, text, sizeof text - 1, 0);
+    if (n <= 0) return -1;
+    text[n] = 0;
+    char *end;
+    strtoll(text, &end, 10); /* CPU time */
+    const long long queued = strtoll(end, &end, 10);
+    return *end == ' ' && queued >= 0 ? queued : -1;
+}
+/* The run-queue time of the caller (it owns the pool), through a file kept open
+ * for the last calling thread (a read: ~0.7 us, once per loop). */
+static int64_t fbn_caller_queued_ns(void) {
+    if (pool.caller_fd < 0 || !pthread_equal(pool.caller_thread, pthread_self())) {
+        if (pool.caller_fd >= 0) close(pool.caller_fd);
+        pool.caller_fd = fbn_open_schedstat();
+        pool.caller_thread = pthread_self();
+    }
+    const int64_t queued = fbn_read_queued_ns(pool.caller_fd);
+    if (queued < 0 && pool.caller_fd >= 0) { /* an exited thread's id, reused: reopen next time */
+        close(pool.caller_fd);
+        pool.caller_fd = -1;
+    }
+    return queued;
+}
+/* The run-queue time of the workers of an nthreads loop, summed; -1: unknown. */
+static int64_t fbn_workers_queued_ns(int nthreads) {
+    int64_t sum = 0;
+    for (int w = 1; w < nthreads && w <= pool.nworkers && sum >= 0; w++) {
+        const int64_t queued = fbn_read_queued_ns(LOAD(&pool.schedstat_fd[w]));
+        sum = queued < 0 ? -1 : sum + queued;
+    }
+    return sum;
+}
+#else
+static int fbn_open_schedstat(void) { return -1; }
+static int64_t fbn_read_queued_ns(int fd) { (void)fd; return -1; }
+static int64_t fbn_caller_queued_ns(void) { return -1; }
+static int64_t fbn_workers_queued_ns(int nthreads) { (void)nthreads; return -1; }
 #endif
 
 /* Claims and runs tiles of the published loop until none is left (or the loop
@@ -207,19 +271,24 @@ static void fbn_run_tiles(int thread) {
 }
 
 /* Whether a worker just woken from its sleep woke late for the loop in word v
- * (see FBN_STALL_NS); if so, counts it and flags the caller's next loop. */
-static int fbn_woke_late(uint64_t v) {
+ * (see FBN_STALL_NS); if so, counts it and flags the caller's next loop, unless it
+ * woke late off the caller's CPU without waiting in a run queue more than
+ * FBN_QUEUED_NS since *queued (its run-queue time before it slept, updated). */
+static int fbn_woke_late(uint64_t v, int schedstat_fd, int64_t *queued) {
     if ((v & FBN_LEFT_MASK) != 0) return 0; /* a tile to claim: in time */
-    if (!fbn_on_caller_cpu() && fbn_now_ns() - LOAD(&pool.published) <= FBN_STALL_NS) return 0;
+    const int shared = fbn_on_caller_cpu();
+    if (!shared && fbn_now_ns() - LOAD(&pool.published) <= FBN_STALL_NS) return 0;
     __atomic_add_fetch(&pool.late_wakes, 1, __ATOMIC_RELAXED);
-    STORE(&pool.late, 1);
+    const int64_t before = *queued;
+    *queued = fbn_read_queued_ns(schedstat_fd);
+    if (shared || before < 0 || *queued < 0 || *queued - before > FBN_QUEUED_NS) STORE(&pool.late, 1);
     return 1;
 }
 
 /* Waits until a loop with a generation other than *seen is published: spins a
  * while (not on the caller's CPU), then sleeps; woken late, sleeps again at once
  * (the loop it was woken for is over). */
-static void fbn_wait_loop(uint64_t *seen) {
+static void fbn_wait_loop(uint64_t *seen, int schedstat_fd) {
     const int64_t until = fbn_on_caller_cpu() ? 0 : fbn_now_ns() + FBN_WORKER_SPIN_NS;
     for (int i = 1;; i++) {
         uint64_t v = LOAD(&pool.word);
@@ -233,11 +302,12 @@ static void fbn_wait_loop(uint64_t *seen) {
     /* sleepers first, then the word: a caller publishing after our check sees
      * sleepers and notifies (sequentially consistent order) */
     __atomic_add_fetch(&pool.sleepers, 1, __ATOMIC_SEQ_CST);
+    int64_t queued = fbn_read_queued_ns(schedstat_fd);
     for (;;) {
         const int seq = LOAD(&pool.wake_seq);
         const uint64_t v = LOAD(&pool.word);
         if (FBN_GEN(v) != *seen) {
-            if (!fbn_woke_late(v)) break;
+            if (!fbn_woke_late(v, schedstat_fd, &queued)) break;
             *seen = FBN_GEN(v); /* still a sleeper: the next loop wakes us */
             continue;
         }
@@ -249,10 +319,12 @@ static void fbn_wait_loop(uint64_t *seen) {
 
 static void *fbn_worker(void *arg) {
     const int thread = (int)(intptr_t)arg;
+    const int schedstat_fd = fbn_open_schedstat();
+    STORE(&pool.schedstat_fd[thread], schedstat_fd);
     uint64_t seen = FBN_GEN(LOAD(&pool.word));
     fbn_run_tiles(thread); /* the loop that started this worker */
     for (;;) {
-        fbn_wait_loop(&seen);
+        fbn_wait_loop(&seen, schedstat_fd);
         fbn_run_tiles(thread);
     }
     return NULL;
@@ -270,6 +342,7 @@ static void fbn_start_workers(int want) {
         pthread_attr_t attr;
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        STORE(&pool.schedstat_fd[pool.nworkers + 1], -1); /* the worker opens its own */
         int failed = pthread_create(&th, &attr, fbn_worker, (void *)(intptr_t)(pool.nworkers + 1));
         pthread_attr_destroy(&attr);
         if (failed) break; /* run with the workers there are */
@@ -289,6 +362,10 @@ static void fbn_after_fork_child(void) {
 
     pool.word &= ~FBN_LEFT_MASK; /* keep the generation: nothing left to claim */
     pool.ntiles = pool.done = 0;
+    for (int w = 1; w <= pool.nworkers; w++) /* the parent's threads' files */
+        if (pool.schedstat_fd[w] >= 0) close(pool.schedstat_fd[w]);
+    if (pool.caller_fd >= 0) close(pool.caller_fd);
+    pool.caller_fd = -1;
     pool.nworkers = pool.sleepers = pool.caller_asleep = pool.busy = 0;
     pool.alone_until = pool.backoff = pool.last_stall = 0;
     pool.late = 0;
@@ -346,16 +423,17 @@ void fbn_parallel_for(int64_t ntiles, int nthreads, fbn_tile_fn fn, void *ctx) {
     const uint64_t gen = (FBN_GEN(LOAD(&pool.word)) + 1) & 0xffff;
     STORE(&pool.word, gen << 48 | (uint64_t)nthreads << FBN_LEFT_BITS | (uint64_t)ntiles);
     if (LOAD(&pool.sleepers)) fbn_event_notify(&pool.wake_seq);
-    const int64_t published = fbn_now_ns(), cpu0 = fbn_cpu_ns();
+    const int64_t published = fbn_now_ns(), cpu0 = fbn_cpu_ns(), queued0 = fbn_caller_queued_ns();
     fbn_run_tiles(0);
     const int64_t run_cpu = fbn_cpu_ns() - cpu0;
     /* every tile is claimed: wait for those the workers are running */
     const int64_t out_of_tiles = fbn_now_ns(), until = out_of_tiles + FBN_CALLER_SPIN_NS;
-    int waited = 0;
+    int waited = 0, workers_queued = 0; /* see FBN_QUEUED_NS */
     for (int i = 1; LOAD(&pool.done) < ntiles; i++) {
         waited = 1;
         FBN_PAUSE();
         if (i % 64 == 0 && fbn_now_ns() > until) {
+            const int64_t workers0 = fbn_workers_queued_ns(nthreads);
             STORE(&pool.caller_asleep, 1);
             for (;;) {
                 const int seq = LOAD(&pool.finish_seq);
@@ -363,6 +441,8 @@ void fbn_parallel_for(int64_t ntiles, int nthreads, fbn_tile_fn fn, void *ctx) {
                 fbn_event_wait(&pool.finish_seq, seq);
             }
             STORE(&pool.caller_asleep, 0);
+            const int64_t workers1 = fbn_workers_queued_ns(nthreads);
+            workers_queued = workers0 < 0 || workers1 < 0 || workers1 - workers0 > FBN_QUEUED_NS;
         }
     }
     const int64_t end = waited ? fbn_now_ns() : out_of_tiles;
@@ -375,19 +455,24 @@ void fbn_parallel_for(int64_t ntiles, int nthreads, fbn_tile_fn fn, void *ctx) {
     /* a worker ran tiles on the caller's CPU: no CPU was free for it */
     const int shared = LOAD(&pool.shared) == (int)(0x10000 | gen);
     pool.shared_loops += shared;
-    int stalled = shared || (published - start) + (end - out_of_tiles) >
-                      FBN_STALL_NS + (out_of_tiles - published) ||
-                  (out_of_tiles - published) - run_cpu > FBN_STALL_NS;
-    for (int w = 1; w < nthreads && w <= pool.nworkers && !stalled; w++) {
+    int slow = (published - start) + (end - out_of_tiles) > FBN_STALL_NS + (out_of_tiles - published) ||
+               (out_of_tiles - published) - run_cpu > FBN_STALL_NS;
+    for (int w = 1; w < nthreads && w <= pool.nworkers && !slow; w++) {
         const int64_t idle_at = __atomic_load_n(&pool.stat[w].idle_at, __ATOMIC_ACQUIRE);
         const int64_t tiles = __atomic_load_n(&pool.stat[w].tiles, __ATOMIC_RELAXED);
         if (__atomic_load_n(&pool.stat[w].gen, __ATOMIC_RELAXED) != gen || idle_at == 0 ||
             tiles == 0)
             continue;
         const int64_t mean = __atomic_load_n(&pool.stat[w].busy, __ATOMIC_RELAXED) / tiles;
-        stalled = out_of_tiles - idle_at > FBN_STALL_NS + 2 * mean;
+        slow = out_of_tiles - idle_at > FBN_STALL_NS + 2 * mean;
     }
-    if (stalled) fbn_back_off(end);
+    pool.slow_loops += slow;
+    if (slow && !shared && !workers_queued) { /* did the caller wait in a run queue? */
+        const int64_t queued1 = fbn_caller_queued_ns();
+        slow = queued0 < 0 || queued1 < 0 || queued1 - queued0 > FBN_QUEUED_NS;
+        pool.stolen_loops += !slow;
+    }
+    if (shared || slow) fbn_back_off(end);
     __atomic_store_n(&pool.busy, 0, __ATOMIC_RELEASE);
 }
 
@@ -403,6 +488,11 @@ void fbn_pool_counters(int64_t *alone_loops, int64_t *shared_loops) {
 void fbn_pool_late_counters(int64_t *late_wakes, int64_t *late_loops) {
     *late_wakes = __atomic_load_n(&pool.late_wakes, __ATOMIC_RELAXED);
     *late_loops = __atomic_load_n(&pool.late_loops, __ATOMIC_RELAXED);
+}
+
+void fbn_pool_slow_counters(int64_t *slow_loops, int64_t *stolen_loops) {
+    *slow_loops = __atomic_load_n(&pool.slow_loops, __ATOMIC_RELAXED);
+    *stolen_loops = __atomic_load_n(&pool.stolen_loops, __ATOMIC_RELAXED);
 }
 
 const char *fbn_pool_kind(void) { return "pthreads"; }
@@ -437,6 +527,10 @@ void fbn_pool_late_counters(int64_t *late_wakes, int64_t *late_loops) {
     *late_wakes = *late_loops = 0;
 }
 
+void fbn_pool_slow_counters(int64_t *slow_loops, int64_t *stolen_loops) {
+    *slow_loops = *stolen_loops = 0;
+}
+
 const char *fbn_pool_kind(void) { return "openmp"; }
 int fbn_pool_max_threads(void) {
     const int n = omp_get_max_threads();
@@ -461,6 +555,10 @@ void fbn_pool_counters(int64_t *alone_loops, int64_t *shared_loops) {
 
 void fbn_pool_late_counters(int64_t *late_wakes, int64_t *late_loops) {
     *late_wakes = *late_loops = 0;
+}
+
+void fbn_pool_slow_counters(int64_t *slow_loops, int64_t *stolen_loops) {
+    *slow_loops = *stolen_loops = 0;
 }
 
 const char *fbn_pool_kind(void) { return "none"; }

@@ -52,6 +52,12 @@ void fbn_pool_counters(int64_t *alone_loops, int64_t *shared_loops);
  * back to sleep without spinning), and loops that backed off for such a wake-up. */
 void fbn_pool_late_counters(int64_t *late_wakes, int64_t *late_loops);
 
+/* For tests, likewise: loops that took too long by the pool's time checks (see
+ * FBN_STALL_NS in parallel.c), and those of them that kept their threads because
+ * nothing showed that another task had taken a CPU from them (a hypervisor's
+ * steal, a stopped process). Both are counted with the back-off off too. */
+void fbn_pool_slow_counters(int64_t *slow_loops, int64_t *stolen_loops);
+
 /* Defined in work.c: releases the work cache if a call held it when the
  * process forked (that call does not exist in the child). */
 void fbn_work_after_fork(void);
