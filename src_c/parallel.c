@@ -118,7 +118,8 @@ static struct {
     int schedstat_fd[FBN_POOL_MAX]; /* workers' schedstat files (-1: none; Linux) */
     int caller_fd;         /* the schedstat file of caller_thread (-1: none) */
     pthread_t caller_thread;
-} pool = {.caller_cpu = -1, .caller_fd = -1, .lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
+} pool = {.caller_cpu = -1, .caller_fd = -1, .lock = PTHREAD_MUTEX_INITIALIZER,
+          .wake = PTHREAD_COND_INITIALIZER};
 
 /* Events: a sequence number that a notify increments; fbn_event_wait(seq, seen)
  * sleeps until it differs from seen (or spuriously: callers check and loop). On
@@ -281,7 +282,8 @@ static int fbn_woke_late(uint64_t v, int schedstat_fd, int64_t *queued) {
     __atomic_add_fetch(&pool.late_wakes, 1, __ATOMIC_RELAXED);
     const int64_t before = *queued;
     *queued = fbn_read_queued_ns(schedstat_fd);
-    if (shared || before < 0 || *queued < 0 || *queued - before > FBN_QUEUED_NS) STORE(&pool.late, 1);
+    if (shared || before < 0 || *queued < 0 || *queued - before > FBN_QUEUED_NS)
+        STORE(&pool.late, 1);
     return 1;
 }
 
@@ -455,7 +457,8 @@ void fbn_parallel_for(int64_t ntiles, int nthreads, fbn_tile_fn fn, void *ctx) {
     /* a worker ran tiles on the caller's CPU: no CPU was free for it */
     const int shared = LOAD(&pool.shared) == (int)(0x10000 | gen);
     pool.shared_loops += shared;
-    int slow = (published - start) + (end - out_of_tiles) > FBN_STALL_NS + (out_of_tiles - published) ||
+    int slow = (published - start) + (end - out_of_tiles) >
+                   FBN_STALL_NS + (out_of_tiles - published) ||
                (out_of_tiles - published) - run_cpu > FBN_STALL_NS;
     for (int w = 1; w < nthreads && w <= pool.nworkers && !slow; w++) {
         const int64_t idle_at = __atomic_load_n(&pool.stat[w].idle_at, __ATOMIC_ACQUIRE);
