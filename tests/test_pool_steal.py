@@ -6,8 +6,10 @@ thread of the loop waited in a run queue (src_c/parallel.c, FBN_QUEUED_NS). Stop
 the process (SIGSTOP, SIGCONT) 2 ms in every 20 ms is the model of steal here; busy
 processes on every CPU are the model of a busy machine. Both are logic, not timing:
 the pool's counters (fbn_pool_slow_counters, read through ctypes) say how it judged
-its slow loops. The back-off is off in both, so that every loop is published and
-judged; each child checks every result against its 1-thread bits.
+its slow loops. The back-off is off throughout, so that every loop is published and
+judged; each child checks every result against its 1-thread bits. Steal on the
+machine running the tests only adds stolen loops: the assertions on busy CPUs ask for
+loops with evidence, however many others there are.
 """
 import os
 import signal
@@ -24,7 +26,7 @@ pytestmark = pytest.mark.skipif(fastbn.backend != "c" or not sys.platform.starts
                                 reason="Linux run queues (schedstat) and the C backend")
 
 CHILD = textwrap.dedent("""
-    import ctypes, sys, time
+    import ctypes, os, sys, time
     import numpy as np
     import fastbn
     from fastbn import _kernels
@@ -51,22 +53,33 @@ CHILD = textwrap.dedent("""
     expected = run()
     fastbn.set_num_threads(2)
     _kernels.pool_set_backoff(False)
+    if len(sys.argv) > 2:  # the caller on one CPU, its worker on another
+        caller_cpu, worker_cpu, worker_idle = map(int, sys.argv[2:])
+        threads = set(os.listdir("/proc/self/task"))
+        assert run() == expected  # starts the worker
+        worker, = set(os.listdir("/proc/self/task")) - threads
+        os.sched_setaffinity(int(worker), {worker_cpu})
+        os.sched_setaffinity(0, {caller_cpu})  # this thread only
+        if worker_idle:  # it runs only when its CPU has nothing else to run
+            os.sched_setscheduler(int(worker), os.SCHED_IDLE, os.sched_param(0))
     assert run() == expected
+    before = slow_counters()
     print("ready", flush=True)
     end = time.monotonic() + float(sys.argv[1])
     calls = 0
     while time.monotonic() < end:
         assert run() == expected, f"call {calls}"
         calls += 1
-    print(*slow_counters(), calls, flush=True)
+    print(*(b - a for a, b in zip(before, slow_counters())), calls, flush=True)
 """)
 
 
-def run_child(seconds, during):
-    """Runs CHILD for `seconds` of 2-thread calls, calling during(proc) meanwhile;
-    returns (slow loops, stolen loops, calls)."""
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(seconds)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+def run_child(seconds, during, cpus=()):
+    """Runs CHILD for `seconds` of 2-thread calls (its caller and worker pinned to
+    cpus, if given), calling during(proc) meanwhile; returns (slow loops, stolen
+    loops, calls) of those calls."""
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(seconds), *map(str, cpus)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         first = proc.stdout.readline()
         if first.startswith("SKIP"):
@@ -105,19 +118,55 @@ def test_a_stopped_process_keeps_its_threads():
     assert stolen > 0, (slow, stolen)
 
 
-def test_a_busy_machine_is_not_taken_for_steal():
-    # a busy process on every CPU: threads of slow loops wait in run queues, and the pool
-    # must see it in at least one of them (judging all of them stolen would leave a
-    # busy machine without its back-off)
-    busy = [subprocess.Popen([sys.executable, "-c", "import time\nend = time.monotonic() + 30\n"
-                              "while time.monotonic() < end: pass"])
-            for _ in range(len(os.sched_getaffinity(0)))]
+BUSY = ("import os, time\n{pin}end = time.monotonic() + 30\n"
+        "while time.monotonic() < end: pass\n")
+# busy 5 ms, asleep 5 ms: an idle-priority thread on its CPU runs in the gaps and is
+# preempted mid-tile when this wakes
+PULSED = ("import os, time\n{pin}end = time.monotonic() + 30\n"
+          "while time.monotonic() < end:\n"
+          "    t = time.monotonic() + 0.005\n"
+          "    while time.monotonic() < t: pass\n"
+          "    time.sleep(0.005)\n")
+
+
+def busy_run(code, busy_cpus, cpus=()):
+    """run_child for 1.5 s beside a process running code on each of busy_cpus (pinned;
+    None: one per CPU, unpinned)."""
+    pins = ([f"os.sched_setaffinity(0, {{{cpu}}})\n" for cpu in busy_cpus] if busy_cpus
+            else [""] * len(os.sched_getaffinity(0)))
+    busy = [subprocess.Popen([sys.executable, "-c", code.format(pin=pin)]) for pin in pins]
     try:
-        slow, stolen, calls = run_child(1.5, lambda proc: None)
+        return run_child(1.5, lambda proc: None, cpus)
     finally:
         for p in busy:
             p.kill()
             p.wait()
+
+
+def test_a_busy_machine_is_not_taken_for_steal():
+    # a busy process on every CPU: threads of slow loops wait in run queues, and the pool
+    # must see it in most of them (judging them stolen would leave a busy machine
+    # without its back-off)
+    slow, stolen, calls = busy_run(BUSY, None)
     assert calls > 0
     assert slow > 0, "no loop was slow on a busy machine"
-    assert stolen < slow, (slow, stolen)
+    assert 2 * stolen < slow, (slow, stolen)
+
+
+@pytest.mark.parametrize("busy", ["caller", "worker"])
+def test_a_busy_cpu_under_one_thread_is_seen(busy):
+    # the caller and its worker pinned to two CPUs, and another process on one of them:
+    # busy on the caller's; on the worker's, busy and asleep in turns with the worker at
+    # idle priority (preempted mid-tile). The preempted thread's run-queue wait alone
+    # must mark slow loops: the caller's over its loop, the worker's while the caller
+    # slept waiting for its tile. Some slow loops may be steal; 3 must carry evidence.
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs")
+    caller_cpu, worker_cpu = cpus[:2]
+    if busy == "caller":
+        slow, stolen, calls = busy_run(BUSY, [caller_cpu], (caller_cpu, worker_cpu, 0))
+    else:
+        slow, stolen, calls = busy_run(PULSED, [worker_cpu], (caller_cpu, worker_cpu, 1))
+    assert calls > 0
+    assert slow - stolen >= 3, (slow, stolen)
