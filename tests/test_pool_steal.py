@@ -22,8 +22,10 @@ import pytest
 
 import fastbn
 
-pytestmark = pytest.mark.skipif(fastbn.backend != "c" or not sys.platform.startswith("linux"),
-                                reason="Linux run queues (schedstat) and the C backend")
+# one xdist worker runs them in turn: each one's busy processes would be the others'
+pytestmark = [pytest.mark.skipif(fastbn.backend != "c" or not sys.platform.startswith("linux"),
+                                 reason="Linux run queues (schedstat) and the C backend"),
+              pytest.mark.xdist_group("pool_steal")]
 
 CHILD = textwrap.dedent("""
     import ctypes, os, sys, time
