@@ -74,6 +74,14 @@ static void fbn_serial_for(int64_t ntiles, fbn_tile_fn fn, void *ctx) {
 #define LOAD(p) __atomic_load_n((p), __ATOMIC_SEQ_CST)
 #define STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_SEQ_CST)
 
+/* A thread's schedstat file kept open (Linux): the descriptor, and the device and
+ * inode it was opened on. A program may close every descriptor it did not open and
+ * reuse the number: the pool closes a file only if it is still the one it opened. */
+typedef struct {
+    int fd; /* -1: none */
+    uint64_t dev, ino;
+} fbn_statfile;
+
 /* The published loop is one 64-bit word, so that a thread claims a tile and
  * learns which loop it belongs to in one compare-and-swap: tiles left (low 40
  * bits), nthreads (8 bits), generation (high 16 bits; it only tells sleeping
@@ -115,10 +123,10 @@ static struct {
         uint64_t gen;
         int64_t busy, tiles, idle_at;
     } stat[FBN_POOL_MAX];
-    int schedstat_fd[FBN_POOL_MAX]; /* workers' schedstat files (-1: none; Linux) */
-    int caller_fd;         /* the schedstat file of caller_thread (-1: none) */
+    fbn_statfile worker_stat[FBN_POOL_MAX]; /* workers' schedstat files */
+    fbn_statfile caller_stat; /* caller_thread's */
     pthread_t caller_thread;
-} pool = {.caller_cpu = -1, .caller_fd = -1, .lock = PTHREAD_MUTEX_INITIALIZER,
+} pool = {.caller_cpu = -1, .caller_stat = {-1, 0, 0}, .lock = PTHREAD_MUTEX_INITIALIZER,
           .wake = PTHREAD_COND_INITIALIZER};
 
 /* Events: a sequence number that a notify increments; fbn_event_wait(seq, seen)
@@ -183,11 +191,25 @@ static int64_t fbn_cpu_ns(void) { return fbn_now_ns(); } /* never off-CPU */
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
-/* the calling thread's schedstat file (-1: none) */
-static int fbn_open_schedstat(void) {
+#include <sys/stat.h>
+/* the calling thread's schedstat file (fd -1: none) */
+static fbn_statfile fbn_open_schedstat(void) {
     char path[64];
     snprintf(path, sizeof path, "/proc/self/task/%d/schedstat", (int)syscall(SYS_gettid));
-    return open(path, O_RDONLY | O_CLOEXEC);
+    fbn_statfile f = {open(path, O_RDONLY | O_CLOEXEC), 0, 0};
+    struct stat st;
+    if (f.fd >= 0 && fstat(f.fd, &st) == 0) {
+        f.dev = (uint64_t)st.st_dev;
+        f.ino = (uint64_t)st.st_ino;
+    }
+    return f;
+}
+static void fbn_close_schedstat(fbn_statfile *f) {
+    struct stat st;
+    if (f->fd >= 0 && fstat(f->fd, &st) == 0 && (uint64_t)st.st_dev == f->dev &&
+        (uint64_t)st.st_ino == f->ino)
+        close(f->fd);
+    f->fd = -1;
 }
 /* ns that the thread of a schedstat file has spent runnable in a run queue while
  * another task had the CPU (the file's second field); -1: unknown. */
@@ -204,29 +226,28 @@ static int64_t fbn_read_queued_ns(int fd) {
 /* The run-queue time of the caller (it owns the pool), through a file kept open
  * for the last calling thread (a read: ~0.7 us, once per loop). */
 static int64_t fbn_caller_queued_ns(void) {
-    if (pool.caller_fd < 0 || !pthread_equal(pool.caller_thread, pthread_self())) {
-        if (pool.caller_fd >= 0) close(pool.caller_fd);
-        pool.caller_fd = fbn_open_schedstat();
+    if (pool.caller_stat.fd < 0 || !pthread_equal(pool.caller_thread, pthread_self())) {
+        fbn_close_schedstat(&pool.caller_stat);
+        pool.caller_stat = fbn_open_schedstat();
         pool.caller_thread = pthread_self();
     }
-    const int64_t queued = fbn_read_queued_ns(pool.caller_fd);
-    if (queued < 0 && pool.caller_fd >= 0) { /* an exited thread's id, reused: reopen next time */
-        close(pool.caller_fd);
-        pool.caller_fd = -1;
-    }
+    const int64_t queued = fbn_read_queued_ns(pool.caller_stat.fd);
+    if (queued < 0) /* an exited thread's id, reused: reopen next time */
+        fbn_close_schedstat(&pool.caller_stat);
     return queued;
 }
 /* The run-queue time of the workers of an nthreads loop, summed; -1: unknown. */
 static int64_t fbn_workers_queued_ns(int nthreads) {
     int64_t sum = 0;
     for (int w = 1; w < nthreads && w <= pool.nworkers && sum >= 0; w++) {
-        const int64_t queued = fbn_read_queued_ns(LOAD(&pool.schedstat_fd[w]));
+        const int64_t queued = fbn_read_queued_ns(LOAD(&pool.worker_stat[w].fd));
         sum = queued < 0 ? -1 : sum + queued;
     }
     return sum;
 }
 #else
-static int fbn_open_schedstat(void) { return -1; }
+static fbn_statfile fbn_open_schedstat(void) { return (fbn_statfile){-1, 0, 0}; }
+static void fbn_close_schedstat(fbn_statfile *f) { f->fd = -1; }
 static int64_t fbn_read_queued_ns(int fd) { (void)fd; return -1; }
 static int64_t fbn_caller_queued_ns(void) { return -1; }
 static int64_t fbn_workers_queued_ns(int nthreads) { (void)nthreads; return -1; }
@@ -321,8 +342,11 @@ static void fbn_wait_loop(uint64_t *seen, int schedstat_fd) {
 
 static void *fbn_worker(void *arg) {
     const int thread = (int)(intptr_t)arg;
-    const int schedstat_fd = fbn_open_schedstat();
-    STORE(&pool.schedstat_fd[thread], schedstat_fd);
+    const fbn_statfile file = fbn_open_schedstat();
+    const int schedstat_fd = file.fd;
+    pool.worker_stat[thread].dev = file.dev; /* before the descriptor: see the fork handler */
+    pool.worker_stat[thread].ino = file.ino;
+    STORE(&pool.worker_stat[thread].fd, schedstat_fd);
     uint64_t seen = FBN_GEN(LOAD(&pool.word));
     fbn_run_tiles(thread); /* the loop that started this worker */
     for (;;) {
@@ -344,7 +368,7 @@ static void fbn_start_workers(int want) {
         pthread_attr_t attr;
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        STORE(&pool.schedstat_fd[pool.nworkers + 1], -1); /* the worker opens its own */
+        STORE(&pool.worker_stat[pool.nworkers + 1].fd, -1); /* the worker opens its own */
         int failed = pthread_create(&th, &attr, fbn_worker, (void *)(intptr_t)(pool.nworkers + 1));
         pthread_attr_destroy(&attr);
         if (failed) break; /* run with the workers there are */
@@ -365,9 +389,8 @@ static void fbn_after_fork_child(void) {
     pool.word &= ~FBN_LEFT_MASK; /* keep the generation: nothing left to claim */
     pool.ntiles = pool.done = 0;
     for (int w = 1; w <= pool.nworkers; w++) /* the parent's threads' files */
-        if (pool.schedstat_fd[w] >= 0) close(pool.schedstat_fd[w]);
-    if (pool.caller_fd >= 0) close(pool.caller_fd);
-    pool.caller_fd = -1;
+        fbn_close_schedstat(&pool.worker_stat[w]);
+    fbn_close_schedstat(&pool.caller_stat);
     pool.nworkers = pool.sleepers = pool.caller_asleep = pool.busy = 0;
     pool.alone_until = pool.backoff = pool.last_stall = 0;
     pool.late = 0;

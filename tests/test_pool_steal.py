@@ -172,3 +172,41 @@ def test_a_busy_cpu_under_one_thread_is_seen(busy):
         slow, stolen, calls = busy_run(PULSED, [worker_cpu], (caller_cpu, worker_cpu, 1))
     assert calls > 0
     assert slow - stolen >= 3, (slow, stolen)
+
+
+CLOSE_ALL = textwrap.dedent("""
+    import os, threading
+    import numpy as np
+    import fastbn
+    fastbn.set_num_threads(2)
+    x = np.random.default_rng(0).standard_normal((256, 1024))
+    g, b = np.ones(1024), np.zeros(1024)
+    fastbn.forward(x, g, b)  # the pool opens its schedstat files (this thread's, its worker's)
+    os.closerange(3, 256)  # a program that closes every descriptor it did not open
+    pipes = [os.pipe() for _ in range(20)]  # and reuses the numbers
+    thread = threading.Thread(target=fastbn.forward, args=(x, g, b))  # another calling thread
+    thread.start()
+    thread.join()
+    fastbn.forward(x, g, b)
+    pid = os.fork()  # the child drops the pool (and its files)
+    if pid == 0:
+        fastbn.forward(x, g, b)
+        for r, w in pipes:
+            os.write(w, b"x")
+            assert os.read(r, 1) == b"x"
+        os._exit(0)
+    assert os.waitpid(pid, 0)[1] == 0, "the child lost a pipe"
+    for r, w in pipes:
+        os.write(w, b"x")
+        assert os.read(r, 1) == b"x"
+    print("ok")
+""")
+
+
+def test_the_pool_never_closes_a_descriptor_it_did_not_open():
+    # the pool keeps its threads' schedstat files open; a descriptor the program closed
+    # and reused must stay the program's when the pool lets go of its file (another
+    # calling thread, a read that fails, a forked child)
+    out = subprocess.run([sys.executable, "-c", CLOSE_ALL], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr
