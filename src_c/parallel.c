@@ -78,7 +78,7 @@ static void fbn_serial_for(int64_t ntiles, fbn_tile_fn fn, void *ctx) {
  * inode it was opened on. A program may close every descriptor it did not open and
  * reuse the number: the pool closes a file only if it is still the one it opened. */
 typedef struct {
-    int fd; /* -1: none */
+    int fd; /* -1: none (a calling thread's: not opened yet; -2: failed) */
     uint64_t dev, ino;
 } fbn_statfile;
 
@@ -124,10 +124,7 @@ static struct {
         int64_t busy, tiles, idle_at;
     } stat[FBN_POOL_MAX];
     fbn_statfile worker_stat[FBN_POOL_MAX]; /* workers' schedstat files */
-    fbn_statfile caller_stat; /* caller_thread's */
-    pthread_t caller_thread;
-} pool = {.caller_cpu = -1, .caller_stat = {-1, 0, 0}, .lock = PTHREAD_MUTEX_INITIALIZER,
-          .wake = PTHREAD_COND_INITIALIZER};
+} pool = {.caller_cpu = -1, .lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
 
 /* Events: a sequence number that a notify increments; fbn_event_wait(seq, seen)
  * sleeps until it differs from seen (or spuriously: callers check and loop). On
@@ -223,18 +220,50 @@ static int64_t fbn_read_queued_ns(int fd) {
     const long long queued = strtoll(end, &end, 10);
     return *end == ' ' && queued >= 0 ? queued : -1;
 }
-/* The run-queue time of the caller (it owns the pool), through a file kept open
- * for the last calling thread (a read: ~0.7 us, once per loop). */
+/* Each calling thread's schedstat file, opened at its first threaded loop and
+ * closed when the thread exits (threads that call in turn keep theirs). */
+static pthread_key_t fbn_caller_key;
+static int fbn_caller_key_made;
+static void fbn_free_caller_stat(void *file) {
+    fbn_close_schedstat(file);
+    free(file);
+}
+static void fbn_make_caller_key(void) {
+    fbn_caller_key_made = pthread_key_create(&fbn_caller_key, fbn_free_caller_stat) == 0;
+}
+/* The calling thread's run-queue time (a read: ~0.7 us, once per loop); -1: unknown. */
 static int64_t fbn_caller_queued_ns(void) {
-    if (pool.caller_stat.fd < 0 || !pthread_equal(pool.caller_thread, pthread_self())) {
-        fbn_close_schedstat(&pool.caller_stat);
-        pool.caller_stat = fbn_open_schedstat();
-        pool.caller_thread = pthread_self();
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, fbn_make_caller_key);
+    if (!fbn_caller_key_made) return -1;
+    fbn_statfile *file = pthread_getspecific(fbn_caller_key);
+    if (file == NULL) {
+        file = malloc(sizeof *file);
+        if (file == NULL) return -1;
+        file->fd = -1;
+        if (pthread_setspecific(fbn_caller_key, file) != 0) {
+            free(file);
+            return -1;
+        }
     }
-    const int64_t queued = fbn_read_queued_ns(pool.caller_stat.fd);
-    if (queued < 0) /* an exited thread's id, reused: reopen next time */
-        fbn_close_schedstat(&pool.caller_stat);
+    if (file->fd == -1) {
+        *file = fbn_open_schedstat();
+        if (file->fd < 0) file->fd = -2; /* not again */
+    }
+    const int64_t queued = fbn_read_queued_ns(file->fd);
+    if (queued < 0 && file->fd >= 0) {
+        fbn_close_schedstat(file);
+        file->fd = -2;
+    }
     return queued;
+}
+/* In a forked child: the forking thread's file is its parent thread's; reopen. */
+static void fbn_caller_stat_after_fork(void) {
+    fbn_statfile *file = fbn_caller_key_made ? pthread_getspecific(fbn_caller_key) : NULL;
+    if (file != NULL) {
+        fbn_close_schedstat(file);
+        file->fd = -1;
+    }
 }
 /* The run-queue time of the workers of an nthreads loop, summed; -1: unknown. */
 static int64_t fbn_workers_queued_ns(int nthreads) {
@@ -250,6 +279,7 @@ static fbn_statfile fbn_open_schedstat(void) { return (fbn_statfile){-1, 0, 0}; 
 static void fbn_close_schedstat(fbn_statfile *f) { f->fd = -1; }
 static int64_t fbn_read_queued_ns(int fd) { (void)fd; return -1; }
 static int64_t fbn_caller_queued_ns(void) { return -1; }
+static void fbn_caller_stat_after_fork(void) {}
 static int64_t fbn_workers_queued_ns(int nthreads) { (void)nthreads; return -1; }
 #endif
 
@@ -390,7 +420,7 @@ static void fbn_after_fork_child(void) {
     pool.ntiles = pool.done = 0;
     for (int w = 1; w <= pool.nworkers; w++) /* the parent's threads' files */
         fbn_close_schedstat(&pool.worker_stat[w]);
-    fbn_close_schedstat(&pool.caller_stat);
+    fbn_caller_stat_after_fork();
     pool.nworkers = pool.sleepers = pool.caller_asleep = pool.busy = 0;
     pool.alone_until = pool.backoff = pool.last_stall = 0;
     pool.late = 0;

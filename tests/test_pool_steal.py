@@ -210,3 +210,34 @@ def test_the_pool_never_closes_a_descriptor_it_did_not_open():
     out = subprocess.run([sys.executable, "-c", CLOSE_ALL], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr
+
+
+THREADS_COME_AND_GO = textwrap.dedent("""
+    import os, threading, time
+    import numpy as np
+    import fastbn
+    fastbn.set_num_threads(2)
+    x = np.random.default_rng(0).standard_normal((256, 1024))
+    g, b = np.ones(1024), np.zeros(1024)
+    fastbn.forward(x, g, b)  # the pool and its worker exist
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(50):  # threaded calls, each from a thread that then exits
+        thread = threading.Thread(target=fastbn.forward, args=(x, g, b))
+        thread.start()
+        thread.join()
+    for _ in range(200):  # a thread's own clean-up can run just after join() returns
+        after = len(os.listdir("/proc/self/fd"))
+        if after <= before:
+            break
+        time.sleep(0.01)
+    print(before, after)
+""")
+
+
+def test_threads_that_call_and_exit_leave_no_descriptor():
+    # each calling thread's schedstat file is closed when the thread exits
+    out = subprocess.run([sys.executable, "-c", THREADS_COME_AND_GO], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    before, after = map(int, out.stdout.split())
+    assert after <= before, (before, after)
