@@ -103,7 +103,10 @@ def run_child(seconds, during, cpus=()):
 def test_a_stopped_process_keeps_its_threads():
     # every stop lands in a loop or between two; the loops it lands in are slow, and
     # none of their threads waited in a run queue for it: at least one such loop must
-    # be judged stolen (all were stalls before this check existed)
+    # be judged stolen (all were stalls before this check existed). After SIGCONT the
+    # threads queue behind whatever else runs (the suite's other worker): a busy
+    # period can give every slow loop that evidence (206 of 206 in one CI run), so up
+    # to 8 runs are made until one has a stolen loop; with the old pool none has.
     def pulse(proc):
         while proc.poll() is None:
             time.sleep(0.018)
@@ -114,10 +117,15 @@ def test_a_stopped_process_keeps_its_threads():
             except ProcessLookupError:
                 break
 
-    slow, stolen, calls = run_child(1.5, pulse)
-    assert calls > 0
-    assert slow > 0, "no loop was slow under the stops"
-    assert stolen > 0, (slow, stolen)
+    runs = []
+    for _ in range(8):
+        slow, stolen, calls = run_child(1.5, pulse)
+        assert calls > 0
+        assert slow > 0, "no loop was slow under the stops"
+        runs.append((slow, stolen))
+        if stolen > 0:
+            break
+    assert stolen > 0, f"(slow, stolen) of each run: {runs}"
 
 
 BUSY = ("import os, time\n{pin}end = time.monotonic() + 30\n"
