@@ -50,15 +50,20 @@ static int64_t sysfs_cache(int level) {
     return 0;
 }
 
+/* The kernel's sysfs first: glibc's sysconf derives the sizes from CPUID itself and
+ * can be wrong in a VM (on an AMD EPYC guest, sysconf gave a 256 MB L3 where sysfs
+ * and lscpu give 32 MB; .NET's runtime met the same, dotnet/runtime#108492), and a
+ * wrong L3 moves the streaming threshold. sysconf where sysfs has no answer. */
 static int64_t detect_cache(int level) {
-    int64_t v = 0;
+    int64_t v = sysfs_cache(level);
 #if defined(_SC_LEVEL1_DCACHE_SIZE) && defined(_SC_LEVEL2_CACHE_SIZE) && \
     defined(_SC_LEVEL3_CACHE_SIZE)
-    long r = sysconf(level == 1 ? _SC_LEVEL1_DCACHE_SIZE
-                     : level == 2 ? _SC_LEVEL2_CACHE_SIZE : _SC_LEVEL3_CACHE_SIZE);
-    v = r > 0 ? (int64_t)r : 0;
+    if (v <= 0) {
+        long r = sysconf(level == 1 ? _SC_LEVEL1_DCACHE_SIZE
+                         : level == 2 ? _SC_LEVEL2_CACHE_SIZE : _SC_LEVEL3_CACHE_SIZE);
+        v = r > 0 ? (int64_t)r : 0;
+    }
 #endif
-    if (v <= 0) v = sysfs_cache(level);
     return v;
 }
 

@@ -67,7 +67,7 @@ enum { FBN_OP_XAFF = 8, FBN_OP_XDX = 16 };
 #define FBN_TWO_INPUTS(op) (FBN_IS_DX(op) || (((op) & FBN_OP_XAFF) && FBN_OP_RES(op)))
 
 /* This machine's cache sizes in bytes (L1 data and L2 per core, L3), detected at
- * the first call: sysconf, then /sys/devices/system/cpu/cpu0/cache, then
+ * the first call: /sys/devices/system/cpu/cpu0/cache, then sysconf, then
  * fallbacks (32 KB, 512 KB, 8 MB). FASTBN_CACHE_SIZES="l1d,l2,l3" in the
  * environment (bytes, or with a K or M suffix) overrides them, and so does
  * fbn_set_cache_sizes (tests and tuning; zeros detect again). They size only

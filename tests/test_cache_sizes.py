@@ -27,6 +27,34 @@ def test_detected_sizes_are_sane():
     assert 0 <= l3 <= 1 << 34
 
 
+def _sysfs_size(level):
+    """The kernel's size of the data or unified cache of `level` (cpu0), else None."""
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    for i in range(8):
+        d = f"{base}/index{i}"
+        try:
+            with open(f"{d}/level") as f:
+                lv = int(f.read())
+            with open(f"{d}/type") as f:
+                kind = f.read().strip()
+            with open(f"{d}/size") as f:
+                txt = f.read().strip()
+        except (OSError, ValueError):
+            return None
+        if lv == level and kind != "Instruction":
+            mult = {"K": 1 << 10, "M": 1 << 20}.get(txt[-1], 1)
+            return int(txt.rstrip("KM")) * mult
+    return None
+
+
+@pytest.mark.skipif(_sysfs_size(3) is None, reason="no L3 in sysfs")
+def test_detected_sizes_are_the_kernels(restore_caches):
+    # sysfs before sysconf: glibc's sysconf gave a 256 MB L3 on an AMD EPYC guest
+    # whose L3 (sysfs, lscpu) is 32 MB, and the L3 sets the streaming threshold
+    _k._set_cache_sizes(0, 0, 0)
+    assert _k.cache_sizes() == (_sysfs_size(1), _sysfs_size(2), _sysfs_size(3))
+
+
 def test_setter_overrides_and_rejects_nonsense(restore_caches):
     assert _k._set_cache_sizes(32 << 10, 512 << 10, 8 << 20) == (32 << 10, 512 << 10, 8 << 20)
     # out of range: the fallbacks (32 KB, 512 KB, 8 MB)
