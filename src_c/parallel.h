@@ -58,6 +58,12 @@ void fbn_pool_late_counters(int64_t *late_wakes, int64_t *late_loops);
  * steal, a stopped process). Both are counted with the back-off off too. */
 void fbn_pool_slow_counters(int64_t *slow_loops, int64_t *stolen_loops);
 
+/* For tests, likewise: the pool's response to a stalled loop at monotonic time now_ns
+ * (fbn_now_ns's clock), `loops` threaded loops after the previous call: the back-off it
+ * starts in ns, 0 when the stall is only a strike (see FBN_STRIKE_NS); -1 without the
+ * POSIX threads pool. It changes the pool's state: call it in a process of its own. */
+int64_t fbn_pool_stall_at(int64_t now_ns, int64_t loops);
+
 /* Defined in work.c: releases the work cache if a call held it when the
  * process forked (that call does not exist in the child). */
 void fbn_work_after_fork(void);

@@ -107,19 +107,20 @@ def test_worker_on_the_callers_cpu_makes_the_pool_back_off_with_the_same_bits():
     assert alone > 0 and shared > 0
 
 
-def test_short_loops_back_off_after_the_first_loop_that_shared_the_cpu():
+def test_short_loops_back_off_after_the_second_loop_that_shared_the_cpu():
     # loops of tens of microseconds can keep the caller off its CPU too briefly for the
-    # pool's time-based stall checks; a worker that ran a tile on the caller's CPU makes
-    # the very next loops run on the caller alone (without that check, 28 to 189 loops
-    # shared the CPU before the first back-off in some runs here, 1 in others: the
-    # time-based checks fire or not depending on the machine's load). At most 3 allows
-    # for a back-off that expired while the process waited for a CPU.
+    # pool's time-based stall checks; a worker that ran a tile on the caller's CPU is a
+    # strike, and a second stall soon after (another such loop, or a loop slow by the
+    # time checks) makes the next loops run on the caller alone (without that check, 28 to 189 loops shared the CPU before the first back-off in
+    # some runs here, 1 in others: the time-based checks fire or not depending on the
+    # machine's load). At most 4 allows for a back-off that expired while the process
+    # waited for a CPU.
     out = run_case("""
         run_until(counters, 3000)
         assert run() == expected
     """, data="small")
     alone, shared = map(int, out.split())
-    assert alone > 0 and 1 <= shared <= 3, (alone, shared)
+    assert alone > 0 and 1 <= shared <= 4, (alone, shared)
 
 
 def test_a_worker_woken_after_its_loop_ended_flags_the_next_loop():
@@ -166,3 +167,40 @@ def test_contention_benchmark_runs_and_reports_its_control():
     for text in ("control", "own-cpu", "load 0.5/core  run 1  (64, 1024)",
                  "worst over 1 runs: control: 1 thread / 1 thread", "mean of all 3 calls"):
         assert text in out.stdout, text
+
+
+def test_an_isolated_stall_is_a_strike_and_a_second_soon_after_backs_off():
+    # the back-off's rule (src_c/parallel.c, FBN_STRIKE_NS / FBN_STRIKE_LOOPS) through its
+    # test entry fbn_pool_stall_at(now, loops since the last call): a system task that
+    # takes a CPU for 2 ms every 512 ms (seen on an AMD EPYC guest) must not start
+    # back-offs; stalls close in time or in loops must, and doubling goes on as before
+    code = textwrap.dedent("""
+        import ctypes, time
+        from fastbn import _kernels
+        lib = ctypes.CDLL(_kernels.__file__)
+        if _kernels.pool_kind() != "pthreads":
+            print("SKIP no pthreads pool")
+            raise SystemExit(0)
+        f = lib.fbn_pool_stall_at
+        f.restype, f.argtypes = ctypes.c_int64, [ctypes.c_int64, ctypes.c_int64]
+        ms = 1000000
+        t = time.monotonic_ns()
+        got = [f(t, 1)]                       # a strike
+        for k in range(1, 6):                 # every 512 ms, 500 loops apart: strikes
+            got.append(f(t + 512 * ms * k, 500))
+        t += 3000 * ms
+        got.append(f(t, 500))                 # a strike
+        got.append(f(t + 20 * ms, 30))        # 20 ms later: a back-off
+        got.append(f(t + 90 * ms, 30))        # within 4 back-offs of it: doubled
+        got.append(f(t + 200 * ms, 30))       # and again
+        t += 10000 * ms
+        got.append(f(t, 500))                 # quiet since: a strike
+        got.append(f(t + 900 * ms, 16))       # 900 ms but 16 loops later: a back-off
+        print(" ".join(str(v // ms) for v in got))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    if out.stdout.startswith("SKIP"):
+        pytest.skip(out.stdout.strip())
+    assert out.stdout.split() == "0 0 0 0 0 0 0 50 100 200 0 50".split()
