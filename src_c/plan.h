@@ -72,7 +72,7 @@ enum { FBN_OP_XAFF = 8, FBN_OP_XDX = 16 };
  * environment (bytes, or with a K or M suffix) overrides them, and so does
  * fbn_set_cache_sizes (tests and tuning; zeros detect again). They size only
  * choices that change no result's bits: elementwise tiles, whether a pass's stores
- * are streamed (its data against half of L3), the L1 bound of the elementwise
+ * are streamed (its data against 3/4 of L3), the L1 bound of the elementwise
  * walks, fuse_segs and the tasks of fused passes (fbn_fuse_group). Reduction
  * tilings stay fixed (FBN_TILE_BYTES, FBN_STREAM_BYTES), so results do not depend
  * on the machine. */

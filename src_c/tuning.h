@@ -104,8 +104,8 @@
 /* Reductions' tiles hold only their inputs for outputs of at least this many
  * bytes (fixed: their tiling sets the bits of the results). Whether any pass's
  * stores are non-temporal is decided at run time (plan.c): when its inputs and
- * output take half of the detected L3 or more (issue 17: 16 MB outputs streamed
- * out of a 105 MB L3 took twice PyTorch's time). Streamed inputs are prefetched
+ * output take more than 3/4 of the detected L3 (issue 17: 16 MB outputs streamed
+ * out of a 105 MB L3 took twice PyTorch's time; half of a 32 MB L3 was too little). Streamed inputs are prefetched
  * FBN_STREAM_AHEAD bytes ahead. */
 #ifndef FBN_STREAM_BYTES
 #define FBN_STREAM_BYTES (16 * 1024 * 1024)

@@ -20,14 +20,14 @@ import fastbn.reference
 
 # ---------------------------------------------------------------- streamed outputs
 
-STREAM_L3 = 16 << 20
+STREAM_L3 = 10 << 20
 
 
 @pytest.fixture
 def streaming_l3():
-    """An L3 of 16 MB for the test (fastbn._kernels._set_cache_sizes; restored after):
-    a pass's stores are streamed when its inputs and output take half of L3 or more
-    (src_c/plan.c, not below 4 L2s), so that the outputs of about 16 MB these tests
+    """An L3 of 10 MB for the test (fastbn._kernels._set_cache_sizes; restored after):
+    a pass's stores are streamed when its inputs and output take more than 3/4 of L3
+    (7.5 MB; src_c/plan.c, and more than 4 L2s), so that the outputs of about 16 MB these tests
     write take the streamed paths on any machine, a 105 MB L3 too."""
     if fastbn.backend != "c":
         yield

@@ -202,13 +202,13 @@ def special_cases(fastbn, hs, dtype, tag):
 
 
 def _streaming_l3(fastbn):
-    """An L3 of 16 MB for the streamed cases, so that their outputs are streamed on any
-    machine (src_c/plan.c streams a pass whose inputs and output take half of L3 or
-    more): the compiled kernels, to restore the detected sizes after (None without)."""
+    """An L3 of 10 MB for the streamed cases, so that their outputs are streamed on any
+    machine (src_c/plan.c streams a pass whose inputs and output take more than 3/4 of
+    L3, 7.5 MB): the compiled kernels, to restore the detected sizes after (None without)."""
     if fastbn.backend != "c":
         return None
     import fastbn._kernels as kernels
-    kernels._set_cache_sizes(0, 0, 16 << 20)
+    kernels._set_cache_sizes(0, 0, 10 << 20)
     return kernels
 
 
