@@ -105,8 +105,8 @@
  * bytes (fixed: their tiling sets the bits of the results). Whether any pass's
  * stores are non-temporal is decided at run time (plan.c): when its inputs and
  * output take more than 3/4 of the detected L3 (issue 17: 16 MB outputs streamed
- * out of a 105 MB L3 took twice PyTorch's time; half of a 32 MB L3 was too little). Streamed inputs are prefetched
- * FBN_STREAM_AHEAD bytes ahead. */
+ * out of a 105 MB L3 took twice PyTorch's time; half of a 32 MB L3 was too little).
+ * Streamed inputs are prefetched FBN_STREAM_AHEAD bytes ahead. */
 #ifndef FBN_STREAM_BYTES
 #define FBN_STREAM_BYTES (16 * 1024 * 1024)
 #endif

@@ -107,13 +107,14 @@ def test_worker_on_the_callers_cpu_makes_the_pool_back_off_with_the_same_bits():
     assert alone > 0 and shared > 0
 
 
-def test_short_loops_back_off_after_the_second_loop_that_shared_the_cpu():
+def test_short_loops_back_off_soon_after_a_loop_shares_the_cpu():
     # loops of tens of microseconds can keep the caller off its CPU too briefly for the
     # pool's time-based stall checks; a worker that ran a tile on the caller's CPU is a
-    # strike, and a second stall soon after (another such loop, or a loop slow by the
-    # time checks) makes the next loops run on the caller alone (without that check, 28 to 189 loops shared the CPU before the first back-off in
-    # some runs here, 1 in others: the time-based checks fire or not depending on the
-    # machine's load). At most 4 allows for a back-off that expired while the process
+    # stall, and a second stall soon after the first (another such loop, or a loop slow
+    # by the time checks) makes the next loops run on the caller alone (without that
+    # check, 28 to 189 loops shared the CPU before the first back-off in some runs here,
+    # 1 in others: the time-based checks fire or not depending on the machine's load).
+    # At most 4 allows for the strike and a back-off that expired while the process
     # waited for a CPU.
     out = run_case("""
         run_until(counters, 3000)

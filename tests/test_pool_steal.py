@@ -236,19 +236,20 @@ THREADS_COME_AND_GO = textwrap.dedent("""
     x = np.random.default_rng(0).standard_normal((256, 1024))
     g, b = np.ones(1024), np.zeros(1024)
 
-    def stale():
-        # descriptors of schedstat files of threads that no longer exist (counting all
-        # descriptors raced with the worker opening its own file after the first call)
-        live, n = set(os.listdir("/proc/self/task")), 0
+    def schedstat_files():
+        # (descriptors of schedstat files of threads that no longer exist, all schedstat
+        # descriptors); counting all descriptors raced with the worker opening its own
+        # file after the first call
+        live, stale, opened = set(os.listdir("/proc/self/task")), 0, 0
         for fd in os.listdir("/proc/self/fd"):
             try:
-                target = os.readlink(f"/proc/self/fd/{fd}")
+                parts = os.readlink(f"/proc/self/fd/{fd}").split("/")
             except OSError:
                 continue
-            parts = target.split("/")
-            if parts[-1] == "schedstat" and parts[-2] not in live:
-                n += 1
-        return n
+            if parts[-1] == "schedstat":
+                opened += 1
+                stale += parts[-2] not in live
+        return stale, opened
 
     fastbn.forward(x, g, b)  # the pool and its worker exist
     for _ in range(50):  # threaded calls, each from a thread that then exits
@@ -256,12 +257,10 @@ THREADS_COME_AND_GO = textwrap.dedent("""
         thread.start()
         thread.join()
     for _ in range(200):  # a thread's own clean-up can run just after join() returns
-        left = stale()
+        left, opened = schedstat_files()
         if left == 0:
             break
         time.sleep(0.01)
-    opened = sum(os.readlink(f"/proc/self/fd/{fd}").endswith("/schedstat")
-                 for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{fd}"))
     print(left, opened)
 """)
 
