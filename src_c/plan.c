@@ -196,14 +196,15 @@ int fbn_threads_for(const fbn_plan *p, int nthreads) {
  * first and last cache lines with channel c - 1's and c + 1's, and so do the
  * per-channel arrays (statistics, coefficients): lines written by both threads
  * move between the cores all along a tile. A task of consecutive channels shares
- * lines only at its ends. Each tile is still reduced and rewritten alone (in cache
- * as before); the task's size only sets how finely the pool balances the threads:
- * up to 1 / FBN_FUSE_SHARE of L2 of data (tens of microseconds), and at least
- * FBN_FUSE_TASKS tasks per thread. */
+ * lines only at its ends, and tasks of many channels were faster still than tasks
+ * of a few (docs/performance.md). Each tile is still reduced and rewritten alone
+ * (in cache as before); the task's size only sets how finely the pool balances the
+ * threads: up to FBN_FUSE_L2S L2s of data (about a hundred microseconds), and at
+ * least FBN_FUSE_TASKS tasks per thread. */
 int64_t fbn_fuse_group(const fbn_plan *p, int64_t elem_size, int inputs, int nt) {
     if (nt <= 1) return 1;
     const int64_t tile = p->block * p->per_channel * elem_size * (inputs + 1);
-    int64_t g = tile > 0 ? fbn_cache_sizes().l2 / FBN_FUSE_SHARE / tile : 1;
+    int64_t g = tile > 0 ? fbn_cache_sizes().l2 * FBN_FUSE_L2S / tile : 1;
     const int64_t most = p->nblocks / (FBN_FUSE_TASKS * nt);
     if (g > most) g = most;
     return g < 1 ? 1 : g;

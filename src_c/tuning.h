@@ -34,11 +34,11 @@
 #define FBN_MIN_PARALLEL 65536
 #endif
 /* Fused passes over whole channels on threads run tasks of consecutive channel
- * tiles (not neighbouring channels on two cores at once): up to 1 / FBN_FUSE_SHARE
- * of the detected L2 of data, at least FBN_FUSE_TASKS tasks per thread
- * (fbn_fuse_group, plan.c; no result's bits depend on them). */
-#ifndef FBN_FUSE_SHARE
-#define FBN_FUSE_SHARE 8
+ * tiles (not neighbouring channels on two cores at once): up to FBN_FUSE_L2S
+ * detected L2s of data, at least FBN_FUSE_TASKS tasks per thread (fbn_fuse_group,
+ * plan.c; no result's bits depend on them). */
+#ifndef FBN_FUSE_L2S
+#define FBN_FUSE_L2S 4
 #endif
 #ifndef FBN_FUSE_TASKS
 #define FBN_FUSE_TASKS 4
