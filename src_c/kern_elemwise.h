@@ -87,8 +87,10 @@ FBN_INLINE T FBN_SYM(value_at)(const int op, const T *restrict x, const T *restr
     return x[i];
 }
 
-/* Values of one chunk of a streamed run (4 KB: an L1 buffer). */
-#define FBN_STREAM_CHUNK (4096 / (int)sizeof(T))
+/* Values of one chunk of a streamed run (1 KB: an L1 buffer, whose inputs' 16
+ * lines are prefetched at once; 4 KB chunks, 64 prefetches at once, took 1.5-1.6x
+ * the time on an AMD EPYC: docs/performance.md). */
+#define FBN_STREAM_CHUNK (1024 / (int)sizeof(T))
 
 #ifdef FBN_NARROW
 /* 16-bit data: out[i] = op's value i for i in [0, m), m <= FBN_HBLOCK, of one
