@@ -17,7 +17,7 @@ _k = pytest.importorskip("fastbn._kernels")
 # channel counts that leave a short last group (100: groups of 12 at 2 threads on a
 # 2 MB L2), and the 14x14 maps of the issue
 SHAPES = [(16, 100, 8, 8), (8, 300, 5, 7), (32, 256, 14, 14), (4, 97, 16, 16)]
-# L2 sizes: groups of 1 (64 KB: the backward of 32x256x14x14), a few, and as many
+# L2 sizes: groups of 1 (64 KB: the float64 backward of 32x256x14x14), a few, and as many
 # as the cap of FBN_FUSE_TASKS tasks per thread allows (64 MB)
 CACHES = [(0, 0, 0), (32 << 10, 64 << 10, 8 << 20), (48 << 10, 64 << 20, 1 << 30)]
 
