@@ -34,7 +34,7 @@
  *    kernels' loops left float16 3-5x slower than float32.
  *  - 16-value forms fbn_f16_widen16 / fbn_f16_narrow16 / fbn_bf16_widen16 /
  *    fbn_bf16_narrow16 by a given instruction set (a constant): the columns
- *    shape's dx loop (src_c/kern_half_dx.h; float16's y: kern_half_y.h) converts
+ *    shape's dx loop (src_c/kern_half_dx.h; y: kern_half_y.h) converts
  *    in registers with them, in functions compiled for that instruction set,
  *    without the block forms' float buffers.
  *

@@ -134,7 +134,22 @@ FBN_INLINE void FBN_SYM(block_values)(const int op, const T *x, const T *dy, T *
 }
 
 #include "kern_half_dx.h" /* the columns shape's dx in registers */
-#include "kern_half_y.h"  /* the columns shape's y (float16: in registers) */
+#include "kern_half_y.h"  /* y (float16: in registers) */
+
+/* 16-bit data, rows shape: out[i] = op's value i for i in [0, m) of one channel, a
+ * chunk of a streamed run (stream) or a cached run: y in registers where
+ * kern_half_y.h says so (and for cached runs only with FBN_HALF_Y_CACHED), else
+ * blocks of FBN_HBLOCK values (fbn_block_values_<sfx>). Bitwise
+ * fbn_value_at_<sfx>'s values. */
+FBN_INLINE void FBN_SYM(half_values)(const int op, int stream, const T *x, const T *dy, T *out,
+                                     int64_t m, const FBN_SYM(chan) *h) {
+    if (op == FBN_OP_AFFINE && (stream || FBN_HALF_Y_CACHED) &&
+        FBN_SYM(half_run_y)(x, out, m, h->shift, h->scale, h->bias, h->relu))
+        return;
+    for (int64_t i = 0; i < m; i += FBN_HBLOCK)
+        FBN_SYM(block_values)(op, x + i, dy ? dy + i : NULL, out + i,
+                              m - i < FBN_HBLOCK ? m - i : FBN_HBLOCK, h);
+}
 #endif
 
 
@@ -160,10 +175,8 @@ FBN_INLINE void FBN_SYM(stream_values)(const int op, T *out, int64_t m, const T 
             if (FBN_TWO_INPUTS(op)) fbn_prefetch_stream((const char *)di + b);
             fbn_prefetch_stream((const char *)xi + b);
         }
-#ifdef FBN_NARROW /* converted a block at a time: bitwise fbn_value_at_<sfx>'s values */
-        for (int64_t j = 0; j < n; j += FBN_HBLOCK)
-            FBN_SYM(block_values)(op, xi + j, di ? di + j : NULL, to + j,
-                                  n - j < FBN_HBLOCK ? n - j : FBN_HBLOCK, h);
+#ifdef FBN_NARROW /* bitwise fbn_value_at_<sfx>'s values */
+        FBN_SYM(half_values)(op, 1, xi, di, to, n, h);
 #else
         for (int64_t j = 0; j < n; j++) to[j] = FBN_SYM(value_at)(op, xi, di, j, h);
 #endif
@@ -186,9 +199,7 @@ FBN_INLINE void FBN_SYM(run_values)(const int op, int stream, const T *x, const 
         FBN_SYM(stream_values)(op, outr, m, xr, dr, &h);
     else
 #ifdef FBN_NARROW
-        for (int64_t i = 0; i < m; i += FBN_HBLOCK)
-            FBN_SYM(block_values)(op, xr + i, dr ? dr + i : NULL, outr + i,
-                                  m - i < FBN_HBLOCK ? m - i : FBN_HBLOCK, &h);
+        FBN_SYM(half_values)(op, 0, xr, dr, outr, m, &h);
 #else
         for (int64_t i = 0; i < m; i++) outr[i] = FBN_SYM(value_at)(op, xr, dr, i, &h);
 #endif

@@ -14,8 +14,7 @@
  * the buffered form's time (bench/results/2026-12-03_h19f_ab_cpu_1thread.txt;
  * this port's A/B: 2026-12-03_h19g_ab.txt). The remainder of a span (fewer than
  * FBN_VW channels) stays buffered. The rows shape's dx in registers was 2.7x
- * slower there; the (N, C) y in registers (kern_half_y.h) is float16's only, being
- * slower for bfloat16.
+ * slower there (y in registers: kern_half_y.h).
  *
  * The conversions are those of instruction set isa (FBN_LD_V, FBN_ST_V: half.h's
  * fbn_*_widen16 / fbn_*_narrow16), a constant in each function here: the _v16

@@ -1,22 +1,21 @@
-/* 16-bit data (FBN_NARROW: float16, bfloat16), columns shape (inner == 1): y of a
- * row group (issue 19). A per-dtype template (see kern_dtype.h), included by
- * kern_elemwise.h after kern_half_dx.h; fbn_affine_rows_<sfx> calls
- * fbn_half_y_rows_<sfx>.
+/* 16-bit data (FBN_NARROW: float16, bfloat16): y, in registers where that pays
+ * (issue 19). A per-dtype template (see kern_dtype.h), included by kern_elemwise.h
+ * after kern_half_dx.h: fbn_affine_rows_<sfx> (columns shape, inner == 1) calls
+ * fbn_half_y_rows_<sfx>, fbn_half_values_<sfx> (rows shape: one channel's run)
+ * fbn_half_run_y_<sfx>.
  *
- * The buffered form (fbn_y_blocks_<sfx>) widens blocks of FBN_HBLOCK channels into
- * a float array, computes them in a second loop and narrows them in a third. For
- * float16 (FBN_HALF_Y_REGS, kernels_f16.c) each step of FBN_VW channels is instead
- * widened into a float array of one vector register, computed with the buffered
- * loop's function (fbn_affine1_<sfx>: the same operations and rounding) and
- * narrowed, as kern_half_dx.h does dx (see there: isa, FBN_LD_V / FBN_ST_V, the
- * target functions, the dispatch by fbn_half_level). Inference, 1 thread, CPU
- * time, against the buffered form: float16 (N, C) 8192x4096 0.83x, 512x4096
- * 0.73x, 4096x300 1.01x, NHWC 0.85x; bfloat16 8192x4096 0.87x but 512x4096 1.41x
- * and 4096x300 1.12x (its narrowing in registers is integer rounding; data in
- * cache), so bfloat16 keeps the buffered form
- * (bench/results/2026-12-03_h19g_y_ab.txt on branch h19g_y; this port's A/B:
- * 2026-12-03_h19y_ab.txt). The remainder of a span (fewer than FBN_VW channels)
- * stays buffered. */
+ * The buffered form (fbn_y_blocks_<sfx>; fbn_block_values_<sfx> for runs) widens
+ * blocks of FBN_HBLOCK values into a float array, computes them in a second loop
+ * and narrows them in a third. The register form widens each step of FBN_VW values
+ * into a float array of one vector register, computes it with the buffered loop's
+ * function (fbn_affine1_<sfx>: the same operations and rounding) and narrows it,
+ * as kern_half_dx.h does dx (see there: isa, FBN_LD_V / FBN_ST_V, the target
+ * functions, the dispatch by fbn_half_level). Which form runs is a fact read at
+ * run time, the CPU's conversion instructions: the register form from
+ * fbn_half_level() == FBN_HALF_Y_REGS up (kernels_f16.c: 1, F16C; kernels_bf16.c:
+ * 2, AVX-512F, whose bfloat16 rounding in registers costs less than the buffers;
+ * with AVX2's it cost more on cache-resident data). Measurements:
+ * docs/performance.md ("Half precision: y in registers"). */
 
 #define FBN_VW 16 /* channels per step */
 
@@ -42,8 +41,14 @@ FBN_INLINE void FBN_SYM(y_blocks)(const T *xr, int64_t ld, T *out, int64_t ldo, 
     }
 }
 
-#if defined(FBN_HALF_Y_REGS) && (defined(FBN_HALF_VEC16) || defined(FBN_HALF_VEC8))
-#define FBN_Y_VEC 1 /* this file's register forms compiled (float16 with half.h's vector forms) */
+#if defined(FBN_HALF_VEC8) && FBN_HALF_Y_REGS <= 1
+#define FBN_Y_VEC8 1 /* the F16C / AVX2 register forms compiled */
+#endif
+#if defined(FBN_HALF_VEC16) && FBN_HALF_Y_REGS <= 2
+#define FBN_Y_VEC16 1 /* the AVX-512F register forms compiled */
+#endif
+#if defined(FBN_Y_VEC8) || defined(FBN_Y_VEC16)
+#define FBN_Y_VEC 1
 
 /* The remainder of a span (fewer than FBN_VW channels; g a variable: one function
  * per dtype), buffered. */
@@ -86,37 +91,79 @@ FBN_INLINE void FBN_SYM(y_vec_g)(const int isa, int g, const T *xr, int64_t ld, 
             FBN_SYM(y_vec)(isa, 1, xr + i * ld, ld, out + i * ldo, ldo, m, k, ch);
 }
 
-/* The loop compiled for each instruction set (static inline: no warning where a
+/* Rows shape: y of one channel's m values (a run, or a chunk of one), FBN_VW at a
+ * time in registers; the last step's few values zero-padded to a whole step, its
+ * other outputs dropped. isa and relu constants (GCC does not vectorise the loop
+ * with relu a variable). out may be x. */
+FBN_INLINE void FBN_SYM(run_y_vec)(const int isa, const T *x, T *out, int64_t m, TC shift,
+                                   TC scale, TC bias, const int relu) {
+    int64_t i = 0;
+    for (; i + FBN_VW <= m; i += FBN_VW) {
+        TC xv[FBN_VW], ov[FBN_VW];
+        FBN_LD_V(isa, x + i, xv);
+        for (int j = 0; j < FBN_VW; j++) ov[j] = FBN_SYM(affine1)(xv[j], shift, scale, bias, relu);
+        FBN_ST_V(isa, ov, out + i);
+    }
+    if (i < m) {
+        T xt[FBN_VW], ot[FBN_VW];
+        TC xv[FBN_VW], ov[FBN_VW];
+        memset(xt, 0, sizeof xt);
+        memcpy(xt, x + i, (size_t)(m - i) * sizeof(T));
+        FBN_LD_V(isa, xt, xv);
+        for (int j = 0; j < FBN_VW; j++) ov[j] = FBN_SYM(affine1)(xv[j], shift, scale, bias, relu);
+        FBN_ST_V(isa, ov, ot);
+        memcpy(out + i, ot, (size_t)(m - i) * sizeof(T));
+    }
+}
+
+/* fbn_run_y_vec_<sfx> with relu a constant. */
+FBN_INLINE void FBN_SYM(run_y_relu)(const int isa, const T *x, T *out, int64_t m, TC shift,
+                                    TC scale, TC bias, int relu) {
+    if (relu)
+        FBN_SYM(run_y_vec)(isa, x, out, m, shift, scale, bias, 1);
+    else
+        FBN_SYM(run_y_vec)(isa, x, out, m, shift, scale, bias, 0);
+}
+
+/* The loops compiled for each instruction set (static inline: no warning where a
  * build without dispatch leaves one unused). */
-#if defined(FBN_HALF_VEC16)
+#if defined(FBN_Y_VEC16)
 FBN_HALF_TARGET16 static inline void FBN_SYM(y_v16)(int g, const T *xr, int64_t ld, T *out,
                                                     int64_t ldo, int64_t m,
                                                     const FBN_SYM(tcoefs) *k, int64_t ch) {
     FBN_SYM(y_vec_g)(2, g, xr, ld, out, ldo, m, k, ch);
 }
+FBN_HALF_TARGET16 static inline void FBN_SYM(run_y_v16)(const T *x, T *out, int64_t m, TC shift,
+                                                        TC scale, TC bias, int relu) {
+    FBN_SYM(run_y_relu)(2, x, out, m, shift, scale, bias, relu);
+}
 #endif
-#if defined(FBN_HALF_VEC8)
+#if defined(FBN_Y_VEC8)
 FBN_HALF_TARGET8 static inline void FBN_SYM(y_v8)(int g, const T *xr, int64_t ld, T *out,
                                                   int64_t ldo, int64_t m,
                                                   const FBN_SYM(tcoefs) *k, int64_t ch) {
     FBN_SYM(y_vec_g)(1, g, xr, ld, out, ldo, m, k, ch);
 }
+FBN_HALF_TARGET8 static inline void FBN_SYM(run_y_v8)(const T *x, T *out, int64_t m, TC shift,
+                                                      TC scale, TC bias, int relu) {
+    FBN_SYM(run_y_relu)(1, x, out, m, shift, scale, bias, relu);
+}
 #endif
-#endif /* FBN_HALF_Y_REGS && (FBN_HALF_VEC16 || FBN_HALF_VEC8) */
+#endif /* FBN_Y_VEC */
 
-/* y of g rows (g a constant, see fbn_affine_rows_<sfx>): for float16 in registers
- * where the CPU has the conversions, else (and for bfloat16) buffered. */
+/* y of g rows (g a constant, see fbn_affine_rows_<sfx>): in registers where the
+ * CPU's level is FBN_HALF_Y_REGS or more, else buffered. */
 FBN_INLINE void FBN_SYM(half_y_rows)(const T *xr, int64_t ld, T *out, int64_t ldo, int64_t m,
                                      const FBN_SYM(tcoefs) *k, int64_t ch, const int g) {
 #ifdef FBN_Y_VEC
     const int level = fbn_half_level();
-#if defined(FBN_HALF_VEC16)
+#if defined(FBN_Y_VEC16)
     if (level == 2) {
         FBN_SYM(y_v16)(g, xr, ld, out, ldo, m, k, ch);
         return;
     }
 #endif
-#if defined(FBN_HALF_VEC8)
+#if defined(FBN_Y_VEC8)
     if (level == 1) {
         FBN_SYM(y_v8)(g, xr, ld, out, ldo, m, k, ch);
         return;
@@ -126,5 +173,31 @@ FBN_INLINE void FBN_SYM(half_y_rows)(const T *xr, int64_t ld, T *out, int64_t ld
     FBN_SYM(y_blocks)(xr, ld, out, ldo, m, k, ch, g);
 }
 
+/* Rows shape: y of one channel's m values in registers where the CPU's level is
+ * FBN_HALF_Y_REGS or more (returns 1), else 0 (the caller's buffered loop:
+ * fbn_block_values_<sfx>). out may be x. */
+FBN_INLINE int FBN_SYM(half_run_y)(const T *x, T *out, int64_t m, TC shift, TC scale, TC bias,
+                                   int relu) {
+#ifdef FBN_Y_VEC
+    const int level = fbn_half_level();
+#if defined(FBN_Y_VEC16)
+    if (level == 2) {
+        FBN_SYM(run_y_v16)(x, out, m, shift, scale, bias, relu);
+        return 1;
+    }
+#endif
+#if defined(FBN_Y_VEC8)
+    if (level == 1) {
+        FBN_SYM(run_y_v8)(x, out, m, shift, scale, bias, relu);
+        return 1;
+    }
+#endif
+#endif
+    (void)x, (void)out, (void)m, (void)shift, (void)scale, (void)bias, (void)relu;
+    return 0;
+}
+
 #undef FBN_Y_VEC
+#undef FBN_Y_VEC8
+#undef FBN_Y_VEC16
 #undef FBN_VW
