@@ -56,7 +56,9 @@ def _available_cpus():
 
 
 def show_config(file=None):
-    """Print the backend, version, OpenMP support, thread pool, threads and SIMD paths.
+    """Print the backend, version, OpenMP support, thread pool, threads, SIMD paths,
+    and the run-time facts the kernels tune by: the conversions of 16-bit data and the
+    cache sizes.
 
     What to attach to a bug report; ``python -m fastbn info`` prints the same.
 
@@ -87,5 +89,7 @@ def show_config(file=None):
              "  threads:       " + (f"{get_num_threads()} (of {_available_cpus()} CPUs available)"
                                    if backend == "c" else "n/a (NumPy backend)"),
              f"  simd:          {info['simd']}",
+             f"  half data:     float16 / bfloat16 conversions by {info['half']}",
+             f"  caches:        {info['caches']}",
              f"  compiler:      {info['compiler']}"]
     print("\n".join(lines), file=file)

@@ -181,6 +181,7 @@ cdef extern from "fastbn.h" nogil:
     int fbn_max_threads()
     const char *fbn_simd_paths()
     const char *fbn_compiler()
+    int fbn_half_conversions()
 
 
 cdef extern from "plan.h" nogil:

@@ -401,6 +401,12 @@ def simd_paths():
     return fbn_simd_paths().decode()
 
 
+def half_conversions():
+    """The instructions that convert float16 and bfloat16 data on this CPU, read at
+    run time: "AVX-512F", "F16C + AVX2" or "portable" (integer operations)."""
+    return {2: "AVX-512F", 1: "F16C + AVX2"}.get(fbn_half_conversions(), "portable")
+
+
 def compiler():
     return fbn_compiler().decode()
 

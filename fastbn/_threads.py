@@ -102,7 +102,19 @@ def get_num_threads():
 def build_info():
     if _kernels is None:
         return {"openmp": False, "pool": "none", "max_threads": 1,
-                "simd": "none (NumPy backend)", "compiler": "n/a"}
+                "simd": "none (NumPy backend)", "compiler": "n/a",
+                "half": "n/a (NumPy backend)", "caches": "n/a (NumPy backend)"}
+    l1d, l2, l3 = _kernels.cache_sizes()
+    width = _kernels.stream_width()
+    caches = (f"L1d {_size(l1d)}, L2 {_size(l2)}, L3 {_size(l3)} (read at "
+              "run time: tiles and the streaming threshold follow them); streamed stores "
+              + (f"of {width} bytes" if width else "off"))
     return {"openmp": _kernels.openmp_enabled(), "pool": _kernels.pool_kind(),
             "max_threads": _kernels.max_threads(), "simd": _kernels.simd_paths(),
-            "compiler": _kernels.compiler()}
+            "compiler": _kernels.compiler(), "half": _kernels.half_conversions(),
+            "caches": caches}
+
+
+def _size(n):
+    """n bytes as 48 KB, 1 MB, 1.25 MB (cache sizes)."""
+    return f"{n / 2**20:g} MB" if n >= 2**20 else f"{n / 2**10:g} KB"

@@ -189,6 +189,9 @@ const char *fbn_pool_kind(void);
 int fbn_max_threads(void);
 const char *fbn_simd_paths(void);
 const char *fbn_compiler(void);
+/* The instructions that convert float16 / bfloat16 data on this CPU (read at run
+ * time): 2 AVX-512F, 1 F16C and AVX2, 0 the portable integer forms (half.h). */
+int fbn_half_conversions(void);
 
 
 /* Half-precision data (issue 19): the same kernels on float16 and bfloat16 data

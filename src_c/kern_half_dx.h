@@ -13,8 +13,8 @@
  * not hold) and narrows them. (N, C) backward, 1 thread, CPU time: 0.78-0.80x of
  * the buffered form's time (bench/results/2026-12-03_h19f_ab_cpu_1thread.txt;
  * this port's A/B: 2026-12-03_h19g_ab.txt). The remainder of a span (fewer than
- * FBN_VW channels) stays buffered. The rows shape's dx in registers was 2.7x
- * slower there (y in registers: kern_half_y.h).
+ * FBN_VW channels) stays buffered. The rows shape's dx (fbn_run_dx_vec_<sfx>)
+ * goes in registers where y does (kern_half_y.h, fbn_half_values_<sfx>).
  *
  * The conversions are those of instruction set isa (FBN_LD_V, FBN_ST_V: half.h's
  * fbn_*_widen16 / fbn_*_narrow16), a constant in each function here: the _v16
@@ -122,7 +122,51 @@ FBN_INLINE void FBN_SYM(dx_vec_as)(const int isa, int relu, int g, const T *dr, 
         FBN_SYM(dx_vec_g)(isa, 2, g, dr, xr, ld, out, ldo, m, k, ch);
 }
 
-/* The loop compiled for each instruction set (static inline: no warning where a
+/* Rows shape: dx of one channel's m values (a run, or a chunk of one; h: its
+ * coefficients), FBN_VW at a time in registers, the last step's few values
+ * zero-padded to a whole step and its other outputs dropped; isa, relu and eval
+ * constants. out may be dy. */
+FBN_INLINE void FBN_SYM(run_dx_vec)(const int isa, const T *dy, const T *x, T *out, int64_t m,
+                                    const FBN_SYM(chan) *h, const int relu, const int eval) {
+    const TC shift = h->shift, scale = h->scale, bias = h->bias, k_dy = h->k_dy, k_x = h->k_x;
+    const TC mean_dy = h->mean_dy, k_0 = h->k_0, invstd = h->invstd;
+    for (int64_t i = 0; i < m; i += FBN_VW) {
+        const int64_t n = m - i < FBN_VW ? m - i : FBN_VW;
+        T dt[FBN_VW], xt[FBN_VW], ot[FBN_VW];
+        const T *dv = dy + i, *xv = x + i;
+        T *to = out + i;
+        if (n < FBN_VW) { /* the last step: through zero-padded copies */
+            memset(dt, 0, sizeof dt);
+            memset(xt, 0, sizeof xt);
+            memcpy(dt, dv, (size_t)n * sizeof(T));
+            memcpy(xt, xv, (size_t)n * sizeof(T));
+            dv = dt, xv = xt, to = ot;
+        }
+        TC d[FBN_VW], v[FBN_VW], o[FBN_VW];
+        FBN_LD_V(isa, dv, d);
+        FBN_LD_V(isa, xv, v);
+        for (int j = 0; j < FBN_VW; j++)
+            o[j] = FBN_SYM(dx1)(d[j], v[j], shift, scale, bias, relu, k_dy, k_x, mean_dy, k_0,
+                                invstd, eval);
+        FBN_ST_V(isa, o, to);
+        if (n < FBN_VW) memcpy(out + i, ot, (size_t)n * sizeof(T));
+    }
+}
+
+/* fbn_run_dx_vec_<sfx> with relu and eval constants. */
+FBN_INLINE void FBN_SYM(run_dx_as)(const int isa, const T *dy, const T *x, T *out, int64_t m,
+                                   const FBN_SYM(chan) *h) {
+    if (h->relu && h->eval)
+        FBN_SYM(run_dx_vec)(isa, dy, x, out, m, h, 1, 1);
+    else if (h->relu)
+        FBN_SYM(run_dx_vec)(isa, dy, x, out, m, h, 1, 0);
+    else if (h->eval)
+        FBN_SYM(run_dx_vec)(isa, dy, x, out, m, h, 0, 1);
+    else
+        FBN_SYM(run_dx_vec)(isa, dy, x, out, m, h, 0, 0);
+}
+
+/* The loops compiled for each instruction set (static inline: no warning where a
  * build without dispatch leaves one unused). */
 #if defined(FBN_HALF_VEC16)
 FBN_HALF_TARGET16 static inline void FBN_SYM(dx_v16)(int relu, int g, const T *dr, const T *xr,
@@ -130,12 +174,20 @@ FBN_HALF_TARGET16 static inline void FBN_SYM(dx_v16)(int relu, int g, const T *d
                                                      const FBN_SYM(tcoefs) *k, int64_t ch) {
     FBN_SYM(dx_vec_as)(2, relu, g, dr, xr, ld, out, ldo, m, k, ch);
 }
+FBN_HALF_TARGET16 static inline void FBN_SYM(run_dx_v16)(const T *dy, const T *x, T *out,
+                                                         int64_t m, const FBN_SYM(chan) *h) {
+    FBN_SYM(run_dx_as)(2, dy, x, out, m, h);
+}
 #endif
 #if defined(FBN_HALF_VEC8)
 FBN_HALF_TARGET8 static inline void FBN_SYM(dx_v8)(int relu, int g, const T *dr, const T *xr,
                                                    int64_t ld, T *out, int64_t ldo, int64_t m,
                                                    const FBN_SYM(tcoefs) *k, int64_t ch) {
     FBN_SYM(dx_vec_as)(1, relu, g, dr, xr, ld, out, ldo, m, k, ch);
+}
+FBN_HALF_TARGET8 static inline void FBN_SYM(run_dx_v8)(const T *dy, const T *x, T *out,
+                                                       int64_t m, const FBN_SYM(chan) *h) {
+    FBN_SYM(run_dx_as)(1, dy, x, out, m, h);
 }
 #endif
 #endif /* FBN_HALF_VEC16 || FBN_HALF_VEC8 */
@@ -161,6 +213,29 @@ FBN_INLINE void FBN_SYM(half_dx_rows)(const T *dr, const T *xr, int64_t ld, T *o
 #endif
 #endif
     FBN_SYM(dx_blocks)(dr, xr, ld, out, ldo, m, k, ch, g, relu);
+}
+
+/* Rows shape: dx of one channel's m values in registers where the CPU has the
+ * conversions (returns 1), else 0 (the caller's buffered loop). out may be dy. */
+FBN_INLINE int FBN_SYM(half_run_dx)(const T *dy, const T *x, T *out, int64_t m,
+                                    const FBN_SYM(chan) *h) {
+#if defined(FBN_HALF_VEC16) || defined(FBN_HALF_VEC8)
+    const int level = fbn_half_level();
+#if defined(FBN_HALF_VEC16)
+    if (level == 2) {
+        FBN_SYM(run_dx_v16)(dy, x, out, m, h);
+        return 1;
+    }
+#endif
+#if defined(FBN_HALF_VEC8)
+    if (level == 1) {
+        FBN_SYM(run_dx_v8)(dy, x, out, m, h);
+        return 1;
+    }
+#endif
+#endif
+    (void)dy, (void)x, (void)out, (void)m, (void)h;
+    return 0;
 }
 
 #undef FBN_VW

@@ -12,10 +12,10 @@
  * as kern_half_dx.h does dx (see there: isa, FBN_LD_V / FBN_ST_V, the target
  * functions, the dispatch by fbn_half_level). Which form runs is a fact read at
  * run time, the CPU's conversion instructions: the register form from
- * fbn_half_level() == FBN_HALF_Y_REGS up (kernels_f16.c: 1, F16C; kernels_bf16.c:
+ * fbn_half_level() == FBN_HALF_REGS up (kernels_f16.c: 1, F16C; kernels_bf16.c:
  * 2, AVX-512F, whose bfloat16 rounding in registers costs less than the buffers;
- * with AVX2's it cost more on cache-resident data). Measurements:
- * docs/performance.md ("Half precision: y in registers"). */
+ * with AVX2's it cost more on cache-resident data), the rows shape's dx likewise
+ * (fbn_half_values_<sfx>, kern_elemwise.h). Measurements: docs/performance.md. */
 
 #define FBN_VW 16 /* channels per step */
 
@@ -41,10 +41,10 @@ FBN_INLINE void FBN_SYM(y_blocks)(const T *xr, int64_t ld, T *out, int64_t ldo, 
     }
 }
 
-#if defined(FBN_HALF_VEC8) && FBN_HALF_Y_REGS <= 1
+#if defined(FBN_HALF_VEC8) && FBN_HALF_REGS <= 1
 #define FBN_Y_VEC8 1 /* the F16C / AVX2 register forms compiled */
 #endif
-#if defined(FBN_HALF_VEC16) && FBN_HALF_Y_REGS <= 2
+#if defined(FBN_HALF_VEC16) && FBN_HALF_REGS <= 2
 #define FBN_Y_VEC16 1 /* the AVX-512F register forms compiled */
 #endif
 #if defined(FBN_Y_VEC8) || defined(FBN_Y_VEC16)
@@ -152,7 +152,7 @@ FBN_HALF_TARGET8 static inline void FBN_SYM(run_y_v8)(const T *x, T *out, int64_
 #endif /* FBN_Y_VEC */
 
 /* y of g rows (g a constant, see fbn_affine_rows_<sfx>): in registers where the
- * CPU's level is FBN_HALF_Y_REGS or more, else buffered. */
+ * CPU's level is FBN_HALF_REGS or more, else buffered. */
 FBN_INLINE void FBN_SYM(half_y_rows)(const T *xr, int64_t ld, T *out, int64_t ldo, int64_t m,
                                      const FBN_SYM(tcoefs) *k, int64_t ch, const int g) {
 #ifdef FBN_Y_VEC
@@ -174,7 +174,7 @@ FBN_INLINE void FBN_SYM(half_y_rows)(const T *xr, int64_t ld, T *out, int64_t ld
 }
 
 /* Rows shape: y of one channel's m values in registers where the CPU's level is
- * FBN_HALF_Y_REGS or more (returns 1), else 0 (the caller's buffered loop:
+ * FBN_HALF_REGS or more (returns 1), else 0 (the caller's buffered loop:
  * fbn_block_values_<sfx>). out may be x. */
 FBN_INLINE int FBN_SYM(half_run_y)(const T *x, T *out, int64_t m, TC shift, TC scale, TC bias,
                                    int relu) {

@@ -53,6 +53,8 @@ int fbn_max_threads(void) { return fbn_pool_max_threads(); }
 
 const char *fbn_simd_paths(void) { return FBN_SIMD_PATHS; }
 
+int fbn_half_conversions(void) { return fbn_half_level(); }
+
 const char *fbn_compiler(void) {
 #if defined(__clang__)
     return "clang " __clang_version__;

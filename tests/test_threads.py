@@ -51,6 +51,25 @@ def test_show_config_names_the_thread_pool():
     assert "thread pool:" in out.getvalue() and "openmp:" in out.getvalue()
 
 
+@needs_c
+def test_show_config_reports_the_run_time_facts():
+    # the facts the kernels tune by, as the kernels read them: an override shows
+    import io
+    from fastbn import _kernels
+    before = _kernels.cache_sizes()
+    try:
+        _kernels._set_cache_sizes(48 * 1024, 1280 * 1024, 96 * 2**20)
+        out = io.StringIO()
+        fastbn.show_config(file=out)
+    finally:
+        _kernels._set_cache_sizes(*before)
+    text = out.getvalue()
+    assert "caches:        L1d 48 KB, L2 1.25 MB, L3 96 MB" in text
+    half = _kernels.half_conversions()
+    assert half in ("AVX-512F", "F16C + AVX2", "portable")
+    assert f"half data:     float16 / bfloat16 conversions by {half}" in text
+
+
 @pytest.fixture
 def no_backoff():
     # a busy machine makes the pool run loops on the caller alone for a while: not here

@@ -282,6 +282,17 @@ MUTANTS = [
            "pool.threaded_loops - pool.strike_loop <=",
            "0 * pool.threaded_loops - pool.strike_loop > 0 &&",
            "a second stall a few loops after the first, but more than 50 ms, is a new strike"),
+    # ---- 16-bit data in registers (issue 19): run with the runtime dispatch (an
+    # AVX2 + F16C or AVX-512F machine), as tools/mutate.py's -DFBN_NO_DISPATCH builds
+    # use the buffered forms
+    Mutant("h19_run_y_tail", "src_c/kern_half_y.h",
+           "        memcpy(out + i, ot, (size_t)(m - i) * sizeof(T));",
+           "        memcpy(out + i, ot, (size_t)(m - i - 1) * sizeof(T));",
+           "a run's last few y values in registers: the last one not written"),
+    Mutant("h19_run_y_relu", "src_c/kern_half_y.h",
+           "        FBN_SYM(run_y_vec)(isa, x, out, m, shift, scale, bias, 1);",
+           "        FBN_SYM(run_y_vec)(isa, x, out, m, shift, scale, bias, 0);",
+           "a run's y in registers ignores the ReLU"),
     Mutant("fold_eps", "fastbn/fold.py",
            "bn.running_var, bn.eps, axis=axis)",
            "bn.running_var, 1e-5, axis=axis)",
