@@ -18,8 +18,8 @@
  *                 instruction set isa (a constant: half.h's fbn_*_widen16);
  *                 FBN_ST_V(isa, src, dst): 16 TC values as T (kern_half_dx.h)
  *   FBN_HALF_REGS  (FBN_NARROW) the least fbn_half_level() (half.h: 1 F16C +
- *                 AVX2, 2 AVX-512F) at which y, and the rows shape's dx, are
- *                 computed in registers (kern_half_y.h), else buffered;
+ *                 AVX2, 2 AVX-512F) at which y (and the rows shape's dx, from 2
+ *                 only) are computed in registers (kern_half_y.h), else buffered;
  *                 FBN_HALF_REGS_CACHED (0 or 1): whether the rows shape's cached
  *                 runs too (its streamed chunks: always)
  * Reductions accumulate in double whatever T is. Every read of a data value goes

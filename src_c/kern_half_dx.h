@@ -14,7 +14,8 @@
  * the buffered form's time (bench/results/2026-12-03_h19f_ab_cpu_1thread.txt;
  * this port's A/B: 2026-12-03_h19g_ab.txt). The remainder of a span (fewer than
  * FBN_VW channels) stays buffered. The rows shape's dx (fbn_run_dx_vec_<sfx>)
- * goes in registers where y does (kern_half_y.h, fbn_half_values_<sfx>).
+ * goes in registers where y does (kern_half_y.h, fbn_half_values_<sfx>), but only
+ * with AVX-512F and without ReLU (fbn_half_run_dx_<sfx>).
  *
  * The conversions are those of instruction set isa (FBN_LD_V, FBN_ST_V: half.h's
  * fbn_*_widen16 / fbn_*_narrow16), a constant in each function here: the _v16
@@ -124,10 +125,11 @@ FBN_INLINE void FBN_SYM(dx_vec_as)(const int isa, int relu, int g, const T *dr, 
 
 /* Rows shape: dx of one channel's m values (a run, or a chunk of one; h: its
  * coefficients), FBN_VW at a time in registers, the last step's few values
- * zero-padded to a whole step and its other outputs dropped; isa, relu and eval
- * constants. out may be dy. */
+ * zero-padded to a whole step and its other outputs dropped; isa and eval
+ * constants, no ReLU (GCC 12 does not vectorise this loop with the ReLU's mask:
+ * 4-5x the buffered form's time). out may be dy. */
 FBN_INLINE void FBN_SYM(run_dx_vec)(const int isa, const T *dy, const T *x, T *out, int64_t m,
-                                    const FBN_SYM(chan) *h, const int relu, const int eval) {
+                                    const FBN_SYM(chan) *h, const int eval) {
     const TC shift = h->shift, scale = h->scale, bias = h->bias, k_dy = h->k_dy, k_x = h->k_x;
     const TC mean_dy = h->mean_dy, k_0 = h->k_0, invstd = h->invstd;
     for (int64_t i = 0; i < m; i += FBN_VW) {
@@ -146,24 +148,20 @@ FBN_INLINE void FBN_SYM(run_dx_vec)(const int isa, const T *dy, const T *x, T *o
         FBN_LD_V(isa, dv, d);
         FBN_LD_V(isa, xv, v);
         for (int j = 0; j < FBN_VW; j++)
-            o[j] = FBN_SYM(dx1)(d[j], v[j], shift, scale, bias, relu, k_dy, k_x, mean_dy, k_0,
+            o[j] = FBN_SYM(dx1)(d[j], v[j], shift, scale, bias, 0, k_dy, k_x, mean_dy, k_0,
                                 invstd, eval);
         FBN_ST_V(isa, o, to);
         if (n < FBN_VW) memcpy(out + i, ot, (size_t)n * sizeof(T));
     }
 }
 
-/* fbn_run_dx_vec_<sfx> with relu and eval constants. */
+/* fbn_run_dx_vec_<sfx> with eval a constant. */
 FBN_INLINE void FBN_SYM(run_dx_as)(const int isa, const T *dy, const T *x, T *out, int64_t m,
                                    const FBN_SYM(chan) *h) {
-    if (h->relu && h->eval)
-        FBN_SYM(run_dx_vec)(isa, dy, x, out, m, h, 1, 1);
-    else if (h->relu)
-        FBN_SYM(run_dx_vec)(isa, dy, x, out, m, h, 1, 0);
-    else if (h->eval)
-        FBN_SYM(run_dx_vec)(isa, dy, x, out, m, h, 0, 1);
+    if (h->eval)
+        FBN_SYM(run_dx_vec)(isa, dy, x, out, m, h, 1);
     else
-        FBN_SYM(run_dx_vec)(isa, dy, x, out, m, h, 0, 0);
+        FBN_SYM(run_dx_vec)(isa, dy, x, out, m, h, 0);
 }
 
 /* The loops compiled for each instruction set (static inline: no warning where a
@@ -184,10 +182,6 @@ FBN_HALF_TARGET8 static inline void FBN_SYM(dx_v8)(int relu, int g, const T *dr,
                                                    int64_t ld, T *out, int64_t ldo, int64_t m,
                                                    const FBN_SYM(tcoefs) *k, int64_t ch) {
     FBN_SYM(dx_vec_as)(1, relu, g, dr, xr, ld, out, ldo, m, k, ch);
-}
-FBN_HALF_TARGET8 static inline void FBN_SYM(run_dx_v8)(const T *dy, const T *x, T *out,
-                                                       int64_t m, const FBN_SYM(chan) *h) {
-    FBN_SYM(run_dx_as)(1, dy, x, out, m, h);
 }
 #endif
 #endif /* FBN_HALF_VEC16 || FBN_HALF_VEC8 */
@@ -215,24 +209,16 @@ FBN_INLINE void FBN_SYM(half_dx_rows)(const T *dr, const T *xr, int64_t ld, T *o
     FBN_SYM(dx_blocks)(dr, xr, ld, out, ldo, m, k, ch, g, relu);
 }
 
-/* Rows shape: dx of one channel's m values in registers where the CPU has the
- * conversions (returns 1), else 0 (the caller's buffered loop). out may be dy. */
+/* Rows shape: dx of one channel's m values in registers with AVX-512F and no ReLU
+ * (returns 1), else 0 (the caller's buffered loop). With F16C + AVX2 (a build for
+ * them, on the Zen 4 guest) it took 2-3x the buffered form's time. out may be dy. */
 FBN_INLINE int FBN_SYM(half_run_dx)(const T *dy, const T *x, T *out, int64_t m,
                                     const FBN_SYM(chan) *h) {
-#if defined(FBN_HALF_VEC16) || defined(FBN_HALF_VEC8)
-    const int level = fbn_half_level();
 #if defined(FBN_HALF_VEC16)
-    if (level == 2) {
+    if (!h->relu && fbn_half_level() == 2) {
         FBN_SYM(run_dx_v16)(dy, x, out, m, h);
         return 1;
     }
-#endif
-#if defined(FBN_HALF_VEC8)
-    if (level == 1) {
-        FBN_SYM(run_dx_v8)(dy, x, out, m, h);
-        return 1;
-    }
-#endif
 #endif
     (void)dy, (void)x, (void)out, (void)m, (void)h;
     return 0;

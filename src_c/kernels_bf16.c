@@ -2,7 +2,7 @@
  * data: one translation unit per dtype (see kernels.c); half precision as in
  * kernels_f16.c. */
 #define FBN_NARROW 1
-#define FBN_HALF_REGS 2 /* y (and the rows shape's dx) in registers from fbn_half_level() 2 (AVX-512F) */
+#define FBN_HALF_REGS 2 /* y in registers from fbn_half_level() 2 (AVX-512F): kern_half_y.h */
 #define FBN_HALF_REGS_CACHED 0 /* but the rows shape's cached runs buffered */
 #define FBN_SFX bf16
 #define T fbn_bfloat16

@@ -6,11 +6,11 @@
  * rounded once on store by src_c/half.h: the hot loops a block at a time
  * (FBN_LD_N, FBN_ST_N: F16C / AVX-512F conversions, AVX2 / AVX-512F integer
  * rounding for bfloat16, as the CPU has them), the (N, C) dx 16 values at a time
- * in registers (FBN_LD_V, FBN_ST_V: kern_half_dx.h), and y and the rows shape's dx
- * too where the CPU's conversions make that pay (FBN_HALF_REGS: kern_half_y.h), the
- * rest one value at a time. */
+ * in registers (FBN_LD_V, FBN_ST_V: kern_half_dx.h), and y (and with AVX-512F the
+ * rows shape's dx) too where the CPU's conversions make that pay (FBN_HALF_REGS:
+ * kern_half_y.h), the rest one value at a time. */
 #define FBN_NARROW 1
-#define FBN_HALF_REGS 1 /* y (and the rows shape's dx) in registers from fbn_half_level() 1 (F16C, AVX2) */
+#define FBN_HALF_REGS 1 /* y in registers from fbn_half_level() 1 (F16C, AVX2): kern_half_y.h */
 #define FBN_HALF_REGS_CACHED 1 /* and in the rows shape's cached runs */
 #define FBN_SFX f16
 #define T fbn_float16
