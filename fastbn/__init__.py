@@ -56,9 +56,11 @@ def _available_cpus():
 
 
 def show_config(file=None):
-    """Print the backend, version, OpenMP support, thread pool, threads, SIMD paths,
-    and the run-time facts the kernels tune by: the conversions of 16-bit data and the
-    cache sizes.
+    """Print the build's configuration and the run-time facts the kernels tune by.
+
+    The backend, version, OpenMP support, thread pool, threads and SIMD paths; the
+    instructions that convert float16 / bfloat16 data, the cache sizes and the width
+    of streamed stores, as read on this machine.
 
     What to attach to a bug report; ``python -m fastbn info`` prints the same.
 
