@@ -133,8 +133,8 @@ FBN_INLINE void FBN_SYM(block_values)(const int op, const T *x, const T *dy, T *
     FBN_ST_N(ob, out, m);
 }
 
-#include "kern_half_dx.h" /* the columns shape's dx in registers */
-#include "kern_half_y.h"  /* y (float16: in registers) */
+#include "kern_half_dx.h" /* dx in registers */
+#include "kern_half_y.h"  /* y in registers where that pays */
 
 /* 16-bit data, rows shape: out[i] = op's value i for i in [0, m) of one channel, a
  * chunk of a streamed run (stream) or a cached run: y and dx in registers from

@@ -126,8 +126,8 @@ FBN_INLINE void FBN_SYM(dx_vec_as)(const int isa, int relu, int g, const T *dr, 
 /* Rows shape: dx of one channel's m values (a run, or a chunk of one; h: its
  * coefficients), FBN_VW at a time in registers, the last step's few values
  * zero-padded to a whole step and its other outputs dropped; isa and eval
- * constants, no ReLU (GCC 12 does not vectorise this loop with the ReLU's mask:
- * 4-5x the buffered form's time). out may be dy. */
+ * constants, no ReLU (GCC 12 leaves this loop scalar with the ReLU's mask:
+ * docs/performance.md). out may be dy. */
 FBN_INLINE void FBN_SYM(run_dx_vec)(const int isa, const T *dy, const T *x, T *out, int64_t m,
                                     const FBN_SYM(chan) *h, const int eval) {
     const TC shift = h->shift, scale = h->scale, bias = h->bias, k_dy = h->k_dy, k_x = h->k_x;
@@ -210,8 +210,8 @@ FBN_INLINE void FBN_SYM(half_dx_rows)(const T *dr, const T *xr, int64_t ld, T *o
 }
 
 /* Rows shape: dx of one channel's m values in registers with AVX-512F and no ReLU
- * (returns 1), else 0 (the caller's buffered loop). With F16C + AVX2 (a build for
- * them, on the Zen 4 guest) it took 2-3x the buffered form's time. out may be dy. */
+ * (returns 1), else 0 (the caller's buffered loop; F16C + AVX2's 8-lane form of
+ * this loop was slower than it: docs/performance.md). out may be dy. */
 FBN_INLINE int FBN_SYM(half_run_dx)(const T *dy, const T *x, T *out, int64_t m,
                                     const FBN_SYM(chan) *h) {
 #if defined(FBN_HALF_VEC16)
