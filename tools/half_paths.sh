@@ -4,7 +4,8 @@
 # working tree (tools/scratch_build.sh) is built with extra C flags and tested.
 #
 #   tools/half_paths.sh                              # baseline x86-64 (SSE2) code only
-#   CFLAGS="-DFBN_NO_DISPATCH -mavx2 -mfma" tools/half_paths.sh   # an AVX2 machine's code
+#   CFLAGS="-DFBN_NO_DISPATCH -mavx2 -mfma -mf16c" tools/half_paths.sh   # an AVX2 + F16C machine's code
+#   (without -mf16c the half conversions are the portable ones: show_config's "half data")
 #
 # Exits non-zero when a test fails. The normal in-place build is not touched.
 set -euo pipefail
