@@ -137,13 +137,13 @@ FBN_INLINE void FBN_SYM(block_values)(const int op, const T *x, const T *dy, T *
 #include "kern_half_y.h"  /* y in registers where that pays */
 
 /* 16-bit data, rows shape: out[i] = op's value i for i in [0, m) of one channel, a
- * chunk of a streamed run (stream) or a cached run: y and dx in registers from
- * fbn_half_level() FBN_HALF_REGS up (cached runs only with FBN_HALF_REGS_CACHED;
- * kern_half_y.h, kern_half_dx.h), else blocks of FBN_HBLOCK values
+ * chunk of a streamed run (stream) or a cached run: y and dx in registers where
+ * fbn_half_run_y_<sfx> / fbn_half_run_dx_<sfx> take them (the CPU's level; cached
+ * runs only with FBN_HALF_REGS_CACHED), else blocks of FBN_HBLOCK values
  * (fbn_block_values_<sfx>). Bitwise fbn_value_at_<sfx>'s values. */
 FBN_INLINE void FBN_SYM(half_values)(const int op, int stream, const T *x, const T *dy, T *out,
                                      int64_t m, const FBN_SYM(chan) *h) {
-    if ((stream || FBN_HALF_REGS_CACHED) && fbn_half_level() >= FBN_HALF_REGS) {
+    if (stream || FBN_HALF_REGS_CACHED) {
         if (op == FBN_OP_AFFINE &&
             FBN_SYM(half_run_y)(x, out, m, h->shift, h->scale, h->bias, h->relu))
             return;
