@@ -97,7 +97,7 @@ int FBN_SYM(backward_reduce)(const T *dy, const T *x, fbn_shape s, const double 
     memset(zeros, 0, bytes[0]);
     fbn_coefs k = {.shift = shift, .lo = zeros, .scale = scale ? scale : zeros,
                    .bias = bias ? bias : zeros, .relu = relu};
-    FBN_SYM(tcoefs) tk = FBN_SYM(typed_arrays)(buf[2], C, relu);
+    FBN_SYM(tcoefs) tk = FBN_SYM(typed_arrays)(buf[2], C, relu, NULL);
     FBN_SYM(fill_typed)(&k, 0, C, &tk);
     FBN_SYM(reduce_all)(dy, x, &p, &k, &tk, buf[1], sum_dy, sum_dy_xs, NULL, NULL, nt);
     fbn_work_free(&w);
@@ -120,7 +120,8 @@ int FBN_SYM(backward_elemt)(const T *dy, const T *x, T *dx, fbn_shape s, const d
     fbn_coefs k = {.shift = shift, .scale = scale ? scale : zeros, .bias = bias ? bias : zeros,
                    .invstd = invstd, .k_dy = k_dy, .k_x = k_x, .mean_dy = mean_dy,
                    .relu = relu};
-    FBN_SYM(tcoefs) tk = FBN_SYM(typed_arrays)(buf[0], s.channels, relu);
+    FBN_SYM(tcoefs) tk =
+        FBN_SYM(typed_arrays)(buf[0], s.channels, relu, FBN_SYM(coef_lines)(&p, x, dx, 0));
     FBN_SYM(fill_typed)(&k, 0, s.channels, &tk);
     FBN_SYM(repeat_typed)(&tk, &s, 1);
     FBN_SYM(dx_job) j = {.dy = dy, .x = x, .dx = dx, .p = &p, .tk = &tk, .backwards = 0};

@@ -93,12 +93,28 @@ static inline int64_t FBN_SYM(typed_len)(int64_t C) {
     return (n + page - 1) / page * page + 64 / (int64_t)sizeof(TC);
 }
 
+/* (One line more than the arrays: room for fbn_typed_shift_<sfx>.) */
 static inline int64_t FBN_SYM(typed_bytes)(int64_t C) {
-    return FBN_TYPED * FBN_SYM(typed_len)(C) * (int64_t)sizeof(TC);
+    return FBN_TYPED * FBN_SYM(typed_len)(C) * (int64_t)sizeof(TC) + 64;
 }
 
-static FBN_SYM(tcoefs) FBN_SYM(typed_arrays)(TC *block, int64_t C, int relu) {
+/* Values of TC that a block's arrays start past a cache line, so that coefficient
+ * c takes the place in its line that value c of `lines` takes in its own: a vector
+ * of coefficients is then split across two lines exactly where the data's is,
+ * which the column walk avoids (fbn_span_set_<sfx>). With a 64-byte-aligned block
+ * they were split for every vector whenever the data were not line-aligned, as
+ * NumPy's large arrays are not (16 bytes past a line): docs/performance.md. */
+static inline int64_t FBN_SYM(typed_shift)(const T *lines) {
+    if (!lines) return 0;
+    const int64_t mis = (int64_t)((uintptr_t)lines % 64 / sizeof(T));
+    return mis * (int64_t)sizeof(TC) % 64 / (int64_t)sizeof(TC);
+}
+
+/* The arrays of a typed block of fbn_typed_bytes_<sfx>(C) bytes, 64-byte aligned;
+ * lines: the data value that coefficient 0 goes with (see fbn_coef_lines_<sfx>; NULL: none). */
+static FBN_SYM(tcoefs) FBN_SYM(typed_arrays)(TC *block, int64_t C, int relu, const T *lines) {
     const int64_t n = FBN_SYM(typed_len)(C);
+    block += FBN_SYM(typed_shift)(lines);
     FBN_SYM(tcoefs) t = {.shift = block,
                          .scale = block + n,
                          .bias = block + 2 * n,

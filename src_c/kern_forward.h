@@ -30,7 +30,8 @@ static void FBN_SYM(affine_all)(const T *x, T *y, fbn_shape s, const fbn_coefs *
     const T *z = FBN_EPI_Z(e);
     fbn_plan p = FBN_SYM(elemwise_plan)(s, z ? 2 : 1);
     fbn_plan_output(&p, y, sizeof(T));
-    FBN_SYM(tcoefs) tk = FBN_SYM(typed_arrays)(typed, s.channels, e ? e->act : k->relu);
+    FBN_SYM(tcoefs) tk = FBN_SYM(typed_arrays)(typed, s.channels, e ? e->act : k->relu,
+                                                FBN_SYM(coef_lines)(&p, x, y, 0));
     if (e) tk.slope = (TC)e->slope;
     FBN_SYM(fill_typed)(k, 0, s.channels, &tk);
     FBN_SYM(repeat_typed)(&tk, &s, 0);

@@ -178,7 +178,8 @@ static void FBN_SYM(fwd_block_tile)(const FBN_SYM(pass) *j, int64_t t, int threa
     kl.scale = scale;
     kl.bias = bias;
     FBN_SYM(tcoefs) tl = FBN_SYM(typed_arrays)(
-        j->fwd.blocktyped + thread * FBN_TYPED * FBN_SYM(typed_len)(B), B, j->tk->relu);
+        j->fwd.blocktyped + thread * (FBN_SYM(typed_bytes)(B) / (int64_t)sizeof(TC)), B,
+        j->tk->relu, FBN_SYM(coef_lines)(j->p, j->x, j->out, c0));
     tl.slope = j->tk->slope;
     tl.shift -= c0;
     tl.scale -= c0;
@@ -293,7 +294,8 @@ int FBN_SYM(forward_train_ex)(const T *x, T *y, fbn_shape s, const double *gamma
         fbn_work w;
         if (fbn_work_alloc(&w, 2, bytes, buf)) return -1;
         fbn_coefs k = {.relu = relu};
-        FBN_SYM(tcoefs) tk = FBN_SYM(typed_arrays)(buf[1], p.block, relu);
+        FBN_SYM(tcoefs) tk =
+            FBN_SYM(typed_arrays)(buf[1], p.block, relu, FBN_SYM(coef_lines)(&p, x, y, 0));
         if (e) tk.slope = (TC)e->slope;
         const FBN_SYM(pass) j = {
             .x = x, .out = y, .p = &p, .k = &k, .tk = &tk, .z = FBN_EPI_Z(e), .tkd = &tk,
@@ -329,7 +331,8 @@ int FBN_SYM(forward_train_ex)(const T *x, T *y, fbn_shape s, const double *gamma
         more += 2 * C;
     }
     fbn_coefs k = {.shift = shift, .scale = scale, .bias = bias, .relu = relu};
-    FBN_SYM(tcoefs) tk = FBN_SYM(typed_arrays)(buf[2], C, relu);
+    FBN_SYM(tcoefs) tk =
+        FBN_SYM(typed_arrays)(buf[2], C, relu, FBN_SYM(coef_lines)(&p, x, y, 0));
     if (e) tk.slope = (TC)e->slope;
     FBN_SYM(pivots)(x, &s, pivot);
     const FBN_SYM(pass) j = {
@@ -382,7 +385,8 @@ int FBN_SYM(backward_ex)(const T *dy, const T *x, T *dx, fbn_shape s, const doub
     fbn_coefs k = {.shift = shift, .lo = lo, .scale = scale, .bias = bias, .invstd = invstd,
                    .k_dy = k_dy, .k_x = k_x, .mean_dy = mean_dy, .relu = relu};
     fbn_coefs masks = {.shift = shift, .lo = lo, .scale = scale, .bias = bias, .relu = relu};
-    FBN_SYM(tcoefs) tk = FBN_SYM(typed_arrays)(buf[2], C, relu);
+    FBN_SYM(tcoefs) tk =
+        FBN_SYM(typed_arrays)(buf[2], C, relu, FBN_SYM(coef_lines)(&p, x, dx, 0));
     tk.eval = !training;
     if (e) tk.slope = (TC)e->slope;
     FBN_SYM(tcoefs) tkd = tk; /* with a residual, dx reads dres: dy' */

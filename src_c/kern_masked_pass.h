@@ -108,7 +108,8 @@ int FBN_SYM(forward_masked)(const T *x, T *y, fbn_shape s, const uint8_t *mask,
     double *work = buf[0];
     double *pivot = work, *m2 = work + 4 * C;
     fbn_coefs k = {.shift = work + C, .scale = work + 2 * C, .bias = work + 3 * C, .relu = relu};
-    FBN_SYM(tcoefs) tk = FBN_SYM(typed_arrays)(buf[2], C, relu);
+    FBN_SYM(tcoefs) tk =
+        FBN_SYM(typed_arrays)(buf[2], C, relu, FBN_SYM(coef_lines)(&p, x, y, 0));
     FBN_SYM(mpivots)(x, &s, first - mask, pivot);
     const FBN_SYM(mpass) j = {
         .x = x, .out = y, .mask = mask, .p = &p, .k = &k, .tk = &tk, .kept = kept,
@@ -197,7 +198,8 @@ int FBN_SYM(backward_masked)(const T *dy, const T *x, T *dx, fbn_shape s, const 
                    .mean_dy = work + 6 * C, .relu = relu};
     fbn_coefs masks = {.shift = k.shift, .lo = lo, .scale = k.scale, .bias = k.bias,
                        .relu = relu};
-    FBN_SYM(tcoefs) tk = FBN_SYM(typed_arrays)(buf[2], C, relu);
+    FBN_SYM(tcoefs) tk =
+        FBN_SYM(typed_arrays)(buf[2], C, relu, FBN_SYM(coef_lines)(&p, x, dx, 0));
     fbn_coefficients(C, mean_hi, lo, invstd, gamma, beta, work, work + C, work + 2 * C);
     FBN_SYM(fill_typed)(&masks, 0, C, &tk); /* the ReLU masks of the reduction */
     FBN_SYM(mpass) j = {

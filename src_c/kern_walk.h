@@ -84,6 +84,27 @@ FBN_INLINE int FBN_SYM(same_sets)(const T *out, const T *in, int64_t C) {
     return (C * (int64_t)sizeof(T)) % 4096 == 0 && (d < 64 || d > 4096 - 64);
 }
 
+/* The array whose cache lines a column walk of plan p aligns its spans to (and
+ * the typed coefficients theirs, fbn_typed_arrays_<sfx>): the output, or x when
+ * the output is streamed through the L1 buffer (its lines are fixed). */
+FBN_INLINE const T *FBN_SYM(walk_lines)(const fbn_plan *p, const T *x, const T *out) {
+    return p->stream ? x : out;
+}
+
+/* The data value that typed coefficients from channel c0 share their place in a
+ * cache line with (fbn_typed_arrays_<sfx>): walk_lines' at c0 when the column
+ * walk aligns its spans to those lines, i.e. tiles' channel blocks wider than a
+ * span, of rows too long for repeated coefficients (fbn_repeat_typed_<sfx>); else
+ * NULL (lines as they come): other spans start anywhere in a line, and then
+ * coefficients on a line's start split fewer of their loads. */
+FBN_INLINE const T *FBN_SYM(coef_lines)(const fbn_plan *p, const T *x, const T *out,
+                                        int64_t c0) {
+    const int aligned =
+        p->s.inner == 1 && 2 * p->s.channels > FBN_CHUNK && p->block > FBN_SPAN;
+    const T *at = FBN_SYM(walk_lines)(p, x, out);
+    return aligned && at ? at + c0 : NULL;
+}
+
 /* Columns shape, streamed output: whether spans are single rows, one after
  * another, rather than groups of FBN_GROUP rows, which load each coefficient
  * once for the group but read FBN_GROUP places at once. Single rows where the
@@ -167,7 +188,7 @@ FBN_INLINE void FBN_SYM(cols_tile)(const int op, const T *x, const T *dy, T *out
             }
     } else {
         /* spans follow the output's lines (streamed: x's, the L1 buffer's are fixed) */
-        const T *at = p->stream ? x : out;
+        const T *at = FBN_SYM(walk_lines)(p, x, out);
         for (FBN_SYM(span_it) sp = FBN_SYM(span_first)(s, &r, k->period, at); sp.rows > 0;
              FBN_SYM(span_next)(s, &r, k->period, &sp)) {
             const int64_t o = sp.off, ch = sp.ch, m = sp.m, rows = sp.rows;
