@@ -113,9 +113,13 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--dtype", default="float32,float64")
-    ap.add_argument("--shapes", default=",".join(SHAPES))
+    ap.add_argument("--shapes", default=",".join(SHAPES),
+                    help="comma-separated, of " + ", ".join(f"{k} ({v[0]})" for k, v in SHAPES.items()))
     ap.add_argument("--repeat", type=int, default=11)
     a = ap.parse_args(argv)
+    unknown = [k for k in a.shapes.split(",") if k not in SHAPES]
+    if unknown:
+        ap.error(f"--shapes: unknown {', '.join(unknown)}; choose from {', '.join(SHAPES)}")
     import torch
     with open("/proc/loadavg") as f:
         load = f.read().split()[:3]
