@@ -62,8 +62,11 @@ ENV_SLOWING_NUMPY = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 # ---------------------------------------------------------------- arguments
 
 def add_arguments(parser):
-    parser.add_argument("--dtype", choices=["float32", "float64", "both"], default="float32",
-                        help="data type (default float32)")
+    parser.add_argument("--dtype", choices=["float32", "float64", "both", "float16", "bfloat16",
+                                            "half"], default="float32",
+                        help="data type (default float32; both: float32 and float64; "
+                             "float16, bfloat16 and half (both of them) with --small only: "
+                             "bench/half.py times the large shapes)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="threads for fastbn, PyTorch and the copy bound "
                              "(default: fastbn.get_num_threads())")
@@ -94,6 +97,28 @@ def add_arguments(parser):
     parser.add_argument("--json", default=None, metavar="PATH",
                         help="also save every result (and raw samples) as JSON")
     return parser
+
+
+def bench_dtypes(name, small):
+    """The data dtypes of --dtype `name`; half precision (bfloat16 needs the optional
+    ml_dtypes) with --small only."""
+    if name in ("float32", "float64", "both"):
+        return [np.float32, np.float64] if name == "both" else [np.dtype(name).type]
+    if not small:
+        raise ValueError(f"--dtype {name}: half-precision data with --small only "
+                         "(bench/half.py times the large shapes)")
+    wanted = ["float16", "bfloat16"] if name == "half" else [name]
+    dtypes = []
+    for w in wanted:
+        if w == "float16":
+            dtypes.append(np.float16)
+            continue
+        from ._checks import bfloat16
+        bf16 = bfloat16(load=True)
+        if bf16 is None:
+            raise ValueError("--dtype bfloat16 needs ml_dtypes (pip install fastbn[bf16])")
+        dtypes.append(bf16.type)
+    return dtypes
 
 
 def parse_shapes(text, quick):
@@ -446,7 +471,11 @@ def run(args, out=None):
         args.repeat = 5 if args.quick else 15
     if args.ref_repeat is None:
         args.ref_repeat = 1 if args.quick else 3
-    dtypes = [np.float32, np.float64] if args.dtype == "both" else [np.dtype(args.dtype).type]
+    try:
+        dtypes = bench_dtypes(args.dtype, args.small)
+    except ValueError as exc:
+        print(f"fastbn bench: {exc}", file=sys.stderr)
+        return 2
     if args.small:
         from ._bench_small import run_small
         print(f"fastbn {fastbn.__version__} bench --small: backend {fastbn.backend}, numpy "

@@ -12,6 +12,8 @@ calls them (allocating outputs, parameters and running statistics given):
 
 and a hand-written NumPy batch norm (the usual course code: mean, var, xhat;
 backward by the closed formula). The (4, 5) row at 1 thread is the fixed cost.
+Half-precision data (float16, bfloat16) take float32 parameters and running statistics,
+as the layer makes them (PyTorch likewise: its weight and running statistics float32).
 Implementations are interleaved sample by sample; medians are reported.
 """
 import numpy as np
@@ -19,6 +21,7 @@ import numpy as np
 import fastbn
 
 from ._bench import interleaved, load_torch, median
+from ._checks import param_dtype
 
 SMALL_SHAPES = ((4, 5), (32, 64), (50, 100), (64, 128), (256, 512), (32, 64, 8, 8))
 EPS = 1e-5
@@ -47,10 +50,11 @@ def numpy_batchnorm_backward(dy, cache, eps=EPS):
 def _candidates(shape, dtype, torch):
     rng = np.random.default_rng(0)
     C = shape[1]
+    pdt = param_dtype(np.dtype(dtype))  # float32 for half-precision data
     x = rng.standard_normal(shape).astype(dtype)
     dy = rng.standard_normal(shape).astype(dtype)
-    gamma, beta = rng.uniform(0.5, 1.5, C).astype(dtype), rng.normal(0, 0.5, C).astype(dtype)
-    rm, rv = np.zeros(C, dtype), np.ones(C, dtype)
+    gamma, beta = rng.uniform(0.5, 1.5, C).astype(pdt), rng.normal(0, 0.5, C).astype(pdt)
+    rm, rv = np.zeros(C, pdt), np.ones(C, pdt)
     _, cache = fastbn.forward(x, gamma, beta, running_mean=rm, running_var=rv)
 
     def train():
@@ -72,11 +76,11 @@ def _candidates(shape, dtype, torch):
     }
     if torch is not None:
         F = torch.nn.functional
-        xt = torch.from_numpy(x).requires_grad_()
+        xe, dyt = _tensor(torch, x), _tensor(torch, dy)
+        xt = xe.clone().requires_grad_()
         gt, bt = torch.from_numpy(gamma).requires_grad_(), torch.from_numpy(beta).requires_grad_()
-        dyt = torch.from_numpy(dy)
-        rmt, rvt = torch.zeros(C, dtype=xt.dtype), torch.ones(C, dtype=xt.dtype)
-        xe, ge, be = torch.from_numpy(x), torch.from_numpy(gamma), torch.from_numpy(beta)
+        rmt, rvt = torch.zeros(C, dtype=gt.dtype), torch.ones(C, dtype=gt.dtype)
+        ge, be = torch.from_numpy(gamma), torch.from_numpy(beta)
 
         def torch_train():
             xt.grad = gt.grad = bt.grad = None
@@ -86,6 +90,14 @@ def _candidates(shape, dtype, torch):
         ops["train"]["torch"] = torch_train
         ops["eval"]["torch"] = lambda: F.batch_norm(xe, rmt, rvt, ge, be, False, 0.1, EPS)
     return ops
+
+
+def _tensor(torch, a):
+    """a as a torch tensor of its dtype (bfloat16, which torch.from_numpy does not take,
+    through float32: exact)."""
+    if a.dtype.itemsize == 2 and a.dtype != np.float16:
+        return torch.from_numpy(a.astype(np.float32)).to(torch.bfloat16)
+    return torch.from_numpy(a)
 
 
 def run_small(dtypes, thread_counts, repeat, use_torch, out):

@@ -1,7 +1,7 @@
 # The compiled front end of forward and backward (included by _kernels.pyx).
 #
-# A call whose arguments are all of the common, plainly valid kinds (plain float32/float64
-# arrays, aligned, C-contiguous or row-strided as fastbn._checks.canonical takes them
+# A call whose arguments are all of the common, plainly valid kinds (plain data arrays of
+# float32, float64, float16 or bfloat16 with float32/float64 vectors, aligned, C-contiguous or row-strided as fastbn._checks.canonical takes them
 # without a copy, no out= or one the kernels write where it is (out_ok), Python scalars
 # of the expected types) is checked and dispatched here, in one kernel call with its
 # running-statistics update, without NumPy calls: a small batch then costs about what
@@ -92,25 +92,56 @@ cdef inline cnp.ndarray copy_vector(cnp.ndarray v):
     return c
 
 
+cdef extern from "numpy/ndarraytypes.h":
+    cdef enum:
+        NPY_USERDEF  # the first type number of user-defined dtypes (ml_dtypes')
+
+cdef int _bf16_type = -1  # ml_dtypes' bfloat16 type number, once an array of it is seen
+
+
+cdef int bf16_type(int t):
+    """ml_dtypes' bfloat16 type number if type number t (a user-defined one) may be it,
+    else -1. Looked up once ml_dtypes is imported (no bfloat16 array exists before):
+    fastbn._checks.bfloat16 does not import it."""
+    global _bf16_type
+    if _bf16_type < 0:
+        bf16 = _checks.bfloat16() if _checks is not None else None
+        if bf16 is not None:
+            _bf16_type = bf16.num
+    return _bf16_type
+
+
+cdef inline int data_code(object a):
+    """The kernels' dtype code (DT_F64, DT_F32, DT_F16, DT_BF16) of a plain ndarray of
+    native float64, float32, float16 or bfloat16, aligned (any strides); -1 for
+    anything else."""
+    if type(a) is not cnp.ndarray:
+        return -1
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    if not (cnp.PyArray_ISALIGNED(arr) and cnp.PyArray_ISNOTSWAPPED(arr)):
+        return -1
+    cdef int t = cnp.PyArray_TYPE(arr)
+    if t == cnp.NPY_FLOAT:
+        return DT_F32
+    if t == cnp.NPY_DOUBLE:
+        return DT_F64
+    if t == cnp.NPY_FLOAT16:
+        return DT_F16
+    if t >= NPY_USERDEF and t == bf16_type(t):
+        return DT_BF16
+    return -1
+
+
 cdef inline bint plain_typed(object a):
     """A plain ndarray of native float32/float64, aligned (any strides)."""
-    if type(a) is not cnp.ndarray:
-        return False
-    cdef cnp.ndarray arr = <cnp.ndarray>a
-    cdef int t = cnp.PyArray_TYPE(arr)
-    return ((t == cnp.NPY_FLOAT or t == cnp.NPY_DOUBLE) and cnp.PyArray_ISALIGNED(arr)
-            and cnp.PyArray_ISNOTSWAPPED(arr))
-
-
-cdef inline bint plain_data(object a):
-    """A plain ndarray of native float32/float64, C-contiguous and aligned."""
-    return plain_typed(a) and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a)
+    cdef int code = data_code(a)
+    return code == DT_F32 or code == DT_F64
 
 
 cdef inline bint plain_vector(object v, int64_t C):
     """A plain (C,) vector of native float32/float64, contiguous and aligned."""
-    return plain_data(v) and cnp.PyArray_NDIM(<cnp.ndarray>v) == 1 and \
-        cnp.PyArray_DIM(<cnp.ndarray>v, 0) == C
+    return (plain_typed(v) and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>v)
+            and cnp.PyArray_NDIM(<cnp.ndarray>v) == 1 and cnp.PyArray_DIM(<cnp.ndarray>v, 0) == C)
 
 
 cdef inline bint out_ok(object out, cnp.ndarray like, tuple others):
@@ -118,7 +149,7 @@ cdef inline bint out_ok(object out, cnp.ndarray like, tuple others):
     path would: a plain, writeable, C-contiguous, aligned array of like's dtype and shape
     that overlaps none of `others` (arrays the call reads or writes, or None). Any other
     out= (in place, strided, a subclass, an error) is the checked path's."""
-    if not plain_data(out):
+    if data_code(out) < 0 or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>out):
         return False
     cdef cnp.ndarray o = <cnp.ndarray>out
     cdef int d, nd = cnp.PyArray_NDIM(like)
@@ -295,7 +326,8 @@ cdef object plain_forward(object x, object gamma, object beta, object axis, obje
     compiled step."""
     cdef cnp.ndarray xa, y, mean, lo, invstd, rm, rv, new_rm = None, new_rv = None
     cdef int ax, nd, st = 0
-    cdef bint relu, train, running, f32, direct
+    cdef bint relu, train, running, direct
+    cdef int dt = data_code(x)
     cdef fbn_shape s
     cdef int64_t C, count
     cdef double e, mom, factor
@@ -305,7 +337,7 @@ cdef object plain_forward(object x, object gamma, object beta, object axis, obje
     cdef const double *b = NULL
     cdef int nthreads, gt, bt
     cdef fbn_epilogue epi
-    if (not plain_typed(x) or type(axis) is not int or not -64 <= axis < 64
+    if (dt < 0 or type(axis) is not int or not -64 <= axis < 64
             or type(eps) is not float
             or type(training) is not bool or type(momentum) is not float
             or type(unbiased_running_var) is not bool or not plain_activation(activation)):
@@ -341,7 +373,6 @@ cdef object plain_forward(object x, object gamma, object beta, object axis, obje
                                                          running_var)))):
         return None
     relu = activation == "relu"
-    f32 = cnp.PyArray_TYPE(xa) == cnp.NPY_FLOAT
     nthreads = threads_for(cnp.PyArray_SIZE(xa))
     y = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(xa), cnp.PyArray_TYPE(xa), 0) if out is None \
         else <cnp.ndarray>out
@@ -381,7 +412,7 @@ cdef object plain_forward(object x, object gamma, object beta, object axis, obje
                     rm, rv = copy_vector(rm), copy_vector(rv)
                     new_rm, new_rv = rm, rv
             with nogil:
-                st = run_forward_train_ex(f32, cnp.PyArray_DATA(xa), cnp.PyArray_DATA(y), s, g,
+                st = run_forward_train_ex(dt, cnp.PyArray_DATA(xa), cnp.PyArray_DATA(y), s, g,
                                           b, e, &epi, <double *>cnp.PyArray_DATA(mean),
                                           <double *>cnp.PyArray_DATA(lo), var,
                                           <double *>cnp.PyArray_DATA(invstd), nthreads)
@@ -395,7 +426,7 @@ cdef object plain_forward(object x, object gamma, object beta, object axis, obje
             read_vector(<cnp.ndarray>running_mean, C, <double *>cnp.PyArray_DATA(mean))
             read_vector(<cnp.ndarray>running_var, C, var)
             with nogil:
-                st = run_forward_infer(f32, cnp.PyArray_DATA(xa), cnp.PyArray_DATA(y), s,
+                st = run_forward_infer(dt, cnp.PyArray_DATA(xa), cnp.PyArray_DATA(y), s,
                                        <double *>cnp.PyArray_DATA(mean), var, g, b, e,
                                        relu, <double *>cnp.PyArray_DATA(invstd), nthreads)
     finally:
@@ -463,23 +494,24 @@ def backward(dy, cache, *, out=None, need_dx=True):
     cdef const double *b = NULL
     cdef double *sum_dy
     cdef double *sum_dy_xhat
-    cdef int nthreads
+    cdef int nthreads, dt
     # out: dx's array, or the tuple (dx, dgamma, dbeta) of arrays or None (check_backward)
     if type(out) is tuple and len(<tuple>out) == 3:
         dx_out, dg_out, db_out = <tuple>out
     else:
         dx_out, dg_out, db_out = out, None, None
     # a FeatureCache (a forward with keywords beyond the plain ones) is not a _Cache
-    if type(cache) is not _Cache or not plain_typed(dy) or need_dx is not True:
+    if type(cache) is not _Cache or data_code(dy) < 0 or need_dx is not True:
         return _checked_backward(dy, cache, out=out, need_dx=need_dx)
     x_obj, ax_obj = cache.x, cache.axis
     gamma, beta, activation = cache.gamma, cache.beta, cache.activation
-    if (not plain_typed(x_obj) or type(ax_obj) is not int or not 0 <= ax_obj < 64
+    if (data_code(x_obj) < 0 or type(ax_obj) is not int or not 0 <= ax_obj < 64
             or type(cache.training) is not bool
             or cache.x_overwritten is not False or cache.x_written is not False
             or not plain_activation(activation)):
         return _checked_backward(dy, cache, out=out, need_dx=need_dx)
     x, dya, ax = <cnp.ndarray>x_obj, <cnp.ndarray>dy, ax_obj
+    dt = data_code(x)
     nd = cnp.PyArray_NDIM(x)
     ok = (cnp.PyArray_TYPE(dya) == cnp.PyArray_TYPE(x) and cnp.PyArray_NDIM(dya) == nd
           and 0 <= ax < nd)
@@ -530,7 +562,7 @@ def backward(dy, cache, *, out=None, need_dx=True):
             b = work + C
         sum_dy, sum_dy_xhat = work + 2 * C, work + 3 * C
         with nogil:
-            st = run_backward(cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT, cnp.PyArray_DATA(dya),
+            st = run_backward(dt, cnp.PyArray_DATA(dya),
                               cnp.PyArray_DATA(x), cnp.PyArray_DATA(dx), s,
                               <const double *>cnp.PyArray_DATA(mean),
                               NULL if lo is None else <const double *>cnp.PyArray_DATA(lo),

@@ -123,3 +123,33 @@ def test_bench_small_prints_the_readme_table_and_its_summary():
         (s, op) for s in SMALL_SHAPES for op in ("forward", "backward", "train", "eval")}
     assert "fixed cost" in text and "float64: forward" in text and "the bound" in text
     assert "lowest ratio numpy / fastbn" in text
+
+
+def test_bench_small_times_half_precision_data_with_float32_parameters():
+    """`bench --small --dtype half`: float16 (and bfloat16 with ml_dtypes) data, with
+    float32 parameters and running statistics as the layer makes them; PyTorch's rows
+    take bfloat16 through float32 (torch.from_numpy does not)."""
+    import io
+    from fastbn._bench import bench_dtypes
+    from fastbn._bench_small import _candidates, run_small
+    out = io.StringIO()
+    rows = run_small([np.float16], [1], 1, False, out)
+    assert {r["dtype"] for r in rows} == {"float16"} and "float16: forward" in out.getvalue()
+    torch = pytest.importorskip("torch")
+    for dtype in bench_dtypes("half", small=True) if _has_ml_dtypes() else [np.float16]:
+        for impls in _candidates((4, 5), dtype, torch).values():
+            for fn in impls.values():
+                fn()
+
+
+def _has_ml_dtypes():
+    try:
+        import ml_dtypes  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_bench_half_dtypes_need_small():
+    proc = run_cli("bench", "--quick", "--no-torch", "--dtype", "float16")
+    assert proc.returncode == 2 and "--small only" in proc.stderr
