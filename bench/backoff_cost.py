@@ -2,7 +2,7 @@
 back-off on (the default) and off, in alternating fresh processes.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/backoff_cost.py [--rounds 2]
-        [--shapes 512x4096,64x64x56x56]
+        [--shapes 512x4096,64x64x56x56] [--pause 20]
 
 Each process times inference, the training forward and the backward (float32, out=,
 median of 15 samples of 20 calls) and reports the pool's counters over them (loops run
@@ -13,6 +13,10 @@ time-based stall checks fire without any other process competing, and the back-o
 ran loops on one thread (src_c/parallel.c, README "busy machines"); since issue 17's
 steal check, a slow loop backs off only if one of its threads waited in a run queue
 (slow: loops slow by the time checks; stolen: those that kept their threads).
+With --pause MS each sample follows a pause of MS milliseconds and one untimed call,
+as a trainer's steps follow the loading of their batch: on a virtual machine the first
+loop after a pause often stalls (its sleeping worker is woken onto the caller's CPU,
+or waits for its virtual CPU), which the back-off must not take for a busy machine.
 
     python bench/backoff_cost.py --build OLD_TREE   # also runs an older build's pool
 """
@@ -40,6 +44,7 @@ def counters():
         steal = int(f.readline().split()[8])
     return [a.value for a in v] + [steal]
 shape = tuple(int(n) for n in sys.argv[2].split("x"))
+pause = float(sys.argv[3]) / 1e3
 x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
 C = shape[1]
 g, b = np.ones(C, np.float32), np.zeros(C, np.float32)
@@ -56,6 +61,9 @@ for name, f in ops:
     f()
     v = []
     for _ in range(15):
+        if pause:
+            time.sleep(pause)
+            f()
         t = time.perf_counter()
         for _ in range(20):
             f()
@@ -71,17 +79,21 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--shapes", default="512x4096,64x64x56x56")
+    ap.add_argument("--pause", type=float, default=0.0,
+                    help="milliseconds of pause before each sample (and one untimed call)")
     ap.add_argument("--build", help="a tree with an older in-place build: its pool, back-off on, "
                     "runs third in each round")
     a = ap.parse_args()
-    print(f"load average {os.getloadavg()[0]:.2f}; ms per call, float32, 2 threads")
+    print(f"load average {os.getloadavg()[0]:.2f}; ms per call, float32, 2 threads"
+          + (f"; a pause of {a.pause:g} ms before each sample" if a.pause else ""))
     runs = [("on", "on", None), ("off", "off", None)]
     if a.build:
         runs.append(("on", "old on", {**os.environ, "PYTHONPATH": os.path.abspath(a.build)}))
     for shape in a.shapes.split(","):
         for r in range(a.rounds):
             for mode, label, env in runs:
-                out = subprocess.run([sys.executable, "-c", CHILD, mode, shape], env=env,
+                out = subprocess.run([sys.executable, "-c", CHILD, mode, shape, str(a.pause)],
+                                     env=env,
                                      cwd=env and env["PYTHONPATH"],  # not this tree's fastbn
                                      capture_output=True, text=True, check=True).stdout
                 print(f"{shape:>14} back-off {label:6s}  {out.strip()}", flush=True)
