@@ -1,8 +1,8 @@
 # The compiled front end of forward and backward (included by _kernels.pyx).
 #
 # A call whose arguments are all of the common, plainly valid kinds (plain data arrays of
-# float32, float64, float16 or bfloat16 with float32/float64 vectors, aligned, C-contiguous or row-strided as fastbn._checks.canonical takes them
-# without a copy, no out= or one the kernels write where it is (out_ok), Python scalars
+# float32, float64, float16 or bfloat16 with float32/float64 vectors, aligned, C-contiguous
+# or row-strided as fastbn._checks.canonical takes them without a copy, no out= or one the kernels write where it is (out_ok), Python scalars
 # of the expected types) is checked and dispatched here, in one kernel call with its
 # running-statistics update, without NumPy calls: a small batch then costs about what
 # its arithmetic costs. Every other call, and every call that would raise, goes to the
@@ -99,10 +99,9 @@ cdef extern from "numpy/ndarraytypes.h":
 cdef int _bf16_type = -1  # ml_dtypes' bfloat16 type number, once an array of it is seen
 
 
-cdef int bf16_type(int t):
-    """ml_dtypes' bfloat16 type number if type number t (a user-defined one) may be it,
-    else -1. Looked up once ml_dtypes is imported (no bfloat16 array exists before):
-    fastbn._checks.bfloat16 does not import it."""
+cdef int bf16_type():
+    """ml_dtypes' bfloat16 type number, or -1 before ml_dtypes is imported (no bfloat16
+    array exists before; fastbn._checks.bfloat16 does not import it). Looked up once."""
     global _bf16_type
     if _bf16_type < 0:
         bf16 = _checks.bfloat16() if _checks is not None else None
@@ -127,7 +126,7 @@ cdef inline int data_code(object a):
         return DT_F64
     if t == cnp.NPY_FLOAT16:
         return DT_F16
-    if t >= NPY_USERDEF and t == bf16_type(t):
+    if t >= NPY_USERDEF and t == bf16_type():
         return DT_BF16
     return -1
 
@@ -141,7 +140,8 @@ cdef inline bint plain_typed(object a):
 cdef inline bint plain_vector(object v, int64_t C):
     """A plain (C,) vector of native float32/float64, contiguous and aligned."""
     return (plain_typed(v) and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>v)
-            and cnp.PyArray_NDIM(<cnp.ndarray>v) == 1 and cnp.PyArray_DIM(<cnp.ndarray>v, 0) == C)
+            and cnp.PyArray_NDIM(<cnp.ndarray>v) == 1
+            and cnp.PyArray_DIM(<cnp.ndarray>v, 0) == C)
 
 
 cdef inline bint out_ok(object out, cnp.ndarray like, tuple others):

@@ -111,7 +111,8 @@ static inline int64_t FBN_SYM(typed_shift)(const T *lines) {
 }
 
 /* The arrays of a typed block of fbn_typed_bytes_<sfx>(C) bytes, 64-byte aligned;
- * lines: the data value that coefficient 0 goes with (see fbn_coef_lines_<sfx>; NULL: none). */
+ * lines: the data value that coefficient 0 goes with (see fbn_coef_lines_<sfx>;
+ * NULL: none). */
 static FBN_SYM(tcoefs) FBN_SYM(typed_arrays)(TC *block, int64_t C, int relu, const T *lines) {
     const int64_t n = FBN_SYM(typed_len)(C);
     block += FBN_SYM(typed_shift)(lines);
