@@ -21,7 +21,7 @@ import numpy as np
 import fastbn
 
 from ._bench import interleaved, load_torch, median
-from ._checks import param_dtype
+from ._checks import bfloat16, param_dtype
 
 SMALL_SHAPES = ((4, 5), (32, 64), (50, 100), (64, 128), (256, 512), (32, 64, 8, 8))
 EPS = 1e-5
@@ -95,7 +95,8 @@ def _candidates(shape, dtype, torch):
 def _tensor(torch, a):
     """a as a torch tensor of its dtype (bfloat16, which torch.from_numpy does not take,
     through float32: exact)."""
-    if a.dtype.itemsize == 2 and a.dtype != np.float16:
+    bf16 = bfloat16()  # None without ml_dtypes (and np.dtype(None) is float64)
+    if bf16 is not None and a.dtype == bf16:
         return torch.from_numpy(a.astype(np.float32)).to(torch.bfloat16)
     return torch.from_numpy(a)
 

@@ -505,13 +505,13 @@ def backward(dy, cache, *, out=None, need_dx=True):
         return _checked_backward(dy, cache, out=out, need_dx=need_dx)
     x_obj, ax_obj = cache.x, cache.axis
     gamma, beta, activation = cache.gamma, cache.beta, cache.activation
-    if (data_code(x_obj) < 0 or type(ax_obj) is not int or not 0 <= ax_obj < 64
+    dt = data_code(x_obj)
+    if (dt < 0 or type(ax_obj) is not int or not 0 <= ax_obj < 64
             or type(cache.training) is not bool
             or cache.x_overwritten is not False or cache.x_written is not False
             or not plain_activation(activation)):
         return _checked_backward(dy, cache, out=out, need_dx=need_dx)
     x, dya, ax = <cnp.ndarray>x_obj, <cnp.ndarray>dy, ax_obj
-    dt = data_code(x)
     nd = cnp.PyArray_NDIM(x)
     ok = (cnp.PyArray_TYPE(dya) == cnp.PyArray_TYPE(x) and cnp.PyArray_NDIM(dya) == nd
           and 0 <= ax < nd)

@@ -192,6 +192,14 @@ def assert_close(actual, expected, rtol=None, what="", scale=None):
                                  f"\nactual={actual}\nexpected={expected}")
 
 
+def data_dtypes():
+    """The data dtypes: float32, float64, float16 and, with the optional ml_dtypes,
+    bfloat16."""
+    out = [np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16)]
+    bf16 = fastbn._checks.bfloat16(load=True)
+    return out if bf16 is None else out + [bf16]
+
+
 def assert_bitwise_equal(a, b, what=""):
     assert a.shape == b.shape and a.dtype == b.dtype, what
     assert np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes(), what

@@ -136,18 +136,11 @@ def test_bench_small_times_half_precision_data_with_float32_parameters():
     rows = run_small([np.float16], [1], 1, False, out)
     assert {r["dtype"] for r in rows} == {"float16"} and "float16: forward" in out.getvalue()
     torch = pytest.importorskip("torch")
-    for dtype in bench_dtypes("half", small=True) if _has_ml_dtypes() else [np.float16]:
+    half = "half" if fastbn._checks.bfloat16(load=True) is not None else "float16"
+    for dtype in bench_dtypes(half, small=True):
         for impls in _candidates((4, 5), dtype, torch).values():
             for fn in impls.values():
                 fn()
-
-
-def _has_ml_dtypes():
-    try:
-        import ml_dtypes  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def test_bench_half_dtypes_need_small():

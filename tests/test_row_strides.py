@@ -14,22 +14,12 @@ from hypothesis import strategies as st
 import fastbn
 from fastbn import reference
 from fastbn._checks import canonical
-from conftest import assert_close
+from conftest import assert_close, data_dtypes
 
 pytestmark = pytest.mark.skipif(fastbn.backend != "c", reason="the compiled kernels' strides")
 
 
-def _dtypes():
-    out = [np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16)]
-    try:
-        import ml_dtypes
-        out.append(np.dtype(ml_dtypes.bfloat16))
-    except ImportError:
-        pass
-    return out
-
-
-DTYPES = _dtypes()
+DTYPES = data_dtypes()
 
 
 @st.composite
