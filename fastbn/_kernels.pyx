@@ -403,8 +403,10 @@ def simd_paths():
 
 def half_conversions():
     """The instructions that convert float16 and bfloat16 data on this CPU, read at
-    run time: "AVX-512F", "F16C + AVX2" or "portable" (integer operations)."""
-    return {2: "AVX-512F", 1: "F16C + AVX2"}.get(fbn_half_conversions(), "portable")
+    run time: "AVX-512F + AVX512_BF16" (bfloat16 rounded by VCVTNEPS2BF16),
+    "AVX-512F", "F16C + AVX2" or "portable" (integer operations)."""
+    return {3: "AVX-512F + AVX512_BF16", 2: "AVX-512F",
+            1: "F16C + AVX2"}.get(fbn_half_conversions(), "portable")
 
 
 def compiler():

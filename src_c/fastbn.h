@@ -190,7 +190,8 @@ int fbn_max_threads(void);
 const char *fbn_simd_paths(void);
 const char *fbn_compiler(void);
 /* The instructions that convert float16 / bfloat16 data on this CPU (read at run
- * time): 2 AVX-512F, 1 F16C and AVX2, 0 the portable integer forms (half.h). */
+ * time): 3 AVX-512F with AVX512_BF16's bfloat16 rounding, 2 AVX-512F, 1 F16C and
+ * AVX2, 0 the portable integer forms (half.h). */
 int fbn_half_conversions(void);
 
 

@@ -19,11 +19,13 @@
  *  - Vector forms fbn_f16x8_* / fbn_f16x16_* / fbn_bf16x8_* / fbn_bf16x16_*, defined
  *    where the translation unit (or the enclosing #pragma GCC target) enables the
  *    instructions: F16C (VCVTPH2PS / VCVTPS2PH, 8 values) and AVX-512F (16 values)
- *    for binary16; AVX2 and AVX-512F integer operations for bfloat16. The
- *    AVX512_BF16 instruction VCVTNEPS2BF16 is not used: it flushes float
- *    denormals to zero (Intel SDM, "convert_fp32_to_bfloat16"), whereas bfloat16
- *    has the float's exponent range and must keep them; its rounding is the
- *    integer form's (add 0x7fff plus the kept lowest bit, shift), at the same cost.
+ *    for binary16; AVX2 and AVX-512F integer operations for bfloat16, and where
+ *    the CPU has AVX512_BF16 (with AVX512DQ, BW, VL) its VCVTNEPS2BF16
+ *    (fbn_bf16x16_store_bf, fbn_bf16_narrow_bf: fewer instructions than the integer
+ *    form): its rounding is the integer form's (add 0x7fff plus the kept lowest
+ *    bit, shift) but it flushes float denormals to zero (Intel SDM,
+ *    "convert_fp32_to_bfloat16"), whereas bfloat16 has the float's exponent range
+ *    and must keep them, so denormals (VFPCLASSPS) are rounded otherwise.
  *  - Block forms fbn_f16_widen / fbn_f16_narrow / fbn_bf16_widen / fbn_bf16_narrow:
  *    n values between 16-bit data and a float buffer, by the widest vector form
  *    the CPU has (AVX-512F, else F16C + AVX2, else the portable loop; chosen per
@@ -301,9 +303,64 @@ FBN_HALF_INLINE void fbn_bf16_narrow_avx512(const float *s, fbn_bf16 *d, int64_t
 
 #if FBN_HALF_RUNTIME
 #pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,avx512bf16")
+#endif
+
+/* (-DFBN_NO_BF16_HW leaves it out: the AVX-512F forms then run on such CPUs too, as
+ * tools/half_paths.sh can test) */
+#if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512BW__) && \
+    defined(__AVX512VL__) && defined(__AVX512BF16__) && !defined(FBN_NO_BF16_HW)
+#define FBN_HAVE_BF16_HW 1
+/* A denormal v rounds as v + copysign(2^-126, v) (exact: a normal float on the same
+ * grid) does, less one in the exponent field (0x80); VCVTNEPS2BF16 rounds that sum
+ * right. Branchless, so that the loops around it vectorise. */
+FBN_HALF_INLINE void fbn_bf16x16_store_bf(fbn_bf16 *p, __m512 v) {
+    const __mmask16 den = _mm512_fpclass_ps_mask(v, 0x20);
+    const __m512i sgn_min = _mm512_ternarylogic_epi32(_mm512_castps_si512(v),
+                                                      _mm512_set1_epi32((int)0x80000000u),
+                                                      _mm512_set1_epi32(0x00800000), 0xEA);
+    const __m512 w = _mm512_mask_add_ps(v, den, v, _mm512_castsi512_ps(sgn_min));
+    const __m256i r = (__m256i)_mm512_cvtneps_pbh(w);
+    _mm256_storeu_si256((__m256i *)p, _mm256_mask_sub_epi16(r, den, r, _mm256_set1_epi16(0x80)));
+}
+FBN_HALF_INLINE void fbn_bf16_narrow16_bf(const float *s, fbn_bf16 *d) {
+    fbn_bf16x16_store_bf(d, _mm512_loadu_ps(s));
+}
+/* Blocks: a vector holding a denormal (rare) by the integer form, the rest by
+ * VCVTNEPS2BF16 alone (a branch costs less here than fbn_bf16x16_store_bf's fix). */
+FBN_HALF_INLINE void fbn_bf16_narrow_bf(const float *s, fbn_bf16 *d, int64_t n) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 v = _mm512_loadu_ps(s + i);
+        if (_mm512_fpclass_ps_mask(v, 0x20))
+            fbn_bf16x16_store(d + i, v);
+        else
+            _mm256_storeu_si256((__m256i *)(d + i), (__m256i)_mm512_cvtneps_pbh(v));
+    }
+    for (; i < n; i++) d[i] = fbn_f32_to_bf16(s[i]);
+}
+#endif
+
+#if FBN_HALF_RUNTIME
+#pragma GCC pop_options
 #endif
 
 /* ---- blocks: the widest form this CPU has ------------------------------------ */
+
+/* Whether the CPU has AVX512_BF16's rounding (fbn_bf16x16_store_bf) and its
+ * build: as fbn_half_level. */
+FBN_HALF_INLINE int fbn_bf16_hw(void) {
+#if FBN_HALF_RUNTIME
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512bf16");
+#elif defined(FBN_HAVE_BF16_HW)
+    return 1;
+#else
+    return 0;
+#endif
+}
 
 /* 2: AVX-512F, 1: F16C and AVX2, 0: neither. With runtime dispatch, what the CPU
  * has (libgcc's CPU model, filled in when the library loads; the kernels' target
@@ -372,6 +429,12 @@ FBN_HALF_INLINE void fbn_bf16_widen(const fbn_bf16 *s, float *d, int64_t n) {
 }
 
 FBN_HALF_INLINE void fbn_bf16_narrow(const float *s, fbn_bf16 *d, int64_t n) {
+#if defined(FBN_HAVE_BF16_HW)
+    if (n >= 16 && fbn_bf16_hw()) { /* (fewer: the checks cost more than they save) */
+        fbn_bf16_narrow_bf(s, d, n);
+        return;
+    }
+#endif
 #if FBN_HALF_RUNTIME || defined(__AVX512F__)
     if (fbn_half_level() == 2) {
         fbn_bf16_narrow_avx512(s, d, n);
@@ -391,15 +454,19 @@ FBN_HALF_INLINE void fbn_bf16_narrow(const float *s, fbn_bf16 *d, int64_t n) {
 
 /* The register loops of the kernels (kern_half_dx.h, kern_half_y.h) are compiled once per
  * instruction set, in functions with these attributes (with runtime dispatch; without it the
- * build's flags hold), where isa is a constant: 2 AVX-512F (FBN_HALF_VEC16), 1 F16C
- * and AVX2 (FBN_HALF_VEC8). Their 16-value conversions below then inline into those
+ * build's flags hold), where isa is a constant: 3 AVX-512F with AVX512_BF16's
+ * rounding (FBN_HAVE_BF16_HW; bfloat16 data only), 2 AVX-512F (FBN_HALF_VEC16), 1
+ * F16C and AVX2 (FBN_HALF_VEC8). Their 16-value conversions below then inline into those
  * functions, and, widening into a float array of one __m512 (two __m256) that the
  * loop narrows back from, stay in registers. (target_clones defines no macro per
  * clone, and the kernels' avx2 clone lacks F16C: hence functions of their own.) */
 #if FBN_HALF_RUNTIME
+#define FBN_HALF_TARGET16BF                                                                \
+    __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx512bf16")))
 #define FBN_HALF_TARGET16 __attribute__((target("avx512f")))
 #define FBN_HALF_TARGET8 __attribute__((target("avx2,f16c")))
 #else
+#define FBN_HALF_TARGET16BF
 #define FBN_HALF_TARGET16
 #define FBN_HALF_TARGET8
 #endif
@@ -408,7 +475,7 @@ FBN_HALF_INLINE void fbn_bf16_narrow(const float *s, fbn_bf16 *d, int64_t n) {
 FBN_HALF_INLINE void fbn_f16_widen16(const int isa, const fbn_f16 *s, float *d) {
     (void)isa; /* unused without the vector forms */
 #if defined(FBN_HALF_VEC16)
-    if (isa == 2) {
+    if (isa >= 2) {
         fbn_f16_widen16_avx512(s, d);
         return;
     }
@@ -426,7 +493,7 @@ FBN_HALF_INLINE void fbn_f16_widen16(const int isa, const fbn_f16 *s, float *d) 
 FBN_HALF_INLINE void fbn_f16_narrow16(const int isa, const float *s, fbn_f16 *d) {
     (void)isa; /* unused without the vector forms */
 #if defined(FBN_HALF_VEC16)
-    if (isa == 2) {
+    if (isa >= 2) {
         fbn_f16_narrow16_avx512(s, d);
         return;
     }
@@ -443,7 +510,7 @@ FBN_HALF_INLINE void fbn_f16_narrow16(const int isa, const float *s, fbn_f16 *d)
 FBN_HALF_INLINE void fbn_bf16_widen16(const int isa, const fbn_bf16 *s, float *d) {
     (void)isa; /* unused without the vector forms */
 #if defined(FBN_HALF_VEC16)
-    if (isa == 2) {
+    if (isa >= 2) {
         fbn_bf16_widen16_avx512(s, d);
         return;
     }
@@ -459,8 +526,14 @@ FBN_HALF_INLINE void fbn_bf16_widen16(const int isa, const fbn_bf16 *s, float *d
 
 FBN_HALF_INLINE void fbn_bf16_narrow16(const int isa, const float *s, fbn_bf16 *d) {
     (void)isa; /* unused without the vector forms */
+#if defined(FBN_HAVE_BF16_HW)
+    if (isa == 3) {
+        fbn_bf16_narrow16_bf(s, d);
+        return;
+    }
+#endif
 #if defined(FBN_HALF_VEC16)
-    if (isa == 2) {
+    if (isa >= 2) {
         fbn_bf16_narrow16_avx512(s, d);
         return;
     }

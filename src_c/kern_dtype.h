@@ -20,8 +20,11 @@
  *   FBN_HALF_REGS  (FBN_NARROW) the least fbn_half_level() (half.h: 1 F16C +
  *                 AVX2, 2 AVX-512F) at which y (and the rows shape's dx, from 2
  *                 only) are computed in registers (kern_half_y.h), else buffered;
- *                 FBN_HALF_REGS_CACHED (0 or 1): whether the rows shape's cached
- *                 runs too (its streamed chunks: always)
+ *                 FBN_HALF_REGS_CACHED: the least such level (0: none) at which the
+ *                 rows shape's cached runs too (its streamed chunks: always), those
+ *                 of FBN_HALF_CACHED_RUN values or more
+ *   FBN_HALF_BF_HW  (optional, bfloat16) the register loops compiled a third time
+ *                 with AVX512_BF16's rounding (level 3: half.h's fbn_bf16_hw)
  * Reductions accumulate in double whatever T is. Every read of a data value goes
  * through FBN_LD and every write through FBN_ST: the storage types float16 and
  * bfloat16 (src_c/half.h) are instantiations with TC float (issue 19).

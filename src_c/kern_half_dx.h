@@ -27,6 +27,20 @@
 
 #define FBN_VW 16 /* channels per step */
 
+#if defined(FBN_HALF_BF_HW) && defined(FBN_HAVE_BF16_HW) && defined(FBN_HALF_VEC16)
+#define FBN_HALF_VEC16BF 1 /* the loops compiled for isa 3 too (bfloat16) */
+#endif
+
+/* The register loops' instruction set on this CPU (see half.h): fbn_half_level(),
+ * or 3 where bfloat16 data round by AVX512_BF16. */
+FBN_INLINE int FBN_SYM(half_isa)(void) {
+    const int level = fbn_half_level();
+#ifdef FBN_HALF_VEC16BF
+    if (level == 2 && fbn_bf16_hw()) return 3;
+#endif
+    return level;
+}
+
 /* dx of g rows (g and relu constants: see fbn_dx_rows_as_<sfx>) of m channels from
  * ch, a row ld (out: ldo) apart, buffered: blocks of FBN_HBLOCK channels of the g
  * rows widened into float arrays (all rows' loads first, as the wider types' loop
@@ -177,6 +191,18 @@ FBN_HALF_TARGET16 static inline void FBN_SYM(run_dx_v16)(const T *dy, const T *x
     FBN_SYM(run_dx_as)(2, dy, x, out, m, h);
 }
 #endif
+#if defined(FBN_HALF_VEC16BF)
+FBN_HALF_TARGET16BF static inline void FBN_SYM(dx_v16b)(int relu, int g, const T *dr,
+                                                       const T *xr, int64_t ld, T *out,
+                                                       int64_t ldo, int64_t m,
+                                                       const FBN_SYM(tcoefs) *k, int64_t ch) {
+    FBN_SYM(dx_vec_as)(3, relu, g, dr, xr, ld, out, ldo, m, k, ch);
+}
+FBN_HALF_TARGET16BF static inline void FBN_SYM(run_dx_v16b)(const T *dy, const T *x, T *out,
+                                                           int64_t m, const FBN_SYM(chan) *h) {
+    FBN_SYM(run_dx_as)(3, dy, x, out, m, h);
+}
+#endif
 #if defined(FBN_HALF_VEC8)
 FBN_HALF_TARGET8 static inline void FBN_SYM(dx_v8)(int relu, int g, const T *dr, const T *xr,
                                                    int64_t ld, T *out, int64_t ldo, int64_t m,
@@ -192,7 +218,13 @@ FBN_INLINE void FBN_SYM(half_dx_rows)(const T *dr, const T *xr, int64_t ld, T *o
                                       int64_t m, const FBN_SYM(tcoefs) *k, int64_t ch,
                                       const int g, const int relu) {
 #if defined(FBN_HALF_VEC16) || defined(FBN_HALF_VEC8)
-    const int level = fbn_half_level();
+    const int level = FBN_SYM(half_isa)();
+#if defined(FBN_HALF_VEC16BF)
+    if (level == 3) {
+        FBN_SYM(dx_v16b)(relu, g, dr, xr, ld, out, ldo, m, k, ch);
+        return;
+    }
+#endif
 #if defined(FBN_HALF_VEC16)
     if (level == 2) {
         FBN_SYM(dx_v16)(relu, g, dr, xr, ld, out, ldo, m, k, ch);
@@ -214,6 +246,12 @@ FBN_INLINE void FBN_SYM(half_dx_rows)(const T *dr, const T *xr, int64_t ld, T *o
  * this loop was slower than it: docs/performance.md). out may be dy. */
 FBN_INLINE int FBN_SYM(half_run_dx)(const T *dy, const T *x, T *out, int64_t m,
                                     const FBN_SYM(chan) *h) {
+#if defined(FBN_HALF_VEC16BF)
+    if (!h->relu && FBN_SYM(half_isa)() == 3) {
+        FBN_SYM(run_dx_v16b)(dy, x, out, m, h);
+        return 1;
+    }
+#endif
 #if defined(FBN_HALF_VEC16)
     if (!h->relu && fbn_half_level() == 2) {
         FBN_SYM(run_dx_v16)(dy, x, out, m, h);

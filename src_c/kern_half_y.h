@@ -14,8 +14,10 @@
  * run time, the CPU's conversion instructions: the register form from
  * fbn_half_level() == FBN_HALF_REGS up (kernels_f16.c: 1, F16C; kernels_bf16.c:
  * 2, AVX-512F, whose bfloat16 rounding in registers costs less than the buffers;
- * with AVX2's it cost more on cache-resident data), the rows shape's dx likewise
- * (fbn_half_values_<sfx>, kern_elemwise.h). Measurements: docs/performance.md. */
+ * with AVX2's it cost more on cache-resident data; and a third form, isa 3, with
+ * AVX512_BF16's rounding), the rows shape's dx likewise (fbn_half_values_<sfx>,
+ * kern_elemwise.h, which also says which cached runs). Measurements:
+ * docs/performance.md. */
 
 #define FBN_VW 16 /* channels per step */
 
@@ -138,6 +140,19 @@ FBN_HALF_TARGET16 static inline void FBN_SYM(run_y_v16)(const T *x, T *out, int6
     FBN_SYM(run_y_relu)(2, x, out, m, shift, scale, bias, relu);
 }
 #endif
+#if defined(FBN_Y_VEC16) && defined(FBN_HALF_VEC16BF)
+#define FBN_Y_VEC16BF 1
+FBN_HALF_TARGET16BF static inline void FBN_SYM(y_v16b)(int g, const T *xr, int64_t ld, T *out,
+                                                      int64_t ldo, int64_t m,
+                                                      const FBN_SYM(tcoefs) *k, int64_t ch) {
+    FBN_SYM(y_vec_g)(3, g, xr, ld, out, ldo, m, k, ch);
+}
+FBN_HALF_TARGET16BF static inline void FBN_SYM(run_y_v16b)(const T *x, T *out, int64_t m,
+                                                          TC shift, TC scale, TC bias,
+                                                          int relu) {
+    FBN_SYM(run_y_relu)(3, x, out, m, shift, scale, bias, relu);
+}
+#endif
 #if defined(FBN_Y_VEC8)
 FBN_HALF_TARGET8 static inline void FBN_SYM(y_v8)(int g, const T *xr, int64_t ld, T *out,
                                                   int64_t ldo, int64_t m,
@@ -156,7 +171,13 @@ FBN_HALF_TARGET8 static inline void FBN_SYM(run_y_v8)(const T *x, T *out, int64_
 FBN_INLINE void FBN_SYM(half_y_rows)(const T *xr, int64_t ld, T *out, int64_t ldo, int64_t m,
                                      const FBN_SYM(tcoefs) *k, int64_t ch, const int g) {
 #ifdef FBN_Y_VEC
-    const int level = fbn_half_level();
+    const int level = FBN_SYM(half_isa)();
+#if defined(FBN_Y_VEC16BF)
+    if (level == 3) {
+        FBN_SYM(y_v16b)(g, xr, ld, out, ldo, m, k, ch);
+        return;
+    }
+#endif
 #if defined(FBN_Y_VEC16)
     if (level == 2) {
         FBN_SYM(y_v16)(g, xr, ld, out, ldo, m, k, ch);
@@ -179,7 +200,13 @@ FBN_INLINE void FBN_SYM(half_y_rows)(const T *xr, int64_t ld, T *out, int64_t ld
 FBN_INLINE int FBN_SYM(half_run_y)(const T *x, T *out, int64_t m, TC shift, TC scale, TC bias,
                                    int relu) {
 #ifdef FBN_Y_VEC
-    const int level = fbn_half_level();
+    const int level = FBN_SYM(half_isa)();
+#if defined(FBN_Y_VEC16BF)
+    if (level == 3) {
+        FBN_SYM(run_y_v16b)(x, out, m, shift, scale, bias, relu);
+        return 1;
+    }
+#endif
 #if defined(FBN_Y_VEC16)
     if (level == 2) {
         FBN_SYM(run_y_v16)(x, out, m, shift, scale, bias, relu);
@@ -200,4 +227,6 @@ FBN_INLINE int FBN_SYM(half_run_y)(const T *x, T *out, int64_t m, TC shift, TC s
 #undef FBN_Y_VEC
 #undef FBN_Y_VEC8
 #undef FBN_Y_VEC16
+#undef FBN_Y_VEC16BF
+#undef FBN_HALF_VEC16BF
 #undef FBN_VW

@@ -11,7 +11,8 @@
  * kern_half_y.h), the rest one value at a time. */
 #define FBN_NARROW 1
 #define FBN_HALF_REGS 1 /* y in registers from fbn_half_level() 1 (F16C, AVX2): kern_half_y.h */
-#define FBN_HALF_REGS_CACHED 1 /* and in the rows shape's cached runs */
+#define FBN_HALF_REGS_CACHED 1 /* and in the rows shape's cached runs, from level 1 */
+#define FBN_HALF_CACHED_RUN 1 /* of any length (short ones too beat the blocks) */
 #define FBN_SFX f16
 #define T fbn_float16
 #define TC float

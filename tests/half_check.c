@@ -56,6 +56,9 @@ static void compare(uint64_t stride) {
     const int f16c = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
     const int avx2 = __builtin_cpu_supports("avx2");
     const int avx512 = __builtin_cpu_supports("avx512f");
+#ifdef FBN_HAVE_BF16_HW
+    const int bf16hw = fbn_bf16_hw(); /* AVX512_BF16's rounding, denormals kept */
+#endif
     /* widening: all halves */
     uint64_t bad_w8 = 0, bad_w16 = 0, bad_bw8 = 0, bad_bw16 = 0;
     for (uint32_t h0 = 0; h0 < 65536; h0 += 16) {
@@ -88,7 +91,7 @@ static void compare(uint64_t stride) {
     if (avx2) printf("bf16_to_f32/avx2 65536 %llu\n", (unsigned long long)bad_bw8);
     if (avx512) printf("bf16_to_f32/avx512f 65536 %llu\n", (unsigned long long)bad_bw16);
     /* narrowing: the strided floats, 16 at a time */
-    uint64_t n = 0, bad_n8 = 0, bad_n16 = 0, bad_b8 = 0, bad_b16 = 0;
+    uint64_t n = 0, bad_n8 = 0, bad_n16 = 0, bad_b8 = 0, bad_b16 = 0, bad_bh = 0;
     for (uint64_t u0 = 0; u0 < (1ull << 32); u0 += 16 * stride) {
         float in[16];
         fbn_f16 out[16];
@@ -108,6 +111,12 @@ static void compare(uint64_t stride) {
             fbn_bf16x16_store(out, _mm512_loadu_ps(in));
             for (int i = 0; i < k; i++) bad_b16 += out[i] != fbn_f32_to_bf16(in[i]);
         }
+#ifdef FBN_HAVE_BF16_HW
+        if (bf16hw) {
+            fbn_bf16x16_store_bf(out, _mm512_loadu_ps(in));
+            for (int i = 0; i < k; i++) bad_bh += out[i] != fbn_f32_to_bf16(in[i]);
+        }
+#endif
         if (avx2) {
             fbn_bf16x8_store(out, _mm256_loadu_ps(in));
             fbn_bf16x8_store(out + 8, _mm256_loadu_ps(in + 8));
@@ -118,6 +127,10 @@ static void compare(uint64_t stride) {
     if (avx512) printf("f32_to_f16/avx512f %llu %llu\n", (unsigned long long)n, (unsigned long long)bad_n16);
     if (avx2) printf("f32_to_bf16/avx2 %llu %llu\n", (unsigned long long)n, (unsigned long long)bad_b8);
     if (avx512) printf("f32_to_bf16/avx512f %llu %llu\n", (unsigned long long)n, (unsigned long long)bad_b16);
+#ifdef FBN_HAVE_BF16_HW
+    if (bf16hw)
+        printf("f32_to_bf16/avx512bf16 %llu %llu\n", (unsigned long long)n, (unsigned long long)bad_bh);
+#endif
     /* blocks: the dispatched choice, then each form this CPU has */
     check_blocks("f16_blocks", fbn_f16_widen, fbn_f16_to_f32, fbn_f16_narrow, fbn_f32_to_f16, stride);
     check_blocks("bf16_blocks", fbn_bf16_widen, fbn_bf16_to_f32, fbn_bf16_narrow, fbn_f32_to_bf16, stride);
@@ -133,6 +146,11 @@ static void compare(uint64_t stride) {
         check_blocks("bf16_blocks/avx512f", fbn_bf16_widen_avx512, fbn_bf16_to_f32,
                      fbn_bf16_narrow_avx512, fbn_f32_to_bf16, stride);
     }
+#ifdef FBN_HAVE_BF16_HW
+    if (bf16hw)
+        check_blocks("bf16_blocks/avx512bf16", fbn_bf16_widen_avx512, fbn_bf16_to_f32,
+                     fbn_bf16_narrow_bf, fbn_f32_to_bf16, stride);
+#endif
 }
 
 static int dump(uint64_t stride, const char *path) {
