@@ -351,7 +351,7 @@ FBN_HALF_INLINE void fbn_bf16_narrow_bf(const float *s, fbn_bf16 *d, int64_t n) 
 /* Whether the CPU has AVX512_BF16's rounding (fbn_bf16x16_store_bf) and its
  * build: as fbn_half_level. */
 FBN_HALF_INLINE int fbn_bf16_hw(void) {
-#if FBN_HALF_RUNTIME
+#if FBN_HALF_RUNTIME && defined(FBN_HAVE_BF16_HW)
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
            __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
            __builtin_cpu_supports("avx512bf16");

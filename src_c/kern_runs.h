@@ -113,36 +113,30 @@ FBN_INLINE void FBN_SYM(load16)(const int isa, const T *p, int64_t m, TC *v) {
         for (int64_t i = 0; i < m; i++) v[i] = FBN_LD(p[i]);
 }
 
-/* fbn_lanes_add_<sfx> on n values of 16-bit data (kind, isa and relu constants; no
- * residual), widened 16 at a time in registers by instruction set isa: the same
+/* fbn_lanes_add_<sfx> of the deviations (FBN_SUMS_DEV) of n values of 16-bit data,
+ * widened 16 at a time in registers by instruction set isa (a constant): the same
  * values to the same lanes in the same order. */
-FBN_INLINE void FBN_SYM(lanes_add_v)(const int isa, const int kind, double *l1, double *l2,
-                                     int64_t n, const T *restrict x, const T *restrict dy,
-                                     double pivot, double mean, double shift, TC tshift,
-                                     TC scale, TC bias, const int relu, TC slope) {
+FBN_INLINE void FBN_SYM(lanes_dev_v)(const int isa, double *l1, double *l2, int64_t n,
+                                     const T *restrict x, double pivot, double mean) {
     int64_t w = 0;
     for (; w + FBN_LANES <= n; w += FBN_LANES) { /* whole lane sets */
-        TC xv[FBN_LANES], dv[FBN_LANES];
-        for (int h = 0; h < FBN_LANES; h += 16) {
-            FBN_LD_V(isa, x + w + h, xv + h);
-            if (kind == FBN_SUMS_BWD) FBN_LD_V(isa, dy + w + h, dv + h);
-        }
+        TC xv[FBN_LANES];
+        for (int h = 0; h < FBN_LANES; h += 16) FBN_LD_V(isa, x + w + h, xv + h);
         for (int l = 0; l < FBN_LANES; l++)
-            FBN_SYM(lane_add)(kind, l1, l2, l, l, xv, dv, pivot, mean, shift, tshift, scale, bias,
-                              relu, NULL, NULL, 0, slope);
+            FBN_SYM(lane_add)(FBN_SUMS_DEV, l1, l2, l, l, xv, NULL, pivot, mean, 0.0, (TC)0, (TC)0,
+                              (TC)0, 0, NULL, NULL, 0, (TC)0);
     }
     for (; w < n; w += 16) { /* the rest: whole groups of 8 to lanes 0..7, then one by one */
-        TC xv[16], dv[16];
+        TC xv[16];
         const int64_t m = n - w < 16 ? n - w : 16;
         FBN_SYM(load16)(isa, x + w, m, xv);
-        if (kind == FBN_SUMS_BWD) FBN_SYM(load16)(isa, dy + w, m, dv);
         for (int g = 0; g + 8 <= m; g += 8)
             for (int l = 0; l < 8; l++)
-                FBN_SYM(lane_add)(kind, l1, l2, l, g + l, xv, dv, pivot, mean, shift, tshift,
-                                  scale, bias, relu, NULL, NULL, 0, slope);
+                FBN_SYM(lane_add)(FBN_SUMS_DEV, l1, l2, l, g + l, xv, NULL, pivot, mean, 0.0,
+                                  (TC)0, (TC)0, (TC)0, 0, NULL, NULL, 0, (TC)0);
         for (int64_t k = m & ~(int64_t)7; k < m; k++)
-            FBN_SYM(lane_add)(kind, l1, l2, (int)((w + k) % FBN_LANES), k, xv, dv, pivot, mean,
-                              shift, tshift, scale, bias, relu, NULL, NULL, 0, slope);
+            FBN_SYM(lane_add)(FBN_SUMS_DEV, l1, l2, (int)((w + k) % FBN_LANES), k, xv, NULL, pivot,
+                              mean, 0.0, (TC)0, (TC)0, (TC)0, 0, NULL, NULL, 0, (TC)0);
     }
 }
 #endif
@@ -155,7 +149,7 @@ FBN_INLINE void FBN_SYM(lanes_add_v)(const int isa, const int kind, double *l1, 
  * runs, so that short runs (small inner) pay no per-run copies. Each lane goes to
  * a compensated total every FBN_PIECE values. gap: fbn_row_gap(s) (see
  * fbn_sum_runs_any_<sfx>). isa (a constant, 16-bit data): 0 widens blocks into
- * arrays (FBN_LD_N), 1 or 2 (half.h's instruction sets) whole lane sets in
+ * arrays (FBN_LD_N), 1 or 2 (half.h's instruction sets) the deviations' values in
  * registers (FBN_LD_V), the same values to the same lanes in the same order. */
 FBN_INLINE void FBN_SYM(sum_runs)(const int isa, const int kind, fbn_acc *a1, fbn_acc *a2,
                                   const fbn_shape *s,
@@ -181,14 +175,12 @@ FBN_INLINE void FBN_SYM(sum_runs)(const int isa, const int kind, fbn_acc *a1, fb
             const int64_t n = FBN_PIECE - pending < len - at ? FBN_PIECE - pending : len - at;
             const int64_t b = off + at;
 #ifdef FBN_NARROW
-            /* 16-bit data: widened 16 at a time in registers (a short run's call
-             * of a block conversion costs more than its values), or a block at a
-             * time (FBN_HBLOCK, a multiple of FBN_LANES: see fbn_lanes_add_<sfx>;
-             * with res, dy' narrowed back) */
-            if (isa && !res)
-                FBN_SYM(lanes_add_v)(isa, kind, l1, l2, n, x + b,
-                                     kind == FBN_SUMS_BWD ? dy + b : NULL, pivot, mean, shift,
-                                     tshift, scale, bias, relu, slope);
+            /* 16-bit data: the deviations widened 16 at a time in registers (a
+             * short run's call of a block conversion costs more than its values),
+             * or a block at a time (FBN_HBLOCK, a multiple of FBN_LANES: see
+             * fbn_lanes_add_<sfx>; with res, dy' narrowed back) */
+            if (isa && kind == FBN_SUMS_DEV)
+                FBN_SYM(lanes_dev_v)(isa, l1, l2, n, x + b, pivot, mean);
             else
                 for (int64_t w = 0; w < n; w += FBN_HBLOCK) {
                     TC xb[FBN_HBLOCK], db[FBN_HBLOCK], zb[FBN_HBLOCK], eb[FBN_HBLOCK];
@@ -243,73 +235,56 @@ FBN_INLINE void FBN_SYM(sum_runs_any)(const int isa, const int kind, fbn_acc *a1
                           scale, bias, relu, z, dres, res, slope, gap);
 }
 
-/* 16-bit data: fbn_sum_runs_any_<sfx> compiled for each instruction set with
+/* 16-bit data: the deviations' sums compiled for each instruction set with
  * conversions in registers (functions of their own, as in kern_half_y.h: the
- * kernels' target clones do not inline half.h's conversions), plain sums only
- * (relu 0 or 1, no residual; a variable here); FBN_SUMS_V: whether compiled. */
+ * kernels' target clones do not inline half.h's conversions). The backward's sums
+ * stay in blocks: in registers they took 1.05x the time (docs/performance.md).
+ * FBN_SUMS_V: whether compiled. */
 #if defined(FBN_NARROW) && (defined(FBN_HALF_VEC16) || defined(FBN_HALF_VEC8))
 #define FBN_SUMS_V 1
-/* kind and relu as constants, isa given */
-FBN_INLINE void FBN_SYM(sums_v)(const int isa, int kind, fbn_acc *a1, fbn_acc *a2,
-                                const fbn_shape *s, int64_t c, int64_t j0, int64_t j1,
-                                const T *restrict x, const T *restrict dy, double pivot,
-                                double mean, double shift, TC tshift, TC scale, TC bias,
-                                int relu) {
-    if (kind == FBN_SUMS_DEV && mean == 0.0) /* the first pass: x - 0.0 == x, folded away */
+/* isa given; the first pass's mean of 0.0 a constant (x - 0.0 == x: folded away) */
+FBN_INLINE void FBN_SYM(dev_v)(const int isa, fbn_acc *a1, fbn_acc *a2, const fbn_shape *s,
+                               int64_t c, int64_t j0, int64_t j1, const T *restrict x,
+                               double pivot, double mean) {
+    if (mean == 0.0)
         FBN_SYM(sum_runs_any)(isa, FBN_SUMS_DEV, a1, a2, s, c, j0, j1, x, NULL, pivot, 0.0, 0.0,
                               (TC)0, (TC)0, (TC)0, 0, NULL, NULL, 0, (TC)0);
-    else if (kind == FBN_SUMS_DEV)
+    else
         FBN_SYM(sum_runs_any)(isa, FBN_SUMS_DEV, a1, a2, s, c, j0, j1, x, NULL, pivot, mean, 0.0,
                               (TC)0, (TC)0, (TC)0, 0, NULL, NULL, 0, (TC)0);
-    else if (relu)
-        FBN_SYM(sum_runs_any)(isa, FBN_SUMS_BWD, a1, a2, s, c, j0, j1, x, dy, 0.0, 0.0, shift,
-                              tshift, scale, bias, 1, NULL, NULL, 0, (TC)0);
-    else
-        FBN_SYM(sum_runs_any)(isa, FBN_SUMS_BWD, a1, a2, s, c, j0, j1, x, dy, 0.0, 0.0, shift,
-                              tshift, scale, bias, 0, NULL, NULL, 0, (TC)0);
 }
 #if defined(FBN_HALF_VEC16)
-FBN_HALF_TARGET16 static void FBN_SYM(sums_v16)(int kind, fbn_acc *a1, fbn_acc *a2,
-                                                 const fbn_shape *s, int64_t c, int64_t j0,
-                                                 int64_t j1, const T *restrict x,
-                                                 const T *restrict dy, double pivot, double mean,
-                                                 double shift, TC tshift, TC scale, TC bias,
-                                                 int relu) {
-    FBN_SYM(sums_v)(2, kind, a1, a2, s, c, j0, j1, x, dy, pivot, mean, shift, tshift, scale, bias,
-                    relu);
+FBN_HALF_TARGET16 static void FBN_SYM(dev_v16)(fbn_acc *a1, fbn_acc *a2, const fbn_shape *s,
+                                                int64_t c, int64_t j0, int64_t j1,
+                                                const T *restrict x, double pivot,
+                                                double mean) {
+    FBN_SYM(dev_v)(2, a1, a2, s, c, j0, j1, x, pivot, mean);
 }
 #endif
 #if defined(FBN_HALF_VEC8)
-FBN_HALF_TARGET8 static void FBN_SYM(sums_v8)(int kind, fbn_acc *a1, fbn_acc *a2,
-                                               const fbn_shape *s, int64_t c, int64_t j0,
-                                               int64_t j1, const T *restrict x,
-                                               const T *restrict dy, double pivot, double mean,
-                                               double shift, TC tshift, TC scale, TC bias,
-                                               int relu) {
-    FBN_SYM(sums_v)(1, kind, a1, a2, s, c, j0, j1, x, dy, pivot, mean, shift, tshift, scale, bias,
-                    relu);
+FBN_HALF_TARGET8 static void FBN_SYM(dev_v8)(fbn_acc *a1, fbn_acc *a2, const fbn_shape *s,
+                                              int64_t c, int64_t j0, int64_t j1,
+                                              const T *restrict x, double pivot, double mean) {
+    FBN_SYM(dev_v)(1, a1, a2, s, c, j0, j1, x, pivot, mean);
 }
 #endif
 
-/* The plain sums in registers where the CPU has the conversions (returns 1), else
- * 0 (the caller's blocks). Callers take it for runs of FBN_LANES values or more:
- * float16 runs of 16 took 1.4x the blocks' time (docs/performance.md). */
-FBN_INLINE int FBN_SYM(sums_regs)(int kind, fbn_acc *a1, fbn_acc *a2, const fbn_shape *s,
-                                  int64_t c, int64_t j0, int64_t j1, const T *restrict x,
-                                  const T *restrict dy, double pivot, double mean, double shift,
-                                  TC tshift, TC scale, TC bias, int relu) {
+/* The deviations' sums in registers where the CPU has the conversions (returns 1),
+ * else 0 (the caller's blocks). Callers take it for runs of FBN_LANES values or
+ * more: float16 runs of 16 took 1.4x the blocks' time (docs/performance.md). */
+FBN_INLINE int FBN_SYM(dev_regs)(fbn_acc *a1, fbn_acc *a2, const fbn_shape *s, int64_t c,
+                                 int64_t j0, int64_t j1, const T *restrict x, double pivot,
+                                 double mean) {
     const int level = fbn_half_level();
 #if defined(FBN_HALF_VEC16)
     if (level == 2) {
-        FBN_SYM(sums_v16)(kind, a1, a2, s, c, j0, j1, x, dy, pivot, mean, shift, tshift, scale,
-                          bias, relu);
+        FBN_SYM(dev_v16)(a1, a2, s, c, j0, j1, x, pivot, mean);
         return 1;
     }
 #endif
 #if defined(FBN_HALF_VEC8)
     if (level == 1) {
-        FBN_SYM(sums_v8)(kind, a1, a2, s, c, j0, j1, x, dy, pivot, mean, shift, tshift, scale,
-                         bias, relu);
+        FBN_SYM(dev_v8)(a1, a2, s, c, j0, j1, x, pivot, mean);
         return 1;
     }
 #endif
@@ -323,8 +298,7 @@ FBN_INLINE void FBN_SYM(runs_dev)(fbn_acc *a1, fbn_acc *a2, const fbn_shape *s, 
                                   int64_t j0, int64_t j1, const T *restrict x, double pivot,
                                   double mean) {
 #ifdef FBN_SUMS_V
-    if (s->inner >= FBN_LANES && FBN_SYM(sums_regs)(FBN_SUMS_DEV, a1, a2, s, c, j0, j1, x, NULL,
-                                                     pivot, mean, 0.0, (TC)0, (TC)0, (TC)0, 0))
+    if (s->inner >= FBN_LANES && FBN_SYM(dev_regs)(a1, a2, s, c, j0, j1, x, pivot, mean))
         return;
 #endif
     FBN_SYM(sum_runs_any)(0, FBN_SUMS_DEV, a1, a2, s, c, j0, j1, x, NULL, pivot, mean, 0.0,
@@ -339,12 +313,6 @@ FBN_INLINE void FBN_SYM(runs_bwd)(fbn_acc *a1, fbn_acc *a2, const fbn_shape *s, 
                                   const T *restrict x, double shift, TC tshift, TC scale,
                                   TC bias, const int relu, const T *restrict z,
                                   T *restrict dres, const int res, TC slope) {
-#ifdef FBN_SUMS_V
-    if (relu < 2 && !res && s->inner >= FBN_LANES &&
-        FBN_SYM(sums_regs)(FBN_SUMS_BWD, a1, a2, s, c, j0, j1, x, dy, 0.0, 0.0, shift, tshift,
-                           scale, bias, relu))
-        return;
-#endif
     FBN_SYM(sum_runs_any)(0, FBN_SUMS_BWD, a1, a2, s, c, j0, j1, x, dy, 0.0, 0.0, shift, tshift,
                           scale, bias, relu, z, dres, res, slope);
 }

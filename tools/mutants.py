@@ -301,16 +301,12 @@ MUTANTS = [
            "            memcpy(dt, dv, (size_t)n * sizeof(T));",
            "            memcpy(dt, dv, (size_t)(n - 1) * sizeof(T));",
            "a run's last few dx values in registers: the last dy read as 0"),
-    # ---- 16-bit statistics and backward sums in registers, bfloat16 rounding by
+    # ---- 16-bit statistics in registers, bfloat16 rounding by
     # AVX512_BF16 (issue 19; runtime dispatch, as the h19 ones)
     Mutant("s34_sums_v_groups", RUNS,
-           "                FBN_SYM(lane_add)(kind, l1, l2, l, g + l, xv, dv, pivot, mean, shift,",
-           "                FBN_SYM(lane_add)(kind, l1, l2, g + l, g + l, xv, dv, pivot, mean, shift,",
+           "                FBN_SYM(lane_add)(FBN_SUMS_DEV, l1, l2, l, g + l, xv, NULL, pivot, mean,",
+           "                FBN_SYM(lane_add)(FBN_SUMS_DEV, l1, l2, g + l, g + l, xv, NULL, pivot, mean,",
            "16-bit sums in registers: a run's second group of 8 to lanes 8..15 (another order)"),
-    Mutant("s34_sums_v_dy", RUNS,
-           "        if (kind == FBN_SUMS_BWD) FBN_SYM(load16)(isa, dy + w, m, dv);",
-           "        if (kind == FBN_SUMS_BWD) FBN_SYM(load16)(isa, x + w, m, dv);",
-           "16-bit backward sums in registers: a run's last values read x for dy"),
     Mutant("s34_bf16_den", "src_c/half.h",
            "    const __mmask16 den = _mm512_fpclass_ps_mask(v, 0x20);",
            "    const __mmask16 den = 0 & _mm512_fpclass_ps_mask(v, 0x20);",
