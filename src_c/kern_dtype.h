@@ -22,7 +22,8 @@
  *                 only) are computed in registers (kern_half_y.h), else buffered;
  *                 FBN_HALF_REGS_CACHED: the least such level (0: none) at which the
  *                 rows shape's cached runs too (its streamed chunks: always), those
- *                 of FBN_HALF_CACHED_RUN values or more
+ *                 of FBN_HALF_CACHED_RUN values or more, and their dx too if
+ *                 FBN_HALF_DX_CACHED (0 or 1)
  *   FBN_HALF_BF_HW  (optional, bfloat16) the register loops compiled a third time
  *                 with AVX512_BF16's rounding (level 3: half.h's fbn_bf16_hw)
  * Reductions accumulate in double whatever T is. Every read of a data value goes

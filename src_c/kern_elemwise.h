@@ -140,12 +140,13 @@ FBN_INLINE void FBN_SYM(block_values)(const int op, const T *x, const T *dy, T *
  * chunk of a streamed run (stream) or a cached run: y and dx in registers where
  * fbn_half_run_y_<sfx> / fbn_half_run_dx_<sfx> take them (the CPU's level; cached
  * runs only from level FBN_HALF_REGS_CACHED and of FBN_HALF_CACHED_RUN values or
- * more), else blocks of FBN_HBLOCK values
+ * more, their dx only with FBN_HALF_DX_CACHED), else blocks of FBN_HBLOCK values
  * (fbn_block_values_<sfx>). Bitwise fbn_value_at_<sfx>'s values. */
 FBN_INLINE void FBN_SYM(half_values)(const int op, int stream, const T *x, const T *dy, T *out,
                                      int64_t m, const FBN_SYM(chan) *h) {
-    if (stream || (FBN_HALF_REGS_CACHED && m >= FBN_HALF_CACHED_RUN &&
-                   FBN_SYM(half_isa)() >= FBN_HALF_REGS_CACHED)) {
+    const int dx_cached = op == FBN_OP_DX && FBN_HALF_DX_CACHED;
+    if (stream || ((op == FBN_OP_AFFINE || dx_cached) && FBN_HALF_REGS_CACHED &&
+                   m >= FBN_HALF_CACHED_RUN && FBN_SYM(half_isa)() >= FBN_HALF_REGS_CACHED)) {
         if (op == FBN_OP_AFFINE &&
             FBN_SYM(half_run_y)(x, out, m, h->shift, h->scale, h->bias, h->relu))
             return;

@@ -13,6 +13,7 @@
 #define FBN_HALF_REGS 1 /* y in registers from fbn_half_level() 1 (F16C, AVX2): kern_half_y.h */
 #define FBN_HALF_REGS_CACHED 1 /* and in the rows shape's cached runs, from level 1 */
 #define FBN_HALF_CACHED_RUN 1 /* of any length (short ones too beat the blocks) */
+#define FBN_HALF_DX_CACHED 1 /* y and dx */
 #define FBN_SFX f16
 #define T fbn_float16
 #define TC float
