@@ -61,13 +61,88 @@ FBN_INLINE void FBN_SYM(stats_group_v)(const TC *row, int64_t C, int64_t nc, con
     }
 }
 
-/* fbn_stats_group_v_<sfx> on the data (16-bit data: blocks of FBN_HBLOCK channels
- * of the g rows widened first, each channel's sums as without blocks). */
+/* 16-bit data, in registers: fbn_stats_group_v_<sfx> 16 channels at a time, the g
+ * rows' 16 values widened by instruction set isa (g, centred, isa constants); each
+ * channel's sums as in the blocks' form. Returns the channels done (a multiple of
+ * 16). */
+#if defined(FBN_NARROW) && (defined(FBN_HALF_VEC16) || defined(FBN_HALF_VEC8))
+#define FBN_COLS_V 1
+FBN_INLINE int64_t FBN_SYM(stats_group_vec)(const int isa, const T *row, int64_t C, int64_t nc,
+                                            const int g, const int centred, const double *pv,
+                                            const double *mean, double *restrict acc,
+                                            double *restrict acc2) {
+    int64_t c = 0;
+    for (; c + 16 <= nc; c += 16) {
+        TC xv[2 * FBN_GROUP * 16];
+        for (int i = 0; i < g; i++) FBN_LD_V(isa, row + i * C + c, xv + i * 16);
+        FBN_SYM(stats_group_v)(xv, 16, 16, g, centred, pv + c, mean + c, acc + c, acc2 + c);
+    }
+    return c;
+}
+
+/* fbn_stats_group_vec_<sfx> with g (2 * FBN_GROUP, FBN_GROUP, 1) and centred constants. */
+FBN_INLINE int64_t FBN_SYM(stats_group_as)(const int isa, const T *row, int64_t C, int64_t nc,
+                                           int g, int centred, const double *pv,
+                                           const double *mean, double *restrict acc,
+                                           double *restrict acc2) {
+    if (g == 2 * FBN_GROUP)
+        return centred ? FBN_SYM(stats_group_vec)(isa, row, C, nc, 2 * FBN_GROUP, 1, pv, mean,
+                                                  acc, acc2)
+                       : FBN_SYM(stats_group_vec)(isa, row, C, nc, 2 * FBN_GROUP, 0, pv, mean,
+                                                  acc, acc2);
+    if (g == FBN_GROUP)
+        return centred ? FBN_SYM(stats_group_vec)(isa, row, C, nc, FBN_GROUP, 1, pv, mean, acc,
+                                                  acc2)
+                       : FBN_SYM(stats_group_vec)(isa, row, C, nc, FBN_GROUP, 0, pv, mean, acc,
+                                                  acc2);
+    return FBN_SYM(stats_group_vec)(isa, row, C, nc, 1, 1, pv, mean, acc, acc2);
+}
+#if defined(FBN_HALF_VEC16)
+FBN_HALF_TARGET16 static int64_t FBN_SYM(stats_group_v16)(const T *row, int64_t C, int64_t nc,
+                                                          int g, int centred, const double *pv,
+                                                          const double *mean, double *acc,
+                                                          double *acc2) {
+    return FBN_SYM(stats_group_as)(2, row, C, nc, g, centred, pv, mean, acc, acc2);
+}
+#endif
+#if defined(FBN_HALF_VEC8)
+FBN_HALF_TARGET8 static int64_t FBN_SYM(stats_group_v8)(const T *row, int64_t C, int64_t nc,
+                                                        int g, int centred, const double *pv,
+                                                        const double *mean, double *acc,
+                                                        double *acc2) {
+    return FBN_SYM(stats_group_as)(1, row, C, nc, g, centred, pv, mean, acc, acc2);
+}
+#endif
+
+/* The channels fbn_stats_group_<sfx> did in registers (0 without the CPU's
+ * conversions). */
+FBN_INLINE int64_t FBN_SYM(stats_group_regs)(const T *row, int64_t C, int64_t nc, int g,
+                                             int centred, const double *pv, const double *mean,
+                                             double *acc, double *acc2) {
+    const int level = fbn_half_level();
+#if defined(FBN_HALF_VEC16)
+    if (level == 2) return FBN_SYM(stats_group_v16)(row, C, nc, g, centred, pv, mean, acc, acc2);
+#endif
+#if defined(FBN_HALF_VEC8)
+    if (level == 1) return FBN_SYM(stats_group_v8)(row, C, nc, g, centred, pv, mean, acc, acc2);
+#endif
+    (void)level;
+    return 0;
+}
+#endif
+
+/* fbn_stats_group_v_<sfx> on the data (16-bit data: 16 channels at a time in
+ * registers where the CPU has the conversions, the rest in blocks of FBN_HBLOCK
+ * channels of the g rows widened first, each channel's sums as without blocks). */
 FBN_INLINE void FBN_SYM(stats_group)(const T *row, int64_t C, int64_t nc, const int g,
                                      const int centred, const double *pv, const double *mean,
                                      double *restrict acc, double *restrict acc2) {
 #ifdef FBN_NARROW
-    for (int64_t c0 = 0; c0 < nc; c0 += FBN_HBLOCK) {
+    int64_t c0 = 0;
+#ifdef FBN_COLS_V
+    c0 = FBN_SYM(stats_group_regs)(row, C, nc, g, centred, pv, mean, acc, acc2);
+#endif
+    for (; c0 < nc; c0 += FBN_HBLOCK) {
         TC xb[2 * FBN_GROUP * FBN_HBLOCK];
         const int64_t n = nc - c0 < FBN_HBLOCK ? nc - c0 : FBN_HBLOCK;
         for (int i = 0; i < g; i++) FBN_LD_N(row + i * C + c0, xb + i * FBN_HBLOCK, n);
@@ -389,3 +464,4 @@ static inline void FBN_SYM(bwd_reduce_tile_any)(const T *dy, const T *x, const f
     else
         FBN_SYM(bwd_reduce_tile_x)(dy, x, p, t, k, tk, sums, scratch, z, dres);
 }
+#undef FBN_COLS_V
