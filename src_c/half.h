@@ -378,6 +378,13 @@ FBN_HALF_INLINE int fbn_half_level(void) {
 #endif
 }
 
+/* fbn_half_level(), or 3 where bfloat16 data also round by AVX512_BF16
+ * (fbn_bf16_hw): the register loops' instruction set for bfloat16. */
+FBN_HALF_INLINE int fbn_half_level_bf16(void) {
+    const int level = fbn_half_level();
+    return level == 2 && fbn_bf16_hw() ? 3 : level;
+}
+
 /* d[i] = s[i] as float, i < n; bitwise the portable conversions' results. */
 FBN_HALF_INLINE void fbn_f16_widen(const fbn_f16 *s, float *d, int64_t n) {
 #if FBN_HALF_RUNTIME || defined(__AVX512F__)

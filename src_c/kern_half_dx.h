@@ -34,11 +34,11 @@
 /* The register loops' instruction set on this CPU (see half.h): fbn_half_level(),
  * or 3 where bfloat16 data round by AVX512_BF16. */
 FBN_INLINE int FBN_SYM(half_isa)(void) {
-    const int level = fbn_half_level();
 #ifdef FBN_HALF_VEC16BF
-    if (level == 2 && fbn_bf16_hw()) return 3;
+    return fbn_half_level_bf16();
+#else
+    return fbn_half_level();
 #endif
-    return level;
 }
 
 /* dx of g rows (g and relu constants: see fbn_dx_rows_as_<sfx>) of m channels from

@@ -53,10 +53,7 @@ int fbn_max_threads(void) { return fbn_pool_max_threads(); }
 
 const char *fbn_simd_paths(void) { return FBN_SIMD_PATHS; }
 
-int fbn_half_conversions(void) {
-    const int level = fbn_half_level();
-    return level == 2 && fbn_bf16_hw() ? 3 : level;
-}
+int fbn_half_conversions(void) { return fbn_half_level_bf16(); }
 
 const char *fbn_compiler(void) {
 #if defined(__clang__)
