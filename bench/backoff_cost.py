@@ -12,7 +12,9 @@ VM's CPUs). On a virtual machine whose CPUs lose milliseconds now and then, the 
 time-based stall checks fire without any other process competing, and the back-off then
 ran loops on one thread (src_c/parallel.c, README "busy machines"); since issue 17's
 steal check, a slow loop backs off only if one of its threads waited in a run queue
-(slow: loops slow by the time checks; stolen: those that kept their threads).
+(slow: loops slow by the time checks; stolen: those that kept their threads; moves:
+workers that found themselves on the caller's CPU while another CPU was free, and left
+it).
 With --pause MS each sample follows a pause of MS milliseconds and one untimed call,
 as a trainer's steps follow the loading of their batch: on a virtual machine the first
 loop after a pause often stalls (its sleeping worker is woken onto the caller's CPU,
@@ -42,7 +44,11 @@ def counters():
         lib.fbn_pool_slow_counters(ctypes.byref(v[4]), ctypes.byref(v[5]))
     with open("/proc/stat") as f:
         steal = int(f.readline().split()[8])
-    return [a.value for a in v] + [steal]
+    moves = 0
+    if hasattr(lib, "fbn_pool_moves"):  # workers moved off the caller's CPU (a free CPU)
+        lib.fbn_pool_moves.restype = ctypes.c_int64
+        moves = lib.fbn_pool_moves()
+    return [a.value for a in v] + [steal, moves]
 shape = tuple(int(n) for n in sys.argv[2].split("x"))
 pause = float(sys.argv[3]) / 1e3
 x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
@@ -70,7 +76,7 @@ for name, f in ops:
         v.append((time.perf_counter() - t) / 20)
     print(f"{name} {np.median(v) * 1e3:.3f}", end=" ")
 c1 = counters()
-print("| alone %d shared %d late %d/%d slow %d stolen %d steal_ticks %d"
+print("| alone %d shared %d late %d/%d slow %d stolen %d steal_ticks %d moves %d"
       % tuple(b - a for a, b in zip(c0, c1)))
 """
 

@@ -113,13 +113,15 @@ static struct {
     int caller_asleep;   /* the caller is asleep on the event finish_seq */
     int wake_seq, finish_seq;
     int caller_cpu;      /* the CPU the caller published the loop from (-1: unknown) */
-    int shared;          /* 0x10000 | generation: a worker ran a tile of that loop on caller_cpu */
+    int shared;          /* 0x10000 | generation: a worker ran a tile of that loop on caller_cpu,
+                          * or could not leave it for a free CPU (fbn_leave_caller_cpu) */
     int late;            /* a worker woke late (see FBN_STALL_NS): the next loop backs off */
     int64_t published;   /* monotonic ns: when the current loop was published */
     int64_t late_wakes, late_loops; /* late wake-ups; loops that backed off for one */
     int64_t alone_until; /* monotonic ns: loops run on the caller alone until then */
     int64_t alone_loops, shared_loops; /* loops run alone in a back-off; loops that shared a CPU */
     int64_t slow_loops, stolen_loops; /* slow loops; those without evidence (see FBN_QUEUED_NS) */
+    int64_t moves;       /* workers that found themselves on the caller's CPU (fbn_leave_cpu) */
     int64_t backoff;     /* ns of the last back-off (0: none) */
     int64_t last_stall;  /* monotonic ns */
     int64_t strike_at, strike_loop; /* a first stall (0: none): when, threaded_loops then */
@@ -132,6 +134,7 @@ static struct {
     struct {
         uint64_t gen;
         int64_t busy, tiles, idle_at;
+        int64_t watch; /* the worker's, after a move: its run-queue ns then (-1: none) */
     } stat[FBN_POOL_MAX];
     fbn_statfile worker_stat[FBN_POOL_MAX]; /* workers' schedstat files */
 } pool = {.caller_cpu = -1, .lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
@@ -188,6 +191,35 @@ static int fbn_on_caller_cpu(void) {
     const int cpu = LOAD(&pool.caller_cpu);
     return cpu >= 0 && fbn_this_cpu() == cpu;
 }
+
+/* Moves this worker off CPU `cpu` (its caller's) when its affinity allows another
+ * CPU, and leaves its affinity as it was: the kernel moves a thread at once off a
+ * CPU its mask stops allowing, to an idle CPU if there is one, and does not move it
+ * back when the mask is widened again. Returns whether it now runs elsewhere.
+ * Why: a worker woken by the caller can be placed on the caller's CPU although
+ * another is idle (a virtual machine's guest counts an idle virtual CPU that the
+ * host descheduled as busy: after the process paused for a few milliseconds, as a
+ * trainer does between batches), and a worker there sleeps after each loop instead
+ * of spinning, so that the next wake-up placed it there again: its loops shared
+ * one CPU call after call. Workers move only where a CPU is free
+ * (fbn_other_cpu_free). */
+static int fbn_leave_cpu(int cpu) {
+#if defined(__linux__) && defined(CPU_SETSIZE)
+    cpu_set_t mask, others;
+    if (cpu < 0 || cpu >= CPU_SETSIZE || sched_getaffinity(0, sizeof mask, &mask) != 0 ||
+        !CPU_ISSET(cpu, &mask))
+        return 0;
+    others = mask;
+    CPU_CLR(cpu, &others);
+    if (CPU_COUNT(&others) == 0 || sched_setaffinity(0, sizeof others, &others) != 0) return 0;
+    sched_setaffinity(0, sizeof mask, &mask);
+    return fbn_this_cpu() != cpu;
+#else
+    (void)cpu;
+    return 0;
+#endif
+}
+
 #if defined(CLOCK_THREAD_CPUTIME_ID)
 /* the calling thread's CPU time (a system call, ~0.4 us: twice per loop) */
 static int64_t fbn_cpu_ns(void) { return fbn_clock_ns(CLOCK_THREAD_CPUTIME_ID); }
@@ -229,6 +261,27 @@ static int64_t fbn_read_queued_ns(int fd) {
     strtoll(text, &end, 10); /* CPU time */
     const long long queued = strtoll(end, &end, 10);
     return *end == ' ' && queued >= 0 ? queued : -1;
+}
+/* The machine's runnable tasks now (/proc/loadavg's fourth field, "running/total":
+ * the kernel's instantaneous count, the reading thread included); -1: unknown. A
+ * read of a few microseconds, only when a worker finds itself on its caller's CPU. */
+static int64_t fbn_runnable_tasks(void) {
+    char text[128];
+    const int fd = open("/proc/loadavg", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    const ssize_t n = read(fd, text, sizeof text - 1);
+    close(fd);
+    if (n <= 0) return -1;
+    text[n] = 0;
+    char *at = text;
+    for (int field = 0; field < 3; field++) { /* the three load averages */
+        at = strchr(at, ' ');
+        if (at == NULL) return -1;
+        at++;
+    }
+    char *end;
+    const long long running = strtoll(at, &end, 10);
+    return end != at && *end == '/' && running > 0 ? running : -1;
 }
 /* Each calling thread's schedstat file, opened at its first threaded loop and
  * closed when the thread exits (threads that call in turn keep theirs). */
@@ -288,10 +341,71 @@ static int64_t fbn_workers_queued_ns(int nthreads) {
 static fbn_statfile fbn_open_schedstat(void) { return (fbn_statfile){-1, 0, 0}; }
 static void fbn_close_schedstat(fbn_statfile *f) { f->fd = -1; }
 static int64_t fbn_read_queued_ns(int fd) { (void)fd; return -1; }
+static int64_t fbn_runnable_tasks(void) { return -1; }
 static int64_t fbn_caller_queued_ns(void) { return -1; }
 static void fbn_caller_stat_after_fork(void) {}
 static int64_t fbn_workers_queued_ns(int nthreads) { (void)nthreads; return -1; }
 #endif
+
+/* Whether a CPU of this thread's affinity other than `cpu` (its caller's, where it
+ * runs) likely runs nothing now, by the machine's count of runnable tasks
+ * (fbn_runnable_tasks): at most `runnable` CPUs are busy, this worker's and its
+ * preempted caller's one of them. Unknown counts answer no. Why: on a busy machine
+ * (every CPU taken) a worker placed on its caller's CPU is the evidence the pool
+ * backs off on, and a move would hide it (it always finds some CPU, and queues there
+ * behind another task: in tests/test_pool_steal.py's busy run, 60% of slow loops
+ * were then judged stolen). Only where a CPU is free is the placement the guest's
+ * mistake. A caller that sleeps is not counted: a move then onto a busy CPU queues,
+ * which fbn_leave_caller_cpu sees. */
+static int fbn_other_cpu_free(int cpu) {
+#if defined(__linux__) && defined(CPU_SETSIZE)
+    cpu_set_t mask;
+    if (cpu < 0 || cpu >= CPU_SETSIZE || sched_getaffinity(0, sizeof mask, &mask) != 0 ||
+        !CPU_ISSET(cpu, &mask))
+        return 0;
+    const int64_t runnable = fbn_runnable_tasks();
+    return runnable > 0 && runnable - 1 < CPU_COUNT(&mask);
+#else
+    (void)cpu;
+    return 0;
+#endif
+}
+
+/* fbn_leave_cpu from the caller's CPU, when this worker is on it. A move that
+ * fails, or after which the worker waited in a run queue more than FBN_QUEUED_NS
+ * (schedstat_fd: its file; the other CPUs were busy), is what a worker on the
+ * caller's CPU was before there was a move: evidence that no CPU was free for it,
+ * the busy machine's case. It marks the current loop as shared (the caller's stall
+ * check) and flags the next as a late wake-up does. After a move, the worker's tiles
+ * until its next wait watch its run-queue time too (fbn_watch_tile): a task on the
+ * CPU it moved to can take that CPU back in the middle of the loop. */
+static void fbn_leave_caller_cpu(int thread, int schedstat_fd) {
+    if (!fbn_on_caller_cpu() || !fbn_other_cpu_free(LOAD(&pool.caller_cpu))) return;
+    __atomic_add_fetch(&pool.moves, 1, __ATOMIC_RELAXED);
+    const int64_t queued0 = fbn_read_queued_ns(schedstat_fd);
+    const int moved = fbn_leave_cpu(LOAD(&pool.caller_cpu));
+    const int64_t queued1 = fbn_read_queued_ns(schedstat_fd);
+    if (!moved || queued0 < 0 || queued1 < 0 || queued1 - queued0 > FBN_QUEUED_NS) {
+        STORE(&pool.shared, (int)(0x10000 | FBN_GEN(LOAD(&pool.word))));
+        STORE(&pool.late, 1);
+        return;
+    }
+    pool.stat[thread].watch = queued1;
+}
+
+/* After a tile of the loop of generation gen by a worker that moved (see
+ * fbn_leave_caller_cpu): waiting in a run queue more than FBN_QUEUED_NS since the
+ * move marks the loop as shared, before the tile counts as done (the caller's stall
+ * check reads the mark after the last tile). */
+static void fbn_watch_tile(int thread, uint64_t gen) {
+    const int64_t since = pool.stat[thread].watch;
+    if (since < 0) return;
+    const int64_t queued = fbn_read_queued_ns(LOAD(&pool.worker_stat[thread].fd));
+    if (queued < 0 || queued - since > FBN_QUEUED_NS) {
+        STORE(&pool.shared, (int)(0x10000 | gen));
+        pool.stat[thread].watch = -1;
+    }
+}
 
 /* Claims and runs tiles of the published loop until none is left (or the loop
  * is not for this thread index). */
@@ -325,6 +439,7 @@ static void fbn_run_tiles(int thread) {
             }
             __atomic_add_fetch(&pool.stat[thread].busy, fbn_now_ns() - t0, __ATOMIC_RELAXED);
             __atomic_add_fetch(&pool.stat[thread].tiles, 1, __ATOMIC_RELAXED);
+            fbn_watch_tile(thread, FBN_GEN(v));
         }
         if (__atomic_add_fetch(&pool.done, 1, __ATOMIC_SEQ_CST) == ntiles &&
             LOAD(&pool.caller_asleep))
@@ -351,7 +466,9 @@ static int fbn_woke_late(uint64_t v, int schedstat_fd, int64_t *queued) {
 /* Waits until a loop with a generation other than *seen is published: spins a
  * while (not on the caller's CPU), then sleeps; woken late, sleeps again at once
  * (the loop it was woken for is over). */
-static void fbn_wait_loop(uint64_t *seen, int schedstat_fd) {
+static void fbn_wait_loop(int thread, uint64_t *seen, int schedstat_fd) {
+    pool.stat[thread].watch = -1;
+    fbn_leave_caller_cpu(thread, schedstat_fd);
     const int64_t until = fbn_on_caller_cpu() ? 0 : fbn_now_ns() + FBN_WORKER_SPIN_NS;
     for (int i = 1;; i++) {
         uint64_t v = LOAD(&pool.word);
@@ -370,6 +487,7 @@ static void fbn_wait_loop(uint64_t *seen, int schedstat_fd) {
         const int seq = LOAD(&pool.wake_seq);
         const uint64_t v = LOAD(&pool.word);
         if (FBN_GEN(v) != *seen) {
+            fbn_leave_caller_cpu(thread, schedstat_fd); /* woken onto it: fbn_leave_cpu */
             if (!fbn_woke_late(v, schedstat_fd, &queued)) break;
             *seen = FBN_GEN(v); /* still a sleeper: the next loop wakes us */
             continue;
@@ -388,9 +506,10 @@ static void *fbn_worker(void *arg) {
     pool.worker_stat[thread].ino = file.ino;
     STORE(&pool.worker_stat[thread].fd, schedstat_fd);
     uint64_t seen = FBN_GEN(LOAD(&pool.word));
+    pool.stat[thread].watch = -1; /* no move yet */
     fbn_run_tiles(thread); /* the loop that started this worker */
     for (;;) {
-        fbn_wait_loop(&seen, schedstat_fd);
+        fbn_wait_loop(thread, &seen, schedstat_fd);
         fbn_run_tiles(thread);
     }
     return NULL;
@@ -579,6 +698,12 @@ void fbn_pool_slow_counters(int64_t *slow_loops, int64_t *stolen_loops) {
     *stolen_loops = __atomic_load_n(&pool.stolen_loops, __ATOMIC_RELAXED);
 }
 
+int64_t fbn_pool_moves(void) { return __atomic_load_n(&pool.moves, __ATOMIC_RELAXED); }
+
+int fbn_pool_leave_cpu(int cpu) { return fbn_leave_cpu(cpu); }
+
+int64_t fbn_pool_runnable_tasks(void) { return fbn_runnable_tasks(); }
+
 const char *fbn_pool_kind(void) { return "pthreads"; }
 int fbn_pool_max_threads(void) { return FBN_POOL_MAX; }
 
@@ -615,6 +740,15 @@ void fbn_pool_slow_counters(int64_t *slow_loops, int64_t *stolen_loops) {
     *slow_loops = *stolen_loops = 0;
 }
 
+int64_t fbn_pool_moves(void) { return 0; }
+
+int fbn_pool_leave_cpu(int cpu) {
+    (void)cpu;
+    return -1;
+}
+
+int64_t fbn_pool_runnable_tasks(void) { return -1; }
+
 int64_t fbn_pool_stall_at(int64_t now_ns, int64_t loops) {
     (void)now_ns;
     (void)loops;
@@ -650,6 +784,15 @@ void fbn_pool_late_counters(int64_t *late_wakes, int64_t *late_loops) {
 void fbn_pool_slow_counters(int64_t *slow_loops, int64_t *stolen_loops) {
     *slow_loops = *stolen_loops = 0;
 }
+
+int64_t fbn_pool_moves(void) { return 0; }
+
+int fbn_pool_leave_cpu(int cpu) {
+    (void)cpu;
+    return -1;
+}
+
+int64_t fbn_pool_runnable_tasks(void) { return -1; }
 
 int64_t fbn_pool_stall_at(int64_t now_ns, int64_t loops) {
     (void)now_ns;

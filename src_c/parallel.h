@@ -58,6 +58,21 @@ void fbn_pool_late_counters(int64_t *late_wakes, int64_t *late_loops);
  * steal, a stopped process). Both are counted with the back-off off too. */
 void fbn_pool_slow_counters(int64_t *slow_loops, int64_t *stolen_loops);
 
+/* For tests, likewise: workers that found themselves on their caller's CPU between
+ * loops, or woken onto it, and moved off it where their affinity allowed another. */
+int64_t fbn_pool_moves(void);
+
+/* For tests: moves the calling thread off CPU `cpu` as a worker on its caller's CPU
+ * moves, its affinity left as it was; returns whether it then runs on another CPU (0
+ * also when its affinity does not include `cpu` or includes no other CPU), -1 without
+ * the POSIX threads pool. */
+int fbn_pool_leave_cpu(int cpu);
+
+/* For tests: the machine's runnable tasks now as the pool reads them before such a
+ * move (/proc/loadavg), -1 when unknown (not Linux, or without the POSIX threads
+ * pool). */
+int64_t fbn_pool_runnable_tasks(void);
+
 /* For tests, likewise: the pool's response to a stalled loop at monotonic time now_ns
  * (fbn_now_ns's clock), `loops` threaded loops after the previous call: the back-off it
  * starts in ns, 0 when the stall is only a strike (see FBN_STRIKE_NS); -1 without the
