@@ -329,7 +329,7 @@ cdef object plain_forward(object x, object gamma, object beta, object axis, obje
     cdef bint relu, train, running, direct
     cdef int dt = data_code(x)
     cdef fbn_shape s
-    cdef int64_t C, count
+    cdef int64_t C, count, nvar
     cdef double e, mom, factor
     cdef double *work
     cdef double *var
@@ -387,22 +387,24 @@ cdef object plain_forward(object x, object gamma, object beta, object axis, obje
     epi.act, epi.slope, epi.residual, epi.dresidual = (1 if relu else 0), 0.0, NULL, NULL
     epi.params_f32 = train and gt != cnp.NPY_DOUBLE and bt != cnp.NPY_DOUBLE
     direct = train and (epi.params_f32 or (gt != cnp.NPY_FLOAT and bt != cnp.NPY_FLOAT))
-    work = <double *>malloc(((C if running or not train else 0) + (0 if direct else 2 * C) + 1)
-                            * sizeof(double))
+    # the block: var (nvar values: none in training without running statistics), then
+    # gamma and beta as double unless read where they are
+    nvar = C if running or not train else 0
+    work = <double *>malloc((nvar + (0 if direct else 2 * C) + 1) * sizeof(double))
     if work == NULL:
         raise MemoryError("fastbn: could not allocate a per-channel work buffer")
-    var = work if running or not train else NULL
+    var = work if nvar else NULL
     try:
         if direct:
             g = NULL if gamma is None else <const double *>cnp.PyArray_DATA(<cnp.ndarray>gamma)
             b = NULL if beta is None else <const double *>cnp.PyArray_DATA(<cnp.ndarray>beta)
         else:
             if gamma is not None:
-                read_vector(<cnp.ndarray>gamma, C, work + C)
-                g = work + C
+                read_vector(<cnp.ndarray>gamma, C, work + nvar)
+                g = work + nvar
             if beta is not None:
-                read_vector(<cnp.ndarray>beta, C, work + 2 * C)
-                b = work + 2 * C
+                read_vector(<cnp.ndarray>beta, C, work + nvar + C)
+                b = work + nvar + C
         if train:
             # m / (m - 1): the unbiased variance (PyTorch); 1: the biased one (Keras, Flax)
             factor = <double>count / <double>(count - 1) if unbiased_running_var else 1.0
