@@ -23,7 +23,10 @@
  *                 FBN_HALF_REGS_CACHED: the least such level (0: none) at which the
  *                 rows shape's cached runs too (its streamed chunks: always), those
  *                 of FBN_HALF_CACHED_RUN values or more, and their dx too if
- *                 FBN_HALF_DX_CACHED (0 or 1)
+ *                 FBN_HALF_DX_CACHED (0 or 1); FBN_HALF_SCALAR_RUN: the rows shape's
+ *                 runs shorter than this (cached) one value at a time by FBN_LD and
+ *                 FBN_ST inlined, whose calls per run cost blocks and registers more
+ *                 (not a dx that FBN_HALF_DX_CACHED puts in registers)
  *   FBN_HALF_BF_HW  (optional, bfloat16) the register loops compiled a third time
  *                 with AVX512_BF16's rounding (level 3: half.h's fbn_bf16_hw)
  * Reductions accumulate in double whatever T is. Every read of a data value goes

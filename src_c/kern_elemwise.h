@@ -141,10 +141,16 @@ FBN_INLINE void FBN_SYM(block_values)(const int op, const T *x, const T *dy, T *
  * fbn_half_run_y_<sfx> / fbn_half_run_dx_<sfx> take them (the CPU's level; cached
  * runs only from level FBN_HALF_REGS_CACHED and of FBN_HALF_CACHED_RUN values or
  * more, their dx only with FBN_HALF_DX_CACHED), else blocks of FBN_HBLOCK values
- * (fbn_block_values_<sfx>). Bitwise fbn_value_at_<sfx>'s values. */
+ * (fbn_block_values_<sfx>); runs shorter than FBN_HALF_SCALAR_RUN by
+ * fbn_value_at_<sfx> itself (but a dx that registers take: they were faster).
+ * Bitwise fbn_value_at_<sfx>'s values. */
 FBN_INLINE void FBN_SYM(half_values)(const int op, int stream, const T *x, const T *dy, T *out,
                                      int64_t m, const FBN_SYM(chan) *h) {
     const int dx_cached = op == FBN_OP_DX && FBN_HALF_DX_CACHED;
+    if (!stream && !dx_cached && m < FBN_HALF_SCALAR_RUN) { /* short runs (kern_dtype.h) */
+        for (int64_t i = 0; i < m; i++) out[i] = FBN_SYM(value_at)(op, x, dy, i, h);
+        return;
+    }
     if (stream || ((op == FBN_OP_AFFINE || dx_cached) && FBN_HALF_REGS_CACHED &&
                    m >= FBN_HALF_CACHED_RUN && FBN_SYM(half_isa)() >= FBN_HALF_REGS_CACHED)) {
         if (op == FBN_OP_AFFINE &&

@@ -6,6 +6,7 @@
 #define FBN_HALF_REGS_CACHED 3 /* the rows shape's cached runs: with AVX512_BF16 */
 #define FBN_HALF_CACHED_RUN 16 /* and 16 values or more (shorter: slower padded) */
 #define FBN_HALF_DX_CACHED 0 /* their y only: dx took 1.05-1.09x the blocks' time */
+#define FBN_HALF_SCALAR_RUN 16 /* shorter runs one value at a time: inlined integer forms */
 #define FBN_HALF_BF_HW 1 /* register loops also with AVX512_BF16's rounding (isa 3) */
 #define FBN_SFX bf16
 #define T fbn_bfloat16

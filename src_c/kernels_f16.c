@@ -14,6 +14,7 @@
 #define FBN_HALF_REGS_CACHED 1 /* and in the rows shape's cached runs, from level 1 */
 #define FBN_HALF_CACHED_RUN 1 /* of any length (short ones too beat the blocks) */
 #define FBN_HALF_DX_CACHED 1 /* y and dx */
+#define FBN_HALF_SCALAR_RUN 5 /* y of runs of 1-4 one value at a time (longer: registers) */
 #define FBN_SFX f16
 #define T fbn_float16
 #define TC float
