@@ -121,7 +121,7 @@ static struct {
     int64_t alone_until; /* monotonic ns: loops run on the caller alone until then */
     int64_t alone_loops, shared_loops; /* loops run alone in a back-off; loops that shared a CPU */
     int64_t slow_loops, stolen_loops; /* slow loops; those without evidence (see FBN_QUEUED_NS) */
-    int64_t moves;       /* workers that found themselves on the caller's CPU (fbn_leave_cpu) */
+    int64_t moves;       /* workers on the caller's CPU with another free: moves tried */
     int64_t backoff;     /* ns of the last back-off (0: none) */
     int64_t last_stall;  /* monotonic ns */
     int64_t strike_at, strike_loop; /* a first stall (0: none): when, threaded_loops then */
@@ -203,12 +203,18 @@ static int fbn_on_caller_cpu(void) {
  * of spinning, so that the next wake-up placed it there again: its loops shared
  * one CPU call after call. Workers move only where a CPU is free
  * (fbn_other_cpu_free). */
+#if defined(__linux__) && defined(CPU_SETSIZE)
+/* This thread's affinity into *mask; whether it includes CPU `cpu`. */
+static int fbn_affinity_has(int cpu, cpu_set_t *mask) {
+    return cpu >= 0 && cpu < CPU_SETSIZE && sched_getaffinity(0, sizeof *mask, mask) == 0 &&
+           CPU_ISSET(cpu, mask);
+}
+#endif
+
 static int fbn_leave_cpu(int cpu) {
 #if defined(__linux__) && defined(CPU_SETSIZE)
     cpu_set_t mask, others;
-    if (cpu < 0 || cpu >= CPU_SETSIZE || sched_getaffinity(0, sizeof mask, &mask) != 0 ||
-        !CPU_ISSET(cpu, &mask))
-        return 0;
+    if (!fbn_affinity_has(cpu, &mask)) return 0;
     others = mask;
     CPU_CLR(cpu, &others);
     if (CPU_COUNT(&others) == 0 || sched_setaffinity(0, sizeof others, &others) != 0) return 0;
@@ -360,9 +366,7 @@ static int64_t fbn_workers_queued_ns(int nthreads) { (void)nthreads; return -1; 
 static int fbn_other_cpu_free(int cpu) {
 #if defined(__linux__) && defined(CPU_SETSIZE)
     cpu_set_t mask;
-    if (cpu < 0 || cpu >= CPU_SETSIZE || sched_getaffinity(0, sizeof mask, &mask) != 0 ||
-        !CPU_ISSET(cpu, &mask))
-        return 0;
+    if (!fbn_affinity_has(cpu, &mask)) return 0;
     const int64_t runnable = fbn_runnable_tasks();
     return runnable > 0 && runnable - 1 < CPU_COUNT(&mask);
 #else

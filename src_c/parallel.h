@@ -59,7 +59,8 @@ void fbn_pool_late_counters(int64_t *late_wakes, int64_t *late_loops);
 void fbn_pool_slow_counters(int64_t *slow_loops, int64_t *stolen_loops);
 
 /* For tests, likewise: workers that found themselves on their caller's CPU between
- * loops, or woken onto it, and moved off it where their affinity allowed another. */
+ * loops, or woken onto it, while another CPU of their affinity was free (by
+ * /proc/loadavg's runnable count), and so tried to move off it. */
 int64_t fbn_pool_moves(void);
 
 /* For tests: moves the calling thread off CPU `cpu` as a worker on its caller's CPU
