@@ -9,7 +9,11 @@ typedef struct {
     int relu;       /* the activation: 0 none, 1 ReLU, 2 leaky ReLU (slope) */
     int eval;       /* dx of eval mode: the statistics are constants, x enters only a mask */
     int64_t period; /* > 0: each array repeats its C values up to this length */
-    TC slope;       /* last: the plain kernels address the fields before it as they did */
+    TC slope;       /* the plain kernels address the fields before it as they did */
+    /* dx of FBN_OP_XDX + 6 (16-bit data): the residual, indexed as x. There dy
+     * through a leaky ReLU (dy * slope) is not a half value: dx from dresidual
+     * would round it twice. */
+    const T *z;
 } FBN_SYM(tcoefs);
 
 /* Channels [c0, c0 + n) of the double coefficients k in the compute type. The

@@ -30,13 +30,15 @@ FBN_INLINE TC FBN_SYM(dx1)(TC dy, TC x, TC shift, TC scale, TC bias, int relu, T
     return k_dy * (g - mean_dy) + (eval ? (TC)0 : xterm) + k_0; /* eval: no NaN from inf x */
 }
 
-/* dx with the activation act (a constant: 0 none, 1 ReLU, 2 leaky ReLU). */
-FBN_INLINE TC FBN_SYM(xdx1)(TC dy, TC x, TC shift, TC scale, TC bias, const int act, TC k_dy,
-                            TC k_x, TC mean_dy, TC k_0, TC invstd, int eval, TC slope) {
+/* dx with the activation act (a constant: 0 none, 1 ReLU, 2 leaky ReLU), its
+ * pre-activation over the residual z when res (a constant; act 2 only). */
+FBN_INLINE TC FBN_SYM(xdx1)(TC dy, TC x, TC z, TC shift, TC scale, TC bias, const int act,
+                            const int res, TC k_dy, TC k_x, TC mean_dy, TC k_0, TC invstd,
+                            int eval, TC slope) {
     if (act < 2)
         return FBN_SYM(dx1)(dy, x, shift, scale, bias, act, k_dy, k_x, mean_dy, k_0, invstd,
                             eval);
-    const TC g = FBN_SYM(masked_x)(dy, x, (TC)0, shift, scale, bias, 2, 0, slope);
+    const TC g = FBN_SYM(masked_x)(dy, x, z, shift, scale, bias, 2, res, slope);
     return FBN_SYM(dx1)(g, x, shift, scale, bias, 0, k_dy, k_x, mean_dy, k_0, invstd, eval);
 }
 
@@ -45,6 +47,7 @@ typedef struct {
     TC shift, scale, bias, k_dy, k_x, mean_dy, k_0, invstd;
     int relu, eval;
     TC slope;
+    const T *x0, *z0; /* FBN_OP_XDX + 6: the residual of x's value x0[i] is z0[i] */
 } FBN_SYM(chan);
 
 /* Channel c's coefficients of op (only those op reads are loaded). */
@@ -81,9 +84,10 @@ FBN_INLINE T FBN_SYM(value_at)(const int op, const T *restrict x, const T *restr
                                         h->shift, h->scale, h->bias, h->slope, FBN_OP_ACT(op),
                                         FBN_OP_RES(op)));
     if (op & FBN_OP_XDX)
-        return FBN_ST(FBN_SYM(xdx1)(FBN_LD(dy[i]), FBN_LD(x[i]), h->shift, h->scale, h->bias,
-                                    FBN_OP_ACT(op), h->k_dy, h->k_x, h->mean_dy, h->k_0,
-                                    h->invstd, h->eval, h->slope));
+        return FBN_ST(FBN_SYM(xdx1)(
+            FBN_LD(dy[i]), FBN_LD(x[i]), FBN_OP_RES(op) ? FBN_LD(h->z0[x + i - h->x0]) : (TC)0,
+            h->shift, h->scale, h->bias, FBN_OP_ACT(op), FBN_OP_RES(op), h->k_dy, h->k_x,
+            h->mean_dy, h->k_0, h->invstd, h->eval, h->slope));
     return x[i];
 }
 
@@ -121,14 +125,18 @@ FBN_INLINE void FBN_SYM(block_values)(const int op, const T *x, const T *dy, T *
         const TC invstd = h->invstd, slope = h->slope;
         const int eval = h->eval;
         FBN_LD_N(dy, db, m);
-        if (op == FBN_OP_DX)
+        if (op == FBN_OP_DX) {
             for (int64_t i = 0; i < m; i++)
                 ob[i] = FBN_SYM(dx1)(db[i], xb[i], shift, scale, bias, relu, k_dy, k_x, mean_dy,
                                      k_0, invstd, eval);
-        else /* the XDX ops: their own activation, a constant */
+        } else { /* the XDX ops: their own activation, a constant */
+            TC zb[FBN_HBLOCK];
+            if (FBN_OP_RES(op)) FBN_LD_N(h->z0 + (x - h->x0), zb, m);
             for (int64_t i = 0; i < m; i++)
-                ob[i] = FBN_SYM(xdx1)(db[i], xb[i], shift, scale, bias, FBN_OP_ACT(op), k_dy, k_x,
-                                      mean_dy, k_0, invstd, eval, slope);
+                ob[i] = FBN_SYM(xdx1)(db[i], xb[i], FBN_OP_RES(op) ? zb[i] : (TC)0, shift, scale,
+                                      bias, FBN_OP_ACT(op), FBN_OP_RES(op), k_dy, k_x, mean_dy,
+                                      k_0, invstd, eval, slope);
+        }
     }
     FBN_ST_N(ob, out, m);
 }
@@ -206,7 +214,11 @@ FBN_INLINE void FBN_SYM(run_values)(const int op, int stream, const T *x, const 
                                     const FBN_SYM(tcoefs) *k, int64_t c) {
     const T *xr = x + o + skip, *dr = FBN_TWO_INPUTS(op) ? dy + o + skip : NULL;
     T *outr = out + o;
-    const FBN_SYM(chan) h = FBN_SYM(chan_of)(op, k, c);
+    FBN_SYM(chan) h = FBN_SYM(chan_of)(op, k, c);
+    if (FBN_IS_DX(op) && FBN_OP_RES(op)) {
+        h.x0 = xr;
+        h.z0 = k->z + o + skip;
+    }
     if (stream)
         FBN_SYM(stream_values)(op, outr, m, xr, dr, &h);
     else
@@ -289,18 +301,18 @@ FBN_INLINE void FBN_SYM(dx_rows_as)(const T *dr, const T *xr, int64_t ld, T *out
                 v[i] = FBN_LD(xr[i * ld + c]);
             }
             for (int i = 0; i < g; i++)
-                out[i * ldo + c] = FBN_ST(FBN_SYM(xdx1)(d[i], v[i], shift[c], scale[c], bias[c],
-                                                        relu, k_dy[c], k_x[c], mdy[c], k_0[c],
-                                                        inv[c], eval, slope));
+                out[i * ldo + c] = FBN_ST(FBN_SYM(xdx1)(d[i], v[i], (TC)0, shift[c], scale[c],
+                                                        bias[c], relu, 0, k_dy[c], k_x[c],
+                                                        mdy[c], k_0[c], inv[c], eval, slope));
         }
     } else { /* (this order was slower there, e.g. NHWC's 64 channels) */
         FBN_IVDEP
         for (int64_t c = 0; c < m; c++)
             for (int i = 0; i < g; i++)
                 out[i * ldo + c] = FBN_ST(
-                    FBN_SYM(xdx1)(FBN_LD(dr[i * ld + c]), FBN_LD(xr[i * ld + c]), shift[c],
-                                  scale[c], bias[c], relu, k_dy[c], k_x[c], mdy[c], k_0[c],
-                                  inv[c], eval, slope));
+                    FBN_SYM(xdx1)(FBN_LD(dr[i * ld + c]), FBN_LD(xr[i * ld + c]), (TC)0,
+                                  shift[c], scale[c], bias[c], relu, 0, k_dy[c], k_x[c],
+                                  mdy[c], k_0[c], inv[c], eval, slope));
     }
 #endif
 }
@@ -314,6 +326,10 @@ FBN_INLINE void FBN_SYM(span_rows)(const int op, const T *x, const T *dy, int64_
         FBN_SYM(affine_rows)(x + o, ld, out, ldo, m, k, ch, g);
     else if (op & FBN_OP_XAFF)
         FBN_SYM(xaffine_rows)(op, x + o, FBN_OP_RES(op) ? dy + o : NULL, ld, out, ldo, m, k, ch, g);
+#ifdef FBN_NARROW
+    else if ((op & FBN_OP_XDX) && FBN_OP_RES(op)) /* kern_half_dx.h */
+        FBN_SYM(dx_blocks)(dy + o, x + o, k->z + o, ld, out, ldo, m, k, ch, g, FBN_OP_ACT(op), 1);
+#endif
     else if (op & FBN_OP_XDX)
         FBN_SYM(dx_rows_as)(dy + o, x + o, ld, out, ldo, m, k, ch, g, FBN_OP_ACT(op));
     else if (k->relu)

@@ -15,7 +15,8 @@ typedef struct {
     const fbn_coefs *k; /* the double coefficients (of arrays below) */
     const FBN_SYM(tcoefs) *tk;
     const T *z; /* the residual (NULL: none); backward: dy' goes to dres, */
-    T *dres;    /* which the dx pass reads as its dy, with the coefficients tkd */
+    T *dres;    /* which the dx pass reads as its dy (dy_dx), with the coefficients tkd */
+    const T *dy_dx;
     const FBN_SYM(tcoefs) *tkd;
     double *scratch; /* len doubles per thread */
     int64_t len;
@@ -100,7 +101,7 @@ FBN_INLINE void FBN_SYM(fused_tile)(const int op, const FBN_SYM(pass) *j, int64_
     if (op == FBN_OP_AFFINE)
         FBN_SYM(affine_tile_any)(j->x, j->z, j->out, j->p, t, j->tk);
     else
-        FBN_SYM(bwd_elemt_tile_any)(j->dres ? j->dres : j->dy, j->x, j->out, j->p, t, j->tkd);
+        FBN_SYM(bwd_elemt_tile_any)(j->dy_dx, j->x, j->out, j->p, t, j->tkd);
 }
 
 /* Channel c of a plan whose channels span several tiles that fit in cache
@@ -139,7 +140,7 @@ FBN_INLINE void FBN_SYM(segs_tile)(const int op, const FBN_SYM(pass) *j, int64_t
     if (op == FBN_OP_AFFINE)
         FBN_SYM(affine_tile_any)(j->x, j->z, j->out, &whole, c, j->tk);
     else
-        FBN_SYM(bwd_elemt_tile_any)(j->dres ? j->dres : j->dy, j->x, j->out, &whole, c, j->tkd);
+        FBN_SYM(bwd_elemt_tile_any)(j->dy_dx, j->x, j->out, &whole, c, j->tkd);
 }
 
 static void FBN_SYM(fwd_segs_task)(void *job, int64_t t, int thread) {
@@ -252,7 +253,8 @@ static void FBN_SYM(run_pass)(const int op, const FBN_SYM(pass) *j, FBN_SYM(tcoe
     FBN_SYM(fill_typed)(j->k, 0, p->s.channels, tk);
     FBN_SYM(repeat_typed)(tk, &p->s, op == FBN_OP_DX);
     /* tiles from the last: the data the reduction read last may still be in L3 */
-    fbn_plan e = FBN_SYM(elemwise_plan)(p->s, op == FBN_OP_DX || j->z ? 2 : 1);
+    const int inputs = op == FBN_OP_DX ? (j->tkd->z ? 3 : 2) : (j->z ? 2 : 1);
+    fbn_plan e = FBN_SYM(elemwise_plan)(p->s, inputs);
     fbn_plan_output(&e, j->out, sizeof(T));
     if (op == FBN_OP_AFFINE) {
         FBN_SYM(affine_job) a = {.x = j->x, .z = j->z, .y = j->out, .p = &e, .tk = tk,
@@ -261,7 +263,7 @@ static void FBN_SYM(run_pass)(const int op, const FBN_SYM(pass) *j, FBN_SYM(tcoe
     } else {
         FBN_SYM(tcoefs) td = *j->tkd; /* its arrays are tk's: so is their period */
         td.period = tk->period;
-        FBN_SYM(dx_job) d = {.dy = j->dres ? j->dres : j->dy, .x = j->x, .dx = j->out, .p = &e,
+        FBN_SYM(dx_job) d = {.dy = j->dy_dx, .x = j->x, .dx = j->out, .p = &e,
                              .tk = &td, .backwards = 1};
         fbn_parallel_for(e.ntiles, nt, FBN_SYM(dx_task), &d);
     }
@@ -389,8 +391,18 @@ int FBN_SYM(backward_ex)(const T *dy, const T *x, T *dx, fbn_shape s, const doub
         FBN_SYM(typed_arrays)(buf[2], C, relu, FBN_SYM(coef_lines)(&p, x, dx, 0));
     tk.eval = !training;
     if (e) tk.slope = (TC)e->slope;
-    FBN_SYM(tcoefs) tkd = tk; /* with a residual, dx reads dres: dy' */
-    if (z) tkd.relu = 0;
+    /* with a residual, dx reads dres: dy'; but a leaky ReLU's dy' (dy * slope) of
+     * 16-bit data is rounded there, so its dx reads dy and z */
+    FBN_SYM(tcoefs) tkd = tk;
+#ifdef FBN_NARROW
+    const int dy_again = z && relu == 2;
+#else
+    const int dy_again = 0;
+#endif
+    if (dy_again)
+        tkd.z = z;
+    else if (z)
+        tkd.relu = 0;
     fbn_coefficients(C, mean_hi, lo, invstd, gamma, beta, shift, scale, bias);
     FBN_SYM(fill_typed)(&masks, 0, C, &tk); /* for the ReLU masks; k_* are filled later */
     if (p.per_channel == 0) {
@@ -398,7 +410,8 @@ int FBN_SYM(backward_ex)(const T *dy, const T *x, T *dx, fbn_shape s, const doub
     } else {
         const FBN_SYM(pass) j = {
             .x = x, .dy = dy, .out = dx, .p = &p, .k = &k, .tk = &tk, .z = z, .dres = dres,
-            .tkd = &tkd, .scratch = fbn_reduce_scratch(&p, sums), .len = fbn_scratch_len(&p),
+            .dy_dx = dres && !dy_again ? dres : dy, .tkd = &tkd,
+            .scratch = fbn_reduce_scratch(&p, sums), .len = fbn_scratch_len(&p),
             .n = (double)p.per_channel, .gamma = gamma,
             .bwd = {.sums = sums, .training = training, .invstd = invstd, .sum_dy = sum_dy,
                     .sum_dy_xc = sum_dy_xc, .sum_dy_xhat = sum_dy_xhat, .k_dy = k_dy,

@@ -41,14 +41,15 @@ FBN_INLINE int FBN_SYM(half_isa)(void) {
 #endif
 }
 
-/* dx of g rows (g and relu constants: see fbn_dx_rows_as_<sfx>) of m channels from
+/* dx of g rows (g, relu and res constants: see fbn_dx_rows_as_<sfx>; with res, a
+ * leaky ReLU over the residual's rows zr) of m channels from
  * ch, a row ld (out: ldo) apart, buffered: blocks of FBN_HBLOCK channels of the g
  * rows widened into float arrays (all rows' loads first, as the wider types' loop
  * has them in flight together), computed row by row and narrowed (FBN_LD_N,
  * FBN_ST_N: vector conversions). out may be dr (read first). */
-FBN_INLINE void FBN_SYM(dx_blocks)(const T *dr, const T *xr, int64_t ld, T *out, int64_t ldo,
-                                   int64_t m, const FBN_SYM(tcoefs) *k, int64_t ch, const int g,
-                                   const int relu) {
+FBN_INLINE void FBN_SYM(dx_blocks)(const T *dr, const T *xr, const T *zr, int64_t ld, T *out,
+                                   int64_t ldo, int64_t m, const FBN_SYM(tcoefs) *k, int64_t ch,
+                                   const int g, const int relu, const int res) {
     const TC *shift = k->shift + ch, *scale = k->scale + ch, *bias = k->bias + ch;
     const TC *k_dy = k->k_dy + ch, *k_x = k->k_x + ch, *mdy = k->mean_dy + ch;
     const TC *k_0 = k->k_0 + ch, *inv = k->invstd + ch;
@@ -56,17 +57,21 @@ FBN_INLINE void FBN_SYM(dx_blocks)(const T *dr, const T *xr, int64_t ld, T *out,
     const TC slope = k->slope;
     for (int64_t b = 0; b < m; b += FBN_HBLOCK) {
         TC db[FBN_GROUP * FBN_HBLOCK], xb[FBN_GROUP * FBN_HBLOCK], ob[FBN_HBLOCK];
+        TC zb[FBN_GROUP * FBN_HBLOCK]; /* res: the residual's */
         const int64_t n = m - b < FBN_HBLOCK ? m - b : FBN_HBLOCK;
         for (int i = 0; i < g; i++) {
             FBN_LD_N(dr + i * ld + b, db + i * FBN_HBLOCK, n);
             FBN_LD_N(xr + i * ld + b, xb + i * FBN_HBLOCK, n);
+            if (res) FBN_LD_N(zr + i * ld + b, zb + i * FBN_HBLOCK, n);
         }
         for (int i = 0; i < g; i++) {
             const TC *di = db + i * FBN_HBLOCK, *xi = xb + i * FBN_HBLOCK;
+            const TC *zi = res ? zb + i * FBN_HBLOCK : NULL;
             for (int64_t c = 0; c < n; c++)
-                ob[c] = FBN_SYM(xdx1)(di[c], xi[c], shift[b + c], scale[b + c], bias[b + c],
-                                      relu, k_dy[b + c], k_x[b + c], mdy[b + c], k_0[b + c],
-                                      inv[b + c], eval, slope);
+                ob[c] = FBN_SYM(xdx1)(di[c], xi[c], res ? zi[c] : (TC)0, shift[b + c],
+                                      scale[b + c], bias[b + c], relu, res, k_dy[b + c],
+                                      k_x[b + c], mdy[b + c], k_0[b + c], inv[b + c], eval,
+                                      slope);
             FBN_ST_N(ob, out + i * ldo + b, n);
         }
     }
@@ -78,7 +83,7 @@ FBN_INLINE void FBN_SYM(dx_blocks)(const T *dr, const T *xr, int64_t ld, T *out,
  * function per dtype), buffered. */
 static void FBN_SYM(dx_rest)(int relu, int g, const T *dr, const T *xr, int64_t ld, T *out,
                              int64_t ldo, int64_t m, const FBN_SYM(tcoefs) *k, int64_t ch) {
-    FBN_SYM(dx_blocks)(dr, xr, ld, out, ldo, m, k, ch, g, relu);
+    FBN_SYM(dx_blocks)(dr, xr, NULL, ld, out, ldo, m, k, ch, g, relu, 0);
 }
 
 /* dx of g rows as fbn_dx_blocks_<sfx>, FBN_VW channels at a time in registers, all
@@ -102,8 +107,8 @@ FBN_INLINE void FBN_SYM(dx_vec)(const int isa, const int relu, const int g, cons
         for (int i = 0; i < g; i++) {
             TC ov[FBN_VW];
             for (int j = 0; j < FBN_VW; j++)
-                ov[j] = FBN_SYM(xdx1)(dv[i][j], xv[i][j], shift[c + j], scale[c + j],
-                                      bias[c + j], relu, k_dy[c + j], k_x[c + j], mdy[c + j],
+                ov[j] = FBN_SYM(xdx1)(dv[i][j], xv[i][j], (TC)0, shift[c + j], scale[c + j],
+                                      bias[c + j], relu, 0, k_dy[c + j], k_x[c + j], mdy[c + j],
                                       k_0[c + j], inv[c + j], eval, slope);
             FBN_ST_V(isa, ov, out + i * ldo + c);
         }
@@ -238,7 +243,7 @@ FBN_INLINE void FBN_SYM(half_dx_rows)(const T *dr, const T *xr, int64_t ld, T *o
     }
 #endif
 #endif
-    FBN_SYM(dx_blocks)(dr, xr, ld, out, ldo, m, k, ch, g, relu);
+    FBN_SYM(dx_blocks)(dr, xr, NULL, ld, out, ldo, m, k, ch, g, relu, 0);
 }
 
 /* Rows shape: dx of one channel's m values in registers with AVX-512F and no ReLU

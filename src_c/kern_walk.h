@@ -288,10 +288,17 @@ FBN_DISPATCH static void FBN_SYM(bwd_elemt_tile_gap)(const T *dy, const T *x, T 
     FBN_SYM(elemwise_tile)(FBN_OP_DX, x, dy, dx, p, t, k, 1);
 }
 
-/* dx of tile t with a leaky ReLU's mask (any row gap). */
+/* dx of tile t with a leaky ReLU's mask (any row gap), over k->z where given
+ * (16-bit data, contiguous inputs). */
 FBN_DISPATCH static void FBN_SYM(bwd_elemt_tile_x)(const T *dy, const T *x, T *dx,
                                                    const fbn_plan *p, int64_t t,
                                                    const FBN_SYM(tcoefs) *k) {
+#ifdef FBN_NARROW
+    if (k->z) {
+        FBN_SYM(elemwise_tile)(FBN_OP_XDX + 6, x, dy, dx, p, t, k, 0);
+        return;
+    }
+#endif
     FBN_SYM(elemwise_tile)(FBN_OP_XDX + 2, x, dy, dx, p, t, k, 1);
 }
 

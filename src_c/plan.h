@@ -56,7 +56,9 @@ enum { FBN_OP_AFFINE = 0, FBN_OP_DX = 1, FBN_OP_COPY = 2 };
 /* The epilogues of issue 20 as ops of their own, so that the plain ops' code is
  * unchanged: FBN_OP_XAFF + act + 4 * res (y with activation act, 0 none, 1 ReLU,
  * 2 leaky ReLU, and res: a residual z added before it, read as the second input)
- * and FBN_OP_XDX + 2 (dx with a leaky ReLU's mask). */
+ * and FBN_OP_XDX + 2 + 4 * res (dx with a leaky ReLU's mask; res, 16-bit data
+ * only: the mask's pre-activation adds z, read at x's offsets from the typed
+ * coefficients' z, as the second input is dy). */
 enum { FBN_OP_XAFF = 8, FBN_OP_XDX = 16 };
 #define FBN_OP_ACT(op) ((op) & 3)
 #define FBN_OP_RES(op) (((op) >> 2) & 1)

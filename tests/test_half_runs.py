@@ -8,7 +8,9 @@ backward of 16-bit data must equal the float32 results on the widened data round
 the 16-bit dtype, bit for bit, whichever form computes them: one value at a time (runs
 shorter than FBN_HALF_SCALAR_RUN, src_c/tuning.h), blocks, or registers. Run lengths
 (inner) cover each side of those limits; the ops cover the plain y, ReLU, leaky ReLU
-with a residual, and dx.
+with a residual, and dx. The leaky ReLU's dx over a residual reads dy and the residual
+itself (dy * slope is not a half value: from dresidual it was rounded twice), on every
+walk: rows, channel blocks and row groups, fused or not, streamed or not.
 """
 import numpy as np
 import pytest
@@ -47,15 +49,54 @@ def test_outputs_are_float32_rounded(dtype, inner):
         assert_bitwise_equal(y, rounded(y32, dtype), f"y {kw.get('activation')}")
         grads = fastbn.backward(dy, cache)
         grads32 = fastbn.backward(dy32, cache32)
-        if "residual" in kw:  # dresidual (dy through the activation), rounded once; dx
-            # reads it back rounded (test_half.py's xfail on the residual's dx)
+        if "residual" in kw:  # dresidual: dy through the activation, rounded once
             assert_bitwise_equal(grads[3], rounded(grads32[3], dtype), "dresidual")
-        else:
-            assert_bitwise_equal(grads[0], rounded(grads32[0], dtype),
-                                 f"dx {kw.get('activation')}")
+        assert_bitwise_equal(grads[0], rounded(grads32[0], dtype), f"dx {kw.get('activation')}")
         rm, rv = cache32.mean.astype(np.float32), (1 / cache32.invstd ** 2).astype(np.float32)
         yi, _ = fastbn.forward(x, gamma, beta, training=False, running_mean=rm,
                                running_var=rv, **kw)
         yi32, _ = fastbn.forward(x32, gamma, beta, training=False, running_mean=rm,
                                  running_var=rv, **kw32)
         assert_bitwise_equal(yi, rounded(yi32, dtype), f"inference {kw.get('activation')}")
+
+
+# layouts whose dx takes each walk: runs of channel blocks (NCHW), row groups of the
+# columns shape (NHWC, (N, C)), and with small caches the unfused tiling and streamed
+# stores (conftest.streaming_l3's mechanism)
+LAYOUTS = {"nchw": ((4, 3, 64, 64), 1), "nhwc": ((8, 12, 12, 24), -1), "nc": ((700, 40), 1)}
+
+
+@pytest.mark.parametrize("caches", ["detected", "small"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("dtype", HALF)
+def test_leaky_residual_dx_is_float32_rounded(dtype, layout, threads, caches,
+                                              restore_threads):
+    import fastbn._kernels as kernels
+    shape, axis = LAYOUTS[layout]
+    rng = np.random.default_rng(len(shape) + threads)
+    C = shape[axis]
+    x = (1.0 + 2 * rng.standard_normal(shape)).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    z = rng.standard_normal(shape).astype(dtype)
+    gamma = rng.uniform(0.5, 2, C).astype(np.float32)
+    beta = rng.standard_normal(C).astype(np.float32)
+    fastbn.set_num_threads(threads)
+    if caches == "small":  # L2 64 KB, L3 64 KB: tiles of part channels, outputs streamed
+        kernels._set_cache_sizes(0, 64 << 10, 64 << 10)
+    try:
+        for training in (True, False):
+            kw = dict(axis=axis, activation="leaky_relu", negative_slope=0.07,
+                      training=training)
+            if not training:
+                kw.update(running_mean=np.zeros(C, np.float32),
+                          running_var=np.full(C, 2.0, np.float32))
+            _, cache = fastbn.forward(x, gamma, beta, residual=z, **kw)
+            _, cache32 = fastbn.forward(x.astype(np.float32), gamma, beta,
+                                        residual=z.astype(np.float32), **kw)
+            dx, _, _, dz = fastbn.backward(dy, cache)
+            dx32, _, _, dz32 = fastbn.backward(dy.astype(np.float32), cache32)
+            assert_bitwise_equal(dz, rounded(dz32, dtype), f"dresidual training={training}")
+            assert_bitwise_equal(dx, rounded(dx32, dtype), f"dx training={training}")
+    finally:
+        kernels._set_cache_sizes(0, 0, 0)
