@@ -131,7 +131,7 @@ extension = Extension(
     sources=[*KERNEL_UNITS, "fastbn/_kernels.pyx", "src_c/kernels.c", "src_c/plan.c",
              "src_c/stream.c", "src_c/work.c", "src_c/parallel.c"],
     include_dirs=["src_c", np.get_include()],
-    depends=["fastbn/_front.pxi", "fastbn/_kernels.pxd", *glob.glob("src_c/*.h")],
+    depends=[*glob.glob("fastbn/*.pxi"), "fastbn/_kernels.pxd", *glob.glob("src_c/*.h")],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
 )
 

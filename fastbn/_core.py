@@ -312,6 +312,15 @@ def backward_elemt(dy, x, mean, invstd, gamma, sum_dy, sum_dy_xhat, count, *, ax
 _kernels.set_checked_paths(_checked_forward, _checked_backward, Cache, get_num_threads,
                            _forward_then)
 forward, backward = _kernels.forward, _kernels.backward
+# and the building blocks (fastbn/_front_blocks.pxi) over theirs
+checked_blocks = {"batch_stats": batch_stats, "normalize": normalize,
+                  "backward_reduce": backward_reduce, "backward_elemt": backward_elemt}
+_kernels.set_checked_blocks(**checked_blocks)
+batch_stats, normalize, backward_reduce, backward_elemt = (
+    _kernels.front_batch_stats, _kernels.front_normalize, _kernels.front_backward_reduce,
+    _kernels.front_backward_elemt)
+for _f in (batch_stats, normalize, backward_reduce, backward_elemt):
+    _f.__name__ = _f.__qualname__ = _f.__name__[len("front_"):]  # help() shows the public name
 # the layer's forward (fastbn/_layer_passes.py): _forward_then with the compiled front end
 _front_forward_then = _kernels.forward_then
 

@@ -451,9 +451,8 @@ cdef inline bint plain_stats(object v, int64_t C):
     return plain_vector(v, C) and cnp.PyArray_TYPE(<cnp.ndarray>v) == cnp.NPY_DOUBLE
 
 
-cdef inline bint invstd_ok(cnp.ndarray invstd, int64_t C) noexcept:
+cdef inline bint invstd_ok(const double *v, int64_t C) noexcept:
     """>= 0 and not +inf (NaN allowed), as fastbn._checks.invstd_values requires."""
-    cdef const double *v = <const double *>cnp.PyArray_DATA(invstd)
     cdef int64_t c
     for c in range(C):
         if v[c] < 0.0 or v[c] > DBL_MAX:
@@ -529,7 +528,7 @@ def backward(dy, cache, *, out=None, need_dx=True):
             or not plain_stats(mean_obj, C) or not plain_stats(invstd_obj, C)
             or not (lo_obj is None or (plain_stats(lo_obj, C) and residual_ok(
                 <cnp.ndarray>mean_obj, <cnp.ndarray>lo_obj, C)))
-            or not invstd_ok(<cnp.ndarray>invstd_obj, C)
+            or not invstd_ok(<const double *>cnp.PyArray_DATA(<cnp.ndarray>invstd_obj), C)
             or (gamma is not None and not plain_vector(gamma, C))
             or (beta is not None and not plain_vector(beta, C))
             # outputs apart from cache.x: x_written stays False (mark_written)

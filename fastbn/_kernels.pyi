@@ -99,3 +99,19 @@ def forward_then(
     running_var: Any, momentum: Any, out: Any, activation: Any, then: Any,
     unbiased_running_var: Any = True, features: Any = None,
 ) -> Any: ...
+
+# The building blocks' compiled front end (fastbn/_front_blocks.pxi).
+def set_checked_blocks(**functions: Any) -> None: ...
+def front_batch_stats(x: Any, *, axis: Any = 1) -> Any: ...
+def front_normalize(
+    x: Any, mean: Any, invstd: Any, gamma: Any = None, beta: Any = None, *, axis: Any = 1,
+    out: Any = None, activation: Any = None,
+) -> Any: ...
+def front_backward_reduce(
+    dy: Any, x: Any, mean: Any, invstd: Any, *, axis: Any = 1, gamma: Any = None,
+    beta: Any = None, activation: Any = None,
+) -> Any: ...
+def front_backward_elemt(
+    dy: Any, x: Any, mean: Any, invstd: Any, gamma: Any, sum_dy: Any, sum_dy_xhat: Any,
+    count: Any, *, axis: Any = 1, out: Any = None, beta: Any = None, activation: Any = None,
+) -> Any: ...

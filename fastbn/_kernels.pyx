@@ -414,3 +414,4 @@ def compiler():
 
 
 include "_front.pxi"
+include "_front_blocks.pxi"
