@@ -15,6 +15,7 @@ from libc.math cimport fabs, nextafter, INFINITY
 from cpython.object cimport PyObject, PyTypeObject
 from cpython.ref cimport Py_INCREF
 from functools import partial as _partial
+import numpy as _np
 
 
 cdef extern from "Python.h":
@@ -138,8 +139,9 @@ cdef inline bint plain_typed(object a):
 
 
 cdef inline bint plain_vector(object v, int64_t C):
-    """A plain (C,) vector of native float32/float64, contiguous and aligned."""
-    return (plain_typed(v) and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>v)
+    """A plain (C,) vector of native float32, float64, float16 or bfloat16 (read as
+    double: read_vector), contiguous and aligned."""
+    return (data_code(v) >= 0 and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>v)
             and cnp.PyArray_NDIM(<cnp.ndarray>v) == 1
             and cnp.PyArray_DIM(<cnp.ndarray>v, 0) == C)
 
@@ -166,15 +168,38 @@ cdef inline bint out_ok(object out, cnp.ndarray like, tuple others):
 
 
 cdef inline void read_vector(cnp.ndarray v, int64_t C, double *dst) noexcept nogil:
-    """A plain (C,) vector's values as double (exact for float32)."""
+    """A plain (C,) vector's values as double (exact; as NumPy widens them)."""
     cdef int64_t c
     cdef const float *f
-    if cnp.PyArray_TYPE(v) == cnp.NPY_DOUBLE:
+    cdef int t = cnp.PyArray_TYPE(v)
+    if t == cnp.NPY_DOUBLE:
         memcpy(dst, cnp.PyArray_DATA(v), C * sizeof(double))
-    else:
+    elif t == cnp.NPY_FLOAT:
         f = <const float *>cnp.PyArray_DATA(v)
         for c in range(C):
             dst[c] = f[c]
+    elif t == cnp.NPY_FLOAT16:
+        fbn_widen_f16(<const fbn_float16 *>cnp.PyArray_DATA(v), dst, C)
+    else:  # bfloat16 (plain_vector takes no other type)
+        fbn_widen_bf16(<const fbn_bfloat16 *>cnp.PyArray_DATA(v), dst, C)
+
+
+cdef inline bint wide(object v):
+    """v (a plain vector or None) holds float32 or float64, which the kernels can
+    read where it is or write directly (write_vector); half-precision vectors are
+    read as double (read_vector) and written by NumPy's rounding (rounded_vector)."""
+    return v is None or plain_typed(v)
+
+
+cdef object rounded_vector(const double *src, int64_t C, cnp.ndarray like, object out):
+    """src rounded once to like's dtype by NumPy, as fastbn._checks.store does: into
+    out, or a new vector."""
+    cdef cnp.ndarray v = new_vector(C)
+    memcpy(cnp.PyArray_DATA(v), src, C * sizeof(double))
+    if out is None:
+        return v.astype(like.dtype)
+    _np.copyto(out, v, casting="unsafe")
+    return out
 
 
 cdef inline void write_vector(const double *src, int64_t C, cnp.ndarray v) noexcept nogil:
@@ -326,7 +351,7 @@ cdef object plain_forward(object x, object gamma, object beta, object axis, obje
     compiled step."""
     cdef cnp.ndarray xa, y, mean, lo, invstd, rm, rv, new_rm = None, new_rv = None
     cdef int ax, nd, st = 0
-    cdef bint relu, train, running, direct
+    cdef bint relu, train, running, direct, wide_params, copies = False
     cdef int dt = data_code(x)
     cdef fbn_shape s
     cdef int64_t C, count, nvar
@@ -385,8 +410,10 @@ cdef object plain_forward(object x, object gamma, object beta, object axis, obje
     gt = cnp.NPY_NOTYPE if gamma is None else cnp.PyArray_TYPE(<cnp.ndarray>gamma)
     bt = cnp.NPY_NOTYPE if beta is None else cnp.PyArray_TYPE(<cnp.ndarray>beta)
     epi.act, epi.slope, epi.residual, epi.dresidual = (1 if relu else 0), 0.0, NULL, NULL
-    epi.params_f32 = train and gt != cnp.NPY_DOUBLE and bt != cnp.NPY_DOUBLE
-    direct = train and (epi.params_f32 or (gt != cnp.NPY_FLOAT and bt != cnp.NPY_FLOAT))
+    wide_params = wide(gamma) and wide(beta)  # half-precision ones are read as double
+    epi.params_f32 = train and wide_params and gt != cnp.NPY_DOUBLE and bt != cnp.NPY_DOUBLE
+    direct = train and wide_params and (epi.params_f32
+                                        or (gt != cnp.NPY_FLOAT and bt != cnp.NPY_FLOAT))
     # the block: var (nvar values: none in training without running statistics), then
     # gamma and beta as double unless read where they are
     nvar = C if running or not train else 0
@@ -410,9 +437,12 @@ cdef object plain_forward(object x, object gamma, object beta, object axis, obje
             factor = <double>count / <double>(count - 1) if unbiased_running_var else 1.0
             if running:
                 rm, rv = <cnp.ndarray>running_mean, <cnp.ndarray>running_var
-                if layer:  # the new values in new arrays: commit writes them
-                    rm, rv = copy_vector(rm), copy_vector(rv)
-                    new_rm, new_rv = rm, rv
+                # the new values in new arrays, which commit writes: the layer's, and
+                # half-precision ones (updated in double, then rounded once, as
+                # fastbn._core._ema does)
+                copies = layer or not (wide(rm) and wide(rv))
+                if copies:
+                    rm, rv = running_copy(rm, C), running_copy(rv, C)
             with nogil:
                 st = run_forward_train_ex(dt, cnp.PyArray_DATA(xa), cnp.PyArray_DATA(y), s, g,
                                           b, e, &epi, <double *>cnp.PyArray_DATA(mean),
@@ -424,6 +454,9 @@ cdef object plain_forward(object x, object gamma, object beta, object axis, obje
                             mom, 1.0)
                     run_ema(cnp.PyArray_TYPE(rv) == cnp.NPY_FLOAT, cnp.PyArray_DATA(rv),
                             var, NULL, C, mom, factor)
+            if st == 0 and running and copies:
+                new_rm = rm if wide(running_mean) else rm.astype(running_mean.dtype)
+                new_rv = rv if wide(running_var) else rv.astype(running_var.dtype)
         else:
             read_vector(<cnp.ndarray>running_mean, C, <double *>cnp.PyArray_DATA(mean))
             read_vector(<cnp.ndarray>running_var, C, var)
@@ -439,11 +472,20 @@ cdef object plain_forward(object x, object gamma, object beta, object axis, obje
                        None if beta is None else copy_vector(<cnp.ndarray>beta),
                        mean, lo, invstd, None, count, ax, eps, training,
                        "relu" if relu else None, False, False))
-    if layer:  # as fastbn._core._forward_then commits
-        copies = [] if new_rm is None else [(running_mean, new_rm), (running_var, new_rv)]
-        if copies or then is not None:
-            _checks.commit(copies, None if then is None else _partial(then, cache))
+    pairs = [] if new_rm is None else [(running_mean, new_rm), (running_var, new_rv)]
+    if pairs or (layer and then is not None):  # as fastbn._core._forward_then commits
+        _checks.commit(pairs, None if then is None else _partial(then, cache))
     return y, cache
+
+
+cdef cnp.ndarray running_copy(cnp.ndarray v, int64_t C):
+    """A new copy of running statistic v to update: of v's dtype, or for half
+    precision widened to double."""
+    if plain_typed(v):
+        return copy_vector(v)
+    cdef cnp.ndarray d = new_vector(C)
+    read_vector(v, C, <double *>cnp.PyArray_DATA(d))
+    return d
 
 
 cdef inline bint plain_stats(object v, int64_t C):
@@ -543,11 +585,13 @@ def backward(dy, cache, *, out=None, need_dx=True):
     nthreads = threads_for(cnp.PyArray_SIZE(x))
     dx = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(x), cnp.PyArray_TYPE(x), 0) \
         if dx_out is None else <cnp.ndarray>dx_out
-    if gamma is not None:
+    # dgamma and dbeta of float32/float64 written in the compiled step; of half
+    # precision after it (rounded_vector)
+    if gamma is not None and wide(gamma):
         dgamma = cnp.PyArray_EMPTY(1, cnp.PyArray_DIMS(<cnp.ndarray>gamma),
                                    cnp.PyArray_TYPE(<cnp.ndarray>gamma), 0) \
             if dg_out is None else <cnp.ndarray>dg_out
-    if beta is not None:
+    if beta is not None and wide(beta):
         dbeta = cnp.PyArray_EMPTY(1, cnp.PyArray_DIMS(<cnp.ndarray>beta),
                                   cnp.PyArray_TYPE(<cnp.ndarray>beta), 0) \
             if db_out is None else <cnp.ndarray>db_out
@@ -573,6 +617,10 @@ def backward(dy, cache, *, out=None, need_dx=True):
                 write_vector(sum_dy_xhat, C, dgamma)
             if st == 0 and dbeta is not None:
                 write_vector(sum_dy, C, dbeta)
+        if st == 0 and not wide(gamma):
+            dgamma = rounded_vector(sum_dy_xhat, C, <cnp.ndarray>gamma, dg_out)
+        if st == 0 and not wide(beta):
+            dbeta = rounded_vector(sum_dy, C, <cnp.ndarray>beta, db_out)
     finally:
         free(work)
     check(st)

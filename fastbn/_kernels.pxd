@@ -131,6 +131,8 @@ cdef extern from "fastbn.h" nogil:
                      int64_t channels, double momentum, double factor)
     void fbn_ema_f64(double *running, const double *batch, const double *batch_lo,
                      int64_t channels, double momentum, double factor)
+    void fbn_widen_f16(const fbn_float16 *src, double *dst, int64_t n)
+    void fbn_widen_bf16(const fbn_bfloat16 *src, double *dst, int64_t n)
     int fbn_batch_stats_f16(const fbn_float16 *x, fbn_shape s, double *mean_hi, double *mean_lo,
                             double *m2, int nthreads)
     int fbn_forward_train_f16(const fbn_float16 *x, fbn_float16 *y, fbn_shape s, const double *gamma,

@@ -175,6 +175,11 @@ void fbn_ema_f64(double *running, const double *batch, const double *batch_lo,
 
 /* invstd = 1 / sqrt(var + eps), per channel. */
 void fbn_invstd(int64_t channels, const double *var, double eps, double *invstd);
+/* n 16-bit values widened to double (exact, NaNs quieted): half-precision
+ * per-channel vectors (gamma, beta, running statistics), which the kernels take
+ * as double. */
+void fbn_widen_f16(const fbn_float16 *src, double *dst, int64_t n);
+void fbn_widen_bf16(const fbn_bfloat16 *src, double *dst, int64_t n);
 
 /* Per-channel affine coefficients of normalisation with mean (hi, lo) and invstd:
  * shift = hi, scale = gamma * invstd, bias = beta - lo * scale. */

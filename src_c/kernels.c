@@ -41,6 +41,14 @@ FBN_DISPATCH void fbn_coefficients(int64_t channels, const double *mean_hi,
             bi[c] = lo[c] != 0.0 && FBN_FINITE(sc[c]) ? bi[c] - lo[c] * sc[c] : bi[c];
 }
 
+void fbn_widen_f16(const fbn_float16 *src, double *dst, int64_t n) {
+    for (int64_t i = 0; i < n; i++) dst[i] = fbn_f16_to_f32(src[i].bits);
+}
+
+void fbn_widen_bf16(const fbn_bfloat16 *src, double *dst, int64_t n) {
+    for (int64_t i = 0; i < n; i++) dst[i] = fbn_bf16_to_f32(src[i].bits);
+}
+
 int fbn_openmp_enabled(void) {
 #ifdef _OPENMP
     return 1;
