@@ -185,10 +185,14 @@ cdef inline void read_vector(cnp.ndarray v, int64_t C, double *dst) noexcept nog
 
 
 cdef inline bint wide(object v):
-    """v (a plain vector or None) holds float32 or float64, which the kernels can
-    read where it is or write directly (write_vector); half-precision vectors are
-    read as double (read_vector) and written by NumPy's rounding (rounded_vector)."""
-    return v is None or plain_typed(v)
+    """v (None, or an array plain_vector took) holds float32 or float64, which the
+    kernels can read where it is or write directly (write_vector); half-precision
+    vectors are read as double (read_vector) and written by NumPy's rounding
+    (rounded_vector)."""
+    if v is None:
+        return True
+    cdef int t = cnp.PyArray_TYPE(<cnp.ndarray>v)
+    return t == cnp.NPY_FLOAT or t == cnp.NPY_DOUBLE
 
 
 cdef object rounded_vector(const double *src, int64_t C, cnp.ndarray like, object out):

@@ -2,9 +2,9 @@
 # and backward_elemt (included by _kernels.pyx after _front.pxi, whose helpers it uses).
 #
 # As for forward: a call whose arguments are all of the plain, valid kinds (a non-empty
-# data array the kernels read where it is, (C,) float32/float64 vectors, a Python int
-# axis and count, no out= or one the kernels write where it is) is checked and run here
-# without NumPy calls; every other call, and every call that would raise, goes to
+# data array the kernels read where it is, (C,) vectors of a float dtype, a Python int
+# axis, an integer count, no out= or one the kernels write where it is) is checked and
+# run here without NumPy calls; every other call, and every call that would raise, goes to
 # fastbn._core's checked function (set_checked_blocks), which decides and words the
 # errors. Both compute the same doubles in the same order and run the same kernels, so
 # their results are bitwise equal (tests/test_front_blocks.py). fastbn._core binds them
@@ -204,9 +204,11 @@ def front_backward_elemt(dy, x, mean, invstd, gamma, sum_dy, sum_dy_xhat, count,
 cdef object plain_backward_elemt(object dy, object x, object mean, object invstd, object gamma,
                                  object sum_dy, object sum_dy_xhat, object count, object axis,
                                  object out, object beta, object activation):
-    """backward_elemt's plain call (count a Python int): dx, or None."""
+    """backward_elemt's plain call (count a Python or NumPy integer): dx, or None."""
     cdef int ax, st
     cdef fbn_shape s
+    if type(count) is not int and isinstance(count, _np.integer):
+        count = int(count)
     if not (plain_data(x, axis, &ax, &s) and plain_activation(activation)
             and type(count) is int and 1 <= count <= 2 ** 62):
         return None
