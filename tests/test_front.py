@@ -58,7 +58,11 @@ def checked_calls():
 
 
 def _vector(rng, C, dtype):
-    return None if dtype is None else rng.uniform(0.5, 2.0, C).astype(dtype) * rng.choice([-1, 1], C)
+    """Values of either sign, of `dtype` (the sign multiplied before the cast: an
+    int64 factor would promote a float16 vector to float64)."""
+    if dtype is None:
+        return None
+    return (rng.uniform(0.5, 2.0, C) * rng.choice([-1, 1], C)).astype(dtype)
 
 
 def _assert_same_cache(a, b, same_x=True):
