@@ -1,11 +1,13 @@
 # The compiled front end of forward and backward (included by _kernels.pyx).
 #
 # A call whose arguments are all of the common, plainly valid kinds (plain data arrays of
-# float32, float64, float16 or bfloat16 with float32/float64 vectors, aligned, C-contiguous
-# or row-strided as fastbn._checks.canonical takes them without a copy, no out= or one the kernels write where it is (out_ok), Python scalars
-# of the expected types) is checked and dispatched here, in one kernel call with its
-# running-statistics update, without NumPy calls: a small batch then costs about what
-# its arithmetic costs. Every other call, and every call that would raise, goes to the
+# float32, float64, float16 or bfloat16 with vectors of those dtypes, aligned, C-contiguous
+# or row-strided as fastbn._checks.canonical takes them without a copy, no out= or one
+# the kernels write where it is (out_ok), Python scalars of the expected types) is
+# checked and dispatched here, in one kernel call with its running-statistics update,
+# without NumPy calls (but the rounding of half-precision dgamma, dbeta and running
+# statistics, by NumPy as the checked path rounds them): a small batch then costs
+# about what its arithmetic costs. Every other call, and every call that would raise, goes to the
 # checked path in fastbn._core (set by `set_checked_paths`), which decides and words the
 # errors; both paths run the same kernels on the same values, so their results are
 # bitwise equal.
@@ -352,7 +354,7 @@ cdef object plain_forward(object x, object gamma, object beta, object axis, obje
     plain (the checked path's). `layer`: fastbn._core._forward_then's contract (no
     momentum warning; the new running statistics in new arrays, written with
     `then(cache)` by fastbn._checks.commit); else they are updated in place in the
-    compiled step."""
+    compiled step (half-precision ones in new arrays, committed)."""
     cdef cnp.ndarray xa, y, mean, lo, invstd, rm, rv, new_rm = None, new_rv = None
     cdef int ax, nd, st = 0
     cdef bint relu, train, running, direct, wide_params, copies = False
