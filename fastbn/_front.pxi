@@ -487,7 +487,7 @@ cdef object plain_forward(object x, object gamma, object beta, object axis, obje
 cdef cnp.ndarray running_copy(cnp.ndarray v, int64_t C):
     """A new copy of running statistic v to update: of v's dtype, or for half
     precision widened to double."""
-    if plain_typed(v):
+    if wide(v):
         return copy_vector(v)
     cdef cnp.ndarray d = new_vector(C)
     read_vector(v, C, <double *>cnp.PyArray_DATA(d))

@@ -59,6 +59,20 @@ cdef inline const double *read_optional(object v, int64_t C, double *dst) noexce
     return dst
 
 
+cdef inline bint read_channel_vectors(object mean, object invstd, object gamma, object beta,
+                                      int64_t C, double *w, const double **g,
+                                      const double **b):
+    """mean, invstd, gamma and beta (plain vectors; gamma and beta may be None: g, b
+    NULL) as double in w's first 4 C values; False for an invstd the checked path
+    refuses."""
+    read_vector(<cnp.ndarray>mean, C, w)
+    read_vector(<cnp.ndarray>invstd, C, w + C)
+    if not invstd_ok(w + C, C):
+        return False
+    g[0], b[0] = read_optional(gamma, C, w + 2 * C), read_optional(beta, C, w + 3 * C)
+    return True
+
+
 cdef inline double *new_work(int64_t n) except NULL:
     cdef double *w = <double *>malloc((n + 1) * sizeof(double))
     if w == NULL:
@@ -122,11 +136,8 @@ cdef object plain_normalize(object x, object mean, object invstd, object gamma, 
     cdef const double *b
     cdef cnp.ndarray y
     try:
-        read_vector(<cnp.ndarray>mean, C, m)
-        read_vector(<cnp.ndarray>invstd, C, inv)
-        if not invstd_ok(inv, C):
+        if not read_channel_vectors(mean, invstd, gamma, beta, C, w, &g, &b):
             return None
-        g, b = read_optional(gamma, C, w + 2 * C), read_optional(beta, C, w + 3 * C)
         y = new_output(xa, out)
         with nogil:
             fbn_coefficients(C, m, NULL, inv, g, b, shift, shift + C, shift + 2 * C)
@@ -170,11 +181,8 @@ cdef object plain_backward_reduce(object dy, object x, object mean, object invst
     cdef cnp.ndarray sum_dy = new_vector(C), sum_dy_xhat = new_vector(C)
     cdef double *sxh = <double *>cnp.PyArray_DATA(sum_dy_xhat)
     try:
-        read_vector(<cnp.ndarray>mean, C, m)
-        read_vector(<cnp.ndarray>invstd, C, inv)
-        if not invstd_ok(inv, C):
+        if not read_channel_vectors(mean, invstd, gamma, beta, C, w, &g, &b):
             return None
-        g, b = read_optional(gamma, C, w + 2 * C), read_optional(beta, C, w + 3 * C)
         with nogil:
             if relu:  # the forward's pre-activation, for the mask
                 fbn_coefficients(C, m, NULL, inv, g, b, shift, shift + C, shift + 2 * C)
@@ -237,11 +245,8 @@ cdef object plain_backward_elemt(object dy, object x, object mean, object invstd
     cdef const double *b
     cdef cnp.ndarray dx
     try:
-        read_vector(<cnp.ndarray>mean, C, m)
-        read_vector(<cnp.ndarray>invstd, C, inv)
-        if not invstd_ok(inv, C):
+        if not read_channel_vectors(mean, invstd, gamma, beta, C, w, &g, &b):
             return None
-        g, b = read_optional(gamma, C, w + 2 * C), read_optional(beta, C, w + 3 * C)
         read_vector(<cnp.ndarray>sum_dy, C, sdy)
         read_vector(<cnp.ndarray>sum_dy_xhat, C, sxh)
         dx = new_output(xa, out)
