@@ -198,14 +198,11 @@ cdef inline bint wide(object v):
 
 
 cdef object rounded_vector(const double *src, int64_t C, cnp.ndarray like, object out):
-    """src rounded once to like's dtype by NumPy, as fastbn._checks.store does: into
-    out, or a new vector."""
+    """src rounded once to like's dtype by fastbn._checks.store, as the checked path
+    stores it: into out, or a new vector."""
     cdef cnp.ndarray v = new_vector(C)
     memcpy(cnp.PyArray_DATA(v), src, C * sizeof(double))
-    if out is None:
-        return v.astype(like.dtype)
-    _np.copyto(out, v, casting="unsafe")
-    return out
+    return _checks.store(v, out, like.dtype)
 
 
 cdef inline void write_vector(const double *src, int64_t C, cnp.ndarray v) noexcept nogil:
@@ -296,6 +293,36 @@ cdef inline bint canonical_view(cnp.ndarray x, int axis, fbn_shape *s) noexcept:
 cdef inline cnp.ndarray new_vector(int64_t C):
     cdef cnp.npy_intp n = C
     return cnp.PyArray_EMPTY(1, &n, cnp.NPY_DOUBLE, 0)
+
+
+cdef inline bint plain_dy(object dy, cnp.ndarray x, int ax, const fbn_shape *s):
+    """dy of x's dtype and shape, read where it is with x's rows."""
+    cdef fbn_shape t
+    if data_code(dy) < 0:
+        return False
+    cdef cnp.ndarray d = <cnp.ndarray>dy
+    cdef int i, nd = cnp.PyArray_NDIM(x)
+    if cnp.PyArray_TYPE(d) != cnp.PyArray_TYPE(x) or cnp.PyArray_NDIM(d) != nd:
+        return False
+    for i in range(nd):
+        if cnp.PyArray_DIM(d, i) != cnp.PyArray_DIM(x, i):
+            return False
+    return canonical_view(d, ax, &t) and t.row_stride == s.row_stride
+
+
+cdef inline double *new_work(int64_t n) except NULL:
+    """n doubles of per-channel work (and one more: n may be 0), to free()."""
+    cdef double *w = <double *>malloc((n + 1) * sizeof(double))
+    if w == NULL:
+        raise MemoryError("fastbn: could not allocate a per-channel work buffer")
+    return w
+
+
+cdef inline cnp.ndarray new_output(cnp.ndarray x, object out):
+    """out (checked by the caller), or a new C-contiguous array like x."""
+    if out is not None:
+        return <cnp.ndarray>out
+    return cnp.PyArray_EMPTY(cnp.PyArray_NDIM(x), cnp.PyArray_DIMS(x), cnp.PyArray_TYPE(x), 0)
 
 
 cdef inline bint plain_features(object mask, object renorm, object virtual_batch_size,
@@ -405,8 +432,7 @@ cdef object plain_forward(object x, object gamma, object beta, object axis, obje
         return None
     relu = activation == "relu"
     nthreads = threads_for(cnp.PyArray_SIZE(xa))
-    y = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(xa), cnp.PyArray_TYPE(xa), 0) if out is None \
-        else <cnp.ndarray>out
+    y = new_output(xa, out)
     mean, invstd = new_vector(C), new_vector(C)
     lo = new_vector(C) if train else None
     # training reads gamma and beta where they are when both are float32 (the kernel
@@ -423,9 +449,7 @@ cdef object plain_forward(object x, object gamma, object beta, object axis, obje
     # the block: var (nvar values: none in training without running statistics), then
     # gamma and beta as double unless read where they are
     nvar = C if running or not train else 0
-    work = <double *>malloc((nvar + (0 if direct else 2 * C) + 1) * sizeof(double))
-    if work == NULL:
-        raise MemoryError("fastbn: could not allocate a per-channel work buffer")
+    work = new_work(nvar + (0 if direct else 2 * C))
     var = work if nvar else NULL
     try:
         if direct:
@@ -535,8 +559,8 @@ cdef inline bint grads_out_ok(object dx_out, object dg_out, object db_out, cnp.n
 def backward(dy, cache, *, out=None, need_dx=True):
     cdef cnp.ndarray x, dya, dx, dgamma = None, dbeta = None, mean, invstd, lo = None
     cdef int ax, nd, st = 0
-    cdef int64_t C, d
-    cdef fbn_shape s, sdy
+    cdef int64_t C
+    cdef fbn_shape s
     cdef bint relu, train
     cdef double *work
     cdef const double *g = NULL
@@ -562,16 +586,11 @@ def backward(dy, cache, *, out=None, need_dx=True):
         return _checked_backward(dy, cache, out=out, need_dx=need_dx)
     x, dya, ax = <cnp.ndarray>x_obj, <cnp.ndarray>dy, ax_obj
     nd = cnp.PyArray_NDIM(x)
-    ok = (cnp.PyArray_TYPE(dya) == cnp.PyArray_TYPE(x) and cnp.PyArray_NDIM(dya) == nd
-          and 0 <= ax < nd)
-    if ok:
-        for d in range(nd):
-            ok = ok and cnp.PyArray_DIM(dya, d) == cnp.PyArray_DIM(x, d)
+    # x and dy read where they are when they share one row stride (canonical_inputs)
+    ok = 0 <= ax < nd and canonical_view(x, ax, &s) and plain_dy(dya, x, ax, &s)
     C = cnp.PyArray_DIM(x, ax) if ok else 0
     mean_obj, lo_obj, invstd_obj = cache._mean, cache._mean_lo, cache.invstd
-    # x and dy read where they are when they share one row stride (canonical_inputs)
-    if (not ok or C == 0 or not canonical_view(x, ax, &s) or not canonical_view(dya, ax, &sdy)
-            or sdy.row_stride != s.row_stride or type(cache.count) is not int
+    if (not ok or C == 0 or type(cache.count) is not int
             or cache.count != cnp.PyArray_SIZE(x) // C
             or not plain_stats(mean_obj, C) or not plain_stats(invstd_obj, C)
             or not (lo_obj is None or (plain_stats(lo_obj, C) and residual_ok(
@@ -589,8 +608,7 @@ def backward(dy, cache, *, out=None, need_dx=True):
         lo = <cnp.ndarray>lo_obj
     relu, train = activation == "relu", cache.training
     nthreads = threads_for(cnp.PyArray_SIZE(x))
-    dx = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(x), cnp.PyArray_TYPE(x), 0) \
-        if dx_out is None else <cnp.ndarray>dx_out
+    dx = new_output(x, dx_out)
     # dgamma and dbeta of float32/float64 written in the compiled step; of half
     # precision after it (rounded_vector)
     if gamma is not None and wide(gamma):
@@ -601,9 +619,7 @@ def backward(dy, cache, *, out=None, need_dx=True):
         dbeta = cnp.PyArray_EMPTY(1, cnp.PyArray_DIMS(<cnp.ndarray>beta),
                                   cnp.PyArray_TYPE(<cnp.ndarray>beta), 0) \
             if db_out is None else <cnp.ndarray>db_out
-    work = <double *>malloc(4 * C * sizeof(double))
-    if work == NULL:
-        raise MemoryError("fastbn: could not allocate a per-channel work buffer")
+    work = new_work(4 * C)
     try:
         if gamma is not None:
             read_vector(<cnp.ndarray>gamma, C, work)

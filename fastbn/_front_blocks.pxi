@@ -32,21 +32,6 @@ cdef inline bint plain_data(object x, object axis, int *ax, fbn_shape *s):
     return canonical_view(xa, ax[0], s)
 
 
-cdef inline bint plain_dy(object dy, cnp.ndarray x, int ax, const fbn_shape *s):
-    """dy of x's dtype and shape, read where it is with x's rows."""
-    cdef fbn_shape t
-    if data_code(dy) < 0:
-        return False
-    cdef cnp.ndarray d = <cnp.ndarray>dy
-    cdef int i, nd = cnp.PyArray_NDIM(x)
-    if cnp.PyArray_TYPE(d) != cnp.PyArray_TYPE(x) or cnp.PyArray_NDIM(d) != nd:
-        return False
-    for i in range(nd):
-        if cnp.PyArray_DIM(d, i) != cnp.PyArray_DIM(x, i):
-            return False
-    return canonical_view(d, ax, &t) and t.row_stride == s.row_stride
-
-
 cdef inline bint optional_vector(object v, int64_t C):
     return v is None or plain_vector(v, C)
 
@@ -71,19 +56,6 @@ cdef inline bint read_channel_vectors(object mean, object invstd, object gamma, 
         return False
     g[0], b[0] = read_optional(gamma, C, w + 2 * C), read_optional(beta, C, w + 3 * C)
     return True
-
-
-cdef inline double *new_work(int64_t n) except NULL:
-    cdef double *w = <double *>malloc((n + 1) * sizeof(double))
-    if w == NULL:
-        raise MemoryError("fastbn: could not allocate a per-channel work buffer")
-    return w
-
-
-cdef inline cnp.ndarray new_output(cnp.ndarray x, object out):
-    if out is not None:
-        return <cnp.ndarray>out
-    return cnp.PyArray_EMPTY(cnp.PyArray_NDIM(x), cnp.PyArray_DIMS(x), cnp.PyArray_TYPE(x), 0)
 
 
 def front_batch_stats(x, *, axis=1):
