@@ -282,7 +282,7 @@ FBN_INLINE void FBN_SYM(dx_rows_as)(const T *dr, const T *xr, int64_t ld, T *out
                                     int64_t m, const FBN_SYM(tcoefs) *k, int64_t ch, const int g,
                                     const int relu) {
 #ifdef FBN_NARROW /* kern_half_dx.h */
-    FBN_SYM(half_dx_rows)(dr, xr, ld, out, ldo, m, k, ch, g, relu);
+    FBN_SYM(half_dx_rows)(dr, xr, NULL, ld, out, ldo, m, k, ch, g, relu, 0);
 #else
     const TC *shift = k->shift + ch, *scale = k->scale + ch, *bias = k->bias + ch;
     const TC *k_dy = k->k_dy + ch, *k_x = k->k_x + ch, *mdy = k->mean_dy + ch;
@@ -328,7 +328,7 @@ FBN_INLINE void FBN_SYM(span_rows)(const int op, const T *x, const T *dy, int64_
         FBN_SYM(xaffine_rows)(op, x + o, FBN_OP_RES(op) ? dy + o : NULL, ld, out, ldo, m, k, ch, g);
 #ifdef FBN_NARROW
     else if ((op & FBN_OP_XDX) && FBN_OP_RES(op)) /* kern_half_dx.h */
-        FBN_SYM(dx_blocks)(dy + o, x + o, k->z + o, ld, out, ldo, m, k, ch, g, FBN_OP_ACT(op), 1);
+        FBN_SYM(half_dx_rows)(dy + o, x + o, k->z + o, ld, out, ldo, m, k, ch, g, 2, 1);
 #endif
     else if (op & FBN_OP_XDX)
         FBN_SYM(dx_rows_as)(dy + o, x + o, ld, out, ldo, m, k, ch, g, FBN_OP_ACT(op));

@@ -79,19 +79,21 @@ FBN_INLINE void FBN_SYM(dx_blocks)(const T *dr, const T *xr, const T *zr, int64_
 
 #if defined(FBN_HALF_VEC16) || defined(FBN_HALF_VEC8) /* the vector forms of half.h */
 
-/* The remainder of a span (fewer than FBN_VW channels; g and relu variables: one
- * function per dtype), buffered. */
-static void FBN_SYM(dx_rest)(int relu, int g, const T *dr, const T *xr, int64_t ld, T *out,
-                             int64_t ldo, int64_t m, const FBN_SYM(tcoefs) *k, int64_t ch) {
-    FBN_SYM(dx_blocks)(dr, xr, NULL, ld, out, ldo, m, k, ch, g, relu, 0);
+/* The remainder of a span (fewer than FBN_VW channels; g, relu and res variables:
+ * one function per dtype), buffered. */
+static void FBN_SYM(dx_rest)(int relu, int res, int g, const T *dr, const T *xr, const T *zr,
+                             int64_t ld, T *out, int64_t ldo, int64_t m,
+                             const FBN_SYM(tcoefs) *k, int64_t ch) {
+    FBN_SYM(dx_blocks)(dr, xr, zr, ld, out, ldo, m, k, ch, g, relu, res);
 }
 
 /* dx of g rows as fbn_dx_blocks_<sfx>, FBN_VW channels at a time in registers, all
  * g rows' loads of a step first (rows a multiple of 4 KB apart: see
- * fbn_dx_rows_as_<sfx>); isa, relu and g constants. */
-FBN_INLINE void FBN_SYM(dx_vec)(const int isa, const int relu, const int g, const T *dr,
-                                const T *xr, int64_t ld, T *out, int64_t ldo, int64_t m,
-                                const FBN_SYM(tcoefs) *k, int64_t ch) {
+ * fbn_dx_rows_as_<sfx>); isa, relu, res and g constants (res: zr as in
+ * fbn_dx_blocks_<sfx>). */
+FBN_INLINE void FBN_SYM(dx_vec)(const int isa, const int relu, const int res, const int g,
+                                const T *dr, const T *xr, const T *zr, int64_t ld, T *out,
+                                int64_t ldo, int64_t m, const FBN_SYM(tcoefs) *k, int64_t ch) {
     const TC *shift = k->shift + ch, *scale = k->scale + ch, *bias = k->bias + ch;
     const TC *k_dy = k->k_dy + ch, *k_x = k->k_x + ch, *mdy = k->mean_dy + ch;
     const TC *k_0 = k->k_0 + ch, *inv = k->invstd + ch;
@@ -99,47 +101,55 @@ FBN_INLINE void FBN_SYM(dx_vec)(const int isa, const int relu, const int g, cons
     const TC slope = k->slope;
     int64_t c = 0;
     for (; c + FBN_VW <= m; c += FBN_VW) {
-        TC xv[FBN_GROUP][FBN_VW], dv[FBN_GROUP][FBN_VW];
+        TC xv[FBN_GROUP][FBN_VW], dv[FBN_GROUP][FBN_VW], zv[FBN_GROUP][FBN_VW];
         for (int i = 0; i < g; i++) {
             FBN_LD_V(isa, xr + i * ld + c, xv[i]);
             FBN_LD_V(isa, dr + i * ld + c, dv[i]);
+            if (res) FBN_LD_V(isa, zr + i * ld + c, zv[i]);
         }
         for (int i = 0; i < g; i++) {
             TC ov[FBN_VW];
             for (int j = 0; j < FBN_VW; j++)
-                ov[j] = FBN_SYM(xdx1)(dv[i][j], xv[i][j], (TC)0, shift[c + j], scale[c + j],
-                                      bias[c + j], relu, 0, k_dy[c + j], k_x[c + j], mdy[c + j],
-                                      k_0[c + j], inv[c + j], eval, slope);
+                ov[j] = FBN_SYM(xdx1)(dv[i][j], xv[i][j], res ? zv[i][j] : (TC)0, shift[c + j],
+                                      scale[c + j], bias[c + j], relu, res, k_dy[c + j],
+                                      k_x[c + j], mdy[c + j], k_0[c + j], inv[c + j], eval,
+                                      slope);
             FBN_ST_V(isa, ov, out + i * ldo + c);
         }
     }
-    if (c < m) FBN_SYM(dx_rest)(relu, g, dr + c, xr + c, ld, out + c, ldo, m - c, k, ch + c);
+    if (c < m)
+        FBN_SYM(dx_rest)(relu, res, g, dr + c, xr + c, res ? zr + c : NULL, ld, out + c, ldo,
+                         m - c, k, ch + c);
 }
 
-/* fbn_dx_vec_<sfx> with g (FBN_GROUP, 2, else rows one by one) and relu (0, 1, 2
- * leaky) as constants; isa a constant. */
-FBN_INLINE void FBN_SYM(dx_vec_g)(const int isa, const int relu, int g, const T *dr,
-                                  const T *xr, int64_t ld, T *out, int64_t ldo, int64_t m,
-                                  const FBN_SYM(tcoefs) *k, int64_t ch) {
+/* fbn_dx_vec_<sfx> with g (FBN_GROUP, 2, else rows one by one) as a constant; isa,
+ * relu and res constants. */
+FBN_INLINE void FBN_SYM(dx_vec_g)(const int isa, const int relu, const int res, int g,
+                                  const T *dr, const T *xr, const T *zr, int64_t ld, T *out,
+                                  int64_t ldo, int64_t m, const FBN_SYM(tcoefs) *k, int64_t ch) {
     if (g == FBN_GROUP)
-        FBN_SYM(dx_vec)(isa, relu, FBN_GROUP, dr, xr, ld, out, ldo, m, k, ch);
+        FBN_SYM(dx_vec)(isa, relu, res, FBN_GROUP, dr, xr, zr, ld, out, ldo, m, k, ch);
     else if (g == 2)
-        FBN_SYM(dx_vec)(isa, relu, 2, dr, xr, ld, out, ldo, m, k, ch);
+        FBN_SYM(dx_vec)(isa, relu, res, 2, dr, xr, zr, ld, out, ldo, m, k, ch);
     else
         for (int i = 0; i < g; i++)
-            FBN_SYM(dx_vec)(isa, relu, 1, dr + i * ld, xr + i * ld, ld, out + i * ldo, ldo, m,
-                            k, ch);
+            FBN_SYM(dx_vec)(isa, relu, res, 1, dr + i * ld, xr + i * ld,
+                            res ? zr + i * ld : NULL, ld, out + i * ldo, ldo, m, k, ch);
 }
 
-FBN_INLINE void FBN_SYM(dx_vec_as)(const int isa, int relu, int g, const T *dr, const T *xr,
-                                   int64_t ld, T *out, int64_t ldo, int64_t m,
-                                   const FBN_SYM(tcoefs) *k, int64_t ch) {
-    if (relu == 0)
-        FBN_SYM(dx_vec_g)(isa, 0, g, dr, xr, ld, out, ldo, m, k, ch);
+/* fbn_dx_vec_g_<sfx> with relu (0, 1, 2 leaky) and res (only with the leaky ReLU:
+ * plan.h's FBN_OP_XDX + 6) as constants. */
+FBN_INLINE void FBN_SYM(dx_vec_as)(const int isa, int relu, int res, int g, const T *dr,
+                                   const T *xr, const T *zr, int64_t ld, T *out, int64_t ldo,
+                                   int64_t m, const FBN_SYM(tcoefs) *k, int64_t ch) {
+    if (res)
+        FBN_SYM(dx_vec_g)(isa, 2, 1, g, dr, xr, zr, ld, out, ldo, m, k, ch);
+    else if (relu == 0)
+        FBN_SYM(dx_vec_g)(isa, 0, 0, g, dr, xr, NULL, ld, out, ldo, m, k, ch);
     else if (relu == 1)
-        FBN_SYM(dx_vec_g)(isa, 1, g, dr, xr, ld, out, ldo, m, k, ch);
+        FBN_SYM(dx_vec_g)(isa, 1, 0, g, dr, xr, NULL, ld, out, ldo, m, k, ch);
     else
-        FBN_SYM(dx_vec_g)(isa, 2, g, dr, xr, ld, out, ldo, m, k, ch);
+        FBN_SYM(dx_vec_g)(isa, 2, 0, g, dr, xr, NULL, ld, out, ldo, m, k, ch);
 }
 
 /* Rows shape: dx of one channel's m values (a run, or a chunk of one; h: its
@@ -186,10 +196,11 @@ FBN_INLINE void FBN_SYM(run_dx_as)(const int isa, const T *dy, const T *x, T *ou
 /* The loops compiled for each instruction set (static inline: no warning where a
  * build without dispatch leaves one unused). */
 #if defined(FBN_HALF_VEC16)
-FBN_HALF_TARGET16 static inline void FBN_SYM(dx_v16)(int relu, int g, const T *dr, const T *xr,
-                                                     int64_t ld, T *out, int64_t ldo, int64_t m,
+FBN_HALF_TARGET16 static inline void FBN_SYM(dx_v16)(int relu, int res, int g, const T *dr,
+                                                     const T *xr, const T *zr, int64_t ld, T *out,
+                                                     int64_t ldo, int64_t m,
                                                      const FBN_SYM(tcoefs) *k, int64_t ch) {
-    FBN_SYM(dx_vec_as)(2, relu, g, dr, xr, ld, out, ldo, m, k, ch);
+    FBN_SYM(dx_vec_as)(2, relu, res, g, dr, xr, zr, ld, out, ldo, m, k, ch);
 }
 FBN_HALF_TARGET16 static inline void FBN_SYM(run_dx_v16)(const T *dy, const T *x, T *out,
                                                          int64_t m, const FBN_SYM(chan) *h) {
@@ -197,11 +208,11 @@ FBN_HALF_TARGET16 static inline void FBN_SYM(run_dx_v16)(const T *dy, const T *x
 }
 #endif
 #if defined(FBN_HALF_VEC16BF)
-FBN_HALF_TARGET16BF static inline void FBN_SYM(dx_v16b)(int relu, int g, const T *dr,
-                                                       const T *xr, int64_t ld, T *out,
-                                                       int64_t ldo, int64_t m,
-                                                       const FBN_SYM(tcoefs) *k, int64_t ch) {
-    FBN_SYM(dx_vec_as)(3, relu, g, dr, xr, ld, out, ldo, m, k, ch);
+FBN_HALF_TARGET16BF static inline void FBN_SYM(dx_v16b)(int relu, int res, int g, const T *dr,
+                                                        const T *xr, const T *zr, int64_t ld,
+                                                        T *out, int64_t ldo, int64_t m,
+                                                        const FBN_SYM(tcoefs) *k, int64_t ch) {
+    FBN_SYM(dx_vec_as)(3, relu, res, g, dr, xr, zr, ld, out, ldo, m, k, ch);
 }
 FBN_HALF_TARGET16BF static inline void FBN_SYM(run_dx_v16b)(const T *dy, const T *x, T *out,
                                                            int64_t m, const FBN_SYM(chan) *h) {
@@ -209,41 +220,43 @@ FBN_HALF_TARGET16BF static inline void FBN_SYM(run_dx_v16b)(const T *dy, const T
 }
 #endif
 #if defined(FBN_HALF_VEC8)
-FBN_HALF_TARGET8 static inline void FBN_SYM(dx_v8)(int relu, int g, const T *dr, const T *xr,
-                                                   int64_t ld, T *out, int64_t ldo, int64_t m,
-                                                   const FBN_SYM(tcoefs) *k, int64_t ch) {
-    FBN_SYM(dx_vec_as)(1, relu, g, dr, xr, ld, out, ldo, m, k, ch);
+FBN_HALF_TARGET8 static inline void FBN_SYM(dx_v8)(int relu, int res, int g, const T *dr,
+                                                   const T *xr, const T *zr, int64_t ld, T *out,
+                                                   int64_t ldo, int64_t m, const FBN_SYM(tcoefs) *k,
+                                                   int64_t ch) {
+    FBN_SYM(dx_vec_as)(1, relu, res, g, dr, xr, zr, ld, out, ldo, m, k, ch);
 }
 #endif
 #endif /* FBN_HALF_VEC16 || FBN_HALF_VEC8 */
 
-/* dx of g rows (g and relu constants, see fbn_dx_rows_as_<sfx>): in registers
- * where the CPU has the conversions, else buffered. */
-FBN_INLINE void FBN_SYM(half_dx_rows)(const T *dr, const T *xr, int64_t ld, T *out, int64_t ldo,
-                                      int64_t m, const FBN_SYM(tcoefs) *k, int64_t ch,
-                                      const int g, const int relu) {
+/* dx of g rows (g, relu and res constants, see fbn_dx_rows_as_<sfx>; res: zr as in
+ * fbn_dx_blocks_<sfx>): in registers where the CPU has the conversions, else
+ * buffered. */
+FBN_INLINE void FBN_SYM(half_dx_rows)(const T *dr, const T *xr, const T *zr, int64_t ld, T *out,
+                                      int64_t ldo, int64_t m, const FBN_SYM(tcoefs) *k,
+                                      int64_t ch, const int g, const int relu, const int res) {
 #if defined(FBN_HALF_VEC16) || defined(FBN_HALF_VEC8)
     const int level = FBN_SYM(half_isa)();
 #if defined(FBN_HALF_VEC16BF)
     if (level == 3) {
-        FBN_SYM(dx_v16b)(relu, g, dr, xr, ld, out, ldo, m, k, ch);
+        FBN_SYM(dx_v16b)(relu, res, g, dr, xr, zr, ld, out, ldo, m, k, ch);
         return;
     }
 #endif
 #if defined(FBN_HALF_VEC16)
     if (level == 2) {
-        FBN_SYM(dx_v16)(relu, g, dr, xr, ld, out, ldo, m, k, ch);
+        FBN_SYM(dx_v16)(relu, res, g, dr, xr, zr, ld, out, ldo, m, k, ch);
         return;
     }
 #endif
 #if defined(FBN_HALF_VEC8)
     if (level == 1) {
-        FBN_SYM(dx_v8)(relu, g, dr, xr, ld, out, ldo, m, k, ch);
+        FBN_SYM(dx_v8)(relu, res, g, dr, xr, zr, ld, out, ldo, m, k, ch);
         return;
     }
 #endif
 #endif
-    FBN_SYM(dx_blocks)(dr, xr, NULL, ld, out, ldo, m, k, ch, g, relu, 0);
+    FBN_SYM(dx_blocks)(dr, xr, zr, ld, out, ldo, m, k, ch, g, relu, res);
 }
 
 /* Rows shape: dx of one channel's m values in registers with AVX-512F and no ReLU
