@@ -178,11 +178,14 @@ FBN_INLINE void FBN_SYM(half_values)(const int op, int stream, const T *x, const
  * dispatched instruction set: the same values) and written out by
  * fbn_stream_copy, with the widest non-temporal stores the CPU has. The buffer
  * holds each chunk at out's offset within a line, and chunks after the first start
- * on a line of out, so that the copy's loads and stores are aligned alike. The
- * inputs of each chunk are prefetched FBN_STREAM_AHEAD bytes ahead, a line at a
- * time. */
-FBN_INLINE void FBN_SYM(stream_values)(const int op, T *out, int64_t m, const T *restrict x,
-                                       const T *restrict dy, const FBN_SYM(chan) *h) {
+ * on a line of out, so that the copy's loads and stores are aligned alike. With
+ * fetch (inputs re-read from the caches: fused passes), the inputs of each chunk
+ * are prefetched FBN_STREAM_AHEAD bytes ahead, a line at a time; inputs read from
+ * memory are left to the hardware prefetcher, as in the columns shape (software
+ * prefetches there made inference up to 1.6x slower: docs/performance.md). */
+FBN_INLINE void FBN_SYM(stream_values)(const int op, const int fetch, T *out, int64_t m,
+                                       const T *restrict x, const T *restrict dy,
+                                       const FBN_SYM(chan) *h) {
 #if FBN_CAN_STREAM
     T buf[FBN_STREAM_CHUNK] __attribute__((aligned(64)));
     int64_t off = (int64_t)((uintptr_t)out % 64 / sizeof(T)); /* out's place in its line */
@@ -191,7 +194,7 @@ FBN_INLINE void FBN_SYM(stream_values)(const int op, T *out, int64_t m, const T 
         const T *restrict xi = x + i;
         const T *restrict di = FBN_TWO_INPUTS(op) ? dy + i : NULL;
         T *restrict to = buf + off;
-        for (int64_t b = 0; b < n * (int64_t)sizeof(T); b += 64) {
+        for (int64_t b = 0; fetch && b < n * (int64_t)sizeof(T); b += 64) {
             if (FBN_TWO_INPUTS(op)) fbn_prefetch_stream((const char *)di + b);
             fbn_prefetch_stream((const char *)xi + b);
         }
@@ -208,9 +211,9 @@ FBN_INLINE void FBN_SYM(stream_values)(const int op, T *out, int64_t m, const T 
 }
 
 /* Rows shape: op's m values of channel c from offset o (the inputs': o + skip, see
- * fbn_row_gap), cached or streamed. */
-FBN_INLINE void FBN_SYM(run_values)(const int op, int stream, const T *x, const T *dy, T *out,
-                                    int64_t o, int64_t skip, int64_t m,
+ * fbn_row_gap), cached or streamed (fetch: see fbn_stream_values_<sfx>). */
+FBN_INLINE void FBN_SYM(run_values)(const int op, int stream, const int fetch, const T *x,
+                                    const T *dy, T *out, int64_t o, int64_t skip, int64_t m,
                                     const FBN_SYM(tcoefs) *k, int64_t c) {
     const T *xr = x + o + skip, *dr = FBN_TWO_INPUTS(op) ? dy + o + skip : NULL;
     T *outr = out + o;
@@ -220,7 +223,7 @@ FBN_INLINE void FBN_SYM(run_values)(const int op, int stream, const T *x, const 
         h.z0 = k->z + o + skip;
     }
     if (stream)
-        FBN_SYM(stream_values)(op, outr, m, xr, dr, &h);
+        FBN_SYM(stream_values)(op, fetch, outr, m, xr, dr, &h);
     else
 #ifdef FBN_NARROW
         FBN_SYM(half_values)(op, 0, xr, dr, outr, m, &h);

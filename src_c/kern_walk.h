@@ -125,7 +125,8 @@ FBN_INLINE void FBN_SYM(stream_out)(T *dst, const T *src, int64_t n) {
 }
 
 /* Row tile t (whole (o, c) rows) of op, inputs gap values further apart a row
- * (fbn_row_gap; a literal 0 for contiguous inputs, see fbn_elemwise_tile_<sfx>). */
+ * (fbn_row_gap; a literal 0 for contiguous inputs, see fbn_elemwise_tile_<sfx>),
+ * read from memory: not prefetched (fbn_stream_values_<sfx>). */
 FBN_INLINE void FBN_SYM(rows_tile)(const int op, const T *x, const T *dy, T *out,
                                    const fbn_plan *p, int64_t t, const FBN_SYM(tcoefs) *k,
                                    const int64_t gap) {
@@ -134,12 +135,12 @@ FBN_INLINE void FBN_SYM(rows_tile)(const int op, const T *x, const T *dy, T *out
     const int64_t f0 = t * p->rows, n = s->outer * C;
     const int64_t f1 = f0 + p->rows < n ? f0 + p->rows : n;
     for (int64_t f = f0; f < f1; f++)
-        FBN_SYM(run_values)(op, p->stream, x, dy, out, f * s->inner, f / C * gap, s->inner, k,
-                            f % C);
+        FBN_SYM(run_values)(op, p->stream, 0, x, dy, out, f * s->inner, f / C * gap, s->inner,
+                            k, f % C);
 }
 
 /* Channel-block tile t of op with inner > 1 (fused passes): one channel's runs
- * (gap: as fbn_rows_tile_<sfx>'s). */
+ * (gap: as fbn_rows_tile_<sfx>'s), re-read from the caches: prefetched. */
 FBN_INLINE void FBN_SYM(runs_tile)(const int op, const T *x, const T *dy, T *out,
                                    const fbn_plan *p, int64_t t, const FBN_SYM(tcoefs) *k,
                                    const int64_t gap) {
@@ -158,7 +159,7 @@ FBN_INLINE void FBN_SYM(runs_tile)(const int op, const T *x, const T *dy, T *out
     for (; u.j < r.j1; FBN_SYM(run_next)(s, r.j1, &u)) {
         if (fetch && u.pos + ahead < s->outer * C * s->inner)
             fbn_prefetch_w(out + u.pos + ahead, s->inner * (int64_t)sizeof(T));
-        FBN_SYM(run_values)(op, p->stream, x, dy, out, u.pos, u.skip, u.n, k, r.c0);
+        FBN_SYM(run_values)(op, p->stream, 1, x, dy, out, u.pos, u.skip, u.n, k, r.c0);
     }
 }
 
