@@ -80,6 +80,45 @@ FBN_INLINE void FBN_SYM(lane_add)(const int kind, double *l1, double *l2, int l,
     }
 }
 
+/* Adds the deviations of 8 values xt around pivot (the first pass's mean 0.0) to
+ * lanes base..base+7 (base a constant). */
+FBN_INLINE void FBN_SYM(dev8)(double *l1, double *l2, const int base, const TC *xt,
+                              double pivot) {
+    for (int l = 0; l < 8; l++)
+        FBN_SYM(lane_add)(FBN_SUMS_DEV, l1, l2, base + l, l, xt, NULL, pivot, 0.0, 0.0, (TC)0,
+                          (TC)0, (TC)0, 0, NULL, NULL, 0, (TC)0);
+}
+
+/* The deviations (around pivot, mean 0.0) of the last m < 8 values from o (lanes
+ * from o % FBN_LANES, a multiple of 8) as a whole group of 8 lanes: the group's
+ * other lanes add those of the pivot itself, +0.0, which leaves a lane as it was (a
+ * lane is never -0.0: it starts at +0.0, and a sum of doubles is -0.0 only if both
+ * terms are), so the sums are bitwise those of one value a lane. (A pivot of NaN
+ * or +-inf adds NaN there, as its own value does to its channel's sums anyway.)
+ * Stored one value a lane, a lane's double would be reloaded in a vector of 8 by
+ * the next run's loop, and such a load waits for the narrower store to complete:
+ * small maps' short runs met that wait every run (docs/performance.md). (The
+ * backward's sums, padded with dy = 0, took longer than the wait.) */
+FBN_INLINE void FBN_SYM(dev_tail)(double *l1, double *l2, int64_t m, int64_t o,
+                                  const TC *restrict x, double pivot) {
+    TC xt[8];
+    for (int k = 0; k < 8; k++) xt[k] = k < m ? x[o + k] : (TC)pivot;
+    switch (o % FBN_LANES) {
+    case 0:
+        FBN_SYM(dev8)(l1, l2, 0, xt, pivot);
+        break;
+    case 8:
+        FBN_SYM(dev8)(l1, l2, 8, xt, pivot);
+        break;
+    case 16:
+        FBN_SYM(dev8)(l1, l2, 16, xt, pivot);
+        break;
+    default:
+        FBN_SYM(dev8)(l1, l2, 24, xt, pivot);
+        break;
+    }
+}
+
 /* Adds n values' terms (x and dy as TC: the data themselves, or a block of 16-bit
  * data widened) to the lanes: value i to lane i % FBN_LANES, but for the last
  * partial lane set's whole groups of 8, to lanes 0..7. A block of a multiple of
@@ -98,6 +137,10 @@ FBN_INLINE void FBN_SYM(lanes_add)(const int kind, double *l1, double *l2, int64
         for (int l = 0; l < 8; l++)
             FBN_SYM(lane_add)(kind, l1, l2, l, i + l, x, dy, pivot, mean, shift, tshift, scale,
                               bias, relu, z, dres, res, slope);
+    if (kind == FBN_SUMS_DEV && i < n && mean == 0.0) {
+        FBN_SYM(dev_tail)(l1, l2, n - i, i, x, pivot);
+        return;
+    }
     for (; i < n; i++)
         FBN_SYM(lane_add)(kind, l1, l2, (int)(i % FBN_LANES), i, x, dy, pivot, mean, shift,
                           tshift, scale, bias, relu, z, dres, res, slope);
