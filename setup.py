@@ -129,7 +129,7 @@ KERNEL_UNITS = ["src_c/kernels_f16.c", "src_c/kernels_bf16.c", "src_c/kernels_f3
 extension = Extension(
     "fastbn._kernels",
     sources=[*KERNEL_UNITS, "fastbn/_kernels.pyx", "src_c/kernels.c", "src_c/plan.c",
-             "src_c/stream.c", "src_c/work.c", "src_c/parallel.c"],
+             "src_c/stream.c", "src_c/work.c", "src_c/parallel.c", "src_c/outmem.c"],
     include_dirs=["src_c", np.get_include()],
     depends=[*glob.glob("fastbn/*.pxi"), "fastbn/_kernels.pxd", *glob.glob("src_c/*.h")],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],

@@ -11,14 +11,15 @@ from . import reference
 from ._cache import Cache
 from ._checks import MomentumWarning  # noqa: F401 (fastbn.MomentumWarning, for filters)
 from ._threads import get_num_threads, set_num_threads
+from ._outputs import set_output_cache
 from .fold import fold_batchnorm, fold_linear
 from .layers import BatchNorm
 
 __version__ = "0.1.0"
 __all__ = ["forward", "backward", "batch_stats", "merge_stats", "normalize", "backward_reduce",
            "backward_elemt", "update_running_stats", "Cache", "backend", "show_config",
-           "get_num_threads", "set_num_threads", "reference", "BatchNorm", "fold_linear",
-           "fold_batchnorm"]
+           "get_num_threads", "set_num_threads", "set_output_cache", "reference", "BatchNorm",
+           "fold_linear", "fold_batchnorm"]
 
 
 def _load_backend():
@@ -55,12 +56,24 @@ def _available_cpus():
     return _os.cpu_count() or 1
 
 
+def _output_memory():
+    from ._outputs import output_cache_info
+    if backend != "c":
+        return "n/a (NumPy backend)"
+    limit, held = output_cache_info()
+    mb = 2 ** 20
+    return (f"freed outputs of 1 MB or more kept for reuse up to {limit / mb:g} MB "
+            f"({held / mb:g} MB held; set_output_cache, FASTBN_OUTPUT_CACHE)" if limit
+            else "no freed output kept (set_output_cache(0) or FASTBN_OUTPUT_CACHE=0)")
+
+
 def show_config(file=None):
     """Print the build's configuration and the run-time facts the kernels tune by.
 
     The backend, version, OpenMP support, thread pool, threads and SIMD paths; the
     instructions that convert float16 / bfloat16 data, the cache sizes and the width
-    of streamed stores, as read on this machine.
+    of streamed stores, as read on this machine; the output cache's limit and what
+    it holds (`set_output_cache`).
 
     What to attach to a bug report; ``python -m fastbn info`` prints the same.
 
@@ -71,7 +84,7 @@ def show_config(file=None):
 
     See Also
     --------
-    get_num_threads, set_num_threads
+    get_num_threads, set_num_threads, set_output_cache
 
     Examples
     --------
@@ -93,5 +106,6 @@ def show_config(file=None):
              f"  simd:          {info['simd']}",
              f"  half data:     float16 / bfloat16 conversions by {info['half']}",
              f"  caches:        {info['caches']}",
+             f"  output memory: {_output_memory()}",
              f"  compiler:      {info['compiler']}"]
     print("\n".join(lines), file=file)

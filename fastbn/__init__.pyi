@@ -12,8 +12,8 @@ from . import reference as reference
 __version__: str
 __all__ = ["forward", "backward", "batch_stats", "merge_stats", "normalize", "backward_reduce",
            "backward_elemt", "update_running_stats", "Cache", "backend", "show_config",
-           "get_num_threads", "set_num_threads", "reference", "BatchNorm", "fold_linear",
-           "fold_batchnorm"]
+           "get_num_threads", "set_num_threads", "set_output_cache", "reference", "BatchNorm",
+           "fold_linear", "fold_batchnorm"]
 
 backend: Literal["c", "numpy"]
 
@@ -135,6 +135,7 @@ def update_running_stats(
 def show_config(file: Optional[IO[str]] = None) -> None: ...
 def get_num_threads() -> int: ...
 def set_num_threads(n: int) -> int: ...
+def set_output_cache(max_bytes: int) -> int: ...
 
 class BatchNorm:
     """Batch normalisation layer for NumPy trainers (see ``fastbn.layers.BatchNorm``)."""

@@ -55,7 +55,7 @@ class _Output:
             else:
                 self.array3, self.direct = out3, True
                 return
-        self.array3, self.direct = np.empty(canon, dtype=like.dtype), False
+        self.array3, self.direct = _kernels.empty_output(canon, like.dtype), False
 
     def result(self):
         if self.out is None:

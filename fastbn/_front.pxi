@@ -11,7 +11,9 @@
 # checked path in fastbn._core (set by `set_checked_paths`), which decides and words the
 # errors; both paths run the same kernels on the same values, so their results are
 # bitwise equal.
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport malloc, free, calloc, realloc
+from libc.string cimport strncpy
+from cpython.pycapsule cimport PyCapsule_New
 from libc.float cimport DBL_MAX
 from libc.math cimport fabs, nextafter, INFINITY
 from cpython.object cimport PyObject, PyTypeObject
@@ -318,11 +320,66 @@ cdef inline double *new_work(int64_t n) except NULL:
     return w
 
 
+# NumPy's allocator for the outputs fastbn allocates: src_c/outmem.c's, which keeps the
+# large blocks NumPy frees for the next output of the same size (a fresh block's page
+# faults cost as much as a pass over the data). The arrays remember it: NumPy frees
+# them through it whenever they go.
+cdef extern from "numpy/ndarraytypes.h":
+    ctypedef struct fbn_np_allocator "PyDataMemAllocator":
+        void *ctx
+        void *(*malloc)(void *ctx, size_t size) noexcept nogil
+        void *(*calloc)(void *ctx, size_t nelem, size_t elsize) noexcept nogil
+        void *(*realloc)(void *ctx, void *ptr, size_t new_size) noexcept nogil
+        void (*free)(void *ctx, void *ptr, size_t size) noexcept nogil
+    ctypedef struct fbn_np_handler "PyDataMem_Handler":
+        char name[127]
+        uint8_t version
+        fbn_np_allocator allocator
+
+cdef void *_outmem_malloc(void *ctx, size_t size) noexcept nogil:
+    return fbn_outmem_alloc(size)
+
+cdef void *_outmem_calloc(void *ctx, size_t nelem, size_t elsize) noexcept nogil:
+    return calloc(nelem, elsize)
+
+cdef void *_outmem_realloc(void *ctx, void *ptr, size_t new_size) noexcept nogil:
+    return realloc(ptr, new_size)
+
+cdef void _outmem_free(void *ctx, void *ptr, size_t size) noexcept nogil:
+    fbn_outmem_free(ptr, size)
+
+cdef fbn_np_handler _outmem_handler
+strncpy(_outmem_handler.name, b"fastbn_outputs", 126)
+_outmem_handler.version = 1
+_outmem_handler.allocator.ctx = NULL
+_outmem_handler.allocator.malloc = _outmem_malloc
+_outmem_handler.allocator.calloc = _outmem_calloc
+_outmem_handler.allocator.realloc = _outmem_realloc
+_outmem_handler.allocator.free = _outmem_free
+cdef object _outmem_capsule = PyCapsule_New(&_outmem_handler, b"mem_handler", NULL)
+cdef enum:
+    OUTMEM_MIN = 1 << 20  # src_c/outmem.c's FBN_OUTMEM_MIN: smaller blocks are not kept
+
+
+cdef cnp.ndarray new_empty(cnp.ndarray x):
+    """A new C-contiguous array of x's shape and dtype, its memory from the outputs'
+    allocator when large."""
+    cdef cnp.ndarray a
+    if cnp.PyArray_NBYTES(x) < OUTMEM_MIN:
+        return cnp.PyArray_EMPTY(cnp.PyArray_NDIM(x), cnp.PyArray_DIMS(x), cnp.PyArray_TYPE(x), 0)
+    old = cnp.PyDataMem_SetHandler(_outmem_capsule)
+    try:
+        a = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(x), cnp.PyArray_DIMS(x), cnp.PyArray_TYPE(x), 0)
+    finally:
+        cnp.PyDataMem_SetHandler(old)
+    return a
+
+
 cdef inline cnp.ndarray new_output(cnp.ndarray x, object out):
     """out (checked by the caller), or a new C-contiguous array like x."""
     if out is not None:
         return <cnp.ndarray>out
-    return cnp.PyArray_EMPTY(cnp.PyArray_NDIM(x), cnp.PyArray_DIMS(x), cnp.PyArray_TYPE(x), 0)
+    return new_empty(x)
 
 
 cdef inline bint plain_features(object mask, object renorm, object virtual_batch_size,

@@ -169,7 +169,7 @@ def _normalized(cache, w, epilogue=(0, 0.0, None)):
     one fbn_affine_ex pass per group."""
     x = cache.x
     act, slope, z = epilogue
-    y = np.empty(x.shape, x.dtype)
+    y = _kernels.empty_output(x.shape, x.dtype)
     x3, y3 = w.view(aligned_contiguous(x)), w.view(y)  # (a copy of a strided x)
     z3 = None if z is None else w.view(z)
     mean, invstd = cache.flat("mean"), cache.flat("invstd")
@@ -190,7 +190,7 @@ def _normalized(cache, w, epilogue=(0, 0.0, None)):
 def _fused_forward(x, a, f):
     """The fused kernels' forward: (mean, lo, var, invstd) as (1, C) arrays, and y."""
     x3, z3 = canonical_inputs(f.axes[0], x, f.residual)
-    y3 = np.empty(x3.shape, x.dtype)
+    y3 = _kernels.empty_output(x3.shape, x.dtype)
     act, slope = _ACT[f.activation], float(f.negative_slope)
     C = f.channels
     gamma = None if a.gamma is None else _core._f64(a.gamma.ravel())
@@ -232,7 +232,7 @@ def feature_forward(x, a, f, then):
             plain = f.residual is None and f.activation in (None, "relu")
             direct = len(f.groups) == 1 and f.renorm is None and plain
             if direct:
-                y = np.empty(x.shape, x.dtype)
+                y = _kernels.empty_output(x.shape, x.dtype)
                 fused = f.activation == "relu"
                 flat = [None if v is None else v.ravel() for v in (gamma, beta)]
                 stats = [_masked_pass(x3, m2d, a.eps, *flat, fused, w.view(y))]
@@ -280,8 +280,8 @@ def _fused_backward(dy, cache, need_dx):
     # with a residual, contiguous inputs (its gradient, written contiguous, is then
     # read as the dx pass's dy: fbn_shape.row_stride); z is (_epilogue)
     x3, dy3, z3 = canonical_inputs(ax, x, dy, z)
-    dx = np.empty(x.shape, x.dtype) if need_dx else None
-    dz = None if z is None else np.empty(x.shape, x.dtype)
+    dx = _kernels.empty_output(x.shape, x.dtype) if need_dx else None
+    dz = None if z is None else _kernels.empty_output(x.shape, x.dtype)
     C = f.channels
     sum_dy, sum_dy_xhat = np.zeros(C), np.zeros(C)
     if x.size and C:

@@ -10,6 +10,11 @@ from libc.stdint cimport int64_t, uint8_t
 
 
 cdef extern from "fastbn.h" nogil:
+    void *fbn_outmem_alloc(size_t bytes)
+    void fbn_outmem_free(void *p, size_t bytes)
+    int64_t fbn_outmem_limit(int64_t max_bytes)
+    int64_t fbn_outmem_held()
+
     ctypedef struct fbn_shape:
         int64_t outer, channels, inner
         int64_t row_stride

@@ -14,6 +14,7 @@ cimport cython
 cimport numpy as cnp
 
 cnp.import_array()
+import math as _math
 
 
 ctypedef fused real:
@@ -395,6 +396,29 @@ def _resident(a):
     stores) rather than untouched (plain stores)."""
     cdef cnp.ndarray arr = a
     return bool(fbn_resident(cnp.PyArray_DATA(arr), cnp.PyArray_NBYTES(arr)))
+
+
+def outmem_limit(int64_t max_bytes=-1):
+    """The outputs' allocator's limit of kept bytes before the call (src_c/outmem.c); sets
+    it when max_bytes >= 0 (0 frees every kept block). -1: the cache is busy."""
+    return fbn_outmem_limit(max_bytes)
+
+
+def outmem_held():
+    return fbn_outmem_held()
+
+
+def empty_output(shape, dtype):
+    """np.empty(shape, dtype) (C order), its memory from the outputs' allocator when large
+    (_front.pxi): the checked path's outputs."""
+    dtype = _np.dtype(dtype)
+    if _math.prod(shape) * dtype.itemsize < OUTMEM_MIN:
+        return _np.empty(shape, dtype)
+    old = cnp.PyDataMem_SetHandler(_outmem_capsule)
+    try:
+        return _np.empty(shape, dtype)
+    finally:
+        cnp.PyDataMem_SetHandler(old)
 
 
 def simd_paths():

@@ -22,6 +22,7 @@
 #ifndef FASTBN_H
 #define FASTBN_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #ifdef __cplusplus
@@ -194,6 +195,19 @@ const char *fbn_pool_kind(void);
 int fbn_max_threads(void);
 const char *fbn_simd_paths(void);
 const char *fbn_compiler(void);
+
+/* Memory for the outputs fastbn allocates (NumPy's allocator for them, set by the
+ * Cython module): malloc and free, but blocks of 1 MiB or more that NumPy frees
+ * are kept, up to a limit of bytes, and handed out again to an allocation of the
+ * same size: a fresh block's pages fault and are zeroed on first write, which cost
+ * a pass over the data. fbn_outmem_limit sets the limit (max_bytes >= 0; 0 frees
+ * every kept block) and returns the old one (max_bytes < 0: only returns it; -1
+ * where the cache could not be claimed); the default is a sixteenth of the
+ * physical memory, at most 1 GiB. fbn_outmem_held: the bytes kept now. */
+void *fbn_outmem_alloc(size_t bytes);
+void fbn_outmem_free(void *p, size_t bytes);
+int64_t fbn_outmem_limit(int64_t max_bytes);
+int64_t fbn_outmem_held(void);
 /* The instructions that convert float16 / bfloat16 data on this CPU (read at run
  * time): 3 AVX-512F with AVX512_BF16's bfloat16 rounding, 2 AVX-512F, 1 F16C and
  * AVX2, 0 the portable integer forms (half.h). */
