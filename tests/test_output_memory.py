@@ -23,6 +23,8 @@ def cache():
     """An empty cache with a limit of 64 MiB for the test; the previous limit after."""
     previous = fastbn.set_output_cache(0)
     fastbn.set_output_cache(64 * MiB)
+    if _outputs.output_cache_info()[0] == 0:
+        pytest.skip("this build keeps no outputs (AddressSanitizer must see every free)")
     yield
     fastbn.set_output_cache(0)
     fastbn.set_output_cache(previous)
@@ -202,6 +204,13 @@ def test_set_output_cache_rejects_bad_limits(cache, bad, error):
     assert fastbn.set_output_cache(64 * MiB) == 64 * MiB  # unchanged
 
 
+def keeps_outputs():
+    """Whether this build has the cache (not the AddressSanitizer build's)."""
+    previous = fastbn.set_output_cache(MiB)
+    return fastbn.set_output_cache(previous) == MiB
+
+
+@pytest.mark.skipif(fastbn.backend == "c" and not keeps_outputs(), reason="no cache in this build")
 @pytest.mark.parametrize("value, expect", [("12345", "12345"), ("0", "0")])
 def test_environment_sets_the_default(value, expect):
     code = "import fastbn; print(fastbn.set_output_cache(0))"
