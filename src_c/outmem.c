@@ -30,8 +30,17 @@
 #define FBN_OUTMEM_UNCLAIM(flag) __atomic_store_n(&(flag), 0, __ATOMIC_RELEASE)
 #else
 #define FBN_OUTMEM_CACHE 0
-#define FBN_OUTMEM_CLAIM(flag) 0
+#define FBN_OUTMEM_CLAIM(flag) ((void)(flag), 0)
 #define FBN_OUTMEM_UNCLAIM(flag) (void)0
+#endif
+
+/* A forked child starts with an empty cache: its copies of the kept blocks are
+ * its parent's pages, which its first writes would copy one by one (dearer than
+ * fresh ones). It frees them, or forgets them if another thread of the parent held
+ * the claim at the fork (the list may be half written then). */
+#if FBN_OUTMEM_CACHE && defined(FBN_POOL_PTHREADS)
+#include <pthread.h>
+#define FBN_OUTMEM_ATFORK 1
 #endif
 
 static long outmem_busy;
@@ -42,6 +51,19 @@ static struct {
 static int outmem_count;
 static size_t outmem_held;
 static int64_t outmem_limit = -1; /* -1: not set yet (fbn_outmem_default) */
+
+#ifdef FBN_OUTMEM_ATFORK
+static void fbn_outmem_child(void) {
+    if (outmem_busy == 0)
+        for (int i = 0; i < outmem_count; i++) free(outmem_slot[i].p);
+    outmem_count = 0;
+    outmem_held = 0;
+    outmem_busy = 0;
+}
+
+static pthread_once_t outmem_once = PTHREAD_ONCE_INIT;
+static void fbn_outmem_register(void) { pthread_atfork(NULL, NULL, fbn_outmem_child); }
+#endif
 
 /* A sixteenth of the physical memory, at most 1 GiB; 256 MiB where unknown. */
 static int64_t fbn_outmem_default(void) {
@@ -103,6 +125,9 @@ void fbn_outmem_free(void *p, size_t bytes) {
         if (outmem_limit < 0) outmem_limit = fbn_outmem_default();
         const int kept = bytes <= (size_t)outmem_limit; /* else freed, the others kept */
         if (kept) {
+#ifdef FBN_OUTMEM_ATFORK
+            pthread_once(&outmem_once, fbn_outmem_register);
+#endif
             fbn_outmem_evict(bytes, (size_t)outmem_limit);
             outmem_slot[outmem_count].p = p;
             outmem_slot[outmem_count].bytes = bytes;

@@ -186,7 +186,7 @@ def test_a_forked_child_allocates_and_frees(cache):
     del y  # kept: the child inherits it
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
-        ok = True
+        ok = held() == 0  # the parent's kept blocks are not the child's
         for _ in range(3):
             y, _ = fastbn.forward(x, None, None)
             ok = ok and np.array_equal(y, expect)
@@ -194,6 +194,9 @@ def test_a_forked_child_allocates_and_frees(cache):
         os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+    assert held() == x.nbytes  # still the parent's
+    y, _ = fastbn.forward(x, None, None)
+    np.testing.assert_array_equal(y, expect)
 
 
 @pytest.mark.parametrize("bad, error", [(1.5, TypeError), (True, TypeError), ("1", TypeError),
