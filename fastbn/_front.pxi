@@ -362,17 +362,11 @@ cdef enum:
 
 
 cdef cnp.ndarray new_empty(cnp.ndarray x):
-    """A new C-contiguous array of x's shape and dtype, its memory from the outputs'
-    allocator when large."""
-    cdef cnp.ndarray a
+    """A new C-contiguous array of x's shape and dtype: small ones with no NumPy call,
+    large ones by empty_output (_kernels.pyx), from the outputs' allocator."""
     if cnp.PyArray_NBYTES(x) < OUTMEM_MIN:
         return cnp.PyArray_EMPTY(cnp.PyArray_NDIM(x), cnp.PyArray_DIMS(x), cnp.PyArray_TYPE(x), 0)
-    old = cnp.PyDataMem_SetHandler(_outmem_capsule)
-    try:
-        a = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(x), cnp.PyArray_DIMS(x), cnp.PyArray_TYPE(x), 0)
-    finally:
-        cnp.PyDataMem_SetHandler(old)
-    return a
+    return empty_output((<object>x).shape, x.dtype)
 
 
 cdef inline cnp.ndarray new_output(cnp.ndarray x, object out):
