@@ -132,7 +132,9 @@ extension = Extension(
              "src_c/stream.c", "src_c/work.c", "src_c/parallel.c", "src_c/outmem.c"],
     include_dirs=["src_c", np.get_include()],
     depends=[*glob.glob("fastbn/*.pxi"), "fastbn/_kernels.pxd", *glob.glob("src_c/*.h")],
-    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    # NumPy 1.22's API at least: the outputs' allocator (PyDataMem_SetHandler, _front.pxi)
+    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
+                   ("NPY_TARGET_VERSION", "NPY_1_22_API_VERSION")],
 )
 
 setup(

@@ -336,6 +336,10 @@ cdef extern from "numpy/ndarraytypes.h":
         uint8_t version
         fbn_np_allocator allocator
 
+cdef extern from "numpy/arrayobject.h":
+    # declared here: numpy 2.0's numpy/__init__.pxd (the wheels' oldest build) lacks it
+    object set_data_handler "PyDataMem_SetHandler"(object handler)  # the old one
+
 cdef void *_outmem_malloc(void *ctx, size_t size) noexcept nogil:
     return fbn_outmem_alloc(size)
 

@@ -414,11 +414,11 @@ def empty_output(shape, dtype):
     dtype = _np.dtype(dtype)
     if _math.prod(shape) * dtype.itemsize < OUTMEM_MIN:
         return _np.empty(shape, dtype)
-    old = cnp.PyDataMem_SetHandler(_outmem_capsule)
+    old = set_data_handler(_outmem_capsule)
     try:
         return _np.empty(shape, dtype)
     finally:
-        cnp.PyDataMem_SetHandler(old)
+        set_data_handler(old)
 
 
 def simd_paths():
