@@ -12,6 +12,7 @@
 #endif
 
 #include "fastbn.h"
+#include "parallel.h"
 
 /* Blocks of fewer bytes come from malloc and go back to free: its own heap reuses
  * them without new pages. Larger ones are mapped afresh by malloc, and every page
@@ -20,28 +21,11 @@
 #define FBN_OUTMEM_MIN ((size_t)1 << 20)
 #define FBN_OUTMEM_SLOTS 32
 
-/* One claim at a time (an atomic flag): a call that finds it taken, or a child
- * forked while another thread held it, uses malloc and free directly, so nothing
- * ever waits. No atomics known, or AddressSanitizer (which must see each free):
- * no cache (FBN_OUTMEM_CACHE 0). */
-#if (defined(__GNUC__) || defined(__clang__)) && !defined(__SANITIZE_ADDRESS__)
-#define FBN_OUTMEM_CACHE 1
-#define FBN_OUTMEM_CLAIM(flag) (__atomic_exchange_n(&(flag), 1, __ATOMIC_ACQUIRE) == 0)
-#define FBN_OUTMEM_UNCLAIM(flag) __atomic_store_n(&(flag), 0, __ATOMIC_RELEASE)
-#else
-#define FBN_OUTMEM_CACHE 0
-#define FBN_OUTMEM_CLAIM(flag) ((void)(flag), 0)
-#define FBN_OUTMEM_UNCLAIM(flag) (void)0
-#endif
-
-/* A forked child starts with an empty cache: its copies of the kept blocks are
- * its parent's pages, which its first writes would copy one by one (dearer than
- * fresh ones). It frees them, or forgets them if another thread of the parent held
- * the claim at the fork (the list may be half written then). */
-#if FBN_OUTMEM_CACHE && defined(FBN_POOL_PTHREADS)
-#include <pthread.h>
-#define FBN_OUTMEM_ATFORK 1
-#endif
+/* One claim at a time (FBN_CLAIM, parallel.h): a call that finds it taken, or a
+ * child forked while another thread held it, uses malloc and free directly, so
+ * nothing ever waits. No atomics known, or AddressSanitizer (which must see each
+ * free): no cache (FBN_OUTMEM_CACHE 0). */
+#define FBN_OUTMEM_CACHE (FBN_CAN_CLAIM && !FBN_ASAN)
 
 static long outmem_busy;
 static struct {
@@ -52,18 +36,18 @@ static int outmem_count;
 static size_t outmem_held;
 static int64_t outmem_limit = -1; /* -1: not set yet (fbn_outmem_default) */
 
-#ifdef FBN_OUTMEM_ATFORK
-static void fbn_outmem_child(void) {
+/* A forked child starts with an empty cache (parallel.c's fork handler calls this):
+ * its copies of the kept blocks are its parent's pages, which its first writes
+ * would copy one by one (dearer than fresh ones). It frees them, or forgets them if
+ * another thread of the parent held the claim at the fork (the list may be half
+ * written then). */
+void fbn_outmem_after_fork(void) {
     if (outmem_busy == 0)
         for (int i = 0; i < outmem_count; i++) free(outmem_slot[i].p);
     outmem_count = 0;
     outmem_held = 0;
     outmem_busy = 0;
 }
-
-static pthread_once_t outmem_once = PTHREAD_ONCE_INIT;
-static void fbn_outmem_register(void) { pthread_atfork(NULL, NULL, fbn_outmem_child); }
-#endif
 
 /* A sixteenth of the physical memory, at most 1 GiB; 256 MiB where unknown. */
 static int64_t fbn_outmem_default(void) {
@@ -94,7 +78,7 @@ static void fbn_outmem_evict(size_t room, size_t limit) {
 }
 
 void *fbn_outmem_alloc(size_t bytes) {
-    if (bytes >= FBN_OUTMEM_MIN && FBN_OUTMEM_CLAIM(outmem_busy)) {
+    if (FBN_OUTMEM_CACHE && bytes >= FBN_OUTMEM_MIN && FBN_CLAIM(outmem_busy)) {
         void *p = NULL;
         for (int i = outmem_count - 1; i >= 0; i--) /* the newest of that size */
             if (outmem_slot[i].bytes == bytes) {
@@ -104,7 +88,7 @@ void *fbn_outmem_alloc(size_t bytes) {
                 outmem_held -= bytes;
                 break;
             }
-        FBN_OUTMEM_UNCLAIM(outmem_busy);
+        FBN_UNCLAIM(outmem_busy);
         if (p) return p;
     }
     void *p = malloc(bytes ? bytes : 1);
@@ -121,20 +105,17 @@ void *fbn_outmem_alloc(size_t bytes) {
 
 void fbn_outmem_free(void *p, size_t bytes) {
     if (p == NULL) return;
-    if (bytes >= FBN_OUTMEM_MIN && FBN_OUTMEM_CLAIM(outmem_busy)) {
+    if (FBN_OUTMEM_CACHE && bytes >= FBN_OUTMEM_MIN && FBN_CLAIM(outmem_busy)) {
         if (outmem_limit < 0) outmem_limit = fbn_outmem_default();
         const int kept = bytes <= (size_t)outmem_limit; /* else freed, the others kept */
         if (kept) {
-#ifdef FBN_OUTMEM_ATFORK
-            pthread_once(&outmem_once, fbn_outmem_register);
-#endif
             fbn_outmem_evict(bytes, (size_t)outmem_limit);
             outmem_slot[outmem_count].p = p;
             outmem_slot[outmem_count].bytes = bytes;
             outmem_count++;
             outmem_held += bytes;
         }
-        FBN_OUTMEM_UNCLAIM(outmem_busy);
+        FBN_UNCLAIM(outmem_busy);
         if (kept) return;
     }
     free(p);
@@ -144,7 +125,7 @@ int64_t fbn_outmem_limit(int64_t max_bytes) {
 #if FBN_OUTMEM_CACHE
     /* a claim lasts a few loads and stores; one that does not end is a forked
      * child's copy of a claim its parent's other thread held */
-    for (long tries = 0; !FBN_OUTMEM_CLAIM(outmem_busy); tries++)
+    for (long tries = 0; !FBN_CLAIM(outmem_busy); tries++)
         if (tries > 100000000) return -1;
     if (outmem_limit < 0) outmem_limit = fbn_outmem_default();
     const int64_t old = outmem_limit;
@@ -152,7 +133,7 @@ int64_t fbn_outmem_limit(int64_t max_bytes) {
         outmem_limit = max_bytes;
         fbn_outmem_evict(0, (size_t)max_bytes);
     }
-    FBN_OUTMEM_UNCLAIM(outmem_busy);
+    FBN_UNCLAIM(outmem_busy);
     return old;
 #else
     (void)max_bytes;
@@ -161,9 +142,9 @@ int64_t fbn_outmem_limit(int64_t max_bytes) {
 }
 
 int64_t fbn_outmem_held(void) {
-#if FBN_OUTMEM_CACHE
+#if defined(__GNUC__) || defined(__clang__)
     return (int64_t)__atomic_load_n(&outmem_held, __ATOMIC_RELAXED);
 #else
-    return 0;
+    return (int64_t)outmem_held; /* a figure for show_config */
 #endif
 }

@@ -559,6 +559,7 @@ static void fbn_after_fork_child(void) {
     pool.late = 0;
     pool.caller_cpu = -1;
     fbn_work_after_fork();
+    fbn_outmem_after_fork();
 }
 
 static pthread_once_t fbn_fork_once = PTHREAD_ONCE_INIT;

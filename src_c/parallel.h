@@ -83,5 +83,38 @@ int64_t fbn_pool_stall_at(int64_t now_ns, int64_t loops);
 /* Defined in work.c: releases the work cache if a call held it when the
  * process forked (that call does not exist in the child). */
 void fbn_work_after_fork(void);
+/* Defined in outmem.c: the child's output cache starts empty (see there). */
+void fbn_outmem_after_fork(void);
+
+/* A cached block claimed by one call at a time (work.c's work block, outmem.c's
+ * kept outputs): an atomic flag; a call that finds it taken goes without the cache,
+ * so nothing waits. FBN_CAN_CLAIM 0: no atomics known, no cache. */
+#if defined(__GNUC__) || defined(__clang__)
+#define FBN_CAN_CLAIM 1
+#define FBN_CLAIM(flag) (__atomic_exchange_n(&(flag), 1, __ATOMIC_ACQUIRE) == 0)
+#define FBN_UNCLAIM(flag) __atomic_store_n(&(flag), 0, __ATOMIC_RELEASE)
+#elif defined(_MSC_VER)
+#include <intrin.h>
+#define FBN_CAN_CLAIM 1
+#define FBN_CLAIM(flag) (_InterlockedExchange(&(flag), 1) == 0)
+#define FBN_UNCLAIM(flag) _InterlockedExchange(&(flag), 0)
+#else
+#define FBN_CAN_CLAIM 0
+#define FBN_CLAIM(flag) ((void)(flag), 0)
+#define FBN_UNCLAIM(flag) (void)0
+#endif
+
+/* FBN_ASAN 1 under AddressSanitizer (GCC's macro, clang's feature test), whose
+ * reports need each allocation and free to be its own: the caches step aside. */
+#if defined(__SANITIZE_ADDRESS__)
+#define FBN_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define FBN_ASAN 1
+#endif
+#endif
+#ifndef FBN_ASAN
+#define FBN_ASAN 0
+#endif
 
 #endif

@@ -6,19 +6,8 @@
 #include "tuning.h"
 #include "work.h"
 
-/* The cached work block: claimed by one call at a time (an atomic flag; calls
- * that find it taken allocate their own). */
-#if defined(__GNUC__) || defined(__clang__)
-#define FBN_CLAIM(flag) (__atomic_exchange_n(&(flag), 1, __ATOMIC_ACQUIRE) == 0)
-#define FBN_UNCLAIM(flag) __atomic_store_n(&(flag), 0, __ATOMIC_RELEASE)
-#elif defined(_MSC_VER)
-#include <intrin.h>
-#define FBN_CLAIM(flag) (_InterlockedExchange(&(flag), 1) == 0)
-#define FBN_UNCLAIM(flag) _InterlockedExchange(&(flag), 0)
-#else /* no atomics known: every call allocates */
-#define FBN_CLAIM(flag) 0
-#define FBN_UNCLAIM(flag) (void)0
-#endif
+/* The cached work block: claimed by one call at a time (FBN_CLAIM, parallel.h;
+ * calls that find it taken allocate their own). */
 static long fbn_cache_busy;
 static void *fbn_cache_block;
 static int64_t fbn_cache_bytes;
@@ -26,18 +15,10 @@ static int64_t fbn_cache_bytes;
 /* Under AddressSanitizer every call allocates its own block and a poisoned gap
  * follows each buffer: an overrun of one buffer is still reported, as with a
  * malloc each. */
-#if defined(__SANITIZE_ADDRESS__)
-#define FBN_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define FBN_ASAN 1
-#endif
-#endif
-#ifdef FBN_ASAN
+#if FBN_ASAN /* parallel.h */
 #include <sanitizer/asan_interface.h>
 #define FBN_GAP 64
 #else
-#define FBN_ASAN 0
 #define FBN_GAP 0
 #define ASAN_POISON_MEMORY_REGION(p, n) ((void)(p), (void)(n))
 #define ASAN_UNPOISON_MEMORY_REGION(p, n) ((void)(p), (void)(n))
