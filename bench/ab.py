@@ -37,6 +37,7 @@ import numpy as np
 SHAPES = {  # name: shape, channel axis
     "nc": ((8192, 4096), 1),
     "nchw": ((64, 64, 56, 56), 1),
+    "nchw-28": ((128, 128, 28, 28), 1),
     "nhwc": ((64, 56, 56, 64), -1),
     "nchw-small": ((32, 256, 14, 14), 1),
     "nc-small": ((512, 4096), 1),

@@ -38,13 +38,16 @@ typedef struct {
     int64_t len;
     const T *z; /* the residual (NULL: none), and where dy' goes with it */
     T *dres;
+    int64_t group; /* channels per task (fbn_run_group; see fbn_group_tiles_<sfx>) */
 } FBN_SYM(reduce_job);
 
-static void FBN_SYM(reduce_task)(void *job, int64_t t, int thread) {
+static void FBN_SYM(reduce_task)(void *job, int64_t u, int thread) {
     const FBN_SYM(reduce_job) *j = job;
-    FBN_SYM(bwd_reduce_tile_any)(j->dy, j->x, j->p, t, j->k, j->tk,
-                             j->work + (t % j->p->nsegs) * 2 * j->p->s.channels,
-                             j->scratch + thread * j->len, j->z, j->dres);
+    int64_t g;
+    const int64_t t = FBN_SYM(group_tiles)(j->p, j->group, u, &g);
+    FBN_SYM(bwd_reduce_tiles)(j->dy, j->x, j->p, t, g, j->k, j->tk,
+                              j->work + u % j->p->nsegs * 2 * j->p->s.channels,
+                              j->scratch + thread * j->len, j->z, j->dres);
 }
 
 /* dx of one elementwise tile (backwards as in fbn_affine_job_<sfx>). */
@@ -69,10 +72,11 @@ static void FBN_SYM(reduce_all)(const T *dy, const T *x, const fbn_plan *p, cons
                                 const FBN_SYM(tcoefs) *tk, double *work, double *sum_dy,
                                 double *sum_dy_xc, const T *z, T *dres, int nt) {
     const int64_t C = p->s.channels;
+    const int64_t group = fbn_run_group(p, sizeof(T), 2, 0);
     FBN_SYM(reduce_job) j = {.dy = dy, .x = x, .p = p, .k = k, .tk = tk, .work = work,
                              .scratch = fbn_reduce_scratch(p, work), .len = fbn_scratch_len(p),
-                             .z = z, .dres = dres};
-    fbn_parallel_for(p->ntiles, nt, FBN_SYM(reduce_task), &j);
+                             .z = z, .dres = dres, .group = group};
+    fbn_parallel_for((p->nblocks + group - 1) / group * p->nsegs, nt, FBN_SYM(reduce_task), &j);
     FBN_SYM(sum_tiles)(p, work, work + p->nsegs * 2 * C, sum_dy, sum_dy_xc);
 }
 

@@ -22,6 +22,8 @@ typedef struct {
     int64_t len;
     double n; /* values per channel */
     int64_t group; /* nsegs == 1: consecutive channel-block tiles per task */
+    int64_t runs;  /* forward, nsegs == 1: channels whose statistics are read
+                    * together (fbn_run_group), a divisor of group */
     const double *gamma;
     struct {
         const double *pivot, *beta;
@@ -43,12 +45,15 @@ typedef struct {
 } FBN_SYM(pass);
 
 /* The reduction of channel-block tile t (r: its channels) when it holds whole
- * channels: their statistics (forward) or sums (backward), final. */
+ * channels: their statistics (forward; reduced: their parts are in already) or
+ * sums (backward), final. */
 FBN_INLINE void FBN_SYM(pass_reduce_tile)(const int op, const FBN_SYM(pass) *j, int64_t t,
-                                          int thread, const FBN_SYM(tile) *r) {
+                                          int thread, const FBN_SYM(tile) *r,
+                                          const int reduced) {
     if (op == FBN_OP_AFFINE) {
-        FBN_SYM(stats_tile)(j->x, j->p, t, j->fwd.pivot, j->fwd.parts,
-                            j->scratch + thread * j->len);
+        if (!reduced)
+            FBN_SYM(stats_tile)(j->x, j->p, t, j->fwd.pivot, j->fwd.parts,
+                                j->scratch + thread * j->len);
         for (int64_t c = r->c0; c < r->c0 + r->nc; c++)
             FBN_SYM(finish_stats)(c, j->fwd.pivot[c], &j->fwd.parts[c], j->fwd.mean_hi,
                                   j->fwd.mean_lo, j->fwd.m2);
@@ -90,11 +95,12 @@ FBN_INLINE void FBN_SYM(pass_coefs)(const int op, const FBN_SYM(pass) *j, int64_
     }
 }
 
-/* Channel-block tile t, whole channels: reduce it, then rewrite it while in cache. */
+/* Channel-block tile t, whole channels: reduce it (unless reduced: see
+ * fbn_pass_reduce_tile_<sfx>), then rewrite it while in cache. */
 FBN_INLINE void FBN_SYM(fused_tile)(const int op, const FBN_SYM(pass) *j, int64_t t,
-                                    int thread) {
+                                    int thread, const int reduced) {
     const FBN_SYM(tile) r = FBN_SYM(tile_of)(j->p, t);
-    FBN_SYM(pass_reduce_tile)(op, j, t, thread, &r);
+    FBN_SYM(pass_reduce_tile)(op, j, t, thread, &r, reduced);
     FBN_SYM(pass_coefs)(op, j, r.c0, r.nc);
     if (op == FBN_OP_DX && !j->out) return; /* sums only */
     FBN_SYM(fill_typed)(j->k, r.c0, r.nc, j->tk);
@@ -207,25 +213,34 @@ static void FBN_SYM(fwd_block_tile)(const FBN_SYM(pass) *j, int64_t t, int threa
     l.fwd.shift = shift;
     l.fwd.scale = scale;
     l.fwd.bias = bias;
-    FBN_SYM(fused_tile)(FBN_OP_AFFINE, &l, t, 0);
+    FBN_SYM(fused_tile)(FBN_OP_AFFINE, &l, t, 0, 0);
 }
 
-/* Task g: tiles [g * group, (g + 1) * group), the last task's fewer. */
+/* Task g: tiles [g * group, (g + 1) * group), the last task's fewer; one-channel
+ * tiles `runs` at a time, their statistics read together first
+ * (fbn_stats_runs_group_<sfx>), then each rewritten. */
 static void FBN_SYM(fwd_fused_task)(void *job, int64_t g, int thread) {
     const FBN_SYM(pass) *j = job;
     const int64_t t1 = (g + 1) * j->group < j->p->nblocks ? (g + 1) * j->group : j->p->nblocks;
-    for (int64_t t = g * j->group; t < t1; t++) {
-        if (j->fwd.blockwork)
+    for (int64_t t = g * j->group; t < t1;) {
+        if (j->fwd.blockwork) {
             FBN_SYM(fwd_block_tile)(j, t, thread);
-        else
-            FBN_SYM(fused_tile)(FBN_OP_AFFINE, job, t, thread);
+            t++;
+            continue;
+        }
+        const int64_t n = j->runs < t1 - t ? j->runs : t1 - t;
+        if (n > 1) FBN_SYM(stats_runs_group)(j->x, j->p, t, n, j->fwd.pivot, j->fwd.parts);
+        for (int64_t k = 0; k < n; k++)
+            FBN_SYM(fused_tile)(FBN_OP_AFFINE, job, t + k, thread, n > 1);
+        t += n;
     }
 }
 
 static void FBN_SYM(bwd_fused_task)(void *job, int64_t g, int thread) {
     const FBN_SYM(pass) *j = job;
     const int64_t t1 = (g + 1) * j->group < j->p->nblocks ? (g + 1) * j->group : j->p->nblocks;
-    for (int64_t t = g * j->group; t < t1; t++) FBN_SYM(fused_tile)(FBN_OP_DX, job, t, thread);
+    for (int64_t t = g * j->group; t < t1; t++)
+        FBN_SYM(fused_tile)(FBN_OP_DX, job, t, thread, 0);
 }
 
 /* The skeleton: fused per channel block, or reduction, coefficients and an
@@ -236,6 +251,8 @@ static void FBN_SYM(run_pass)(const int op, const FBN_SYM(pass) *j, FBN_SYM(tcoe
     if (p->nsegs == 1) { /* tasks of consecutive tiles: see fbn_fuse_group */
         FBN_SYM(pass) g = *j;
         g.group = fbn_fuse_group(p, sizeof(T), op == FBN_OP_DX ? 2 : 1, nt);
+        g.runs = op == FBN_OP_AFFINE && !j->fwd.blockwork ? fbn_run_group(p, sizeof(T), 1, nt) : 1;
+        g.group = (g.group + g.runs - 1) / g.runs * g.runs;
         fbn_parallel_for((p->nblocks + g.group - 1) / g.group, nt,
                          op == FBN_OP_AFFINE ? FBN_SYM(fwd_fused_task) : FBN_SYM(bwd_fused_task),
                          &g);

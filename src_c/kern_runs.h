@@ -184,6 +184,58 @@ FBN_INLINE void FBN_SYM(lanes_dev_v)(const int isa, double *l1, double *l2, int6
 }
 #endif
 
+/* One run's values, at off in the inputs (at off - skip in dres), into the lanes
+ * l1 and l2 (the caller's local arrays: see fbn_sum_runs_<sfx>), which go to the
+ * compensated totals a1 and a2 every FBN_PIECE values (*pending: values since the
+ * last time). isa, kind and the rest: see fbn_sum_runs_<sfx>. */
+FBN_INLINE void FBN_SYM(sum_run)(const int isa, const int kind, double *l1, double *l2,
+                                 int64_t *pending, fbn_acc *a1, fbn_acc *a2, int64_t off,
+                                 int64_t len, int64_t skip, const T *restrict x,
+                                 const T *restrict dy, double pivot, double mean,
+                                 double shift, TC tshift, TC scale, TC bias, const int relu,
+                                 const T *restrict z, T *restrict dres, const int res,
+                                 TC slope) {
+    for (int64_t at = 0; at < len;) {
+        const int64_t n = FBN_PIECE - *pending < len - at ? FBN_PIECE - *pending : len - at;
+        const int64_t b = off + at;
+#ifdef FBN_NARROW
+        /* 16-bit data: the deviations widened 16 at a time in registers (a short
+         * run's call of a block conversion costs more than its values), or a block
+         * at a time (FBN_HBLOCK, a multiple of FBN_LANES: see fbn_lanes_add_<sfx>;
+         * with res, dy' narrowed back) */
+        if (isa && kind == FBN_SUMS_DEV)
+            FBN_SYM(lanes_dev_v)(isa, l1, l2, n, x + b, pivot, mean);
+        else
+            for (int64_t w = 0; w < n; w += FBN_HBLOCK) {
+                TC xb[FBN_HBLOCK], db[FBN_HBLOCK], zb[FBN_HBLOCK], eb[FBN_HBLOCK];
+                const int64_t wn = n - w < FBN_HBLOCK ? n - w : FBN_HBLOCK;
+                FBN_LD_N(x + b + w, xb, wn);
+                if (kind == FBN_SUMS_BWD) FBN_LD_N(dy + b + w, db, wn);
+                if (res) FBN_LD_N(z + b + w, zb, wn);
+                FBN_SYM(lanes_add)(kind, l1, l2, wn, xb, db, pivot, mean, shift, tshift,
+                                   scale, bias, relu, zb, eb, res, slope);
+                if (res) FBN_ST_N(eb, dres + (b - skip) + w, wn);
+            }
+#else
+        (void)isa;
+        FBN_SYM(lanes_add)(kind, l1, l2, n, x + b, kind == FBN_SUMS_BWD ? dy + b : NULL, pivot,
+                           mean, shift, tshift, scale, bias, relu, res ? z + b : NULL,
+                           res ? dres + (b - skip) : NULL, res, slope);
+#endif
+        at += n;
+        *pending += n;
+        if (*pending == FBN_PIECE) {
+            memcpy(a1->lane, l1, FBN_LANES * sizeof(double));
+            memcpy(a2->lane, l2, FBN_LANES * sizeof(double));
+            fbn_acc_flush(a1);
+            fbn_acc_flush(a2);
+            memset(l1, 0, FBN_LANES * sizeof(double));
+            memset(l2, 0, FBN_LANES * sizeof(double));
+            *pending = 0;
+        }
+    }
+}
+
 /* Sums of two terms per value (fbn_lane_add_<sfx>, kind a constant) over the runs
  * of channel c with flat (outer, inner) indices in [j0, j1), into a1 and a2
  * (which start empty); dy is read by FBN_SUMS_BWD only. The lanes are local
@@ -207,55 +259,51 @@ FBN_INLINE void FBN_SYM(sum_runs)(const int isa, const int kind, fbn_acc *a1, fb
     const int fetch = s->inner * (int64_t)sizeof(T) <= FBN_SHORT_RUN;
     for (FBN_SYM(run_it) r = FBN_SYM(run_first)(s, c, j0, j1, gap); r.j < j1;
          FBN_SYM(run_next)(s, j1, &r)) {
-        /* the inputs' run at off, dres's (an output: contiguous) at r.pos */
         const int64_t off = r.pos + r.skip, len = r.n;
         if (fetch) {
             fbn_prefetch(x + off + ahead, len * (int64_t)sizeof(T));
             if (kind == FBN_SUMS_BWD) fbn_prefetch(dy + off + ahead, len * (int64_t)sizeof(T));
             if (res) fbn_prefetch(z + off + ahead, len * (int64_t)sizeof(T));
         }
-        for (int64_t at = 0; at < len;) {
-            const int64_t n = FBN_PIECE - pending < len - at ? FBN_PIECE - pending : len - at;
-            const int64_t b = off + at;
-#ifdef FBN_NARROW
-            /* 16-bit data: the deviations widened 16 at a time in registers (a
-             * short run's call of a block conversion costs more than its values),
-             * or a block at a time (FBN_HBLOCK, a multiple of FBN_LANES: see
-             * fbn_lanes_add_<sfx>; with res, dy' narrowed back) */
-            if (isa && kind == FBN_SUMS_DEV)
-                FBN_SYM(lanes_dev_v)(isa, l1, l2, n, x + b, pivot, mean);
-            else
-                for (int64_t w = 0; w < n; w += FBN_HBLOCK) {
-                    TC xb[FBN_HBLOCK], db[FBN_HBLOCK], zb[FBN_HBLOCK], eb[FBN_HBLOCK];
-                    const int64_t wn = n - w < FBN_HBLOCK ? n - w : FBN_HBLOCK;
-                    FBN_LD_N(x + b + w, xb, wn);
-                    if (kind == FBN_SUMS_BWD) FBN_LD_N(dy + b + w, db, wn);
-                    if (res) FBN_LD_N(z + b + w, zb, wn);
-                    FBN_SYM(lanes_add)(kind, l1, l2, wn, xb, db, pivot, mean, shift, tshift,
-                                       scale, bias, relu, zb, eb, res, slope);
-                    if (res) FBN_ST_N(eb, dres + (b - r.skip) + w, wn);
-                }
-#else
-            (void)isa;
-            FBN_SYM(lanes_add)(kind, l1, l2, n, x + b, kind == FBN_SUMS_BWD ? dy + b : NULL,
-                               pivot, mean, shift, tshift, scale, bias, relu,
-                               res ? z + b : NULL, res ? dres + (b - r.skip) : NULL, res, slope);
-#endif
-            at += n;
-            pending += n;
-            if (pending == FBN_PIECE) {
-                memcpy(a1->lane, l1, sizeof l1);
-                memcpy(a2->lane, l2, sizeof l2);
-                fbn_acc_flush(a1);
-                fbn_acc_flush(a2);
-                memset(l1, 0, sizeof l1);
-                memset(l2, 0, sizeof l2);
-                pending = 0;
-            }
-        }
+        FBN_SYM(sum_run)(isa, kind, l1, l2, &pending, a1, a2, off, len, r.skip, x, dy, pivot,
+                         mean, shift, tshift, scale, bias, relu, z, dres, res, slope);
     }
     memcpy(a1->lane, l1, sizeof l1);
     memcpy(a2->lane, l2, sizeof l2);
+}
+
+/* fbn_sum_runs_<sfx> (isa 0) of g <= FBN_RUN_GROUP adjacent channels c0.. at
+ * once, row by row: a channel's runs, a row apart, come from memory slower than
+ * one stretch of g channels' runs (bench/strided_runs.c). Each channel's lanes
+ * wait in its a1[k] and a2[k] between its runs, so its sums are bitwise those of
+ * fbn_sum_runs_<sfx>. kind (a constant): FBN_SUMS_DEV, the first pass's (mean
+ * 0.0) around pivot[k]; FBN_SUMS_BWD, the plain sums (relu a constant, 0 or 1)
+ * with shift[k] and the typed tshift[k], scale[k] and bias[k]. The arrays start
+ * at c0; the other kind's are not read. */
+FBN_INLINE void FBN_SYM(sum_runs_group)(const int kind, fbn_acc *a1, fbn_acc *a2, int64_t g,
+                                        const fbn_shape *s, int64_t c0, int64_t j0, int64_t j1,
+                                        const T *restrict x, const T *restrict dy,
+                                        const double *pivot, const double *shift,
+                                        const TC *tshift, const TC *scale, const TC *bias,
+                                        const int relu) {
+    int64_t pending[FBN_RUN_GROUP] = {0};
+    const int64_t gap = fbn_row_gap(s);
+    const int bwd = kind == FBN_SUMS_BWD;
+    for (FBN_SYM(run_it) r = FBN_SYM(run_first)(s, c0, j0, j1, gap); r.j < j1;
+         FBN_SYM(run_next)(s, j1, &r)) {
+        for (int64_t k = 0; k < g; k++) {
+            double l1[FBN_LANES], l2[FBN_LANES];
+            memcpy(l1, a1[k].lane, sizeof l1);
+            memcpy(l2, a2[k].lane, sizeof l2);
+            FBN_SYM(sum_run)(0, kind, l1, l2, &pending[k], &a1[k], &a2[k],
+                             r.pos + r.skip + k * s->inner, r.n, r.skip, x, dy,
+                             bwd ? 0.0 : pivot[k], 0.0, bwd ? shift[k] : 0.0,
+                             bwd ? tshift[k] : (TC)0, bwd ? scale[k] : (TC)0,
+                             bwd ? bias[k] : (TC)0, relu, NULL, NULL, 0, (TC)0);
+            memcpy(a1[k].lane, l1, sizeof l1);
+            memcpy(a2[k].lane, l2, sizeof l2);
+        }
+    }
 }
 
 /* fbn_sum_runs_<sfx> instantiated twice for the plain sums: with a literal gap of
@@ -346,6 +394,30 @@ FBN_INLINE void FBN_SYM(runs_dev)(fbn_acc *a1, fbn_acc *a2, const fbn_shape *s, 
 #endif
     FBN_SYM(sum_runs_any)(0, FBN_SUMS_DEV, a1, a2, s, c, j0, j1, x, NULL, pivot, mean, 0.0,
                           (TC)0, (TC)0, (TC)0, 0, NULL, NULL, 0, (TC)0);
+}
+
+/* Channel c's statistics over flat [j0, j1) (relative to its pivot) into part,
+ * from its first pass's sums e1 and e2 (of x - pivot): one pass of shifted sums,
+ * exact while the pivot is near the mean; when it is far (s1^2 / n >
+ * FBN_ONE_PASS * m2, where cancellation would cost digits) a second pass, centred
+ * on the first one's mean, replaces it. */
+FBN_INLINE void FBN_SYM(runs_stats)(fbn_acc *e1, fbn_acc *e2, const fbn_shape *s, int64_t c,
+                                    int64_t j0, int64_t j1, const T *restrict x,
+                                    double pivot, fbn_part *part) {
+    const double n = (double)(j1 - j0);
+    double mean = 0.0;
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1) {
+            fbn_acc f = {{0}, {0, 0}};
+            *e1 = *e2 = f;
+            FBN_SYM(runs_dev)(e1, e2, s, c, j0, j1, x, pivot, mean);
+        }
+        double s1 = fbn_acc_value(e1), m2 = fbn_acc_value(e2) - s1 * s1 / n;
+        mean += s1 / n;
+        part->mean = mean;
+        part->m2 = m2;
+        if (s1 * s1 / n <= FBN_ONE_PASS * m2) break; /* NaN: a second pass, harmless */
+    }
 }
 
 /* Channel c's sums of dy' and dy' * (x - shift) over flat [j0, j1) (relu and res:

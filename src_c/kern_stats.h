@@ -39,12 +39,56 @@ typedef struct {
     fbn_part *parts;
     double *scratch; /* len doubles per thread */
     int64_t len;
+    int64_t group; /* channels per task (fbn_run_group) */
 } FBN_SYM(stats_job);
 
-static void FBN_SYM(stats_task)(void *job, int64_t t, int thread) {
+/* Statistics of tile t's segment of g adjacent channels (inner > 1, one-channel
+ * blocks: tiles t, t + nsegs, ...), each bitwise as fbn_stats_tile_<sfx> gives it:
+ * the first pass over the g channels row by row (fbn_sum_runs_group_<sfx>). part:
+ * the segment's. */
+FBN_DISPATCH static void FBN_SYM(stats_runs_group)(const T *x, const fbn_plan *p, int64_t t,
+                                                   int64_t g, const double *pivot,
+                                                   fbn_part *part) {
+    const FBN_SYM(tile) r = FBN_SYM(tile_of)(p, t);
+    fbn_acc e1[FBN_RUN_GROUP], e2[FBN_RUN_GROUP];
+    memset(e1, 0, sizeof e1);
+    memset(e2, 0, sizeof e2);
+    FBN_SYM(sum_runs_group)(FBN_SUMS_DEV, e1, e2, g, &p->s, r.c0, r.j0, r.j1, x, NULL,
+                            pivot + r.c0, NULL, NULL, NULL, NULL, 0);
+    for (int64_t k = 0; k < g; k++)
+        FBN_SYM(runs_stats)(&e1[k], &e2[k], &p->s, r.c0 + k, r.j0, r.j1, x, pivot[r.c0 + k],
+                            &part[r.c0 + k]);
+}
+
+/* Statistics of tile t and of the g - 1 tiles of the same segment of the next
+ * channels (g > 1 only as fbn_run_group allows: one-channel blocks). part: the
+ * segment's. */
+static inline void FBN_SYM(stats_tiles)(const T *x, const fbn_plan *p, int64_t t, int64_t g,
+                                        const double *pivot, fbn_part *part,
+                                        double *scratch) {
+    if (g > 1)
+        FBN_SYM(stats_runs_group)(x, p, t, g, pivot, part);
+    else
+        FBN_SYM(stats_tile)(x, p, t, pivot, part, scratch);
+}
+
+/* Task u of a reduction over channel groups of `group` channels (fbn_run_group):
+ * the segment u % nsegs of channels [u / nsegs * group, + group), as a tile
+ * index and a count (the last group's may be short). */
+static inline int64_t FBN_SYM(group_tiles)(const fbn_plan *p, int64_t group, int64_t u,
+                                           int64_t *g) {
+    const int64_t c0 = u / p->nsegs * group, C = p->s.channels;
+    *g = C - c0 < group ? C - c0 : group;
+    return c0 * p->nsegs + u % p->nsegs;
+}
+
+static void FBN_SYM(stats_task)(void *job, int64_t u, int thread) {
     const FBN_SYM(stats_job) *j = job;
-    FBN_SYM(stats_tile)(j->x, j->p, t, j->pivot, j->parts + (t % j->p->nsegs) * j->p->s.channels,
-                        j->scratch + thread * j->len);
+    const fbn_plan *p = j->p;
+    int64_t g;
+    const int64_t t = FBN_SYM(group_tiles)(p, j->group, u, &g);
+    FBN_SYM(stats_tiles)(j->x, p, t, g, j->pivot, j->parts + u % p->nsegs * p->s.channels,
+                         j->scratch + thread * j->len);
 }
 
 /* Chan et al., segment after segment, for the channels of one chunk; every
@@ -94,9 +138,10 @@ static void FBN_SYM(stats_all)(const T *x, const fbn_plan *p, const double *pivo
                                double *mean_lo, double *m2, int nt) {
     const int64_t C = p->s.channels;
     const int64_t nchunks = (C + FBN_MERGE_CHUNK - 1) / FBN_MERGE_CHUNK;
+    const int64_t group = fbn_run_group(p, sizeof(T), 1, 0);
     FBN_SYM(stats_job) sj = {.x = x, .p = p, .pivot = pivot, .parts = parts,
-                             .scratch = scratch, .len = fbn_scratch_len(p)};
-    fbn_parallel_for(p->ntiles, nt, FBN_SYM(stats_task), &sj);
+                             .scratch = scratch, .len = fbn_scratch_len(p), .group = group};
+    fbn_parallel_for((p->nblocks + group - 1) / group * p->nsegs, nt, FBN_SYM(stats_task), &sj);
     /* a merge of few parts takes microseconds: waking a thread for it costs more */
     FBN_SYM(merge_job) mj = {.p = p, .pivot = pivot, .parts = parts, .mean_hi = mean_hi,
                              .mean_lo = mean_lo, .m2 = m2};

@@ -137,6 +137,17 @@
 #ifndef FBN_SHORT_RUN
 #define FBN_SHORT_RUN 4096
 #endif
+/* Rows-shape statistics read up to FBN_RUN_GROUP adjacent channels row by row
+ * (each channel's sums bitwise as alone) where a channel's runs are FBN_GROUP_RUN
+ * bytes or longer: a channel's runs a row apart are fetched slower than g channels'
+ * contiguous ones, but shorter runs pay more for the lanes each run saves and
+ * reloads than they gain. */
+#ifndef FBN_RUN_GROUP
+#define FBN_RUN_GROUP 8
+#endif
+#ifndef FBN_GROUP_RUN
+#define FBN_GROUP_RUN 2048
+#endif
 /* Fused passes over one channel's short runs fetch the output's runs this many
  * rows ahead for writing (not streamed outputs). */
 #ifndef FBN_OUT_AHEAD
