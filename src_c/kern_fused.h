@@ -44,22 +44,32 @@ typedef struct {
     } bwd;
 } FBN_SYM(pass);
 
+/* The reduction of tile t and of the g - 1 tiles of the same segment of the next
+ * channels (fbn_stats_tiles_<sfx>, fbn_bwd_reduce_tiles_<sfx>) into segment seg's
+ * parts or sums. */
+FBN_INLINE void FBN_SYM(pass_reduce_tiles)(const int op, const FBN_SYM(pass) *j, int64_t t,
+                                           int64_t g, int thread, int64_t seg) {
+    const int64_t C = j->p->s.channels;
+    double *scratch = j->scratch + thread * j->len;
+    if (op == FBN_OP_AFFINE)
+        FBN_SYM(stats_tiles)(j->x, j->p, t, g, j->fwd.pivot, j->fwd.parts + seg * C, scratch);
+    else
+        FBN_SYM(bwd_reduce_tiles)(j->dy, j->x, j->p, t, g, j->k, j->tk,
+                                  j->bwd.sums + seg * 2 * C, scratch, j->z, j->dres);
+}
+
 /* The reduction of channel-block tile t (r: its channels) when it holds whole
- * channels: their statistics (forward; reduced: their parts are in already) or
- * sums (backward), final. */
+ * channels: their statistics (forward) or sums (backward), final (reduced: their
+ * parts or sums are in already). */
 FBN_INLINE void FBN_SYM(pass_reduce_tile)(const int op, const FBN_SYM(pass) *j, int64_t t,
                                           int thread, const FBN_SYM(tile) *r,
                                           const int reduced) {
+    if (!reduced) FBN_SYM(pass_reduce_tiles)(op, j, t, 1, thread, 0);
     if (op == FBN_OP_AFFINE) {
-        if (!reduced)
-            FBN_SYM(stats_tile)(j->x, j->p, t, j->fwd.pivot, j->fwd.parts,
-                                j->scratch + thread * j->len);
         for (int64_t c = r->c0; c < r->c0 + r->nc; c++)
             FBN_SYM(finish_stats)(c, j->fwd.pivot[c], &j->fwd.parts[c], j->fwd.mean_hi,
                                   j->fwd.mean_lo, j->fwd.m2);
     } else {
-        FBN_SYM(bwd_reduce_tile_any)(j->dy, j->x, j->p, t, j->k, j->tk, j->bwd.sums,
-                                 j->scratch + thread * j->len, j->z, j->dres);
         for (int64_t c = r->c0; c < r->c0 + r->nc; c++) {
             j->bwd.sum_dy[c] = j->bwd.sums[2 * c];
             j->bwd.sum_dy_xc[c] = j->bwd.sums[2 * c + 1];
@@ -110,51 +120,48 @@ FBN_INLINE void FBN_SYM(fused_tile)(const int op, const FBN_SYM(pass) *j, int64_
         FBN_SYM(bwd_elemt_tile_any)(j->dy_dx, j->x, j->out, j->p, t, j->tkd);
 }
 
-/* Channel c of a plan whose channels span several tiles that fit in cache
- * together (p->fuse_segs; inner > 1, so blocks are single channels): each tile
- * reduced into its segment's slot and the slots merged as the unfused pass merges
- * them (so the results' bits are the same), then the channel rewritten while in
- * cache. */
-FBN_INLINE void FBN_SYM(segs_tile)(const int op, const FBN_SYM(pass) *j, int64_t c,
+/* Task b of a plan whose channels span several tiles that fit in cache together
+ * (p->fuse_segs; inner > 1, so blocks are single channels): channels [b * runs,
+ * + runs), the last task's fewer. Each segment's tiles are reduced into the
+ * segment's slot (the channels read together: see fbn_run_group) and the slots
+ * merged as the unfused pass merges them (so the results' bits are the same),
+ * then each channel rewritten while in cache. */
+FBN_INLINE void FBN_SYM(segs_tile)(const int op, const FBN_SYM(pass) *j, int64_t b,
                                    int thread) {
     const fbn_plan *p = j->p;
-    const int64_t C = p->s.channels;
-    double *scratch = j->scratch + thread * j->len;
-    for (int64_t k = 0; k < p->nsegs; k++) {
-        if (op == FBN_OP_AFFINE)
-            FBN_SYM(stats_tile)(j->x, p, c * p->nsegs + k, j->fwd.pivot, j->fwd.parts + k * C,
-                                scratch);
-        else
-            FBN_SYM(bwd_reduce_tile_any)(j->dy, j->x, p, c * p->nsegs + k, j->k, j->tk,
-                                         j->bwd.sums + k * 2 * C, scratch, j->z, j->dres);
-    }
+    const int64_t c0 = b * j->runs, C = p->s.channels;
+    const int64_t g = C - c0 < j->runs ? C - c0 : j->runs;
+    for (int64_t k = 0; k < p->nsegs; k++)
+        FBN_SYM(pass_reduce_tiles)(op, j, c0 * p->nsegs + k, g, thread, k);
     if (op == FBN_OP_AFFINE) {
-        FBN_SYM(merge_parts)(p, j->fwd.parts, j->fwd.pivot, c, c + 1, j->fwd.mean_hi,
+        FBN_SYM(merge_parts)(p, j->fwd.parts, j->fwd.pivot, c0, c0 + g, j->fwd.mean_hi,
                              j->fwd.mean_lo, j->fwd.m2);
     } else {
-        double comp[2];
-        FBN_SYM(sum_segments)(p, j->bwd.sums, comp, c, c + 1, j->bwd.sum_dy,
+        double comp[2 * FBN_RUN_GROUP];
+        FBN_SYM(sum_segments)(p, j->bwd.sums, comp, c0, c0 + g, j->bwd.sum_dy,
                               j->bwd.sum_dy_xc);
     }
-    FBN_SYM(pass_coefs)(op, j, c, 1);
+    FBN_SYM(pass_coefs)(op, j, c0, g);
     if (op == FBN_OP_DX && !j->out) return; /* sums only */
-    FBN_SYM(fill_typed)(j->k, c, 1, j->tk);
+    FBN_SYM(fill_typed)(j->k, c0, g, j->tk);
     fbn_plan whole = *p; /* one tile per channel: the elementwise pass's tiling */
     whole.nsegs = 1;
     whole.seg_len = p->per_channel;
     whole.ntiles = p->nblocks;
-    if (op == FBN_OP_AFFINE)
-        FBN_SYM(affine_tile_any)(j->x, j->z, j->out, &whole, c, j->tk);
-    else
-        FBN_SYM(bwd_elemt_tile_any)(j->dy_dx, j->x, j->out, &whole, c, j->tkd);
+    for (int64_t c = c0; c < c0 + g; c++) {
+        if (op == FBN_OP_AFFINE)
+            FBN_SYM(affine_tile_any)(j->x, j->z, j->out, &whole, c, j->tk);
+        else
+            FBN_SYM(bwd_elemt_tile_any)(j->dy_dx, j->x, j->out, &whole, c, j->tkd);
+    }
 }
 
-static void FBN_SYM(fwd_segs_task)(void *job, int64_t t, int thread) {
-    FBN_SYM(segs_tile)(FBN_OP_AFFINE, job, t, thread);
+static void FBN_SYM(fwd_segs_task)(void *job, int64_t b, int thread) {
+    FBN_SYM(segs_tile)(FBN_OP_AFFINE, job, b, thread);
 }
 
-static void FBN_SYM(bwd_segs_task)(void *job, int64_t t, int thread) {
-    FBN_SYM(segs_tile)(FBN_OP_DX, job, t, thread);
+static void FBN_SYM(bwd_segs_task)(void *job, int64_t b, int thread) {
+    FBN_SYM(segs_tile)(FBN_OP_DX, job, b, thread);
 }
 
 /* Per-thread work of a forward whose tiles hold whole channels (nsegs == 1) of
@@ -216,31 +223,31 @@ static void FBN_SYM(fwd_block_tile)(const FBN_SYM(pass) *j, int64_t t, int threa
     FBN_SYM(fused_tile)(FBN_OP_AFFINE, &l, t, 0, 0);
 }
 
-/* Task g: tiles [g * group, (g + 1) * group), the last task's fewer; one-channel
- * tiles `runs` at a time, their statistics read together first
- * (fbn_stats_runs_group_<sfx>), then each rewritten. */
-static void FBN_SYM(fwd_fused_task)(void *job, int64_t g, int thread) {
-    const FBN_SYM(pass) *j = job;
+/* Task g of op: tiles [g * group, (g + 1) * group), the last task's fewer;
+ * one-channel tiles `runs` at a time, their reduction read together first
+ * (fbn_pass_reduce_tiles_<sfx>), then each rewritten. */
+FBN_INLINE void FBN_SYM(fused_task)(const int op, const FBN_SYM(pass) *j, int64_t g,
+                                    int thread) {
     const int64_t t1 = (g + 1) * j->group < j->p->nblocks ? (g + 1) * j->group : j->p->nblocks;
     for (int64_t t = g * j->group; t < t1;) {
-        if (j->fwd.blockwork) {
+        if (op == FBN_OP_AFFINE && j->fwd.blockwork) {
             FBN_SYM(fwd_block_tile)(j, t, thread);
             t++;
             continue;
         }
         const int64_t n = j->runs < t1 - t ? j->runs : t1 - t;
-        if (n > 1) FBN_SYM(stats_runs_group)(j->x, j->p, t, n, j->fwd.pivot, j->fwd.parts);
-        for (int64_t k = 0; k < n; k++)
-            FBN_SYM(fused_tile)(FBN_OP_AFFINE, job, t + k, thread, n > 1);
+        if (n > 1) FBN_SYM(pass_reduce_tiles)(op, j, t, n, thread, 0);
+        for (int64_t k = 0; k < n; k++) FBN_SYM(fused_tile)(op, j, t + k, thread, n > 1);
         t += n;
     }
 }
 
+static void FBN_SYM(fwd_fused_task)(void *job, int64_t g, int thread) {
+    FBN_SYM(fused_task)(FBN_OP_AFFINE, job, g, thread);
+}
+
 static void FBN_SYM(bwd_fused_task)(void *job, int64_t g, int thread) {
-    const FBN_SYM(pass) *j = job;
-    const int64_t t1 = (g + 1) * j->group < j->p->nblocks ? (g + 1) * j->group : j->p->nblocks;
-    for (int64_t t = g * j->group; t < t1; t++)
-        FBN_SYM(fused_tile)(FBN_OP_DX, job, t, thread, 0);
+    FBN_SYM(fused_task)(FBN_OP_DX, job, g, thread);
 }
 
 /* The skeleton: fused per channel block, or reduction, coefficients and an
@@ -248,10 +255,12 @@ static void FBN_SYM(bwd_fused_task)(void *job, int64_t g, int thread) {
 static void FBN_SYM(run_pass)(const int op, const FBN_SYM(pass) *j, FBN_SYM(tcoefs) *tk,
                               int nt) {
     const fbn_plan *p = j->p;
+    const int reads = op == FBN_OP_DX ? 2 : 1; /* the arrays its reduction reads */
     if (p->nsegs == 1) { /* tasks of consecutive tiles: see fbn_fuse_group */
         FBN_SYM(pass) g = *j;
-        g.group = fbn_fuse_group(p, sizeof(T), op == FBN_OP_DX ? 2 : 1, nt);
-        g.runs = op == FBN_OP_AFFINE && !j->fwd.blockwork ? fbn_run_group(p, sizeof(T), 1, nt) : 1;
+        g.group = fbn_fuse_group(p, sizeof(T), reads, nt);
+        g.runs = op == FBN_OP_AFFINE && j->fwd.blockwork ? 1
+                                                         : fbn_run_group(p, sizeof(T), reads, nt);
         g.group = (g.group + g.runs - 1) / g.runs * g.runs;
         fbn_parallel_for((p->nblocks + g.group - 1) / g.group, nt,
                          op == FBN_OP_AFFINE ? FBN_SYM(fwd_fused_task) : FBN_SYM(bwd_fused_task),
@@ -259,9 +268,11 @@ static void FBN_SYM(run_pass)(const int op, const FBN_SYM(pass) *j, FBN_SYM(tcoe
         return;
     }
     if (p->fuse_segs) {
-        fbn_parallel_for(p->nblocks, nt,
+        FBN_SYM(pass) g = *j;
+        g.runs = fbn_run_group(p, sizeof(T), reads, nt);
+        fbn_parallel_for((p->nblocks + g.runs - 1) / g.runs, nt,
                          op == FBN_OP_AFFINE ? FBN_SYM(fwd_segs_task) : FBN_SYM(bwd_segs_task),
-                         (void *)j);
+                         &g);
         return;
     }
     FBN_SYM(pass_reduce_all)(op, j, nt);

@@ -1,12 +1,13 @@
-"""Rows-shape statistics read several adjacent channels together, row by row
-(src_c/kern_runs.h's fbn_dev_runs_group_<sfx>, plan.c's fbn_run_group): batch_stats
-and the statistics of the training forward, where a channel's runs are 2 KB or
-longer (FBN_GROUP_RUN). Each channel keeps its own sums, so a channel's statistics
-and outputs must be bitwise those it gets alone, whatever its neighbours hold
-(NaN, values far from the first one, which take a second pass), however many
-channels a group has (the fused forward's follow the L3 size: overridden here),
-on 1 and 2 threads, and for every dtype (16-bit data: the grouped sums widen in
-blocks, a channel alone in registers)."""
+"""Rows-shape reductions read several adjacent channels together, row by row
+(src_c/kern_runs.h's fbn_sum_runs_group_<sfx>, plan.c's fbn_run_group): batch_stats,
+backward_reduce, and the reductions of the training forward and the backward
+(fused per channel, fused over a channel's segments, or unfused), where a
+channel's runs are 2 KB or longer (FBN_GROUP_RUN). Each channel keeps its own
+sums, so a channel's statistics, sums and outputs must be bitwise those it gets
+alone, whatever its neighbours hold (NaN, values far from the first one, which
+take a second pass), however many channels a group has (the fused passes' follow
+the L3 size: overridden here), on 1 and 2 threads, and for every dtype (16-bit
+data: the grouped statistics widen in blocks, a channel alone in registers)."""
 import numpy as np
 import pytest
 
@@ -55,12 +56,18 @@ def _stats(x, c=None):
     return mean, m2
 
 
-def _forward(gamma, beta):
+def _passes(gamma, beta, dy, activation):
+    """forward then backward (and backward_reduce on the forward's statistics) of x,
+    or of channel c alone."""
     def run(x, c=None):
-        g = gamma if c is None else gamma[c:c + 1]
-        b = beta if c is None else beta[c:c + 1]
-        y, cache = fastbn.forward(x, g, b, axis=1)
-        return y, cache.mean, cache.var
+        pick = slice(None) if c is None else slice(c, c + 1)
+        g, b = gamma[pick], beta[pick]
+        y, cache = fastbn.forward(x, g, b, axis=1, activation=activation)
+        dx, dg, db = fastbn.backward(np.ascontiguousarray(dy[:, pick]), cache)
+        sums = fastbn.backward_reduce(np.ascontiguousarray(dy[:, pick]), x, cache.mean,
+                                      cache.invstd, axis=1, gamma=g, beta=b,
+                                      activation=activation)
+        return (y, cache.mean, cache.var, dx, dg, db) + tuple(sums)
     return run
 
 
@@ -70,30 +77,36 @@ def _same_bits(got, want, what):
     assert got.tobytes() == want.tobytes(), what
 
 
+NAMES = ["forward y", "forward mean", "forward var", "backward dx", "backward dgamma",
+         "backward dbeta", "backward_reduce sum_dy", "backward_reduce sum_dy_xhat"]
+
+
+@pytest.mark.parametrize("activation", [None, "relu"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_a_channel_in_a_group_gets_the_bits_it_gets_alone(shape, dtype, restore_threads,
-                                                          restore_caches):
+def test_a_channel_in_a_group_gets_the_bits_it_gets_alone(shape, dtype, activation,
+                                                          restore_threads, restore_caches):
     x = _data(shape, dtype, sum(shape))
     C = shape[1]
     rng = np.random.default_rng(7)
     gamma, beta = rng.uniform(0.5, 1.5, C), rng.normal(0, 1, C)
-    fwd = _forward(gamma, beta)
+    dy = (rng.standard_normal(shape) * rng.uniform(0.2, 2, (1, C, 1, 1))).astype(dtype)
+    passes = _passes(gamma, beta, dy, activation)
     alone_stats = [_alone(_stats, x, c) for c in range(C)]
-    alone_fwd = [_alone(fwd, x, c) for c in range(C)]
+    alone = [_alone(passes, x, c) for c in range(C)]
     for l3 in L3S:
         _k._set_cache_sizes(0, 0, l3)
         for threads in (1, 2):
             fastbn.set_num_threads(threads)
             mean, m2 = _stats(x)
-            y, fmean, fvar = fwd(x)
+            got = passes(x)
             for c in range(C):
-                tag = f"channel {c}, L3 {l3}, {threads} threads"
-                _same_bits(mean[c:c + 1], alone_stats[c][0], "batch_stats mean, " + tag)
-                _same_bits(m2[c:c + 1], alone_stats[c][1], "batch_stats m2, " + tag)
-                _same_bits(y[:, c:c + 1], alone_fwd[c][0], "forward y, " + tag)
-                _same_bits(fmean[c:c + 1], alone_fwd[c][1], "forward mean, " + tag)
-                _same_bits(fvar[c:c + 1], alone_fwd[c][2], "forward var, " + tag)
+                tag = f", channel {c}, L3 {l3}, {threads} threads"
+                _same_bits(mean[c:c + 1], alone_stats[c][0], "batch_stats mean" + tag)
+                _same_bits(m2[c:c + 1], alone_stats[c][1], "batch_stats m2" + tag)
+                for name, a, want in zip(NAMES, got, alone[c]):
+                    part = a[:, c:c + 1] if a.ndim == x.ndim else a[c:c + 1]
+                    _same_bits(part, want, name + tag)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
