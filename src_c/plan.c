@@ -210,8 +210,9 @@ int64_t fbn_fuse_group(const fbn_plan *p, int64_t elem_size, int inputs, int nt)
     return g < 1 ? 1 : g;
 }
 
-/* Channels of at most a quarter of L3 per thread when a fused pass re-reads them
- * (nt > 0): on this project's machines, groups of 3-6 MB took their best times. */
+/* A fused pass re-reads a group's channels from cache (nt > 0): groups of at most
+ * an eighth of L3 per thread (a quarter made the 2-thread float64 forward of
+ * 64x64x56x56 1.13x slower, channels of 1.6 MB; docs/performance.md). */
 int64_t fbn_run_group(const fbn_plan *p, int64_t elem_size, int inputs, int nt) {
     const fbn_shape *s = &p->s;
     if (s->inner <= 1 || p->block != 1 || s->outer < 2 || p->rows ||
@@ -220,7 +221,7 @@ int64_t fbn_run_group(const fbn_plan *p, int64_t elem_size, int inputs, int nt) 
     int64_t g = FBN_RUN_GROUP;
     if (nt > 0) {
         const int64_t channel = p->per_channel * elem_size * inputs;
-        const int64_t fit = fbn_cache_sizes().l3 / (4 * nt) / channel;
+        const int64_t fit = fbn_cache_sizes().l3 / (8 * nt) / channel;
         if (fit < g) g = fit;
     }
     return g < 1 ? 1 : g;
