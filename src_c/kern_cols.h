@@ -453,45 +453,4 @@ static inline void FBN_SYM(bwd_reduce_tile_any)(const T *dy, const T *x, const f
     else
         FBN_SYM(bwd_reduce_tile_x)(dy, x, p, t, k, tk, sums, scratch, z, dres);
 }
-/* The plain sums (relu 0 or 1, no epilogue) of tile t's segment of g adjacent
- * channels (inner > 1, one-channel blocks: tiles t, t + nsegs, ...), each bitwise
- * as fbn_bwd_reduce_tile_<sfx> gives it, read row by row
- * (fbn_sum_runs_group_<sfx>). sums: the segment's. */
-FBN_DISPATCH static void FBN_SYM(bwd_reduce_runs_group)(const T *dy, const T *x,
-                                                        const fbn_plan *p, int64_t t, int64_t g,
-                                                        const fbn_coefs *k,
-                                                        const FBN_SYM(tcoefs) *tk,
-                                                        double *sums) {
-    const FBN_SYM(tile) r = FBN_SYM(tile_of)(p, t);
-    const int64_t c0 = r.c0;
-    fbn_acc a1[FBN_RUN_GROUP], a2[FBN_RUN_GROUP];
-    memset(a1, 0, sizeof a1);
-    memset(a2, 0, sizeof a2);
-    if (tk->relu) /* a constant in each call, as in fbn_bwd_reduce_tile_as_<sfx> */
-        FBN_SYM(sum_runs_group)(FBN_SUMS_BWD, a1, a2, g, &p->s, c0, r.j0, r.j1, x, dy, NULL,
-                                k->shift + c0, tk->shift + c0, tk->scale + c0, tk->bias + c0,
-                                1);
-    else
-        FBN_SYM(sum_runs_group)(FBN_SUMS_BWD, a1, a2, g, &p->s, c0, r.j0, r.j1, x, dy, NULL,
-                                k->shift + c0, tk->shift + c0, tk->scale + c0, tk->bias + c0,
-                                0);
-    for (int64_t i = 0; i < g; i++)
-        FBN_SYM(sums_minus_lo)(c0 + i, fbn_acc_value(&a1[i]), fbn_acc_value(&a2[i]),
-                               k->lo[c0 + i], sums);
-}
-
-/* The backward's reduction of tile t and the g - 1 tiles of the same segment of
- * the next channels (g > 1 only as fbn_run_group allows: one-channel blocks):
- * the plain sums read together, an epilogue's channel by channel. */
-static inline void FBN_SYM(bwd_reduce_tiles)(const T *dy, const T *x, const fbn_plan *p,
-                                             int64_t t, int64_t g, const fbn_coefs *k,
-                                             const FBN_SYM(tcoefs) *tk, double *sums,
-                                             double *scratch, const T *z, T *dres) {
-    if (g > 1 && !z && tk->relu < 2) {
-        FBN_SYM(bwd_reduce_runs_group)(dy, x, p, t, g, k, tk, sums);
-        return;
-    }
-    for (int64_t i = 0; i < g; i++)
-        FBN_SYM(bwd_reduce_tile_any)(dy, x, p, t + i * p->nsegs, k, tk, sums, scratch, z, dres);
-}
 #undef FBN_COLS_V

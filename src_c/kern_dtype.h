@@ -65,6 +65,7 @@
 #include "kern_runs.h"     /* rows-shape reductions: one channel's runs */
 #include "kern_coefs.h"    /* the elementwise coefficients in TC */
 #include "kern_cols.h"     /* the reductions' tiles, columns shape */
+#include "kern_groups.h"   /* rows-shape reductions of adjacent channels at once */
 #include "kern_elemwise.h" /* y and dx per value, run and row group (kern_half_dx.h) */
 #include "kern_walk.h"     /* the walk of an elementwise tile */
 #include "kern_stats.h"    /* statistics over all tiles: batch_stats */

@@ -42,46 +42,6 @@ typedef struct {
     int64_t group; /* channels per task (fbn_run_group) */
 } FBN_SYM(stats_job);
 
-/* Statistics of tile t's segment of g adjacent channels (inner > 1, one-channel
- * blocks: tiles t, t + nsegs, ...), each bitwise as fbn_stats_tile_<sfx> gives it:
- * the first pass over the g channels row by row (fbn_sum_runs_group_<sfx>). part:
- * the segment's. */
-FBN_DISPATCH static void FBN_SYM(stats_runs_group)(const T *x, const fbn_plan *p, int64_t t,
-                                                   int64_t g, const double *pivot,
-                                                   fbn_part *part) {
-    const FBN_SYM(tile) r = FBN_SYM(tile_of)(p, t);
-    fbn_acc e1[FBN_RUN_GROUP], e2[FBN_RUN_GROUP];
-    memset(e1, 0, sizeof e1);
-    memset(e2, 0, sizeof e2);
-    FBN_SYM(sum_runs_group)(FBN_SUMS_DEV, e1, e2, g, &p->s, r.c0, r.j0, r.j1, x, NULL,
-                            pivot + r.c0, NULL, NULL, NULL, NULL, 0);
-    for (int64_t k = 0; k < g; k++)
-        FBN_SYM(runs_stats)(&e1[k], &e2[k], &p->s, r.c0 + k, r.j0, r.j1, x, pivot[r.c0 + k],
-                            &part[r.c0 + k]);
-}
-
-/* Statistics of tile t and of the g - 1 tiles of the same segment of the next
- * channels (g > 1 only as fbn_run_group allows: one-channel blocks). part: the
- * segment's. */
-static inline void FBN_SYM(stats_tiles)(const T *x, const fbn_plan *p, int64_t t, int64_t g,
-                                        const double *pivot, fbn_part *part,
-                                        double *scratch) {
-    if (g > 1)
-        FBN_SYM(stats_runs_group)(x, p, t, g, pivot, part);
-    else
-        FBN_SYM(stats_tile)(x, p, t, pivot, part, scratch);
-}
-
-/* Task u of a reduction over channel groups of `group` channels (fbn_run_group):
- * the segment u % nsegs of channels [u / nsegs * group, + group), as a tile
- * index and a count (the last group's may be short). */
-static inline int64_t FBN_SYM(group_tiles)(const fbn_plan *p, int64_t group, int64_t u,
-                                           int64_t *g) {
-    const int64_t c0 = u / p->nsegs * group, C = p->s.channels;
-    *g = C - c0 < group ? C - c0 : group;
-    return c0 * p->nsegs + u % p->nsegs;
-}
-
 static void FBN_SYM(stats_task)(void *job, int64_t u, int thread) {
     const FBN_SYM(stats_job) *j = job;
     const fbn_plan *p = j->p;
