@@ -7,7 +7,7 @@
 
 /* Statistics of tile t's segment of g adjacent channels (inner > 1, one-channel
  * blocks: tiles t, t + nsegs, ...), each bitwise as fbn_stats_tile_<sfx> gives it:
- * the first pass over the g channels row by row (fbn_sum_runs_group_<sfx>). part:
+ * the first pass over the g channels row by row (fbn_runs_dev_group_<sfx>). part:
  * the segment's. */
 FBN_DISPATCH static void FBN_SYM(stats_runs_group)(const T *x, const fbn_plan *p, int64_t t,
                                                    int64_t g, const double *pivot,
@@ -16,8 +16,7 @@ FBN_DISPATCH static void FBN_SYM(stats_runs_group)(const T *x, const fbn_plan *p
     fbn_acc e1[FBN_RUN_GROUP], e2[FBN_RUN_GROUP];
     memset(e1, 0, sizeof e1);
     memset(e2, 0, sizeof e2);
-    FBN_SYM(sum_runs_group)(FBN_SUMS_DEV, e1, e2, g, &p->s, r.c0, r.j0, r.j1, x, NULL,
-                            pivot + r.c0, NULL, NULL, NULL, NULL, 0);
+    FBN_SYM(runs_dev_group)(e1, e2, g, &p->s, r.c0, r.j0, r.j1, x, pivot + r.c0);
     for (int64_t k = 0; k < g; k++)
         FBN_SYM(runs_stats)(&e1[k], &e2[k], &p->s, r.c0 + k, r.j0, r.j1, x, pivot[r.c0 + k],
                             &part[r.c0 + k]);
@@ -60,11 +59,11 @@ FBN_DISPATCH static void FBN_SYM(bwd_reduce_runs_group)(const T *dy, const T *x,
     memset(a1, 0, sizeof a1);
     memset(a2, 0, sizeof a2);
     if (tk->relu) /* a constant in each call, as in fbn_bwd_reduce_tile_as_<sfx> */
-        FBN_SYM(sum_runs_group)(FBN_SUMS_BWD, a1, a2, g, &p->s, c0, r.j0, r.j1, x, dy, NULL,
+        FBN_SYM(sum_runs_group)(0, FBN_SUMS_BWD, a1, a2, g, &p->s, c0, r.j0, r.j1, x, dy, NULL,
                                 k->shift + c0, tk->shift + c0, tk->scale + c0, tk->bias + c0,
                                 1);
     else
-        FBN_SYM(sum_runs_group)(FBN_SUMS_BWD, a1, a2, g, &p->s, c0, r.j0, r.j1, x, dy, NULL,
+        FBN_SYM(sum_runs_group)(0, FBN_SUMS_BWD, a1, a2, g, &p->s, c0, r.j0, r.j1, x, dy, NULL,
                                 k->shift + c0, tk->shift + c0, tk->scale + c0, tk->bias + c0,
                                 0);
     for (int64_t i = 0; i < g; i++)

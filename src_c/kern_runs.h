@@ -272,15 +272,16 @@ FBN_INLINE void FBN_SYM(sum_runs)(const int isa, const int kind, fbn_acc *a1, fb
     memcpy(a2->lane, l2, sizeof l2);
 }
 
-/* fbn_sum_runs_<sfx> (isa 0) of g <= FBN_RUN_GROUP adjacent channels c0.. at
- * once, row by row: a channel's runs, a row apart, come from memory slower than
+/* fbn_sum_runs_<sfx> (isa: see there) of g <= FBN_RUN_GROUP adjacent channels
+ * c0.. at once, row by row: a channel's runs, a row apart, come from memory slower than
  * one stretch of g channels' runs (bench/strided_runs.c). Each channel's lanes
  * wait in its a1[k] and a2[k] between its runs, so its sums are bitwise those of
  * fbn_sum_runs_<sfx>. kind (a constant): FBN_SUMS_DEV, the first pass's (mean
  * 0.0) around pivot[k]; FBN_SUMS_BWD, the plain sums (relu a constant, 0 or 1)
  * with shift[k] and the typed tshift[k], scale[k] and bias[k]. The arrays start
  * at c0; the other kind's are not read. */
-FBN_INLINE void FBN_SYM(sum_runs_group)(const int kind, fbn_acc *a1, fbn_acc *a2, int64_t g,
+FBN_INLINE void FBN_SYM(sum_runs_group)(const int isa, const int kind, fbn_acc *a1,
+                                        fbn_acc *a2, int64_t g,
                                         const fbn_shape *s, int64_t c0, int64_t j0, int64_t j1,
                                         const T *restrict x, const T *restrict dy,
                                         const double *pivot, const double *shift,
@@ -295,7 +296,7 @@ FBN_INLINE void FBN_SYM(sum_runs_group)(const int kind, fbn_acc *a1, fbn_acc *a2
             double l1[FBN_LANES], l2[FBN_LANES];
             memcpy(l1, a1[k].lane, sizeof l1);
             memcpy(l2, a2[k].lane, sizeof l2);
-            FBN_SYM(sum_run)(0, kind, l1, l2, &pending[k], &a1[k], &a2[k],
+            FBN_SYM(sum_run)(isa, kind, l1, l2, &pending[k], &a1[k], &a2[k],
                              r.pos + r.skip + k * s->inner, r.n, r.skip, x, dy,
                              bwd ? 0.0 : pivot[k], 0.0, bwd ? shift[k] : 0.0,
                              bwd ? tshift[k] : (TC)0, bwd ? scale[k] : (TC)0,
@@ -333,49 +334,56 @@ FBN_INLINE void FBN_SYM(sum_runs_any)(const int isa, const int kind, fbn_acc *a1
  * FBN_SUMS_V: whether compiled. */
 #if defined(FBN_NARROW) && (defined(FBN_HALF_VEC16) || defined(FBN_HALF_VEC8))
 #define FBN_SUMS_V 1
-/* isa given; the first pass's mean of 0.0 a constant (x - 0.0 == x: folded away) */
-FBN_INLINE void FBN_SYM(dev_v)(const int isa, fbn_acc *a1, fbn_acc *a2, const fbn_shape *s,
-                               int64_t c, int64_t j0, int64_t j1, const T *restrict x,
-                               double pivot, double mean) {
-    if (mean == 0.0)
-        FBN_SYM(sum_runs_any)(isa, FBN_SUMS_DEV, a1, a2, s, c, j0, j1, x, NULL, pivot, 0.0, 0.0,
-                              (TC)0, (TC)0, (TC)0, 0, NULL, NULL, 0, (TC)0);
+/* isa given; the first pass's mean of 0.0 a constant (x - 0.0 == x: folded away).
+ * g channels from c (pivot: theirs): g > 1 in the first pass only, read together
+ * (fbn_sum_runs_group_<sfx>). */
+FBN_INLINE void FBN_SYM(dev_v)(const int isa, fbn_acc *a1, fbn_acc *a2, int64_t g,
+                               const fbn_shape *s, int64_t c, int64_t j0, int64_t j1,
+                               const T *restrict x, const double *pivot, double mean) {
+    if (g > 1)
+        FBN_SYM(sum_runs_group)(isa, FBN_SUMS_DEV, a1, a2, g, s, c, j0, j1, x, NULL, pivot, NULL,
+                                NULL, NULL, NULL, 0);
+    else if (mean == 0.0)
+        FBN_SYM(sum_runs_any)(isa, FBN_SUMS_DEV, a1, a2, s, c, j0, j1, x, NULL, pivot[0], 0.0,
+                              0.0, (TC)0, (TC)0, (TC)0, 0, NULL, NULL, 0, (TC)0);
     else
-        FBN_SYM(sum_runs_any)(isa, FBN_SUMS_DEV, a1, a2, s, c, j0, j1, x, NULL, pivot, mean, 0.0,
-                              (TC)0, (TC)0, (TC)0, 0, NULL, NULL, 0, (TC)0);
+        FBN_SYM(sum_runs_any)(isa, FBN_SUMS_DEV, a1, a2, s, c, j0, j1, x, NULL, pivot[0], mean,
+                              0.0, (TC)0, (TC)0, (TC)0, 0, NULL, NULL, 0, (TC)0);
 }
 #if defined(FBN_HALF_VEC16)
-FBN_HALF_TARGET16 static void FBN_SYM(dev_v16)(fbn_acc *a1, fbn_acc *a2, const fbn_shape *s,
-                                                int64_t c, int64_t j0, int64_t j1,
-                                                const T *restrict x, double pivot,
-                                                double mean) {
-    FBN_SYM(dev_v)(2, a1, a2, s, c, j0, j1, x, pivot, mean);
+FBN_HALF_TARGET16 static void FBN_SYM(dev_v16)(fbn_acc *a1, fbn_acc *a2, int64_t g,
+                                                const fbn_shape *s, int64_t c, int64_t j0,
+                                                int64_t j1, const T *restrict x,
+                                                const double *pivot, double mean) {
+    FBN_SYM(dev_v)(2, a1, a2, g, s, c, j0, j1, x, pivot, mean);
 }
 #endif
 #if defined(FBN_HALF_VEC8)
-FBN_HALF_TARGET8 static void FBN_SYM(dev_v8)(fbn_acc *a1, fbn_acc *a2, const fbn_shape *s,
-                                              int64_t c, int64_t j0, int64_t j1,
-                                              const T *restrict x, double pivot, double mean) {
-    FBN_SYM(dev_v)(1, a1, a2, s, c, j0, j1, x, pivot, mean);
+FBN_HALF_TARGET8 static void FBN_SYM(dev_v8)(fbn_acc *a1, fbn_acc *a2, int64_t g,
+                                              const fbn_shape *s, int64_t c, int64_t j0,
+                                              int64_t j1, const T *restrict x,
+                                              const double *pivot, double mean) {
+    FBN_SYM(dev_v)(1, a1, a2, g, s, c, j0, j1, x, pivot, mean);
 }
 #endif
 
-/* The deviations' sums in registers where the CPU has the conversions (returns 1),
- * else 0 (the caller's blocks). Callers take it for runs of FBN_LANES values or
- * more: float16 runs of 16 took 1.4x the blocks' time (docs/performance.md). */
-FBN_INLINE int FBN_SYM(dev_regs)(fbn_acc *a1, fbn_acc *a2, const fbn_shape *s, int64_t c,
-                                 int64_t j0, int64_t j1, const T *restrict x, double pivot,
-                                 double mean) {
+/* The deviations' sums of g channels from c (fbn_dev_v_<sfx>) in registers where
+ * the CPU has the conversions (returns 1), else 0 (the caller's blocks). Callers
+ * take it for runs of FBN_LANES values or more: float16 runs of 16 took 1.4x the
+ * blocks' time (docs/performance.md). */
+FBN_INLINE int FBN_SYM(dev_regs)(fbn_acc *a1, fbn_acc *a2, int64_t g, const fbn_shape *s,
+                                 int64_t c, int64_t j0, int64_t j1, const T *restrict x,
+                                 const double *pivot, double mean) {
     const int level = fbn_half_level();
 #if defined(FBN_HALF_VEC16)
     if (level == 2) {
-        FBN_SYM(dev_v16)(a1, a2, s, c, j0, j1, x, pivot, mean);
+        FBN_SYM(dev_v16)(a1, a2, g, s, c, j0, j1, x, pivot, mean);
         return 1;
     }
 #endif
 #if defined(FBN_HALF_VEC8)
     if (level == 1) {
-        FBN_SYM(dev_v8)(a1, a2, s, c, j0, j1, x, pivot, mean);
+        FBN_SYM(dev_v8)(a1, a2, g, s, c, j0, j1, x, pivot, mean);
         return 1;
     }
 #endif
@@ -389,11 +397,25 @@ FBN_INLINE void FBN_SYM(runs_dev)(fbn_acc *a1, fbn_acc *a2, const fbn_shape *s, 
                                   int64_t j0, int64_t j1, const T *restrict x, double pivot,
                                   double mean) {
 #ifdef FBN_SUMS_V
-    if (s->inner >= FBN_LANES && FBN_SYM(dev_regs)(a1, a2, s, c, j0, j1, x, pivot, mean))
+    if (s->inner >= FBN_LANES && FBN_SYM(dev_regs)(a1, a2, 1, s, c, j0, j1, x, &pivot, mean))
         return;
 #endif
     FBN_SYM(sum_runs_any)(0, FBN_SUMS_DEV, a1, a2, s, c, j0, j1, x, NULL, pivot, mean, 0.0,
                           (TC)0, (TC)0, (TC)0, 0, NULL, NULL, 0, (TC)0);
+}
+
+/* The first pass's sums (e = x - pivot) of g adjacent channels from c0, read
+ * together (fbn_sum_runs_group_<sfx>; 16-bit data widened as fbn_runs_dev_<sfx>
+ * widens them). pivot: the channels' (at c0). */
+FBN_INLINE void FBN_SYM(runs_dev_group)(fbn_acc *a1, fbn_acc *a2, int64_t g, const fbn_shape *s,
+                                        int64_t c0, int64_t j0, int64_t j1,
+                                        const T *restrict x, const double *pivot) {
+#ifdef FBN_SUMS_V
+    if (s->inner >= FBN_LANES && FBN_SYM(dev_regs)(a1, a2, g, s, c0, j0, j1, x, pivot, 0.0))
+        return;
+#endif
+    FBN_SYM(sum_runs_group)(0, FBN_SUMS_DEV, a1, a2, g, s, c0, j0, j1, x, NULL, pivot, NULL,
+                            NULL, NULL, NULL, 0);
 }
 
 /* Channel c's statistics over flat [j0, j1) (relative to its pivot) into part,
