@@ -22,8 +22,8 @@ typedef struct {
     int64_t len;
     double n; /* values per channel */
     int64_t group; /* nsegs == 1: consecutive channel-block tiles per task */
-    int64_t runs;  /* forward, nsegs == 1: channels whose statistics are read
-                    * together (fbn_run_group), a divisor of group */
+    int64_t runs;  /* one-channel tiles whose reductions are read together
+                    * (fbn_run_group); nsegs == 1: a divisor of group */
     const double *gamma;
     struct {
         const double *pivot, *beta;

@@ -137,8 +137,8 @@
 #ifndef FBN_SHORT_RUN
 #define FBN_SHORT_RUN 4096
 #endif
-/* Rows-shape statistics read up to FBN_RUN_GROUP adjacent channels row by row
- * (each channel's sums bitwise as alone) where a channel's runs are FBN_GROUP_RUN
+/* Rows-shape reductions (statistics, the backward's sums) read up to FBN_RUN_GROUP
+ * adjacent channels row by row (each channel's sums bitwise as alone) where a channel's runs are FBN_GROUP_RUN
  * bytes or longer: a channel's runs a row apart are fetched slower than g channels'
  * contiguous ones, but shorter runs pay more for the lanes each run saves and
  * reloads than they gain. */
