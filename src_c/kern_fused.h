@@ -256,11 +256,13 @@ static void FBN_SYM(run_pass)(const int op, const FBN_SYM(pass) *j, FBN_SYM(tcoe
                               int nt) {
     const fbn_plan *p = j->p;
     const int reads = op == FBN_OP_DX ? 2 : 1; /* the arrays its reduction reads */
+    /* the backward on threads reads one channel at a time: groups of 2 there took
+     * 1.06-1.07x the time (16-bit 64x64x56x56), and no case gained (docs/performance.md) */
+    const int64_t runs = op == FBN_OP_DX && nt > 1 ? 1 : fbn_run_group(p, sizeof(T), reads, nt);
     if (p->nsegs == 1) { /* tasks of consecutive tiles: see fbn_fuse_group */
         FBN_SYM(pass) g = *j;
         g.group = fbn_fuse_group(p, sizeof(T), reads, nt);
-        g.runs = op == FBN_OP_AFFINE && j->fwd.blockwork ? 1
-                                                         : fbn_run_group(p, sizeof(T), reads, nt);
+        g.runs = op == FBN_OP_AFFINE && j->fwd.blockwork ? 1 : runs;
         g.group = (g.group + g.runs - 1) / g.runs * g.runs;
         fbn_parallel_for((p->nblocks + g.group - 1) / g.group, nt,
                          op == FBN_OP_AFFINE ? FBN_SYM(fwd_fused_task) : FBN_SYM(bwd_fused_task),
@@ -269,7 +271,7 @@ static void FBN_SYM(run_pass)(const int op, const FBN_SYM(pass) *j, FBN_SYM(tcoe
     }
     if (p->fuse_segs) {
         FBN_SYM(pass) g = *j;
-        g.runs = fbn_run_group(p, sizeof(T), reads, nt);
+        g.runs = runs;
         fbn_parallel_for((p->nblocks + g.runs - 1) / g.runs, nt,
                          op == FBN_OP_AFFINE ? FBN_SYM(fwd_segs_task) : FBN_SYM(bwd_segs_task),
                          &g);
