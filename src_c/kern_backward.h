@@ -76,7 +76,7 @@ static void FBN_SYM(reduce_all)(const T *dy, const T *x, const fbn_plan *p, cons
     FBN_SYM(reduce_job) j = {.dy = dy, .x = x, .p = p, .k = k, .tk = tk, .work = work,
                              .scratch = fbn_reduce_scratch(p, work), .len = fbn_scratch_len(p),
                              .z = z, .dres = dres, .group = group};
-    fbn_parallel_for((p->nblocks + group - 1) / group * p->nsegs, nt, FBN_SYM(reduce_task), &j);
+    fbn_parallel_for(fbn_group_count(p, group) * p->nsegs, nt, FBN_SYM(reduce_task), &j);
     FBN_SYM(sum_tiles)(p, work, work + p->nsegs * 2 * C, sum_dy, sum_dy_xc);
 }
 

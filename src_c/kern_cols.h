@@ -238,7 +238,7 @@ FBN_DISPATCH static void FBN_SYM(stats_tile)(const T *x, const fbn_plan *p, int6
     if (s->inner > 1) {
         const int64_t c = r.c0;
         fbn_acc e1 = {{0}, {0, 0}}, e2 = e1; /* ~0.3 KB each */
-        FBN_SYM(runs_dev)(&e1, &e2, s, c, r.j0, r.j1, x, pivot[c], 0.0); /* x - 0.0: folded */
+        FBN_SYM(runs_dev)(&e1, &e2, 1, s, c, r.j0, r.j1, x, pivot + c, 0.0); /* x - 0.0: folded */
         FBN_SYM(runs_stats)(&e1, &e2, s, c, r.j0, r.j1, x, pivot[c], &part[c]);
         return;
     }

@@ -129,8 +129,7 @@ FBN_INLINE void FBN_SYM(fused_tile)(const int op, const FBN_SYM(pass) *j, int64_
 FBN_INLINE void FBN_SYM(segs_tile)(const int op, const FBN_SYM(pass) *j, int64_t b,
                                    int thread) {
     const fbn_plan *p = j->p;
-    const int64_t c0 = b * j->runs, C = p->s.channels;
-    const int64_t g = C - c0 < j->runs ? C - c0 : j->runs;
+    const int64_t c0 = b * j->runs, g = fbn_group_len(p, c0, j->runs);
     for (int64_t k = 0; k < p->nsegs; k++)
         FBN_SYM(pass_reduce_tiles)(op, j, c0 * p->nsegs + k, g, thread, k);
     if (op == FBN_OP_AFFINE) {
@@ -264,7 +263,7 @@ static void FBN_SYM(run_pass)(const int op, const FBN_SYM(pass) *j, FBN_SYM(tcoe
         g.group = fbn_fuse_group(p, sizeof(T), reads, nt);
         g.runs = op == FBN_OP_AFFINE && j->fwd.blockwork ? 1 : runs;
         g.group = (g.group + g.runs - 1) / g.runs * g.runs;
-        fbn_parallel_for((p->nblocks + g.group - 1) / g.group, nt,
+        fbn_parallel_for(fbn_group_count(p, g.group), nt,
                          op == FBN_OP_AFFINE ? FBN_SYM(fwd_fused_task) : FBN_SYM(bwd_fused_task),
                          &g);
         return;
@@ -272,7 +271,7 @@ static void FBN_SYM(run_pass)(const int op, const FBN_SYM(pass) *j, FBN_SYM(tcoe
     if (p->fuse_segs) {
         FBN_SYM(pass) g = *j;
         g.runs = runs;
-        fbn_parallel_for((p->nblocks + g.runs - 1) / g.runs, nt,
+        fbn_parallel_for(fbn_group_count(p, g.runs), nt,
                          op == FBN_OP_AFFINE ? FBN_SYM(fwd_segs_task) : FBN_SYM(bwd_segs_task),
                          &g);
         return;

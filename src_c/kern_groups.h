@@ -7,7 +7,7 @@
 
 /* Statistics of tile t's segment of g adjacent channels (inner > 1, one-channel
  * blocks: tiles t, t + nsegs, ...), each bitwise as fbn_stats_tile_<sfx> gives it:
- * the first pass over the g channels row by row (fbn_runs_dev_group_<sfx>). part:
+ * the first pass over the g channels row by row (fbn_runs_dev_<sfx>). part:
  * the segment's. */
 FBN_DISPATCH static void FBN_SYM(stats_runs_group)(const T *x, const fbn_plan *p, int64_t t,
                                                    int64_t g, const double *pivot,
@@ -16,7 +16,7 @@ FBN_DISPATCH static void FBN_SYM(stats_runs_group)(const T *x, const fbn_plan *p
     fbn_acc e1[FBN_RUN_GROUP], e2[FBN_RUN_GROUP];
     memset(e1, 0, sizeof e1);
     memset(e2, 0, sizeof e2);
-    FBN_SYM(runs_dev_group)(e1, e2, g, &p->s, r.c0, r.j0, r.j1, x, pivot + r.c0);
+    FBN_SYM(runs_dev)(e1, e2, g, &p->s, r.c0, r.j0, r.j1, x, pivot + r.c0, 0.0);
     for (int64_t k = 0; k < g; k++)
         FBN_SYM(runs_stats)(&e1[k], &e2[k], &p->s, r.c0 + k, r.j0, r.j1, x, pivot[r.c0 + k],
                             &part[r.c0 + k]);
@@ -39,8 +39,8 @@ static inline void FBN_SYM(stats_tiles)(const T *x, const fbn_plan *p, int64_t t
  * index and a count (the last group's may be short). */
 static inline int64_t FBN_SYM(group_tiles)(const fbn_plan *p, int64_t group, int64_t u,
                                            int64_t *g) {
-    const int64_t c0 = u / p->nsegs * group, C = p->s.channels;
-    *g = C - c0 < group ? C - c0 : group;
+    const int64_t c0 = u / p->nsegs * group;
+    *g = fbn_group_len(p, c0, group);
     return c0 * p->nsegs + u % p->nsegs;
 }
 

@@ -101,7 +101,7 @@ static void FBN_SYM(stats_all)(const T *x, const fbn_plan *p, const double *pivo
     const int64_t group = fbn_run_group(p, sizeof(T), 1, 0);
     FBN_SYM(stats_job) sj = {.x = x, .p = p, .pivot = pivot, .parts = parts,
                              .scratch = scratch, .len = fbn_scratch_len(p), .group = group};
-    fbn_parallel_for((p->nblocks + group - 1) / group * p->nsegs, nt, FBN_SYM(stats_task), &sj);
+    fbn_parallel_for(fbn_group_count(p, group) * p->nsegs, nt, FBN_SYM(stats_task), &sj);
     /* a merge of few parts takes microseconds: waking a thread for it costs more */
     FBN_SYM(merge_job) mj = {.p = p, .pivot = pivot, .parts = parts, .mean_hi = mean_hi,
                              .mean_lo = mean_lo, .m2 = m2};

@@ -105,6 +105,16 @@ int64_t fbn_fuse_group(const fbn_plan *p, int64_t elem_size, int inputs, int nt)
  * FBN_RUN_GROUP. nt: 0 for a pass that reads them once, else the threads of a
  * fused pass, which re-reads them from cache. Changes no result's bits. */
 int64_t fbn_run_group(const fbn_plan *p, int64_t elem_size, int inputs, int nt);
+/* Groups of `group` channel blocks cover p's blocks in this many (the last group
+ * may be short). */
+static inline int64_t fbn_group_count(const fbn_plan *p, int64_t group) {
+    return (p->nblocks + group - 1) / group;
+}
+/* The channels of the group of at most `group` from channel c0 (the last fewer). */
+static inline int64_t fbn_group_len(const fbn_plan *p, int64_t c0, int64_t group) {
+    const int64_t left = p->s.channels - c0;
+    return left < group ? left : group;
+}
 /* The threads a loop over p's tiles uses: 1 below FBN_MIN_PARALLEL values. */
 int fbn_threads_for(const fbn_plan *p, int nthreads);
 
