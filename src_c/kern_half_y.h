@@ -60,12 +60,12 @@ static void FBN_SYM(y_rest)(int g, const T *xr, int64_t ld, T *out, int64_t ldo,
 }
 
 /* y of g rows as fbn_y_blocks_<sfx>, FBN_VW channels at a time in registers, all g
- * rows' loads of a step first; isa and g constants (relu a variable, as in the
- * wider types' loop). */
-FBN_INLINE void FBN_SYM(y_vec)(const int isa, const int g, const T *xr, int64_t ld, T *out,
-                               int64_t ldo, int64_t m, const FBN_SYM(tcoefs) *k, int64_t ch) {
+ * rows' loads of a step first; isa, g and relu (k's, as a truth value) constants:
+ * with relu a variable, every step paid the ReLU's select. */
+FBN_INLINE void FBN_SYM(y_vec)(const int isa, const int g, const int relu, const T *xr,
+                               int64_t ld, T *out, int64_t ldo, int64_t m,
+                               const FBN_SYM(tcoefs) *k, int64_t ch) {
     const TC *shift = k->shift + ch, *scale = k->scale + ch, *bias = k->bias + ch;
-    const int relu = k->relu;
     int64_t c = 0;
     for (; c + FBN_VW <= m; c += FBN_VW) {
         TC xv[FBN_GROUP][FBN_VW];
@@ -80,17 +80,27 @@ FBN_INLINE void FBN_SYM(y_vec)(const int isa, const int g, const T *xr, int64_t 
     if (c < m) FBN_SYM(y_rest)(g, xr + c, ld, out + c, ldo, m - c, k, ch + c);
 }
 
-/* fbn_y_vec_<sfx> with g (FBN_GROUP, 2, else rows one by one) a constant; isa a
- * constant. */
-FBN_INLINE void FBN_SYM(y_vec_g)(const int isa, int g, const T *xr, int64_t ld, T *out,
-                                 int64_t ldo, int64_t m, const FBN_SYM(tcoefs) *k, int64_t ch) {
+/* fbn_y_vec_<sfx> with g (FBN_GROUP, 2, else rows one by one) a constant; isa and
+ * relu constants. */
+FBN_INLINE void FBN_SYM(y_vec_rows)(const int isa, const int relu, int g, const T *xr,
+                                    int64_t ld, T *out, int64_t ldo, int64_t m,
+                                    const FBN_SYM(tcoefs) *k, int64_t ch) {
     if (g == FBN_GROUP)
-        FBN_SYM(y_vec)(isa, FBN_GROUP, xr, ld, out, ldo, m, k, ch);
+        FBN_SYM(y_vec)(isa, FBN_GROUP, relu, xr, ld, out, ldo, m, k, ch);
     else if (g == 2)
-        FBN_SYM(y_vec)(isa, 2, xr, ld, out, ldo, m, k, ch);
+        FBN_SYM(y_vec)(isa, 2, relu, xr, ld, out, ldo, m, k, ch);
     else
         for (int i = 0; i < g; i++)
-            FBN_SYM(y_vec)(isa, 1, xr + i * ld, ld, out + i * ldo, ldo, m, k, ch);
+            FBN_SYM(y_vec)(isa, 1, relu, xr + i * ld, ld, out + i * ldo, ldo, m, k, ch);
+}
+
+/* fbn_y_vec_rows_<sfx> with k's relu a constant; isa a constant. */
+FBN_INLINE void FBN_SYM(y_vec_g)(const int isa, int g, const T *xr, int64_t ld, T *out,
+                                 int64_t ldo, int64_t m, const FBN_SYM(tcoefs) *k, int64_t ch) {
+    if (k->relu)
+        FBN_SYM(y_vec_rows)(isa, 1, g, xr, ld, out, ldo, m, k, ch);
+    else
+        FBN_SYM(y_vec_rows)(isa, 0, g, xr, ld, out, ldo, m, k, ch);
 }
 
 /* Rows shape: y of one channel's m values (a run, or a chunk of one), FBN_VW at a
