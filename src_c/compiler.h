@@ -52,6 +52,17 @@
 #define FBN_IVDEP
 #endif
 
+/* Before a loop over a row group's rows (at most FBN_GROUP, 4, a constant count):
+ * unroll it whole, so that each row's vector stays in a register (GCC 12 kept the
+ * 16-bit y loop's rolled, through the stack, once its ReLU was a constant). */
+#if defined(__GNUC__) && !defined(__clang__)
+#define FBN_UNROLL_ROWS _Pragma("GCC unroll 4")
+#elif defined(__clang__)
+#define FBN_UNROLL_ROWS _Pragma("clang loop unroll(full)")
+#else
+#define FBN_UNROLL_ROWS
+#endif
+
 /* isfinite as a comparison, which vectorises: false for NaN and +-inf. */
 #define FBN_FINITE(v) (fabs(v) <= DBL_MAX)
 

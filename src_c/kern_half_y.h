@@ -69,7 +69,9 @@ FBN_INLINE void FBN_SYM(y_vec)(const int isa, const int g, const int relu, const
     int64_t c = 0;
     for (; c + FBN_VW <= m; c += FBN_VW) {
         TC xv[FBN_GROUP][FBN_VW];
+        FBN_UNROLL_ROWS
         for (int i = 0; i < g; i++) FBN_LD_V(isa, xr + i * ld + c, xv[i]);
+        FBN_UNROLL_ROWS
         for (int i = 0; i < g; i++) {
             TC ov[FBN_VW];
             for (int j = 0; j < FBN_VW; j++)
