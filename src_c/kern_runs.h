@@ -327,6 +327,25 @@ FBN_INLINE void FBN_SYM(sum_runs_any)(const int isa, const int kind, fbn_acc *a1
                           scale, bias, relu, z, dres, res, slope, gap);
 }
 
+/* The deviations' sums (e = (x - pivot[k]) - mean) of g channels from c: g > 1
+ * in the first pass only (mean 0.0), read together (fbn_sum_runs_group_<sfx>).
+ * isa: see fbn_sum_runs_<sfx>. The 16-bit register clones (isa != 0, calls not
+ * inlined) give a mean of 0.0 a branch of its own, so that x - 0.0 == x folds
+ * away as it does where the call is inlined with a literal mean. */
+FBN_INLINE void FBN_SYM(dev_v)(const int isa, fbn_acc *a1, fbn_acc *a2, int64_t g,
+                               const fbn_shape *s, int64_t c, int64_t j0, int64_t j1,
+                               const T *restrict x, const double *pivot, double mean) {
+    if (g > 1)
+        FBN_SYM(sum_runs_group)(isa, FBN_SUMS_DEV, a1, a2, g, s, c, j0, j1, x, NULL, pivot, NULL,
+                                NULL, NULL, NULL, 0);
+    else if (isa != 0 && mean == 0.0)
+        FBN_SYM(sum_runs_any)(isa, FBN_SUMS_DEV, a1, a2, s, c, j0, j1, x, NULL, pivot[0], 0.0,
+                              0.0, (TC)0, (TC)0, (TC)0, 0, NULL, NULL, 0, (TC)0);
+    else
+        FBN_SYM(sum_runs_any)(isa, FBN_SUMS_DEV, a1, a2, s, c, j0, j1, x, NULL, pivot[0], mean,
+                              0.0, (TC)0, (TC)0, (TC)0, 0, NULL, NULL, 0, (TC)0);
+}
+
 /* 16-bit data: the deviations' sums compiled for each instruction set with
  * conversions in registers (functions of their own, as in kern_half_y.h: the
  * kernels' target clones do not inline half.h's conversions). The backward's sums
@@ -334,22 +353,6 @@ FBN_INLINE void FBN_SYM(sum_runs_any)(const int isa, const int kind, fbn_acc *a1
  * FBN_SUMS_V: whether compiled. */
 #if defined(FBN_NARROW) && (defined(FBN_HALF_VEC16) || defined(FBN_HALF_VEC8))
 #define FBN_SUMS_V 1
-/* isa given; the first pass's mean of 0.0 a constant (x - 0.0 == x: folded away).
- * g channels from c (pivot: theirs): g > 1 in the first pass only, read together
- * (fbn_sum_runs_group_<sfx>). */
-FBN_INLINE void FBN_SYM(dev_v)(const int isa, fbn_acc *a1, fbn_acc *a2, int64_t g,
-                               const fbn_shape *s, int64_t c, int64_t j0, int64_t j1,
-                               const T *restrict x, const double *pivot, double mean) {
-    if (g > 1)
-        FBN_SYM(sum_runs_group)(isa, FBN_SUMS_DEV, a1, a2, g, s, c, j0, j1, x, NULL, pivot, NULL,
-                                NULL, NULL, NULL, 0);
-    else if (mean == 0.0)
-        FBN_SYM(sum_runs_any)(isa, FBN_SUMS_DEV, a1, a2, s, c, j0, j1, x, NULL, pivot[0], 0.0,
-                              0.0, (TC)0, (TC)0, (TC)0, 0, NULL, NULL, 0, (TC)0);
-    else
-        FBN_SYM(sum_runs_any)(isa, FBN_SUMS_DEV, a1, a2, s, c, j0, j1, x, NULL, pivot[0], mean,
-                              0.0, (TC)0, (TC)0, (TC)0, 0, NULL, NULL, 0, (TC)0);
-}
 #if defined(FBN_HALF_VEC16)
 FBN_HALF_TARGET16 static void FBN_SYM(dev_v16)(fbn_acc *a1, fbn_acc *a2, int64_t g,
                                                 const fbn_shape *s, int64_t c, int64_t j0,
@@ -393,9 +396,8 @@ FBN_INLINE int FBN_SYM(dev_regs)(fbn_acc *a1, fbn_acc *a2, int64_t g, const fbn_
 #endif
 
 /* The sums of e and e^2, e = (x - pivot[k]) - mean, of g adjacent channels from c
- * over flat [j0, j1): g > 1 in the first pass only (mean 0.0), read together
- * (fbn_sum_runs_group_<sfx>); 16-bit data widened in registers where the CPU can
- * (fbn_dev_v_<sfx>). pivot: the channels' (at c). */
+ * over flat [j0, j1) (fbn_dev_v_<sfx>), 16-bit data widened in registers where
+ * the CPU can. pivot: the channels' (at c). */
 FBN_INLINE void FBN_SYM(runs_dev)(fbn_acc *a1, fbn_acc *a2, int64_t g, const fbn_shape *s,
                                   int64_t c, int64_t j0, int64_t j1, const T *restrict x,
                                   const double *pivot, double mean) {
@@ -403,12 +405,7 @@ FBN_INLINE void FBN_SYM(runs_dev)(fbn_acc *a1, fbn_acc *a2, int64_t g, const fbn
     if (s->inner >= FBN_LANES && FBN_SYM(dev_regs)(a1, a2, g, s, c, j0, j1, x, pivot, mean))
         return;
 #endif
-    if (g > 1)
-        FBN_SYM(sum_runs_group)(0, FBN_SUMS_DEV, a1, a2, g, s, c, j0, j1, x, NULL, pivot, NULL,
-                                NULL, NULL, NULL, 0);
-    else
-        FBN_SYM(sum_runs_any)(0, FBN_SUMS_DEV, a1, a2, s, c, j0, j1, x, NULL, pivot[0], mean,
-                              0.0, (TC)0, (TC)0, (TC)0, 0, NULL, NULL, 0, (TC)0);
+    FBN_SYM(dev_v)(0, a1, a2, g, s, c, j0, j1, x, pivot, mean);
 }
 
 /* Channel c's statistics over flat [j0, j1) (relative to its pivot) into part,
