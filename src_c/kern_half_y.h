@@ -84,9 +84,9 @@ FBN_INLINE void FBN_SYM(y_vec)(const int isa, const int g, const int relu, const
 
 /* fbn_y_vec_<sfx> with g (FBN_GROUP, 2, else rows one by one) a constant; isa and
  * relu constants. */
-FBN_INLINE void FBN_SYM(y_vec_rows)(const int isa, const int relu, int g, const T *xr,
-                                    int64_t ld, T *out, int64_t ldo, int64_t m,
-                                    const FBN_SYM(tcoefs) *k, int64_t ch) {
+FBN_INLINE void FBN_SYM(y_vec_g)(const int isa, const int relu, int g, const T *xr, int64_t ld,
+                                 T *out, int64_t ldo, int64_t m, const FBN_SYM(tcoefs) *k,
+                                 int64_t ch) {
     if (g == FBN_GROUP)
         FBN_SYM(y_vec)(isa, FBN_GROUP, relu, xr, ld, out, ldo, m, k, ch);
     else if (g == 2)
@@ -96,13 +96,15 @@ FBN_INLINE void FBN_SYM(y_vec_rows)(const int isa, const int relu, int g, const 
             FBN_SYM(y_vec)(isa, 1, relu, xr + i * ld, ld, out + i * ldo, ldo, m, k, ch);
 }
 
-/* fbn_y_vec_rows_<sfx> with k's relu a constant; isa a constant. */
-FBN_INLINE void FBN_SYM(y_vec_g)(const int isa, int g, const T *xr, int64_t ld, T *out,
-                                 int64_t ldo, int64_t m, const FBN_SYM(tcoefs) *k, int64_t ch) {
+/* fbn_y_vec_g_<sfx> with k's relu a constant (as fbn_run_y_relu_<sfx> for runs);
+ * isa a constant. */
+FBN_INLINE void FBN_SYM(y_vec_relu)(const int isa, int g, const T *xr, int64_t ld, T *out,
+                                    int64_t ldo, int64_t m, const FBN_SYM(tcoefs) *k,
+                                    int64_t ch) {
     if (k->relu)
-        FBN_SYM(y_vec_rows)(isa, 1, g, xr, ld, out, ldo, m, k, ch);
+        FBN_SYM(y_vec_g)(isa, 1, g, xr, ld, out, ldo, m, k, ch);
     else
-        FBN_SYM(y_vec_rows)(isa, 0, g, xr, ld, out, ldo, m, k, ch);
+        FBN_SYM(y_vec_g)(isa, 0, g, xr, ld, out, ldo, m, k, ch);
 }
 
 /* Rows shape: y of one channel's m values (a run, or a chunk of one), FBN_VW at a
@@ -145,7 +147,7 @@ FBN_INLINE void FBN_SYM(run_y_relu)(const int isa, const T *x, T *out, int64_t m
 FBN_HALF_TARGET16 static inline void FBN_SYM(y_v16)(int g, const T *xr, int64_t ld, T *out,
                                                     int64_t ldo, int64_t m,
                                                     const FBN_SYM(tcoefs) *k, int64_t ch) {
-    FBN_SYM(y_vec_g)(2, g, xr, ld, out, ldo, m, k, ch);
+    FBN_SYM(y_vec_relu)(2, g, xr, ld, out, ldo, m, k, ch);
 }
 FBN_HALF_TARGET16 static inline void FBN_SYM(run_y_v16)(const T *x, T *out, int64_t m, TC shift,
                                                         TC scale, TC bias, int relu) {
@@ -157,7 +159,7 @@ FBN_HALF_TARGET16 static inline void FBN_SYM(run_y_v16)(const T *x, T *out, int6
 FBN_HALF_TARGET16BF static inline void FBN_SYM(y_v16b)(int g, const T *xr, int64_t ld, T *out,
                                                       int64_t ldo, int64_t m,
                                                       const FBN_SYM(tcoefs) *k, int64_t ch) {
-    FBN_SYM(y_vec_g)(3, g, xr, ld, out, ldo, m, k, ch);
+    FBN_SYM(y_vec_relu)(3, g, xr, ld, out, ldo, m, k, ch);
 }
 FBN_HALF_TARGET16BF static inline void FBN_SYM(run_y_v16b)(const T *x, T *out, int64_t m,
                                                           TC shift, TC scale, TC bias,
@@ -169,7 +171,7 @@ FBN_HALF_TARGET16BF static inline void FBN_SYM(run_y_v16b)(const T *x, T *out, i
 FBN_HALF_TARGET8 static inline void FBN_SYM(y_v8)(int g, const T *xr, int64_t ld, T *out,
                                                   int64_t ldo, int64_t m,
                                                   const FBN_SYM(tcoefs) *k, int64_t ch) {
-    FBN_SYM(y_vec_g)(1, g, xr, ld, out, ldo, m, k, ch);
+    FBN_SYM(y_vec_relu)(1, g, xr, ld, out, ldo, m, k, ch);
 }
 FBN_HALF_TARGET8 static inline void FBN_SYM(run_y_v8)(const T *x, T *out, int64_t m, TC shift,
                                                       TC scale, TC bias, int relu) {
