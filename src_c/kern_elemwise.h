@@ -232,20 +232,50 @@ FBN_INLINE void FBN_SYM(run_values)(const int op, int stream, const int fetch, c
 #endif
 }
 
+#ifndef FBN_NARROW
+/* fbn_affine_rows_<sfx> into the caches, relu a constant. A channel's
+ * coefficients are read once for its g rows, into locals: read in the rows'
+ * loop, they were reloaded for every row (a store to out might have changed
+ * them, for all GCC knows). */
+FBN_INLINE void FBN_SYM(affine_rows_as)(const T *xr, int64_t ld, T *out, int64_t ldo, int64_t m,
+                                        const FBN_SYM(tcoefs) *k, int64_t ch, const int g,
+                                        const int relu) {
+    const TC *shift = k->shift + ch, *scale = k->scale + ch, *bias = k->bias + ch;
+    FBN_IVDEP /* out may be xr (in place) */
+    for (int64_t c = 0; c < m; c++) {
+        const TC sh = shift[c], sc = scale[c], bi = bias[c];
+        FBN_UNROLL_ROWS
+        for (int i = 0; i < g; i++)
+            out[i * ldo + c] = FBN_ST(FBN_SYM(affine1)(FBN_LD(xr[i * ld + c]), sh, sc, bi, relu));
+    }
+}
+#endif
+
 /* Columns shape: y of g rows (g a constant) of m values, a row ld (out: ldo)
- * apart, channels from ch: each channel's coefficients loaded once. */
+ * apart, channels from ch. cached (a constant): out is the output itself, not
+ * the L1 buffer of a streamed output. Streamed, the loop of fbn_affine_rows_as_<sfx>
+ * took 1.13-1.25x the time of this one, which reloads the coefficients for each
+ * row and selects the ReLU's value at run time (8192x4096, docs/performance.md). */
 FBN_INLINE void FBN_SYM(affine_rows)(const T *xr, int64_t ld, T *out, int64_t ldo, int64_t m,
-                                     const FBN_SYM(tcoefs) *k, int64_t ch, const int g) {
+                                     const FBN_SYM(tcoefs) *k, int64_t ch, const int g,
+                                     const int cached) {
 #ifdef FBN_NARROW /* kern_half_y.h */
+    (void)cached;
     FBN_SYM(half_y_rows)(xr, ld, out, ldo, m, k, ch, g);
 #else
     const TC *shift = k->shift + ch, *scale = k->scale + ch, *bias = k->bias + ch;
     const int relu = k->relu;
-    FBN_IVDEP /* out may be xr (in place) */
-    for (int64_t c = 0; c < m; c++)
-        for (int i = 0; i < g; i++)
-            out[i * ldo + c] = FBN_ST(
-                FBN_SYM(affine1)(FBN_LD(xr[i * ld + c]), shift[c], scale[c], bias[c], relu));
+    if (cached && relu) /* a constant in each loop: without ReLU, no compare and select */
+        FBN_SYM(affine_rows_as)(xr, ld, out, ldo, m, k, ch, g, 1);
+    else if (cached)
+        FBN_SYM(affine_rows_as)(xr, ld, out, ldo, m, k, ch, g, 0);
+    else {
+        FBN_IVDEP /* out may be xr (in place) */
+        for (int64_t c = 0; c < m; c++)
+            for (int i = 0; i < g; i++)
+                out[i * ldo + c] = FBN_ST(
+                    FBN_SYM(affine1)(FBN_LD(xr[i * ld + c]), shift[c], scale[c], bias[c], relu));
+    }
 #endif
 }
 
@@ -321,12 +351,13 @@ FBN_INLINE void FBN_SYM(dx_rows_as)(const T *dr, const T *xr, int64_t ld, T *out
 }
 
 /* Columns shape: op's g rows (g a constant) of m values from offset o, a row ld
- * apart, written ldo apart from out, channels from ch. */
+ * apart, written ldo apart from out, channels from ch (cached: see
+ * fbn_affine_rows_<sfx>). */
 FBN_INLINE void FBN_SYM(span_rows)(const int op, const T *x, const T *dy, int64_t o, int64_t ld,
                                    T *out, int64_t ldo, int64_t m, const FBN_SYM(tcoefs) *k,
-                                   int64_t ch, const int g) {
+                                   int64_t ch, const int g, const int cached) {
     if (op == FBN_OP_AFFINE)
-        FBN_SYM(affine_rows)(x + o, ld, out, ldo, m, k, ch, g);
+        FBN_SYM(affine_rows)(x + o, ld, out, ldo, m, k, ch, g, cached);
     else if (op & FBN_OP_XAFF)
         FBN_SYM(xaffine_rows)(op, x + o, FBN_OP_RES(op) ? dy + o : NULL, ld, out, ldo, m, k, ch, g);
 #ifdef FBN_NARROW

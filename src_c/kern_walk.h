@@ -177,14 +177,15 @@ FBN_INLINE void FBN_SYM(cols_tile)(const int op, const T *x, const T *dy, T *out
                          ? FBN_SYM(same_sets)(out, x, C)
                          : FBN_SYM(same_sets)(out, x, C) || FBN_SYM(same_sets)(out, dy, C) ||
                                FBN_SYM(same_sets)(dy, x, C);
-    const int pairs = !p->stream && same;
+    const int cached = !p->stream; /* else computed into buf, streamed out from there */
+    const int pairs = cached && same;
     const int64_t ld = C + gap; /* the inputs' rows (see fbn_row_gap) */
     if (p->stream && FBN_SYM(row_by_row)(C, k->period, arrays, p->l1_half)) {
         for (int64_t j = r.j0; j < r.j1; j++)
             for (int64_t c = r.c0; c < r.c0 + r.nc; c += FBN_CHUNK) {
                 const int64_t o = j * C + c, left = r.c0 + r.nc - c;
                 const int64_t m = left < FBN_CHUNK ? left : FBN_CHUNK;
-                FBN_SYM(span_rows)(op, x, dy, o + j * gap, ld, buf, FBN_CHUNK, m, k, c, 1);
+                FBN_SYM(span_rows)(op, x, dy, o + j * gap, ld, buf, FBN_CHUNK, m, k, c, 1, 0);
                 FBN_SYM(stream_out)(out + o, buf, m);
             }
     } else {
@@ -198,14 +199,15 @@ FBN_INLINE void FBN_SYM(cols_tile)(const int op, const T *x, const T *dy, T *out
             T *to = p->stream ? buf : out + o;
             const int64_t ldo = p->stream ? FBN_SPAN : C;
             if (rows == FBN_GROUP && !pairs) {
-                FBN_SYM(span_rows)(op, x, dy, oi, ld, to, ldo, m, k, ch, FBN_GROUP);
+                FBN_SYM(span_rows)(op, x, dy, oi, ld, to, ldo, m, k, ch, FBN_GROUP, cached);
             } else if (rows == FBN_GROUP) { /* see fbn_same_sets_<sfx> */
-                FBN_SYM(span_rows)(op, x, dy, oi, ld, to, ldo, m, k, ch, 2);
-                FBN_SYM(span_rows)(op, x, dy, oi + 2 * ld, ld, to + 2 * ldo, ldo, m, k, ch, 2);
+                FBN_SYM(span_rows)(op, x, dy, oi, ld, to, ldo, m, k, ch, 2, cached);
+                FBN_SYM(span_rows)(op, x, dy, oi + 2 * ld, ld, to + 2 * ldo, ldo, m, k, ch, 2,
+                                   cached);
             } else {
                 for (int64_t i = 0; i < rows; i++)
                     FBN_SYM(span_rows)(op, x, dy, oi + i * ld, ld, to + i * ldo, ldo, m, k, ch,
-                                       1);
+                                       1, cached);
             }
             if (p->stream)
                 for (int64_t i = 0; i < rows; i++)
