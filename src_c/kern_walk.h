@@ -164,10 +164,12 @@ FBN_INLINE void FBN_SYM(runs_tile)(const int op, const T *x, const T *dy, T *out
 }
 
 /* Channel-block tile t of op with inner == 1: spans of row groups (the row gap
- * enters per span: gap as fbn_rows_tile_<sfx>'s). */
+ * enters per span: gap as fbn_rows_tile_<sfx>'s). cached: !p->stream, a constant
+ * in each call (see fbn_affine_rows_<sfx>: a run-time one made the streamed loop
+ * of NHWC float32 y 1.12-1.16x slower). */
 FBN_INLINE void FBN_SYM(cols_tile)(const int op, const T *x, const T *dy, T *out,
                                    const fbn_plan *p, int64_t t, const FBN_SYM(tcoefs) *k,
-                                   const int64_t gap) {
+                                   const int64_t gap, const int cached) {
     const fbn_shape *s = &p->s;
     const int64_t C = s->channels;
     const FBN_SYM(tile) r = FBN_SYM(tile_of)(p, t);
@@ -177,10 +179,9 @@ FBN_INLINE void FBN_SYM(cols_tile)(const int op, const T *x, const T *dy, T *out
                          ? FBN_SYM(same_sets)(out, x, C)
                          : FBN_SYM(same_sets)(out, x, C) || FBN_SYM(same_sets)(out, dy, C) ||
                                FBN_SYM(same_sets)(dy, x, C);
-    const int cached = !p->stream; /* else computed into buf, streamed out from there */
-    const int pairs = cached && same;
+    const int pairs = cached && same; /* streamed: computed into buf, copied out from there */
     const int64_t ld = C + gap; /* the inputs' rows (see fbn_row_gap) */
-    if (p->stream && FBN_SYM(row_by_row)(C, k->period, arrays, p->l1_half)) {
+    if (!cached && FBN_SYM(row_by_row)(C, k->period, arrays, p->l1_half)) {
         for (int64_t j = r.j0; j < r.j1; j++)
             for (int64_t c = r.c0; c < r.c0 + r.nc; c += FBN_CHUNK) {
                 const int64_t o = j * C + c, left = r.c0 + r.nc - c;
@@ -196,8 +197,8 @@ FBN_INLINE void FBN_SYM(cols_tile)(const int op, const T *x, const T *dy, T *out
             const int64_t o = sp.off, ch = sp.ch, m = sp.m, rows = sp.rows;
             /* the inputs' span (a flat span, group -1, only without a gap) */
             const int64_t oi = o + sp.group * gap;
-            T *to = p->stream ? buf : out + o;
-            const int64_t ldo = p->stream ? FBN_SPAN : C;
+            T *to = cached ? out + o : buf;
+            const int64_t ldo = cached ? C : FBN_SPAN;
             if (rows == FBN_GROUP && !pairs) {
                 FBN_SYM(span_rows)(op, x, dy, oi, ld, to, ldo, m, k, ch, FBN_GROUP, cached);
             } else if (rows == FBN_GROUP) { /* see fbn_same_sets_<sfx> */
@@ -209,7 +210,7 @@ FBN_INLINE void FBN_SYM(cols_tile)(const int op, const T *x, const T *dy, T *out
                     FBN_SYM(span_rows)(op, x, dy, oi + i * ld, ld, to + i * ldo, ldo, m, k, ch,
                                        1, cached);
             }
-            if (p->stream)
+            if (!cached)
                 for (int64_t i = 0; i < rows; i++)
                     FBN_SYM(stream_out)(out + o + i * C, buf + i * FBN_SPAN, m);
         }
@@ -227,8 +228,10 @@ FBN_INLINE void FBN_SYM(elemwise_tile)(const int op, const T *x, const T *dy, T 
         FBN_SYM(rows_tile)(op, x, dy, out, p, t, k, gap);
     else if (p->s.inner > 1)
         FBN_SYM(runs_tile)(op, x, dy, out, p, t, k, gap);
+    else if (p->stream)
+        FBN_SYM(cols_tile)(op, x, dy, out, p, t, k, gap, 0);
     else
-        FBN_SYM(cols_tile)(op, x, dy, out, p, t, k, gap);
+        FBN_SYM(cols_tile)(op, x, dy, out, p, t, k, gap, 1);
     if (p->stream) FBN_STREAM_FENCE();
 }
 
