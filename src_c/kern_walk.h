@@ -165,8 +165,8 @@ FBN_INLINE void FBN_SYM(runs_tile)(const int op, const T *x, const T *dy, T *out
 
 /* Channel-block tile t of op with inner == 1: spans of row groups (the row gap
  * enters per span: gap as fbn_rows_tile_<sfx>'s). cached: !p->stream, a constant
- * in each call (see fbn_affine_rows_<sfx>: a run-time one made the streamed loop
- * of NHWC float32 y 1.12-1.16x slower). */
+ * in each call for float32 / float64 (see fbn_affine_rows_<sfx>: a run-time one
+ * made the streamed loop of NHWC float32 y 1.12-1.16x slower). */
 FBN_INLINE void FBN_SYM(cols_tile)(const int op, const T *x, const T *dy, T *out,
                                    const fbn_plan *p, int64_t t, const FBN_SYM(tcoefs) *k,
                                    const int64_t gap, const int cached) {
@@ -228,10 +228,15 @@ FBN_INLINE void FBN_SYM(elemwise_tile)(const int op, const T *x, const T *dy, T 
         FBN_SYM(rows_tile)(op, x, dy, out, p, t, k, gap);
     else if (p->s.inner > 1)
         FBN_SYM(runs_tile)(op, x, dy, out, p, t, k, gap);
+#ifdef FBN_NARROW /* one instance: cached chooses no loop of 16-bit data's own */
+    else
+        FBN_SYM(cols_tile)(op, x, dy, out, p, t, k, gap, !p->stream);
+#else
     else if (p->stream)
         FBN_SYM(cols_tile)(op, x, dy, out, p, t, k, gap, 0);
     else
         FBN_SYM(cols_tile)(op, x, dy, out, p, t, k, gap, 1);
+#endif
     if (p->stream) FBN_STREAM_FENCE();
 }
 
