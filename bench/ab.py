@@ -8,7 +8,8 @@ Each tree is a source tree with its extension built in place (`python setup.py
 build_ext --inplace`). Both compiled modules (fastbn._kernels of each tree) are
 loaded into this process under two names, and every case (op, shape, dtype,
 threads) is timed by alternating samples of A and B (A B B A A B ...), each
-sample repeating the call until it lasts 1 ms. The report gives each build's
+sample repeating the call until it lasts 1 ms (on threads, after a pause that
+lets the other build's pool workers go to sleep, and one untimed call). The report gives each build's
 fastest sample and their ratio B/A (on a busy machine other processes only add
 time, so the minimum of many samples is the steadiest estimate of a CPU-bound
 call), then the median of the pairwise ratios B/A with their quartiles (pairs
@@ -129,6 +130,12 @@ def parse_shape(text):
 
 
 CLOCK = [time.perf_counter]  # --cpu-time: time.thread_time
+# Pause before each sample on threads: each build has its own thread pool, whose
+# workers spin 100 us after a loop (parallel.c), then sleep. Without it, an A/A
+# run (a build against a copy of itself) of small 2-thread cases gave median
+# ratios of 0.11 to 15 beside a build; 0.85-1.18 with it
+# (bench/results/2026-12-05_ab_settle_aa.txt).
+SETTLE_SECONDS = 0.002
 
 
 def sample(call):
@@ -204,6 +211,11 @@ def main(argv):
                     times = {"old": [], "new": []}
                     for s in range(a.samples):
                         for w in (("old", "new") if s % 2 == 0 else ("new", "old")):
+                            if threads > 1:
+                                # the other build's pool: its workers asleep, not
+                                # spinning on the core this build's worker needs
+                                time.sleep(SETTLE_SECONDS)
+                                calls[w]()  # wakes this build's workers
                             times[w].append(sample(calls[w]))
                     ratios = [n / o for n, o in zip(times["new"], times["old"])]
                     q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
