@@ -6,15 +6,15 @@
 
 Each tree is a source tree with its extension built in place (`python setup.py
 build_ext --inplace`). Both compiled modules (fastbn._kernels of each tree) are
-loaded into this process under two names, and every case (op, shape, dtype,
-threads) is timed by alternating samples of A and B (A B B A A B ...), each
-sample repeating the call until it lasts 1 ms (on threads, after a pause that
-lets the other build's pool workers go to sleep, and one untimed call). The
-report gives each build's fastest sample and their ratio B/A (on a busy machine
-other processes only add time, so the minimum of many samples is the steadiest
-estimate of a CPU-bound call), then the median of the pairwise ratios B/A with their quartiles (pairs
-taken back to back see the same load). Judge noise by an A/A run (the same tree
-twice): its ratios show how far from 1.0 nothing at all moves them.
+loaded into this process under two names, and every case (op, shape, dtype, threads)
+is timed by alternating samples of A and B (A B B A A B ...), each sample repeating
+the call until it lasts 1 ms (on threads, after a pause that lets the other build's
+pool workers go to sleep, and one untimed call). The report gives each build's
+fastest sample and their ratio B/A (on a busy machine other processes only add time,
+so the minimum of many samples is the steadiest estimate of a CPU-bound call), then
+the median of the pairwise ratios B/A with their quartiles (pairs taken back to back
+see the same load). Judge noise by an A/A run (the same tree twice): its ratios show
+how far from 1.0 nothing at all moves them.
 
 Ops: the kernels as fastbn._core calls them, on canonical arrays with preallocated
 outputs (forward-train, inference, backward: the fused kernels; stats,
