@@ -2,6 +2,7 @@
 
     python bench/ab.py OLD_TREE NEW_TREE [--quick] [--samples 15] [--json PATH]
     python bench/ab.py OLD_TREE OLD_TREE ...      # A/A: the noise band of the ratios
+    python bench/ab.py OLD_TREE NEW_TREE --both-orders ...  # each build loaded first once
     bench/ab_revs.sh REV_A REV_B [ab.py options]  # builds two git revisions first
 
 Each tree is a source tree with its extension built in place (`python setup.py
@@ -14,7 +15,9 @@ fastest sample and their ratio B/A (on a busy machine other processes only add t
 so the minimum of many samples is the steadiest estimate of a CPU-bound call), then
 the median of the pairwise ratios B/A with their quartiles (pairs taken back to back
 see the same load). Judge noise by an A/A run (the same tree twice): its ratios show
-how far from 1.0 nothing at all moves them.
+how far from 1.0 nothing at all moves them. Which module is loaded first can move
+them too (by up to 15% in 2026-12-05's runs): --both-orders runs the script twice,
+each build loaded first once, and prints both medians and their geometric mean.
 
 Ops: the kernels as fastbn._core calls them, on canonical arrays with preallocated
 outputs (forward-train, inference, backward: the fused kernels; stats,
@@ -28,9 +31,12 @@ import glob
 import importlib.machinery
 import importlib.util
 import json
+import math
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -149,6 +155,37 @@ def sample(call):
             return t / n
 
 
+def both_orders(a):
+    """Runs this script twice, A's module loaded first, then B's (the load order
+    alone moved ratios by up to 15%: docs/performance.md, the cached columns y
+    row), and prints each case's median ratio B/A from both and their geometric
+    mean."""
+    opts = ["--samples", str(a.samples), "--dtypes", a.dtypes, "--threads", a.threads]
+    opts += (["--shapes", a.shapes] if a.shapes else []) + (["--ops", a.ops] if a.ops else [])
+    opts += (["--quick"] if a.quick else []) + (["--cpu-time"] if a.cpu_time else [])
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (first, second) in enumerate(((a.old, a.new), (a.new, a.old))):
+            path = os.path.join(tmp, f"order{i}.json")
+            subprocess.run([sys.executable, os.path.abspath(__file__), first, second, *opts,
+                            "--json", path], check=True)
+            with open(path) as f:
+                runs.append(json.load(f))
+    combined = {}
+    print(f"\nboth orders: B = {a.new} against A = {a.old}, medians of B/A")
+    print(f"{'case':34s} {'A first':>8s} {'B first':>8s} {'geomean':>8s}")
+    for key, times in runs[0].items():
+        swapped = runs[1][key]  # its "old" is B, its "new" is A
+        r1 = statistics.median(n / o for n, o in zip(times["new"], times["old"]))
+        r2 = statistics.median(o / n for n, o in zip(swapped["new"], swapped["old"]))
+        combined[key] = {"A first": times, "B first": swapped}
+        print(f"{key:34s} {r1:8.3f} {r2:8.3f} {math.sqrt(r1 * r2):8.3f}", flush=True)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(combined, f)
+    return 0
+
+
 def main(argv):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("old")
@@ -165,7 +202,11 @@ def main(argv):
     ap.add_argument("--cpu-time", action="store_true",
                     help="time on the CPU of this thread (time.thread_time), not wall time: "
                          "on a machine too busy for wall times, with --threads 1 only")
+    ap.add_argument("--both-orders", action="store_true",
+                    help="two processes, A loaded first then B first, and a table of both")
     a = ap.parse_args(argv)
+    if a.both_orders:
+        return both_orders(a)
     if a.cpu_time:
         if a.threads != "1":
             ap.error("--cpu-time counts the calling thread only: use it with --threads 1")
