@@ -72,7 +72,7 @@ static void FBN_SYM(reduce_all)(const T *dy, const T *x, const fbn_plan *p, cons
                                 const FBN_SYM(tcoefs) *tk, double *work, double *sum_dy,
                                 double *sum_dy_xc, const T *z, T *dres, int nt) {
     const int64_t C = p->s.channels;
-    const int64_t group = fbn_run_group(p, sizeof(T), 2, 0);
+    const int64_t group = fbn_run_group(p, sizeof(T), 2, nt, 0);
     FBN_SYM(reduce_job) j = {.dy = dy, .x = x, .p = p, .k = k, .tk = tk, .work = work,
                              .scratch = fbn_reduce_scratch(p, work), .len = fbn_scratch_len(p),
                              .z = z, .dres = dres, .group = group};

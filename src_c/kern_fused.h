@@ -257,7 +257,7 @@ static void FBN_SYM(run_pass)(const int op, const FBN_SYM(pass) *j, FBN_SYM(tcoe
     const int reads = op == FBN_OP_DX ? 2 : 1; /* the arrays its reduction reads */
     /* the backward on threads reads one channel at a time: groups of 2 there took
      * 1.06-1.07x the time (16-bit 64x64x56x56), and no case gained (docs/performance.md) */
-    const int64_t runs = op == FBN_OP_DX && nt > 1 ? 1 : fbn_run_group(p, sizeof(T), reads, nt);
+    const int64_t runs = op == FBN_OP_DX && nt > 1 ? 1 : fbn_run_group(p, sizeof(T), reads, nt, 1);
     if (p->nsegs == 1) { /* tasks of consecutive tiles: see fbn_fuse_group */
         FBN_SYM(pass) g = *j;
         g.group = fbn_fuse_group(p, sizeof(T), reads, nt);

@@ -13,9 +13,9 @@ FBN_DISPATCH static void FBN_SYM(stats_runs_group)(const T *x, const fbn_plan *p
                                                    int64_t g, const double *pivot,
                                                    fbn_part *part) {
     const FBN_SYM(tile) r = FBN_SYM(tile_of)(p, t);
-    fbn_acc e1[FBN_RUN_GROUP], e2[FBN_RUN_GROUP];
-    memset(e1, 0, sizeof e1);
-    memset(e2, 0, sizeof e2);
+    fbn_acc e1[FBN_MAX_RUN_GROUP], e2[FBN_MAX_RUN_GROUP];
+    memset(e1, 0, g * sizeof e1[0]);
+    memset(e2, 0, g * sizeof e2[0]);
     FBN_SYM(runs_dev)(e1, e2, g, &p->s, r.c0, r.j0, r.j1, x, pivot + r.c0, 0.0);
     for (int64_t k = 0; k < g; k++)
         FBN_SYM(runs_stats)(&e1[k], &e2[k], &p->s, r.c0 + k, r.j0, r.j1, x, pivot[r.c0 + k],
@@ -55,9 +55,9 @@ FBN_DISPATCH static void FBN_SYM(bwd_reduce_runs_group)(const T *dy, const T *x,
                                                         double *sums) {
     const FBN_SYM(tile) r = FBN_SYM(tile_of)(p, t);
     const int64_t c0 = r.c0;
-    fbn_acc a1[FBN_RUN_GROUP], a2[FBN_RUN_GROUP];
-    memset(a1, 0, sizeof a1);
-    memset(a2, 0, sizeof a2);
+    fbn_acc a1[FBN_MAX_RUN_GROUP], a2[FBN_MAX_RUN_GROUP];
+    memset(a1, 0, g * sizeof a1[0]);
+    memset(a2, 0, g * sizeof a2[0]);
     if (tk->relu) /* a constant in each call, as in fbn_bwd_reduce_tile_as_<sfx> */
         FBN_SYM(sum_runs_group)(0, FBN_SUMS_BWD, a1, a2, g, &p->s, c0, r.j0, r.j1, x, dy, NULL,
                                 k->shift + c0, tk->shift + c0, tk->scale + c0, tk->bias + c0,

@@ -272,7 +272,7 @@ FBN_INLINE void FBN_SYM(sum_runs)(const int isa, const int kind, fbn_acc *a1, fb
     memcpy(a2->lane, l2, sizeof l2);
 }
 
-/* fbn_sum_runs_<sfx> (isa: see there) of g <= FBN_RUN_GROUP adjacent channels
+/* fbn_sum_runs_<sfx> (isa: see there) of g <= FBN_MAX_RUN_GROUP adjacent channels
  * c0.. at once, row by row: a channel's runs, a row apart, come from memory slower than
  * one stretch of g channels' runs (bench/strided_runs.c). Each channel's lanes
  * wait in its a1[k] and a2[k] between its runs, so its sums are bitwise those of
@@ -287,7 +287,7 @@ FBN_INLINE void FBN_SYM(sum_runs_group)(const int isa, const int kind, fbn_acc *
                                         const double *pivot, const double *shift,
                                         const TC *tshift, const TC *scale, const TC *bias,
                                         const int relu) {
-    int64_t pending[FBN_RUN_GROUP] = {0};
+    int64_t pending[FBN_MAX_RUN_GROUP] = {0};
     const int64_t gap = fbn_row_gap(s);
     const int bwd = kind == FBN_SUMS_BWD;
     for (FBN_SYM(run_it) r = FBN_SYM(run_first)(s, c0, j0, j1, gap); r.j < j1;

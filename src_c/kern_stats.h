@@ -98,7 +98,7 @@ static void FBN_SYM(stats_all)(const T *x, const fbn_plan *p, const double *pivo
                                double *mean_lo, double *m2, int nt) {
     const int64_t C = p->s.channels;
     const int64_t nchunks = (C + FBN_MERGE_CHUNK - 1) / FBN_MERGE_CHUNK;
-    const int64_t group = fbn_run_group(p, sizeof(T), 1, 0);
+    const int64_t group = fbn_run_group(p, sizeof(T), 1, nt, 0);
     FBN_SYM(stats_job) sj = {.x = x, .p = p, .pivot = pivot, .parts = parts,
                              .scratch = scratch, .len = fbn_scratch_len(p), .group = group};
     fbn_parallel_for(fbn_group_count(p, group) * p->nsegs, nt, FBN_SYM(stats_task), &sj);

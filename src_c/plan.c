@@ -210,19 +210,28 @@ int64_t fbn_fuse_group(const fbn_plan *p, int64_t elem_size, int inputs, int nt)
     return g < 1 ? 1 : g;
 }
 
-/* A fused pass re-reads a group's channels from cache (nt > 0): groups of at most
+/* A fused pass (reread) re-reads a group's channels from cache: groups of at most
  * an eighth of L3 per thread (a quarter made the 2-thread float64 forward of
- * 64x64x56x56 1.13x slower, channels of 1.6 MB; docs/performance.md). */
-int64_t fbn_run_group(const fbn_plan *p, int64_t elem_size, int inputs, int nt) {
+ * 64x64x56x56 1.13x slower, channels of 1.6 MB; docs/performance.md). A pass
+ * that reads them once takes larger groups, as many as leave each of its nt
+ * threads FBN_ONCE_TASKS of them (groups of 32 against 8: batch_stats of
+ * 128x128x28x28 float32 0.67-0.80x the time). */
+int64_t fbn_run_group(const fbn_plan *p, int64_t elem_size, int inputs, int nt, int reread) {
     const fbn_shape *s = &p->s;
     if (s->inner <= 1 || p->block != 1 || s->outer < 2 || p->rows ||
         s->inner * elem_size < FBN_GROUP_RUN)
         return 1;
-    int64_t g = FBN_RUN_GROUP;
-    if (nt > 0) {
+    int64_t g;
+    if (reread) {
         const int64_t channel = p->per_channel * elem_size * inputs;
-        const int64_t fit = fbn_cache_sizes().l3 / (8 * nt) / channel;
-        if (fit < g) g = fit;
+        const int64_t fit = fbn_cache_sizes().l3 / (8 * (nt > 1 ? nt : 1)) / channel;
+        g = fit < FBN_RUN_GROUP ? fit : FBN_RUN_GROUP;
+    } else {
+        /* ceil(C / g) * nsegs >= tasks when g <= C / ceil(tasks / nsegs) */
+        const int64_t tasks = nt > 1 ? (int64_t)nt * FBN_ONCE_TASKS : 1;
+        const int64_t need = (tasks + p->nsegs - 1) / p->nsegs;
+        const int64_t most = s->channels / need;
+        g = most < FBN_ONCE_GROUP ? most : FBN_ONCE_GROUP;
     }
     return g < 1 ? 1 : g;
 }

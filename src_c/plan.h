@@ -101,10 +101,10 @@ static inline void fbn_plan_output(fbn_plan *p, const void *out, int64_t elem_si
  * plan.c). Changes no result's bits: each tile is reduced and rewritten alone. */
 int64_t fbn_fuse_group(const fbn_plan *p, int64_t elem_size, int inputs, int nt);
 /* Adjacent channels a rows-shape reduction of plan p (of `inputs` arrays of
- * elem_size values) reads together, row by row (1: one at a time): see
- * FBN_RUN_GROUP. nt: 0 for a pass that reads them once, else the threads of a
- * fused pass, which re-reads them from cache. Changes no result's bits. */
-int64_t fbn_run_group(const fbn_plan *p, int64_t elem_size, int inputs, int nt);
+ * elem_size values) on nt threads reads together, row by row (1: one at a time):
+ * see FBN_RUN_GROUP. reread: a fused pass, which re-reads them from cache; 0: a
+ * pass that reads them once. Changes no result's bits. */
+int64_t fbn_run_group(const fbn_plan *p, int64_t elem_size, int inputs, int nt, int reread);
 /* Groups of `group` channel blocks cover p's blocks in this many (the last group
  * may be short). */
 static inline int64_t fbn_group_count(const fbn_plan *p, int64_t group) {

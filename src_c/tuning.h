@@ -141,10 +141,21 @@
  * adjacent channels row by row (each channel's sums bitwise as alone) where a channel's runs are FBN_GROUP_RUN
  * bytes or longer: a channel's runs a row apart are fetched slower than g channels'
  * contiguous ones, but shorter runs pay more for the lanes each run saves and
- * reloads than they gain. */
+ * reloads than they gain. FBN_RUN_GROUP bounds the fused passes' groups, which
+ * they re-read from cache; reductions that read their data once (batch_stats,
+ * backward_reduce, the unfused passes' reductions) take up to FBN_ONCE_GROUP,
+ * leaving FBN_ONCE_TASKS groups or more per thread (fbn_run_group, plan.c). */
 #ifndef FBN_RUN_GROUP
 #define FBN_RUN_GROUP 8
 #endif
+#ifndef FBN_ONCE_GROUP
+#define FBN_ONCE_GROUP 32
+#endif
+#ifndef FBN_ONCE_TASKS
+#define FBN_ONCE_TASKS 2
+#endif
+/* the bound of both, for the groups' arrays */
+#define FBN_MAX_RUN_GROUP (FBN_ONCE_GROUP > FBN_RUN_GROUP ? FBN_ONCE_GROUP : FBN_RUN_GROUP)
 #ifndef FBN_GROUP_RUN
 #define FBN_GROUP_RUN 2048
 #endif

@@ -19,8 +19,9 @@ _k = pytest.importorskip("fastbn._kernels")
 
 # (outer, C, h, w): runs of 2-16 KB, channel counts that leave a short last group,
 # one-tile channels (fused forward) and channels of two segments (inner 65536
-# float32 over 5 rows: 1.3 MB)
-SHAPES = [(3, 13, 32, 64), (6, 11, 40, 40), (2, 9, 64, 64), (5, 5, 256, 256)]
+# float32 over 5 rows: 1.3 MB); 37 channels: more than the largest group of the
+# reductions that read their data once (FBN_ONCE_GROUP, 32), a short one after it
+SHAPES = [(3, 13, 32, 64), (6, 11, 40, 40), (2, 9, 64, 64), (5, 5, 256, 256), (2, 37, 16, 32)]
 # L3 sizes: the fused forward's groups of 1 (64 KB), a few (2 MB), and 8 (1 GB)
 L3S = [0, 64 << 10, 2 << 20, 1 << 30]
 
