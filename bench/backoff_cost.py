@@ -19,6 +19,8 @@ With --pause MS each sample follows a pause of MS milliseconds and one untimed c
 as a trainer's steps follow the loading of their batch: on a virtual machine the first
 loop after a pause often stalls (its sleeping worker is woken onto the caller's CPU,
 or waits for its virtual CPU), which the back-off must not take for a busy machine.
+With --each, every call is a sample of its own after its pause, with no untimed call
+first, as a trainer calls each layer once per step between other work (medians of 40).
 
     python bench/backoff_cost.py --build OLD_TREE   # also runs an older build's pool
 """
@@ -51,6 +53,7 @@ def counters():
     return [a.value for a in v] + [steal, moves]
 shape = tuple(int(n) for n in sys.argv[2].split("x"))
 pause = float(sys.argv[3]) / 1e3
+each = sys.argv[4] == "each"
 x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
 C = shape[1]
 g, b = np.ones(C, np.float32), np.zeros(C, np.float32)
@@ -66,14 +69,15 @@ c0 = counters()
 for name, f in ops:
     f()
     v = []
-    for _ in range(15):
+    for _ in range(40 if each else 15):
         if pause:
             time.sleep(pause)
-            f()
+            if not each:
+                f()
         t = time.perf_counter()
-        for _ in range(20):
+        for _ in range(1 if each else 20):
             f()
-        v.append((time.perf_counter() - t) / 20)
+        v.append((time.perf_counter() - t) / (1 if each else 20))
     print(f"{name} {np.median(v) * 1e3:.3f}", end=" ")
 c1 = counters()
 print("| alone %d shared %d late %d/%d slow %d stolen %d steal_ticks %d moves %d"
@@ -87,18 +91,22 @@ def main():
     ap.add_argument("--shapes", default="512x4096,64x64x56x56")
     ap.add_argument("--pause", type=float, default=0.0,
                     help="milliseconds of pause before each sample (and one untimed call)")
+    ap.add_argument("--each", action="store_true",
+                    help="time each call alone after its pause, without the untimed call")
     ap.add_argument("--build", help="a tree with an older in-place build: its pool, back-off on, "
                     "runs third in each round")
     a = ap.parse_args()
     print(f"load average {os.getloadavg()[0]:.2f}; ms per call, float32, 2 threads"
-          + (f"; a pause of {a.pause:g} ms before each sample" if a.pause else ""))
+          + (f"; a pause of {a.pause:g} ms before each sample" if a.pause else "")
+          + ("; each call a sample alone" if a.each else ""))
     runs = [("on", "on", None), ("off", "off", None)]
     if a.build:
         runs.append(("on", "old on", {**os.environ, "PYTHONPATH": os.path.abspath(a.build)}))
     for shape in a.shapes.split(","):
         for r in range(a.rounds):
             for mode, label, env in runs:
-                out = subprocess.run([sys.executable, "-c", CHILD, mode, shape, str(a.pause)],
+                out = subprocess.run([sys.executable, "-c", CHILD, mode, shape, str(a.pause),
+                                      "each" if a.each else "batch"],
                                      env=env,
                                      cwd=env and env["PYTHONPATH"],  # not this tree's fastbn
                                      capture_output=True, text=True, check=True).stdout

@@ -31,6 +31,10 @@ static void fbn_serial_for(int64_t ntiles, fbn_tile_fn fn, void *ctx) {
 #define FBN_WORKER_SPIN_NS 100000
 /* The caller spins this long for its workers' last tiles before it sleeps. */
 #define FBN_CALLER_SPIN_NS 200000
+/* A loop that woke sleeping workers: when none of them has left its sleep this long
+ * after the loop was published, the caller yields its CPU once, between two of its
+ * tiles (fbn_caller_nudge). */
+#define FBN_NUDGE_NS 30000
 /* A loop stalled when the caller spent more than FBN_STALL_NS plus the time it
  * ran tiles itself waking its workers or waiting for their last tiles, when it
  * was off its CPU more than FBN_STALL_NS while it ran tiles, when a worker,
@@ -116,6 +120,7 @@ static struct {
     int shared;          /* 0x10000 | generation: a worker ran a tile of that loop on caller_cpu,
                           * or could not leave it for a free CPU (fbn_leave_caller_cpu) */
     int late;            /* a worker woke late (see FBN_STALL_NS): the next loop backs off */
+    int nudge;           /* sleepers the current loop woke, until the caller's nudge (owner only) */
     int64_t published;   /* monotonic ns: when the current loop was published */
     int64_t late_wakes, late_loops; /* late wake-ups; loops that backed off for one */
     int64_t alone_until; /* monotonic ns: loops run on the caller alone until then */
@@ -397,6 +402,23 @@ static void fbn_leave_caller_cpu(int thread, int schedstat_fd) {
     pool.stat[thread].watch = queued1;
 }
 
+/* The caller, after one of its tiles: while no worker the loop woke has left its
+ * sleep FBN_NUDGE_NS after the loop was published, one may wait behind the caller
+ * on the caller's CPU (see fbn_leave_cpu: a virtual machine's guest places it there
+ * after a pause), where it runs only when the caller stops, finds no tile left and
+ * backs the pool off: the caller then yields its CPU once, so that the worker runs
+ * and moves to the free CPU (fbn_leave_caller_cpu). Only where a CPU is free
+ * (fbn_other_cpu_free): on a busy machine the yield would hand the CPU to another
+ * process. Nothing waiting, the yield returns at once. */
+static void fbn_caller_nudge(void) {
+    if (fbn_now_ns() - LOAD(&pool.published) < FBN_NUDGE_NS) return;
+#if defined(__linux__)
+    if (LOAD(&pool.sleepers) >= pool.nudge && fbn_other_cpu_free(LOAD(&pool.caller_cpu)))
+        sched_yield();
+#endif
+    pool.nudge = 0;
+}
+
 /* After a tile of the loop of generation gen by a worker that moved (see
  * fbn_leave_caller_cpu): waiting in a run queue more than FBN_QUEUED_NS since the
  * move marks the loop as shared, before the tile counts as done (the caller's stall
@@ -434,6 +456,7 @@ static void fbn_run_tiles(int thread) {
         if (thread > 0 && fbn_on_caller_cpu())
             STORE(&pool.shared, (int)(0x10000 | FBN_GEN(v)));
         fn(ctx, ntiles - (int64_t)(v & FBN_LEFT_MASK), thread); /* tiles in order */
+        if (thread == 0 && pool.nudge) fbn_caller_nudge();
         if (thread > 0) { /* relaxed: the caller's stall check is a heuristic */
             if (__atomic_load_n(&pool.stat[thread].gen, __ATOMIC_RELAXED) != FBN_GEN(v)) {
                 __atomic_store_n(&pool.stat[thread].busy, 0, __ATOMIC_RELAXED);
@@ -629,7 +652,8 @@ void fbn_parallel_for(int64_t ntiles, int nthreads, fbn_tile_fn fn, void *ctx) {
     STORE(&pool.published, fbn_now_ns());
     const uint64_t gen = (FBN_GEN(LOAD(&pool.word)) + 1) & 0xffff;
     STORE(&pool.word, gen << 48 | (uint64_t)nthreads << FBN_LEFT_BITS | (uint64_t)ntiles);
-    if (LOAD(&pool.sleepers)) fbn_event_notify(&pool.wake_seq);
+    pool.nudge = LOAD(&pool.sleepers);
+    if (pool.nudge) fbn_event_notify(&pool.wake_seq);
     const int64_t published = fbn_now_ns(), cpu0 = fbn_cpu_ns(), queued0 = fbn_caller_queued_ns();
     fbn_run_tiles(0);
     const int64_t run_cpu = fbn_cpu_ns() - cpu0;
