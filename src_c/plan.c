@@ -214,8 +214,7 @@ int64_t fbn_fuse_group(const fbn_plan *p, int64_t elem_size, int inputs, int nt)
  * an eighth of L3 per thread (a quarter made the 2-thread float64 forward of
  * 64x64x56x56 1.13x slower, channels of 1.6 MB; docs/performance.md). A pass
  * that reads them once takes larger groups, as many as leave each of its nt
- * threads FBN_ONCE_TASKS of them (groups of 32 against 8: batch_stats of
- * 128x128x28x28 float32 0.67-0.80x the time). */
+ * threads FBN_ONCE_TASKS of them (docs/performance.md). */
 int64_t fbn_run_group(const fbn_plan *p, int64_t elem_size, int inputs, int nt, int reread) {
     const fbn_shape *s = &p->s;
     if (s->inner <= 1 || p->block != 1 || s->outer < 2 || p->rows ||
