@@ -54,6 +54,7 @@ def counters():
 shape = tuple(int(n) for n in sys.argv[2].split("x"))
 pause = float(sys.argv[3]) / 1e3
 each = sys.argv[4] == "each"
+samples, calls = (40, 1) if each else (15, 20)  # --each: one call a sample
 x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
 C = shape[1]
 g, b = np.ones(C, np.float32), np.zeros(C, np.float32)
@@ -69,15 +70,15 @@ c0 = counters()
 for name, f in ops:
     f()
     v = []
-    for _ in range(40 if each else 15):
+    for _ in range(samples):
         if pause:
             time.sleep(pause)
             if not each:
                 f()
         t = time.perf_counter()
-        for _ in range(1 if each else 20):
+        for _ in range(calls):
             f()
-        v.append((time.perf_counter() - t) / (1 if each else 20))
+        v.append((time.perf_counter() - t) / calls)
     print(f"{name} {np.median(v) * 1e3:.3f}", end=" ")
 c1 = counters()
 print("| alone %d shared %d late %d/%d slow %d stolen %d steal_ticks %d moves %d"
