@@ -307,22 +307,69 @@ FBN_INLINE void FBN_SYM(xaffine_rows)(const int op, const T *xr, const T *zr, in
 #endif
 }
 
-/* Columns shape: dx of g rows (g a constant) of m values, a row ld (out: ldo)
- * apart, channels from ch: each channel's coefficients loaded once. relu is a
- * constant too: without ReLU the mask's arithmetic and loads drop out (this
- * loop is compute-bound when the data is in cache). */
-FBN_INLINE void FBN_SYM(dx_rows_as)(const T *dr, const T *xr, int64_t ld, T *out, int64_t ldo,
-                                    int64_t m, const FBN_SYM(tcoefs) *k, int64_t ch, const int g,
-                                    const int relu) {
-#ifdef FBN_NARROW /* kern_half_dx.h */
-    FBN_SYM(half_dx_rows)(dr, xr, NULL, ld, out, ldo, m, k, ch, g, relu, 0);
-#else
+/* Columns shape, into the caches: dx of g rows (g a constant) of m values, a row
+ * ld (out: ldo) apart, channels from ch, each channel's coefficients read once
+ * for its g rows, into locals (read in the rows' loop, as fbn_dx_rows_as_<sfx>
+ * does, GCC reloads them for every row: a store to out might have changed them).
+ * relu and loads_first constants (see fbn_dx_rows_as_<sfx>). Into the L1 buffer
+ * of a streamed output, this loop was slower (docs/performance.md). */
+#ifndef FBN_NARROW
+FBN_INLINE void FBN_SYM(dx_rows_cached)(const T *dr, const T *xr, int64_t ld, T *out,
+                                        int64_t ldo, int64_t m, const FBN_SYM(tcoefs) *k,
+                                        int64_t ch, const int g, const int relu,
+                                        const int loads_first) {
     const TC *shift = k->shift + ch, *scale = k->scale + ch, *bias = k->bias + ch;
     const TC *k_dy = k->k_dy + ch, *k_x = k->k_x + ch, *mdy = k->mean_dy + ch;
     const TC *k_0 = k->k_0 + ch, *inv = k->invstd + ch;
     const int eval = k->eval;
     const TC slope = k->slope;
-    if ((ld * (int64_t)sizeof(T)) % 4096 == 0) {
+    FBN_IVDEP /* too many pointers for runtime alias checks; out may be dr */
+    for (int64_t c = 0; c < m; c++) {
+        const TC sh = shift[c], sc = relu ? scale[c] : (TC)0, bi = relu ? bias[c] : (TC)0;
+        const TC kd = k_dy[c], kx = k_x[c], md = mdy[c], k0 = k_0[c], is = inv[c];
+        TC d[FBN_GROUP], v[FBN_GROUP];
+        for (int i = 0; i < g; i++) {
+            d[i] = FBN_LD(dr[i * ld + c]);
+            v[i] = FBN_LD(xr[i * ld + c]);
+            if (!loads_first)
+                out[i * ldo + c] = FBN_ST(FBN_SYM(xdx1)(d[i], v[i], (TC)0, sh, sc, bi, relu, 0,
+                                                        kd, kx, md, k0, is, eval, slope));
+        }
+        if (loads_first)
+            for (int i = 0; i < g; i++)
+                out[i * ldo + c] = FBN_ST(FBN_SYM(xdx1)(d[i], v[i], (TC)0, sh, sc, bi, relu, 0,
+                                                        kd, kx, md, k0, is, eval, slope));
+    }
+}
+#endif
+
+/* Columns shape: dx of g rows (g a constant) of m values, a row ld (out: ldo)
+ * apart, channels from ch; cached (a constant, see fbn_affine_rows_<sfx>): out is
+ * the output itself, see fbn_dx_rows_cached_<sfx>. relu is a constant too:
+ * without ReLU the mask's arithmetic and loads drop out (this loop is
+ * compute-bound when the data is in cache). */
+FBN_INLINE void FBN_SYM(dx_rows_as)(const T *dr, const T *xr, int64_t ld, T *out, int64_t ldo,
+                                    int64_t m, const FBN_SYM(tcoefs) *k, int64_t ch, const int g,
+                                    const int relu, const int cached) {
+#ifdef FBN_NARROW /* kern_half_dx.h */
+    (void)cached;
+    FBN_SYM(half_dx_rows)(dr, xr, NULL, ld, out, ldo, m, k, ch, g, relu, 0);
+#else
+    const int loads_first = (ld * (int64_t)sizeof(T)) % 4096 == 0;
+    if (cached && loads_first) {
+        FBN_SYM(dx_rows_cached)(dr, xr, ld, out, ldo, m, k, ch, g, relu, 1);
+        return;
+    }
+    if (cached) {
+        FBN_SYM(dx_rows_cached)(dr, xr, ld, out, ldo, m, k, ch, g, relu, 0);
+        return;
+    }
+    const TC *shift = k->shift + ch, *scale = k->scale + ch, *bias = k->bias + ch;
+    const TC *k_dy = k->k_dy + ch, *k_x = k->k_x + ch, *mdy = k->mean_dy + ch;
+    const TC *k_0 = k->k_0 + ch, *inv = k->invstd + ch;
+    const int eval = k->eval;
+    const TC slope = k->slope;
+    if (loads_first) {
         /* rows a multiple of 4 KB apart (C a power of two): a store to out's row i
          * has the low address bits of the next load from row i + 1, which then
          * waits for it (4K aliasing), so all the group's loads come first */
@@ -365,9 +412,9 @@ FBN_INLINE void FBN_SYM(span_rows)(const int op, const T *x, const T *dy, int64_
         FBN_SYM(half_dx_rows)(dy + o, x + o, k->z + o, ld, out, ldo, m, k, ch, g, 2, 1);
 #endif
     else if (op & FBN_OP_XDX)
-        FBN_SYM(dx_rows_as)(dy + o, x + o, ld, out, ldo, m, k, ch, g, FBN_OP_ACT(op));
+        FBN_SYM(dx_rows_as)(dy + o, x + o, ld, out, ldo, m, k, ch, g, FBN_OP_ACT(op), cached);
     else if (k->relu)
-        FBN_SYM(dx_rows_as)(dy + o, x + o, ld, out, ldo, m, k, ch, g, 1);
+        FBN_SYM(dx_rows_as)(dy + o, x + o, ld, out, ldo, m, k, ch, g, 1, cached);
     else
-        FBN_SYM(dx_rows_as)(dy + o, x + o, ld, out, ldo, m, k, ch, g, 0);
+        FBN_SYM(dx_rows_as)(dy + o, x + o, ld, out, ldo, m, k, ch, g, 0, cached);
 }
