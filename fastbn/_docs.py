@@ -116,11 +116,11 @@ cache : Cache
 Raises
 ------
 TypeError
-    If x is not a float32/float64 ndarray; gamma, beta or the running
-    statistics are not float arrays (running statistics must be ndarrays);
-    axis is not an integer; eps or momentum is not a real number; training or
-    unbiased_running_var is not a bool; out has another dtype than x;
-    activation is not a string.
+    If x is not a float32/float64/float16/bfloat16 ndarray; gamma, beta or
+    the running statistics are not float arrays (running statistics must be
+    ndarrays); axis is not an integer; eps or momentum is not a real number;
+    training or unbiased_running_var is not a bool; out has another dtype than
+    x; activation is not a string.
 ValueError
     If x has fewer than 2 dimensions; axis is out of bounds; a per-channel
     array does not have shape (C,); eps <= 0, momentum outside [0, 1], or
@@ -378,7 +378,8 @@ m2 : ndarray of float64, shape (C,)
 Raises
 ------
 TypeError
-    If x is not a float32/float64 ndarray, or axis is not an integer.
+    If x is not a float32/float64/float16/bfloat16 ndarray, or axis is not
+    an integer.
 ValueError
     If x has fewer than 2 dimensions, or axis is out of bounds.
 
@@ -496,9 +497,9 @@ y : ndarray
 Raises
 ------
 TypeError
-    If x is not a float32/float64 ndarray; mean or invstd is None; a
-    per-channel argument is not a float array; out has another dtype than x;
-    activation is not a string.
+    If x is not a float32/float64/float16/bfloat16 ndarray; mean or invstd is
+    None; a per-channel argument is not a float array; out has another dtype
+    than x; activation is not a string.
 ValueError
     If x has fewer than 2 dimensions; axis is out of bounds; a per-channel
     array does not have shape (C,); invstd has a negative or infinite value;
