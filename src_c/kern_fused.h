@@ -258,7 +258,11 @@ static void FBN_SYM(run_pass)(const int op, const FBN_SYM(pass) *j, FBN_SYM(tcoe
     /* the backward on threads reads one channel at a time: groups of 2 there took
      * 1.06-1.07x the time (16-bit 64x64x56x56), and no case gained (docs/performance.md) */
     const int64_t runs = op == FBN_OP_DX && nt > 1 ? 1 : fbn_run_group(p, sizeof(T), reads, nt, 1);
-    if (p->nsegs == 1) { /* tasks of consecutive tiles: see fbn_fuse_group */
+    /* short runs: unfused (FBN_FUSE_RUN), but for a forward's per-thread block
+     * arrays, which have no C-sized work to go unfused with */
+    const int fuse = p->s.inner == 1 || p->s.inner * (int64_t)sizeof(T) >= FBN_FUSE_RUN ||
+                     (op == FBN_OP_AFFINE && j->fwd.blockwork);
+    if (p->nsegs == 1 && fuse) { /* tasks of consecutive tiles: see fbn_fuse_group */
         FBN_SYM(pass) g = *j;
         g.group = fbn_fuse_group(p, sizeof(T), reads, nt);
         g.runs = op == FBN_OP_AFFINE && j->fwd.blockwork ? 1 : runs;
@@ -268,7 +272,7 @@ static void FBN_SYM(run_pass)(const int op, const FBN_SYM(pass) *j, FBN_SYM(tcoe
                          &g);
         return;
     }
-    if (p->fuse_segs) {
+    if (p->fuse_segs && fuse) {
         FBN_SYM(pass) g = *j;
         g.runs = runs;
         fbn_parallel_for(fbn_group_count(p, g.runs), nt,

@@ -159,6 +159,13 @@
 #ifndef FBN_GROUP_RUN
 #define FBN_GROUP_RUN 2048
 #endif
+/* Fused passes (a channel rewritten right after its reduction) only where runs
+ * are FBN_FUSE_RUN bytes or longer, or inner == 1: shorter runs (small maps) lie a
+ * row apart, and the unfused elementwise pass over whole rows in memory order
+ * rewrote them faster (docs/performance.md). No result's bits depend on it. */
+#ifndef FBN_FUSE_RUN
+#define FBN_FUSE_RUN 1024
+#endif
 /* Fused passes over one channel's short runs fetch the output's runs this many
  * rows ahead for writing (not streamed outputs). */
 #ifndef FBN_OUT_AHEAD

@@ -191,15 +191,20 @@ BLOCK_WORK_C = 4096  # src_c/tuning.h FBN_BLOCK_WORK_C
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("act,slope,res,want_var", [(0, 0.0, False, True), (1, 0.0, False, False),
                                                     (2, 0.1, True, True)])
-def test_training_forward_block_work_gives_the_same_bits(dtype, act, slope, res, want_var):
+@pytest.mark.parametrize("inner", [1, 3])
+def test_training_forward_block_work_gives_the_same_bits(dtype, act, slope, res, want_var, inner):
     """A training forward whose tiles hold whole channels keeps its work per thread, a
     channel block's, from FBN_BLOCK_WORK_C channels (issue 13's memory), and in
     C-sized arrays below (cheaper per tile). Either gives the same bits: channels
     [0, C0) of a forward over more than FBN_BLOCK_WORK_C channels are those of the
-    forward of channels [0, C0) alone, C0 below it (16 rows: threaded, one segment)."""
+    forward of channels [0, C0) alone, C0 below it (16 rows: threaded, one segment).
+    With runs of 3 values (shorter than FBN_FUSE_RUN), the wide forward is still
+    fused (its block work has no C-sized arrays to go unfused with) and the narrow
+    one is not: fused and unfused give the same bits."""
     rng = np.random.default_rng(7)
     wide, C0 = BLOCK_WORK_C + 4, BLOCK_WORK_C - 96
-    x = (rng.standard_normal((16, wide, 1)) * 2 + rng.normal(0, 3, (1, wide, 1))).astype(dtype)
+    x = (rng.standard_normal((16, wide, inner)) * 2 +
+         rng.normal(0, 3, (1, wide, 1))).astype(dtype)
     z = rng.standard_normal(x.shape).astype(dtype) if res else None
     g, b = rng.uniform(0.5, 2, wide), rng.normal(0, 1, wide)
 
