@@ -112,10 +112,12 @@ int FBN_SYM(backward_elemt)(const T *dy, const T *x, T *dx, fbn_shape s, const d
                             const double *invstd, const double *k_dy, const double *k_x,
                             const double *mean_dy, const double *scale, const double *bias,
                             int relu, int nthreads) {
-    fbn_plan p = FBN_SYM(elemwise_plan)(s, 2);
+    const fbn_shape sp = FBN_SYM(spread_shape)(s);
+    fbn_plan p = FBN_SYM(elemwise_plan)(sp, 2);
     fbn_plan_output(&p, dx, sizeof(T));
     const int64_t C = s.channels ? s.channels : 1;
-    const int64_t bytes[2] = {FBN_SYM(typed_bytes)(C), C * (int64_t)sizeof(double)};
+    const int64_t bytes[2] = {FBN_SYM(typed_bytes)(sp.channels ? sp.channels : 1),
+                              C * (int64_t)sizeof(double)};
     void *buf[2];
     fbn_work w;
     if (fbn_work_alloc(&w, 2, bytes, buf)) return -1;
@@ -125,9 +127,8 @@ int FBN_SYM(backward_elemt)(const T *dy, const T *x, T *dx, fbn_shape s, const d
                    .invstd = invstd, .k_dy = k_dy, .k_x = k_x, .mean_dy = mean_dy,
                    .relu = relu};
     FBN_SYM(tcoefs) tk =
-        FBN_SYM(typed_arrays)(buf[0], s.channels, relu, FBN_SYM(coef_lines)(&p, x, dx, 0));
-    FBN_SYM(fill_typed)(&k, 0, s.channels, &tk);
-    FBN_SYM(repeat_typed)(&tk, &s, 1);
+        FBN_SYM(typed_arrays)(buf[0], sp.channels, relu, FBN_SYM(coef_lines)(&p, x, dx, 0));
+    FBN_SYM(fill_pass_typed)(&k, &s, &tk, 1);
     FBN_SYM(dx_job) j = {.dy = dy, .x = x, .dx = dx, .p = &p, .tk = &tk, .backwards = 0};
     fbn_parallel_for(p.ntiles, fbn_threads_for(&p, nthreads), FBN_SYM(dx_task), &j);
     fbn_work_free(&w);

@@ -156,3 +156,48 @@ static void FBN_SYM(repeat_typed)(FBN_SYM(tcoefs) *t, const fbn_shape *s, int dx
         for (int64_t n = C; n < t->period; n *= 2)
             memcpy(arrays[a] + n, arrays[a], (n < t->period - n ? n : t->period - n) * sizeof(TC));
 }
+
+/* Small maps as the columns shape: an elementwise pass over runs shorter than
+ * FBN_SPREAD_RUN bytes walks the (outer, C * inner) rows, each channel's
+ * coefficients repeated over its inner positions, where such an array takes at
+ * most FBN_SPREAD_BYTES: work per run (a few values) no longer dominates
+ * (docs/performance.md). The same values, computed alike: the same bits. */
+static inline int FBN_SYM(spreads)(const fbn_shape *s) {
+    return s->inner > 1 && s->inner * (int64_t)sizeof(T) < FBN_SPREAD_RUN &&
+           s->channels <= FBN_SPREAD_BYTES / (int64_t)sizeof(TC) / s->inner;
+}
+
+/* The shape an elementwise pass over s walks (s itself unless it spreads). */
+static inline fbn_shape FBN_SYM(spread_shape)(fbn_shape s) {
+    if (FBN_SYM(spreads)(&s)) {
+        s.channels *= s.inner;
+        s.inner = 1;
+    }
+    return s;
+}
+
+/* Repeats each of the C channels' values of the arrays the pass reads (dx: all,
+ * affine: the first 3) over its inner positions, in place: from the last channel
+ * down, so that no value is overwritten before it is read. t's arrays must hold
+ * the spread shape's C * inner values (fbn_typed_arrays_<sfx> of that many). */
+static void FBN_SYM(spread_typed)(FBN_SYM(tcoefs) *t, const fbn_shape *s, int dx) {
+    if (!FBN_SYM(spreads)(s)) return;
+    const int64_t C = s->channels, inner = s->inner;
+    TC *arrays[FBN_TYPED] = {t->shift, t->scale, t->bias,  t->k_dy,
+                             t->k_x, t->mean_dy, t->k_0, t->invstd};
+    for (int a = 0; a < (dx ? FBN_TYPED : 3); a++)
+        for (int64_t c = C - 1; c >= 0; c--) {
+            const TC v = arrays[a][c];
+            for (int64_t i = 0; i < inner; i++) arrays[a][c * inner + i] = v;
+        }
+}
+
+/* Typed coefficients of channels [0, C) of k for an elementwise pass over s (the
+ * spread shape's arrays filled, then repeated over a period: fbn_repeat_typed_<sfx>). */
+static void FBN_SYM(fill_pass_typed)(const fbn_coefs *k, const fbn_shape *s,
+                                     FBN_SYM(tcoefs) *t, int dx) {
+    const fbn_shape sp = FBN_SYM(spread_shape)(*s);
+    FBN_SYM(fill_typed)(k, 0, s->channels, t);
+    FBN_SYM(spread_typed)(t, s, dx);
+    FBN_SYM(repeat_typed)(t, &sp, dx);
+}

@@ -28,13 +28,13 @@ static void FBN_SYM(affine_task)(void *job, int64_t t, int thread) {
 static void FBN_SYM(affine_all)(const T *x, T *y, fbn_shape s, const fbn_coefs *k, TC *typed,
                                 const fbn_epilogue *e, int nthreads) {
     const T *z = FBN_EPI_Z(e);
-    fbn_plan p = FBN_SYM(elemwise_plan)(s, z ? 2 : 1);
+    const fbn_shape sp = FBN_SYM(spread_shape)(s);
+    fbn_plan p = FBN_SYM(elemwise_plan)(sp, z ? 2 : 1);
     fbn_plan_output(&p, y, sizeof(T));
-    FBN_SYM(tcoefs) tk = FBN_SYM(typed_arrays)(typed, s.channels, e ? e->act : k->relu,
+    FBN_SYM(tcoefs) tk = FBN_SYM(typed_arrays)(typed, sp.channels, e ? e->act : k->relu,
                                                 FBN_SYM(coef_lines)(&p, x, y, 0));
     if (e) tk.slope = (TC)e->slope;
-    FBN_SYM(fill_typed)(k, 0, s.channels, &tk);
-    FBN_SYM(repeat_typed)(&tk, &s, 0);
+    FBN_SYM(fill_pass_typed)(k, &s, &tk, 0);
     FBN_SYM(affine_job) j = {.x = x, .z = z, .y = y, .p = &p, .tk = &tk, .backwards = 0};
     fbn_parallel_for(p.ntiles, fbn_threads_for(&p, nthreads), FBN_SYM(affine_task), &j);
 }
@@ -43,7 +43,7 @@ int FBN_SYM(affine_ex)(const T *x, T *y, fbn_shape s, const double *shift,
                        const double *scale, const double *bias, const fbn_epilogue *e,
                        int nthreads) {
     fbn_coefs k = {.shift = shift, .scale = scale, .bias = bias, .relu = FBN_EPI_ACT(e)};
-    const int64_t bytes[1] = {FBN_SYM(typed_bytes)(s.channels)};
+    const int64_t bytes[1] = {FBN_SYM(typed_bytes)(FBN_SYM(spread_shape)(s).channels)};
     void *typed;
     fbn_work w;
     if (fbn_work_alloc(&w, 1, bytes, &typed)) return -1;
@@ -70,7 +70,8 @@ int FBN_SYM(forward_infer_ex)(const T *x, T *y, fbn_shape s, const double *mean,
                               const double *var, const double *gamma, const double *beta,
                               double eps, const fbn_epilogue *e, double *invstd, int nthreads) {
     const int64_t C = s.channels;
-    const int64_t bytes[2] = {3 * C * (int64_t)sizeof(double), FBN_SYM(typed_bytes)(C)};
+    const int64_t bytes[2] = {3 * C * (int64_t)sizeof(double),
+                              FBN_SYM(typed_bytes)(FBN_SYM(spread_shape)(s).channels)};
     void *buf[2];
     fbn_work w;
     if (fbn_work_alloc(&w, 2, bytes, buf)) return -1;
