@@ -112,7 +112,7 @@ int FBN_SYM(backward_elemt)(const T *dy, const T *x, T *dx, fbn_shape s, const d
                             const double *invstd, const double *k_dy, const double *k_x,
                             const double *mean_dy, const double *scale, const double *bias,
                             int relu, int nthreads) {
-    const fbn_shape sp = FBN_SYM(spread_shape)(s);
+    const fbn_shape sp = FBN_SYM(spread_shape)(s, 1);
     fbn_plan p = FBN_SYM(elemwise_plan)(sp, 2);
     fbn_plan_output(&p, dx, sizeof(T));
     const int64_t C = s.channels ? s.channels : 1;

@@ -28,7 +28,7 @@ static void FBN_SYM(affine_task)(void *job, int64_t t, int thread) {
 static void FBN_SYM(affine_all)(const T *x, T *y, fbn_shape s, const fbn_coefs *k, TC *typed,
                                 const fbn_epilogue *e, int nthreads) {
     const T *z = FBN_EPI_Z(e);
-    const fbn_shape sp = FBN_SYM(spread_shape)(s);
+    const fbn_shape sp = FBN_SYM(spread_shape)(s, 0);
     fbn_plan p = FBN_SYM(elemwise_plan)(sp, z ? 2 : 1);
     fbn_plan_output(&p, y, sizeof(T));
     FBN_SYM(tcoefs) tk = FBN_SYM(typed_arrays)(typed, sp.channels, e ? e->act : k->relu,
@@ -43,7 +43,7 @@ int FBN_SYM(affine_ex)(const T *x, T *y, fbn_shape s, const double *shift,
                        const double *scale, const double *bias, const fbn_epilogue *e,
                        int nthreads) {
     fbn_coefs k = {.shift = shift, .scale = scale, .bias = bias, .relu = FBN_EPI_ACT(e)};
-    const int64_t bytes[1] = {FBN_SYM(typed_bytes)(FBN_SYM(spread_shape)(s).channels)};
+    const int64_t bytes[1] = {FBN_SYM(typed_bytes)(FBN_SYM(spread_shape)(s, 0).channels)};
     void *typed;
     fbn_work w;
     if (fbn_work_alloc(&w, 1, bytes, &typed)) return -1;
@@ -71,7 +71,7 @@ int FBN_SYM(forward_infer_ex)(const T *x, T *y, fbn_shape s, const double *mean,
                               double eps, const fbn_epilogue *e, double *invstd, int nthreads) {
     const int64_t C = s.channels;
     const int64_t bytes[2] = {3 * C * (int64_t)sizeof(double),
-                              FBN_SYM(typed_bytes)(FBN_SYM(spread_shape)(s).channels)};
+                              FBN_SYM(typed_bytes)(FBN_SYM(spread_shape)(s, 0).channels)};
     void *buf[2];
     fbn_work w;
     if (fbn_work_alloc(&w, 2, bytes, buf)) return -1;

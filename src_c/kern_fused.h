@@ -286,7 +286,7 @@ static void FBN_SYM(run_pass)(const int op, const FBN_SYM(pass) *j, FBN_SYM(tcoe
     FBN_SYM(fill_pass_typed)(j->k, &p->s, tk, op == FBN_OP_DX);
     /* tiles from the last: the data the reduction read last may still be in L3 */
     const int inputs = op == FBN_OP_DX ? (j->tkd->z ? 3 : 2) : (j->z ? 2 : 1);
-    fbn_plan e = FBN_SYM(elemwise_plan)(FBN_SYM(spread_shape)(p->s), inputs);
+    fbn_plan e = FBN_SYM(elemwise_plan)(FBN_SYM(spread_shape)(p->s, op == FBN_OP_DX), inputs);
     fbn_plan_output(&e, j->out, sizeof(T));
     if (op == FBN_OP_AFFINE) {
         FBN_SYM(affine_job) a = {.x = j->x, .z = j->z, .y = j->out, .p = &e, .tk = tk,
@@ -345,7 +345,7 @@ int FBN_SYM(forward_train_ex)(const T *x, T *y, fbn_shape s, const double *gamma
     const int64_t bytes[3] = {(C * (var ? 5 : 6) + (f32 ? 2 * C : 0) + nt * len) *
                                   (int64_t)sizeof(double),
                               p.nsegs * C * (int64_t)sizeof(fbn_part),
-                              FBN_SYM(typed_bytes)(FBN_SYM(spread_shape)(s).channels)};
+                              FBN_SYM(typed_bytes)(FBN_SYM(spread_shape)(s, 0).channels)};
     void *buf[3];
     fbn_work w;
     if (fbn_work_alloc(&w, 3, bytes, buf)) return -1;
@@ -366,7 +366,7 @@ int FBN_SYM(forward_train_ex)(const T *x, T *y, fbn_shape s, const double *gamma
     }
     fbn_coefs k = {.shift = shift, .scale = scale, .bias = bias, .relu = relu};
     FBN_SYM(tcoefs) tk =
-        FBN_SYM(typed_arrays)(buf[2], FBN_SYM(spread_shape)(s).channels, relu,
+        FBN_SYM(typed_arrays)(buf[2], FBN_SYM(spread_shape)(s, 0).channels, relu,
                               FBN_SYM(coef_lines)(&p, x, y, 0));
     if (e) tk.slope = (TC)e->slope;
     FBN_SYM(pivots)(x, &s, pivot);
@@ -405,7 +405,7 @@ int FBN_SYM(backward_ex)(const T *dy, const T *x, T *dx, fbn_shape s, const doub
     const int nt = fbn_threads_for(&p, nthreads);
     const int64_t bytes[3] = {C * 8 * (int64_t)sizeof(double),
                               fbn_reduce_work_len(&p, nt) * (int64_t)sizeof(double),
-                              FBN_SYM(typed_bytes)(FBN_SYM(spread_shape)(s).channels)};
+                              FBN_SYM(typed_bytes)(FBN_SYM(spread_shape)(s, 1).channels)};
     void *buf[3];
     fbn_work w;
     if (fbn_work_alloc(&w, 3, bytes, buf)) return -1;
@@ -421,7 +421,7 @@ int FBN_SYM(backward_ex)(const T *dy, const T *x, T *dx, fbn_shape s, const doub
                    .k_dy = k_dy, .k_x = k_x, .mean_dy = mean_dy, .relu = relu};
     fbn_coefs masks = {.shift = shift, .lo = lo, .scale = scale, .bias = bias, .relu = relu};
     FBN_SYM(tcoefs) tk =
-        FBN_SYM(typed_arrays)(buf[2], FBN_SYM(spread_shape)(s).channels, relu,
+        FBN_SYM(typed_arrays)(buf[2], FBN_SYM(spread_shape)(s, 1).channels, relu,
                               FBN_SYM(coef_lines)(&p, x, dx, 0));
     tk.eval = !training;
     if (e) tk.slope = (TC)e->slope;
