@@ -10,6 +10,7 @@
 #endif
 
 #include "parallel.h"
+#include "tuning.h"
 
 static void fbn_serial_for(int64_t ntiles, fbn_tile_fn fn, void *ctx) {
     for (int64_t t = 0; t < ntiles; t++) fn(ctx, t, 0);
@@ -19,6 +20,7 @@ static void fbn_serial_for(int64_t ntiles, fbn_tile_fn fn, void *ctx) {
 
 #include <pthread.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #ifdef FBN_POOL_DEBUG
@@ -132,6 +134,8 @@ static struct {
     int64_t strike_at, strike_loop; /* a first stall (0: none): when, threaded_loops then */
     int64_t threaded_loops; /* loops published to workers */
     int no_backoff;      /* fbn_pool_set_backoff(0) */
+    int64_t small_at, small_run; /* fbn_pool_threads: the last small loop (ns), and how
+                                  * many came back to back before it */
     pthread_mutex_t lock;
     pthread_cond_t wake; /* events without futexes */
     /* per worker, of the loop of generation gen: time in tiles, tiles, and when
@@ -615,6 +619,37 @@ int64_t fbn_pool_stall_at(int64_t now_ns, int64_t loops) {
     return pool.alone_until > now_ns ? pool.alone_until - now_ns : 0;
 }
 
+/* FASTBN_WAKE_VALUES from the environment (a count of values; 0: always wake), or
+ * FBN_WAKE_VALUES: see fbn_pool_threads. */
+static int64_t fbn_wake_values = FBN_WAKE_VALUES;
+static pthread_once_t fbn_wake_once = PTHREAD_ONCE_INIT;
+static void fbn_read_wake_values(void) {
+    const char *text = getenv("FASTBN_WAKE_VALUES");
+    char *end = NULL;
+    if (!text || !*text) return;
+    const long long v = strtoll(text, &end, 10);
+    if (*end == '\0' && v >= 0) fbn_wake_values = (int64_t)v;
+}
+
+/* Why: a worker asleep (as after any pause of more than FBN_WORKER_SPIN_NS between
+ * calls) takes tens of microseconds to run, often first on the caller's CPU (see
+ * fbn_leave_cpu), which made a 2-thread call of 256x512 float32 values take 2-3x its
+ * 1-thread time; with the worker awake the same call took 0.8x. Small loops that come
+ * back to back (a loop over calls) wake it: it then spins between them. */
+int fbn_pool_threads(int64_t values, int nthreads) {
+    pthread_once(&fbn_wake_once, fbn_read_wake_values);
+    if (nthreads <= 1 || values >= fbn_wake_values) return nthreads;
+    const int64_t now = fbn_now_ns();
+    const int64_t last = __atomic_exchange_n(&pool.small_at, now, __ATOMIC_RELAXED);
+    const int64_t run = now - last < FBN_WORKER_SPIN_NS
+                            ? __atomic_add_fetch(&pool.small_run, 1, __ATOMIC_RELAXED)
+                            : (__atomic_store_n(&pool.small_run, 0, __ATOMIC_RELAXED), 0);
+    const int workers = __atomic_load_n(&pool.nworkers, __ATOMIC_RELAXED);
+    if (run >= FBN_DENSE_LOOPS || (workers > 0 && LOAD(&pool.sleepers) < workers))
+        return nthreads;
+    return 1;
+}
+
 void fbn_parallel_for(int64_t ntiles, int nthreads, fbn_tile_fn fn, void *ctx) {
     pthread_once(&fbn_fork_once, fbn_register_fork);
     if (nthreads > FBN_POOL_MAX) nthreads = FBN_POOL_MAX;
@@ -729,6 +764,8 @@ void fbn_pool_slow_counters(int64_t *slow_loops, int64_t *stolen_loops) {
 
 int64_t fbn_pool_moves(void) { return __atomic_load_n(&pool.moves, __ATOMIC_RELAXED); }
 
+int64_t fbn_pool_loops(void) { return pool.threaded_loops; }
+
 int fbn_pool_leave_cpu(int cpu) { return fbn_leave_cpu(cpu); }
 
 int64_t fbn_pool_runnable_tasks(void) { return fbn_runnable_tasks(); }
@@ -771,6 +808,8 @@ void fbn_pool_slow_counters(int64_t *slow_loops, int64_t *stolen_loops) {
 
 int64_t fbn_pool_moves(void) { return 0; }
 
+int64_t fbn_pool_loops(void) { return 0; }
+
 int fbn_pool_leave_cpu(int cpu) {
     (void)cpu;
     return -1;
@@ -784,6 +823,11 @@ int64_t fbn_pool_stall_at(int64_t now_ns, int64_t loops) {
     return -1;
 }
 
+int fbn_pool_threads(int64_t values, int nthreads) {
+    (void)values; /* OpenMP's own workers: its wait policy decides */
+    return nthreads;
+}
+
 const char *fbn_pool_kind(void) { return "openmp"; }
 int fbn_pool_max_threads(void) {
     const int n = omp_get_max_threads();
@@ -795,6 +839,11 @@ int fbn_pool_max_threads(void) {
 void fbn_parallel_for(int64_t ntiles, int nthreads, fbn_tile_fn fn, void *ctx) {
     (void)nthreads;
     fbn_serial_for(ntiles, fn, ctx);
+}
+
+int fbn_pool_threads(int64_t values, int nthreads) {
+    (void)values;
+    return nthreads;
 }
 
 int fbn_pool_set_backoff(int on) {
@@ -815,6 +864,8 @@ void fbn_pool_slow_counters(int64_t *slow_loops, int64_t *stolen_loops) {
 }
 
 int64_t fbn_pool_moves(void) { return 0; }
+
+int64_t fbn_pool_loops(void) { return 0; }
 
 int fbn_pool_leave_cpu(int cpu) {
     (void)cpu;

@@ -30,6 +30,14 @@ typedef void (*fbn_tile_fn)(void *ctx, int64_t tile, int thread);
  * the pool at that moment. */
 void fbn_parallel_for(int64_t ntiles, int nthreads, fbn_tile_fn fn, void *ctx);
 
+/* The threads a loop of `values` values takes of nthreads: all of them when the
+ * pool's workers are awake (spinning after a loop) or the loop is large (at least
+ * FBN_WAKE_VALUES values, or the environment's FASTBN_WAKE_VALUES, read once; 0:
+ * always), or when such small loops come back to back (FBN_DENSE_LOOPS of them, each
+ * within a worker's spin of the last); else 1: waking a sleeping worker costs more
+ * than it saves. No result's bits depend on it. */
+int fbn_pool_threads(int64_t values, int nthreads);
+
 /* The pool's kind, for show_config: "pthreads", "openmp" or "none" (one thread). */
 const char *fbn_pool_kind(void);
 
@@ -62,6 +70,9 @@ void fbn_pool_slow_counters(int64_t *slow_loops, int64_t *stolen_loops);
  * loops, or woken onto it, while another CPU of their affinity was free (by
  * /proc/loadavg's runnable count), and so tried to move off it. */
 int64_t fbn_pool_moves(void);
+
+/* For tests, likewise: loops published to workers (those not run on the caller alone). */
+int64_t fbn_pool_loops(void);
 
 /* For tests: moves the calling thread off CPU `cpu` as a worker on its caller's CPU
  * moves, its affinity left as it was; returns whether it then runs on another CPU (0

@@ -188,7 +188,8 @@ fbn_plan fbn_make_plan(fbn_shape s, int64_t elem_size, int inputs, int kind) {
 int fbn_threads_for(const fbn_plan *p, int nthreads) {
     int64_t total = p->per_channel * p->s.channels;
     if (nthreads < 1 || total < FBN_MIN_PARALLEL) return 1;
-    return p->ntiles < nthreads ? (int)(p->ntiles > 0 ? p->ntiles : 1) : nthreads;
+    if (p->ntiles < nthreads) nthreads = (int)(p->ntiles > 0 ? p->ntiles : 1);
+    return fbn_pool_threads(total, nthreads);
 }
 
 /* Tiles taken one at a time put two threads on neighbouring channels at once: with
