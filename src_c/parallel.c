@@ -134,8 +134,8 @@ static struct {
     int64_t strike_at, strike_loop; /* a first stall (0: none): when, threaded_loops then */
     int64_t threaded_loops; /* loops published to workers */
     int no_backoff;      /* fbn_pool_set_backoff(0) */
-    int64_t small_at, small_run; /* fbn_pool_threads: the last small loop (ns), and how
-                                  * many came back to back before it */
+    int64_t loop_end;    /* monotonic ns: when the last loop (threaded or not) ended */
+    int64_t small_run;   /* small calls in a row that began within a spin of a loop's end */
     pthread_mutex_t lock;
     pthread_cond_t wake; /* events without futexes */
     /* per worker, of the loop of generation gen: time in tiles, tiles, and when
@@ -634,14 +634,14 @@ static void fbn_read_wake_values(void) {
 /* Why: a worker asleep (as after any pause of more than FBN_WORKER_SPIN_NS between
  * calls) takes tens of microseconds to run, often first on the caller's CPU (see
  * fbn_leave_cpu), which made a 2-thread call of 256x512 float32 values take 2-3x its
- * 1-thread time; with the worker awake the same call took 0.8x. Small loops that come
- * back to back (a loop over calls) wake it: it then spins between them. */
+ * 1-thread time; with the worker awake the same call took 0.8x. Small calls that each
+ * begin within a worker's spin of the last loop's end (a loop over calls) wake it: a
+ * worker woken then is still awake at the next call. */
 int fbn_pool_threads(int64_t values, int nthreads) {
     pthread_once(&fbn_wake_once, fbn_read_wake_values);
     if (nthreads <= 1 || values >= fbn_wake_values) return nthreads;
-    const int64_t now = fbn_now_ns();
-    const int64_t last = __atomic_exchange_n(&pool.small_at, now, __ATOMIC_RELAXED);
-    const int64_t run = now - last < FBN_WORKER_SPIN_NS
+    const int64_t gap = fbn_now_ns() - __atomic_load_n(&pool.loop_end, __ATOMIC_RELAXED);
+    const int64_t run = gap < FBN_WORKER_SPIN_NS
                             ? __atomic_add_fetch(&pool.small_run, 1, __ATOMIC_RELAXED)
                             : (__atomic_store_n(&pool.small_run, 0, __ATOMIC_RELAXED), 0);
     const int workers = __atomic_load_n(&pool.nworkers, __ATOMIC_RELAXED);
@@ -650,7 +650,14 @@ int fbn_pool_threads(int64_t values, int nthreads) {
     return 1;
 }
 
+static void fbn_pool_loop(int64_t ntiles, int nthreads, fbn_tile_fn fn, void *ctx);
+
 void fbn_parallel_for(int64_t ntiles, int nthreads, fbn_tile_fn fn, void *ctx) {
+    fbn_pool_loop(ntiles, nthreads, fn, ctx);
+    __atomic_store_n(&pool.loop_end, fbn_now_ns(), __ATOMIC_RELAXED);
+}
+
+static void fbn_pool_loop(int64_t ntiles, int nthreads, fbn_tile_fn fn, void *ctx) {
     pthread_once(&fbn_fork_once, fbn_register_fork);
     if (nthreads > FBN_POOL_MAX) nthreads = FBN_POOL_MAX;
     if (ntiles < nthreads) nthreads = (int)(ntiles > 0 ? ntiles : 1);

@@ -33,8 +33,8 @@ void fbn_parallel_for(int64_t ntiles, int nthreads, fbn_tile_fn fn, void *ctx);
 /* The threads a loop of `values` values takes of nthreads: all of them when the
  * pool's workers are awake (spinning after a loop) or the loop is large (at least
  * FBN_WAKE_VALUES values, or the environment's FASTBN_WAKE_VALUES, read once; 0:
- * always), or when such small loops come back to back (FBN_DENSE_LOOPS of them, each
- * within a worker's spin of the last); else 1: waking a sleeping worker costs more
+ * always), or when such small calls come back to back (FBN_DENSE_LOOPS in a row, each
+ * beginning within a worker's spin of the last loop's end); else 1: waking a sleeping worker costs more
  * than it saves. No result's bits depend on it. */
 int fbn_pool_threads(int64_t values, int nthreads);
 

@@ -2,7 +2,8 @@
 
 A call smaller than FASTBN_WAKE_VALUES values runs on the caller alone when every worker
 sleeps (after a pause, as between a trainer's layers: a wake-up costs more than such a
-call), on threads when a worker is still awake or such calls come back to back; a larger
+call), on threads when a worker is still awake or such calls come back to back (each
+beginning within a worker's spin of the last loop's end); a larger
 call always wakes them. The results are the 1-thread bits either way. The pool's count
 of loops published to workers (fbn_pool_loops, through ctypes) says which ran on
 threads. Each case runs in a fresh Python process with the rule's default on (the other
@@ -90,6 +91,6 @@ def test_small_calls_wake_no_sleeping_worker_unless_they_come_back_to_back():
     big, cold, dense, per_call = out.stdout.split()
     assert int(big) > 0, "a call over FASTBN_WAKE_VALUES ran on the caller alone"
     assert int(cold) == 0, "a small call after a pause woke the sleeping workers"
-    if float(per_call) > 80e-6:  # calls more than a worker's spin (100 us) apart
+    if float(per_call) > 1e-3:  # a very slow build: its calls' Python alone over 100 us
         pytest.skip(f"calls of {float(per_call) * 1e6:.0f} us do not come back to back here")
     assert int(dense) > 0, "small calls back to back never ran on threads"
