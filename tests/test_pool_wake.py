@@ -31,6 +31,7 @@ CHILD = textwrap.dedent("""
         print("SKIP no pthreads pool")
         raise SystemExit(0)
     lib.fbn_pool_loops.restype = ctypes.c_int64
+    _kernels.pool_set_backoff(False)  # the rule alone decides: no stall runs loops alone
     rng = np.random.default_rng(3)
     small = rng.standard_normal((256, 512)).astype(np.float32)  # 131072 values
     large = rng.standard_normal((1024, 1024)).astype(np.float32)  # 1048576 values
@@ -80,17 +81,28 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def test_small_calls_wake_no_sleeping_worker_unless_they_come_back_to_back():
+def run_child(wake_values):
     env = {k: v for k, v in os.environ.items() if k != "FASTBN_WAKE_VALUES"}
-    env["FASTBN_WAKE_VALUES"] = "1000000"  # between the two sizes, whatever the default
+    env["FASTBN_WAKE_VALUES"] = wake_values
     out = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True,
                          timeout=240, env=env)
     assert out.returncode == 0, out.stdout + out.stderr
     if out.stdout.startswith("SKIP"):
         pytest.skip(out.stdout.strip())
     big, cold, dense, per_call = out.stdout.split()
-    assert int(big) > 0, "a call over FASTBN_WAKE_VALUES ran on the caller alone"
-    assert int(cold) == 0, "a small call after a pause woke the sleeping workers"
-    if float(per_call) > 1e-3:  # a very slow build: its calls' Python alone over 100 us
-        pytest.skip(f"calls of {float(per_call) * 1e6:.0f} us do not come back to back here")
-    assert int(dense) > 0, "small calls back to back never ran on threads"
+    return int(big), int(cold), int(dense), float(per_call)
+
+
+def test_small_calls_wake_no_sleeping_worker_unless_they_come_back_to_back():
+    big, cold, dense, per_call = run_child("1000000")  # between the sizes, whatever the default
+    assert big > 0, "a call over FASTBN_WAKE_VALUES ran on the caller alone"
+    assert cold == 0, "a small call after a pause woke the sleeping workers"
+    if per_call > 1e-3:  # a very slow build: its calls' Python alone over 100 us
+        pytest.skip(f"calls of {per_call * 1e6:.0f} us do not come back to back here")
+    assert dense > 0, "small calls back to back never ran on threads"
+
+
+def test_wake_values_zero_wakes_the_workers_for_every_call():
+    big, cold, dense, per_call = run_child("0")
+    assert big > 0 and dense > 0
+    assert cold > 0, "FASTBN_WAKE_VALUES=0: a small call after a pause ran alone"
