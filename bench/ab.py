@@ -10,7 +10,7 @@ build_ext --inplace`). Both compiled modules (fastbn._kernels of each tree) are
 loaded into this process under two names, and every case (op, shape, dtype, threads)
 is timed by alternating samples of A and B (A B B A A B ...), each sample repeating
 the call until it lasts 1 ms (on threads, after a pause that lets the other build's
-pool workers go to sleep, and one untimed call). The report gives each build's
+pool workers go to sleep, and three untimed calls). The report gives each build's
 fastest sample and their ratio B/A (on a busy machine other processes only add time,
 so the minimum of many samples is the steadiest estimate of a CPU-bound call), then
 the median of the pairwise ratios B/A with their quartiles (pairs taken back to back
@@ -142,6 +142,12 @@ CLOCK = [time.perf_counter]  # --cpu-time: time.thread_time
 # ratios of 0.11 to 15 beside a build; 0.85-1.18 with it
 # (bench/results/2026-12-05_ab_settle_aa.txt).
 SETTLE_SECONDS = 0.002
+# Untimed calls after that pause: a call of fewer than FASTBN_WAKE_VALUES values wakes
+# sleeping workers only as the third back to back (README, "small calls after a
+# pause"); builds before it woke them at the first. Samples then time calls on
+# awake workers in both (bench/results/2026-12-06_wake_hot_ab.txt: with one such
+# call, the new rule's first calls ran alone).
+WAKE_CALLS = 3
 
 
 def sample(call):
@@ -256,7 +262,8 @@ def main(argv):
                                 # the other build's pool: its workers asleep, not
                                 # spinning on the core this build's worker needs
                                 time.sleep(SETTLE_SECONDS)
-                                calls[w]()  # wakes this build's workers
+                                for _ in range(WAKE_CALLS):  # wake this build's workers
+                                    calls[w]()
                             times[w].append(sample(calls[w]))
                     ratios = [n / o for n, o in zip(times["new"], times["old"])]
                     q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3

@@ -103,6 +103,7 @@ def show_config(file=None):
                                     "none": "none (one thread)"}[info["pool"]],
              "  threads:       " + (f"{get_num_threads()} (of {_available_cpus()} CPUs available)"
                                    if backend == "c" else "n/a (NumPy backend)"),
+             f"  wake-up:       {info['wake']}",
              f"  simd:          {info['simd']}",
              f"  half data:     float16 / bfloat16 conversions by {info['half']}",
              f"  caches:        {info['caches']}",

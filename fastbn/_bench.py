@@ -56,6 +56,7 @@ COPY_BYTES = 256 * 2**20          # source buffer of the copy-bandwidth measurem
 MIN_SAMPLE_SECONDS = 0.005        # a sample repeats a fast call until it lasts this long
 MAX_CALLS_PER_SAMPLE = 1000
 SETTLE_SECONDS = 0.02          # pause before each interleaved sample
+WAKE_CALLS = 3                 # untimed calls after it (see interleaved)
 ENV_SLOWING_NUMPY = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
@@ -182,7 +183,9 @@ def interleaved(candidates, rounds):
     the rounds. Before each sample: a pause of SETTLE_SECONDS (so that the
     spinning OpenMP workers of the previous implementation, another runtime in
     torch's case, go to sleep instead of competing for the cores) and, for calls
-    shorter than 20 ms, one untimed call (to wake our own workers).
+    shorter than 20 ms, untimed calls that wake our own workers: three, as a call
+    of fewer than FASTBN_WAKE_VALUES values wakes them only as the third of a run
+    of calls back to back (README, "small calls after a pause").
     Returns {name: [seconds per call, ...]}."""
     names = list(candidates)
     number, per_call = {}, {}
@@ -198,7 +201,8 @@ def interleaved(candidates, rounds):
                 if len(names) > 1:
                     time.sleep(SETTLE_SECONDS)
                     if per_call[n] < 0.02:
-                        fn()
+                        for _ in range(WAKE_CALLS):
+                            fn()
                 samples[n].append(_once(fn, number[n]))
     return samples
 

@@ -241,6 +241,7 @@ cdef extern from "fastbn.h" nogil:  # mask= (issue 20)
 
 cdef extern from "parallel.h" nogil:
     int fbn_pool_set_backoff(int on)
+    int64_t fbn_pool_wake_values()
 
 
 cdef extern from "tuning.h":

@@ -366,6 +366,11 @@ def max_threads():
     return fbn_max_threads()
 
 
+def pool_wake_values():
+    """Calls of fewer values wake no sleeping worker (-1: not fastbn's pool)."""
+    return fbn_pool_wake_values()
+
+
 def pool_set_backoff(bint on):
     """For tests: whether the pool falls back to one thread after a stalled loop."""
     return bool(fbn_pool_set_backoff(on))

@@ -103,7 +103,8 @@ def build_info():
     if _kernels is None:
         return {"openmp": False, "pool": "none", "max_threads": 1,
                 "simd": "none (NumPy backend)", "compiler": "n/a",
-                "half": "n/a (NumPy backend)", "caches": "n/a (NumPy backend)"}
+                "half": "n/a (NumPy backend)", "caches": "n/a (NumPy backend)",
+                "wake": "n/a (NumPy backend)"}
     l1d, l2, l3 = _kernels.cache_sizes()
     width = _kernels.stream_width()
     caches = (f"L1d {_size(l1d)}, L2 {_size(l2)}, L3 {_size(l3)} (read at "
@@ -112,7 +113,17 @@ def build_info():
     return {"openmp": _kernels.openmp_enabled(), "pool": _kernels.pool_kind(),
             "max_threads": _kernels.max_threads(), "simd": _kernels.simd_paths(),
             "compiler": _kernels.compiler(), "half": _kernels.half_conversions(),
-            "caches": caches}
+            "caches": caches, "wake": _wake(_kernels.pool_wake_values())}
+
+
+def _wake(values):
+    """The pool's wake-up rule (fbn_pool_threads) in words."""
+    if values < 0:
+        return "n/a (not fastbn's pool)"
+    if values == 0:
+        return "every threaded call wakes sleeping workers (FASTBN_WAKE_VALUES=0)"
+    return (f"calls under {values} values run alone while the workers sleep, unless they "
+            "come back to back (FASTBN_WAKE_VALUES)")
 
 
 def _size(n):

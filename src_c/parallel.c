@@ -650,6 +650,11 @@ int fbn_pool_threads(int64_t values, int nthreads) {
     return 1;
 }
 
+int64_t fbn_pool_wake_values(void) {
+    pthread_once(&fbn_wake_once, fbn_read_wake_values);
+    return fbn_wake_values;
+}
+
 static void fbn_pool_loop(int64_t ntiles, int nthreads, fbn_tile_fn fn, void *ctx);
 
 void fbn_parallel_for(int64_t ntiles, int nthreads, fbn_tile_fn fn, void *ctx) {
@@ -835,6 +840,8 @@ int fbn_pool_threads(int64_t values, int nthreads) {
     return nthreads;
 }
 
+int64_t fbn_pool_wake_values(void) { return -1; }
+
 const char *fbn_pool_kind(void) { return "openmp"; }
 int fbn_pool_max_threads(void) {
     const int n = omp_get_max_threads();
@@ -852,6 +859,8 @@ int fbn_pool_threads(int64_t values, int nthreads) {
     (void)values;
     return nthreads;
 }
+
+int64_t fbn_pool_wake_values(void) { return -1; }
 
 int fbn_pool_set_backoff(int on) {
     (void)on;

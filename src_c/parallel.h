@@ -37,6 +37,8 @@ void fbn_parallel_for(int64_t ntiles, int nthreads, fbn_tile_fn fn, void *ctx);
  * beginning within a worker's spin of the last loop's end); else 1: waking a sleeping worker costs more
  * than it saves. No result's bits depend on it. */
 int fbn_pool_threads(int64_t values, int nthreads);
+/* That limit in values, for show_config (-1: no such rule, the pool is not fastbn's). */
+int64_t fbn_pool_wake_values(void);
 
 /* The pool's kind, for show_config: "pthreads", "openmp" or "none" (one thread). */
 const char *fbn_pool_kind(void);

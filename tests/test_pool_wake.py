@@ -77,7 +77,12 @@ CHILD = textwrap.dedent("""
         dense = lib.fbn_pool_loops() - n0
         if dense:
             break
-    print(big, cold, dense, per_call)
+    import io
+    shown = io.StringIO()
+    fastbn.show_config(file=shown)
+    line = [ln for ln in shown.getvalue().splitlines() if "wake-up:" in ln][0]
+    print(big, cold, dense, per_call, _kernels.pool_wake_values())
+    print(line)
 """)
 
 
@@ -89,7 +94,12 @@ def run_child(wake_values):
     assert out.returncode == 0, out.stdout + out.stderr
     if out.stdout.startswith("SKIP"):
         pytest.skip(out.stdout.strip())
-    big, cold, dense, per_call = out.stdout.split()
+    numbers, shown = out.stdout.splitlines()[:2]
+    big, cold, dense, per_call, limit = numbers.split()
+    # the limit the pool read from the environment, and show_config's words for it
+    assert int(limit) == int(wake_values)
+    assert (f"under {wake_values} values" if int(wake_values) else "FASTBN_WAKE_VALUES=0") \
+        in shown, shown
     return int(big), int(cold), int(dense), float(per_call)
 
 
