@@ -30,12 +30,12 @@ typedef void (*fbn_tile_fn)(void *ctx, int64_t tile, int thread);
  * the pool at that moment. */
 void fbn_parallel_for(int64_t ntiles, int nthreads, fbn_tile_fn fn, void *ctx);
 
-/* The threads a loop of `values` values takes of nthreads: all of them when the
- * pool's workers are awake (spinning after a loop) or the loop is large (at least
+/* The threads a call of `values` values takes of nthreads: all of them when the
+ * pool's workers are awake (spinning after a loop) or the call is large (at least
  * FBN_WAKE_VALUES values, or the environment's FASTBN_WAKE_VALUES, read once; 0:
- * always), or when such small calls come back to back (FBN_DENSE_LOOPS in a row, each
- * beginning within a worker's spin of the last loop's end); else 1: waking a sleeping worker costs more
- * than it saves. No result's bits depend on it. */
+ * always), or when such small calls come back to back (FBN_DENSE_LOOPS in a row,
+ * each beginning within a worker's spin of the last loop's end); else 1: waking a
+ * sleeping worker costs more than it saves. No result's bits depend on it. */
 int fbn_pool_threads(int64_t values, int nthreads);
 /* That limit in values, for show_config (-1: no such rule, the pool is not fastbn's). */
 int64_t fbn_pool_wake_values(void);

@@ -36,9 +36,9 @@
 /* A call of fewer values than FBN_WAKE_VALUES wakes no sleeping worker (after a
  * pause, as between a trainer's layers, waking one cost more than the whole call
  * on one thread), unless FBN_DENSE_LOOPS such calls in a row each began within a
- * worker's spin of the last loop's end; workers
- * still awake from a previous loop are used (fbn_pool_threads, parallel.c;
- * docs/performance.md). No result's bits depend on them. */
+ * worker's spin of the last loop's end; workers still awake from a previous loop
+ * are used (fbn_pool_threads, parallel.c; docs/performance.md). No result's bits
+ * depend on them. */
 #ifndef FBN_WAKE_VALUES
 #define FBN_WAKE_VALUES (1 << 19)
 #endif

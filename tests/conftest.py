@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 # Every loop large enough to run on threads does, as if its workers were awake: the
 # tests' small arrays then reach the threaded paths (fbn_pool_threads, parallel.c;
-# tests/test_pool.py checks the default). Set before fastbn's first call, for the
+# tests/test_pool_wake.py checks the default). Set before fastbn's first call, for the
 # subprocesses too.
 os.environ.setdefault("FASTBN_WAKE_VALUES", "0")
 
