@@ -38,6 +38,11 @@ def set_num_threads(n):
     fallback); the NumPy backend ignores the setting. Results are bitwise
     identical whatever the number of threads.
 
+    A call may use fewer: below 65536 values one thread, and below 2**19 values
+    (``FASTBN_WAKE_VALUES``) one thread while the pool's workers sleep, as after a
+    pause between calls, where waking them costs more than the call; such calls
+    back to back wake them (``show_config()`` states the rule).
+
     Parameters
     ----------
     n : int
