@@ -342,10 +342,11 @@ int FBN_SYM(forward_train_ex)(const T *x, T *y, fbn_shape s, const double *gamma
         return 0;
     }
     const int64_t len = fbn_scratch_len(&p);
+    const int64_t typed_c = FBN_SYM(spread_shape)(s, 0).channels; /* the typed arrays' */
     const int64_t bytes[3] = {(C * (var ? 5 : 6) + (f32 ? 2 * C : 0) + nt * len) *
                                   (int64_t)sizeof(double),
                               p.nsegs * C * (int64_t)sizeof(fbn_part),
-                              FBN_SYM(typed_bytes)(FBN_SYM(spread_shape)(s, 0).channels)};
+                              FBN_SYM(typed_bytes)(typed_c)};
     void *buf[3];
     fbn_work w;
     if (fbn_work_alloc(&w, 3, bytes, buf)) return -1;
@@ -366,8 +367,7 @@ int FBN_SYM(forward_train_ex)(const T *x, T *y, fbn_shape s, const double *gamma
     }
     fbn_coefs k = {.shift = shift, .scale = scale, .bias = bias, .relu = relu};
     FBN_SYM(tcoefs) tk =
-        FBN_SYM(typed_arrays)(buf[2], FBN_SYM(spread_shape)(s, 0).channels, relu,
-                              FBN_SYM(coef_lines)(&p, x, y, 0));
+        FBN_SYM(typed_arrays)(buf[2], typed_c, relu, FBN_SYM(coef_lines)(&p, x, y, 0));
     if (e) tk.slope = (TC)e->slope;
     FBN_SYM(pivots)(x, &s, pivot);
     const FBN_SYM(pass) j = {
@@ -403,9 +403,10 @@ int FBN_SYM(backward_ex)(const T *dy, const T *x, T *dx, fbn_shape s, const doub
     if (C == 0) return 0;
     fbn_plan_output(&p, dx, sizeof(T));
     const int nt = fbn_threads_for(&p, nthreads);
+    const int64_t typed_c = FBN_SYM(spread_shape)(s, 1).channels; /* the typed arrays' */
     const int64_t bytes[3] = {C * 8 * (int64_t)sizeof(double),
                               fbn_reduce_work_len(&p, nt) * (int64_t)sizeof(double),
-                              FBN_SYM(typed_bytes)(FBN_SYM(spread_shape)(s, 1).channels)};
+                              FBN_SYM(typed_bytes)(typed_c)};
     void *buf[3];
     fbn_work w;
     if (fbn_work_alloc(&w, 3, bytes, buf)) return -1;
@@ -421,8 +422,7 @@ int FBN_SYM(backward_ex)(const T *dy, const T *x, T *dx, fbn_shape s, const doub
                    .k_dy = k_dy, .k_x = k_x, .mean_dy = mean_dy, .relu = relu};
     fbn_coefs masks = {.shift = shift, .lo = lo, .scale = scale, .bias = bias, .relu = relu};
     FBN_SYM(tcoefs) tk =
-        FBN_SYM(typed_arrays)(buf[2], FBN_SYM(spread_shape)(s, 1).channels, relu,
-                              FBN_SYM(coef_lines)(&p, x, dx, 0));
+        FBN_SYM(typed_arrays)(buf[2], typed_c, relu, FBN_SYM(coef_lines)(&p, x, dx, 0));
     tk.eval = !training;
     if (e) tk.slope = (TC)e->slope;
     /* with a residual, dx reads dres: dy'; but a leaky ReLU's dy' (dy * slope) of
