@@ -68,9 +68,10 @@ static void FBN_SYM(dx_task)(void *job, int64_t t, int thread) {
 
 /* Reduce every tile, then sum the tiles in order: sum(dy') and sum_dy_xc.
  * work: fbn_reduce_work_len(p, nt) doubles. */
-static void FBN_SYM(reduce_all)(const T *dy, const T *x, const fbn_plan *p, const fbn_coefs *k,
-                                const FBN_SYM(tcoefs) *tk, double *work, double *sum_dy,
-                                double *sum_dy_xc, const T *z, T *dres, int nt) {
+static void FBN_SYM(reduce_tiled)(const T *dy, const T *x, const fbn_plan *p,
+                                  const fbn_coefs *k, const FBN_SYM(tcoefs) *tk, double *work,
+                                  double *sum_dy, double *sum_dy_xc, const T *z, T *dres,
+                                  int nt) {
     const int64_t C = p->s.channels;
     const int64_t group = fbn_run_group(p, sizeof(T), 2, nt, 0);
     FBN_SYM(reduce_job) j = {.dy = dy, .x = x, .p = p, .k = k, .tk = tk, .work = work,
@@ -78,6 +79,62 @@ static void FBN_SYM(reduce_all)(const T *dy, const T *x, const fbn_plan *p, cons
                              .z = z, .dres = dres, .group = group};
     fbn_parallel_for(fbn_group_count(p, group) * p->nsegs, nt, FBN_SYM(reduce_task), &j);
     FBN_SYM(sum_tiles)(p, work, work + p->nsegs * 2 * C, sum_dy, sum_dy_xc);
+}
+
+/* The backward's sums of a small map (fbn_stats_as_columns_<sfx>), as its
+ * statistics are taken: the columns of (outer, C * inner), each column with its
+ * channel's coefficients, and a channel's inner columns summed (compensated).
+ * Returns -1 when its work cannot be allocated. */
+static int FBN_SYM(reduce_columns)(const T *dy, const T *x, const fbn_shape *s,
+                                   const fbn_coefs *k, const FBN_SYM(tcoefs) *tk,
+                                   double *sum_dy, double *sum_dy_xc, const T *z, T *dres,
+                                   int nt) {
+    const fbn_shape cs = {.outer = s->outer, .channels = s->channels * s->inner, .inner = 1,
+                          .row_stride = s->row_stride};
+    const fbn_plan p = fbn_make_plan(cs, sizeof(T), 2, FBN_REDUCTION);
+    const int64_t W = cs.channels, inner = s->inner;
+    const int64_t bytes[2] = {(4 * W + fbn_reduce_work_len(&p, nt)) * (int64_t)sizeof(double),
+                              (3 * W * (int64_t)sizeof(TC) + 63) / 64 * 64};
+    void *buf[2];
+    fbn_work w;
+    if (fbn_work_alloc(&w, 2, bytes, buf)) return -1;
+    double *shift = buf[0], *lo = shift + W, *sd = lo + W, *sx = sd + W, *work = sx + W;
+    FBN_SYM(tcoefs) tc = *tk;
+    tc.shift = buf[1];
+    tc.scale = tc.shift + W;
+    tc.bias = tc.scale + W;
+    for (int64_t c = 0; c < s->channels; c++)
+        for (int64_t i = c * inner; i < (c + 1) * inner; i++) {
+            shift[i] = k->shift[c];
+            lo[i] = k->lo[c];
+            tc.shift[i] = tk->shift[c];
+            tc.scale[i] = tk->scale[c];
+            tc.bias[i] = tk->bias[c];
+        }
+    const fbn_coefs kc = {.shift = shift, .lo = lo, .relu = k->relu};
+    FBN_SYM(reduce_tiled)(dy, x, &p, &kc, &tc, work, sd, sx, z, dres, nt);
+    for (int64_t c = 0; c < s->channels; c++) {
+        fbn_ksum a = {0.0, 0.0}, b = {0.0, 0.0};
+        for (int64_t i = c * inner; i < (c + 1) * inner; i++) {
+            fbn_kadd(&a, sd[i]);
+            fbn_kadd(&b, sx[i]);
+        }
+        sum_dy[c] = fbn_kval(&a);
+        sum_dy_xc[c] = fbn_kval(&b);
+    }
+    fbn_work_free(&w);
+    return 0;
+}
+
+/* The backward's sums over every tile (work: p's, unused by a small map's
+ * columns). Returns -1 when work cannot be allocated. */
+static int FBN_SYM(reduce_all)(const T *dy, const T *x, const fbn_plan *p, const fbn_coefs *k,
+                               const FBN_SYM(tcoefs) *tk, double *work, double *sum_dy,
+                               double *sum_dy_xc, const T *z, T *dres, int nt) {
+    if (FBN_SYM(stats_as_columns)(&p->s))
+        return FBN_SYM(reduce_columns)(dy, x, &p->s, k, tk, sum_dy, sum_dy_xc, z, dres, nt);
+    FBN_SYM(reduce_tiled)(dy, x, p, k, tk, work, sum_dy, sum_dy_xc, z, dres, nt);
+    return 0;
 }
 
 /* (x - shift) here: lo is zero, so sum_dy_xc is sum_dy_xs. */
@@ -103,9 +160,10 @@ int FBN_SYM(backward_reduce)(const T *dy, const T *x, fbn_shape s, const double 
                    .bias = bias ? bias : zeros, .relu = relu};
     FBN_SYM(tcoefs) tk = FBN_SYM(typed_arrays)(buf[2], C, relu, NULL);
     FBN_SYM(fill_typed)(&k, 0, C, &tk);
-    FBN_SYM(reduce_all)(dy, x, &p, &k, &tk, buf[1], sum_dy, sum_dy_xs, NULL, NULL, nt);
+    const int st =
+        FBN_SYM(reduce_all)(dy, x, &p, &k, &tk, buf[1], sum_dy, sum_dy_xs, NULL, NULL, nt);
     fbn_work_free(&w);
-    return 0;
+    return st;
 }
 
 int FBN_SYM(backward_elemt)(const T *dy, const T *x, T *dx, fbn_shape s, const double *shift,

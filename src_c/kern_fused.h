@@ -77,14 +77,14 @@ FBN_INLINE void FBN_SYM(pass_reduce_tile)(const int op, const FBN_SYM(pass) *j, 
     }
 }
 
-/* The reduction over every tile, merged in a fixed order (nsegs > 1). */
-static void FBN_SYM(pass_reduce_all)(const int op, const FBN_SYM(pass) *j, int nt) {
+/* The reduction over every tile, merged in a fixed order (nsegs > 1). Returns -1
+ * when work cannot be allocated. */
+static int FBN_SYM(pass_reduce_all)(const int op, const FBN_SYM(pass) *j, int nt) {
     if (op == FBN_OP_AFFINE)
-        FBN_SYM(stats_all)(j->x, j->p, j->fwd.pivot, j->fwd.parts, j->scratch,
-                           j->fwd.mean_hi, j->fwd.mean_lo, j->fwd.m2, nt);
-    else
-        FBN_SYM(reduce_all)(j->dy, j->x, j->p, j->k, j->tk, j->bwd.sums, j->bwd.sum_dy,
-                            j->bwd.sum_dy_xc, j->z, j->dres, nt);
+        return FBN_SYM(stats_all)(j->x, j->p, j->fwd.pivot, j->fwd.parts, j->scratch,
+                                  j->fwd.mean_hi, j->fwd.mean_lo, j->fwd.m2, nt);
+    return FBN_SYM(reduce_all)(j->dy, j->x, j->p, j->k, j->tk, j->bwd.sums, j->bwd.sum_dy,
+                               j->bwd.sum_dy_xc, j->z, j->dres, nt);
 }
 
 /* The double coefficients of channels [c0, c0 + nc) from their reduction. */
@@ -251,8 +251,8 @@ static void FBN_SYM(bwd_fused_task)(void *job, int64_t g, int thread) {
 
 /* The skeleton: fused per channel block, or reduction, coefficients and an
  * elementwise pass over all tiles (tk: the typed arrays j->tk points to). */
-static void FBN_SYM(run_pass)(const int op, const FBN_SYM(pass) *j, FBN_SYM(tcoefs) *tk,
-                              int nt) {
+static int FBN_SYM(run_pass)(const int op, const FBN_SYM(pass) *j, FBN_SYM(tcoefs) *tk,
+                             int nt) {
     const fbn_plan *p = j->p;
     const int reads = op == FBN_OP_DX ? 2 : 1; /* the arrays its reduction reads */
     /* the backward on threads reads one channel at a time: groups of 2 there took
@@ -270,7 +270,7 @@ static void FBN_SYM(run_pass)(const int op, const FBN_SYM(pass) *j, FBN_SYM(tcoe
         fbn_parallel_for(fbn_group_count(p, g.group), nt,
                          op == FBN_OP_AFFINE ? FBN_SYM(fwd_fused_task) : FBN_SYM(bwd_fused_task),
                          &g);
-        return;
+        return 0;
     }
     if (p->fuse_segs && fuse) {
         FBN_SYM(pass) g = *j;
@@ -278,11 +278,11 @@ static void FBN_SYM(run_pass)(const int op, const FBN_SYM(pass) *j, FBN_SYM(tcoe
         fbn_parallel_for(fbn_group_count(p, g.runs), nt,
                          op == FBN_OP_AFFINE ? FBN_SYM(fwd_segs_task) : FBN_SYM(bwd_segs_task),
                          &g);
-        return;
+        return 0;
     }
-    FBN_SYM(pass_reduce_all)(op, j, nt);
+    if (FBN_SYM(pass_reduce_all)(op, j, nt)) return -1;
     FBN_SYM(pass_coefs)(op, j, 0, p->s.channels);
-    if (op == FBN_OP_DX && !j->out) return; /* sums only */
+    if (op == FBN_OP_DX && !j->out) return 0; /* sums only */
     FBN_SYM(fill_pass_typed)(j->k, &p->s, tk, op == FBN_OP_DX);
     /* tiles from the last: the data the reduction read last may still be in L3 */
     const int inputs = op == FBN_OP_DX ? (j->tkd->z ? 3 : 2) : (j->z ? 2 : 1);
@@ -299,6 +299,7 @@ static void FBN_SYM(run_pass)(const int op, const FBN_SYM(pass) *j, FBN_SYM(tcoe
                              .tk = &td, .backwards = 1};
         fbn_parallel_for(e.ntiles, nt, FBN_SYM(dx_task), &d);
     }
+    return 0;
 }
 
 int FBN_SYM(forward_train)(const T *x, T *y, fbn_shape s, const double *gamma,
@@ -320,8 +321,9 @@ int FBN_SYM(forward_train_ex)(const T *x, T *y, fbn_shape s, const double *gamma
     fbn_plan_output(&p, y, sizeof(T));
     const int nt = fbn_threads_for(&p, nthreads);
     const int f32 = e && e->params_f32;
-    if (p.nsegs == 1 && C >= FBN_BLOCK_WORK_C) { /* per-thread block arrays (see
-                                                   * fbn_fwd_block_tile_<sfx>) */
+    /* per-thread block arrays (see fbn_fwd_block_tile_<sfx>); not for statistics
+     * as columns, which batch_stats takes unfused */
+    if (p.nsegs == 1 && C >= FBN_BLOCK_WORK_C && !FBN_SYM(stats_as_columns)(&s)) {
         const int64_t bytes[2] = {nt * FBN_SYM(block_doubles)(&p) * (int64_t)sizeof(double),
                                   nt * FBN_SYM(typed_bytes)(p.block)};
         void *buf[2];
@@ -337,9 +339,9 @@ int FBN_SYM(forward_train_ex)(const T *x, T *y, fbn_shape s, const double *gamma
             .fwd = {.beta = beta, .eps = eps, .mean_hi = mean_hi, .mean_lo = mean_lo,
                     .var = var, .invstd = invstd, .blockwork = buf[0], .blocktyped = buf[1],
                     .params_f32 = f32}};
-        FBN_SYM(run_pass)(FBN_OP_AFFINE, &j, &tk, nt);
+        const int st = FBN_SYM(run_pass)(FBN_OP_AFFINE, &j, &tk, nt);
         fbn_work_free(&w);
-        return 0;
+        return st;
     }
     const int64_t len = fbn_scratch_len(&p);
     const int64_t typed_c = FBN_SYM(spread_shape)(s, 0).channels; /* the typed arrays' */
@@ -377,9 +379,9 @@ int FBN_SYM(forward_train_ex)(const T *x, T *y, fbn_shape s, const double *gamma
         .fwd = {.pivot = pivot, .beta = beta, .parts = buf[1], .eps = eps, .mean_hi = mean_hi,
                 .mean_lo = mean_lo, .m2 = m2, .var = var, .invstd = invstd, .shift = shift,
                 .scale = scale, .bias = bias}};
-    FBN_SYM(run_pass)(FBN_OP_AFFINE, &j, &tk, nt);
+    const int st = FBN_SYM(run_pass)(FBN_OP_AFFINE, &j, &tk, nt);
     fbn_work_free(&w);
-    return 0;
+    return st;
 }
 
 int FBN_SYM(backward)(const T *dy, const T *x, T *dx, fbn_shape s, const double *mean_hi,
@@ -439,6 +441,7 @@ int FBN_SYM(backward_ex)(const T *dy, const T *x, T *dx, fbn_shape s, const doub
         tkd.relu = 0;
     fbn_coefficients(C, mean_hi, lo, invstd, gamma, beta, shift, scale, bias);
     FBN_SYM(fill_typed)(&masks, 0, C, &tk); /* for the ReLU masks; k_* are filled later */
+    int st = 0;
     if (p.per_channel == 0) {
         for (int64_t c = 0; c < C; c++) sum_dy[c] = sum_dy_xhat[c] = 0.0;
     } else {
@@ -450,8 +453,8 @@ int FBN_SYM(backward_ex)(const T *dy, const T *x, T *dx, fbn_shape s, const doub
             .bwd = {.sums = sums, .training = training, .invstd = invstd, .sum_dy = sum_dy,
                     .sum_dy_xc = sum_dy_xc, .sum_dy_xhat = sum_dy_xhat, .k_dy = k_dy,
                     .k_x = k_x, .mean_dy = mean_dy}};
-        FBN_SYM(run_pass)(FBN_OP_DX, &j, &tk, nt);
+        st = FBN_SYM(run_pass)(FBN_OP_DX, &j, &tk, nt);
     }
     fbn_work_free(&w);
-    return 0;
+    return st;
 }

@@ -79,6 +79,23 @@ static void FBN_SYM(mfwd_fused_task)(void *job, int64_t t, int thread) {
     if (j->out) FBN_SYM(affine_tile)(j->x, j->out, j->p, t, j->tk);
 }
 
+/* A mask that keeps every position of a small map whose statistics are columns
+ * (fbn_stats_as_columns_<sfx>), which the masked sums (runs) are not: the
+ * unmasked kernels, so that such a mask gives the unmasked bits. */
+static int FBN_SYM(forward_kept)(const T *x, T *y, fbn_shape s, const double *gamma,
+                                 const double *beta, double eps, int relu, double *mean_hi,
+                                 double *mean_lo, double *var, double *invstd, int nt) {
+    if (y)
+        return FBN_SYM(forward_train)(x, y, s, gamma, beta, eps, relu, mean_hi, mean_lo, var,
+                                      invstd, nt);
+    const int st = FBN_SYM(stats_columns)(x, &s, mean_hi, mean_lo, var, nt); /* var: m2 */
+    if (st) return st;
+    const double n = (double)(s.outer * s.inner);
+    for (int64_t c = 0; c < s.channels; c++) var[c] /= n;
+    fbn_invstd(s.channels, var, eps, invstd);
+    return 0;
+}
+
 /* Statistics of the positions mask keeps (outer * inner bytes, 0 or 1); y
  * everywhere unless y is NULL (statistics only). count: the kept positions per
  * channel. Returns -2 when the mask keeps none. */
@@ -103,6 +120,11 @@ int FBN_SYM(forward_masked)(const T *x, T *y, fbn_shape s, const uint8_t *mask,
     if (*count == 0) {
         fbn_work_free(&w);
         return -2;
+    }
+    if (*count == p.per_channel && FBN_SYM(stats_as_columns)(&s)) {
+        fbn_work_free(&w);
+        return FBN_SYM(forward_kept)(x, y, s, gamma, beta, eps, relu, mean_hi, mean_lo, var,
+                                     invstd, nt);
     }
     const uint8_t *first = memchr(mask, 1, (size_t)p.per_channel);
     double *work = buf[0];
@@ -209,14 +231,19 @@ int FBN_SYM(backward_masked)(const T *dy, const T *x, T *dx, fbn_shape s, const 
         .sum_dy = sum_dy, .sum_dy_xc = work + 3 * C, .sum_dy_xhat = sum_dy_xhat,
         .k_dy = work + 4 * C, .k_x = work + 5 * C, .mean_dy = work + 6 * C,
         .stream = p.stream};
-    if (p.nsegs == 1) {
+    /* a small map's sums are columns (fbn_reduce_all_<sfx>): as unmasked */
+    if (p.nsegs == 1 && !FBN_SYM(stats_as_columns)(&s)) {
         fbn_parallel_for(p.nblocks, nt, FBN_SYM(mbwd_fused_task), (void *)&j);
     } else {
         /* dx over the reduction's tiles, streamed as the unmasked elementwise pass */
         fbn_plan e = FBN_SYM(elemwise_plan)(s, 2);
         fbn_plan_output(&e, dx, sizeof(T));
         j.stream = e.stream;
-        FBN_SYM(reduce_all)(dy, x, &p, &k, &tk, sums, sum_dy, j.sum_dy_xc, NULL, NULL, nt);
+        if (FBN_SYM(reduce_all)(dy, x, &p, &k, &tk, sums, sum_dy, j.sum_dy_xc, NULL, NULL,
+                                nt)) {
+            fbn_work_free(&w);
+            return -1;
+        }
         FBN_SYM(mbwd_coefs)(&j, 0, C);
         if (dx) fbn_parallel_for(p.ntiles, nt, FBN_SYM(mdx_task), (void *)&j);
     }

@@ -93,9 +93,9 @@ static void FBN_SYM(merge_task)(void *job, int64_t b, int thread) {
 
 /* Statistics of every channel, tile by tile, merged in a fixed order (whichever
  * thread merges a channel). */
-static void FBN_SYM(stats_all)(const T *x, const fbn_plan *p, const double *pivot,
-                               fbn_part *parts, double *scratch, double *mean_hi,
-                               double *mean_lo, double *m2, int nt) {
+static void FBN_SYM(stats_tiled)(const T *x, const fbn_plan *p, const double *pivot,
+                                 fbn_part *parts, double *scratch, double *mean_hi,
+                                 double *mean_lo, double *m2, int nt) {
     const int64_t C = p->s.channels;
     const int64_t nchunks = (C + FBN_MERGE_CHUNK - 1) / FBN_MERGE_CHUNK;
     const int64_t group = fbn_run_group(p, sizeof(T), 1, nt, 0);
@@ -107,6 +107,82 @@ static void FBN_SYM(stats_all)(const T *x, const fbn_plan *p, const double *pivo
                              .mean_lo = mean_lo, .m2 = m2};
     fbn_parallel_for(nchunks, C * p->nsegs >= FBN_MIN_PARALLEL ? nt : 1, FBN_SYM(merge_task),
                      &mj);
+}
+
+/* Small maps: runs shorter than FBN_COLS_INNER values are summed as columns (see
+ * fbn_stats_columns_<sfx>), unless the view is wider than FBN_COLS_WIDTH values
+ * (its work is that wide). Depends on the shape only: batch_stats and the forward
+ * take the same path. */
+static inline int FBN_SYM(stats_as_columns)(const fbn_shape *s) {
+    return s->inner > 1 && s->inner < FBN_COLS_INNER &&
+           s->channels * s->inner <= FBN_COLS_WIDTH;
+}
+
+/* Chan et al. over each channel's inner columns (n values each, statistics hi +
+ * lo and m2): deviations from the first column's mean, so that data far from the
+ * origin keep the digits of their spread; the mean as a double-double (TwoSum). */
+static void FBN_SYM(fold_columns)(int64_t C, int64_t inner, double n, const double *hi,
+                                  const double *lo, const double *m2c, double *mean_hi,
+                                  double *mean_lo, double *m2) {
+    for (int64_t c = 0; c < C; c++) {
+        const double *h = hi + c * inner, *l = lo + c * inner, *q = m2c + c * inner;
+        const double r = h[0];
+        double d[FBN_COLS_INNER], dbar = 0.0, within = 0.0, between = 0.0;
+        for (int64_t i = 0; i < inner; i++) {
+            d[i] = (h[i] - r) + l[i];
+            dbar += d[i];
+            within += q[i];
+        }
+        dbar /= (double)inner;
+        for (int64_t i = 0; i < inner; i++) between += (d[i] - dbar) * (d[i] - dbar);
+        const double s = r + dbar, bb = s - r;
+        if (FBN_FINITE(s)) {
+            mean_hi[c] = s;
+            mean_lo[c] = (r - (s - bb)) + (dbar - bb);
+        } else { /* an infinite or NaN column: the plain mean, as the reference's */
+            double sum = 0.0;
+            for (int64_t i = 0; i < inner; i++) sum += h[i];
+            mean_hi[c] = sum / (double)inner;
+            mean_lo[c] = 0.0;
+        }
+        m2[c] = within + n * between;
+    }
+}
+
+/* Statistics of a small map (fbn_stats_as_columns_<sfx>): its runs of a few values
+ * a row apart cost several times per value what rows cost, so the array is taken
+ * as the columns shape (outer, C * inner), each of a channel's inner positions a
+ * column with its own pivot, and each channel's columns folded. Returns -1 when
+ * its work cannot be allocated. */
+static int FBN_SYM(stats_columns)(const T *x, const fbn_shape *s, double *mean_hi,
+                                  double *mean_lo, double *m2, int nt) {
+    const fbn_shape cs = {.outer = s->outer, .channels = s->channels * s->inner, .inner = 1,
+                          .row_stride = s->row_stride};
+    const fbn_plan p = fbn_make_plan(cs, sizeof(T), 1, FBN_REDUCTION);
+    const int64_t W = cs.channels;
+    const int64_t bytes[2] = {(4 * W + nt * fbn_scratch_len(&p)) * (int64_t)sizeof(double),
+                              p.nsegs * W * (int64_t)sizeof(fbn_part)};
+    void *buf[2];
+    fbn_work w;
+    if (fbn_work_alloc(&w, 2, bytes, buf)) return -1;
+    double *pivot = buf[0], *hi = pivot + W, *lo = hi + W, *m2c = lo + W;
+    FBN_SYM(pivots)(x, &cs, pivot);
+    FBN_SYM(stats_tiled)(x, &p, pivot, buf[1], m2c + W, hi, lo, m2c, nt);
+    FBN_SYM(fold_columns)(s->channels, s->inner, (double)s->outer, hi, lo, m2c, mean_hi,
+                          mean_lo, m2);
+    fbn_work_free(&w);
+    return 0;
+}
+
+/* Statistics of every channel (pivot, parts and scratch: for p's tiles, unused by
+ * a small map's columns). Returns -1 when work cannot be allocated. */
+static int FBN_SYM(stats_all)(const T *x, const fbn_plan *p, const double *pivot,
+                              fbn_part *parts, double *scratch, double *mean_hi,
+                              double *mean_lo, double *m2, int nt) {
+    if (FBN_SYM(stats_as_columns)(&p->s))
+        return FBN_SYM(stats_columns)(x, &p->s, mean_hi, mean_lo, m2, nt);
+    FBN_SYM(stats_tiled)(x, p, pivot, parts, scratch, mean_hi, mean_lo, m2, nt);
+    return 0;
 }
 
 /* Tilings: reductions keep per-channel accumulators, so inner == 1 tiles are
@@ -127,6 +203,8 @@ int FBN_SYM(batch_stats)(const T *x, fbn_shape s, double *mean_hi, double *mean_
         return 0;
     }
     const int nt = fbn_threads_for(&p, nthreads);
+    if (FBN_SYM(stats_as_columns)(&s))
+        return FBN_SYM(stats_columns)(x, &s, mean_hi, mean_lo, m2, nt);
     const int64_t bytes[2] = {(s.channels + nt * fbn_scratch_len(&p)) * (int64_t)sizeof(double),
                               p.nsegs * s.channels * (int64_t)sizeof(fbn_part)};
     void *buf[2];
@@ -134,7 +212,7 @@ int FBN_SYM(batch_stats)(const T *x, fbn_shape s, double *mean_hi, double *mean_
     if (fbn_work_alloc(&w, 2, bytes, buf)) return -1;
     double *pivot = buf[0];
     FBN_SYM(pivots)(x, &s, pivot);
-    FBN_SYM(stats_all)(x, &p, pivot, buf[1], pivot + s.channels, mean_hi, mean_lo, m2, nt);
+    FBN_SYM(stats_tiled)(x, &p, pivot, buf[1], pivot + s.channels, mean_hi, mean_lo, m2, nt);
     fbn_work_free(&w);
     return 0;
 }
