@@ -81,7 +81,7 @@ static void FBN_SYM(reduce_tiled)(const T *dy, const T *x, const fbn_plan *p,
     FBN_SYM(sum_tiles)(p, work, work + p->nsegs * 2 * C, sum_dy, sum_dy_xc);
 }
 
-/* The backward's sums of a small map (fbn_stats_as_columns_<sfx>), as its
+/* The backward's sums of a small map (fbn_sums_as_columns_<sfx>), as its
  * statistics are taken: the columns of (outer, C * inner), each column with its
  * channel's coefficients, and a channel's inner columns summed (compensated).
  * Returns -1 when its work cannot be allocated. */
@@ -131,7 +131,7 @@ static int FBN_SYM(reduce_columns)(const T *dy, const T *x, const fbn_shape *s,
 static int FBN_SYM(reduce_all)(const T *dy, const T *x, const fbn_plan *p, const fbn_coefs *k,
                                const FBN_SYM(tcoefs) *tk, double *work, double *sum_dy,
                                double *sum_dy_xc, const T *z, T *dres, int nt) {
-    if (FBN_SYM(stats_as_columns)(&p->s))
+    if (FBN_SYM(sums_as_columns)(&p->s))
         return FBN_SYM(reduce_columns)(dy, x, &p->s, k, tk, sum_dy, sum_dy_xc, z, dres, nt);
     FBN_SYM(reduce_tiled)(dy, x, p, k, tk, work, sum_dy, sum_dy_xc, z, dres, nt);
     return 0;

@@ -232,7 +232,7 @@ int FBN_SYM(backward_masked)(const T *dy, const T *x, T *dx, fbn_shape s, const 
         .k_dy = work + 4 * C, .k_x = work + 5 * C, .mean_dy = work + 6 * C,
         .stream = p.stream};
     /* a small map's sums are columns (fbn_reduce_all_<sfx>): as unmasked */
-    if (p.nsegs == 1 && !FBN_SYM(stats_as_columns)(&s)) {
+    if (p.nsegs == 1 && !FBN_SYM(sums_as_columns)(&s)) {
         fbn_parallel_for(p.nblocks, nt, FBN_SYM(mbwd_fused_task), (void *)&j);
     } else {
         /* dx over the reduction's tiles, streamed as the unmasked elementwise pass */

@@ -109,13 +109,19 @@ static void FBN_SYM(stats_tiled)(const T *x, const fbn_plan *p, const double *pi
                      &mj);
 }
 
-/* Small maps: runs shorter than FBN_COLS_INNER values are summed as columns (see
- * fbn_stats_columns_<sfx>), unless the view is wider than FBN_COLS_WIDTH values
- * (its work is that wide). Depends on the shape only: batch_stats and the forward
- * take the same path. */
+/* Small maps: statistics of maps of at most FBN_STATS_COLS_INNER values are taken
+ * as columns (see fbn_stats_columns_<sfx>), and the backward's sums of maps of at
+ * most FBN_SUMS_COLS_INNER (fbn_reduce_columns_<sfx>), unless the view is wider
+ * than FBN_COLS_WIDTH values (its work is that wide). Shapes only decide: every
+ * kernel that takes statistics or sums takes the same path. */
+static inline int FBN_SYM(as_columns)(const fbn_shape *s, int64_t most_inner) {
+    return s->inner > 1 && s->inner <= most_inner && s->channels * s->inner <= FBN_COLS_WIDTH;
+}
 static inline int FBN_SYM(stats_as_columns)(const fbn_shape *s) {
-    return s->inner > 1 && s->inner < FBN_COLS_INNER &&
-           s->channels * s->inner <= FBN_COLS_WIDTH;
+    return FBN_SYM(as_columns)(s, FBN_STATS_COLS_INNER);
+}
+static inline int FBN_SYM(sums_as_columns)(const fbn_shape *s) {
+    return FBN_SYM(as_columns)(s, FBN_SUMS_COLS_INNER);
 }
 
 /* Chan et al. over each channel's inner columns (n values each, statistics hi +
@@ -127,7 +133,7 @@ static void FBN_SYM(fold_columns)(int64_t C, int64_t inner, double n, const doub
     for (int64_t c = 0; c < C; c++) {
         const double *h = hi + c * inner, *l = lo + c * inner, *q = m2c + c * inner;
         const double r = h[0];
-        double d[FBN_COLS_INNER], dbar = 0.0, within = 0.0, between = 0.0;
+        double d[FBN_STATS_COLS_INNER], dbar = 0.0, within = 0.0, between = 0.0;
         for (int64_t i = 0; i < inner; i++) {
             d[i] = (h[i] - r) + l[i];
             dbar += d[i];

@@ -192,19 +192,23 @@
 #if FBN_SPREAD_RUN > FBN_FUSE_RUN
 #error "a fused pass's typed arrays are not spread: FBN_SPREAD_RUN <= FBN_FUSE_RUN"
 #endif
-/* Statistics of runs shorter than FBN_COLS_INNER values (small maps) are the
- * columns of (outer, C * inner), where that view is at most FBN_COLS_WIDTH values
- * wide (its work is that wide): see fbn_stats_columns_<sfx>. Values, not bytes:
- * 16-bit data's sums are float32's. The columns' sums are other sums than the
- * runs', so results' bits depend on these. */
-#ifndef FBN_COLS_INNER
-#define FBN_COLS_INNER 48
+/* Small maps' reductions as the columns of (outer, C * inner), where that view is
+ * at most FBN_COLS_WIDTH values wide (its work is that wide): statistics with
+ * inner at most FBN_STATS_COLS_INNER, the backward's sums with inner at most
+ * FBN_SUMS_COLS_INNER (their wider maps lost at 2 threads; docs/performance.md).
+ * Values, not bytes: 16-bit data's sums are float32's. The columns' sums are
+ * other sums than the runs', so results' bits depend on these. */
+#ifndef FBN_STATS_COLS_INNER
+#define FBN_STATS_COLS_INNER 32
+#endif
+#ifndef FBN_SUMS_COLS_INNER
+#define FBN_SUMS_COLS_INNER 16
 #endif
 #ifndef FBN_COLS_WIDTH
 #define FBN_COLS_WIDTH 32768
 #endif
-#if FBN_COLS_INNER * 8 > FBN_FUSE_RUN
-#error "fused passes take statistics by runs: FBN_COLS_INNER * 8 <= FBN_FUSE_RUN"
+#if FBN_STATS_COLS_INNER * 8 >= FBN_FUSE_RUN || FBN_SUMS_COLS_INNER * 8 >= FBN_FUSE_RUN
+#error "fused passes reduce runs: FBN_*_COLS_INNER * 8 < FBN_FUSE_RUN"
 #endif
 /* Fused passes over one channel's short runs fetch the output's runs this many
  * rows ahead for writing (not streamed outputs). */

@@ -90,3 +90,143 @@ def test_small_maps_agree_with_the_reference(rows, hw, C0, dtype):
     y_inf = fastbn.normalize(x, cache.mean, cache.invstd, gamma, beta, activation="relu")
     r_inf = reference.normalize(x, cache.mean, cache.invstd, gamma, beta, activation="relu")
     assert_close(y_inf, r_inf, rtol)
+
+
+# Small maps' reductions go as the columns of (outer, C * inner), a column per position
+# of a channel, folded per channel (src_c/kern_stats.h's fbn_stats_columns_<sfx>, maps of
+# at most 32 values; the backward's sums, kern_backward.h's fbn_reduce_columns_<sfx>, of
+# at most 16). 33 values: runs, beside them. 70 rows: a flush of 64 rows and a rest.
+COLUMN_MAPS = [(1, 2), (2, 2), (3, 3), (4, 4), (4, 6), (4, 8), (1, 33)]
+
+
+def _far_map(hw, dtype, C=5, rows=70, offset=1e6):
+    """Data far from the origin whose positions each have their own offset (so a
+    channel's columns have different means: the fold's between-columns term)."""
+    rng = np.random.default_rng(sum(hw) + np.dtype(dtype).itemsize)
+    shape = (rows, C) + hw
+    x = (offset + rng.uniform(-4, 4, (1, C) + hw) +
+         rng.standard_normal(shape) * rng.uniform(0.5, 2, (1, C, 1, 1)))
+    dy = rng.standard_normal(shape) + rng.uniform(-1, 1, (1, C) + hw)
+    return x.astype(dtype), dy.astype(dtype)
+
+
+def _exact(values):
+    """The exact mean and m2 of float64 values (fractions)."""
+    from fractions import Fraction
+    f = [Fraction(v) for v in values]
+    mu = sum(f) / len(f)
+    return mu, sum((v - mu) ** 2 for v in f)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("hw", COLUMN_MAPS, ids=lambda hw: "x".join(map(str, hw)))
+def test_small_map_statistics_are_exact_far_from_the_origin(hw, dtype, restore_threads):
+    x, _ = _far_map(hw, dtype)
+    C = x.shape[1]
+    exact = [_exact(x[:, c].astype(np.float64).ravel()) for c in range(C)]
+    for threads in (1, 2):
+        fastbn.set_num_threads(threads)
+        count, mean, m2 = fastbn.batch_stats(x)
+        y, cache = fastbn.forward(x, eps=1e-300)
+        for c, (mu, m2_exact) in enumerate(exact):
+            want = float(mu)
+            assert abs(mean[c] - want) <= np.spacing(want), (c, threads)
+            assert abs(m2[c] - float(m2_exact)) <= 1e-13 * float(m2_exact), (c, threads)
+            assert cache.mean[c] == mean[c]  # the forward's statistics are batch_stats'
+            assert abs(cache.var[c] - m2[c] / count) <= 1e-15 * cache.var[c]
+            if dtype == np.float64:  # y reads the mean's low part too: 1e6 * 1e-16 matters
+                from fractions import Fraction
+                std = np.sqrt(float(m2_exact) / count)
+                yc = [float((Fraction(v) - mu) / Fraction(std)) for v in x[:, c].ravel()]
+                np.testing.assert_allclose(y[:, c].ravel(), yc, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("hw", COLUMN_MAPS, ids=lambda hw: "x".join(map(str, hw)))
+def test_small_map_backward_sums_are_exact(hw, dtype, restore_threads):
+    from fractions import Fraction
+    x, dy = _far_map(hw, dtype)
+    C = x.shape[1]
+    mean = np.array([float(_exact(x[:, c].astype(np.float64).ravel())[0]) for c in range(C)])
+    mean += np.linspace(-0.5, 0.5, C)  # a shift that is not the mean
+    invstd = np.linspace(0.5, 2.0, C)
+    for threads in (1, 2):
+        fastbn.set_num_threads(threads)
+        sum_dy, sum_dy_xhat = fastbn.backward_reduce(dy, x, mean, invstd)
+        for c in range(C):
+            d, v = dy[:, c].astype(np.float64).ravel(), x[:, c].astype(np.float64).ravel()
+            terms = [Fraction(a) * (Fraction(b) - Fraction(mean[c])) for a, b in zip(d, v)]
+            want = float(sum(terms) * Fraction(invstd[c]))
+            size = float(sum(abs(t) for t in terms)) * invstd[c]
+            assert abs(sum_dy[c] - float(sum(Fraction(a) for a in d))) <= 1e-14 * np.abs(d).sum()
+            assert abs(sum_dy_xhat[c] - want) <= 1e-14 * size, (c, threads)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("hw", [(2, 2), (4, 4), (1, 33)], ids=lambda hw: "x".join(map(str, hw)))
+def test_small_map_backward_with_relu_agrees_with_the_reference(hw, dtype, restore_threads):
+    x, dy = _far_map(hw, dtype, offset=3.0)  # ReLU masks off part of each channel
+    C = x.shape[1]
+    rng = np.random.default_rng(7)
+    gamma, beta = rng.uniform(0.5, 1.5, C), rng.normal(0, 0.5, C)
+    for threads in (1, 2):
+        fastbn.set_num_threads(threads)
+        y, cache = fastbn.forward(x, gamma, beta, activation="relu")
+        ry, rcache = reference.forward(x, gamma, beta, activation="relu")
+        assert_close(y, ry, RTOL[np.dtype(dtype)])
+        for got, want in zip(fastbn.backward(dy, cache), reference.backward(dy, rcache)):
+            assert_close(got, want, RTOL[np.dtype(dtype)])
+        sums = fastbn.backward_reduce(dy, x, cache.mean, cache.invstd, gamma=gamma, beta=beta,
+                                      activation="relu")
+        rsums = reference.backward_reduce(dy, x, cache.mean, cache.invstd, gamma=gamma,
+                                          beta=beta, activation="relu")
+        for got, want in zip(sums, rsums):
+            assert_close(got, want, 1e-12)
+
+
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan], ids=str)
+@pytest.mark.parametrize("hw", [(2, 2), (4, 8)], ids=lambda hw: "x".join(map(str, hw)))
+def test_a_small_maps_special_value_stays_in_its_channel(hw, value, restore_threads):
+    x, _ = _far_map(hw, np.float64, offset=0.0)
+    bad = x.copy()
+    bad[3, 1, 0, -1] = value
+    for threads in (1, 2):
+        fastbn.set_num_threads(threads)
+        count, mean, m2 = fastbn.batch_stats(x)
+        _, bmean, bm2 = fastbn.batch_stats(bad)
+        with np.errstate(invalid="ignore"):
+            _, rmean, rm2 = reference.batch_stats(bad)
+        keep = np.arange(x.shape[1]) != 1
+        assert_bitwise_equal(bmean[keep], mean[keep])
+        assert_bitwise_equal(bm2[keep], m2[keep])
+        # as every layout's: m2 NaN, and the mean NaN (not the reference's +-inf: the
+        # sums' second, centred pass subtracts the infinite first mean; docs/numerics.md)
+        assert np.isnan(bm2[1]) and np.isnan(rm2[1]) and np.isnan(bmean[1])
+
+
+@pytest.mark.parametrize("dtype", data_dtypes(), ids=lambda d: d.name)
+@pytest.mark.parametrize("shape", [(300, 64, 2, 2), (40, 256, 4, 4), (9, 1024, 3, 3),
+                                   (130, 32, 1, 33)], ids=lambda s: "x".join(map(str, s)))
+def test_threaded_small_maps_give_the_one_thread_bits(shape, dtype, restore_threads):
+    """Arrays large enough for threads (65536 values and more) and for several column
+    tiles: the same bits on 1 and 2 threads, and the reference's values."""
+    rng = np.random.default_rng(shape[0])
+    x = (rng.standard_normal(shape) * 2 + 5).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    gamma, beta = rng.uniform(0.5, 1.5, shape[1]), rng.normal(0, 1, shape[1])
+    outs = []
+    for threads in (1, 2):
+        fastbn.set_num_threads(threads)
+        y, cache = fastbn.forward(x, gamma, beta, activation="relu")
+        outs.append([*fastbn.batch_stats(x)[1:], y, cache.mean, cache.var,
+                     *fastbn.backward(dy, cache),
+                     *fastbn.backward_reduce(dy, x, cache.mean, cache.invstd)])
+    for i, (a, b) in enumerate(zip(*outs)):
+        assert_bitwise_equal(a, b, f"output {i}")
+    ry, rcache = reference.forward(x, gamma, beta, activation="relu")
+    rtol = RTOL.get(np.dtype(dtype), 1e-2)
+    if np.dtype(dtype).itemsize == 2:
+        return  # 16-bit data: tests/test_half*.py hold their accuracy; bits above
+    assert_close(outs[0][2], ry, rtol)
+    for got, want in zip(outs[0][5:8], reference.backward(dy, rcache)):
+        assert_close(got, want, rtol)
