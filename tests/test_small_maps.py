@@ -206,10 +206,13 @@ def test_a_small_maps_special_value_stays_in_its_channel(hw, value, restore_thre
 
 @pytest.mark.parametrize("dtype", data_dtypes(), ids=lambda d: d.name)
 @pytest.mark.parametrize("shape", [(300, 64, 2, 2), (40, 256, 4, 4), (9, 1024, 3, 3),
-                                   (130, 32, 1, 33)], ids=lambda s: "x".join(map(str, s)))
+                                   (4, 4096, 2, 2), (130, 32, 1, 33)],
+                         ids=lambda s: "x".join(map(str, s)))
 def test_threaded_small_maps_give_the_one_thread_bits(shape, dtype, restore_threads):
     """Arrays large enough for threads (65536 values and more) and for several column
-    tiles: the same bits on 1 and 2 threads, and the reference's values."""
+    tiles: the same bits on 1 and 2 threads, the forward's statistics batch_stats' (also
+    with 4096 channels, where a forward keeps per-thread block arrays), and the
+    reference's values."""
     rng = np.random.default_rng(shape[0])
     x = (rng.standard_normal(shape) * 2 + 5).astype(dtype)
     dy = rng.standard_normal(shape).astype(dtype)
@@ -223,6 +226,7 @@ def test_threaded_small_maps_give_the_one_thread_bits(shape, dtype, restore_thre
                      *fastbn.backward_reduce(dy, x, cache.mean, cache.invstd)])
     for i, (a, b) in enumerate(zip(*outs)):
         assert_bitwise_equal(a, b, f"output {i}")
+    assert_bitwise_equal(outs[0][3], outs[0][0], "the forward's mean")
     ry, rcache = reference.forward(x, gamma, beta, activation="relu")
     rtol = RTOL.get(np.dtype(dtype), 1e-2)
     if np.dtype(dtype).itemsize == 2:
