@@ -133,7 +133,7 @@ static void FBN_SYM(fold_columns)(int64_t C, int64_t inner, double n, const doub
     for (int64_t c = 0; c < C; c++) {
         const double *h = hi + c * inner, *l = lo + c * inner, *q = m2c + c * inner;
         const double r = h[0];
-        double d[FBN_STATS_COLS_INNER], dbar = 0.0, within = 0.0, between = 0.0;
+        double d[FBN_STATS_COLS_INNER > 0 ? FBN_STATS_COLS_INNER : 1], dbar = 0.0, within = 0.0, between = 0.0;
         for (int64_t i = 0; i < inner; i++) {
             d[i] = (h[i] - r) + l[i];
             dbar += d[i];
