@@ -133,7 +133,8 @@ static void FBN_SYM(fold_columns)(int64_t C, int64_t inner, double n, const doub
     for (int64_t c = 0; c < C; c++) {
         const double *h = hi + c * inner, *l = lo + c * inner, *q = m2c + c * inner;
         const double r = h[0];
-        double d[FBN_STATS_COLS_INNER > 0 ? FBN_STATS_COLS_INNER : 1], dbar = 0.0, within = 0.0, between = 0.0;
+        double d[FBN_STATS_COLS_INNER > 0 ? FBN_STATS_COLS_INNER : 1];
+        double dbar = 0.0, within = 0.0, between = 0.0;
         for (int64_t i = 0; i < inner; i++) {
             d[i] = (h[i] - r) + l[i];
             dbar += d[i];
@@ -145,7 +146,8 @@ static void FBN_SYM(fold_columns)(int64_t C, int64_t inner, double n, const doub
         if (FBN_FINITE(s)) {
             mean_hi[c] = s;
             mean_lo[c] = (r - (s - bb)) + (dbar - bb);
-        } else { /* an infinite or NaN column: the plain mean, as the reference's */
+        } else { /* an infinite or NaN column mean (TwoSum's low part would be NaN):
+                  * the plain mean of the columns' means */
             double sum = 0.0;
             for (int64_t i = 0; i < inner; i++) sum += h[i];
             mean_hi[c] = sum / (double)inner;
