@@ -89,12 +89,11 @@ static int FBN_SYM(reduce_columns)(const T *dy, const T *x, const fbn_shape *s,
                                    const fbn_coefs *k, const FBN_SYM(tcoefs) *tk,
                                    double *sum_dy, double *sum_dy_xc, const T *z, T *dres,
                                    int nt) {
-    const fbn_shape cs = {.outer = s->outer, .channels = s->channels * s->inner, .inner = 1,
-                          .row_stride = s->row_stride};
+    const fbn_shape cs = fbn_columns_shape(*s);
     const fbn_plan p = fbn_make_plan(cs, sizeof(T), 2, FBN_REDUCTION);
     const int64_t W = cs.channels, inner = s->inner;
     const int64_t bytes[2] = {(4 * W + fbn_reduce_work_len(&p, nt)) * (int64_t)sizeof(double),
-                              (3 * W * (int64_t)sizeof(TC) + 63) / 64 * 64};
+                              3 * W * (int64_t)sizeof(TC)};
     void *buf[2];
     fbn_work w;
     if (fbn_work_alloc(&w, 2, bytes, buf)) return -1;

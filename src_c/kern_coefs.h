@@ -173,11 +173,7 @@ static inline int FBN_SYM(spreads)(const fbn_shape *s, int dx) {
 
 /* The shape an elementwise pass (dx or y) over s walks (s itself unless it spreads). */
 static inline fbn_shape FBN_SYM(spread_shape)(fbn_shape s, int dx) {
-    if (FBN_SYM(spreads)(&s, dx)) {
-        s.channels *= s.inner;
-        s.inner = 1;
-    }
-    return s;
+    return FBN_SYM(spreads)(&s, dx) ? fbn_columns_shape(s) : s;
 }
 
 /* Repeats each of the C channels' values of the arrays the pass reads (dx: all,

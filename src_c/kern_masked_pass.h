@@ -79,23 +79,6 @@ static void FBN_SYM(mfwd_fused_task)(void *job, int64_t t, int thread) {
     if (j->out) FBN_SYM(affine_tile)(j->x, j->out, j->p, t, j->tk);
 }
 
-/* A mask that keeps every position of a small map whose statistics are columns
- * (fbn_stats_as_columns_<sfx>), which the masked sums (runs) are not: the
- * unmasked kernels, so that such a mask gives the unmasked bits. */
-static int FBN_SYM(forward_kept)(const T *x, T *y, fbn_shape s, const double *gamma,
-                                 const double *beta, double eps, int relu, double *mean_hi,
-                                 double *mean_lo, double *var, double *invstd, int nt) {
-    if (y)
-        return FBN_SYM(forward_train)(x, y, s, gamma, beta, eps, relu, mean_hi, mean_lo, var,
-                                      invstd, nt);
-    const int st = FBN_SYM(stats_columns)(x, &s, mean_hi, mean_lo, var, nt); /* var: m2 */
-    if (st) return st;
-    const double n = (double)(s.outer * s.inner);
-    for (int64_t c = 0; c < s.channels; c++) var[c] /= n;
-    fbn_invstd(s.channels, var, eps, invstd);
-    return 0;
-}
-
 /* Statistics of the positions mask keeps (outer * inner bytes, 0 or 1); y
  * everywhere unless y is NULL (statistics only). count: the kept positions per
  * channel. Returns -2 when the mask keeps none. */
@@ -121,14 +104,24 @@ int FBN_SYM(forward_masked)(const T *x, T *y, fbn_shape s, const uint8_t *mask,
         fbn_work_free(&w);
         return -2;
     }
-    if (*count == p.per_channel && FBN_SYM(stats_as_columns)(&s)) {
-        fbn_work_free(&w);
-        return FBN_SYM(forward_kept)(x, y, s, gamma, beta, eps, relu, mean_hi, mean_lo, var,
-                                     invstd, nt);
-    }
-    const uint8_t *first = memchr(mask, 1, (size_t)p.per_channel);
     double *work = buf[0];
     double *pivot = work, *m2 = work + 4 * C;
+    /* every position of a small map kept: the unmasked kernels, whose statistics are
+     * columns (fbn_stats_as_columns_<sfx>) where these masked sums are runs, so that
+     * such a mask gives the unmasked bits */
+    if (*count == p.per_channel && FBN_SYM(stats_as_columns)(&s)) {
+        int st;
+        if (y) {
+            fbn_work_free(&w);
+            return FBN_SYM(forward_train)(x, y, s, gamma, beta, eps, relu, mean_hi, mean_lo,
+                                          var, invstd, nt);
+        }
+        st = FBN_SYM(stats_columns)(x, &s, mean_hi, mean_lo, m2, nt);
+        if (st == 0) FBN_SYM(finish_channels)(C, eps, (double)*count, m2, var, invstd);
+        fbn_work_free(&w);
+        return st;
+    }
+    const uint8_t *first = memchr(mask, 1, (size_t)p.per_channel);
     fbn_coefs k = {.shift = work + C, .scale = work + 2 * C, .bias = work + 3 * C, .relu = relu};
     FBN_SYM(tcoefs) tk =
         FBN_SYM(typed_arrays)(buf[2], C, relu, FBN_SYM(coef_lines)(&p, x, y, 0));

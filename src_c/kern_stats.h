@@ -164,8 +164,7 @@ static void FBN_SYM(fold_columns)(int64_t C, int64_t inner, double n, const doub
  * its work cannot be allocated. */
 static int FBN_SYM(stats_columns)(const T *x, const fbn_shape *s, double *mean_hi,
                                   double *mean_lo, double *m2, int nt) {
-    const fbn_shape cs = {.outer = s->outer, .channels = s->channels * s->inner, .inner = 1,
-                          .row_stride = s->row_stride};
+    const fbn_shape cs = fbn_columns_shape(*s);
     const fbn_plan p = fbn_make_plan(cs, sizeof(T), 1, FBN_REDUCTION);
     const int64_t W = cs.channels;
     const int64_t bytes[2] = {(4 * W + nt * fbn_scratch_len(&p)) * (int64_t)sizeof(double),

@@ -47,6 +47,14 @@ static inline int64_t fbn_row_gap(const fbn_shape *s) {
     return s->row_stride ? s->row_stride - s->channels * s->inner : 0;
 }
 
+/* The columns view of s: (outer, C * inner), each of a channel's inner positions a
+ * channel of its own, rows as far apart (the same memory). */
+static inline fbn_shape fbn_columns_shape(fbn_shape s) {
+    s.channels *= s.inner;
+    s.inner = 1;
+    return s;
+}
+
 /* Compile-time constant arguments of the shared kernel bodies (they fold away
  * after inlining): which sums fbn_sum_runs_<sfx> adds, which elementwise pass
  * fbn_elemwise_tile_<sfx> computes (FBN_OP_COPY: a

@@ -15,7 +15,7 @@ import pytest
 
 import fastbn
 import fastbn.reference as R
-from conftest import assert_close, channel_values
+from conftest import assert_bitwise_equal, assert_close, channel_values
 from test_gradients import FD_RTOL, central_difference
 
 pytestmark = pytest.mark.skipif(fastbn.backend != "c", reason="the compiled kernels")
@@ -307,3 +307,27 @@ def test_streamed_outputs_are_bitwise_the_cached_ones(shape, axis, mshape, dtype
         assert np.array_equal(a, b)
     y, cache = fastbn.forward(x, gamma, beta, axis=axis, mask=mask)
     assert np.array_equal(streamed[0].reshape(x.shape), y)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("hw", [(2, 2), (3, 3), (8, 8)], ids=lambda hw: "x".join(map(str, hw)))
+def test_all_kept_statistics_only_are_bitwise_unmasked(hw, dtype):
+    """The masked kernel without y (statistics only, as the features' groups call it)
+    with a mask keeping everything: the statistics of the same call with y, and the
+    unmasked forward's mean and invstd, bit for bit (small maps take the unmasked
+    columns, 8x8 the masked runs)."""
+    k = fastbn._kernels
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((70, 6) + hw) * 2 + 30).astype(dtype)
+    x3 = x.reshape(70, 6, -1)
+    m2d = np.ones((70, x3.shape[2]), np.uint8)
+    stats, with_y = [np.empty(6) for _ in range(4)], [np.empty(6) for _ in range(4)]
+    n = k.forward_masked(x3, None, m2d, None, None, 1e-5, False, *stats, 2)
+    k.forward_masked(x3, np.empty_like(x3), m2d, None, None, 1e-5, False, *with_y, 2)
+    _, cache = fastbn.forward(x)
+    assert n == x3.shape[0] * x3.shape[2]
+    for got, want in zip(stats, with_y):
+        assert_bitwise_equal(got, want)
+    for got, want in zip((stats[0], stats[1], stats[3]),
+                         (cache.mean, cache.mean_lo, cache.invstd)):
+        assert_bitwise_equal(got, np.asarray(want, np.float64))
