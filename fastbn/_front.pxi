@@ -15,7 +15,6 @@ from libc.stdlib cimport malloc, free, calloc, realloc
 from libc.string cimport strncpy
 from cpython.pycapsule cimport PyCapsule_New
 from libc.float cimport DBL_MAX
-from libc.math cimport fabs, nextafter, INFINITY
 from cpython.object cimport PyObject, PyTypeObject
 from cpython.ref cimport Py_INCREF
 from functools import partial as _partial
@@ -578,28 +577,6 @@ cdef inline bint plain_stats(object v, int64_t C):
     return plain_vector(v, C) and cnp.PyArray_TYPE(<cnp.ndarray>v) == cnp.NPY_DOUBLE
 
 
-cdef inline bint invstd_ok(const double *v, int64_t C) noexcept:
-    """>= 0 and not +inf (NaN allowed), as fastbn._checks.invstd_values requires."""
-    cdef int64_t c
-    for c in range(C):
-        if v[c] < 0.0 or v[c] > DBL_MAX:
-            return False
-    return True
-
-
-cdef inline bint residual_ok(cnp.ndarray mean, cnp.ndarray lo, int64_t C) noexcept:
-    """|lo| at most one ulp of a finite mean, as fastbn._checks.residual_values requires."""
-    cdef const double *hi = <const double *>cnp.PyArray_DATA(mean)
-    cdef const double *r = <const double *>cnp.PyArray_DATA(lo)
-    cdef int64_t c
-    cdef double a
-    for c in range(C):
-        a = fabs(hi[c])
-        if a <= DBL_MAX and not (fabs(r[c]) <= nextafter(a, INFINITY) - a):
-            return False
-    return True
-
-
 cdef inline bint grads_out_ok(object dx_out, object dg_out, object db_out, cnp.ndarray x,
                               object gamma, object beta, tuple reads):
     """Whether backward's outputs given (each None or an array) are all written where
@@ -648,9 +625,12 @@ def backward(dy, cache, *, out=None, need_dx=True):
     if (not ok or C == 0 or type(cache.count) is not int
             or cache.count != cnp.PyArray_SIZE(x) // C
             or not plain_stats(mean_obj, C) or not plain_stats(invstd_obj, C)
-            or not (lo_obj is None or (plain_stats(lo_obj, C) and residual_ok(
-                <cnp.ndarray>mean_obj, <cnp.ndarray>lo_obj, C)))
-            or not invstd_ok(<const double *>cnp.PyArray_DATA(<cnp.ndarray>invstd_obj), C)
+            or not (lo_obj is None or plain_stats(lo_obj, C))
+            # as fastbn._checks.invstd_values and residual_values require
+            or not fbn_saved_stats_ok(
+                C, <const double *>cnp.PyArray_DATA(<cnp.ndarray>mean_obj),
+                NULL if lo_obj is None else <const double *>cnp.PyArray_DATA(<cnp.ndarray>lo_obj),
+                <const double *>cnp.PyArray_DATA(<cnp.ndarray>invstd_obj))
             or (gamma is not None and not plain_vector(gamma, C))
             or (beta is not None and not plain_vector(beta, C))
             # outputs apart from cache.x: x_written stays False (mark_written)

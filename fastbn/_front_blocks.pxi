@@ -52,7 +52,7 @@ cdef inline bint read_channel_vectors(object mean, object invstd, object gamma, 
     refuses."""
     read_vector(<cnp.ndarray>mean, C, w)
     read_vector(<cnp.ndarray>invstd, C, w + C)
-    if not invstd_ok(w + C, C):
+    if not fbn_saved_stats_ok(C, w, NULL, w + C):
         return False
     g[0], b[0] = read_optional(gamma, C, w + 2 * C), read_optional(beta, C, w + 3 * C)
     return True

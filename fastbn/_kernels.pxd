@@ -136,6 +136,8 @@ cdef extern from "fastbn.h" nogil:
                      int64_t channels, double momentum, double factor)
     void fbn_ema_f64(double *running, const double *batch, const double *batch_lo,
                      int64_t channels, double momentum, double factor)
+    int fbn_saved_stats_ok(int64_t channels, const double *mean_hi, const double *mean_lo,
+                           const double *invstd)
     void fbn_widen_f16(const fbn_float16 *src, double *dst, int64_t n)
     void fbn_widen_bf16(const fbn_bfloat16 *src, double *dst, int64_t n)
     int fbn_batch_stats_f16(const fbn_float16 *x, fbn_shape s, double *mean_hi, double *mean_lo,

@@ -182,6 +182,13 @@ void fbn_invstd(int64_t channels, const double *var, double eps, double *invstd)
 void fbn_widen_f16(const fbn_float16 *src, double *dst, int64_t n);
 void fbn_widen_bf16(const fbn_bfloat16 *src, double *dst, int64_t n);
 
+/* Whether a forward's saved statistics could come from a forward (1) or not (0):
+ * every invstd >= 0 and not +inf (NaN allowed), and mean_lo (unless NULL) at most
+ * one unit in the last place of each finite mean_hi. What the backward's fast path
+ * checks on every call, as fastbn._checks.invstd_values and residual_values do. */
+int fbn_saved_stats_ok(int64_t channels, const double *mean_hi, const double *mean_lo,
+                       const double *invstd);
+
 /* Per-channel affine coefficients of normalisation with mean (hi, lo) and invstd:
  * shift = hi, scale = gamma * invstd, bias = beta - lo * scale. */
 void fbn_coefficients(int64_t channels, const double *mean_hi, const double *mean_lo,

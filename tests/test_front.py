@@ -638,3 +638,45 @@ def test_front_row_strided_with_overlapping_outputs(dtype, checked_calls):
     assert_bitwise_equal(y, y_c, "y")
     assert_bitwise_equal(rm, rm_c, "running_mean")
     assert_bitwise_equal(rv, rv_c, "running_var")
+
+
+@pytest.mark.parametrize("C", [1, 7, 8, 9, 17, 40])
+def test_saved_statistics_check_at_its_boundaries(C, checked_calls):
+    """The fast backward checks cache.invstd and cache.mean_lo in C (branch-free loops
+    over the channels): it accepts exactly what fastbn._checks accepts. A value it let
+    through would reach the kernels (no error); one it wrongly refused would go to the
+    checked path (slower, so counted here). Each case sits on every channel in turn, so
+    vector loops' bodies and tails both meet it."""
+    rng = np.random.default_rng(C)
+    x = (rng.standard_normal((5, C)) + 1e4).astype(np.float64)
+    dy = rng.standard_normal(x.shape)
+    tiny = np.nextafter(0.0, 1.0)
+    big = np.finfo(np.float64).max
+    means = {"ulp": 1e4, "zero": 0.0, "large": 1e300, "max": big, "inf": np.inf, "nan": np.nan,
+             "neg": -3.0}
+    for c in range(C):
+        cases = []  # (mean, lo, invstd, refused)
+        for key, m in means.items():
+            with np.errstate(over="ignore"):  # the unit above the largest double is inf
+                up = np.spacing(abs(m)) if np.isfinite(m) else 0.0
+            cases += [(m, up, 1.0, False), (m, -up, 1.0, False)]
+            if np.isfinite(m) and np.isfinite(up):
+                cases.append((m, np.nextafter(up, np.inf), 1.0, True))
+            else:
+                cases.append((m, 1e300, 1.0, False))  # no residual check beside inf / NaN
+        cases += [(1.0, 0.0, -tiny, True), (1.0, 0.0, -0.0, False), (1.0, 0.0, np.inf, True),
+                  (1.0, 0.0, big, False), (1.0, 0.0, np.nan, False), (1.0, tiny, 0.0, False)]
+        for m, lo, inv, refused in cases:
+            _, cache = fastbn.forward(x)
+            mean, mean_lo, invstd = cache.mean.copy(), cache.mean_lo.copy(), cache.invstd.copy()
+            mean[c], mean_lo[c], invstd[c] = m, lo, inv
+            cache.mean = mean  # drops the residual: set again below
+            cache.mean_lo, cache.invstd = mean_lo, invstd
+            checked_calls.clear()
+            with np.errstate(all="ignore"):
+                if refused:
+                    with pytest.raises(ValueError, match="cache.(invstd|mean_lo) must be"):
+                        fastbn.backward(dy, cache)
+                else:
+                    fastbn.backward(dy, cache)
+            assert checked_calls == (["backward"] if refused else []), (m, lo, inv)
