@@ -232,8 +232,9 @@ FBN_DISPATCH static void FBN_SYM(bwd_coefficients)(int64_t nc, double n, int tra
                                      sum_dy_xhat, k_dy, k_x, mean_dy);
 }
 
-void FBN_SYM(ema)(T *running, const double *batch, const double *batch_lo, int64_t channels,
-                  double momentum, double factor) {
+/* Compiled per instruction set (a pass over C channels). */
+FBN_DISPATCH void FBN_SYM(ema)(T *running, const double *batch, const double *batch_lo,
+                               int64_t channels, double momentum, double factor) {
     for (int64_t c = 0; c < channels; c++) {
         const double b = batch_lo ? batch[c] + batch_lo[c] : batch[c];
         running[c] = FBN_ST((TC)((1.0 - momentum) * (double)FBN_LD(running[c]) + momentum * b * factor));

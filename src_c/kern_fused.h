@@ -178,8 +178,10 @@ static inline int64_t FBN_SYM(block_doubles)(const fbn_plan *p) {
 
 /* A forward tile on its thread's block arrays. They are addressed by channel, as
  * the C-sized ones are, through pointers moved back by c0 (only the tile's
- * channels [c0, c0 + nc) are touched). */
-static void FBN_SYM(fwd_block_tile)(const FBN_SYM(pass) *j, int64_t t, int thread) {
+ * channels [c0, c0 + nc) are touched). Compiled per instruction set: its
+ * per-channel loops (pivots, parameters widened, the means' double-doubles) are
+ * much of a call on few rows of many channels. */
+FBN_DISPATCH static void FBN_SYM(fwd_block_tile)(const FBN_SYM(pass) *j, int64_t t, int thread) {
     const FBN_SYM(tile) r = FBN_SYM(tile_of)(j->p, t);
     const int64_t B = j->p->block, c0 = r.c0, inner = j->p->s.inner;
     double *w = j->fwd.blockwork + thread * FBN_SYM(block_doubles)(j->p);
