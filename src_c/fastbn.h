@@ -176,6 +176,9 @@ void fbn_ema_f64(double *running, const double *batch, const double *batch_lo,
 
 /* invstd = 1 / sqrt(var + eps), per channel. */
 void fbn_invstd(int64_t channels, const double *var, double eps, double *invstd);
+/* fbn_invstd, and scale = gamma * invstd (fbn_coefficients' scale) in the same pass. */
+void fbn_invstd_scale(int64_t channels, const double *var, double eps, const double *gamma,
+                      double *invstd, double *scale);
 /* n 16-bit values widened to double (exact, NaNs quieted): half-precision
  * per-channel vectors (gamma, beta, running statistics), which the kernels take
  * as double. */

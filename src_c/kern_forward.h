@@ -70,15 +70,24 @@ int FBN_SYM(forward_infer_ex)(const T *x, T *y, fbn_shape s, const double *mean,
                               const double *var, const double *gamma, const double *beta,
                               double eps, const fbn_epilogue *e, double *invstd, int nthreads) {
     const int64_t C = s.channels;
-    const int64_t bytes[2] = {3 * C * (int64_t)sizeof(double),
+    /* fbn_coefficients' values without its copies (a pass each over C channels, much
+     * of a call on few rows): the shift is the mean itself, the bias beta itself (or
+     * zeros), the scale gamma * invstd (or invstd), computed with invstd */
+    const int64_t nd = (gamma ? C : 0) + (beta ? 0 : C);
+    const int64_t bytes[2] = {nd * (int64_t)sizeof(double),
                               FBN_SYM(typed_bytes)(FBN_SYM(spread_shape)(s, 0).channels)};
     void *buf[2];
     fbn_work w;
     if (fbn_work_alloc(&w, 2, bytes, buf)) return -1;
-    double *shift = buf[0], *scale = shift + C, *bias = scale + C;
-    fbn_invstd(C, var, eps, invstd);
-    fbn_coefficients(C, mean, NULL, invstd, gamma, beta, shift, scale, bias);
-    fbn_coefs k = {.shift = shift, .scale = scale, .bias = bias, .relu = FBN_EPI_ACT(e)};
+    double *scale = gamma ? (double *)buf[0] : invstd;
+    double *zero = (double *)buf[0] + (gamma ? C : 0);
+    if (gamma)
+        fbn_invstd_scale(C, var, eps, gamma, invstd, scale);
+    else
+        fbn_invstd(C, var, eps, invstd);
+    if (!beta) memset(zero, 0, (size_t)C * sizeof(double));
+    fbn_coefs k = {.shift = mean, .scale = scale, .bias = beta ? beta : zero,
+                   .relu = FBN_EPI_ACT(e)};
     FBN_SYM(affine_all)(x, y, s, &k, buf[1], e, nthreads);
     fbn_work_free(&w);
     return 0;
