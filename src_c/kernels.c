@@ -30,9 +30,9 @@ FBN_DISPATCH void fbn_invstd_scale(int64_t channels, const double *var, double e
     }
 }
 
-/* Branch-free loops with no library call (nextafter was one per channel, a third
- * of a backward of 16384 channels and 8 rows): the unit above a finite |hi| is the
- * next double's bits, one more, less |hi|. */
+/* Branch-free loops with no library call per channel (they vectorise; a backward
+ * of few rows runs them over every channel): the unit above a finite |hi| is the
+ * next double, its bits one more, less |hi|. */
 FBN_DISPATCH int fbn_saved_stats_ok(int64_t channels, const double *mean_hi,
                                     const double *mean_lo, const double *invstd) {
     const double *restrict hi = mean_hi, *restrict lo = mean_lo, *restrict is = invstd;
