@@ -32,16 +32,12 @@ static void fill(void) {
     }
 }
 
+/* A vector of VD doubles, and VD values of each dtype widened into one; the
+ * arithmetic below is GCC's vector operators (the intrinsics' types are GCC
+ * vectors), the same for both widths. */
 #if defined(__AVX512F__)
 typedef __m512d vd;
 #define VD 8
-static inline vd vzero(void) { return _mm512_setzero_pd(); }
-static inline vd vset(double v) { return _mm512_set1_pd(v); }
-static inline vd vadd(vd a, vd b) { return _mm512_add_pd(a, b); }
-static inline vd vsub(vd a, vd b) { return _mm512_sub_pd(a, b); }
-static inline vd vmul(vd a, vd b) { return _mm512_mul_pd(a, b); }
-static inline double vsum(vd a) { return _mm512_reduce_add_pd(a); }
-/* 8 values at p widened to double */
 static inline vd wide_f32(const float *p) { return _mm512_cvtps_pd(_mm256_load_ps(p)); }
 static inline vd wide_f64(const double *p) { return _mm512_load_pd(p); }
 static inline vd wide_f16(const uint16_t *p) {
@@ -50,22 +46,18 @@ static inline vd wide_f16(const uint16_t *p) {
 #else /* AVX2 with F16C */
 typedef __m256d vd;
 #define VD 4
-static inline vd vzero(void) { return _mm256_setzero_pd(); }
-static inline vd vset(double v) { return _mm256_set1_pd(v); }
-static inline vd vadd(vd a, vd b) { return _mm256_add_pd(a, b); }
-static inline vd vsub(vd a, vd b) { return _mm256_sub_pd(a, b); }
-static inline vd vmul(vd a, vd b) { return _mm256_mul_pd(a, b); }
-static inline double vsum(vd a) {
-    double t[4];
-    _mm256_storeu_pd(t, a);
-    return t[0] + t[1] + t[2] + t[3];
-}
 static inline vd wide_f32(const float *p) { return _mm256_cvtps_pd(_mm_load_ps(p)); }
 static inline vd wide_f64(const double *p) { return _mm256_load_pd(p); }
 static inline vd wide_f16(const uint16_t *p) {
     return _mm256_cvtps_pd(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)p)));
 }
 #endif
+
+static inline double vsum(vd a) {
+    double s = 0.0;
+    for (int i = 0; i < VD; i++) s += a[i];
+    return s;
+}
 
 /* The widening of dtype k (0 float32, 1 float64, 2 float16) of the vector at i. */
 static inline vd widen(int k, int which, int i) {
@@ -77,34 +69,34 @@ static inline vd widen(int k, int which, int i) {
 /* Statistics: four pairs of accumulators (independent chains, as the kernels'
  * lanes), reps passes over the block. k a constant in each caller. */
 static inline double stats(const int k, int reps) {
-    vd a0 = vzero(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-    const vd p = vset(0.3);
+    vd a0 = {0}, a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+    const vd p = a0 + 0.3;
     for (int r = 0; r < reps; r++)
         for (int i = 0; i < N; i += 4 * VD) {
-            vd e0 = vsub(widen(k, 0, i), p), e1 = vsub(widen(k, 0, i + VD), p);
-            vd e2 = vsub(widen(k, 0, i + 2 * VD), p), e3 = vsub(widen(k, 0, i + 3 * VD), p);
-            a0 = vadd(a0, e0), b0 = vadd(b0, vmul(e0, e0));
-            a1 = vadd(a1, e1), b1 = vadd(b1, vmul(e1, e1));
-            a2 = vadd(a2, e2), b2 = vadd(b2, vmul(e2, e2));
-            a3 = vadd(a3, e3), b3 = vadd(b3, vmul(e3, e3));
+            vd e0 = widen(k, 0, i) - p, e1 = widen(k, 0, i + VD) - p;
+            vd e2 = widen(k, 0, i + 2 * VD) - p, e3 = widen(k, 0, i + 3 * VD) - p;
+            a0 += e0, b0 += e0 * e0;
+            a1 += e1, b1 += e1 * e1;
+            a2 += e2, b2 += e2 * e2;
+            a3 += e3, b3 += e3 * e3;
         }
-    return vsum(vadd(vadd(a0, a1), vadd(a2, a3))) + vsum(vadd(vadd(b0, b1), vadd(b2, b3)));
+    return vsum(a0 + a1 + a2 + a3) + vsum(b0 + b1 + b2 + b3);
 }
 
 /* The backward's sums: sum(dy) and sum(dy * (x - shift)). */
 static inline double sums(const int k, int reps) {
-    vd a0 = vzero(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-    const vd s = vset(0.3);
+    vd a0 = {0}, a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+    const vd s = a0 + 0.3;
     for (int r = 0; r < reps; r++)
         for (int i = 0; i < N; i += 4 * VD) {
             vd g0 = widen(k, 1, i), g1 = widen(k, 1, i + VD);
             vd g2 = widen(k, 1, i + 2 * VD), g3 = widen(k, 1, i + 3 * VD);
-            a0 = vadd(a0, g0), b0 = vadd(b0, vmul(g0, vsub(widen(k, 0, i), s)));
-            a1 = vadd(a1, g1), b1 = vadd(b1, vmul(g1, vsub(widen(k, 0, i + VD), s)));
-            a2 = vadd(a2, g2), b2 = vadd(b2, vmul(g2, vsub(widen(k, 0, i + 2 * VD), s)));
-            a3 = vadd(a3, g3), b3 = vadd(b3, vmul(g3, vsub(widen(k, 0, i + 3 * VD), s)));
+            a0 += g0, b0 += g0 * (widen(k, 0, i) - s);
+            a1 += g1, b1 += g1 * (widen(k, 0, i + VD) - s);
+            a2 += g2, b2 += g2 * (widen(k, 0, i + 2 * VD) - s);
+            a3 += g3, b3 += g3 * (widen(k, 0, i + 3 * VD) - s);
         }
-    return vsum(vadd(vadd(a0, a1), vadd(a2, a3))) + vsum(vadd(vadd(b0, b1), vadd(b2, b3)));
+    return vsum(a0 + a1 + a2 + a3) + vsum(b0 + b1 + b2 + b3);
 }
 
 /* Values per second of op (0 statistics, 1 backward sums) on dtype k: the best of
