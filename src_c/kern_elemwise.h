@@ -94,7 +94,7 @@ FBN_INLINE T FBN_SYM(value_at)(const int op, const T *restrict x, const T *restr
 /* Values of one chunk of a streamed run (1 KB: an L1 buffer, whose inputs' 16
  * lines are prefetched at once; 4 KB chunks, 64 prefetches at once, took 1.5-1.6x
  * the time on an AMD EPYC: docs/performance.md). */
-#define FBN_STREAM_CHUNK (1024 / (int)sizeof(T))
+#define FBN_STREAM_CHUNK (FBN_STREAM_CHUNK_BYTES / (int)sizeof(T))
 
 #ifdef FBN_NARROW
 /* 16-bit data: out[i] = op's value i for i in [0, m), m <= FBN_HBLOCK, of one

@@ -125,6 +125,11 @@
 #ifndef FBN_STREAM_AHEAD
 #define FBN_STREAM_AHEAD 4096
 #endif
+/* Bytes of a streamed run computed into an L1 buffer before they are copied out
+ * with non-temporal stores (fbn_stream_values_<sfx>, kern_elemwise.h). */
+#ifndef FBN_STREAM_CHUNK_BYTES
+#define FBN_STREAM_CHUNK_BYTES 1024
+#endif
 /* Streamed columns: single rows where the coefficient arrays a pass reads fit
  * in this many bytes and in half of the detected L1d; above, groups of FBN_GROUP
  * rows. */
