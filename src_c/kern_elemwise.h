@@ -95,6 +95,7 @@ FBN_INLINE T FBN_SYM(value_at)(const int op, const T *restrict x, const T *restr
  * lines are prefetched at once; 4 KB chunks, 64 prefetches at once, took 1.5-1.6x
  * the time on an AMD EPYC: docs/performance.md). */
 #define FBN_STREAM_CHUNK (FBN_STREAM_CHUNK_BYTES / (int)sizeof(T))
+#define FBN_STREAM_FETCH (FBN_STREAM_FETCH_BYTES / (int)sizeof(T))
 
 #ifdef FBN_NARROW
 /* 16-bit data: out[i] = op's value i for i in [0, m), m <= FBN_HBLOCK, of one
@@ -187,10 +188,12 @@ FBN_INLINE void FBN_SYM(stream_values)(const int op, const int fetch, T *out, in
                                        const T *restrict x, const T *restrict dy,
                                        const FBN_SYM(chan) *h) {
 #if FBN_CAN_STREAM
-    T buf[FBN_STREAM_CHUNK] __attribute__((aligned(64)));
+    T buf[FBN_STREAM_FETCH > FBN_STREAM_CHUNK ? FBN_STREAM_FETCH : FBN_STREAM_CHUNK]
+        __attribute__((aligned(64)));
+    const int64_t chunk = fetch ? FBN_STREAM_FETCH : FBN_STREAM_CHUNK;
     int64_t off = (int64_t)((uintptr_t)out % 64 / sizeof(T)); /* out's place in its line */
     for (int64_t i = 0, n; i < m; i += n, off = 0) {
-        n = m - i < FBN_STREAM_CHUNK - off ? m - i : FBN_STREAM_CHUNK - off;
+        n = m - i < chunk - off ? m - i : chunk - off;
         const T *restrict xi = x + i;
         const T *restrict di = FBN_TWO_INPUTS(op) ? dy + i : NULL;
         T *restrict to = buf + off;

@@ -126,9 +126,14 @@
 #define FBN_STREAM_AHEAD 4096
 #endif
 /* Bytes of a streamed run computed into an L1 buffer before they are copied out
- * with non-temporal stores (fbn_stream_values_<sfx>, kern_elemwise.h). */
+ * with non-temporal stores (fbn_stream_values_<sfx>, kern_elemwise.h): inputs
+ * read from memory, and (FETCH) inputs re-read from the caches, prefetched a
+ * chunk at a time. */
 #ifndef FBN_STREAM_CHUNK_BYTES
-#define FBN_STREAM_CHUNK_BYTES 1024
+#define FBN_STREAM_CHUNK_BYTES 256
+#endif
+#ifndef FBN_STREAM_FETCH_BYTES
+#define FBN_STREAM_FETCH_BYTES 512
 #endif
 /* Streamed columns: single rows where the coefficient arrays a pass reads fit
  * in this many bytes and in half of the detected L1d; above, groups of FBN_GROUP
