@@ -199,6 +199,7 @@ cdef extern from "plan.h" nogil:
     fbn_caches fbn_cache_sizes()
     void fbn_set_cache_sizes(int64_t l1d, int64_t l2, int64_t l3)
     int fbn_stream_width()
+    void fbn_stream_copy(void *dst, const void *src, int64_t n)
     int fbn_resident(const void *p, int64_t bytes)
 
 

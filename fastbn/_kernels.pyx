@@ -396,6 +396,17 @@ def stream_width():
     return fbn_stream_width()
 
 
+def _stream_copy(dst, src):
+    """For tests: src's bytes into dst (uint8 arrays, contiguous, of one length) by
+    the streamed outputs' copy (fbn_stream_copy)."""
+    cdef cnp.ndarray d = dst, s = src
+    if cnp.PyArray_TYPE(d) != cnp.NPY_UINT8 or cnp.PyArray_TYPE(s) != cnp.NPY_UINT8 \
+            or not cnp.PyArray_IS_C_CONTIGUOUS(d) or not cnp.PyArray_IS_C_CONTIGUOUS(s) \
+            or cnp.PyArray_SIZE(d) != cnp.PyArray_SIZE(s):
+        raise ValueError("dst and src must be contiguous uint8 arrays of one length")
+    fbn_stream_copy(cnp.PyArray_DATA(d), cnp.PyArray_DATA(s), cnp.PyArray_NBYTES(d))
+
+
 def _resident(a):
     """For tests: whether the kernels take array a's pages as in memory (streamed
     stores) rather than untouched (plain stores)."""

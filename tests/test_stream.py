@@ -71,3 +71,34 @@ def test_every_width_matches_the_reference(width, tmp_path):
     env = dict(os.environ, FASTBN_STREAM_WIDTH=width, FASTBN_CACHE_SIZES="0,0,16M")
     r = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_the_copy_writes_exactly_its_bytes_at_every_offset_and_length():
+    """fbn_stream_copy at each of a line's 64 offsets of dst and src, for lengths
+    around the whole-line sizes (its fast path: dst on a line, whole lines) and
+    between: every byte of dst copied, and none of the guard bytes either side
+    touched (a whole-line copy of a partial length would write past the end)."""
+    rng = np.random.default_rng(3)
+    buf = np.empty(4096 + 64, np.uint8)
+    base = (-buf.ctypes.data) % 64  # buf[base:] starts on a line
+    lengths = sorted({n for k in range(6) for n in (64 * k - 1, 64 * k, 64 * k + 1)
+                      if n >= 0} | {7, 16, 48, 200, 256, 512, 1000, 1024, 2048})
+    for dst_off in range(64):
+        for src_off in (0, dst_off, (dst_off + 16) % 64):
+            for n in lengths:
+                src = np.zeros(n + 64, np.uint8)[src_off:src_off + n]
+                src[:] = rng.integers(1, 256, n, dtype=np.uint8)
+                region = buf[base:base + 3072]
+                region[:] = 0
+                dst = region[64 + dst_off:64 + dst_off + n]
+                _k._stream_copy(dst, src)
+                assert np.array_equal(dst, src), (dst_off, src_off, n)
+                assert not region[:64 + dst_off].any(), (dst_off, src_off, n)
+                assert not region[64 + dst_off + n:].any(), (dst_off, src_off, n)
+
+
+def test_the_copy_refuses_what_it_cannot_copy():
+    with pytest.raises(ValueError, match="dst and src"):
+        _k._stream_copy(np.zeros(8, np.uint8), np.zeros(9, np.uint8))
+    with pytest.raises(ValueError, match="dst and src"):
+        _k._stream_copy(np.zeros(8, np.uint16), np.zeros(8, np.uint16))
