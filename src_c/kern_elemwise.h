@@ -91,11 +91,16 @@ FBN_INLINE T FBN_SYM(value_at)(const int op, const T *restrict x, const T *restr
     return x[i];
 }
 
-/* Values of one chunk of a streamed run (1 KB: an L1 buffer, whose inputs' 16
- * lines are prefetched at once; 4 KB chunks, 64 prefetches at once, took 1.5-1.6x
- * the time on an AMD EPYC: docs/performance.md). */
+/* Values of one chunk of a streamed run: an L1 buffer, whose inputs' lines are
+ * prefetched at once with fetch (FBN_STREAM_FETCH); see tuning.h and
+ * docs/performance.md. */
+#ifdef FBN_NARROW
+#define FBN_STREAM_CHUNK (FBN_STREAM_HALF_BYTES / (int)sizeof(T))
+#define FBN_STREAM_FETCH FBN_STREAM_CHUNK
+#else
 #define FBN_STREAM_CHUNK (FBN_STREAM_CHUNK_BYTES / (int)sizeof(T))
 #define FBN_STREAM_FETCH (FBN_STREAM_FETCH_BYTES / (int)sizeof(T))
+#endif
 
 #ifdef FBN_NARROW
 /* 16-bit data: out[i] = op's value i for i in [0, m), m <= FBN_HBLOCK, of one

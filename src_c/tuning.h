@@ -135,6 +135,11 @@
 #ifndef FBN_STREAM_FETCH_BYTES
 #define FBN_STREAM_FETCH_BYTES 512
 #endif
+/* 16-bit data's chunks, either way: each is a call of the dispatched register
+ * loop, whose cost per call outweighed the smaller buffer's gain. */
+#ifndef FBN_STREAM_HALF_BYTES
+#define FBN_STREAM_HALF_BYTES 1024
+#endif
 /* Streamed columns: single rows where the coefficient arrays a pass reads fit
  * in this many bytes and in half of the detected L1d; above, groups of FBN_GROUP
  * rows. */
