@@ -81,7 +81,6 @@
 #undef FBN_SPAN
 #undef FBN_LINE_VALUES
 #undef FBN_STREAM_CHUNK
-#undef FBN_STREAM_FETCH
 #undef FBN_HBLOCK
 #undef FBN_TYPED
 #undef FBN_LD

@@ -91,16 +91,21 @@ FBN_INLINE T FBN_SYM(value_at)(const int op, const T *restrict x, const T *restr
     return x[i];
 }
 
-/* Values of one chunk of a streamed run: an L1 buffer, whose inputs' lines are
- * prefetched at once with fetch (FBN_STREAM_FETCH); see tuning.h and
- * docs/performance.md. */
-#ifdef FBN_NARROW
-#define FBN_STREAM_CHUNK (FBN_STREAM_HALF_BYTES / (int)sizeof(T))
-#define FBN_STREAM_FETCH FBN_STREAM_CHUNK
-#else
+/* Values of one chunk of a streamed run (an L1 buffer; see tuning.h). */
 #define FBN_STREAM_CHUNK (FBN_STREAM_CHUNK_BYTES / (int)sizeof(T))
-#define FBN_STREAM_FETCH (FBN_STREAM_FETCH_BYTES / (int)sizeof(T))
+
+/* The chunk, in values, of a streamed run of m values (fetch: its inputs re-read
+ * from the caches, a constant). */
+FBN_INLINE int64_t FBN_SYM(stream_chunk)(const int fetch, int64_t m) {
+#ifdef FBN_NARROW
+    (void)fetch, (void)m;
+    return FBN_STREAM_CHUNK;
+#else
+    if (fetch) return FBN_STREAM_FETCH_BYTES / (int64_t)sizeof(T);
+    return m * (int64_t)sizeof(T) >= FBN_STREAM_LONG_RUN ? FBN_STREAM_LONG_BYTES / (int64_t)sizeof(T)
+                                                          : FBN_STREAM_CHUNK;
 #endif
+}
 
 #ifdef FBN_NARROW
 /* 16-bit data: out[i] = op's value i for i in [0, m), m <= FBN_HBLOCK, of one
@@ -193,9 +198,8 @@ FBN_INLINE void FBN_SYM(stream_values)(const int op, const int fetch, T *out, in
                                        const T *restrict x, const T *restrict dy,
                                        const FBN_SYM(chan) *h) {
 #if FBN_CAN_STREAM
-    T buf[FBN_STREAM_FETCH > FBN_STREAM_CHUNK ? FBN_STREAM_FETCH : FBN_STREAM_CHUNK]
-        __attribute__((aligned(64)));
-    const int64_t chunk = fetch ? FBN_STREAM_FETCH : FBN_STREAM_CHUNK;
+    T buf[FBN_STREAM_CHUNK] __attribute__((aligned(64)));
+    const int64_t chunk = FBN_SYM(stream_chunk)(fetch, m);
     int64_t off = (int64_t)((uintptr_t)out % 64 / sizeof(T)); /* out's place in its line */
     for (int64_t i = 0, n; i < m; i += n, off = 0) {
         n = m - i < chunk - off ? m - i : chunk - off;

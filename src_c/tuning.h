@@ -125,20 +125,27 @@
 #ifndef FBN_STREAM_AHEAD
 #define FBN_STREAM_AHEAD 4096
 #endif
-/* Bytes of a streamed run computed into an L1 buffer before they are copied out
- * with non-temporal stores (fbn_stream_values_<sfx>, kern_elemwise.h): inputs
- * read from memory, and (FETCH) inputs re-read from the caches, prefetched a
- * chunk at a time. */
+/* Streamed runs are computed a chunk at a time into an L1 buffer, then copied out
+ * with non-temporal stores (fbn_stream_values_<sfx>, kern_elemwise.h). Chunks of
+ * FBN_STREAM_CHUNK_BYTES; but float32 / float64 runs of FBN_STREAM_LONG_RUN bytes
+ * or more read from memory take FBN_STREAM_LONG_BYTES, and runs whose inputs are
+ * re-read from the caches (prefetched a chunk at a time) FBN_STREAM_FETCH_BYTES.
+ * (16-bit data's chunk is a call of the dispatched register loop, whose cost per
+ * call outweighed a smaller buffer's gain.) */
 #ifndef FBN_STREAM_CHUNK_BYTES
-#define FBN_STREAM_CHUNK_BYTES 256
+#define FBN_STREAM_CHUNK_BYTES 1024
+#endif
+#ifndef FBN_STREAM_LONG_RUN
+#define FBN_STREAM_LONG_RUN 2048
+#endif
+#ifndef FBN_STREAM_LONG_BYTES
+#define FBN_STREAM_LONG_BYTES 256
 #endif
 #ifndef FBN_STREAM_FETCH_BYTES
 #define FBN_STREAM_FETCH_BYTES 512
 #endif
-/* 16-bit data's chunks, either way: each is a call of the dispatched register
- * loop, whose cost per call outweighed the smaller buffer's gain. */
-#ifndef FBN_STREAM_HALF_BYTES
-#define FBN_STREAM_HALF_BYTES 1024
+#if FBN_STREAM_LONG_BYTES > FBN_STREAM_CHUNK_BYTES || FBN_STREAM_FETCH_BYTES > FBN_STREAM_CHUNK_BYTES
+#error "the streamed runs' buffer holds FBN_STREAM_CHUNK_BYTES"
 #endif
 /* Streamed columns: single rows where the coefficient arrays a pass reads fit
  * in this many bytes and in half of the detected L1d; above, groups of FBN_GROUP
