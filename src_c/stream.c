@@ -41,12 +41,8 @@ static void copy_lines16(char *dst, const char *src, int64_t n) {
 }
 #endif
 
-/* The widest streamed copy of whole lines the CPU has: chosen once (0: not yet;
- * -1: plain stores). A race between two first calls stores the same values, the
- * copy before the width that publishes it. */
-typedef void (*fbn_lines_fn)(char *dst, const char *src, int64_t n);
+/* 0: not chosen yet; a race between two first calls stores the same value. */
 static volatile int stream_width;
-static fbn_lines_fn volatile stream_lines;
 
 static int choose_width(void) {
 #if FBN_CAN_STREAM
@@ -67,41 +63,20 @@ static int choose_width(void) {
 #endif
 }
 
-static int width_now(void) {
-    if (!stream_width) {
-        const int w = choose_width();
-#if FBN_CAN_STREAM
-#ifdef FBN_WIDE_STREAM
-        stream_lines = w == 64 ? copy_lines64 : w == 32 ? copy_lines32 : copy_lines16;
-#else
-        stream_lines = copy_lines16;
-#endif
-#endif
-        stream_width = w;
-    }
-    return stream_width;
-}
-
 int fbn_stream_width(void) {
-    const int w = width_now();
-    return w > 0 ? w : 0;
+    if (!stream_width) stream_width = choose_width();
+    return stream_width > 0 ? stream_width : 0;
 }
 
 void fbn_stream_copy(void *dst, const void *src, int64_t n) {
     char *d = dst;
     const char *s = src;
-    if (width_now() < 0) {
+    const int w = fbn_stream_width();
+    if (!w) {
         memcpy(d, s, (size_t)n);
         return;
     }
 #if FBN_CAN_STREAM
-    /* whole lines from a line (the streamed runs' chunks but their first and
-     * last): the copy alone; its per-call checks were a fifth of a streamed
-     * pass over short runs (docs/performance.md) */
-    if (((uintptr_t)d | (uint64_t)n) % 64 == 0) {
-        stream_lines(d, s, n);
-        return;
-    }
     /* plain stores only below 16 bytes: 16-byte streamed stores fill the partial
      * lines at either end, so that the write-combining buffer merges them with the
      * neighbouring copies (consecutive spans and runs share those lines) */
@@ -111,7 +86,14 @@ void fbn_stream_copy(void *dst, const void *src, int64_t n) {
     for (; i + 16 <= n && (uintptr_t)(d + i) % 64; i += 16)
         copy_lines16(d + i, s + i, 16);
     const int64_t body = (n - i) / 64 * 64;
-    stream_lines(d + i, s + i, body);
+#ifdef FBN_WIDE_STREAM
+    if (w == 64)
+        copy_lines64(d + i, s + i, body);
+    else if (w == 32)
+        copy_lines32(d + i, s + i, body);
+    else
+#endif
+        copy_lines16(d + i, s + i, body);
     i += body;
     for (; i + 16 <= n; i += 16) copy_lines16(d + i, s + i, 16);
     if (i < n) memcpy(d + i, s + i, (size_t)(n - i));
