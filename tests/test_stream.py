@@ -74,10 +74,10 @@ def test_every_width_matches_the_reference(width, tmp_path):
 
 
 def test_the_copy_writes_exactly_its_bytes_at_every_offset_and_length():
-    """fbn_stream_copy at each of a line's 64 offsets of dst and src, for lengths
-    around the whole-line sizes (its fast path: dst on a line, whole lines) and
-    between: every byte of dst copied, and none of the guard bytes either side
-    touched (a whole-line copy of a partial length would write past the end)."""
+    """fbn_stream_copy at each of a line's 64 offsets of dst, for lengths around
+    whole lines and between: every byte of dst copied (its plain head, 16-byte
+    streamed stores to a line, whole lines, 16-byte and plain tail), and none of
+    the guard bytes either side touched (a store of a whole vector past n would)."""
     rng = np.random.default_rng(3)
     buf = np.empty(4096 + 64, np.uint8)
     base = (-buf.ctypes.data) % 64  # buf[base:] starts on a line
