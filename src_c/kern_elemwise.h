@@ -101,9 +101,10 @@ FBN_INLINE int64_t FBN_SYM(stream_chunk)(const int fetch, int64_t m) {
     (void)fetch, (void)m;
     return FBN_STREAM_CHUNK;
 #else
-    if (fetch) return FBN_STREAM_FETCH_BYTES / (int64_t)sizeof(T);
-    return m * (int64_t)sizeof(T) >= FBN_STREAM_LONG_RUN ? FBN_STREAM_LONG_BYTES / (int64_t)sizeof(T)
-                                                          : FBN_STREAM_CHUNK;
+    const int64_t bytes = fetch ? FBN_STREAM_FETCH_BYTES
+                          : m * (int64_t)sizeof(T) >= FBN_STREAM_LONG_RUN ? FBN_STREAM_LONG_BYTES
+                                                                          : FBN_STREAM_CHUNK_BYTES;
+    return bytes / (int64_t)sizeof(T);
 #endif
 }
 

@@ -144,7 +144,8 @@
 #ifndef FBN_STREAM_FETCH_BYTES
 #define FBN_STREAM_FETCH_BYTES 512
 #endif
-#if FBN_STREAM_LONG_BYTES > FBN_STREAM_CHUNK_BYTES || FBN_STREAM_FETCH_BYTES > FBN_STREAM_CHUNK_BYTES
+#if FBN_STREAM_LONG_BYTES > FBN_STREAM_CHUNK_BYTES || \
+    FBN_STREAM_FETCH_BYTES > FBN_STREAM_CHUNK_BYTES
 #error "the streamed runs' buffer holds FBN_STREAM_CHUNK_BYTES"
 #endif
 /* Streamed columns: single rows where the coefficient arrays a pass reads fit

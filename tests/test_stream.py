@@ -74,19 +74,21 @@ def test_every_width_matches_the_reference(width, tmp_path):
 
 
 def test_the_copy_writes_exactly_its_bytes_at_every_offset_and_length():
-    """fbn_stream_copy at each of a line's 64 offsets of dst, for lengths around
-    whole lines and between: every byte of dst copied (its plain head, 16-byte
-    streamed stores to a line, whole lines, 16-byte and plain tail), and none of
-    the guard bytes either side touched (a store of a whole vector past n would)."""
+    """fbn_stream_copy at each of a line's 64 offsets of dst (src on a line, at
+    dst's offset, or 16 bytes past it), for lengths around whole lines and
+    between: every byte of dst copied (its plain head, 16-byte streamed stores to a
+    line, whole lines, 16-byte and plain tail), and none of the guard bytes either
+    side touched (a store of a whole vector past n would)."""
     rng = np.random.default_rng(3)
-    buf = np.empty(4096 + 64, np.uint8)
+    buf, sbuf = np.empty(4096 + 64, np.uint8), np.empty(4096 + 64, np.uint8)
     base = (-buf.ctypes.data) % 64  # buf[base:] starts on a line
+    sbase = (-sbuf.ctypes.data) % 64  # and sbuf[sbase:]
     lengths = sorted({n for k in range(6) for n in (64 * k - 1, 64 * k, 64 * k + 1)
                       if n >= 0} | {7, 16, 48, 200, 256, 512, 1000, 1024, 2048})
     for dst_off in range(64):
         for src_off in (0, dst_off, (dst_off + 16) % 64):
             for n in lengths:
-                src = np.zeros(n + 64, np.uint8)[src_off:src_off + n]
+                src = sbuf[sbase + src_off:sbase + src_off + n]
                 src[:] = rng.integers(1, 256, n, dtype=np.uint8)
                 region = buf[base:base + 3072]
                 region[:] = 0
