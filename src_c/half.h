@@ -21,7 +21,7 @@
  *    instructions: F16C (VCVTPH2PS / VCVTPS2PH, 8 values) and AVX-512F (16 values)
  *    for binary16; AVX2 and AVX-512F integer operations for bfloat16, and where
  *    the CPU has AVX512_BF16 (with AVX512DQ, BW, VL) its VCVTNEPS2BF16
- *    (fbn_bf16x16_store_bf, fbn_bf16_narrow_bf: fewer instructions than the integer
+ *    (fbn_bf16x16_round_bf, fbn_bf16_narrow_bf: fewer instructions than the integer
  *    form): its rounding is the integer form's (add 0x7fff plus the kept lowest
  *    bit, shift) but it flushes float denormals to zero (Intel SDM,
  *    "convert_fp32_to_bfloat16"), whereas bfloat16 has the float's exponent range
@@ -213,14 +213,30 @@ FBN_HALF_INLINE void fbn_bf16_narrow_avx2(const float *s, fbn_bf16 *d, int64_t n
 }
 #endif
 
-/* 16 values (the register loops' step, kern_half_dx.h) as two 8-value halves. */
+/* 16 values (the register loops' step, kern_half_dx.h) as two 8-value halves;
+ * narrowed with nt (a constant; streamed runs, kern_half_y.h), to 32 bytes at p by
+ * non-temporal stores: nt 1 one, p aligned to 32; nt 2 two, p aligned to 16. */
 #if defined(__F16C__) && defined(__AVX2__)
 #define FBN_HALF_VEC8 1
+FBN_HALF_INLINE void fbn_stream32(void *p, __m128i lo, __m128i hi, const int nt) {
+    if (nt == 1) {
+        _mm256_stream_si256((__m256i *)p, _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1));
+    } else {
+        _mm_stream_si128((__m128i *)p, lo);
+        _mm_stream_si128((__m128i *)p + 1, hi);
+    }
+}
 FBN_HALF_INLINE void fbn_f16_widen16_f16c(const fbn_f16 *s, float *d) {
     _mm256_storeu_ps(d, fbn_f16x8_load(s));
     _mm256_storeu_ps(d + 8, fbn_f16x8_load(s + 8));
 }
-FBN_HALF_INLINE void fbn_f16_narrow16_f16c(const float *s, fbn_f16 *d) {
+FBN_HALF_INLINE void fbn_f16_narrow16_f16c(const float *s, fbn_f16 *d, const int nt) {
+    if (nt) {
+        const int r = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+        fbn_stream32(d, _mm256_cvtps_ph(_mm256_loadu_ps(s), r),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(s + 8), r), nt);
+        return;
+    }
     fbn_f16x8_store(d, _mm256_loadu_ps(s));
     fbn_f16x8_store(d + 8, _mm256_loadu_ps(s + 8));
 }
@@ -228,7 +244,12 @@ FBN_HALF_INLINE void fbn_bf16_widen16_avx2(const fbn_bf16 *s, float *d) {
     _mm256_storeu_ps(d, fbn_bf16x8_load(s));
     _mm256_storeu_ps(d + 8, fbn_bf16x8_load(s + 8));
 }
-FBN_HALF_INLINE void fbn_bf16_narrow16_avx2(const float *s, fbn_bf16 *d) {
+FBN_HALF_INLINE void fbn_bf16_narrow16_avx2(const float *s, fbn_bf16 *d, const int nt) {
+    if (nt) {
+        fbn_stream32(d, fbn_bf16x8_round(_mm256_loadu_ps(s)),
+                     fbn_bf16x8_round(_mm256_loadu_ps(s + 8)), nt);
+        return;
+    }
     fbn_bf16x8_store(d, _mm256_loadu_ps(s));
     fbn_bf16x8_store(d + 8, _mm256_loadu_ps(s + 8));
 }
@@ -245,15 +266,17 @@ FBN_HALF_INLINE void fbn_bf16_narrow16_avx2(const float *s, fbn_bf16 *d) {
 FBN_HALF_INLINE __m512 fbn_f16x16_load(const fbn_f16 *p) {
     return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
 }
+FBN_HALF_INLINE __m256i fbn_f16x16_round(__m512 v) {
+    return _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
 FBN_HALF_INLINE void fbn_f16x16_store(fbn_f16 *p, __m512 v) {
-    _mm256_storeu_si256((__m256i *)p,
-                        _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    _mm256_storeu_si256((__m256i *)p, fbn_f16x16_round(v));
 }
 FBN_HALF_INLINE __m512 fbn_bf16x16_load(const fbn_bf16 *p) {
     const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
     return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
 }
-FBN_HALF_INLINE void fbn_bf16x16_store(fbn_bf16 *p, __m512 v) {
+FBN_HALF_INLINE __m256i fbn_bf16x16_round(__m512 v) {
     const __m512i u = _mm512_castps_si512(v);
     const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
     const __m512i r = _mm512_srli_epi32(
@@ -261,22 +284,36 @@ FBN_HALF_INLINE void fbn_bf16x16_store(fbn_bf16 *p, __m512 v) {
     const __m512i mag = _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff));
     const __mmask16 isnan = _mm512_cmpgt_epi32_mask(mag, _mm512_set1_epi32(0x7f800000));
     const __m512i nan = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
-    _mm256_storeu_si256((__m256i *)p, _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(r, isnan, nan)));
+    return _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(r, isnan, nan));
+}
+FBN_HALF_INLINE void fbn_bf16x16_store(fbn_bf16 *p, __m512 v) {
+    _mm256_storeu_si256((__m256i *)p, fbn_bf16x16_round(v));
 }
 
-/* 16 values (the register loops' step, kern_half_dx.h): one __m512. */
+/* 16 values (the register loops' step, kern_half_dx.h): one __m512; narrowed, one
+ * store (nt, a constant: 0 plain; non-temporal as fbn_stream32's). */
 #define FBN_HALF_VEC16 1
+FBN_HALF_INLINE void fbn_store16x16(void *p, __m256i v, const int nt) {
+    if (nt == 1) {
+        _mm256_stream_si256((__m256i *)p, v);
+    } else if (nt == 2) {
+        _mm_stream_si128((__m128i *)p, _mm256_castsi256_si128(v));
+        _mm_stream_si128((__m128i *)p + 1, _mm256_extracti128_si256(v, 1));
+    } else {
+        _mm256_storeu_si256((__m256i *)p, v);
+    }
+}
 FBN_HALF_INLINE void fbn_f16_widen16_avx512(const fbn_f16 *s, float *d) {
     _mm512_storeu_ps(d, fbn_f16x16_load(s));
 }
-FBN_HALF_INLINE void fbn_f16_narrow16_avx512(const float *s, fbn_f16 *d) {
-    fbn_f16x16_store(d, _mm512_loadu_ps(s));
+FBN_HALF_INLINE void fbn_f16_narrow16_avx512(const float *s, fbn_f16 *d, const int nt) {
+    fbn_store16x16(d, fbn_f16x16_round(_mm512_loadu_ps(s)), nt);
 }
 FBN_HALF_INLINE void fbn_bf16_widen16_avx512(const fbn_bf16 *s, float *d) {
     _mm512_storeu_ps(d, fbn_bf16x16_load(s));
 }
-FBN_HALF_INLINE void fbn_bf16_narrow16_avx512(const float *s, fbn_bf16 *d) {
-    fbn_bf16x16_store(d, _mm512_loadu_ps(s));
+FBN_HALF_INLINE void fbn_bf16_narrow16_avx512(const float *s, fbn_bf16 *d, const int nt) {
+    fbn_store16x16(d, fbn_bf16x16_round(_mm512_loadu_ps(s)), nt);
 }
 
 FBN_HALF_INLINE void fbn_f16_widen_avx512(const fbn_f16 *s, float *d, int64_t n) {
@@ -315,20 +352,20 @@ FBN_HALF_INLINE void fbn_bf16_narrow_avx512(const float *s, fbn_bf16 *d, int64_t
 /* A denormal v rounds as v + copysign(2^-126, v) (exact: a normal float on the same
  * grid) does, less one in the exponent field (0x80); VCVTNEPS2BF16 rounds that sum
  * right. Branchless, so that the loops around it vectorise. */
-FBN_HALF_INLINE void fbn_bf16x16_store_bf(fbn_bf16 *p, __m512 v) {
+FBN_HALF_INLINE __m256i fbn_bf16x16_round_bf(__m512 v) {
     const __mmask16 den = _mm512_fpclass_ps_mask(v, 0x20);
     const __m512i sgn_min = _mm512_ternarylogic_epi32(_mm512_castps_si512(v),
                                                       _mm512_set1_epi32((int)0x80000000u),
                                                       _mm512_set1_epi32(0x00800000), 0xEA);
     const __m512 w = _mm512_mask_add_ps(v, den, v, _mm512_castsi512_ps(sgn_min));
     const __m256i r = (__m256i)_mm512_cvtneps_pbh(w);
-    _mm256_storeu_si256((__m256i *)p, _mm256_mask_sub_epi16(r, den, r, _mm256_set1_epi16(0x80)));
+    return _mm256_mask_sub_epi16(r, den, r, _mm256_set1_epi16(0x80));
 }
-FBN_HALF_INLINE void fbn_bf16_narrow16_bf(const float *s, fbn_bf16 *d) {
-    fbn_bf16x16_store_bf(d, _mm512_loadu_ps(s));
+FBN_HALF_INLINE void fbn_bf16_narrow16_bf(const float *s, fbn_bf16 *d, const int nt) {
+    fbn_store16x16(d, fbn_bf16x16_round_bf(_mm512_loadu_ps(s)), nt);
 }
 /* Blocks: a vector holding a denormal (rare) by the integer form, the rest by
- * VCVTNEPS2BF16 alone (a branch costs less here than fbn_bf16x16_store_bf's fix). */
+ * VCVTNEPS2BF16 alone (a branch costs less here than fbn_bf16x16_round_bf's fix). */
 FBN_HALF_INLINE void fbn_bf16_narrow_bf(const float *s, fbn_bf16 *d, int64_t n) {
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) {
@@ -348,7 +385,7 @@ FBN_HALF_INLINE void fbn_bf16_narrow_bf(const float *s, fbn_bf16 *d, int64_t n) 
 
 /* ---- blocks: the widest form this CPU has ------------------------------------ */
 
-/* Whether the CPU has AVX512_BF16's rounding (fbn_bf16x16_store_bf) and its
+/* Whether the CPU has AVX512_BF16's rounding (fbn_bf16x16_round_bf) and its
  * build: as fbn_half_level. */
 FBN_HALF_INLINE int fbn_bf16_hw(void) {
 #if FBN_HALF_RUNTIME && defined(FBN_HAVE_BF16_HW)
@@ -496,18 +533,19 @@ FBN_HALF_INLINE void fbn_f16_widen16(const int isa, const fbn_f16 *s, float *d) 
     for (int i = 0; i < 16; i++) d[i] = fbn_f16_to_f32(s[i]);
 }
 
-/* d[i] = s[i] rounded to binary16, i < 16, by instruction set isa. */
-FBN_HALF_INLINE void fbn_f16_narrow16(const int isa, const float *s, fbn_f16 *d) {
-    (void)isa; /* unused without the vector forms */
+/* d[i] = s[i] rounded to binary16, i < 16, by instruction set isa; with nt (a
+ * constant) by non-temporal stores (fbn_stream32; isa 0: plain stores). */
+FBN_HALF_INLINE void fbn_f16_narrow16(const int isa, const int nt, const float *s, fbn_f16 *d) {
+    (void)isa, (void)nt; /* unused without the vector forms */
 #if defined(FBN_HALF_VEC16)
     if (isa >= 2) {
-        fbn_f16_narrow16_avx512(s, d);
+        fbn_f16_narrow16_avx512(s, d, nt);
         return;
     }
 #endif
 #if defined(FBN_HALF_VEC8)
     if (isa == 1) {
-        fbn_f16_narrow16_f16c(s, d);
+        fbn_f16_narrow16_f16c(s, d, nt);
         return;
     }
 #endif
@@ -531,23 +569,24 @@ FBN_HALF_INLINE void fbn_bf16_widen16(const int isa, const fbn_bf16 *s, float *d
     for (int i = 0; i < 16; i++) d[i] = fbn_bf16_to_f32(s[i]);
 }
 
-FBN_HALF_INLINE void fbn_bf16_narrow16(const int isa, const float *s, fbn_bf16 *d) {
-    (void)isa; /* unused without the vector forms */
+FBN_HALF_INLINE void fbn_bf16_narrow16(const int isa, const int nt, const float *s,
+                                        fbn_bf16 *d) {
+    (void)isa, (void)nt; /* unused without the vector forms */
 #if defined(FBN_HAVE_BF16_HW)
     if (isa == 3) {
-        fbn_bf16_narrow16_bf(s, d);
+        fbn_bf16_narrow16_bf(s, d, nt);
         return;
     }
 #endif
 #if defined(FBN_HALF_VEC16)
     if (isa >= 2) {
-        fbn_bf16_narrow16_avx512(s, d);
+        fbn_bf16_narrow16_avx512(s, d, nt);
         return;
     }
 #endif
 #if defined(FBN_HALF_VEC8)
     if (isa == 1) {
-        fbn_bf16_narrow16_avx2(s, d);
+        fbn_bf16_narrow16_avx2(s, d, nt);
         return;
     }
 #endif

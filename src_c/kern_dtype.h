@@ -16,7 +16,8 @@
  *                 FBN_HBLOCK values at most, by the CPU's vector conversions (half.h)
  *   FBN_LD_V, FBN_ST_V  FBN_LD_V(isa, src, dst): 16 T values as TC into dst by the
  *                 instruction set isa (a constant: half.h's fbn_*_widen16);
- *                 FBN_ST_V(isa, src, dst): 16 TC values as T (kern_half_dx.h)
+ *                 FBN_ST_V(isa, nt, src, dst): 16 TC values as T (kern_half_dx.h),
+ *                 with nt (a constant) by non-temporal stores to dst aligned to 32
  *   FBN_HALF_REGS  (FBN_NARROW) the least fbn_half_level() (half.h: 1 F16C +
  *                 AVX2, 2 AVX-512F) at which y (and the rows shape's dx, from 2
  *                 only) are computed in registers (kern_half_y.h), else buffered;

@@ -174,9 +174,9 @@ FBN_INLINE void FBN_SYM(half_values)(const int op, int stream, const T *x, const
     if (stream || ((op == FBN_OP_AFFINE || dx_cached) && FBN_HALF_REGS_CACHED &&
                    m >= FBN_HALF_CACHED_RUN && FBN_SYM(half_isa)() >= FBN_HALF_REGS_CACHED)) {
         if (op == FBN_OP_AFFINE &&
-            FBN_SYM(half_run_y)(x, out, m, h->shift, h->scale, h->bias, h->relu))
+            FBN_SYM(half_run_y)(0, x, out, m, h->shift, h->scale, h->bias, h->relu))
             return;
-        if (op == FBN_OP_DX && FBN_SYM(half_run_dx)(dy, x, out, m, h)) return;
+        if (op == FBN_OP_DX && FBN_SYM(half_run_dx)(0, dy, x, out, m, h)) return;
     }
     for (int64_t i = 0; i < m; i += FBN_HBLOCK)
         FBN_SYM(block_values)(op, x + i, dy ? dy + i : NULL, out + i,
@@ -195,7 +195,7 @@ FBN_INLINE void FBN_SYM(half_values)(const int op, int stream, const T *x, const
  * are prefetched FBN_STREAM_AHEAD bytes ahead, a line at a time; inputs read from
  * memory are left to the hardware prefetcher, as in the columns shape (software
  * prefetches there made inference up to 1.6x slower: docs/performance.md). */
-FBN_INLINE void FBN_SYM(stream_values)(const int op, const int fetch, T *out, int64_t m,
+FBN_INLINE void FBN_SYM(stream_chunks)(const int op, const int fetch, T *out, int64_t m,
                                        const T *restrict x, const T *restrict dy,
                                        const FBN_SYM(chan) *h) {
 #if FBN_CAN_STREAM
@@ -221,6 +221,51 @@ FBN_INLINE void FBN_SYM(stream_values)(const int op, const int fetch, T *out, in
 #else
     for (int64_t i = 0; i < m; i++) out[i] = FBN_SYM(value_at)(op, x, dy, i, h);
 #endif
+}
+
+#ifdef FBN_NARROW
+/* 16-bit data: a streamed run straight from the register loops' vectors, by
+ * non-temporal stores (fbn_half_run_y_<sfx>, fbn_half_run_dx_<sfx>: 32 bytes a
+ * step, in one store where out is aligned to 32, else two), without the buffer
+ * and its copy, whose turns at the memory cost (docs/performance.md); what lies
+ * before out's first 16-byte boundary and after its last whole step (runs of most
+ * shapes have neither) through fbn_stream_chunks_<sfx>. Returns 0 (nothing
+ * written) where the CPU has no register form of op, streams narrower than 32
+ * bytes (FASTBN_STREAM_WIDTH), or out lies just past an input within a page
+ * (FBN_STREAM_ALIAS_BYTES). */
+FBN_INLINE int FBN_SYM(half_stream_lines)(const int op, const int fetch, T *out, int64_t m,
+                                          const T *x, const T *dy, const FBN_SYM(chan) *h) {
+    const uintptr_t past_x = ((uintptr_t)out - (uintptr_t)x) % 4096; /* see tuning.h */
+    const uintptr_t past_dy = FBN_TWO_INPUTS(op) ? ((uintptr_t)out - (uintptr_t)dy) % 4096 : 0;
+    const uintptr_t near = FBN_STREAM_ALIAS_BYTES; /* past - 1 < near: 0 < past <= near */
+    if ((uintptr_t)out % sizeof(T) || fbn_stream_width() < 32 || past_x - 1 < near ||
+        (FBN_TWO_INPUTS(op) && past_dy - 1 < near))
+        return 0;
+    const int64_t step = 32 / (int64_t)sizeof(T); /* values of a step */
+    const int64_t head = (int64_t)((16 - (uintptr_t)out % 16) % 16 / sizeof(T));
+    const int64_t body = m > head ? (m - head) / step * step : 0;
+    if (!body) return 0;
+    T *ob = out + head;
+    const int nt = (uintptr_t)ob % 32 ? 2 : 1;
+    if (op == FBN_OP_AFFINE
+            ? !FBN_SYM(half_run_y)(nt, x + head, ob, body, h->shift, h->scale, h->bias, h->relu)
+            : op != FBN_OP_DX || !FBN_SYM(half_run_dx)(nt, dy + head, x + head, ob, body, h))
+        return 0;
+    if (head) FBN_SYM(stream_chunks)(op, fetch, out, head, x, dy, h);
+    if (m - head - body)
+        FBN_SYM(stream_chunks)(op, fetch, ob + body, m - head - body, x + head + body,
+                               FBN_TWO_INPUTS(op) ? dy + head + body : NULL, h);
+    return 1;
+}
+#endif
+
+/* fbn_stream_chunks_<sfx>, or fbn_half_stream_lines_<sfx> where it takes the run. */
+FBN_INLINE void FBN_SYM(stream_values)(const int op, const int fetch, T *out, int64_t m,
+                                       const T *x, const T *dy, const FBN_SYM(chan) *h) {
+#if defined(FBN_NARROW) && FBN_CAN_STREAM
+    if (FBN_SYM(half_stream_lines)(op, fetch, out, m, x, dy, h)) return;
+#endif
+    FBN_SYM(stream_chunks)(op, fetch, out, m, x, dy, h);
 }
 
 /* Rows shape: op's m values of channel c from offset o (the inputs': o + skip, see

@@ -114,7 +114,7 @@ FBN_INLINE void FBN_SYM(dx_vec)(const int isa, const int relu, const int res, co
                                       scale[c + j], bias[c + j], relu, res, k_dy[c + j],
                                       k_x[c + j], mdy[c + j], k_0[c + j], inv[c + j], eval,
                                       slope);
-            FBN_ST_V(isa, ov, out + i * ldo + c);
+            FBN_ST_V(isa, 0, ov, out + i * ldo + c);
         }
     }
     if (c < m)
@@ -154,11 +154,12 @@ FBN_INLINE void FBN_SYM(dx_vec_as)(const int isa, int relu, int res, int g, cons
 
 /* Rows shape: dx of one channel's m values (a run, or a chunk of one; h: its
  * coefficients), FBN_VW at a time in registers, the last step's few values
- * zero-padded to a whole step and its other outputs dropped; isa and eval
+ * zero-padded to a whole step and its other outputs dropped; isa, eval and nt
  * constants, no ReLU (GCC 12 leaves this loop scalar with the ReLU's mask:
- * docs/performance.md). out may be dy. */
-FBN_INLINE void FBN_SYM(run_dx_vec)(const int isa, const T *dy, const T *x, T *out, int64_t m,
-                                    const FBN_SYM(chan) *h, const int eval) {
+ * docs/performance.md); nt: whole steps streamed, as fbn_run_y_vec_<sfx>'s. out
+ * may be dy. */
+FBN_INLINE void FBN_SYM(run_dx_vec)(const int isa, const int nt, const T *dy, const T *x, T *out,
+                                    int64_t m, const FBN_SYM(chan) *h, const int eval) {
     const TC shift = h->shift, scale = h->scale, bias = h->bias, k_dy = h->k_dy, k_x = h->k_x;
     const TC mean_dy = h->mean_dy, k_0 = h->k_0, invstd = h->invstd;
     for (int64_t i = 0; i < m; i += FBN_VW) {
@@ -179,18 +180,32 @@ FBN_INLINE void FBN_SYM(run_dx_vec)(const int isa, const T *dy, const T *x, T *o
         for (int j = 0; j < FBN_VW; j++)
             o[j] = FBN_SYM(dx1)(d[j], v[j], shift, scale, bias, 0, k_dy, k_x, mean_dy, k_0,
                                 invstd, eval);
-        FBN_ST_V(isa, o, to);
+        if (nt && n == FBN_VW)
+            FBN_ST_V(isa, nt, o, to);
+        else
+            FBN_ST_V(isa, 0, o, to);
         if (n < FBN_VW) memcpy(out + i, ot, (size_t)n * sizeof(T));
     }
 }
 
-/* fbn_run_dx_vec_<sfx> with eval a constant. */
-FBN_INLINE void FBN_SYM(run_dx_as)(const int isa, const T *dy, const T *x, T *out, int64_t m,
-                                   const FBN_SYM(chan) *h) {
+/* fbn_run_dx_vec_<sfx> with eval a constant (nt one already). */
+FBN_INLINE void FBN_SYM(run_dx_eval)(const int isa, const int nt, const T *dy, const T *x,
+                                     T *out, int64_t m, const FBN_SYM(chan) *h) {
     if (h->eval)
-        FBN_SYM(run_dx_vec)(isa, dy, x, out, m, h, 1);
+        FBN_SYM(run_dx_vec)(isa, nt, dy, x, out, m, h, 1);
     else
-        FBN_SYM(run_dx_vec)(isa, dy, x, out, m, h, 0);
+        FBN_SYM(run_dx_vec)(isa, nt, dy, x, out, m, h, 0);
+}
+
+/* fbn_run_dx_vec_<sfx> with nt and eval constants. */
+FBN_INLINE void FBN_SYM(run_dx_as)(const int isa, int nt, const T *dy, const T *x, T *out,
+                                   int64_t m, const FBN_SYM(chan) *h) {
+    if (nt == 1)
+        FBN_SYM(run_dx_eval)(isa, 1, dy, x, out, m, h);
+    else if (nt == 2)
+        FBN_SYM(run_dx_eval)(isa, 2, dy, x, out, m, h);
+    else
+        FBN_SYM(run_dx_eval)(isa, 0, dy, x, out, m, h);
 }
 
 /* The loops compiled for each instruction set (static inline: no warning where a
@@ -202,9 +217,10 @@ FBN_HALF_TARGET16 static inline void FBN_SYM(dx_v16)(int relu, int res, int g, c
                                                      const FBN_SYM(tcoefs) *k, int64_t ch) {
     FBN_SYM(dx_vec_as)(2, relu, res, g, dr, xr, zr, ld, out, ldo, m, k, ch);
 }
-FBN_HALF_TARGET16 static inline void FBN_SYM(run_dx_v16)(const T *dy, const T *x, T *out,
-                                                         int64_t m, const FBN_SYM(chan) *h) {
-    FBN_SYM(run_dx_as)(2, dy, x, out, m, h);
+FBN_HALF_TARGET16 static inline void FBN_SYM(run_dx_v16)(int nt, const T *dy, const T *x,
+                                                         T *out, int64_t m,
+                                                         const FBN_SYM(chan) *h) {
+    FBN_SYM(run_dx_as)(2, nt, dy, x, out, m, h);
 }
 #endif
 #if defined(FBN_HALF_VEC16BF)
@@ -214,9 +230,10 @@ FBN_HALF_TARGET16BF static inline void FBN_SYM(dx_v16b)(int relu, int res, int g
                                                         const FBN_SYM(tcoefs) *k, int64_t ch) {
     FBN_SYM(dx_vec_as)(3, relu, res, g, dr, xr, zr, ld, out, ldo, m, k, ch);
 }
-FBN_HALF_TARGET16BF static inline void FBN_SYM(run_dx_v16b)(const T *dy, const T *x, T *out,
-                                                           int64_t m, const FBN_SYM(chan) *h) {
-    FBN_SYM(run_dx_as)(3, dy, x, out, m, h);
+FBN_HALF_TARGET16BF static inline void FBN_SYM(run_dx_v16b)(int nt, const T *dy, const T *x,
+                                                           T *out, int64_t m,
+                                                           const FBN_SYM(chan) *h) {
+    FBN_SYM(run_dx_as)(3, nt, dy, x, out, m, h);
 }
 #endif
 #if defined(FBN_HALF_VEC8)
@@ -261,22 +278,23 @@ FBN_INLINE void FBN_SYM(half_dx_rows)(const T *dr, const T *xr, const T *zr, int
 
 /* Rows shape: dx of one channel's m values in registers with AVX-512F and no ReLU
  * (returns 1), else 0 (the caller's buffered loop; F16C + AVX2's 8-lane form of
- * this loop was slower than it: docs/performance.md). out may be dy. */
-FBN_INLINE int FBN_SYM(half_run_dx)(const T *dy, const T *x, T *out, int64_t m,
+ * this loop was slower than it: docs/performance.md); nt: streamed, as
+ * fbn_half_run_y_<sfx>. out may be dy. */
+FBN_INLINE int FBN_SYM(half_run_dx)(int nt, const T *dy, const T *x, T *out, int64_t m,
                                     const FBN_SYM(chan) *h) {
 #if defined(FBN_HALF_VEC16BF)
     if (!h->relu && FBN_SYM(half_isa)() == 3) {
-        FBN_SYM(run_dx_v16b)(dy, x, out, m, h);
+        FBN_SYM(run_dx_v16b)(nt, dy, x, out, m, h);
         return 1;
     }
 #endif
 #if defined(FBN_HALF_VEC16)
     if (!h->relu && fbn_half_level() == 2) {
-        FBN_SYM(run_dx_v16)(dy, x, out, m, h);
+        FBN_SYM(run_dx_v16)(nt, dy, x, out, m, h);
         return 1;
     }
 #endif
-    (void)dy, (void)x, (void)out, (void)m, (void)h;
+    (void)nt, (void)dy, (void)x, (void)out, (void)m, (void)h;
     return 0;
 }
 

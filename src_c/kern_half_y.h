@@ -76,7 +76,7 @@ FBN_INLINE void FBN_SYM(y_vec)(const int isa, const int g, const int relu, const
             TC ov[FBN_VW];
             for (int j = 0; j < FBN_VW; j++)
                 ov[j] = FBN_SYM(affine1)(xv[i][j], shift[c + j], scale[c + j], bias[c + j], relu);
-            FBN_ST_V(isa, ov, out + i * ldo + c);
+            FBN_ST_V(isa, 0, ov, out + i * ldo + c);
         }
     }
     if (c < m) FBN_SYM(y_rest)(g, xr + c, ld, out + c, ldo, m - c, k, ch + c);
@@ -109,16 +109,17 @@ FBN_INLINE void FBN_SYM(y_vec_relu)(const int isa, int g, const T *xr, int64_t l
 
 /* Rows shape: y of one channel's m values (a run, or a chunk of one), FBN_VW at a
  * time in registers; the last step's few values zero-padded to a whole step, its
- * other outputs dropped. isa and relu constants (GCC does not vectorise the loop
- * with relu a variable). out may be x. */
-FBN_INLINE void FBN_SYM(run_y_vec)(const int isa, const T *x, T *out, int64_t m, TC shift,
-                                   TC scale, TC bias, const int relu) {
+ * other outputs dropped. isa, relu and nt constants (GCC does not vectorise the
+ * loop with relu a variable); nt: streamed, by non-temporal stores (half.h's
+ * fbn_stream32: 1, out aligned to 32 bytes; 2, to 16). out may be x. */
+FBN_INLINE void FBN_SYM(run_y_vec)(const int isa, const int nt, const T *x, T *out, int64_t m,
+                                   TC shift, TC scale, TC bias, const int relu) {
     int64_t i = 0;
     for (; i + FBN_VW <= m; i += FBN_VW) {
         TC xv[FBN_VW], ov[FBN_VW];
         FBN_LD_V(isa, x + i, xv);
         for (int j = 0; j < FBN_VW; j++) ov[j] = FBN_SYM(affine1)(xv[j], shift, scale, bias, relu);
-        FBN_ST_V(isa, ov, out + i);
+        FBN_ST_V(isa, nt, ov, out + i);
     }
     if (i < m) {
         T xt[FBN_VW], ot[FBN_VW];
@@ -127,18 +128,29 @@ FBN_INLINE void FBN_SYM(run_y_vec)(const int isa, const T *x, T *out, int64_t m,
         memcpy(xt, x + i, (size_t)(m - i) * sizeof(T));
         FBN_LD_V(isa, xt, xv);
         for (int j = 0; j < FBN_VW; j++) ov[j] = FBN_SYM(affine1)(xv[j], shift, scale, bias, relu);
-        FBN_ST_V(isa, ov, ot);
+        FBN_ST_V(isa, 0, ov, ot);
         memcpy(out + i, ot, (size_t)(m - i) * sizeof(T));
     }
 }
 
-/* fbn_run_y_vec_<sfx> with relu a constant. */
-FBN_INLINE void FBN_SYM(run_y_relu)(const int isa, const T *x, T *out, int64_t m, TC shift,
-                                    TC scale, TC bias, int relu) {
+/* fbn_run_y_vec_<sfx> with relu a constant (nt one already). */
+FBN_INLINE void FBN_SYM(run_y_relu)(const int isa, const int nt, const T *x, T *out, int64_t m,
+                                    TC shift, TC scale, TC bias, int relu) {
     if (relu)
-        FBN_SYM(run_y_vec)(isa, x, out, m, shift, scale, bias, 1);
+        FBN_SYM(run_y_vec)(isa, nt, x, out, m, shift, scale, bias, 1);
     else
-        FBN_SYM(run_y_vec)(isa, x, out, m, shift, scale, bias, 0);
+        FBN_SYM(run_y_vec)(isa, nt, x, out, m, shift, scale, bias, 0);
+}
+
+/* fbn_run_y_vec_<sfx> with nt and relu constants. */
+FBN_INLINE void FBN_SYM(run_y_as)(const int isa, int nt, const T *x, T *out, int64_t m,
+                                  TC shift, TC scale, TC bias, int relu) {
+    if (nt == 1)
+        FBN_SYM(run_y_relu)(isa, 1, x, out, m, shift, scale, bias, relu);
+    else if (nt == 2)
+        FBN_SYM(run_y_relu)(isa, 2, x, out, m, shift, scale, bias, relu);
+    else
+        FBN_SYM(run_y_relu)(isa, 0, x, out, m, shift, scale, bias, relu);
 }
 
 /* The loops compiled for each instruction set (static inline: no warning where a
@@ -149,9 +161,9 @@ FBN_HALF_TARGET16 static inline void FBN_SYM(y_v16)(int g, const T *xr, int64_t 
                                                     const FBN_SYM(tcoefs) *k, int64_t ch) {
     FBN_SYM(y_vec_relu)(2, g, xr, ld, out, ldo, m, k, ch);
 }
-FBN_HALF_TARGET16 static inline void FBN_SYM(run_y_v16)(const T *x, T *out, int64_t m, TC shift,
-                                                        TC scale, TC bias, int relu) {
-    FBN_SYM(run_y_relu)(2, x, out, m, shift, scale, bias, relu);
+FBN_HALF_TARGET16 static inline void FBN_SYM(run_y_v16)(int nt, const T *x, T *out, int64_t m,
+                                                        TC shift, TC scale, TC bias, int relu) {
+    FBN_SYM(run_y_as)(2, nt, x, out, m, shift, scale, bias, relu);
 }
 #endif
 #if defined(FBN_Y_VEC16) && defined(FBN_HALF_VEC16BF)
@@ -161,10 +173,10 @@ FBN_HALF_TARGET16BF static inline void FBN_SYM(y_v16b)(int g, const T *xr, int64
                                                       const FBN_SYM(tcoefs) *k, int64_t ch) {
     FBN_SYM(y_vec_relu)(3, g, xr, ld, out, ldo, m, k, ch);
 }
-FBN_HALF_TARGET16BF static inline void FBN_SYM(run_y_v16b)(const T *x, T *out, int64_t m,
-                                                          TC shift, TC scale, TC bias,
-                                                          int relu) {
-    FBN_SYM(run_y_relu)(3, x, out, m, shift, scale, bias, relu);
+FBN_HALF_TARGET16BF static inline void FBN_SYM(run_y_v16b)(int nt, const T *x, T *out,
+                                                          int64_t m, TC shift, TC scale,
+                                                          TC bias, int relu) {
+    FBN_SYM(run_y_as)(3, nt, x, out, m, shift, scale, bias, relu);
 }
 #endif
 #if defined(FBN_Y_VEC8)
@@ -173,9 +185,9 @@ FBN_HALF_TARGET8 static inline void FBN_SYM(y_v8)(int g, const T *xr, int64_t ld
                                                   const FBN_SYM(tcoefs) *k, int64_t ch) {
     FBN_SYM(y_vec_relu)(1, g, xr, ld, out, ldo, m, k, ch);
 }
-FBN_HALF_TARGET8 static inline void FBN_SYM(run_y_v8)(const T *x, T *out, int64_t m, TC shift,
-                                                      TC scale, TC bias, int relu) {
-    FBN_SYM(run_y_relu)(1, x, out, m, shift, scale, bias, relu);
+FBN_HALF_TARGET8 static inline void FBN_SYM(run_y_v8)(int nt, const T *x, T *out, int64_t m,
+                                                      TC shift, TC scale, TC bias, int relu) {
+    FBN_SYM(run_y_as)(1, nt, x, out, m, shift, scale, bias, relu);
 }
 #endif
 #endif /* FBN_Y_VEC */
@@ -210,31 +222,32 @@ FBN_INLINE void FBN_SYM(half_y_rows)(const T *xr, int64_t ld, T *out, int64_t ld
 
 /* Rows shape: y of one channel's m values in registers where the CPU's level is
  * FBN_HALF_REGS or more (returns 1), else 0 (the caller's buffered loop:
- * fbn_block_values_<sfx>). out may be x. */
-FBN_INLINE int FBN_SYM(half_run_y)(const T *x, T *out, int64_t m, TC shift, TC scale, TC bias,
-                                   int relu) {
+ * fbn_block_values_<sfx>); nt: streamed (see fbn_run_y_vec_<sfx>), m a multiple
+ * of FBN_VW (see fbn_run_y_vec_<sfx>). out may be x. */
+FBN_INLINE int FBN_SYM(half_run_y)(int nt, const T *x, T *out, int64_t m, TC shift, TC scale,
+                                   TC bias, int relu) {
 #ifdef FBN_Y_VEC
     const int level = FBN_SYM(half_isa)();
 #if defined(FBN_Y_VEC16BF)
     if (level == 3) {
-        FBN_SYM(run_y_v16b)(x, out, m, shift, scale, bias, relu);
+        FBN_SYM(run_y_v16b)(nt, x, out, m, shift, scale, bias, relu);
         return 1;
     }
 #endif
 #if defined(FBN_Y_VEC16)
     if (level == 2) {
-        FBN_SYM(run_y_v16)(x, out, m, shift, scale, bias, relu);
+        FBN_SYM(run_y_v16)(nt, x, out, m, shift, scale, bias, relu);
         return 1;
     }
 #endif
 #if defined(FBN_Y_VEC8)
     if (level == 1) {
-        FBN_SYM(run_y_v8)(x, out, m, shift, scale, bias, relu);
+        FBN_SYM(run_y_v8)(nt, x, out, m, shift, scale, bias, relu);
         return 1;
     }
 #endif
 #endif
-    (void)x, (void)out, (void)m, (void)shift, (void)scale, (void)bias, (void)relu;
+    (void)nt, (void)x, (void)out, (void)m, (void)shift, (void)scale, (void)bias, (void)relu;
     return 0;
 }
 

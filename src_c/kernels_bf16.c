@@ -17,5 +17,5 @@
 #define FBN_LD_N(s, d, n) fbn_bf16_widen((const fbn_bf16 *)(const void *)(s), (d), (n))
 #define FBN_ST_N(s, d, n) fbn_bf16_narrow((s), (fbn_bf16 *)(void *)(d), (n))
 #define FBN_LD_V(isa, s, d) fbn_bf16_widen16((isa), (const fbn_bf16 *)(const void *)(s), (d))
-#define FBN_ST_V(isa, s, d) fbn_bf16_narrow16((isa), (s), (fbn_bf16 *)(void *)(d))
+#define FBN_ST_V(isa, nt, s, d) fbn_bf16_narrow16((isa), (nt), (s), (fbn_bf16 *)(void *)(d))
 #include "kern_dtype.h"

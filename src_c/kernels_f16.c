@@ -24,5 +24,5 @@
 #define FBN_LD_N(s, d, n) fbn_f16_widen((const fbn_f16 *)(const void *)(s), (d), (n))
 #define FBN_ST_N(s, d, n) fbn_f16_narrow((s), (fbn_f16 *)(void *)(d), (n))
 #define FBN_LD_V(isa, s, d) fbn_f16_widen16((isa), (const fbn_f16 *)(const void *)(s), (d))
-#define FBN_ST_V(isa, s, d) fbn_f16_narrow16((isa), (s), (fbn_f16 *)(void *)(d))
+#define FBN_ST_V(isa, nt, s, d) fbn_f16_narrow16((isa), (nt), (s), (fbn_f16 *)(void *)(d))
 #include "kern_dtype.h"

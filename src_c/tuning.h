@@ -144,6 +144,13 @@
 #ifndef FBN_STREAM_FETCH_BYTES
 #define FBN_STREAM_FETCH_BYTES 512
 #endif
+/* 16-bit streamed runs go straight from registers (fbn_half_stream_lines_<sfx>)
+ * unless the output lies up to FBN_STREAM_ALIAS_BYTES past an input within a 4 KB
+ * page: the loads running ahead then waited on the pending streamed stores they
+ * seemed to overlap (4K aliasing; docs/performance.md). */
+#ifndef FBN_STREAM_ALIAS_BYTES
+#define FBN_STREAM_ALIAS_BYTES 512
+#endif
 #if FBN_STREAM_LONG_BYTES > FBN_STREAM_CHUNK_BYTES || \
     FBN_STREAM_FETCH_BYTES > FBN_STREAM_CHUNK_BYTES
 #error "the streamed runs' buffer holds FBN_STREAM_CHUNK_BYTES"

@@ -94,7 +94,7 @@ static void compare(uint64_t stride) {
     uint64_t n = 0, bad_n8 = 0, bad_n16 = 0, bad_b8 = 0, bad_b16 = 0, bad_bh = 0;
     for (uint64_t u0 = 0; u0 < (1ull << 32); u0 += 16 * stride) {
         float in[16];
-        fbn_f16 out[16];
+        fbn_f16 out[16] __attribute__((aligned(32))); /* the streamed forms' alignment */
         int k = 0;
         for (; k < 16 && u0 + k * stride < (1ull << 32); k++)
             in[k] = fbn_bits_f32((uint32_t)(u0 + k * stride));
@@ -104,22 +104,32 @@ static void compare(uint64_t stride) {
             fbn_f16x8_store(out, _mm256_loadu_ps(in));
             fbn_f16x8_store(out + 8, _mm256_loadu_ps(in + 8));
             for (int i = 0; i < k; i++) bad_n8 += out[i] != fbn_f32_to_f16(in[i]);
+            fbn_f16_narrow16_f16c(in, out, 1); /* streamed: the two halves' order */
+            for (int i = 0; i < k; i++) bad_n8 += out[i] != fbn_f32_to_f16(in[i]);
         }
         if (avx512) {
             fbn_f16x16_store(out, _mm512_loadu_ps(in));
             for (int i = 0; i < k; i++) bad_n16 += out[i] != fbn_f32_to_f16(in[i]);
+            fbn_f16_narrow16_avx512(in, out, 1);
+            for (int i = 0; i < k; i++) bad_n16 += out[i] != fbn_f32_to_f16(in[i]);
             fbn_bf16x16_store(out, _mm512_loadu_ps(in));
+            for (int i = 0; i < k; i++) bad_b16 += out[i] != fbn_f32_to_bf16(in[i]);
+            fbn_bf16_narrow16_avx512(in, out, 1);
             for (int i = 0; i < k; i++) bad_b16 += out[i] != fbn_f32_to_bf16(in[i]);
         }
 #ifdef FBN_HAVE_BF16_HW
         if (bf16hw) {
-            fbn_bf16x16_store_bf(out, _mm512_loadu_ps(in));
+            fbn_bf16_narrow16_bf(in, out, 0);
+            for (int i = 0; i < k; i++) bad_bh += out[i] != fbn_f32_to_bf16(in[i]);
+            fbn_bf16_narrow16_bf(in, out, 1);
             for (int i = 0; i < k; i++) bad_bh += out[i] != fbn_f32_to_bf16(in[i]);
         }
 #endif
         if (avx2) {
             fbn_bf16x8_store(out, _mm256_loadu_ps(in));
             fbn_bf16x8_store(out + 8, _mm256_loadu_ps(in + 8));
+            for (int i = 0; i < k; i++) bad_b8 += out[i] != fbn_f32_to_bf16(in[i]);
+            fbn_bf16_narrow16_avx2(in, out, 1);
             for (int i = 0; i < k; i++) bad_b8 += out[i] != fbn_f32_to_bf16(in[i]);
         }
     }

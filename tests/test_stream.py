@@ -104,3 +104,72 @@ def test_the_copy_refuses_what_it_cannot_copy():
         _k._stream_copy(np.zeros(8, np.uint8), np.zeros(9, np.uint8))
     with pytest.raises(ValueError, match="dst and src"):
         _k._stream_copy(np.zeros(8, np.uint16), np.zeros(8, np.uint16))
+
+
+_HALF_RUNS = r'''
+import hashlib, sys
+import numpy as np, fastbn
+import fastbn._kernels as k
+k._set_cache_sizes(0, 0, 10 << 20)  # outputs of 16 MB streamed (conftest.streaming_l3)
+dtypes = [np.float16]
+try:
+    import ml_dtypes
+    dtypes.append(ml_dtypes.bfloat16)
+except ImportError:
+    pass
+rng = np.random.default_rng(7)
+
+
+def at(shape, dtype, page_offset):
+    """An array of `shape` starting `page_offset` bytes into a 4 KB page."""
+    n = int(np.prod(shape)) * 2
+    raw = np.empty(n + 8192, np.uint8)
+    s = (page_offset - raw.ctypes.data) % 4096
+    return raw[s:s + n].view(dtype).reshape(shape)
+
+
+h = hashlib.sha256()
+for dtype in dtypes:
+    for shape in [(160, 64, 28, 28), (11, 32, 101, 227)]:  # runs of 784; 22927 (tails)
+        C = shape[1]
+        g = rng.uniform(0.5, 1.5, C).astype(np.float32)
+        b = rng.standard_normal(C).astype(np.float32)
+        rm = rng.standard_normal(C).astype(np.float32)
+        rv = rng.uniform(0.5, 2, C).astype(np.float32)
+        x, dy = at(shape, dtype, 16), at(shape, dtype, 1040)
+        x[...] = rng.standard_normal(shape) * 2 + 1
+        dy[...] = rng.standard_normal(shape)
+        _, cache = fastbn.forward(x, g, b)
+        # out at x's place in a page, before it, just past x or dy (4K aliasing:
+        # the buffered path), at 2-byte offsets (heads) and a line's halves
+        for off in [16, 0, 18, 30, 32, 48, 80, 528, 1042, 1056, 2064, 4094]:
+            y = at(shape, dtype, off)
+            fastbn.forward(x, g, b, training=False, running_mean=rm, running_var=rv, out=y)
+            dx = at(shape, dtype, off)
+            fastbn.backward(dy, cache, out=(dx, None, None))
+            h.update(y.tobytes())
+            h.update(dx.tobytes())
+        y = x.copy()  # in place
+        fastbn.forward(y, g, b, training=False, running_mean=rm, running_var=rv, out=y)
+        h.update(y.tobytes())
+print(h.hexdigest())
+'''
+
+
+def test_half_streamed_runs_are_bitwise_the_buffered_ones(tmp_path):
+    """16-bit streamed runs go straight from registers by non-temporal stores
+    (fbn_half_stream_lines, kern_elemwise.h), with the partial steps at either end,
+    and outputs just past an input within a page, through the L1 buffer. With
+    32-byte streams narrowed away (FASTBN_STREAM_WIDTH=16) every run takes the
+    buffer: the values must be bitwise the same, for inference and dx, outputs at
+    every kind of offset, runs with and without tails, in place."""
+    script = tmp_path / "runs.py"
+    script.write_text(_HALF_RUNS)
+    digests = {}
+    for width in ("64", "32", "16"):
+        env = dict(os.environ, FASTBN_STREAM_WIDTH=width)
+        r = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                           text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+        digests[width] = r.stdout.strip()
+    assert digests["64"] == digests["16"] and digests["32"] == digests["16"], digests
