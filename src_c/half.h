@@ -220,7 +220,8 @@ FBN_HALF_INLINE void fbn_bf16_narrow_avx2(const float *s, fbn_bf16 *d, int64_t n
 #define FBN_HALF_VEC8 1
 FBN_HALF_INLINE void fbn_stream32(void *p, __m128i lo, __m128i hi, const int nt) {
     if (nt == 1) {
-        _mm256_stream_si256((__m256i *)p, _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1));
+        const __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
+        _mm256_stream_si256((__m256i *)p, v);
     } else {
         _mm_stream_si128((__m128i *)p, lo);
         _mm_stream_si128((__m128i *)p + 1, hi);

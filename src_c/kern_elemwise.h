@@ -232,8 +232,9 @@ FBN_INLINE void FBN_SYM(stream_chunks)(const int op, const int fetch, T *out, in
  * shapes have neither) through fbn_stream_chunks_<sfx>. Returns 0 (nothing
  * written) where the CPU has no register form of op, streams narrower than 32
  * bytes (FASTBN_STREAM_WIDTH), or out lies just past an input within a page
- * (FBN_STREAM_ALIAS_BYTES). */
-FBN_INLINE int FBN_SYM(half_stream_lines)(const int op, const int fetch, T *out, int64_t m,
+ * (FBN_STREAM_ALIAS_BYTES). fetch's prefetches serve the buffered parts only: the
+ * fused passes gained without them (docs/performance.md). */
+FBN_INLINE int FBN_SYM(half_stream_regs)(const int op, const int fetch, T *out, int64_t m,
                                           const T *x, const T *dy, const FBN_SYM(chan) *h) {
     const uintptr_t past_x = ((uintptr_t)out - (uintptr_t)x) % 4096; /* see tuning.h */
     const uintptr_t past_dy = FBN_TWO_INPUTS(op) ? ((uintptr_t)out - (uintptr_t)dy) % 4096 : 0;
@@ -259,11 +260,11 @@ FBN_INLINE int FBN_SYM(half_stream_lines)(const int op, const int fetch, T *out,
 }
 #endif
 
-/* fbn_stream_chunks_<sfx>, or fbn_half_stream_lines_<sfx> where it takes the run. */
+/* fbn_stream_chunks_<sfx>, or fbn_half_stream_regs_<sfx> where it takes the run. */
 FBN_INLINE void FBN_SYM(stream_values)(const int op, const int fetch, T *out, int64_t m,
                                        const T *x, const T *dy, const FBN_SYM(chan) *h) {
 #if defined(FBN_NARROW) && FBN_CAN_STREAM
-    if (FBN_SYM(half_stream_lines)(op, fetch, out, m, x, dy, h)) return;
+    if (FBN_SYM(half_stream_regs)(op, fetch, out, m, x, dy, h)) return;
 #endif
     FBN_SYM(stream_chunks)(op, fetch, out, m, x, dy, h);
 }

@@ -158,7 +158,7 @@ print(h.hexdigest())
 
 def test_half_streamed_runs_are_bitwise_the_buffered_ones(tmp_path):
     """16-bit streamed runs go straight from registers by non-temporal stores
-    (fbn_half_stream_lines, kern_elemwise.h), with the partial steps at either end,
+    (fbn_half_stream_regs, kern_elemwise.h), with the partial steps at either end,
     and outputs just past an input within a page, through the L1 buffer. With
     32-byte streams narrowed away (FASTBN_STREAM_WIDTH=16) every run takes the
     buffer: the values must be bitwise the same, for inference and dx, outputs at

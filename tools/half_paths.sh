@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The half-precision tests (tests/test_half.py, tests/test_half_conversions.py,
-# tests/test_half_sums.py, tests/test_half_runs.py, and
+# tests/test_half_sums.py, tests/test_half_runs.py, tests/test_stream.py (16-bit streamed
+# runs from registers against the buffer), and
 # the digests of tests/test_digest.py, half-precision ones included) on
 # builds the default build does not exercise on this machine: a scratch copy of the
 # working tree (tools/scratch_build.sh) is built with extra C flags and tested.
@@ -14,4 +15,4 @@
 set -euo pipefail
 exec "$(dirname "$0")/scratch_build.sh" "${PYTHON:-python}" -m pytest -q -p no:cacheprovider \
     tests/test_half.py tests/test_half_conversions.py tests/test_half_sums.py \
-    tests/test_half_runs.py tests/test_digest.py
+    tests/test_half_runs.py tests/test_stream.py tests/test_digest.py
