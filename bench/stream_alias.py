@@ -12,9 +12,6 @@ SHAPE like 128x128x28x28 (NCHW, the default); x starts 16 bytes past a page (as
 NumPy's large arrays do). Prints, per dtype and the output's distance past x in the
 page (bytes, modulo 4096), each tree's median microseconds per call and new / old.
 """
-import glob
-import importlib.machinery
-import importlib.util
 import os
 import statistics
 import sys
@@ -22,16 +19,10 @@ import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ab import load  # noqa: E402  (a tree's built _kernels as a module of its own)
+
 DISTANCES = [0, -16, 16, 32, 64, 128, 256, 512, 1024, 2048]
-
-
-def load(tree):
-    (path,) = glob.glob(os.path.join(tree, "fastbn", "_kernels*.so"))
-    loader = importlib.machinery.ExtensionFileLoader("fastbn._kernels", path)
-    spec = importlib.util.spec_from_file_location("fastbn._kernels", path, loader=loader)
-    k = importlib.util.module_from_spec(spec)
-    loader.exec_module(k)
-    return k
 
 
 def at_page_offset(n, off):
@@ -42,7 +33,7 @@ def at_page_offset(n, off):
 
 
 def main():
-    ks = [load(t) for t in sys.argv[1].split(",")]
+    ks = [load(t, f"tree{i}") for i, t in enumerate(sys.argv[1].split(","))]
     nt = int(sys.argv[2]) if len(sys.argv) > 2 else 1
     spec = sys.argv[3] if len(sys.argv) > 3 else "128x128x28x28"
     shape = tuple(int(v) for v in spec.split("x"))
