@@ -26,8 +26,9 @@ DISTANCES = [0, -16, 16, 32, 64, 128, 256, 512, 1024, 2048]
 
 
 def at_page_offset(n, off):
-    """n uint16 values (16-bit data's bits) starting off bytes into a 4 KB page."""
-    buf = np.empty(n * 2 + 8192, np.uint8)
+    """n uint16 values (16-bit data's bits) starting off bytes into a 4 KB page, its
+    pages touched (outputs in untouched pages take plain stores: fbn_resident)."""
+    buf = np.ones(n * 2 + 8192, np.uint8)
     start = (off - buf.ctypes.data) % 4096
     return buf[start:start + n * 2].view(np.uint16)
 

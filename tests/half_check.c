@@ -104,33 +104,43 @@ static void compare(uint64_t stride) {
             fbn_f16x8_store(out, _mm256_loadu_ps(in));
             fbn_f16x8_store(out + 8, _mm256_loadu_ps(in + 8));
             for (int i = 0; i < k; i++) bad_n8 += out[i] != fbn_f32_to_f16(in[i]);
-            fbn_f16_narrow16_f16c(in, out, 1); /* streamed: the two halves' order */
-            for (int i = 0; i < k; i++) bad_n8 += out[i] != fbn_f32_to_f16(in[i]);
+            for (int nt = 1; nt <= 2; nt++) { /* streamed: the two halves' order */
+                fbn_f16_narrow16_f16c(in, out, nt);
+                for (int i = 0; i < k; i++) bad_n8 += out[i] != fbn_f32_to_f16(in[i]);
+            }
         }
         if (avx512) {
             fbn_f16x16_store(out, _mm512_loadu_ps(in));
             for (int i = 0; i < k; i++) bad_n16 += out[i] != fbn_f32_to_f16(in[i]);
-            fbn_f16_narrow16_avx512(in, out, 1);
-            for (int i = 0; i < k; i++) bad_n16 += out[i] != fbn_f32_to_f16(in[i]);
+            for (int nt = 1; nt <= 2; nt++) {
+                fbn_f16_narrow16_avx512(in, out, nt);
+                for (int i = 0; i < k; i++) bad_n16 += out[i] != fbn_f32_to_f16(in[i]);
+            }
             fbn_bf16x16_store(out, _mm512_loadu_ps(in));
             for (int i = 0; i < k; i++) bad_b16 += out[i] != fbn_f32_to_bf16(in[i]);
-            fbn_bf16_narrow16_avx512(in, out, 1);
-            for (int i = 0; i < k; i++) bad_b16 += out[i] != fbn_f32_to_bf16(in[i]);
+            for (int nt = 1; nt <= 2; nt++) {
+                fbn_bf16_narrow16_avx512(in, out, nt);
+                for (int i = 0; i < k; i++) bad_b16 += out[i] != fbn_f32_to_bf16(in[i]);
+            }
         }
 #ifdef FBN_HAVE_BF16_HW
         if (bf16hw) {
             fbn_bf16_narrow16_bf(in, out, 0);
             for (int i = 0; i < k; i++) bad_bh += out[i] != fbn_f32_to_bf16(in[i]);
-            fbn_bf16_narrow16_bf(in, out, 1);
-            for (int i = 0; i < k; i++) bad_bh += out[i] != fbn_f32_to_bf16(in[i]);
+            for (int nt = 1; nt <= 2; nt++) {
+                fbn_bf16_narrow16_bf(in, out, nt);
+                for (int i = 0; i < k; i++) bad_bh += out[i] != fbn_f32_to_bf16(in[i]);
+            }
         }
 #endif
         if (avx2) {
             fbn_bf16x8_store(out, _mm256_loadu_ps(in));
             fbn_bf16x8_store(out + 8, _mm256_loadu_ps(in + 8));
             for (int i = 0; i < k; i++) bad_b8 += out[i] != fbn_f32_to_bf16(in[i]);
-            fbn_bf16_narrow16_avx2(in, out, 1);
-            for (int i = 0; i < k; i++) bad_b8 += out[i] != fbn_f32_to_bf16(in[i]);
+            for (int nt = 1; nt <= 2; nt++) {
+                fbn_bf16_narrow16_avx2(in, out, nt);
+                for (int i = 0; i < k; i++) bad_b8 += out[i] != fbn_f32_to_bf16(in[i]);
+            }
         }
     }
     if (f16c) printf("f32_to_f16/f16c %llu %llu\n", (unsigned long long)n, (unsigned long long)bad_n8);

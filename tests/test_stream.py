@@ -121,9 +121,10 @@ rng = np.random.default_rng(7)
 
 
 def at(shape, dtype, page_offset):
-    """An array of `shape` starting `page_offset` bytes into a 4 KB page."""
+    """An array of `shape` starting `page_offset` bytes into a 4 KB page, its pages
+    touched (outputs in untouched pages take plain stores: fbn_resident)."""
     n = int(np.prod(shape)) * 2
-    raw = np.empty(n + 8192, np.uint8)
+    raw = np.ones(n + 8192, np.uint8)
     s = (page_offset - raw.ctypes.data) % 4096
     return raw[s:s + n].view(dtype).reshape(shape)
 
