@@ -144,6 +144,34 @@ FBN_HALF_INLINE fbn_bf16 fbn_f32_to_bf16(float f) {
 #include <immintrin.h>
 #endif
 
+/* 16 narrowed values (32 bytes, one vector) at p, stored as nt says (a
+ * constant: 0 plain; non-temporal for streamed runs, kern_half_y.h: 1 one store,
+ * p aligned to 32; 2 two, p aligned to 16). Compiled for AVX2 alone, so that both
+ * the F16C and the AVX-512F forms inline it (a callee's target must be a subset
+ * of its caller's). */
+#if FBN_HALF_RUNTIME
+#pragma GCC push_options
+#pragma GCC target("avx2")
+#endif
+#if defined(__AVX2__)
+FBN_HALF_INLINE void fbn_store16x16(void *p, __m256i v, const int nt) {
+    if (nt == 1) {
+        _mm256_stream_si256((__m256i *)p, v);
+    } else if (nt == 2) {
+        _mm_stream_si128((__m128i *)p, _mm256_castsi256_si128(v));
+        _mm_stream_si128((__m128i *)p + 1, _mm256_extracti128_si256(v, 1));
+    } else {
+        _mm256_storeu_si256((__m256i *)p, v);
+    }
+}
+FBN_HALF_INLINE __m256i fbn_join8x8(__m128i lo, __m128i hi) {
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
+}
+#endif
+#if FBN_HALF_RUNTIME
+#pragma GCC pop_options
+#endif
+
 #if FBN_HALF_RUNTIME
 #pragma GCC push_options
 #pragma GCC target("avx2,f16c")
@@ -214,19 +242,9 @@ FBN_HALF_INLINE void fbn_bf16_narrow_avx2(const float *s, fbn_bf16 *d, int64_t n
 #endif
 
 /* 16 values (the register loops' step, kern_half_dx.h) as two 8-value halves;
- * narrowed with nt (a constant; streamed runs, kern_half_y.h), to 32 bytes at p by
- * non-temporal stores: nt 1 one, p aligned to 32; nt 2 two, p aligned to 16. */
+ * narrowed, joined and stored by fbn_store16x16. */
 #if defined(__F16C__) && defined(__AVX2__)
 #define FBN_HALF_VEC8 1
-FBN_HALF_INLINE void fbn_stream32(void *p, __m128i lo, __m128i hi, const int nt) {
-    if (nt == 1) {
-        const __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
-        _mm256_stream_si256((__m256i *)p, v);
-    } else {
-        _mm_stream_si128((__m128i *)p, lo);
-        _mm_stream_si128((__m128i *)p + 1, hi);
-    }
-}
 FBN_HALF_INLINE void fbn_f16_widen16_f16c(const fbn_f16 *s, float *d) {
     _mm256_storeu_ps(d, fbn_f16x8_load(s));
     _mm256_storeu_ps(d + 8, fbn_f16x8_load(s + 8));
@@ -234,8 +252,8 @@ FBN_HALF_INLINE void fbn_f16_widen16_f16c(const fbn_f16 *s, float *d) {
 FBN_HALF_INLINE void fbn_f16_narrow16_f16c(const float *s, fbn_f16 *d, const int nt) {
     if (nt) {
         const int r = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
-        fbn_stream32(d, _mm256_cvtps_ph(_mm256_loadu_ps(s), r),
-                     _mm256_cvtps_ph(_mm256_loadu_ps(s + 8), r), nt);
+        fbn_store16x16(d, fbn_join8x8(_mm256_cvtps_ph(_mm256_loadu_ps(s), r),
+                                      _mm256_cvtps_ph(_mm256_loadu_ps(s + 8), r)), nt);
         return;
     }
     fbn_f16x8_store(d, _mm256_loadu_ps(s));
@@ -247,8 +265,8 @@ FBN_HALF_INLINE void fbn_bf16_widen16_avx2(const fbn_bf16 *s, float *d) {
 }
 FBN_HALF_INLINE void fbn_bf16_narrow16_avx2(const float *s, fbn_bf16 *d, const int nt) {
     if (nt) {
-        fbn_stream32(d, fbn_bf16x8_round(_mm256_loadu_ps(s)),
-                     fbn_bf16x8_round(_mm256_loadu_ps(s + 8)), nt);
+        fbn_store16x16(d, fbn_join8x8(fbn_bf16x8_round(_mm256_loadu_ps(s)),
+                                      fbn_bf16x8_round(_mm256_loadu_ps(s + 8))), nt);
         return;
     }
     fbn_bf16x8_store(d, _mm256_loadu_ps(s));
@@ -291,19 +309,9 @@ FBN_HALF_INLINE void fbn_bf16x16_store(fbn_bf16 *p, __m512 v) {
     _mm256_storeu_si256((__m256i *)p, fbn_bf16x16_round(v));
 }
 
-/* 16 values (the register loops' step, kern_half_dx.h): one __m512; narrowed, one
- * store (nt, a constant: 0 plain; non-temporal as fbn_stream32's). */
+/* 16 values (the register loops' step, kern_half_dx.h): one __m512; narrowed,
+ * stored by fbn_store16x16. */
 #define FBN_HALF_VEC16 1
-FBN_HALF_INLINE void fbn_store16x16(void *p, __m256i v, const int nt) {
-    if (nt == 1) {
-        _mm256_stream_si256((__m256i *)p, v);
-    } else if (nt == 2) {
-        _mm_stream_si128((__m128i *)p, _mm256_castsi256_si128(v));
-        _mm_stream_si128((__m128i *)p + 1, _mm256_extracti128_si256(v, 1));
-    } else {
-        _mm256_storeu_si256((__m256i *)p, v);
-    }
-}
 FBN_HALF_INLINE void fbn_f16_widen16_avx512(const fbn_f16 *s, float *d) {
     _mm512_storeu_ps(d, fbn_f16x16_load(s));
 }
@@ -535,7 +543,7 @@ FBN_HALF_INLINE void fbn_f16_widen16(const int isa, const fbn_f16 *s, float *d) 
 }
 
 /* d[i] = s[i] rounded to binary16, i < 16, by instruction set isa; with nt (a
- * constant) by non-temporal stores (fbn_stream32; isa 0: plain stores). */
+ * constant) by non-temporal stores (fbn_store16x16; isa 0: plain stores). */
 FBN_HALF_INLINE void fbn_f16_narrow16(const int isa, const int nt, const float *s, fbn_f16 *d) {
     (void)isa, (void)nt; /* unused without the vector forms */
 #if defined(FBN_HALF_VEC16)

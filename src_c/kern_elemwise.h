@@ -236,6 +236,7 @@ FBN_INLINE void FBN_SYM(stream_chunks)(const int op, const int fetch, T *out, in
  * fused passes gained without them (docs/performance.md). */
 FBN_INLINE int FBN_SYM(half_stream_regs)(const int op, const int fetch, T *out, int64_t m,
                                           const T *x, const T *dy, const FBN_SYM(chan) *h) {
+    if (op != FBN_OP_AFFINE && op != FBN_OP_DX) return 0; /* no register form; op a constant */
     const uintptr_t past_x = ((uintptr_t)out - (uintptr_t)x) % 4096; /* see tuning.h */
     const uintptr_t past_dy = FBN_TWO_INPUTS(op) ? ((uintptr_t)out - (uintptr_t)dy) % 4096 : 0;
     const uintptr_t near = FBN_STREAM_ALIAS_BYTES; /* past - 1 < near: 0 < past <= near */
@@ -250,7 +251,7 @@ FBN_INLINE int FBN_SYM(half_stream_regs)(const int op, const int fetch, T *out, 
     const int nt = (uintptr_t)ob % 32 ? 2 : 1;
     if (op == FBN_OP_AFFINE
             ? !FBN_SYM(half_run_y)(nt, x + head, ob, body, h->shift, h->scale, h->bias, h->relu)
-            : op != FBN_OP_DX || !FBN_SYM(half_run_dx)(nt, dy + head, x + head, ob, body, h))
+            : !FBN_SYM(half_run_dx)(nt, dy + head, x + head, ob, body, h))
         return 0;
     if (head) FBN_SYM(stream_chunks)(op, fetch, out, head, x, dy, h);
     if (m - head - body)

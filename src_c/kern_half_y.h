@@ -111,7 +111,7 @@ FBN_INLINE void FBN_SYM(y_vec_relu)(const int isa, int g, const T *xr, int64_t l
  * time in registers; the last step's few values zero-padded to a whole step, its
  * other outputs dropped. isa, relu and nt constants (GCC does not vectorise the
  * loop with relu a variable); nt: streamed, by non-temporal stores (half.h's
- * fbn_stream32: 1, out aligned to 32 bytes; 2, to 16). out may be x. */
+ * fbn_store16x16: 1, out aligned to 32 bytes; 2, to 16). out may be x. */
 FBN_INLINE void FBN_SYM(run_y_vec)(const int isa, const int nt, const T *x, T *out, int64_t m,
                                    TC shift, TC scale, TC bias, const int relu) {
     int64_t i = 0;
