@@ -224,42 +224,62 @@ FBN_INLINE void FBN_SYM(stream_chunks)(const int op, const int fetch, T *out, in
 }
 
 #ifdef FBN_NARROW
-/* 16-bit data: a streamed run straight from the register loops' vectors, by
- * non-temporal stores (fbn_half_run_y_<sfx>, fbn_half_run_dx_<sfx>: 32 bytes a
- * step, in one store where out is aligned to 32, else two), without the buffer
- * and its copy, whose turns at the memory cost (docs/performance.md); what lies
- * before out's first 16-byte boundary and after its last whole step (runs of most
- * shapes have neither) through fbn_stream_chunks_<sfx>. Returns 0 (nothing
- * written) where the CPU has no register form of op, streams narrower than 32
- * bytes (FASTBN_STREAM_WIDTH), or out lies just past an input within a page
- * (FBN_STREAM_ALIAS_BYTES). fetch's prefetches serve the buffered parts only: the
- * fused passes gained without them (docs/performance.md). */
+/* 16-bit data, a streamed output of m values at out from x (and dy, else NULL):
+ * the part of it that goes straight from the register loops' vectors by
+ * non-temporal stores, without the L1 buffer and its copy, whose turns at the
+ * memory cost (docs/performance.md). 32 bytes a step (nt: 1, one store, out + head
+ * aligned to 32; 2, two); the head values before out's first 16-byte boundary,
+ * and those after the last whole step, through the buffer (runs and rows of most
+ * shapes have neither). body 0: none, where streams are narrower than 32 bytes
+ * (FASTBN_STREAM_WIDTH) or out lies just past an input within a page
+ * (FBN_STREAM_ALIAS_BYTES, tuning.h). */
+typedef struct {
+    int64_t head, body;
+    int nt;
+} FBN_SYM(direct);
+
+FBN_INLINE FBN_SYM(direct) FBN_SYM(direct_part)(const T *out, int64_t m, const T *x,
+                                                const T *dy) {
+    FBN_SYM(direct) d = {0, 0, 0};
+    const uintptr_t past_x = ((uintptr_t)out - (uintptr_t)x) % 4096; /* see tuning.h */
+    const uintptr_t past_dy = dy ? ((uintptr_t)out - (uintptr_t)dy) % 4096 : 0;
+    const uintptr_t near = FBN_STREAM_ALIAS_BYTES; /* past - 1 < near: 0 < past <= near */
+    if ((uintptr_t)out % sizeof(T) || fbn_stream_width() < 32 || past_x - 1 < near ||
+        (dy && past_dy - 1 < near))
+        return d;
+    const int64_t step = 32 / (int64_t)sizeof(T); /* values of a step */
+    d.head = (int64_t)((16 - (uintptr_t)out % 16) % 16 / sizeof(T));
+    d.body = m > d.head ? (m - d.head) / step * step : 0;
+    d.nt = (uintptr_t)(out + d.head) % 32 ? 2 : 1;
+    return d;
+}
+
+/* Rows shape: a streamed run's direct part (fbn_direct_part_<sfx>) by
+ * fbn_half_run_y_<sfx> or fbn_half_run_dx_<sfx>, the rest by
+ * fbn_stream_chunks_<sfx>. Returns 0 (nothing written) where the CPU has no
+ * register form of op, or no part goes direct. fetch's prefetches serve the
+ * buffered parts only: the fused passes gained without them
+ * (docs/performance.md). */
 FBN_INLINE int FBN_SYM(half_stream_regs)(const int op, const int fetch, T *out, int64_t m,
                                           const T *x, const T *dy, const FBN_SYM(chan) *h) {
     if (op != FBN_OP_AFFINE && op != FBN_OP_DX) return 0; /* no register form; op a constant */
-    const uintptr_t past_x = ((uintptr_t)out - (uintptr_t)x) % 4096; /* see tuning.h */
-    const uintptr_t past_dy = FBN_TWO_INPUTS(op) ? ((uintptr_t)out - (uintptr_t)dy) % 4096 : 0;
-    const uintptr_t near = FBN_STREAM_ALIAS_BYTES; /* past - 1 < near: 0 < past <= near */
-    if ((uintptr_t)out % sizeof(T) || fbn_stream_width() < 32 || past_x - 1 < near ||
-        (FBN_TWO_INPUTS(op) && past_dy - 1 < near))
-        return 0;
-    const int64_t step = 32 / (int64_t)sizeof(T); /* values of a step */
-    const int64_t head = (int64_t)((16 - (uintptr_t)out % 16) % 16 / sizeof(T));
-    const int64_t body = m > head ? (m - head) / step * step : 0;
-    if (!body) return 0;
+    const FBN_SYM(direct) d = FBN_SYM(direct_part)(out, m, x, FBN_TWO_INPUTS(op) ? dy : NULL);
+    const int64_t head = d.head, body = d.body, tail = m - d.head - d.body;
     T *ob = out + head;
-    const int nt = (uintptr_t)ob % 32 ? 2 : 1;
-    if (op == FBN_OP_AFFINE
-            ? !FBN_SYM(half_run_y)(nt, x + head, ob, body, h->shift, h->scale, h->bias, h->relu)
-            : !FBN_SYM(half_run_dx)(nt, dy + head, x + head, ob, body, h))
+    if (!body ||
+        (op == FBN_OP_AFFINE
+             ? !FBN_SYM(half_run_y)(d.nt, x + head, ob, body, h->shift, h->scale, h->bias,
+                                    h->relu)
+             : !FBN_SYM(half_run_dx)(d.nt, dy + head, x + head, ob, body, h)))
         return 0;
     if (head) FBN_SYM(stream_chunks)(op, fetch, out, head, x, dy, h);
-    if (m - head - body)
-        FBN_SYM(stream_chunks)(op, fetch, ob + body, m - head - body, x + head + body,
+    if (tail)
+        FBN_SYM(stream_chunks)(op, fetch, ob + body, tail, x + head + body,
                                FBN_TWO_INPUTS(op) ? dy + head + body : NULL, h);
     return 1;
 }
 #endif
+
 
 /* fbn_stream_chunks_<sfx>, or fbn_half_stream_regs_<sfx> where it takes the run. */
 FBN_INLINE void FBN_SYM(stream_values)(const int op, const int fetch, T *out, int64_t m,
@@ -321,7 +341,7 @@ FBN_INLINE void FBN_SYM(affine_rows)(const T *xr, int64_t ld, T *out, int64_t ld
                                      const int cached) {
 #ifdef FBN_NARROW /* kern_half_y.h */
     (void)cached;
-    FBN_SYM(half_y_rows)(xr, ld, out, ldo, m, k, ch, g);
+    FBN_SYM(half_y_rows)(0, xr, ld, out, ldo, m, k, ch, g);
 #else
     const TC *shift = k->shift + ch, *scale = k->scale + ch, *bias = k->bias + ch;
     const int relu = k->relu;

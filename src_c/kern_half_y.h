@@ -60,10 +60,11 @@ static void FBN_SYM(y_rest)(int g, const T *xr, int64_t ld, T *out, int64_t ldo,
 }
 
 /* y of g rows as fbn_y_blocks_<sfx>, FBN_VW channels at a time in registers, all g
- * rows' loads of a step first; isa, g and relu (k's, as a truth value) constants:
- * with relu a variable, every step paid the ReLU's select. */
-FBN_INLINE void FBN_SYM(y_vec)(const int isa, const int g, const int relu, const T *xr,
-                               int64_t ld, T *out, int64_t ldo, int64_t m,
+ * rows' loads of a step first; isa, g, relu (k's, as a truth value) and nt
+ * constants: with relu a variable, every step paid the ReLU's select. nt:
+ * streamed, as fbn_run_y_vec_<sfx>'s (g 1, m a multiple of FBN_VW). */
+FBN_INLINE void FBN_SYM(y_vec)(const int isa, const int g, const int relu, const int nt,
+                               const T *xr, int64_t ld, T *out, int64_t ldo, int64_t m,
                                const FBN_SYM(tcoefs) *k, int64_t ch) {
     const TC *shift = k->shift + ch, *scale = k->scale + ch, *bias = k->bias + ch;
     int64_t c = 0;
@@ -76,7 +77,7 @@ FBN_INLINE void FBN_SYM(y_vec)(const int isa, const int g, const int relu, const
             TC ov[FBN_VW];
             for (int j = 0; j < FBN_VW; j++)
                 ov[j] = FBN_SYM(affine1)(xv[i][j], shift[c + j], scale[c + j], bias[c + j], relu);
-            FBN_ST_V(isa, 0, ov, out + i * ldo + c);
+            FBN_ST_V(isa, nt, ov, out + i * ldo + c);
         }
     }
     if (c < m) FBN_SYM(y_rest)(g, xr + c, ld, out + c, ldo, m - c, k, ch + c);
@@ -88,20 +89,29 @@ FBN_INLINE void FBN_SYM(y_vec_g)(const int isa, const int relu, int g, const T *
                                  T *out, int64_t ldo, int64_t m, const FBN_SYM(tcoefs) *k,
                                  int64_t ch) {
     if (g == FBN_GROUP)
-        FBN_SYM(y_vec)(isa, FBN_GROUP, relu, xr, ld, out, ldo, m, k, ch);
+        FBN_SYM(y_vec)(isa, FBN_GROUP, relu, 0, xr, ld, out, ldo, m, k, ch);
     else if (g == 2)
-        FBN_SYM(y_vec)(isa, 2, relu, xr, ld, out, ldo, m, k, ch);
+        FBN_SYM(y_vec)(isa, 2, relu, 0, xr, ld, out, ldo, m, k, ch);
     else
         for (int i = 0; i < g; i++)
-            FBN_SYM(y_vec)(isa, 1, relu, xr + i * ld, ld, out + i * ldo, ldo, m, k, ch);
+            FBN_SYM(y_vec)(isa, 1, relu, 0, xr + i * ld, ld, out + i * ldo, ldo, m, k, ch);
 }
 
-/* fbn_y_vec_g_<sfx> with k's relu a constant (as fbn_run_y_relu_<sfx> for runs);
- * isa a constant. */
-FBN_INLINE void FBN_SYM(y_vec_relu)(const int isa, int g, const T *xr, int64_t ld, T *out,
-                                    int64_t ldo, int64_t m, const FBN_SYM(tcoefs) *k,
+/* fbn_y_vec_g_<sfx> with k's relu a constant (as fbn_run_y_relu_<sfx> for runs),
+ * or with nt (streamed: one row, see fbn_y_vec_<sfx>) fbn_y_vec_<sfx> with nt a
+ * constant too; isa a constant. */
+FBN_INLINE void FBN_SYM(y_vec_relu)(const int isa, int nt, int g, const T *xr, int64_t ld,
+                                    T *out, int64_t ldo, int64_t m, const FBN_SYM(tcoefs) *k,
                                     int64_t ch) {
-    if (k->relu)
+    if (nt == 1 && k->relu)
+        FBN_SYM(y_vec)(isa, 1, 1, 1, xr, ld, out, ldo, m, k, ch);
+    else if (nt == 1)
+        FBN_SYM(y_vec)(isa, 1, 0, 1, xr, ld, out, ldo, m, k, ch);
+    else if (nt && k->relu)
+        FBN_SYM(y_vec)(isa, 1, 1, 2, xr, ld, out, ldo, m, k, ch);
+    else if (nt)
+        FBN_SYM(y_vec)(isa, 1, 0, 2, xr, ld, out, ldo, m, k, ch);
+    else if (k->relu)
         FBN_SYM(y_vec_g)(isa, 1, g, xr, ld, out, ldo, m, k, ch);
     else
         FBN_SYM(y_vec_g)(isa, 0, g, xr, ld, out, ldo, m, k, ch);
@@ -156,10 +166,10 @@ FBN_INLINE void FBN_SYM(run_y_as)(const int isa, int nt, const T *x, T *out, int
 /* The loops compiled for each instruction set (static inline: no warning where a
  * build without dispatch leaves one unused). */
 #if defined(FBN_Y_VEC16)
-FBN_HALF_TARGET16 static inline void FBN_SYM(y_v16)(int g, const T *xr, int64_t ld, T *out,
-                                                    int64_t ldo, int64_t m,
+FBN_HALF_TARGET16 static inline void FBN_SYM(y_v16)(int nt, int g, const T *xr, int64_t ld,
+                                                    T *out, int64_t ldo, int64_t m,
                                                     const FBN_SYM(tcoefs) *k, int64_t ch) {
-    FBN_SYM(y_vec_relu)(2, g, xr, ld, out, ldo, m, k, ch);
+    FBN_SYM(y_vec_relu)(2, nt, g, xr, ld, out, ldo, m, k, ch);
 }
 FBN_HALF_TARGET16 static inline void FBN_SYM(run_y_v16)(int nt, const T *x, T *out, int64_t m,
                                                         TC shift, TC scale, TC bias, int relu) {
@@ -168,10 +178,10 @@ FBN_HALF_TARGET16 static inline void FBN_SYM(run_y_v16)(int nt, const T *x, T *o
 #endif
 #if defined(FBN_Y_VEC16) && defined(FBN_HALF_VEC16BF)
 #define FBN_Y_VEC16BF 1
-FBN_HALF_TARGET16BF static inline void FBN_SYM(y_v16b)(int g, const T *xr, int64_t ld, T *out,
-                                                      int64_t ldo, int64_t m,
-                                                      const FBN_SYM(tcoefs) *k, int64_t ch) {
-    FBN_SYM(y_vec_relu)(3, g, xr, ld, out, ldo, m, k, ch);
+FBN_HALF_TARGET16BF static inline void FBN_SYM(y_v16b)(int nt, int g, const T *xr, int64_t ld,
+                                                       T *out, int64_t ldo, int64_t m,
+                                                       const FBN_SYM(tcoefs) *k, int64_t ch) {
+    FBN_SYM(y_vec_relu)(3, nt, g, xr, ld, out, ldo, m, k, ch);
 }
 FBN_HALF_TARGET16BF static inline void FBN_SYM(run_y_v16b)(int nt, const T *x, T *out,
                                                           int64_t m, TC shift, TC scale,
@@ -180,10 +190,10 @@ FBN_HALF_TARGET16BF static inline void FBN_SYM(run_y_v16b)(int nt, const T *x, T
 }
 #endif
 #if defined(FBN_Y_VEC8)
-FBN_HALF_TARGET8 static inline void FBN_SYM(y_v8)(int g, const T *xr, int64_t ld, T *out,
-                                                  int64_t ldo, int64_t m,
+FBN_HALF_TARGET8 static inline void FBN_SYM(y_v8)(int nt, int g, const T *xr, int64_t ld,
+                                                  T *out, int64_t ldo, int64_t m,
                                                   const FBN_SYM(tcoefs) *k, int64_t ch) {
-    FBN_SYM(y_vec_relu)(1, g, xr, ld, out, ldo, m, k, ch);
+    FBN_SYM(y_vec_relu)(1, nt, g, xr, ld, out, ldo, m, k, ch);
 }
 FBN_HALF_TARGET8 static inline void FBN_SYM(run_y_v8)(int nt, const T *x, T *out, int64_t m,
                                                       TC shift, TC scale, TC bias, int relu) {
@@ -193,31 +203,36 @@ FBN_HALF_TARGET8 static inline void FBN_SYM(run_y_v8)(int nt, const T *x, T *out
 #endif /* FBN_Y_VEC */
 
 /* y of g rows (g a constant, see fbn_affine_rows_<sfx>): in registers where the
- * CPU's level is FBN_HALF_REGS or more, else buffered. */
-FBN_INLINE void FBN_SYM(half_y_rows)(const T *xr, int64_t ld, T *out, int64_t ldo, int64_t m,
-                                     const FBN_SYM(tcoefs) *k, int64_t ch, const int g) {
+ * CPU's level is FBN_HALF_REGS or more, else buffered. With nt (streamed: see
+ * fbn_y_vec_<sfx>) in registers only: returns 0 (nothing written) where they are
+ * not, else 1. */
+FBN_INLINE int FBN_SYM(half_y_rows)(int nt, const T *xr, int64_t ld, T *out, int64_t ldo,
+                                    int64_t m, const FBN_SYM(tcoefs) *k, int64_t ch,
+                                    const int g) {
 #ifdef FBN_Y_VEC
     const int level = FBN_SYM(half_isa)();
 #if defined(FBN_Y_VEC16BF)
     if (level == 3) {
-        FBN_SYM(y_v16b)(g, xr, ld, out, ldo, m, k, ch);
-        return;
+        FBN_SYM(y_v16b)(nt, g, xr, ld, out, ldo, m, k, ch);
+        return 1;
     }
 #endif
 #if defined(FBN_Y_VEC16)
     if (level == 2) {
-        FBN_SYM(y_v16)(g, xr, ld, out, ldo, m, k, ch);
-        return;
+        FBN_SYM(y_v16)(nt, g, xr, ld, out, ldo, m, k, ch);
+        return 1;
     }
 #endif
 #if defined(FBN_Y_VEC8)
     if (level == 1) {
-        FBN_SYM(y_v8)(g, xr, ld, out, ldo, m, k, ch);
-        return;
+        FBN_SYM(y_v8)(nt, g, xr, ld, out, ldo, m, k, ch);
+        return 1;
     }
 #endif
 #endif
+    if (nt) return 0;
     FBN_SYM(y_blocks)(xr, ld, out, ldo, m, k, ch, g);
+    return 1;
 }
 
 /* Rows shape: y of one channel's m values in registers where the CPU's level is

@@ -124,6 +124,33 @@ FBN_INLINE void FBN_SYM(stream_out)(T *dst, const T *src, int64_t n) {
     fbn_stream_copy(dst, src, n * (int64_t)sizeof(T));
 }
 
+#ifdef FBN_NARROW
+/* Columns shape, 16-bit data, streamed: y of a span of one row (m values from
+ * offset o, the inputs' from oi, channels from ch), its direct part
+ * (fbn_direct_part_<sfx>) straight from the register loop's vectors, the rest
+ * through buf. Returns 0 (nothing written) where op is not y, the CPU has no
+ * register form of it, or no part goes direct. */
+FBN_INLINE int FBN_SYM(span_direct)(const int op, const T *x, int64_t oi, T *out, int64_t o,
+                                    int64_t m, const FBN_SYM(tcoefs) *k, int64_t ch, T *buf) {
+    if (op != FBN_OP_AFFINE) return 0;
+    const FBN_SYM(direct) d = FBN_SYM(direct_part)(out + o, m, x + oi, NULL);
+    const int64_t head = d.head, body = d.body, tail = m - d.head - d.body;
+    if (!body ||
+        !FBN_SYM(half_y_rows)(d.nt, x + oi + head, 0, out + o + head, 0, body, k, ch + head, 1))
+        return 0;
+    if (head) {
+        FBN_SYM(span_rows)(op, x, NULL, oi, 0, buf, FBN_SPAN, head, k, ch, 1, 0);
+        FBN_SYM(stream_out)(out + o, buf, head);
+    }
+    if (tail) {
+        FBN_SYM(span_rows)(op, x, NULL, oi + head + body, 0, buf, FBN_SPAN, tail, k,
+                           ch + head + body, 1, 0);
+        FBN_SYM(stream_out)(out + o + head + body, buf, tail);
+    }
+    return 1;
+}
+#endif
+
 /* Row tile t (whole (o, c) rows) of op, inputs gap values further apart a row
  * (fbn_row_gap; a literal 0 for contiguous inputs, see fbn_elemwise_tile_<sfx>),
  * read from memory: not prefetched (fbn_stream_values_<sfx>). */
@@ -186,6 +213,9 @@ FBN_INLINE void FBN_SYM(cols_tile)(const int op, const T *x, const T *dy, T *out
             for (int64_t c = r.c0; c < r.c0 + r.nc; c += FBN_CHUNK) {
                 const int64_t o = j * C + c, left = r.c0 + r.nc - c;
                 const int64_t m = left < FBN_CHUNK ? left : FBN_CHUNK;
+#ifdef FBN_NARROW
+                if (FBN_SYM(span_direct)(op, x, o + j * gap, out, o, m, k, c, buf)) continue;
+#endif
                 FBN_SYM(span_rows)(op, x, dy, o + j * gap, ld, buf, FBN_CHUNK, m, k, c, 1, 0);
                 FBN_SYM(stream_out)(out + o, buf, m);
             }
@@ -197,6 +227,10 @@ FBN_INLINE void FBN_SYM(cols_tile)(const int op, const T *x, const T *dy, T *out
             const int64_t o = sp.off, ch = sp.ch, m = sp.m, rows = sp.rows;
             /* the inputs' span (a flat span, group -1, only without a gap) */
             const int64_t oi = o + sp.group * gap;
+#ifdef FBN_NARROW
+            if (!cached && rows == 1 && FBN_SYM(span_direct)(op, x, oi, out, o, m, k, ch, buf))
+                continue;
+#endif
             T *to = cached ? out + o : buf;
             const int64_t ldo = cached ? C : FBN_SPAN;
             if (rows == FBN_GROUP && !pairs) {

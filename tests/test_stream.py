@@ -137,10 +137,16 @@ def at(shape, dtype, page_offset):
     return raw[s:s + n].view(dtype).reshape(shape)
 
 
+# runs: the rows shape (NCHW-like), runs of 784 and of 1009 (tails of 1-15);
+# rows: the columns shape (channels last): repeated coefficients (64, 37 channels),
+# rows one by one (1000: tails of 8), groups of rows and a last row alone (4096)
+axis, shapes = {"runs": (1, [(160, 64, 28, 28), (250, 32, 1009)]),
+                "rows": (-1, [(1200, 40, 64), (3000, 1000), (1001, 4096), (900, 100, 37)])}[
+                    sys.argv[1]]
 h = hashlib.sha256()
 for dtype in dtypes:
-    for shape in [(160, 64, 28, 28), (250, 32, 1009)]:  # runs of 784; 1009 (tails of 1-15)
-        C = shape[1]
+    for shape in shapes:
+        C = shape[axis]
         g = rng.uniform(0.5, 1.5, C).astype(np.float32)
         b = rng.standard_normal(C).astype(np.float32)
         rm = rng.standard_normal(C).astype(np.float32)
@@ -148,36 +154,40 @@ for dtype in dtypes:
         x, dy = at(shape, dtype, 16), at(shape, dtype, 1040)
         x[...] = rng.standard_normal(shape) * 2 + 1
         dy[...] = rng.standard_normal(shape)
-        _, cache = fastbn.forward(x, g, b)
+        _, cache = fastbn.forward(x, g, b, axis=axis)
         # out at x's place in a page, before it, just past x or dy (4K aliasing:
         # the buffered path), at 2-byte offsets (heads) and a line's halves
         for off in [16, 0, 18, 30, 32, 48, 80, 528, 1042, 1056, 2064, 4094]:
             y = at(shape, dtype, off)
-            fastbn.forward(x, g, b, training=False, running_mean=rm, running_var=rv, out=y)
+            fastbn.forward(x, g, b, axis=axis, training=False, running_mean=rm, running_var=rv,
+                           out=y)
             dx = at(shape, dtype, off)
             fastbn.backward(dy, cache, out=(dx, None, None))
             h.update(y.tobytes())
             h.update(dx.tobytes())
         y = x.copy()  # in place
-        fastbn.forward(y, g, b, training=False, running_mean=rm, running_var=rv, out=y)
+        fastbn.forward(y, g, b, axis=axis, training=False, running_mean=rm, running_var=rv,
+                       out=y)
         h.update(y.tobytes())
 print(h.hexdigest())
 '''
 
 
-def test_half_streamed_runs_are_bitwise_the_buffered_ones(tmp_path):
-    """16-bit streamed runs go straight from registers by non-temporal stores
-    (fbn_half_stream_regs, kern_elemwise.h), with the partial steps at either end,
-    and outputs just past an input within a page, through the L1 buffer. With
-    32-byte streams narrowed away (FASTBN_STREAM_WIDTH=16) every run takes the
-    buffer: the values must be bitwise the same, for inference and dx, outputs at
-    every kind of offset, runs with and without tails, in place."""
+@pytest.mark.parametrize("shape", ["runs", "rows"])
+def test_half_streamed_runs_are_bitwise_the_buffered_ones(tmp_path, shape):
+    """16-bit streamed runs (rows shape: fbn_half_stream_regs, kern_elemwise.h) and
+    y's rows (columns shape: fbn_span_direct, kern_walk.h) go straight from
+    registers by non-temporal stores, with the partial steps at either end, and
+    outputs just past an input within a page, through the L1 buffer. With 32-byte
+    streams narrowed away (FASTBN_STREAM_WIDTH=16) everything takes the buffer: the
+    values must be bitwise the same, for inference and dx, outputs at every kind of
+    offset, runs and rows with and without tails, in place."""
     script = tmp_path / "runs.py"
     script.write_text(_HALF_RUNS)
     digests = {}
     for width in ("64", "32", "16"):
         env = _env(FASTBN_STREAM_WIDTH=width)
-        r = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+        r = subprocess.run([sys.executable, str(script), shape], env=env, capture_output=True,
                            text=True)
         assert r.returncode == 0, r.stderr[-2000:]
         digests[width] = r.stdout.strip()
