@@ -433,7 +433,7 @@ FBN_INLINE void FBN_SYM(dx_rows_as)(const T *dr, const T *xr, int64_t ld, T *out
                                     const int relu, const int cached) {
 #ifdef FBN_NARROW /* kern_half_dx.h */
     (void)cached;
-    FBN_SYM(half_dx_rows)(dr, xr, NULL, ld, out, ldo, m, k, ch, g, relu, 0);
+    FBN_SYM(half_dx_rows)(0, dr, xr, NULL, ld, out, ldo, m, k, ch, g, relu, 0);
 #else
     const int loads_first = (ld * (int64_t)sizeof(T)) % 4096 == 0;
     if (cached && loads_first) {
@@ -489,7 +489,7 @@ FBN_INLINE void FBN_SYM(span_rows)(const int op, const T *x, const T *dy, int64_
         FBN_SYM(xaffine_rows)(op, x + o, FBN_OP_RES(op) ? dy + o : NULL, ld, out, ldo, m, k, ch, g);
 #ifdef FBN_NARROW
     else if ((op & FBN_OP_XDX) && FBN_OP_RES(op)) /* kern_half_dx.h */
-        FBN_SYM(half_dx_rows)(dy + o, x + o, k->z + o, ld, out, ldo, m, k, ch, g, 2, 1);
+        FBN_SYM(half_dx_rows)(0, dy + o, x + o, k->z + o, ld, out, ldo, m, k, ch, g, 2, 1);
 #endif
     else if (op & FBN_OP_XDX)
         FBN_SYM(dx_rows_as)(dy + o, x + o, ld, out, ldo, m, k, ch, g, FBN_OP_ACT(op), cached);

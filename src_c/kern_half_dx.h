@@ -89,11 +89,12 @@ static void FBN_SYM(dx_rest)(int relu, int res, int g, const T *dr, const T *xr,
 
 /* dx of g rows as fbn_dx_blocks_<sfx>, FBN_VW channels at a time in registers, all
  * g rows' loads of a step first (rows a multiple of 4 KB apart: see
- * fbn_dx_rows_as_<sfx>); isa, relu, res and g constants (res: zr as in
- * fbn_dx_blocks_<sfx>). */
+ * fbn_dx_rows_as_<sfx>); isa, relu, res, g and nt constants (res: zr as in
+ * fbn_dx_blocks_<sfx>; nt: streamed, as kern_half_y.h's fbn_y_vec_<sfx>). */
 FBN_INLINE void FBN_SYM(dx_vec)(const int isa, const int relu, const int res, const int g,
-                                const T *dr, const T *xr, const T *zr, int64_t ld, T *out,
-                                int64_t ldo, int64_t m, const FBN_SYM(tcoefs) *k, int64_t ch) {
+                                const int nt, const T *dr, const T *xr, const T *zr,
+                                int64_t ld, T *out, int64_t ldo, int64_t m,
+                                const FBN_SYM(tcoefs) *k, int64_t ch) {
     const TC *shift = k->shift + ch, *scale = k->scale + ch, *bias = k->bias + ch;
     const TC *k_dy = k->k_dy + ch, *k_x = k->k_x + ch, *mdy = k->mean_dy + ch;
     const TC *k_0 = k->k_0 + ch, *inv = k->invstd + ch;
@@ -114,7 +115,7 @@ FBN_INLINE void FBN_SYM(dx_vec)(const int isa, const int relu, const int res, co
                                       scale[c + j], bias[c + j], relu, res, k_dy[c + j],
                                       k_x[c + j], mdy[c + j], k_0[c + j], inv[c + j], eval,
                                       slope);
-            FBN_ST_V(isa, 0, ov, out + i * ldo + c);
+            FBN_ST_V(isa, nt, ov, out + i * ldo + c);
         }
     }
     if (c < m)
@@ -128,21 +129,31 @@ FBN_INLINE void FBN_SYM(dx_vec_g)(const int isa, const int relu, const int res, 
                                   const T *dr, const T *xr, const T *zr, int64_t ld, T *out,
                                   int64_t ldo, int64_t m, const FBN_SYM(tcoefs) *k, int64_t ch) {
     if (g == FBN_GROUP)
-        FBN_SYM(dx_vec)(isa, relu, res, FBN_GROUP, dr, xr, zr, ld, out, ldo, m, k, ch);
+        FBN_SYM(dx_vec)(isa, relu, res, FBN_GROUP, 0, dr, xr, zr, ld, out, ldo, m, k, ch);
     else if (g == 2)
-        FBN_SYM(dx_vec)(isa, relu, res, 2, dr, xr, zr, ld, out, ldo, m, k, ch);
+        FBN_SYM(dx_vec)(isa, relu, res, 2, 0, dr, xr, zr, ld, out, ldo, m, k, ch);
     else
         for (int i = 0; i < g; i++)
-            FBN_SYM(dx_vec)(isa, relu, res, 1, dr + i * ld, xr + i * ld,
+            FBN_SYM(dx_vec)(isa, relu, res, 1, 0, dr + i * ld, xr + i * ld,
                             res ? zr + i * ld : NULL, ld, out + i * ldo, ldo, m, k, ch);
 }
 
 /* fbn_dx_vec_g_<sfx> with relu (0, 1, 2 leaky) and res (only with the leaky ReLU:
- * plan.h's FBN_OP_XDX + 6) as constants. */
-FBN_INLINE void FBN_SYM(dx_vec_as)(const int isa, int relu, int res, int g, const T *dr,
-                                   const T *xr, const T *zr, int64_t ld, T *out, int64_t ldo,
-                                   int64_t m, const FBN_SYM(tcoefs) *k, int64_t ch) {
-    if (res)
+ * plan.h's FBN_OP_XDX + 6) as constants; with nt (streamed: one row, relu 0 or
+ * 1, no res; see fbn_dx_vec_<sfx>) fbn_dx_vec_<sfx> with nt a constant too. */
+FBN_INLINE void FBN_SYM(dx_vec_as)(const int isa, int nt, int relu, int res, int g,
+                                   const T *dr, const T *xr, const T *zr, int64_t ld, T *out,
+                                   int64_t ldo, int64_t m, const FBN_SYM(tcoefs) *k,
+                                   int64_t ch) {
+    if (nt == 1 && relu)
+        FBN_SYM(dx_vec)(isa, 1, 0, 1, 1, dr, xr, NULL, ld, out, ldo, m, k, ch);
+    else if (nt == 1)
+        FBN_SYM(dx_vec)(isa, 0, 0, 1, 1, dr, xr, NULL, ld, out, ldo, m, k, ch);
+    else if (nt && relu)
+        FBN_SYM(dx_vec)(isa, 1, 0, 1, 2, dr, xr, NULL, ld, out, ldo, m, k, ch);
+    else if (nt)
+        FBN_SYM(dx_vec)(isa, 0, 0, 1, 2, dr, xr, NULL, ld, out, ldo, m, k, ch);
+    else if (res)
         FBN_SYM(dx_vec_g)(isa, 2, 1, g, dr, xr, zr, ld, out, ldo, m, k, ch);
     else if (relu == 0)
         FBN_SYM(dx_vec_g)(isa, 0, 0, g, dr, xr, NULL, ld, out, ldo, m, k, ch);
@@ -211,11 +222,11 @@ FBN_INLINE void FBN_SYM(run_dx_as)(const int isa, int nt, const T *dy, const T *
 /* The loops compiled for each instruction set (static inline: no warning where a
  * build without dispatch leaves one unused). */
 #if defined(FBN_HALF_VEC16)
-FBN_HALF_TARGET16 static inline void FBN_SYM(dx_v16)(int relu, int res, int g, const T *dr,
-                                                     const T *xr, const T *zr, int64_t ld, T *out,
-                                                     int64_t ldo, int64_t m,
+FBN_HALF_TARGET16 static inline void FBN_SYM(dx_v16)(int nt, int relu, int res, int g,
+                                                     const T *dr, const T *xr, const T *zr,
+                                                     int64_t ld, T *out, int64_t ldo, int64_t m,
                                                      const FBN_SYM(tcoefs) *k, int64_t ch) {
-    FBN_SYM(dx_vec_as)(2, relu, res, g, dr, xr, zr, ld, out, ldo, m, k, ch);
+    FBN_SYM(dx_vec_as)(2, nt, relu, res, g, dr, xr, zr, ld, out, ldo, m, k, ch);
 }
 FBN_HALF_TARGET16 static inline void FBN_SYM(run_dx_v16)(int nt, const T *dy, const T *x,
                                                          T *out, int64_t m,
@@ -224,11 +235,11 @@ FBN_HALF_TARGET16 static inline void FBN_SYM(run_dx_v16)(int nt, const T *dy, co
 }
 #endif
 #if defined(FBN_HALF_VEC16BF)
-FBN_HALF_TARGET16BF static inline void FBN_SYM(dx_v16b)(int relu, int res, int g, const T *dr,
-                                                        const T *xr, const T *zr, int64_t ld,
-                                                        T *out, int64_t ldo, int64_t m,
+FBN_HALF_TARGET16BF static inline void FBN_SYM(dx_v16b)(int nt, int relu, int res, int g,
+                                                        const T *dr, const T *xr, const T *zr,
+                                                        int64_t ld, T *out, int64_t ldo, int64_t m,
                                                         const FBN_SYM(tcoefs) *k, int64_t ch) {
-    FBN_SYM(dx_vec_as)(3, relu, res, g, dr, xr, zr, ld, out, ldo, m, k, ch);
+    FBN_SYM(dx_vec_as)(3, nt, relu, res, g, dr, xr, zr, ld, out, ldo, m, k, ch);
 }
 FBN_HALF_TARGET16BF static inline void FBN_SYM(run_dx_v16b)(int nt, const T *dy, const T *x,
                                                            T *out, int64_t m,
@@ -237,43 +248,46 @@ FBN_HALF_TARGET16BF static inline void FBN_SYM(run_dx_v16b)(int nt, const T *dy,
 }
 #endif
 #if defined(FBN_HALF_VEC8)
-FBN_HALF_TARGET8 static inline void FBN_SYM(dx_v8)(int relu, int res, int g, const T *dr,
-                                                   const T *xr, const T *zr, int64_t ld, T *out,
-                                                   int64_t ldo, int64_t m, const FBN_SYM(tcoefs) *k,
-                                                   int64_t ch) {
-    FBN_SYM(dx_vec_as)(1, relu, res, g, dr, xr, zr, ld, out, ldo, m, k, ch);
+FBN_HALF_TARGET8 static inline void FBN_SYM(dx_v8)(int nt, int relu, int res, int g,
+                                                   const T *dr, const T *xr, const T *zr,
+                                                   int64_t ld, T *out, int64_t ldo, int64_t m,
+                                                   const FBN_SYM(tcoefs) *k, int64_t ch) {
+    FBN_SYM(dx_vec_as)(1, nt, relu, res, g, dr, xr, zr, ld, out, ldo, m, k, ch);
 }
 #endif
 #endif /* FBN_HALF_VEC16 || FBN_HALF_VEC8 */
 
 /* dx of g rows (g, relu and res constants, see fbn_dx_rows_as_<sfx>; res: zr as in
  * fbn_dx_blocks_<sfx>): in registers where the CPU has the conversions, else
- * buffered. */
-FBN_INLINE void FBN_SYM(half_dx_rows)(const T *dr, const T *xr, const T *zr, int64_t ld, T *out,
-                                      int64_t ldo, int64_t m, const FBN_SYM(tcoefs) *k,
-                                      int64_t ch, const int g, const int relu, const int res) {
+ * buffered. With nt (streamed: see fbn_dx_vec_as_<sfx>) in registers only:
+ * returns 0 (nothing written) where they are not, else 1. */
+FBN_INLINE int FBN_SYM(half_dx_rows)(int nt, const T *dr, const T *xr, const T *zr, int64_t ld,
+                                     T *out, int64_t ldo, int64_t m, const FBN_SYM(tcoefs) *k,
+                                     int64_t ch, const int g, const int relu, const int res) {
 #if defined(FBN_HALF_VEC16) || defined(FBN_HALF_VEC8)
     const int level = FBN_SYM(half_isa)();
 #if defined(FBN_HALF_VEC16BF)
     if (level == 3) {
-        FBN_SYM(dx_v16b)(relu, res, g, dr, xr, zr, ld, out, ldo, m, k, ch);
-        return;
+        FBN_SYM(dx_v16b)(nt, relu, res, g, dr, xr, zr, ld, out, ldo, m, k, ch);
+        return 1;
     }
 #endif
 #if defined(FBN_HALF_VEC16)
     if (level == 2) {
-        FBN_SYM(dx_v16)(relu, res, g, dr, xr, zr, ld, out, ldo, m, k, ch);
-        return;
+        FBN_SYM(dx_v16)(nt, relu, res, g, dr, xr, zr, ld, out, ldo, m, k, ch);
+        return 1;
     }
 #endif
 #if defined(FBN_HALF_VEC8)
     if (level == 1) {
-        FBN_SYM(dx_v8)(relu, res, g, dr, xr, zr, ld, out, ldo, m, k, ch);
-        return;
+        FBN_SYM(dx_v8)(nt, relu, res, g, dr, xr, zr, ld, out, ldo, m, k, ch);
+        return 1;
     }
 #endif
 #endif
+    if (nt) return 0;
     FBN_SYM(dx_blocks)(dr, xr, zr, ld, out, ldo, m, k, ch, g, relu, res);
+    return 1;
 }
 
 /* Rows shape: dx of one channel's m values in registers with AVX-512F and no ReLU

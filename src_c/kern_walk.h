@@ -125,25 +125,31 @@ FBN_INLINE void FBN_SYM(stream_out)(T *dst, const T *src, int64_t n) {
 }
 
 #ifdef FBN_NARROW
-/* Columns shape, 16-bit data, streamed: y of a span of one row (m values from
- * offset o, the inputs' from oi, channels from ch), its direct part
- * (fbn_direct_part_<sfx>) straight from the register loop's vectors, the rest
- * through buf. Returns 0 (nothing written) where op is not y, the CPU has no
- * register form of it, or no part goes direct. */
-FBN_INLINE int FBN_SYM(span_direct)(const int op, const T *x, int64_t oi, T *out, int64_t o,
-                                    int64_t m, const FBN_SYM(tcoefs) *k, int64_t ch, T *buf) {
-    if (op != FBN_OP_AFFINE) return 0;
-    const FBN_SYM(direct) d = FBN_SYM(direct_part)(out + o, m, x + oi, NULL);
+/* Columns shape, 16-bit data, streamed: y or dx (without the epilogues) of a
+ * span of one row (m values from offset o, the inputs' from oi, channels from
+ * ch), its direct part (fbn_direct_part_<sfx>) straight from the register loops'
+ * vectors, the rest through buf. Returns 0 (nothing written) where op is another,
+ * the CPU has no register form of it, or no part goes direct. */
+FBN_INLINE int FBN_SYM(span_direct)(const int op, const T *x, const T *dy, int64_t oi, T *out,
+                                    int64_t o, int64_t m, const FBN_SYM(tcoefs) *k, int64_t ch,
+                                    T *buf) {
+    if (op != FBN_OP_AFFINE && op != FBN_OP_DX) return 0;
+    const T *xi = x + oi, *di = op == FBN_OP_DX ? dy + oi : NULL;
+    const FBN_SYM(direct) d = FBN_SYM(direct_part)(out + o, m, xi, di);
     const int64_t head = d.head, body = d.body, tail = m - d.head - d.body;
+    T *ob = out + o + head;
     if (!body ||
-        !FBN_SYM(half_y_rows)(d.nt, x + oi + head, 0, out + o + head, 0, body, k, ch + head, 1))
+        !(op == FBN_OP_AFFINE
+              ? FBN_SYM(half_y_rows)(d.nt, xi + head, 0, ob, 0, body, k, ch + head, 1)
+              : FBN_SYM(half_dx_rows)(d.nt, di + head, xi + head, NULL, 0, ob, 0, body, k,
+                                      ch + head, 1, k->relu, 0)))
         return 0;
     if (head) {
-        FBN_SYM(span_rows)(op, x, NULL, oi, 0, buf, FBN_SPAN, head, k, ch, 1, 0);
+        FBN_SYM(span_rows)(op, x, dy, oi, 0, buf, FBN_SPAN, head, k, ch, 1, 0);
         FBN_SYM(stream_out)(out + o, buf, head);
     }
     if (tail) {
-        FBN_SYM(span_rows)(op, x, NULL, oi + head + body, 0, buf, FBN_SPAN, tail, k,
+        FBN_SYM(span_rows)(op, x, dy, oi + head + body, 0, buf, FBN_SPAN, tail, k,
                            ch + head + body, 1, 0);
         FBN_SYM(stream_out)(out + o + head + body, buf, tail);
     }
@@ -214,7 +220,7 @@ FBN_INLINE void FBN_SYM(cols_tile)(const int op, const T *x, const T *dy, T *out
                 const int64_t o = j * C + c, left = r.c0 + r.nc - c;
                 const int64_t m = left < FBN_CHUNK ? left : FBN_CHUNK;
 #ifdef FBN_NARROW
-                if (FBN_SYM(span_direct)(op, x, o + j * gap, out, o, m, k, c, buf)) continue;
+                if (FBN_SYM(span_direct)(op, x, dy, o + j * gap, out, o, m, k, c, buf)) continue;
 #endif
                 FBN_SYM(span_rows)(op, x, dy, o + j * gap, ld, buf, FBN_CHUNK, m, k, c, 1, 0);
                 FBN_SYM(stream_out)(out + o, buf, m);
@@ -228,7 +234,8 @@ FBN_INLINE void FBN_SYM(cols_tile)(const int op, const T *x, const T *dy, T *out
             /* the inputs' span (a flat span, group -1, only without a gap) */
             const int64_t oi = o + sp.group * gap;
 #ifdef FBN_NARROW
-            if (!cached && rows == 1 && FBN_SYM(span_direct)(op, x, oi, out, o, m, k, ch, buf))
+            if (!cached && rows == 1 &&
+                FBN_SYM(span_direct)(op, x, dy, oi, out, o, m, k, ch, buf))
                 continue;
 #endif
             T *to = cached ? out + o : buf;

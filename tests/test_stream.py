@@ -155,6 +155,7 @@ for dtype in dtypes:
         x[...] = rng.standard_normal(shape) * 2 + 1
         dy[...] = rng.standard_normal(shape)
         _, cache = fastbn.forward(x, g, b, axis=axis)
+        _, relu = fastbn.forward(x, g, b, axis=axis, activation="relu")
         # out at x's place in a page, before it, just past x or dy (4K aliasing:
         # the buffered path), at 2-byte offsets (heads) and a line's halves
         for off in [16, 0, 18, 30, 32, 48, 80, 528, 1042, 1056, 2064, 4094]:
@@ -165,6 +166,9 @@ for dtype in dtypes:
             fastbn.backward(dy, cache, out=(dx, None, None))
             h.update(y.tobytes())
             h.update(dx.tobytes())
+            if off in (16, 18, 48):  # dx through the ReLU's mask
+                fastbn.backward(dy, relu, out=(dx, None, None))
+                h.update(dx.tobytes())
         y = x.copy()  # in place
         fastbn.forward(y, g, b, axis=axis, training=False, running_mean=rm, running_var=rv,
                        out=y)
