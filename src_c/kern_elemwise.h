@@ -280,7 +280,6 @@ FBN_INLINE int FBN_SYM(half_stream_regs)(const int op, const int fetch, T *out, 
 }
 #endif
 
-
 /* fbn_stream_chunks_<sfx>, or fbn_half_stream_regs_<sfx> where it takes the run. */
 FBN_INLINE void FBN_SYM(stream_values)(const int op, const int fetch, T *out, int64_t m,
                                        const T *x, const T *dy, const FBN_SYM(chan) *h) {
