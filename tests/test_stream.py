@@ -166,8 +166,11 @@ for dtype in dtypes:
             fastbn.backward(dy, cache, out=(dx, None, None))
             h.update(y.tobytes())
             h.update(dx.tobytes())
-            if off in (16, 18, 48):  # dx through the ReLU's mask
+            if off in (16, 18, 32, 48):  # y and dx through the ReLU
+                fastbn.forward(x, g, b, axis=axis, training=False, running_mean=rm,
+                               running_var=rv, activation="relu", out=y)
                 fastbn.backward(dy, relu, out=(dx, None, None))
+                h.update(y.tobytes())
                 h.update(dx.tobytes())
         y = x.copy()  # in place
         fastbn.forward(y, g, b, axis=axis, training=False, running_mean=rm, running_var=rv,
