@@ -183,12 +183,12 @@ print(h.hexdigest())
 @pytest.mark.parametrize("shape", ["runs", "rows"])
 def test_half_streamed_runs_are_bitwise_the_buffered_ones(tmp_path, shape):
     """16-bit streamed runs (rows shape: fbn_half_stream_regs, kern_elemwise.h) and
-    y's rows (columns shape: fbn_span_direct, kern_walk.h) go straight from
+    rows of one span (columns shape: fbn_span_direct, kern_walk.h) go straight from
     registers by non-temporal stores, with the partial steps at either end, and
     outputs just past an input within a page, through the L1 buffer. With 32-byte
     streams narrowed away (FASTBN_STREAM_WIDTH=16) everything takes the buffer: the
-    values must be bitwise the same, for inference and dx, outputs at every kind of
-    offset, runs and rows with and without tails, in place."""
+    values must be bitwise the same, for y and dx (with and without ReLU), outputs
+    at every kind of offset, runs and rows with and without tails, in place."""
     script = tmp_path / "runs.py"
     script.write_text(_HALF_RUNS)
     digests = {}
