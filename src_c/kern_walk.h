@@ -124,6 +124,15 @@ FBN_INLINE void FBN_SYM(stream_out)(T *dst, const T *src, int64_t n) {
     fbn_stream_copy(dst, src, n * (int64_t)sizeof(T));
 }
 
+/* Columns shape, streamed: op's m values of one row from offset o (the inputs'
+ * from oi, a row ld apart; channels from ch) computed into buf and copied out. */
+FBN_INLINE void FBN_SYM(span_out)(const int op, const T *x, const T *dy, int64_t oi, int64_t ld,
+                                  T *out, int64_t o, int64_t m, const FBN_SYM(tcoefs) *k,
+                                  int64_t ch, T *buf) {
+    FBN_SYM(span_rows)(op, x, dy, oi, ld, buf, FBN_CHUNK, m, k, ch, 1, 0);
+    FBN_SYM(stream_out)(out + o, buf, m);
+}
+
 #ifdef FBN_NARROW
 /* Columns shape, 16-bit data, streamed: y or dx (without the epilogues) of a
  * span of one row (m values from offset o, the inputs' from oi, channels from
@@ -144,15 +153,10 @@ FBN_INLINE int FBN_SYM(span_direct)(const int op, const T *x, const T *dy, int64
               : FBN_SYM(half_dx_rows)(d.nt, di + head, xi + head, NULL, 0, ob, 0, body, k,
                                       ch + head, 1, k->relu, 0)))
         return 0;
-    if (head) {
-        FBN_SYM(span_rows)(op, x, dy, oi, 0, buf, FBN_SPAN, head, k, ch, 1, 0);
-        FBN_SYM(stream_out)(out + o, buf, head);
-    }
-    if (tail) {
-        FBN_SYM(span_rows)(op, x, dy, oi + head + body, 0, buf, FBN_SPAN, tail, k,
-                           ch + head + body, 1, 0);
-        FBN_SYM(stream_out)(out + o + head + body, buf, tail);
-    }
+    if (head) FBN_SYM(span_out)(op, x, dy, oi, 0, out, o, head, k, ch, buf);
+    if (tail)
+        FBN_SYM(span_out)(op, x, dy, oi + head + body, 0, out, o + head + body, tail, k,
+                          ch + head + body, buf);
     return 1;
 }
 #endif
@@ -222,8 +226,7 @@ FBN_INLINE void FBN_SYM(cols_tile)(const int op, const T *x, const T *dy, T *out
 #ifdef FBN_NARROW
                 if (FBN_SYM(span_direct)(op, x, dy, o + j * gap, out, o, m, k, c, buf)) continue;
 #endif
-                FBN_SYM(span_rows)(op, x, dy, o + j * gap, ld, buf, FBN_CHUNK, m, k, c, 1, 0);
-                FBN_SYM(stream_out)(out + o, buf, m);
+                FBN_SYM(span_out)(op, x, dy, o + j * gap, ld, out, o, m, k, c, buf);
             }
     } else {
         /* spans follow the output's lines (streamed: x's, the L1 buffer's are fixed) */
