@@ -9,7 +9,7 @@
  * `mode` of the passes that write: FLOOR_NT (non-temporal stores) and FLOOR_PF
  * (software prefetches of the inputs 4 KB ahead), or'ed; the caller takes the
  * fastest. Loads and stores are the widest vectors the CPU has (AVX-512F, else
- * AVX2: floor_width), whole aligned lines of the output (64 bytes) at a time.
+ * AVX2: floor_width, or AVX2 by floor_set_width), whole aligned lines of the output (64 bytes) at a time.
  * x86-64 with AVX2 at least: a reference point for benchmarks, not part of fastbn. */
 #include <immintrin.h>
 #include <stddef.h>
@@ -21,10 +21,19 @@
 enum { FLOOR_NT = 1, FLOOR_PF = 2 };
 #define AHEAD 4096
 
+static int floor_narrow; /* floor_set_width(32): AVX2 passes on an AVX-512 CPU */
+
 /* The vector width the passes use, in bytes. */
 int floor_width(void) {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") ? 64 : 32;
+    return __builtin_cpu_supports("avx512f") && !floor_narrow ? 64 : 32;
+}
+
+/* The passes' vectors at most w bytes wide (32 or 64), as on a machine without
+ * AVX-512; returns the width they now use. */
+int floor_set_width(int w) {
+    floor_narrow = w < 64;
+    return floor_width();
 }
 
 /* One 64-byte line: d = x (+ g) at offset i, one template per width. */

@@ -23,6 +23,13 @@ compiler with OpenMP, PyTorch installed):
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/traffic_floor.py
     python bench/traffic_floor.py --threads 1 --dtype float32 --shapes nchw-small --repeat 21
+
+Another machine's tuning on this one: a fastbn built for AVX2 only
+(CFLAGS="-DFBN_NO_DISPATCH -mavx2 -mfma -mf16c", first on PYTHONPATH), its streamed
+stores and the floor passes of AVX2 vectors, and a 512 KB L2:
+
+    FASTBN_CACHE_SIZES=32K,512K,32M FASTBN_STREAM_WIDTH=32 \
+        python bench/traffic_floor.py --floor-width 32
 """
 import argparse
 import ctypes
@@ -116,6 +123,10 @@ def main(argv=None):
     ap.add_argument("--shapes", default=",".join(SHAPES),
                     help="comma-separated, of " + ", ".join(f"{k} ({v[0]})" for k, v in SHAPES.items()))
     ap.add_argument("--repeat", type=int, default=11)
+    ap.add_argument("--floor-width", type=int, choices=(32, 64), default=64,
+                    help="the floor passes' widest vectors in bytes (32: AVX2, as on a "
+                         "machine without AVX-512; with a fastbn built for AVX2, e.g. "
+                         "CFLAGS='-DFBN_NO_DISPATCH -mavx2 -mfma -mf16c')")
     a = ap.parse_args(argv)
     unknown = [k for k in a.shapes.split(",") if k not in SHAPES]
     if unknown:
@@ -126,6 +137,7 @@ def main(argv=None):
     misses = []
     with tempfile.TemporaryDirectory() as tmp:
         floor = build_floor(tmp)
+        floor.floor_set_width(a.floor_width)
         from fastbn import _kernels
         width = getattr(_kernels, "stream_width", lambda: "?")()
         print(f"medians of {a.repeat} interleaved samples; load average {' '.join(load)}")

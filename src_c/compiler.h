@@ -82,6 +82,11 @@
  * and tuning), the partial lines at either end with plain stores. Callers fence
  * (FBN_STREAM_FENCE) before other threads read dst. Without FBN_CAN_STREAM: memcpy. */
 void fbn_stream_copy(void *dst, const void *src, int64_t n);
+/* fbn_stream_copy of n bytes for each of `rows` rows, dst's ldd bytes apart and
+ * src's lds: a row group's span in one call, whole lines in one loop where every
+ * row's n bytes are whole lines of dst. */
+void fbn_stream_rows(void *dst, int64_t ldd, const void *src, int64_t lds, int rows,
+                     int64_t n);
 /* The vector width in bytes fbn_stream_copy uses (0: plain stores). */
 int fbn_stream_width(void);
 

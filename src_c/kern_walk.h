@@ -254,9 +254,9 @@ FBN_INLINE void FBN_SYM(cols_tile)(const int op, const T *x, const T *dy, T *out
                     FBN_SYM(span_rows)(op, x, dy, oi + i * ld, ld, to + i * ldo, ldo, m, k, ch,
                                        1, cached);
             }
-            if (!cached)
-                for (int64_t i = 0; i < rows; i++)
-                    FBN_SYM(stream_out)(out + o + i * C, buf + i * FBN_SPAN, m);
+            if (!cached) /* one call for the group's rows (docs/performance.md) */
+                fbn_stream_rows(out + o, C * (int64_t)sizeof(T), buf,
+                                FBN_SPAN * (int64_t)sizeof(T), (int)rows, m * (int64_t)sizeof(T));
         }
     }
 }

@@ -32,6 +32,19 @@ __attribute__((target("avx2"))) static void copy_lines32(char *dst, const char *
                             _mm256_loadu_si256((const __m256i *)(src + i + 32)));
     }
 }
+
+/* copy_lines64 / copy_lines32 of n bytes for each of `rows` rows (dst's ldd bytes
+ * apart, src's lds) */
+__attribute__((target("avx512f"))) static void copy_rows64(char *dst, int64_t ldd,
+                                                           const char *src, int64_t lds,
+                                                           int rows, int64_t n) {
+    for (int r = 0; r < rows; r++) copy_lines64(dst + r * ldd, src + r * lds, n);
+}
+
+__attribute__((target("avx2"))) static void copy_rows32(char *dst, int64_t ldd, const char *src,
+                                                        int64_t lds, int rows, int64_t n) {
+    for (int r = 0; r < rows; r++) copy_lines32(dst + r * ldd, src + r * lds, n);
+}
 #endif
 
 #if FBN_CAN_STREAM
@@ -98,6 +111,27 @@ void fbn_stream_copy(void *dst, const void *src, int64_t n) {
     for (; i + 16 <= n; i += 16) copy_lines16(d + i, s + i, 16);
     if (i < n) memcpy(d + i, s + i, (size_t)(n - i));
 #endif
+}
+
+void fbn_stream_rows(void *dst, int64_t ldd, const void *src, int64_t lds, int rows,
+                     int64_t n) {
+    char *d = dst;
+    const char *s = src;
+#ifdef FBN_WIDE_STREAM
+    /* the usual row group's span of a wide row: every row's bytes whole lines */
+    if ((uintptr_t)d % 64 == 0 && ldd % 64 == 0 && n % 64 == 0) {
+        const int w = fbn_stream_width();
+        if (w == 64) {
+            copy_rows64(d, ldd, s, lds, rows, n);
+            return;
+        }
+        if (w == 32) {
+            copy_rows32(d, ldd, s, lds, rows, n);
+            return;
+        }
+    }
+#endif
+    for (int r = 0; r < rows; r++) fbn_stream_copy(d + r * ldd, s + r * lds, n);
 }
 
 /* Whether the pages of [p, p + bytes) are in memory, judged by three of them
