@@ -9,7 +9,8 @@
  * `mode` of the passes that write: FLOOR_NT (non-temporal stores) and FLOOR_PF
  * (software prefetches of the inputs 4 KB ahead), or'ed; the caller takes the
  * fastest. Loads and stores are the widest vectors the CPU has (AVX-512F, else
- * AVX2: floor_width, or AVX2 by floor_set_width), whole aligned lines of the output (64 bytes) at a time.
+ * AVX2: floor_width; AVX2 after floor_set_width(32)), whole aligned lines of the
+ * output (64 bytes) at a time.
  * x86-64 with AVX2 at least: a reference point for benchmarks, not part of fastbn. */
 #include <immintrin.h>
 #include <stddef.h>

@@ -117,9 +117,10 @@ FBN_INLINE int FBN_SYM(row_by_row)(int64_t C, int64_t period, int arrays, int64_
     return !period && 2 * C >= FBN_CHUNK && arrays * C * (int64_t)sizeof(TC) <= bound;
 }
 
-/* Columns shape, streamed: n values from an L1 buffer. (Spans compute FBN_GROUP
- * rows at once into the buffer, loading each channel's coefficients once; streamed
- * directly, rows a multiple of 4 KB apart were much slower.) */
+/* Columns shape, streamed: n values of one row from an L1 buffer (a row group's
+ * rows: fbn_stream_rows). (Spans compute FBN_GROUP rows at once into the buffer,
+ * loading each channel's coefficients once; streamed directly, rows a multiple of
+ * 4 KB apart were much slower.) */
 FBN_INLINE void FBN_SYM(stream_out)(T *dst, const T *src, int64_t n) {
     fbn_stream_copy(dst, src, n * (int64_t)sizeof(T));
 }
