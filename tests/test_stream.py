@@ -52,13 +52,14 @@ def test_untouched_pages_are_not_resident():
 @pytest.mark.parametrize("width", ["16", "32", "64"])
 def test_every_width_matches_the_reference(width, tmp_path):
     """A streamed forward and backward (outputs of 16 MB, given, so resident) at each
-    store width, in a process of its own, against fastbn.reference."""
+    store width, in a process of its own, against fastbn.reference: NCHW runs, rows
+    one by one (C = 257) and groups of rows (C = 2048, fbn_stream_rows)."""
     script = tmp_path / "run.py"
     script.write_text(
         "import numpy as np, fastbn\n"
         "from fastbn import reference\n"
         "rng = np.random.default_rng(5)\n"
-        "for shape in [(3, 5, 700, 401), (16400, 257)]:\n"
+        "for shape in [(3, 5, 700, 401), (16400, 257), (2100, 2048)]:\n"
         "    x = rng.standard_normal(shape).astype(np.float32)\n"
         "    dy = rng.standard_normal(shape).astype(np.float32)\n"
         "    C = shape[1]\n"
