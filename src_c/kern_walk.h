@@ -117,21 +117,16 @@ FBN_INLINE int FBN_SYM(row_by_row)(int64_t C, int64_t period, int arrays, int64_
     return !period && 2 * C >= FBN_CHUNK && arrays * C * (int64_t)sizeof(TC) <= bound;
 }
 
-/* Columns shape, streamed: n values of one row from an L1 buffer (a row group's
- * rows: fbn_stream_rows). (Spans compute FBN_GROUP rows at once into the buffer,
- * loading each channel's coefficients once; streamed directly, rows a multiple of
- * 4 KB apart were much slower.) */
-FBN_INLINE void FBN_SYM(stream_out)(T *dst, const T *src, int64_t n) {
-    fbn_stream_copy(dst, src, n * (int64_t)sizeof(T));
-}
-
 /* Columns shape, streamed: op's m values of one row from offset o (the inputs'
- * from oi, a row ld apart; channels from ch) computed into buf and copied out. */
+ * from oi, a row ld apart; channels from ch) computed into buf and copied out
+ * (a row group's rows: fbn_stream_rows, fbn_cols_tile_<sfx>). (Row groups go
+ * through the buffer too, which loads each channel's coefficients once for the
+ * group; streamed directly, rows a multiple of 4 KB apart were much slower.) */
 FBN_INLINE void FBN_SYM(span_out)(const int op, const T *x, const T *dy, int64_t oi, int64_t ld,
                                   T *out, int64_t o, int64_t m, const FBN_SYM(tcoefs) *k,
                                   int64_t ch, T *buf) {
     FBN_SYM(span_rows)(op, x, dy, oi, ld, buf, FBN_CHUNK, m, k, ch, 1, 0);
-    FBN_SYM(stream_out)(out + o, buf, m);
+    fbn_stream_copy(out + o, buf, m * (int64_t)sizeof(T));
 }
 
 #ifdef FBN_NARROW
