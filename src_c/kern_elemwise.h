@@ -223,14 +223,15 @@ FBN_INLINE void FBN_SYM(stream_chunks)(const int op, const int fetch, T *out, in
 #endif
 }
 
-#ifdef FBN_NARROW
-/* 16-bit data, a streamed output of m values at out from x (and dy, else NULL):
- * the part of it that goes straight from the register loops' vectors by
- * non-temporal stores, without the L1 buffer and its copy, whose turns at the
- * memory cost (docs/performance.md). 32 bytes a step (nt: 1, one store, out + head
- * aligned to 32; 2, two); the head values before out's first 16-byte boundary,
- * and those after the last whole step, through the buffer (runs and rows of most
- * shapes have neither). body 0: none, where streams are narrower than 32 bytes
+/* A streamed output of m values at out from x (and dy, else NULL): the part of it
+ * that goes straight from the register loops' vectors by non-temporal stores,
+ * without the L1 buffer and its copy, whose turns at the memory cost
+ * (docs/performance.md). 16-bit data: 32 bytes a step (nt: 1, one store, out +
+ * head aligned to 32; 2, two); the head values before out's first 16-byte
+ * boundary, and those after the last whole step, through the buffer (runs and
+ * rows of most shapes have neither). float32 / float64 (kern_direct.h): whole
+ * 64-byte lines from out's first line boundary, by stores of nt bytes (64 or 32:
+ * fbn_stream_width()). body 0: none, where streams are narrower than 32 bytes
  * (FASTBN_STREAM_WIDTH) or out lies just past an input within a page
  * (FBN_STREAM_ALIAS_BYTES, tuning.h). */
 typedef struct {
@@ -247,12 +248,20 @@ FBN_INLINE FBN_SYM(direct) FBN_SYM(direct_part)(const T *out, int64_t m, const T
     if ((uintptr_t)out % sizeof(T) || fbn_stream_width() < 32 || past_x - 1 < near ||
         (dy && past_dy - 1 < near))
         return d;
+#ifdef FBN_NARROW
     const int64_t step = 32 / (int64_t)sizeof(T); /* values of a step */
     d.head = (int64_t)((16 - (uintptr_t)out % 16) % 16 / sizeof(T));
     d.body = m > d.head ? (m - d.head) / step * step : 0;
     d.nt = (uintptr_t)(out + d.head) % 32 ? 2 : 1;
+#else
+    d.head = (int64_t)((64 - (uintptr_t)out % 64) % 64 / sizeof(T));
+    d.body = m > d.head ? (m - d.head) / FBN_LINE_VALUES * FBN_LINE_VALUES : 0;
+    d.nt = fbn_stream_width();
+#endif
     return d;
 }
+
+#ifdef FBN_NARROW
 
 /* Rows shape: a streamed run's direct part (fbn_direct_part_<sfx>) by
  * fbn_half_run_y_<sfx> or fbn_half_run_dx_<sfx>, the rest by

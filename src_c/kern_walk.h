@@ -129,33 +129,40 @@ FBN_INLINE void FBN_SYM(span_out)(const int op, const T *x, const T *dy, int64_t
     fbn_stream_copy(out + o, buf, m * (int64_t)sizeof(T));
 }
 
-#ifdef FBN_NARROW
-/* Columns shape, 16-bit data, streamed: y or dx (without the epilogues) of a
+/* Columns shape, streamed: y (16-bit data: or dx) without the epilogues of a
  * span of one row (m values from offset o, the inputs' from oi, channels from
  * ch), its direct part (fbn_direct_part_<sfx>) straight from the register loops'
- * vectors, the rest through buf. Returns 0 (nothing written) where op is another,
- * the CPU has no register form of it, or no part goes direct. */
+ * vectors (kern_half_y.h, kern_half_dx.h; float32 / float64: kern_direct.h), the
+ * rest through buf. Returns 0 (nothing written) where op is another, the CPU has
+ * no register form of it, or no part goes direct. */
 FBN_INLINE int FBN_SYM(span_direct)(const int op, const T *x, const T *dy, int64_t oi, T *out,
                                     int64_t o, int64_t m, const FBN_SYM(tcoefs) *k, int64_t ch,
                                     T *buf) {
+#ifdef FBN_NARROW
     if (op != FBN_OP_AFFINE && op != FBN_OP_DX) return 0;
+#else
+    if (op != FBN_OP_AFFINE) return 0;
+#endif
     const T *xi = x + oi, *di = op == FBN_OP_DX ? dy + oi : NULL;
     const FBN_SYM(direct) d = FBN_SYM(direct_part)(out + o, m, xi, di);
     const int64_t head = d.head, body = d.body, tail = m - d.head - d.body;
     T *ob = out + o + head;
+#ifdef FBN_NARROW
     if (!body ||
         !(op == FBN_OP_AFFINE
               ? FBN_SYM(half_y_rows)(d.nt, xi + head, 0, ob, 0, body, k, ch + head, 1)
               : FBN_SYM(half_dx_rows)(d.nt, di + head, xi + head, NULL, 0, ob, 0, body, k,
                                       ch + head, 1, k->relu, 0)))
         return 0;
+#else
+    if (!body || !FBN_SYM(direct_y_row)(d.nt, xi + head, ob, body, k, ch + head)) return 0;
+#endif
     if (head) FBN_SYM(span_out)(op, x, dy, oi, 0, out, o, head, k, ch, buf);
     if (tail)
         FBN_SYM(span_out)(op, x, dy, oi + head + body, 0, out, o + head + body, tail, k,
                           ch + head + body, buf);
     return 1;
 }
-#endif
 
 /* Row tile t (whole (o, c) rows) of op, inputs gap values further apart a row
  * (fbn_row_gap; a literal 0 for contiguous inputs, see fbn_elemwise_tile_<sfx>),
@@ -215,15 +222,18 @@ FBN_INLINE void FBN_SYM(cols_tile)(const int op, const T *x, const T *dy, T *out
     const int pairs = cached && same; /* streamed: computed into buf, copied out from there */
     const int64_t ld = C + gap; /* the inputs' rows (see fbn_row_gap) */
     if (!cached && FBN_SYM(row_by_row)(C, k->period, arrays, p->l1_half)) {
-        for (int64_t j = r.j0; j < r.j1; j++)
+        for (int64_t j = r.j0; j < r.j1; j++) {
+            /* the tile's whole row from registers (a partial line at either end
+             * through buf), else spans of FBN_CHUNK through buf */
+            if (FBN_SYM(span_direct)(op, x, dy, j * C + r.c0 + j * gap, out, j * C + r.c0, r.nc,
+                                     k, r.c0, buf))
+                continue;
             for (int64_t c = r.c0; c < r.c0 + r.nc; c += FBN_CHUNK) {
                 const int64_t o = j * C + c, left = r.c0 + r.nc - c;
                 const int64_t m = left < FBN_CHUNK ? left : FBN_CHUNK;
-#ifdef FBN_NARROW
-                if (FBN_SYM(span_direct)(op, x, dy, o + j * gap, out, o, m, k, c, buf)) continue;
-#endif
                 FBN_SYM(span_out)(op, x, dy, o + j * gap, ld, out, o, m, k, c, buf);
             }
+        }
     } else {
         /* spans follow the output's lines (streamed: x's, the L1 buffer's are fixed) */
         const T *at = FBN_SYM(walk_lines)(p, x, out);
@@ -232,11 +242,9 @@ FBN_INLINE void FBN_SYM(cols_tile)(const int op, const T *x, const T *dy, T *out
             const int64_t o = sp.off, ch = sp.ch, m = sp.m, rows = sp.rows;
             /* the inputs' span (a flat span, group -1, only without a gap) */
             const int64_t oi = o + sp.group * gap;
-#ifdef FBN_NARROW
             if (!cached && rows == 1 &&
                 FBN_SYM(span_direct)(op, x, dy, oi, out, o, m, k, ch, buf))
                 continue;
-#endif
             T *to = cached ? out + o : buf;
             const int64_t ldo = cached ? C : FBN_SPAN;
             if (rows == FBN_GROUP && !pairs) {

@@ -126,13 +126,15 @@ try:
     dtypes.append(ml_dtypes.bfloat16)
 except ImportError:
     pass
+if sys.argv[1] == "wide":  # float32 / float64 rows one by one (kern_direct.h)
+    dtypes = [np.float32, np.float64]
 rng = np.random.default_rng(7)
 
 
 def at(shape, dtype, page_offset):
     """An array of `shape` starting `page_offset` bytes into a 4 KB page, its pages
     touched (outputs in untouched pages take plain stores: fbn_resident)."""
-    n = int(np.prod(shape)) * 2
+    n = int(np.prod(shape)) * np.dtype(dtype).itemsize
     raw = np.ones(n + 8192, np.uint8)
     s = (page_offset - raw.ctypes.data) % 4096
     return raw[s:s + n].view(dtype).reshape(shape)
@@ -140,10 +142,12 @@ def at(shape, dtype, page_offset):
 
 # runs: the rows shape (NCHW-like), runs of 784 and of 1009 (tails of 1-15);
 # rows: the columns shape (channels last): repeated coefficients (64, 37 channels),
-# rows one by one (1000: tails of 8), groups of rows and a last row alone (4096)
+# rows one by one (1000: tails of 8), groups of rows and a last row alone (4096);
+# wide: float32 rows one by one of 1000 and 520 channels (2080-byte rows: every
+# offset in a line in turn), float64 of 520 (1000 take groups of rows)
 axis, shapes = {"runs": (1, [(160, 64, 28, 28), (250, 32, 1009)]),
-                "rows": (-1, [(1200, 40, 64), (3000, 1000), (1001, 4096), (900, 100, 37)])}[
-                    sys.argv[1]]
+                "rows": (-1, [(1200, 40, 64), (3000, 1000), (1001, 4096), (900, 100, 37)]),
+                "wide": (-1, [(3000, 1000), (5000, 520), (1001, 4096)])}[sys.argv[1]]
 h = hashlib.sha256()
 for dtype in dtypes:
     for shape in shapes:
@@ -160,6 +164,8 @@ for dtype in dtypes:
         # out at x's place in a page, before it, just past x or dy (4K aliasing:
         # the buffered path), at 2-byte offsets (heads) and a line's halves
         for off in [16, 0, 18, 30, 32, 48, 80, 528, 1042, 1056, 2064, 4094]:
+            if off % np.dtype(dtype).itemsize:
+                continue
             y = at(shape, dtype, off)
             fastbn.forward(x, g, b, axis=axis, training=False, running_mean=rm, running_var=rv,
                            out=y)
@@ -181,15 +187,7 @@ print(h.hexdigest())
 '''
 
 
-@pytest.mark.parametrize("shape", ["runs", "rows"])
-def test_half_streamed_runs_are_bitwise_the_buffered_ones(tmp_path, shape):
-    """16-bit streamed runs (rows shape: fbn_half_stream_regs, kern_elemwise.h) and
-    rows of one span (columns shape: fbn_span_direct, kern_walk.h) go straight from
-    registers by non-temporal stores, with the partial steps at either end, and
-    outputs just past an input within a page, through the L1 buffer. With 32-byte
-    streams narrowed away (FASTBN_STREAM_WIDTH=16) everything takes the buffer: the
-    values must be bitwise the same, for y and dx (with and without ReLU), outputs
-    at every kind of offset, runs and rows with and without tails, in place."""
+def _digests_by_width(tmp_path, shape):
     script = tmp_path / "runs.py"
     script.write_text(_HALF_RUNS)
     digests = {}
@@ -199,4 +197,27 @@ def test_half_streamed_runs_are_bitwise_the_buffered_ones(tmp_path, shape):
                            text=True)
         assert r.returncode == 0, r.stderr[-2000:]
         digests[width] = r.stdout.strip()
+    return digests
+
+
+def test_wide_streamed_rows_are_bitwise_the_buffered_ones(tmp_path):
+    """float32 / float64 streamed rows one by one (columns shape: fbn_span_direct,
+    kern_walk.h; kern_direct.h) write y's whole lines straight from registers, 64 or
+    32 bytes a store, the partial lines at either end of a span through the L1
+    buffer: bitwise the buffered values (FASTBN_STREAM_WIDTH=16), with and without
+    ReLU, outputs at every offset in a line, in place, and rows of groups beside."""
+    digests = _digests_by_width(tmp_path, "wide")
+    assert digests["64"] == digests["16"] and digests["32"] == digests["16"], digests
+
+
+@pytest.mark.parametrize("shape", ["runs", "rows"])
+def test_half_streamed_runs_are_bitwise_the_buffered_ones(tmp_path, shape):
+    """16-bit streamed runs (rows shape: fbn_half_stream_regs, kern_elemwise.h) and
+    rows of one span (columns shape: fbn_span_direct, kern_walk.h) go straight from
+    registers by non-temporal stores, with the partial steps at either end, and
+    outputs just past an input within a page, through the L1 buffer. With 32-byte
+    streams narrowed away (FASTBN_STREAM_WIDTH=16) everything takes the buffer: the
+    values must be bitwise the same, for y and dx (with and without ReLU), outputs
+    at every kind of offset, runs and rows with and without tails, in place."""
+    digests = _digests_by_width(tmp_path, shape)
     assert digests["64"] == digests["16"] and digests["32"] == digests["16"], digests
