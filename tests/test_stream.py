@@ -115,7 +115,7 @@ def test_the_copy_refuses_what_it_cannot_copy():
         _k._stream_copy(np.zeros(8, np.uint16), np.zeros(8, np.uint16))
 
 
-_HALF_RUNS = r'''
+_DIRECT_RUNS = r'''
 import hashlib, sys
 import numpy as np, fastbn
 import fastbn._kernels as k
@@ -189,7 +189,7 @@ print(h.hexdigest())
 
 def _digests_by_width(tmp_path, shape):
     script = tmp_path / "runs.py"
-    script.write_text(_HALF_RUNS)
+    script.write_text(_DIRECT_RUNS)
     digests = {}
     for width in ("64", "32", "16"):
         env = _env(FASTBN_STREAM_WIDTH=width)
@@ -203,7 +203,7 @@ def _digests_by_width(tmp_path, shape):
 def test_wide_streamed_rows_are_bitwise_the_buffered_ones(tmp_path):
     """float32 / float64 streamed rows one by one (columns shape: fbn_span_direct,
     kern_walk.h; kern_direct.h) write y's whole lines straight from registers, 64 or
-    32 bytes a store, the partial lines at either end of a span through the L1
+    32 bytes a store, the partial lines at either end of a row through the L1
     buffer: bitwise the buffered values (FASTBN_STREAM_WIDTH=16), with and without
     ReLU, outputs at every offset in a line, in place, and rows of groups beside."""
     digests = _digests_by_width(tmp_path, "wide")
