@@ -628,7 +628,7 @@ MUTANTS = [
     Mutant("s52_row_ch", "src_c/kern_direct.h",
            "        FBN_SYM(direct_row64)(xr, out, m, k->shift + ch, k->scale + ch, k->bias + ch, k->relu);",
            "        FBN_SYM(direct_row64)(xr, out, m, k->shift, k->scale + ch, k->bias + ch, k->relu);",
-           "the 64-byte loop's shifts from the row's first channel, not the span's"),
+           "the 64-byte loop's shifts from channel 0, not from the direct part's first channel"),
     Mutant("s52_row_head", "src_c/kern_elemwise.h",
            "    d.head = (int64_t)((64 - (uintptr_t)out % 64) % 64 / sizeof(T));",
            "    d.head = (int64_t)((32 - (uintptr_t)out % 32) % 32 / sizeof(T));",
