@@ -1,4 +1,4 @@
-/* float32 / float64, columns shape, streamed rows one by one: y of a span's whole
+/* float32 / float64, columns shape, streamed rows one by one: y of a row's whole
  * 64-byte lines straight from the registers to memory by non-temporal stores,
  * without the L1 buffer and its copy (as 16-bit data do: kern_half_y.h). A
  * per-dtype template (see kern_dtype.h) for the wide types, included by

@@ -121,7 +121,9 @@ FBN_INLINE int FBN_SYM(row_by_row)(int64_t C, int64_t period, int arrays, int64_
  * from oi, a row ld apart; channels from ch) computed into buf and copied out
  * (a row group's rows: fbn_stream_rows, fbn_cols_tile_<sfx>). (Row groups go
  * through the buffer too, which loads each channel's coefficients once for the
- * group; streamed directly, rows a multiple of 4 KB apart were much slower.) */
+ * group; streamed directly from registers they gained nothing on Zen 4, and rows
+ * a multiple of 4 KB apart were much slower on an earlier Xeon:
+ * docs/performance.md.) */
 FBN_INLINE void FBN_SYM(span_out)(const int op, const T *x, const T *dy, int64_t oi, int64_t ld,
                                   T *out, int64_t o, int64_t m, const FBN_SYM(tcoefs) *k,
                                   int64_t ch, T *buf) {
@@ -129,9 +131,9 @@ FBN_INLINE void FBN_SYM(span_out)(const int op, const T *x, const T *dy, int64_t
     fbn_stream_copy(out + o, buf, m * (int64_t)sizeof(T));
 }
 
-/* Columns shape, streamed: y (16-bit data: or dx) without the epilogues of a
- * span of one row (m values from offset o, the inputs' from oi, channels from
- * ch), its direct part (fbn_direct_part_<sfx>) straight from the register loops'
+/* Columns shape, streamed: y (16-bit data: or dx) without the epilogues of m
+ * values of one row (a span, or a tile's whole row; from offset o, the inputs'
+ * from oi, channels from ch), its direct part (fbn_direct_part_<sfx>) straight from the register loops'
  * vectors (kern_half_y.h, kern_half_dx.h; float32 / float64: kern_direct.h), the
  * rest through buf. Returns 0 (nothing written) where op is another, the CPU has
  * no register form of it, or no part goes direct. */
