@@ -61,6 +61,41 @@ FBN_INLINE void FBN_SYM(stats_group_v)(const TC *row, int64_t C, int64_t nc, con
     }
 }
 
+/* Whether a reduction over rows of nc of C channels takes its groups' rows in
+ * order (see FBN_ORDER_ROW; float32 and float64). */
+FBN_INLINE int FBN_SYM(rows_in_order)(int64_t C, int64_t nc) {
+#ifdef FBN_NARROW
+    (void)C, (void)nc;
+    return 0;
+#else
+    return nc == C && nc * (int64_t)sizeof(T) >= FBN_ORDER_ROW && nc <= FBN_ORDER_CHANNELS;
+#endif
+}
+
+/* fbn_stats_group_v_<sfx>'s sums, the g rows (a constant) one after another: each
+ * channel's operations are the same, in the same order (the same bits), the
+ * partial sums p1 and p2 between rows in L1. */
+FBN_INLINE void FBN_SYM(stats_rows)(const T *row, int64_t ld, int64_t nc, const int g,
+                                    const int centred, const double *pv, const double *mean,
+                                    double *restrict acc, double *restrict acc2,
+                                    double *restrict p1, double *restrict p2) {
+    for (int i = 0; i < g; i++) {
+        const T *r = row + i * ld;
+        for (int64_t c = 0; c < nc; c++) {
+            double e = (double)FBN_LD(r[c]) - pv[c];
+            if (centred) e -= mean[c];
+            const double t1 = (i == 0 ? 0.0 : p1[c]) + e, t2 = (i == 0 ? 0.0 : p2[c]) + e * e;
+            if (i == g - 1) {
+                acc[c] += t1;
+                acc2[c] += t2;
+            } else {
+                p1[c] = t1;
+                p2[c] = t2;
+            }
+        }
+    }
+}
+
 /* 16-bit data, in registers: fbn_stats_group_v_<sfx> 16 channels at a time, the g
  * rows' 16 values widened by instruction set isa (g, centred, isa constants); each
  * channel's sums as in the blocks' form. Returns the channels done (a multiple of
@@ -193,7 +228,8 @@ FBN_INLINE void FBN_SYM(stats_cols)(const T *x, int64_t C, int64_t ld, int64_t c
     double *acc = scratch, *acc2 = acc + nc, *mean = acc2 + nc;
     double *need = mean + nc, *tot = need + nc, *comp = tot + nc, *tot2 = comp + nc;
     double *comp2 = tot2 + nc;
-    const int G = FBN_SYM(reduce_group)(C);
+    const int G = FBN_SYM(reduce_group)(C), in_order = FBN_SYM(rows_in_order)(C, nc);
+    double p1[FBN_ORDER_CHANNELS], p2[FBN_ORDER_CHANNELS]; /* in_order's partial sums */
     for (int64_t c = 0; c < nc; c++) mean[c] = 0.0;
     for (int pass = 0; pass < 2; pass++) {
         const int one_flush = fbn_sums_begin(j1 - j0, nc, &acc, &acc2, tot, comp, tot2, comp2);
@@ -203,6 +239,19 @@ FBN_INLINE void FBN_SYM(stats_cols)(const T *x, int64_t C, int64_t ld, int64_t c
             for (; o < end; o += G) {
                 const T *row = x + o * ld + c0;
                 const int g = end - o < G ? (int)(end - o) : G;
+                if (in_order && g == G) { /* constant g and centred, as below */
+                    if (G == FBN_GROUP && pass == 0)
+                        FBN_SYM(stats_rows)(row, ld, nc, FBN_GROUP, 0, pv, mean, acc, acc2, p1, p2);
+                    else if (G == FBN_GROUP)
+                        FBN_SYM(stats_rows)(row, ld, nc, FBN_GROUP, 1, pv, mean, acc, acc2, p1, p2);
+                    else if (pass == 0)
+                        FBN_SYM(stats_rows)(row, ld, nc, 2 * FBN_GROUP, 0, pv, mean, acc, acc2, p1,
+                                            p2);
+                    else
+                        FBN_SYM(stats_rows)(row, ld, nc, 2 * FBN_GROUP, 1, pv, mean, acc, acc2, p1,
+                                            p2);
+                    continue;
+                }
                 if (pass == 0 && FBN_SYM(needs_prefetch)(C, nc))
                     FBN_SYM(prefetch_block)(row, ld, nc, o, j1, G);
                 /* constant g and centred: each call unrolls its own loop */
@@ -270,6 +319,30 @@ FBN_INLINE void FBN_SYM(bwd_group_v)(const TC *dr, const TC *xr, int64_t C, int6
         }
         acc[c] += s1;
         acc2[c] += s2;
+    }
+}
+
+/* fbn_bwd_group_v_<sfx>'s sums, the g rows (a constant) one after another, as
+ * fbn_stats_rows_<sfx> (the same bits). */
+FBN_INLINE void FBN_SYM(bwd_rows)(const T *dr, const T *xr, int64_t ld, int64_t nc, const int g,
+                                  const int relu, const double *sh, const TC *tsh, const TC *sc,
+                                  const TC *bi, double *restrict acc, double *restrict acc2,
+                                  double *restrict p1, double *restrict p2) {
+    for (int i = 0; i < g; i++) {
+        const T *d = dr + i * ld, *r = xr + i * ld;
+        for (int64_t c = 0; c < nc; c++) {
+            const TC xv = FBN_LD(r[c]);
+            const double v = FBN_SYM(masked)(FBN_LD(d[c]), xv, tsh[c], sc[c], bi[c], relu);
+            const double dv = v * ((double)xv - sh[c]);
+            const double t1 = (i == 0 ? 0.0 : p1[c]) + v, t2 = (i == 0 ? 0.0 : p2[c]) + dv;
+            if (i == g - 1) {
+                acc[c] += t1;
+                acc2[c] += t2;
+            } else {
+                p1[c] = t1;
+                p2[c] = t2;
+            }
+        }
     }
 }
 
@@ -347,6 +420,8 @@ FBN_INLINE void FBN_SYM(bwd_reduce_cols)(const T *dy, const T *x, int64_t C, int
     const TC slope = tk->slope;
     double *acc = scratch, *acc2 = acc + nc;
     double *tot = acc2 + nc, *comp = tot + nc, *tot2 = comp + nc, *comp2 = tot2 + nc;
+    const int in_order = !ext && FBN_SYM(rows_in_order)(C, nc);
+    double p1[FBN_ORDER_CHANNELS], p2[FBN_ORDER_CHANNELS]; /* in_order's partial sums */
     const int one_flush = fbn_sums_begin(j1 - j0, nc, &acc, &acc2, tot, comp, tot2, comp2);
     for (int64_t o = j0; o < j1;) {
         const int64_t end = o + FBN_FLUSH_ROWS < j1 ? o + FBN_FLUSH_ROWS : j1;
@@ -356,6 +431,15 @@ FBN_INLINE void FBN_SYM(bwd_reduce_cols)(const T *dy, const T *x, int64_t C, int
             const T *zr = res ? z + o * ld + c0 : NULL;
             T *er = res ? dres + o * ld + c0 : NULL;
             const int g = end - o < FBN_GROUP ? (int)(end - o) : FBN_GROUP;
+            if (in_order && g == FBN_GROUP) { /* constant g and relu, as below */
+                if (relu)
+                    FBN_SYM(bwd_rows)(dr, xr, ld, nc, FBN_GROUP, 1, sh, tsh, sc, bi, acc, acc2, p1,
+                                      p2);
+                else
+                    FBN_SYM(bwd_rows)(dr, xr, ld, nc, FBN_GROUP, 0, sh, tsh, sc, bi, acc, acc2, p1,
+                                      p2);
+                continue;
+            }
             if (nc < C) {
                 FBN_SYM(prefetch_block)(dr, ld, nc, o, j1, FBN_GROUP);
                 FBN_SYM(prefetch_block)(xr, ld, nc, o, j1, FBN_GROUP);

@@ -91,6 +91,17 @@
 #ifndef FBN_WIDE_ROW
 #define FBN_WIDE_ROW 2048
 #endif
+/* Columns-shape reductions of whole rows of FBN_ORDER_ROW bytes or more and at
+ * most FBN_ORDER_CHANNELS channels take a group's rows one after another, its
+ * partial sums in L1, rather than a line of each row in turn: the hardware
+ * prefetchers follow that order poorly once a group spans 2 KB (the same bits;
+ * bench/reduce_order.c). */
+#ifndef FBN_ORDER_ROW
+#define FBN_ORDER_ROW 512
+#endif
+#ifndef FBN_ORDER_CHANNELS
+#define FBN_ORDER_CHANNELS 256
+#endif
 /* Columns shape, dx with C channels in [MIN, MAX]: row groups, not flat spans
  * of repeated coefficients (with fewer channels their loops are too short). */
 #ifndef FBN_DX_GROUP_MIN
