@@ -227,9 +227,8 @@ FBN_INLINE void FBN_SYM(stats_cols)(const T *x, int64_t C, int64_t ld, int64_t c
     const double *pv = pivot + c0;
     double *acc = scratch, *acc2 = acc + nc, *mean = acc2 + nc;
     double *need = mean + nc, *tot = need + nc, *comp = tot + nc, *tot2 = comp + nc;
-    double *comp2 = tot2 + nc;
+    double *comp2 = tot2 + nc, *p1 = comp2 + nc, *p2 = p1 + nc; /* p: in_order's partial sums */
     const int G = FBN_SYM(reduce_group)(C), in_order = FBN_SYM(rows_in_order)(C, nc);
-    double p1[FBN_ORDER_CHANNELS], p2[FBN_ORDER_CHANNELS]; /* in_order's partial sums */
     for (int64_t c = 0; c < nc; c++) mean[c] = 0.0;
     for (int pass = 0; pass < 2; pass++) {
         const int one_flush = fbn_sums_begin(j1 - j0, nc, &acc, &acc2, tot, comp, tot2, comp2);
@@ -420,8 +419,8 @@ FBN_INLINE void FBN_SYM(bwd_reduce_cols)(const T *dy, const T *x, int64_t C, int
     const TC slope = tk->slope;
     double *acc = scratch, *acc2 = acc + nc;
     double *tot = acc2 + nc, *comp = tot + nc, *tot2 = comp + nc, *comp2 = tot2 + nc;
+    double *p1 = comp2 + nc, *p2 = p1 + nc; /* in_order's partial sums */
     const int in_order = !ext && FBN_SYM(rows_in_order)(C, nc);
-    double p1[FBN_ORDER_CHANNELS], p2[FBN_ORDER_CHANNELS]; /* in_order's partial sums */
     const int one_flush = fbn_sums_begin(j1 - j0, nc, &acc, &acc2, tot, comp, tot2, comp2);
     for (int64_t o = j0; o < j1;) {
         const int64_t end = o + FBN_FLUSH_ROWS < j1 ? o + FBN_FLUSH_ROWS : j1;

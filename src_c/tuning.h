@@ -82,9 +82,10 @@
 #ifndef FBN_BLOCK_WORK_C
 #define FBN_BLOCK_WORK_C 4096
 #endif
-/* Columns shape reductions: scratch doubles per channel (sums, totals, flags). */
+/* Columns shape reductions: scratch doubles per channel (sums, totals, flags,
+ * partial sums). */
 #ifndef FBN_COL_SCRATCH
-#define FBN_COL_SCRATCH 8
+#define FBN_COL_SCRATCH 10
 #endif
 /* Columns-shape statistics: rows of at least this many bytes sum 2 * FBN_GROUP
  * rows in registers (their per-channel sums spill from L1). */
