@@ -139,13 +139,16 @@ static FBN_SYM(tcoefs) FBN_SYM(typed_arrays)(TC *block, int64_t C, int relu, con
  * of several rows, so that elementwise loops over whole-row tiles run long. Only
  * the arrays the pass reads (dx: all, affine: the first 3), by doubling memcpys:
  * a value-by-value copy C apart is a chain of store-to-load forwards. dx with
- * FBN_DX_GROUP_MIN..MAX channels keeps row groups, which load its 8 arrays once
- * per FBN_GROUP rows (faster there, measured: docs/performance.md). */
+ * FBN_DX_GROUP_MIN..MAX channels in rows of up to FBN_DX_GROUP_BYTES keeps row
+ * groups, which load its 8 arrays once per FBN_GROUP rows (faster there,
+ * measured: docs/performance.md). */
 static void FBN_SYM(repeat_typed)(FBN_SYM(tcoefs) *t, const fbn_shape *s, int dx) {
     const int64_t C = s->channels;
     /* (inputs with a row gap: periods would span rows that are not contiguous) */
     if (s->inner != 1 || C < 1 || 2 * C > FBN_CHUNK || fbn_row_gap(s)) return;
-    if (dx && C >= FBN_DX_GROUP_MIN && C <= FBN_DX_GROUP_MAX) return;
+    if (dx && C >= FBN_DX_GROUP_MIN && C <= FBN_DX_GROUP_MAX &&
+        C * (int64_t)sizeof(T) <= FBN_DX_GROUP_BYTES)
+        return;
     TC *arrays[FBN_TYPED] = {t->shift, t->scale, t->bias,  t->k_dy,
                              t->k_x, t->mean_dy, t->k_0, t->invstd};
     /* no more rows than the array has: a small batch then costs its size, not a

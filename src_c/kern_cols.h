@@ -74,7 +74,7 @@ FBN_INLINE int FBN_SYM(rows_in_order)(int64_t C, int64_t nc) {
 
 /* fbn_stats_group_v_<sfx>'s sums, the g rows (a constant) one after another: each
  * channel's operations are the same, in the same order (the same bits), the
- * partial sums p1 and p2 between rows in L1. */
+ * partial sums p1 and p2 between rows in L1 (fbn_fold_row). */
 FBN_INLINE void FBN_SYM(stats_rows)(const T *row, int64_t ld, int64_t nc, const int g,
                                     const int centred, const double *pv, const double *mean,
                                     double *restrict acc, double *restrict acc2,
@@ -84,14 +84,7 @@ FBN_INLINE void FBN_SYM(stats_rows)(const T *row, int64_t ld, int64_t nc, const 
         for (int64_t c = 0; c < nc; c++) {
             double e = (double)FBN_LD(r[c]) - pv[c];
             if (centred) e -= mean[c];
-            const double t1 = (i == 0 ? 0.0 : p1[c]) + e, t2 = (i == 0 ? 0.0 : p2[c]) + e * e;
-            if (i == g - 1) {
-                acc[c] += t1;
-                acc2[c] += t2;
-            } else {
-                p1[c] = t1;
-                p2[c] = t2;
-            }
+            fbn_fold_row(i, g, c, e, e * e, p1, p2, acc, acc2);
         }
     }
 }
@@ -333,14 +326,7 @@ FBN_INLINE void FBN_SYM(bwd_rows)(const T *dr, const T *xr, int64_t ld, int64_t 
             const TC xv = FBN_LD(r[c]);
             const double v = FBN_SYM(masked)(FBN_LD(d[c]), xv, tsh[c], sc[c], bi[c], relu);
             const double dv = v * ((double)xv - sh[c]);
-            const double t1 = (i == 0 ? 0.0 : p1[c]) + v, t2 = (i == 0 ? 0.0 : p2[c]) + dv;
-            if (i == g - 1) {
-                acc[c] += t1;
-                acc2[c] += t2;
-            } else {
-                p1[c] = t1;
-                p2[c] = t2;
-            }
+            fbn_fold_row(i, g, c, v, dv, p1, p2, acc, acc2);
         }
     }
 }

@@ -69,6 +69,24 @@ static inline void fbn_sums_flush(int one_flush, int64_t nc, const double *acc,
     fbn_kadd_arrays(tot2, comp2, acc2, nc);
 }
 
+/* Row i (g and i constants after unrolling) of a row group whose rows are summed
+ * one after another (kern_cols.h's rows in order): channel c's values v1 and v2
+ * go to its partial sums p1 and p2, which start from 0.0 at the first row, and
+ * after the last row to acc and acc2: per channel, the operations and order of
+ * summing the group's rows in registers first. */
+FBN_INLINE void fbn_fold_row(const int i, const int g, int64_t c, double v1, double v2,
+                             double *restrict p1, double *restrict p2, double *restrict acc,
+                             double *restrict acc2) {
+    const double t1 = (i == 0 ? 0.0 : p1[c]) + v1, t2 = (i == 0 ? 0.0 : p2[c]) + v2;
+    if (i == g - 1) {
+        acc[c] += t1;
+        acc2[c] += t2;
+    } else {
+        p1[c] = t1;
+        p2[c] = t2;
+    }
+}
+
 /* FBN_LANES plain lanes (vectorisable without reassociation) feeding a
  * compensated total every FBN_PIECE values (counted by the caller: see
  * fbn_sum_runs_<sfx> in kern_runs.h). */

@@ -103,13 +103,18 @@
 #ifndef FBN_ORDER_CHANNELS
 #define FBN_ORDER_CHANNELS 256
 #endif
-/* Columns shape, dx with C channels in [MIN, MAX]: row groups, not flat spans
- * of repeated coefficients (with fewer channels their loops are too short). */
+/* Columns shape, dx with C channels in [MIN, MAX] and rows of at most
+ * FBN_DX_GROUP_BYTES: row groups, not flat spans of repeated coefficients (with
+ * fewer channels their loops are too short; a group of longer rows, a line of
+ * each row in turn, the hardware prefetchers follow poorly: see FBN_ORDER_ROW). */
 #ifndef FBN_DX_GROUP_MIN
 #define FBN_DX_GROUP_MIN 16
 #endif
 #ifndef FBN_DX_GROUP_MAX
 #define FBN_DX_GROUP_MAX 64
+#endif
+#ifndef FBN_DX_GROUP_BYTES
+#define FBN_DX_GROUP_BYTES 256
 #endif
 
 /* Independent accumulator lanes: enough vector registers to hide add latency. */

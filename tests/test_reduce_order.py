@@ -20,14 +20,17 @@ pytestmark = pytest.mark.skipif(fastbn.backend != "c", reason="the compiled kern
 SHAPES = [(1003, 128), (1003, 64), (517, 256), (300, 200), (2001, 96), (70, 130)]
 
 
-def make(shape, dtype, far_pivot, seed):
+def make(shape, dtype, far_pivot, seed, threads):
+    """x, dy, gamma, beta and the generator, on `threads` threads."""
+    fastbn.set_num_threads(threads)
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal(shape) * rng.uniform(0.5, 3.0, shape[1])
-    x += rng.normal(0.0, 50.0, shape[1])
+    C = shape[1]
+    x = rng.standard_normal(shape) * rng.uniform(0.5, 3.0, C) + rng.normal(0.0, 50.0, C)
     if far_pivot:  # first row (each channel's pivot) far off: a second, centred pass
         x[0] += 1e4
-    dy = rng.standard_normal(shape) * rng.uniform(0.5, 2.0, shape[1])
-    return x.astype(dtype), dy.astype(dtype), rng
+    dy = rng.standard_normal(shape) * rng.uniform(0.5, 2.0, C)
+    gamma, beta = rng.uniform(0.5, 2.0, C), rng.normal(0.0, 1.0, C)
+    return x.astype(dtype), dy.astype(dtype), gamma, beta, rng
 
 
 def gapped(a, rng):
@@ -49,10 +52,7 @@ CASES = [(s, dt) for s in SHAPES for dt in dtypes_for(s[1])]
 @pytest.mark.parametrize("threads", [1, 2])
 def test_statistics_are_the_line_orders_bits(shape, dtype, far_pivot, threads,
                                              restore_threads):
-    fastbn.set_num_threads(threads)
-    x, _, rng = make(shape, dtype, far_pivot, 1)
-    C = shape[1]
-    gamma, beta = rng.uniform(0.5, 2.0, C), rng.normal(0.0, 1.0, C)
+    x, _, gamma, beta, rng = make(shape, dtype, far_pivot, 1, threads)
     _, lines = fastbn.forward(x, gamma, beta, mask=np.ones((shape[0], 1), bool))
     for xs in (x, gapped(x, rng)):
         _, rows = fastbn.forward(xs, gamma, beta)
@@ -68,10 +68,7 @@ def test_statistics_are_the_line_orders_bits(shape, dtype, far_pivot, threads,
 @pytest.mark.parametrize("threads", [1, 2])
 def test_backward_sums_are_the_line_orders_bits(shape, dtype, activation, threads,
                                                restore_threads):
-    fastbn.set_num_threads(threads)
-    x, dy, rng = make(shape, dtype, False, 2)
-    C = shape[1]
-    gamma, beta = rng.uniform(0.5, 2.0, C), rng.normal(0.0, 1.0, C)
+    x, dy, gamma, beta, rng = make(shape, dtype, False, 2, threads)
     z = np.zeros_like(x)  # y = act(gamma * xhat + beta + 0): the same y, dy' and sums
     _, with_z = fastbn.forward(x, gamma, beta, residual=z, activation=activation)
     dx0, dg0, db0, dz0 = fastbn.backward(dy, with_z)

@@ -637,11 +637,11 @@ MUTANTS = [
            "    if (relu) {\n        const FBN_SYM(vhalf) zero = {0};",
            "    if (!relu) {\n        const FBN_SYM(vhalf) zero = {0};",
            "the direct rows' ReLU applied exactly where it is not asked for"),
-    Mutant("s53_order_acc", COLS,
-           "            const double t1 = (i == 0 ? 0.0 : p1[c]) + e, t2 = (i == 0 ? 0.0 : p2[c]) + e * e;",
-           "            const double t1 = (i == 0 ? acc[c] : p1[c]) + e, t2 = (i == 0 ? acc2[c] : p2[c]) + e * e;\n"
-           "            if (i == 0) acc[c] = acc2[c] = 0.0;",
-           "the statistics' rows in order add each group to the sums so far (other bits)"),
+    Mutant("s53_order_acc", "src_c/ksum.h",
+           "    const double t1 = (i == 0 ? 0.0 : p1[c]) + v1, t2 = (i == 0 ? 0.0 : p2[c]) + v2;",
+           "    const double t1 = (i == 0 ? acc[c] : p1[c]) + v1, t2 = (i == 0 ? acc2[c] : p2[c]) + v2;\n"
+           "    if (i == 0) acc[c] = acc2[c] = 0.0;",
+           "the reductions' rows in order add each group to the sums so far (other bits)"),
     Mutant("s53_order_centred", COLS,
            "            double e = (double)FBN_LD(r[c]) - pv[c];\n            if (centred) e -= mean[c];",
            "            double e = (double)FBN_LD(r[c]) - pv[c];",
