@@ -13,7 +13,10 @@ threads.
 
 tests/test_digest.py compares them with tests/digests.json, written from the
 build of main before the C restructure of issue 16: a restructure that changes
-no result keeps them. Regenerate (only when a change of results is intended):
+no result keeps them. The cases nc_order, nc_order_g8, nc_dxspans and st64_nhwc
+came later (the columns-shape reductions' rows in order, float64 dx by flat
+spans): written by that change's build, and ea272aa's build, from before it,
+gives the same 2082 digests. Regenerate (only when a change of results is intended):
 
     python tests/digest_cases.py --write     # writes tests/digests.json
     python tests/digest_cases.py             # prints the cases that differ
@@ -98,6 +101,9 @@ SHAPES = [
     ("fortran", (9, 6, 11), 1, "fortran"),
     ("transposed", (30, 12, 5), 2, "transposed"),
     ("axis0", (13, 40), 0, "c"),
+    ("nc_order", (1003, 128), 1, "c"),          # reductions' rows in order (rows of 512 B+)
+    ("nc_order_g8", (517, 256), 1, "c"),        # float64 2 KB rows: groups of 8, rows in order
+    ("nc_dxspans", (1500, 48), 1, "c"),         # dx: float64 by flat spans, float32 row groups
 ]
 # streamed (outputs of >= 16 MB: non-temporal stores, under an L3 of 16 MB), float32
 # only (64 MB for float64 would take long; the float64 vector code is the same template)
@@ -107,7 +113,8 @@ STREAMED = [
     ("st_nc2048", (2100, 2048), 1, "c"),        # columns, row groups through L1 buffer
     ("st_nhwc", (65600, 64), 1, "c"),           # columns, repeated coefficients
 ]
-STREAMED_F64 = [("st64_nc", (2100, 1024), 1, "c"), ("st64_nchw", (4, 4, 360, 370), 1, "c")]
+STREAMED_F64 = [("st64_nc", (2100, 1024), 1, "c"), ("st64_nchw", (4, 4, 360, 370), 1, "c"),
+                ("st64_nhwc", (40000, 64), 1, "c")]  # rows in order, dx by flat spans
 
 
 def make_x(shape, axis, view, seed, dtype):
