@@ -1,14 +1,14 @@
-/* float32 / float64, columns shape, streamed rows one by one: y of a row's whole
- * 64-byte lines straight from the registers to memory by non-temporal stores,
- * without the L1 buffer and its copy (as 16-bit data do: kern_half_y.h). A
- * per-dtype template (see kern_dtype.h) for the wide types, included by
- * kern_dtype.h before kern_walk.h, whose fbn_span_direct_<sfx> calls
- * fbn_direct_y_row_<sfx> for the part fbn_direct_part_<sfx> (kern_elemwise.h)
+/* float32 / float64, columns shape, streamed rows one by one: y's and dx's whole
+ * 64-byte lines of a row straight from the registers to memory by non-temporal
+ * stores, without the L1 buffer and its copy (as 16-bit data do: kern_half_y.h,
+ * kern_half_dx.h). A per-dtype template (see kern_dtype.h) for the wide types,
+ * included by kern_dtype.h before kern_walk.h, whose fbn_span_direct_<sfx> calls
+ * fbn_direct_row_<sfx> for the part fbn_direct_part_<sfx> (kern_elemwise.h)
  * gives. GCC emits no non-temporal stores from vectorised loops, so each store
  * width has a function of its own, compiled for its instruction set and chosen by
  * fbn_stream_width() (the CPU's widest, or FASTBN_STREAM_WIDTH). The arithmetic is
- * fbn_affine1_<sfx>'s, lane by lane: the same bits (no contraction:
- * -ffp-contract=off). Measurements: docs/performance.md. */
+ * fbn_affine1_<sfx>'s and fbn_dx1_<sfx>'s, lane by lane: the same bits (no
+ * contraction: -ffp-contract=off). Measurements: docs/performance.md. */
 
 #if FBN_CAN_STREAM && defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -30,83 +30,133 @@ FBN_INLINE FBN_SYM(vhalf) FBN_SYM(direct_load)(const TC *p) {
     return v;
 }
 
-/* y of the half line from channel c (x at xr), relu a constant: v < 0 ? 0 : v
- * keeps NaN and -0.0, as fbn_affine1_<sfx>. */
-FBN_INLINE FBN_SYM(vhalf) FBN_SYM(direct_y)(const T *xr, const TC *shift, const TC *scale,
-                                            const TC *bias, int64_t c, const int relu) {
-    FBN_SYM(vhalf) y = (FBN_SYM(direct_load)(xr + c) - FBN_SYM(direct_load)(shift + c)) *
-                           FBN_SYM(direct_load)(scale + c) +
-                       FBN_SYM(direct_load)(bias + c);
-    if (relu) {
-        const FBN_SYM(vhalf) zero = {0};
-        y = (FBN_SYM(vhalf))((FBN_SYM(vmask))y & ~(y < zero));
+/* The channels' coefficients a row's loop reads, from its first channel on: locals
+ * of the loops, which no streamed store can alias. */
+typedef struct {
+    const TC *shift, *scale, *bias, *k_dy, *k_x, *mean_dy, *k_0, *invstd;
+} FBN_SYM(drow);
+
+/* The half line from channel c (x at xr, dy at dr) of op (FBN_OP_AFFINE: y,
+ * FBN_OP_DX: dx; a constant), relu a constant: fbn_affine1_<sfx>'s and
+ * fbn_dx1_<sfx>'s arithmetic (not in eval mode), lane by lane. The ReLU's selects
+ * are masks: v < 0 ? 0 : v keeps NaN and -0.0, pre > 0 ? dy : 0 drops dy where pre
+ * is NaN, as the scalar forms do. */
+FBN_INLINE FBN_SYM(vhalf) FBN_SYM(direct_v)(const int op, const T *xr, const T *dr,
+                                            const FBN_SYM(drow) *k, int64_t c, const int relu) {
+    const FBN_SYM(vhalf) zero = {0}, x = FBN_SYM(direct_load)(xr + c);
+    const FBN_SYM(vhalf) shift = FBN_SYM(direct_load)(k->shift + c);
+    if (op == FBN_OP_AFFINE) {
+        FBN_SYM(vhalf) y = (x - shift) * FBN_SYM(direct_load)(k->scale + c) +
+                           FBN_SYM(direct_load)(k->bias + c);
+        if (relu) y = (FBN_SYM(vhalf))((FBN_SYM(vmask))y & ~(y < zero));
+        return y;
     }
-    return y;
+    FBN_SYM(vhalf) g = FBN_SYM(direct_load)(dr + c);
+    if (relu) {
+        const FBN_SYM(vhalf) pre = (x - shift) * FBN_SYM(direct_load)(k->scale + c) +
+                                   FBN_SYM(direct_load)(k->bias + c);
+        g = (FBN_SYM(vhalf))((FBN_SYM(vmask))g & (pre > zero));
+    }
+    const FBN_SYM(vhalf) xterm =
+        FBN_SYM(direct_load)(k->k_x + c) * ((x - shift) * FBN_SYM(direct_load)(k->invstd + c));
+    return FBN_SYM(direct_load)(k->k_dy + c) * (g - FBN_SYM(direct_load)(k->mean_dy + c)) +
+           xterm + FBN_SYM(direct_load)(k->k_0 + c);
 }
 #pragma GCC pop_options
 
 /* The two loops below differ in their stores only: an intrinsic of one
- * instruction set cannot sit in a function inlined into both. */
+ * instruction set cannot sit in a function inlined into both. op and relu are
+ * constants: fbn_direct_row_as_<sfx> instantiates them. */
 #pragma GCC push_options
 #pragma GCC target("avx512f")
-/* y of m values (whole lines; out aligned to 64 bytes), a 64-byte store a line;
- * relu a constant. */
-FBN_INLINE void FBN_SYM(direct_row64_as)(const T *xr, T *out, int64_t m, const TC *shift,
-                                         const TC *scale, const TC *bias, const int relu) {
+/* op's m values (whole lines; out aligned to 64 bytes), a 64-byte store a line. */
+FBN_INLINE void FBN_SYM(direct_row64)(const int op, const T *xr, const T *dr, T *out, int64_t m,
+                                      const FBN_SYM(drow) *k, const int relu) {
+    const FBN_SYM(drow) kk = *k;
     for (int64_t c = 0; c < m; c += 2 * FBN_DIRECT_HALF) {
-        const __m256i lo = (__m256i)FBN_SYM(direct_y)(xr, shift, scale, bias, c, relu);
-        const __m256i hi =
-            (__m256i)FBN_SYM(direct_y)(xr, shift, scale, bias, c + FBN_DIRECT_HALF, relu);
+        const __m256i lo = (__m256i)FBN_SYM(direct_v)(op, xr, dr, &kk, c, relu);
+        const __m256i hi = (__m256i)FBN_SYM(direct_v)(op, xr, dr, &kk, c + FBN_DIRECT_HALF, relu);
         _mm512_stream_si512((__m512i *)(out + c),
                             _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1));
     }
-}
-static void FBN_SYM(direct_row64)(const T *xr, T *out, int64_t m, const TC *shift,
-                                  const TC *scale, const TC *bias, int relu) {
-    if (relu)
-        FBN_SYM(direct_row64_as)(xr, out, m, shift, scale, bias, 1);
-    else
-        FBN_SYM(direct_row64_as)(xr, out, m, shift, scale, bias, 0);
 }
 #pragma GCC pop_options
 
 #pragma GCC push_options
 #pragma GCC target("avx2")
-/* fbn_direct_row64_as_<sfx> by two 32-byte stores a line. */
-FBN_INLINE void FBN_SYM(direct_row32_as)(const T *xr, T *out, int64_t m, const TC *shift,
-                                         const TC *scale, const TC *bias, const int relu) {
+/* fbn_direct_row64_<sfx> by two 32-byte stores a line. */
+FBN_INLINE void FBN_SYM(direct_row32)(const int op, const T *xr, const T *dr, T *out, int64_t m,
+                                      const FBN_SYM(drow) *k, const int relu) {
+    const FBN_SYM(drow) kk = *k;
     for (int64_t c = 0; c < m; c += 2 * FBN_DIRECT_HALF) {
         __m256i *o = (__m256i *)(out + c);
-        _mm256_stream_si256(o, (__m256i)FBN_SYM(direct_y)(xr, shift, scale, bias, c, relu));
+        _mm256_stream_si256(o, (__m256i)FBN_SYM(direct_v)(op, xr, dr, &kk, c, relu));
         _mm256_stream_si256(
-            o + 1, (__m256i)FBN_SYM(direct_y)(xr, shift, scale, bias, c + FBN_DIRECT_HALF, relu));
+            o + 1, (__m256i)FBN_SYM(direct_v)(op, xr, dr, &kk, c + FBN_DIRECT_HALF, relu));
     }
-}
-static void FBN_SYM(direct_row32)(const T *xr, T *out, int64_t m, const TC *shift,
-                                  const TC *scale, const TC *bias, int relu) {
-    if (relu)
-        FBN_SYM(direct_row32_as)(xr, out, m, shift, scale, bias, 1);
-    else
-        FBN_SYM(direct_row32_as)(xr, out, m, shift, scale, bias, 0);
 }
 #pragma GCC pop_options
 
-/* y of m values of one row (whole 64-byte lines of out, channels from ch) by
- * stores of w bytes (fbn_direct_part_<sfx>'s nt: 64 or 32). Returns 0 (nothing
- * written) for a leaky ReLU's slope, which the loops do not take. */
-FBN_INLINE int FBN_SYM(direct_y_row)(int w, const T *xr, T *out, int64_t m,
-                                     const FBN_SYM(tcoefs) *k, int64_t ch) {
-    if (k->relu > 1) return 0;
-    if (w == 64)
-        FBN_SYM(direct_row64)(xr, out, m, k->shift + ch, k->scale + ch, k->bias + ch, k->relu);
+/* One function per store width, op and relu (constants inside). */
+#pragma GCC push_options
+#pragma GCC target("avx512f")
+static void FBN_SYM(direct_y64)(const T *xr, T *out, int64_t m, const FBN_SYM(drow) *k,
+                                int relu) {
+    if (relu)
+        FBN_SYM(direct_row64)(FBN_OP_AFFINE, xr, NULL, out, m, k, 1);
     else
-        FBN_SYM(direct_row32)(xr, out, m, k->shift + ch, k->scale + ch, k->bias + ch, k->relu);
+        FBN_SYM(direct_row64)(FBN_OP_AFFINE, xr, NULL, out, m, k, 0);
+}
+static void FBN_SYM(direct_dx64)(const T *xr, const T *dr, T *out, int64_t m,
+                                 const FBN_SYM(drow) *k, int relu) {
+    if (relu)
+        FBN_SYM(direct_row64)(FBN_OP_DX, xr, dr, out, m, k, 1);
+    else
+        FBN_SYM(direct_row64)(FBN_OP_DX, xr, dr, out, m, k, 0);
+}
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2")
+static void FBN_SYM(direct_y32)(const T *xr, T *out, int64_t m, const FBN_SYM(drow) *k,
+                                int relu) {
+    if (relu)
+        FBN_SYM(direct_row32)(FBN_OP_AFFINE, xr, NULL, out, m, k, 1);
+    else
+        FBN_SYM(direct_row32)(FBN_OP_AFFINE, xr, NULL, out, m, k, 0);
+}
+static void FBN_SYM(direct_dx32)(const T *xr, const T *dr, T *out, int64_t m,
+                                 const FBN_SYM(drow) *k, int relu) {
+    if (relu)
+        FBN_SYM(direct_row32)(FBN_OP_DX, xr, dr, out, m, k, 1);
+    else
+        FBN_SYM(direct_row32)(FBN_OP_DX, xr, dr, out, m, k, 0);
+}
+#pragma GCC pop_options
+
+/* y (op FBN_OP_AFFINE) or dx (FBN_OP_DX; dy at dr) of m values of one row (whole
+ * 64-byte lines of out, channels from ch) by stores of w bytes
+ * (fbn_direct_part_<sfx>'s nt: 64 or 32). Returns 0 (nothing written) for a leaky
+ * ReLU's slope and for dx in eval mode, which the loops do not take. */
+FBN_INLINE int FBN_SYM(direct_row)(const int op, int w, const T *xr, const T *dr, T *out,
+                                   int64_t m, const FBN_SYM(tcoefs) *k, int64_t ch) {
+    if (k->relu > 1 || (op == FBN_OP_DX && k->eval)) return 0;
+    const FBN_SYM(drow) r = {k->shift + ch, k->scale + ch, k->bias + ch, k->k_dy + ch,
+                             k->k_x + ch,   k->mean_dy + ch, k->k_0 + ch, k->invstd + ch};
+    if (op == FBN_OP_AFFINE && w == 64)
+        FBN_SYM(direct_y64)(xr, out, m, &r, k->relu);
+    else if (op == FBN_OP_AFFINE)
+        FBN_SYM(direct_y32)(xr, out, m, &r, k->relu);
+    else if (w == 64)
+        FBN_SYM(direct_dx64)(xr, dr, out, m, &r, k->relu);
+    else
+        FBN_SYM(direct_dx32)(xr, dr, out, m, &r, k->relu);
     return 1;
 }
 #else
-FBN_INLINE int FBN_SYM(direct_y_row)(int w, const T *xr, T *out, int64_t m,
-                                     const FBN_SYM(tcoefs) *k, int64_t ch) {
-    (void)w, (void)xr, (void)out, (void)m, (void)k, (void)ch;
+FBN_INLINE int FBN_SYM(direct_row)(const int op, int w, const T *xr, const T *dr, T *out,
+                                   int64_t m, const FBN_SYM(tcoefs) *k, int64_t ch) {
+    (void)op, (void)w, (void)xr, (void)dr, (void)out, (void)m, (void)k, (void)ch;
     return 0;
 }
 #endif

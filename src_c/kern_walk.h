@@ -131,7 +131,7 @@ FBN_INLINE void FBN_SYM(span_out)(const int op, const T *x, const T *dy, int64_t
     fbn_stream_copy(out + o, buf, m * (int64_t)sizeof(T));
 }
 
-/* Columns shape, streamed: y (16-bit data: or dx) without the epilogues of m
+/* Columns shape, streamed: y or dx without the epilogues of m
  * values of one row (a span, or a tile's whole row; from offset o, the inputs'
  * from oi, channels from ch), its direct part (fbn_direct_part_<sfx>) straight from the register loops'
  * vectors (kern_half_y.h, kern_half_dx.h; float32 / float64: kern_direct.h), the
@@ -140,11 +140,7 @@ FBN_INLINE void FBN_SYM(span_out)(const int op, const T *x, const T *dy, int64_t
 FBN_INLINE int FBN_SYM(span_direct)(const int op, const T *x, const T *dy, int64_t oi, T *out,
                                     int64_t o, int64_t m, const FBN_SYM(tcoefs) *k, int64_t ch,
                                     T *buf) {
-#ifdef FBN_NARROW
     if (op != FBN_OP_AFFINE && op != FBN_OP_DX) return 0;
-#else
-    if (op != FBN_OP_AFFINE) return 0;
-#endif
     const T *xi = x + oi, *di = op == FBN_OP_DX ? dy + oi : NULL;
     const FBN_SYM(direct) d = FBN_SYM(direct_part)(out + o, m, xi, di);
     const int64_t head = d.head, body = d.body, tail = m - d.head - d.body;
@@ -157,7 +153,9 @@ FBN_INLINE int FBN_SYM(span_direct)(const int op, const T *x, const T *dy, int64
                                       ch + head, 1, k->relu, 0)))
         return 0;
 #else
-    if (!body || !FBN_SYM(direct_y_row)(d.nt, xi + head, ob, body, k, ch + head)) return 0;
+    if (!body || !FBN_SYM(direct_row)(op, d.nt, xi + head, di ? di + head : NULL, ob, body, k,
+                                      ch + head))
+        return 0;
 #endif
     if (head) FBN_SYM(span_out)(op, x, dy, oi, 0, out, o, head, k, ch, buf);
     if (tail)

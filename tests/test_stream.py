@@ -144,10 +144,13 @@ def at(shape, dtype, page_offset):
 # rows: the columns shape (channels last): repeated coefficients (64, 37 channels),
 # rows one by one (1000: tails of 8), groups of rows and a last row alone (4096);
 # wide: float32 rows one by one of 1000 and 520 channels (2080-byte rows: every
-# offset in a line in turn), float64 of 520 (1000 take groups of rows)
+# offset in a line in turn), float64 of 520 (1000 take groups of rows) and 200;
+# dx (and y) of flat spans of repeated coefficients: 128, 200 and 13 channels
+# (float32), 40, 128 and 13 (float64; float32's 40 take groups of rows)
 axis, shapes = {"runs": (1, [(160, 64, 28, 28), (250, 32, 1009)]),
                 "rows": (-1, [(1200, 40, 64), (3000, 1000), (1001, 4096), (900, 100, 37)]),
-                "wide": (-1, [(3000, 1000), (5000, 520), (1001, 4096)])}[sys.argv[1]]
+                "wide": (-1, [(3000, 1000), (5000, 520), (1001, 4096), (9000, 128),
+                              (6000, 200), (60000, 13), (20000, 40)])}[sys.argv[1]]
 h = hashlib.sha256()
 for dtype in dtypes:
     for shape in shapes:
@@ -161,6 +164,8 @@ for dtype in dtypes:
         dy[...] = rng.standard_normal(shape)
         _, cache = fastbn.forward(x, g, b, axis=axis)
         _, relu = fastbn.forward(x, g, b, axis=axis, activation="relu")
+        _, ev = fastbn.forward(x, g, b, axis=axis, training=False, running_mean=rm,
+                               running_var=rv)  # eval-mode dx: through the buffer
         # out at x's place in a page, before it, just past x or dy (4K aliasing:
         # the buffered path), at 2-byte offsets (heads) and a line's halves
         for off in [16, 0, 18, 30, 32, 48, 80, 528, 1042, 1056, 2064, 4094]:
@@ -179,10 +184,15 @@ for dtype in dtypes:
                 fastbn.backward(dy, relu, out=(dx, None, None))
                 h.update(y.tobytes())
                 h.update(dx.tobytes())
+                fastbn.backward(dy, ev, out=(dx, None, None))
+                h.update(dx.tobytes())
         y = x.copy()  # in place
         fastbn.forward(y, g, b, axis=axis, training=False, running_mean=rm, running_var=rv,
                        out=y)
         h.update(y.tobytes())
+        d = dy.copy()  # dx in place of dy
+        fastbn.backward(d, cache, out=(d, None, None))
+        h.update(d.tobytes())
 print(h.hexdigest())
 '''
 
@@ -201,11 +211,12 @@ def _digests_by_width(tmp_path, shape):
 
 
 def test_wide_streamed_rows_are_bitwise_the_buffered_ones(tmp_path):
-    """float32 / float64 streamed rows one by one (columns shape: fbn_span_direct,
-    kern_walk.h; kern_direct.h) write y's whole lines straight from registers, 64 or
-    32 bytes a store, the partial lines at either end of a row through the L1
-    buffer: bitwise the buffered values (FASTBN_STREAM_WIDTH=16), with and without
-    ReLU, outputs at every offset in a line, in place, and rows of groups beside."""
+    """float32 / float64 streamed rows one by one and flat spans (columns shape:
+    fbn_span_direct, kern_walk.h; kern_direct.h) write y's and dx's whole lines
+    straight from registers, 64 or 32 bytes a store, the partial lines at either end
+    of a row through the L1 buffer: bitwise the buffered values
+    (FASTBN_STREAM_WIDTH=16), with and without ReLU, eval-mode dx (buffered),
+    outputs at every offset in a line, in place, and rows of groups beside."""
     digests = _digests_by_width(tmp_path, "wide")
     assert digests["64"] == digests["16"] and digests["32"] == digests["16"], digests
 
