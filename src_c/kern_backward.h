@@ -185,7 +185,7 @@ int FBN_SYM(backward_elemt)(const T *dy, const T *x, T *dx, fbn_shape s, const d
                    .relu = relu};
     FBN_SYM(tcoefs) tk =
         FBN_SYM(typed_arrays)(buf[0], sp.channels, relu, FBN_SYM(coef_lines)(&p, x, dx, 0));
-    FBN_SYM(fill_pass_typed)(&k, &s, &tk, 1);
+    FBN_SYM(fill_pass_typed)(&k, &s, &tk, 1, p.stream);
     FBN_SYM(dx_job) j = {.dy = dy, .x = x, .dx = dx, .p = &p, .tk = &tk, .backwards = 0};
     fbn_parallel_for(p.ntiles, fbn_threads_for(&p, nthreads), FBN_SYM(dx_task), &j);
     fbn_work_free(&w);

@@ -141,13 +141,17 @@ static FBN_SYM(tcoefs) FBN_SYM(typed_arrays)(TC *block, int64_t C, int relu, con
  * a value-by-value copy C apart is a chain of store-to-load forwards. dx with
  * FBN_DX_GROUP_MIN..MAX channels in rows of up to FBN_DX_GROUP_BYTES keeps row
  * groups, which load its 8 arrays once per FBN_GROUP rows (faster there,
- * measured: docs/performance.md). */
-static void FBN_SYM(repeat_typed)(FBN_SYM(tcoefs) *t, const fbn_shape *s, int dx) {
+ * measured: docs/performance.md), but float32 / float64 rows of at most
+ * FBN_DX_FLAT_STREAM_BYTES streamed (stream) take flat spans, straight from the
+ * registers (kern_direct.h). */
+static void FBN_SYM(repeat_typed)(FBN_SYM(tcoefs) *t, const fbn_shape *s, int dx, int stream) {
     const int64_t C = s->channels;
     /* (inputs with a row gap: periods would span rows that are not contiguous) */
     if (s->inner != 1 || C < 1 || 2 * C > FBN_CHUNK || fbn_row_gap(s)) return;
+    const int flat_streamed = stream && sizeof(T) >= 4 &&
+                              C * (int64_t)sizeof(T) <= FBN_DX_FLAT_STREAM_BYTES;
     if (dx && C >= FBN_DX_GROUP_MIN && C <= FBN_DX_GROUP_MAX &&
-        C * (int64_t)sizeof(T) <= FBN_DX_GROUP_BYTES)
+        C * (int64_t)sizeof(T) <= FBN_DX_GROUP_BYTES && !flat_streamed)
         return;
     TC *arrays[FBN_TYPED] = {t->shift, t->scale, t->bias,  t->k_dy,
                              t->k_x, t->mean_dy, t->k_0, t->invstd};
@@ -196,11 +200,12 @@ static void FBN_SYM(spread_typed)(FBN_SYM(tcoefs) *t, const fbn_shape *s, int dx
 }
 
 /* Typed coefficients of channels [0, C) of k for an elementwise pass over s (the
- * spread shape's arrays filled, then repeated over a period: fbn_repeat_typed_<sfx>). */
+ * spread shape's arrays filled, then repeated over a period: fbn_repeat_typed_<sfx>;
+ * stream: the pass's plan streams its output). */
 static void FBN_SYM(fill_pass_typed)(const fbn_coefs *k, const fbn_shape *s,
-                                     FBN_SYM(tcoefs) *t, int dx) {
+                                     FBN_SYM(tcoefs) *t, int dx, int stream) {
     const fbn_shape sp = FBN_SYM(spread_shape)(*s, dx);
     FBN_SYM(fill_typed)(k, 0, s->channels, t);
     FBN_SYM(spread_typed)(t, s, dx);
-    FBN_SYM(repeat_typed)(t, &sp, dx);
+    FBN_SYM(repeat_typed)(t, &sp, dx, stream);
 }

@@ -97,40 +97,35 @@ FBN_INLINE void FBN_SYM(direct_row32)(const int op, const T *xr, const T *dr, T 
 }
 #pragma GCC pop_options
 
-/* One function per store width, op and relu (constants inside). */
+/* One function per store width; op (FBN_OP_AFFINE or FBN_OP_DX) and relu constants
+ * inside. */
 #pragma GCC push_options
 #pragma GCC target("avx512f")
-static void FBN_SYM(direct_y64)(const T *xr, T *out, int64_t m, const FBN_SYM(drow) *k,
-                                int relu) {
-    if (relu)
+static void FBN_SYM(direct_rows64)(int op, const T *xr, const T *dr, T *out, int64_t m,
+                                   const FBN_SYM(drow) *k, int relu) {
+    if (op == FBN_OP_DX && relu)
+        FBN_SYM(direct_row64)(FBN_OP_DX, xr, dr, out, m, k, 1);
+    else if (op == FBN_OP_DX)
+        FBN_SYM(direct_row64)(FBN_OP_DX, xr, dr, out, m, k, 0);
+    else if (relu)
         FBN_SYM(direct_row64)(FBN_OP_AFFINE, xr, NULL, out, m, k, 1);
     else
         FBN_SYM(direct_row64)(FBN_OP_AFFINE, xr, NULL, out, m, k, 0);
-}
-static void FBN_SYM(direct_dx64)(const T *xr, const T *dr, T *out, int64_t m,
-                                 const FBN_SYM(drow) *k, int relu) {
-    if (relu)
-        FBN_SYM(direct_row64)(FBN_OP_DX, xr, dr, out, m, k, 1);
-    else
-        FBN_SYM(direct_row64)(FBN_OP_DX, xr, dr, out, m, k, 0);
 }
 #pragma GCC pop_options
 
 #pragma GCC push_options
 #pragma GCC target("avx2")
-static void FBN_SYM(direct_y32)(const T *xr, T *out, int64_t m, const FBN_SYM(drow) *k,
-                                int relu) {
-    if (relu)
+static void FBN_SYM(direct_rows32)(int op, const T *xr, const T *dr, T *out, int64_t m,
+                                   const FBN_SYM(drow) *k, int relu) {
+    if (op == FBN_OP_DX && relu)
+        FBN_SYM(direct_row32)(FBN_OP_DX, xr, dr, out, m, k, 1);
+    else if (op == FBN_OP_DX)
+        FBN_SYM(direct_row32)(FBN_OP_DX, xr, dr, out, m, k, 0);
+    else if (relu)
         FBN_SYM(direct_row32)(FBN_OP_AFFINE, xr, NULL, out, m, k, 1);
     else
         FBN_SYM(direct_row32)(FBN_OP_AFFINE, xr, NULL, out, m, k, 0);
-}
-static void FBN_SYM(direct_dx32)(const T *xr, const T *dr, T *out, int64_t m,
-                                 const FBN_SYM(drow) *k, int relu) {
-    if (relu)
-        FBN_SYM(direct_row32)(FBN_OP_DX, xr, dr, out, m, k, 1);
-    else
-        FBN_SYM(direct_row32)(FBN_OP_DX, xr, dr, out, m, k, 0);
 }
 #pragma GCC pop_options
 
@@ -143,14 +138,10 @@ FBN_INLINE int FBN_SYM(direct_row)(const int op, int w, const T *xr, const T *dr
     if (k->relu > 1 || (op == FBN_OP_DX && k->eval)) return 0;
     const FBN_SYM(drow) r = {k->shift + ch, k->scale + ch, k->bias + ch, k->k_dy + ch,
                              k->k_x + ch,   k->mean_dy + ch, k->k_0 + ch, k->invstd + ch};
-    if (op == FBN_OP_AFFINE && w == 64)
-        FBN_SYM(direct_y64)(xr, out, m, &r, k->relu);
-    else if (op == FBN_OP_AFFINE)
-        FBN_SYM(direct_y32)(xr, out, m, &r, k->relu);
-    else if (w == 64)
-        FBN_SYM(direct_dx64)(xr, dr, out, m, &r, k->relu);
+    if (w == 64)
+        FBN_SYM(direct_rows64)(op, xr, dr, out, m, &r, k->relu);
     else
-        FBN_SYM(direct_dx32)(xr, dr, out, m, &r, k->relu);
+        FBN_SYM(direct_rows32)(op, xr, dr, out, m, &r, k->relu);
     return 1;
 }
 #else

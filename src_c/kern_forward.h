@@ -34,7 +34,7 @@ static void FBN_SYM(affine_all)(const T *x, T *y, fbn_shape s, const fbn_coefs *
     FBN_SYM(tcoefs) tk = FBN_SYM(typed_arrays)(typed, sp.channels, e ? e->act : k->relu,
                                                 FBN_SYM(coef_lines)(&p, x, y, 0));
     if (e) tk.slope = (TC)e->slope;
-    FBN_SYM(fill_pass_typed)(k, &s, &tk, 0);
+    FBN_SYM(fill_pass_typed)(k, &s, &tk, 0, p.stream);
     FBN_SYM(affine_job) j = {.x = x, .z = z, .y = y, .p = &p, .tk = &tk, .backwards = 0};
     fbn_parallel_for(p.ntiles, fbn_threads_for(&p, nthreads), FBN_SYM(affine_task), &j);
 }

@@ -285,11 +285,11 @@ static int FBN_SYM(run_pass)(const int op, const FBN_SYM(pass) *j, FBN_SYM(tcoef
     if (FBN_SYM(pass_reduce_all)(op, j, nt)) return -1;
     FBN_SYM(pass_coefs)(op, j, 0, p->s.channels);
     if (op == FBN_OP_DX && !j->out) return 0; /* sums only */
-    FBN_SYM(fill_pass_typed)(j->k, &p->s, tk, op == FBN_OP_DX);
     /* tiles from the last: the data the reduction read last may still be in L3 */
     const int inputs = op == FBN_OP_DX ? (j->tkd->z ? 3 : 2) : (j->z ? 2 : 1);
     fbn_plan e = FBN_SYM(elemwise_plan)(FBN_SYM(spread_shape)(p->s, op == FBN_OP_DX), inputs);
     fbn_plan_output(&e, j->out, sizeof(T));
+    FBN_SYM(fill_pass_typed)(j->k, &p->s, tk, op == FBN_OP_DX, e.stream);
     if (op == FBN_OP_AFFINE) {
         FBN_SYM(affine_job) a = {.x = j->x, .z = j->z, .y = j->out, .p = &e, .tk = tk,
                                  .backwards = 1};

@@ -141,7 +141,7 @@ int FBN_SYM(forward_masked)(const T *x, T *y, fbn_shape s, const uint8_t *mask,
                          FBN_SYM(mmerge_task), (void *)&j);
         FBN_SYM(mfwd_coefs)(&j, 0, C);
         if (y) {
-            FBN_SYM(repeat_typed)(&tk, &s, 0);
+            FBN_SYM(repeat_typed)(&tk, &s, 0, 0);
             fbn_plan e = FBN_SYM(elemwise_plan)(s, 1);
             fbn_plan_output(&e, y, sizeof(T));
             FBN_SYM(affine_job) a = {.x = x, .y = y, .p = &e, .tk = &tk, .backwards = 1};

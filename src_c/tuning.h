@@ -116,6 +116,12 @@
 #ifndef FBN_DX_GROUP_BYTES
 #define FBN_DX_GROUP_BYTES 256
 #endif
+/* ... except streamed float32 / float64 rows of at most FBN_DX_FLAT_STREAM_BYTES:
+ * flat spans straight from the registers there beat groups, whose spans of 4 such
+ * rows each went through the L1 buffer by a call of their own (kern_direct.h). */
+#ifndef FBN_DX_FLAT_STREAM_BYTES
+#define FBN_DX_FLAT_STREAM_BYTES 64
+#endif
 
 /* Independent accumulator lanes: enough vector registers to hide add latency. */
 #define FBN_LANES 32 /* fixed: fbn_acc_flush assumes 32 */

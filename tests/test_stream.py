@@ -145,12 +145,13 @@ def at(shape, dtype, page_offset):
 # rows one by one (1000: tails of 8), groups of rows and a last row alone (4096);
 # wide: float32 rows one by one of 1000 and 520 channels (2080-byte rows: every
 # offset in a line in turn), float64 of 520 (1000 take groups of rows) and 200;
-# dx (and y) of flat spans of repeated coefficients: 128, 200 and 13 channels
-# (float32), 40, 128 and 13 (float64; float32's 40 take groups of rows)
+# dx (and y) of flat spans of repeated coefficients: 128, 200, 13 and 16 channels
+# (float32: streamed rows of 64 bytes), 40, 128 and 13 (float64; float32's 40 and
+# float64's 16 take groups of rows)
 axis, shapes = {"runs": (1, [(160, 64, 28, 28), (250, 32, 1009)]),
                 "rows": (-1, [(1200, 40, 64), (3000, 1000), (1001, 4096), (900, 100, 37)]),
                 "wide": (-1, [(3000, 1000), (5000, 520), (1001, 4096), (9000, 128),
-                              (6000, 200), (60000, 13), (20000, 40)])}[sys.argv[1]]
+                              (6000, 200), (60000, 13), (20000, 40), (60000, 16)])}[sys.argv[1]]
 h = hashlib.sha256()
 for dtype in dtypes:
     for shape in shapes:
