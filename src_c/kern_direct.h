@@ -66,7 +66,7 @@ FBN_INLINE FBN_SYM(vhalf) FBN_SYM(direct_v)(const int op, const T *xr, const T *
 
 /* The two loops below differ in their stores only: an intrinsic of one
  * instruction set cannot sit in a function inlined into both. op and relu are
- * constants: fbn_direct_row_as_<sfx> instantiates them. */
+ * constants: fbn_direct_rows64_<sfx> and fbn_direct_rows32_<sfx> instantiate them. */
 #pragma GCC push_options
 #pragma GCC target("avx512f")
 /* op's m values (whole lines; out aligned to 64 bytes), a 64-byte store a line. */

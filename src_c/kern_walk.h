@@ -131,9 +131,9 @@ FBN_INLINE void FBN_SYM(span_out)(const int op, const T *x, const T *dy, int64_t
     fbn_stream_copy(out + o, buf, m * (int64_t)sizeof(T));
 }
 
-/* Columns shape, streamed: y or dx without the epilogues of m
- * values of one row (a span, or a tile's whole row; from offset o, the inputs'
- * from oi, channels from ch), its direct part (fbn_direct_part_<sfx>) straight from the register loops'
+/* Columns shape, streamed: y or dx without the epilogues of m values of one row (a
+ * span, or a tile's whole row; from offset o, the inputs' from oi, channels from
+ * ch), its direct part (fbn_direct_part_<sfx>) straight from the register loops'
  * vectors (kern_half_y.h, kern_half_dx.h; float32 / float64: kern_direct.h), the
  * rest through buf. Returns 0 (nothing written) where op is another, the CPU has
  * no register form of it, or no part goes direct. */
