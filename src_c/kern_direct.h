@@ -38,27 +38,27 @@ typedef struct {
 
 /* The half line from channel c (x at xr, dy at dr) of op (FBN_OP_AFFINE: y,
  * FBN_OP_DX: dx; a constant), relu a constant: fbn_affine1_<sfx>'s and
- * fbn_dx1_<sfx>'s arithmetic (not in eval mode), lane by lane. The ReLU's selects
- * are masks: v < 0 ? 0 : v keeps NaN and -0.0, pre > 0 ? dy : 0 drops dy where pre
- * is NaN, as the scalar forms do. */
+ * fbn_dx1_<sfx>'s arithmetic (not in eval mode), lane by lane. pre, the affine
+ * value, is y before its ReLU and dx's ReLU mask (unused loads fold away). The
+ * ReLU's selects are masks: v < 0 ? 0 : v keeps NaN and -0.0, pre > 0 ? dy : 0
+ * drops dy where pre is NaN, as the scalar forms do. */
 FBN_INLINE FBN_SYM(vhalf) FBN_SYM(direct_v)(const int op, const T *xr, const T *dr,
                                             const FBN_SYM(drow) *k, int64_t c, const int relu) {
-    const FBN_SYM(vhalf) zero = {0}, x = FBN_SYM(direct_load)(xr + c);
-    const FBN_SYM(vhalf) shift = FBN_SYM(direct_load)(k->shift + c);
+    const FBN_SYM(vhalf) zero = {0};
+    const FBN_SYM(vhalf) xc = FBN_SYM(direct_load)(xr + c) - FBN_SYM(direct_load)(k->shift + c);
+    const FBN_SYM(vhalf) pre =
+        xc * FBN_SYM(direct_load)(k->scale + c) + FBN_SYM(direct_load)(k->bias + c);
     if (op == FBN_OP_AFFINE) {
-        FBN_SYM(vhalf) y = (x - shift) * FBN_SYM(direct_load)(k->scale + c) +
-                           FBN_SYM(direct_load)(k->bias + c);
+        FBN_SYM(vhalf) y = pre;
         if (relu) y = (FBN_SYM(vhalf))((FBN_SYM(vmask))y & ~(y < zero));
         return y;
     }
     FBN_SYM(vhalf) g = FBN_SYM(direct_load)(dr + c);
     if (relu) {
-        const FBN_SYM(vhalf) pre = (x - shift) * FBN_SYM(direct_load)(k->scale + c) +
-                                   FBN_SYM(direct_load)(k->bias + c);
         g = (FBN_SYM(vhalf))((FBN_SYM(vmask))g & (pre > zero));
     }
     const FBN_SYM(vhalf) xterm =
-        FBN_SYM(direct_load)(k->k_x + c) * ((x - shift) * FBN_SYM(direct_load)(k->invstd + c));
+        FBN_SYM(direct_load)(k->k_x + c) * (xc * FBN_SYM(direct_load)(k->invstd + c));
     return FBN_SYM(direct_load)(k->k_dy + c) * (g - FBN_SYM(direct_load)(k->mean_dy + c)) +
            xterm + FBN_SYM(direct_load)(k->k_0 + c);
 }
