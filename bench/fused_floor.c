@@ -9,7 +9,10 @@
  *               (from cache) with streamed stores: fastbn's order of work;
  *   ff_overlap: the statistics of channel c + 1 interleaved, `chunk` values at a
  *               time, with the writes of channel c (reads and writes in flight
- *               together, as in a copy).
+ *               together, as in a copy);
+ *   ff_group:   g adjacent channels at a time: their statistics row by row, then
+ *               their outputs either channel by channel (rows = 0: fastbn's order)
+ *               or row by row (rows = 1: each row's g runs one stretch of memory).
  * A reference point for docs/performance.md, not part of fastbn. */
 #include <immintrin.h>
 #include <stdint.h>
@@ -123,5 +126,51 @@ void ff_overlap(void *y, const void *x, int64_t N, int64_t C, int64_t HW, int f6
         }
         for (int k = 0; k < 16; k++) acc[k] = next[k];
     }
+    _mm_sfence();
+}
+
+void ff_group(void *y, const void *x, int64_t N, int64_t C, int64_t HW, int f64, int64_t g,
+              int rows) {
+    const int size = f64 ? 8 : 4;
+    for (int64_t c0 = 0; c0 < C; c0 += g) {
+        const int64_t n = C - c0 < g ? C - c0 : g;
+        double acc[64][16] = {{0}}, a[64], b[64];
+        for (int64_t o = 0; o < N; o++)
+            for (int64_t k = 0; k < n; k++)
+                stats(run_at(x, o, c0 + k, C, HW, size), HW, f64, 0.5, acc[k]);
+        for (int64_t k = 0; k < n; k++) {
+            a[k] = 1.0 / (1.0 + acc[k][8]);
+            b[k] = -acc[k][0] * a[k];
+        }
+        for (int64_t i = 0; i < N * n; i++) {
+            const int64_t o = rows ? i / n : i % N, k = rows ? i % n : i / N;
+            const char *xr = run_at(x, o, c0 + k, C, HW, size);
+            rewrite((char *)y + (xr - (const char *)x), xr, HW, f64, a[k], b[k]);
+        }
+    }
+    _mm_sfence();
+}
+
+/* the copy in the fused pass's order: channel by channel, a run a row apart */
+void ff_copy_runs(void *y, const void *x, int64_t N, int64_t C, int64_t HW, int f64) {
+    const int size = f64 ? 8 : 4;
+    for (int64_t c = 0; c < C; c++)
+        for (int64_t o = 0; o < N; o++) {
+            const char *xr = run_at(x, o, c, C, HW, size);
+            rewrite((char *)y + (xr - (const char *)x), xr, HW, f64, 1.0, 0.0);
+        }
+    _mm_sfence();
+}
+
+/* the copy of g adjacent channels at a time, row by row (g runs one stretch) */
+void ff_copy_group(void *y, const void *x, int64_t N, int64_t C, int64_t HW, int f64,
+                   int64_t g) {
+    const int size = f64 ? 8 : 4;
+    for (int64_t c0 = 0; c0 < C; c0 += g)
+        for (int64_t o = 0; o < N; o++) {
+            const int64_t n = C - c0 < g ? C - c0 : g;
+            const char *xr = run_at(x, o, c0, C, HW, size);
+            rewrite((char *)y + (xr - (const char *)x), xr, HW * n, f64, 1.0, 0.0);
+        }
     _mm_sfence();
 }

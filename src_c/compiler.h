@@ -22,6 +22,13 @@
 #define FBN_INLINE static inline
 #endif
 
+/* A function GCC must not clone for constant arguments (see its use). */
+#if defined(__GNUC__) && !defined(__clang__)
+#define FBN_NOCLONE __attribute__((noclone))
+#else
+#define FBN_NOCLONE
+#endif
+
 /* Runtime SIMD dispatch of the functions that do the arithmetic (GCC on x86-64):
  * one clone per instruction set, chosen at load time by the CPU. -DFBN_NO_DISPATCH
  * builds the baseline alone (tools/digest_paths.sh checks that build's results).

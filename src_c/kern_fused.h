@@ -105,19 +105,51 @@ FBN_INLINE void FBN_SYM(pass_coefs)(const int op, const FBN_SYM(pass) *j, int64_
     }
 }
 
+/* The elementwise pass (y; dx) of tile t of plan p. */
+FBN_INLINE void FBN_SYM(pass_rewrite)(const int op, const FBN_SYM(pass) *j, const fbn_plan *p,
+                                      int64_t t) {
+    if (op == FBN_OP_AFFINE)
+        FBN_SYM(affine_tile_any)(j->x, j->z, j->out, p, t, j->tk);
+    else
+        FBN_SYM(bwd_elemt_tile_any)(j->dy_dx, j->x, j->out, p, t, j->tkd);
+}
+
 /* Channel-block tile t, whole channels: reduce it (unless reduced: see
- * fbn_pass_reduce_tile_<sfx>), then rewrite it while in cache. */
+ * fbn_pass_reduce_tile_<sfx>) and make its coefficients; then, unless later
+ * (the caller rewrites a group of such tiles at once), rewrite it while in cache. */
 FBN_INLINE void FBN_SYM(fused_tile)(const int op, const FBN_SYM(pass) *j, int64_t t,
-                                    int thread, const int reduced) {
+                                    int thread, const int reduced, const int later) {
     const FBN_SYM(tile) r = FBN_SYM(tile_of)(j->p, t);
     FBN_SYM(pass_reduce_tile)(op, j, t, thread, &r, reduced);
     FBN_SYM(pass_coefs)(op, j, r.c0, r.nc);
     if (op == FBN_OP_DX && !j->out) return; /* sums only */
     FBN_SYM(fill_typed)(j->k, r.c0, r.nc, j->tk);
-    if (op == FBN_OP_AFFINE)
-        FBN_SYM(affine_tile_any)(j->x, j->z, j->out, j->p, t, j->tk);
-    else
-        FBN_SYM(bwd_elemt_tile_any)(j->dy_dx, j->x, j->out, j->p, t, j->tkd);
+    if (!later) FBN_SYM(pass_rewrite)(op, j, j->p, t);
+}
+
+/* The elementwise pass of channels [c0, c0 + g), whole, of plan p (one-channel
+ * blocks), c0 a multiple of runs and g <= runs: without epilogues and row gaps
+ * the g channels' runs row by row (fbn_runs_group_<sfx>), else channel by
+ * channel. */
+FBN_INLINE void FBN_SYM(pass_rewrite_group)(const int op, const FBN_SYM(pass) *j,
+                                            const fbn_plan *p, int64_t c0, int64_t g,
+                                            int64_t runs) {
+    fbn_plan w = *p; /* tiles of whole channels */
+    w.nsegs = 1;
+    w.seg_len = p->per_channel;
+    const int plain = !fbn_row_gap(&p->s) &&
+                      (op == FBN_OP_AFFINE ? !j->z && j->tk->relu < 2 : j->tkd->relu < 2);
+    if (g > 1 && plain) { /* blocks of runs channels: tile c0 / runs is the g */
+        w.block = runs;
+        w.nblocks = w.ntiles = (p->s.channels + runs - 1) / runs;
+        if (op == FBN_OP_AFFINE)
+            FBN_SYM(affine_group)(j->x, j->out, &w, c0 / runs, j->tk);
+        else
+            FBN_SYM(bwd_elemt_group)(j->dy_dx, j->x, j->out, &w, c0 / runs, j->tkd);
+        return;
+    }
+    w.ntiles = p->nblocks;
+    for (int64_t c = c0; c < c0 + g; c++) FBN_SYM(pass_rewrite)(op, j, &w, c);
 }
 
 /* Task b of a plan whose channels span several tiles that fit in cache together
@@ -143,16 +175,7 @@ FBN_INLINE void FBN_SYM(segs_tile)(const int op, const FBN_SYM(pass) *j, int64_t
     FBN_SYM(pass_coefs)(op, j, c0, g);
     if (op == FBN_OP_DX && !j->out) return; /* sums only */
     FBN_SYM(fill_typed)(j->k, c0, g, j->tk);
-    fbn_plan whole = *p; /* one tile per channel: the elementwise pass's tiling */
-    whole.nsegs = 1;
-    whole.seg_len = p->per_channel;
-    whole.ntiles = p->nblocks;
-    for (int64_t c = c0; c < c0 + g; c++) {
-        if (op == FBN_OP_AFFINE)
-            FBN_SYM(affine_tile_any)(j->x, j->z, j->out, &whole, c, j->tk);
-        else
-            FBN_SYM(bwd_elemt_tile_any)(j->dy_dx, j->x, j->out, &whole, c, j->tkd);
-    }
+    FBN_SYM(pass_rewrite_group)(op, j, p, c0, g, j->runs);
 }
 
 static void FBN_SYM(fwd_segs_task)(void *job, int64_t b, int thread) {
@@ -221,7 +244,7 @@ FBN_DISPATCH static void FBN_SYM(fwd_block_tile)(const FBN_SYM(pass) *j, int64_t
     l.fwd.shift = shift;
     l.fwd.scale = scale;
     l.fwd.bias = bias;
-    FBN_SYM(fused_tile)(FBN_OP_AFFINE, &l, t, 0, 0);
+    FBN_SYM(fused_tile)(FBN_OP_AFFINE, &l, t, 0, 0, 0);
 }
 
 /* Task g of op: tiles [g * group, (g + 1) * group), the last task's fewer;
@@ -238,7 +261,9 @@ FBN_INLINE void FBN_SYM(fused_task)(const int op, const FBN_SYM(pass) *j, int64_
         }
         const int64_t n = j->runs < t1 - t ? j->runs : t1 - t;
         if (n > 1) FBN_SYM(pass_reduce_tiles)(op, j, t, n, thread, 0);
-        for (int64_t k = 0; k < n; k++) FBN_SYM(fused_tile)(op, j, t + k, thread, n > 1);
+        for (int64_t k = 0; k < n; k++) FBN_SYM(fused_tile)(op, j, t + k, thread, n > 1, n > 1);
+        if (n > 1 && (op == FBN_OP_AFFINE || j->out)) /* t: a multiple of runs */
+            FBN_SYM(pass_rewrite_group)(op, j, j->p, t, n, j->runs);
         t += n;
     }
 }

@@ -228,9 +228,12 @@ FBN_HALF_TARGET16 static inline void FBN_SYM(dx_v16)(int nt, int relu, int res, 
                                                      const FBN_SYM(tcoefs) *k, int64_t ch) {
     FBN_SYM(dx_vec_as)(2, nt, relu, res, g, dr, xr, zr, ld, out, ldo, m, k, ch);
 }
-FBN_HALF_TARGET16 static inline void FBN_SYM(run_dx_v16)(int nt, const T *dy, const T *x,
-                                                         T *out, int64_t m,
-                                                         const FBN_SYM(chan) *h) {
+/* noclone: a fused group's walk (fbn_runs_group_<sfx>) made GCC clone it for a
+ * constant argument and call the clone from the unfused tiles as well, which then
+ * took 4.5x the time at some addresses (float16 128x128x28x28) */
+FBN_HALF_TARGET16 FBN_NOCLONE static inline void FBN_SYM(run_dx_v16)(int nt, const T *dy,
+                                                                   const T *x, T *out, int64_t m,
+                                                                   const FBN_SYM(chan) *h) {
     FBN_SYM(run_dx_as)(2, nt, dy, x, out, m, h);
 }
 #endif
@@ -241,9 +244,9 @@ FBN_HALF_TARGET16BF static inline void FBN_SYM(dx_v16b)(int nt, int relu, int re
                                                         const FBN_SYM(tcoefs) *k, int64_t ch) {
     FBN_SYM(dx_vec_as)(3, nt, relu, res, g, dr, xr, zr, ld, out, ldo, m, k, ch);
 }
-FBN_HALF_TARGET16BF static inline void FBN_SYM(run_dx_v16b)(int nt, const T *dy, const T *x,
-                                                           T *out, int64_t m,
-                                                           const FBN_SYM(chan) *h) {
+FBN_HALF_TARGET16BF FBN_NOCLONE static inline void FBN_SYM(run_dx_v16b)(int nt, const T *dy,
+                                                                     const T *x, T *out, int64_t m,
+                                                                     const FBN_SYM(chan) *h) {
     FBN_SYM(run_dx_as)(3, nt, dy, x, out, m, h);
 }
 #endif

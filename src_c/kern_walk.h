@@ -203,6 +203,45 @@ FBN_INLINE void FBN_SYM(runs_tile)(const int op, const T *x, const T *dy, T *out
     }
 }
 
+/* Tile t of op with inner > 1 whose block holds several adjacent channels (a
+ * fused pass's group: see fbn_group_plan_<sfx>), plain and contiguous: their runs
+ * row by row, so that the output goes out a row's stretch at a time (written
+ * channel by channel, a run a row apart, it took longer: docs/performance.md).
+ * Not in fbn_runs_tile_<sfx>: the loop around the run there changed how GCC
+ * compiled the unfused passes' register loops (a clone 4.5x slower at some
+ * addresses). */
+FBN_INLINE void FBN_SYM(runs_group)(const int op, const T *x, const T *dy, T *out,
+                                    const fbn_plan *p, int64_t t, const FBN_SYM(tcoefs) *k) {
+    const fbn_shape *s = &p->s;
+    const int64_t C = s->channels, end = s->outer * C * s->inner;
+    const FBN_SYM(tile) r = FBN_SYM(tile_of)(p, t);
+    const int64_t stretch = r.nc * s->inner * (int64_t)sizeof(T);
+    const int fetch = !p->stream && s->inner * (int64_t)sizeof(T) <= FBN_SHORT_RUN;
+    const int64_t ahead = FBN_OUT_AHEAD * C * s->inner; /* as fbn_runs_tile_<sfx>'s */
+    FBN_SYM(run_it) u = FBN_SYM(run_first)(s, r.c0, r.j0, r.j1, 0);
+    if (fetch)
+        for (int64_t i = 0; i < FBN_OUT_AHEAD && u.pos + i * C * s->inner < end; i++)
+            fbn_prefetch_w(out + u.pos + i * C * s->inner, stretch);
+    for (; u.j < r.j1; FBN_SYM(run_next)(s, r.j1, &u)) {
+        if (fetch && u.pos + ahead < end) fbn_prefetch_w(out + u.pos + ahead, stretch);
+        for (int64_t c = 0; c < r.nc; c++)
+            FBN_SYM(run_values)(op, p->stream, 1, x, dy, out, u.pos + c * s->inner, 0, u.n, k,
+                                r.c0 + c);
+    }
+    if (p->stream) FBN_STREAM_FENCE();
+}
+
+FBN_DISPATCH static void FBN_SYM(affine_group)(const T *x, T *y, const fbn_plan *p, int64_t t,
+                                               const FBN_SYM(tcoefs) *k) {
+    FBN_SYM(runs_group)(FBN_OP_AFFINE, x, NULL, y, p, t, k);
+}
+
+FBN_DISPATCH static void FBN_SYM(bwd_elemt_group)(const T *dy, const T *x, T *dx,
+                                                  const fbn_plan *p, int64_t t,
+                                                  const FBN_SYM(tcoefs) *k) {
+    FBN_SYM(runs_group)(FBN_OP_DX, x, dy, dx, p, t, k);
+}
+
 /* Channel-block tile t of op with inner == 1: spans of row groups (the row gap
  * enters per span: gap as fbn_rows_tile_<sfx>'s). cached: !p->stream, a constant
  * in each call for float32 / float64 (see fbn_affine_rows_<sfx>: a run-time one

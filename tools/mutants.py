@@ -655,6 +655,20 @@ MUTANTS = [
            "            const double dv = v * (double)(xv - tsh[c]);",
            "the backward's rows in order centre x in the data's type (other bits)"),
     # ---- session 54: float32 / float64 streamed dx straight from registers
+    Mutant("s55_group_ch", WALK,
+           "            FBN_SYM(run_values)(op, p->stream, 1, x, dy, out, u.pos + c * s->inner, 0, u.n, k,\n"
+           "                                r.c0 + c);",
+           "            FBN_SYM(run_values)(op, p->stream, 1, x, dy, out, u.pos + c * s->inner, 0, u.n, k,\n"
+           "                                r.c0);",
+           "a fused group's rewrite gives every channel the first one's coefficients"),
+    Mutant("s55_group_pos", WALK,
+           "out, u.pos + c * s->inner, 0, u.n, k,",
+           "out, u.pos + c, 0, u.n, k,",
+           "a fused group's rewrite reads and writes the wrong place for all but its first channel"),
+    Mutant("s55_group_last", "src_c/kern_fused.h",
+           "        w.block = runs;",
+           "        w.block = g;",
+           "a short last group is rewritten as another tile (its c0 / runs taken with blocks of g)"),
     Mutant("s54_dx_mask", "src_c/kern_direct.h",
            "        g = (FBN_SYM(vhalf))((FBN_SYM(vmask))g & (pre > zero));",
            "        g = (FBN_SYM(vhalf))((FBN_SYM(vmask))g & ~(pre > zero));",
