@@ -212,8 +212,10 @@ int64_t fbn_fuse_group(const fbn_plan *p, int64_t elem_size, int inputs, int nt)
 }
 
 /* A fused pass (reread) re-reads a group's channels from cache: groups of at most
- * an eighth of L3 per thread (a quarter made the 2-thread float64 forward of
- * 64x64x56x56 1.13x slower, channels of 1.6 MB; docs/performance.md). A pass
+ * an eighth of L3 per thread for the forward (a quarter made the 2-thread float64
+ * forward of 64x64x56x56 1.08-1.13x slower, channels of 1.6 MB), a quarter for the
+ * backward (inputs > 1: x and dy; there a quarter gained up to 0.82x at 2 threads;
+ * docs/performance.md). A pass
  * that reads them once takes larger groups, as many as leave each of its nt
  * threads FBN_ONCE_TASKS of them (docs/performance.md). */
 int64_t fbn_run_group(const fbn_plan *p, int64_t elem_size, int inputs, int nt, int reread) {
@@ -224,7 +226,8 @@ int64_t fbn_run_group(const fbn_plan *p, int64_t elem_size, int inputs, int nt, 
     int64_t g;
     if (reread) {
         const int64_t channel = p->per_channel * elem_size * inputs;
-        const int64_t fit = fbn_cache_sizes().l3 / (8 * (nt > 1 ? nt : 1)) / channel;
+        const int64_t part = inputs > 1 ? 4 : 8;
+        const int64_t fit = fbn_cache_sizes().l3 / (part * (nt > 1 ? nt : 1)) / channel;
         g = fit < FBN_RUN_GROUP ? fit : FBN_RUN_GROUP;
     } else {
         /* ceil(C / g) * nsegs >= tasks when g <= C / ceil(tasks / nsegs) */
