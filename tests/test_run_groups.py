@@ -63,8 +63,13 @@ def _passes(gamma, beta, dy, activation):
     def run(x, c=None):
         pick = slice(None) if c is None else slice(c, c + 1)
         g, b = gamma[pick], beta[pick]
-        y, cache = fastbn.forward(x, g, b, axis=1, activation=activation)
-        dx, dg, db = fastbn.backward(np.ascontiguousarray(dy[:, pick]), cache)
+        # outputs filled with NaN: a value left unwritten cannot pass for one written
+        # (fresh outputs may be memory that held the same result a call before)
+        y = np.full(x.shape, np.nan, x.dtype)
+        _, cache = fastbn.forward(x, g, b, axis=1, activation=activation, out=y)
+        dx = np.full(x.shape, np.nan, x.dtype)
+        _, dg, db = fastbn.backward(np.ascontiguousarray(dy[:, pick]), cache,
+                                    out=(dx, None, None))
         sums = fastbn.backward_reduce(np.ascontiguousarray(dy[:, pick]), x, cache.mean,
                                       cache.invstd, axis=1, gamma=g, beta=b,
                                       activation=activation)
