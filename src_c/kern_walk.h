@@ -204,7 +204,7 @@ FBN_INLINE void FBN_SYM(runs_tile)(const int op, const T *x, const T *dy, T *out
 }
 
 /* Tile t of op with inner > 1 whose block holds several adjacent channels (a
- * fused pass's group: see fbn_group_plan_<sfx>), plain and contiguous: their runs
+ * fused pass's group: see fbn_pass_rewrite_group_<sfx>), plain and contiguous: their runs
  * row by row, so that the output goes out a row's stretch at a time (written
  * channel by channel, a run a row apart, it took longer: docs/performance.md).
  * Not in fbn_runs_tile_<sfx>: the loop around the run there changed how GCC
