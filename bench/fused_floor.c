@@ -132,6 +132,7 @@ void ff_overlap(void *y, const void *x, int64_t N, int64_t C, int64_t HW, int f6
 void ff_group(void *y, const void *x, int64_t N, int64_t C, int64_t HW, int f64, int64_t g,
               int rows) {
     const int size = f64 ? 8 : 4;
+    if (g > 64) g = 64; /* the locals' bound */
     for (int64_t c0 = 0; c0 < C; c0 += g) {
         const int64_t n = C - c0 < g ? C - c0 : g;
         double acc[64][16] = {{0}}, a[64], b[64];

@@ -47,10 +47,11 @@ def candidates(ff, x, y, g, b):
     N, C, H, W = x.shape
     HW, n, f64 = H * W, x.size, int(x.dtype == np.float64)
     px, py = VP(x.ctypes.data), VP(y.ctypes.data)
+    dims = (I64(N), I64(C), I64(HW), INT(f64))
     cands = {"copy": lambda: ff.ff_copy(py, px, I64(n), INT(f64)),
-             "copy by runs": lambda: ff.ff_copy_runs(py, px, I64(N), I64(C), I64(HW), INT(f64)),
-             "copy by 4 rows": lambda: ff.ff_copy_group(py, px, I64(N), I64(C), I64(HW), INT(f64), I64(4)),
-             "copy by 8 rows": lambda: ff.ff_copy_group(py, px, I64(N), I64(C), I64(HW), INT(f64), I64(8)),
+             "copy by runs": lambda: ff.ff_copy_runs(py, px, *dims),
+             "copy by 4 rows": lambda: ff.ff_copy_group(py, px, *dims, I64(4)),
+             "copy by 8 rows": lambda: ff.ff_copy_group(py, px, *dims, I64(8)),
              "read": lambda: ff.ff_read(px, I64(n), INT(f64)),
              "stats": lambda: ff.ff_stats(px, I64(n), INT(f64)),
              "fused": lambda: ff.ff_fused(py, px, I64(N), I64(C), I64(HW), INT(f64))}
@@ -61,8 +62,7 @@ def candidates(ff, x, y, g, b):
     for grp in (2, 4, 8):
         for rows in (0, 1):
             cands[f"group {grp} {'rows' if rows else 'channels'}"] = \
-                lambda k=grp, r=rows: ff.ff_group(py, px, I64(N), I64(C), I64(HW), INT(f64),
-                                                  I64(k), INT(r))
+                lambda k=grp, r=rows: ff.ff_group(py, px, *dims, I64(k), INT(r))
     cands["fastbn forward"] = lambda: fastbn.forward(x, g, b, out=y)
     return cands
 

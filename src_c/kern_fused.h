@@ -114,17 +114,17 @@ FBN_INLINE void FBN_SYM(pass_rewrite)(const int op, const FBN_SYM(pass) *j, cons
         FBN_SYM(bwd_elemt_tile_any)(j->dy_dx, j->x, j->out, p, t, j->tkd);
 }
 
-/* Channel-block tile t, whole channels: reduce it (unless reduced: see
- * fbn_pass_reduce_tile_<sfx>) and make its coefficients; then, unless later
- * (the caller rewrites a group of such tiles at once), rewrite it while in cache. */
+/* Channel-block tile t, whole channels: its reduction and coefficients, then its
+ * rewrite while in cache; grouped: the caller reduced it with its group (see
+ * fbn_pass_reduce_tile_<sfx>) and rewrites the group afterwards. */
 FBN_INLINE void FBN_SYM(fused_tile)(const int op, const FBN_SYM(pass) *j, int64_t t,
-                                    int thread, const int reduced, const int later) {
+                                    int thread, const int grouped) {
     const FBN_SYM(tile) r = FBN_SYM(tile_of)(j->p, t);
-    FBN_SYM(pass_reduce_tile)(op, j, t, thread, &r, reduced);
+    FBN_SYM(pass_reduce_tile)(op, j, t, thread, &r, grouped);
     FBN_SYM(pass_coefs)(op, j, r.c0, r.nc);
     if (op == FBN_OP_DX && !j->out) return; /* sums only */
     FBN_SYM(fill_typed)(j->k, r.c0, r.nc, j->tk);
-    if (!later) FBN_SYM(pass_rewrite)(op, j, j->p, t);
+    if (!grouped) FBN_SYM(pass_rewrite)(op, j, j->p, t);
 }
 
 /* The elementwise pass of channels [c0, c0 + g), whole, of plan p (one-channel
@@ -244,7 +244,7 @@ FBN_DISPATCH static void FBN_SYM(fwd_block_tile)(const FBN_SYM(pass) *j, int64_t
     l.fwd.shift = shift;
     l.fwd.scale = scale;
     l.fwd.bias = bias;
-    FBN_SYM(fused_tile)(FBN_OP_AFFINE, &l, t, 0, 0, 0);
+    FBN_SYM(fused_tile)(FBN_OP_AFFINE, &l, t, 0, 0);
 }
 
 /* Task g of op: tiles [g * group, (g + 1) * group), the last task's fewer;
@@ -261,7 +261,7 @@ FBN_INLINE void FBN_SYM(fused_task)(const int op, const FBN_SYM(pass) *j, int64_
         }
         const int64_t n = j->runs < t1 - t ? j->runs : t1 - t;
         if (n > 1) FBN_SYM(pass_reduce_tiles)(op, j, t, n, thread, 0);
-        for (int64_t k = 0; k < n; k++) FBN_SYM(fused_tile)(op, j, t + k, thread, n > 1, n > 1);
+        for (int64_t k = 0; k < n; k++) FBN_SYM(fused_tile)(op, j, t + k, thread, n > 1);
         if (n > 1 && (op == FBN_OP_AFFINE || j->out)) /* t: a multiple of runs */
             FBN_SYM(pass_rewrite_group)(op, j, j->p, t, n, j->runs);
         t += n;
