@@ -359,15 +359,14 @@ FBN_HALF_INLINE void fbn_bf16_narrow_avx512(const float *s, fbn_bf16 *d, int64_t
     defined(__AVX512VL__) && defined(__AVX512BF16__) && !defined(FBN_NO_BF16_HW)
 #define FBN_HAVE_BF16_HW 1
 /* A denormal v rounds as v + copysign(2^-126, v) (exact: a normal float on the same
- * grid) does, less one in the exponent field (0x80); VCVTNEPS2BF16 rounds that sum
- * right. Branchless, so that the loops around it vectorise. */
+ * grid; its bits are v's with the exponent field's lowest bit set) does, less one
+ * in the exponent field (0x80); VCVTNEPS2BF16 rounds that sum right. Branchless,
+ * so that the loops around it vectorise. */
 FBN_HALF_INLINE __m256i fbn_bf16x16_round_bf(__m512 v) {
     const __mmask16 den = _mm512_fpclass_ps_mask(v, 0x20);
-    const __m512i sgn_min = _mm512_ternarylogic_epi32(_mm512_castps_si512(v),
-                                                      _mm512_set1_epi32((int)0x80000000u),
-                                                      _mm512_set1_epi32(0x00800000), 0xEA);
-    const __m512 w = _mm512_mask_add_ps(v, den, v, _mm512_castsi512_ps(sgn_min));
-    const __m256i r = (__m256i)_mm512_cvtneps_pbh(w);
+    const __m512i u = _mm512_castps_si512(v);
+    const __m512i w = _mm512_mask_or_epi32(u, den, u, _mm512_set1_epi32(0x00800000));
+    const __m256i r = (__m256i)_mm512_cvtneps_pbh(_mm512_castsi512_ps(w));
     return _mm256_mask_sub_epi16(r, den, r, _mm256_set1_epi16(0x80));
 }
 FBN_HALF_INLINE void fbn_bf16_narrow16_bf(const float *s, fbn_bf16 *d, const int nt) {
