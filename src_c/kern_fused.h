@@ -282,17 +282,17 @@ static int FBN_SYM(run_pass)(const int op, const FBN_SYM(pass) *j, FBN_SYM(tcoef
                              int nt) {
     const fbn_plan *p = j->p;
     const int reads = op == FBN_OP_DX ? 2 : 1; /* the arrays its reduction reads */
-    /* 16-bit data's backward on threads: fused, it reads one channel at a time (in
-     * groups it took up to 1.36x the time: bfloat16 32x64x32x32), and where the
-     * unfused reduction reads channel groups (fbn_run_group) it goes unfused, which
-     * took 0.6-0.9x the fused time (docs/performance.md) */
-    const int half_threads = op == FBN_OP_DX && nt > 1 && sizeof(T) == 2;
-    const int64_t runs = half_threads ? 1 : fbn_run_group(p, sizeof(T), reads, nt, 1);
+    /* 16-bit data's backward: where the unfused reduction reads channel groups
+     * (fbn_run_group) it goes unfused, which took 0.73-0.99x the fused time
+     * (bench/fused_split.py); fused on threads it reads one channel at a time (in
+     * groups it took up to 1.36x the time: bfloat16 32x64x32x32) */
+    const int half_bwd = op == FBN_OP_DX && sizeof(T) == 2;
+    const int64_t runs = half_bwd && nt > 1 ? 1 : fbn_run_group(p, sizeof(T), reads, nt, 1);
     /* short runs: unfused (FBN_FUSE_RUN), but for a forward's per-thread block
      * arrays, which have no C-sized work to go unfused with */
     const int fuse = (p->s.inner == 1 || p->s.inner * (int64_t)sizeof(T) >= FBN_FUSE_RUN ||
                       (op == FBN_OP_AFFINE && j->fwd.blockwork)) &&
-                     !(half_threads && fbn_run_group(p, sizeof(T), reads, nt, 0) > 1);
+                     !(half_bwd && fbn_run_group(p, sizeof(T), reads, nt, 0) > 1);
     if (p->nsegs == 1 && fuse) { /* tasks of consecutive tiles: see fbn_fuse_group */
         FBN_SYM(pass) g = *j;
         g.group = fbn_fuse_group(p, sizeof(T), reads, nt);
