@@ -3,10 +3,10 @@ the same arrays in one process: the forward (`fastbn.forward`) against
 `batch_stats` then `normalize`, the backward (`fastbn.backward`) against
 `backward_reduce` then `backward_elemt`. Prints the medians (ms) of interleaved
 samples and the median of the pairwise ratios split / fused (< 1: the split is
-faster). Warm: each sample repeats the call for 40 ms, so arrays that fit in the
-caches stay there. --cold: each sample is one call after a 96 MB write has evicted
-the caches (the arrays come from memory, as in a network whose other layers ran in
-between). Used to choose where the 16-bit backward on threads goes unfused
+faster). Warm: fastbn._bench.interleaved's samples (calls back to back, so
+arrays that fit in the caches stay there). --cold: each sample is one call after a
+96 MB write has evicted the caches (the arrays come from memory, as in a network
+whose other layers ran in between). Used to choose where the 16-bit backward on threads goes unfused
 (`fbn_run_pass_<sfx>`, kern_fused.h; docs/performance.md). Usage:
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/fused_split.py
@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 import fastbn
+from fastbn import _bench
 
 try:
     import ml_dtypes
@@ -45,23 +46,22 @@ def ops(x, g, b, dy):
             "backward": (lambda: fastbn.backward(dy, cache, out=out), backward_split)}
 
 
-def sampler(cold):
-    junk = np.ones(12 << 20) if cold else None
-
-    def sample(f):
-        if cold:
+def cold_samples(fused, split, repeat):
+    """Alternating samples of one call each, the caches evicted before each."""
+    junk = np.ones(12 << 20)
+    samples = {fused: [], split: []}
+    for i in range(repeat):
+        for f in (fused, split) if i % 2 else (split, fused):
             junk[::8] += 1.0  # every 64-byte line of 96 MB
             t0 = time.perf_counter()
             f()
-            return time.perf_counter() - t0
-        f()
-        n, t0 = 0, time.perf_counter()
-        while True:
-            f()
-            n += 1
-            if time.perf_counter() - t0 > 0.04:
-                return (time.perf_counter() - t0) / n
-    return sample
+            samples[f].append(time.perf_counter() - t0)
+    return samples[fused], samples[split]
+
+
+def warm_samples(fused, split, repeat):
+    s = _bench.interleaved({"fused": (fused, repeat), "split": (split, repeat)}, repeat)
+    return s["fused"], s["split"]
 
 
 def main():
@@ -73,7 +73,8 @@ def main():
     ap.add_argument("--repeat", type=int, default=0, help="samples (default 11, cold 31)")
     ap.add_argument("--cold", action="store_true")
     a = ap.parse_args()
-    sample, repeat = sampler(a.cold), a.repeat or (31 if a.cold else 11)
+    sample = cold_samples if a.cold else warm_samples
+    repeat = a.repeat or (31 if a.cold else 11)
     rng = np.random.default_rng(0)
     print(f"{'cold' if a.cold else 'warm'}, medians of {repeat} interleaved samples (ms)")
     print("| shape | dtype | threads | op | fused | split | split / fused |")
@@ -92,15 +93,10 @@ def main():
                 fastbn.set_num_threads(int(threads))
                 for op in a.ops.split(","):
                     fused, split = calls[op]
-                    tf, ts, ratio = [], [], []
-                    for i in range(repeat):
-                        pair = (fused, split) if i % 2 else (split, fused)
-                        t = {f: sample(f) for f in pair}
-                        tf.append(t[fused])
-                        ts.append(t[split])
-                        ratio.append(t[split] / t[fused])
-                    print(f"| {shape_text} | {name} | {threads} | {op} | "
-                          f"{statistics.median(tf) * 1e3:.2f} | {statistics.median(ts) * 1e3:.2f} | "
+                    tf, ts = sample(fused, split, repeat)
+                    ratio = [s / f for f, s in zip(tf, ts)]
+                    ms = [f"{statistics.median(v) * 1e3:.2f}" for v in (tf, ts)]
+                    print(f"| {shape_text} | {name} | {threads} | {op} | {ms[0]} | {ms[1]} | "
                           f"{statistics.median(ratio):.3f} |", flush=True)
 
 
