@@ -282,21 +282,22 @@ static int FBN_SYM(run_pass)(const int op, const FBN_SYM(pass) *j, FBN_SYM(tcoef
                              int nt) {
     const fbn_plan *p = j->p;
     const int reads = op == FBN_OP_DX ? 2 : 1; /* the arrays its reduction reads */
-    /* 16-bit data's backward: where the unfused reduction reads channel groups
-     * (fbn_run_group) it goes unfused, which took 0.73-0.99x the fused time
-     * (bench/fused_split.py); fused on threads it reads one channel at a time (in
-     * groups it took up to 1.36x the time: bfloat16 32x64x32x32) */
+    /* 16-bit data's backward on threads reads one channel at a time (in groups it
+     * took up to 1.36x the time: bfloat16 32x64x32x32) */
     const int half_bwd = op == FBN_OP_DX && sizeof(T) == 2;
     const int64_t runs = half_bwd && nt > 1 ? 1 : fbn_run_group(p, sizeof(T), reads, nt, 1);
-    /* short runs: unfused (FBN_FUSE_RUN), but for a forward's per-thread block
-     * arrays, which have no C-sized work to go unfused with */
-    const int fuse = (p->s.inner == 1 || p->s.inner * (int64_t)sizeof(T) >= FBN_FUSE_RUN ||
-                      (op == FBN_OP_AFFINE && j->fwd.blockwork)) &&
-                     !(half_bwd && fbn_run_group(p, sizeof(T), reads, nt, 0) > 1);
+    /* a forward's per-thread block arrays: no C-sized work to go unfused with */
+    const int blockwork = op == FBN_OP_AFFINE && j->fwd.blockwork != NULL;
+    /* short runs: unfused (FBN_FUSE_RUN) */
+    int fuse = p->s.inner == 1 || p->s.inner * (int64_t)sizeof(T) >= FBN_FUSE_RUN || blockwork;
+    /* 16-bit data: unfused where the unfused reduction reads channel groups
+     * (fbn_run_group); split, the backward took 0.73-0.99x the fused time and the
+     * forward 0.81-0.99x (bench/fused_split.py) */
+    if (sizeof(T) == 2 && !blockwork && fbn_run_group(p, sizeof(T), reads, nt, 0) > 1) fuse = 0;
     if (p->nsegs == 1 && fuse) { /* tasks of consecutive tiles: see fbn_fuse_group */
         FBN_SYM(pass) g = *j;
         g.group = fbn_fuse_group(p, sizeof(T), reads, nt);
-        g.runs = op == FBN_OP_AFFINE && j->fwd.blockwork ? 1 : runs;
+        g.runs = blockwork ? 1 : runs;
         g.group = (g.group + g.runs - 1) / g.runs * g.runs;
         fbn_parallel_for(fbn_group_count(p, g.group), nt,
                          op == FBN_OP_AFFINE ? FBN_SYM(fwd_fused_task) : FBN_SYM(bwd_fused_task),
