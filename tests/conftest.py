@@ -5,8 +5,12 @@ in every memory layout the kernels must handle: C and Fortran order, strided
 slices whose padding is NaN (so a kernel that reads outside the view shows it),
 negative strides and transposed views.
 """
+import json
 import math
 import os
+import subprocess
+import sys
+import textwrap
 from dataclasses import dataclass
 
 import numpy as np
@@ -175,6 +179,51 @@ def restore_threads():
     previous = fastbn.set_num_threads(1)
     yield
     fastbn.set_num_threads(previous)
+
+
+# ---------------------------------------------------------------- peak memory (issue 13)
+# A call's growth of the process's peak resident memory, in a fresh process: the peak
+# (VmHWM of /proc/self/status) only rises, and calls keep a cached work block
+# (src_c/work.c). The kernels' work memory comes from malloc, which tracemalloc does
+# not see; ru_maxrss would keep the pre-exec parent's peak.
+
+def peak_memory_test(test):
+    """Marks a test that measures peak memory: skipped without /proc/self/status, and
+    under AddressSanitizer."""
+    test = pytest.mark.skipif(not os.path.exists("/proc/self/status"),
+                              reason="/proc/self/status (VmRSS, VmHWM)")(test)
+    return pytest.mark.skipif(bool(os.environ.get("FASTBN_SANITIZED")),
+                              reason="ASan's shadow memory and quarantine change RSS "
+                                     "(.ci/sanitize)")(test)
+
+PEAK_PROBE = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import fastbn
+    def status(field):  # VmHWM: this process's peak RSS
+        with open("/proc/self/status") as f:
+            line = next(l for l in f if l.startswith(field + ":"))
+        return int(line.split()[1]) * 1024
+    def peak_growth(call):
+        \"\"\"(growth of the peak RSS over the RSS before call(), call's result). Nothing
+        before it may have raised the peak above the RSS (a temporary freed since would
+        hide the growth): allocate the inputs and outputs in place, touched.\"\"\"
+        before, peak_before = status("VmRSS"), status("VmHWM")
+        assert peak_before <= before + (1 << 20), (peak_before, before)
+        result = call()
+        return status("VmHWM") - before, result
+""")
+
+
+def run_peak_probe(body, *args, env=None):
+    """Runs PEAK_PROBE's helpers and then body (Python source, dedented; its
+    sys.argv[1:] are args) in a fresh Python process, with env added to the
+    environment; returns the JSON value its last line of output prints."""
+    out = subprocess.run([sys.executable, "-c", PEAK_PROBE + textwrap.dedent(body),
+                          *map(str, args)], capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, **(env or {})))
+    assert out.returncode == 0, (out.returncode, out.stderr[-3000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 # ---------------------------------------------------------------- comparisons

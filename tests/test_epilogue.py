@@ -8,18 +8,12 @@ memory at (2, C) with large C (issue 13).
 
 The formulas and finite differences of these keywords are in test_features.py.
 """
-import json
-import os
-import subprocess
-import sys
-import textwrap
-
 import numpy as np
 import pytest
 
 import fastbn
 import fastbn.reference as R
-from conftest import assert_close
+from conftest import assert_close, peak_memory_test, run_peak_probe
 
 pytestmark = pytest.mark.skipif(fastbn.backend != "c", reason="the compiled kernels")
 
@@ -135,10 +129,7 @@ def test_general_path_masks_dy_in_c():
 
 # ---------------------------------------------------------------- memory (issue 13)
 
-MEMORY_PROBE = textwrap.dedent("""
-    import json, sys
-    import numpy as np
-    import fastbn
+MEMORY_PROBE = """
     C, running = int(sys.argv[1]), sys.argv[2] == "1"
     x, rng = np.empty((2, C), np.float32), np.random.default_rng(0)
     for i in range(0, C, 1 << 18):  # no temporaries of x's size: the peak stays put
@@ -147,31 +138,18 @@ MEMORY_PROBE = textwrap.dedent("""
     rm, rv = (np.full(C, 0.0, np.float32), np.ones(C, np.float32)) if running else (None, None)
     small = np.ones((2, 8), np.float32)
     fastbn.forward(small, g[:8], b[:8])  # import-time and first-call allocations
-    def status(field):  # VmHWM: this process's peak RSS (ru_maxrss keeps the pre-exec parent's)
-        with open("/proc/self/status") as f:
-            line = next(l for l in f if l.startswith(field + ":"))
-        return int(line.split()[1]) * 1024
-    before = status("VmRSS")
-    peak_before = status("VmHWM")
-    assert peak_before <= before + (1 << 20), (peak_before, before)
-    y, cache = fastbn.forward(x, g, b, running_mean=rm, running_var=rv)
-    peak = status("VmHWM")
-    print(json.dumps({"growth": peak - before, "x_nbytes": x.nbytes}))
-""")
+    growth, _ = peak_growth(lambda: fastbn.forward(x, g, b, running_mean=rm, running_var=rv))
+    print(json.dumps({"growth": growth, "x_nbytes": x.nbytes}))
+"""
 
 
 def peak_growth(C, running):
     """Peak RSS growth of one training forward of (2, C) float32, in a fresh process."""
-    out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(C), "1" if running else "0"],
-                         capture_output=True, text=True, timeout=300,
-                         env=dict(os.environ, FASTBN_NUM_THREADS="2"))
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_peak_probe(MEMORY_PROBE, C, "1" if running else "0",
+                          env=dict(FASTBN_NUM_THREADS="2"))
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/status (VmRSS, VmHWM)")
-@pytest.mark.skipif(bool(os.environ.get("FASTBN_SANITIZED")),
-                    reason="ASan's shadow memory and quarantine change RSS (.ci/sanitize)")
+@peak_memory_test
 @pytest.mark.parametrize("running", [False, True])
 def test_training_forward_memory_with_few_rows_many_channels(running):
     """Issue 13: at (2, 50M) float32 a training forward grew the peak by 4.8 GB; it must

@@ -12,9 +12,12 @@ import pytest
 
 import fastbn
 from fastbn import reference
-from conftest import assert_bitwise_equal, assert_close, data_dtypes, RTOL
+from conftest import (assert_bitwise_equal, assert_close, data_dtypes, peak_memory_test,
+                      run_peak_probe, RTOL)
 
 SPREAD_BYTES = 65536  # src_c/tuning.h FBN_SPREAD_BYTES
+BLOCK_WORK_C = 4096  # src_c/tuning.h FBN_BLOCK_WORK_C
+COLS_WIDTH = 32768  # src_c/tuning.h FBN_COLS_WIDTH
 
 # (rows, map): 6 rows (a group of 4 and a rest), maps of 2, 4 and 9 values; narrow
 # channel counts: repeated over a period (5), spans (300), long rows (1500);
@@ -234,3 +237,91 @@ def test_threaded_small_maps_give_the_one_thread_bits(shape, dtype, restore_thre
     assert_close(outs[0][2], ry, rtol)
     for got, want in zip(outs[0][5:8], reference.backward(dy, rcache)):
         assert_close(got, want, rtol)
+
+
+# ---------------------------------------------------------------- block work (issue 13)
+# A training forward over FBN_BLOCK_WORK_C channels or more whose tiles hold whole
+# channels keeps its work in per-thread block arrays (fbn_fwd_block_tile_<sfx>,
+# src_c/kern_fused.h), with no C-sized work; it stays fused even where runs are
+# shorter than FBN_FUSE_RUN (small maps), since there are no C-sized arrays for an
+# unfused pass to use. Small maps reach it only when too wide for their statistics
+# to go as columns (C * inner > FBN_COLS_WIDTH): below that width the forward takes
+# the C-sized arrays whatever C is.
+
+
+@pytest.mark.parametrize("dtype", data_dtypes(), ids=lambda d: d.name)
+@pytest.mark.parametrize("inner", [9, 20])
+@pytest.mark.parametrize("epi", [dict(), dict(activation="relu"),
+                                 dict(activation="leaky_relu", negative_slope=0.2, residual=True)],
+                         ids=["plain", "relu", "leaky-residual"])
+def test_block_work_forward_of_small_maps_gets_the_bits_of_the_unfused_one(dtype, inner, epi,
+                                                                          restore_threads):
+    """Channels [0, C0) of a forward of short runs over more than FBN_BLOCK_WORK_C
+    channels (block work, fused) get the bits of the forward of those channels alone,
+    C0 below it (C-sized work, unfused): both wider than FBN_COLS_WIDTH, so that
+    neither takes its statistics as columns (which give other bits)."""
+    wide, C0 = BLOCK_WORK_C + 4, BLOCK_WORK_C - 96
+    assert C0 * inner > COLS_WIDTH and inner * np.dtype(dtype).itemsize < 1024  # FBN_FUSE_RUN
+    rng = np.random.default_rng(inner)
+    x = (rng.standard_normal((16, wide, inner)) * 2 +
+         rng.normal(0, 3, (1, wide, 1))).astype(dtype)
+    z = rng.standard_normal(x.shape).astype(dtype)
+    g, b = rng.uniform(0.5, 2, wide), rng.normal(0, 1, wide)
+    kw = dict(epi)
+    res = kw.pop("residual", False)
+
+    def forward(n):
+        narrow = (lambda a: np.ascontiguousarray(a[:, :n])) if n < wide else (lambda a: a)
+        y, cache = fastbn.forward(narrow(x), g[:n], b[:n], residual=narrow(z) if res else None,
+                                  **kw)
+        return [y[:, :C0]] + [getattr(cache, f)[:C0] for f in ("mean", "mean_lo", "var",
+                                                                 "invstd")]
+
+    for threads in (1, 2):
+        fastbn.set_num_threads(threads)
+        for i, (a, w) in enumerate(zip(forward(wide), forward(C0))):
+            assert_bitwise_equal(np.ascontiguousarray(a), w, f"output {i}, {threads} threads")
+
+
+BLOCK_WORK_PROBE = """
+    dtype, threads, C = np.dtype(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    fastbn.set_num_threads(threads)
+    x, y = np.empty((2, C, 2), dtype), np.empty((2, C, 2), dtype)
+    g, b = np.empty(C, np.float32), np.empty(C, np.float32)
+    rng, step = np.random.default_rng(0), 1 << 16
+    for i in range(0, C, step):  # no large temporaries: neither the peak nor freed memory
+        n = min(step, C - i)     # that the call's allocations could reuse
+        x[:, i:i + n] = rng.standard_normal((2, n, 2), dtype=np.float32)
+        g[i:i + n], b[i:i + n] = rng.uniform(0.5, 2, n), rng.normal(0, 1, n)
+    y.fill(0)  # touched: y's pages are resident before the call
+    fastbn.forward(x[:, :8].copy(), g[:8], b[:8])  # import-time and first-call allocations
+    growth, (out, cache) = peak_growth(lambda: fastbn.forward(x, g, b, out=y))
+    assert out is y
+    print(json.dumps({"growth": growth, "cache_nbytes": sum(
+        getattr(cache, f).nbytes for f in ("mean", "mean_lo", "var", "invstd"))}))
+"""
+
+
+@peak_memory_test
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_block_work_forward_of_small_maps_takes_no_channel_sized_work(dtype, threads):
+    """Issue 13's memory, for short runs: a training forward of (2, C, 2) (runs of 2
+    values, far under FBN_FUSE_RUN; C * 2 wider than FBN_COLS_WIDTH) over 2^20
+    channels, y preallocated (out=) and touched, may grow the process's peak RSS by
+    the cache's four float64 arrays (32 bytes a channel, 32 MiB) and 16 MiB of slack,
+    not by work arrays of C doubles: the unfused pass's C-sized work (pivot, shift,
+    scale, bias, m2, var, gamma and beta as double, parts: 8 doubles a channel and
+    more, 64 MiB or more) is what the per-thread block arrays replace (kern_fused.h,
+    fbn_block_doubles_<sfx>). The results' bits are the same either way (the test
+    above): only the peak memory shows which ran. Work memory comes from malloc
+    (src_c/work.c), which tracemalloc does not see: hence VmHWM, in a fresh process.
+    The 16-bit rule that sends forwards unfused (runs of 2 KB and more) does not apply
+    to short runs, nor to block work."""
+    C = 1 << 20
+    r = run_peak_probe(BLOCK_WORK_PROBE, dtype, threads, C)
+    assert r["cache_nbytes"] == 32 * C, r
+    # the probe sees the call's allocations (the cache's arrays: written, so resident)
+    assert r["growth"] >= r["cache_nbytes"] - (4 << 20), r
+    bound = r["cache_nbytes"] + (16 << 20)
+    assert r["growth"] <= bound, (r, bound)
