@@ -131,7 +131,8 @@ fbn_plan fbn_make_plan(fbn_shape s, int64_t elem_size, int inputs, int kind) {
      * (half of a 32 MB L3 streamed 512x4096 float32's 16-24 MB, 1.1-1.5x slower) */
     const int64_t l3_part = cs.l3 / 4 * 3;
     const int64_t stream_from = l3_part > 4 * cs.l2 ? l3_part : 4 * cs.l2;
-    p.stream = FBN_CAN_STREAM && (inputs + 1) * bytes > stream_from;
+    p.beyond_l3 = (inputs + 1) * bytes > stream_from;
+    p.stream = FBN_CAN_STREAM && p.beyond_l3;
     /* a reduction's tiling assumes streamed outputs from FBN_STREAM_BYTES, whatever
      * the stores: its tiles set the bits of its results */
     const int tiled_streamed = reduction ? FBN_CAN_STREAM && bytes >= FBN_STREAM_BYTES : p.stream;

@@ -28,6 +28,8 @@ typedef struct {
     int64_t per_channel; /* outer * inner: values per channel */
     int64_t ntiles;      /* tiles of either kind (0 when there are no values) */
     int stream;          /* data too large for L3: write the output non-temporally */
+    int beyond_l3;       /* the pass's inputs and output take more than its share of L3
+                          * (stream's test, whatever the stores and the output's pages) */
     int64_t block, nblocks, seg_len, nsegs; /* channel-block tiles */
     int64_t rows;                           /* row tiles: rows per tile (0: none) */
     /* reductions with inner > 1 and nsegs > 1: a channel's data fit in the caches
