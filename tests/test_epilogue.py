@@ -169,16 +169,17 @@ BLOCK_WORK_C = 4096  # src_c/tuning.h FBN_BLOCK_WORK_C
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("act,slope,res,want_var", [(0, 0.0, False, True), (1, 0.0, False, False),
                                                     (2, 0.1, True, True)])
-@pytest.mark.parametrize("inner", [1, 3])
+@pytest.mark.parametrize("inner", [1, 9])
 def test_training_forward_block_work_gives_the_same_bits(dtype, act, slope, res, want_var, inner):
     """A training forward whose tiles hold whole channels keeps its work per thread, a
     channel block's, from FBN_BLOCK_WORK_C channels (issue 13's memory), and in
     C-sized arrays below (cheaper per tile). Either gives the same bits: channels
     [0, C0) of a forward over more than FBN_BLOCK_WORK_C channels are those of the
     forward of channels [0, C0) alone, C0 below it (16 rows: threaded, one segment).
-    With runs of 3 values (shorter than FBN_FUSE_RUN), the wide forward is still
-    fused (its block work has no C-sized arrays to go unfused with) and the narrow
-    one is not: fused and unfused give the same bits."""
+    With runs of 9 values (shorter than FBN_FUSE_RUN; both forwards wider than
+    FBN_COLS_WIDTH values, so neither takes its statistics as columns), the wide forward
+    is still fused (its block work has no C-sized arrays to go unfused with) and the
+    narrow one is not: fused and unfused give the same bits."""
     rng = np.random.default_rng(7)
     wide, C0 = BLOCK_WORK_C + 4, BLOCK_WORK_C - 96
     x = (rng.standard_normal((16, wide, inner)) * 2 +

@@ -214,8 +214,9 @@ def test_a_small_maps_special_value_stays_in_its_channel(hw, value, restore_thre
 def test_threaded_small_maps_give_the_one_thread_bits(shape, dtype, restore_threads):
     """Arrays large enough for threads (65536 values and more) and for several column
     tiles: the same bits on 1 and 2 threads, the forward's statistics batch_stats' (also
-    with 4096 channels, where a forward keeps per-thread block arrays), and the
-    reference's values."""
+    with 4096 channels of 2x2 maps, whose statistics go as columns: 16384 values wide,
+    at most FBN_COLS_WIDTH; the block-work forward of small maps is tested below), and
+    the reference's values."""
     rng = np.random.default_rng(shape[0])
     x = (rng.standard_normal(shape) * 2 + 5).astype(dtype)
     dy = rng.standard_normal(shape).astype(dtype)
