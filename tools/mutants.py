@@ -541,7 +541,7 @@ MUTANTS = [
     Mutant("s57_in_l3_block_work", "src_c/kern_fused.h",
            "!p->beyond_l3 && !blockwork) fuse = 0;",
            "!p->beyond_l3) fuse = 0;",
-           "a forward of long runs over FBN_BLOCK_WORK_C channels or more that stays in L3 goes unfused without C-sized work"),
+           "a block-work forward (FBN_BLOCK_WORK_C channels or more) whose data stay in L3 goes unfused without C-sized work"),
     Mutant("s44_spread_upward", "src_c/kern_coefs.h",
            "        for (int64_t c = C - 1; c >= 0; c--) {",
            "        for (int64_t c = 0; c < C; c++) {",
