@@ -294,10 +294,12 @@ static int FBN_SYM(run_pass)(const int op, const FBN_SYM(pass) *j, FBN_SYM(tcoef
      * (fbn_run_group); split, the backward took 0.73-0.99x the fused time and the
      * forward 0.81-0.99x (bench/fused_split.py) */
     if (sizeof(T) == 2 && !blockwork && fbn_run_group(p, sizeof(T), reads, nt, 0) > 1) fuse = 0;
-    /* a forward of rows whose data and output stay in L3 (not beyond_l3): unfused,
-     * whose second read comes from L3 (bench/fused_split.py); the columns shape and
-     * the backward stay fused */
-    if (op == FBN_OP_AFFINE && p->s.inner > 1 && !p->beyond_l3 && !blockwork) fuse = 0;
+    /* rows whose data and output stay in L3 (not beyond_l3): the forward, and the
+     * float32 backward, unfused, whose second read comes from L3 (bench/fused_split.py;
+     * float64's backward ran faster fused with the caches evicted); the columns shape
+     * stays fused */
+    if (p->s.inner > 1 && !p->beyond_l3 && !blockwork && (op == FBN_OP_AFFINE || sizeof(T) == 4))
+        fuse = 0;
     if (p->nsegs == 1 && fuse) { /* tasks of consecutive tiles: see fbn_fuse_group */
         FBN_SYM(pass) g = *j;
         g.group = fbn_fuse_group(p, sizeof(T), reads, nt);
