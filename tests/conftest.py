@@ -153,6 +153,7 @@ VECTOR_LAYOUTS = ("C", "strided", "reversed", "unaligned")  # for (C,) parameter
 # Relative tolerances, scaled by the largest magnitude of the expected output.
 RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
 PAD = np.nan  # what surrounds strided views and fills fresh `out` buffers
+BLOCK_WORK_C = 4096  # src_c/tuning.h FBN_BLOCK_WORK_C: a forward's per-thread block work from here
 
 
 @pytest.fixture(scope="session", params=MODULES, ids=lambda m: m.__name__)

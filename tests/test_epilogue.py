@@ -13,7 +13,7 @@ import pytest
 
 import fastbn
 import fastbn.reference as R
-from conftest import assert_close, peak_memory_test, run_peak_probe
+from conftest import BLOCK_WORK_C, assert_close, peak_memory_test, run_peak_probe
 
 pytestmark = pytest.mark.skipif(fastbn.backend != "c", reason="the compiled kernels")
 
@@ -161,9 +161,6 @@ def test_training_forward_memory_with_few_rows_many_channels(running):
     r = peak_growth(C, running)
     bound = r["x_nbytes"] + 8 * C * 4 + (4 << 20)  # 8 float32 values a channel, 4 MB slack
     assert r["growth"] <= bound, (r, bound)
-
-
-BLOCK_WORK_C = 4096  # src_c/tuning.h FBN_BLOCK_WORK_C
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

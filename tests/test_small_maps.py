@@ -12,11 +12,10 @@ import pytest
 
 import fastbn
 from fastbn import reference
-from conftest import (assert_bitwise_equal, assert_close, data_dtypes, peak_memory_test,
-                      run_peak_probe, RTOL)
+from conftest import (BLOCK_WORK_C, assert_bitwise_equal, assert_close, data_dtypes,
+                      peak_memory_test, run_peak_probe, RTOL)
 
 SPREAD_BYTES = 65536  # src_c/tuning.h FBN_SPREAD_BYTES
-BLOCK_WORK_C = 4096  # src_c/tuning.h FBN_BLOCK_WORK_C
 COLS_WIDTH = 32768  # src_c/tuning.h FBN_COLS_WIDTH
 
 # (rows, map): 6 rows (a group of 4 and a rest), maps of 2, 4 and 9 values; narrow
