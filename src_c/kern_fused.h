@@ -297,8 +297,10 @@ static int FBN_SYM(run_pass)(const int op, const FBN_SYM(pass) *j, FBN_SYM(tcoef
     /* rows whose data and output stay in L3 (not beyond_l3): the forward, and the
      * float32 backward, unfused, whose second read comes from L3 (bench/fused_split.py;
      * float64's backward ran faster fused with the caches evicted); the columns shape
-     * stays fused */
-    if (p->s.inner > 1 && !p->beyond_l3 && !blockwork && (op == FBN_OP_AFFINE || sizeof(T) == 4))
+     * stays fused, and so do small arrays on threads (FBN_UNFUSED_THREADED) */
+    const int64_t values = p->s.outer * p->s.channels * p->s.inner;
+    if (p->s.inner > 1 && !p->beyond_l3 && !blockwork && (op == FBN_OP_AFFINE || sizeof(T) == 4) &&
+        (nt == 1 || values >= FBN_UNFUSED_THREADED))
         fuse = 0;
     if (p->nsegs == 1 && fuse) { /* tasks of consecutive tiles: see fbn_fuse_group */
         FBN_SYM(pass) g = *j;

@@ -33,6 +33,12 @@
 #ifndef FBN_MIN_PARALLEL
 #define FBN_MIN_PARALLEL 65536
 #endif
+/* On threads, a training op's rows that stay in L3 go unfused (fbn_run_pass_<sfx>,
+ * kern_fused.h) only from this many values: below, the unfused op's second
+ * parallel loop cost more than the second read it saves (docs/performance.md). */
+#ifndef FBN_UNFUSED_THREADED
+#define FBN_UNFUSED_THREADED (2 * FBN_MIN_PARALLEL)
+#endif
 /* A call of fewer values than FBN_WAKE_VALUES wakes no sleeping worker (after a
  * pause, as between a trainer's layers, waking one cost more than the whole call
  * on one thread), unless FBN_DENSE_LOOPS such calls in a row each began within a
