@@ -290,17 +290,20 @@ static int FBN_SYM(run_pass)(const int op, const FBN_SYM(pass) *j, FBN_SYM(tcoef
     const int blockwork = op == FBN_OP_AFFINE && j->fwd.blockwork != NULL;
     /* short runs: unfused (FBN_FUSE_RUN) */
     int fuse = p->s.inner == 1 || p->s.inner * (int64_t)sizeof(T) >= FBN_FUSE_RUN || blockwork;
+    /* small arrays on threads keep the two rules below off: one parallel loop
+     * instead of two (FBN_UNFUSED_THREADED) */
+    const int small = nt > 1 && p->s.outer * p->s.channels * p->s.inner < FBN_UNFUSED_THREADED;
     /* 16-bit data: unfused where the unfused reduction reads channel groups
      * (fbn_run_group); split, the backward took 0.73-0.99x the fused time and the
      * forward 0.81-0.99x (bench/fused_split.py) */
-    if (sizeof(T) == 2 && !blockwork && fbn_run_group(p, sizeof(T), reads, nt, 0) > 1) fuse = 0;
+    if (sizeof(T) == 2 && !blockwork && !small && fbn_run_group(p, sizeof(T), reads, nt, 0) > 1)
+        fuse = 0;
     /* rows whose data and output stay in L3 (not beyond_l3): the forward, and the
      * float32 backward, unfused, whose second read comes from L3 (bench/fused_split.py;
      * float64's backward ran faster fused with the caches evicted); the columns shape
-     * stays fused, and so do small arrays on threads (FBN_UNFUSED_THREADED) */
-    const int64_t values = p->s.outer * p->s.channels * p->s.inner;
-    if (p->s.inner > 1 && !p->beyond_l3 && !blockwork && (op == FBN_OP_AFFINE || sizeof(T) == 4) &&
-        (nt == 1 || values >= FBN_UNFUSED_THREADED))
+     * stays fused */
+    if (p->s.inner > 1 && !p->beyond_l3 && !blockwork && !small &&
+        (op == FBN_OP_AFFINE || sizeof(T) == 4))
         fuse = 0;
     if (p->nsegs == 1 && fuse) { /* tasks of consecutive tiles: see fbn_fuse_group */
         FBN_SYM(pass) g = *j;

@@ -33,9 +33,10 @@
 #ifndef FBN_MIN_PARALLEL
 #define FBN_MIN_PARALLEL 65536
 #endif
-/* On threads, a training op's rows that stay in L3 go unfused (fbn_run_pass_<sfx>,
- * kern_fused.h) only from this many values: below, the unfused op's second
- * parallel loop cost more than the second read it saves (docs/performance.md). */
+/* On threads, a training op goes unfused by the rules for rows that stay in L3 and
+ * for 16-bit data (fbn_run_pass_<sfx>, kern_fused.h) only from this many values:
+ * below, the unfused op's second parallel loop cost more than it saved
+ * (docs/performance.md). */
 #ifndef FBN_UNFUSED_THREADED
 #define FBN_UNFUSED_THREADED (2 * FBN_MIN_PARALLEL)
 #endif
