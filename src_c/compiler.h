@@ -22,6 +22,14 @@
 #define FBN_INLINE static inline
 #endif
 
+/* A static function GCC must not inline (see its use), without a warning where a
+ * build leaves it unused. */
+#if defined(__GNUC__)
+#define FBN_NOINLINE __attribute__((noinline, unused))
+#else
+#define FBN_NOINLINE
+#endif
+
 /* A function GCC must not clone for constant arguments (see its use). */
 #if defined(__GNUC__) && !defined(__clang__)
 #define FBN_NOCLONE __attribute__((noclone))

@@ -9,6 +9,7 @@ typedef struct {
     int relu;       /* the activation: 0 none, 1 ReLU, 2 leaky ReLU (slope) */
     int eval;       /* dx of eval mode: the statistics are constants, x enters only a mask */
     int64_t period; /* > 0: each array repeats its C values up to this length */
+    int64_t cycle;  /* with period: the values repeat every cycle (a multiple of a vector) */
     TC slope;       /* the plain kernels address the fields before it as they did */
     /* dx of FBN_OP_XDX + 6 (16-bit data): the residual, indexed as x. There dy
      * through a leaky ReLU (dy * slope) is not a half value: dx from dresidual
@@ -131,7 +132,8 @@ static FBN_SYM(tcoefs) FBN_SYM(typed_arrays)(TC *block, int64_t C, int relu, con
                          .relu = relu,
                          .slope = 0,
                          .eval = 0,
-                         .period = 0};
+                         .period = 0,
+                         .cycle = 0};
     return t;
 }
 
@@ -159,6 +161,14 @@ static void FBN_SYM(repeat_typed)(FBN_SYM(tcoefs) *t, const fbn_shape *s, int dx
      * period's copies (a (4, 5) inference spent half its kernel time on them) */
     const int64_t rows = FBN_CHUNK / C < s->outer ? FBN_CHUNK / C : s->outer;
     t->period = (rows > 1 ? rows : 1) * C;
+    /* lcm(C, a vector of TC) (fbn_y_held_<sfx>, kern_half_y.h) */
+    const int64_t vec = 64 / (int64_t)sizeof(TC);
+    int64_t a = C, b = vec;
+    while (b) {
+        const int64_t r = a % b;
+        a = b, b = r;
+    }
+    t->cycle = C / a * vec;
     for (int a = 0; a < (dx ? FBN_TYPED : 3); a++)
         for (int64_t n = C; n < t->period; n *= 2)
             memcpy(arrays[a] + n, arrays[a], (n < t->period - n ? n : t->period - n) * sizeof(TC));

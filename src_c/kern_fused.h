@@ -338,6 +338,7 @@ static int FBN_SYM(run_pass)(const int op, const FBN_SYM(pass) *j, FBN_SYM(tcoef
     } else {
         FBN_SYM(tcoefs) td = *j->tkd; /* its arrays are tk's: so is their period */
         td.period = tk->period;
+        td.cycle = tk->cycle;
         FBN_SYM(dx_job) d = {.dy = j->dy_dx, .x = j->x, .dx = j->out, .p = &e,
                              .tk = &td, .backwards = 1};
         fbn_parallel_for(e.ntiles, nt, FBN_SYM(dx_task), &d);

@@ -97,6 +97,74 @@ FBN_INLINE void FBN_SYM(y_vec_g)(const int isa, const int relu, int g, const T *
             FBN_SYM(y_vec)(isa, 1, relu, 0, xr + i * ld, ld, out + i * ldo, ldo, m, k, ch);
 }
 
+/* The most steps whose coefficients fbn_y_held_<sfx> holds: three arrays of that
+ * many vectors in registers (AVX-512F has 32; F16C + AVX2 16, two a step). */
+#define FBN_Y_HELD 4
+
+/* y of one row of m values whose coefficients (from ch) repeat every S steps
+ * (k->cycle: repeated coefficients, flat spans; S, isa, relu and nt constants,
+ * as fbn_y_vec_<sfx>'s): the S steps' coefficient vectors read once and held in
+ * registers, so that a step loads x alone where fbn_y_vec_<sfx> loads three
+ * coefficient vectors too (those loads took as long as a step's memory traffic:
+ * docs/performance.md). The same operations per value: the same bits. Returns
+ * the values done, whole cycles (the rest: fbn_y_vec_<sfx>). */
+FBN_INLINE int64_t FBN_SYM(y_held)(const int isa, const int S, const int relu, const int nt,
+                                   const T *x, T *out, int64_t m, const FBN_SYM(tcoefs) *k,
+                                   int64_t ch) {
+    TC sh[FBN_Y_HELD][FBN_VW], sc[FBN_Y_HELD][FBN_VW], bi[FBN_Y_HELD][FBN_VW];
+    for (int s = 0; s < S; s++)
+        for (int j = 0; j < FBN_VW; j++) {
+            sh[s][j] = k->shift[ch + s * FBN_VW + j];
+            sc[s][j] = k->scale[ch + s * FBN_VW + j];
+            bi[s][j] = k->bias[ch + s * FBN_VW + j];
+        }
+    int64_t c = 0;
+    for (; c + S * FBN_VW <= m; c += S * FBN_VW) {
+        FBN_UNROLL_ROWS
+        for (int s = 0; s < S; s++) {
+            TC xv[FBN_VW], ov[FBN_VW];
+            FBN_LD_V(isa, x + c + s * FBN_VW, xv);
+            for (int j = 0; j < FBN_VW; j++)
+                ov[j] = FBN_SYM(affine1)(xv[j], sh[s][j], sc[s][j], bi[s][j], relu);
+            FBN_ST_V(isa, nt, ov, out + c + s * FBN_VW);
+        }
+    }
+    return c;
+}
+
+/* fbn_y_held_<sfx> with S (1 to FBN_Y_HELD) a constant. */
+FBN_INLINE int64_t FBN_SYM(y_held_s)(const int isa, const int relu, const int nt, int64_t S,
+                                     const T *x, T *out, int64_t m, const FBN_SYM(tcoefs) *k,
+                                     int64_t ch) {
+    if (S == 1) return FBN_SYM(y_held)(isa, 1, relu, nt, x, out, m, k, ch);
+    if (S == 2) return FBN_SYM(y_held)(isa, 2, relu, nt, x, out, m, k, ch);
+    if (S == 3) return FBN_SYM(y_held)(isa, 3, relu, nt, x, out, m, k, ch);
+    return FBN_SYM(y_held)(isa, 4, relu, nt, x, out, m, k, ch);
+}
+
+/* fbn_y_held_s_<sfx> with nt and k's relu constants. */
+FBN_INLINE int64_t FBN_SYM(y_held_as)(const int isa, int nt, int64_t S, const T *x, T *out,
+                                      int64_t m, const FBN_SYM(tcoefs) *k, int64_t ch) {
+    if (nt == 1 && k->relu) return FBN_SYM(y_held_s)(isa, 1, 1, S, x, out, m, k, ch);
+    if (nt == 1) return FBN_SYM(y_held_s)(isa, 0, 1, S, x, out, m, k, ch);
+    if (nt && k->relu) return FBN_SYM(y_held_s)(isa, 1, 2, S, x, out, m, k, ch);
+    if (nt) return FBN_SYM(y_held_s)(isa, 0, 2, S, x, out, m, k, ch);
+    if (k->relu) return FBN_SYM(y_held_s)(isa, 1, 0, S, x, out, m, k, ch);
+    return FBN_SYM(y_held_s)(isa, 0, 0, S, x, out, m, k, ch);
+}
+
+/* The steps of k's cycle where fbn_y_held_<sfx> takes one row (g 1) of m values
+ * from ch (its coefficients within the repeated arrays, at least two cycles of
+ * them) with instruction set isa, else 0. */
+FBN_INLINE int64_t FBN_SYM(held_steps)(int isa, int g, int64_t m, const FBN_SYM(tcoefs) *k,
+                                       int64_t ch) {
+    const int64_t most = isa == 1 ? 1 : FBN_Y_HELD;
+    if (g != 1 || !k->cycle || k->cycle > most * FBN_VW || ch + k->cycle > k->period ||
+        m < 2 * k->cycle)
+        return 0;
+    return k->cycle / FBN_VW;
+}
+
 /* fbn_y_vec_g_<sfx> with k's relu a constant (as fbn_run_y_relu_<sfx> for runs),
  * or with nt (streamed: one row, see fbn_y_vec_<sfx>) fbn_y_vec_<sfx> with nt a
  * constant too; isa a constant. */
@@ -164,7 +232,8 @@ FBN_INLINE void FBN_SYM(run_y_as)(const int isa, int nt, const T *x, T *out, int
 }
 
 /* The loops compiled for each instruction set (static inline: no warning where a
- * build without dispatch leaves one unused). */
+ * build without dispatch leaves one unused). The held forms are not inlined:
+ * inlined, they left their callers too large for GCC to inline the conversions. */
 #if defined(FBN_Y_VEC16)
 FBN_HALF_TARGET16 static inline void FBN_SYM(y_v16)(int nt, int g, const T *xr, int64_t ld,
                                                     T *out, int64_t ldo, int64_t m,
@@ -174,6 +243,11 @@ FBN_HALF_TARGET16 static inline void FBN_SYM(y_v16)(int nt, int g, const T *xr, 
 FBN_HALF_TARGET16 static inline void FBN_SYM(run_y_v16)(int nt, const T *x, T *out, int64_t m,
                                                         TC shift, TC scale, TC bias, int relu) {
     FBN_SYM(run_y_as)(2, nt, x, out, m, shift, scale, bias, relu);
+}
+FBN_HALF_TARGET16 static FBN_NOINLINE int64_t
+FBN_SYM(y_held_v16)(int nt, int64_t S, const T *x, T *out, int64_t m, const FBN_SYM(tcoefs) *k,
+                    int64_t ch) {
+    return FBN_SYM(y_held_as)(2, nt, S, x, out, m, k, ch);
 }
 #endif
 #if defined(FBN_Y_VEC16) && defined(FBN_HALF_VEC16BF)
@@ -188,6 +262,11 @@ FBN_HALF_TARGET16BF static inline void FBN_SYM(run_y_v16b)(int nt, const T *x, T
                                                           TC bias, int relu) {
     FBN_SYM(run_y_as)(3, nt, x, out, m, shift, scale, bias, relu);
 }
+FBN_HALF_TARGET16BF static FBN_NOINLINE int64_t
+FBN_SYM(y_held_v16b)(int nt, int64_t S, const T *x, T *out, int64_t m, const FBN_SYM(tcoefs) *k,
+                     int64_t ch) {
+    return FBN_SYM(y_held_as)(3, nt, S, x, out, m, k, ch);
+}
 #endif
 #if defined(FBN_Y_VEC8)
 FBN_HALF_TARGET8 static inline void FBN_SYM(y_v8)(int nt, int g, const T *xr, int64_t ld,
@@ -198,6 +277,11 @@ FBN_HALF_TARGET8 static inline void FBN_SYM(y_v8)(int nt, int g, const T *xr, in
 FBN_HALF_TARGET8 static inline void FBN_SYM(run_y_v8)(int nt, const T *x, T *out, int64_t m,
                                                       TC shift, TC scale, TC bias, int relu) {
     FBN_SYM(run_y_as)(1, nt, x, out, m, shift, scale, bias, relu);
+}
+FBN_HALF_TARGET8 static FBN_NOINLINE int64_t
+FBN_SYM(y_held_v8)(int nt, int64_t S, const T *x, T *out, int64_t m, const FBN_SYM(tcoefs) *k,
+                   int64_t ch) {
+    return FBN_SYM(y_held_as)(1, nt, S, x, out, m, k, ch);
 }
 #endif
 #endif /* FBN_Y_VEC */
@@ -211,6 +295,21 @@ FBN_INLINE int FBN_SYM(half_y_rows)(int nt, const T *xr, int64_t ld, T *out, int
                                     const int g) {
 #ifdef FBN_Y_VEC
     const int level = FBN_SYM(half_isa)();
+    const int64_t S = FBN_SYM(held_steps)(level, g, m, k, ch);
+    if (S) { /* whole cycles with the coefficients in registers, then the rest */
+        int64_t done = 0;
+#if defined(FBN_Y_VEC16BF)
+        if (level == 3) done = FBN_SYM(y_held_v16b)(nt, S, xr, out, m, k, ch);
+#endif
+#if defined(FBN_Y_VEC16)
+        if (level == 2) done = FBN_SYM(y_held_v16)(nt, S, xr, out, m, k, ch);
+#endif
+#if defined(FBN_Y_VEC8)
+        if (level == 1) done = FBN_SYM(y_held_v8)(nt, S, xr, out, m, k, ch);
+#endif
+        if (done == m) return 1;
+        xr += done, out += done, m -= done, ch += done;
+    }
 #if defined(FBN_Y_VEC16BF)
     if (level == 3) {
         FBN_SYM(y_v16b)(nt, g, xr, ld, out, ldo, m, k, ch);
@@ -272,3 +371,4 @@ FBN_INLINE int FBN_SYM(half_run_y)(int nt, const T *x, T *out, int64_t m, TC shi
 #undef FBN_Y_VEC16BF
 #undef FBN_HALF_VEC16BF
 #undef FBN_VW
+#undef FBN_Y_HELD

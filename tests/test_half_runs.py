@@ -100,3 +100,43 @@ def test_leaky_residual_dx_is_float32_rounded(dtype, layout, threads, caches,
             assert_bitwise_equal(dx, rounded(dx32, dtype), f"dx training={training}")
     finally:
         kernels._set_cache_sizes(0, 0, 0)
+
+
+# the columns shape's y over channel counts whose coefficients repeat within up to 4
+# register steps (held in registers: src_c/kern_half_y.h, fbn_y_held_<sfx>) and past
+# them; rows leaving a partial cycle, and outputs starting at several offsets in a
+# cache line (the streamed part starts at a 16-byte boundary)
+HELD_C = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 40, 48, 64, 80]
+
+
+@pytest.mark.parametrize("caches", ["detected", "small"])
+@pytest.mark.parametrize("C", HELD_C)
+@pytest.mark.parametrize("dtype", HALF)
+def test_columns_y_is_float32_rounded(dtype, C, caches):
+    import fastbn._kernels as kernels
+    rng = np.random.default_rng(C)
+    rows = 70001 // C + 3  # not whole cycles; small caches: x and y of 256 KB and more
+    x = (2.0 + rng.standard_normal((rows, C))).astype(dtype)
+    gamma = rng.uniform(0.5, 2, C).astype(np.float32) * np.float32(-1) ** np.arange(C)
+    beta = rng.standard_normal(C).astype(np.float32)
+    rm = rng.standard_normal(C).astype(np.float32)
+    rv = rng.uniform(0.5, 2, C).astype(np.float32)
+    x32 = x.astype(np.float32)
+    if caches == "small":  # L2 64 KB, L3 64 KB: outputs streamed
+        kernels._set_cache_sizes(0, 64 << 10, 64 << 10)
+    try:
+        for act in (None, "relu"):
+            for offset in (0, 1, 8, 13):
+                buf = np.ones(x.size + offset, dtype)  # in memory: streamed (plan.h)
+                out = buf[offset:].reshape(x.shape)
+                y, _ = fastbn.forward(x, gamma, beta, activation=act, out=out)
+                y32, _ = fastbn.forward(x32, gamma, beta, activation=act)
+                assert_bitwise_equal(y, rounded(y32, dtype), f"y {act} offset {offset}")
+                yi, _ = fastbn.forward(x, gamma, beta, training=False, running_mean=rm,
+                                       running_var=rv, activation=act, out=out)
+                yi32, _ = fastbn.forward(x32, gamma, beta, training=False, running_mean=rm,
+                                         running_var=rv, activation=act)
+                assert_bitwise_equal(yi, rounded(yi32, dtype),
+                                     f"inference {act} offset {offset}")
+    finally:
+        kernels._set_cache_sizes(0, 0, 0)
