@@ -174,6 +174,15 @@ static void FBN_SYM(repeat_typed)(FBN_SYM(tcoefs) *t, const fbn_shape *s, int dx
             memcpy(arrays[a] + n, arrays[a], (n < t->period - n ? n : t->period - n) * sizeof(TC));
 }
 
+/* k's cycle (values) where a loop holding the coefficients of one cycle in
+ * registers takes m values of one row from ch: the cycle at most `most` values,
+ * within the repeated arrays from ch, and at least two of them in m; else 0. */
+static inline int64_t FBN_SYM(held_cycle)(const FBN_SYM(tcoefs) *k, int64_t ch, int64_t m,
+                                          int64_t most) {
+    const int64_t n = k->cycle;
+    return n && n <= most && ch + n <= k->period && m >= 2 * n ? n : 0;
+}
+
 /* Small maps as the columns shape: an elementwise pass over runs shorter than
  * FBN_SPREAD_RUN bytes walks the (outer, C * inner) rows, each channel's
  * coefficients repeated over its inner positions, where such an array takes at

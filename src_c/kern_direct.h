@@ -97,6 +97,61 @@ FBN_INLINE void FBN_SYM(direct_row32)(const int op, const T *xr, const T *dr, T 
 }
 #pragma GCC pop_options
 
+/* The most lines whose coefficients fbn_direct_held64_<sfx> holds: three arrays
+ * of that many 64-byte vectors in registers (AVX-512F has 32). */
+#define FBN_DIRECT_HELD 4
+
+#pragma GCC push_options
+#pragma GCC target("avx512f")
+/* A 64-byte line of TC values (AVX-512F: one register), and its compare mask. */
+typedef TC FBN_SYM(vline) __attribute__((vector_size(64)));
+typedef FBN_VINT FBN_SYM(vlmask) __attribute__((vector_size(64)));
+
+FBN_INLINE FBN_SYM(vline) FBN_SYM(line_load)(const TC *p) {
+    FBN_SYM(vline) v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* y of m values (out aligned to 64 bytes) whose coefficients repeat every S lines
+ * (k->cycle; S and relu constants): the S lines' coefficients read once and held
+ * in registers, so that a line loads x alone where fbn_direct_row64_<sfx> loads
+ * three coefficient lines too (docs/performance.md). fbn_direct_v_<sfx>'s
+ * arithmetic: the same bits. Returns the values done, whole cycles. */
+FBN_INLINE int64_t FBN_SYM(direct_held64)(const int S, const int relu, const T *xr, T *out,
+                                          int64_t m, const FBN_SYM(drow) *k) {
+    FBN_SYM(vline) sh[FBN_DIRECT_HELD], sc[FBN_DIRECT_HELD], bi[FBN_DIRECT_HELD];
+    for (int s = 0; s < S; s++) {
+        sh[s] = FBN_SYM(line_load)(k->shift + s * FBN_LINE_VALUES);
+        sc[s] = FBN_SYM(line_load)(k->scale + s * FBN_LINE_VALUES);
+        bi[s] = FBN_SYM(line_load)(k->bias + s * FBN_LINE_VALUES);
+    }
+    const FBN_SYM(vline) zero = {0};
+    int64_t c = 0;
+    for (; c + S * FBN_LINE_VALUES <= m; c += S * FBN_LINE_VALUES)
+        for (int s = 0; s < S; s++) {
+            const int64_t i = c + s * FBN_LINE_VALUES;
+            FBN_SYM(vline) y = (FBN_SYM(line_load)(xr + i) - sh[s]) * sc[s] + bi[s];
+            if (relu) y = (FBN_SYM(vline))((FBN_SYM(vlmask))y & ~(y < zero));
+            _mm512_stream_si512((__m512i *)(out + i), (__m512i)y);
+        }
+    return c;
+}
+
+/* fbn_direct_held64_<sfx> with S (1 to FBN_DIRECT_HELD) and relu constants. */
+static int64_t FBN_SYM(direct_held_rows64)(int64_t S, int relu, const T *xr, T *out, int64_t m,
+                                           const FBN_SYM(drow) *k) {
+    if (S == 1) return relu ? FBN_SYM(direct_held64)(1, 1, xr, out, m, k)
+                            : FBN_SYM(direct_held64)(1, 0, xr, out, m, k);
+    if (S == 2) return relu ? FBN_SYM(direct_held64)(2, 1, xr, out, m, k)
+                            : FBN_SYM(direct_held64)(2, 0, xr, out, m, k);
+    if (S == 3) return relu ? FBN_SYM(direct_held64)(3, 1, xr, out, m, k)
+                            : FBN_SYM(direct_held64)(3, 0, xr, out, m, k);
+    return relu ? FBN_SYM(direct_held64)(4, 1, xr, out, m, k)
+                : FBN_SYM(direct_held64)(4, 0, xr, out, m, k);
+}
+#pragma GCC pop_options
+
 /* One function per store width; op (FBN_OP_AFFINE or FBN_OP_DX) and relu constants
  * inside. */
 #pragma GCC push_options
@@ -138,6 +193,17 @@ FBN_INLINE int FBN_SYM(direct_row)(const int op, int w, const T *xr, const T *dr
     if (k->relu > 1 || (op == FBN_OP_DX && k->eval)) return 0;
     const FBN_SYM(drow) r = {k->shift + ch, k->scale + ch, k->bias + ch, k->k_dy + ch,
                              k->k_x + ch,   k->mean_dy + ch, k->k_0 + ch, k->invstd + ch};
+    /* y of repeated coefficients: whole cycles held in registers, then the rest
+     * (coefficients from ch again: a whole number of cycles done) */
+    const int64_t n = op == FBN_OP_AFFINE && w == 64
+                          ? FBN_SYM(held_cycle)(k, ch, m, FBN_DIRECT_HELD * FBN_LINE_VALUES)
+                          : 0;
+    if (n) {
+        const int64_t done =
+            FBN_SYM(direct_held_rows64)(n / FBN_LINE_VALUES, k->relu, xr, out, m, &r);
+        xr += done, out += done, m -= done;
+        if (!m) return 1;
+    }
     if (w == 64)
         FBN_SYM(direct_rows64)(op, xr, dr, out, m, &r, k->relu);
     else

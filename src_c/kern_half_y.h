@@ -154,15 +154,11 @@ FBN_INLINE int64_t FBN_SYM(y_held_as)(const int isa, int nt, int64_t S, const T 
 }
 
 /* The steps of k's cycle where fbn_y_held_<sfx> takes one row (g 1) of m values
- * from ch (its coefficients within the repeated arrays, at least two cycles of
- * them) with instruction set isa, else 0. */
+ * from ch with instruction set isa (fbn_held_cycle_<sfx>), else 0. */
 FBN_INLINE int64_t FBN_SYM(held_steps)(int isa, int g, int64_t m, const FBN_SYM(tcoefs) *k,
                                        int64_t ch) {
     const int64_t most = isa == 1 ? 1 : FBN_Y_HELD;
-    if (g != 1 || !k->cycle || k->cycle > most * FBN_VW || ch + k->cycle > k->period ||
-        m < 2 * k->cycle)
-        return 0;
-    return k->cycle / FBN_VW;
+    return g == 1 ? FBN_SYM(held_cycle)(k, ch, m, most * FBN_VW) / FBN_VW : 0;
 }
 
 /* fbn_y_vec_g_<sfx> with k's relu a constant (as fbn_run_y_relu_<sfx> for runs),
