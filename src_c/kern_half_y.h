@@ -69,14 +69,18 @@ FBN_INLINE void FBN_SYM(y_vec)(const int isa, const int g, const int relu, const
     const TC *shift = k->shift + ch, *scale = k->scale + ch, *bias = k->bias + ch;
     int64_t c = 0;
     for (; c + FBN_VW <= m; c += FBN_VW) {
-        TC xv[FBN_GROUP][FBN_VW];
+        /* the step's coefficients in locals: read from k's arrays, they were read
+         * again for each row (the stores' vector type may alias anything) */
+        TC xv[FBN_GROUP][FBN_VW], sh[FBN_VW], sc[FBN_VW], bi[FBN_VW];
+        for (int j = 0; j < FBN_VW; j++)
+            sh[j] = shift[c + j], sc[j] = scale[c + j], bi[j] = bias[c + j];
         FBN_UNROLL_ROWS
         for (int i = 0; i < g; i++) FBN_LD_V(isa, xr + i * ld + c, xv[i]);
         FBN_UNROLL_ROWS
         for (int i = 0; i < g; i++) {
             TC ov[FBN_VW];
             for (int j = 0; j < FBN_VW; j++)
-                ov[j] = FBN_SYM(affine1)(xv[i][j], shift[c + j], scale[c + j], bias[c + j], relu);
+                ov[j] = FBN_SYM(affine1)(xv[i][j], sh[j], sc[j], bi[j], relu);
             FBN_ST_V(isa, nt, ov, out + i * ldo + c);
         }
     }
