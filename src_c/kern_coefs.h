@@ -161,22 +161,24 @@ static void FBN_SYM(repeat_typed)(FBN_SYM(tcoefs) *t, const fbn_shape *s, int dx
      * period's copies (a (4, 5) inference spent half its kernel time on them) */
     const int64_t rows = FBN_CHUNK / C < s->outer ? FBN_CHUNK / C : s->outer;
     t->period = (rows > 1 ? rows : 1) * C;
-    /* lcm(C, a vector of TC) (fbn_y_held_<sfx>, kern_half_y.h) */
+    /* lcm(C, a 64-byte vector of TC), gcd by Euclid (fbn_held_cycle_<sfx>) */
     const int64_t vec = 64 / (int64_t)sizeof(TC);
-    int64_t a = C, b = vec;
-    while (b) {
-        const int64_t r = a % b;
-        a = b, b = r;
+    int64_t gcd = C, rem = vec;
+    while (rem) {
+        const int64_t next = gcd % rem;
+        gcd = rem, rem = next;
     }
-    t->cycle = C / a * vec;
+    t->cycle = C / gcd * vec;
     for (int a = 0; a < (dx ? FBN_TYPED : 3); a++)
         for (int64_t n = C; n < t->period; n *= 2)
             memcpy(arrays[a] + n, arrays[a], (n < t->period - n ? n : t->period - n) * sizeof(TC));
 }
 
 /* k's cycle (values) where a loop holding the coefficients of one cycle in
- * registers takes m values of one row from ch: the cycle at most `most` values,
- * within the repeated arrays from ch, and at least two of them in m; else 0. */
+ * registers (kern_half_y.h's fbn_y_held_<sfx>, kern_direct.h's
+ * fbn_direct_held64_<sfx>) takes m values of one row from ch: the cycle at most
+ * `most` values, within the repeated arrays from ch, and at least two of them in
+ * m; else 0. */
 static inline int64_t FBN_SYM(held_cycle)(const FBN_SYM(tcoefs) *k, int64_t ch, int64_t m,
                                           int64_t most) {
     const int64_t n = k->cycle;

@@ -694,7 +694,7 @@ MUTANTS = [
            "    if (!body || !FBN_SYM(direct_row)(op, d.nt, xi + head, di ? di : NULL, ob, body, k,",
            "the direct dx reads dy from the span's start, not its body's"),
     Mutant("s59_held_cycle_vector", "src_c/kern_coefs.h",
-           "    t->cycle = C / a * vec;",
+           "    t->cycle = C / gcd * vec;",
            "    t->cycle = vec;",
            "repeated coefficients taken to repeat every vector whatever C: the held registers hold other channels' coefficients (C = 3, 24, 48)"),
     Mutant("s59_held_rest_at_start", "src_c/kern_half_y.h",
