@@ -68,9 +68,6 @@
 #include "kern_cols.h"     /* the reductions' tiles, columns shape */
 #include "kern_groups.h"   /* rows-shape reductions of adjacent channels at once */
 #include "kern_elemwise.h" /* y and dx per value, run and row group (kern_half_dx.h) */
-#ifndef FBN_NARROW
-#include "kern_direct.h" /* float32 / float64 streamed rows from registers */
-#endif
 #include "kern_walk.h"     /* the walk of an elementwise tile */
 #include "kern_stats.h"    /* statistics over all tiles: batch_stats */
 #include "kern_forward.h"  /* forward_infer, affine */

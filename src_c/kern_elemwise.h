@@ -261,25 +261,41 @@ FBN_INLINE FBN_SYM(direct) FBN_SYM(direct_part)(const T *out, int64_t m, const T
     return d;
 }
 
+#ifndef FBN_NARROW
+#include "kern_direct.h" /* float32 / float64 streamed rows and runs from registers */
+#endif
+
+/* Rows shape: op's m values of channel h's run (out: the direct part below) from
+ * the register loops' vectors, stores of nt (see fbn_direct_part_<sfx>): 16-bit
+ * data by fbn_half_run_y_<sfx> or fbn_half_run_dx_<sfx>, float32 / float64 by
+ * fbn_direct_run_<sfx> (fetch: see there). Returns 0 (nothing written) where the
+ * CPU has no register form of it. */
+FBN_INLINE int FBN_SYM(run_regs)(const int op, int nt, int fetch, const T *x, const T *dy,
+                                 T *out, int64_t m, const FBN_SYM(chan) *h) {
 #ifdef FBN_NARROW
+    (void)fetch;
+    return op == FBN_OP_AFFINE
+               ? FBN_SYM(half_run_y)(nt, x, out, m, h->shift, h->scale, h->bias, h->relu)
+               : FBN_SYM(half_run_dx)(nt, dy, x, out, m, h);
+#else
+    return FBN_SYM(direct_run)(op, nt, fetch, x, dy, out, m, h);
+#endif
+}
 
 /* Rows shape: a streamed run's direct part (fbn_direct_part_<sfx>) by
- * fbn_half_run_y_<sfx> or fbn_half_run_dx_<sfx>, the rest by
- * fbn_stream_chunks_<sfx>. Returns 0 (nothing written) where the CPU has no
- * register form of op, or no part goes direct. fetch's prefetches serve the
- * buffered parts only: the fused passes gained without them
- * (docs/performance.md). */
-FBN_INLINE int FBN_SYM(half_stream_regs)(const int op, const int fetch, T *out, int64_t m,
-                                          const T *x, const T *dy, const FBN_SYM(chan) *h) {
+ * fbn_run_regs_<sfx>, the rest by fbn_stream_chunks_<sfx>. Returns 0 (nothing
+ * written) where op is another or no part goes direct. fetch: the inputs are
+ * re-read from the caches (fused passes); 16-bit data's register loops gained
+ * without prefetches (docs/performance.md). */
+FBN_INLINE int FBN_SYM(stream_regs)(const int op, const int fetch, T *out, int64_t m,
+                                    const T *x, const T *dy, const FBN_SYM(chan) *h) {
     if (op != FBN_OP_AFFINE && op != FBN_OP_DX) return 0; /* no register form; op a constant */
     const FBN_SYM(direct) d = FBN_SYM(direct_part)(out, m, x, FBN_TWO_INPUTS(op) ? dy : NULL);
     const int64_t head = d.head, body = d.body, tail = m - d.head - d.body;
     T *ob = out + head;
     if (!body ||
-        (op == FBN_OP_AFFINE
-             ? !FBN_SYM(half_run_y)(d.nt, x + head, ob, body, h->shift, h->scale, h->bias,
-                                    h->relu)
-             : !FBN_SYM(half_run_dx)(d.nt, dy + head, x + head, ob, body, h)))
+        !FBN_SYM(run_regs)(op, d.nt, fetch, x + head, FBN_TWO_INPUTS(op) ? dy + head : NULL, ob,
+                           body, h))
         return 0;
     if (head) FBN_SYM(stream_chunks)(op, fetch, out, head, x, dy, h);
     if (tail)
@@ -287,13 +303,12 @@ FBN_INLINE int FBN_SYM(half_stream_regs)(const int op, const int fetch, T *out, 
                                FBN_TWO_INPUTS(op) ? dy + head + body : NULL, h);
     return 1;
 }
-#endif
 
-/* fbn_stream_chunks_<sfx>, or fbn_half_stream_regs_<sfx> where it takes the run. */
+/* fbn_stream_chunks_<sfx>, or fbn_stream_regs_<sfx> where it takes the run. */
 FBN_INLINE void FBN_SYM(stream_values)(const int op, const int fetch, T *out, int64_t m,
                                        const T *x, const T *dy, const FBN_SYM(chan) *h) {
-#if defined(FBN_NARROW) && FBN_CAN_STREAM
-    if (FBN_SYM(half_stream_regs)(op, fetch, out, m, x, dy, h)) return;
+#if FBN_CAN_STREAM
+    if (FBN_SYM(stream_regs)(op, fetch, out, m, x, dy, h)) return;
 #endif
     FBN_SYM(stream_chunks)(op, fetch, out, m, x, dy, h);
 }

@@ -126,7 +126,7 @@ try:
     dtypes.append(ml_dtypes.bfloat16)
 except ImportError:
     pass
-if sys.argv[1] == "wide":  # float32 / float64 rows one by one (kern_direct.h)
+if sys.argv[1].startswith("wide"):  # float32 / float64 (kern_direct.h)
     dtypes = [np.float32, np.float64]
 rng = np.random.default_rng(7)
 
@@ -148,8 +148,11 @@ def at(shape, dtype, page_offset):
 # dx (and y) of flat spans of repeated coefficients: 128, 200, 13 and 16 channels
 # (float32: streamed rows of 64 bytes), 40, 128 and 13 (float64; float32's 40 and
 # float64's 16 take groups of rows); y of flat spans whose coefficients repeat within
-# 4 vectors (held in registers: 64, 16, 24 and 3 channels; 3 and 24 repeat every 3)
+# 4 vectors (held in registers: 64, 16, 24 and 3 channels; 3 and 24 repeat every 3);
+# wide-runs: float32 / float64 runs (rows shape) of 784 values (3136 bytes: the same
+# place in a line each run) and of 1009 (every place in turn)
 axis, shapes = {"runs": (1, [(160, 64, 28, 28), (250, 32, 1009)]),
+                "wide-runs": (1, [(40, 32, 28, 28), (64, 16, 1009)]),
                 "rows": (-1, [(1200, 40, 64), (3000, 1000), (1001, 4096), (900, 100, 37),
                               (20001, 24), (60001, 3)]),
                 "wide": (-1, [(3000, 1000), (5000, 520), (1001, 4096), (9000, 128),
@@ -225,6 +228,17 @@ def test_wide_streamed_rows_are_bitwise_the_buffered_ones(tmp_path):
     (FASTBN_STREAM_WIDTH=16), with and without ReLU, eval-mode dx (buffered),
     outputs at every offset in a line, in place, and rows of groups beside."""
     digests = _digests_by_width(tmp_path, "wide")
+    assert digests["64"] == digests["16"] and digests["32"] == digests["16"], digests
+
+
+def test_wide_streamed_runs_are_bitwise_the_buffered_ones(tmp_path):
+    """float32 / float64 streamed runs (rows shape: fbn_stream_regs, kern_elemwise.h;
+    fbn_direct_run, kern_direct.h) write y's and dx's whole lines straight from
+    registers, one channel's coefficients broadcast, the partial lines at either
+    end of a run through the L1 buffer: bitwise the buffered values
+    (FASTBN_STREAM_WIDTH=16) in the fused passes and inference, with and without
+    ReLU, eval-mode dx (buffered), outputs at every offset in a line, in place."""
+    digests = _digests_by_width(tmp_path, "wide-runs")
     assert digests["64"] == digests["16"] and digests["32"] == digests["16"], digests
 
 
