@@ -189,12 +189,14 @@ FBN_INLINE void FBN_SYM(y_vec_relu)(const int isa, int nt, int g, const T *xr, i
  * time in registers; the last step's few values zero-padded to a whole step, its
  * other outputs dropped. isa, relu and nt constants (GCC does not vectorise the
  * loop with relu a variable); nt: streamed, by non-temporal stores (half.h's
- * fbn_store16x16: 1, out aligned to 32 bytes; 2, to 16). out may be x. */
+ * fbn_store16x16: 1, out aligned to 32 bytes; 2, to 16), its input prefetched
+ * FBN_STREAM_AHEAD ahead (as float32's runs: docs/performance.md). out may be x. */
 FBN_INLINE void FBN_SYM(run_y_vec)(const int isa, const int nt, const T *x, T *out, int64_t m,
                                    TC shift, TC scale, TC bias, const int relu) {
     int64_t i = 0;
     for (; i + FBN_VW <= m; i += FBN_VW) {
         TC xv[FBN_VW], ov[FBN_VW];
+        if (nt) fbn_prefetch_stream(x + i);
         FBN_LD_V(isa, x + i, xv);
         for (int j = 0; j < FBN_VW; j++) ov[j] = FBN_SYM(affine1)(xv[j], shift, scale, bias, relu);
         FBN_ST_V(isa, nt, ov, out + i);
