@@ -4,9 +4,10 @@
  * by one (fbn_direct_row_<sfx>, called by kern_walk.h's fbn_span_direct_<sfx>) and
  * rows-shape runs (fbn_direct_run_<sfx>, by fbn_stream_regs_<sfx>), each for the
  * part fbn_direct_part_<sfx> gives. A per-dtype template (see kern_dtype.h) for the
- * wide types, included by kern_elemwise.h. GCC emits no non-temporal stores from vectorised loops, so each store
- * width has a function of its own, compiled for its instruction set and chosen by
- * fbn_stream_width() (the CPU's widest, or FASTBN_STREAM_WIDTH). The arithmetic is
+ * wide types, included by kern_elemwise.h. GCC emits no non-temporal stores from
+ * vectorised loops, so each store width has a function of its own, compiled for its
+ * instruction set and chosen by fbn_stream_width() (the CPU's widest, or
+ * FASTBN_STREAM_WIDTH). The arithmetic is
  * fbn_affine1_<sfx>'s and fbn_dx1_<sfx>'s, lane by lane: the same bits (no
  * contraction: -ffp-contract=off). Measurements: docs/performance.md. */
 

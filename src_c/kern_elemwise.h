@@ -285,8 +285,8 @@ FBN_INLINE int FBN_SYM(run_regs)(const int op, int nt, int fetch, const T *x, co
 /* Rows shape: a streamed run's direct part (fbn_direct_part_<sfx>) by
  * fbn_run_regs_<sfx>, the rest by fbn_stream_chunks_<sfx>. Returns 0 (nothing
  * written) where op is another or no part goes direct. fetch: the inputs are
- * re-read from the caches (fused passes); 16-bit data's register loops gained
- * without prefetches (docs/performance.md). */
+ * re-read from the caches (fused passes), where float32 / float64 dx prefetches
+ * them too (fbn_direct_run_<sfx>; y always does, 16-bit y too: docs/performance.md). */
 FBN_INLINE int FBN_SYM(stream_regs)(const int op, const int fetch, T *out, int64_t m,
                                     const T *x, const T *dy, const FBN_SYM(chan) *h) {
     if (op != FBN_OP_AFFINE && op != FBN_OP_DX) return 0; /* no register form; op a constant */
