@@ -7,9 +7,9 @@
  * wide types, included by kern_elemwise.h. GCC emits no non-temporal stores from
  * vectorised loops, so each store width has a function of its own, compiled for its
  * instruction set and chosen by fbn_stream_width() (the CPU's widest, or
- * FASTBN_STREAM_WIDTH). The arithmetic is
- * fbn_affine1_<sfx>'s and fbn_dx1_<sfx>'s, lane by lane: the same bits (no
- * contraction: -ffp-contract=off). Measurements: docs/performance.md. */
+ * FASTBN_STREAM_WIDTH). The arithmetic is fbn_affine1_<sfx>'s and fbn_dx1_<sfx>'s,
+ * lane by lane: the same bits (no contraction: -ffp-contract=off). Measurements:
+ * docs/performance.md. */
 
 #if FBN_CAN_STREAM && defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
