@@ -1,7 +1,7 @@
 """16-bit streamed inference with the output at chosen places in a 4 KB page relative
 to x, two builds loaded in one process (interleaved, medians of samples): the A/B
 behind FBN_STREAM_ALIAS_BYTES (src_c/tuning.h). Streamed runs go straight from
-registers (fbn_half_stream_regs, kern_elemwise.h) except where the output lies up
+registers (fbn_stream_regs, kern_elemwise.h) except where the output lies up
 to that many bytes past x in a page: there the loads that run ahead of the pending
 streamed stores waited on them (4K aliasing).
 

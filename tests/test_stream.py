@@ -244,7 +244,7 @@ def test_wide_streamed_runs_are_bitwise_the_buffered_ones(tmp_path):
 
 @pytest.mark.parametrize("shape", ["runs", "rows"])
 def test_half_streamed_runs_are_bitwise_the_buffered_ones(tmp_path, shape):
-    """16-bit streamed runs (rows shape: fbn_half_stream_regs, kern_elemwise.h) and
+    """16-bit streamed runs (rows shape: fbn_stream_regs, kern_elemwise.h) and
     rows of one span (columns shape: fbn_span_direct, kern_walk.h) go straight from
     registers by non-temporal stores, with the partial steps at either end, and
     outputs just past an input within a page, through the L1 buffer. With 32-byte
