@@ -150,8 +150,20 @@ static void FBN_SYM(repeat_typed)(FBN_SYM(tcoefs) *t, const fbn_shape *s, int dx
     const int64_t C = s->channels;
     /* (inputs with a row gap: periods would span rows that are not contiguous) */
     if (s->inner != 1 || C < 1 || 2 * C > FBN_CHUNK || fbn_row_gap(s)) return;
+    /* lcm(C, a 64-byte vector of TC), gcd by Euclid (fbn_held_cycle_<sfx>) */
+    const int64_t vec = 64 / (int64_t)sizeof(TC);
+    int64_t gcd = C, rem = vec;
+    while (rem) {
+        const int64_t next = gcd % rem;
+        gcd = rem, rem = next;
+    }
+    const int64_t cycle = C / gcd * vec;
+    /* dx's coefficients held in registers (kern_direct.h: 64-byte stores, no leaky
+     * ReLU, not eval mode) */
+    const int held_dx = sizeof(T) >= 4 && fbn_stream_width() == 64 && t->relu <= 1 &&
+                        !t->eval && cycle <= FBN_DIRECT_HELD * vec;
     const int flat_streamed = stream && sizeof(T) >= 4 &&
-                              C * (int64_t)sizeof(T) <= FBN_DX_FLAT_STREAM_BYTES;
+                              (C * (int64_t)sizeof(T) <= FBN_DX_FLAT_STREAM_BYTES || held_dx);
     if (dx && C >= FBN_DX_GROUP_MIN && C <= FBN_DX_GROUP_MAX &&
         C * (int64_t)sizeof(T) <= FBN_DX_GROUP_BYTES && !flat_streamed)
         return;
@@ -161,14 +173,7 @@ static void FBN_SYM(repeat_typed)(FBN_SYM(tcoefs) *t, const fbn_shape *s, int dx
      * period's copies (a (4, 5) inference spent half its kernel time on them) */
     const int64_t rows = FBN_CHUNK / C < s->outer ? FBN_CHUNK / C : s->outer;
     t->period = (rows > 1 ? rows : 1) * C;
-    /* lcm(C, a 64-byte vector of TC), gcd by Euclid (fbn_held_cycle_<sfx>) */
-    const int64_t vec = 64 / (int64_t)sizeof(TC);
-    int64_t gcd = C, rem = vec;
-    while (rem) {
-        const int64_t next = gcd % rem;
-        gcd = rem, rem = next;
-    }
-    t->cycle = C / gcd * vec;
+    t->cycle = cycle;
     for (int a = 0; a < (dx ? FBN_TYPED : 3); a++)
         for (int64_t n = C; n < t->period; n *= 2)
             memcpy(arrays[a] + n, arrays[a], (n < t->period - n ? n : t->period - n) * sizeof(TC));

@@ -167,10 +167,6 @@ FBN_INLINE void FBN_SYM(direct_row32)(const int op, const int form, const T *xr,
 }
 #pragma GCC pop_options
 
-/* The most lines whose coefficients fbn_direct_held64_<sfx> holds: three arrays
- * of that many 64-byte vectors in registers (AVX-512F has 32). */
-#define FBN_DIRECT_HELD 4
-
 #pragma GCC push_options
 #pragma GCC target("avx512f")
 /* A 64-byte line of TC values (AVX-512F: one register), and its compare mask. */
@@ -183,42 +179,72 @@ FBN_INLINE FBN_SYM(vline) FBN_SYM(line_load)(const TC *p) {
     return v;
 }
 
-/* y of m values (out aligned to 64 bytes) whose coefficients repeat every S lines
- * (k->cycle; S and relu constants): the S lines' coefficients read once and held
- * in registers, so that a line loads x alone where fbn_direct_row64_<sfx> loads
- * three coefficient lines too (docs/performance.md). fbn_direct_v_<sfx>'s
- * arithmetic: the same bits. Returns the values done, whole cycles. */
-FBN_INLINE int64_t FBN_SYM(direct_held64)(const int S, const int relu, const T *xr, T *out,
-                                          int64_t m, const FBN_SYM(drow) *k) {
-    FBN_SYM(vline) sh[FBN_DIRECT_HELD], sc[FBN_DIRECT_HELD], bi[FBN_DIRECT_HELD];
-    for (int s = 0; s < S; s++) {
-        sh[s] = FBN_SYM(line_load)(k->shift + s * FBN_LINE_VALUES);
-        sc[s] = FBN_SYM(line_load)(k->scale + s * FBN_LINE_VALUES);
-        bi[s] = FBN_SYM(line_load)(k->bias + s * FBN_LINE_VALUES);
-    }
+/* y (op FBN_OP_AFFINE) or dx (FBN_OP_DX; dy at dr) of m values (out aligned to 64
+ * bytes) whose coefficients repeat every S lines (k->cycle; op, S and relu
+ * constants): the S lines' coefficients read once and held in registers (y's
+ * three arrays, dx's six, eight with the ReLU's mask: GCC keeps what does not fit
+ * of AVX-512F's 32 registers on the stack, in L1), so that a line loads x (and dy)
+ * alone where fbn_direct_row64_<sfx> loads every coefficient line too
+ * (docs/performance.md). fbn_direct_v_<sfx>'s arithmetic: the same bits. Returns
+ * the values done, whole cycles. */
+FBN_INLINE int64_t FBN_SYM(direct_held64)(const int op, const int S, const int relu,
+                                          const T *xr, const T *dr, T *out, int64_t m,
+                                          const FBN_SYM(drow) *k) {
+    const int dx = op == FBN_OP_DX;
     const FBN_SYM(vline) zero = {0};
+    FBN_SYM(vline) sh[FBN_DIRECT_HELD], sc[FBN_DIRECT_HELD], bi[FBN_DIRECT_HELD];
+    FBN_SYM(vline) kd[FBN_DIRECT_HELD], kx[FBN_DIRECT_HELD], md[FBN_DIRECT_HELD];
+    FBN_SYM(vline) k0[FBN_DIRECT_HELD], is[FBN_DIRECT_HELD];
+    for (int s = 0; s < S; s++) {
+        const int64_t at = s * FBN_LINE_VALUES;
+        sh[s] = FBN_SYM(line_load)(k->shift + at);
+        sc[s] = !dx || relu ? FBN_SYM(line_load)(k->scale + at) : zero;
+        bi[s] = !dx || relu ? FBN_SYM(line_load)(k->bias + at) : zero;
+        kd[s] = dx ? FBN_SYM(line_load)(k->k_dy + at) : zero;
+        kx[s] = dx ? FBN_SYM(line_load)(k->k_x + at) : zero;
+        md[s] = dx ? FBN_SYM(line_load)(k->mean_dy + at) : zero;
+        k0[s] = dx ? FBN_SYM(line_load)(k->k_0 + at) : zero;
+        is[s] = dx ? FBN_SYM(line_load)(k->invstd + at) : zero;
+    }
     int64_t c = 0;
     for (; c + S * FBN_LINE_VALUES <= m; c += S * FBN_LINE_VALUES)
         for (int s = 0; s < S; s++) {
             const int64_t i = c + s * FBN_LINE_VALUES;
-            FBN_SYM(vline) y = (FBN_SYM(line_load)(xr + i) - sh[s]) * sc[s] + bi[s];
-            if (relu) y = (FBN_SYM(vline))((FBN_SYM(vlmask))y & ~(y < zero));
-            _mm512_stream_si512((__m512i *)(out + i), (__m512i)y);
+            const FBN_SYM(vline) xc = FBN_SYM(line_load)(xr + i) - sh[s];
+            FBN_SYM(vline) v;
+            if (!dx) {
+                v = xc * sc[s] + bi[s];
+                if (relu) v = (FBN_SYM(vline))((FBN_SYM(vlmask))v & ~(v < zero));
+            } else {
+                FBN_SYM(vline) g = FBN_SYM(line_load)(dr + i);
+                if (relu) g = (FBN_SYM(vline))((FBN_SYM(vlmask))g & (xc * sc[s] + bi[s] > zero));
+                const FBN_SYM(vline) xterm = kx[s] * (xc * is[s]);
+                v = kd[s] * (g - md[s]) + xterm + k0[s];
+            }
+            _mm512_stream_si512((__m512i *)(out + i), (__m512i)v);
         }
     return c;
 }
 
-/* fbn_direct_held64_<sfx> with S (1 to FBN_DIRECT_HELD) and relu constants. */
-static int64_t FBN_SYM(direct_held_rows64)(int64_t S, int relu, const T *xr, T *out, int64_t m,
+/* fbn_direct_held64_<sfx> with op (FBN_OP_AFFINE or FBN_OP_DX), relu and S (1 to
+ * FBN_DIRECT_HELD) constants. */
+FBN_INLINE int64_t FBN_SYM(direct_held_s64)(const int op, const int relu, int64_t S,
+                                            const T *xr, const T *dr, T *out, int64_t m,
+                                            const FBN_SYM(drow) *k) {
+    if (S == 1) return FBN_SYM(direct_held64)(op, 1, relu, xr, dr, out, m, k);
+    if (S == 2) return FBN_SYM(direct_held64)(op, 2, relu, xr, dr, out, m, k);
+    if (S == 3) return FBN_SYM(direct_held64)(op, 3, relu, xr, dr, out, m, k);
+    return FBN_SYM(direct_held64)(op, 4, relu, xr, dr, out, m, k);
+}
+
+static int64_t FBN_SYM(direct_held_rows64)(int op, int64_t S, int relu, const T *xr,
+                                           const T *dr, T *out, int64_t m,
                                            const FBN_SYM(drow) *k) {
-    if (S == 1) return relu ? FBN_SYM(direct_held64)(1, 1, xr, out, m, k)
-                            : FBN_SYM(direct_held64)(1, 0, xr, out, m, k);
-    if (S == 2) return relu ? FBN_SYM(direct_held64)(2, 1, xr, out, m, k)
-                            : FBN_SYM(direct_held64)(2, 0, xr, out, m, k);
-    if (S == 3) return relu ? FBN_SYM(direct_held64)(3, 1, xr, out, m, k)
-                            : FBN_SYM(direct_held64)(3, 0, xr, out, m, k);
-    return relu ? FBN_SYM(direct_held64)(4, 1, xr, out, m, k)
-                : FBN_SYM(direct_held64)(4, 0, xr, out, m, k);
+    if (op == FBN_OP_DX)
+        return relu ? FBN_SYM(direct_held_s64)(FBN_OP_DX, 1, S, xr, dr, out, m, k)
+                    : FBN_SYM(direct_held_s64)(FBN_OP_DX, 0, S, xr, dr, out, m, k);
+    return relu ? FBN_SYM(direct_held_s64)(FBN_OP_AFFINE, 1, S, xr, NULL, out, m, k)
+                : FBN_SYM(direct_held_s64)(FBN_OP_AFFINE, 0, S, xr, NULL, out, m, k);
 }
 #pragma GCC pop_options
 
@@ -283,15 +309,17 @@ FBN_INLINE int FBN_SYM(direct_row)(const int op, int w, const T *xr, const T *dr
     if (k->relu > 1 || (op == FBN_OP_DX && k->eval)) return 0;
     const FBN_SYM(drow) r = {k->shift + ch, k->scale + ch, k->bias + ch, k->k_dy + ch,
                              k->k_x + ch,   k->mean_dy + ch, k->k_0 + ch, k->invstd + ch};
-    /* y of repeated coefficients: whole cycles held in registers, then the rest
+    /* repeated coefficients: whole cycles held in registers, then the rest
      * (coefficients from ch again: a whole number of cycles done) */
-    const int64_t n = op == FBN_OP_AFFINE && w == 64
-                          ? FBN_SYM(held_cycle)(k, ch, m, FBN_DIRECT_HELD * FBN_LINE_VALUES)
-                          : 0;
+    const int64_t n =
+        w == 64 ? FBN_SYM(held_cycle)(k, ch, m, FBN_DIRECT_HELD * FBN_LINE_VALUES) : 0;
+    /* repeated arrays hold channels [ch, period): a longer span only by whole cycles */
+    if (!n && k->period && ch + m > k->period) return 0;
     if (n) {
         const int64_t done =
-            FBN_SYM(direct_held_rows64)(n / FBN_LINE_VALUES, k->relu, xr, out, m, &r);
+            FBN_SYM(direct_held_rows64)(op, n / FBN_LINE_VALUES, k->relu, xr, dr, out, m, &r);
         xr += done, out += done, m -= done;
+        if (dr) dr += done;
         if (!m) return 1;
     }
     if (w == 64)

@@ -117,6 +117,26 @@ FBN_INLINE int FBN_SYM(row_by_row)(int64_t C, int64_t period, int arrays, int64_
     return !period && 2 * C >= FBN_CHUNK && arrays * C * (int64_t)sizeof(TC) <= bound;
 }
 
+/* Columns shape, streamed float32 / float64: whether tile r (rows of C values) goes
+ * as one flat span, straight from the registers with its coefficients held there
+ * (kern_direct.h's fbn_direct_held64_<sfx>): repeated coefficients (k->period,
+ * whole rows, no row gap) whose cycle the held loop takes from any channel of the
+ * first line (a head of a partial line goes through the buffer), and at least two
+ * cycles besides the head and tail. A flat span of a period at a time went through the buffer for such a
+ * head and tail every 2 KB, and held only whole cycles within each. */
+FBN_INLINE int FBN_SYM(held_flat)(const int op, const FBN_SYM(tcoefs) *k,
+                                  const FBN_SYM(tile) *r, int64_t C) {
+#ifdef FBN_NARROW
+    (void)op, (void)k, (void)r, (void)C;
+    return 0;
+#else
+    const int64_t n = k->cycle, m = (r->j1 - r->j0) * C;
+    return (op == FBN_OP_AFFINE || op == FBN_OP_DX) && k->period && r->nc == C && n &&
+           n <= FBN_DIRECT_HELD * FBN_LINE_VALUES && n + FBN_LINE_VALUES <= k->period &&
+           m >= 2 * n + 2 * FBN_LINE_VALUES;
+#endif
+}
+
 /* Columns shape, streamed: op's m values of one row from offset o (the inputs'
  * from oi, a row ld apart; channels from ch) computed into buf and copied out
  * (a row group's rows: fbn_stream_rows, fbn_cols_tile_<sfx>). (Row groups go
@@ -157,10 +177,14 @@ FBN_INLINE int FBN_SYM(span_direct)(const int op, const T *x, const T *dy, int64
                                       ch + head))
         return 0;
 #endif
+    /* the tail's channel: within the repeated arrays where the span is longer
+     * (fbn_held_flat_<sfx>: they repeat every k->cycle values) */
+    int64_t tch = ch + head + body;
+    if (k->period && tch + tail > k->period) tch %= k->cycle;
     if (head) FBN_SYM(span_out)(op, x, dy, oi, 0, out, o, head, k, ch, buf);
     if (tail)
-        FBN_SYM(span_out)(op, x, dy, oi + head + body, 0, out, o + head + body, tail, k,
-                          ch + head + body, buf);
+        FBN_SYM(span_out)(op, x, dy, oi + head + body, 0, out, o + head + body, tail, k, tch,
+                          buf);
     return 1;
 }
 
@@ -260,6 +284,9 @@ FBN_INLINE void FBN_SYM(cols_tile)(const int op, const T *x, const T *dy, T *out
                                FBN_SYM(same_sets)(dy, x, C);
     const int pairs = cached && same; /* streamed: computed into buf, copied out from there */
     const int64_t ld = C + gap; /* the inputs' rows (see fbn_row_gap) */
+    if (!cached && FBN_SYM(held_flat)(op, k, &r, C) &&
+        FBN_SYM(span_direct)(op, x, dy, r.j0 * C, out, r.j0 * C, (r.j1 - r.j0) * C, k, 0, buf))
+        return;
     if (!cached && FBN_SYM(row_by_row)(C, k->period, arrays, p->l1_half)) {
         for (int64_t j = r.j0; j < r.j1; j++) {
             /* the tile's whole row from registers (a partial line at either end

@@ -129,6 +129,13 @@
 #ifndef FBN_DX_FLAT_STREAM_BYTES
 #define FBN_DX_FLAT_STREAM_BYTES 64
 #endif
+/* The most 64-byte lines of coefficients whose repetition (the cycle, lcm(C, a
+ * line)) kern_direct.h's fbn_direct_held64_<sfx> holds in registers: y's three
+ * arrays, dx's six or eight, of that many lines (AVX-512F has 32 registers). dx
+ * whose cycle fits takes flat spans too, however long its rows (kern_coefs.h). */
+#ifndef FBN_DIRECT_HELD
+#define FBN_DIRECT_HELD 4
+#endif
 
 /* Independent accumulator lanes: enough vector registers to hide add latency. */
 #define FBN_LANES 32 /* fixed: fbn_acc_flush assumes 32 */
