@@ -143,9 +143,10 @@ static FBN_SYM(tcoefs) FBN_SYM(typed_arrays)(TC *block, int64_t C, int relu, con
  * a value-by-value copy C apart is a chain of store-to-load forwards. dx with
  * FBN_DX_GROUP_MIN..MAX channels in rows of up to FBN_DX_GROUP_BYTES keeps row
  * groups, which load its 8 arrays once per FBN_GROUP rows (faster there,
- * measured: docs/performance.md), but float32 / float64 rows of at most
- * FBN_DX_FLAT_STREAM_BYTES streamed (stream) take flat spans, straight from the
- * registers (kern_direct.h). */
+ * measured: docs/performance.md), but float32 / float64 rows streamed (stream)
+ * take flat spans straight from the registers (kern_direct.h) where they are of
+ * at most FBN_DX_FLAT_STREAM_BYTES or the coefficients' cycle fits the registers
+ * (FBN_DIRECT_HELD lines; 64-byte stores). */
 static void FBN_SYM(repeat_typed)(FBN_SYM(tcoefs) *t, const fbn_shape *s, int dx, int stream) {
     const int64_t C = s->channels;
     /* (inputs with a row gap: periods would span rows that are not contiguous) */
