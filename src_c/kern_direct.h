@@ -181,10 +181,11 @@ FBN_INLINE FBN_SYM(vline) FBN_SYM(line_load)(const TC *p) {
 
 /* y (op FBN_OP_AFFINE) or dx (FBN_OP_DX; dy at dr) of m values (out aligned to 64
  * bytes) whose coefficients repeat every S lines (k->cycle; op, S and relu
- * constants): the S lines' coefficients read once and held in registers (y's
- * three arrays, dx's six, eight with the ReLU's mask: GCC keeps what does not fit
- * of AVX-512F's 32 registers on the stack, in L1), so that a line loads x (and dy)
- * alone where fbn_direct_row64_<sfx> loads every coefficient line too
+ * constants up to 4 lines, see fbn_direct_held_s64_<sfx>): the S lines'
+ * coefficients read once and held in registers (y's three arrays, dx's six, eight
+ * with the ReLU's mask: GCC keeps what does not fit of AVX-512F's 32 registers on
+ * the stack, in L1), so that a line loads x (and dy) alone where
+ * fbn_direct_row64_<sfx> loads every coefficient line too, in halves
  * (docs/performance.md). fbn_direct_v_<sfx>'s arithmetic: the same bits. Returns
  * the values done, whole cycles. */
 FBN_INLINE int64_t FBN_SYM(direct_held64)(const int op, const int S, const int relu,
@@ -226,15 +227,19 @@ FBN_INLINE int64_t FBN_SYM(direct_held64)(const int op, const int S, const int r
     return c;
 }
 
-/* fbn_direct_held64_<sfx> with op (FBN_OP_AFFINE or FBN_OP_DX), relu and S (1 to
- * FBN_DIRECT_HELD) constants. */
+/* fbn_direct_held64_<sfx> with op (FBN_OP_AFFINE or FBN_OP_DX) and relu constants,
+ * S (1 to FBN_DIRECT_HELD) a constant up to 4 (registers); longer cycles take S at
+ * run time, their coefficient lines copied once into the loop's local arrays (L1):
+ * still one 64-byte load per coefficient and line, over a whole tile
+ * (docs/performance.md). */
 FBN_INLINE int64_t FBN_SYM(direct_held_s64)(const int op, const int relu, int64_t S,
                                             const T *xr, const T *dr, T *out, int64_t m,
                                             const FBN_SYM(drow) *k) {
     if (S == 1) return FBN_SYM(direct_held64)(op, 1, relu, xr, dr, out, m, k);
     if (S == 2) return FBN_SYM(direct_held64)(op, 2, relu, xr, dr, out, m, k);
     if (S == 3) return FBN_SYM(direct_held64)(op, 3, relu, xr, dr, out, m, k);
-    return FBN_SYM(direct_held64)(op, 4, relu, xr, dr, out, m, k);
+    if (S == 4) return FBN_SYM(direct_held64)(op, 4, relu, xr, dr, out, m, k);
+    return FBN_SYM(direct_held64)(op, (int)S, relu, xr, dr, out, m, k);
 }
 
 static int64_t FBN_SYM(direct_held_rows64)(int op, int64_t S, int relu, const T *xr,

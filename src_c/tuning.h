@@ -130,11 +130,14 @@
 #define FBN_DX_FLAT_STREAM_BYTES 64
 #endif
 /* The most 64-byte lines of coefficients whose repetition (the cycle, lcm(C, a
- * line)) kern_direct.h's fbn_direct_held64_<sfx> holds in registers: y's three
- * arrays, dx's six or eight, of that many lines (AVX-512F has 32 registers). dx
- * whose cycle fits takes flat spans too, however long its rows (kern_coefs.h). */
+ * line)) kern_direct.h's fbn_direct_held64_<sfx> holds: y's three arrays, dx's six
+ * or eight, of that many lines, in registers up to 4 (AVX-512F has 32), longer
+ * cycles in a local copy. dx whose cycle fits takes flat spans too, however long
+ * its rows (kern_coefs.h). 16: the cycles of the widest rows that repeat (2 * C at
+ * most FBN_CHUNK values: float32 C = 256, float64 C = 128) and of every power of two
+ * below. */
 #ifndef FBN_DIRECT_HELD
-#define FBN_DIRECT_HELD 4
+#define FBN_DIRECT_HELD 16
 #endif
 
 /* Independent accumulator lanes: enough vector registers to hide add latency. */
