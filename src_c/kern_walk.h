@@ -122,8 +122,9 @@ FBN_INLINE int FBN_SYM(row_by_row)(int64_t C, int64_t period, int arrays, int64_
  * (kern_direct.h's fbn_direct_held64_<sfx>): repeated coefficients (k->period,
  * whole rows, no row gap) whose cycle the held loop takes from any channel of the
  * first line (a head of a partial line goes through the buffer), and at least two
- * cycles besides the head and tail. A flat span of a period at a time went through the buffer for such a
- * head and tail every 2 KB, and held only whole cycles within each. */
+ * cycles besides the head and tail. A flat span of a period at a time went
+ * through the buffer for such a head and tail every 2 KB, and held only whole
+ * cycles within each. */
 FBN_INLINE int FBN_SYM(held_flat)(const int op, const FBN_SYM(tcoefs) *k,
                                   const FBN_SYM(tile) *r, int64_t C) {
 #ifdef FBN_NARROW
