@@ -148,10 +148,10 @@ def at(shape, dtype, page_offset):
 # dx (and y) of flat spans of repeated coefficients: 128, 200, 13 and 16 channels
 # (float32: streamed rows of 64 bytes), 40, 128 and 13 (float64; float32's 40 and
 # float64's 16 take groups of rows); y of flat spans whose coefficients repeat within
-# 4 vectors (held in registers: 64, 16, 24 and 3 channels; 3 and 24 repeat every 3),
-# streamed, dx too, tiles as one flat span longer than the repeated arrays
-# (fbn_held_flat_<sfx>: float32 16001x64, 45001x24, 350001x3, 60000x16; float64
-# 20001x24, 60000x16);
+# 4 vectors (held in registers: 64, 16, 24 and 3 channels; 3 and 24 repeat every 3)
+# or up to 16 (float32 128, float64 64: a local copy), streamed, dx too, tiles as one
+# flat span longer than the repeated arrays (fbn_held_flat_<sfx>: float32 16001x64,
+# 45001x24, 350001x3, 60000x16, 9000x128; float64 20001x24, 60000x16, 9001x64);
 # wide-runs: float32 / float64 runs (rows shape) of 784 values (3136 bytes: the same
 # place in a line each run) and of 1009 (every place in turn)
 axis, shapes = {"runs": (1, [(160, 64, 28, 28), (250, 32, 1009)]),
