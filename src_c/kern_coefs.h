@@ -137,6 +137,13 @@ static FBN_SYM(tcoefs) FBN_SYM(typed_arrays)(TC *block, int64_t C, int relu, con
     return t;
 }
 
+/* Whether kern_direct.h's register loops take op (FBN_OP_AFFINE or FBN_OP_DX) with
+ * this activation and mode: not a leaky ReLU's slope (relu 2), nor dx in eval mode,
+ * which the buffered loops do. */
+static inline int FBN_SYM(direct_takes)(int op, int relu, int eval) {
+    return relu <= 1 && !(op == FBN_OP_DX && eval);
+}
+
 /* For short rows (inner == 1, small C): repeat each array's C values over a period
  * of several rows, so that elementwise loops over whole-row tiles run long. Only
  * the arrays the pass reads (dx: all, affine: the first 3), by doubling memcpys:
@@ -161,8 +168,9 @@ static void FBN_SYM(repeat_typed)(FBN_SYM(tcoefs) *t, const fbn_shape *s, int dx
     const int64_t cycle = C / gcd * vec;
     /* dx's coefficients held in registers (kern_direct.h: 64-byte stores, no leaky
      * ReLU, not eval mode) */
-    const int held_dx = sizeof(T) >= 4 && fbn_stream_width() == 64 && t->relu <= 1 &&
-                        !t->eval && cycle <= FBN_DIRECT_HELD * vec;
+    const int held_dx = sizeof(T) >= 4 && fbn_stream_width() == 64 &&
+                        FBN_SYM(direct_takes)(FBN_OP_DX, t->relu, t->eval) &&
+                        cycle <= FBN_DIRECT_HELD * vec;
     const int flat_streamed = stream && sizeof(T) >= 4 &&
                               (C * (int64_t)sizeof(T) <= FBN_DX_FLAT_STREAM_BYTES || held_dx);
     if (dx && C >= FBN_DX_GROUP_MIN && C <= FBN_DX_GROUP_MAX &&

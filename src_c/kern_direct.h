@@ -311,7 +311,7 @@ static void FBN_SYM(direct_rows32)(int op, int form, const T *xr, const T *dr, T
  * ReLU's slope and for dx in eval mode, which the loops do not take. */
 FBN_INLINE int FBN_SYM(direct_row)(const int op, int w, const T *xr, const T *dr, T *out,
                                    int64_t m, const FBN_SYM(tcoefs) *k, int64_t ch) {
-    if (k->relu > 1 || (op == FBN_OP_DX && k->eval)) return 0;
+    if (!FBN_SYM(direct_takes)(op, k->relu, k->eval)) return 0;
     const FBN_SYM(drow) r = {k->shift + ch, k->scale + ch, k->bias + ch, k->k_dy + ch,
                              k->k_x + ch,   k->mean_dy + ch, k->k_0 + ch, k->invstd + ch};
     /* repeated coefficients: whole cycles held in registers, then the rest
@@ -342,7 +342,7 @@ FBN_INLINE int FBN_SYM(direct_row)(const int op, int w, const T *xr, const T *dr
 FBN_INLINE int FBN_SYM(direct_run)(const int op, int w, int fetch, const T *xr, const T *dr,
                                    T *out, int64_t m, const FBN_SYM(chan) *h) {
     const int form = op == FBN_OP_AFFINE || fetch ? FBN_DIRECT_RUN_FETCH : FBN_DIRECT_RUN;
-    if (h->relu > 1 || (op == FBN_OP_DX && h->eval)) return 0;
+    if (!FBN_SYM(direct_takes)(op, h->relu, h->eval)) return 0;
     const FBN_SYM(drow) r = {&h->shift, &h->scale, &h->bias,    &h->k_dy,
                              &h->k_x,   &h->mean_dy, &h->k_0, &h->invstd};
     if (w == 64)

@@ -131,10 +131,11 @@ FBN_INLINE int FBN_SYM(held_flat)(const int op, const FBN_SYM(tcoefs) *k,
     (void)op, (void)k, (void)r, (void)C;
     return 0;
 #else
-    const int64_t n = k->cycle, m = (r->j1 - r->j0) * C;
-    return (op == FBN_OP_AFFINE || op == FBN_OP_DX) && k->period && r->nc == C && n &&
-           n <= FBN_DIRECT_HELD * FBN_LINE_VALUES && n + FBN_LINE_VALUES <= k->period &&
-           m >= 2 * n + 2 * FBN_LINE_VALUES;
+    /* fbn_direct_row_<sfx>'s held cycle for any head (under a line) and tail */
+    const int64_t m = (r->j1 - r->j0) * C;
+    return (op == FBN_OP_AFFINE || op == FBN_OP_DX) && k->period && r->nc == C &&
+           FBN_SYM(held_cycle)(k, FBN_LINE_VALUES, m - 2 * FBN_LINE_VALUES,
+                               FBN_DIRECT_HELD * FBN_LINE_VALUES);
 #endif
 }
 

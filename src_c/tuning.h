@@ -185,9 +185,10 @@
 #define FBN_STREAM_FETCH_BYTES 512
 #endif
 /* Streamed runs go straight from registers (fbn_stream_regs_<sfx>), and so do
- * streamed rows (fbn_span_direct_<sfx>), unless the output lies up to FBN_STREAM_ALIAS_BYTES past an input within a 4 KB
- * page: the loads running ahead then waited on the pending streamed stores they
- * seemed to overlap (4K aliasing; docs/performance.md). */
+ * streamed rows (fbn_span_direct_<sfx>), unless the output lies up to
+ * FBN_STREAM_ALIAS_BYTES past an input within a 4 KB page: the loads running ahead
+ * then waited on the pending streamed stores they seemed to overlap (4K aliasing;
+ * docs/performance.md). */
 #ifndef FBN_STREAM_ALIAS_BYTES
 #define FBN_STREAM_ALIAS_BYTES 512
 #endif
